@@ -1,0 +1,220 @@
+#include "geometry.h"
+
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <array>
+
+namespace custom_conv {
+namespace {
+
+// Unrolled columns per im2col chunk, counted in values (4 Mi floats = 16 MiB).
+// Large enough that a chunk is one efficient GEMM, small enough to stay
+// bounded for any batch.
+constexpr int64_t kColumnBudget = int64_t{1} << 22;
+
+void check_pair(c10::IntArrayRef v, const char* op, const char* name) {
+  TORCH_CHECK(v.size() == 2, op, ": expected ", name,
+              " to have 2 values (height, width), got ", v.size());
+}
+
+int64_t floor_div(int64_t a, int64_t b) {
+  // Division rounding towards minus infinity, as output sizes need when the
+  // padded input is smaller than the kernel.
+  int64_t q = a / b;
+  return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+
+// Pooling output size along one dimension. With ceil_mode the last window may
+// hang over the bottom/right edge, but it must start inside the input or the
+// left padding, never entirely inside the right padding.
+int64_t pooled_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d,
+                    bool ceil_mode) {
+  int64_t out =
+      floor_div(in + 2 * p - d * (k - 1) - 1 + (ceil_mode ? s - 1 : 0), s) + 1;
+  if (ceil_mode && (out - 1) * s >= in + p) {
+    --out;
+  }
+  return out;
+}
+
+}  // namespace
+
+int64_t Conv2dGeometry::batch_chunk() const {
+  const int64_t per_sample =
+      std::max<int64_t>(1, groups * col_rows_per_group() * output_plane());
+  return std::max<int64_t>(1, std::min(batch, kColumnBudget / per_sample));
+}
+
+Conv2dGeometry conv2d_geometry(
+    c10::IntArrayRef input_sizes,
+    c10::IntArrayRef weight_sizes,
+    c10::IntArrayRef stride,
+    c10::IntArrayRef padding,
+    c10::IntArrayRef dilation,
+    int64_t groups) {
+  TORCH_CHECK(input_sizes.size() == 4,
+              "conv2d: expected a 4-D input (N, C, H, W), got ",
+              input_sizes.size(), "-D input of size ", input_sizes);
+  TORCH_CHECK(weight_sizes.size() == 4,
+              "conv2d: expected a 4-D weight (C_out, C_in / groups, kH, kW), got ",
+              weight_sizes.size(), "-D weight of size ", weight_sizes);
+  check_pair(stride, "conv2d", "stride");
+  check_pair(padding, "conv2d", "padding");
+  check_pair(dilation, "conv2d", "dilation");
+  TORCH_CHECK(stride[0] > 0 && stride[1] > 0,
+              "conv2d: stride must be positive, got ", stride);
+  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0,
+              "conv2d: padding must be non-negative, got ", padding);
+  TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0,
+              "conv2d: dilation must be positive, got ", dilation);
+  TORCH_CHECK(groups > 0, "conv2d: groups must be positive, got ", groups);
+
+  Conv2dGeometry g{};
+  g.batch = input_sizes[0];
+  g.in_channels = input_sizes[1];
+  g.in_h = input_sizes[2];
+  g.in_w = input_sizes[3];
+  g.out_channels = weight_sizes[0];
+  g.kernel_h = weight_sizes[2];
+  g.kernel_w = weight_sizes[3];
+  g.stride_h = stride[0];
+  g.stride_w = stride[1];
+  g.pad_h = padding[0];
+  g.pad_w = padding[1];
+  g.dilation_h = dilation[0];
+  g.dilation_w = dilation[1];
+  g.groups = groups;
+
+  TORCH_CHECK(g.out_channels > 0 && g.kernel_h > 0 && g.kernel_w > 0 &&
+                  weight_sizes[1] > 0,
+              "conv2d: weight must have no zero-sized dimension, got ",
+              weight_sizes);
+  TORCH_CHECK(g.out_channels % groups == 0,
+              "conv2d: out_channels (", g.out_channels,
+              ") must be divisible by groups (", groups, ")");
+  TORCH_CHECK(g.in_channels == weight_sizes[1] * groups,
+              "conv2d: input has ", g.in_channels,
+              " channels, but weight of size ", weight_sizes, " with groups=",
+              groups, " expects ", weight_sizes[1] * groups,
+              " input channels");
+
+  const int64_t padded_h = g.in_h + 2 * g.pad_h;
+  const int64_t padded_w = g.in_w + 2 * g.pad_w;
+  const int64_t span_h = g.dilation_h * (g.kernel_h - 1) + 1;
+  const int64_t span_w = g.dilation_w * (g.kernel_w - 1) + 1;
+  TORCH_CHECK(span_h <= padded_h && span_w <= padded_w,
+              "conv2d: kernel size (dilated: ", span_h, " x ", span_w,
+              ") can't be greater than the padded input size (", padded_h,
+              " x ", padded_w, ")");
+  g.out_h = (padded_h - span_h) / g.stride_h + 1;
+  g.out_w = (padded_w - span_w) / g.stride_w + 1;
+  return g;
+}
+
+void check_floating_4d(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": expected ", name,
+              " to be a floating-point tensor, got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == 4, op, ": expected ", name,
+              " to be 4-D (N, C, H, W), got ", t.dim(), "-D tensor of size ",
+              t.sizes());
+}
+
+void check_conv2d_tensors(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const c10::optional<at::Tensor>& bias) {
+  check_floating_4d(input, "conv2d", "input");
+  TORCH_CHECK(weight.scalar_type() == input.scalar_type(),
+              "conv2d: input (", input.scalar_type(), ") and weight (",
+              weight.scalar_type(), ") must have the same dtype");
+  TORCH_CHECK(weight.device() == input.device(), "conv2d: input (",
+              input.device(), ") and weight (", weight.device(),
+              ") must be on the same device");
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->scalar_type() == input.scalar_type(),
+                "conv2d: input (", input.scalar_type(), ") and bias (",
+                bias->scalar_type(), ") must have the same dtype");
+    TORCH_CHECK(bias->device() == input.device(), "conv2d: input (",
+                input.device(), ") and bias (", bias->device(),
+                ") must be on the same device");
+    TORCH_CHECK(bias->dim() == 1 && weight.dim() > 0 &&
+                    bias->size(0) == weight.size(0),
+                "conv2d: expected bias of shape (", weight.size(0),
+                ",) to match out_channels, got ", bias->sizes());
+  }
+}
+
+void check_conv2d_grad_output(
+    const at::Tensor& grad_output,
+    const Conv2dGeometry& g,
+    const at::Tensor& like) {
+  TORCH_CHECK(grad_output.scalar_type() == like.scalar_type(),
+              "conv2d backward: grad_output (", grad_output.scalar_type(),
+              ") must have dtype ", like.scalar_type());
+  TORCH_CHECK(grad_output.device() == like.device(),
+              "conv2d backward: grad_output (", grad_output.device(),
+              ") must be on device ", like.device());
+  const std::array<int64_t, 4> expected{g.batch, g.out_channels, g.out_h,
+                                        g.out_w};
+  TORCH_CHECK(grad_output.sizes() == c10::IntArrayRef(expected),
+              "conv2d backward: expected grad_output of size ",
+              c10::IntArrayRef(expected), ", got ", grad_output.sizes());
+}
+
+Pool2dGeometry max_pool2d_geometry(
+    c10::IntArrayRef input_sizes,
+    c10::IntArrayRef kernel_size,
+    c10::IntArrayRef stride,
+    c10::IntArrayRef padding,
+    c10::IntArrayRef dilation,
+    bool ceil_mode) {
+  TORCH_CHECK(input_sizes.size() == 4,
+              "max_pool2d: expected a 4-D input (N, C, H, W), got ",
+              input_sizes.size(), "-D input of size ", input_sizes);
+  check_pair(kernel_size, "max_pool2d", "kernel_size");
+  check_pair(stride, "max_pool2d", "stride");
+  check_pair(padding, "max_pool2d", "padding");
+  check_pair(dilation, "max_pool2d", "dilation");
+  TORCH_CHECK(kernel_size[0] > 0 && kernel_size[1] > 0,
+              "max_pool2d: kernel_size must be positive, got ", kernel_size);
+  TORCH_CHECK(stride[0] > 0 && stride[1] > 0,
+              "max_pool2d: stride must be positive, got ", stride);
+  TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0,
+              "max_pool2d: dilation must be positive, got ", dilation);
+  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0,
+              "max_pool2d: padding must be non-negative, got ", padding);
+  // A window made only of padding would have no input element to take the
+  // maximum of; torch forbids it by bounding the padding by half the kernel.
+  TORCH_CHECK(padding[0] <= kernel_size[0] / 2 &&
+                  padding[1] <= kernel_size[1] / 2,
+              "max_pool2d: padding ", padding,
+              " must be at most half of kernel_size ", kernel_size);
+  TORCH_CHECK(input_sizes[1] > 0 && input_sizes[2] > 0 && input_sizes[3] > 0,
+              "max_pool2d: expected input with non-zero channels, height and "
+              "width, got size ", input_sizes);
+
+  Pool2dGeometry g{};
+  g.batch = input_sizes[0];
+  g.channels = input_sizes[1];
+  g.in_h = input_sizes[2];
+  g.in_w = input_sizes[3];
+  g.kernel_h = kernel_size[0];
+  g.kernel_w = kernel_size[1];
+  g.stride_h = stride[0];
+  g.stride_w = stride[1];
+  g.pad_h = padding[0];
+  g.pad_w = padding[1];
+  g.dilation_h = dilation[0];
+  g.dilation_w = dilation[1];
+  g.out_h = pooled_size(g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h,
+                        ceil_mode);
+  g.out_w = pooled_size(g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w,
+                        ceil_mode);
+  TORCH_CHECK(g.out_h >= 1 && g.out_w >= 1, "max_pool2d: input of size ",
+              input_sizes, " gives an empty output (", g.out_h, " x ",
+              g.out_w, "): the output size is too small");
+  return g;
+}
+
+}  // namespace custom_conv

@@ -1,0 +1,82 @@
+// Shape math and argument checks for conv2d and max_pool2d, shared by every
+// kernel (CPU and CUDA). Each op validates its arguments exactly once, here,
+// so the messages a user sees are the same whichever backend runs.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
+
+#include <cstdint>
+
+namespace custom_conv {
+
+// Everything needed to walk a 2-D convolution: the input and kernel sizes,
+// the hyper-parameters, and the output size they imply. Sizes are int64_t
+// throughout so that index arithmetic never overflows on large tensors.
+struct Conv2dGeometry {
+  int64_t batch, in_channels, in_h, in_w;
+  int64_t out_channels, kernel_h, kernel_w;
+  int64_t stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+  int64_t groups;
+  int64_t out_h, out_w;
+
+  int64_t in_channels_per_group() const { return in_channels / groups; }
+  int64_t out_channels_per_group() const { return out_channels / groups; }
+  // Rows of one group's im2col matrix: one per (input channel, kernel tap).
+  int64_t col_rows_per_group() const {
+    return in_channels_per_group() * kernel_h * kernel_w;
+  }
+  int64_t output_plane() const { return out_h * out_w; }
+
+  // How many samples im2col unrolls at once. The column buffer holds
+  // groups * col_rows_per_group() * output_plane() values per sample; we stop
+  // adding samples once it would exceed a fixed budget, so scratch memory is
+  // bounded whatever the batch size, yet small layers still get one large GEMM.
+  int64_t batch_chunk() const;
+};
+
+// Validates a convolution call and returns its geometry. `input_sizes` is
+// (N, C_in, H, W) and `weight_sizes` (C_out, C_in / groups, kH, kW).
+Conv2dGeometry conv2d_geometry(
+    c10::IntArrayRef input_sizes,
+    c10::IntArrayRef weight_sizes,
+    c10::IntArrayRef stride,
+    c10::IntArrayRef padding,
+    c10::IntArrayRef dilation,
+    int64_t groups);
+
+// Dtype, device and bias checks for the tensors of a convolution call.
+void check_conv2d_tensors(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const c10::optional<at::Tensor>& bias);
+
+// Checks that `grad_output` is (N, C_out, out_h, out_w) for this geometry and
+// matches `like` in dtype and device.
+void check_conv2d_grad_output(
+    const at::Tensor& grad_output,
+    const Conv2dGeometry& g,
+    const at::Tensor& like);
+
+struct Pool2dGeometry {
+  int64_t batch, channels, in_h, in_w;
+  int64_t kernel_h, kernel_w;
+  int64_t stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+  int64_t out_h, out_w;
+
+  int64_t planes() const { return batch * channels; }
+};
+
+// Validates a max-pooling call on an (N, C, H, W) input.
+Pool2dGeometry max_pool2d_geometry(
+    c10::IntArrayRef input_sizes,
+    c10::IntArrayRef kernel_size,
+    c10::IntArrayRef stride,
+    c10::IntArrayRef padding,
+    c10::IntArrayRef dilation,
+    bool ceil_mode);
+
+// Checks an input tensor for a floating-point dtype and a 4-D shape.
+void check_floating_4d(const at::Tensor& t, const char* op, const char* name);
+
+}  // namespace custom_conv

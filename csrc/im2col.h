@@ -1,0 +1,140 @@
+// im2col and col2im on the CPU: the lecture's "serialisation".
+//
+// im2col copies every receptive field of the input into one column of a
+// matrix, so that the whole convolution becomes a single matrix product
+// (weight rows times input columns). col2im is its adjoint: it adds each
+// column back onto the input positions it was copied from, which is how the
+// gradient with respect to the input is assembled.
+//
+// Column layout, for a chunk of `batch` samples starting at `input`:
+//   cols[(c * kH + ki) * kW + kj][b * L + oh * out_w + ow]
+//     = input[b][c][oh * stride_h - pad_h + ki * dilation_h]
+//                  [ow * stride_w - pad_w + kj * dilation_w]   (0 off-image)
+// where L = out_h * out_w. The rows of group g are the contiguous block
+// [g * K, (g + 1) * K) with K = C_in / groups * kH * kW, so each group is a
+// plain (K, batch * L) matrix for the GEMM, with no copy.
+#pragma once
+
+#include "geometry.h"
+
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+namespace custom_conv {
+
+// Ceiling of a / b for b > 0 and any sign of a.
+inline int64_t ceil_div(int64_t a, int64_t b) {
+  return a >= 0 ? (a + b - 1) / b : -((-a) / b);
+}
+
+// For kernel tap offset `offset` (= k * dilation - pad) the output positions
+// o in [lo, hi) read input index o * stride + offset inside [0, size); the
+// others read zero padding. Computing the range once keeps the inner loops
+// free of bounds checks, so the compiler can vectorise them.
+struct ValidRange {
+  int64_t lo, hi;
+};
+
+inline ValidRange valid_outputs(int64_t offset, int64_t stride, int64_t size,
+                                int64_t out_size) {
+  const int64_t lo = std::min(std::max<int64_t>(0, ceil_div(-offset, stride)), out_size);
+  const int64_t hi = std::min(std::max(lo, ceil_div(size - offset, stride)), out_size);
+  return {lo, hi};
+}
+
+// Work items (one (sample, channel) plane each) per thread chunk: enough
+// planes that a task copies ~32K values, so tiny layers are not split into
+// tasks that cost more to schedule than to run.
+inline int64_t plane_grain(int64_t work_per_plane) {
+  constexpr int64_t kValuesPerTask = 32768;
+  return std::max<int64_t>(1, kValuesPerTask / std::max<int64_t>(1, work_per_plane));
+}
+
+template <typename scalar_t>
+void im2col(const scalar_t* input, const Conv2dGeometry& g, int64_t batch,
+            scalar_t* cols) {
+  const int64_t C = g.in_channels, H = g.in_h, W = g.in_w;
+  const int64_t out_w = g.out_w, L = g.output_plane();
+  const int64_t row_len = batch * L;
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  at::parallel_for(0, batch * C, plane_grain(taps * L), [&](int64_t begin, int64_t end) {
+    for (int64_t bc = begin; bc < end; ++bc) {
+      const int64_t b = bc / C, c = bc % C;
+      const scalar_t* plane = input + bc * H * W;
+      for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
+        const int64_t dy = ki * g.dilation_h - g.pad_h;
+        for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
+          const int64_t dx = kj * g.dilation_w - g.pad_w;
+          const ValidRange cols_ok = valid_outputs(dx, g.stride_w, W, out_w);
+          scalar_t* row = cols + ((c * g.kernel_h + ki) * g.kernel_w + kj) * row_len + b * L;
+          for (int64_t oh = 0; oh < g.out_h; ++oh) {
+            scalar_t* dst = row + oh * out_w;
+            const int64_t ih = oh * g.stride_h + dy;
+            if (ih < 0 || ih >= H) {
+              std::fill(dst, dst + out_w, scalar_t(0));
+              continue;
+            }
+            const scalar_t* src = plane + ih * W;
+            std::fill(dst, dst + cols_ok.lo, scalar_t(0));
+            if (g.stride_w == 1) {
+              std::copy(src + cols_ok.lo + dx, src + cols_ok.hi + dx, dst + cols_ok.lo);
+            } else {
+              for (int64_t ow = cols_ok.lo; ow < cols_ok.hi; ++ow) {
+                dst[ow] = src[ow * g.stride_w + dx];
+              }
+            }
+            std::fill(dst + cols_ok.hi, dst + out_w, scalar_t(0));
+          }
+        }
+      }
+    }
+  });
+}
+
+// Adds the columns back onto a (batch, C, H, W) tensor, overwriting it. Each
+// thread owns whole (sample, channel) planes, so the scatter needs no atomics
+// and its summation order is fixed: the result is deterministic. Reduced
+// precision types accumulate in float and round once at the end.
+template <typename scalar_t>
+void col2im(const scalar_t* cols, const Conv2dGeometry& g, int64_t batch,
+            scalar_t* output) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr bool kDirect = std::is_same<acc_t, scalar_t>::value;
+  const int64_t C = g.in_channels, H = g.in_h, W = g.in_w;
+  const int64_t out_w = g.out_w, L = g.output_plane();
+  const int64_t row_len = batch * L;
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  at::parallel_for(0, batch * C, plane_grain(taps * L), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> scratch(kDirect ? 0 : H * W);
+    for (int64_t bc = begin; bc < end; ++bc) {
+      const int64_t b = bc / C, c = bc % C;
+      acc_t* plane = kDirect ? reinterpret_cast<acc_t*>(output + bc * H * W) : scratch.data();
+      std::fill(plane, plane + H * W, acc_t(0));
+      for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
+        const int64_t dy = ki * g.dilation_h - g.pad_h;
+        for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
+          const int64_t dx = kj * g.dilation_w - g.pad_w;
+          const ValidRange cols_ok = valid_outputs(dx, g.stride_w, W, out_w);
+          const ValidRange rows_ok = valid_outputs(dy, g.stride_h, H, g.out_h);
+          const scalar_t* row = cols + ((c * g.kernel_h + ki) * g.kernel_w + kj) * row_len + b * L;
+          for (int64_t oh = rows_ok.lo; oh < rows_ok.hi; ++oh) {
+            const scalar_t* src = row + oh * out_w;
+            acc_t* dst = plane + (oh * g.stride_h + dy) * W;
+            for (int64_t ow = cols_ok.lo; ow < cols_ok.hi; ++ow) {
+              dst[ow * g.stride_w + dx] += static_cast<acc_t>(src[ow]);
+            }
+          }
+        }
+      }
+      if constexpr (!kDirect) {
+        std::copy(plane, plane + H * W, output + bc * H * W);
+      }
+    }
+  });
+}
+
+}  // namespace custom_conv

@@ -1,0 +1,147 @@
+// max_pool2d on the CPU: forward with indices, and backward, side by side.
+//
+// The forward remembers, for every output, where in its (H, W) input plane
+// the maximum came from (flat index h * W + w, as torch reports it). That
+// index tensor is the lecture's pseudo-weight matrix G in compressed form: G
+// has a single 1 per output, at that position. The backward multiplies by G^T,
+// i.e. routes each output gradient to that one input element.
+#include "geometry.h"
+#include "im2col.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+#include <tuple>
+
+namespace custom_conv {
+namespace {
+
+// First input row (or column) of a window that is not padding, and the end of
+// the window clipped to the input. Rows before `first` are padding; stepping
+// by the dilation keeps `first` on the window's grid.
+struct WindowSpan {
+  int64_t first, end;
+};
+
+inline WindowSpan window_span(int64_t out_pos, int64_t stride, int64_t pad,
+                              int64_t kernel, int64_t dilation, int64_t size) {
+  const int64_t start = out_pos * stride - pad;
+  const int64_t end = std::min(start + (kernel - 1) * dilation + 1, size);
+  int64_t first = start;
+  if (first < 0) {
+    first += ceil_div(-first, dilation) * dilation;
+  }
+  return {first, end};
+}
+
+std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cpu(
+    const at::Tensor& input_,
+    c10::IntArrayRef kernel_size,
+    c10::IntArrayRef stride,
+    c10::IntArrayRef padding,
+    c10::IntArrayRef dilation,
+    bool ceil_mode) {
+  check_floating_4d(input_, "max_pool2d", "input");
+  const Pool2dGeometry g = max_pool2d_geometry(
+      input_.sizes(), kernel_size, stride, padding, dilation, ceil_mode);
+  const at::Tensor input = input_.contiguous();
+  at::Tensor output = at::empty({g.batch, g.channels, g.out_h, g.out_w}, input.options());
+  at::Tensor indices = at::empty({g.batch, g.channels, g.out_h, g.out_w},
+                                 input.options().dtype(at::kLong));
+  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "max_pool2d_forward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* in = input.const_data_ptr<scalar_t>();
+    scalar_t* out = output.mutable_data_ptr<scalar_t>();
+    int64_t* idx = indices.mutable_data_ptr<int64_t>();
+    const int64_t work = out_plane * g.kernel_h * g.kernel_w;
+    at::parallel_for(0, g.planes(), plane_grain(work), [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        const scalar_t* plane = in + p * in_plane;
+        for (int64_t oh = 0; oh < g.out_h; ++oh) {
+          const WindowSpan rows = window_span(oh, g.stride_h, g.pad_h, g.kernel_h, g.dilation_h, g.in_h);
+          for (int64_t ow = 0; ow < g.out_w; ++ow) {
+            const WindowSpan cols = window_span(ow, g.stride_w, g.pad_w, g.kernel_w, g.dilation_w, g.in_w);
+            // Ties keep the first maximum in row-major order (strict >). A NaN
+            // always wins and so does every later NaN, so the result is NaN
+            // with the index of the window's last NaN, as in torch.
+            int64_t best = rows.first * g.in_w + cols.first;
+            acc_t best_val = -std::numeric_limits<acc_t>::infinity();
+            for (int64_t ih = rows.first; ih < rows.end; ih += g.dilation_h) {
+              for (int64_t iw = cols.first; iw < cols.end; iw += g.dilation_w) {
+                const acc_t v = static_cast<acc_t>(plane[ih * g.in_w + iw]);
+                if (v > best_val || std::isnan(v)) {
+                  best_val = v;
+                  best = ih * g.in_w + iw;
+                }
+              }
+            }
+            out[p * out_plane + oh * g.out_w + ow] = static_cast<scalar_t>(best_val);
+            idx[p * out_plane + oh * g.out_w + ow] = best;
+          }
+        }
+      }
+    });
+  });
+  return {output, indices};
+}
+
+at::Tensor max_pool2d_backward_cpu(
+    const at::Tensor& grad_output_,
+    const at::Tensor& indices_,
+    c10::IntArrayRef input_size) {
+  check_floating_4d(grad_output_, "max_pool2d_backward", "grad_output");
+  TORCH_CHECK(indices_.scalar_type() == at::kLong,
+              "max_pool2d_backward: expected int64 indices, got ", indices_.scalar_type());
+  TORCH_CHECK(indices_.sizes() == grad_output_.sizes(),
+              "max_pool2d_backward: indices of size ", indices_.sizes(),
+              " do not match grad_output of size ", grad_output_.sizes());
+  TORCH_CHECK(input_size.size() == 4 && input_size[0] == grad_output_.size(0) &&
+                  input_size[1] == grad_output_.size(1),
+              "max_pool2d_backward: input_size ", input_size,
+              " does not match grad_output of size ", grad_output_.sizes());
+  const at::Tensor grad_output = grad_output_.contiguous();
+  const at::Tensor indices = indices_.contiguous();
+  at::Tensor grad_input = at::empty(input_size, grad_output.options());
+  const int64_t planes = input_size[0] * input_size[1];
+  const int64_t in_plane = input_size[2] * input_size[3];
+  const int64_t out_plane = grad_output.size(2) * grad_output.size(3);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad_output.scalar_type(), "max_pool2d_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
+    const int64_t* idx = indices.const_data_ptr<int64_t>();
+    scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>();
+    // One thread owns a whole plane, so overlapping windows that picked the
+    // same input add up without atomics, in a fixed order.
+    at::parallel_for(0, planes, plane_grain(out_plane + in_plane), [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> acc(in_plane);
+      for (int64_t p = begin; p < end; ++p) {
+        std::fill(acc.begin(), acc.end(), acc_t(0));
+        for (int64_t o = 0; o < out_plane; ++o) {
+          const int64_t i = idx[p * out_plane + o];
+          TORCH_CHECK(i >= 0 && i < in_plane, "max_pool2d_backward: index ", i,
+                      " is outside the input plane of ", in_plane, " elements");
+          acc[i] += static_cast<acc_t>(go[p * out_plane + o]);
+        }
+        std::copy(acc.begin(), acc.end(), gi + p * in_plane);
+      }
+    });
+  });
+  return grad_input;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(custom_conv, CPU, m) {
+  m.impl("max_pool2d_forward", &max_pool2d_forward_cpu);
+  m.impl("max_pool2d_backward", &max_pool2d_backward_cpu);
+}
+
+}  // namespace custom_conv

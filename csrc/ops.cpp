@@ -1,0 +1,40 @@
+// The custom_conv operator library: every schema, declared once. Kernels are
+// attached per backend next to their code (conv2d.cpp, max_pool2d.cpp and
+// cuda/*.cu); autograd and fake (meta) kernels are registered in Python, in
+// custom_conv/_ops.py.
+#include <Python.h>
+#include <torch/library.h>
+
+// `import custom_conv._C` loads this shared library, which runs the
+// registrations below; the module itself has no Python attributes.
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(custom_conv, m) {
+  // Cross-correlation of an (N, C_in, H, W) input with (C_out, C_in/groups,
+  // kH, kW) weights, plus an optional bias of (C_out,).
+  m.def("conv2d_forward(Tensor input, Tensor weight, Tensor? bias, int[2] stride, "
+        "int[2] padding, int[2] dilation, int groups) -> Tensor");
+  // Gradient with respect to the input: the output gradient convolved with
+  // the 180°-rotated kernel. input_size is needed because the forward's
+  // floor division makes it ambiguous from grad_output alone.
+  m.def("conv2d_backward_input(Tensor grad_output, Tensor weight, SymInt[4] input_size, "
+        "int[2] stride, int[2] padding, int[2] dilation, int groups) -> Tensor");
+  // Gradient with respect to the weight: the input correlated with the
+  // output gradient.
+  m.def("conv2d_backward_weight(Tensor grad_output, Tensor input, SymInt[4] weight_size, "
+        "int[2] stride, int[2] padding, int[2] dilation, int groups) -> Tensor");
+  // Gradient with respect to the bias: grad_output summed over N, H and W.
+  m.def("conv2d_backward_bias(Tensor grad_output) -> Tensor");
+
+  // Max pooling; returns the maxima and, per output, the flat index
+  // (h * W + w) of the maximum within its input plane.
+  m.def("max_pool2d_forward(Tensor input, int[2] kernel_size, int[2] stride, "
+        "int[2] padding, int[2] dilation, bool ceil_mode) -> (Tensor, Tensor)");
+  // Routes each output gradient to the input element its index names.
+  m.def("max_pool2d_backward(Tensor grad_output, Tensor indices, SymInt[4] input_size) -> Tensor");
+}
