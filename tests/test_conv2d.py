@@ -1,0 +1,170 @@
+"""conv2d: forward values and all three gradients equal torch.nn.functional's."""
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+
+from custom_conv import functional as CF
+from conftest import assert_matches_torch
+
+# (input shape, weight shape, conv kwargs): each line names one behaviour.
+CASES = {
+    "plain 3x3": ((2, 3, 8, 8), (4, 3, 3, 3), {}),
+    "1x1 projection": ((2, 8, 5, 5), (4, 8, 1, 1), {}),
+    "padding keeps size": ((2, 3, 7, 7), (5, 3, 3, 3), dict(padding=1)),
+    "stride 2 with padding": ((2, 3, 9, 9), (4, 3, 3, 3), dict(stride=2, padding=1)),
+    "stride does not divide input": ((1, 2, 10, 11), (3, 2, 3, 3), dict(stride=3)),
+    "asymmetric kernel, stride, padding and dilation": (
+        (2, 3, 12, 10), (4, 3, 3, 2), dict(stride=(2, 1), padding=(1, 2), dilation=(2, 3))),
+    "dilation 2": ((1, 2, 11, 11), (3, 2, 3, 3), dict(dilation=2, padding=2)),
+    "kernel as large as padded input": ((2, 2, 4, 5), (3, 2, 6, 7), dict(padding=1)),
+    "output of one pixel": ((2, 3, 5, 5), (2, 3, 5, 5), {}),
+    "groups": ((2, 6, 7, 7), (9, 2, 3, 3), dict(groups=3, padding=1)),
+    "depthwise": ((2, 4, 8, 8), (4, 1, 3, 3), dict(groups=4, padding=1)),
+    "depthwise multiplier 2, stride 2": ((2, 3, 9, 9), (6, 1, 3, 3), dict(groups=3, stride=2, padding=1)),
+    "7x7 stride 2 stem": ((1, 3, 20, 20), (4, 3, 7, 7), dict(stride=2, padding=3)),
+    "padding larger than kernel": ((1, 2, 4, 4), (2, 2, 2, 2), dict(padding=3)),
+    "single input channel": ((3, 1, 6, 6), (2, 1, 5, 5), {}),
+    "same padding, odd kernel": ((2, 3, 7, 8), (4, 3, 3, 5), dict(padding="same")),
+    "same padding, even kernel and dilation": ((2, 3, 7, 8), (4, 3, 4, 2), dict(padding="same", dilation=(1, 3))),
+    "valid padding": ((2, 3, 7, 8), (4, 3, 3, 3), dict(padding="valid")),
+    "tuple of one int": ((2, 3, 8, 8), (4, 3, 3, 3), dict(stride=(2,), padding=[1])),
+}
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no bias"])
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_values_and_gradients_match_torch_in_float64(case, bias):
+    input_shape, weight_shape, kwargs = CASES[case]
+    x = torch.randn(input_shape, dtype=torch.float64)
+    w = torch.randn(weight_shape, dtype=torch.float64)
+    b = torch.randn(weight_shape[0], dtype=torch.float64) if bias else None
+    assert_matches_torch(lambda x, w, b: CF.conv2d(x, w, b, **kwargs),
+                         lambda x, w, b: F.conv2d(x, w, b, **kwargs), [x, w, b])
+
+
+@pytest.mark.parametrize("case", ["plain 3x3", "groups", "stride 2 with padding", "depthwise"])
+def test_float32_matches_torch_within_rounding(case):
+    # Both sides sum C_in * kH * kW products in float32 in different orders;
+    # the relative rounding error of such sums is a few ulps times sqrt(terms).
+    input_shape, weight_shape, kwargs = CASES[case]
+    x, w, b = torch.randn(input_shape), torch.randn(weight_shape), torch.randn(weight_shape[0])
+    assert_matches_torch(lambda x, w, b: CF.conv2d(x, w, b, **kwargs),
+                         lambda x, w, b: F.conv2d(x, w, b, **kwargs), [x, w, b], rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_matches_float64_reference_within_bfloat16_precision():
+    # bfloat16 keeps 8 significant bits (relative step 2^-8 ~ 0.4%); the inputs
+    # are rounded to it, the products are summed in float inside the GEMM and
+    # the result rounded once more, so a few steps of error is expected.
+    x, w = torch.randn(2, 4, 9, 9), torch.randn(6, 4, 3, 3)
+    xb, wb = x.bfloat16(), w.bfloat16()
+    out = CF.conv2d(xb, wb, padding=1)
+    assert out.dtype == torch.bfloat16
+    ref = F.conv2d(xb.double(), wb.double(), padding=1)
+    torch.testing.assert_close(out.double(), ref, rtol=2e-2, atol=5e-2)
+
+
+def test_unbatched_input_gives_unbatched_output():
+    x, w = torch.randn(3, 8, 8, dtype=torch.float64), torch.randn(4, 3, 3, 3, dtype=torch.float64)
+    out = CF.conv2d(x, w, padding=1)
+    assert out.shape == (4, 8, 8)
+    assert_matches_torch(lambda x, w: CF.conv2d(x, w, padding=1), lambda x, w: F.conv2d(x, w, padding=1), [x, w])
+
+
+def test_empty_batch_gives_empty_output_and_zero_weight_gradient():
+    x, w, b = torch.randn(0, 3, 8, 8), torch.randn(4, 3, 3, 3), torch.randn(4)
+    assert_matches_torch(lambda x, w, b: CF.conv2d(x, w, b), lambda x, w, b: F.conv2d(x, w, b), [x, w, b])
+    w.requires_grad_()
+    CF.conv2d(x, w).sum().backward()
+    assert torch.equal(w.grad, torch.zeros_like(w))
+
+
+def test_non_contiguous_inputs_match_torch():
+    x = torch.randn(2, 8, 10, 3, dtype=torch.float64).permute(0, 3, 2, 1)[:, :, ::2]  # (2, 3, 5, 8), strided
+    w = torch.randn(3, 4, 3, 3, dtype=torch.float64).transpose(0, 1)  # (4, 3, 3, 3) transposed
+    assert not x.is_contiguous() and not w.is_contiguous()
+    assert_matches_torch(lambda x, w: CF.conv2d(x, w, padding=1), lambda x, w: F.conv2d(x, w, padding=1), [x, w])
+
+
+def test_channels_last_input_gives_channels_last_output_like_torch():
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64).to(memory_format=torch.channels_last)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64)
+    out, ref = CF.conv2d(x, w, padding=1), F.conv2d(x, w, padding=1)
+    torch.testing.assert_close(out, ref)
+    assert out.is_contiguous(memory_format=torch.channels_last) == ref.is_contiguous(memory_format=torch.channels_last)
+    assert_matches_torch(lambda x, w: CF.conv2d(x, w, padding=1), lambda x, w: F.conv2d(x, w, padding=1), [x, w])
+
+
+def test_large_batch_is_processed_in_chunks_with_the_same_result():
+    # 64 channels * 9 taps * 32 * 32 outputs = 590K columns per sample, so the
+    # 4M-value column budget splits this batch of 20 into chunks of 7.
+    x = torch.randn(20, 64, 32, 32, dtype=torch.float64)
+    w = torch.randn(8, 64, 3, 3, dtype=torch.float64)
+    b = torch.randn(8, dtype=torch.float64)
+    assert_matches_torch(lambda x, w, b: CF.conv2d(x, w, b, padding=1),
+                         lambda x, w, b: F.conv2d(x, w, b, padding=1), [x, w, b])
+
+
+def test_only_requested_gradients_are_computed():
+    x, w = torch.randn(2, 3, 6, 6), torch.randn(4, 3, 3, 3, requires_grad=True)
+    b = torch.randn(4)
+    with torch.profiler.profile() as prof:
+        CF.conv2d(x, w, b).sum().backward()
+    names = {e.name for e in prof.events()}
+    assert "custom_conv::conv2d_backward_weight" in names
+    assert "custom_conv::conv2d_backward_input" not in names
+    assert "custom_conv::conv2d_backward_bias" not in names
+
+
+@st.composite
+def conv_configs(draw):
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    c_in = groups * draw(st.integers(1, 3))
+    c_out = groups * draw(st.integers(1, 3))
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dh, dw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ph, pw = draw(st.integers(0, 3)), draw(st.integers(0, 3))
+    # Input at least as large as the dilated kernel minus the padding.
+    h = draw(st.integers(max(1, dh * (kh - 1) + 1 - 2 * ph), 12))
+    w = draw(st.integers(max(1, dw * (kw - 1) + 1 - 2 * pw), 12))
+    n = draw(st.integers(0, 3))
+    bias = draw(st.booleans())
+    return (n, c_in, h, w), (c_out, c_in // groups, kh, kw), bias, \
+        dict(stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw), groups=groups)
+
+
+@settings(max_examples=60, deadline=None)
+@given(conv_configs())
+def test_random_configurations_match_torch(config):
+    input_shape, weight_shape, bias, kwargs = config
+    x = torch.randn(input_shape, dtype=torch.float64)
+    w = torch.randn(weight_shape, dtype=torch.float64)
+    b = torch.randn(weight_shape[0], dtype=torch.float64) if bias else None
+    assert_matches_torch(lambda x, w, b: CF.conv2d(x, w, b, **kwargs),
+                         lambda x, w, b: F.conv2d(x, w, b, **kwargs), [x, w, b])
+
+
+GRADCHECK_CASES = ["plain 3x3", "asymmetric kernel, stride, padding and dilation", "groups",
+                   "depthwise multiplier 2, stride 2", "same padding, even kernel and dilation"]
+
+
+def _small(case):
+    input_shape, weight_shape, kwargs = CASES[case]
+    x = torch.randn(input_shape, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(weight_shape, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(weight_shape[0], dtype=torch.float64, requires_grad=True)
+    return (x, w, b), kwargs
+
+
+@pytest.mark.parametrize("case", GRADCHECK_CASES)
+def test_gradcheck(case):
+    tensors, kwargs = _small(case)
+    assert torch.autograd.gradcheck(lambda x, w, b: CF.conv2d(x, w, b, **kwargs), tensors)
+
+
+@pytest.mark.parametrize("case", GRADCHECK_CASES)
+def test_gradgradcheck(case):
+    tensors, kwargs = _small(case)
+    assert torch.autograd.gradgradcheck(lambda x, w, b: CF.conv2d(x, w, b, **kwargs), tensors)

@@ -1,0 +1,104 @@
+"""The registered ops as PyTorch sees them: opcheck, torch.compile, and proof
+(through the profiler) that no ATen convolution or pooling runs."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import custom_conv
+from custom_conv import functional as CF
+
+ops = torch.ops.custom_conv
+ARGS = ([2, 1], [1, 0], [1, 2], 2)  # stride, padding, dilation, groups
+
+
+def _conv_samples():
+    x = torch.randn(2, 4, 7, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 2, 3, 2, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    y = ops.conv2d_forward(x, w, b, *ARGS)
+    gy = torch.randn_like(y, requires_grad=True)
+    return x, w, b, gy
+
+
+def _opcheck_cases():
+    x, w, b, gy = _conv_samples()
+    xp = torch.randn(2, 3, 9, 8, requires_grad=True)
+    out, idx = ops.max_pool2d_forward(xp, [3, 2], [2, 2], [1, 1], [1, 2], True)
+    return {
+        "conv2d_forward": (ops.conv2d_forward, (x, w, b, *ARGS)),
+        "conv2d_forward without bias": (ops.conv2d_forward, (x, w, None, *ARGS)),
+        "conv2d_backward_input": (ops.conv2d_backward_input, (gy, w, list(x.shape), *ARGS)),
+        "conv2d_backward_weight": (ops.conv2d_backward_weight, (gy, x, list(w.shape), *ARGS)),
+        "conv2d_backward_bias": (ops.conv2d_backward_bias, (gy,)),
+        "max_pool2d_forward": (ops.max_pool2d_forward, (xp, [3, 2], [2, 2], [1, 1], [1, 2], True)),
+        "max_pool2d_backward": (ops.max_pool2d_backward,
+                                (torch.randn_like(out, requires_grad=True), idx, list(xp.shape))),
+    }
+
+
+@pytest.mark.parametrize("name", list(_opcheck_cases()))
+def test_opcheck(name):
+    op, args = _opcheck_cases()[name]
+    torch.library.opcheck(op, args)
+
+
+class SmallNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Sequential(
+            custom_conv.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), custom_conv.nn.MaxPool2d(2),
+            custom_conv.nn.Conv2d(8, 8, 3, groups=2, stride=2, padding=1), torch.nn.ReLU(),
+            custom_conv.nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True))
+        self.head = torch.nn.Linear(8 * 2 * 2, 5)
+
+    def forward(self, x):
+        return self.head(self.features(x).flatten(1))
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph_matches_eager_forward_and_backward():
+    torch._dynamo.reset()
+    model = SmallNet()
+    x = torch.randn(4, 3, 12, 12)
+    compiled = torch.compile(model, fullgraph=True)
+    out_c = compiled(x)
+    out_c.sum().backward()
+    grads_c = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    out_e = model(x)
+    out_e.sum().backward()
+    torch.testing.assert_close(out_c, out_e)
+    for gc, ge in zip(grads_c, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(gc, ge)
+
+
+def test_no_aten_convolution_pooling_or_unfold_runs_in_forward_or_backward():
+    model = SmallNet()
+    x = torch.randn(2, 3, 12, 12, requires_grad=True)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        model(x).sum().backward()
+    names = {event.name for event in prof.events()}
+    forbidden = ("conv", "pool", "im2col", "col2im", "unfold", "fold", "mkldnn", "nnpack")
+    offenders = sorted(n for n in names
+                       if n.startswith("aten::") and any(word in n.lower() for word in forbidden))
+    assert offenders == []
+    ours = {n for n in names if n.startswith("custom_conv::")}
+    assert ours == {"custom_conv::conv2d_forward", "custom_conv::conv2d_backward_input",
+                    "custom_conv::conv2d_backward_weight", "custom_conv::conv2d_backward_bias",
+                    "custom_conv::max_pool2d_forward", "custom_conv::max_pool2d_backward"}
+    # The large dot products are the one thing delegated to BLAS.
+    assert names & {"aten::mm", "aten::addmm"}
+
+
+def test_double_backward_through_a_model_matches_torch():
+    # A gradient penalty: differentiate the norm of an input gradient.
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+
+    def penalty(conv, pool):
+        y = pool(torch.tanh(conv(x, w, padding=1)), 2)
+        (gx,) = torch.autograd.grad(y.pow(2).sum(), x, create_graph=True)
+        return torch.autograd.grad(gx.pow(2).sum(), (x, w))
+
+    for ours, theirs in zip(penalty(CF.conv2d, CF.max_pool2d), penalty(F.conv2d, F.max_pool2d)):
+        torch.testing.assert_close(ours, theirs)
