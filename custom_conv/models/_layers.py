@@ -1,0 +1,23 @@
+"""The one place where a model's backend decides whose conv and max-pool run.
+
+Both choices are classes with the same constructor and parameters (ours
+subclass torch's), so a model written against `layers(backend)` is the same
+architecture with the same initial weights either way; only the kernels that
+compute conv and max-pool differ.
+"""
+from types import SimpleNamespace
+
+import torch
+
+from .. import nn as custom_nn
+
+BACKENDS = ("custom", "torch")
+
+
+def layers(backend):
+    """Conv2d and MaxPool2d classes for `backend` ("custom" or "torch")."""
+    if backend == "custom":
+        return SimpleNamespace(Conv2d=custom_nn.Conv2d, MaxPool2d=custom_nn.MaxPool2d)
+    if backend == "torch":
+        return SimpleNamespace(Conv2d=torch.nn.Conv2d, MaxPool2d=torch.nn.MaxPool2d)
+    raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")

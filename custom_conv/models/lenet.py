@@ -1,0 +1,45 @@
+"""LeNet-5 (LeCun et al. 1998), with ReLU and max-pooling as is usual today."""
+import torch
+import torch.nn.functional as F
+
+from ._layers import layers
+
+__all__ = ["LeNet5", "lenet5"]
+
+
+class LeNet5(torch.nn.Module):
+    """conv 5x5 (6) - pool - conv 5x5 (16) - pool - fc 120 - fc 84 - fc num_classes.
+
+    The architecture is defined on 32x32 images. Smaller ones (MNIST's 28x28)
+    are zero-padded to 32x32 in forward, as LeCun did, so that one model (and
+    one checkpoint) serves both sizes with the classic 16x5x5 = 400 features.
+    """
+
+    input_size = 32
+
+    def __init__(self, in_channels=1, num_classes=10, backend="custom"):
+        super().__init__()
+        L = layers(backend)
+        self.backend = backend
+        self.features = torch.nn.Sequential(
+            L.Conv2d(in_channels, 6, kernel_size=5), torch.nn.ReLU(inplace=True), L.MaxPool2d(2),
+            L.Conv2d(6, 16, kernel_size=5), torch.nn.ReLU(inplace=True), L.MaxPool2d(2),
+        )
+        self.classifier = torch.nn.Sequential(
+            torch.nn.Linear(16 * 5 * 5, 120), torch.nn.ReLU(inplace=True),
+            torch.nn.Linear(120, 84), torch.nn.ReLU(inplace=True),
+            torch.nn.Linear(84, num_classes),
+        )
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        if h > self.input_size or w > self.input_size:
+            raise ValueError(f"LeNet5 takes images of at most {self.input_size}x{self.input_size}, got {h}x{w}")
+        if (h, w) != (self.input_size, self.input_size):
+            top, left = (self.input_size - h) // 2, (self.input_size - w) // 2
+            x = F.pad(x, (left, self.input_size - w - left, top, self.input_size - h - top))
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+def lenet5(in_channels=1, num_classes=10, backend="custom"):
+    return LeNet5(in_channels=in_channels, num_classes=num_classes, backend=backend)
