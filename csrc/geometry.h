@@ -79,4 +79,12 @@ Pool2dGeometry max_pool2d_geometry(
 // Checks an input tensor for a floating-point dtype and a 4-D shape.
 void check_floating_4d(const at::Tensor& t, const char* op, const char* name);
 
+// Checks the arguments of max_pool2d_backward: a floating-point grad_output,
+// int64 indices of the same shape and device, and an input_size whose batch
+// and channels match.
+void check_max_pool2d_backward(
+    const at::Tensor& grad_output,
+    const at::Tensor& indices,
+    c10::IntArrayRef input_size);
+
 }  // namespace custom_conv

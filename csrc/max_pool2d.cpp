@@ -96,16 +96,7 @@ at::Tensor max_pool2d_backward_cpu(
     const at::Tensor& grad_output_,
     const at::Tensor& indices_,
     c10::IntArrayRef input_size) {
-  check_floating_4d(grad_output_, "max_pool2d_backward", "grad_output");
-  TORCH_CHECK(indices_.scalar_type() == at::kLong,
-              "max_pool2d_backward: expected int64 indices, got ", indices_.scalar_type());
-  TORCH_CHECK(indices_.sizes() == grad_output_.sizes(),
-              "max_pool2d_backward: indices of size ", indices_.sizes(),
-              " do not match grad_output of size ", grad_output_.sizes());
-  TORCH_CHECK(input_size.size() == 4 && input_size[0] == grad_output_.size(0) &&
-                  input_size[1] == grad_output_.size(1),
-              "max_pool2d_backward: input_size ", input_size,
-              " does not match grad_output of size ", grad_output_.sizes());
+  check_max_pool2d_backward(grad_output_, indices_, input_size);
   const at::Tensor grad_output = grad_output_.contiguous();
   const at::Tensor indices = indices_.contiguous();
   at::Tensor grad_input = at::empty(input_size, grad_output.options());

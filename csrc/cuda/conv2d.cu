@@ -1,0 +1,300 @@
+// conv2d on the GPU: forward, and the three backward ops side by side, with
+// the same structure as the CPU version (../conv2d.cpp). Per group, with
+// K = C_in / groups * kH * kW and a chunk of B samples (L = out_h * out_w):
+//   forward          out_g  (C_out/g, B*L) = W_g (C_out/g, K) @ cols_g (K, B*L)
+//   backward input   cols_g (K, B*L)       = W_g^T @ grad_out_g, then col2im
+//   backward weight  dW_g   (C_out/g, K)  += grad_out_g @ cols_g^T
+// im2col/col2im are in im2col.cuh, the products in gemm.cuh: all groups of a
+// chunk are one batched GEMM launch. Chunks come from
+// Conv2dGeometry::batch_chunk(), so the column buffer is bounded whatever the
+// batch size, exactly as on the CPU.
+//
+// Nothing here uses atomics, so every result is bitwise reproducible: the
+// weight gradient is accumulated chunk after chunk by the GEMM itself
+// (beta = 1), and the bias gradient is a fixed-order block reduction.
+#include "../geometry.h"
+#include "common.cuh"
+#include "gemm.cuh"
+#include "im2col.cuh"
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+namespace custom_conv {
+namespace gpu {
+namespace {
+
+// The GEMM works on (C_out, B, L) while tensors are (B, C_out, L): one
+// transposing copy per chunk. With a single sample per chunk (large layers)
+// the two layouts coincide and the copy is skipped.
+at::Tensor as_channel_major(const at::Tensor& batch_major) {
+  return batch_major.transpose(0, 1);
+}
+
+at::Tensor conv2d_forward_cuda(
+    const at::Tensor& input_,
+    const at::Tensor& weight_,
+    const c10::optional<at::Tensor>& bias,
+    c10::IntArrayRef stride,
+    c10::IntArrayRef padding,
+    c10::IntArrayRef dilation,
+    int64_t groups) {
+  check_conv2d_tensors(input_, weight_, bias);
+  const Conv2dGeometry g = conv2d_geometry(
+      input_.sizes(), weight_.sizes(), stride, padding, dilation, groups);
+  const c10::cuda::CUDAGuard device_guard(input_.device());
+  const at::Tensor input = input_.contiguous();
+  const at::Tensor weight = weight_.contiguous();
+  const bool has_bias = bias.has_value() && bias->defined();
+  const at::Tensor bias_c = has_bias ? bias->contiguous() : at::Tensor();
+
+  at::Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
+  const int64_t L = g.output_plane();
+  const int64_t K = g.col_rows_per_group();
+  const int64_t M = g.out_channels_per_group();
+  const int64_t chunk = g.batch_chunk();
+  if (output.numel() == 0) {
+    return output;
+  }
+  at::Tensor cols_buf = at::empty({groups * K * chunk * L}, input.options());
+  at::Tensor out_buf = chunk > 1 ? at::empty({g.out_channels * chunk * L}, input.options())
+                                 : at::Tensor();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv2d_forward_cuda", [&] {
+    for (int64_t n0 = 0; n0 < g.batch; n0 += chunk) {
+      const int64_t B = std::min(chunk, g.batch - n0);
+      at::Tensor out_chunk = output.narrow(0, n0, B);
+      scalar_t* out = B == 1 ? out_chunk.mutable_data_ptr<scalar_t>()
+                             : out_buf.mutable_data_ptr<scalar_t>();
+      im2col(input.const_data_ptr<scalar_t>() + n0 * g.in_channels * g.in_h * g.in_w,
+             g, B, cols_buf.mutable_data_ptr<scalar_t>());
+
+      GemmParams<scalar_t> p;
+      p.batch = groups;
+      p.m = M;
+      p.n = B * L;
+      p.k = K;
+      p.a = weight.const_data_ptr<scalar_t>();
+      p.lda = K;
+      p.batch_stride_a = M * K;
+      p.b = cols_buf.const_data_ptr<scalar_t>();
+      p.ldb = B * L;
+      p.batch_stride_b = K * B * L;
+      p.c = out;
+      p.ldc = B * L;
+      p.batch_stride_c = M * B * L;
+      // The bias is added in the GEMM's epilogue rather than in a second pass.
+      if (has_bias) {
+        p.bias = bias_c.const_data_ptr<scalar_t>();
+        p.batch_stride_bias = M;
+      }
+      gemm(p);
+
+      if (B > 1) {
+        out_chunk.view({B, g.out_channels, L})
+            .copy_(as_channel_major(out_buf.narrow(0, 0, g.out_channels * B * L)
+                                        .view({g.out_channels, B, L})));
+      }
+    }
+  });
+  return output;
+}
+
+// Copies a chunk of grad_output (B, C_out, L) into the channel-major layout
+// (C_out, B, L) the GEMM reads, or returns it as is when B == 1.
+at::Tensor channel_major_chunk(const at::Tensor& grad_output, int64_t n0, int64_t B,
+                               const Conv2dGeometry& g, const at::Tensor& buf) {
+  const at::Tensor chunk = grad_output.narrow(0, n0, B);
+  if (B == 1) {
+    return chunk;
+  }
+  const int64_t L = g.output_plane();
+  at::Tensor dst = buf.narrow(0, 0, g.out_channels * B * L).view({g.out_channels, B, L});
+  dst.copy_(as_channel_major(chunk.view({B, g.out_channels, L})));
+  return dst;
+}
+
+at::Tensor conv2d_backward_input_cuda(
+    const at::Tensor& grad_output_,
+    const at::Tensor& weight_,
+    c10::IntArrayRef input_size,
+    c10::IntArrayRef stride,
+    c10::IntArrayRef padding,
+    c10::IntArrayRef dilation,
+    int64_t groups) {
+  check_floating_4d(weight_, "conv2d_backward_input", "weight");
+  const Conv2dGeometry g = conv2d_geometry(
+      input_size, weight_.sizes(), stride, padding, dilation, groups);
+  check_conv2d_grad_output(grad_output_, g, weight_);
+  const c10::cuda::CUDAGuard device_guard(weight_.device());
+  const at::Tensor grad_output = grad_output_.contiguous();
+  const at::Tensor weight = weight_.contiguous();
+
+  at::Tensor grad_input = at::empty(input_size, weight.options());
+  if (grad_input.numel() == 0) {
+    return grad_input;
+  }
+  const int64_t L = g.output_plane();
+  const int64_t K = g.col_rows_per_group();
+  const int64_t M = g.out_channels_per_group();
+  const int64_t chunk = g.batch_chunk();
+  at::Tensor cols_buf = at::empty({groups * K * chunk * L}, weight.options());
+  at::Tensor go_buf = chunk > 1 ? at::empty({g.out_channels * chunk * L}, weight.options())
+                                : at::Tensor();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "conv2d_backward_input_cuda", [&] {
+    for (int64_t n0 = 0; n0 < g.batch; n0 += chunk) {
+      const int64_t B = std::min(chunk, g.batch - n0);
+      const at::Tensor go = channel_major_chunk(grad_output, n0, B, g, go_buf);
+
+      // cols_g = W_g^T @ grad_out_g. W_g is stored (C_out/g, K), so op(A) =
+      // A^T is read in place (trans_a) instead of materialising W^T.
+      GemmParams<scalar_t> p;
+      p.batch = groups;
+      p.m = K;
+      p.n = B * L;
+      p.k = M;
+      p.a = weight.const_data_ptr<scalar_t>();
+      p.lda = K;
+      p.batch_stride_a = M * K;
+      p.trans_a = true;
+      p.b = go.const_data_ptr<scalar_t>();
+      p.ldb = B * L;
+      p.batch_stride_b = M * B * L;
+      p.c = cols_buf.mutable_data_ptr<scalar_t>();
+      p.ldc = B * L;
+      p.batch_stride_c = K * B * L;
+      gemm(p);
+
+      col2im(cols_buf.const_data_ptr<scalar_t>(), g, B,
+             grad_input.mutable_data_ptr<scalar_t>() + n0 * g.in_channels * g.in_h * g.in_w);
+    }
+  });
+  return grad_input;
+}
+
+at::Tensor conv2d_backward_weight_cuda(
+    const at::Tensor& grad_output_,
+    const at::Tensor& input_,
+    c10::IntArrayRef weight_size,
+    c10::IntArrayRef stride,
+    c10::IntArrayRef padding,
+    c10::IntArrayRef dilation,
+    int64_t groups) {
+  check_floating_4d(input_, "conv2d_backward_weight", "input");
+  const Conv2dGeometry g = conv2d_geometry(
+      input_.sizes(), weight_size, stride, padding, dilation, groups);
+  check_conv2d_grad_output(grad_output_, g, input_);
+  const c10::cuda::CUDAGuard device_guard(input_.device());
+  const at::Tensor input = input_.contiguous();
+  const at::Tensor grad_output = grad_output_.contiguous();
+
+  at::Tensor grad_weight = at::empty(weight_size, input.options());
+  if (g.batch == 0) {
+    return grad_weight.zero_();
+  }
+  const int64_t L = g.output_plane();
+  const int64_t K = g.col_rows_per_group();
+  const int64_t M = g.out_channels_per_group();
+  const int64_t chunk = g.batch_chunk();
+  at::Tensor cols_buf = at::empty({groups * K * chunk * L}, input.options());
+  at::Tensor go_buf = chunk > 1 ? at::empty({g.out_channels * chunk * L}, input.options())
+                                : at::Tensor();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv2d_backward_weight_cuda", [&] {
+    for (int64_t n0 = 0; n0 < g.batch; n0 += chunk) {
+      const int64_t B = std::min(chunk, g.batch - n0);
+      im2col(input.const_data_ptr<scalar_t>() + n0 * g.in_channels * g.in_h * g.in_w,
+             g, B, cols_buf.mutable_data_ptr<scalar_t>());
+      const at::Tensor go = channel_major_chunk(grad_output, n0, B, g, go_buf);
+
+      // dW_g (+)= grad_out_g @ cols_g^T, reading cols_g (K, B*L) in place as
+      // the transposed operand. The first chunk writes the gradient (beta =
+      // 0: the uninitialised output is never read); later chunks add onto it
+      // in the same GEMM, always in chunk order.
+      GemmParams<scalar_t> p;
+      p.batch = groups;
+      p.m = M;
+      p.n = K;
+      p.k = B * L;
+      p.a = go.const_data_ptr<scalar_t>();
+      p.lda = B * L;
+      p.batch_stride_a = M * B * L;
+      p.b = cols_buf.const_data_ptr<scalar_t>();
+      p.ldb = B * L;
+      p.batch_stride_b = K * B * L;
+      p.trans_b = true;
+      p.c = grad_weight.mutable_data_ptr<scalar_t>();
+      p.ldc = K;
+      p.batch_stride_c = M * K;
+      p.beta = n0 == 0 ? 0 : 1;
+      gemm(p);
+    }
+  });
+  return grad_weight;
+}
+
+// One block per channel sums grad_output over batch and space. Each thread
+// adds a fixed, strided subset of the channel's values, then the block adds
+// the 256 partial sums as a tree, so the order of every addition is fixed:
+// no atomics, bitwise reproducible. The sum runs in double for every dtype,
+// as on the CPU; the kernel is bound by memory traffic, not arithmetic.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+bias_grad_kernel(const scalar_t* __restrict__ grad_output, int64_t batch, int64_t channels,
+                 int64_t plane, scalar_t* __restrict__ grad_bias) {
+  __shared__ double partial[kThreads];
+  const int64_t c = blockIdx.x;
+  const int64_t count = batch * plane;
+  double sum = 0.0;
+  for (int64_t j = threadIdx.x; j < count; j += kThreads) {
+    const int64_t n = j / plane, i = j % plane;
+    sum += static_cast<double>(grad_output[(n * channels + c) * plane + i]);
+  }
+  partial[threadIdx.x] = sum;
+  __syncthreads();
+  for (int width = kThreads / 2; width > 0; width /= 2) {
+    if (static_cast<int>(threadIdx.x) < width) {
+      partial[threadIdx.x] += partial[threadIdx.x + width];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    grad_bias[c] = static_cast<scalar_t>(partial[0]);
+  }
+}
+
+at::Tensor conv2d_backward_bias_cuda(const at::Tensor& grad_output_) {
+  check_floating_4d(grad_output_, "conv2d_backward_bias", "grad_output");
+  const c10::cuda::CUDAGuard device_guard(grad_output_.device());
+  const at::Tensor grad_output = grad_output_.contiguous();
+  const int64_t N = grad_output.size(0), C = grad_output.size(1);
+  const int64_t L = grad_output.size(2) * grad_output.size(3);
+  at::Tensor grad_bias = at::empty({C}, grad_output.options());
+  if (C == 0) {
+    return grad_bias;
+  }
+  TORCH_CHECK(C <= 0x7fffffff, "conv2d_backward_bias: too many channels (", C, ")");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "conv2d_backward_bias_cuda", [&] {
+    bias_grad_kernel<scalar_t>
+        <<<static_cast<unsigned int>(C), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+            grad_output.const_data_ptr<scalar_t>(), N, C, L, grad_bias.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return grad_bias;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(custom_conv, CUDA, m) {
+  m.impl("conv2d_forward", &conv2d_forward_cuda);
+  m.impl("conv2d_backward_input", &conv2d_backward_input_cuda);
+  m.impl("conv2d_backward_weight", &conv2d_backward_weight_cuda);
+  m.impl("conv2d_backward_bias", &conv2d_backward_bias_cuda);
+}
+
+}  // namespace gpu
+}  // namespace custom_conv

@@ -1,0 +1,296 @@
+// Our own matrix product for the CUDA kernels: a tiled shared-memory GEMM,
+//   C[z] = alpha * op(A[z]) @ op(B[z]) + beta * C[z] + bias[z] (per row),
+// batched over z (the convolution groups), with op(X) = X or X^T. The three
+// convolution products need NN (forward), TN (backward input) and NT
+// (backward weight); the transposes are template parameters, so each variant
+// reads its operands in their stored layout with no copy.
+//
+// Each block computes a 64 x 64 tile of C. Per step it stages a 64 x 16 slab
+// of op(A) and a 16 x 64 slab of op(B) in shared memory, converted to the
+// accumulation type, and each of its 256 threads accumulates a 4 x 4 piece of
+// the tile in registers. Half and bfloat16 accumulate in float
+// (at::opmath_type): summing thousands of products in 16 bits would lose most
+// of their digits.
+//
+// When there are too few output tiles to fill the GPU but a long reduction
+// (the weight gradient of a small layer: a 6 x 25 result summed over 50 000
+// positions), the reduction is split into slices computed by separate blocks.
+// Each slice writes its partial sum to a workspace and a second kernel adds
+// the slices in a fixed order. Atomics would be simpler but would make the
+// summation order, and thus the rounding, change from run to run.
+#pragma once
+
+#include "common.cuh"
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace custom_conv {
+namespace gpu {
+
+constexpr int kTileM = 64;
+constexpr int kTileN = 64;
+constexpr int kTileK = 16;
+// The 256 threads of a block form a 16 x 16 grid; each owns the 4 x 4 outputs
+// (ty + 16 i, tx + 16 j). Interleaving (rather than 4 adjacent values) makes
+// neighbouring threads read neighbouring shared-memory words and write
+// neighbouring elements of C.
+constexpr int kThreadGrid = 16;
+constexpr int kMicroM = kTileM / kThreadGrid;
+constexpr int kMicroN = kTileN / kThreadGrid;
+static_assert(kThreadGrid * kThreadGrid == kThreads, "one thread per grid cell");
+static_assert(kTileM * kTileK % kThreads == 0 && kTileN * kTileK % kThreads == 0,
+              "every thread loads the same number of slab elements");
+
+// Operands are row-major with leading dimensions lda, ldb, ldc: A is stored
+// (m, k), or (k, m) when trans_a; B is stored (k, n), or (n, k) when trans_b.
+template <typename scalar_t>
+struct GemmParams {
+  using acc_t = at::opmath_type<scalar_t>;
+  int64_t batch = 1, m = 0, n = 0, k = 0;
+  const scalar_t* a = nullptr;
+  int64_t lda = 0, batch_stride_a = 0;
+  bool trans_a = false;
+  const scalar_t* b = nullptr;
+  int64_t ldb = 0, batch_stride_b = 0;
+  bool trans_b = false;
+  scalar_t* c = nullptr;
+  int64_t ldc = 0, batch_stride_c = 0;
+  // Optional: bias[z * batch_stride_bias + row] is added to every row.
+  const scalar_t* bias = nullptr;
+  int64_t batch_stride_bias = 0;
+  acc_t alpha = acc_t(1);
+  // With beta == 0, C is not read, so it may be uninitialised memory.
+  acc_t beta = acc_t(0);
+};
+
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void gemm_store(const GemmParams<scalar_t>& p, int64_t z,
+                                           int64_t row, int64_t col, acc_t sum) {
+  acc_t v = p.alpha * sum;
+  if (p.bias != nullptr) {
+    v += static_cast<acc_t>(p.bias[z * p.batch_stride_bias + row]);
+  }
+  scalar_t* c = p.c + z * p.batch_stride_c + row * p.ldc + col;
+  if (p.beta != acc_t(0)) {
+    v += p.beta * static_cast<acc_t>(*c);
+  }
+  *c = static_cast<scalar_t>(v);
+}
+
+// blockIdx = (column tile, row tile, (batch - batch_offset) * splits + slice).
+// With splits > 1 the block writes its partial sum to `partials`, laid out
+// (batch, splits, m, n), instead of C.
+template <typename scalar_t, bool kTransA, bool kTransB>
+__global__ void __launch_bounds__(kThreads)
+gemm_tile_kernel(const GemmParams<scalar_t> p, int64_t batch_offset, int64_t splits,
+                 int64_t k_per_split, at::opmath_type<scalar_t>* partials) {
+  using acc_t = at::opmath_type<scalar_t>;
+  // One padding column keeps the transposing stores (slab element (row, k)
+  // to tile[k][row]) from landing in the same bank.
+  __shared__ acc_t a_tile[kTileK][kTileM + 1];
+  __shared__ acc_t b_tile[kTileK][kTileN + 1];
+
+  const int64_t z = batch_offset + blockIdx.z / splits;
+  const int64_t slice = blockIdx.z % splits;
+  const scalar_t* a = p.a + z * p.batch_stride_a;
+  const scalar_t* b = p.b + z * p.batch_stride_b;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kTileM;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kTileN;
+  const int64_t k_begin = slice * k_per_split;
+  const int64_t k_end = k_begin + k_per_split < p.k ? k_begin + k_per_split : p.k;
+  const int tx = threadIdx.x % kThreadGrid;
+  const int ty = threadIdx.x / kThreadGrid;
+
+  acc_t sum[kMicroM][kMicroN];
+#pragma unroll
+  for (int i = 0; i < kMicroM; ++i) {
+#pragma unroll
+    for (int j = 0; j < kMicroN; ++j) {
+      sum[i][j] = acc_t(0);
+    }
+  }
+
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += kTileK) {
+    // Consecutive threads take consecutive elements along whichever dimension
+    // of the operand is contiguous in memory, so global loads coalesce.
+#pragma unroll
+    for (int r = 0; r < kTileM * kTileK / kThreads; ++r) {
+      const int e = threadIdx.x + r * kThreads;
+      const int row = kTransA ? e % kTileM : e / kTileK;
+      const int kk = kTransA ? e / kTileM : e % kTileK;
+      const int64_t m = m0 + row, k = k0 + kk;
+      acc_t v = acc_t(0);
+      if (m < p.m && k < k_end) {
+        v = static_cast<acc_t>(kTransA ? a[k * p.lda + m] : a[m * p.lda + k]);
+      }
+      a_tile[kk][row] = v;
+    }
+#pragma unroll
+    for (int r = 0; r < kTileN * kTileK / kThreads; ++r) {
+      const int e = threadIdx.x + r * kThreads;
+      const int col = kTransB ? e / kTileK : e % kTileN;
+      const int kk = kTransB ? e % kTileK : e / kTileN;
+      const int64_t n = n0 + col, k = k0 + kk;
+      acc_t v = acc_t(0);
+      if (n < p.n && k < k_end) {
+        v = static_cast<acc_t>(kTransB ? b[n * p.ldb + k] : b[k * p.ldb + n]);
+      }
+      b_tile[kk][col] = v;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kTileK; ++kk) {
+      acc_t a_frag[kMicroM], b_frag[kMicroN];
+#pragma unroll
+      for (int i = 0; i < kMicroM; ++i) {
+        a_frag[i] = a_tile[kk][ty + i * kThreadGrid];
+      }
+#pragma unroll
+      for (int j = 0; j < kMicroN; ++j) {
+        b_frag[j] = b_tile[kk][tx + j * kThreadGrid];
+      }
+#pragma unroll
+      for (int i = 0; i < kMicroM; ++i) {
+#pragma unroll
+        for (int j = 0; j < kMicroN; ++j) {
+          sum[i][j] += a_frag[i] * b_frag[j];
+        }
+      }
+    }
+    // The next iteration overwrites the tiles; wait until all have read them.
+    __syncthreads();
+  }
+
+#pragma unroll
+  for (int i = 0; i < kMicroM; ++i) {
+#pragma unroll
+    for (int j = 0; j < kMicroN; ++j) {
+      const int64_t m = m0 + ty + i * kThreadGrid;
+      const int64_t n = n0 + tx + j * kThreadGrid;
+      if (m < p.m && n < p.n) {
+        if (partials != nullptr) {
+          partials[((z * splits + slice) * p.m + m) * p.n + n] = sum[i][j];
+        } else {
+          gemm_store(p, z, m, n, sum[i][j]);
+        }
+      }
+    }
+  }
+}
+
+// Adds the slices of a split reduction in slice order, then applies alpha,
+// bias and beta exactly as the unsplit kernel does.
+template <typename scalar_t>
+__global__ void gemm_split_reduce_kernel(const GemmParams<scalar_t> p, int64_t splits,
+                                         const at::opmath_type<scalar_t>* partials) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t plane = p.m * p.n;
+  CUSTOM_CONV_GRID_STRIDE_LOOP(i, p.batch * plane) {
+    const int64_t z = i / plane;
+    const int64_t mn = i % plane;
+    acc_t sum = acc_t(0);
+    for (int64_t s = 0; s < splits; ++s) {
+      sum += partials[(z * splits + s) * plane + mn];
+    }
+    gemm_store(p, z, mn / p.n, mn % p.n, sum);
+  }
+}
+
+// How many slices to cut the reduction into. Only when the output tiles
+// alone would leave most of the GPU idle, and never into slices shorter than
+// kMinSliceK (the partial sums would cost more to write than to compute). The
+// choice depends only on the shapes and the GPU, so a given call on a given
+// device always sums in the same order.
+inline int64_t gemm_splits(int64_t tiles, int64_t batch, int64_t m, int64_t n, int64_t k) {
+  constexpr int64_t kMinSliceK = 256;
+  // Partial sums held at once, in accumulator values (16 Mi = 64 MiB of float).
+  constexpr int64_t kWorkspaceBudget = int64_t{1} << 24;
+  const int64_t sms = multiprocessor_count();
+  const int64_t wanted_blocks = 2 * sms;
+  if (tiles >= wanted_blocks) {
+    return 1;
+  }
+  int64_t splits = std::min((wanted_blocks + tiles - 1) / tiles, k / kMinSliceK);
+  splits = std::min(splits, kWorkspaceBudget / std::max<int64_t>(1, batch * m * n));
+  return std::max<int64_t>(1, splits);
+}
+
+template <typename scalar_t, bool kTransA, bool kTransB>
+void launch_gemm_tiles(const GemmParams<scalar_t>& p, int64_t tiles_m, int64_t tiles_n,
+                       int64_t splits, int64_t k_per_split,
+                       at::opmath_type<scalar_t>* partials) {
+  // gridDim.z is limited to 65535, so large batches take several launches.
+  constexpr int64_t kMaxGridZ = 65535;
+  const int64_t batches_per_launch = std::max<int64_t>(1, kMaxGridZ / splits);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  for (int64_t z0 = 0; z0 < p.batch; z0 += batches_per_launch) {
+    const int64_t nz = std::min(batches_per_launch, p.batch - z0);
+    const dim3 grid(static_cast<unsigned int>(tiles_n), static_cast<unsigned int>(tiles_m),
+                    static_cast<unsigned int>(nz * splits));
+    gemm_tile_kernel<scalar_t, kTransA, kTransB>
+        <<<grid, kThreads, 0, stream>>>(p, z0, splits, k_per_split, partials);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+// Runs C = alpha * op(A) @ op(B) + beta * C (+ bias) on the current stream.
+template <typename scalar_t>
+void gemm(const GemmParams<scalar_t>& p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  if (p.batch == 0 || p.m == 0 || p.n == 0) {
+    return;
+  }
+  const int64_t tiles_m = (p.m + kTileM - 1) / kTileM;
+  const int64_t tiles_n = (p.n + kTileN - 1) / kTileN;
+  TORCH_CHECK(tiles_m <= 65535 && tiles_n <= 0x7fffffff,
+              "custom_conv gemm: matrix of ", p.m, " x ", p.n, " is too large");
+
+  int64_t splits = gemm_splits(tiles_m * tiles_n * p.batch, p.batch, p.m, p.n, p.k);
+  // Slices are whole multiples of the K tile; recount them after rounding.
+  int64_t k_per_split = std::max<int64_t>(p.k, 1);
+  if (splits > 1) {
+    k_per_split = ((p.k + splits - 1) / splits + kTileK - 1) / kTileK * kTileK;
+    splits = (p.k + k_per_split - 1) / k_per_split;
+  }
+  at::Tensor workspace;
+  acc_t* partials = nullptr;
+  if (splits > 1) {
+    // Freed when this function returns; the caching allocator keeps it from
+    // being reused until the kernels queued on this stream have run.
+    workspace = at::empty({p.batch * splits * p.m * p.n},
+                          at::TensorOptions()
+                              .dtype(c10::CppTypeToScalarType<acc_t>::value)
+                              .device(at::kCUDA, c10::cuda::current_device()));
+    partials = workspace.mutable_data_ptr<acc_t>();
+  }
+
+  if (p.trans_a) {
+    if (p.trans_b) {
+      launch_gemm_tiles<scalar_t, true, true>(p, tiles_m, tiles_n, splits, k_per_split, partials);
+    } else {
+      launch_gemm_tiles<scalar_t, true, false>(p, tiles_m, tiles_n, splits, k_per_split, partials);
+    }
+  } else {
+    if (p.trans_b) {
+      launch_gemm_tiles<scalar_t, false, true>(p, tiles_m, tiles_n, splits, k_per_split, partials);
+    } else {
+      launch_gemm_tiles<scalar_t, false, false>(p, tiles_m, tiles_n, splits, k_per_split, partials);
+    }
+  }
+
+  if (splits > 1) {
+    gemm_split_reduce_kernel<scalar_t>
+        <<<grid_for(p.batch * p.m * p.n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+            p, splits, partials);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+}  // namespace gpu
+}  // namespace custom_conv
