@@ -11,6 +11,11 @@
 // contribution of output (oh, ow) to the input pixel that tap touched, and
 // col2im adds them up per input pixel. Gathered per input pixel instead,
 // that sum runs over the taps in reverse order, i.e. over the flipped kernel.
+//
+// When every group has a single input channel (depthwise), the GEMMs would
+// have a reduction of only kH * kW; those layers take the direct loops of
+// depthwise_conv2d.h instead.
+#include "depthwise_conv2d.h"
 #include "geometry.h"
 #include "im2col.h"
 
@@ -48,6 +53,14 @@ at::Tensor conv2d_forward_cpu(
 
   at::Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w},
                                 input.options());
+  if (is_depthwise(g)) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "depthwise_conv2d_forward_cpu", [&] {
+      depthwise_conv2d_forward(input.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+                               has_bias ? bias_col.const_data_ptr<scalar_t>() : nullptr, g,
+                               output.mutable_data_ptr<scalar_t>());
+    });
+    return output;
+  }
   const int64_t L = g.output_plane();
   const int64_t chunk = g.batch_chunk();
   at::Tensor cols_buf = at::empty({g.groups * g.col_rows_per_group() * chunk * L},
@@ -98,6 +111,14 @@ at::Tensor conv2d_backward_input_cpu(
       .transpose(1, 2);
 
   at::Tensor grad_input = at::empty(input_size, weight_.options());
+  if (is_depthwise(g)) {
+    const at::Tensor weight = weight_.contiguous();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, weight.scalar_type(), "depthwise_conv2d_backward_input_cpu", [&] {
+      depthwise_conv2d_backward_input(grad_output.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+                                      g, grad_input.mutable_data_ptr<scalar_t>());
+    });
+    return grad_input;
+  }
   const int64_t L = g.output_plane();
   const int64_t chunk = g.batch_chunk();
   at::Tensor cols_buf = at::empty({g.groups * g.col_rows_per_group() * chunk * L},
@@ -144,6 +165,13 @@ at::Tensor conv2d_backward_weight_cpu(
       {groups, g.out_channels_per_group(), g.col_rows_per_group()});
   if (g.batch == 0) {
     return grad_weight.zero_();
+  }
+  if (is_depthwise(g)) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "depthwise_conv2d_backward_weight_cpu", [&] {
+      depthwise_conv2d_backward_weight(grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
+                                       g, grad_weight.mutable_data_ptr<scalar_t>());
+    });
+    return grad_weight;
   }
   const int64_t L = g.output_plane();
   const int64_t chunk = g.batch_chunk();

@@ -1,0 +1,231 @@
+"""Times custom_conv against torch.nn.functional, in the same process.
+
+    .venv/bin/python benchmarks/bench.py                 # CPU, float32, batch 32
+    .venv/bin/python benchmarks/bench.py --device cuda   # GPU, against cuDNN (TF32 off)
+    .venv/bin/python benchmarks/bench.py --quick         # a few shapes, for a smoke run
+
+For every conv layer shape it times forward, backward-input, backward-weight
+and forward+backward (autograd, with the bias gradient) for both
+implementations; for max-pool, forward and forward+backward; and a whole
+training step (forward, loss, backward, SGD step) of LeNet-5 and ResNet-20
+built from each backend. Each case is first checked against torch; a
+mismatch aborts instead of timing a wrong kernel. Prints a table of times,
+GFLOP/s and the ratio ours/torch (below 1 is faster), the geometric means,
+and writes everything, with machine, torch version and date, as JSON.
+"""
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.utils import benchmark
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import custom_conv  # noqa: E402
+from custom_conv import functional as CF  # noqa: E402
+from shapes import CONV_SHAPES, POOL_SHAPES  # noqa: E402
+
+ops = torch.ops.custom_conv
+
+
+def measure(fn, min_run_time):
+    fn()  # warm-up (and, on the GPU, lazy initialisation)
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn})
+    return timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+def check(name, ours, theirs, tol):
+    """Largest difference relative to the largest value: reductions here run
+    over up to 10^5 terms, so element-wise relative tolerances would flag
+    the rounding of near-zero sums."""
+    ours, theirs = ours(), theirs()
+    ours = ours if isinstance(ours, (tuple, list)) else (ours,)
+    theirs = theirs if isinstance(theirs, (tuple, list)) else (theirs,)
+    for a, b in zip(ours, theirs):
+        if a is None or b is None:
+            continue
+        a, b = a.double(), b.double()
+        error = ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item() if b.numel() else 0.0
+        if not error <= tol:
+            raise SystemExit(f"{name}: our result differs from torch's by {error:.3g} of its largest value; "
+                             f"not timing a wrong kernel")
+
+
+def conv_cases(shape, batch, device, dtype):
+    name, cin, cout, h, w, k, s, p, groups = shape
+    x = torch.randn(batch, cin, h, w, device=device, dtype=dtype)
+    weight = torch.randn(cout, cin // groups, k, k, device=device, dtype=dtype) / math.sqrt(cin // groups * k * k)
+    bias = torch.randn(cout, device=device, dtype=dtype)
+    args = ([s, s], [p, p], [1, 1], groups)
+    y = F.conv2d(x, weight, bias, s, p, 1, groups)
+    gy = torch.randn_like(y)
+    flops = 2 * y.numel() * (cin // groups) * k * k  # one multiply-add per tap per output
+
+    def aten_backward(mask):
+        return lambda: torch.ops.aten.convolution_backward(
+            gy, x, weight, [cout], [s, s], [p, p], [1, 1], False, [0, 0], groups, mask)
+
+    leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
+
+    def train(conv):
+        def run():
+            out = conv(*leaves, s, p, 1, groups)
+            return torch.autograd.grad(out, leaves, gy)
+        return run
+
+    return {
+        "forward": (lambda: ops.conv2d_forward(x, weight, bias, *args),
+                    lambda: F.conv2d(x, weight, bias, s, p, 1, groups), flops),
+        "backward-input": (lambda: ops.conv2d_backward_input(gy, weight, x.shape, *args),
+                           lambda: aten_backward([True, False, False])()[0], flops),
+        "backward-weight": (lambda: ops.conv2d_backward_weight(gy, x, weight.shape, *args),
+                            lambda: aten_backward([False, True, False])()[1], flops),
+        "forward+backward": (train(CF.conv2d), train(F.conv2d), 3 * flops),
+    }
+
+
+def pool_cases(shape, batch, device, dtype):
+    name, c, h, w, k, s, p = shape
+    x = torch.randn(batch, c, h, w, device=device, dtype=dtype)
+    leaf = x.clone().requires_grad_()
+    gy = torch.randn_like(F.max_pool2d(x, k, s, p))
+
+    def train(pool):
+        return lambda: torch.autograd.grad(pool(leaf, k, s, p), leaf, gy)
+
+    return {
+        "forward": (lambda: CF.max_pool2d(x, k, s, p), lambda: F.max_pool2d(x, k, s, p), None),
+        "forward+backward": (train(CF.max_pool2d), train(F.max_pool2d), None),
+    }
+
+
+def training_step_cases(batch, device, dtype):
+    try:
+        from custom_conv import models
+    except ImportError:
+        return {}
+    cases = {}
+    for name, input_shape in (("lenet5", (1, 28, 28)), ("resnet20", (3, 32, 32))):
+        x = torch.randn(batch, *input_shape, device=device, dtype=dtype)
+        target = torch.randint(0, 10, (batch,), device=device)
+        steps = []
+        for backend in ("custom", "torch"):
+            torch.manual_seed(0)
+            model = getattr(models, name)(backend=backend).to(device=device, dtype=dtype).train()
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+            def step(model=model, optimizer=optimizer):
+                optimizer.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(model(x), target)
+                loss.backward()
+                optimizer.step()
+                return loss.detach()
+            steps.append(step)
+        cases[f"{name} training step"] = {"step": (steps[0], steps[1], None)}
+    return cases
+
+
+def scratch_bytes(shape, batch, device, dtype):
+    """Memory our forward allocates beyond its output (the im2col and GEMM
+    buffers), read from the profiler's allocation records."""
+    fwd = conv_cases(shape, batch, device, dtype)["forward"][0]
+    with torch.profiler.profile(profile_memory=True) as prof:
+        out = fwd()
+    allocated = sum(e.cpu_memory_usage if device == "cpu" else e.device_memory_usage
+                    for e in prof.events() if e.name == "aten::empty")
+    return allocated - out.numel() * out.element_size()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--min-run-time", type=float, default=0.3, help="seconds per measurement")
+    parser.add_argument("--quick", action="store_true", help="only a few shapes")
+    parser.add_argument("--filter", default="", help="only shapes whose name contains this")
+    parser.add_argument("--out", help="JSON file (default: benchmarks/results/<device>-<date>.json)")
+    args = parser.parse_args()
+
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: no GPU visible")
+        # Compare against cuDNN's true float32 arithmetic, not TF32.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.benchmark = True
+    dtype = getattr(torch, args.dtype)
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5}.get(dtype, 2e-2)
+
+    conv_shapes = [s for s in CONV_SHAPES if args.filter in s[0]]
+    pool_shapes = [s for s in POOL_SHAPES if args.filter in s[0]]
+    if args.quick:
+        conv_shapes, pool_shapes = conv_shapes[:2] + conv_shapes[11:13], pool_shapes[:1]
+
+    groups = {}
+    for shape in conv_shapes:
+        groups[("conv", shape[0])] = conv_cases(shape, args.batch, args.device, dtype)
+    for shape in pool_shapes:
+        groups[("maxpool", shape[0])] = pool_cases(shape, args.batch, args.device, dtype)
+    if not args.filter:
+        for name, cases in training_step_cases(args.batch, args.device, dtype).items():
+            groups[("train", name)] = cases
+
+    rows = []
+    print(f"{'layer':<40} {'pass':<17} {'ours ms':>9} {'torch ms':>9} {'GFLOP/s':>8} {'ratio':>6}")
+    for (kind, name), cases in groups.items():
+        for mode, (ours, theirs, flops) in cases.items():
+            if kind != "train":
+                check(f"{name} {mode}", ours, theirs, tol)
+            t_ours, t_torch = measure(ours, args.min_run_time), measure(theirs, args.min_run_time)
+            gflops = flops / t_ours / 1e9 if flops else None
+            rows.append(dict(kind=kind, layer=name, mode=mode, ours_s=t_ours, torch_s=t_torch,
+                             ratio=t_ours / t_torch, ours_gflops=gflops))
+            print(f"{name:<40} {mode:<17} {t_ours * 1e3:9.3f} {t_torch * 1e3:9.3f} "
+                  f"{(f'{gflops:8.1f}' if gflops else '       -')} {t_ours / t_torch:6.2f}", flush=True)
+
+    def geomean(values):
+        values = list(values)
+        return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
+
+    summary = {}
+    for kind in ("conv", "maxpool"):
+        for mode in ("forward", "backward-input", "backward-weight", "forward+backward"):
+            ratios = [r["ratio"] for r in rows if r["kind"] == kind and r["mode"] == mode]
+            if ratios:
+                summary[f"{kind} {mode}"] = dict(geomean=geomean(ratios), worst=max(ratios), count=len(ratios))
+    for r in rows:
+        if r["kind"] == "train":
+            summary[r["layer"]] = dict(geomean=r["ratio"], worst=r["ratio"], count=1)
+    print("\nratio ours/torch (below 1: ours faster)")
+    for key, s in summary.items():
+        print(f"  {key:<30} geometric mean {s['geomean']:.2f}   worst {s['worst']:.2f}   ({s['count']} shapes)")
+
+    scratch = {}
+    if conv_shapes:
+        largest = max(conv_shapes, key=lambda s: s[1] * s[5] ** 2 * s[3] * s[4])
+        for batch in (args.batch, 4 * args.batch):
+            scratch[batch] = scratch_bytes(largest, batch, args.device, dtype)
+        print(f"\nscratch memory of our forward on '{largest[0]}': "
+              + ", ".join(f"batch {b}: {v / 2**20:.1f} MiB" for b, v in scratch.items()))
+
+    machine = (torch.cuda.get_device_name() if args.device == "cuda"
+               else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                    f"{torch.get_num_threads()} threads")
+    result = dict(date=datetime.date.today().isoformat(), machine=machine, device=args.device,
+                  torch=torch.__version__, dtype=args.dtype, batch=args.batch, rows=rows,
+                  summary=summary, scratch_bytes=scratch)
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                   f"{args.device}-{args.dtype}-{result['date']}.json")
+    with open(out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"\nwritten to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+// Direct convolution for the case groups == in_channels ("depthwise", with
+// any channel multiplier; LeNet's first layer, with one input channel, is
+// one too). Each output channel then reads a single input plane, so im2col
+// would copy every input value kH * kW times to feed GEMMs with a reduction
+// dimension of only kH * kW. Looping over the taps directly touches each
+// value once per tap from cache instead.
+//
+// Output channel co reads input channel co / multiplier, where multiplier =
+// out_channels / in_channels.
+#pragma once
+
+#include "geometry.h"
+#include "im2col.h"
+
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace custom_conv {
+
+inline bool is_depthwise(const Conv2dGeometry& g) {
+  return g.in_channels_per_group() == 1;
+}
+
+// Correlates one input plane with one kernel into one output plane (already
+// holding the bias), tap by tap: for each tap, each output row adds the
+// weight times a (strided) input row. Rows are clipped once per tap so the
+// innermost loop has no bounds checks and vectorises for stride 1.
+template <typename scalar_t, typename acc_t>
+void depthwise_plane_forward(const scalar_t* in, const scalar_t* kernel, const Conv2dGeometry& g,
+                             acc_t* out) {
+  for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
+    const int64_t dy = ki * g.dilation_h - g.pad_h;
+    const ValidRange rows = valid_outputs(dy, g.stride_h, g.in_h, g.out_h);
+    for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
+      const int64_t dx = kj * g.dilation_w - g.pad_w;
+      const ValidRange cols = valid_outputs(dx, g.stride_w, g.in_w, g.out_w);
+      const acc_t w = static_cast<acc_t>(kernel[ki * g.kernel_w + kj]);
+      for (int64_t oh = rows.lo; oh < rows.hi; ++oh) {
+        const scalar_t* src = in + (oh * g.stride_h + dy) * g.in_w;
+        acc_t* dst = out + oh * g.out_w;
+        for (int64_t ow = cols.lo; ow < cols.hi; ++ow) {
+          dst[ow] += w * static_cast<acc_t>(src[ow * g.stride_w + dx]);
+        }
+      }
+    }
+  }
+}
+
+template <typename scalar_t>
+void depthwise_conv2d_forward(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
+                              const Conv2dGeometry& g, scalar_t* output) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t multiplier = g.out_channels / g.in_channels;
+  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.output_plane();
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  at::parallel_for(0, g.batch * g.out_channels, plane_grain(taps * out_plane), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(out_plane);
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t n = p / g.out_channels, co = p % g.out_channels;
+      std::fill(acc.begin(), acc.end(), bias ? static_cast<acc_t>(bias[co]) : acc_t(0));
+      depthwise_plane_forward(input + (n * g.in_channels + co / multiplier) * in_plane,
+                              weight + co * taps, g, acc.data());
+      std::copy(acc.begin(), acc.end(), output + p * out_plane);
+    }
+  });
+}
+
+// The input gradient of one input plane: every output channel that read it
+// scatters weight * grad_output back along the same clipped rows as the
+// forward. A thread owns whole input planes, so no two threads add into the
+// same element and the order of the sums is fixed.
+template <typename scalar_t>
+void depthwise_conv2d_backward_input(const scalar_t* grad_output, const scalar_t* weight,
+                                     const Conv2dGeometry& g, scalar_t* grad_input) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t multiplier = g.out_channels / g.in_channels;
+  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.output_plane();
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  at::parallel_for(0, g.batch * g.in_channels, plane_grain(multiplier * taps * out_plane),
+                   [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(in_plane);
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t n = p / g.in_channels, ci = p % g.in_channels;
+      std::fill(acc.begin(), acc.end(), acc_t(0));
+      for (int64_t co = ci * multiplier; co < (ci + 1) * multiplier; ++co) {
+        const scalar_t* go = grad_output + (n * g.out_channels + co) * out_plane;
+        for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
+          const int64_t dy = ki * g.dilation_h - g.pad_h;
+          const ValidRange rows = valid_outputs(dy, g.stride_h, g.in_h, g.out_h);
+          for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
+            const int64_t dx = kj * g.dilation_w - g.pad_w;
+            const ValidRange cols = valid_outputs(dx, g.stride_w, g.in_w, g.out_w);
+            const acc_t w = static_cast<acc_t>(weight[co * taps + ki * g.kernel_w + kj]);
+            for (int64_t oh = rows.lo; oh < rows.hi; ++oh) {
+              const scalar_t* src = go + oh * g.out_w;
+              acc_t* dst = acc.data() + (oh * g.stride_h + dy) * g.in_w;
+              for (int64_t ow = cols.lo; ow < cols.hi; ++ow) {
+                dst[ow * g.stride_w + dx] += w * static_cast<acc_t>(src[ow]);
+              }
+            }
+          }
+        }
+      }
+      std::copy(acc.begin(), acc.end(), grad_input + p * in_plane);
+    }
+  });
+}
+
+// The weight gradient: per output channel and tap, the dot product of the
+// output gradient with the input plane shifted by that tap, summed over the
+// batch. A thread owns whole output channels, so the reduction order is fixed.
+template <typename scalar_t>
+void depthwise_conv2d_backward_weight(const scalar_t* grad_output, const scalar_t* input,
+                                      const Conv2dGeometry& g, scalar_t* grad_weight) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t multiplier = g.out_channels / g.in_channels;
+  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.output_plane();
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  at::parallel_for(0, g.out_channels, plane_grain(g.batch * taps * out_plane), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(taps);
+    for (int64_t co = begin; co < end; ++co) {
+      std::fill(acc.begin(), acc.end(), acc_t(0));
+      for (int64_t n = 0; n < g.batch; ++n) {
+        const scalar_t* go = grad_output + (n * g.out_channels + co) * out_plane;
+        const scalar_t* in = input + (n * g.in_channels + co / multiplier) * in_plane;
+        for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
+          const int64_t dy = ki * g.dilation_h - g.pad_h;
+          const ValidRange rows = valid_outputs(dy, g.stride_h, g.in_h, g.out_h);
+          for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
+            const int64_t dx = kj * g.dilation_w - g.pad_w;
+            const ValidRange cols = valid_outputs(dx, g.stride_w, g.in_w, g.out_w);
+            acc_t sum = 0;
+            for (int64_t oh = rows.lo; oh < rows.hi; ++oh) {
+              const scalar_t* src = in + (oh * g.stride_h + dy) * g.in_w;
+              const scalar_t* grad = go + oh * g.out_w;
+              for (int64_t ow = cols.lo; ow < cols.hi; ++ow) {
+                sum += static_cast<acc_t>(grad[ow]) * static_cast<acc_t>(src[ow * g.stride_w + dx]);
+              }
+            }
+            acc[ki * g.kernel_w + kj] += sum;
+          }
+        }
+      }
+      std::copy(acc.begin(), acc.end(), grad_weight + co * taps);
+    }
+  });
+}
+
+}  // namespace custom_conv
