@@ -1,0 +1,186 @@
+"""train.py end to end on tiny MNIST files (the real idx format) in tmp_path."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dataset_files import write_mnist
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import train  # noqa: E402
+
+# Small enough to take seconds, big enough for several batches per epoch.
+TINY = ["--batch-size", "16", "--no-download", "--workers", "0", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    write_mnist(root, n_train=96, n_test=40)
+    return root
+
+
+def run_cli(args, cwd, timeout=180, launcher=None):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    command = (launcher or [sys.executable]) + [str(ROOT / "train.py")] + args
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def cli_run(data_dir, tmp_path_factory):
+    """`python train.py` as a user runs it: two short epochs."""
+    run_dir = tmp_path_factory.mktemp("runs") / "smoke"
+    result = run_cli(["--data-dir", str(data_dir), "--logdir", str(run_dir), "--epochs", "2",
+                      "--limit-batches", "3"] + TINY, cwd=run_dir.parent)
+    assert result.returncode == 0, result.stderr
+    return run_dir, result
+
+
+def test_cli_prints_one_summary_line_per_epoch(cli_run):
+    _, result = cli_run
+    summaries = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
+    assert len(summaries) == 2
+    for line in summaries:
+        assert "loss" in line and "acc" in line and "img/s" in line
+    assert "\r" not in result.stdout + result.stderr  # no progress bar when not on a terminal
+
+
+def test_metrics_json(cli_run):
+    run_dir, _ = cli_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0.0 <= metrics["test_acc"] <= 1.0 and metrics["finished"]
+    assert [row["epoch"] for row in metrics["history"]] == [1, 2]
+    for row in metrics["history"]:
+        assert row["epoch_time_s"] > 0 and row["images_per_s"] > 0
+        assert row["train_images"] == 3 * 16 and 0 <= row["train_acc"] <= 1 and row["train_loss"] > 0
+    assert metrics["test_acc"] == metrics["history"][-1]["test_acc"]
+    assert metrics["config"]["backend"] == "custom" and metrics["config"]["model"] == "lenet5"
+
+
+def test_checkpoint_holds_everything_to_continue(cli_run):
+    run_dir, _ = cli_run
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert ckpt["epoch"] == 2
+    for key in ("model", "optimizer", "scheduler", "scaler", "rng", "args", "history"):
+        assert key in ckpt
+    assert set(ckpt["rng"][0]) >= {"python", "numpy", "torch", "sampler"}
+    assert (run_dir / "best.pt").exists()
+    assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_tensorboard_events_read_back(cli_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, _ = cli_run
+    events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "histograms": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    for tag in ("loss/train", "loss/test", "accuracy/train", "accuracy/test", "learning_rate",
+                "throughput/train_images_per_s"):
+        assert [e.step for e in events.Scalars(tag)] == [1, 2], tag
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert events.Scalars("accuracy/test")[-1].value == pytest.approx(metrics["test_acc"])
+    for name in ("features.0", "features.3"):
+        assert f"weights/{name}" in tags["histograms"] and f"gradients/{name}" in tags["histograms"]
+    assert {"filters/first_conv", "feature_maps/features.0", "feature_maps/features.3",
+            "feature_maps/input"} <= set(tags["images"])
+    # 6 first-layer filters of 5x5, shown 8x larger in one row of the grid.
+    assert events.Images("filters/first_conv")[-1].width >= 6 * 40
+    hparams = events.PluginTagToContent("hparams")
+    assert "_hparams_/experiment" in hparams and "_hparams_/session_start_info" in hparams
+    assert b"lenet5" in hparams["_hparams_/session_start_info"]
+    assert [e.value for e in events.Scalars("hparam/test_acc")] == [pytest.approx(metrics["test_acc"])]
+
+
+def test_resume_ends_with_bitwise_the_same_weights(data_dir, tmp_path):
+    # Augmentation on, so the restored RNG states matter as well as the data order.
+    common = ["--data-dir", str(data_dir), "--epochs", "3", "--limit-batches", "4"] + TINY
+    whole = train.main(common + ["--logdir", str(tmp_path / "whole")])
+    first = train.main(common + ["--logdir", str(tmp_path / "split"), "--stop-after", "1"])
+    assert first["epochs_done"] == 1 and not first["finished"]
+    torch.manual_seed(1234)  # whatever the process did meanwhile must not matter
+    resumed = train.main(["--resume", str(tmp_path / "split"), "--data-dir", str(data_dir), "--threads", "1"])
+    assert resumed["finished"] and [r["epoch"] for r in resumed["history"]] == [1, 2, 3]
+    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for (_, sa), (_, sb) in zip(a["optimizer"]["state"].items(), b["optimizer"]["state"].items()):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+    for field in ("train_loss", "test_loss", "test_acc", "lr"):
+        assert [r[field] for r in whole["history"]] == [r[field] for r in resumed["history"]], field
+    # Both halves wrote to one TensorBoard run, each epoch once.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "split"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss/train")] == [1, 2, 3]
+
+
+def test_resume_refuses_to_change_hyperparameters(data_dir, tmp_path):
+    train.main(["--data-dir", str(data_dir), "--epochs", "2", "--limit-batches", "1", "--stop-after", "1",
+                "--logdir", str(tmp_path)] + TINY)
+    with pytest.raises(SystemExit, match="--lr 0.1"):
+        train.main(["--resume", str(tmp_path), "--lr", "0.1", "--data-dir", str(data_dir)])
+
+
+def test_eval_only_reproduces_the_checkpoints_test_accuracy(data_dir, tmp_path):
+    metrics = train.main(["--data-dir", str(data_dir), "--epochs", "1", "--logdir", str(tmp_path),
+                          "--backend", "torch"] + TINY)
+    result = train.main(["--resume", str(tmp_path / "checkpoint.pt"), "--eval-only", "--data-dir", str(data_dir)])
+    assert result["test_acc"] == metrics["test_acc"] and result["test_images"] == 40
+    assert json.loads((tmp_path / "eval.json").read_text())["test_acc"] == metrics["test_acc"]
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    target = tmp_path / "checkpoint.pt"
+    train.atomic_save({"epoch": 1}, target)
+
+    def crash(obj, f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train.atomic_save({"epoch": 2}, target)
+    assert torch.load(target)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_amp_runs_on_cpu(data_dir, tmp_path):
+    metrics = train.main(["--data-dir", str(data_dir), "--epochs", "1", "--limit-batches", "2", "--amp",
+                          "--logdir", str(tmp_path)] + TINY)
+    assert 0.0 <= metrics["test_acc"] <= 1.0 and metrics["config"]["amp"]
+
+
+def test_missing_dataset_stops_with_a_clear_message(tmp_path):
+    with pytest.raises(SystemExit, match="cifar-10-batches-py"):
+        train.main(["--dataset", "cifar10", "--data-dir", str(tmp_path), "--no-download",
+                    "--logdir", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()
+
+
+def test_torchrun_two_cpu_processes(data_dir, tmp_path):
+    run_dir = tmp_path / "ddp"
+    result = run_cli(["--data-dir", str(data_dir), "--logdir", str(run_dir), "--epochs", "2",
+                      "--stop-after", "1", "--batch-size", "8", "--device", "cpu", "--no-download",
+                      "--threads", "1"],
+                     cwd=tmp_path, launcher=[sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                             "--nproc_per_node=2"], timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # Only rank 0 logs and writes.
+    assert len([line for line in result.stdout.splitlines() if line.startswith("epoch ")]) == 1
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["config"]["world_size"] == 2
+    # Sharded: the two processes together see each image once per epoch
+    # (96 training images, 6 batches of 8 each); every test image is counted once.
+    assert metrics["history"][0]["train_images"] == 96 and metrics["history"][0]["test_images"] == 40
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert len(ckpt["rng"]) == 2
+    assert not any(k.startswith("module.") for k in ckpt["model"])
