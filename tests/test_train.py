@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dataset_files import write_mnist
+from dataset_files import write_cifar, write_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -184,3 +184,18 @@ def test_torchrun_two_cpu_processes(data_dir, tmp_path):
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     assert len(ckpt["rng"]) == 2
     assert not any(k.startswith("module.") for k in ckpt["model"])
+
+
+@pytest.mark.parametrize("model", ["resnet20", "vgg11_bn"])
+def test_cifar_models_train_on_cifar_files(tmp_path, monkeypatch, model):
+    write_cifar(tmp_path, monkeypatch, per_batch=4, n_test=4)
+    metrics = train.main(["--model", model, "--dataset", "cifar10", "--data-dir", str(tmp_path), "--epochs", "1",
+                          "--batch-size", "4", "--limit-batches", "2", "--logdir", str(tmp_path / "run"),
+                          "--no-download", "--threads", "1"])
+    assert metrics["config"]["dataset_source"].startswith("CIFAR10 from")
+    assert metrics["history"][0]["train_images"] == 8 and metrics["history"][0]["test_images"] == 4
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "run"), size_guidance={"images": 0})
+    events.Reload()
+    assert "filters/first_conv" in events.Tags()["images"]  # 3-channel filters shown in colour
