@@ -199,3 +199,13 @@ def test_cifar_models_train_on_cifar_files(tmp_path, monkeypatch, model):
     events = EventAccumulator(str(tmp_path / "run"), size_guidance={"images": 0})
     events.Reload()
     assert "filters/first_conv" in events.Tags()["images"]  # 3-channel filters shown in colour
+
+
+def test_default_run_directory_is_readable_and_never_reused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args, _ = train.parse_args(["--model", "resnet20", "--dataset", "cifar10", "--backend", "torch"])
+    first = Path(train.default_logdir(args))
+    assert first.parent == Path("runs") and first.name.startswith("resnet20-cifar10-torch-")
+    first.mkdir(parents=True)
+    second = Path(train.default_logdir(args))
+    assert second != first and not second.exists()
