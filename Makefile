@@ -1,6 +1,8 @@
 # Everything runs inside a virtual environment at .venv, created on first use.
-#   make train   the main job (python train.py with its defaults)
+#   make train   the main job: python train.py with its defaults (LeNet-5 on MNIST, our layers)
 #   make test    build the extension, then run the test suite
+#   make demo    our layers next to torch's on the same inputs
+#   make bench   benchmarks/bench.py: our kernels against torch.nn.functional
 VENV   ?= .venv
 PYTHON := $(VENV)/bin/python
 DEPS   := $(VENV)/.requirements-installed
@@ -22,8 +24,14 @@ build: $(DEPS)
 test: build
 	$(PYTHON) -m pytest -q tests
 
+train: build
+	$(PYTHON) train.py
+
 demo: build
 	$(PYTHON) demo.py
+
+bench: build
+	$(PYTHON) benchmarks/bench.py
 
 clean:
 	rm -rf build custom_conv/*.so

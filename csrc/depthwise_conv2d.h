@@ -16,6 +16,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <numeric>
 #include <vector>
 
 namespace custom_conv {
@@ -111,7 +112,10 @@ void depthwise_conv2d_backward_input(const scalar_t* grad_output, const scalar_t
 
 // The weight gradient: per output channel and tap, the dot product of the
 // output gradient with the input plane shifted by that tap, summed over the
-// batch. A thread owns whole output channels, so the reduction order is fixed.
+// batch. Each tap keeps one partial sum per output column, so the innermost
+// loop is an element-wise multiply-add that vectorises (a single running
+// sum would serialise on its own additions); the columns are added up at the
+// end. A thread owns whole output channels, so the order of every sum is fixed.
 template <typename scalar_t>
 void depthwise_conv2d_backward_weight(const scalar_t* grad_output, const scalar_t* input,
                                       const Conv2dGeometry& g, scalar_t* grad_weight) {
@@ -120,9 +124,9 @@ void depthwise_conv2d_backward_weight(const scalar_t* grad_output, const scalar_
   const int64_t in_plane = g.in_h * g.in_w, out_plane = g.output_plane();
   const int64_t taps = g.kernel_h * g.kernel_w;
   at::parallel_for(0, g.out_channels, plane_grain(g.batch * taps * out_plane), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(taps);
+    std::vector<acc_t> column_sums(taps * g.out_w);
     for (int64_t co = begin; co < end; ++co) {
-      std::fill(acc.begin(), acc.end(), acc_t(0));
+      std::fill(column_sums.begin(), column_sums.end(), acc_t(0));
       for (int64_t n = 0; n < g.batch; ++n) {
         const scalar_t* go = grad_output + (n * g.out_channels + co) * out_plane;
         const scalar_t* in = input + (n * g.in_channels + co / multiplier) * in_plane;
@@ -132,19 +136,21 @@ void depthwise_conv2d_backward_weight(const scalar_t* grad_output, const scalar_
           for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
             const int64_t dx = kj * g.dilation_w - g.pad_w;
             const ValidRange cols = valid_outputs(dx, g.stride_w, g.in_w, g.out_w);
-            acc_t sum = 0;
+            acc_t* sums = column_sums.data() + (ki * g.kernel_w + kj) * g.out_w;
             for (int64_t oh = rows.lo; oh < rows.hi; ++oh) {
               const scalar_t* src = in + (oh * g.stride_h + dy) * g.in_w;
               const scalar_t* grad = go + oh * g.out_w;
               for (int64_t ow = cols.lo; ow < cols.hi; ++ow) {
-                sum += static_cast<acc_t>(grad[ow]) * static_cast<acc_t>(src[ow * g.stride_w + dx]);
+                sums[ow] += static_cast<acc_t>(grad[ow]) * static_cast<acc_t>(src[ow * g.stride_w + dx]);
               }
             }
-            acc[ki * g.kernel_w + kj] += sum;
           }
         }
       }
-      std::copy(acc.begin(), acc.end(), grad_weight + co * taps);
+      for (int64_t tap = 0; tap < taps; ++tap) {
+        const acc_t* sums = column_sums.data() + tap * g.out_w;
+        grad_weight[co * taps + tap] = static_cast<scalar_t>(std::accumulate(sums, sums + g.out_w, acc_t(0)));
+      }
     }
   });
 }

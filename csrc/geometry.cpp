@@ -8,11 +8,6 @@
 namespace custom_conv {
 namespace {
 
-// Unrolled columns per im2col chunk, counted in values (4 Mi floats = 16 MiB).
-// Large enough that a chunk is one efficient GEMM, small enough to stay
-// bounded for any batch.
-constexpr int64_t kColumnBudget = int64_t{1} << 22;
-
 void check_pair(c10::IntArrayRef v, const char* op, const char* name) {
   TORCH_CHECK(v.size() == 2, op, ": expected ", name,
               " to have 2 values (height, width), got ", v.size());
@@ -40,10 +35,10 @@ int64_t pooled_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d,
 
 }  // namespace
 
-int64_t Conv2dGeometry::batch_chunk() const {
+int64_t Conv2dGeometry::batch_chunk(int64_t column_budget) const {
   const int64_t per_sample =
       std::max<int64_t>(1, groups * col_rows_per_group() * output_plane());
-  return std::max<int64_t>(1, std::min(batch, kColumnBudget / per_sample));
+  return std::max<int64_t>(1, std::min(batch, column_budget / per_sample));
 }
 
 Conv2dGeometry conv2d_geometry(

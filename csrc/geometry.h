@@ -30,9 +30,11 @@ struct Conv2dGeometry {
 
   // How many samples im2col unrolls at once. The column buffer holds
   // groups * col_rows_per_group() * output_plane() values per sample; we stop
-  // adding samples once it would exceed a fixed budget, so scratch memory is
-  // bounded whatever the batch size, yet small layers still get one large GEMM.
-  int64_t batch_chunk() const;
+  // adding samples once it would exceed `column_budget` values, so scratch
+  // memory is bounded whatever the batch size, yet small layers still get
+  // one large GEMM. The default (4 Mi values) suits GPUs; the CPU kernels
+  // pass a budget sized for cache.
+  int64_t batch_chunk(int64_t column_budget = int64_t{1} << 22) const;
 };
 
 // Validates a convolution call and returns its geometry. `input_sizes` is

@@ -168,3 +168,33 @@ def test_gradcheck(case):
 def test_gradgradcheck(case):
     tensors, kwargs = _small(case)
     assert torch.autograd.gradgradcheck(lambda x, w, b: CF.conv2d(x, w, b, **kwargs), tensors)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_batch_gives_the_same_results_as_its_samples_one_by_one(threads):
+    # The CPU kernels cut the batch into chunks (by cache size and thread
+    # count); how it is cut must not change any sample's result.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = torch.randn(7, 6, 20, 20, dtype=torch.float64)
+        w = torch.randn(8, 3, 3, 3, dtype=torch.float64)
+        gy = torch.randn(7, 8, 10, 10, dtype=torch.float64)
+        ops, args = torch.ops.custom_conv, ([2, 2], [1, 1], [1, 1], 2)
+        whole = ops.conv2d_forward(x, w, None, *args)
+        gx = ops.conv2d_backward_input(gy, w, list(x.shape), *args)
+        gw = ops.conv2d_backward_weight(gy, x, list(w.shape), *args)
+        for n in range(7):
+            torch.testing.assert_close(whole[n:n + 1], ops.conv2d_forward(x[n:n + 1], w, None, *args))
+            torch.testing.assert_close(gx[n:n + 1], ops.conv2d_backward_input(gy[n:n + 1], w, [1, 6, 20, 20], *args))
+        per_sample = sum(ops.conv2d_backward_weight(gy[n:n + 1], x[n:n + 1], list(w.shape), *args) for n in range(7))
+        torch.testing.assert_close(gw, per_sample)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_weight_gradient_is_bitwise_reproducible():
+    x, gy = torch.randn(16, 8, 16, 16), torch.randn(16, 4, 16, 16)
+    grads = [torch.ops.custom_conv.conv2d_backward_weight(gy, x, [4, 8, 3, 3], [1, 1], [1, 1], [1, 1], 1)
+             for _ in range(3)]
+    assert torch.equal(grads[0], grads[1]) and torch.equal(grads[0], grads[2])
