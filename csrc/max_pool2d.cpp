@@ -7,6 +7,7 @@
 // i.e. routes each output gradient to that one input element.
 #include "geometry.h"
 #include "im2col.h"
+#include "max_pool2d_window.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -14,30 +15,11 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <cmath>
-#include <limits>
 #include <tuple>
+#include <vector>
 
 namespace custom_conv {
 namespace {
-
-// First input row (or column) of a window that is not padding, and the end of
-// the window clipped to the input. Rows before `first` are padding; stepping
-// by the dilation keeps `first` on the window's grid.
-struct WindowSpan {
-  int64_t first, end;
-};
-
-inline WindowSpan window_span(int64_t out_pos, int64_t stride, int64_t pad,
-                              int64_t kernel, int64_t dilation, int64_t size) {
-  const int64_t start = out_pos * stride - pad;
-  const int64_t end = std::min(start + (kernel - 1) * dilation + 1, size);
-  int64_t first = start;
-  if (first < 0) {
-    first += ceil_div(-first, dilation) * dilation;
-  }
-  return {first, end};
-}
 
 std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cpu(
     const at::Tensor& input_,
@@ -65,25 +47,10 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cpu(
       for (int64_t p = begin; p < end; ++p) {
         const scalar_t* plane = in + p * in_plane;
         for (int64_t oh = 0; oh < g.out_h; ++oh) {
-          const WindowSpan rows = window_span(oh, g.stride_h, g.pad_h, g.kernel_h, g.dilation_h, g.in_h);
           for (int64_t ow = 0; ow < g.out_w; ++ow) {
-            const WindowSpan cols = window_span(ow, g.stride_w, g.pad_w, g.kernel_w, g.dilation_w, g.in_w);
-            // Ties keep the first maximum in row-major order (strict >). A NaN
-            // always wins and so does every later NaN, so the result is NaN
-            // with the index of the window's last NaN, as in torch.
-            int64_t best = rows.first * g.in_w + cols.first;
-            acc_t best_val = -std::numeric_limits<acc_t>::infinity();
-            for (int64_t ih = rows.first; ih < rows.end; ih += g.dilation_h) {
-              for (int64_t iw = cols.first; iw < cols.end; iw += g.dilation_w) {
-                const acc_t v = static_cast<acc_t>(plane[ih * g.in_w + iw]);
-                if (v > best_val || std::isnan(v)) {
-                  best_val = v;
-                  best = ih * g.in_w + iw;
-                }
-              }
-            }
-            out[p * out_plane + oh * g.out_w + ow] = static_cast<scalar_t>(best_val);
-            idx[p * out_plane + oh * g.out_w + ow] = best;
+            const WindowMax<acc_t> best = window_max<acc_t>(plane, g, oh, ow);
+            out[p * out_plane + oh * g.out_w + ow] = static_cast<scalar_t>(best.value);
+            idx[p * out_plane + oh * g.out_w + ow] = best.index;
           }
         }
       }
@@ -116,10 +83,14 @@ at::Tensor max_pool2d_backward_cpu(
       for (int64_t p = begin; p < end; ++p) {
         std::fill(acc.begin(), acc.end(), acc_t(0));
         for (int64_t o = 0; o < out_plane; ++o) {
+          // With dilation a window can hold only padding: its output is -inf,
+          // depends on no input, and its index (torch's, kept for parity)
+          // lies past the plane. It routes its gradient nowhere. (torch's
+          // own backward adds it to the next plane's memory instead.)
           const int64_t i = idx[p * out_plane + o];
-          TORCH_CHECK(i >= 0 && i < in_plane, "max_pool2d_backward: index ", i,
-                      " is outside the input plane of ", in_plane, " elements");
-          acc[i] += static_cast<acc_t>(go[p * out_plane + o]);
+          if (i >= 0 && i < in_plane) {
+            acc[i] += static_cast<acc_t>(go[p * out_plane + o]);
+          }
         }
         std::copy(acc.begin(), acc.end(), gi + p * in_plane);
       }

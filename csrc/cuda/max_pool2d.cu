@@ -1,8 +1,9 @@
 // max_pool2d on the GPU: forward with indices, and backward, side by side,
-// with the same results as the CPU version (../max_pool2d.cpp): same window
-// walk, tie rule, NaN rule and initial index in the forward; and in the
-// backward, the same sums added in the same order.
+// with the same results as the CPU version (../max_pool2d.cpp): the forward
+// calls the same window_max (../max_pool2d_window.h), so windows, ties, NaN
+// and initial indices agree; the backward adds the same sums in the same order.
 #include "../geometry.h"
+#include "../max_pool2d_window.h"
 #include "common.cuh"
 
 #include <ATen/ATen.h>
@@ -21,24 +22,6 @@ namespace custom_conv {
 namespace gpu {
 namespace {
 
-// First input row (or column) of a window that is not padding, and the end of
-// the window clipped to the input; as window_span in ../max_pool2d.cpp.
-struct WindowSpan {
-  int64_t first, end;
-};
-
-__device__ __forceinline__ WindowSpan window_span(int64_t out_pos, int64_t stride, int64_t pad,
-                                                  int64_t kernel, int64_t dilation, int64_t size) {
-  const int64_t start = out_pos * stride - pad;
-  const int64_t reach = start + (kernel - 1) * dilation + 1;
-  const int64_t end = reach < size ? reach : size;
-  int64_t first = start;
-  if (first < 0) {
-    first += (-first + dilation - 1) / dilation * dilation;
-  }
-  return {first, end};
-}
-
 // One thread per output element.
 template <typename scalar_t>
 __global__ void max_pool2d_forward_kernel(const scalar_t* __restrict__ input, const Pool2dGeometry g,
@@ -50,25 +33,9 @@ __global__ void max_pool2d_forward_kernel(const scalar_t* __restrict__ input, co
     const int64_t ow = e % g.out_w;
     const int64_t oh = (e / g.out_w) % g.out_h;
     const int64_t p = e / out_plane;
-    const scalar_t* plane = input + p * g.in_h * g.in_w;
-    const WindowSpan rows = window_span(oh, g.stride_h, g.pad_h, g.kernel_h, g.dilation_h, g.in_h);
-    const WindowSpan cols = window_span(ow, g.stride_w, g.pad_w, g.kernel_w, g.dilation_w, g.in_w);
-    // Ties keep the first maximum in row-major order (strict >). A NaN always
-    // wins and so does every later NaN, so the result is NaN with the index
-    // of the window's last NaN, as in torch and in our CPU kernel.
-    int64_t best = rows.first * g.in_w + cols.first;
-    acc_t best_val = -std::numeric_limits<acc_t>::infinity();
-    for (int64_t ih = rows.first; ih < rows.end; ih += g.dilation_h) {
-      for (int64_t iw = cols.first; iw < cols.end; iw += g.dilation_w) {
-        const acc_t v = static_cast<acc_t>(plane[ih * g.in_w + iw]);
-        if (v > best_val || at::_isnan(v)) {
-          best_val = v;
-          best = ih * g.in_w + iw;
-        }
-      }
-    }
-    output[e] = static_cast<scalar_t>(best_val);
-    indices[e] = best;
+    const WindowMax<acc_t> best = window_max<acc_t>(input + p * g.in_h * g.in_w, g, oh, ow);
+    output[e] = static_cast<scalar_t>(best.value);
+    indices[e] = best.index;
   }
 }
 
@@ -145,7 +112,9 @@ index_extent_kernel(const int64_t* __restrict__ indices, int64_t planes, int64_t
     const int64_t p = j / across, t = j % across;
     const int64_t o = by_row ? line * out_w + t : t * out_w + line;
     const int64_t i = indices[p * out_h * out_w + o];
-    CUDA_KERNEL_ASSERT(i >= 0 && i < in_h * in_w);
+    if (i < 0 || i >= in_h * in_w) {
+      continue;  // a window of padding only: no input to route to (see the CPU kernel)
+    }
     const int64_t pos = by_row ? i / in_w : i % in_w;
     lo = pos < lo ? pos : lo;
     hi = pos > hi ? pos : hi;

@@ -1,0 +1,61 @@
+// The max-pooling window, written once for the CPU and the GPU kernels: where
+// a window lies in its input plane, and which element is its maximum. Both
+// backends call window_max, so they agree on values, indices, ties and NaN.
+#pragma once
+
+#include "geometry.h"
+
+#include <ATen/NumericUtils.h>
+#include <c10/macros/Macros.h>
+
+#include <limits>
+
+namespace custom_conv {
+
+// First input row (or column) of a window that is not padding, and the end of
+// the window clipped to the input. Rows before `first` are padding; stepping
+// by the dilation keeps `first` on the window's grid.
+struct WindowSpan {
+  int64_t first, end;
+};
+
+C10_HOST_DEVICE inline WindowSpan window_span(int64_t out_pos, int64_t stride, int64_t pad,
+                                              int64_t kernel, int64_t dilation, int64_t size) {
+  const int64_t start = out_pos * stride - pad;
+  const int64_t reach = start + (kernel - 1) * dilation + 1;
+  int64_t first = start;
+  if (first < 0) {
+    first += (-first + dilation - 1) / dilation * dilation;
+  }
+  return {first, reach < size ? reach : size};
+}
+
+template <typename acc_t>
+struct WindowMax {
+  acc_t value;
+  int64_t index;  // h * W + w within the plane, as torch reports it
+};
+
+// The maximum of window (oh, ow) of one input plane. Ties keep the first
+// maximum in row-major order (strict >). A NaN always wins, and so does every
+// later NaN, so the result is NaN with the index of the window's last NaN, as
+// in torch. A window holding only -inf points at its first element inside
+// the input.
+template <typename acc_t, typename scalar_t>
+C10_HOST_DEVICE inline WindowMax<acc_t> window_max(const scalar_t* plane, const Pool2dGeometry& g,
+                                                   int64_t oh, int64_t ow) {
+  const WindowSpan rows = window_span(oh, g.stride_h, g.pad_h, g.kernel_h, g.dilation_h, g.in_h);
+  const WindowSpan cols = window_span(ow, g.stride_w, g.pad_w, g.kernel_w, g.dilation_w, g.in_w);
+  WindowMax<acc_t> best{-std::numeric_limits<acc_t>::infinity(), rows.first * g.in_w + cols.first};
+  for (int64_t ih = rows.first; ih < rows.end; ih += g.dilation_h) {
+    for (int64_t iw = cols.first; iw < cols.end; iw += g.dilation_w) {
+      const acc_t v = static_cast<acc_t>(plane[ih * g.in_w + iw]);
+      if (v > best.value || at::_isnan(v)) {
+        best = {v, ih * g.in_w + iw};
+      }
+    }
+  }
+  return best;
+}
+
+}  // namespace custom_conv
