@@ -74,8 +74,8 @@ def build_parser():
                    help="learning rate per epoch: cosine to 0 (default), step (x0.1 at 50%% and 75%%), constant")
     g.add_argument("--seed", type=int, help=f"default {d['seed']}")
     g.add_argument("--amp", action="store_true",
-                   help="autocast: float16 with gradient scaling on GPUs; bfloat16 on CPUs, where our "
-                        "conv kernels stay float32")
+                   help="autocast: float16 with gradient scaling on GPUs, bfloat16 on CPUs; convolutions "
+                        "(ours and torch's) run in that dtype")
     g = p.add_argument_group("running")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"),
                    help="auto: a GPU if there is one and the backend has kernels for it")

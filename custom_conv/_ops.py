@@ -179,28 +179,33 @@ torch.library.register_autograd("custom_conv::max_pool2d_backward", _pool_backwa
 
 
 # -------------------------------------------------------------------- autocast
-# Under torch.autocast("cuda"), torch runs conv2d in the autocast dtype that
-# is in effect (float16 by default, or bfloat16 if asked for), and so do we.
-# torch.library.register_autocast is not enough: it casts to one dtype fixed
-# at registration. So the AutocastCUDA kernel below is the same as the one
-# register_autocast installs, except that it reads the active dtype on every
-# call. Like torch's cast policy it converts only floating-point CUDA tensors
-# other than float64, then reruns the op with autocast excluded, so the call
-# reaches the CUDA kernel (and autograd sees the casts and returns gradients
-# in the original dtypes). max_pool2d needs no rule: like torch's, it runs in
-# its input's dtype. Registering this on a CPU-only build is harmless, since
-# the AutocastCUDA key is only ever set for CUDA tensors.
+# Under torch.autocast, torch runs conv2d in the autocast dtype that is in
+# effect for the device (float16 or bfloat16 on GPUs, bfloat16 on CPUs), and
+# so do we. torch.library.register_autocast is not enough: it casts to one
+# dtype fixed at registration. So the kernels below do what register_autocast
+# installs, except that they read the active dtype on every call. Like torch's
+# cast policy they convert only floating-point tensors of that device type
+# other than float64, then rerun the op with autocast excluded, so the call
+# reaches the backend kernel (and autograd sees the casts and returns
+# gradients in the original dtypes). max_pool2d needs no rule: like torch's,
+# it runs in its input's dtype.
 
-def _autocast_cast(value, dtype):
-    if isinstance(value, torch.Tensor) and value.is_floating_point() and value.is_cuda \
-            and value.dtype is not torch.float64:
-        return value.to(dtype)
-    return value
+def _register_autocast(device_type, dispatch_key):
+    excluded = torch._C.DispatchKeySet(dispatch_key)
+
+    def cast(value, dtype):
+        if isinstance(value, torch.Tensor) and value.is_floating_point() \
+                and value.device.type == device_type and value.dtype is not torch.float64:
+            return value.to(dtype)
+        return value
+
+    @torch.library.impl("custom_conv::conv2d_forward", dispatch_key.name)
+    def _(input, weight, bias, stride, padding, dilation, groups):
+        dtype = torch.get_autocast_dtype(device_type)
+        with torch._C._ExcludeDispatchKeyGuard(excluded):
+            return ops.conv2d_forward(cast(input, dtype), cast(weight, dtype), cast(bias, dtype),
+                                      stride, padding, dilation, groups)
 
 
-@torch.library.impl("custom_conv::conv2d_forward", "AutocastCUDA")
-def _(input, weight, bias, stride, padding, dilation, groups):
-    dtype = torch.get_autocast_dtype("cuda")
-    with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCUDA)):
-        return ops.conv2d_forward(_autocast_cast(input, dtype), _autocast_cast(weight, dtype),
-                                  _autocast_cast(bias, dtype), stride, padding, dilation, groups)
+_register_autocast("cuda", torch._C.DispatchKey.AutocastCUDA)
+_register_autocast("cpu", torch._C.DispatchKey.AutocastCPU)

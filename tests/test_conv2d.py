@@ -198,3 +198,14 @@ def test_weight_gradient_is_bitwise_reproducible():
     grads = [torch.ops.custom_conv.conv2d_backward_weight(gy, x, [4, 8, 3, 3], [1, 1], [1, 1], [1, 1], 1)
              for _ in range(3)]
     assert torch.equal(grads[0], grads[1]) and torch.equal(grads[0], grads[2])
+
+
+def test_cpu_autocast_runs_conv_in_bfloat16_like_torch():
+    x, w, b = torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3, requires_grad=True), torch.randn(4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, ref = CF.conv2d(x, w, b, padding=1), F.conv2d(x, w, b, padding=1)
+    assert out.dtype == ref.dtype == torch.bfloat16
+    # Both round the same bfloat16 inputs and sum in float: a few bfloat16 steps.
+    torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=5e-2)
+    out.float().sum().backward()
+    assert w.grad.dtype == torch.float32  # the cast is differentiated back to the parameter's dtype
