@@ -115,25 +115,33 @@ void check_floating_4d(const at::Tensor& t, const char* op, const char* name) {
               t.sizes());
 }
 
-void check_max_pool2d_backward(
+Pool2dGeometry max_pool2d_backward_geometry(
     const at::Tensor& grad_output,
     const at::Tensor& indices,
-    c10::IntArrayRef input_size) {
+    c10::IntArrayRef input_size,
+    c10::IntArrayRef kernel_size,
+    c10::IntArrayRef stride,
+    c10::IntArrayRef padding,
+    c10::IntArrayRef dilation,
+    bool ceil_mode) {
   check_floating_4d(grad_output, "max_pool2d_backward", "grad_output");
   TORCH_CHECK(indices.scalar_type() == at::kLong,
               "max_pool2d_backward: expected int64 indices, got ", indices.scalar_type());
   TORCH_CHECK(indices.sizes() == grad_output.sizes(),
               "max_pool2d_backward: indices of size ", indices.sizes(),
               " do not match grad_output of size ", grad_output.sizes());
-  TORCH_CHECK(input_size.size() == 4 && input_size[0] == grad_output.size(0) &&
-                  input_size[1] == grad_output.size(1),
-              "max_pool2d_backward: input_size ", input_size,
-              " does not match grad_output of size ", grad_output.sizes());
+  const Pool2dGeometry g =
+      max_pool2d_geometry(input_size, kernel_size, stride, padding, dilation, ceil_mode);
+  const std::array<int64_t, 4> expected{g.batch, g.channels, g.out_h, g.out_w};
+  TORCH_CHECK(grad_output.sizes() == c10::IntArrayRef(expected),
+              "max_pool2d_backward: expected grad_output of size ", c10::IntArrayRef(expected),
+              " for an input of size ", input_size, ", got ", grad_output.sizes());
   // Only reachable on the GPU: the dispatcher sends a call with any CUDA
   // tensor to the CUDA kernel, so the CPU kernel only ever sees CPU tensors.
   TORCH_CHECK(indices.device() == grad_output.device(),
               "max_pool2d_backward: indices (", indices.device(),
               ") must be on the same device as grad_output (", grad_output.device(), ")");
+  return g;
 }
 
 void check_conv2d_tensors(

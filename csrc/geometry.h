@@ -81,12 +81,17 @@ Pool2dGeometry max_pool2d_geometry(
 // Checks an input tensor for a floating-point dtype and a 4-D shape.
 void check_floating_4d(const at::Tensor& t, const char* op, const char* name);
 
-// Checks the arguments of max_pool2d_backward: a floating-point grad_output,
-// int64 indices of the same shape and device, and an input_size whose batch
-// and channels match.
-void check_max_pool2d_backward(
+// Validates a max_pool2d_backward call and returns the forward's geometry:
+// grad_output must be floating-point and of the pooled size of input_size,
+// and indices int64, of the same shape and on the same device.
+Pool2dGeometry max_pool2d_backward_geometry(
     const at::Tensor& grad_output,
     const at::Tensor& indices,
-    c10::IntArrayRef input_size);
+    c10::IntArrayRef input_size,
+    c10::IntArrayRef kernel_size,
+    c10::IntArrayRef stride,
+    c10::IntArrayRef padding,
+    c10::IntArrayRef dilation,
+    bool ceil_mode);
 
 }  // namespace custom_conv

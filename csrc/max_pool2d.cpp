@@ -62,14 +62,19 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cpu(
 at::Tensor max_pool2d_backward_cpu(
     const at::Tensor& grad_output_,
     const at::Tensor& indices_,
-    c10::IntArrayRef input_size) {
-  check_max_pool2d_backward(grad_output_, indices_, input_size);
+    c10::IntArrayRef input_size,
+    c10::IntArrayRef kernel_size,
+    c10::IntArrayRef stride,
+    c10::IntArrayRef padding,
+    c10::IntArrayRef dilation,
+    bool ceil_mode) {
+  const Pool2dGeometry g = max_pool2d_backward_geometry(
+      grad_output_, indices_, input_size, kernel_size, stride, padding, dilation, ceil_mode);
   const at::Tensor grad_output = grad_output_.contiguous();
   const at::Tensor indices = indices_.contiguous();
   at::Tensor grad_input = at::empty(input_size, grad_output.options());
-  const int64_t planes = input_size[0] * input_size[1];
-  const int64_t in_plane = input_size[2] * input_size[3];
-  const int64_t out_plane = grad_output.size(2) * grad_output.size(3);
+  const int64_t planes = g.planes();
+  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad_output.scalar_type(), "max_pool2d_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;

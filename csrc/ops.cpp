@@ -35,6 +35,9 @@ TORCH_LIBRARY(custom_conv, m) {
   // (h * W + w) of the maximum within its input plane.
   m.def("max_pool2d_forward(Tensor input, int[2] kernel_size, int[2] stride, "
         "int[2] padding, int[2] dilation, bool ceil_mode) -> (Tensor, Tensor)");
-  // Routes each output gradient to the input element its index names.
-  m.def("max_pool2d_backward(Tensor grad_output, Tensor indices, SymInt[4] input_size) -> Tensor");
+  // Routes each output gradient to the input element its index names. The
+  // window geometry lets the kernels check the shapes and lets the GPU
+  // gather, per input element, from just the windows that contain it.
+  m.def("max_pool2d_backward(Tensor grad_output, Tensor indices, SymInt[4] input_size, "
+        "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, bool ceil_mode) -> Tensor");
 }

@@ -70,7 +70,7 @@ def _(input, kernel_size, stride, padding, dilation, ceil_mode):
 
 
 @torch.library.register_fake("custom_conv::max_pool2d_backward")
-def _(grad_output, indices, input_size):
+def _(grad_output, indices, input_size, kernel_size, stride, padding, dilation, ceil_mode):
     return grad_output.new_empty(input_size)
 
 
@@ -145,13 +145,15 @@ def _backward_bias_backward(ctx, gg_bias):
 
 def _pool_setup(ctx, inputs, output):
     ctx.input_shape = inputs[0].shape
+    ctx.window = inputs[1:]  # kernel_size, stride, padding, dilation, ceil_mode
     ctx.mark_non_differentiable(output[1])
     ctx.save_for_backward(output[1])
 
 
 def _pool_backward(ctx, grad_output, _grad_indices):
     (indices,) = ctx.saved_tensors
-    return ops.max_pool2d_backward(grad_output, indices, ctx.input_shape), None, None, None, None, None
+    grad_input = ops.max_pool2d_backward(grad_output, indices, ctx.input_shape, *ctx.window)
+    return grad_input, None, None, None, None, None
 
 
 def _pool_backward_setup(ctx, inputs, output):
@@ -162,8 +164,13 @@ def _pool_backward_backward(ctx, gg_input):
     # The backward is linear in grad_output: it scatters through the indices,
     # so its adjoint gathers through them.
     (indices,) = ctx.saved_tensors
-    d_grad_output = gg_input.flatten(2).gather(2, indices.flatten(2)).view_as(indices)
-    return d_grad_output, None, None
+    # Indices past the plane (windows of padding only) read nothing: clamp
+    # them for the gather and zero what they read.
+    plane = gg_input.flatten(2)
+    flat = indices.flatten(2)
+    inside = (flat >= 0) & (flat < plane.shape[2])
+    d_grad_output = plane.gather(2, flat.clamp(0, plane.shape[2] - 1)) * inside
+    return d_grad_output.view_as(indices), None, None, None, None, None, None, None
 
 
 torch.library.register_autograd("custom_conv::conv2d_forward", _conv_backward, setup_context=_conv_setup)

@@ -88,6 +88,7 @@ def test_device_mismatch_is_rejected():
 
 
 ARGS = ([1, 1], [0, 0], [1, 1], 1)
+POOL = ([2, 2], [2, 2], [0, 0], [1, 1], False)  # kernel, stride, padding, dilation, ceil_mode
 DIRECT_CASES = {
     "forward with 3-D input": (lambda: ops.conv2d_forward(x4[0], w, None, *ARGS), r"4-D"),
     "forward with a 1-value stride": (lambda: ops.conv2d_forward(x4, w, None, [1], [0, 0], [1, 1], 1),
@@ -102,11 +103,14 @@ DIRECT_CASES = {
         r"grad_output \(Double\) must have dtype Float"),
     "backward_bias with 2-D grad": (lambda: ops.conv2d_backward_bias(torch.randn(2, 6)), r"4-D"),
     "pool backward with float indices": (
-        lambda: ops.max_pool2d_backward(torch.randn(2, 4, 4, 4), torch.zeros(2, 4, 4, 4), [2, 4, 8, 8]),
+        lambda: ops.max_pool2d_backward(torch.randn(2, 4, 4, 4), torch.zeros(2, 4, 4, 4), [2, 4, 8, 8], *POOL),
         r"int64 indices"),
     "pool backward with mismatched indices": (
         lambda: ops.max_pool2d_backward(torch.randn(2, 4, 4, 4), torch.zeros(2, 4, 4, 3, dtype=torch.long),
-                                        [2, 4, 8, 8]), r"do not match grad_output"),
+                                        [2, 4, 8, 8], *POOL), r"do not match grad_output"),
+    "pool backward with grad_output not of the pooled size": (
+        lambda: ops.max_pool2d_backward(torch.randn(2, 4, 3, 3), torch.zeros(2, 4, 3, 3, dtype=torch.long),
+                                        [2, 4, 8, 8], *POOL), r"expected grad_output of size \[2, 4, 4, 4\]"),
     "pool forward with integer input": (
         lambda: ops.max_pool2d_forward(x4.int(), [2, 2], [2, 2], [0, 0], [1, 1], False), r"floating-point"),
 }
@@ -125,5 +129,5 @@ def test_pool_backward_routes_out_of_plane_indices_nowhere_without_touching_memo
     # they must neither write outside the gradient nor into another plane.
     indices = torch.zeros(2, 4, 4, 4, dtype=torch.long)
     indices[0, 0, 0, 0] = index
-    grad = ops.max_pool2d_backward(torch.ones(2, 4, 4, 4), indices, [2, 4, 8, 8])
+    grad = ops.max_pool2d_backward(torch.ones(2, 4, 4, 4), indices, [2, 4, 8, 8], *POOL)
     assert grad[0, 0, 0, 0] == 15 and grad.sum() == 2 * 4 * 16 - 1

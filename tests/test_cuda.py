@@ -235,8 +235,10 @@ def test_max_pool2d_backward_bitwise_equals_cpu(case):
     x, kw = pool_args(case, torch.float32, device="cpu")
     _, idx = CF.max_pool2d(x, return_indices=True, **kw)
     go = torch.randn(idx.shape)
-    g_cpu = ops.max_pool2d_backward(go, idx, x.shape)
-    g_gpu = ops.max_pool2d_backward(go.to(DEVICE), idx.to(DEVICE), x.shape)
+    window = [kw[k] if isinstance(kw[k], (list, tuple)) else [kw[k]] * 2
+              for k in ("kernel_size", "stride", "padding", "dilation")]
+    g_cpu = ops.max_pool2d_backward(go, idx, x.shape, *window, kw["ceil_mode"])
+    g_gpu = ops.max_pool2d_backward(go.to(DEVICE), idx.to(DEVICE), x.shape, *window, kw["ceil_mode"])
     assert torch.equal(g_gpu.cpu(), g_cpu)
 
 
@@ -271,7 +273,7 @@ def test_opcheck_all_ops():
     pool = ((3, 3), (2, 2), (1, 1), (1, 1), True)
     torch.library.opcheck(ops.max_pool2d_forward, (req(xp), *pool))
     out, idx = ops.max_pool2d_forward(xp, *pool)
-    torch.library.opcheck(ops.max_pool2d_backward, (req(torch.randn_like(out)), idx, list(xp.shape)))
+    torch.library.opcheck(ops.max_pool2d_backward, (req(torch.randn_like(out)), idx, list(xp.shape), *pool))
 
 
 def test_torch_compile_fullgraph():
