@@ -1,5 +1,10 @@
-"""The registered ops as PyTorch sees them: opcheck, torch.compile, and proof
-(through the profiler) that no ATen convolution or pooling runs."""
+"""The registered ops as PyTorch sees them: opcheck, torch.compile, proof
+(through the profiler) that no ATen convolution or pooling runs, and the
+message a missing build gives."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -106,3 +111,13 @@ def test_double_backward_through_a_model_matches_torch():
 
     for ours, theirs in zip(penalty(CF.conv2d, CF.max_pool2d), penalty(F.conv2d, F.max_pool2d)):
         torch.testing.assert_close(ours, theirs)
+
+
+def test_a_missing_build_says_how_to_build():
+    # A fresh interpreter in which the compiled module cannot be imported.
+    code = ("import sys; sys.modules['custom_conv._C'] = None\n"
+            "try:\n    import custom_conv\nexcept ImportError as e:\n    print(e)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert "compiled kernels (custom_conv._C) are missing" in result.stdout
+    assert "make build" in result.stdout and "pip install --no-build-isolation -e ." in result.stdout
