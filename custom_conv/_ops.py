@@ -8,7 +8,7 @@ import torch
 
 try:
     from . import _C  # noqa: F401  (loading it registers the ops)
-except ImportError as error:  # pragma: no cover - exercised by hand
+except ImportError as error:  # tested in tests/test_ops.py
     raise ImportError(
         "custom_conv: the compiled kernels (custom_conv._C) are missing or failed to load "
         f"({error}). Build them from the repository root with `make build`, or with "
