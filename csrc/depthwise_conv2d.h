@@ -32,22 +32,16 @@ inline bool is_depthwise(const Conv2dGeometry& g) {
 template <typename scalar_t, typename acc_t>
 void depthwise_plane_forward(const scalar_t* in, const scalar_t* kernel, const Conv2dGeometry& g,
                              acc_t* out) {
-  for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
-    const int64_t dy = ki * g.dilation_h - g.pad_h;
-    const ValidRange rows = valid_outputs(dy, g.stride_h, g.in_h, g.out_h);
-    for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
-      const int64_t dx = kj * g.dilation_w - g.pad_w;
-      const ValidRange cols = valid_outputs(dx, g.stride_w, g.in_w, g.out_w);
-      const acc_t w = static_cast<acc_t>(kernel[ki * g.kernel_w + kj]);
-      for (int64_t oh = rows.lo; oh < rows.hi; ++oh) {
-        const scalar_t* src = in + (oh * g.stride_h + dy) * g.in_w;
-        acc_t* dst = out + oh * g.out_w;
-        for (int64_t ow = cols.lo; ow < cols.hi; ++ow) {
-          dst[ow] += w * static_cast<acc_t>(src[ow * g.stride_w + dx]);
-        }
+  for_each_tap(g, [&](const Tap& tap) {
+    const acc_t w = static_cast<acc_t>(kernel[tap.index]);
+    for (int64_t oh = tap.rows.lo; oh < tap.rows.hi; ++oh) {
+      const scalar_t* src = in + (oh * g.stride_h + tap.dy) * g.in_w;
+      acc_t* dst = out + oh * g.out_w;
+      for (int64_t ow = tap.cols.lo; ow < tap.cols.hi; ++ow) {
+        dst[ow] += w * static_cast<acc_t>(src[ow * g.stride_w + tap.dx]);
       }
     }
-  }
+  });
 }
 
 template <typename scalar_t>
@@ -88,22 +82,16 @@ void depthwise_conv2d_backward_input(const scalar_t* grad_output, const scalar_t
       std::fill(acc.begin(), acc.end(), acc_t(0));
       for (int64_t co = ci * multiplier; co < (ci + 1) * multiplier; ++co) {
         const scalar_t* go = grad_output + (n * g.out_channels + co) * out_plane;
-        for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
-          const int64_t dy = ki * g.dilation_h - g.pad_h;
-          const ValidRange rows = valid_outputs(dy, g.stride_h, g.in_h, g.out_h);
-          for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
-            const int64_t dx = kj * g.dilation_w - g.pad_w;
-            const ValidRange cols = valid_outputs(dx, g.stride_w, g.in_w, g.out_w);
-            const acc_t w = static_cast<acc_t>(weight[co * taps + ki * g.kernel_w + kj]);
-            for (int64_t oh = rows.lo; oh < rows.hi; ++oh) {
-              const scalar_t* src = go + oh * g.out_w;
-              acc_t* dst = acc.data() + (oh * g.stride_h + dy) * g.in_w;
-              for (int64_t ow = cols.lo; ow < cols.hi; ++ow) {
-                dst[ow * g.stride_w + dx] += w * static_cast<acc_t>(src[ow]);
-              }
+        for_each_tap(g, [&](const Tap& tap) {
+          const acc_t w = static_cast<acc_t>(weight[co * taps + tap.index]);
+          for (int64_t oh = tap.rows.lo; oh < tap.rows.hi; ++oh) {
+            const scalar_t* src = go + oh * g.out_w;
+            acc_t* dst = acc.data() + (oh * g.stride_h + tap.dy) * g.in_w;
+            for (int64_t ow = tap.cols.lo; ow < tap.cols.hi; ++ow) {
+              dst[ow * g.stride_w + tap.dx] += w * static_cast<acc_t>(src[ow]);
             }
           }
-        }
+        });
       }
       std::copy(acc.begin(), acc.end(), grad_input + p * in_plane);
     }
@@ -130,22 +118,16 @@ void depthwise_conv2d_backward_weight(const scalar_t* grad_output, const scalar_
       for (int64_t n = 0; n < g.batch; ++n) {
         const scalar_t* go = grad_output + (n * g.out_channels + co) * out_plane;
         const scalar_t* in = input + (n * g.in_channels + co / multiplier) * in_plane;
-        for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
-          const int64_t dy = ki * g.dilation_h - g.pad_h;
-          const ValidRange rows = valid_outputs(dy, g.stride_h, g.in_h, g.out_h);
-          for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
-            const int64_t dx = kj * g.dilation_w - g.pad_w;
-            const ValidRange cols = valid_outputs(dx, g.stride_w, g.in_w, g.out_w);
-            acc_t* sums = column_sums.data() + (ki * g.kernel_w + kj) * g.out_w;
-            for (int64_t oh = rows.lo; oh < rows.hi; ++oh) {
-              const scalar_t* src = in + (oh * g.stride_h + dy) * g.in_w;
-              const scalar_t* grad = go + oh * g.out_w;
-              for (int64_t ow = cols.lo; ow < cols.hi; ++ow) {
-                sums[ow] += static_cast<acc_t>(grad[ow]) * static_cast<acc_t>(src[ow * g.stride_w + dx]);
-              }
+        for_each_tap(g, [&](const Tap& tap) {
+          acc_t* sums = column_sums.data() + tap.index * g.out_w;
+          for (int64_t oh = tap.rows.lo; oh < tap.rows.hi; ++oh) {
+            const scalar_t* src = in + (oh * g.stride_h + tap.dy) * g.in_w;
+            const scalar_t* grad = go + oh * g.out_w;
+            for (int64_t ow = tap.cols.lo; ow < tap.cols.hi; ++ow) {
+              sums[ow] += static_cast<acc_t>(grad[ow]) * static_cast<acc_t>(src[ow * g.stride_w + tap.dx]);
             }
           }
-        }
+        });
       }
       for (int64_t tap = 0; tap < taps; ++tap) {
         const acc_t* sums = column_sums.data() + tap * g.out_w;

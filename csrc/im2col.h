@@ -46,6 +46,27 @@ inline ValidRange valid_outputs(int64_t offset, int64_t stride, int64_t size,
   return {lo, hi};
 }
 
+// One kernel tap (ki, kj) as every loop over taps needs it: its index
+// ki * kW + kj, the offsets (dy, dx) it adds to an output position's scaled
+// coordinates to find its input, and the output rows and columns whose input
+// then lies inside the image (the rest read zero padding).
+struct Tap {
+  int64_t index, dy, dx;
+  ValidRange rows, cols;
+};
+
+template <typename F>
+void for_each_tap(const Conv2dGeometry& g, F body) {
+  for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
+    const int64_t dy = ki * g.dilation_h - g.pad_h;
+    const ValidRange rows = valid_outputs(dy, g.stride_h, g.in_h, g.out_h);
+    for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
+      const int64_t dx = kj * g.dilation_w - g.pad_w;
+      body(Tap{ki * g.kernel_w + kj, dy, dx, rows, valid_outputs(dx, g.stride_w, g.in_w, g.out_w)});
+    }
+  }
+}
+
 // Work items (one (sample, channel) plane each) per thread chunk: enough
 // planes that a task copies ~32K values, so tiny layers are not split into
 // tasks that cost more to schedule than to run.
@@ -65,32 +86,27 @@ void im2col(const scalar_t* input, const Conv2dGeometry& g, int64_t batch,
     for (int64_t bc = begin; bc < end; ++bc) {
       const int64_t b = bc / C, c = bc % C;
       const scalar_t* plane = input + bc * H * W;
-      for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
-        const int64_t dy = ki * g.dilation_h - g.pad_h;
-        for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
-          const int64_t dx = kj * g.dilation_w - g.pad_w;
-          const ValidRange cols_ok = valid_outputs(dx, g.stride_w, W, out_w);
-          scalar_t* row = cols + ((c * g.kernel_h + ki) * g.kernel_w + kj) * row_len + b * L;
-          for (int64_t oh = 0; oh < g.out_h; ++oh) {
-            scalar_t* dst = row + oh * out_w;
-            const int64_t ih = oh * g.stride_h + dy;
-            if (ih < 0 || ih >= H) {
-              std::fill(dst, dst + out_w, scalar_t(0));
-              continue;
-            }
-            const scalar_t* src = plane + ih * W;
-            std::fill(dst, dst + cols_ok.lo, scalar_t(0));
-            if (g.stride_w == 1) {
-              std::copy(src + cols_ok.lo + dx, src + cols_ok.hi + dx, dst + cols_ok.lo);
-            } else {
-              for (int64_t ow = cols_ok.lo; ow < cols_ok.hi; ++ow) {
-                dst[ow] = src[ow * g.stride_w + dx];
-              }
-            }
-            std::fill(dst + cols_ok.hi, dst + out_w, scalar_t(0));
+      for_each_tap(g, [&](const Tap& tap) {
+        scalar_t* row = cols + (c * taps + tap.index) * row_len + b * L;
+        for (int64_t oh = 0; oh < g.out_h; ++oh) {
+          scalar_t* dst = row + oh * out_w;
+          const int64_t ih = oh * g.stride_h + tap.dy;
+          if (ih < 0 || ih >= H) {
+            std::fill(dst, dst + out_w, scalar_t(0));
+            continue;
           }
+          const scalar_t* src = plane + ih * W;
+          std::fill(dst, dst + tap.cols.lo, scalar_t(0));
+          if (g.stride_w == 1) {
+            std::copy(src + tap.cols.lo + tap.dx, src + tap.cols.hi + tap.dx, dst + tap.cols.lo);
+          } else {
+            for (int64_t ow = tap.cols.lo; ow < tap.cols.hi; ++ow) {
+              dst[ow] = src[ow * g.stride_w + tap.dx];
+            }
+          }
+          std::fill(dst + tap.cols.hi, dst + out_w, scalar_t(0));
         }
-      }
+      });
     }
   });
 }
@@ -114,22 +130,16 @@ void col2im(const scalar_t* cols, const Conv2dGeometry& g, int64_t batch,
       const int64_t b = bc / C, c = bc % C;
       acc_t* plane = kDirect ? reinterpret_cast<acc_t*>(output + bc * H * W) : scratch.data();
       std::fill(plane, plane + H * W, acc_t(0));
-      for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
-        const int64_t dy = ki * g.dilation_h - g.pad_h;
-        for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
-          const int64_t dx = kj * g.dilation_w - g.pad_w;
-          const ValidRange cols_ok = valid_outputs(dx, g.stride_w, W, out_w);
-          const ValidRange rows_ok = valid_outputs(dy, g.stride_h, H, g.out_h);
-          const scalar_t* row = cols + ((c * g.kernel_h + ki) * g.kernel_w + kj) * row_len + b * L;
-          for (int64_t oh = rows_ok.lo; oh < rows_ok.hi; ++oh) {
-            const scalar_t* src = row + oh * out_w;
-            acc_t* dst = plane + (oh * g.stride_h + dy) * W;
-            for (int64_t ow = cols_ok.lo; ow < cols_ok.hi; ++ow) {
-              dst[ow * g.stride_w + dx] += static_cast<acc_t>(src[ow]);
-            }
+      for_each_tap(g, [&](const Tap& tap) {
+        const scalar_t* row = cols + (c * taps + tap.index) * row_len + b * L;
+        for (int64_t oh = tap.rows.lo; oh < tap.rows.hi; ++oh) {
+          const scalar_t* src = row + oh * out_w;
+          acc_t* dst = plane + (oh * g.stride_h + tap.dy) * W;
+          for (int64_t ow = tap.cols.lo; ow < tap.cols.hi; ++ow) {
+            dst[ow * g.stride_w + tap.dx] += static_cast<acc_t>(src[ow]);
           }
         }
-      }
+      });
       if constexpr (!kDirect) {
         std::copy(plane, plane + H * W, output + bc * H * W);
       }
