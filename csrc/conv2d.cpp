@@ -16,6 +16,7 @@
 // have a reduction of only kH * kW; those layers take the direct loops of
 // depthwise_conv2d.h instead.
 #include "depthwise_conv2d.h"
+#include "direct_conv2d.h"
 #include "geometry.h"
 #include "im2col.h"
 
@@ -26,6 +27,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <vector>
 
 namespace custom_conv {
 namespace {
@@ -126,6 +128,243 @@ at::Tensor channel_major(const at::Tensor& t, int64_t n0, int64_t count, int64_t
   return t.narrow(0, n0, count).view({count, t.size(1), L}).transpose(0, 1);
 }
 
+// ---- The direct kernels (direct_conv2d.h), for float and double ----------
+
+// A stride-1 convolution as the direct forward kernel sees it. The forward
+// pass is one; so is the input gradient, with the output gradient as input.
+struct DirectProblem {
+  int64_t batch, in_channels, in_h, in_w, pad_h, pad_w;
+  int64_t groups, cin, cout, kernel_h, kernel_w, dil_h, dil_w, out_h, out_w;
+  int64_t taps() const { return kernel_h * kernel_w; }
+  int64_t padded_h() const { return in_h + 2 * pad_h; }
+  int64_t padded_w() const { return in_w + 2 * pad_w; }
+};
+
+// The forward as a DirectProblem, when the direct kernels can run it: float
+// or double, stride 1, not depthwise (depthwise_conv2d.h is better there),
+// and output planes wide enough that the tiles are mostly real outputs.
+template <typename T>
+bool direct_fits(const direct::Kernels<T>& k, const DirectProblem& p) {
+  if (p.pad_h < 0 || p.pad_w < 0) return false;
+  const int64_t tile = k.forward_tile(k.forward_block(p.cout));
+  const int64_t extended = (p.out_h - 1) * p.padded_w() + p.out_w;
+  const int64_t computed = ceil_div(extended, tile) * tile;
+  return 2 * p.out_h * p.out_w >= computed;
+}
+
+DirectProblem forward_problem(const Conv2dGeometry& g) {
+  return {g.batch, g.in_channels, g.in_h, g.in_w, g.pad_h, g.pad_w,
+          g.groups, g.in_channels_per_group(), g.out_channels_per_group(),
+          g.kernel_h, g.kernel_w, g.dilation_h, g.dilation_w, g.out_h, g.out_w};
+}
+
+// The input gradient of a stride-1 convolution is a stride-1 convolution of
+// the output gradient, padded by dilation * (k - 1) - padding, with the kernel
+// rotated by 180 degrees and its two channel axes swapped (see pack_weights).
+DirectProblem input_grad_problem(const Conv2dGeometry& g) {
+  return {g.batch, g.out_channels, g.out_h, g.out_w,
+          g.dilation_h * (g.kernel_h - 1) - g.pad_h, g.dilation_w * (g.kernel_w - 1) - g.pad_w,
+          g.groups, g.out_channels_per_group(), g.in_channels_per_group(),
+          g.kernel_h, g.kernel_w, g.dilation_h, g.dilation_w, g.in_h, g.in_w};
+}
+
+// Weights in the kernel's order, [group][output block][ci * taps + tap][nb]:
+// each step of the reduction loads nb output channels' weights at once.
+// Channels past the last of a block are zero. With `rotate`, the problem is
+// the input gradient: its output channel c, input channel i and tap t read
+// the forward weight [i][c][taps - 1 - t], the kernel turned by 180 degrees.
+template <typename T>
+std::vector<T> pack_weights(const DirectProblem& p, const T* weight, int64_t nb, bool rotate) {
+  const int64_t taps = p.taps(), steps = p.cin * taps, blocks = ceil_div(p.cout, nb);
+  std::vector<T> packed(p.groups * blocks * steps * nb, T(0));
+  for (int64_t grp = 0; grp < p.groups; ++grp) {
+    for (int64_t o = 0; o < p.cout; ++o) {
+      for (int64_t i = 0; i < p.cin; ++i) {
+        for (int64_t t = 0; t < taps; ++t) {
+          // The forward weight is (groups * cout, cin, taps) for the forward
+          // problem and (groups * cin, cout, taps) for the rotated one.
+          const T w = rotate ? weight[((grp * p.cin + i) * p.cout + o) * taps + (taps - 1 - t)]
+                             : weight[((grp * p.cout + o) * p.cin + i) * taps + t];
+          packed[((grp * blocks + o / nb) * steps + i * taps + t) * nb + o % nb] = w;
+        }
+      }
+    }
+  }
+  return packed;
+}
+
+// Copies a (C, H, W) sample into zero-padded (C, H + 2 pad_h, W + 2 pad_w)
+// planes, followed by `slack` zeros.
+template <typename T>
+void pad_planes(const T* src, int64_t C, int64_t H, int64_t W, int64_t pad_h, int64_t pad_w,
+                int64_t slack, T* dst) {
+  const int64_t Wp = W + 2 * pad_w;
+  for (int64_t c = 0; c < C; ++c) {
+    std::fill(dst, dst + pad_h * Wp, T(0));
+    dst += pad_h * Wp;
+    for (int64_t h = 0; h < H; ++h, dst += Wp, src += W) {
+      std::fill(dst, dst + pad_w, T(0));
+      std::copy(src, src + W, dst + pad_w);
+      std::fill(dst + pad_w + W, dst + Wp, T(0));
+    }
+    std::fill(dst, dst + pad_h * Wp, T(0));
+    dst += pad_h * Wp;
+  }
+  std::fill(dst, dst + slack, T(0));
+}
+
+// Runs a DirectProblem on (N, in_channels, in_h, in_w) `in` into (N, groups *
+// cout, out_h, out_w) `out`. Samples are spread over the threads, each
+// padding its own sample into a private buffer, so scratch memory is a few
+// samples whatever the batch; with fewer samples than threads, the tiles
+// of each sample are spread instead.
+template <typename T>
+void run_direct(const direct::Kernels<T>& k, const DirectProblem& p, const T* in, const T* weight,
+                bool rotate, const T* bias, T* out) {
+  const int64_t nb = k.forward_block(p.cout), tile = k.forward_tile(nb);
+  const int64_t Wp = p.padded_w(), plane = p.padded_h() * Wp, taps = p.taps();
+  const std::vector<T> packed = pack_weights(p, weight, nb, rotate);
+  std::vector<int64_t> koff(p.cin * taps);
+  for (int64_t i = 0; i < p.cin; ++i) {
+    for (int64_t ki = 0; ki < p.kernel_h; ++ki) {
+      for (int64_t kj = 0; kj < p.kernel_w; ++kj) {
+        koff[(i * p.kernel_h + ki) * p.kernel_w + kj] = i * plane + ki * p.dil_h * Wp + kj * p.dil_w;
+      }
+    }
+  }
+  const int64_t sample_in = p.in_channels * p.in_h * p.in_w, sample_padded = p.in_channels * plane + tile;
+  const int64_t L = p.out_h * p.out_w, blocks = ceil_div(p.cout, nb);
+  const int64_t tiles = ceil_div((p.out_h - 1) * Wp + p.out_w, tile);
+  auto run_tiles = [&](int64_t n, const T* xp, int64_t begin, int64_t end) {
+    for (int64_t grp = 0; grp < p.groups; ++grp) {
+      const direct::ForwardArgs<T> args{
+          xp + grp * p.cin * plane, koff.data(), p.cin * taps,
+          packed.data() + grp * blocks * p.cin * taps * nb, bias ? bias + grp * p.cout : nullptr,
+          out + (n * p.groups + grp) * p.cout * L, p.cout, Wp, p.out_h, p.out_w};
+      k.forward(args, nb, begin, end);
+    }
+  };
+  const int64_t macs_per_tile = p.groups * blocks * nb * p.cin * taps * tile;
+  constexpr int64_t kMinTaskMacs = int64_t{1} << 20;
+  if (p.batch >= at::get_num_threads()) {
+    const int64_t grain = std::max<int64_t>(1, kMinTaskMacs / std::max<int64_t>(1, macs_per_tile * tiles));
+    at::parallel_for(0, p.batch, grain, [&](int64_t begin, int64_t end) {
+      std::vector<T> xp(sample_padded);
+      for (int64_t n = begin; n < end; ++n) {
+        pad_planes(in + n * sample_in, p.in_channels, p.in_h, p.in_w, p.pad_h, p.pad_w, tile, xp.data());
+        run_tiles(n, xp.data(), 0, tiles);
+      }
+    });
+  } else {
+    std::vector<T> xp(sample_padded);
+    const int64_t grain = std::max<int64_t>(1, kMinTaskMacs / std::max<int64_t>(1, macs_per_tile));
+    for (int64_t n = 0; n < p.batch; ++n) {
+      pad_planes(in + n * sample_in, p.in_channels, p.in_h, p.in_w, p.pad_h, p.pad_w, tile, xp.data());
+      at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
+        run_tiles(n, xp.data(), begin, end);
+      });
+    }
+  }
+}
+
+// Runs the forward (rotate = false) or the input gradient (rotate = true)
+// with the direct kernels when they fit; returns false to take im2col.
+bool try_direct(const Conv2dGeometry& g, const at::Tensor& in, const at::Tensor& weight,
+                const at::Tensor& bias, bool rotate, at::Tensor& out) {
+  if (g.stride_h != 1 || g.stride_w != 1 || is_depthwise(g) || g.batch == 0) return false;
+  const DirectProblem p = rotate ? input_grad_problem(g) : forward_problem(g);
+  bool done = false;
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    const direct::Kernels<T>* k = direct::kernels<T>();
+    if (k == nullptr || !direct_fits(*k, p)) return;
+    run_direct(*k, p, in.const_data_ptr<T>(), weight.const_data_ptr<T>(), rotate,
+               bias.defined() ? bias.const_data_ptr<T>() : nullptr, out.mutable_data_ptr<T>());
+    done = true;
+  };
+  if (in.scalar_type() == at::kFloat) run(float());
+  if (in.scalar_type() == at::kDouble) run(double());
+  return done;
+}
+
+// The weight gradient with the direct kernels (any stride), summed over the
+// batch in at most kWeightPartials fixed blocks of samples, like the im2col
+// route. Returns false when they do not apply.
+bool try_direct_weight_grad(const Conv2dGeometry& g, const at::Tensor& input,
+                            const at::Tensor& grad_output, at::Tensor& grad_weight) {
+  if (is_depthwise(g) || g.batch == 0) return false;
+  bool done = false;
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    const direct::Kernels<T>* k = direct::kernels<T>();
+    if (k == nullptr) return;
+    const int64_t Ci = g.in_channels_per_group(), Co = g.out_channels_per_group();
+    const int64_t taps = g.kernel_h * g.kernel_w, L = g.output_plane();
+    const int64_t nb = k->forward_block(Co), R = k->weight_grad_channels(nb);
+    const int64_t cpad = ceil_div(Ci, R) * R, copad = ceil_div(Co, nb) * nb;
+    const int64_t Hp = g.in_h + 2 * g.pad_h, Wp = g.in_w + 2 * g.pad_w;
+    const int64_t per_group = taps * cpad * copad, per_partial = g.groups * per_group;
+    const int64_t blocks = std::max<int64_t>(1, std::min({g.batch, kWeightPartials, kPartialsBudget / per_partial}));
+    std::vector<int64_t> toff(taps);
+    for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
+      for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
+        toff[ki * g.kernel_w + kj] = ki * g.dilation_h * Wp + kj * g.dilation_w;
+      }
+    }
+    std::vector<T> partials(blocks * per_partial, T(0));
+    const T* x = input.const_data_ptr<T>();
+    const T* go = grad_output.const_data_ptr<T>();
+    const int64_t plane = g.in_h * g.in_w;
+    const int64_t macs_per_block = ceil_div(g.batch, blocks) * g.out_channels * Ci * taps * L;
+    constexpr int64_t kMinTaskMacs = int64_t{1} << 20;
+    at::parallel_for(0, blocks, std::max<int64_t>(1, kMinTaskMacs / macs_per_block), [&](int64_t begin, int64_t end) {
+      // Padding positions and the channels past Ci / Co stay zero; every
+      // sample overwrites the same interior positions.
+      std::vector<T> xn(Hp * Wp * cpad, T(0)), got(L * copad, T(0));
+      for (int64_t block = begin; block < end; ++block) {
+        for (int64_t n = block * g.batch / blocks; n < (block + 1) * g.batch / blocks; ++n) {
+          for (int64_t grp = 0; grp < g.groups; ++grp) {
+            const T* xs = x + (n * g.in_channels + grp * Ci) * plane;
+            for (int64_t ci = 0; ci < Ci; ++ci) {
+              for (int64_t h = 0; h < g.in_h; ++h) {
+                T* dst = xn.data() + ((h + g.pad_h) * Wp + g.pad_w) * cpad + ci;
+                const T* src = xs + ci * plane + h * g.in_w;
+                for (int64_t w = 0; w < g.in_w; ++w) dst[w * cpad] = src[w];
+              }
+            }
+            const T* gs = go + (n * g.out_channels + grp * Co) * L;
+            for (int64_t co = 0; co < Co; ++co) {
+              for (int64_t i = 0; i < L; ++i) got[i * copad + co] = gs[co * L + i];
+            }
+            const direct::WeightGradArgs<T> args{
+                xn.data(), got.data(), partials.data() + block * per_partial + grp * per_group,
+                toff.data(), taps, cpad, copad, Wp, g.stride_h, g.stride_w, g.out_h, g.out_w};
+            k->weight_grad(args, nb);
+          }
+        }
+      }
+    });
+    // grad_weight[grp * Co + co][ci][tap] = sum over blocks, in order.
+    T* gw = grad_weight.mutable_data_ptr<T>();
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+      for (int64_t co = 0; co < Co; ++co) {
+        for (int64_t ci = 0; ci < Ci; ++ci) {
+          for (int64_t t = 0; t < taps; ++t) {
+            const int64_t at = grp * per_group + (t * cpad + ci) * copad + co;
+            T sum = partials[at];
+            for (int64_t b = 1; b < blocks; ++b) sum += partials[b * per_partial + at];
+            gw[((grp * Co + co) * Ci + ci) * taps + t] = sum;
+          }
+        }
+      }
+    }
+    done = true;
+  };
+  if (input.scalar_type() == at::kFloat) run(float());
+  if (input.scalar_type() == at::kDouble) run(double());
+  return done;
+}
+
 at::Tensor conv2d_forward_cpu(
     const at::Tensor& input_,
     const at::Tensor& weight_,
@@ -150,6 +389,9 @@ at::Tensor conv2d_forward_cpu(
                                has_bias ? bias_col.const_data_ptr<scalar_t>() : nullptr, g,
                                output.mutable_data_ptr<scalar_t>());
     });
+    return output;
+  }
+  if (try_direct(g, input, weight, has_bias ? bias->contiguous() : at::Tensor(), false, output)) {
     return output;
   }
   const Chunks chunks = chunks_for(g);
@@ -195,6 +437,9 @@ at::Tensor conv2d_backward_input_cpu(
       depthwise_conv2d_backward_input(grad_output.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
                                       g, grad_input.mutable_data_ptr<scalar_t>());
     });
+    return grad_input;
+  }
+  if (try_direct(g, grad_output, weight, at::Tensor(), true, grad_input)) {
     return grad_input;
   }
   // W_g^T: (K, C_out/g), a transposed view; BLAS reads it without a copy.
@@ -244,6 +489,9 @@ at::Tensor conv2d_backward_weight_cpu(
       depthwise_conv2d_backward_weight(grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
                                        g, grad_weight.mutable_data_ptr<scalar_t>());
     });
+    return grad_weight;
+  }
+  if (try_direct_weight_grad(g, input, grad_output, grad_weight)) {
     return grad_weight;
   }
   const Chunks chunks = chunks_for(g);

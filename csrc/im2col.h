@@ -67,6 +67,14 @@ void for_each_tap(const Conv2dGeometry& g, F body) {
   }
 }
 
+// The taps in order, computed once per call rather than once per plane.
+inline std::vector<Tap> kernel_taps(const Conv2dGeometry& g) {
+  std::vector<Tap> taps;
+  taps.reserve(g.kernel_h * g.kernel_w);
+  for_each_tap(g, [&](const Tap& tap) { taps.push_back(tap); });
+  return taps;
+}
+
 // Work items (one (sample, channel) plane each) per thread chunk: enough
 // planes that a task copies ~32K values, so tiny layers are not split into
 // tasks that cost more to schedule than to run.
@@ -75,38 +83,62 @@ inline int64_t plane_grain(int64_t work_per_plane) {
   return std::max<int64_t>(1, kValuesPerTask / std::max<int64_t>(1, work_per_plane));
 }
 
+// Unrolls one tap of one (sample, channel) plane: row[oh * out_w + ow] =
+// plane[oh * stride_h + dy][ow * stride_w + dx], zero off the image.
+template <typename scalar_t>
+void im2col_tap(const scalar_t* plane, const Conv2dGeometry& g, const Tap& tap, scalar_t* row) {
+  const int64_t H = g.in_h, W = g.in_w, out_w = g.out_w;
+  std::fill(row, row + tap.rows.lo * out_w, scalar_t(0));
+  std::fill(row + tap.rows.hi * out_w, row + g.output_plane(), scalar_t(0));
+  if (g.stride_h == 1 && g.stride_w == 1 && out_w == W) {
+    // Output and input rows have the same length, so the tap's valid rows
+    // are one contiguous run of the plane shifted by dy * W + dx: one copy
+    // instead of one per row (which matters for 8-pixel-wide layers), with
+    // the source clipped to the plane. The columns that the shift wrapped
+    // around a row edge are padding and are zeroed afterwards.
+    const int64_t begin = tap.rows.lo * W, end = tap.rows.hi * W;
+    const int64_t shift = tap.dy * W + tap.dx;
+    const int64_t from = std::max(begin, -shift), to = std::min(end, H * W - shift);
+    if (from < to) {
+      std::copy(plane + from + shift, plane + to + shift, row + from);
+    }
+    for (int64_t oh = tap.rows.lo; oh < tap.rows.hi; ++oh) {
+      scalar_t* dst = row + oh * out_w;
+      for (int64_t ow = 0; ow < tap.cols.lo; ++ow) dst[ow] = scalar_t(0);
+      for (int64_t ow = tap.cols.hi; ow < out_w; ++ow) dst[ow] = scalar_t(0);
+    }
+    return;
+  }
+  for (int64_t oh = tap.rows.lo; oh < tap.rows.hi; ++oh) {
+    scalar_t* dst = row + oh * out_w;
+    const scalar_t* src = plane + (oh * g.stride_h + tap.dy) * W;
+    std::fill(dst, dst + tap.cols.lo, scalar_t(0));
+    if (g.stride_w == 1) {
+      std::copy(src + tap.cols.lo + tap.dx, src + tap.cols.hi + tap.dx, dst + tap.cols.lo);
+    } else {
+      for (int64_t ow = tap.cols.lo; ow < tap.cols.hi; ++ow) {
+        dst[ow] = src[ow * g.stride_w + tap.dx];
+      }
+    }
+    std::fill(dst + tap.cols.hi, dst + out_w, scalar_t(0));
+  }
+}
+
 template <typename scalar_t>
 void im2col(const scalar_t* input, const Conv2dGeometry& g, int64_t batch,
             scalar_t* cols) {
   const int64_t C = g.in_channels, H = g.in_h, W = g.in_w;
-  const int64_t out_w = g.out_w, L = g.output_plane();
+  const int64_t L = g.output_plane();
   const int64_t row_len = batch * L;
   const int64_t taps = g.kernel_h * g.kernel_w;
+  const std::vector<Tap> all_taps = kernel_taps(g);
   at::parallel_for(0, batch * C, plane_grain(taps * L), [&](int64_t begin, int64_t end) {
     for (int64_t bc = begin; bc < end; ++bc) {
       const int64_t b = bc / C, c = bc % C;
       const scalar_t* plane = input + bc * H * W;
-      for_each_tap(g, [&](const Tap& tap) {
-        scalar_t* row = cols + (c * taps + tap.index) * row_len + b * L;
-        for (int64_t oh = 0; oh < g.out_h; ++oh) {
-          scalar_t* dst = row + oh * out_w;
-          const int64_t ih = oh * g.stride_h + tap.dy;
-          if (ih < 0 || ih >= H) {
-            std::fill(dst, dst + out_w, scalar_t(0));
-            continue;
-          }
-          const scalar_t* src = plane + ih * W;
-          std::fill(dst, dst + tap.cols.lo, scalar_t(0));
-          if (g.stride_w == 1) {
-            std::copy(src + tap.cols.lo + tap.dx, src + tap.cols.hi + tap.dx, dst + tap.cols.lo);
-          } else {
-            for (int64_t ow = tap.cols.lo; ow < tap.cols.hi; ++ow) {
-              dst[ow] = src[ow * g.stride_w + tap.dx];
-            }
-          }
-          std::fill(dst + tap.cols.hi, dst + out_w, scalar_t(0));
-        }
-      });
+      for (const Tap& tap : all_taps) {
+        im2col_tap(plane, g, tap, cols + (c * taps + tap.index) * row_len + b * L);
+      }
     }
   });
 }

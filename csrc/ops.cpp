@@ -5,6 +5,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "direct_conv2d.h"
+
 // `import custom_conv._C` loads this shared library, which runs the
 // registrations below; the module itself has no Python attributes.
 extern "C" {
@@ -30,6 +32,10 @@ TORCH_LIBRARY(custom_conv, m) {
         "int[2] stride, int[2] padding, int[2] dilation, int groups) -> Tensor");
   // Gradient with respect to the bias: grad_output summed over N, H and W.
   m.def("conv2d_backward_bias(Tensor grad_output) -> Tensor");
+
+  // Which CPU convolution kernels this process uses: "avx512" or "avx2" (the
+  // direct kernels of direct_conv2d.h, for float and double) or "im2col".
+  m.def("cpu_kernels() -> str", &custom_conv::direct::cpu_kernels);
 
   // Max pooling; returns the maxima and, per output, the flat index
   // (h * W + w) of the maximum within its input plane.

@@ -5,8 +5,20 @@
     layer = custom_conv.nn.Conv2d(3, 16, 3, padding=1)
     model = custom_conv.convert(torchvision.models.resnet18())
 """
+import torch
+
 from . import _ops  # noqa: F401  (loads the kernels; must come first)
 from . import functional, nn
 from .convert import convert
 
-__all__ = ["functional", "nn", "convert"]
+
+def cpu_kernels() -> str:
+    """The CPU convolution kernels in use: "avx512" or "avx2" (direct kernels
+    for float32 and float64, picked for this CPU) or "im2col" (im2col and a
+    BLAS GEMM, also used for the other dtypes and for shapes the direct
+    kernels do not cover). Set CUSTOM_CONV_CPU_KERNELS before the first
+    convolution to choose a lesser set, e.g. to compare them."""
+    return torch.ops.custom_conv.cpu_kernels()
+
+
+__all__ = ["functional", "nn", "convert", "cpu_kernels"]

@@ -1,0 +1,76 @@
+// Picks the direct convolution kernels for this CPU (see direct_conv2d.h).
+#include "direct_conv2d.h"
+
+#include <c10/util/Exception.h>
+
+#include <cstdlib>
+#include <string>
+
+namespace custom_conv {
+namespace direct {
+
+const Kernels<float>* avx512_float_kernels();
+const Kernels<double>* avx512_double_kernels();
+const Kernels<float>* avx2_float_kernels();
+const Kernels<double>* avx2_double_kernels();
+
+namespace {
+
+enum class Isa { kNone, kAvx2, kAvx512 };
+
+Isa cpu_isa() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  // libgcc's checks include the operating system's support for the wider
+  // register state (XCR0), not only the CPUID bits.
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) return Isa::kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
+#endif
+  return Isa::kNone;
+}
+
+// The best the CPU has, unless CUSTOM_CONV_CPU_KERNELS asks for less.
+Isa chosen_isa() {
+  static const Isa isa = [] {
+    const Isa best = cpu_isa();
+    const char* env = std::getenv("CUSTOM_CONV_CPU_KERNELS");
+    const std::string want = env ? env : "";
+    if (want.empty()) return best;
+    TORCH_CHECK(want == "avx512" || want == "avx2" || want == "im2col",
+                "CUSTOM_CONV_CPU_KERNELS must be avx512, avx2 or im2col, got '", want, "'");
+    const Isa asked = want == "avx512" ? Isa::kAvx512 : want == "avx2" ? Isa::kAvx2 : Isa::kNone;
+    TORCH_CHECK(static_cast<int>(asked) <= static_cast<int>(best),
+                "CUSTOM_CONV_CPU_KERNELS=", want, ", but this CPU does not support it");
+    return asked;
+  }();
+  return isa;
+}
+
+}  // namespace
+
+std::string cpu_kernels() {
+  switch (chosen_isa()) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    default: return "im2col";
+  }
+}
+
+const Kernels<float>* float_kernels() {
+  switch (chosen_isa()) {
+    case Isa::kAvx512: return avx512_float_kernels();
+    case Isa::kAvx2: return avx2_float_kernels();
+    default: return nullptr;
+  }
+}
+
+const Kernels<double>* double_kernels() {
+  switch (chosen_isa()) {
+    case Isa::kAvx512: return avx512_double_kernels();
+    case Isa::kAvx2: return avx2_double_kernels();
+    default: return nullptr;
+  }
+}
+
+}  // namespace direct
+}  // namespace custom_conv

@@ -1,0 +1,97 @@
+// Direct (implicit-GEMM) convolution kernels for float and double on x86
+// CPUs with AVX-512 or AVX2: the interface between conv2d.cpp, which owns the
+// tensors, threads and scratch buffers, and the vector code, which is compiled
+// once per instruction set (direct_conv2d_avx512.cpp, direct_conv2d_avx2.cpp)
+// and chosen at run time, so the build still runs on any x86-64 CPU.
+//
+// The im2col route (im2col.h) writes every input value kH * kW times into a
+// column matrix before BLAS reads it back. These kernels read the receptive
+// fields straight from a zero-padded copy of the sample instead, holding a
+// block of outputs in vector registers while the reduction runs:
+//
+// Forward (stride 1). The padded plane of channel ci is Hp x Wp. Number the
+// outputs by their top-left input position e = oh * Wp + ow ("extended"
+// numbering: Wp - out_w positions per row are not outputs). Then
+//     out[co][e] = sum over ci, taps (ki, kj) of
+//                  w[co][ci][ki][kj] * xp[ci][e + ki * dil_h * Wp + kj * dil_w]
+// so the P outputs e0 .. e0 + P - 1 of a tile read P *consecutive* values of
+// each padded plane for every (ci, tap), wherever rows end. A tile keeps P x
+// NB accumulators (NB output channels, one or two vector registers), and each
+// step of the reduction broadcasts P input values against one vector of NB
+// weights: weight sharing, visibly. Outputs with ow >= out_w are computed and
+// dropped; that costs (kW - 1) * dil_w / Wp of the work.
+//
+// The input gradient of a stride-1 convolution is the same kernel run on the
+// output gradient, padded by dil * (k - 1) - pad, with the kernel rotated by
+// 180 degrees and its channel axes swapped: the lecture's backward rule.
+//
+// Weight gradient (any stride). With the padded sample stored channels-last,
+// xn[pos][ci], and the output gradient pixel-major, goT[pixel][co],
+//     dw[co][ci][tap] = sum over output pixels of
+//                       goT[pixel][co] * xn[pixel's input position + tap][ci]
+// A tile keeps R input channels x NB output channels of one tap in
+// registers and walks the pixels: per pixel, NB/lanes vector loads of goT and
+// R broadcasts of consecutive xn values.
+//
+// This header holds plain data only: no ATen, no vector types.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace custom_conv {
+namespace direct {
+
+template <typename T>
+struct ForwardArgs {
+  const T* xp;            // padded planes of this group's input channels
+  const int64_t* koff;    // per reduction step k = ci * taps + tap: offset of its value in xp
+  int64_t steps;          // C_in per group * taps
+  const T* wpack;         // [co block][steps][NB]: weights, NB output channels contiguous
+  const T* bias;          // [cout] or null
+  T* out;                 // [cout][out_h * out_w] of this group
+  int64_t cout, wp, out_h, out_w;
+};
+
+template <typename T>
+struct WeightGradArgs {
+  const T* xn;            // [Hp * Wp][cpad]: padded input, channels-last
+  const T* got;           // [out_h * out_w][copad]: output gradient, pixel-major
+  T* dwt;                 // [taps][cpad][copad]: the gradient is added here
+  const int64_t* toff;    // [taps]: ki * dil_h * Wp + kj * dil_w
+  int64_t taps, cpad, copad;
+  int64_t wp, stride_h, stride_w, out_h, out_w;
+};
+
+template <typename T>
+struct Kernels {
+  const char* isa;
+  // Output channels per forward block (NB) for a group of `cout` channels.
+  int64_t (*forward_block)(int64_t cout);
+  // Outputs per forward tile (P) for that block.
+  int64_t (*forward_tile)(int64_t nb);
+  // Computes tiles [tile_begin, tile_end) of one sample and group, every
+  // output-channel block. Needs xp readable up to P values past its last plane.
+  void (*forward)(const ForwardArgs<T>& a, int64_t nb, int64_t tile_begin, int64_t tile_end);
+  // Input channels per weight-gradient tile (R) for a block of nb.
+  int64_t (*weight_grad_channels)(int64_t nb);
+  // Adds one sample's (one group's) weight gradient into a.dwt.
+  void (*weight_grad)(const WeightGradArgs<T>& a, int64_t nb);
+};
+
+// The kernels for this CPU, or null when it has neither AVX-512 nor AVX2
+// with FMA (callers then take the im2col route). The environment variable
+// CUSTOM_CONV_CPU_KERNELS=avx512|avx2|im2col narrows the choice (for tests
+// and benchmarks); it is read once.
+const Kernels<float>* float_kernels();
+const Kernels<double>* double_kernels();
+template <typename T> const Kernels<T>* kernels();
+template <> inline const Kernels<float>* kernels<float>() { return float_kernels(); }
+template <> inline const Kernels<double>* kernels<double>() { return double_kernels(); }
+
+// "avx512", "avx2" or "im2col": the choice above, as the op
+// custom_conv::cpu_kernels reports it.
+std::string cpu_kernels();
+
+}  // namespace direct
+}  // namespace custom_conv

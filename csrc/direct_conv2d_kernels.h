@@ -1,0 +1,169 @@
+// The register-blocked loops behind direct_conv2d.h, written once over a
+// small vector interface V (zero, load, store, add, broadcast, fused
+// multiply-add on V::lanes values of V::scalar) and compiled per instruction
+// set: direct_conv2d_avx512.cpp and direct_conv2d_avx2.cpp include this file
+// between `#pragma GCC push_options / target(...)` and `pop_options`, with V
+// defined on that instruction set's intrinsics.
+//
+// Only plain C++ appears here, no library headers: every function in this
+// file is compiled for the including file's instruction set, and an inline
+// library function compiled that way could be picked by the linker for
+// callers that run on CPUs without it.
+#pragma once
+
+#include "direct_conv2d.h"
+
+namespace custom_conv {
+namespace direct {
+namespace loops {
+
+// One forward tile: P consecutive extended outputs (starting at x = xp + e0)
+// times NV vectors of output channels. The reduction walks every (input
+// channel, tap) step k: NV weight vectors are loaded and each of the P input
+// values is broadcast against them. The P x NV accumulators stay in
+// registers for the whole reduction and are written to `tile` at the end.
+template <class V, int P, int NV>
+void forward_tile(const ForwardArgs<typename V::scalar>& a, const typename V::scalar* x,
+                  const typename V::scalar* w, typename V::scalar* tile) {
+  using T = typename V::scalar;
+  constexpr int NB = NV * V::lanes;
+  typename V::reg acc[P][NV];
+#pragma GCC unroll 32
+  for (int j = 0; j < P; ++j) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[j][v] = V::zero();
+  }
+  for (int64_t k = 0; k < a.steps; ++k) {
+    const T* xk = x + a.koff[k];
+    const T* wk = w + k * NB;
+    typename V::reg wv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) wv[v] = V::load(wk + v * V::lanes);
+#pragma GCC unroll 32
+    for (int j = 0; j < P; ++j) {
+      const typename V::reg b = V::broadcast(xk + j);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[j][v] = V::fma(b, wv[v], acc[j][v]);
+    }
+  }
+#pragma GCC unroll 32
+  for (int j = 0; j < P; ++j) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) V::store(tile + j * NB + v * V::lanes, acc[j][v]);
+  }
+}
+
+// Tiles [tile_begin, tile_end) of one sample and group, all channel blocks.
+// A tile's outputs are scattered from the (output, channel) tile buffer into
+// the (channel, oh, ow) output, skipping the extended positions past a row.
+template <class V, int P, int NV>
+void forward_tiles(const ForwardArgs<typename V::scalar>& a, int64_t tile_begin, int64_t tile_end) {
+  using T = typename V::scalar;
+  constexpr int NB = NV * V::lanes;
+  alignas(64) T tile[P * NB];
+  int64_t pixel[P];  // output index oh * out_w + ow of each extended position, or -1
+  const int64_t L = a.out_h * a.out_w;
+  const int64_t extended = (a.out_h - 1) * a.wp + a.out_w;
+  const int64_t blocks = (a.cout + NB - 1) / NB;
+  for (int64_t t = tile_begin; t < tile_end; ++t) {
+    const int64_t e0 = t * P;
+    for (int j = 0; j < P; ++j) {
+      const int64_t e = e0 + j, oh = e / a.wp, ow = e - oh * a.wp;
+      pixel[j] = (e < extended && ow < a.out_w) ? oh * a.out_w + ow : -1;
+    }
+    for (int64_t cb = 0; cb < blocks; ++cb) {
+      forward_tile<V, P, NV>(a, a.xp + e0, a.wpack + cb * a.steps * NB, tile);
+      const int64_t co0 = cb * NB, count = a.cout - co0 < NB ? a.cout - co0 : NB;
+      for (int64_t c = 0; c < count; ++c) {
+        T* out = a.out + (co0 + c) * L;
+        const T bias = a.bias ? a.bias[co0 + c] : T(0);
+        for (int j = 0; j < P; ++j) {
+          if (pixel[j] >= 0) out[pixel[j]] = tile[j * NB + c] + bias;
+        }
+      }
+    }
+  }
+}
+
+// One weight-gradient tile: R input channels (from c0) of one tap times NV
+// vectors of output channels (from the block at `got`), summed over every
+// output pixel of the sample, then added into dwt.
+template <class V, int R, int NV>
+void weight_grad_tile(const WeightGradArgs<typename V::scalar>& a, int64_t tap, int64_t c0,
+                      int64_t block) {
+  using T = typename V::scalar;
+  constexpr int NB = NV * V::lanes;
+  typename V::reg acc[R][NV];
+#pragma GCC unroll 32
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = V::zero();
+  }
+  const int64_t x_step = a.stride_w * a.cpad;
+  for (int64_t oh = 0; oh < a.out_h; ++oh) {
+    const T* x = a.xn + (oh * a.stride_h * a.wp + a.toff[tap]) * a.cpad + c0;
+    const T* g = a.got + oh * a.out_w * a.copad + block * NB;
+    for (int64_t ow = 0; ow < a.out_w; ++ow, x += x_step, g += a.copad) {
+      typename V::reg gv[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) gv[v] = V::load(g + v * V::lanes);
+#pragma GCC unroll 32
+      for (int r = 0; r < R; ++r) {
+        const typename V::reg b = V::broadcast(x + r);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[r][v] = V::fma(b, gv[v], acc[r][v]);
+      }
+    }
+  }
+  T* d = a.dwt + (tap * a.cpad + c0) * a.copad + block * NB;
+#pragma GCC unroll 32
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      T* dst = d + r * a.copad + v * V::lanes;
+      V::store(dst, V::add(V::load(dst), acc[r][v]));
+    }
+  }
+}
+
+template <class V, int R, int NV>
+void weight_grad_all(const WeightGradArgs<typename V::scalar>& a) {
+  constexpr int NB = NV * V::lanes;
+  for (int64_t tap = 0; tap < a.taps; ++tap) {
+    for (int64_t c0 = 0; c0 < a.cpad; c0 += R) {
+      for (int64_t block = 0; block < a.copad / NB; ++block) {
+        weight_grad_tile<V, R, NV>(a, tap, c0, block);
+      }
+    }
+  }
+}
+
+// The blocking of one instruction set: outputs per forward tile and input
+// channels per weight-gradient tile, for blocks of one (NV = 1) or two
+// (NV = 2) vectors of output channels. Chosen so that the accumulators plus
+// the loaded vectors fit in the register file (32 registers with AVX-512,
+// 16 with AVX2) with enough independent sums to hide the FMA latency.
+template <class V, int P1, int P2, int R1, int R2>
+struct Blocking {
+  static int64_t forward_block(int64_t cout) { return cout <= V::lanes ? V::lanes : 2 * V::lanes; }
+  static int64_t forward_tile(int64_t nb) { return nb == V::lanes ? P1 : P2; }
+  static void forward(const ForwardArgs<typename V::scalar>& a, int64_t nb, int64_t begin, int64_t end) {
+    if (nb == V::lanes) {
+      forward_tiles<V, P1, 1>(a, begin, end);
+    } else {
+      forward_tiles<V, P2, 2>(a, begin, end);
+    }
+  }
+  static int64_t weight_grad_channels(int64_t nb) { return nb == V::lanes ? R1 : R2; }
+  static void weight_grad(const WeightGradArgs<typename V::scalar>& a, int64_t nb) {
+    if (nb == V::lanes) {
+      weight_grad_all<V, R1, 1>(a);
+    } else {
+      weight_grad_all<V, R2, 2>(a);
+    }
+  }
+};
+
+}  // namespace loops
+}  // namespace direct
+}  // namespace custom_conv
