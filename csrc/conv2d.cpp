@@ -130,6 +130,13 @@ at::Tensor channel_major(const at::Tensor& t, int64_t n0, int64_t count, int64_t
 
 // ---- The direct kernels (direct_conv2d.h), for float and double ----------
 
+// Depthwise layers with more than one group go to depthwise_conv2d.h: the
+// direct kernels would reduce over a single channel per group. One group of
+// one input channel (a grayscale first layer) is an ordinary convolution.
+bool separate_planes(const Conv2dGeometry& g) {
+  return is_depthwise(g) && g.groups > 1;
+}
+
 // A stride-1 convolution as the direct forward kernel sees it. The forward
 // pass is one; so is the input gradient, with the output gradient as input.
 struct DirectProblem {
@@ -140,16 +147,18 @@ struct DirectProblem {
   int64_t padded_w() const { return in_w + 2 * pad_w; }
 };
 
-// The forward as a DirectProblem, when the direct kernels can run it: float
-// or double, stride 1, not depthwise (depthwise_conv2d.h is better there),
-// and output planes wide enough that the tiles are mostly real outputs.
+// Whether the direct kernels should run a problem: they are written for
+// stride 1, and they pay for the lanes of an output-channel block that a
+// layer leaves empty and for the extended positions of their tiles that are
+// not outputs. When 40% of the work or more would be waste (planes of 2 x 2,
+// few output channels) the im2col route is faster.
 template <typename T>
 bool direct_fits(const direct::Kernels<T>& k, const DirectProblem& p) {
   if (p.pad_h < 0 || p.pad_w < 0) return false;
-  const int64_t tile = k.forward_tile(k.forward_block(p.cout));
+  const int64_t nb = k.forward_block(p.cout), tile = k.forward_tile(nb);
   const int64_t extended = (p.out_h - 1) * p.padded_w() + p.out_w;
-  const int64_t computed = ceil_div(extended, tile) * tile;
-  return 2 * p.out_h * p.out_w >= computed;
+  const double computed = static_cast<double>(ceil_div(extended, tile) * tile) * ceil_div(p.cout, nb) * nb;
+  return static_cast<double>(p.out_h * p.out_w * p.cout) >= 0.6 * computed;
 }
 
 DirectProblem forward_problem(const Conv2dGeometry& g) {
@@ -213,6 +222,22 @@ void pad_planes(const T* src, int64_t C, int64_t H, int64_t W, int64_t pad_h, in
   std::fill(dst, dst + slack, T(0));
 }
 
+// dst[j * dst_stride + i] = src[i * src_stride + j] for a rows x cols src,
+// in square blocks that stay in the L1 cache on both sides.
+template <typename T>
+void transpose(const T* src, int64_t rows, int64_t cols, int64_t src_stride, T* dst, int64_t dst_stride) {
+  constexpr int64_t kBlock = 16;
+  for (int64_t i0 = 0; i0 < rows; i0 += kBlock) {
+    const int64_t i1 = std::min(rows, i0 + kBlock);
+    for (int64_t j0 = 0; j0 < cols; j0 += kBlock) {
+      const int64_t j1 = std::min(cols, j0 + kBlock);
+      for (int64_t j = j0; j < j1; ++j) {
+        for (int64_t i = i0; i < i1; ++i) dst[j * dst_stride + i] = src[i * src_stride + j];
+      }
+    }
+  }
+}
+
 // Runs a DirectProblem on (N, in_channels, in_h, in_w) `in` into (N, groups *
 // cout, out_h, out_w) `out`. Samples are spread over the threads, each
 // padding its own sample into a private buffer, so scratch memory is a few
@@ -271,7 +296,7 @@ void run_direct(const direct::Kernels<T>& k, const DirectProblem& p, const T* in
 // with the direct kernels when they fit; returns false to take im2col.
 bool try_direct(const Conv2dGeometry& g, const at::Tensor& in, const at::Tensor& weight,
                 const at::Tensor& bias, bool rotate, at::Tensor& out) {
-  if (g.stride_h != 1 || g.stride_w != 1 || is_depthwise(g) || g.batch == 0) return false;
+  if (g.stride_h != 1 || g.stride_w != 1 || separate_planes(g) || g.batch == 0) return false;
   const DirectProblem p = rotate ? input_grad_problem(g) : forward_problem(g);
   bool done = false;
   auto run = [&](auto tag) {
@@ -290,70 +315,85 @@ bool try_direct(const Conv2dGeometry& g, const at::Tensor& in, const at::Tensor&
 // The weight gradient with the direct kernels (any stride), summed over the
 // batch in at most kWeightPartials fixed blocks of samples, like the im2col
 // route. Returns false when they do not apply.
+//
+// The kernel broadcasts R consecutive channels of the channels-last input.
+// A layer with fewer than 4 input channels (a first layer: 1 or 3) would
+// leave most of them empty, so there each kernel row's kW taps become
+// channels too: channel ci * kW + kj at position p holds the input at
+// p + kj * dilation_w, and the kernel then walks only the kH rows of taps.
 bool try_direct_weight_grad(const Conv2dGeometry& g, const at::Tensor& input,
                             const at::Tensor& grad_output, at::Tensor& grad_weight) {
-  if (is_depthwise(g) || g.batch == 0) return false;
+  if (separate_planes(g) || g.batch == 0) return false;
   bool done = false;
   auto run = [&](auto tag) {
     using T = decltype(tag);
     const direct::Kernels<T>* k = direct::kernels<T>();
     if (k == nullptr) return;
-    const int64_t Ci = g.in_channels_per_group(), Co = g.out_channels_per_group();
-    const int64_t taps = g.kernel_h * g.kernel_w, L = g.output_plane();
-    const int64_t nb = k->forward_block(Co), R = k->weight_grad_channels(nb);
-    const int64_t cpad = ceil_div(Ci, R) * R, copad = ceil_div(Co, nb) * nb;
-    const int64_t Hp = g.in_h + 2 * g.pad_h, Wp = g.in_w + 2 * g.pad_w;
+    const int64_t Ci = g.in_channels_per_group(), Co = g.out_channels_per_group(), L = g.output_plane();
+    const int64_t fold = (Ci < 4 && Ci * g.kernel_w <= 16) ? g.kernel_w : 1;  // taps per channel
+    const int64_t channels = Ci * fold, taps = g.kernel_h * g.kernel_w / fold;
+    const int64_t nb = k->forward_block(Co), R = k->weight_grad_channels(nb, channels);
+    const int64_t cpad = ceil_div(channels, R) * R, copad = ceil_div(Co, nb) * nb;
+    const int64_t Hp = g.in_h + 2 * g.pad_h, Wp = g.in_w + 2 * g.pad_w, positions = Hp * Wp;
     const int64_t per_group = taps * cpad * copad, per_partial = g.groups * per_group;
     const int64_t blocks = std::max<int64_t>(1, std::min({g.batch, kWeightPartials, kPartialsBudget / per_partial}));
     std::vector<int64_t> toff(taps);
-    for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
-      for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
-        toff[ki * g.kernel_w + kj] = ki * g.dilation_h * Wp + kj * g.dilation_w;
-      }
+    for (int64_t t = 0; t < taps; ++t) {
+      const int64_t ki = t * fold / g.kernel_w, kj = t * fold % g.kernel_w;
+      toff[t] = ki * g.dilation_h * Wp + kj * g.dilation_w;
     }
     std::vector<T> partials(blocks * per_partial, T(0));
     const T* x = input.const_data_ptr<T>();
     const T* go = grad_output.const_data_ptr<T>();
     const int64_t plane = g.in_h * g.in_w;
-    const int64_t macs_per_block = ceil_div(g.batch, blocks) * g.out_channels * Ci * taps * L;
+    const int64_t macs_per_block = ceil_div(g.batch, blocks) * g.out_channels * Ci * g.kernel_h * g.kernel_w * L;
     constexpr int64_t kMinTaskMacs = int64_t{1} << 20;
     at::parallel_for(0, blocks, std::max<int64_t>(1, kMinTaskMacs / macs_per_block), [&](int64_t begin, int64_t end) {
       // Padding positions and the channels past Ci / Co stay zero; every
       // sample overwrites the same interior positions.
-      std::vector<T> xn(Hp * Wp * cpad, T(0)), got(L * copad, T(0));
+      std::vector<T> xn(positions * cpad, T(0)), got(L * copad, T(0));
+      std::vector<T> unfolded(fold > 1 ? positions * Ci : 0, T(0));
       for (int64_t block = begin; block < end; ++block) {
         for (int64_t n = block * g.batch / blocks; n < (block + 1) * g.batch / blocks; ++n) {
           for (int64_t grp = 0; grp < g.groups; ++grp) {
             const T* xs = x + (n * g.in_channels + grp * Ci) * plane;
-            for (int64_t ci = 0; ci < Ci; ++ci) {
-              for (int64_t h = 0; h < g.in_h; ++h) {
-                T* dst = xn.data() + ((h + g.pad_h) * Wp + g.pad_w) * cpad + ci;
-                const T* src = xs + ci * plane + h * g.in_w;
-                for (int64_t w = 0; w < g.in_w; ++w) dst[w * cpad] = src[w];
+            T* rows = fold > 1 ? unfolded.data() : xn.data();
+            const int64_t row_stride = fold > 1 ? Ci : cpad;
+            for (int64_t h = 0; h < g.in_h; ++h) {
+              transpose(xs + h * g.in_w, Ci, g.in_w, plane,
+                        rows + ((h + g.pad_h) * Wp + g.pad_w) * row_stride, row_stride);
+            }
+            for (int64_t pos = 0; fold > 1 && pos < positions; ++pos) {
+              for (int64_t ci = 0; ci < Ci; ++ci) {
+                for (int64_t kj = 0; kj < fold; ++kj) {
+                  const int64_t from = pos + kj * g.dilation_w;
+                  xn[pos * cpad + ci * fold + kj] = from < positions ? unfolded[from * Ci + ci] : T(0);
+                }
               }
             }
-            const T* gs = go + (n * g.out_channels + grp * Co) * L;
-            for (int64_t co = 0; co < Co; ++co) {
-              for (int64_t i = 0; i < L; ++i) got[i * copad + co] = gs[co * L + i];
-            }
+            transpose(go + (n * g.out_channels + grp * Co) * L, Co, L, L, got.data(), copad);
             const direct::WeightGradArgs<T> args{
                 xn.data(), got.data(), partials.data() + block * per_partial + grp * per_group,
                 toff.data(), taps, cpad, copad, Wp, g.stride_h, g.stride_w, g.out_h, g.out_w};
-            k->weight_grad(args, nb);
+            k->weight_grad(args, nb, R);
           }
         }
       }
     });
-    // grad_weight[grp * Co + co][ci][tap] = sum over blocks, in order.
+    // grad_weight[grp * Co + co][ci][ki][kj] = sum over blocks, in order, of
+    // partial[grp][tap][channel][co], with (tap, channel) = ((ki, kj), ci)
+    // or, folded, (ki, ci * kW + kj).
     T* gw = grad_weight.mutable_data_ptr<T>();
+    const int64_t kernel_taps = g.kernel_h * g.kernel_w;
     for (int64_t grp = 0; grp < g.groups; ++grp) {
       for (int64_t co = 0; co < Co; ++co) {
         for (int64_t ci = 0; ci < Ci; ++ci) {
-          for (int64_t t = 0; t < taps; ++t) {
-            const int64_t at = grp * per_group + (t * cpad + ci) * copad + co;
+          for (int64_t t = 0; t < kernel_taps; ++t) {
+            const int64_t tap = t / fold, channel = ci * fold + t % fold;
+            const int64_t at = grp * per_group + (tap * cpad + channel) * copad + co;
             T sum = partials[at];
             for (int64_t b = 1; b < blocks; ++b) sum += partials[b * per_partial + at];
-            gw[((grp * Co + co) * Ci + ci) * taps + t] = sum;
+            gw[((grp * Co + co) * Ci + ci) * kernel_taps + t] = sum;
           }
         }
       }
@@ -383,15 +423,15 @@ at::Tensor conv2d_forward_cpu(
   const at::Tensor bias_col = has_bias ? bias->contiguous().view({groups, Co, 1}) : at::Tensor();
 
   at::Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
+  if (try_direct(g, input, weight, has_bias ? bias->contiguous() : at::Tensor(), false, output)) {
+    return output;
+  }
   if (is_depthwise(g)) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "depthwise_conv2d_forward_cpu", [&] {
       depthwise_conv2d_forward(input.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
                                has_bias ? bias_col.const_data_ptr<scalar_t>() : nullptr, g,
                                output.mutable_data_ptr<scalar_t>());
     });
-    return output;
-  }
-  if (try_direct(g, input, weight, has_bias ? bias->contiguous() : at::Tensor(), false, output)) {
     return output;
   }
   const Chunks chunks = chunks_for(g);
@@ -432,14 +472,14 @@ at::Tensor conv2d_backward_input_cpu(
   const int64_t Co = g.out_channels_per_group(), K = g.col_rows_per_group(), L = g.output_plane();
 
   at::Tensor grad_input = at::empty(input_size, weight.options());
+  if (try_direct(g, grad_output, weight, at::Tensor(), true, grad_input)) {
+    return grad_input;
+  }
   if (is_depthwise(g)) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, weight.scalar_type(), "depthwise_conv2d_backward_input_cpu", [&] {
       depthwise_conv2d_backward_input(grad_output.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
                                       g, grad_input.mutable_data_ptr<scalar_t>());
     });
-    return grad_input;
-  }
-  if (try_direct(g, grad_output, weight, at::Tensor(), true, grad_input)) {
     return grad_input;
   }
   // W_g^T: (K, C_out/g), a transposed view; BLAS reads it without a copy.
@@ -484,14 +524,14 @@ at::Tensor conv2d_backward_weight_cpu(
   if (g.batch == 0) {
     return grad_weight.zero_();
   }
+  if (try_direct_weight_grad(g, input, grad_output, grad_weight)) {
+    return grad_weight;
+  }
   if (is_depthwise(g)) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "depthwise_conv2d_backward_weight_cpu", [&] {
       depthwise_conv2d_backward_weight(grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
                                        g, grad_weight.mutable_data_ptr<scalar_t>());
     });
-    return grad_weight;
-  }
-  if (try_direct_weight_grad(g, input, grad_output, grad_weight)) {
     return grad_weight;
   }
   const Chunks chunks = chunks_for(g);

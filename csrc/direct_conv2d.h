@@ -73,10 +73,11 @@ struct Kernels {
   // Computes tiles [tile_begin, tile_end) of one sample and group, every
   // output-channel block. Needs xp readable up to P values past its last plane.
   void (*forward)(const ForwardArgs<T>& a, int64_t nb, int64_t tile_begin, int64_t tile_end);
-  // Input channels per weight-gradient tile (R) for a block of nb.
-  int64_t (*weight_grad_channels)(int64_t nb);
+  // Input channels per weight-gradient tile (R) for blocks of nb and a
+  // group of `cin` input channels; cpad is a multiple of it.
+  int64_t (*weight_grad_channels)(int64_t nb, int64_t cin);
   // Adds one sample's (one group's) weight gradient into a.dwt.
-  void (*weight_grad)(const WeightGradArgs<T>& a, int64_t nb);
+  void (*weight_grad)(const WeightGradArgs<T>& a, int64_t nb, int64_t r);
 };
 
 // The kernels for this CPU, or null when it has neither AVX-512 nor AVX2

@@ -39,19 +39,18 @@ struct Avx2Double {
   static reg fma(reg a, reg b, reg c) { return _mm256_fmadd_pd(a, b, c); }
 };
 
-// Forward tiles of 12 outputs x 1 vector or 6 x 2 vectors (12 accumulators);
-// weight-gradient tiles of 8 channels x 1 vector or 4 x 2 vectors.
-using FloatBlocking = loops::Blocking<Avx2Float, 12, 6, 8, 4>;
-using DoubleBlocking = loops::Blocking<Avx2Double, 12, 6, 8, 4>;
+// Blocks of 8 or 16 float (4 or 8 double) output channels: forward tiles
+// of 12 outputs x 1 register or 6 x 2 (12 accumulators), and weight-gradient
+// tiles of up to 8 input channels x 1 register or 4 x 2.
+using FloatMenu = loops::Menu<loops::Blocking<Avx2Float, 1, 12, 4, 8>,
+                              loops::Blocking<Avx2Float, 2, 6, 4>>;
+using DoubleMenu = loops::Menu<loops::Blocking<Avx2Double, 1, 12, 4, 8>,
+                               loops::Blocking<Avx2Double, 2, 6, 4>>;
 
 // Constant-initialised tables of function addresses: no code of this file
 // runs until a caller has checked the CPU.
-const Kernels<float> kFloat = {"avx2", &FloatBlocking::forward_block, &FloatBlocking::forward_tile,
-                               &FloatBlocking::forward, &FloatBlocking::weight_grad_channels,
-                               &FloatBlocking::weight_grad};
-const Kernels<double> kDouble = {"avx2", &DoubleBlocking::forward_block, &DoubleBlocking::forward_tile,
-                                 &DoubleBlocking::forward, &DoubleBlocking::weight_grad_channels,
-                                 &DoubleBlocking::weight_grad};
+const Kernels<float> kFloat = FloatMenu::kernels("avx2");
+const Kernels<double> kDouble = DoubleMenu::kernels("avx2");
 
 }  // namespace
 }  // namespace direct

@@ -7,7 +7,7 @@
 #include <immintrin.h>
 
 #pragma GCC push_options
-#pragma GCC target("avx2,fma,avx512f")
+#pragma GCC target("avx2,fma,avx512f,avx512vl")
 
 #include "direct_conv2d_kernels.h"
 
@@ -27,6 +27,18 @@ struct Avx512Float {
   static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
 };
 
+struct Avx512Float8 {  // 8 floats in the lower half (AVX-512VL: 32 of them)
+  using scalar = float;
+  using reg = __m256;
+  static constexpr int lanes = 8;
+  static reg zero() { return _mm256_setzero_ps(); }
+  static reg load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, reg v) { _mm256_storeu_ps(p, v); }
+  static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
+  static reg broadcast(const float* p) { return _mm256_set1_ps(*p); }
+  static reg fma(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
+};
+
 struct Avx512Double {
   using scalar = double;
   using reg = __m512d;
@@ -39,19 +51,21 @@ struct Avx512Double {
   static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_pd(a, b, c); }
 };
 
-// Forward tiles of 24 outputs x 1 vector or 12 x 2 vectors (24 accumulators);
-// weight-gradient tiles of 16 channels x 1 vector or 8 x 2 vectors.
-using FloatBlocking = loops::Blocking<Avx512Float, 24, 12, 16, 8>;
-using DoubleBlocking = loops::Blocking<Avx512Double, 24, 12, 16, 8>;
+// Blocks of 8, 16 or 32 float (8 or 16 double) output channels: forward
+// tiles of 24 outputs x 1 register or 12 x 2 (24 accumulators), and
+// weight-gradient tiles of up to 16 input channels x 1 register or 8 x 2.
+// The 8-float block runs on the lower halves of the registers, so layers
+// with few output channels (LeNet's 6) do not waste three quarters of each.
+using FloatMenu = loops::Menu<loops::Blocking<Avx512Float8, 1, 24, 4, 8, 16>,
+                              loops::Blocking<Avx512Float, 1, 24, 4, 8, 16>,
+                              loops::Blocking<Avx512Float, 2, 12, 4, 8>>;
+using DoubleMenu = loops::Menu<loops::Blocking<Avx512Double, 1, 24, 4, 8, 16>,
+                               loops::Blocking<Avx512Double, 2, 12, 4, 8>>;
 
 // Constant-initialised tables of function addresses: no code of this file
 // runs until a caller has checked the CPU.
-const Kernels<float> kFloat = {"avx512", &FloatBlocking::forward_block, &FloatBlocking::forward_tile,
-                               &FloatBlocking::forward, &FloatBlocking::weight_grad_channels,
-                               &FloatBlocking::weight_grad};
-const Kernels<double> kDouble = {"avx512", &DoubleBlocking::forward_block, &DoubleBlocking::forward_tile,
-                                 &DoubleBlocking::forward, &DoubleBlocking::weight_grad_channels,
-                                 &DoubleBlocking::weight_grad};
+const Kernels<float> kFloat = FloatMenu::kernels("avx512");
+const Kernels<double> kDouble = DoubleMenu::kernels("avx512");
 
 }  // namespace
 }  // namespace direct

@@ -138,29 +138,62 @@ void weight_grad_all(const WeightGradArgs<typename V::scalar>& a) {
   }
 }
 
-// The blocking of one instruction set: outputs per forward tile and input
-// channels per weight-gradient tile, for blocks of one (NV = 1) or two
-// (NV = 2) vectors of output channels. Chosen so that the accumulators plus
-// the loaded vectors fit in the register file (32 registers with AVX-512,
-// 16 with AVX2) with enough independent sums to hide the FMA latency.
-template <class V, int P1, int P2, int R1, int R2>
+// One register blocking: output-channel blocks of NB = NV * V::lanes, P
+// outputs per forward tile, and weight-gradient tiles of R input channels
+// for R in Rs (ascending; the smallest R that covers the layer's input
+// channels is used, so a 3-channel input does not pay for 16). NV * P and
+// NV * R accumulators must leave room in the register file for the loaded
+// vectors, and be many enough to hide the latency of the FMAs.
+template <class V, int NV, int P, int... Rs>
 struct Blocking {
-  static int64_t forward_block(int64_t cout) { return cout <= V::lanes ? V::lanes : 2 * V::lanes; }
-  static int64_t forward_tile(int64_t nb) { return nb == V::lanes ? P1 : P2; }
-  static void forward(const ForwardArgs<typename V::scalar>& a, int64_t nb, int64_t begin, int64_t end) {
-    if (nb == V::lanes) {
-      forward_tiles<V, P1, 1>(a, begin, end);
-    } else {
-      forward_tiles<V, P2, 2>(a, begin, end);
-    }
+  using T = typename V::scalar;
+  static constexpr int64_t nb = NV * V::lanes;
+  static constexpr int64_t tile = P;
+  static void forward(const ForwardArgs<T>& a, int64_t begin, int64_t end) {
+    forward_tiles<V, P, NV>(a, begin, end);
   }
-  static int64_t weight_grad_channels(int64_t nb) { return nb == V::lanes ? R1 : R2; }
-  static void weight_grad(const WeightGradArgs<typename V::scalar>& a, int64_t nb) {
-    if (nb == V::lanes) {
-      weight_grad_all<V, R1, 1>(a);
-    } else {
-      weight_grad_all<V, R2, 2>(a);
+  static int64_t channels(int64_t cin) {
+    constexpr int64_t choices[] = {Rs...};
+    for (const int64_t r : choices) {
+      if (r >= cin) return r;
     }
+    return choices[sizeof...(Rs) - 1];
+  }
+  static void weight_grad(const WeightGradArgs<T>& a, int64_t r) {
+    ((r == Rs ? weight_grad_all<V, Rs, NV>(a) : void()), ...);
+  }
+};
+
+// An instruction set's blockings, by ascending NB: a group of C_out output
+// channels takes the narrowest block that holds them, or the widest.
+template <class... B>
+struct Menu {
+  using T = typename decltype((B(), ...))::T;  // the same for every B
+  static Kernels<T> kernels(const char* isa) {
+    return {isa, &forward_block, &forward_tile, &forward, &weight_grad_channels, &weight_grad};
+  }
+  static int64_t forward_block(int64_t cout) {
+    constexpr int64_t choices[] = {B::nb...};
+    for (const int64_t nb : choices) {
+      if (nb >= cout) return nb;
+    }
+    return choices[sizeof...(B) - 1];
+  }
+  static int64_t forward_tile(int64_t nb) {
+    int64_t p = 0;
+    ((p = nb == B::nb ? B::tile : p), ...);
+    return p;
+  }
+  static void forward(const ForwardArgs<T>& a, int64_t nb, int64_t begin, int64_t end) {
+    ((nb == B::nb ? B::forward(a, begin, end) : void()), ...);
+  }
+  static int64_t weight_grad_channels(int64_t nb, int64_t cin) {
+    int64_t r = 0;
+    ((r = nb == B::nb ? B::channels(cin) : r), ...);
+    return r;
+  }
+  static void weight_grad(const WeightGradArgs<T>& a, int64_t nb, int64_t r) {
+    ((nb == B::nb ? B::weight_grad(a, r) : void()), ...);
   }
 };
 
