@@ -152,12 +152,25 @@ struct DirectProblem {
 // layer leaves empty and for the extended positions of their tiles that are
 // not outputs. When 40% of the work or more would be waste (planes of 2 x 2,
 // few output channels) the im2col route is faster.
+// How a problem's outputs are cut into tiles of `tile` outputs: along the
+// extended numbering, or aligned to rows when that computes fewer
+// non-outputs; and the number of tiles.
+struct Tiling {
+  int64_t row_tiles, count;
+};
+
+Tiling tiling(const DirectProblem& p, int64_t tile) {
+  const int64_t extended = ceil_div((p.out_h - 1) * p.padded_w() + p.out_w, tile);
+  const int64_t per_row = ceil_div(p.out_w, tile);
+  if (per_row * p.out_h <= extended) return {per_row, per_row * p.out_h};
+  return {0, extended};
+}
+
 template <typename T>
 bool direct_fits(const direct::Kernels<T>& k, const DirectProblem& p) {
   if (p.pad_h < 0 || p.pad_w < 0) return false;
   const int64_t nb = k.forward_block(p.cout), tile = k.forward_tile(nb);
-  const int64_t extended = (p.out_h - 1) * p.padded_w() + p.out_w;
-  const double computed = static_cast<double>(ceil_div(extended, tile) * tile) * ceil_div(p.cout, nb) * nb;
+  const double computed = static_cast<double>(tiling(p, tile).count * tile) * ceil_div(p.cout, nb) * nb;
   return static_cast<double>(p.out_h * p.out_w * p.cout) >= 0.6 * computed;
 }
 
@@ -259,13 +272,14 @@ void run_direct(const direct::Kernels<T>& k, const DirectProblem& p, const T* in
   }
   const int64_t sample_in = p.in_channels * p.in_h * p.in_w, sample_padded = p.in_channels * plane + tile;
   const int64_t L = p.out_h * p.out_w, blocks = ceil_div(p.cout, nb);
-  const int64_t tiles = ceil_div((p.out_h - 1) * Wp + p.out_w, tile);
+  const Tiling tiles_of = tiling(p, tile);
+  const int64_t tiles = tiles_of.count;
   auto run_tiles = [&](int64_t n, const T* xp, int64_t begin, int64_t end) {
     for (int64_t grp = 0; grp < p.groups; ++grp) {
       const direct::ForwardArgs<T> args{
           xp + grp * p.cin * plane, koff.data(), p.cin * taps,
           packed.data() + grp * blocks * p.cin * taps * nb, bias ? bias + grp * p.cout : nullptr,
-          out + (n * p.groups + grp) * p.cout * L, p.cout, Wp, p.out_h, p.out_w};
+          out + (n * p.groups + grp) * p.cout * L, p.cout, Wp, p.out_h, p.out_w, tiles_of.row_tiles};
       k.forward(args, nb, begin, end);
     }
   };

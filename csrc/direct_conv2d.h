@@ -51,6 +51,11 @@ struct ForwardArgs {
   const T* bias;          // [cout] or null
   T* out;                 // [cout][out_h * out_w] of this group
   int64_t cout, wp, out_h, out_w;
+  // 0: tile t covers extended outputs [t * P, t * P + P). Otherwise tiles
+  // are aligned to output rows, this many per row: tile t covers row
+  // t / row_tiles from column (t % row_tiles) * P. When P divides out_w
+  // (8 and 16 do for most layers) no lane computes a non-output.
+  int64_t row_tiles;
 };
 
 template <typename T>

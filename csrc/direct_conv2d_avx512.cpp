@@ -52,15 +52,17 @@ struct Avx512Double {
 };
 
 // Blocks of 8, 16 or 32 float (8 or 16 double) output channels: forward
-// tiles of 24 outputs x 1 register or 12 x 2 (24 accumulators), and
-// weight-gradient tiles of up to 16 input channels x 1 register or 8 x 2.
+// tiles of 16 outputs x 1 register or 8 x 2 (16 accumulators, enough to keep
+// both FMA units busy; 8 and 16 divide most layers' output rows, so
+// row-aligned tiles compute no padding), and weight-gradient tiles of up to
+// 16 input channels x 1 register or 8 x 2.
 // The 8-float block runs on the lower halves of the registers, so layers
 // with few output channels (LeNet's 6) do not waste three quarters of each.
-using FloatMenu = loops::Menu<loops::Blocking<Avx512Float8, 1, 24, 4, 8, 16>,
-                              loops::Blocking<Avx512Float, 1, 24, 4, 8, 16>,
-                              loops::Blocking<Avx512Float, 2, 12, 4, 8>>;
-using DoubleMenu = loops::Menu<loops::Blocking<Avx512Double, 1, 24, 4, 8, 16>,
-                               loops::Blocking<Avx512Double, 2, 12, 4, 8>>;
+using FloatMenu = loops::Menu<loops::Blocking<Avx512Float8, 1, 16, 4, 8, 16>,
+                              loops::Blocking<Avx512Float, 1, 16, 4, 8, 16>,
+                              loops::Blocking<Avx512Float, 2, 8, 4, 8>>;
+using DoubleMenu = loops::Menu<loops::Blocking<Avx512Double, 1, 16, 4, 8, 16>,
+                               loops::Blocking<Avx512Double, 2, 8, 4, 8>>;
 
 // Constant-initialised tables of function addresses: no code of this file
 // runs until a caller has checked the CPU.

@@ -66,10 +66,19 @@ void forward_tiles(const ForwardArgs<typename V::scalar>& a, int64_t tile_begin,
   const int64_t extended = (a.out_h - 1) * a.wp + a.out_w;
   const int64_t blocks = (a.cout + NB - 1) / NB;
   for (int64_t t = tile_begin; t < tile_end; ++t) {
-    const int64_t e0 = t * P;
-    for (int j = 0; j < P; ++j) {
-      const int64_t e = e0 + j, oh = e / a.wp, ow = e - oh * a.wp;
-      pixel[j] = (e < extended && ow < a.out_w) ? oh * a.out_w + ow : -1;
+    int64_t e0;
+    if (a.row_tiles == 0) {
+      e0 = t * P;
+      for (int j = 0; j < P; ++j) {
+        const int64_t e = e0 + j, oh = e / a.wp, ow = e - oh * a.wp;
+        pixel[j] = (e < extended && ow < a.out_w) ? oh * a.out_w + ow : -1;
+      }
+    } else {
+      const int64_t oh = t / a.row_tiles, ow0 = (t - oh * a.row_tiles) * P;
+      e0 = oh * a.wp + ow0;
+      for (int j = 0; j < P; ++j) {
+        pixel[j] = ow0 + j < a.out_w ? oh * a.out_w + ow0 + j : -1;
+      }
     }
     for (int64_t cb = 0; cb < blocks; ++cb) {
       forward_tile<V, P, NV>(a, a.xp + e0, a.wpack + cb * a.steps * NB, tile);
