@@ -137,14 +137,23 @@ bool separate_planes(const Conv2dGeometry& g) {
   return is_depthwise(g) && g.groups > 1;
 }
 
-// A stride-1 convolution as the direct forward kernel sees it. The forward
-// pass is one; so is the input gradient, with the output gradient as input.
+// A convolution as the direct forward kernel sees it: the forward pass, or
+// the input gradient of a stride-1 convolution with the output gradient as
+// input. A stride s is turned into stride 1 over "phase" planes: the padded
+// plane is split into s_h * s_w planes of every s-th row and column, phase
+// (a, b) holding padded[i * s_h + a][j * s_w + b], Hq x Wq each. Output
+// (oh, ow) reads, for tap (ki, kj), padded[oh * s_h + ki * dil_h][ow * s_w +
+// kj * dil_w], which is phase ((ki * dil_h) % s_h, (kj * dil_w) % s_w) at
+// (oh + ki * dil_h / s_h, ow + kj * dil_w / s_w): consecutive outputs read
+// consecutive values again. With stride 1 there is one phase, the padded plane.
 struct DirectProblem {
-  int64_t batch, in_channels, in_h, in_w, pad_h, pad_w;
+  int64_t batch, in_channels, in_h, in_w, pad_h, pad_w, stride_h, stride_w;
   int64_t groups, cin, cout, kernel_h, kernel_w, dil_h, dil_w, out_h, out_w;
   int64_t taps() const { return kernel_h * kernel_w; }
-  int64_t padded_h() const { return in_h + 2 * pad_h; }
-  int64_t padded_w() const { return in_w + 2 * pad_w; }
+  int64_t phase_h() const { return ceil_div(in_h + 2 * pad_h, stride_h); }
+  int64_t phase_w() const { return ceil_div(in_w + 2 * pad_w, stride_w); }
+  // Values per input channel: all its phase planes.
+  int64_t channel_values() const { return stride_h * stride_w * phase_h() * phase_w(); }
 };
 
 // Whether the direct kernels should run a problem: they are written for
@@ -160,22 +169,30 @@ struct Tiling {
 };
 
 Tiling tiling(const DirectProblem& p, int64_t tile) {
-  const int64_t extended = ceil_div((p.out_h - 1) * p.padded_w() + p.out_w, tile);
+  const int64_t extended = ceil_div((p.out_h - 1) * p.phase_w() + p.out_w, tile);
   const int64_t per_row = ceil_div(p.out_w, tile);
   if (per_row * p.out_h <= extended) return {per_row, per_row * p.out_h};
   return {0, extended};
 }
 
+// The direct kernels win where im2col costs as much as the GEMM it feeds:
+// few channels (a reduction of C_in * kH * kW <= kMaxDirectSteps steps, as in
+// LeNet, ResNet-20 and the first VGG/ResNet-18 layers) and kernels larger
+// than 1x1. Deeper layers give BLAS long enough reductions to run near the
+// processor's peak, which these unblocked loops do not reach, and a 1x1
+// convolution needs no im2col at all (benchmarks/results, 2026-11-26).
+constexpr int64_t kMaxDirectSteps = 576;
+
 template <typename T>
 bool direct_fits(const direct::Kernels<T>& k, const DirectProblem& p) {
-  if (p.pad_h < 0 || p.pad_w < 0) return false;
+  if (p.pad_h < 0 || p.pad_w < 0 || p.taps() == 1 || p.cin * p.taps() > kMaxDirectSteps) return false;
   const int64_t nb = k.forward_block(p.cout), tile = k.forward_tile(nb);
   const double computed = static_cast<double>(tiling(p, tile).count * tile) * ceil_div(p.cout, nb) * nb;
   return static_cast<double>(p.out_h * p.out_w * p.cout) >= 0.6 * computed;
 }
 
 DirectProblem forward_problem(const Conv2dGeometry& g) {
-  return {g.batch, g.in_channels, g.in_h, g.in_w, g.pad_h, g.pad_w,
+  return {g.batch, g.in_channels, g.in_h, g.in_w, g.pad_h, g.pad_w, g.stride_h, g.stride_w,
           g.groups, g.in_channels_per_group(), g.out_channels_per_group(),
           g.kernel_h, g.kernel_w, g.dilation_h, g.dilation_w, g.out_h, g.out_w};
 }
@@ -185,7 +202,7 @@ DirectProblem forward_problem(const Conv2dGeometry& g) {
 // rotated by 180 degrees and its two channel axes swapped (see pack_weights).
 DirectProblem input_grad_problem(const Conv2dGeometry& g) {
   return {g.batch, g.out_channels, g.out_h, g.out_w,
-          g.dilation_h * (g.kernel_h - 1) - g.pad_h, g.dilation_w * (g.kernel_w - 1) - g.pad_w,
+          g.dilation_h * (g.kernel_h - 1) - g.pad_h, g.dilation_w * (g.kernel_w - 1) - g.pad_w, 1, 1,
           g.groups, g.out_channels_per_group(), g.in_channels_per_group(),
           g.kernel_h, g.kernel_w, g.dilation_h, g.dilation_w, g.in_h, g.in_w};
 }
@@ -215,22 +232,39 @@ std::vector<T> pack_weights(const DirectProblem& p, const T* weight, int64_t nb,
   return packed;
 }
 
-// Copies a (C, H, W) sample into zero-padded (C, H + 2 pad_h, W + 2 pad_w)
-// planes, followed by `slack` zeros.
+// Copies a (C, H, W) sample into its zero-padded phase planes (see
+// DirectProblem), followed by `slack` zeros. Stride 1 copies whole rows.
 template <typename T>
-void pad_planes(const T* src, int64_t C, int64_t H, int64_t W, int64_t pad_h, int64_t pad_w,
-                int64_t slack, T* dst) {
-  const int64_t Wp = W + 2 * pad_w;
-  for (int64_t c = 0; c < C; ++c) {
-    std::fill(dst, dst + pad_h * Wp, T(0));
-    dst += pad_h * Wp;
-    for (int64_t h = 0; h < H; ++h, dst += Wp, src += W) {
-      std::fill(dst, dst + pad_w, T(0));
-      std::copy(src, src + W, dst + pad_w);
-      std::fill(dst + pad_w + W, dst + Wp, T(0));
+void pad_planes(const DirectProblem& p, const T* src, int64_t slack, T* dst) {
+  const int64_t H = p.in_h, W = p.in_w;
+  if (p.stride_h == 1 && p.stride_w == 1) {
+    const int64_t Wp = W + 2 * p.pad_w;
+    for (int64_t c = 0; c < p.in_channels; ++c) {
+      std::fill(dst, dst + p.pad_h * Wp, T(0));
+      dst += p.pad_h * Wp;
+      for (int64_t h = 0; h < H; ++h, dst += Wp, src += W) {
+        std::fill(dst, dst + p.pad_w, T(0));
+        std::copy(src, src + W, dst + p.pad_w);
+        std::fill(dst + p.pad_w + W, dst + Wp, T(0));
+      }
+      std::fill(dst, dst + p.pad_h * Wp, T(0));
+      dst += p.pad_h * Wp;
     }
-    std::fill(dst, dst + pad_h * Wp, T(0));
-    dst += pad_h * Wp;
+  } else {
+    const int64_t Hq = p.phase_h(), Wq = p.phase_w();
+    for (int64_t c = 0; c < p.in_channels; ++c, src += H * W) {
+      for (int64_t a = 0; a < p.stride_h; ++a) {
+        for (int64_t b = 0; b < p.stride_w; ++b) {
+          for (int64_t i = 0; i < Hq; ++i) {
+            const int64_t h = i * p.stride_h + a - p.pad_h;
+            for (int64_t j = 0; j < Wq; ++j, ++dst) {
+              const int64_t w = j * p.stride_w + b - p.pad_w;
+              *dst = (h >= 0 && h < H && w >= 0 && w < W) ? src[h * W + w] : T(0);
+            }
+          }
+        }
+      }
+    }
   }
   std::fill(dst, dst + slack, T(0));
 }
@@ -260,13 +294,16 @@ template <typename T>
 void run_direct(const direct::Kernels<T>& k, const DirectProblem& p, const T* in, const T* weight,
                 bool rotate, const T* bias, T* out) {
   const int64_t nb = k.forward_block(p.cout), tile = k.forward_tile(nb);
-  const int64_t Wp = p.padded_w(), plane = p.padded_h() * Wp, taps = p.taps();
+  const int64_t Hq = p.phase_h(), Wq = p.phase_w(), plane = p.channel_values(), taps = p.taps();
   const std::vector<T> packed = pack_weights(p, weight, nb, rotate);
   std::vector<int64_t> koff(p.cin * taps);
   for (int64_t i = 0; i < p.cin; ++i) {
     for (int64_t ki = 0; ki < p.kernel_h; ++ki) {
       for (int64_t kj = 0; kj < p.kernel_w; ++kj) {
-        koff[(i * p.kernel_h + ki) * p.kernel_w + kj] = i * plane + ki * p.dil_h * Wp + kj * p.dil_w;
+        const int64_t y = ki * p.dil_h, x = kj * p.dil_w;
+        const int64_t phase = (y % p.stride_h) * p.stride_w + x % p.stride_w;
+        koff[(i * p.kernel_h + ki) * p.kernel_w + kj] =
+            i * plane + (phase * Hq + y / p.stride_h) * Wq + x / p.stride_w;
       }
     }
   }
@@ -279,7 +316,7 @@ void run_direct(const direct::Kernels<T>& k, const DirectProblem& p, const T* in
       const direct::ForwardArgs<T> args{
           xp + grp * p.cin * plane, koff.data(), p.cin * taps,
           packed.data() + grp * blocks * p.cin * taps * nb, bias ? bias + grp * p.cout : nullptr,
-          out + (n * p.groups + grp) * p.cout * L, p.cout, Wp, p.out_h, p.out_w, tiles_of.row_tiles};
+          out + (n * p.groups + grp) * p.cout * L, p.cout, Wq, p.out_h, p.out_w, tiles_of.row_tiles};
       k.forward(args, nb, begin, end);
     }
   };
@@ -290,7 +327,7 @@ void run_direct(const direct::Kernels<T>& k, const DirectProblem& p, const T* in
     at::parallel_for(0, p.batch, grain, [&](int64_t begin, int64_t end) {
       std::vector<T> xp(sample_padded);
       for (int64_t n = begin; n < end; ++n) {
-        pad_planes(in + n * sample_in, p.in_channels, p.in_h, p.in_w, p.pad_h, p.pad_w, tile, xp.data());
+        pad_planes(p, in + n * sample_in, tile, xp.data());
         run_tiles(n, xp.data(), 0, tiles);
       }
     });
@@ -298,7 +335,7 @@ void run_direct(const direct::Kernels<T>& k, const DirectProblem& p, const T* in
     std::vector<T> xp(sample_padded);
     const int64_t grain = std::max<int64_t>(1, kMinTaskMacs / std::max<int64_t>(1, macs_per_tile));
     for (int64_t n = 0; n < p.batch; ++n) {
-      pad_planes(in + n * sample_in, p.in_channels, p.in_h, p.in_w, p.pad_h, p.pad_w, tile, xp.data());
+      pad_planes(p, in + n * sample_in, tile, xp.data());
       at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
         run_tiles(n, xp.data(), begin, end);
       });
@@ -310,7 +347,7 @@ void run_direct(const direct::Kernels<T>& k, const DirectProblem& p, const T* in
 // with the direct kernels when they fit; returns false to take im2col.
 bool try_direct(const Conv2dGeometry& g, const at::Tensor& in, const at::Tensor& weight,
                 const at::Tensor& bias, bool rotate, at::Tensor& out) {
-  if (g.stride_h != 1 || g.stride_w != 1 || separate_planes(g) || g.batch == 0) return false;
+  if ((rotate && (g.stride_h != 1 || g.stride_w != 1)) || separate_planes(g) || g.batch == 0) return false;
   const DirectProblem p = rotate ? input_grad_problem(g) : forward_problem(g);
   bool done = false;
   auto run = [&](auto tag) {
@@ -331,10 +368,12 @@ bool try_direct(const Conv2dGeometry& g, const at::Tensor& in, const at::Tensor&
 // route. Returns false when they do not apply.
 //
 // The kernel broadcasts R consecutive channels of the channels-last input.
-// A layer with fewer than 4 input channels (a first layer: 1 or 3) would
-// leave most of them empty, so there each kernel row's kW taps become
-// channels too: channel ci * kW + kj at position p holds the input at
-// p + kj * dilation_w, and the kernel then walks only the kH rows of taps.
+// A single input channel (a grayscale first layer) would leave most of them
+// empty, so there each kernel row's kW taps become channels: channel kj at
+// position p holds the input at p + kj * dilation_w, and the kernel then
+// walks only the kH rows of taps. Layers with 2 or 3 input channels, more
+// than 64 output channels or long reductions run faster on im2col (as
+// measured by benchmarks/bench.py).
 bool try_direct_weight_grad(const Conv2dGeometry& g, const at::Tensor& input,
                             const at::Tensor& grad_output, at::Tensor& grad_weight) {
   if (separate_planes(g) || g.batch == 0) return false;
@@ -344,7 +383,10 @@ bool try_direct_weight_grad(const Conv2dGeometry& g, const at::Tensor& input,
     const direct::Kernels<T>* k = direct::kernels<T>();
     if (k == nullptr) return;
     const int64_t Ci = g.in_channels_per_group(), Co = g.out_channels_per_group(), L = g.output_plane();
-    const int64_t fold = (Ci < 4 && Ci * g.kernel_w <= 16) ? g.kernel_w : 1;  // taps per channel
+    const int64_t kernel_taps = g.kernel_h * g.kernel_w;
+    const bool few_channels = Ci > 1 && Ci < 4;
+    if (kernel_taps == 1 || Ci * kernel_taps > kMaxDirectSteps || Co > 64 || few_channels) return;
+    const int64_t fold = (Ci == 1 && g.kernel_w <= 16) ? g.kernel_w : 1;  // taps per channel
     const int64_t channels = Ci * fold, taps = g.kernel_h * g.kernel_w / fold;
     const int64_t nb = k->forward_block(Co), R = k->weight_grad_channels(nb, channels);
     const int64_t cpad = ceil_div(channels, R) * R, copad = ceil_div(Co, nb) * nb;
@@ -398,7 +440,6 @@ bool try_direct_weight_grad(const Conv2dGeometry& g, const at::Tensor& input,
     // partial[grp][tap][channel][co], with (tap, channel) = ((ki, kj), ci)
     // or, folded, (ki, ci * kW + kj).
     T* gw = grad_weight.mutable_data_ptr<T>();
-    const int64_t kernel_taps = g.kernel_h * g.kernel_w;
     for (int64_t grp = 0; grp < g.groups; ++grp) {
       for (int64_t co = 0; co < Co; ++co) {
         for (int64_t ci = 0; ci < Ci; ++ci) {

@@ -19,7 +19,7 @@ namespace {
 enum class Isa { kNone, kAvx2, kAvx512 };
 
 Isa cpu_isa() {
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
   // libgcc's checks include the operating system's support for the wider
   // register state (XCR0), not only the CPUID bits.
   __builtin_cpu_init();

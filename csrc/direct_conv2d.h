@@ -86,7 +86,8 @@ struct Kernels {
 };
 
 // The kernels for this CPU, or null when it has neither AVX-512 nor AVX2
-// with FMA (callers then take the im2col route). The environment variable
+// with FMA, or the build is not GCC on x86-64 (the per-function instruction
+// sets rely on `#pragma GCC target`): callers then take the im2col route. The environment variable
 // CUSTOM_CONV_CPU_KERNELS=avx512|avx2|im2col narrows the choice (for tests
 // and benchmarks); it is read once.
 const Kernels<float>* float_kernels();

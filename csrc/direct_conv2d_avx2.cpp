@@ -3,7 +3,7 @@
 // direct_conv2d.cpp calls them, after checking that the CPU has AVX2 and FMA.
 #include "direct_conv2d.h"  // first: its inline functions must stay generic x86-64
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #include <immintrin.h>
 
 #pragma GCC push_options
@@ -47,10 +47,11 @@ using FloatMenu = loops::Menu<loops::Blocking<Avx2Float, 1, 12, 4, 8>,
 using DoubleMenu = loops::Menu<loops::Blocking<Avx2Double, 1, 12, 4, 8>,
                                loops::Blocking<Avx2Double, 2, 6, 4>>;
 
-// Constant-initialised tables of function addresses: no code of this file
-// runs until a caller has checked the CPU.
-const Kernels<float> kFloat = FloatMenu::kernels("avx2");
-const Kernels<double> kDouble = DoubleMenu::kernels("avx2");
+// Tables of function addresses, built at compile time (constexpr): no code
+// of this file runs, not even at load time, until a caller has checked the
+// CPU.
+constexpr Kernels<float> kFloat = FloatMenu::kernels("avx2");
+constexpr Kernels<double> kDouble = DoubleMenu::kernels("avx2");
 
 }  // namespace
 }  // namespace direct

@@ -3,7 +3,7 @@
 // direct_conv2d.cpp calls them, after checking that the CPU has AVX-512.
 #include "direct_conv2d.h"  // first: its inline functions must stay generic x86-64
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #include <immintrin.h>
 
 #pragma GCC push_options
@@ -64,10 +64,11 @@ using FloatMenu = loops::Menu<loops::Blocking<Avx512Float8, 1, 16, 4, 8, 16>,
 using DoubleMenu = loops::Menu<loops::Blocking<Avx512Double, 1, 16, 4, 8, 16>,
                                loops::Blocking<Avx512Double, 2, 8, 4, 8>>;
 
-// Constant-initialised tables of function addresses: no code of this file
-// runs until a caller has checked the CPU.
-const Kernels<float> kFloat = FloatMenu::kernels("avx512");
-const Kernels<double> kDouble = DoubleMenu::kernels("avx512");
+// Tables of function addresses, built at compile time (constexpr): no code
+// of this file runs, not even at load time, until a caller has checked the
+// CPU.
+constexpr Kernels<float> kFloat = FloatMenu::kernels("avx512");
+constexpr Kernels<double> kDouble = DoubleMenu::kernels("avx512");
 
 }  // namespace
 }  // namespace direct

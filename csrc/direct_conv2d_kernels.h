@@ -178,7 +178,7 @@ struct Blocking {
 template <class... B>
 struct Menu {
   using T = typename decltype((B(), ...))::T;  // the same for every B
-  static Kernels<T> kernels(const char* isa) {
+  static constexpr Kernels<T> kernels(const char* isa) {
     return {isa, &forward_block, &forward_tile, &forward, &weight_grad_channels, &weight_grad};
   }
   static int64_t forward_block(int64_t cout) {

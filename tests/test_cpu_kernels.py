@@ -9,8 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn.functional as F
 
 import custom_conv
+from custom_conv import functional as CF
+from conftest import assert_matches_torch
 
 ORDER = ["im2col", "avx2", "avx512"]  # each set can run where the next one can
 TESTS = Path(__file__).parent
@@ -56,3 +60,57 @@ def test_an_unknown_set_is_refused():
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert result.returncode != 0
     assert "CUSTOM_CONV_CPU_KERNELS must be avx512, avx2 or im2col, got 'sse9'" in result.stderr
+
+
+# Shapes that steer the direct kernels (csrc/direct_conv2d*.h) through each of
+# their blockings and tilings; under CUSTOM_CONV_CPU_KERNELS=im2col the same
+# shapes test the im2col route.
+DIRECT_CASES = {
+    "rows of 16, one register of channels": ((2, 5, 16, 16), (16, 5, 3, 3), dict(padding=1)),
+    "rows of 8, two registers of channels": ((2, 8, 8, 8), (32, 8, 3, 3), dict(padding=1)),
+    "channels past the last block": ((2, 4, 8, 8), (40, 4, 3, 3), dict(padding=1)),
+    "tiles across rows of 10 (LeNet conv2)": ((2, 6, 14, 14), (16, 6, 5, 5), {}),
+    "one input channel, six output channels (LeNet conv1)": ((2, 1, 32, 32), (6, 1, 5, 5), {}),
+    "three input channels": ((2, 3, 12, 12), (16, 3, 3, 3), dict(padding=1)),
+    "two input channels, dilation": ((2, 2, 12, 12), (8, 2, 3, 3), dict(padding=2, dilation=2)),
+    "groups": ((2, 8, 10, 10), (16, 4, 3, 3), dict(padding=1, groups=2)),
+    "stride 2 (phase planes)": ((2, 8, 9, 9), (16, 8, 3, 3), dict(stride=2, padding=1)),
+    "stride 2 with dilation 2": ((2, 8, 11, 10), (16, 8, 3, 3), dict(stride=2, padding=2, dilation=2)),
+    "strides 3 and 2, 3x5 kernel": ((2, 4, 13, 12), (16, 4, 3, 5), dict(stride=(3, 2), padding=(1, 2))),
+    "one sample: tiles spread over threads": ((1, 8, 16, 16), (16, 8, 3, 3), dict(padding=1)),
+    "asymmetric kernel, padding and dilation": ((2, 4, 11, 13), (16, 4, 3, 2), dict(padding=(2, 1), dilation=(2, 1))),
+    "padding beyond the kernel's reach": ((2, 4, 6, 6), (8, 4, 3, 3), dict(padding=3)),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("case", list(DIRECT_CASES), ids=list(DIRECT_CASES))
+def test_direct_kernel_shapes_match_torch(case, dtype):
+    input_shape, weight_shape, kwargs = DIRECT_CASES[case]
+    x = torch.randn(input_shape, dtype=dtype)
+    w = torch.randn(weight_shape, dtype=dtype)
+    b = torch.randn(weight_shape[0], dtype=dtype)
+    # float32: the weight gradient sums up to 2 * 32 * 32 products per entry in
+    # a different order from oneDNN; a few ulps times sqrt(terms) of values ~10.
+    tolerances = {} if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-4)
+    assert_matches_torch(lambda x, w, b: CF.conv2d(x, w, b, **kwargs),
+                         lambda x, w, b: F.conv2d(x, w, b, **kwargs), [x, w, b], **tolerances)
+
+
+def test_infinities_reach_only_the_outputs_and_gradients_they_touch():
+    # The direct kernels also compute positions that are not outputs (past
+    # the end of a row); those must never be stored or multiplied into a sum,
+    # or an inf in the last column would turn unrelated entries into nan.
+    x = torch.randn(2, 4, 8, 8, dtype=torch.float64)
+    x[0, 1, 3, 7] = float("inf")
+    x[1, 2, 7, 0] = -float("inf")
+    w = torch.randn(16, 4, 3, 3, dtype=torch.float64)
+    ours, theirs = CF.conv2d(x, w, padding=1), F.conv2d(x, w, padding=1)
+    torch.testing.assert_close(ours, theirs, equal_nan=True)
+    gy = torch.randn_like(theirs)
+    xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+    gx, gw = torch.autograd.grad(CF.conv2d(xr, wr, padding=1), (xr, wr), gy)
+    rx, rw = torch.autograd.grad(F.conv2d(xr, wr, padding=1), (xr, wr), gy)
+    torch.testing.assert_close(gx, rx, equal_nan=True)
+    torch.testing.assert_close(gw, rw, equal_nan=True)
+    assert torch.isfinite(gw[:, 0]).all()  # channel 0 saw no inf
