@@ -25,39 +25,126 @@ inline bool is_depthwise(const Conv2dGeometry& g) {
   return g.in_channels_per_group() == 1;
 }
 
+// Strided layers. With stride s the loops below would read every s-th
+// input value, which does not vectorise. So a strided layer first copies
+// each input plane into a zero-padded "mosaic" of s_h x s_w phase planes:
+// phase (a, b), of Hq x Wq values, holds padded[i * s_h + a][j * s_w + b] and
+// sits at rows [a * Hq, (a + 1) * Hq), columns [b * Wq, (b + 1) * Wq). Tap
+// (ki, kj) of output (oh, ow) is then mosaic[a * Hq + oh + ki * dil_h / s_h]
+// [b * Wq + ow + kj * dil_w / s_w] with (a, b) = (ki * dil_h % s_h,
+// kj * dil_w % s_w): a stride-1 read of a plane that needs no clipping.
+// Stride 1 reads the input planes directly.
+struct PlaneLayout {
+  Conv2dGeometry g;       // the loops' geometry: the mosaic's, with stride 1
+  std::vector<Tap> taps;  // offsets into the planes the loops read
+  int64_t phase_h, phase_w;
+  bool mosaic;
+  // The input row of each mosaic row and the input column of each mosaic
+  // column (outside the input: padding), and the mosaic column of each input
+  // column: computed once, not per value.
+  std::vector<int64_t> source_row, source_col, mosaic_col;
+};
+
+// The input row (or column) that mosaic row (or column) r holds: outside
+// [0, size) for padding.
+inline int64_t mosaic_source(int64_t r, int64_t phase, int64_t stride, int64_t pad) {
+  return r % phase * stride + r / phase - pad;
+}
+
+inline PlaneLayout plane_layout(const Conv2dGeometry& g) {
+  if (g.stride_h == 1 && g.stride_w == 1) {
+    return {g, kernel_taps(g), g.in_h, g.in_w, false};
+  }
+  PlaneLayout m{g, {}, ceil_div(g.in_h + 2 * g.pad_h, g.stride_h), ceil_div(g.in_w + 2 * g.pad_w, g.stride_w), true};
+  m.g.in_h = g.stride_h * m.phase_h;
+  m.g.in_w = g.stride_w * m.phase_w;
+  m.g.stride_h = m.g.stride_w = 1;
+  for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
+    const int64_t y = ki * g.dilation_h;
+    for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
+      const int64_t x = kj * g.dilation_w;
+      m.taps.push_back(Tap{ki * g.kernel_w + kj, y % g.stride_h * m.phase_h + y / g.stride_h,
+                           x % g.stride_w * m.phase_w + x / g.stride_w, {0, g.out_h}, {0, g.out_w}});
+    }
+  }
+  for (int64_t r = 0; r < m.g.in_h; ++r) m.source_row.push_back(mosaic_source(r, m.phase_h, g.stride_h, g.pad_h));
+  for (int64_t c = 0; c < m.g.in_w; ++c) m.source_col.push_back(mosaic_source(c, m.phase_w, g.stride_w, g.pad_w));
+  for (int64_t w = 0; w < g.in_w; ++w) {
+    const int64_t pw = w + g.pad_w;
+    m.mosaic_col.push_back(pw % g.stride_w * m.phase_w + pw / g.stride_w);
+  }
+  return m;
+}
+
+// Copies one (H, W) plane into its mosaic.
+template <typename scalar_t, typename acc_t>
+void to_mosaic(const scalar_t* plane, const Conv2dGeometry& g, const PlaneLayout& m, acc_t* mosaic) {
+  for (int64_t r = 0; r < m.g.in_h; ++r) {
+    const int64_t h = m.source_row[r];
+    if (h < 0 || h >= g.in_h) {
+      std::fill(mosaic, mosaic + m.g.in_w, acc_t(0));
+      mosaic += m.g.in_w;
+      continue;
+    }
+    const scalar_t* row = plane + h * g.in_w;
+    for (int64_t c = 0; c < m.g.in_w; ++c, ++mosaic) {
+      const int64_t w = m.source_col[c];
+      *mosaic = (w >= 0 && w < g.in_w) ? static_cast<acc_t>(row[w]) : acc_t(0);
+    }
+  }
+}
+
+// Reads one (H, W) plane back out of its mosaic (the padding is dropped).
+template <typename scalar_t, typename acc_t>
+void from_mosaic(const acc_t* mosaic, const Conv2dGeometry& g, const PlaneLayout& m, scalar_t* plane) {
+  for (int64_t h = 0; h < g.in_h; ++h) {
+    const int64_t ph = h + g.pad_h;
+    const acc_t* row = mosaic + (ph % g.stride_h * m.phase_h + ph / g.stride_h) * m.g.in_w;
+    for (int64_t w = 0; w < g.in_w; ++w) {
+      plane[h * g.in_w + w] = static_cast<scalar_t>(row[m.mosaic_col[w]]);
+    }
+  }
+}
+
 // Correlates one input plane with one kernel into one output plane (already
 // holding the bias), tap by tap: for each tap, each output row adds the
-// weight times a (strided) input row. Rows are clipped once per tap so the
-// innermost loop has no bounds checks and vectorises for stride 1.
-template <typename scalar_t, typename acc_t>
-void depthwise_plane_forward(const scalar_t* in, const scalar_t* kernel, const Conv2dGeometry& g,
-                             acc_t* out) {
-  for_each_tap(g, [&](const Tap& tap) {
+// weight times an input row. Rows are clipped once per tap so the innermost
+// loop has no bounds checks and vectorises.
+template <typename src_t, typename scalar_t, typename acc_t>
+void depthwise_plane_forward(const src_t* in, const scalar_t* kernel, const PlaneLayout& m, acc_t* out) {
+  const Conv2dGeometry& g = m.g;
+  for (const Tap& tap : m.taps) {
     const acc_t w = static_cast<acc_t>(kernel[tap.index]);
     for (int64_t oh = tap.rows.lo; oh < tap.rows.hi; ++oh) {
-      const scalar_t* src = in + (oh * g.stride_h + tap.dy) * g.in_w;
+      const src_t* src = in + (oh + tap.dy) * g.in_w + tap.dx;
       acc_t* dst = out + oh * g.out_w;
       for (int64_t ow = tap.cols.lo; ow < tap.cols.hi; ++ow) {
-        dst[ow] += w * static_cast<acc_t>(src[ow * g.stride_w + tap.dx]);
+        dst[ow] += w * static_cast<acc_t>(src[ow]);
       }
     }
-  });
+  }
 }
 
 template <typename scalar_t>
 void depthwise_conv2d_forward(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
                               const Conv2dGeometry& g, scalar_t* output) {
   using acc_t = at::opmath_type<scalar_t>;
+  const PlaneLayout m = plane_layout(g);
   const int64_t multiplier = g.out_channels / g.in_channels;
   const int64_t in_plane = g.in_h * g.in_w, out_plane = g.output_plane();
   const int64_t taps = g.kernel_h * g.kernel_w;
   at::parallel_for(0, g.batch * g.out_channels, plane_grain(taps * out_plane), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(out_plane);
+    std::vector<acc_t> acc(out_plane), mosaic(m.mosaic ? m.g.in_h * m.g.in_w : 0);
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / g.out_channels, co = p % g.out_channels;
+      const scalar_t* in = input + (n * g.in_channels + co / multiplier) * in_plane;
       std::fill(acc.begin(), acc.end(), bias ? static_cast<acc_t>(bias[co]) : acc_t(0));
-      depthwise_plane_forward(input + (n * g.in_channels + co / multiplier) * in_plane,
-                              weight + co * taps, g, acc.data());
+      if (m.mosaic) {
+        to_mosaic(in, g, m, mosaic.data());
+        depthwise_plane_forward(mosaic.data(), weight + co * taps, m, acc.data());
+      } else {
+        depthwise_plane_forward(in, weight + co * taps, m, acc.data());
+      }
       std::copy(acc.begin(), acc.end(), output + p * out_plane);
     }
   });
@@ -65,35 +152,41 @@ void depthwise_conv2d_forward(const scalar_t* input, const scalar_t* weight, con
 
 // The input gradient of one input plane: every output channel that read it
 // scatters weight * grad_output back along the same clipped rows as the
-// forward. A thread owns whole input planes, so no two threads add into the
-// same element and the order of the sums is fixed.
+// forward (into the mosaic, for strided layers). A thread owns whole input
+// planes, so no two threads add into the same element and the order of the
+// sums is fixed.
 template <typename scalar_t>
 void depthwise_conv2d_backward_input(const scalar_t* grad_output, const scalar_t* weight,
                                      const Conv2dGeometry& g, scalar_t* grad_input) {
   using acc_t = at::opmath_type<scalar_t>;
+  const PlaneLayout m = plane_layout(g);
   const int64_t multiplier = g.out_channels / g.in_channels;
   const int64_t in_plane = g.in_h * g.in_w, out_plane = g.output_plane();
-  const int64_t taps = g.kernel_h * g.kernel_w;
+  const int64_t taps = g.kernel_h * g.kernel_w, acc_plane = m.g.in_h * m.g.in_w;
   at::parallel_for(0, g.batch * g.in_channels, plane_grain(multiplier * taps * out_plane),
                    [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(in_plane);
+    std::vector<acc_t> acc(acc_plane);
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / g.in_channels, ci = p % g.in_channels;
       std::fill(acc.begin(), acc.end(), acc_t(0));
       for (int64_t co = ci * multiplier; co < (ci + 1) * multiplier; ++co) {
         const scalar_t* go = grad_output + (n * g.out_channels + co) * out_plane;
-        for_each_tap(g, [&](const Tap& tap) {
+        for (const Tap& tap : m.taps) {
           const acc_t w = static_cast<acc_t>(weight[co * taps + tap.index]);
           for (int64_t oh = tap.rows.lo; oh < tap.rows.hi; ++oh) {
             const scalar_t* src = go + oh * g.out_w;
-            acc_t* dst = acc.data() + (oh * g.stride_h + tap.dy) * g.in_w;
+            acc_t* dst = acc.data() + (oh + tap.dy) * m.g.in_w + tap.dx;
             for (int64_t ow = tap.cols.lo; ow < tap.cols.hi; ++ow) {
-              dst[ow * g.stride_w + tap.dx] += w * static_cast<acc_t>(src[ow]);
+              dst[ow] += w * static_cast<acc_t>(src[ow]);
             }
           }
-        });
+        }
       }
-      std::copy(acc.begin(), acc.end(), grad_input + p * in_plane);
+      if (m.mosaic) {
+        from_mosaic(acc.data(), g, m, grad_input + p * in_plane);
+      } else {
+        std::copy(acc.begin(), acc.end(), grad_input + p * in_plane);
+      }
     }
   });
 }
@@ -108,26 +201,35 @@ template <typename scalar_t>
 void depthwise_conv2d_backward_weight(const scalar_t* grad_output, const scalar_t* input,
                                       const Conv2dGeometry& g, scalar_t* grad_weight) {
   using acc_t = at::opmath_type<scalar_t>;
+  const PlaneLayout m = plane_layout(g);
   const int64_t multiplier = g.out_channels / g.in_channels;
   const int64_t in_plane = g.in_h * g.in_w, out_plane = g.output_plane();
   const int64_t taps = g.kernel_h * g.kernel_w;
   at::parallel_for(0, g.out_channels, plane_grain(g.batch * taps * out_plane), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> column_sums(taps * g.out_w);
+    std::vector<acc_t> column_sums(taps * g.out_w), mosaic(m.mosaic ? m.g.in_h * m.g.in_w : 0);
     for (int64_t co = begin; co < end; ++co) {
       std::fill(column_sums.begin(), column_sums.end(), acc_t(0));
       for (int64_t n = 0; n < g.batch; ++n) {
         const scalar_t* go = grad_output + (n * g.out_channels + co) * out_plane;
         const scalar_t* in = input + (n * g.in_channels + co / multiplier) * in_plane;
-        for_each_tap(g, [&](const Tap& tap) {
-          acc_t* sums = column_sums.data() + tap.index * g.out_w;
-          for (int64_t oh = tap.rows.lo; oh < tap.rows.hi; ++oh) {
-            const scalar_t* src = in + (oh * g.stride_h + tap.dy) * g.in_w;
-            const scalar_t* grad = go + oh * g.out_w;
-            for (int64_t ow = tap.cols.lo; ow < tap.cols.hi; ++ow) {
-              sums[ow] += static_cast<acc_t>(grad[ow]) * static_cast<acc_t>(src[ow * g.stride_w + tap.dx]);
+        auto accumulate = [&](const auto* plane) {
+          for (const Tap& tap : m.taps) {
+            acc_t* sums = column_sums.data() + tap.index * g.out_w;
+            for (int64_t oh = tap.rows.lo; oh < tap.rows.hi; ++oh) {
+              const auto* src = plane + (oh + tap.dy) * m.g.in_w + tap.dx;
+              const scalar_t* grad = go + oh * g.out_w;
+              for (int64_t ow = tap.cols.lo; ow < tap.cols.hi; ++ow) {
+                sums[ow] += static_cast<acc_t>(grad[ow]) * static_cast<acc_t>(src[ow]);
+              }
             }
           }
-        });
+        };
+        if (m.mosaic) {
+          to_mosaic(in, g, m, mosaic.data());
+          accumulate(mosaic.data());
+        } else {
+          accumulate(in);
+        }
       }
       for (int64_t tap = 0; tap < taps; ++tap) {
         const acc_t* sums = column_sums.data() + tap * g.out_w;

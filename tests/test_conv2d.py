@@ -22,6 +22,8 @@ CASES = {
     "groups": ((2, 6, 7, 7), (9, 2, 3, 3), dict(groups=3, padding=1)),
     "depthwise": ((2, 4, 8, 8), (4, 1, 3, 3), dict(groups=4, padding=1)),
     "depthwise multiplier 2, stride 2": ((2, 3, 9, 9), (6, 1, 3, 3), dict(groups=3, stride=2, padding=1)),
+    "depthwise, strides 2 and 3, dilation 2": (
+        (2, 4, 11, 10), (8, 1, 3, 3), dict(groups=4, stride=(2, 3), padding=2, dilation=2)),
     "7x7 stride 2 stem": ((1, 3, 20, 20), (4, 3, 7, 7), dict(stride=2, padding=3)),
     "padding larger than kernel": ((1, 2, 4, 4), (2, 2, 2, 2), dict(padding=3)),
     "single input channel": ((3, 1, 6, 6), (2, 1, 5, 5), {}),
