@@ -213,9 +213,11 @@ DirectProblem input_grad_problem(const Conv2dGeometry& g) {
 // the input gradient: its output channel c, input channel i and tap t read
 // the forward weight [i][c][taps - 1 - t], the kernel turned by 180 degrees.
 template <typename T>
-std::vector<T> pack_weights(const DirectProblem& p, const T* weight, int64_t nb, bool rotate) {
+at::Tensor pack_weights(const DirectProblem& p, const T* weight, int64_t nb, bool rotate,
+                        const at::TensorOptions& options) {
   const int64_t taps = p.taps(), steps = p.cin * taps, blocks = ceil_div(p.cout, nb);
-  std::vector<T> packed(p.groups * blocks * steps * nb, T(0));
+  at::Tensor packed_tensor = at::zeros({p.groups * blocks * steps * nb}, options);
+  T* packed = packed_tensor.mutable_data_ptr<T>();
   for (int64_t grp = 0; grp < p.groups; ++grp) {
     for (int64_t o = 0; o < p.cout; ++o) {
       for (int64_t i = 0; i < p.cin; ++i) {
@@ -229,8 +231,20 @@ std::vector<T> pack_weights(const DirectProblem& p, const T* weight, int64_t nb,
       }
     }
   }
-  return packed;
+  return packed_tensor;
 }
+
+// Scratch buffers, one per thread of a parallel_for (indexed by
+// at::get_thread_num()), allocated up front through ATen so that they are
+// counted by the profiler, and by the benchmark's scratch measurement.
+template <typename T>
+struct PerThread {
+  at::Tensor buffers;
+  int64_t size;
+  PerThread(int64_t size, const at::TensorOptions& options)
+      : buffers(at::zeros({at::get_num_threads(), size}, options)), size(size) {}
+  T* mine() { return buffers.mutable_data_ptr<T>() + at::get_thread_num() * size; }
+};
 
 // Copies a (C, H, W) sample into its zero-padded phase planes (see
 // DirectProblem), followed by `slack` zeros. Stride 1 copies whole rows.
@@ -292,10 +306,11 @@ void transpose(const T* src, int64_t rows, int64_t cols, int64_t src_stride, T* 
 // of each sample are spread instead.
 template <typename T>
 void run_direct(const direct::Kernels<T>& k, const DirectProblem& p, const T* in, const T* weight,
-                bool rotate, const T* bias, T* out) {
+                bool rotate, const T* bias, T* out, const at::TensorOptions& options) {
   const int64_t nb = k.forward_block(p.cout), tile = k.forward_tile(nb);
   const int64_t Hq = p.phase_h(), Wq = p.phase_w(), plane = p.channel_values(), taps = p.taps();
-  const std::vector<T> packed = pack_weights(p, weight, nb, rotate);
+  const at::Tensor packed_tensor = pack_weights(p, weight, nb, rotate, options);
+  const T* packed = packed_tensor.const_data_ptr<T>();
   std::vector<int64_t> koff(p.cin * taps);
   for (int64_t i = 0; i < p.cin; ++i) {
     for (int64_t ki = 0; ki < p.kernel_h; ++ki) {
@@ -315,7 +330,7 @@ void run_direct(const direct::Kernels<T>& k, const DirectProblem& p, const T* in
     for (int64_t grp = 0; grp < p.groups; ++grp) {
       const direct::ForwardArgs<T> args{
           xp + grp * p.cin * plane, koff.data(), p.cin * taps,
-          packed.data() + grp * blocks * p.cin * taps * nb, bias ? bias + grp * p.cout : nullptr,
+          packed + grp * blocks * p.cin * taps * nb, bias ? bias + grp * p.cout : nullptr,
           out + (n * p.groups + grp) * p.cout * L, p.cout, Wq, p.out_h, p.out_w, tiles_of.row_tiles};
       k.forward(args, nb, begin, end);
     }
@@ -324,20 +339,22 @@ void run_direct(const direct::Kernels<T>& k, const DirectProblem& p, const T* in
   constexpr int64_t kMinTaskMacs = int64_t{1} << 20;
   if (p.batch >= at::get_num_threads()) {
     const int64_t grain = std::max<int64_t>(1, kMinTaskMacs / std::max<int64_t>(1, macs_per_tile * tiles));
+    PerThread<T> padded(sample_padded, options);
     at::parallel_for(0, p.batch, grain, [&](int64_t begin, int64_t end) {
-      std::vector<T> xp(sample_padded);
+      T* xp = padded.mine();
       for (int64_t n = begin; n < end; ++n) {
-        pad_planes(p, in + n * sample_in, tile, xp.data());
-        run_tiles(n, xp.data(), 0, tiles);
+        pad_planes(p, in + n * sample_in, tile, xp);
+        run_tiles(n, xp, 0, tiles);
       }
     });
   } else {
-    std::vector<T> xp(sample_padded);
+    const at::Tensor padded = at::empty({sample_padded}, options);
+    T* xp = padded.mutable_data_ptr<T>();
     const int64_t grain = std::max<int64_t>(1, kMinTaskMacs / std::max<int64_t>(1, macs_per_tile));
     for (int64_t n = 0; n < p.batch; ++n) {
-      pad_planes(p, in + n * sample_in, tile, xp.data());
+      pad_planes(p, in + n * sample_in, tile, xp);
       at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
-        run_tiles(n, xp.data(), begin, end);
+        run_tiles(n, xp, begin, end);
       });
     }
   }
@@ -355,7 +372,7 @@ bool try_direct(const Conv2dGeometry& g, const at::Tensor& in, const at::Tensor&
     const direct::Kernels<T>* k = direct::kernels<T>();
     if (k == nullptr || !direct_fits(*k, p)) return;
     run_direct(*k, p, in.const_data_ptr<T>(), weight.const_data_ptr<T>(), rotate,
-               bias.defined() ? bias.const_data_ptr<T>() : nullptr, out.mutable_data_ptr<T>());
+               bias.defined() ? bias.const_data_ptr<T>() : nullptr, out.mutable_data_ptr<T>(), in.options());
     done = true;
   };
   if (in.scalar_type() == at::kFloat) run(float());
@@ -398,22 +415,26 @@ bool try_direct_weight_grad(const Conv2dGeometry& g, const at::Tensor& input,
       const int64_t ki = t * fold / g.kernel_w, kj = t * fold % g.kernel_w;
       toff[t] = ki * g.dilation_h * Wp + kj * g.dilation_w;
     }
-    std::vector<T> partials(blocks * per_partial, T(0));
+    const at::Tensor partials_tensor = at::zeros({blocks * per_partial}, input.options());
+    T* partials = partials_tensor.mutable_data_ptr<T>();
     const T* x = input.const_data_ptr<T>();
     const T* go = grad_output.const_data_ptr<T>();
     const int64_t plane = g.in_h * g.in_w;
     const int64_t macs_per_block = ceil_div(g.batch, blocks) * g.out_channels * Ci * g.kernel_h * g.kernel_w * L;
     constexpr int64_t kMinTaskMacs = int64_t{1} << 20;
+    PerThread<T> xn_buffers(positions * cpad, input.options()), got_buffers(L * copad, input.options());
+    PerThread<T> unfolded_buffers(fold > 1 ? positions * Ci : 0, input.options());
     at::parallel_for(0, blocks, std::max<int64_t>(1, kMinTaskMacs / macs_per_block), [&](int64_t begin, int64_t end) {
       // Padding positions and the channels past Ci / Co stay zero; every
       // sample overwrites the same interior positions.
-      std::vector<T> xn(positions * cpad, T(0)), got(L * copad, T(0));
-      std::vector<T> unfolded(fold > 1 ? positions * Ci : 0, T(0));
+      T* xn = xn_buffers.mine();
+      T* got = got_buffers.mine();
+      T* unfolded = unfolded_buffers.mine();
       for (int64_t block = begin; block < end; ++block) {
         for (int64_t n = block * g.batch / blocks; n < (block + 1) * g.batch / blocks; ++n) {
           for (int64_t grp = 0; grp < g.groups; ++grp) {
             const T* xs = x + (n * g.in_channels + grp * Ci) * plane;
-            T* rows = fold > 1 ? unfolded.data() : xn.data();
+            T* rows = fold > 1 ? unfolded : xn;
             const int64_t row_stride = fold > 1 ? Ci : cpad;
             for (int64_t h = 0; h < g.in_h; ++h) {
               transpose(xs + h * g.in_w, Ci, g.in_w, plane,
@@ -427,9 +448,9 @@ bool try_direct_weight_grad(const Conv2dGeometry& g, const at::Tensor& input,
                 }
               }
             }
-            transpose(go + (n * g.out_channels + grp * Co) * L, Co, L, L, got.data(), copad);
+            transpose(go + (n * g.out_channels + grp * Co) * L, Co, L, L, got, copad);
             const direct::WeightGradArgs<T> args{
-                xn.data(), got.data(), partials.data() + block * per_partial + grp * per_group,
+                xn, got, partials + block * per_partial + grp * per_group,
                 toff.data(), taps, cpad, copad, Wp, g.stride_h, g.stride_w, g.out_h, g.out_w};
             k->weight_grad(args, nb, R);
           }
