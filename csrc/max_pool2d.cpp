@@ -16,6 +16,7 @@
 #include <torch/library.h>
 
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace custom_conv {
@@ -43,12 +44,21 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cpu(
     scalar_t* out = output.mutable_data_ptr<scalar_t>();
     int64_t* idx = indices.mutable_data_ptr<int64_t>();
     const int64_t work = out_plane * g.kernel_h * g.kernel_w;
+    // Every plane has the same windows: their row and column spans are
+    // computed once, not once per output.
+    std::vector<WindowSpan> rows(g.out_h), cols(g.out_w);
+    for (int64_t oh = 0; oh < g.out_h; ++oh) {
+      rows[oh] = window_span(oh, g.stride_h, g.pad_h, g.kernel_h, g.dilation_h, g.in_h);
+    }
+    for (int64_t ow = 0; ow < g.out_w; ++ow) {
+      cols[ow] = window_span(ow, g.stride_w, g.pad_w, g.kernel_w, g.dilation_w, g.in_w);
+    }
     at::parallel_for(0, g.planes(), plane_grain(work), [&](int64_t begin, int64_t end) {
       for (int64_t p = begin; p < end; ++p) {
         const scalar_t* plane = in + p * in_plane;
         for (int64_t oh = 0; oh < g.out_h; ++oh) {
           for (int64_t ow = 0; ow < g.out_w; ++ow) {
-            const WindowMax<acc_t> best = window_max<acc_t>(plane, g, oh, ow);
+            const WindowMax<acc_t> best = window_max<acc_t>(plane, g, rows[oh], cols[ow]);
             out[p * out_plane + oh * g.out_w + ow] = static_cast<scalar_t>(best.value);
             idx[p * out_plane + oh * g.out_w + ow] = best.index;
           }
@@ -83,10 +93,14 @@ at::Tensor max_pool2d_backward_cpu(
     scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>();
     // One thread owns a whole plane, so overlapping windows that picked the
     // same input add up without atomics, in a fixed order.
+    // float and double add straight into grad_input; reduced precision
+    // types add in a float plane and round once.
+    constexpr bool kDirect = std::is_same<acc_t, scalar_t>::value;
     at::parallel_for(0, planes, plane_grain(out_plane + in_plane), [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> acc(in_plane);
+      std::vector<acc_t> scratch(kDirect ? 0 : in_plane);
       for (int64_t p = begin; p < end; ++p) {
-        std::fill(acc.begin(), acc.end(), acc_t(0));
+        acc_t* acc = kDirect ? reinterpret_cast<acc_t*>(gi + p * in_plane) : scratch.data();
+        std::fill(acc, acc + in_plane, acc_t(0));
         for (int64_t o = 0; o < out_plane; ++o) {
           // With dilation a window can hold only padding: its output is -inf,
           // depends on no input, and its index (torch's, kept for parity)
@@ -97,7 +111,9 @@ at::Tensor max_pool2d_backward_cpu(
             acc[i] += static_cast<acc_t>(go[p * out_plane + o]);
           }
         }
-        std::copy(acc.begin(), acc.end(), gi + p * in_plane);
+        if constexpr (!kDirect) {
+          std::copy(acc, acc + in_plane, gi + p * in_plane);
+        }
       }
     });
   });

@@ -43,9 +43,7 @@ struct WindowMax {
 // the input.
 template <typename acc_t, typename scalar_t>
 C10_HOST_DEVICE inline WindowMax<acc_t> window_max(const scalar_t* plane, const Pool2dGeometry& g,
-                                                   int64_t oh, int64_t ow) {
-  const WindowSpan rows = window_span(oh, g.stride_h, g.pad_h, g.kernel_h, g.dilation_h, g.in_h);
-  const WindowSpan cols = window_span(ow, g.stride_w, g.pad_w, g.kernel_w, g.dilation_w, g.in_w);
+                                                   const WindowSpan& rows, const WindowSpan& cols) {
   WindowMax<acc_t> best{-std::numeric_limits<acc_t>::infinity(), rows.first * g.in_w + cols.first};
   for (int64_t ih = rows.first; ih < rows.end; ih += g.dilation_h) {
     for (int64_t iw = cols.first; iw < cols.end; iw += g.dilation_w) {
@@ -56,6 +54,13 @@ C10_HOST_DEVICE inline WindowMax<acc_t> window_max(const scalar_t* plane, const 
     }
   }
   return best;
+}
+
+template <typename acc_t, typename scalar_t>
+C10_HOST_DEVICE inline WindowMax<acc_t> window_max(const scalar_t* plane, const Pool2dGeometry& g,
+                                                   int64_t oh, int64_t ow) {
+  return window_max<acc_t>(plane, g, window_span(oh, g.stride_h, g.pad_h, g.kernel_h, g.dilation_h, g.in_h),
+                           window_span(ow, g.stride_w, g.pad_w, g.kernel_w, g.dilation_w, g.in_w));
 }
 
 }  // namespace custom_conv
