@@ -45,6 +45,17 @@ def measure(fn, min_run_time):
     return min(timer.blocked_autorange(min_run_time=min_run_time).times)
 
 
+def measure_pair(ours, theirs, min_run_time, rounds=3):
+    """Both sides' times, measured in alternation (ours, torch, ours, ...),
+    each the minimum over its rounds: this VM's speed drifts over seconds, and
+    timing one side after the other let that drift into the ratio."""
+    t_ours, t_torch = float("inf"), float("inf")
+    for _ in range(rounds):
+        t_ours = min(t_ours, measure(ours, min_run_time / rounds))
+        t_torch = min(t_torch, measure(theirs, min_run_time / rounds))
+    return t_ours, t_torch
+
+
 def check(name, ours, theirs, tol):
     """Largest difference relative to the largest value: reductions here run
     over up to 10^5 terms, so element-wise relative tolerances would flag
@@ -194,12 +205,14 @@ def run(args, dtype_name):
             groups[("train", name)] = cases
 
     rows = []
+    if args.device == "cpu":
+        print(f"custom_conv CPU kernels: {custom_conv.cpu_kernels()}")
     print(f"{'layer':<40} {'pass':<17} {'ours ms':>9} {'torch ms':>9} {'GFLOP/s':>8} {'ratio':>6}")
     for (kind, name), cases in groups.items():
         for mode, (ours, theirs, flops) in cases.items():
             if kind != "train":
                 check(f"{name} {mode}", ours, theirs, tol)
-            t_ours, t_torch = measure(ours, args.min_run_time), measure(theirs, args.min_run_time)
+            t_ours, t_torch = measure_pair(ours, theirs, args.min_run_time)
             gflops = flops / t_ours / 1e9 if flops else None
             rows.append(dict(kind=kind, layer=name, mode=mode, ours_s=t_ours, torch_s=t_torch,
                              ratio=t_ours / t_torch, ours_gflops=gflops))
@@ -242,6 +255,7 @@ def run(args, dtype_name):
                     f"{torch.get_num_threads()} threads")
     result = dict(date=datetime.date.today().isoformat(), machine=machine, device=args.device,
                   torch=torch.__version__, dtype=dtype_name, batch=args.batch,
+                  cpu_kernels=custom_conv.cpu_kernels(),
                   rows=rows,
                   summary=summary, scratch_bytes=scratch)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",

@@ -39,14 +39,11 @@ struct PlaneLayout {
   std::vector<Tap> taps;  // offsets into the planes the loops read
   int64_t phase_h, phase_w;
   bool mosaic;
-  // The input row of each mosaic row and the input column of each mosaic
-  // column (outside the input: padding), and the mosaic column of each input
-  // column: computed once, not per value.
-  std::vector<int64_t> source_row, source_col, mosaic_col;
+  // The input row of each mosaic row (outside [0, H): padding).
+  std::vector<int64_t> source_row;
 };
 
-// The input row (or column) that mosaic row (or column) r holds: outside
-// [0, size) for padding.
+// The input row that mosaic row r holds: outside [0, H) for padding.
 inline int64_t mosaic_source(int64_t r, int64_t phase, int64_t stride, int64_t pad) {
   return r % phase * stride + r / phase - pad;
 }
@@ -68,28 +65,29 @@ inline PlaneLayout plane_layout(const Conv2dGeometry& g) {
     }
   }
   for (int64_t r = 0; r < m.g.in_h; ++r) m.source_row.push_back(mosaic_source(r, m.phase_h, g.stride_h, g.pad_h));
-  for (int64_t c = 0; c < m.g.in_w; ++c) m.source_col.push_back(mosaic_source(c, m.phase_w, g.stride_w, g.pad_w));
-  for (int64_t w = 0; w < g.in_w; ++w) {
-    const int64_t pw = w + g.pad_w;
-    m.mosaic_col.push_back(pw % g.stride_w * m.phase_w + pw / g.stride_w);
-  }
   return m;
 }
 
-// Copies one (H, W) plane into its mosaic.
+// Copies one (H, W) plane into its mosaic: per mosaic row, one strided
+// copy per column phase, clipped once to the input, the rest zero.
 template <typename scalar_t, typename acc_t>
 void to_mosaic(const scalar_t* plane, const Conv2dGeometry& g, const PlaneLayout& m, acc_t* mosaic) {
-  for (int64_t r = 0; r < m.g.in_h; ++r) {
+  const int64_t s = g.stride_w, Wq = m.phase_w;
+  for (int64_t r = 0; r < m.g.in_h; ++r, mosaic += m.g.in_w) {
     const int64_t h = m.source_row[r];
     if (h < 0 || h >= g.in_h) {
       std::fill(mosaic, mosaic + m.g.in_w, acc_t(0));
-      mosaic += m.g.in_w;
       continue;
     }
     const scalar_t* row = plane + h * g.in_w;
-    for (int64_t c = 0; c < m.g.in_w; ++c, ++mosaic) {
-      const int64_t w = m.source_col[c];
-      *mosaic = (w >= 0 && w < g.in_w) ? static_cast<acc_t>(row[w]) : acc_t(0);
+    for (int64_t b = 0; b < s; ++b) {
+      // Column j of phase b holds input column j * s + b - pad_w.
+      const ValidRange valid = valid_outputs(b - g.pad_w, s, g.in_w, Wq);
+      acc_t* dst = mosaic + b * Wq;
+      const scalar_t* src = row + b - g.pad_w;
+      std::fill(dst, dst + valid.lo, acc_t(0));
+      for (int64_t j = valid.lo; j < valid.hi; ++j) dst[j] = static_cast<acc_t>(src[j * s]);
+      std::fill(dst + valid.hi, dst + Wq, acc_t(0));
     }
   }
 }
@@ -97,11 +95,16 @@ void to_mosaic(const scalar_t* plane, const Conv2dGeometry& g, const PlaneLayout
 // Reads one (H, W) plane back out of its mosaic (the padding is dropped).
 template <typename scalar_t, typename acc_t>
 void from_mosaic(const acc_t* mosaic, const Conv2dGeometry& g, const PlaneLayout& m, scalar_t* plane) {
+  const int64_t s = g.stride_w, Wq = m.phase_w;
   for (int64_t h = 0; h < g.in_h; ++h) {
     const int64_t ph = h + g.pad_h;
     const acc_t* row = mosaic + (ph % g.stride_h * m.phase_h + ph / g.stride_h) * m.g.in_w;
-    for (int64_t w = 0; w < g.in_w; ++w) {
-      plane[h * g.in_w + w] = static_cast<scalar_t>(row[m.mosaic_col[w]]);
+    scalar_t* out = plane + h * g.in_w;
+    for (int64_t b = 0; b < s; ++b) {
+      const ValidRange valid = valid_outputs(b - g.pad_w, s, g.in_w, Wq);
+      const acc_t* src = row + b * Wq;
+      scalar_t* dst = out + b - g.pad_w;
+      for (int64_t j = valid.lo; j < valid.hi; ++j) dst[j * s] = static_cast<scalar_t>(src[j]);
     }
   }
 }
