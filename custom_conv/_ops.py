@@ -82,24 +82,9 @@ def _(grad_output, indices, input_size, kernel_size, stride, padding, dilation, 
 #   backward_weight  gw = BW(gy, x)   adjoint of w -> F(x, w)
 # so every derivative of a derivative is again one of F, BI, BW.
 
-def _conv_setup(ctx, inputs, output):
-    input, weight, bias, ctx.stride, ctx.padding, ctx.dilation, ctx.groups = inputs
-    ctx.has_bias = bias is not None
-    ctx.save_for_backward(input, weight)
-
-
-def _conv_backward(ctx, grad):
-    input, weight = ctx.saved_tensors
-    args = (ctx.stride, ctx.padding, ctx.dilation, ctx.groups)
-    grad_input = grad_weight = grad_bias = None
-    if ctx.needs_input_grad[0]:
-        grad_input = ops.conv2d_backward_input(grad, weight, input.shape, *args)
-    if ctx.needs_input_grad[1]:
-        grad_weight = ops.conv2d_backward_weight(grad, input, weight.shape, *args)
-    if ctx.has_bias and ctx.needs_input_grad[2]:
-        grad_bias = ops.conv2d_backward_bias(grad)
-    return grad_input, grad_weight, grad_bias, None, None, None, None
-
+# conv2d_forward and max_pool2d_forward, which every training step calls, have
+# their autograd in C++ (csrc/autograd.cpp); the backward ops below, which
+# only double backward differentiates, keep theirs here.
 
 def _backward_input_setup(ctx, inputs, output):
     grad_output, weight, input_size, ctx.stride, ctx.padding, ctx.dilation, ctx.groups = inputs
@@ -143,19 +128,6 @@ def _backward_bias_backward(ctx, gg_bias):
     return gg_bias.view(1, -1, 1, 1).expand(ctx.grad_output_shape)
 
 
-def _pool_setup(ctx, inputs, output):
-    ctx.input_shape = inputs[0].shape
-    ctx.window = inputs[1:]  # kernel_size, stride, padding, dilation, ceil_mode
-    ctx.mark_non_differentiable(output[1])
-    ctx.save_for_backward(output[1])
-
-
-def _pool_backward(ctx, grad_output, _grad_indices):
-    (indices,) = ctx.saved_tensors
-    grad_input = ops.max_pool2d_backward(grad_output, indices, ctx.input_shape, *ctx.window)
-    return grad_input, None, None, None, None, None
-
-
 def _pool_backward_setup(ctx, inputs, output):
     ctx.save_for_backward(inputs[1])
 
@@ -173,14 +145,12 @@ def _pool_backward_backward(ctx, gg_input):
     return d_grad_output.view_as(indices), None, None, None, None, None, None, None
 
 
-torch.library.register_autograd("custom_conv::conv2d_forward", _conv_backward, setup_context=_conv_setup)
 torch.library.register_autograd("custom_conv::conv2d_backward_input", _backward_input_backward,
                                 setup_context=_backward_input_setup)
 torch.library.register_autograd("custom_conv::conv2d_backward_weight", _backward_weight_backward,
                                 setup_context=_backward_weight_setup)
 torch.library.register_autograd("custom_conv::conv2d_backward_bias", _backward_bias_backward,
                                 setup_context=_backward_bias_setup)
-torch.library.register_autograd("custom_conv::max_pool2d_forward", _pool_backward, setup_context=_pool_setup)
 torch.library.register_autograd("custom_conv::max_pool2d_backward", _pool_backward_backward,
                                 setup_context=_pool_backward_setup)
 
