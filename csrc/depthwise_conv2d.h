@@ -39,8 +39,11 @@ struct PlaneLayout {
   std::vector<Tap> taps;  // offsets into the planes the loops read
   int64_t phase_h, phase_w;
   bool mosaic;
-  // The input row of each mosaic row (outside [0, H): padding).
+  // The input row of each mosaic row (outside [0, H): padding), and for
+  // each column phase b the columns j whose input column j * s_w + b - pad_w
+  // lies inside the input.
   std::vector<int64_t> source_row;
+  std::vector<ValidRange> phase_cols;
 };
 
 // The input row that mosaic row r holds: outside [0, H) for padding.
@@ -65,6 +68,7 @@ inline PlaneLayout plane_layout(const Conv2dGeometry& g) {
     }
   }
   for (int64_t r = 0; r < m.g.in_h; ++r) m.source_row.push_back(mosaic_source(r, m.phase_h, g.stride_h, g.pad_h));
+  for (int64_t b = 0; b < g.stride_w; ++b) m.phase_cols.push_back(valid_outputs(b - g.pad_w, g.stride_w, g.in_w, m.phase_w));
   return m;
 }
 
@@ -82,7 +86,7 @@ void to_mosaic(const scalar_t* plane, const Conv2dGeometry& g, const PlaneLayout
     const scalar_t* row = plane + h * g.in_w;
     for (int64_t b = 0; b < s; ++b) {
       // Column j of phase b holds input column j * s + b - pad_w.
-      const ValidRange valid = valid_outputs(b - g.pad_w, s, g.in_w, Wq);
+      const ValidRange valid = m.phase_cols[b];
       acc_t* dst = mosaic + b * Wq;
       const scalar_t* src = row + b - g.pad_w;
       std::fill(dst, dst + valid.lo, acc_t(0));
@@ -101,7 +105,7 @@ void from_mosaic(const acc_t* mosaic, const Conv2dGeometry& g, const PlaneLayout
     const acc_t* row = mosaic + (ph % g.stride_h * m.phase_h + ph / g.stride_h) * m.g.in_w;
     scalar_t* out = plane + h * g.in_w;
     for (int64_t b = 0; b < s; ++b) {
-      const ValidRange valid = valid_outputs(b - g.pad_w, s, g.in_w, Wq);
+      const ValidRange valid = m.phase_cols[b];
       const acc_t* src = row + b * Wq;
       scalar_t* dst = out + b - g.pad_w;
       for (int64_t j = valid.lo; j < valid.hi; ++j) dst[j * s] = static_cast<scalar_t>(src[j]);
