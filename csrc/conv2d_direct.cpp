@@ -1,0 +1,370 @@
+// conv2d on the direct kernels: see conv2d_direct.h and direct_conv2d.h.
+#include "conv2d_direct.h"
+
+#include "depthwise_conv2d.h"
+#include "direct_conv2d.h"
+#include "im2col.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace custom_conv {
+namespace {
+
+// Depthwise layers with more than one group go to depthwise_conv2d.h: the
+// direct kernels would reduce over a single channel per group. One group of
+// one input channel (a grayscale first layer) is an ordinary convolution.
+bool separate_planes(const Conv2dGeometry& g) {
+  return is_depthwise(g) && g.groups > 1;
+}
+
+// A convolution as the direct forward kernel sees it: the forward pass, or
+// the input gradient of a stride-1 convolution with the output gradient as
+// input. A stride s is turned into stride 1 over "phase" planes: the padded
+// plane is split into s_h * s_w planes of every s-th row and column, phase
+// (a, b) holding padded[i * s_h + a][j * s_w + b], Hq x Wq each. Output
+// (oh, ow) reads, for tap (ki, kj), padded[oh * s_h + ki * dil_h][ow * s_w +
+// kj * dil_w], which is phase ((ki * dil_h) % s_h, (kj * dil_w) % s_w) at
+// (oh + ki * dil_h / s_h, ow + kj * dil_w / s_w): consecutive outputs read
+// consecutive values again. With stride 1 there is one phase, the padded plane.
+struct DirectProblem {
+  int64_t batch, in_channels, in_h, in_w, pad_h, pad_w, stride_h, stride_w;
+  int64_t groups, cin, cout, kernel_h, kernel_w, dil_h, dil_w, out_h, out_w;
+  int64_t taps() const { return kernel_h * kernel_w; }
+  int64_t phase_h() const { return ceil_div(in_h + 2 * pad_h, stride_h); }
+  int64_t phase_w() const { return ceil_div(in_w + 2 * pad_w, stride_w); }
+  // Values per input channel: all its phase planes.
+  int64_t channel_values() const { return stride_h * stride_w * phase_h() * phase_w(); }
+};
+
+// Whether the direct kernels should run a problem: they are written for
+// stride 1, and they pay for the lanes of an output-channel block that a
+// layer leaves empty and for the extended positions of their tiles that are
+// not outputs. When 40% of the work or more would be waste (planes of 2 x 2,
+// few output channels) the im2col route is faster.
+// How a problem's outputs are cut into tiles of `tile` outputs: along the
+// extended numbering, or aligned to rows when that computes fewer
+// non-outputs; and the number of tiles.
+struct Tiling {
+  int64_t row_tiles, count;
+};
+
+Tiling tiling(const DirectProblem& p, int64_t tile) {
+  const int64_t extended = ceil_div((p.out_h - 1) * p.phase_w() + p.out_w, tile);
+  const int64_t per_row = ceil_div(p.out_w, tile);
+  if (per_row * p.out_h <= extended) return {per_row, per_row * p.out_h};
+  return {0, extended};
+}
+
+// The direct kernels win where im2col costs as much as the GEMM it feeds:
+// few channels (a reduction of C_in * kH * kW <= kMaxDirectSteps steps, as in
+// LeNet, ResNet-20 and the first VGG/ResNet-18 layers) and kernels larger
+// than 1x1. Deeper layers give BLAS long enough reductions to run near the
+// processor's peak, which these unblocked loops do not reach, and a 1x1
+// convolution needs no im2col at all (benchmarks/results, 2026-11-26).
+constexpr int64_t kMaxDirectSteps = 576;
+
+template <typename T>
+bool direct_fits(const direct::Kernels<T>& k, const DirectProblem& p) {
+  if (p.pad_h < 0 || p.pad_w < 0 || p.taps() == 1 || p.cin * p.taps() > kMaxDirectSteps) return false;
+  const int64_t nb = k.forward_block(p.cout), tile = k.forward_tile(nb);
+  const double computed = static_cast<double>(tiling(p, tile).count * tile) * ceil_div(p.cout, nb) * nb;
+  return static_cast<double>(p.out_h * p.out_w * p.cout) >= 0.6 * computed;
+}
+
+DirectProblem forward_problem(const Conv2dGeometry& g) {
+  return {g.batch, g.in_channels, g.in_h, g.in_w, g.pad_h, g.pad_w, g.stride_h, g.stride_w,
+          g.groups, g.in_channels_per_group(), g.out_channels_per_group(),
+          g.kernel_h, g.kernel_w, g.dilation_h, g.dilation_w, g.out_h, g.out_w};
+}
+
+// The input gradient of a stride-1 convolution is a stride-1 convolution of
+// the output gradient, padded by dilation * (k - 1) - padding, with the kernel
+// rotated by 180 degrees and its two channel axes swapped (see pack_weights).
+DirectProblem input_grad_problem(const Conv2dGeometry& g) {
+  return {g.batch, g.out_channels, g.out_h, g.out_w,
+          g.dilation_h * (g.kernel_h - 1) - g.pad_h, g.dilation_w * (g.kernel_w - 1) - g.pad_w, 1, 1,
+          g.groups, g.out_channels_per_group(), g.in_channels_per_group(),
+          g.kernel_h, g.kernel_w, g.dilation_h, g.dilation_w, g.in_h, g.in_w};
+}
+
+// Weights in the kernel's order, [group][output block][ci * taps + tap][nb]:
+// each step of the reduction loads nb output channels' weights at once.
+// Channels past the last of a block are zero. With `rotate`, the problem is
+// the input gradient: its output channel c, input channel i and tap t read
+// the forward weight [i][c][taps - 1 - t], the kernel turned by 180 degrees.
+template <typename T>
+at::Tensor pack_weights(const DirectProblem& p, const T* weight, int64_t nb, bool rotate,
+                        const at::TensorOptions& options) {
+  const int64_t taps = p.taps(), steps = p.cin * taps, blocks = ceil_div(p.cout, nb);
+  at::Tensor packed_tensor = at::zeros({p.groups * blocks * steps * nb}, options);
+  T* packed = packed_tensor.mutable_data_ptr<T>();
+  for (int64_t grp = 0; grp < p.groups; ++grp) {
+    for (int64_t o = 0; o < p.cout; ++o) {
+      for (int64_t i = 0; i < p.cin; ++i) {
+        for (int64_t t = 0; t < taps; ++t) {
+          // The forward weight is (groups * cout, cin, taps) for the forward
+          // problem and (groups * cin, cout, taps) for the rotated one.
+          const T w = rotate ? weight[((grp * p.cin + i) * p.cout + o) * taps + (taps - 1 - t)]
+                             : weight[((grp * p.cout + o) * p.cin + i) * taps + t];
+          packed[((grp * blocks + o / nb) * steps + i * taps + t) * nb + o % nb] = w;
+        }
+      }
+    }
+  }
+  return packed_tensor;
+}
+
+// Scratch buffers, one per thread of a parallel_for (indexed by
+// at::get_thread_num()), allocated up front through ATen so that they are
+// counted by the profiler, and by the benchmark's scratch measurement.
+template <typename T>
+struct PerThread {
+  at::Tensor buffers;
+  int64_t size;
+  PerThread(int64_t size, const at::TensorOptions& options)
+      : buffers(at::zeros({at::get_num_threads(), size}, options)), size(size) {}
+  T* mine() { return buffers.mutable_data_ptr<T>() + at::get_thread_num() * size; }
+};
+
+// Copies a (C, H, W) sample into its zero-padded phase planes (see
+// DirectProblem), followed by `slack` zeros. Stride 1 copies whole rows.
+template <typename T>
+void pad_planes(const DirectProblem& p, const T* src, int64_t slack, T* dst) {
+  const int64_t H = p.in_h, W = p.in_w;
+  if (p.stride_h == 1 && p.stride_w == 1) {
+    const int64_t Wp = W + 2 * p.pad_w;
+    for (int64_t c = 0; c < p.in_channels; ++c) {
+      std::fill(dst, dst + p.pad_h * Wp, T(0));
+      dst += p.pad_h * Wp;
+      for (int64_t h = 0; h < H; ++h, dst += Wp, src += W) {
+        std::fill(dst, dst + p.pad_w, T(0));
+        std::copy(src, src + W, dst + p.pad_w);
+        std::fill(dst + p.pad_w + W, dst + Wp, T(0));
+      }
+      std::fill(dst, dst + p.pad_h * Wp, T(0));
+      dst += p.pad_h * Wp;
+    }
+  } else {
+    const int64_t Hq = p.phase_h(), Wq = p.phase_w();
+    for (int64_t c = 0; c < p.in_channels; ++c, src += H * W) {
+      for (int64_t a = 0; a < p.stride_h; ++a) {
+        for (int64_t b = 0; b < p.stride_w; ++b) {
+          for (int64_t i = 0; i < Hq; ++i) {
+            const int64_t h = i * p.stride_h + a - p.pad_h;
+            for (int64_t j = 0; j < Wq; ++j, ++dst) {
+              const int64_t w = j * p.stride_w + b - p.pad_w;
+              *dst = (h >= 0 && h < H && w >= 0 && w < W) ? src[h * W + w] : T(0);
+            }
+          }
+        }
+      }
+    }
+  }
+  std::fill(dst, dst + slack, T(0));
+}
+
+// dst[j * dst_stride + i] = src[i * src_stride + j] for a rows x cols src,
+// in square blocks that stay in the L1 cache on both sides.
+template <typename T>
+void transpose(const T* src, int64_t rows, int64_t cols, int64_t src_stride, T* dst, int64_t dst_stride) {
+  constexpr int64_t kBlock = 16;
+  for (int64_t i0 = 0; i0 < rows; i0 += kBlock) {
+    const int64_t i1 = std::min(rows, i0 + kBlock);
+    for (int64_t j0 = 0; j0 < cols; j0 += kBlock) {
+      const int64_t j1 = std::min(cols, j0 + kBlock);
+      for (int64_t j = j0; j < j1; ++j) {
+        for (int64_t i = i0; i < i1; ++i) dst[j * dst_stride + i] = src[i * src_stride + j];
+      }
+    }
+  }
+}
+
+// Runs a DirectProblem on (N, in_channels, in_h, in_w) `in` into (N, groups *
+// cout, out_h, out_w) `out`. Samples are spread over the threads, each
+// padding its own sample into a private buffer, so scratch memory is a few
+// samples whatever the batch; with fewer samples than threads, the tiles
+// of each sample are spread instead.
+template <typename T>
+void run_direct(const direct::Kernels<T>& k, const DirectProblem& p, const T* in, const T* weight,
+                bool rotate, const T* bias, T* out, const at::TensorOptions& options) {
+  const int64_t nb = k.forward_block(p.cout), tile = k.forward_tile(nb);
+  const int64_t Hq = p.phase_h(), Wq = p.phase_w(), plane = p.channel_values(), taps = p.taps();
+  const at::Tensor packed_tensor = pack_weights(p, weight, nb, rotate, options);
+  const T* packed = packed_tensor.const_data_ptr<T>();
+  std::vector<int64_t> koff(p.cin * taps);
+  for (int64_t i = 0; i < p.cin; ++i) {
+    for (int64_t ki = 0; ki < p.kernel_h; ++ki) {
+      for (int64_t kj = 0; kj < p.kernel_w; ++kj) {
+        const int64_t y = ki * p.dil_h, x = kj * p.dil_w;
+        const int64_t phase = (y % p.stride_h) * p.stride_w + x % p.stride_w;
+        koff[(i * p.kernel_h + ki) * p.kernel_w + kj] =
+            i * plane + (phase * Hq + y / p.stride_h) * Wq + x / p.stride_w;
+      }
+    }
+  }
+  const int64_t sample_in = p.in_channels * p.in_h * p.in_w, sample_padded = p.in_channels * plane + tile;
+  const int64_t L = p.out_h * p.out_w, blocks = ceil_div(p.cout, nb);
+  const Tiling tiles_of = tiling(p, tile);
+  const int64_t tiles = tiles_of.count;
+  auto run_tiles = [&](int64_t n, const T* xp, int64_t begin, int64_t end) {
+    for (int64_t grp = 0; grp < p.groups; ++grp) {
+      const direct::ForwardArgs<T> args{
+          xp + grp * p.cin * plane, koff.data(), p.cin * taps,
+          packed + grp * blocks * p.cin * taps * nb, bias ? bias + grp * p.cout : nullptr,
+          out + (n * p.groups + grp) * p.cout * L, p.cout, Wq, p.out_h, p.out_w, tiles_of.row_tiles};
+      k.forward(args, nb, begin, end);
+    }
+  };
+  const int64_t macs_per_tile = p.groups * blocks * nb * p.cin * taps * tile;
+  constexpr int64_t kMinTaskMacs = int64_t{1} << 20;
+  if (p.batch >= at::get_num_threads()) {
+    const int64_t grain = std::max<int64_t>(1, kMinTaskMacs / std::max<int64_t>(1, macs_per_tile * tiles));
+    PerThread<T> padded(sample_padded, options);
+    at::parallel_for(0, p.batch, grain, [&](int64_t begin, int64_t end) {
+      T* xp = padded.mine();
+      for (int64_t n = begin; n < end; ++n) {
+        pad_planes(p, in + n * sample_in, tile, xp);
+        run_tiles(n, xp, 0, tiles);
+      }
+    });
+  } else {
+    const at::Tensor padded = at::empty({sample_padded}, options);
+    T* xp = padded.mutable_data_ptr<T>();
+    const int64_t grain = std::max<int64_t>(1, kMinTaskMacs / std::max<int64_t>(1, macs_per_tile));
+    for (int64_t n = 0; n < p.batch; ++n) {
+      pad_planes(p, in + n * sample_in, tile, xp);
+      at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
+        run_tiles(n, xp, begin, end);
+      });
+    }
+  }
+}
+
+}  // namespace
+
+// Runs the forward (rotate = false) or the input gradient (rotate = true)
+// with the direct kernels when they fit; returns false to take im2col.
+bool try_direct(const Conv2dGeometry& g, const at::Tensor& in, const at::Tensor& weight,
+                const at::Tensor& bias, bool rotate, at::Tensor& out) {
+  if ((rotate && (g.stride_h != 1 || g.stride_w != 1)) || separate_planes(g) || g.batch == 0) return false;
+  const DirectProblem p = rotate ? input_grad_problem(g) : forward_problem(g);
+  bool done = false;
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    const direct::Kernels<T>* k = direct::kernels<T>();
+    if (k == nullptr || !direct_fits(*k, p)) return;
+    run_direct(*k, p, in.const_data_ptr<T>(), weight.const_data_ptr<T>(), rotate,
+               bias.defined() ? bias.const_data_ptr<T>() : nullptr, out.mutable_data_ptr<T>(), in.options());
+    done = true;
+  };
+  if (in.scalar_type() == at::kFloat) run(float());
+  if (in.scalar_type() == at::kDouble) run(double());
+  return done;
+}
+
+// The weight gradient with the direct kernels (any stride), summed over the
+// batch in at most kWeightPartials fixed blocks of samples, like the im2col
+// route. Returns false when they do not apply.
+//
+// The kernel broadcasts R consecutive channels of the channels-last input.
+// A single input channel (a grayscale first layer) would leave most of them
+// empty, so there each kernel row's kW taps become channels: channel kj at
+// position p holds the input at p + kj * dilation_w, and the kernel then
+// walks only the kH rows of taps. Layers with 2 or 3 input channels, more
+// than 64 output channels or long reductions run faster on im2col (as
+// measured by benchmarks/bench.py).
+bool try_direct_weight_grad(const Conv2dGeometry& g, const at::Tensor& input,
+                            const at::Tensor& grad_output, at::Tensor& grad_weight) {
+  if (separate_planes(g) || g.batch == 0) return false;
+  bool done = false;
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    const direct::Kernels<T>* k = direct::kernels<T>();
+    if (k == nullptr) return;
+    const int64_t Ci = g.in_channels_per_group(), Co = g.out_channels_per_group(), L = g.output_plane();
+    const int64_t kernel_taps = g.kernel_h * g.kernel_w;
+    const bool few_channels = Ci > 1 && Ci < 4;
+    if (kernel_taps == 1 || Ci * kernel_taps > kMaxDirectSteps || Co > 64 || few_channels) return;
+    const int64_t fold = (Ci == 1 && g.kernel_w <= 16) ? g.kernel_w : 1;  // taps per channel
+    const int64_t channels = Ci * fold, taps = g.kernel_h * g.kernel_w / fold;
+    const int64_t nb = k->forward_block(Co), R = k->weight_grad_channels(nb, channels);
+    const int64_t cpad = ceil_div(channels, R) * R, copad = ceil_div(Co, nb) * nb;
+    const int64_t Hp = g.in_h + 2 * g.pad_h, Wp = g.in_w + 2 * g.pad_w, positions = Hp * Wp;
+    const int64_t per_group = taps * cpad * copad, per_partial = g.groups * per_group;
+    const int64_t blocks = std::max<int64_t>(1, std::min({g.batch, kWeightPartials, kPartialsBudget / per_partial}));
+    std::vector<int64_t> toff(taps);
+    for (int64_t t = 0; t < taps; ++t) {
+      const int64_t ki = t * fold / g.kernel_w, kj = t * fold % g.kernel_w;
+      toff[t] = ki * g.dilation_h * Wp + kj * g.dilation_w;
+    }
+    const at::Tensor partials_tensor = at::zeros({blocks * per_partial}, input.options());
+    T* partials = partials_tensor.mutable_data_ptr<T>();
+    const T* x = input.const_data_ptr<T>();
+    const T* go = grad_output.const_data_ptr<T>();
+    const int64_t plane = g.in_h * g.in_w;
+    const int64_t macs_per_block = ceil_div(g.batch, blocks) * g.out_channels * Ci * g.kernel_h * g.kernel_w * L;
+    constexpr int64_t kMinTaskMacs = int64_t{1} << 20;
+    PerThread<T> xn_buffers(positions * cpad, input.options()), got_buffers(L * copad, input.options());
+    PerThread<T> unfolded_buffers(fold > 1 ? positions * Ci : 0, input.options());
+    at::parallel_for(0, blocks, std::max<int64_t>(1, kMinTaskMacs / macs_per_block), [&](int64_t begin, int64_t end) {
+      // Padding positions and the channels past Ci / Co stay zero; every
+      // sample overwrites the same interior positions.
+      T* xn = xn_buffers.mine();
+      T* got = got_buffers.mine();
+      T* unfolded = unfolded_buffers.mine();
+      for (int64_t block = begin; block < end; ++block) {
+        for (int64_t n = block * g.batch / blocks; n < (block + 1) * g.batch / blocks; ++n) {
+          for (int64_t grp = 0; grp < g.groups; ++grp) {
+            const T* xs = x + (n * g.in_channels + grp * Ci) * plane;
+            T* rows = fold > 1 ? unfolded : xn;
+            const int64_t row_stride = fold > 1 ? Ci : cpad;
+            for (int64_t h = 0; h < g.in_h; ++h) {
+              transpose(xs + h * g.in_w, Ci, g.in_w, plane,
+                        rows + ((h + g.pad_h) * Wp + g.pad_w) * row_stride, row_stride);
+            }
+            for (int64_t pos = 0; fold > 1 && pos < positions; ++pos) {
+              for (int64_t ci = 0; ci < Ci; ++ci) {
+                for (int64_t kj = 0; kj < fold; ++kj) {
+                  const int64_t from = pos + kj * g.dilation_w;
+                  xn[pos * cpad + ci * fold + kj] = from < positions ? unfolded[from * Ci + ci] : T(0);
+                }
+              }
+            }
+            transpose(go + (n * g.out_channels + grp * Co) * L, Co, L, L, got, copad);
+            const direct::WeightGradArgs<T> args{
+                xn, got, partials + block * per_partial + grp * per_group,
+                toff.data(), taps, cpad, copad, Wp, g.stride_h, g.stride_w, g.out_h, g.out_w};
+            k->weight_grad(args, nb, R);
+          }
+        }
+      }
+    });
+    // grad_weight[grp * Co + co][ci][ki][kj] = sum over blocks, in order, of
+    // partial[grp][tap][channel][co], with (tap, channel) = ((ki, kj), ci)
+    // or, folded, (ki, ci * kW + kj).
+    T* gw = grad_weight.mutable_data_ptr<T>();
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+      for (int64_t co = 0; co < Co; ++co) {
+        for (int64_t ci = 0; ci < Ci; ++ci) {
+          for (int64_t t = 0; t < kernel_taps; ++t) {
+            const int64_t tap = t / fold, channel = ci * fold + t % fold;
+            const int64_t at = grp * per_group + (tap * cpad + channel) * copad + co;
+            T sum = partials[at];
+            for (int64_t b = 1; b < blocks; ++b) sum += partials[b * per_partial + at];
+            gw[((grp * Co + co) * Ci + ci) * kernel_taps + t] = sum;
+          }
+        }
+      }
+    }
+    done = true;
+  };
+  if (input.scalar_type() == at::kFloat) run(float());
+  if (input.scalar_type() == at::kDouble) run(double());
+  return done;
+}
+
+}  // namespace custom_conv
