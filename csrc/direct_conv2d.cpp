@@ -23,7 +23,9 @@ Isa cpu_isa() {
   // libgcc's checks include the operating system's support for the wider
   // register state (XCR0), not only the CPUID bits.
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return Isa::kAvx512;
+  // The AVX-512 kernels also use AVX-512VL (8-float blocks in the upper 16
+  // registers), which every AVX-512 CPU but the Xeon Phi has.
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) return Isa::kAvx512;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
 #endif
   return Isa::kNone;

@@ -24,7 +24,8 @@ def test_the_default_is_the_best_set_for_this_cpu():
     flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
     if "CUSTOM_CONV_CPU_KERNELS" in os.environ or not flags:
         pytest.skip("kernels chosen by the environment, or CPU flags unknown")
-    expected = "avx512" if "avx512f" in flags else "avx2" if {"avx2", "fma"} <= set(flags) else "im2col"
+    expected = ("avx512" if {"avx512f", "avx512vl"} <= set(flags)
+                else "avx2" if {"avx2", "fma"} <= set(flags) else "im2col")
     assert custom_conv.cpu_kernels() == expected
 
 
