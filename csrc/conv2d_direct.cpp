@@ -23,21 +23,13 @@ bool separate_planes(const Conv2dGeometry& g) {
 
 // A convolution as the direct forward kernel sees it: the forward pass, or
 // the input gradient of a stride-1 convolution with the output gradient as
-// input. A stride s is turned into stride 1 over "phase" planes: the padded
-// plane is split into s_h * s_w planes of every s-th row and column, phase
-// (a, b) holding padded[i * s_h + a][j * s_w + b], Hq x Wq each. Output
-// (oh, ow) reads, for tap (ki, kj), padded[oh * s_h + ki * dil_h][ow * s_w +
-// kj * dil_w], which is phase ((ki * dil_h) % s_h, (kj * dil_w) % s_w) at
-// (oh + ki * dil_h / s_h, ow + kj * dil_w / s_w): consecutive outputs read
-// consecutive values again. With stride 1 there is one phase, the padded plane.
+// input. Each input channel is read from its phase planes (im2col.h), which
+// make any stride a stride-1 read.
 struct DirectProblem {
   int64_t batch, in_channels, in_h, in_w, pad_h, pad_w, stride_h, stride_w;
   int64_t groups, cin, cout, kernel_h, kernel_w, dil_h, dil_w, out_h, out_w;
   int64_t taps() const { return kernel_h * kernel_w; }
-  int64_t phase_h() const { return ceil_div(in_h + 2 * pad_h, stride_h); }
-  int64_t phase_w() const { return ceil_div(in_w + 2 * pad_w, stride_w); }
-  // Values per input channel: all its phase planes.
-  int64_t channel_values() const { return stride_h * stride_w * phase_h() * phase_w(); }
+  Phases phases() const { return phases_of(in_h, in_w, pad_h, pad_w, stride_h, stride_w); }
 };
 
 // Whether the direct kernels should run a problem: they are written for
@@ -53,7 +45,7 @@ struct Tiling {
 };
 
 Tiling tiling(const DirectProblem& p, int64_t tile) {
-  const int64_t extended = ceil_div((p.out_h - 1) * p.phase_w() + p.out_w, tile);
+  const int64_t extended = ceil_div((p.out_h - 1) * p.phases().w + p.out_w, tile);
   const int64_t per_row = ceil_div(p.out_w, tile);
   if (per_row * p.out_h <= extended) return {per_row, per_row * p.out_h};
   return {0, extended};
@@ -130,39 +122,13 @@ struct PerThread {
   T* mine() { return buffers.mutable_data_ptr<T>() + at::get_thread_num() * size; }
 };
 
-// Copies a (C, H, W) sample into its zero-padded phase planes (see
-// DirectProblem), followed by `slack` zeros. Stride 1 copies whole rows.
+// Copies a (C, H, W) sample into the phase planes of each channel, followed
+// by `slack` zeros.
 template <typename T>
 void pad_planes(const DirectProblem& p, const T* src, int64_t slack, T* dst) {
-  const int64_t H = p.in_h, W = p.in_w;
-  if (p.stride_h == 1 && p.stride_w == 1) {
-    const int64_t Wp = W + 2 * p.pad_w;
-    for (int64_t c = 0; c < p.in_channels; ++c) {
-      std::fill(dst, dst + p.pad_h * Wp, T(0));
-      dst += p.pad_h * Wp;
-      for (int64_t h = 0; h < H; ++h, dst += Wp, src += W) {
-        std::fill(dst, dst + p.pad_w, T(0));
-        std::copy(src, src + W, dst + p.pad_w);
-        std::fill(dst + p.pad_w + W, dst + Wp, T(0));
-      }
-      std::fill(dst, dst + p.pad_h * Wp, T(0));
-      dst += p.pad_h * Wp;
-    }
-  } else {
-    const int64_t Hq = p.phase_h(), Wq = p.phase_w();
-    for (int64_t c = 0; c < p.in_channels; ++c, src += H * W) {
-      for (int64_t a = 0; a < p.stride_h; ++a) {
-        for (int64_t b = 0; b < p.stride_w; ++b) {
-          for (int64_t i = 0; i < Hq; ++i) {
-            const int64_t h = i * p.stride_h + a - p.pad_h;
-            for (int64_t j = 0; j < Wq; ++j, ++dst) {
-              const int64_t w = j * p.stride_w + b - p.pad_w;
-              *dst = (h >= 0 && h < H && w >= 0 && w < W) ? src[h * W + w] : T(0);
-            }
-          }
-        }
-      }
-    }
+  const Phases phases = p.phases();
+  for (int64_t c = 0; c < p.in_channels; ++c, src += p.in_h * p.in_w, dst += phases.values()) {
+    to_phases(src, phases, dst);
   }
   std::fill(dst, dst + slack, T(0));
 }
@@ -192,17 +158,15 @@ template <typename T>
 void run_direct(const direct::Kernels<T>& k, const DirectProblem& p, const T* in, const T* weight,
                 bool rotate, const T* bias, T* out, const at::TensorOptions& options) {
   const int64_t nb = k.forward_block(p.cout), tile = k.forward_tile(nb);
-  const int64_t Hq = p.phase_h(), Wq = p.phase_w(), plane = p.channel_values(), taps = p.taps();
+  const Phases phases = p.phases();
+  const int64_t Wq = phases.w, plane = phases.values(), taps = p.taps();
   const at::Tensor packed_tensor = pack_weights(p, weight, nb, rotate, options);
   const T* packed = packed_tensor.const_data_ptr<T>();
   std::vector<int64_t> koff(p.cin * taps);
   for (int64_t i = 0; i < p.cin; ++i) {
     for (int64_t ki = 0; ki < p.kernel_h; ++ki) {
       for (int64_t kj = 0; kj < p.kernel_w; ++kj) {
-        const int64_t y = ki * p.dil_h, x = kj * p.dil_w;
-        const int64_t phase = (y % p.stride_h) * p.stride_w + x % p.stride_w;
-        koff[(i * p.kernel_h + ki) * p.kernel_w + kj] =
-            i * plane + (phase * Hq + y / p.stride_h) * Wq + x / p.stride_w;
+        koff[(i * p.kernel_h + ki) * p.kernel_w + kj] = i * plane + phases.offset(ki * p.dil_h, kj * p.dil_w);
       }
     }
   }

@@ -27,90 +27,33 @@ inline bool is_depthwise(const Conv2dGeometry& g) {
 
 // Strided layers. With stride s the loops below would read every s-th
 // input value, which does not vectorise. So a strided layer first copies
-// each input plane into a zero-padded "mosaic" of s_h x s_w phase planes:
-// phase (a, b), of Hq x Wq values, holds padded[i * s_h + a][j * s_w + b] and
-// sits at rows [a * Hq, (a + 1) * Hq), columns [b * Wq, (b + 1) * Wq). Tap
-// (ki, kj) of output (oh, ow) is then mosaic[a * Hq + oh + ki * dil_h / s_h]
-// [b * Wq + ow + kj * dil_w / s_w] with (a, b) = (ki * dil_h % s_h,
-// kj * dil_w % s_w): a stride-1 read of a plane that needs no clipping.
+// each input plane into its phase planes (im2col.h), read as one plane of
+// s_h * s_w * Hq rows of Wq: tap (ki, kj) of output (oh, ow) then lies at
+// row oh + dy, column ow + dx of it, a stride-1 read that needs no clipping.
 // Stride 1 reads the input planes directly.
 struct PlaneLayout {
-  Conv2dGeometry g;       // the loops' geometry: the mosaic's, with stride 1
+  Conv2dGeometry g;       // the loops' geometry: the phase planes', with stride 1
   std::vector<Tap> taps;  // offsets into the planes the loops read
-  int64_t phase_h, phase_w;
-  bool mosaic;
-  // The input row of each mosaic row (outside [0, H): padding), and for
-  // each column phase b the columns j whose input column j * s_w + b - pad_w
-  // lies inside the input.
-  std::vector<int64_t> source_row;
-  std::vector<ValidRange> phase_cols;
+  Phases phases;
+  bool strided;
 };
 
-// The input row that mosaic row r holds: outside [0, H) for padding.
-inline int64_t mosaic_source(int64_t r, int64_t phase, int64_t stride, int64_t pad) {
-  return r % phase * stride + r / phase - pad;
-}
-
 inline PlaneLayout plane_layout(const Conv2dGeometry& g) {
+  const Phases phases = phases_of(g.in_h, g.in_w, g.pad_h, g.pad_w, g.stride_h, g.stride_w);
   if (g.stride_h == 1 && g.stride_w == 1) {
-    return {g, kernel_taps(g), g.in_h, g.in_w, false};
+    return {g, kernel_taps(g), phases, false};
   }
-  PlaneLayout m{g, {}, ceil_div(g.in_h + 2 * g.pad_h, g.stride_h), ceil_div(g.in_w + 2 * g.pad_w, g.stride_w), true};
-  m.g.in_h = g.stride_h * m.phase_h;
-  m.g.in_w = g.stride_w * m.phase_w;
+  PlaneLayout m{g, {}, phases, true};
+  m.g.in_h = phases.values() / phases.w;
+  m.g.in_w = phases.w;
   m.g.stride_h = m.g.stride_w = 1;
   for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
-    const int64_t y = ki * g.dilation_h;
     for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
-      const int64_t x = kj * g.dilation_w;
-      m.taps.push_back(Tap{ki * g.kernel_w + kj, y % g.stride_h * m.phase_h + y / g.stride_h,
-                           x % g.stride_w * m.phase_w + x / g.stride_w, {0, g.out_h}, {0, g.out_w}});
+      const int64_t at = phases.offset(ki * g.dilation_h, kj * g.dilation_w);
+      m.taps.push_back(Tap{ki * g.kernel_w + kj, at / phases.w, at % phases.w, {0, g.out_h}, {0, g.out_w}});
     }
   }
-  for (int64_t r = 0; r < m.g.in_h; ++r) m.source_row.push_back(mosaic_source(r, m.phase_h, g.stride_h, g.pad_h));
-  for (int64_t b = 0; b < g.stride_w; ++b) m.phase_cols.push_back(valid_outputs(b - g.pad_w, g.stride_w, g.in_w, m.phase_w));
   return m;
-}
-
-// Copies one (H, W) plane into its mosaic: per mosaic row, one strided
-// copy per column phase, clipped once to the input, the rest zero.
-template <typename scalar_t, typename acc_t>
-void to_mosaic(const scalar_t* plane, const Conv2dGeometry& g, const PlaneLayout& m, acc_t* mosaic) {
-  const int64_t s = g.stride_w, Wq = m.phase_w;
-  for (int64_t r = 0; r < m.g.in_h; ++r, mosaic += m.g.in_w) {
-    const int64_t h = m.source_row[r];
-    if (h < 0 || h >= g.in_h) {
-      std::fill(mosaic, mosaic + m.g.in_w, acc_t(0));
-      continue;
-    }
-    const scalar_t* row = plane + h * g.in_w;
-    for (int64_t b = 0; b < s; ++b) {
-      // Column j of phase b holds input column j * s + b - pad_w.
-      const ValidRange valid = m.phase_cols[b];
-      acc_t* dst = mosaic + b * Wq;
-      const scalar_t* src = row + b - g.pad_w;
-      std::fill(dst, dst + valid.lo, acc_t(0));
-      for (int64_t j = valid.lo; j < valid.hi; ++j) dst[j] = static_cast<acc_t>(src[j * s]);
-      std::fill(dst + valid.hi, dst + Wq, acc_t(0));
-    }
-  }
-}
-
-// Reads one (H, W) plane back out of its mosaic (the padding is dropped).
-template <typename scalar_t, typename acc_t>
-void from_mosaic(const acc_t* mosaic, const Conv2dGeometry& g, const PlaneLayout& m, scalar_t* plane) {
-  const int64_t s = g.stride_w, Wq = m.phase_w;
-  for (int64_t h = 0; h < g.in_h; ++h) {
-    const int64_t ph = h + g.pad_h;
-    const acc_t* row = mosaic + (ph % g.stride_h * m.phase_h + ph / g.stride_h) * m.g.in_w;
-    scalar_t* out = plane + h * g.in_w;
-    for (int64_t b = 0; b < s; ++b) {
-      const ValidRange valid = m.phase_cols[b];
-      const acc_t* src = row + b * Wq;
-      scalar_t* dst = out + b - g.pad_w;
-      for (int64_t j = valid.lo; j < valid.hi; ++j) dst[j * s] = static_cast<scalar_t>(src[j]);
-    }
-  }
 }
 
 // Correlates one input plane with one kernel into one output plane (already
@@ -141,14 +84,14 @@ void depthwise_conv2d_forward(const scalar_t* input, const scalar_t* weight, con
   const int64_t in_plane = g.in_h * g.in_w, out_plane = g.output_plane();
   const int64_t taps = g.kernel_h * g.kernel_w;
   at::parallel_for(0, g.batch * g.out_channels, plane_grain(taps * out_plane), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(out_plane), mosaic(m.mosaic ? m.g.in_h * m.g.in_w : 0);
+    std::vector<acc_t> acc(out_plane), phased(m.strided ? m.phases.values() : 0);
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / g.out_channels, co = p % g.out_channels;
       const scalar_t* in = input + (n * g.in_channels + co / multiplier) * in_plane;
       std::fill(acc.begin(), acc.end(), bias ? static_cast<acc_t>(bias[co]) : acc_t(0));
-      if (m.mosaic) {
-        to_mosaic(in, g, m, mosaic.data());
-        depthwise_plane_forward(mosaic.data(), weight + co * taps, m, acc.data());
+      if (m.strided) {
+        to_phases(in, m.phases, phased.data());
+        depthwise_plane_forward(phased.data(), weight + co * taps, m, acc.data());
       } else {
         depthwise_plane_forward(in, weight + co * taps, m, acc.data());
       }
@@ -159,7 +102,7 @@ void depthwise_conv2d_forward(const scalar_t* input, const scalar_t* weight, con
 
 // The input gradient of one input plane: every output channel that read it
 // scatters weight * grad_output back along the same clipped rows as the
-// forward (into the mosaic, for strided layers). A thread owns whole input
+// forward (into the phase planes, for strided layers). A thread owns whole input
 // planes, so no two threads add into the same element and the order of the
 // sums is fixed.
 template <typename scalar_t>
@@ -189,8 +132,8 @@ void depthwise_conv2d_backward_input(const scalar_t* grad_output, const scalar_t
           }
         }
       }
-      if (m.mosaic) {
-        from_mosaic(acc.data(), g, m, grad_input + p * in_plane);
+      if (m.strided) {
+        from_phases(acc.data(), m.phases, grad_input + p * in_plane);
       } else {
         std::copy(acc.begin(), acc.end(), grad_input + p * in_plane);
       }
@@ -213,7 +156,7 @@ void depthwise_conv2d_backward_weight(const scalar_t* grad_output, const scalar_
   const int64_t in_plane = g.in_h * g.in_w, out_plane = g.output_plane();
   const int64_t taps = g.kernel_h * g.kernel_w;
   at::parallel_for(0, g.out_channels, plane_grain(g.batch * taps * out_plane), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> column_sums(taps * g.out_w), mosaic(m.mosaic ? m.g.in_h * m.g.in_w : 0);
+    std::vector<acc_t> column_sums(taps * g.out_w), phased(m.strided ? m.phases.values() : 0);
     for (int64_t co = begin; co < end; ++co) {
       std::fill(column_sums.begin(), column_sums.end(), acc_t(0));
       for (int64_t n = 0; n < g.batch; ++n) {
@@ -231,9 +174,9 @@ void depthwise_conv2d_backward_weight(const scalar_t* grad_output, const scalar_
             }
           }
         };
-        if (m.mosaic) {
-          to_mosaic(in, g, m, mosaic.data());
-          accumulate(mosaic.data());
+        if (m.strided) {
+          to_phases(in, m.phases, phased.data());
+          accumulate(phased.data());
         } else {
           accumulate(in);
         }
