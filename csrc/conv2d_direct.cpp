@@ -117,8 +117,11 @@ template <typename T>
 struct PerThread {
   at::Tensor buffers;
   int64_t size;
-  PerThread(int64_t size, const at::TensorOptions& options)
-      : buffers(at::zeros({at::get_num_threads(), size}, options)), size(size) {}
+  // `zeroed`: for buffers whose untouched parts must read as zero.
+  PerThread(int64_t size, const at::TensorOptions& options, bool zeroed)
+      : buffers(zeroed ? at::zeros({at::get_num_threads(), size}, options)
+                       : at::empty({at::get_num_threads(), size}, options)),
+        size(size) {}
   T* mine() { return buffers.mutable_data_ptr<T>() + at::get_thread_num() * size; }
 };
 
@@ -187,7 +190,7 @@ void run_direct(const direct::Kernels<T>& k, const DirectProblem& p, const T* in
   constexpr int64_t kMinTaskMacs = int64_t{1} << 20;
   if (p.batch >= at::get_num_threads()) {
     const int64_t grain = std::max<int64_t>(1, kMinTaskMacs / std::max<int64_t>(1, macs_per_tile * tiles));
-    PerThread<T> padded(sample_padded, options);
+    PerThread<T> padded(sample_padded, options, /*zeroed=*/false);  // pad_planes writes every value
     at::parallel_for(0, p.batch, grain, [&](int64_t begin, int64_t end) {
       T* xp = padded.mine();
       for (int64_t n = begin; n < end; ++n) {
@@ -272,8 +275,8 @@ bool try_direct_weight_grad(const Conv2dGeometry& g, const at::Tensor& input,
     const int64_t plane = g.in_h * g.in_w;
     const int64_t macs_per_block = ceil_div(g.batch, blocks) * g.out_channels * Ci * g.kernel_h * g.kernel_w * L;
     constexpr int64_t kMinTaskMacs = int64_t{1} << 20;
-    PerThread<T> xn_buffers(positions * cpad, input.options()), got_buffers(L * copad, input.options());
-    PerThread<T> unfolded_buffers(fold > 1 ? positions * Ci : 0, input.options());
+    PerThread<T> xn_buffers(positions * cpad, input.options(), true), got_buffers(L * copad, input.options(), true);
+    PerThread<T> unfolded_buffers(fold > 1 ? positions * Ci : 0, input.options(), true);
     at::parallel_for(0, blocks, std::max<int64_t>(1, kMinTaskMacs / macs_per_block), [&](int64_t begin, int64_t end) {
       // Padding positions and the channels past Ci / Co stay zero; every
       // sample overwrites the same interior positions.
