@@ -11,9 +11,10 @@ For every conv layer shape it times forward, backward-input, backward-weight
 and forward+backward (autograd, with the bias gradient) for both
 implementations; for max-pool, forward and forward+backward; and a whole
 training step (forward, loss, backward, SGD step) of LeNet-5 and ResNet-20
-built from each backend. Each case is first checked against torch; a
-mismatch aborts instead of timing a wrong kernel. Prints a table of times,
-GFLOP/s and the ratio ours/torch (below 1 is faster), the geometric means,
+built from each backend. Each case is first checked against torch's result in
+float64 on the same (rounded) inputs; if ours is off, the run aborts instead
+of timing a wrong kernel. Prints a table of times, GFLOP/s, the ratio
+ours/torch (below 1 is faster) and both sides' errors, the geometric means,
 and writes everything, with machine, torch version and date, as JSON.
 """
 import argparse
@@ -56,69 +57,92 @@ def measure_pair(ours, theirs, min_run_time, rounds=3):
     return t_ours, t_torch
 
 
-def check(name, ours, theirs, tol):
-    """Largest difference relative to the largest value: reductions here run
-    over up to 10^5 terms, so element-wise relative tolerances would flag
-    the rounding of near-zero sums."""
-    ours, theirs = ours(), theirs()
-    ours = ours if isinstance(ours, (tuple, list)) else (ours,)
-    theirs = theirs if isinstance(theirs, (tuple, list)) else (theirs,)
-    for a, b in zip(ours, theirs):
-        if a is None or b is None:
+def relative_error(result, reference):
+    """Largest difference relative to the largest reference value: reductions
+    here run over up to 10^5 terms, so element-wise relative tolerances would
+    flag the rounding of near-zero sums."""
+    result = result if isinstance(result, (tuple, list)) else (result,)
+    reference = reference if isinstance(reference, (tuple, list)) else (reference,)
+    error = 0.0
+    for a, b in zip(result, reference):
+        if a is None or b is None or not b.numel():
             continue
         a, b = a.double(), b.double()
-        error = ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item() if b.numel() else 0.0
-        if not error <= tol:
-            raise SystemExit(f"{name}: our result differs from torch's by {error:.3g} of its largest value; "
-                             f"not timing a wrong kernel")
+        error = max(error, ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item())
+    return error
+
+
+def check(name, ours, theirs, reference, tol):
+    """Both sides' errors against torch in float64 on the same (rounded)
+    inputs. Ours must be within tol, or the case is not timed; torch's is
+    only reported: cuDNN may pick FFT or Winograd algorithms whose float32
+    error is well above plain summation's."""
+    exact = reference()
+    ours_error, torch_error = relative_error(ours(), exact), relative_error(theirs(), exact)
+    if not ours_error <= tol:
+        raise SystemExit(f"{name}: our result differs from the float64 reference by {ours_error:.3g} of its "
+                         f"largest value (torch's by {torch_error:.3g}); not timing a wrong kernel")
+    return ours_error, torch_error
 
 
 def conv_cases(shape, batch, device, dtype):
+    """mode: (ours, torch's, FLOPs, torch's in float64 on the same values)."""
     name, cin, cout, h, w, k, s, p, groups = shape
     x = torch.randn(batch, cin, h, w, device=device, dtype=dtype)
     weight = torch.randn(cout, cin // groups, k, k, device=device, dtype=dtype) / math.sqrt(cin // groups * k * k)
     bias = torch.randn(cout, device=device, dtype=dtype)
-    args = ([s, s], [p, p], [1, 1], groups)
-    y = F.conv2d(x, weight, bias, s, p, 1, groups)
-    gy = torch.randn_like(y)
-    flops = 2 * y.numel() * (cin // groups) * k * k  # one multiply-add per tap per output
+    gy = torch.randn_like(F.conv2d(x, weight, bias, s, p, 1, groups))
+    flops = 2 * gy.numel() * (cin // groups) * k * k  # one multiply-add per tap per output
 
-    def aten_backward(mask):
-        return lambda: torch.ops.aten.convolution_backward(
-            gy, x, weight, [cout], [s, s], [p, p], [1, 1], False, [0, 0], groups, mask)
+    def callables(x, weight, bias, gy):
+        args = ([s, s], [p, p], [1, 1], groups)
 
-    leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
+        def aten_backward(mask):
+            return lambda: torch.ops.aten.convolution_backward(
+                gy, x, weight, [cout], [s, s], [p, p], [1, 1], False, [0, 0], groups, mask)
 
-    def train(conv):
-        def run():
-            out = conv(*leaves, s, p, 1, groups)
-            return torch.autograd.grad(out, leaves, gy)
-        return run
+        leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
 
-    return {
-        "forward": (lambda: ops.conv2d_forward(x, weight, bias, *args),
-                    lambda: F.conv2d(x, weight, bias, s, p, 1, groups), flops),
-        "backward-input": (lambda: ops.conv2d_backward_input(gy, weight, x.shape, *args),
-                           lambda: aten_backward([True, False, False])()[0], flops),
-        "backward-weight": (lambda: ops.conv2d_backward_weight(gy, x, weight.shape, *args),
-                            lambda: aten_backward([False, True, False])()[1], flops),
-        "forward+backward": (train(CF.conv2d), train(F.conv2d), 3 * flops),
-    }
+        def train(conv):
+            def run():
+                out = conv(*leaves, s, p, 1, groups)
+                return torch.autograd.grad(out, leaves, gy)
+            return run
+
+        return {
+            "forward": (lambda: ops.conv2d_forward(x, weight, bias, *args),
+                        lambda: F.conv2d(x, weight, bias, s, p, 1, groups)),
+            "backward-input": (lambda: ops.conv2d_backward_input(gy, weight, x.shape, *args),
+                               lambda: aten_backward([True, False, False])()[0]),
+            "backward-weight": (lambda: ops.conv2d_backward_weight(gy, x, weight.shape, *args),
+                                lambda: aten_backward([False, True, False])()[1]),
+            "forward+backward": (train(CF.conv2d), train(F.conv2d)),
+        }
+
+    timed = callables(x, weight, bias, gy)
+    exact = callables(*(t.double() for t in (x, weight, bias, gy)))
+    work = {"forward": flops, "backward-input": flops, "backward-weight": flops, "forward+backward": 3 * flops}
+    return {mode: (ours, theirs, work[mode], exact[mode][1]) for mode, (ours, theirs) in timed.items()}
 
 
 def pool_cases(shape, batch, device, dtype):
     name, c, h, w, k, s, p = shape
     x = torch.randn(batch, c, h, w, device=device, dtype=dtype)
-    leaf = x.clone().requires_grad_()
     gy = torch.randn_like(F.max_pool2d(x, k, s, p))
 
-    def train(pool):
-        return lambda: torch.autograd.grad(pool(leaf, k, s, p), leaf, gy)
+    def callables(x, gy):
+        leaf = x.clone().requires_grad_()
 
-    return {
-        "forward": (lambda: CF.max_pool2d(x, k, s, p), lambda: F.max_pool2d(x, k, s, p), None),
-        "forward+backward": (train(CF.max_pool2d), train(F.max_pool2d), None),
-    }
+        def train(pool):
+            return lambda: torch.autograd.grad(pool(leaf, k, s, p), leaf, gy)
+
+        return {
+            "forward": (lambda: CF.max_pool2d(x, k, s, p), lambda: F.max_pool2d(x, k, s, p)),
+            "forward+backward": (train(CF.max_pool2d), train(F.max_pool2d)),
+        }
+
+    timed, exact = callables(x, gy), callables(x.double(), gy.double())
+    return {mode: (ours, theirs, None, exact[mode][1]) for mode, (ours, theirs) in timed.items()}
 
 
 def training_step_cases(batch, device, dtype):
@@ -143,7 +167,7 @@ def training_step_cases(batch, device, dtype):
                 optimizer.step()
                 return loss.detach()
             steps.append(step)
-        cases[f"{name} training step"] = {"step": (steps[0], steps[1], None)}
+        cases[f"{name} training step"] = {"step": (steps[0], steps[1], None, None)}
     return cases
 
 
@@ -207,20 +231,22 @@ def run(args, dtype_name):
     rows = []
     if args.device == "cpu":
         print(f"custom_conv CPU kernels: {custom_conv.cpu_kernels()}")
-    print(f"{'layer':<40} {'pass':<17} {'ours ms':>9} {'torch ms':>9} {'GFLOP/s':>8} {'ratio':>6}")
+    print(f"{'layer':<40} {'pass':<17} {'ours ms':>9} {'torch ms':>9} {'GFLOP/s':>8} {'ratio':>6}"
+          f" {'ours err':>9} {'torch err':>9}")
     for (kind, name), cases in groups.items():
-        for mode, (ours, theirs, flops) in cases.items():
-            if kind != "train":
-                check(f"{name} {mode}", ours, theirs, tol)
+        for mode, (ours, theirs, flops, reference) in cases.items():
+            errors = check(f"{name} {mode}", ours, theirs, reference, tol) if reference else (None, None)
             # A training step takes 5-200 ms: give it enough alternating
             # rounds that one slow stretch of the VM cannot decide the ratio.
             t_ours, t_torch = (measure_pair(ours, theirs, max(args.min_run_time, 3.0), rounds=6)
                                if kind == "train" else measure_pair(ours, theirs, args.min_run_time))
             gflops = flops / t_ours / 1e9 if flops else None
             rows.append(dict(kind=kind, layer=name, mode=mode, ours_s=t_ours, torch_s=t_torch,
-                             ratio=t_ours / t_torch, ours_gflops=gflops))
+                             ratio=t_ours / t_torch, ours_gflops=gflops,
+                             ours_error=errors[0], torch_error=errors[1]))
             print(f"{name:<40} {mode:<17} {t_ours * 1e3:9.3f} {t_torch * 1e3:9.3f} "
-                  f"{(f'{gflops:8.1f}' if gflops else '       -')} {t_ours / t_torch:6.2f}", flush=True)
+                  f"{(f'{gflops:8.1f}' if gflops else '       -')} {t_ours / t_torch:6.2f} "
+                  + " ".join(f"{e:9.1e}" if e is not None else f"{'-':>9}" for e in errors), flush=True)
 
     def geomean(values):
         values = list(values)
