@@ -24,7 +24,9 @@ def build_cuda():
 
 
 def extension():
-    cpp_sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    # Shared code in csrc/, the CPU kernels in csrc/cpu/ (the direct vector
+    # kernels in csrc/cpu/direct/), the CUDA kernels in csrc/cuda/.
+    cpp_sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True))
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     # The C++ standard is left to torch.utils.cpp_extension, which matches the
     # torch being built against (C++17 for older releases, C++20 for newer).

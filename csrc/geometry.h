@@ -10,6 +10,11 @@
 
 namespace custom_conv {
 
+// Ceiling of a / b for b > 0 and any sign of a.
+inline int64_t ceil_div(int64_t a, int64_t b) {
+  return a >= 0 ? (a + b - 1) / b : -((-a) / b);
+}
+
 // Everything needed to walk a 2-D convolution: the input and kernel sizes,
 // the hyper-parameters, and the output size they imply. Sizes are int64_t
 // throughout so that index arithmetic never overflows on large tensors.

@@ -1,11 +1,13 @@
 // The custom_conv operator library: every schema, declared once. Kernels are
-// attached per backend next to their code (conv2d.cpp, max_pool2d.cpp and
-// cuda/*.cu); autograd and fake (meta) kernels are registered in Python, in
+// attached per backend next to their code (cpu/conv2d.cpp, cpu/max_pool2d.cpp
+// and cuda/*.cu), autograd in autograd.cpp, autocast in autocast.cpp; the
+// fake (meta) kernels for torch.compile are registered in Python, in
 // custom_conv/_ops.py.
 #include <Python.h>
 #include <torch/library.h>
 
-#include "direct_conv2d.h"
+#include "conv2d_algorithm.h"
+#include "cpu/direct/kernels.h"
 
 // `import custom_conv._C` loads this shared library, which runs the
 // registrations below; the module itself has no Python attributes.
@@ -36,6 +38,12 @@ TORCH_LIBRARY(custom_conv, m) {
   // Which CPU convolution kernels this process uses: "avx512" or "avx2" (the
   // direct kernels of direct_conv2d.h, for float and double) or "im2col".
   m.def("cpu_kernels() -> str", &custom_conv::direct::cpu_kernels);
+  // Which algorithm (direct, depthwise, im2col) conv2d_forward's given pass
+  // ("forward", "backward_input", "backward_weight") runs on these tensors,
+  // and why: the choice of conv2d_algorithm.cpp.
+  m.def("conv2d_algorithm(Tensor input, Tensor weight, int[2] stride, int[2] padding, int[2] dilation, "
+        "int groups, str pass_name) -> (str, str)",
+        &custom_conv::conv2d_algorithm_op);
 
   // Max pooling; returns the maxima and, per output, the flat index
   // (h * W + w) of the maximum within its input plane.

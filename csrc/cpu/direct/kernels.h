@@ -1,10 +1,11 @@
 // Direct (implicit-GEMM) convolution kernels for float and double on x86
-// CPUs with AVX-512 or AVX2: the interface between conv2d.cpp, which owns the
-// tensors, threads and scratch buffers, and the vector code, which is compiled
-// once per instruction set (direct_conv2d_avx512.cpp, direct_conv2d_avx2.cpp)
-// and chosen at run time, so the build still runs on any x86-64 CPU.
+// CPUs with AVX-512 or AVX2: the interface between ../conv2d_direct.cpp,
+// which owns the tensors, threads and scratch buffers, and the vector code
+// (loops.h), which is compiled once per instruction set (avx512.cpp,
+// avx2.cpp) and chosen at run time (select.cpp), so the build still runs on
+// any x86-64 CPU.
 //
-// The im2col route (im2col.h) writes every input value kH * kW times into a
+// The im2col route (../im2col.h) writes every input value kH * kW times into a
 // column matrix before BLAS reads it back. These kernels read the receptive
 // fields straight from a zero-padded copy of the sample instead, holding a
 // block of outputs in vector registers while the reduction runs:
@@ -68,22 +69,59 @@ struct WeightGradArgs {
   int64_t wp, stride_h, stride_w, out_h, out_w;
 };
 
+// One register blocking of the forward kernel: output-channel blocks of nb
+// (one or two vector registers), tiles of `tile` outputs, and the kernel that
+// computes tiles [tile_begin, tile_end) of one sample and group, every block.
+// It needs xp readable up to `tile` values past its last plane.
+template <typename T>
+struct ForwardBlocking {
+  int64_t nb, tile;
+  void (*run)(const ForwardArgs<T>& a, int64_t tile_begin, int64_t tile_end);
+};
+
+// One register blocking of the weight-gradient kernel: output-channel blocks
+// of nb, tiles of r input channels (cpad is a multiple of r), and the kernel
+// that adds one sample's (one group's) weight gradient into a.dwt.
+template <typename T>
+struct WeightGradBlocking {
+  int64_t nb, r;
+  void (*run)(const WeightGradArgs<T>& a);
+};
+
+// An instruction set's kernels: two tables, each sorted by nb, then r.
 template <typename T>
 struct Kernels {
+  using Scalar = T;
   const char* isa;
-  // Output channels per forward block (NB) for a group of `cout` channels.
-  int64_t (*forward_block)(int64_t cout);
-  // Outputs per forward tile (P) for that block.
-  int64_t (*forward_tile)(int64_t nb);
-  // Computes tiles [tile_begin, tile_end) of one sample and group, every
-  // output-channel block. Needs xp readable up to P values past its last plane.
-  void (*forward)(const ForwardArgs<T>& a, int64_t nb, int64_t tile_begin, int64_t tile_end);
-  // Input channels per weight-gradient tile (R) for blocks of nb and a
-  // group of `cin` input channels; cpad is a multiple of it.
-  int64_t (*weight_grad_channels)(int64_t nb, int64_t cin);
-  // Adds one sample's (one group's) weight gradient into a.dwt.
-  void (*weight_grad)(const WeightGradArgs<T>& a, int64_t nb, int64_t r);
+  const ForwardBlocking<T>* forward;
+  int64_t forward_count;
+  const WeightGradBlocking<T>* weight_grad;
+  int64_t weight_grad_count;
 };
+
+// The forward blocking for a group of `cout` output channels: the narrowest
+// block that holds them all, or else the widest.
+template <typename T>
+const ForwardBlocking<T>& forward_blocking(const Kernels<T>& k, int64_t cout) {
+  for (int64_t i = 0; i < k.forward_count; ++i) {
+    if (k.forward[i].nb >= cout) return k.forward[i];
+  }
+  return k.forward[k.forward_count - 1];
+}
+
+// The weight-gradient blocking for blocks of nb output channels and `cin`
+// input channels: the smallest tile that covers them, or else the largest
+// (so a 3-channel input does not pay for 16).
+template <typename T>
+const WeightGradBlocking<T>& weight_grad_blocking(const Kernels<T>& k, int64_t nb, int64_t cin) {
+  const WeightGradBlocking<T>* widest = nullptr;
+  for (int64_t i = 0; i < k.weight_grad_count; ++i) {
+    if (k.weight_grad[i].nb != nb) continue;
+    if (k.weight_grad[i].r >= cin) return k.weight_grad[i];
+    widest = &k.weight_grad[i];
+  }
+  return *widest;
+}
 
 // The kernels for this CPU, or null when it has neither AVX-512 nor AVX2
 // with FMA, or the build is not GCC on x86-64 (the per-function instruction

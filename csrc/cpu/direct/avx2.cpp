@@ -1,7 +1,7 @@
-// The direct convolution kernels (direct_conv2d_kernels.h) compiled for
-// AVX2 and FMA: 8 floats or 4 doubles per register, 16 registers. Only
-// direct_conv2d.cpp calls them, after checking that the CPU has AVX2 and FMA.
-#include "direct_conv2d.h"  // first: its inline functions must stay generic x86-64
+// The direct convolution kernels (loops.h) compiled for AVX2 and FMA: 8
+// floats or 4 doubles per register, 16 registers. Only select.cpp hands them
+// out, after checking that the CPU has AVX2 and FMA.
+#include "kernels.h"  // first: its inline functions must stay generic x86-64
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #include <immintrin.h>
@@ -9,7 +9,7 @@
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 
-#include "direct_conv2d_kernels.h"
+#include "loops.h"
 
 namespace custom_conv {
 namespace direct {
@@ -39,19 +39,32 @@ struct Avx2Double {
   static reg fma(reg a, reg b, reg c) { return _mm256_fmadd_pd(a, b, c); }
 };
 
-// Blocks of 8 or 16 float (4 or 8 double) output channels: forward tiles
-// of 12 outputs x 1 register or 6 x 2 (12 accumulators), and weight-gradient
-// tiles of up to 8 input channels x 1 register or 4 x 2.
-using FloatMenu = loops::Menu<loops::Blocking<Avx2Float, 1, 12, 4, 8>,
-                              loops::Blocking<Avx2Float, 2, 6, 4>>;
-using DoubleMenu = loops::Menu<loops::Blocking<Avx2Double, 1, 12, 4, 8>,
-                               loops::Blocking<Avx2Double, 2, 6, 4>>;
+// The blockings, one row each (see avx512.cpp): forward tiles of 12 outputs
+// x 1 register or 6 x 2 (12 accumulators), weight-gradient tiles of r input
+// channels x 1 or 2 registers.
+constexpr ForwardBlocking<float> kFloatForward[] = {
+    {8, 12, &loops::forward_tiles<Avx2Float, 12, 1>},
+    {16, 6, &loops::forward_tiles<Avx2Float, 6, 2>},
+};
+constexpr WeightGradBlocking<float> kFloatWeightGrad[] = {
+    {8, 4, &loops::weight_grad_tiles<Avx2Float, 4, 1>},
+    {8, 8, &loops::weight_grad_tiles<Avx2Float, 8, 1>},
+    {16, 4, &loops::weight_grad_tiles<Avx2Float, 4, 2>},
+};
+constexpr ForwardBlocking<double> kDoubleForward[] = {
+    {4, 12, &loops::forward_tiles<Avx2Double, 12, 1>},
+    {8, 6, &loops::forward_tiles<Avx2Double, 6, 2>},
+};
+constexpr WeightGradBlocking<double> kDoubleWeightGrad[] = {
+    {4, 4, &loops::weight_grad_tiles<Avx2Double, 4, 1>},
+    {4, 8, &loops::weight_grad_tiles<Avx2Double, 8, 1>},
+    {8, 4, &loops::weight_grad_tiles<Avx2Double, 4, 2>},
+};
 
-// Tables of function addresses, built at compile time (constexpr): no code
-// of this file runs, not even at load time, until a caller has checked the
-// CPU.
-constexpr Kernels<float> kFloat = FloatMenu::kernels("avx2");
-constexpr Kernels<double> kDouble = DoubleMenu::kernels("avx2");
+// Built at compile time (constexpr): no code of this file runs, not even at
+// load time, until a caller has checked the CPU.
+constexpr Kernels<float> kFloat{"avx2", kFloatForward, 2, kFloatWeightGrad, 3};
+constexpr Kernels<double> kDouble{"avx2", kDoubleForward, 2, kDoubleWeightGrad, 3};
 
 }  // namespace
 }  // namespace direct

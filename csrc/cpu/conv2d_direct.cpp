@@ -1,29 +1,26 @@
-// conv2d on the direct kernels: see conv2d_direct.h and direct_conv2d.h.
-#include "conv2d_direct.h"
-
-#include "depthwise_conv2d.h"
-#include "direct_conv2d.h"
-#include "im2col.h"
+// The direct route: convolution on the register-blocked kernels of direct/
+// (see direct/kernels.h for how they compute). This file owns the tensors,
+// the packing of weights and inputs into the kernels' layouts, the scratch
+// buffers and the threads. Which layers take this route is decided by the
+// chooser (../conv2d_algorithm.cpp), from direct_forward_work below.
+#include "conv2d_routes.h"
+#include "direct/kernels.h"
+#include "parallel.h"
+#include "phase_planes.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 namespace custom_conv {
 namespace {
 
-// Depthwise layers with more than one group go to depthwise_conv2d.h: the
-// direct kernels would reduce over a single channel per group. One group of
-// one input channel (a grayscale first layer) is an ordinary convolution.
-bool separate_planes(const Conv2dGeometry& g) {
-  return is_depthwise(g) && g.groups > 1;
-}
-
 // A convolution as the direct forward kernel sees it: the forward pass, or
 // the input gradient of a stride-1 convolution with the output gradient as
-// input. Each input channel is read from its phase planes (im2col.h), which
+// input. Each input channel is read from its phase planes (phase_planes.h), which
 // make any stride a stride-1 read.
 struct DirectProblem {
   int64_t batch, in_channels, in_h, in_w, pad_h, pad_w, stride_h, stride_w;
@@ -32,11 +29,6 @@ struct DirectProblem {
   Phases phases() const { return phases_of(in_h, in_w, pad_h, pad_w, stride_h, stride_w); }
 };
 
-// Whether the direct kernels should run a problem: they are written for
-// stride 1, and they pay for the lanes of an output-channel block that a
-// layer leaves empty and for the extended positions of their tiles that are
-// not outputs. When 40% of the work or more would be waste (planes of 2 x 2,
-// few output channels) the im2col route is faster.
 // How a problem's outputs are cut into tiles of `tile` outputs: along the
 // extended numbering, or aligned to rows when that computes fewer
 // non-outputs; and the number of tiles.
@@ -51,20 +43,13 @@ Tiling tiling(const DirectProblem& p, int64_t tile) {
   return {0, extended};
 }
 
-// The direct kernels win where im2col costs as much as the GEMM it feeds:
-// few channels (a reduction of C_in * kH * kW <= kMaxDirectSteps steps, as in
-// LeNet, ResNet-20 and the first VGG/ResNet-18 layers) and kernels larger
-// than 1x1. Deeper layers give BLAS long enough reductions to run near the
-// processor's peak, which these unblocked loops do not reach, and a 1x1
-// convolution needs no im2col at all (benchmarks/results, 2026-11-26).
-constexpr int64_t kMaxDirectSteps = 576;
-
+// The work of the forward kernel on a problem: outputs, and the values it
+// computes (blocks of nb output channels times tiles of `tile` outputs).
 template <typename T>
-bool direct_fits(const direct::Kernels<T>& k, const DirectProblem& p) {
-  if (p.pad_h < 0 || p.pad_w < 0 || p.taps() == 1 || p.cin * p.taps() > kMaxDirectSteps) return false;
-  const int64_t nb = k.forward_block(p.cout), tile = k.forward_tile(nb);
-  const double computed = static_cast<double>(tiling(p, tile).count * tile) * ceil_div(p.cout, nb) * nb;
-  return static_cast<double>(p.out_h * p.out_w * p.cout) >= 0.6 * computed;
+DirectWork forward_work(const direct::Kernels<T>& k, const DirectProblem& p) {
+  const direct::ForwardBlocking<T>& b = direct::forward_blocking(k, p.cout);
+  const double computed = static_cast<double>(tiling(p, b.tile).count * b.tile) * ceil_div(p.cout, b.nb) * b.nb;
+  return {static_cast<double>(p.out_h * p.out_w * p.cout), computed};
 }
 
 DirectProblem forward_problem(const Conv2dGeometry& g) {
@@ -160,7 +145,8 @@ void transpose(const T* src, int64_t rows, int64_t cols, int64_t src_stride, T* 
 template <typename T>
 void run_direct(const direct::Kernels<T>& k, const DirectProblem& p, const T* in, const T* weight,
                 bool rotate, const T* bias, T* out, const at::TensorOptions& options) {
-  const int64_t nb = k.forward_block(p.cout), tile = k.forward_tile(nb);
+  const direct::ForwardBlocking<T>& blocking = direct::forward_blocking(k, p.cout);
+  const int64_t nb = blocking.nb, tile = blocking.tile;
   const Phases phases = p.phases();
   const int64_t Wq = phases.w, plane = phases.values(), taps = p.taps();
   const at::Tensor packed_tensor = pack_weights(p, weight, nb, rotate, options);
@@ -183,11 +169,10 @@ void run_direct(const direct::Kernels<T>& k, const DirectProblem& p, const T* in
           xp + grp * p.cin * plane, koff.data(), p.cin * taps,
           packed + grp * blocks * p.cin * taps * nb, bias ? bias + grp * p.cout : nullptr,
           out + (n * p.groups + grp) * p.cout * L, p.cout, Wq, p.out_h, p.out_w, tiles_of.row_tiles};
-      k.forward(args, nb, begin, end);
+      blocking.run(args, begin, end);
     }
   };
   const int64_t macs_per_tile = p.groups * blocks * nb * p.cin * taps * tile;
-  constexpr int64_t kMinTaskMacs = int64_t{1} << 20;
   if (p.batch >= at::get_num_threads()) {
     const int64_t grain = std::max<int64_t>(1, kMinTaskMacs / std::max<int64_t>(1, macs_per_tile * tiles));
     PerThread<T> padded(sample_padded, options, /*zeroed=*/false);  // pad_planes writes every value
@@ -211,127 +196,145 @@ void run_direct(const direct::Kernels<T>& k, const DirectProblem& p, const T* in
   }
 }
 
-}  // namespace
-
-// Runs the forward (rotate = false) or the input gradient (rotate = true)
-// with the direct kernels when they fit; returns false to take im2col.
-bool try_direct(const Conv2dGeometry& g, const at::Tensor& in, const at::Tensor& weight,
-                const at::Tensor& bias, bool rotate, at::Tensor& out) {
-  if ((rotate && (g.stride_h != 1 || g.stride_w != 1)) || separate_planes(g) || g.batch == 0) return false;
-  const DirectProblem p = rotate ? input_grad_problem(g) : forward_problem(g);
-  bool done = false;
-  auto run = [&](auto tag) {
-    using T = decltype(tag);
-    const direct::Kernels<T>* k = direct::kernels<T>();
-    if (k == nullptr || !direct_fits(*k, p)) return;
-    run_direct(*k, p, in.const_data_ptr<T>(), weight.const_data_ptr<T>(), rotate,
-               bias.defined() ? bias.const_data_ptr<T>() : nullptr, out.mutable_data_ptr<T>(), in.options());
-    done = true;
-  };
-  if (in.scalar_type() == at::kFloat) run(float());
-  if (in.scalar_type() == at::kDouble) run(double());
-  return done;
-}
-
-// The weight gradient with the direct kernels (any stride), summed over the
-// batch in at most kWeightPartials fixed blocks of samples, like the im2col
-// route. Returns false when they do not apply.
+// The weight gradient (any stride), summed over the batch in at most
+// kWeightPartials fixed blocks of samples, like the im2col route.
 //
 // The kernel broadcasts R consecutive channels of the channels-last input.
 // A single input channel (a grayscale first layer) would leave most of them
 // empty, so there each kernel row's kW taps become channels: channel kj at
 // position p holds the input at p + kj * dilation_w, and the kernel then
-// walks only the kH rows of taps. Layers with 2 or 3 input channels, more
-// than 64 output channels or long reductions run faster on im2col (as
-// measured by benchmarks/bench.py).
-bool try_direct_weight_grad(const Conv2dGeometry& g, const at::Tensor& input,
-                            const at::Tensor& grad_output, at::Tensor& grad_weight) {
-  if (separate_planes(g) || g.batch == 0) return false;
-  bool done = false;
-  auto run = [&](auto tag) {
-    using T = decltype(tag);
-    const direct::Kernels<T>* k = direct::kernels<T>();
-    if (k == nullptr) return;
-    const int64_t Ci = g.in_channels_per_group(), Co = g.out_channels_per_group(), L = g.output_plane();
-    const int64_t kernel_taps = g.kernel_h * g.kernel_w;
-    const bool few_channels = Ci > 1 && Ci < 4;
-    if (kernel_taps == 1 || Ci * kernel_taps > kMaxDirectSteps || Co > 64 || few_channels) return;
-    const int64_t fold = (Ci == 1 && g.kernel_w <= 16) ? g.kernel_w : 1;  // taps per channel
-    const int64_t channels = Ci * fold, taps = g.kernel_h * g.kernel_w / fold;
-    const int64_t nb = k->forward_block(Co), R = k->weight_grad_channels(nb, channels);
-    const int64_t cpad = ceil_div(channels, R) * R, copad = ceil_div(Co, nb) * nb;
-    const int64_t Hp = g.in_h + 2 * g.pad_h, Wp = g.in_w + 2 * g.pad_w, positions = Hp * Wp;
-    const int64_t per_group = taps * cpad * copad, per_partial = g.groups * per_group;
-    const int64_t blocks = std::max<int64_t>(1, std::min({g.batch, kWeightPartials, kPartialsBudget / per_partial}));
-    std::vector<int64_t> toff(taps);
-    for (int64_t t = 0; t < taps; ++t) {
-      const int64_t ki = t * fold / g.kernel_w, kj = t * fold % g.kernel_w;
-      toff[t] = ki * g.dilation_h * Wp + kj * g.dilation_w;
-    }
-    const at::Tensor partials_tensor = at::zeros({blocks * per_partial}, input.options());
-    T* partials = partials_tensor.mutable_data_ptr<T>();
-    const T* x = input.const_data_ptr<T>();
-    const T* go = grad_output.const_data_ptr<T>();
-    const int64_t plane = g.in_h * g.in_w;
-    const int64_t macs_per_block = ceil_div(g.batch, blocks) * g.out_channels * Ci * g.kernel_h * g.kernel_w * L;
-    constexpr int64_t kMinTaskMacs = int64_t{1} << 20;
-    PerThread<T> xn_buffers(positions * cpad, input.options(), true), got_buffers(L * copad, input.options(), true);
-    PerThread<T> unfolded_buffers(fold > 1 ? positions * Ci : 0, input.options(), true);
-    at::parallel_for(0, blocks, std::max<int64_t>(1, kMinTaskMacs / macs_per_block), [&](int64_t begin, int64_t end) {
-      // Padding positions and the channels past Ci / Co stay zero; every
-      // sample overwrites the same interior positions.
-      T* xn = xn_buffers.mine();
-      T* got = got_buffers.mine();
-      T* unfolded = unfolded_buffers.mine();
-      for (int64_t block = begin; block < end; ++block) {
-        for (int64_t n = block * g.batch / blocks; n < (block + 1) * g.batch / blocks; ++n) {
-          for (int64_t grp = 0; grp < g.groups; ++grp) {
-            const T* xs = x + (n * g.in_channels + grp * Ci) * plane;
-            T* rows = fold > 1 ? unfolded : xn;
-            const int64_t row_stride = fold > 1 ? Ci : cpad;
-            for (int64_t h = 0; h < g.in_h; ++h) {
-              transpose(xs + h * g.in_w, Ci, g.in_w, plane,
-                        rows + ((h + g.pad_h) * Wp + g.pad_w) * row_stride, row_stride);
-            }
-            for (int64_t pos = 0; fold > 1 && pos < positions; ++pos) {
-              for (int64_t ci = 0; ci < Ci; ++ci) {
-                for (int64_t kj = 0; kj < fold; ++kj) {
-                  const int64_t from = pos + kj * g.dilation_w;
-                  xn[pos * cpad + ci * fold + kj] = from < positions ? unfolded[from * Ci + ci] : T(0);
-                }
+// walks only the kH rows of taps.
+template <typename T>
+void run_weight_grad(const direct::Kernels<T>& k, const Conv2dGeometry& g, const at::Tensor& input,
+                     const at::Tensor& grad_output, at::Tensor& grad_weight) {
+  const int64_t Ci = g.in_channels_per_group(), Co = g.out_channels_per_group(), L = g.output_plane();
+  const int64_t kernel_taps = g.kernel_h * g.kernel_w;
+  const int64_t fold = (Ci == 1 && g.kernel_w <= 16) ? g.kernel_w : 1;  // taps per channel
+  const int64_t channels = Ci * fold, taps = g.kernel_h * g.kernel_w / fold;
+  const int64_t nb = direct::forward_blocking(k, Co).nb;
+  const direct::WeightGradBlocking<T>& blocking = direct::weight_grad_blocking(k, nb, channels);
+  const int64_t R = blocking.r;
+  const int64_t cpad = ceil_div(channels, R) * R, copad = ceil_div(Co, nb) * nb;
+  const int64_t Hp = g.in_h + 2 * g.pad_h, Wp = g.in_w + 2 * g.pad_w, positions = Hp * Wp;
+  const int64_t per_group = taps * cpad * copad, per_partial = g.groups * per_group;
+  const int64_t blocks = std::max<int64_t>(1, std::min({g.batch, kWeightPartials, kPartialsBudget / per_partial}));
+  std::vector<int64_t> toff(taps);
+  for (int64_t t = 0; t < taps; ++t) {
+    const int64_t ki = t * fold / g.kernel_w, kj = t * fold % g.kernel_w;
+    toff[t] = ki * g.dilation_h * Wp + kj * g.dilation_w;
+  }
+  const at::Tensor partials_tensor = at::zeros({blocks * per_partial}, input.options());
+  T* partials = partials_tensor.mutable_data_ptr<T>();
+  const T* x = input.const_data_ptr<T>();
+  const T* go = grad_output.const_data_ptr<T>();
+  const int64_t plane = g.in_h * g.in_w;
+  const int64_t macs_per_block = ceil_div(g.batch, blocks) * g.out_channels * Ci * g.kernel_h * g.kernel_w * L;
+  PerThread<T> xn_buffers(positions * cpad, input.options(), true), got_buffers(L * copad, input.options(), true);
+  PerThread<T> unfolded_buffers(fold > 1 ? positions * Ci : 0, input.options(), true);
+  at::parallel_for(0, blocks, std::max<int64_t>(1, kMinTaskMacs / macs_per_block), [&](int64_t begin, int64_t end) {
+    // Padding positions and the channels past Ci / Co stay zero; every
+    // sample overwrites the same interior positions.
+    T* xn = xn_buffers.mine();
+    T* got = got_buffers.mine();
+    T* unfolded = unfolded_buffers.mine();
+    for (int64_t block = begin; block < end; ++block) {
+      for (int64_t n = block * g.batch / blocks; n < (block + 1) * g.batch / blocks; ++n) {
+        for (int64_t grp = 0; grp < g.groups; ++grp) {
+          const T* xs = x + (n * g.in_channels + grp * Ci) * plane;
+          T* rows = fold > 1 ? unfolded : xn;
+          const int64_t row_stride = fold > 1 ? Ci : cpad;
+          for (int64_t h = 0; h < g.in_h; ++h) {
+            transpose(xs + h * g.in_w, Ci, g.in_w, plane,
+                      rows + ((h + g.pad_h) * Wp + g.pad_w) * row_stride, row_stride);
+          }
+          for (int64_t pos = 0; fold > 1 && pos < positions; ++pos) {
+            for (int64_t ci = 0; ci < Ci; ++ci) {
+              for (int64_t kj = 0; kj < fold; ++kj) {
+                const int64_t from = pos + kj * g.dilation_w;
+                xn[pos * cpad + ci * fold + kj] = from < positions ? unfolded[from * Ci + ci] : T(0);
               }
             }
-            transpose(go + (n * g.out_channels + grp * Co) * L, Co, L, L, got, copad);
-            const direct::WeightGradArgs<T> args{
-                xn, got, partials + block * per_partial + grp * per_group,
-                toff.data(), taps, cpad, copad, Wp, g.stride_h, g.stride_w, g.out_h, g.out_w};
-            k->weight_grad(args, nb, R);
           }
-        }
-      }
-    });
-    // grad_weight[grp * Co + co][ci][ki][kj] = sum over blocks, in order, of
-    // partial[grp][tap][channel][co], with (tap, channel) = ((ki, kj), ci)
-    // or, folded, (ki, ci * kW + kj).
-    T* gw = grad_weight.mutable_data_ptr<T>();
-    for (int64_t grp = 0; grp < g.groups; ++grp) {
-      for (int64_t co = 0; co < Co; ++co) {
-        for (int64_t ci = 0; ci < Ci; ++ci) {
-          for (int64_t t = 0; t < kernel_taps; ++t) {
-            const int64_t tap = t / fold, channel = ci * fold + t % fold;
-            const int64_t at = grp * per_group + (tap * cpad + channel) * copad + co;
-            T sum = partials[at];
-            for (int64_t b = 1; b < blocks; ++b) sum += partials[b * per_partial + at];
-            gw[((grp * Co + co) * Ci + ci) * kernel_taps + t] = sum;
-          }
+          transpose(go + (n * g.out_channels + grp * Co) * L, Co, L, L, got, copad);
+          const direct::WeightGradArgs<T> args{
+              xn, got, partials + block * per_partial + grp * per_group,
+              toff.data(), taps, cpad, copad, Wp, g.stride_h, g.stride_w, g.out_h, g.out_w};
+          blocking.run(args);
         }
       }
     }
-    done = true;
-  };
-  if (input.scalar_type() == at::kFloat) run(float());
-  if (input.scalar_type() == at::kDouble) run(double());
-  return done;
+  });
+  // grad_weight[grp * Co + co][ci][ki][kj] = sum over blocks, in order, of
+  // partial[grp][tap][channel][co], with (tap, channel) = ((ki, kj), ci)
+  // or, folded, (ki, ci * kW + kj).
+  T* gw = grad_weight.mutable_data_ptr<T>();
+  for (int64_t grp = 0; grp < g.groups; ++grp) {
+    for (int64_t co = 0; co < Co; ++co) {
+      for (int64_t ci = 0; ci < Ci; ++ci) {
+        for (int64_t t = 0; t < kernel_taps; ++t) {
+          const int64_t tap = t / fold, channel = ci * fold + t % fold;
+          const int64_t at = grp * per_group + (tap * cpad + channel) * copad + co;
+          T sum = partials[at];
+          for (int64_t b = 1; b < blocks; ++b) sum += partials[b * per_partial + at];
+          gw[((grp * Co + co) * Ci + ci) * kernel_taps + t] = sum;
+        }
+      }
+    }
+  }
+}
+
+// Calls f(kernels) with this CPU's direct kernels for `dtype`, as the
+// scalar type they compute in.
+template <typename F>
+void with_kernels(at::ScalarType dtype, F f) {
+  const direct::Kernels<float>* k_float = dtype == at::kFloat ? direct::kernels<float>() : nullptr;
+  const direct::Kernels<double>* k_double = dtype == at::kDouble ? direct::kernels<double>() : nullptr;
+  TORCH_CHECK(k_float != nullptr || k_double != nullptr,
+              "custom_conv: no direct kernels for ", dtype, " on this CPU (", direct::cpu_kernels(), ")");
+  if (k_float != nullptr) f(*k_float);
+  if (k_double != nullptr) f(*k_double);
+}
+
+// The forward of `p` (rotate = false) or, for a stride-1 layer, its input
+// gradient (rotate = true, `in` is then grad_output).
+void run(const DirectProblem& p, const at::Tensor& in, const at::Tensor& weight, const at::Tensor& bias,
+         bool rotate, at::Tensor& out) {
+  if (p.batch == 0) return;
+  with_kernels(in.scalar_type(), [&](const auto& k) {
+    using T = typename std::remove_reference_t<decltype(k)>::Scalar;
+    run_direct(k, p, in.const_data_ptr<T>(), weight.const_data_ptr<T>(), rotate,
+               bias.defined() ? bias.const_data_ptr<T>() : nullptr, out.mutable_data_ptr<T>(), in.options());
+  });
+}
+
+}  // namespace
+
+bool direct_kernels_available(at::ScalarType dtype) {
+  return (dtype == at::kFloat && direct::kernels<float>() != nullptr) ||
+         (dtype == at::kDouble && direct::kernels<double>() != nullptr);
+}
+
+DirectWork direct_forward_work(const Conv2dGeometry& g, at::ScalarType dtype, bool input_grad) {
+  const DirectProblem p = input_grad ? input_grad_problem(g) : forward_problem(g);
+  DirectWork work{0, 0};
+  with_kernels(dtype, [&](const auto& k) { work = forward_work(k, p); });
+  return work;
+}
+
+void conv2d_direct_forward(const Conv2dGeometry& g, const at::Tensor& input, const at::Tensor& weight,
+                           const at::Tensor& bias, at::Tensor& output) {
+  run(forward_problem(g), input, weight, bias, /*rotate=*/false, output);
+}
+
+void conv2d_direct_backward_input(const Conv2dGeometry& g, const at::Tensor& grad_output,
+                                  const at::Tensor& weight, at::Tensor& grad_input) {
+  TORCH_CHECK(g.stride_h == 1 && g.stride_w == 1, "conv2d_direct_backward_input: stride 1 only");
+  run(input_grad_problem(g), grad_output, weight, at::Tensor(), /*rotate=*/true, grad_input);
+}
+
+void conv2d_direct_backward_weight(const Conv2dGeometry& g, const at::Tensor& input,
+                                   const at::Tensor& grad_output, at::Tensor& grad_weight) {
+  with_kernels(input.scalar_type(), [&](const auto& k) { run_weight_grad(k, g, input, grad_output, grad_weight); });
 }
 
 }  // namespace custom_conv

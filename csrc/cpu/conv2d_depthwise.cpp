@@ -1,17 +1,19 @@
-// Direct convolution for the case groups == in_channels ("depthwise", with
-// any channel multiplier; LeNet's first layer, with one input channel, is
-// one too). Each output channel then reads a single input plane, so im2col
+// The depthwise route: direct loops for layers whose groups have one input
+// channel each ("depthwise", with any channel multiplier; LeNet's first layer,
+// with one input channel, is one too). Each output channel then reads a single input plane, so im2col
 // would copy every input value kH * kW times to feed GEMMs with a reduction
 // dimension of only kH * kW. Looping over the taps directly touches each
 // value once per tap from cache instead.
 //
 // Output channel co reads input channel co / multiplier, where multiplier =
 // out_channels / in_channels.
-#pragma once
+#include "conv2d_routes.h"
+#include "parallel.h"
+#include "phase_planes.h"
+#include "taps.h"
 
-#include "geometry.h"
-#include "im2col.h"
-
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
@@ -20,14 +22,11 @@
 #include <vector>
 
 namespace custom_conv {
-
-inline bool is_depthwise(const Conv2dGeometry& g) {
-  return g.in_channels_per_group() == 1;
-}
+namespace {
 
 // Strided layers. With stride s the loops below would read every s-th
 // input value, which does not vectorise. So a strided layer first copies
-// each input plane into its phase planes (im2col.h), read as one plane of
+// each input plane into its phase planes (phase_planes.h), read as one plane of
 // s_h * s_w * Hq rows of Wq: tap (ki, kj) of output (oh, ow) then lies at
 // row oh + dy, column ow + dx of it, a stride-1 read that needs no clipping.
 // Stride 1 reads the input planes directly.
@@ -38,7 +37,7 @@ struct PlaneLayout {
   bool strided;
 };
 
-inline PlaneLayout plane_layout(const Conv2dGeometry& g) {
+PlaneLayout plane_layout(const Conv2dGeometry& g) {
   const Phases phases = phases_of(g.in_h, g.in_w, g.pad_h, g.pad_w, g.stride_h, g.stride_w);
   if (g.stride_h == 1 && g.stride_w == 1) {
     return {g, kernel_taps(g), phases, false};
@@ -76,7 +75,7 @@ void depthwise_plane_forward(const src_t* in, const scalar_t* kernel, const Plan
 }
 
 template <typename scalar_t>
-void depthwise_conv2d_forward(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
+void forward_planes(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
                               const Conv2dGeometry& g, scalar_t* output) {
   using acc_t = at::opmath_type<scalar_t>;
   const PlaneLayout m = plane_layout(g);
@@ -106,7 +105,7 @@ void depthwise_conv2d_forward(const scalar_t* input, const scalar_t* weight, con
 // planes, so no two threads add into the same element and the order of the
 // sums is fixed.
 template <typename scalar_t>
-void depthwise_conv2d_backward_input(const scalar_t* grad_output, const scalar_t* weight,
+void backward_input_planes(const scalar_t* grad_output, const scalar_t* weight,
                                      const Conv2dGeometry& g, scalar_t* grad_input) {
   using acc_t = at::opmath_type<scalar_t>;
   const PlaneLayout m = plane_layout(g);
@@ -148,7 +147,7 @@ void depthwise_conv2d_backward_input(const scalar_t* grad_output, const scalar_t
 // sum would serialise on its own additions); the columns are added up at the
 // end. A thread owns whole output channels, so the order of every sum is fixed.
 template <typename scalar_t>
-void depthwise_conv2d_backward_weight(const scalar_t* grad_output, const scalar_t* input,
+void backward_weight_planes(const scalar_t* grad_output, const scalar_t* input,
                                       const Conv2dGeometry& g, scalar_t* grad_weight) {
   using acc_t = at::opmath_type<scalar_t>;
   const PlaneLayout m = plane_layout(g);
@@ -186,6 +185,33 @@ void depthwise_conv2d_backward_weight(const scalar_t* grad_output, const scalar_
         grad_weight[co * taps + tap] = static_cast<scalar_t>(std::accumulate(sums, sums + g.out_w, acc_t(0)));
       }
     }
+  });
+}
+
+}  // namespace
+
+void conv2d_depthwise_forward(const Conv2dGeometry& g, const at::Tensor& input, const at::Tensor& weight,
+                              const at::Tensor& bias, at::Tensor& output) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "conv2d_depthwise_forward", [&] {
+    forward_planes(input.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+                             bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr, g,
+                             output.mutable_data_ptr<scalar_t>());
+  });
+}
+
+void conv2d_depthwise_backward_input(const Conv2dGeometry& g, const at::Tensor& grad_output,
+                                     const at::Tensor& weight, at::Tensor& grad_input) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, weight.scalar_type(), "conv2d_depthwise_backward_input", [&] {
+    backward_input_planes(grad_output.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+                                    g, grad_input.mutable_data_ptr<scalar_t>());
+  });
+}
+
+void conv2d_depthwise_backward_weight(const Conv2dGeometry& g, const at::Tensor& input,
+                                      const at::Tensor& grad_output, at::Tensor& grad_weight) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "conv2d_depthwise_backward_weight", [&] {
+    backward_weight_planes(grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
+                                     g, grad_weight.mutable_data_ptr<scalar_t>());
   });
 }
 

@@ -1,5 +1,5 @@
-// Picks the direct convolution kernels for this CPU (see direct_conv2d.h).
-#include "direct_conv2d.h"
+// Picks the direct convolution kernels for this CPU (see kernels.h).
+#include "kernels.h"
 
 #include <c10/util/Exception.h>
 

@@ -5,9 +5,9 @@
 // index tensor is the lecture's pseudo-weight matrix G in compressed form: G
 // has a single 1 per output, at that position. The backward multiplies by G^T,
 // i.e. routes each output gradient to that one input element.
-#include "geometry.h"
-#include "im2col.h"
-#include "max_pool2d_window.h"
+#include "../geometry.h"
+#include "../max_pool2d_window.h"
+#include "parallel.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>

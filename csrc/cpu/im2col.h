@@ -15,7 +15,8 @@
 // plain (K, batch * L) matrix for the GEMM, with no copy.
 #pragma once
 
-#include "geometry.h"
+#include "parallel.h"
+#include "taps.h"
 
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -25,123 +26,6 @@
 #include <vector>
 
 namespace custom_conv {
-
-// Ceiling of a / b for b > 0 and any sign of a.
-inline int64_t ceil_div(int64_t a, int64_t b) {
-  return a >= 0 ? (a + b - 1) / b : -((-a) / b);
-}
-
-// For kernel tap offset `offset` (= k * dilation - pad) the output positions
-// o in [lo, hi) read input index o * stride + offset inside [0, size); the
-// others read zero padding. Computing the range once keeps the inner loops
-// free of bounds checks, so the compiler can vectorise them.
-struct ValidRange {
-  int64_t lo, hi;
-};
-
-inline ValidRange valid_outputs(int64_t offset, int64_t stride, int64_t size,
-                                int64_t out_size) {
-  const int64_t lo = std::min(std::max<int64_t>(0, ceil_div(-offset, stride)), out_size);
-  const int64_t hi = std::min(std::max(lo, ceil_div(size - offset, stride)), out_size);
-  return {lo, hi};
-}
-
-// One kernel tap (ki, kj) as every loop over taps needs it: its index
-// ki * kW + kj, the offsets (dy, dx) it adds to an output position's scaled
-// coordinates to find its input, and the output rows and columns whose input
-// then lies inside the image (the rest read zero padding).
-struct Tap {
-  int64_t index, dy, dx;
-  ValidRange rows, cols;
-};
-
-template <typename F>
-void for_each_tap(const Conv2dGeometry& g, F body) {
-  for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
-    const int64_t dy = ki * g.dilation_h - g.pad_h;
-    const ValidRange rows = valid_outputs(dy, g.stride_h, g.in_h, g.out_h);
-    for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
-      const int64_t dx = kj * g.dilation_w - g.pad_w;
-      body(Tap{ki * g.kernel_w + kj, dy, dx, rows, valid_outputs(dx, g.stride_w, g.in_w, g.out_w)});
-    }
-  }
-}
-
-// Phase planes: how a strided convolution becomes a stride-1 one. A
-// zero-padded (H + 2 pad_h) x (W + 2 pad_w) plane is split into s_h * s_w
-// planes of every s-th row and column, each Hq x Wq, stored one after the
-// other: phase (a, b) holds padded[i * s_h + a][j * s_w + b] at row
-// (a * s_w + b) * Hq + i, column j. Padded position (y, x), where a tap at
-// offset (y, x) = (ki * dil_h, kj * dil_w) reads for output (0, 0), sits at
-// offset(y, x); output (oh, ow) reads oh * Wq + ow further on, so consecutive
-// outputs read consecutive values for any stride. With stride 1 there is one
-// phase: the padded plane.
-struct Phases {
-  int64_t in_h, in_w, pad_h, pad_w, stride_h, stride_w, h, w;  // h x w: Hq x Wq
-
-  int64_t values() const { return stride_h * stride_w * h * w; }
-  int64_t offset(int64_t y, int64_t x) const {
-    return ((y % stride_h * stride_w + x % stride_w) * h + y / stride_h) * w + x / stride_w;
-  }
-};
-
-inline Phases phases_of(int64_t in_h, int64_t in_w, int64_t pad_h, int64_t pad_w, int64_t stride_h,
-                        int64_t stride_w) {
-  return {in_h, in_w, pad_h, pad_w, stride_h, stride_w,
-          ceil_div(in_h + 2 * pad_h, stride_h), ceil_div(in_w + 2 * pad_w, stride_w)};
-}
-
-// Copies one (H, W) plane into its phase planes: per row of a phase, one
-// (strided) copy clipped to the input, zeros elsewhere.
-template <typename src_t, typename dst_t>
-void to_phases(const src_t* plane, const Phases& p, dst_t* dst) {
-  for (int64_t a = 0; a < p.stride_h; ++a) {
-    for (int64_t b = 0; b < p.stride_w; ++b) {
-      // Column j of phase b holds input column j * s_w + b - pad_w.
-      const ValidRange cols = valid_outputs(b - p.pad_w, p.stride_w, p.in_w, p.w);
-      for (int64_t i = 0; i < p.h; ++i, dst += p.w) {
-        const int64_t h = i * p.stride_h + a - p.pad_h;
-        if (h < 0 || h >= p.in_h) {
-          std::fill(dst, dst + p.w, dst_t(0));
-          continue;
-        }
-        const src_t* src = plane + h * p.in_w + b - p.pad_w;
-        std::fill(dst, dst + cols.lo, dst_t(0));
-        for (int64_t j = cols.lo; j < cols.hi; ++j) dst[j] = static_cast<dst_t>(src[j * p.stride_w]);
-        std::fill(dst + cols.hi, dst + p.w, dst_t(0));
-      }
-    }
-  }
-}
-
-// Reads an (H, W) plane back out of its phase planes (dropping the padding).
-template <typename src_t, typename dst_t>
-void from_phases(const src_t* phases, const Phases& p, dst_t* plane) {
-  for (int64_t b = 0; b < p.stride_w; ++b) {
-    const ValidRange cols = valid_outputs(b - p.pad_w, p.stride_w, p.in_w, p.w);
-    for (int64_t h = 0; h < p.in_h; ++h) {
-      const src_t* src = phases + p.offset(h + p.pad_h, b);
-      dst_t* dst = plane + h * p.in_w + b - p.pad_w;
-      for (int64_t j = cols.lo; j < cols.hi; ++j) dst[j * p.stride_w] = static_cast<dst_t>(src[j]);
-    }
-  }
-}
-
-// The taps in order, computed once per call rather than once per plane.
-inline std::vector<Tap> kernel_taps(const Conv2dGeometry& g) {
-  std::vector<Tap> taps;
-  taps.reserve(g.kernel_h * g.kernel_w);
-  for_each_tap(g, [&](const Tap& tap) { taps.push_back(tap); });
-  return taps;
-}
-
-// Work items (one (sample, channel) plane each) per thread chunk: enough
-// planes that a task copies ~32K values, so tiny layers are not split into
-// tasks that cost more to schedule than to run.
-inline int64_t plane_grain(int64_t work_per_plane) {
-  constexpr int64_t kValuesPerTask = 32768;
-  return std::max<int64_t>(1, kValuesPerTask / std::max<int64_t>(1, work_per_plane));
-}
 
 // Unrolls one tap of one (sample, channel) plane: row[oh * out_w + ow] =
 // plane[oh * stride_h + dy][ow * stride_w + dx], zero off the image.

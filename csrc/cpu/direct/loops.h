@@ -1,7 +1,7 @@
-// The register-blocked loops behind direct_conv2d.h, written once over a
+// The register-blocked loops behind kernels.h, written once over a
 // small vector interface V (zero, load, store, add, broadcast, fused
 // multiply-add on V::lanes values of V::scalar) and compiled per instruction
-// set: direct_conv2d_avx512.cpp and direct_conv2d_avx2.cpp include this file
+// set: avx512.cpp and avx2.cpp include this file
 // between `#pragma GCC push_options / target(...)` and `pop_options`, with V
 // defined on that instruction set's intrinsics.
 //
@@ -11,7 +11,7 @@
 // callers that run on CPUs without it.
 #pragma once
 
-#include "direct_conv2d.h"
+#include "kernels.h"
 
 namespace custom_conv {
 namespace direct {
@@ -135,8 +135,9 @@ void weight_grad_tile(const WeightGradArgs<typename V::scalar>& a, int64_t tap, 
   }
 }
 
+// The whole weight gradient of one sample (and group), tile by tile.
 template <class V, int R, int NV>
-void weight_grad_all(const WeightGradArgs<typename V::scalar>& a) {
+void weight_grad_tiles(const WeightGradArgs<typename V::scalar>& a) {
   constexpr int NB = NV * V::lanes;
   for (int64_t tap = 0; tap < a.taps; ++tap) {
     for (int64_t c0 = 0; c0 < a.cpad; c0 += R) {
@@ -146,65 +147,6 @@ void weight_grad_all(const WeightGradArgs<typename V::scalar>& a) {
     }
   }
 }
-
-// One register blocking: output-channel blocks of NB = NV * V::lanes, P
-// outputs per forward tile, and weight-gradient tiles of R input channels
-// for R in Rs (ascending; the smallest R that covers the layer's input
-// channels is used, so a 3-channel input does not pay for 16). NV * P and
-// NV * R accumulators must leave room in the register file for the loaded
-// vectors, and be many enough to hide the latency of the FMAs.
-template <class V, int NV, int P, int... Rs>
-struct Blocking {
-  using T = typename V::scalar;
-  static constexpr int64_t nb = NV * V::lanes;
-  static constexpr int64_t tile = P;
-  static void forward(const ForwardArgs<T>& a, int64_t begin, int64_t end) {
-    forward_tiles<V, P, NV>(a, begin, end);
-  }
-  static int64_t channels(int64_t cin) {
-    constexpr int64_t choices[] = {Rs...};
-    for (const int64_t r : choices) {
-      if (r >= cin) return r;
-    }
-    return choices[sizeof...(Rs) - 1];
-  }
-  static void weight_grad(const WeightGradArgs<T>& a, int64_t r) {
-    ((r == Rs ? weight_grad_all<V, Rs, NV>(a) : void()), ...);
-  }
-};
-
-// An instruction set's blockings, by ascending NB: a group of C_out output
-// channels takes the narrowest block that holds them, or the widest.
-template <class... B>
-struct Menu {
-  using T = typename decltype((B(), ...))::T;  // the same for every B
-  static constexpr Kernels<T> kernels(const char* isa) {
-    return {isa, &forward_block, &forward_tile, &forward, &weight_grad_channels, &weight_grad};
-  }
-  static int64_t forward_block(int64_t cout) {
-    constexpr int64_t choices[] = {B::nb...};
-    for (const int64_t nb : choices) {
-      if (nb >= cout) return nb;
-    }
-    return choices[sizeof...(B) - 1];
-  }
-  static int64_t forward_tile(int64_t nb) {
-    int64_t p = 0;
-    ((p = nb == B::nb ? B::tile : p), ...);
-    return p;
-  }
-  static void forward(const ForwardArgs<T>& a, int64_t nb, int64_t begin, int64_t end) {
-    ((nb == B::nb ? B::forward(a, begin, end) : void()), ...);
-  }
-  static int64_t weight_grad_channels(int64_t nb, int64_t cin) {
-    int64_t r = 0;
-    ((r = nb == B::nb ? B::channels(cin) : r), ...);
-    return r;
-  }
-  static void weight_grad(const WeightGradArgs<T>& a, int64_t nb, int64_t r) {
-    ((nb == B::nb ? B::weight_grad(a, r) : void()), ...);
-  }
-};
 
 }  // namespace loops
 }  // namespace direct

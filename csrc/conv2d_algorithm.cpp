@@ -1,0 +1,154 @@
+// The one place that decides which algorithm runs a convolution (see
+// conv2d_algorithm.h). The CPU has three (cpu/conv2d_routes.h), tried in the
+// order direct, depthwise, im2col; the GPU has one, im2col with our own GEMM.
+// The thresholds were measured with benchmarks/bench.py on x86-64 CPUs with
+// AVX-512 (benchmarks/results/).
+#include "conv2d_algorithm.h"
+
+#include "cpu/conv2d_routes.h"
+
+#include <c10/util/StringUtil.h>
+
+namespace custom_conv {
+namespace {
+
+// Direct kernels pay off where im2col costs as much as the GEMM it feeds:
+// short reductions. Beyond this many steps (C_in/groups * kH * kW) BLAS runs
+// near the processor's peak, which the unblocked direct loops do not reach.
+constexpr int64_t kMaxDirectSteps = 576;
+// A 1x1 kernel needs no im2col at all, so BLAS on the input itself wins.
+constexpr int64_t kMinDirectTaps = 2;
+// The direct forward kernel computes whole blocks of output channels and
+// whole tiles of outputs; below this share of useful work (planes of 2x2,
+// few output channels) im2col is faster.
+constexpr double kMinDirectLaneUse = 0.6;
+// The direct weight gradient keeps a tile of output channels in registers per
+// input channel; for more output channels than this, im2col + BLAS is faster.
+constexpr int64_t kMaxDirectWeightGradOutChannels = 64;
+// With 2 or 3 input channels per group the weight-gradient kernel's channel
+// tiles are mostly empty (1 channel is folded with the kernel's columns, 4 fill
+// a tile): im2col is faster.
+constexpr int64_t kMinDirectWeightGradInChannels = 4;
+
+const char* pass_name(Conv2dPass pass) {
+  switch (pass) {
+    case Conv2dPass::kForward: return "forward";
+    case Conv2dPass::kBackwardInput: return "backward-input";
+    default: return "backward-weight";
+  }
+}
+
+// The layer as seen by the pass's product: the input gradient of a stride-1
+// layer is a convolution of the output gradient, with C_in and C_out swapped.
+int64_t reduction_steps(const Conv2dGeometry& g, Conv2dPass pass) {
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  return (pass == Conv2dPass::kBackwardInput ? g.out_channels_per_group() : g.in_channels_per_group()) * taps;
+}
+
+// Why the direct kernels cannot or should not run this pass of the layer, or
+// null when they should.
+const char* direct_refusal(const Conv2dGeometry& g, Conv2dPass pass, at::ScalarType dtype, std::string* detail) {
+  if (!direct_kernels_available(dtype)) {
+    return "no direct kernels for this dtype on this CPU";
+  }
+  if (g.batch == 0) {
+    return "empty batch";
+  }
+  if (g.kernel_h * g.kernel_w < kMinDirectTaps) {
+    return "a 1x1 kernel needs no im2col: BLAS reads the input as it is";
+  }
+  if (reduction_steps(g, pass) > kMaxDirectSteps) {
+    if (detail) *detail = c10::str(" (", reduction_steps(g, pass), " > ", kMaxDirectSteps, ")");
+    return "the reduction is long enough for BLAS to run near peak";
+  }
+  if (pass == Conv2dPass::kBackwardWeight) {
+    const int64_t ci = g.in_channels_per_group();
+    if (g.out_channels_per_group() > kMaxDirectWeightGradOutChannels) {
+      return "too many output channels for the direct weight-gradient tiles";
+    }
+    if (ci > 1 && ci < kMinDirectWeightGradInChannels) {
+      return "2 or 3 input channels leave the weight-gradient tiles mostly empty";
+    }
+    return nullptr;
+  }
+  if (pass == Conv2dPass::kBackwardInput) {
+    if (g.stride_h != 1 || g.stride_w != 1) {
+      return "the direct input gradient is written for stride 1";
+    }
+    if (g.dilation_h * (g.kernel_h - 1) < g.pad_h || g.dilation_w * (g.kernel_w - 1) < g.pad_w) {
+      return "padding wider than the kernel's reach (the gradient's padding would be negative)";
+    }
+  }
+  const DirectWork work = direct_forward_work(g, dtype, pass == Conv2dPass::kBackwardInput);
+  if (!(work.useful >= kMinDirectLaneUse * work.computed)) {
+    if (detail) {
+      *detail = c10::str(" (", static_cast<int>(100 * work.useful / work.computed), "% useful, below ",
+                         static_cast<int>(100 * kMinDirectLaneUse), "%)");
+    }
+    return "too many vector lanes or tile positions would compute nothing";
+  }
+  if (detail) {
+    *detail = c10::str(", ", static_cast<int>(100 * work.useful / work.computed), "% of the work useful");
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+const char* algorithm_name(Conv2dAlgorithm algorithm) {
+  switch (algorithm) {
+    case Conv2dAlgorithm::kDirect: return "direct";
+    case Conv2dAlgorithm::kDepthwise: return "depthwise";
+    default: return "im2col";
+  }
+}
+
+Conv2dAlgorithm choose_conv2d_algorithm(const Conv2dGeometry& g, Conv2dPass pass, at::ScalarType dtype,
+                                        c10::DeviceType device, std::string* why) {
+  if (device != c10::DeviceType::CPU) {
+    if (why) *why = "im2col and our tiled GEMM: the only algorithm of the CUDA kernels";
+    return Conv2dAlgorithm::kIm2col;
+  }
+  // Groups of one input channel each. With more than one group, those are
+  // separate planes that the depthwise loops handle and the direct kernels
+  // would reduce over a single channel; one group of one channel (a
+  // grayscale first layer) is an ordinary convolution.
+  const bool one_channel_per_group = g.in_channels_per_group() == 1;
+  std::string detail;
+  const char* refusal = one_channel_per_group && g.groups > 1
+                            ? "depthwise layers take the depthwise loops"
+                            : direct_refusal(g, pass, dtype, why ? &detail : nullptr);
+  if (refusal == nullptr) {
+    if (why) *why = c10::str("direct: the ", pass_name(pass), " fits the direct kernels (", c10::toString(dtype),
+                             ", ", reduction_steps(g, pass), " reduction steps", detail, ")");
+    return Conv2dAlgorithm::kDirect;
+  }
+  if (one_channel_per_group) {
+    if (why) *why = c10::str("depthwise: one input channel per group; not direct: ", refusal, detail);
+    return Conv2dAlgorithm::kDepthwise;
+  }
+  if (why) *why = c10::str("im2col: not direct: ", refusal, detail);
+  return Conv2dAlgorithm::kIm2col;
+}
+
+std::tuple<std::string, std::string> conv2d_algorithm_op(
+    const at::Tensor& input, const at::Tensor& weight, c10::IntArrayRef stride, c10::IntArrayRef padding,
+    c10::IntArrayRef dilation, int64_t groups, c10::string_view pass) {
+  check_conv2d_tensors(input, weight, c10::nullopt);
+  const Conv2dGeometry g = conv2d_geometry(input.sizes(), weight.sizes(), stride, padding, dilation, groups);
+  Conv2dPass p;
+  if (pass == "forward") {
+    p = Conv2dPass::kForward;
+  } else if (pass == "backward_input") {
+    p = Conv2dPass::kBackwardInput;
+  } else {
+    TORCH_CHECK(pass == "backward_weight", "conv2d_algorithm: pass must be forward, backward_input or ",
+                "backward_weight, got '", std::string(pass), "'");
+    p = Conv2dPass::kBackwardWeight;
+  }
+  std::string why;
+  const Conv2dAlgorithm algorithm = choose_conv2d_algorithm(g, p, input.scalar_type(), input.device().type(), &why);
+  return {algorithm_name(algorithm), why};
+}
+
+}  // namespace custom_conv

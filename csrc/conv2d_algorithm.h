@@ -1,0 +1,42 @@
+// Which algorithm runs a convolution: one function decides, for every layer,
+// pass, dtype and device, and every threshold it uses is a named constant in
+// conv2d_algorithm.cpp. The ops call it; users can ask it too, through the
+// op custom_conv::conv2d_algorithm (custom_conv.explain_conv2d in Python).
+#pragma once
+
+#include "geometry.h"
+
+#include <c10/core/DeviceType.h>
+#include <c10/core/ScalarType.h>
+
+#include <ATen/core/Tensor.h>
+
+#include <string>
+#include <tuple>
+
+namespace custom_conv {
+
+enum class Conv2dPass { kForward, kBackwardInput, kBackwardWeight };
+
+enum class Conv2dAlgorithm {
+  kIm2col,     // unroll receptive fields, one matrix product (CPU: BLAS; GPU: our GEMM)
+  kDirect,     // register-blocked vector kernels on the padded input (CPU, float/double)
+  kDepthwise,  // direct loops over the taps, one input plane per output channel (CPU)
+};
+
+const char* algorithm_name(Conv2dAlgorithm algorithm);
+
+// The algorithm for this pass of the layer `g` on tensors of `dtype` on
+// `device`. When `why` is given, it receives the reason in a sentence (the
+// ops pass none: building it costs more than the choice).
+Conv2dAlgorithm choose_conv2d_algorithm(const Conv2dGeometry& g, Conv2dPass pass, at::ScalarType dtype,
+                                        c10::DeviceType device, std::string* why = nullptr);
+
+// The op custom_conv::conv2d_algorithm: (algorithm, reason) for one pass
+// ("forward", "backward_input" or "backward_weight") of conv2d_forward on
+// these tensors, as the kernels would choose it.
+std::tuple<std::string, std::string> conv2d_algorithm_op(
+    const at::Tensor& input, const at::Tensor& weight, c10::IntArrayRef stride, c10::IntArrayRef padding,
+    c10::IntArrayRef dilation, int64_t groups, c10::string_view pass);
+
+}  // namespace custom_conv

@@ -1,0 +1,132 @@
+// conv2d on the CPU: the forward and the three backward ops, side by side.
+// Each op checks its arguments (../geometry.cpp), asks the chooser
+// (../conv2d_algorithm.cpp) which algorithm runs this pass of this layer, and
+// hands contiguous tensors to that route (conv2d_routes.h):
+//   direct     conv2d_direct.cpp, with the vector kernels in direct/
+//   depthwise  conv2d_depthwise.cpp
+//   im2col     conv2d_im2col.cpp (im2col.h + BLAS)
+#include "../conv2d_algorithm.h"
+#include "../geometry.h"
+#include "conv2d_routes.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+namespace custom_conv {
+namespace {
+
+Conv2dAlgorithm choose(const Conv2dGeometry& g, Conv2dPass pass, const at::Tensor& like) {
+  return choose_conv2d_algorithm(g, pass, like.scalar_type(), c10::DeviceType::CPU);
+}
+
+at::Tensor conv2d_forward_cpu(
+    const at::Tensor& input_,
+    const at::Tensor& weight_,
+    const c10::optional<at::Tensor>& bias,
+    c10::IntArrayRef stride,
+    c10::IntArrayRef padding,
+    c10::IntArrayRef dilation,
+    int64_t groups) {
+  check_conv2d_tensors(input_, weight_, bias);
+  const Conv2dGeometry g = conv2d_geometry(
+      input_.sizes(), weight_.sizes(), stride, padding, dilation, groups);
+  const at::Tensor input = input_.contiguous();
+  const at::Tensor weight = weight_.contiguous();
+  const at::Tensor bias_c = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+  at::Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
+  switch (choose(g, Conv2dPass::kForward, input)) {
+    case Conv2dAlgorithm::kDirect: conv2d_direct_forward(g, input, weight, bias_c, output); break;
+    case Conv2dAlgorithm::kDepthwise: conv2d_depthwise_forward(g, input, weight, bias_c, output); break;
+    case Conv2dAlgorithm::kIm2col: conv2d_im2col_forward(g, input, weight, bias_c, output); break;
+  }
+  return output;
+}
+
+at::Tensor conv2d_backward_input_cpu(
+    const at::Tensor& grad_output_,
+    const at::Tensor& weight_,
+    c10::IntArrayRef input_size,
+    c10::IntArrayRef stride,
+    c10::IntArrayRef padding,
+    c10::IntArrayRef dilation,
+    int64_t groups) {
+  check_floating_4d(weight_, "conv2d_backward_input", "weight");
+  const Conv2dGeometry g = conv2d_geometry(
+      input_size, weight_.sizes(), stride, padding, dilation, groups);
+  check_conv2d_grad_output(grad_output_, g, weight_);
+  const at::Tensor grad_output = grad_output_.contiguous();
+  const at::Tensor weight = weight_.contiguous();
+  at::Tensor grad_input = at::empty(input_size, weight.options());
+  switch (choose(g, Conv2dPass::kBackwardInput, weight)) {
+    case Conv2dAlgorithm::kDirect: conv2d_direct_backward_input(g, grad_output, weight, grad_input); break;
+    case Conv2dAlgorithm::kDepthwise: conv2d_depthwise_backward_input(g, grad_output, weight, grad_input); break;
+    case Conv2dAlgorithm::kIm2col: conv2d_im2col_backward_input(g, grad_output, weight, grad_input); break;
+  }
+  return grad_input;
+}
+
+at::Tensor conv2d_backward_weight_cpu(
+    const at::Tensor& grad_output_,
+    const at::Tensor& input_,
+    c10::IntArrayRef weight_size,
+    c10::IntArrayRef stride,
+    c10::IntArrayRef padding,
+    c10::IntArrayRef dilation,
+    int64_t groups) {
+  check_floating_4d(input_, "conv2d_backward_weight", "input");
+  const Conv2dGeometry g = conv2d_geometry(
+      input_.sizes(), weight_size, stride, padding, dilation, groups);
+  check_conv2d_grad_output(grad_output_, g, input_);
+  const at::Tensor input = input_.contiguous();
+  const at::Tensor grad_output = grad_output_.contiguous();
+  at::Tensor grad_weight = at::empty(weight_size, input.options());
+  if (g.batch == 0) {
+    return grad_weight.zero_();
+  }
+  switch (choose(g, Conv2dPass::kBackwardWeight, input)) {
+    case Conv2dAlgorithm::kDirect: conv2d_direct_backward_weight(g, input, grad_output, grad_weight); break;
+    case Conv2dAlgorithm::kDepthwise: conv2d_depthwise_backward_weight(g, input, grad_output, grad_weight); break;
+    case Conv2dAlgorithm::kIm2col: conv2d_im2col_backward_weight(g, input, grad_output, grad_weight); break;
+  }
+  return grad_weight;
+}
+
+// Sum of grad_output over batch and space, one channel per task. The sum
+// runs in double so that it does not drift with large batches or images.
+at::Tensor conv2d_backward_bias_cpu(const at::Tensor& grad_output_) {
+  check_floating_4d(grad_output_, "conv2d_backward_bias", "grad_output");
+  const at::Tensor grad_output = grad_output_.contiguous();
+  const int64_t N = grad_output.size(0), C = grad_output.size(1);
+  const int64_t L = grad_output.size(2) * grad_output.size(3);
+  at::Tensor grad_bias = at::empty({C}, grad_output.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad_output.scalar_type(), "conv2d_backward_bias_cpu", [&] {
+    const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
+    scalar_t* out = grad_bias.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        double sum = 0.0;
+        for (int64_t n = 0; n < N; ++n) {
+          const scalar_t* plane = go + (n * C + c) * L;
+          for (int64_t i = 0; i < L; ++i) {
+            sum += static_cast<double>(plane[i]);
+          }
+        }
+        out[c] = static_cast<scalar_t>(sum);
+      }
+    });
+  });
+  return grad_bias;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(custom_conv, CPU, m) {
+  m.impl("conv2d_forward", &conv2d_forward_cpu);
+  m.impl("conv2d_backward_input", &conv2d_backward_input_cpu);
+  m.impl("conv2d_backward_weight", &conv2d_backward_weight_cpu);
+  m.impl("conv2d_backward_bias", &conv2d_backward_bias_cpu);
+}
+
+}  // namespace custom_conv

@@ -1,0 +1,62 @@
+// The CPU's convolution algorithms ("routes"), each as the three functions
+// that the ops in conv2d.cpp call once the chooser (../conv2d_algorithm.h)
+// has picked it:
+//   im2col     conv2d_im2col.cpp     unroll receptive fields, multiply with BLAS
+//   direct     conv2d_direct.cpp     register-blocked vector kernels (direct/)
+//   depthwise  conv2d_depthwise.cpp  one input plane per output channel
+// Every function takes the layer's geometry and contiguous tensors, and
+// writes every element of its (pre-allocated) result.
+#pragma once
+
+#include "../geometry.h"
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+namespace custom_conv {
+
+// The weight gradient is summed over the batch. Each of at most
+// kWeightPartials blocks of samples accumulates its own partial gradient, and
+// the partials are then added in block order, so the result is the same on
+// every run and for every thread count. Their memory is bounded by
+// kPartialsBudget values. (Shared by the im2col and direct routes.)
+constexpr int64_t kWeightPartials = 8;
+constexpr int64_t kPartialsBudget = int64_t{1} << 22;
+
+void conv2d_im2col_forward(const Conv2dGeometry& g, const at::Tensor& input, const at::Tensor& weight,
+                           const at::Tensor& bias, at::Tensor& output);
+void conv2d_im2col_backward_input(const Conv2dGeometry& g, const at::Tensor& grad_output,
+                                  const at::Tensor& weight, at::Tensor& grad_input);
+void conv2d_im2col_backward_weight(const Conv2dGeometry& g, const at::Tensor& input,
+                                   const at::Tensor& grad_output, at::Tensor& grad_weight);
+
+void conv2d_direct_forward(const Conv2dGeometry& g, const at::Tensor& input, const at::Tensor& weight,
+                           const at::Tensor& bias, at::Tensor& output);
+// Stride 1 only: the forward kernel run on the output gradient.
+void conv2d_direct_backward_input(const Conv2dGeometry& g, const at::Tensor& grad_output,
+                                  const at::Tensor& weight, at::Tensor& grad_input);
+void conv2d_direct_backward_weight(const Conv2dGeometry& g, const at::Tensor& input,
+                                   const at::Tensor& grad_output, at::Tensor& grad_weight);
+
+void conv2d_depthwise_forward(const Conv2dGeometry& g, const at::Tensor& input, const at::Tensor& weight,
+                              const at::Tensor& bias, at::Tensor& output);
+void conv2d_depthwise_backward_input(const Conv2dGeometry& g, const at::Tensor& grad_output,
+                                     const at::Tensor& weight, at::Tensor& grad_input);
+void conv2d_depthwise_backward_weight(const Conv2dGeometry& g, const at::Tensor& input,
+                                      const at::Tensor& grad_output, at::Tensor& grad_weight);
+
+// What the chooser needs to know about the direct route.
+// Whether direct kernels exist for this dtype on this CPU (float32 and
+// float64 on x86-64 CPUs with AVX2+FMA or AVX-512, in GCC builds).
+bool direct_kernels_available(at::ScalarType dtype);
+// How much of the direct forward kernel's work on this layer (or, with
+// input_grad, on its input gradient) computes outputs: the rest fills the
+// unused lanes of output-channel blocks and the positions of row-crossing
+// tiles that are not outputs. Needs direct_kernels_available(dtype).
+struct DirectWork {
+  double useful, computed;
+};
+DirectWork direct_forward_work(const Conv2dGeometry& g, at::ScalarType dtype, bool input_grad);
+
+}  // namespace custom_conv

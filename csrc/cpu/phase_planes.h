@@ -1,0 +1,71 @@
+// Phase planes: the layout that turns a strided convolution into a stride-1
+// one, used by the direct kernels and the depthwise loops.
+#pragma once
+
+#include "taps.h"
+
+#include <algorithm>
+#include <cstdint>
+
+namespace custom_conv {
+
+// A zero-padded (H + 2 pad_h) x (W + 2 pad_w) plane is split into s_h * s_w
+// planes of every s-th row and column, each Hq x Wq, stored one after the
+// other: phase (a, b) holds padded[i * s_h + a][j * s_w + b] at row
+// (a * s_w + b) * Hq + i, column j. Padded position (y, x), where a tap at
+// offset (y, x) = (ki * dil_h, kj * dil_w) reads for output (0, 0), sits at
+// offset(y, x); output (oh, ow) reads oh * Wq + ow further on, so consecutive
+// outputs read consecutive values for any stride. With stride 1 there is one
+// phase: the padded plane.
+struct Phases {
+  int64_t in_h, in_w, pad_h, pad_w, stride_h, stride_w, h, w;  // h x w: Hq x Wq
+
+  int64_t values() const { return stride_h * stride_w * h * w; }
+  int64_t offset(int64_t y, int64_t x) const {
+    return ((y % stride_h * stride_w + x % stride_w) * h + y / stride_h) * w + x / stride_w;
+  }
+};
+
+inline Phases phases_of(int64_t in_h, int64_t in_w, int64_t pad_h, int64_t pad_w, int64_t stride_h,
+                        int64_t stride_w) {
+  return {in_h, in_w, pad_h, pad_w, stride_h, stride_w,
+          ceil_div(in_h + 2 * pad_h, stride_h), ceil_div(in_w + 2 * pad_w, stride_w)};
+}
+
+// Copies one (H, W) plane into its phase planes: per row of a phase, one
+// (strided) copy clipped to the input, zeros elsewhere.
+template <typename src_t, typename dst_t>
+void to_phases(const src_t* plane, const Phases& p, dst_t* dst) {
+  for (int64_t a = 0; a < p.stride_h; ++a) {
+    for (int64_t b = 0; b < p.stride_w; ++b) {
+      // Column j of phase b holds input column j * s_w + b - pad_w.
+      const ValidRange cols = valid_outputs(b - p.pad_w, p.stride_w, p.in_w, p.w);
+      for (int64_t i = 0; i < p.h; ++i, dst += p.w) {
+        const int64_t h = i * p.stride_h + a - p.pad_h;
+        if (h < 0 || h >= p.in_h) {
+          std::fill(dst, dst + p.w, dst_t(0));
+          continue;
+        }
+        const src_t* src = plane + h * p.in_w + b - p.pad_w;
+        std::fill(dst, dst + cols.lo, dst_t(0));
+        for (int64_t j = cols.lo; j < cols.hi; ++j) dst[j] = static_cast<dst_t>(src[j * p.stride_w]);
+        std::fill(dst + cols.hi, dst + p.w, dst_t(0));
+      }
+    }
+  }
+}
+
+// Reads an (H, W) plane back out of its phase planes (dropping the padding).
+template <typename src_t, typename dst_t>
+void from_phases(const src_t* phases, const Phases& p, dst_t* plane) {
+  for (int64_t b = 0; b < p.stride_w; ++b) {
+    const ValidRange cols = valid_outputs(b - p.pad_w, p.stride_w, p.in_w, p.w);
+    for (int64_t h = 0; h < p.in_h; ++h) {
+      const src_t* src = phases + p.offset(h + p.pad_h, b);
+      dst_t* dst = plane + h * p.in_w + b - p.pad_w;
+      for (int64_t j = cols.lo; j < cols.hi; ++j) dst[j * p.stride_w] = static_cast<dst_t>(src[j]);
+    }
+  }
+}
+
+}  // namespace custom_conv
