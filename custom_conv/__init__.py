@@ -4,12 +4,14 @@
     y = custom_conv.functional.conv2d(x, w, b, stride=2, padding=1)
     layer = custom_conv.nn.Conv2d(3, 16, 3, padding=1)
     model = custom_conv.convert(torchvision.models.resnet18())
+    custom_conv.explain_conv2d(x, w, stride=2, padding=1)  # which algorithm, and why
 """
 import torch
 
 from . import _ops  # noqa: F401  (loads the kernels; must come first)
 from . import functional, nn
 from .convert import convert
+from .explain import Conv2dChoice, explain_conv2d
 
 
 def cpu_kernels() -> str:
@@ -21,4 +23,4 @@ def cpu_kernels() -> str:
     return torch.ops.custom_conv.cpu_kernels()
 
 
-__all__ = ["functional", "nn", "convert", "cpu_kernels"]
+__all__ = ["functional", "nn", "convert", "cpu_kernels", "explain_conv2d", "Conv2dChoice"]

@@ -58,14 +58,21 @@ def _string_padding(padding, input, weight, stride, dilation):
     return input, (totals[0] // 2, totals[1] // 2)
 
 
-def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    """2-D cross-correlation, with the semantics of torch.nn.functional.conv2d."""
+def _conv2d_arguments(input, weight, stride, padding, dilation):
+    """F.conv2d's arguments as our op takes them: a 4-D input (and whether it
+    was unbatched), and (height, width) pairs with numeric padding."""
     unbatched, x = _batched(input, "conv2d")
     stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
     if isinstance(padding, str):
         x, padding = _string_padding(padding, x, weight, stride, dilation)
     else:
         padding = _pair(padding, "padding")
+    return unbatched, x, stride, padding, dilation
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D cross-correlation, with the semantics of torch.nn.functional.conv2d."""
+    unbatched, x, stride, padding, dilation = _conv2d_arguments(input, weight, stride, padding, dilation)
     out = ops.conv2d_forward(x, weight, bias, stride, padding, dilation, groups)
     # Our kernels produce NCHW; hand channels_last back as torch would.
     if _is_channels_last(input) or _is_channels_last(weight):

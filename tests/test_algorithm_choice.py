@@ -1,0 +1,100 @@
+"""One function picks each pass's algorithm (csrc/conv2d_algorithm.cpp);
+custom_conv.explain_conv2d reports its choice. These tests pin the choice for
+the layers each algorithm is meant for, at the thresholds it is made by, and
+check that every algorithm so chosen gives torch's values and gradients."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import custom_conv
+from custom_conv import functional as CF
+
+HAS_DIRECT = custom_conv.cpu_kernels() != "im2col"
+DIRECT = "direct" if HAS_DIRECT else "im2col"  # where a CPU without AVX2 falls back
+DIRECT_OR_DEPTHWISE = "direct" if HAS_DIRECT else "depthwise"
+
+
+def layer(cin, cout, size, k, groups=1, batch=2, dtype=torch.float32):
+    return torch.randn(batch, cin, size, size, dtype=dtype), torch.randn(cout, cin // groups, k, k, dtype=dtype)
+
+
+# name: (input channels, output channels, plane size, kernel, conv kwargs,
+#        expected forward, backward_input, backward_weight)
+LAYERS = {
+    "LeNet conv1: one input channel": (1, 6, 32, 5, {}, DIRECT, "depthwise", DIRECT_OR_DEPTHWISE),
+    "LeNet conv2: few channels, 5x5": (6, 16, 14, 5, {}, DIRECT, DIRECT, DIRECT),
+    "ResNet-20 stride 2": (16, 32, 32, 3, dict(stride=2, padding=1), DIRECT, "im2col", DIRECT),
+    "VGG 64-64: 576 reduction steps, the direct limit": (64, 64, 16, 3, dict(padding=1), DIRECT, DIRECT, DIRECT),
+    "65 input channels: one step past the limit": (65, 64, 16, 3, dict(padding=1), "im2col", DIRECT, "im2col"),
+    "65 output channels: too many for the direct weight gradient": (
+        64, 65, 16, 3, dict(padding=1), DIRECT, "im2col", "im2col"),
+    "deep 3x3 layer": (256, 256, 8, 3, dict(padding=1), "im2col", "im2col", "im2col"),
+    "1x1 projection": (64, 128, 8, 1, {}, "im2col", "im2col", "im2col"),
+    "3 input channels: weight-gradient tiles mostly empty": (3, 16, 32, 3, dict(padding=1), DIRECT, "im2col",
+                                                             "im2col"),
+    "2x2 plane: most lanes would compute nothing": (16, 16, 2, 3, dict(padding=1), "im2col", "im2col", DIRECT),
+    "depthwise": (32, 32, 14, 3, dict(padding=1, groups=32), "depthwise", "depthwise", "depthwise"),
+    "depthwise, stride 2": (32, 64, 14, 3, dict(stride=2, padding=1, groups=32), "depthwise", "depthwise",
+                            "depthwise"),
+}
+
+
+@pytest.mark.parametrize("name", list(LAYERS), ids=list(LAYERS))
+def test_each_layer_gets_the_algorithm_meant_for_it(name):
+    cin, cout, size, k, kwargs, *expected = LAYERS[name]
+    x, w = layer(cin, cout, size, k, kwargs.get("groups", 1))
+    plan = custom_conv.explain_conv2d(x, w, **kwargs)
+    assert [plan[p].algorithm for p in custom_conv.explain.PASSES] == expected, plan
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", list(LAYERS), ids=list(LAYERS))
+def test_every_chosen_algorithm_matches_torch(name, dtype):
+    """Batch 11: the weight gradient is summed in 8 blocks of 1-2 samples."""
+    cin, cout, size, k, kwargs, *_ = LAYERS[name]
+    x, w = layer(cin, cout, size, k, kwargs.get("groups", 1), batch=11, dtype=dtype)
+    b = torch.randn(cout, dtype=dtype)
+    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+    ours = CF.conv2d(*leaves, **kwargs)
+    grad = torch.randn_like(ours)
+    ours_grads = torch.autograd.grad(ours, leaves, grad)
+    ref = F.conv2d(*leaves, **kwargs)
+    ref_grads = torch.autograd.grad(ref, leaves, grad)
+    # float32: sums of up to 11 * 32 * 32 products of unit size, in another order.
+    tol = dict(rtol=1e-4, atol=2e-3) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(ours, ref, **tol)
+    for g, r in zip(ours_grads, ref_grads):
+        torch.testing.assert_close(g, r, **tol)
+
+
+def test_reduced_precision_never_takes_the_direct_kernels():
+    x, w = layer(6, 16, 14, 5, dtype=torch.bfloat16)
+    plan = custom_conv.explain_conv2d(x, w)
+    assert {c.algorithm for c in plan.values()} == {"im2col"}
+    assert "no direct kernels" in plan["forward"].reason
+
+
+def test_the_gpu_kernels_have_one_algorithm():
+    x, w = (t.to("meta") for t in layer(6, 16, 14, 5))
+    plan = custom_conv.explain_conv2d(x, w)
+    assert {c.algorithm for c in plan.values()} == {"im2col"}
+
+
+def test_the_reason_names_the_threshold():
+    x, w = layer(65, 64, 16, 3)
+    reason = custom_conv.explain_conv2d(x, w, padding=1)["forward"].reason
+    assert reason.startswith("im2col") and "585 > 576" in reason
+
+
+def test_explain_takes_the_arguments_conv2d_takes():
+    x, w = layer(3, 4, 8, 3)
+    unbatched = custom_conv.explain_conv2d(x[0], w, torch.zeros(4), 1, "same", (1,), 1)
+    assert unbatched == custom_conv.explain_conv2d(x, w, padding=1)
+
+
+def test_explain_rejects_what_conv2d_rejects():
+    x, w = layer(3, 4, 8, 3)
+    with pytest.raises(RuntimeError, match="input has 3 channels"):
+        custom_conv.explain_conv2d(x, w.repeat(1, 2, 1, 1))
+    with pytest.raises(RuntimeError, match="pass must be forward"):
+        torch.ops.custom_conv.conv2d_algorithm(x, w, [1, 1], [0, 0], [1, 1], 1, "sideways")
