@@ -36,7 +36,7 @@ TORCH_LIBRARY(custom_conv, m) {
   m.def("conv2d_backward_bias(Tensor grad_output) -> Tensor");
 
   // Which CPU convolution kernels this process uses: "avx512" or "avx2" (the
-  // direct kernels of direct_conv2d.h, for float and double) or "im2col".
+  // direct kernels of cpu/direct/, for float and double) or "im2col".
   m.def("cpu_kernels() -> str", &custom_conv::direct::cpu_kernels);
   // Which algorithm (direct, depthwise, im2col) conv2d_forward's given pass
   // ("forward", "backward_input", "backward_weight") runs on these tensors,

@@ -1,5 +1,5 @@
 // conv2d on the GPU: forward, and the three backward ops side by side, with
-// the same structure as the CPU version (../conv2d.cpp). Per group, with
+// the same structure as the CPU im2col route (../cpu/conv2d_im2col.cpp). Per group, with
 // K = C_in / groups * kH * kW and a chunk of B samples (L = out_h * out_w):
 //   forward          out_g  (C_out/g, B*L) = W_g (C_out/g, K) @ cols_g (K, B*L)
 //   backward input   cols_g (K, B*L)       = W_g^T @ grad_out_g, then col2im

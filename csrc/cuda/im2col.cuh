@@ -1,5 +1,5 @@
 // im2col and col2im on the GPU, with the same column layout as the CPU
-// version (see ../im2col.h):
+// version (see ../cpu/im2col.h):
 //   cols[(c * kH + ki) * kW + kj][b * L + oh * out_w + ow]
 //     = input[b][c][oh * stride_h - pad_h + ki * dilation_h]
 //                  [ow * stride_w - pad_w + kj * dilation_w]   (0 off-image)
