@@ -13,6 +13,8 @@ from dataset_files import write_cifar, write_mnist
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import train  # noqa: E402
+from custom_conv.training.checkpoints import atomic_save  # noqa: E402
+from custom_conv.training.config import default_logdir  # noqa: E402
 
 # Small enough to take seconds, big enough for several batches per epoch.
 TINY = ["--batch-size", "16", "--no-download", "--workers", "0", "--threads", "1"]
@@ -140,14 +142,14 @@ def test_eval_only_reproduces_the_checkpoints_test_accuracy(data_dir, tmp_path):
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     target = tmp_path / "checkpoint.pt"
-    train.atomic_save({"epoch": 1}, target)
+    atomic_save({"epoch": 1}, target)
 
     def crash(obj, f):
         f.write(b"half a checkpoint")
         raise KeyboardInterrupt
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(KeyboardInterrupt):
-        train.atomic_save({"epoch": 2}, target)
+        atomic_save({"epoch": 2}, target)
     assert torch.load(target)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
 
@@ -204,8 +206,8 @@ def test_cifar_models_train_on_cifar_files(tmp_path, monkeypatch, model):
 def test_default_run_directory_is_readable_and_never_reused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args, _ = train.parse_args(["--model", "resnet20", "--dataset", "cifar10", "--backend", "torch"])
-    first = Path(train.default_logdir(args))
+    first = Path(default_logdir(args))
     assert first.parent == Path("runs") and first.name.startswith("resnet20-cifar10-torch-")
     first.mkdir(parents=True)
-    second = Path(train.default_logdir(args))
+    second = Path(default_logdir(args))
     assert second != first and not second.exists()

@@ -1,0 +1,16 @@
+"""train.py's machinery, one module a job; main(args, given) is train.py's whole job.
+
+    config       DEFAULTS, HPARAMS (what a resumed run keeps), the run directory, metrics.json's config
+    distributed  Dist: rank and world size under torchrun (no-ops when alone); the device
+    loaders      the datasets of custom_conv.data, loaded rank 0 first, in (sharded) DataLoaders
+    models       the model of custom_conv.models, its optimizer, schedule and GradScaler
+    loop         train_epoch and evaluate
+    checkpoints  atomic writes, checkpoint contents, --resume, RNG states
+    metrics      stdout lines, metrics.json and eval.json
+    tensorboard  scalars, histograms, filters, feature maps and hparams
+    run          main() and run(): the steps above in order; Trainer: the epochs
+"""
+from .config import DEFAULTS, HPARAMS
+from .run import main
+
+__all__ = ["DEFAULTS", "HPARAMS", "main"]

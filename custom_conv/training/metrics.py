@@ -1,0 +1,53 @@
+"""What a run reports: its lines on stdout and the contents of metrics.json
+(and eval.json for --eval-only)."""
+import json
+
+
+def header_line(args, n_params, info, device, ddp, run_dir):
+    return (f"{args.model} ({n_params:,} parameters, {args.backend} conv/max-pool) on {info['source']}; "
+            f"{device}{f' x {ddp.world_size} processes' if ddp.enabled else ''}; run directory {run_dir}")
+
+
+def epoch_row(epoch, train, test, lr):
+    """One epoch's entry of metrics.json's history, from train_epoch's and evaluate's results."""
+    return {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"], "test_loss": test["loss"],
+            "test_acc": test["acc"], "lr": lr, "epoch_time_s": train["time_s"],
+            "images_per_s": train["images_per_s"], "train_images": train["images"],
+            "test_images": test["images"]}
+
+
+def epoch_line(row, epochs):
+    return (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} acc "
+            f"{100 * row['train_acc']:6.2f}%  test loss {row['test_loss']:.4f} acc {100 * row['test_acc']:6.2f}%"
+            f"  lr {row['lr']:.4g}  {row['images_per_s']:,.0f} img/s  {row['epoch_time_s']:.1f} s")
+
+
+def final_metrics(history, best_test_acc, epochs, config):
+    """metrics.json after the last epoch of `history`; "finished" once it is epoch `epochs`."""
+    last = history[-1]
+    return {"test_acc": last["test_acc"], "test_loss": last["test_loss"], "best_test_acc": best_test_acc,
+            "epochs_done": last["epoch"], "finished": last["epoch"] == epochs,
+            "total_train_time_s": sum(r["epoch_time_s"] for r in history),
+            "config": config, "history": history}
+
+
+def read_metrics(run_dir):
+    """A finished run's metrics.json, or None where it has none."""
+    path = run_dir / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def done_line(final, epochs, run_dir):
+    return (f"done: test accuracy {100 * final['test_acc']:.2f}% after {epochs} epochs "
+            f"({final['total_train_time_s']:.0f} s training); {run_dir / 'metrics.json'}")
+
+
+def eval_results(ckpt, result, info, device):
+    """eval.json: a checkpoint's test loss and accuracy."""
+    return {"checkpoint_epoch": ckpt["epoch"], "test_loss": result["loss"], "test_acc": result["acc"],
+            "test_images": result["images"], "dataset_source": info["source"], "device": str(device)}
+
+
+def eval_line(ckpt, result):
+    return (f"eval  epoch {ckpt['epoch']}  test loss {result['loss']:.4f}  acc {100 * result['acc']:.2f}%  "
+            f"({result['images']} images)")

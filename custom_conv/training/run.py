@@ -1,0 +1,156 @@
+"""A run from start to end, as a sequence of the other modules' steps.
+
+main() sets the process up (resume, device, torchrun) and tears it down;
+run() loads the data and the model, then either tests a checkpoint
+(--eval-only) or hands over to a Trainer, which runs the epochs and writes
+the run directory.
+"""
+import sys
+from pathlib import Path
+
+import torch
+
+from .checkpoints import (BEST, CHECKPOINT, atomic_save, checkpoint_state, resolve_resume, restore, rng_state,
+                          seed_everything, write_json)
+from .config import default_logdir, hparams, run_config
+from .distributed import Dist, pick_device
+from .loaders import load_data, make_loaders
+from .loop import evaluate, train_epoch
+from .metrics import (done_line, epoch_line, epoch_row, eval_line, eval_results, final_metrics, header_line,
+                      read_metrics)
+from .models import build_model, count_parameters, make_optimizer, make_scaler, make_scheduler
+from .tensorboard import log_epoch, log_hparams, log_input, open_writer
+
+
+def _silent(*args, **kwargs):
+    pass
+
+
+def main(args, given):
+    """Runs train.py for parsed options `args`; `given`: the names of those typed on the command line."""
+    ddp = Dist()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    log = print if ddp.main else _silent
+    ckpt = resolve_resume(args, given) if args.resume else None
+    if args.eval_only and ckpt is None:
+        sys.exit("train.py: --eval-only needs --resume RUN_DIR_OR_CHECKPOINT")
+    device = pick_device(args.device, args.backend, ddp)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    ddp.start(device)
+    try:
+        return run(args, ddp, device, ckpt, log)
+    finally:
+        ddp.close()
+
+
+def run(args, ddp, device, ckpt, log):
+    """Trains (or with --eval-only tests `ckpt`) and returns what metrics.json (or eval.json) holds."""
+    seed_everything(args.seed)
+    train_set, test_set, info = load_data(args, ddp, log)
+    model = build_model(args, info, device, ckpt)
+    n_params = count_parameters(model)
+    # Each process then draws its own augmentations; the data order comes
+    # from the seeded generator and samplers.
+    if ddp.enabled:
+        seed_everything(args.seed + ddp.rank)
+    generator = torch.Generator()
+    generator.manual_seed(args.seed)
+    loaders = make_loaders(train_set, test_set, args, ddp, device, generator)
+    run_dir = Path(args.logdir or default_logdir(args))
+    log(header_line(args, n_params, info, device, ddp, run_dir))
+    if args.eval_only:
+        return evaluate_checkpoint(model, loaders.test, ckpt, info, run_dir, args, ddp, device, log)
+    config = run_config(args, info, train_set, test_set, n_params, ddp.world_size, device)
+    trainer = Trainer(model, loaders, generator, run_dir, config, args, ddp, device, log)
+    return trainer.fit(ckpt, probe=test_set[0][0] if ddp.main else None)
+
+
+def evaluate_checkpoint(model, test_loader, ckpt, info, run_dir, args, ddp, device, log):
+    """--eval-only: the test loss and accuracy of the weights in `ckpt`, also written to eval.json."""
+    result = evaluate(model, test_loader, device, args, ddp)
+    log(eval_line(ckpt, result))
+    out = eval_results(ckpt, result, info, device)
+    if ddp.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(out, run_dir / "eval.json")
+    return out
+
+
+class Trainer:
+    """The epochs of a run: training, testing, reporting and a checkpoint after each."""
+
+    def __init__(self, model, loaders, generator, run_dir, config, args, ddp, device, log):
+        self.model, self.loaders, self.generator, self.run_dir = model, loaders, generator, run_dir
+        self.config, self.args, self.ddp, self.device, self.log = config, args, ddp, device, log
+        self.ddp_model = ddp.wrap(model, device)
+        self.optimizer = make_optimizer(args, model.parameters())
+        self.scheduler = make_scheduler(args, self.optimizer)
+        self.scaler = make_scaler(args, device)
+        self.start_epoch, self.history, self.best_acc = 0, [], -1.0
+        self.writer = self.probe = None
+
+    def fit(self, ckpt, probe):
+        """Runs the epochs left (all of them unless `ckpt`); `probe`: the image whose feature maps are shown."""
+        if ckpt is not None:
+            self.start_epoch, self.history, self.best_acc = restore(
+                ckpt, self.optimizer, self.scheduler, self.scaler, self.generator, self.ddp, self.log)
+            self.log(f"resuming after epoch {self.start_epoch} of {self.args.epochs}")
+        if self.ddp.main:
+            self.open_tensorboard(probe, resumed=ckpt is not None)
+        if self.start_epoch >= self.args.epochs:
+            self.log(f"the run finished all {self.args.epochs} epochs already; nothing to do")
+            return read_metrics(self.run_dir)
+        final = None
+        for epoch in range(self.start_epoch + 1, self.args.epochs + 1):
+            final = self.epoch(epoch)
+            if self.args.stop_after is not None and epoch >= self.args.stop_after and epoch < self.args.epochs:
+                self.log(f"stopping after epoch {epoch} (--stop-after); continue with --resume {self.run_dir}")
+                break
+        if self.writer is not None:
+            self.writer.close()
+        if final is not None and final["finished"]:
+            self.log(done_line(final, self.args.epochs, self.run_dir))
+        return final
+
+    def open_tensorboard(self, probe, resumed):
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.writer = open_writer(self.run_dir, resumed_after=self.start_epoch if resumed else None)
+        self.probe = probe.unsqueeze(0).to(self.device)  # the same image every epoch
+        if not resumed:
+            log_input(self.writer, self.probe)
+
+    def epoch(self, epoch):
+        """Trains and tests one epoch, reports it and saves a checkpoint; returns metrics.json's contents."""
+        if self.loaders.sampler is not None:
+            self.loaders.sampler.set_epoch(epoch)
+        lr = self.optimizer.param_groups[0]["lr"]
+        train = train_epoch(self.ddp_model, self.loaders.train, self.optimizer, self.scaler, self.device,
+                            self.args, self.ddp, epoch)
+        test = evaluate(self.model, self.loaders.test, self.device, self.args, self.ddp)
+        self.scheduler.step()
+        self.best_acc = max(self.best_acc, test["acc"])
+        row = epoch_row(epoch, train, test, lr)
+        self.history.append(row)
+        self.log(epoch_line(row, self.args.epochs))
+        # Every process's RNG, so that each continues where it stopped.
+        rng = self.ddp.gather(rng_state(self.generator))
+        final = final_metrics(self.history, self.best_acc, self.args.epochs, self.config)
+        if self.ddp.main:
+            self.write(epoch, row, rng, final)
+        return final
+
+    def write(self, epoch, row, rng, final):
+        """Rank 0's part of an epoch: TensorBoard, checkpoint.pt (best.pt too when best) and metrics.json."""
+        log_epoch(self.writer, self.model, epoch, row, self.probe)
+        state = checkpoint_state(self.model, self.optimizer, self.scheduler, self.scaler, epoch=epoch,
+                                 args=self.config | hparams(self.args), history=self.history,
+                                 best_test_acc=self.best_acc, rng=rng)
+        atomic_save(state, self.run_dir / CHECKPOINT)
+        if row["test_acc"] >= self.best_acc:
+            atomic_save(state, self.run_dir / BEST)
+        if epoch == self.args.epochs:
+            log_hparams(self.writer, self.args, final)
+        write_json(final, self.run_dir / "metrics.json")
+        self.writer.flush()

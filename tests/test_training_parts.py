@@ -1,0 +1,223 @@
+"""custom_conv.training one module at a time, on tiny data (tests/test_train.py runs them together)."""
+import math
+import random
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from custom_conv.training import checkpoints, config, distributed, loaders, loop, metrics, models, tensorboard
+from dataset_files import write_mnist
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import train  # noqa: E402
+
+
+@pytest.fixture
+def alone(monkeypatch):
+    """A lone process, whatever launched pytest."""
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    return distributed.Dist()
+
+
+def options(**overrides):
+    """Parsed defaults, as train.py would pass them, with `overrides`."""
+    args, _ = train.parse_args([])
+    vars(args).update(overrides)
+    return args
+
+
+def test_parser_defaults_and_what_was_given():
+    args, given = train.parse_args([])
+    assert given == set() and vars(args) == config.DEFAULTS
+    assert (args.model, args.dataset, args.backend, args.device) == ("lenet5", "mnist", "custom", "auto")
+    assert (args.epochs, args.batch_size, args.lr, args.optimizer, args.momentum, args.weight_decay,
+            args.schedule, args.seed, args.workers) == (10, 64, 0.05, "sgd", 0.9, 5e-4, "cosine", 0, 0)
+    assert args.augment and args.download and not args.amp and args.logdir is None
+    args, given = train.parse_args(["--lr", "0.1", "--no-augment", "--batch-size", "8"])
+    assert given == {"lr", "augment", "batch_size"} and (args.lr, args.augment, args.batch_size) == (0.1, False, 8)
+    assert "peak learning rate (default 0.05)" in train.build_parser().format_help()
+
+
+def test_dist_alone_is_the_identity(alone):
+    assert not alone.enabled and alone.main and alone.world_size == 1
+    assert alone.sum(1.5, 2, 3, device=torch.device("cpu")) == [1.5, 2.0, 3.0]
+    assert alone.gather({"a": 1}) == [{"a": 1}]
+    model = torch.nn.Linear(2, 2)
+    assert alone.wrap(model, torch.device("cpu")) is model
+    assert distributed.pick_device("cpu", "custom", alone) == torch.device("cpu")
+
+
+def test_dist_reads_its_rank_from_torchrun(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    ddp = distributed.Dist()
+    assert ddp.enabled and not ddp.main and (ddp.world_size, ddp.rank, ddp.local_rank) == (4, 2, 0)
+
+
+def test_loaders_batch_and_repeat_their_order(tmp_path, alone):
+    write_mnist(tmp_path, n_train=40, n_test=20)
+    args = options(data_dir=str(tmp_path), download=False, augment=False, batch_size=16)
+    train_set, test_set, info = loaders.load_data(args, alone, log=pytest.fail)
+    assert (len(train_set), len(test_set), info["num_classes"]) == (40, 20, 10)
+
+    def first_epoch_labels(seed):
+        generator = torch.Generator()
+        generator.manual_seed(seed)
+        made = loaders.make_loaders(train_set, test_set, args, alone, torch.device("cpu"), generator)
+        assert made.sampler is None and [len(y) for _, y in made.test] == [20]  # test batches: >= 256
+        return [y.tolist() for _, y in made.train]
+
+    batches = first_epoch_labels(0)
+    assert [len(b) for b in batches] == [16, 16, 8]
+    assert first_epoch_labels(0) == batches and first_epoch_labels(1) != batches
+    assert sorted(sum(batches, [])) == sorted(train_set.targets.tolist())
+
+
+def test_models_optimizer_and_schedules():
+    info = {"in_channels": 1, "num_classes": 10}
+    model = models.build_model(options(backend="torch"), info, torch.device("cpu"))
+    assert models.count_parameters(model) == 61_706
+    copy = models.build_model(options(backend="torch"), info, torch.device("cpu"), {"model": model.state_dict()})
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), copy.state_dict().values()))
+
+    def lrs(schedule, epochs=8):
+        args = options(schedule=schedule, epochs=epochs, lr=1.0)
+        optimizer = models.make_optimizer(args, torch.nn.Linear(1, 1).parameters())
+        scheduler = models.make_scheduler(args, optimizer)
+        out = []
+        for _ in range(epochs):
+            out.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return out + [optimizer.param_groups[0]["lr"]]
+
+    assert lrs("step") == pytest.approx([1, 1, 1, 1, 0.1, 0.1, 0.01, 0.01, 0.01])
+    assert lrs("constant") == [1.0] * 9
+    cosine = lrs("cosine")
+    assert cosine[0] == 1.0 and cosine[4] == pytest.approx(0.5) and cosine[-1] == pytest.approx(0, abs=1e-12)
+    sgd = models.make_optimizer(options(), torch.nn.Linear(1, 1).parameters())
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"] and sgd.defaults["weight_decay"] == 5e-4
+
+
+def test_train_epoch_lowers_the_loss_and_counts_images(alone):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 2, generator=g)  # the last batch of 8 is short
+    data = DataLoader(TensorDataset(x, (x[:, 0] > 0).long()), batch_size=8)
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    args, cpu = SimpleNamespace(epochs=5, amp=False, limit_batches=None), torch.device("cpu")
+    scaler = models.make_scaler(args, cpu)
+    results = [loop.train_epoch(model, data, optimizer, scaler, cpu, args, alone, e) for e in range(1, 6)]
+    assert [r["images"] for r in results] == [60] * 5
+    assert results[-1]["loss"] < results[0]["loss"] / 2 and results[-1]["acc"] > 0.9
+    assert results[0]["images_per_s"] > 0 and results[0]["time_s"] > 0
+    args.limit_batches = 3
+    assert loop.train_epoch(model, data, optimizer, scaler, cpu, args, alone, 6)["images"] == 24
+
+
+def test_evaluate_on_known_logits(alone):
+    # The model passes its input through, so each row is the logits.
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0], [0.0, 5.0], [1.0, 0.0]])
+    labels = torch.tensor([0, 1, 1, 0, 0])  # right, right, wrong, wrong, right
+    data = DataLoader(TensorDataset(logits, labels), batch_size=2)
+    args, cpu = SimpleNamespace(amp=False, limit_batches=None), torch.device("cpu")
+    result = loop.evaluate(torch.nn.Identity(), data, cpu, args, alone)
+    expected = sum(math.log1p(math.exp(d)) for d in (-2, -1, 3, 5, -1)) / 5
+    assert result["acc"] == 3 / 5 and result["images"] == 5 and result["loss"] == pytest.approx(expected)
+    args.limit_batches = 1  # the first two rows
+    assert loop.evaluate(torch.nn.Identity(), data, cpu, args, alone) == {
+        "loss": pytest.approx((math.log1p(math.exp(-2)) + math.log1p(math.exp(-1))) / 2), "acc": 1.0, "images": 2}
+
+
+def test_checkpoint_round_trip_restores_training_and_random_state(tmp_path, alone):
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    generator = torch.Generator().manual_seed(7)
+    checkpoints.seed_everything(3)
+    state = checkpoints.checkpoint_state(model, optimizer, scheduler, scaler, epoch=4, args={"lr": 0.1},
+                                         history=[{"epoch": 4}], best_test_acc=0.5,
+                                         rng=[checkpoints.rng_state(generator)])
+    checkpoints.atomic_save(state, tmp_path / checkpoints.CHECKPOINT)
+    assert [p.name for p in tmp_path.iterdir()] == [checkpoints.CHECKPOINT]
+
+    def draws():
+        return (random.random(), np.random.rand(), torch.rand(2).tolist(), torch.rand(2, generator=generator).tolist())
+
+    expected = draws()
+    checkpoints.seed_everything(99)  # whatever ran meanwhile
+    generator.manual_seed(99)
+    ckpt = torch.load(tmp_path / checkpoints.CHECKPOINT, weights_only=False)
+    optimizer2 = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler2 = torch.optim.lr_scheduler.StepLR(optimizer2, 1)
+    done = checkpoints.restore(ckpt, optimizer2, scheduler2, scaler, generator, alone, log=pytest.fail)
+    assert done == (4, [{"epoch": 4}], 0.5)
+    assert draws() == expected
+    assert scheduler2.last_epoch == 1 and optimizer2.param_groups[0]["lr"] == pytest.approx(0.01)
+    buffers = [optimizer2.state[p]["momentum_buffer"] for p in model.parameters()]
+    assert all(torch.equal(a, optimizer.state[p]["momentum_buffer"]) for a, p in zip(buffers, model.parameters()))
+
+
+def test_resume_adopts_the_checkpoints_hyperparameters(tmp_path):
+    saved = config.hparams(options(lr=0.2, epochs=3, seed=5))
+    checkpoints.atomic_save({"args": saved}, tmp_path / checkpoints.CHECKPOINT)
+    args, given = train.parse_args(["--resume", str(tmp_path), "--workers", "2"])
+    checkpoints.resolve_resume(args, given)
+    assert config.hparams(args) == saved and args.logdir == str(tmp_path) and args.workers == 2
+    args, given = train.parse_args(["--resume", str(tmp_path), "--epochs", "4"])
+    with pytest.raises(SystemExit, match=r"--epochs 4 \(checkpoint: 3\)"):
+        checkpoints.resolve_resume(args, given)
+
+
+def test_metrics_rows_lines_and_summary():
+    train_result = {"loss": 0.5, "acc": 0.75, "images": 64, "time_s": 2.0, "images_per_s": 32.0}
+    rows = [metrics.epoch_row(e, train_result, {"loss": 0.25, "acc": a, "images": 10}, 0.1)
+            for e, a in ((1, 0.6), (2, 0.8))]
+    assert metrics.epoch_line(rows[1], 3) == ("epoch   2/3  train loss 0.5000 acc  75.00%  test loss 0.2500 acc"
+                                              "  80.00%  lr 0.1  32 img/s  2.0 s")
+    final = metrics.final_metrics(rows, 0.8, 3, {"model": "lenet5"})
+    assert list(final) == ["test_acc", "test_loss", "best_test_acc", "epochs_done", "finished",
+                           "total_train_time_s", "config", "history"]
+    assert (final["test_acc"], final["epochs_done"], final["finished"]) == (0.8, 2, False)
+    assert final["total_train_time_s"] == 4.0 and final["history"] is rows
+    assert metrics.final_metrics(rows, 0.8, 2, {})["finished"]
+
+
+def test_tensorboard_writes_scalars_histograms_images_and_hparams(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = models.build_model(options(backend="torch"), {"in_channels": 1, "num_classes": 10}, torch.device("cpu"))
+    probe = torch.rand(1, 1, 28, 28)
+    F.cross_entropy(model(probe), torch.tensor([3])).backward()
+    row = {"train_loss": 1.0, "test_loss": 2.0, "train_acc": 0.5, "test_acc": 0.25, "lr": 0.1,
+           "images_per_s": 100.0, "epoch_time_s": 3.0}
+    writer = tensorboard.open_writer(tmp_path)
+    tensorboard.log_input(writer, probe)
+    tensorboard.log_epoch(writer, model, 1, row, probe)
+    tensorboard.log_hparams(writer, options(epochs=1), {"test_acc": 0.25, "test_loss": 2.0, "best_test_acc": 0.5})
+    writer.close()
+
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0, "histograms": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert set(tags["scalars"]) == {"loss/train", "loss/test", "accuracy/train", "accuracy/test", "learning_rate",
+                                    "throughput/train_images_per_s", "time/epoch_s", "hparam/test_acc",
+                                    "hparam/test_loss", "hparam/best_test_acc"}
+    assert events.Scalars("accuracy/test")[0].value == 0.25 and events.Scalars("time/epoch_s")[0].step == 1
+    assert set(tags["histograms"]) == {f"{kind}/features.{i}" for kind in ("weights", "gradients") for i in (0, 3)}
+    assert set(tags["images"]) == {"feature_maps/input", "filters/first_conv", "feature_maps/features.0",
+                                   "feature_maps/features.3"}
+    assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
