@@ -57,13 +57,15 @@ Conv2dGeometry conv2d_geometry(
   check_pair(stride, "conv2d", "stride");
   check_pair(padding, "conv2d", "padding");
   check_pair(dilation, "conv2d", "dilation");
+  // Messages start with torch's words, so that code matching torch's
+  // errors matches ours; our details follow.
   TORCH_CHECK(stride[0] > 0 && stride[1] > 0,
-              "conv2d: stride must be positive, got ", stride);
+              "conv2d: non-positive stride is not supported (stride ", stride, ")");
   TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0,
-              "conv2d: padding must be non-negative, got ", padding);
+              "conv2d: negative padding is not supported (padding ", padding, ")");
   TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0,
-              "conv2d: dilation must be positive, got ", dilation);
-  TORCH_CHECK(groups > 0, "conv2d: groups must be positive, got ", groups);
+              "conv2d: non-positive dilation is not supported (dilation ", dilation, ")");
+  TORCH_CHECK(groups > 0, "conv2d: non-positive groups is not supported (groups ", groups, ")");
 
   Conv2dGeometry g{};
   g.batch = input_sizes[0];
@@ -86,22 +88,22 @@ Conv2dGeometry conv2d_geometry(
               "conv2d: weight must have no zero-sized dimension, got ",
               weight_sizes);
   TORCH_CHECK(g.out_channels % groups == 0,
-              "conv2d: out_channels (", g.out_channels,
-              ") must be divisible by groups (", groups, ")");
+              "conv2d: Given groups=", groups, ", expected weight to be divisible by ", groups,
+              " at dimension 0, but got weight of size ", weight_sizes, " instead (out_channels (",
+              g.out_channels, ") must be divisible by groups (", groups, "))");
   TORCH_CHECK(g.in_channels == weight_sizes[1] * groups,
-              "conv2d: input has ", g.in_channels,
-              " channels, but weight of size ", weight_sizes, " with groups=",
-              groups, " expects ", weight_sizes[1] * groups,
-              " input channels");
+              "conv2d: Given groups=", groups, ", weight of size ", weight_sizes,
+              ", expected input", input_sizes, " to have ", weight_sizes[1] * groups,
+              " channels, but got ", g.in_channels, " channels instead");
 
   const int64_t padded_h = g.in_h + 2 * g.pad_h;
   const int64_t padded_w = g.in_w + 2 * g.pad_w;
   const int64_t span_h = g.dilation_h * (g.kernel_h - 1) + 1;
   const int64_t span_w = g.dilation_w * (g.kernel_w - 1) + 1;
   TORCH_CHECK(span_h <= padded_h && span_w <= padded_w,
-              "conv2d: kernel size (dilated: ", span_h, " x ", span_w,
-              ") can't be greater than the padded input size (", padded_h,
-              " x ", padded_w, ")");
+              "conv2d: Calculated padded input size per channel: (", padded_h, " x ", padded_w,
+              "). Kernel size: (", span_h, " x ", span_w,
+              "). Kernel size can't be greater than actual input size (the kernel size is dilated)");
   g.out_h = (padded_h - span_h) / g.stride_h + 1;
   g.out_w = (padded_w - span_w) / g.stride_w + 1;
   return g;
@@ -150,22 +152,22 @@ void check_conv2d_tensors(
     const c10::optional<at::Tensor>& bias) {
   check_floating_4d(input, "conv2d", "input");
   TORCH_CHECK(weight.scalar_type() == input.scalar_type(),
-              "conv2d: input (", input.scalar_type(), ") and weight (",
-              weight.scalar_type(), ") must have the same dtype");
+              "conv2d: Input type (", input.scalar_type(), ") and weight type (",
+              weight.scalar_type(), ") should be the same (they must have the same dtype)");
   TORCH_CHECK(weight.device() == input.device(), "conv2d: input (",
               input.device(), ") and weight (", weight.device(),
               ") must be on the same device");
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK(bias->scalar_type() == input.scalar_type(),
-                "conv2d: input (", input.scalar_type(), ") and bias (",
-                bias->scalar_type(), ") must have the same dtype");
+                "conv2d: Input type (", input.scalar_type(), ") and bias type (",
+                bias->scalar_type(), ") should be the same (they must have the same dtype)");
     TORCH_CHECK(bias->device() == input.device(), "conv2d: input (",
                 input.device(), ") and bias (", bias->device(),
                 ") must be on the same device");
     TORCH_CHECK(bias->dim() == 1 && weight.dim() > 0 &&
                     bias->size(0) == weight.size(0),
-                "conv2d: expected bias of shape (", weight.size(0),
-                ",) to match out_channels, got ", bias->sizes());
+                "conv2d: Given weight of size ", weight.sizes(), ", expected bias to be 1-dimensional with ",
+                weight.size(0), " elements, but got bias of size ", bias->sizes(), " instead");
   }
 }
 
@@ -200,23 +202,26 @@ Pool2dGeometry max_pool2d_geometry(
   check_pair(stride, "max_pool2d", "stride");
   check_pair(padding, "max_pool2d", "padding");
   check_pair(dilation, "max_pool2d", "dilation");
-  TORCH_CHECK(kernel_size[0] > 0 && kernel_size[1] > 0,
-              "max_pool2d: kernel_size must be positive, got ", kernel_size);
+  // As for conv2d, torch's words first.
+  // The stride first: it defaults to the kernel size, and torch reports a
+  // zero kernel size without a stride as a zero stride.
   TORCH_CHECK(stride[0] > 0 && stride[1] > 0,
-              "max_pool2d: stride must be positive, got ", stride);
+              "max_pool2d: stride should not be zero (stride must be positive, got ", stride, ")");
+  TORCH_CHECK(kernel_size[0] > 0 && kernel_size[1] > 0,
+              "max_pool2d: kernel size should be greater than zero (kernel_size ", kernel_size, ")");
   TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0,
-              "max_pool2d: dilation must be positive, got ", dilation);
+              "max_pool2d: dilation should be greater than zero (dilation ", dilation, ")");
   TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0,
-              "max_pool2d: padding must be non-negative, got ", padding);
+              "max_pool2d: pad must be non-negative (padding ", padding, ")");
   // A window made only of padding would have no input element to take the
   // maximum of; torch forbids it by bounding the padding by half the kernel.
   TORCH_CHECK(padding[0] <= kernel_size[0] / 2 &&
                   padding[1] <= kernel_size[1] / 2,
-              "max_pool2d: padding ", padding,
-              " must be at most half of kernel_size ", kernel_size);
+              "max_pool2d: pad should be at most half of effective kernel size (padding ", padding,
+              ", kernel_size ", kernel_size, ")");
   TORCH_CHECK(input_sizes[1] > 0 && input_sizes[2] > 0 && input_sizes[3] > 0,
-              "max_pool2d: expected input with non-zero channels, height and "
-              "width, got size ", input_sizes);
+              "max_pool2d: Expected 3D or 4D (batch mode) tensor with optional 0 dim batch size for input, "
+              "but got: ", input_sizes, " (non-zero channels, height and width)");
 
   Pool2dGeometry g{};
   g.batch = input_sizes[0];
@@ -235,9 +240,9 @@ Pool2dGeometry max_pool2d_geometry(
                         ceil_mode);
   g.out_w = pooled_size(g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w,
                         ceil_mode);
-  TORCH_CHECK(g.out_h >= 1 && g.out_w >= 1, "max_pool2d: input of size ",
-              input_sizes, " gives an empty output (", g.out_h, " x ",
-              g.out_w, "): the output size is too small");
+  TORCH_CHECK(g.out_h >= 1 && g.out_w >= 1, "max_pool2d: Given input size: (", g.channels, "x", g.in_h, "x",
+              g.in_w, "). Calculated output size: (", g.channels, "x", g.out_h, "x", g.out_w,
+              "). Output size is too small");
   return g;
 }
 

@@ -24,11 +24,14 @@ def _pair(value, name):
 
 
 def _batched(input, op):
-    """Accepts (C, H, W) like torch does, treating it as a batch of one."""
+    """Accepts (C, H, W) like torch does, treating it as a batch of one.
+    Errors carry torch's type and words."""
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"{op}(): argument 'input' (position 1) must be Tensor, not {type(input).__name__}")
     if input.dim() not in (3, 4):
-        raise RuntimeError(
-            f"Expected 3D (unbatched) or 4D (batched) input to {op}, "
-            f"but got input of size: {list(input.shape)}")
+        expected = ("Expected 3D (unbatched) or 4D (batched) input to conv2d" if op == "conv2d"
+                    else "non-empty 3D or 4D (batch mode) tensor expected for input to max_pool2d")
+        raise RuntimeError(f"{expected}, but got input of size: {list(input.shape)}")
     return input.dim() == 3, (input.unsqueeze(0) if input.dim() == 3 else input)
 
 
@@ -46,7 +49,7 @@ def _string_padding(padding, input, weight, stride, dilation):
     if padding == "valid":
         return input, (0, 0)
     if padding != "same":
-        raise ValueError(f"Invalid padding string {padding!r}, should be one of {{'valid', 'same'}}")
+        raise ValueError(f"Invalid padding string: {padding!r}, should be one of {{'valid', 'same'}}")
     if stride != (1, 1):
         raise ValueError("padding='same' is not supported for strided convolutions")
     if weight.dim() != 4:

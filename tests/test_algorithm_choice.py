@@ -94,7 +94,7 @@ def test_explain_takes_the_arguments_conv2d_takes():
 
 def test_explain_rejects_what_conv2d_rejects():
     x, w = layer(3, 4, 8, 3)
-    with pytest.raises(RuntimeError, match="input has 3 channels"):
+    with pytest.raises(RuntimeError, match="to have 6 channels, but got 3 channels"):
         custom_conv.explain_conv2d(x, w.repeat(1, 2, 1, 1))
     with pytest.raises(RuntimeError, match="pass must be forward"):
         torch.ops.custom_conv.conv2d_algorithm(x, w, [1, 1], [0, 0], [1, 1], 1, "sideways")
