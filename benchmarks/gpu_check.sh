@@ -60,10 +60,10 @@ try:
     torch.ops.custom_conv.conv2d_forward(torch.randn(1, 1, 3, 3), torch.randn(1, 1, 3), None, [1, 1], [0, 0], [1, 1], 1)
 except RuntimeError as e:
     print("raised as it should:", e)'
-step tests-cuda 120 python3 -m pytest -q -rf --tb=short -p no:cacheprovider tests/test_cuda.py
+step tests-cuda 240 python3 -m pytest -q -rf --tb=short -p no:cacheprovider -m cuda tests
 # Only our kernels are instrumented (their names all live in namespace custom_conv).
 SANITIZE=(compute-sanitizer --kernel-name kns=custom_conv --print-limit 20 --error-exitcode 9)
-step memcheck 120 "${SANITIZE[@]}" --tool memcheck python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
+step memcheck 120 "${SANITIZE[@]}" --tool memcheck python3 -m pytest -q -p no:cacheprovider -m cuda tests
 step bench 150 python3 benchmarks/bench.py --device cuda --dtype ${BENCH_DTYPES:-float32 float16 bfloat16} \
   --min-run-time ${BENCH_MIN_RUN_TIME:-0.05} --out "$LOGS/cuda.json"
 # With pytest-xdist (if there), a test that crashes the interpreter fails alone
@@ -71,5 +71,5 @@ step bench 150 python3 benchmarks/bench.py --device cuda --dtype ${BENCH_DTYPES:
 XDIST=$(python3 -c 'import xdist' 2>/dev/null && echo "-n 4")
 step tests-all 150 python3 -m pytest -q -rf --tb=short -p no:cacheprovider $XDIST tests
 step racecheck ${RACECHECK_LIMIT:-240} "${SANITIZE[@]}" --tool racecheck --racecheck-report hazard \
-  python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
+  python3 -m pytest -q -p no:cacheprovider -m cuda tests
 exit 0

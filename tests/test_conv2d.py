@@ -1,58 +1,26 @@
-"""conv2d: forward values and all three gradients equal torch.nn.functional's."""
+"""conv2d: forward values and all three gradients equal torch.nn.functional's,
+for every case of tests/cases.py on every device; then what the table cannot say."""
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
+from cases import CONV2D_CASES, LONG_SUMS
 from custom_conv import functional as CF
-from conftest import assert_matches_torch
+from helpers import DEVICES, assert_conv2d_matches_torch, assert_matches_torch, conv_tensors, dtypes, tolerance
 
-# (input shape, weight shape, conv kwargs): each line names one behaviour.
-CASES = {
-    "plain 3x3": ((2, 3, 8, 8), (4, 3, 3, 3), {}),
-    "1x1 projection": ((2, 8, 5, 5), (4, 8, 1, 1), {}),
-    "padding keeps size": ((2, 3, 7, 7), (5, 3, 3, 3), dict(padding=1)),
-    "stride 2 with padding": ((2, 3, 9, 9), (4, 3, 3, 3), dict(stride=2, padding=1)),
-    "stride does not divide input": ((1, 2, 10, 11), (3, 2, 3, 3), dict(stride=3)),
-    "asymmetric kernel, stride, padding and dilation": (
-        (2, 3, 12, 10), (4, 3, 3, 2), dict(stride=(2, 1), padding=(1, 2), dilation=(2, 3))),
-    "dilation 2": ((1, 2, 11, 11), (3, 2, 3, 3), dict(dilation=2, padding=2)),
-    "kernel as large as padded input": ((2, 2, 4, 5), (3, 2, 6, 7), dict(padding=1)),
-    "output of one pixel": ((2, 3, 5, 5), (2, 3, 5, 5), {}),
-    "groups": ((2, 6, 7, 7), (9, 2, 3, 3), dict(groups=3, padding=1)),
-    "depthwise": ((2, 4, 8, 8), (4, 1, 3, 3), dict(groups=4, padding=1)),
-    "depthwise multiplier 2, stride 2": ((2, 3, 9, 9), (6, 1, 3, 3), dict(groups=3, stride=2, padding=1)),
-    "depthwise, strides 2 and 3, dilation 2": (
-        (2, 4, 11, 10), (8, 1, 3, 3), dict(groups=4, stride=(2, 3), padding=2, dilation=2)),
-    "7x7 stride 2 stem": ((1, 3, 20, 20), (4, 3, 7, 7), dict(stride=2, padding=3)),
-    "padding larger than kernel": ((1, 2, 4, 4), (2, 2, 2, 2), dict(padding=3)),
-    "single input channel": ((3, 1, 6, 6), (2, 1, 5, 5), {}),
-    "same padding, odd kernel": ((2, 3, 7, 8), (4, 3, 3, 5), dict(padding="same")),
-    "same padding, even kernel and dilation": ((2, 3, 7, 8), (4, 3, 4, 2), dict(padding="same", dilation=(1, 3))),
-    "valid padding": ((2, 3, 7, 8), (4, 3, 3, 3), dict(padding="valid")),
-    "tuple of one int": ((2, 3, 8, 8), (4, 3, 3, 3), dict(stride=(2,), padding=[1])),
-}
+pytestmark = pytest.mark.usefixtures("no_tf32")  # on CUDA, torch's reference in full float32
 
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no bias"])
-@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
-def test_values_and_gradients_match_torch_in_float64(case, bias):
-    input_shape, weight_shape, kwargs = CASES[case]
-    x = torch.randn(input_shape, dtype=torch.float64)
-    w = torch.randn(weight_shape, dtype=torch.float64)
-    b = torch.randn(weight_shape[0], dtype=torch.float64) if bias else None
-    assert_matches_torch(lambda x, w, b: CF.conv2d(x, w, b, **kwargs),
-                         lambda x, w, b: F.conv2d(x, w, b, **kwargs), [x, w, b])
-
-
-@pytest.mark.parametrize("case", ["plain 3x3", "groups", "stride 2 with padding", "depthwise"])
-def test_float32_matches_torch_within_rounding(case):
-    # Both sides sum C_in * kH * kW products in float32 in different orders;
-    # the relative rounding error of such sums is a few ulps times sqrt(terms).
-    input_shape, weight_shape, kwargs = CASES[case]
-    x, w, b = torch.randn(input_shape), torch.randn(weight_shape), torch.randn(weight_shape[0])
-    assert_matches_torch(lambda x, w, b: CF.conv2d(x, w, b, **kwargs),
-                         lambda x, w, b: F.conv2d(x, w, b, **kwargs), [x, w, b], rtol=1e-5, atol=1e-5)
+@pytest.mark.parametrize("case", list(CONV2D_CASES))
+@pytest.mark.parametrize("dtype", dtypes("float64", "float32"))
+@pytest.mark.parametrize("device", DEVICES)
+def test_values_and_gradients_match_torch(device, dtype, case, bias):
+    """float64: equal but for summation order. float32: within rounding (helpers.tolerance)."""
+    spec = CONV2D_CASES[case]
+    assert_conv2d_matches_torch(spec, conv_tensors(spec, dtype, device, bias),
+                                **tolerance(dtype, device, long_sums=LONG_SUMS in spec.tags))
 
 
 def test_bfloat16_matches_float64_reference_within_bfloat16_precision():
@@ -67,34 +35,40 @@ def test_bfloat16_matches_float64_reference_within_bfloat16_precision():
     torch.testing.assert_close(out.double(), ref, rtol=2e-2, atol=5e-2)
 
 
-def test_unbatched_input_gives_unbatched_output():
-    x, w = torch.randn(3, 8, 8, dtype=torch.float64), torch.randn(4, 3, 3, 3, dtype=torch.float64)
+@pytest.mark.parametrize("device", DEVICES)
+def test_unbatched_input_gives_unbatched_output(device):
+    x = torch.randn(3, 8, 8, dtype=torch.float64, device=device)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, device=device)
     out = CF.conv2d(x, w, padding=1)
     assert out.shape == (4, 8, 8)
     assert_matches_torch(lambda x, w: CF.conv2d(x, w, padding=1), lambda x, w: F.conv2d(x, w, padding=1), [x, w])
 
 
-def test_empty_batch_gives_empty_output_and_zero_weight_gradient():
-    x, w, b = torch.randn(0, 3, 8, 8), torch.randn(4, 3, 3, 3), torch.randn(4)
-    assert_matches_torch(lambda x, w, b: CF.conv2d(x, w, b), lambda x, w, b: F.conv2d(x, w, b), [x, w, b])
-    w.requires_grad_()
-    CF.conv2d(x, w).sum().backward()
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_batch_gives_empty_output_and_zero_weight_gradient(device):
+    # The table's "empty batch" compares with torch; this pins the values themselves.
+    x, w = torch.randn(0, 3, 8, 8, device=device), torch.randn(4, 3, 3, 3, device=device, requires_grad=True)
+    out = CF.conv2d(x, w)
+    assert out.shape == (0, 4, 6, 6)
+    out.sum().backward()
     assert torch.equal(w.grad, torch.zeros_like(w))
 
 
-def test_non_contiguous_inputs_match_torch():
-    x = torch.randn(2, 8, 10, 3, dtype=torch.float64).permute(0, 3, 2, 1)[:, :, ::2]  # (2, 3, 5, 8), strided
-    w = torch.randn(3, 4, 3, 3, dtype=torch.float64).transpose(0, 1)  # (4, 3, 3, 3) transposed
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_contiguous_inputs_match_torch(device):
+    x = torch.randn(2, 8, 10, 3, dtype=torch.float64, device=device).permute(0, 3, 2, 1)[:, :, ::2]  # (2, 3, 5, 8)
+    w = torch.randn(3, 4, 3, 3, dtype=torch.float64, device=device).transpose(0, 1)  # (4, 3, 3, 3) transposed
     assert not x.is_contiguous() and not w.is_contiguous()
     assert_matches_torch(lambda x, w: CF.conv2d(x, w, padding=1), lambda x, w: F.conv2d(x, w, padding=1), [x, w])
 
 
-def test_channels_last_input_gives_channels_last_output_like_torch():
-    x = torch.randn(2, 3, 8, 8, dtype=torch.float64).to(memory_format=torch.channels_last)
-    w = torch.randn(4, 3, 3, 3, dtype=torch.float64)
-    out, ref = CF.conv2d(x, w, padding=1), F.conv2d(x, w, padding=1)
-    torch.testing.assert_close(out, ref)
-    assert out.is_contiguous(memory_format=torch.channels_last) == ref.is_contiguous(memory_format=torch.channels_last)
+@pytest.mark.parametrize("device", DEVICES)
+def test_channels_last_input_gives_channels_last_output(device):
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, device=device).to(memory_format=torch.channels_last)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, device=device)
+    assert CF.conv2d(x, w, padding=1).is_contiguous(memory_format=torch.channels_last)
+    if device == "cpu":  # like torch there; on CUDA, torch keeps float64 in NCHW (cuDNN's NHWC is for float32 and less)
+        assert F.conv2d(x, w, padding=1).is_contiguous(memory_format=torch.channels_last)
     assert_matches_torch(lambda x, w: CF.conv2d(x, w, padding=1), lambda x, w: F.conv2d(x, w, padding=1), [x, w])
 
 
@@ -152,24 +126,22 @@ GRADCHECK_CASES = ["plain 3x3", "asymmetric kernel, stride, padding and dilation
                    "depthwise multiplier 2, stride 2", "same padding, even kernel and dilation"]
 
 
-def _small(case):
-    input_shape, weight_shape, kwargs = CASES[case]
-    x = torch.randn(input_shape, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(weight_shape, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(weight_shape[0], dtype=torch.float64, requires_grad=True)
-    return (x, w, b), kwargs
+def _leaves(case, device):
+    return [t.requires_grad_() for t in conv_tensors(CONV2D_CASES[case], torch.float64, device)]
 
 
 @pytest.mark.parametrize("case", GRADCHECK_CASES)
-def test_gradcheck(case):
-    tensors, kwargs = _small(case)
-    assert torch.autograd.gradcheck(lambda x, w, b: CF.conv2d(x, w, b, **kwargs), tensors)
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck(device, case):
+    kwargs = CONV2D_CASES[case].kwargs
+    assert torch.autograd.gradcheck(lambda x, w, b: CF.conv2d(x, w, b, **kwargs), _leaves(case, device))
 
 
 @pytest.mark.parametrize("case", GRADCHECK_CASES)
-def test_gradgradcheck(case):
-    tensors, kwargs = _small(case)
-    assert torch.autograd.gradgradcheck(lambda x, w, b: CF.conv2d(x, w, b, **kwargs), tensors)
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradgradcheck(device, case):
+    kwargs = CONV2D_CASES[case].kwargs
+    assert torch.autograd.gradgradcheck(lambda x, w, b: CF.conv2d(x, w, b, **kwargs), _leaves(case, device))
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import custom_conv
 from custom_conv import functional as CF
-from conftest import assert_matches_torch
+from helpers import assert_matches_torch
 
 ORDER = ["im2col", "avx2", "avx512"]  # each set can run where the next one can
 TESTS = Path(__file__).parent
@@ -48,7 +48,8 @@ def test_each_kernel_set_matches_torch(kernels):
     env = dict(os.environ, CUSTOM_CONV_CPU_KERNELS=kernels)
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-         str(TESTS / "test_conv2d.py"), str(TESTS / "test_cpu_kernels.py")],
+         str(TESTS / "test_conv2d.py"), str(TESTS / "test_cpu_kernels.py"),
+         str(TESTS / "test_algorithm_choice.py")],
         env=env, cwd=TESTS.parent, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 

@@ -1,5 +1,8 @@
-"""The CUDA kernels (csrc/cuda), checked against torch.nn.functional (cuDNN)
-on the GPU and against our own CPU kernels. Skipped without a CUDA GPU."""
+"""What only a GPU shows about the CUDA kernels (csrc/cuda): that they agree
+with our CPU kernels, the paths only large problems take, the bounds of
+reduced precision, autocast, determinism, and the ops' registration on CUDA.
+Every case of tests/cases.py also runs on CUDA against torch (cuDNN) in
+test_conv2d.py and test_max_pool2d.py. Skipped without a CUDA GPU."""
 import contextlib
 
 import pytest
@@ -7,126 +10,68 @@ import torch
 import torch.nn.functional as F
 
 import custom_conv
+from cases import CONV2D_CASES, MAX_POOL2D_CASES, conv, pool
 from custom_conv import functional as CF
+from helpers import assert_conv2d_matches_torch, conv_tensors, dtypes, forward_and_grads, pool_input
 
 ops = torch.ops.custom_conv
 
 pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    pytest.mark.usefixtures("no_tf32"),
 ]
 
 DEVICE = "cuda"
 
-
-@pytest.fixture(autouse=True)
-def no_tf32():
-    """cuDNN and cuBLAS may use TF32 (10-bit mantissa) for float32 by default;
-    our kernels compute in full float32, so compare against full float32."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
-def tol(dtype):
-    # float64: both sides sum the same products in different orders; float32
-    # likewise, over at most a few thousand terms of size ~1.
-    return {torch.float64: dict(rtol=1e-10, atol=1e-10),
-            torch.float32: dict(rtol=1e-4, atol=1e-4)}[dtype]
+# 64 x 9 rows x 32 x 32 columns per sample: Conv2dGeometry::batch_chunk()
+# splits a batch of 20 into several chunks, so the weight gradient is
+# accumulated across GEMM calls.
+SEVERAL_BATCH_CHUNKS = conv((20, 64, 32, 32), (16, 64, 3, 3), padding=1)
+# A tiny output (6 x 25 weights) with a long reduction (64 x 28 x 28): the
+# weight-gradient GEMM splits the reduction across blocks.
+SPLIT_REDUCTION = conv((64, 1, 28, 28), (6, 1, 5, 5))
+# Cases of tests/cases.py, by name.
+AGREEMENT_CASES = ["plain 3x3", "padding keeps size", "groups with asymmetric kernel, stride and padding",
+                   "asymmetric kernel, stride, padding and dilation", "depthwise", "depthwise multiplier 2, stride 2"]
+REDUCED_PRECISION_CASES = ["plain 3x3", "groups with asymmetric kernel, stride and padding", "depthwise",
+                           "several GEMM tiles, ragged edges"]
 
 
-# (N, C_in, C_out, H, W, kernel, stride, padding, dilation, groups, bias)
-CONV_CASES = [
-    (2, 3, 4, 8, 8, 3, 1, 0, 1, 1, True),
-    (2, 3, 4, 8, 8, 3, 1, 1, 1, 1, False),
-    (2, 4, 6, 9, 7, (3, 2), (2, 1), (1, 0), 1, 2, True),
-    (3, 4, 4, 10, 10, 3, 2, 2, 2, 1, True),
-    (2, 6, 6, 7, 7, 3, 1, 1, 1, 6, True),       # depthwise
-    (2, 4, 8, 7, 7, 3, 2, 1, 1, 4, False),      # depthwise multiplier 2
-    (1, 3, 5, 5, 5, 5, 1, 0, 1, 1, True),       # one output pixel
-    (2, 3, 4, 6, 6, 1, 1, 0, 1, 1, True),       # 1x1
-    (0, 3, 4, 8, 8, 3, 1, 1, 1, 1, True),       # empty batch
-    (4, 2, 3, 5, 5, 3, 3, 2, (2, 1), 1, True),  # stride > kernel reach
-    (2, 70, 65, 9, 9, 3, 1, 1, 1, 1, True),     # several GEMM tiles, ragged edges
-]
+def _pair(v):
+    return (v[0], v[-1]) if isinstance(v, (tuple, list)) else (v, v)
 
 
-def conv_case(case, dtype, device=DEVICE, seed=0):
-    n, cin, cout, h, w, k, stride, padding, dilation, groups, bias = case
-    k = (k, k) if isinstance(k, int) else k
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, cin, h, w, generator=gen, dtype=torch.float64)
-    wt = torch.randn(cout, cin // groups, *k, generator=gen, dtype=torch.float64)
-    b = torch.randn(cout, generator=gen, dtype=torch.float64) if bias else None
-    to = dict(device=device, dtype=dtype)
-    x, wt = x.to(**to), wt.to(**to)
-    b = b.to(**to) if b is not None else None
-    return x, wt, b, dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+def conv_geometry(kwargs):
+    """F.conv2d's keyword arguments as the ops take them: stride, padding, dilation, groups."""
+    return (_pair(kwargs.get("stride", 1)), _pair(kwargs.get("padding", 0)), _pair(kwargs.get("dilation", 1)),
+            kwargs.get("groups", 1))
 
 
-def conv_grads(fn, x, w, b, kw, grad_out=None):
-    x = x.detach().requires_grad_()
-    w = w.detach().requires_grad_()
-    b = b.detach().requires_grad_() if b is not None else None
-    y = fn(x, w, b, **kw)
-    if grad_out is None:
-        grad_out = torch.randn(y.shape, generator=torch.Generator().manual_seed(1),
-                               dtype=torch.float64).to(y)
-    inputs = [t for t in (x, w, b) if t is not None]
-    grads = torch.autograd.grad(y, inputs, grad_out)
-    return y.detach(), grads, grad_out
+def pool_window(kwargs):
+    """F.max_pool2d's keyword arguments as the ops take them: kernel, stride, padding, dilation, ceil mode."""
+    kernel = _pair(kwargs["kernel_size"])
+    return (kernel, _pair(kwargs.get("stride") or kernel), _pair(kwargs.get("padding", 0)),
+            _pair(kwargs.get("dilation", 1)), kwargs.get("ceil_mode", False))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("case", CONV_CASES, ids=str)
-def test_conv2d_matches_torch(case, dtype):
-    x, w, b, kw = conv_case(case, dtype)
-    y, grads, go = conv_grads(CF.conv2d, x, w, b, kw)
-    y_ref, grads_ref, _ = conv_grads(F.conv2d, x, w, b, kw, go)
-    torch.testing.assert_close(y, y_ref, **tol(dtype))
-    for g, g_ref in zip(grads, grads_ref):
-        torch.testing.assert_close(g, g_ref, **tol(dtype))
+def test_conv2d_over_several_batch_chunks_matches_torch():
+    # Sums over 20 * 1024 positions: the gradients' absolute error grows with them.
+    assert_conv2d_matches_torch(SEVERAL_BATCH_CHUNKS, conv_tensors(SEVERAL_BATCH_CHUNKS, torch.float32, DEVICE),
+                                rtol=1e-4, atol=1e-4, grad_tolerances=dict(rtol=1e-4, atol=1e-2))
 
 
-def test_conv2d_several_batch_chunks():
-    """64 x 9 rows x 32 x 32 columns per sample: Conv2dGeometry::batch_chunk()
-    splits a batch of 20 into several chunks, so the weight gradient is
-    accumulated across GEMM calls."""
-    x, w, b, kw = conv_case((20, 64, 16, 32, 32, 3, 1, 1, 1, 1, True), torch.float32)
-    y, grads, go = conv_grads(CF.conv2d, x, w, b, kw)
-    y_ref, grads_ref, _ = conv_grads(F.conv2d, x, w, b, kw, go)
-    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
-    for g, g_ref in zip(grads, grads_ref):
-        # Sums over 20 * 1024 positions: the absolute error grows with them.
-        torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-2)
+def test_conv2d_with_split_reduction_matches_torch():
+    assert_conv2d_matches_torch(SPLIT_REDUCTION, conv_tensors(SPLIT_REDUCTION, torch.float64, DEVICE),
+                                rtol=1e-10, atol=1e-9)
 
 
-def test_conv2d_split_reduction():
-    """A tiny output (6 x 25 weights) with a long reduction (64 x 28 x 28):
-    the weight-gradient GEMM splits the reduction across blocks."""
-    x, w, b, kw = conv_case((64, 1, 6, 28, 28, 5, 1, 0, 1, 1, True), torch.float64)
-    _, grads, go = conv_grads(CF.conv2d, x, w, b, kw)
-    _, grads_ref, _ = conv_grads(F.conv2d, x, w, b, kw, go)
-    for g, g_ref in zip(grads, grads_ref):
-        torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-9)
-
-
-def test_conv2d_non_contiguous_and_channels_last():
-    x, w, b, kw = conv_case((2, 4, 6, 9, 9, 3, 1, 1, 1, 1, True), torch.float32)
-    x_cl = x.contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(CF.conv2d(x_cl, w, b, **kw), F.conv2d(x, w, b, **kw), rtol=1e-4, atol=1e-4)
-    x_t = x.transpose(2, 3)
-    torch.testing.assert_close(CF.conv2d(x_t, w, b, **kw), F.conv2d(x_t, w, b, **kw), rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("case", CONV_CASES[:6], ids=str)
-def test_conv2d_cpu_and_cuda_agree(case):
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no bias"])
+@pytest.mark.parametrize("case", AGREEMENT_CASES)
+def test_conv2d_cpu_and_cuda_agree(case, bias):
     """Our CPU and CUDA ops, op by op (float64: only summation order differs)."""
-    x, w, b, kw = conv_case(case, torch.float64, device="cpu")
-    stride, padding, dilation = (_pair(kw[k]) for k in ("stride", "padding", "dilation"))
-    geo = (stride, padding, dilation, kw["groups"])
+    x, w, b = conv_tensors(CONV2D_CASES[case], torch.float64, "cpu", bias)
+    geo = conv_geometry(CONV2D_CASES[case].kwargs)
     y = ops.conv2d_forward(x, w, b, *geo)
     go = torch.randn_like(y)
     cpu = [y, ops.conv2d_backward_input(go, w, x.shape, *geo),
@@ -140,13 +85,9 @@ def test_conv2d_cpu_and_cuda_agree(case):
         torch.testing.assert_close(a.cpu(), e, rtol=1e-10, atol=1e-10)
 
 
-def _pair(v):
-    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("case", [CONV_CASES[0], CONV_CASES[2], CONV_CASES[4], CONV_CASES[10]], ids=str)
-def test_conv2d_reduced_precision(case, dtype):
+@pytest.mark.parametrize("dtype", dtypes("float16", "bfloat16"))
+@pytest.mark.parametrize("case", REDUCED_PRECISION_CASES)
+def test_conv2d_in_half_and_bfloat16_is_within_2_eps_of_exact(case, dtype):
     """Half and bfloat16 accumulate in float and round once, so each result
     is within a couple of units in the last place (eps = 2^-10 for half,
     2^-7 for bfloat16) of the exact value computed from the same rounded
@@ -154,62 +95,20 @@ def test_conv2d_reduced_precision(case, dtype):
     to the sum of absolute values, obtained by running the same op on |x|
     and |w| in float64. The factor 2 covers the final rounding (eps / 2) and
     float accumulation error (~K * 2^-24, negligible here)."""
-    x, w, b, kw = conv_case(case, dtype)
-    eps = torch.finfo(dtype).eps
-    x64, w64 = x.double(), w.double()
-    b64 = b.double() if b is not None else None
-    y, grads, go = conv_grads(CF.conv2d, x, w, b, kw)
+    kw = CONV2D_CASES[case].kwargs
+    ours = lambda x, w, b: CF.conv2d(x, w, b, **kw)  # noqa: E731
+    exact = lambda x, w, b: F.conv2d(x, w, b, **kw)  # noqa: E731
+    tensors = conv_tensors(CONV2D_CASES[case], dtype, DEVICE)
+    y, grads, go = forward_and_grads(ours, tensors)
     assert y.dtype == dtype and all(g.dtype == dtype for g in grads)
-    go64 = go.double()
-    y_ref, grads_ref, _ = conv_grads(F.conv2d, x64, w64, b64, kw, go64)
-    scale_y = F.conv2d(x64.abs(), w64.abs(), b64.abs() if b64 is not None else None, **kw)
-    _, scale_grads, _ = conv_grads(F.conv2d, x64.abs(), w64.abs(),
-                                   b64.abs() if b64 is not None else None, kw, go64.abs())
+    tensors64 = [t.double() for t in tensors]
+    y_ref, grads_ref, _ = forward_and_grads(exact, tensors64, go.double())
+    scale_y, scale_grads, _ = forward_and_grads(exact, [t.abs() for t in tensors64], go.double().abs())
+    eps = torch.finfo(dtype).eps
     for ours, ref, scale in zip([y, *grads], [y_ref, *grads_ref], [scale_y, *scale_grads]):
         err = (ours.double() - ref).abs()
         bound = 2 * eps * scale + 1e-6
         assert bool((err <= bound).all()), f"max excess {(err - bound).max().item()}"
-
-
-# (N, C, H, W, kernel, stride, padding, dilation, ceil_mode)
-POOL_CASES = [
-    (2, 3, 8, 8, 2, 2, 0, 1, False),
-    (2, 3, 9, 9, 3, 2, 1, 1, False),
-    (2, 3, 9, 9, 3, 2, 1, 1, True),
-    (2, 2, 10, 7, (3, 2), (2, 1), (1, 0), 1, True),
-    (1, 2, 11, 11, 3, 1, 1, 2, False),   # overlapping, dilated
-    (2, 2, 7, 7, 3, 3, 1, (1, 2), True),
-    (1, 1, 5, 5, 5, 1, 2, 1, False),
-    (0, 3, 8, 8, 2, 2, 0, 1, False),     # empty batch
-    (3, 4, 32, 32, 3, 2, 1, 1, True),
-]
-
-
-def pool_args(case, dtype, device=DEVICE, seed=0):
-    n, c, h, w, k, s, p, d, ceil = case
-    gen = torch.Generator().manual_seed(seed)
-    # Distinct values, so that the maximum (and its gradient) is unambiguous.
-    x = torch.randperm(max(1, n * c * h * w), generator=gen)[: n * c * h * w].reshape(n, c, h, w)
-    x = (x.to(torch.float64) / 8).to(device=device, dtype=dtype)
-    return x, dict(kernel_size=k, stride=s, padding=p, dilation=d, ceil_mode=ceil)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("case", POOL_CASES, ids=str)
-def test_max_pool2d_matches_torch(case, dtype):
-    """Values and indices are exact (no arithmetic). So are gradients where
-    windows do not overlap; where they do, sums of a few terms may round
-    differently, hence the tolerance."""
-    x, kw = pool_args(case, dtype)
-    xa = x.clone().requires_grad_()
-    xb = x.clone().requires_grad_()
-    y, idx = CF.max_pool2d(xa, return_indices=True, **kw)
-    y_ref, idx_ref = F.max_pool2d(xb, return_indices=True, **kw)
-    assert torch.equal(y, y_ref) and torch.equal(idx, idx_ref)
-    go = torch.randn(y.shape, dtype=torch.float64).to(y)
-    (g,) = torch.autograd.grad(y, xa, go)
-    (g_ref,) = torch.autograd.grad(y_ref, xb, go)
-    torch.testing.assert_close(g, g_ref)
 
 
 def test_max_pool2d_ties_and_nans_match_cpu():
@@ -228,39 +127,23 @@ def test_max_pool2d_ties_and_nans_match_cpu():
             assert torch.equal(i_gpu, i_ref)
 
 
-@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+@pytest.mark.parametrize("case", list(MAX_POOL2D_CASES))
 def test_max_pool2d_backward_bitwise_equals_cpu(case):
     """The gather adds each input's gradients in output row-major order, the
     same order as the CPU kernel, so the two agree bit for bit."""
-    x, kw = pool_args(case, torch.float32, device="cpu")
-    _, idx = CF.max_pool2d(x, return_indices=True, **kw)
+    x = pool_input(MAX_POOL2D_CASES[case], torch.float32)
+    _, idx = CF.max_pool2d(x, return_indices=True, **MAX_POOL2D_CASES[case].kwargs)
     go = torch.randn(idx.shape)
-    window = [kw[k] if isinstance(kw[k], (list, tuple)) else [kw[k]] * 2
-              for k in ("kernel_size", "stride", "padding", "dilation")]
-    g_cpu = ops.max_pool2d_backward(go, idx, x.shape, *window, kw["ceil_mode"])
-    g_gpu = ops.max_pool2d_backward(go.to(DEVICE), idx.to(DEVICE), x.shape, *window, kw["ceil_mode"])
+    window = pool_window(MAX_POOL2D_CASES[case].kwargs)
+    g_cpu = ops.max_pool2d_backward(go, idx, x.shape, *window)
+    g_gpu = ops.max_pool2d_backward(go.to(DEVICE), idx.to(DEVICE), x.shape, *window)
     assert torch.equal(g_gpu.cpu(), g_cpu)
 
 
-def test_gradcheck_conv2d():
-    x, w, b, kw = conv_case((2, 4, 4, 6, 5, 3, 2, 1, (1, 2), 2, True), torch.float64)
-    inputs = [t.requires_grad_() for t in (x, w, b)]
-    fn = lambda x, w, b: CF.conv2d(x, w, b, **kw)  # noqa: E731
-    assert torch.autograd.gradcheck(fn, inputs)
-    assert torch.autograd.gradgradcheck(fn, inputs)
-
-
-def test_gradcheck_max_pool2d():
-    x, kw = pool_args((2, 2, 7, 7, 3, 2, 1, 1, True), torch.float64)
-    x.requires_grad_()
-    fn = lambda x: CF.max_pool2d(x, **kw)  # noqa: E731
-    assert torch.autograd.gradcheck(fn, [x])
-    assert torch.autograd.gradgradcheck(fn, [x])
-
-
-def test_opcheck_all_ops():
-    x, w, b, _ = conv_case((2, 4, 6, 7, 7, 3, 1, 1, 1, 2, True), torch.float32)
-    geo = ((2, 1), (1, 1), (1, 2), 2)
+def test_every_op_passes_opcheck():
+    spec = CONV2D_CASES["depthwise, strides 2 and 3, dilation 2"]  # every geometry argument other than 1
+    x, w, b = conv_tensors(spec, torch.float32, DEVICE)
+    geo = conv_geometry(spec.kwargs)
     y = ops.conv2d_forward(x, w, b, *geo)
     go = torch.randn_like(y)
     req = lambda t: t.clone().requires_grad_()  # noqa: E731
@@ -269,14 +152,15 @@ def test_opcheck_all_ops():
     torch.library.opcheck(ops.conv2d_backward_input, (req(go), req(w), list(x.shape), *geo))
     torch.library.opcheck(ops.conv2d_backward_weight, (req(go), req(x), list(w.shape), *geo))
     torch.library.opcheck(ops.conv2d_backward_bias, (req(go),))
-    xp, _ = pool_args((2, 3, 9, 9, 3, 2, 1, 1, True), torch.float32)
-    pool = ((3, 3), (2, 2), (1, 1), (1, 1), True)
-    torch.library.opcheck(ops.max_pool2d_forward, (req(xp), *pool))
-    out, idx = ops.max_pool2d_forward(xp, *pool)
-    torch.library.opcheck(ops.max_pool2d_backward, (req(torch.randn_like(out)), idx, list(xp.shape), *pool))
+    pool_spec = MAX_POOL2D_CASES["ceil mode adds nothing where the windows fit exactly"]
+    xp = pool_input(pool_spec, torch.float32, DEVICE)
+    window = pool_window(pool_spec.kwargs)
+    torch.library.opcheck(ops.max_pool2d_forward, (req(xp), *window))
+    out, idx = ops.max_pool2d_forward(xp, *window)
+    torch.library.opcheck(ops.max_pool2d_backward, (req(torch.randn_like(out)), idx, list(xp.shape), *window))
 
 
-def test_torch_compile_fullgraph():
+def test_torch_compile_fullgraph_gives_the_eager_results():
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         custom_conv.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), custom_conv.nn.MaxPool2d(2),
@@ -294,9 +178,11 @@ def test_torch_compile_fullgraph():
         torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", dtypes("float16", "bfloat16"))
 def test_autocast_runs_in_autocast_dtype(dtype):
-    x, w, b, kw = conv_case((2, 3, 4, 8, 8, 3, 1, 1, 1, 1, True), torch.float32)
+    spec = CONV2D_CASES["padding keeps size"]
+    kw = spec.kwargs
+    x, w, b = conv_tensors(spec, torch.float32, DEVICE)
     w.requires_grad_()
     with torch.autocast("cuda", dtype=dtype):
         y = CF.conv2d(x, w, b, **kw)
@@ -308,7 +194,7 @@ def test_autocast_runs_in_autocast_dtype(dtype):
     (g,) = torch.autograd.grad(y.float().sum(), w)
     assert g.dtype == torch.float32
     # float64 is left alone, as by torch's autocast.
-    x64, w64, b64, _ = conv_case((2, 3, 4, 8, 8, 3, 1, 1, 1, 1, True), torch.float64)
+    x64, w64, b64 = conv_tensors(spec, torch.float64, DEVICE)
     with torch.autocast("cuda", dtype=dtype):
         assert CF.conv2d(x64, w64, b64, **kw).dtype == torch.float64
 
@@ -323,25 +209,23 @@ def deterministic():
         torch.use_deterministic_algorithms(saved)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_bitwise_deterministic(dtype):
+@pytest.mark.parametrize("dtype", dtypes("float32", "float16"))
+def test_two_runs_give_the_same_bits(dtype):
     """No atomics anywhere: two runs give the same bits. The cases cover
     overlapping col2im, split-reduction weight gradients, several batch
     chunks, the bias reduction and overlapping pooling windows."""
-    cases = [(64, 1, 6, 28, 28, 5, 1, 0, 1, 1, True), (20, 64, 16, 32, 32, 3, 1, 1, 1, 1, True),
-             (8, 8, 8, 15, 15, 3, 1, 1, 1, 8, True)]
+    convs = [SPLIT_REDUCTION, SEVERAL_BATCH_CHUNKS, conv((8, 8, 15, 15), (8, 1, 3, 3), padding=1, groups=8)]
+    overlapping_pool = pool((4, 8, 33, 33), kernel_size=3, stride=1, padding=1)
 
     def run():
         out = []
-        for case in cases:
-            x, w, b, kw = conv_case(case, dtype)
-            y, grads, _ = conv_grads(CF.conv2d, x, w, b, kw)
+        for case in convs:
+            y, grads, _ = forward_and_grads(lambda x, w, b: CF.conv2d(x, w, b, **case.kwargs),
+                                            conv_tensors(case, dtype, DEVICE))
             out += [y, *grads]
-        xp, kw = pool_args((4, 8, 33, 33, 3, 1, 1, 1, False), dtype)
-        xp.requires_grad_()
-        yp = CF.max_pool2d(xp, **kw)
-        out += [yp, *torch.autograd.grad(yp, xp, torch.ones_like(yp))]
-        return out
+        y, grads, _ = forward_and_grads(lambda x: CF.max_pool2d(x, **overlapping_pool.kwargs),
+                                        [pool_input(overlapping_pool, dtype, DEVICE)])
+        return out + [y, *grads]
 
     with deterministic():
         first, second = run(), run()

@@ -1,4 +1,6 @@
-"""max_pool2d: values, indices and gradients equal torch.nn.functional's."""
+"""max_pool2d: values, indices and gradients equal torch.nn.functional's, for
+every case of tests/cases.py on every device; then ties, NaN, infinities and
+layouts, which the table cannot say."""
 import math
 
 import pytest
@@ -6,96 +8,81 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
+from cases import MAX_POOL2D_CASES
 from custom_conv import functional as CF
-from conftest import assert_matches_torch
-
-CASES = {
-    "2x2 stride 2": ((2, 3, 8, 8), dict(kernel_size=2)),
-    "3x3 stride 2 padding 1": ((2, 3, 9, 9), dict(kernel_size=3, stride=2, padding=1)),
-    "overlapping windows": ((2, 2, 7, 7), dict(kernel_size=3, stride=1)),
-    "ceil mode keeps partial last window": ((2, 2, 7, 7), dict(kernel_size=2, ceil_mode=True)),
-    "ceil mode drops window starting in padding": ((1, 2, 6, 6), dict(kernel_size=3, stride=3, padding=1,
-                                                                      ceil_mode=True)),
-    "asymmetric kernel stride padding": ((2, 3, 10, 9), dict(kernel_size=(3, 2), stride=(2, 1), padding=(1, 0))),
-    "dilation": ((1, 3, 11, 11), dict(kernel_size=3, stride=2, padding=1, dilation=2)),
-    "dilation with ceil mode": ((1, 2, 10, 10), dict(kernel_size=2, stride=3, dilation=(2, 3), ceil_mode=True)),
-    "window covers whole input": ((2, 3, 4, 5), dict(kernel_size=(4, 5))),
-    "stride larger than kernel": ((2, 2, 9, 9), dict(kernel_size=2, stride=4)),
-}
+from helpers import DEVICES, assert_matches_torch, dtypes, forward_and_grads, pool_input
 
 
-@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
-def test_values_indices_and_gradient_match_torch(case):
-    shape, kwargs = CASES[case]
-    x = torch.randn(shape, dtype=torch.float64)
-    out, idx = CF.max_pool2d(x, return_indices=True, **kwargs)
-    ref, ref_idx = F.max_pool2d(x, return_indices=True, **kwargs)
-    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+def assert_values_and_indices_match_torch(x, *args, **kwargs):
+    """A maximum involves no arithmetic: values and indices equal torch's bit for bit."""
+    out, idx = CF.max_pool2d(x, *args, return_indices=True, **kwargs)
+    ref, ref_idx = F.max_pool2d(x, *args, return_indices=True, **kwargs)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0, equal_nan=True)
     assert torch.equal(idx, ref_idx)
-    assert_matches_torch(lambda x: CF.max_pool2d(x, **kwargs), lambda x: F.max_pool2d(x, **kwargs), [x])
+    return out, idx
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_reduced_precision_is_exact(dtype):
-    # A maximum involves no arithmetic, so every dtype must agree bit for bit.
-    x = torch.randn(2, 3, 9, 9).to(dtype)
-    out, idx = CF.max_pool2d(x, 3, 2, 1, return_indices=True)
-    ref, ref_idx = F.max_pool2d(x, 3, 2, 1, return_indices=True)
-    assert out.dtype == dtype
-    assert torch.equal(out, ref) and torch.equal(idx, ref_idx)
+@pytest.mark.parametrize("case", list(MAX_POOL2D_CASES))
+@pytest.mark.parametrize("dtype", dtypes("float64", "float32", "float16", "bfloat16"))
+@pytest.mark.parametrize("device", DEVICES)
+def test_values_indices_and_gradient_match_torch(device, dtype, case):
+    kwargs = MAX_POOL2D_CASES[case].kwargs
+    x = pool_input(MAX_POOL2D_CASES[case], dtype, device)
+    assert_values_and_indices_match_torch(x, **kwargs)
+    # An input's gradient is the sum of the output gradients it is the maximum
+    # for. We add in float (for half and bfloat16 too) and round once, as torch
+    # does on CUDA; on the CPU torch adds half and bfloat16 in that dtype. So
+    # the reference adds the same gradients in float64 and rounds once.
+    _, (grad,), grad_output = forward_and_grads(lambda x: CF.max_pool2d(x, **kwargs), [x])
+    _, (ref,), _ = forward_and_grads(lambda x: F.max_pool2d(x, **kwargs), [x.double()], grad_output.double())
+    torch.testing.assert_close(grad, ref.to(dtype))
 
 
-def test_ties_go_to_first_element_in_row_major_order():
-    x = torch.zeros(1, 1, 4, 4, dtype=torch.float64)  # every window is one big tie
+@pytest.mark.parametrize("device", DEVICES)
+def test_ties_go_to_first_element_in_row_major_order(device):
+    x = torch.zeros(1, 1, 4, 4, dtype=torch.float64, device=device)  # every window is one big tie
     x[0, 0, 3, 3] = -1.0
-    _, idx = CF.max_pool2d(x, 3, stride=1, return_indices=True)
-    _, ref_idx = F.max_pool2d(x, 3, stride=1, return_indices=True)
+    _, idx = assert_values_and_indices_match_torch(x, 3, stride=1)
     assert idx.flatten().tolist() == [0, 1, 4, 5]
-    assert torch.equal(idx, ref_idx)
 
 
-def test_overlapping_windows_that_share_a_maximum_add_their_gradients():
-    x = torch.zeros(1, 1, 3, 3, dtype=torch.float64)
+@pytest.mark.parametrize("device", DEVICES)
+def test_overlapping_windows_that_share_a_maximum_add_their_gradients(device):
+    x = torch.zeros(1, 1, 3, 3, dtype=torch.float64, device=device)
     x[0, 0, 1, 1] = 5.0  # the centre is in all four 2x2 windows
     x.requires_grad_()
-    CF.max_pool2d(x, 2, stride=1).backward(torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]], dtype=torch.float64))
+    CF.max_pool2d(x, 2, stride=1).backward(torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]], dtype=torch.float64,
+                                                        device=device))
     assert x.grad[0, 0, 1, 1] == 10.0 and x.grad.sum() == 10.0
 
 
 @pytest.mark.parametrize("nan_positions", [[(0, 0)], [(1, 2)], [(0, 1), (2, 2)], [(0, 0), (0, 1), (1, 0)]])
-def test_nan_propagates_with_the_same_value_and_index_as_torch(nan_positions):
-    x = torch.randn(1, 1, 5, 5, dtype=torch.float64)
+@pytest.mark.parametrize("device", DEVICES)
+def test_nan_propagates_with_the_same_value_and_index_as_torch(device, nan_positions):
+    x = torch.randn(1, 1, 5, 5, dtype=torch.float64, device=device)
     for h, w in nan_positions:
         x[0, 0, h, w] = math.nan
-    out, idx = CF.max_pool2d(x, 3, stride=2, padding=1, return_indices=True)
-    ref, ref_idx = F.max_pool2d(x, 3, stride=2, padding=1, return_indices=True)
-    torch.testing.assert_close(out, ref, equal_nan=True, rtol=0, atol=0)
-    assert torch.equal(idx, ref_idx)
+    assert_values_and_indices_match_torch(x, 3, stride=2, padding=1)
 
 
-def test_window_of_minus_infinity_points_at_its_first_real_element():
-    x = torch.full((1, 1, 4, 4), -math.inf, dtype=torch.float64)
-    out, idx = CF.max_pool2d(x, 3, stride=2, padding=1, return_indices=True)
-    ref, ref_idx = F.max_pool2d(x, 3, stride=2, padding=1, return_indices=True)
-    assert torch.equal(out, ref) and torch.equal(idx, ref_idx)
+@pytest.mark.parametrize("device", DEVICES)
+def test_window_of_minus_infinity_points_at_its_first_real_element(device):
+    x = torch.full((1, 1, 4, 4), -math.inf, dtype=torch.float64, device=device)
+    assert_values_and_indices_match_torch(x, 3, stride=2, padding=1)
 
 
-def test_unbatched_input_and_empty_batch():
-    x3 = torch.randn(3, 6, 6, dtype=torch.float64)
-    out, idx = CF.max_pool2d(x3, 2, return_indices=True)
-    ref, ref_idx = F.max_pool2d(x3, 2, return_indices=True)
-    assert out.shape == (3, 3, 3) and torch.equal(out, ref) and torch.equal(idx, ref_idx)
-    x0 = torch.randn(0, 3, 6, 6, dtype=torch.float64)
-    assert_matches_torch(lambda x: CF.max_pool2d(x, 2), lambda x: F.max_pool2d(x, 2), [x0])
+@pytest.mark.parametrize("device", DEVICES)
+def test_unbatched_input_gives_unbatched_output(device):
+    out, _ = assert_values_and_indices_match_torch(torch.randn(3, 6, 6, dtype=torch.float64, device=device), 2)
+    assert out.shape == (3, 3, 3)
 
 
-def test_non_contiguous_and_channels_last_inputs():
-    base = torch.randn(2, 9, 10, 3, dtype=torch.float64)
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_contiguous_and_channels_last_inputs(device):
+    base = torch.randn(2, 9, 10, 3, dtype=torch.float64, device=device)
     for x in (base.permute(0, 3, 1, 2)[:, :, ::2],
-              torch.randn(2, 3, 8, 8, dtype=torch.float64).to(memory_format=torch.channels_last)):
-        out, idx = CF.max_pool2d(x, 2, return_indices=True)
-        ref, ref_idx = F.max_pool2d(x, 2, return_indices=True)
-        assert torch.equal(out, ref) and torch.equal(idx, ref_idx)
+              torch.randn(2, 3, 8, 8, dtype=torch.float64, device=device).to(memory_format=torch.channels_last)):
+        assert_values_and_indices_match_torch(x, 2)
         assert_matches_torch(lambda x: CF.max_pool2d(x, 2), lambda x: F.max_pool2d(x, 2), [x])
 
 
@@ -131,26 +118,26 @@ def test_random_configurations_match_torch(config, with_ties):
         assert_matches_torch(lambda x: CF.max_pool2d(x, **kwargs), lambda x: F.max_pool2d(x, **kwargs), [x])
 
 
-def test_window_of_padding_only_gives_minus_infinity_and_no_gradient():
+@pytest.mark.parametrize("device", DEVICES)
+def test_window_of_padding_only_gives_minus_infinity_and_no_gradient(device):
     # With dilation 2 and padding 1, the first window of a 1-row input covers
     # rows -1 and 1: padding and past the end. torch returns -inf with an
     # index past the plane (1), and we return the same; but torch's backward
     # then adds that output's gradient to the next plane's element, while
     # ours, correctly, sends it nowhere: the output depends on no input.
-    x = torch.randn(1, 2, 1, 1, dtype=torch.float64, requires_grad=True)
-    out, idx = CF.max_pool2d(x, (2, 1), 1, (1, 0), (2, 1), return_indices=True)
-    ref, ref_idx = F.max_pool2d(x, (2, 1), 1, (1, 0), (2, 1), return_indices=True)
-    assert torch.equal(out, ref) and torch.equal(idx, ref_idx)
+    x = torch.randn(1, 2, 1, 1, dtype=torch.float64, device=device, requires_grad=True)
+    out, idx = assert_values_and_indices_match_torch(x, (2, 1), 1, (1, 0), (2, 1))
     assert out.isinf().all() and (idx == 1).all()
     (grad,) = torch.autograd.grad(out, x, torch.ones_like(out))
     assert torch.equal(grad, torch.zeros_like(x))
 
 
 @pytest.mark.parametrize("case", ["3x3 stride 2 padding 1", "overlapping windows", "dilation with ceil mode"])
-def test_gradcheck_and_gradgradcheck(case):
-    shape, kwargs = CASES[case]
-    # Distinct, well-separated values: the maximum must not switch under the
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck_and_gradgradcheck(device, case):
+    kwargs = MAX_POOL2D_CASES[case].kwargs
+    # Distinct, well-separated values (helpers.pool_input): the maximum must not switch under the
     # finite-difference perturbation (1e-6), or the numerical Jacobian jumps.
-    x = (torch.randperm(math.prod(shape)).reshape(shape).double() / 10).requires_grad_()
+    x = pool_input(MAX_POOL2D_CASES[case], torch.float64, device).requires_grad_()
     assert torch.autograd.gradcheck(lambda x: CF.max_pool2d(x, **kwargs), (x,))
     assert torch.autograd.gradgradcheck(lambda x: CF.max_pool2d(x, **kwargs), (x,))

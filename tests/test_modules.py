@@ -7,7 +7,7 @@ import torchvision
 
 import custom_conv
 from custom_conv.nn import Conv2d, MaxPool2d
-from conftest import assert_matches_torch
+from helpers import assert_matches_torch
 
 
 @pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])

@@ -1,0 +1,88 @@
+"""What the test files share: the devices to run on, how close to torch is
+close enough, the tensors of a case (tests/cases.py), and the comparison of
+ours with torch's, values and every gradient."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from custom_conv import functional as CF
+
+# Every behaviour that does not depend on the device is checked on each of
+# these. Marked `cuda`, as test_cuda.py is: `pytest -m cuda` runs every CUDA test.
+DEVICES = ["cpu"] + ([pytest.param("cuda", marks=pytest.mark.cuda)] if torch.cuda.is_available() else [])
+
+
+def dtypes(*names):
+    """Parameters for `dtype`, shown by name: dtypes("float64", "float32")."""
+    return [pytest.param(getattr(torch, name), id=name) for name in names]
+
+
+def tolerance(dtype, device, long_sums=False):
+    """rtol and atol between our conv2d and torch's, for float64 and float32."""
+    if dtype == torch.float64:
+        return dict(rtol=1e-10, atol=1e-10)  # the same products summed in another order: ~1e-14 apart
+    if device == "cpu" and not long_sums:
+        return dict(rtol=1e-5, atol=1e-5)  # sums of up to ~150 products: a few ulps times sqrt(terms)
+    # cuDNN may choose Winograd or FFT algorithms, which round more, and sums of hundreds of products cancel.
+    return dict(rtol=1e-4, atol=1e-4)
+
+
+def _randn64(shape, generator):
+    return torch.randn(shape, generator=generator, dtype=torch.float64)
+
+
+def conv_tensors(case, dtype=torch.float64, device="cpu", bias=True, seed=0):
+    """A conv2d case's input, weight and bias (None without bias): standard
+    normal values drawn in float64 from `seed`, then rounded to `dtype` on
+    `device`, so that every device and dtype starts from the same numbers."""
+    generator = torch.Generator().manual_seed(seed)
+    x, w, b = (_randn64(shape, generator).to(device=device, dtype=dtype)
+               for shape in (case.input, case.weight, case.weight[:1]))
+    return x, w, (b if bias else None)
+
+
+def pool_input(case, dtype=torch.float64, device="cpu", seed=0):
+    """A max_pool2d case's input: the numbers -n/2 .. n/2 - 1, divided by 8,
+    in an order drawn from `seed`. They are distinct in float64 and float32
+    (half and bfloat16 round some large ones together; ties go to the first),
+    1/8 apart, far more than a finite-difference step, and of both signs, so
+    that padding cannot pass for a maximum of zero."""
+    n = math.prod(case.input)
+    values = (torch.randperm(n, generator=torch.Generator().manual_seed(seed)) - n // 2).double() / 8
+    return values.reshape(case.input).to(device=device, dtype=dtype)
+
+
+def forward_and_grads(fn, tensors, grad_output=None):
+    """Runs fn on fresh leaf copies of `tensors`, backpropagates `grad_output`
+    (when None, standard normal values drawn from a fixed seed) and returns
+    (output, grads, grad_output)."""
+    leaves = [t.detach().clone().requires_grad_(t.is_floating_point()) if t is not None else None
+              for t in tensors]
+    out = fn(*leaves)
+    if isinstance(out, tuple):
+        out = out[0]
+    if grad_output is None:
+        grad_output = _randn64(out.shape, torch.Generator().manual_seed(1)).to(out)
+    out.backward(grad_output)
+    return out.detach(), [t.grad if t is not None else None for t in leaves], grad_output
+
+
+def assert_matches_torch(ours, theirs, tensors, grad_tolerances=None, **tolerances):
+    """Forward values and every input gradient of `ours` equal `theirs`'s,
+    within `tolerances` (the gradients within `grad_tolerances` if given)."""
+    out, grads, grad_output = forward_and_grads(ours, tensors)
+    ref, ref_grads, _ = forward_and_grads(theirs, tensors, grad_output)
+    torch.testing.assert_close(out, ref, **tolerances)
+    for g, r in zip(grads, ref_grads):
+        if r is None:
+            assert g is None
+        else:
+            torch.testing.assert_close(g, r, **(tolerances if grad_tolerances is None else grad_tolerances))
+
+
+def assert_conv2d_matches_torch(case, tensors, **tolerances):
+    """Our conv2d with `case`'s arguments against torch's, as assert_matches_torch."""
+    assert_matches_torch(lambda x, w, b: CF.conv2d(x, w, b, **case.kwargs),
+                         lambda x, w, b: F.conv2d(x, w, b, **case.kwargs), tensors, **tolerances)
