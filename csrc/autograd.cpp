@@ -13,6 +13,9 @@
 // Each backward calls our ops through the dispatcher. When the engine runs it
 // with create_graph=True (grad mode on), those calls are recorded, so the
 // result is differentiable again; otherwise they go straight to the kernels.
+#include "geometry.h"
+#include "max_pool2d_window.h"
+
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
@@ -93,6 +96,35 @@ struct ConvArgs {
   static ConvArgs load(AutogradContext* ctx) {
     return {ctx->saved_data["stride"].toIntVector(), ctx->saved_data["padding"].toIntVector(),
             ctx->saved_data["dilation"].toIntVector(), ctx->saved_data["groups"].toInt()};
+  }
+};
+
+// The window geometry of a max-pooling, kept in the context.
+struct PoolArgs {
+  std::vector<c10::SymInt> input_size;
+  std::vector<int64_t> kernel_size, stride, padding, dilation;
+  bool ceil_mode;
+
+  void save(AutogradContext* ctx) const {
+    ctx->saved_data["input_size"] = input_size;
+    ctx->saved_data["kernel_size"] = kernel_size;
+    ctx->saved_data["stride"] = stride;
+    ctx->saved_data["padding"] = padding;
+    ctx->saved_data["dilation"] = dilation;
+    ctx->saved_data["ceil_mode"] = ceil_mode;
+  }
+  static PoolArgs load(AutogradContext* ctx) {
+    return {ctx->saved_data["input_size"].toSymIntVector(), ctx->saved_data["kernel_size"].toIntVector(),
+            ctx->saved_data["stride"].toIntVector(), ctx->saved_data["padding"].toIntVector(),
+            ctx->saved_data["dilation"].toIntVector(), ctx->saved_data["ceil_mode"].toBool()};
+  }
+  at::Tensor backward(const at::Tensor& grad_output, const at::Tensor& indices) const {
+    static const auto handle = op<MaxPool2dBackward>("custom_conv::max_pool2d_backward");
+    return handle.call(grad_output, indices, input_size, kernel_size, stride, padding, dilation, ceil_mode);
+  }
+  Pool2dGeometry geometry() const {
+    return max_pool2d_geometry(C10_AS_INTARRAYREF_SLOW(input_size), kernel_size, stride, padding, dilation,
+                               ceil_mode);
   }
 };
 
@@ -214,12 +246,8 @@ struct MaxPool2dFunction : torch::autograd::Function<MaxPool2dFunction> {
                                c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
                                bool ceil_mode) {
     static const auto pool = op<MaxPool2dForward>("custom_conv::max_pool2d_forward");
-    ctx->saved_data["input_size"] = input.sym_sizes().vec();
-    ctx->saved_data["kernel_size"] = kernel_size.vec();
-    ctx->saved_data["stride"] = stride.vec();
-    ctx->saved_data["padding"] = padding.vec();
-    ctx->saved_data["dilation"] = dilation.vec();
-    ctx->saved_data["ceil_mode"] = ceil_mode;
+    PoolArgs{input.sym_sizes().vec(), kernel_size.vec(), stride.vec(), padding.vec(), dilation.vec(), ceil_mode}
+        .save(ctx);
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [output, indices] = pool.call(input, kernel_size, stride, padding, dilation, ceil_mode);
     ctx->mark_non_differentiable({indices});
@@ -228,33 +256,46 @@ struct MaxPool2dFunction : torch::autograd::Function<MaxPool2dFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto pool_backward = op<MaxPool2dBackward>("custom_conv::max_pool2d_backward");
     const at::Tensor indices = ctx->get_saved_variables()[0];
     const BelowAutogradUnlessCreatingGraph dispatch;
     at::Tensor grad_input;
     if (grads[0].defined() && ctx->needs_input_grad(0)) {
-      const std::vector<c10::SymInt> input_size = ctx->saved_data["input_size"].toSymIntVector();
-      grad_input = pool_backward.call(grads[0], indices, input_size, ctx->saved_data["kernel_size"].toIntVector(),
-                                      ctx->saved_data["stride"].toIntVector(),
-                                      ctx->saved_data["padding"].toIntVector(),
-                                      ctx->saved_data["dilation"].toIntVector(),
-                                      ctx->saved_data["ceil_mode"].toBool());
+      grad_input = PoolArgs::load(ctx).backward(grads[0], indices);
     }
     return {grad_input, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
+// Which windows hold an input element: an (out_h, out_w) mask on the device
+// of `options`. Windows of padding only have an index that names none (see
+// max_pool2d_window.h). Built from tensor ops, not host loops, so that it
+// also traces under torch.compile: window o along a dimension has taps at
+// o * stride - pad + j * dilation, j < kernel, and holds input if one of
+// them lies in [0, size).
+at::Tensor windows_holding_input(const Pool2dGeometry& g, const at::TensorOptions& options) {
+  const auto along = [&](int64_t out, int64_t stride, int64_t pad, int64_t kernel, int64_t dilation, int64_t size) {
+    const at::TensorOptions longs = options.dtype(at::kLong);
+    const at::Tensor starts = at::arange(out, longs).mul(stride).sub(pad);
+    const at::Tensor taps = starts.unsqueeze(1).add(at::arange(kernel, longs).mul(dilation).unsqueeze(0));
+    return taps.ge(0).logical_and(taps.lt(size)).any(1);
+  };
+  const at::Tensor rows = along(g.out_h, g.stride_h, g.pad_h, g.kernel_h, g.dilation_h, g.in_h);
+  const at::Tensor cols = along(g.out_w, g.stride_w, g.pad_w, g.kernel_w, g.dilation_w, g.in_w);
+  return rows.unsqueeze(1).logical_and(cols.unsqueeze(0));
+}
+
 // gx = P(gy, indices), the scatter of each output gradient to the input its
-// index names. It is linear in gy; its adjoint gathers through the indices.
-// Indices past the plane (windows of padding only) read nothing.
+// index names. It is linear in gy; its adjoint gathers through the indices,
+// from the windows that hold an input.
 struct MaxPool2dBackwardFunction : torch::autograd::Function<MaxPool2dBackwardFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_output, const at::Tensor& indices,
                             c10::SymIntArrayRef input_size, c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
                             c10::IntArrayRef padding, c10::IntArrayRef dilation, bool ceil_mode) {
-    static const auto pool_backward = op<MaxPool2dBackward>("custom_conv::max_pool2d_backward");
+    const PoolArgs args{input_size.vec(), kernel_size.vec(), stride.vec(), padding.vec(), dilation.vec(), ceil_mode};
+    args.save(ctx);
     ctx->save_for_backward({indices});
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return pool_backward.call(grad_output, indices, input_size, kernel_size, stride, padding, dilation, ceil_mode);
+    return args.backward(grad_output, indices);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -262,11 +303,14 @@ struct MaxPool2dBackwardFunction : torch::autograd::Function<MaxPool2dBackwardFu
     const at::Tensor& gg = grads[0];
     at::Tensor d_grad_output;
     if (gg.defined() && ctx->needs_input_grad(0)) {
+      // As in the kernels, indices outside the plane (which max_pool2d_forward
+      // never gives) read nothing either.
       const at::Tensor plane = gg.flatten(2);
-      const at::Tensor flat = indices.flatten(2);
       const int64_t size = plane.size(2);
-      const at::Tensor inside = flat.ge(0).logical_and(flat.lt(size));
-      d_grad_output = plane.gather(2, flat.clamp(0, std::max<int64_t>(size - 1, 0))).mul(inside).view_as(indices);
+      const at::Tensor holds = windows_holding_input(PoolArgs::load(ctx).geometry(), indices.options());
+      const at::Tensor inside = indices.ge(0).logical_and(indices.lt(size)).logical_and(holds);
+      const at::Tensor flat = indices.clamp(0, std::max<int64_t>(size - 1, 0)).flatten(2);
+      d_grad_output = plane.gather(2, flat).view_as(indices).mul(inside);
     }
     return {d_grad_output, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
             at::Tensor()};

@@ -17,6 +17,10 @@ namespace custom_conv {
 // by the dilation keeps `first` on the window's grid.
 struct WindowSpan {
   int64_t first, end;
+
+  // A span of padding only (possible with dilation, or with ceil_mode's last
+  // window): its window holds no input element.
+  C10_HOST_DEVICE bool empty() const { return first >= end; }
 };
 
 C10_HOST_DEVICE inline WindowSpan window_span(int64_t out_pos, int64_t stride, int64_t pad,
@@ -41,6 +45,13 @@ struct WindowMax {
 // later NaN, so the result is NaN with the index of the window's last NaN, as
 // in torch. A window holding only -inf points at its first element inside
 // the input.
+//
+// A window of padding only (rows.empty() or cols.empty()) has the value
+// -inf and depends on no input. Its index is torch's, first row * W + first
+// column, computed as if the window had an element there: it names no element
+// of the window (it lies past the plane, or, when only the columns are
+// padding, in the next row). The backward kernels therefore decide from the
+// window, not from the index, that its gradient goes nowhere.
 template <typename acc_t, typename scalar_t>
 C10_HOST_DEVICE inline WindowMax<acc_t> window_max(const scalar_t* plane, const Pool2dGeometry& g,
                                                    const WindowSpan& rows, const WindowSpan& cols) {

@@ -132,6 +132,43 @@ def test_window_of_padding_only_gives_minus_infinity_and_no_gradient(device):
     assert torch.equal(grad, torch.zeros_like(x))
 
 
+# Windows whose columns (or rows) are all padding, while their rows (columns)
+# are inside: the index torch reports, first row * W + first column, then
+# lies inside the plane, in the next row, though the window holds nothing.
+PADDING_ONLY_COLUMNS = [
+    ((1, 1, 12, 1), dict(kernel_size=(1, 3), stride=(2, 3), padding=(0, 1), dilation=(2, 2), ceil_mode=True)),
+    ((2, 3, 12, 1), dict(kernel_size=(2, 3), stride=(1, 3), padding=(1, 1), dilation=(1, 2), ceil_mode=True)),
+    ((1, 2, 1, 9), dict(kernel_size=(3, 2), stride=(3, 2), padding=(1, 0), dilation=(2, 1), ceil_mode=True)),
+]
+
+
+@pytest.mark.parametrize("shape, kwargs", PADDING_ONLY_COLUMNS, ids=["columns", "columns, 2 rows", "rows"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_window_of_padding_only_columns_routes_no_gradient_into_the_next_row(device, shape, kwargs):
+    x = torch.randn(shape, dtype=torch.float64, device=device, requires_grad=True)
+    out, idx = assert_values_and_indices_match_torch(x, **kwargs)
+    # The windows that hold input: their taps, computed independently here.
+    def holds(out_size, k, s, p, d, size):
+        return [any(0 <= o * s - p + j * d < size for j in range(k)) for o in range(out_size)]
+    rows = holds(out.shape[2], kwargs["kernel_size"][0], kwargs["stride"][0], kwargs["padding"][0],
+                 kwargs["dilation"][0], shape[2])
+    cols = holds(out.shape[3], kwargs["kernel_size"][1], kwargs["stride"][1], kwargs["padding"][1],
+                 kwargs["dilation"][1], shape[3])
+    mask = torch.tensor([[r and c for c in cols] for r in rows], device=device)
+    assert not mask.all(), "the case must contain windows of padding only"
+    grad_output = torch.randn_like(out, requires_grad=True)
+    (grad,) = torch.autograd.grad(out, x, grad_output, create_graph=True)
+    # Each input gets the gradients of the windows that hold it and chose it.
+    expected = torch.zeros_like(x).flatten(2)
+    expected.scatter_add_(2, (idx * mask).flatten(2), (grad_output * mask).flatten(2))
+    torch.testing.assert_close(grad, expected.view_as(x), rtol=0, atol=0)
+    # Double backward: the adjoint gathers through the same windows only.
+    v = torch.randn_like(x)
+    (d_grad_output,) = torch.autograd.grad((grad * v).sum(), grad_output)
+    torch.testing.assert_close(d_grad_output, v.flatten(2).gather(2, (idx * mask).flatten(2)).view_as(idx) * mask,
+                               rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("case", ["3x3 stride 2 padding 1", "overlapping windows", "dilation with ceil mode"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_gradcheck_and_gradgradcheck(device, case):

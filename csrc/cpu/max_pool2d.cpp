@@ -86,6 +86,17 @@ at::Tensor max_pool2d_backward_cpu(
   const int64_t planes = g.planes();
   const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
 
+  // Windows of padding only depend on no input and route their gradient
+  // nowhere (see max_pool2d_window.h); their indices name no element of them.
+  std::vector<char> holds_input(out_plane);
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    const bool rows = !window_span(oh, g.stride_h, g.pad_h, g.kernel_h, g.dilation_h, g.in_h).empty();
+    for (int64_t ow = 0; ow < g.out_w; ++ow) {
+      holds_input[oh * g.out_w + ow] =
+          rows && !window_span(ow, g.stride_w, g.pad_w, g.kernel_w, g.dilation_w, g.in_w).empty();
+    }
+  }
+
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad_output.scalar_type(), "max_pool2d_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
@@ -102,12 +113,10 @@ at::Tensor max_pool2d_backward_cpu(
         acc_t* acc = kDirect ? reinterpret_cast<acc_t*>(gi + p * in_plane) : scratch.data();
         std::fill(acc, acc + in_plane, acc_t(0));
         for (int64_t o = 0; o < out_plane; ++o) {
-          // With dilation a window can hold only padding: its output is -inf,
-          // depends on no input, and its index (torch's, kept for parity)
-          // lies past the plane. It routes its gradient nowhere. (torch's
-          // own backward adds it to the next plane's memory instead.)
+          // The range check guards against indices that did not come from
+          // max_pool2d_forward.
           const int64_t i = idx[p * out_plane + o];
-          if (i >= 0 && i < in_plane) {
+          if (holds_input[o] && i >= 0 && i < in_plane) {
             acc[i] += static_cast<acc_t>(go[p * out_plane + o]);
           }
         }
