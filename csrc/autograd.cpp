@@ -82,6 +82,23 @@ at::Tensor conv2d_backward_bias(const at::Tensor& grad_output) {
   return handle.call(grad_output);
 }
 
+// Memory format. Our kernels compute in NCHW; torch's conv2d and max_pool2d
+// return channels_last results, gradients included, when an input (or the
+// weight) suggests channels_last. custom_conv.functional converts the
+// outputs; the backward functions below convert the gradients.
+bool suggests_channels_last(const at::Tensor& t) {
+  return t.dim() == 4 && t.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+}
+
+// With torch's channels_last strides exactly: t.contiguous(ChannelsLast)
+// keeps a tensor with a channel dimension of 1 as it is, since it is
+// contiguous in both formats, but torch's results carry channels_last strides.
+at::Tensor in_channels_last(const at::Tensor& t) {
+  if (!t.defined()) return t;
+  at::Tensor out = at::empty(t.sizes(), t.options().memory_format(at::MemoryFormat::ChannelsLast));
+  return out.strides() == t.strides() ? t : out.copy_(t);
+}
+
 // stride, padding, dilation and groups of a convolution, kept in the context.
 struct ConvArgs {
   std::vector<int64_t> stride, padding, dilation;
@@ -138,6 +155,7 @@ struct Conv2dFunction : torch::autograd::Function<Conv2dFunction> {
     ctx->save_for_backward({input, weight});
     ConvArgs{stride.vec(), padding.vec(), dilation.vec(), groups}.save(ctx);
     ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    ctx->saved_data["channels_last"] = suggests_channels_last(input) || suggests_channels_last(weight);
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return conv2d_forward(input, weight, bias, stride, padding, dilation, groups);
   }
@@ -159,6 +177,10 @@ struct Conv2dFunction : torch::autograd::Function<Conv2dFunction> {
     }
     if (grad.defined() && ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)) {
       grad_bias = conv2d_backward_bias(grad);
+    }
+    if (ctx->saved_data["channels_last"].toBool()) {
+      grad_input = in_channels_last(grad_input);
+      grad_weight = in_channels_last(grad_weight);
     }
     return {grad_input, grad_weight, grad_bias, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
@@ -248,6 +270,7 @@ struct MaxPool2dFunction : torch::autograd::Function<MaxPool2dFunction> {
     static const auto pool = op<MaxPool2dForward>("custom_conv::max_pool2d_forward");
     PoolArgs{input.sym_sizes().vec(), kernel_size.vec(), stride.vec(), padding.vec(), dilation.vec(), ceil_mode}
         .save(ctx);
+    ctx->saved_data["channels_last"] = suggests_channels_last(input);
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [output, indices] = pool.call(input, kernel_size, stride, padding, dilation, ceil_mode);
     ctx->mark_non_differentiable({indices});
@@ -261,6 +284,7 @@ struct MaxPool2dFunction : torch::autograd::Function<MaxPool2dFunction> {
     at::Tensor grad_input;
     if (grads[0].defined() && ctx->needs_input_grad(0)) {
       grad_input = PoolArgs::load(ctx).backward(grads[0], indices);
+      if (ctx->saved_data["channels_last"].toBool()) grad_input = in_channels_last(grad_input);
     }
     return {grad_input, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }

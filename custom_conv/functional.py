@@ -35,8 +35,34 @@ def _batched(input, op):
     return input.dim() == 3, (input.unsqueeze(0) if input.dim() == 3 else input)
 
 
-def _is_channels_last(t):
-    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+def _suggests_channels_last(t):
+    """Whether torch treats the 4-D tensor `t` as channels_last (its
+    suggest_memory_format), judged from the strides alone as torch does: the
+    channel stride smallest, then width, height, batch, with torch's
+    tie-breaks for dimensions of size 1 (ambiguous cases count as NCHW). Not
+    the same as t.is_contiguous(memory_format=torch.channels_last): a slice of
+    a channels_last tensor is channels_last too, and a (C_out, 1, kH, kW)
+    weight is contiguous in both formats."""
+    if t.dim() != 4 or t.layout != torch.strided:
+        return False
+    sizes, strides = t.shape, t.stride()
+    if strides[1] == 0:
+        return False
+    smallest = 0
+    for d in (1, 3, 2, 0):
+        if sizes[d] == 0 or strides[d] < smallest:
+            return False
+        if d == 0 and smallest == strides[1]:
+            return False  # N111-like: ambiguous, NCHW
+        smallest = strides[d] * (sizes[d] if sizes[d] > 1 else 1)
+    return True
+
+
+def _as_channels_last(t):
+    """`t` with torch's channels_last strides (t.contiguous(memory_format=...)
+    would keep a tensor with one channel as it is: it is contiguous in both)."""
+    out = torch.empty_like(t, memory_format=torch.channels_last)
+    return t if out.stride() == t.stride() else out.copy_(t)
 
 
 def _string_padding(padding, input, weight, stride, dilation):
@@ -77,9 +103,10 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D cross-correlation, with the semantics of torch.nn.functional.conv2d."""
     unbatched, x, stride, padding, dilation = _conv2d_arguments(input, weight, stride, padding, dilation)
     out = ops.conv2d_forward(x, weight, bias, stride, padding, dilation, groups)
-    # Our kernels produce NCHW; hand channels_last back as torch would.
-    if _is_channels_last(input) or _is_channels_last(weight):
-        out = out.contiguous(memory_format=torch.channels_last)
+    # Our kernels produce NCHW; torch's output is channels_last when the input
+    # or the weight suggests it (the backward's gradients follow, csrc/autograd.cpp).
+    if _suggests_channels_last(x) or _suggests_channels_last(weight):
+        out = _as_channels_last(out)
     return out.squeeze(0) if unbatched else out
 
 
@@ -92,9 +119,8 @@ def max_pool2d_with_indices(input, kernel_size, stride=None, padding=0, dilation
         else _pair(stride, "stride")
     out, indices = ops.max_pool2d_forward(x, kernel, stride, _pair(padding, "padding"),
                                           _pair(dilation, "dilation"), bool(ceil_mode))
-    if _is_channels_last(input):
-        out = out.contiguous(memory_format=torch.channels_last)
-        indices = indices.contiguous(memory_format=torch.channels_last)
+    if _suggests_channels_last(x):
+        out, indices = _as_channels_last(out), _as_channels_last(indices)
     if unbatched:
         return out.squeeze(0), indices.squeeze(0)
     return out, indices
