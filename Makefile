@@ -3,9 +3,12 @@
 #   make test    build the extension, then run the test suite
 #   make demo    our layers next to torch's on the same inputs
 #   make bench   benchmarks/bench.py: our kernels against torch.nn.functional
+#   make build   only build; custom_conv is installed in .venv (editable), so
+#                `.venv/bin/python -c 'import custom_conv'` works from any directory
 VENV   ?= .venv
 PYTHON := $(VENV)/bin/python
 DEPS   := $(VENV)/.requirements-installed
+INSTALLED := $(VENV)/.custom_conv-installed
 # nvcc lives here on our machines; auto-detection picks /usr/local and fails.
 export CUDA_HOME ?= /usr/local/cuda
 export MAX_JOBS ?= 2
@@ -18,8 +21,16 @@ $(DEPS): requirements.txt
 	touch $@
 
 # Incremental: ninja only recompiles what changed (objects live in build/).
-build: $(DEPS)
+build: $(INSTALLED)
 	$(PYTHON) setup.py build_ext --inplace
+
+# Once per venv (again when the packaging changes): an editable install, built
+# against the venv's torch without build isolation. It compiles in the same
+# build/temp.* folder as the line above (see setup.py), so it reuses its objects.
+$(INSTALLED): $(DEPS) pyproject.toml setup.py
+	$(PYTHON) setup.py build_ext --inplace
+	$(PYTHON) -m pip install --no-build-isolation --no-deps --no-index --editable .
+	touch $@
 
 test: build
 	$(PYTHON) -m pytest -q tests
@@ -34,4 +45,4 @@ bench: build
 	$(PYTHON) benchmarks/bench.py
 
 clean:
-	rm -rf build custom_conv/*.so
+	rm -rf build custom_conv/*.so custom_conv/_build_info.py

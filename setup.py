@@ -3,6 +3,12 @@
 CUDA sources (csrc/cuda/*.cu) are compiled when a GPU is visible or when
 FORCE_CUDA=1 is set, as CI does to compile-check them on a machine without a
 GPU. The build says which it chose.
+
+Beside the compiled module the build writes custom_conv/_build_info.py: the
+package version and the torch it was compiled against, which `import
+custom_conv` checks before it loads the module (see custom_conv/_ops.py).
+Build without isolation, against the torch that will run it:
+`pip install --no-build-isolation -e .` or `pip wheel --no-build-isolation --no-deps .`.
 """
 import glob
 import os
@@ -52,9 +58,50 @@ def extension():
                         extra_link_args=["-fopenmp"])
 
 
+BUILD_INFO = '''"""Written by setup.py when it built custom_conv._C (not kept in git).
+
+custom_conv/_ops.py compares TORCH_VERSION and TORCH_GIT_VERSION with the
+torch being imported before it loads the compiled module: a C++ extension
+only runs with the torch it was compiled against.
+"""
+VERSION = {version!r}
+TORCH_VERSION = {torch_version!r}
+TORCH_GIT_VERSION = {torch_git_version!r}
+TORCH_CUDA_VERSION = {torch_cuda_version!r}  # the CUDA of that torch build (None for a CPU-only torch)
+WITH_CUDA = {with_cuda!r}  # whether csrc/cuda/ was compiled in
+CUDA_ARCHS = {cuda_archs!r}
+'''
+
+
+class BuildExt(BuildExtension):
+    """torch's BuildExtension, plus two things: it writes _build_info.py next
+    to the compiled module, and an editable install (`pip install -e .`, which
+    builds in a fresh temporary folder) compiles in the same build/temp.*
+    folder as `setup.py build_ext --inplace`, so ninja reuses its objects."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        if getattr(self, "editable_mode", False):
+            self.build_temp = os.path.join(ROOT, "build", f"temp.{self.plat_name}-{sys.implementation.cache_tag}")
+
+    def run(self):
+        super().run()  # with --inplace (or editable) the module now sits in custom_conv/
+        with_cuda = any(source.endswith(".cu") for ext in self.extensions for source in ext.sources)
+        text = BUILD_INFO.format(
+            version=self.distribution.get_version(), torch_version=str(torch.__version__),
+            torch_git_version=torch.version.git_version, torch_cuda_version=torch.version.cuda,
+            with_cuda=with_cuda, cuda_archs=os.environ.get("TORCH_CUDA_ARCH_LIST") if with_cuda else None)
+        for ext in self.extensions:
+            path = os.path.join(os.path.dirname(self.get_ext_fullpath(ext.name)), "_build_info.py")
+            if not (os.path.exists(path) and open(path).read() == text):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "w") as f:
+                    f.write(text)
+
+
 setup(
     name="custom_conv",
     packages=find_packages(include=["custom_conv", "custom_conv.*"]),
     ext_modules=[extension()],
-    cmdclass={"build_ext": BuildExtension},
+    cmdclass={"build_ext": BuildExt},
 )

@@ -4,7 +4,10 @@
     y = custom_conv.functional.conv2d(x, w, b, stride=2, padding=1)
     layer = custom_conv.nn.Conv2d(3, 16, 3, padding=1)
     model = custom_conv.convert(torchvision.models.resnet18())
+    with custom_conv.enabled():  # every conv/max-pool call in here, F.* included, runs on ours
+        loss = model(x).sum()
     custom_conv.explain_conv2d(x, w, stride=2, padding=1)  # which algorithm, and why
+    print(custom_conv.__version__); custom_conv.info()  # or `python -m custom_conv`
 """
 import torch
 
@@ -12,6 +15,8 @@ from . import _ops  # noqa: F401  (loads the kernels; must come first)
 from . import functional, nn
 from .convert import convert
 from .explain import Conv2dChoice, explain_conv2d
+from ._info import __version__, info
+from .mode import FallbackWarning, enabled
 
 
 def cpu_kernels() -> str:
@@ -23,4 +28,5 @@ def cpu_kernels() -> str:
     return torch.ops.custom_conv.cpu_kernels()
 
 
-__all__ = ["functional", "nn", "convert", "cpu_kernels", "explain_conv2d", "Conv2dChoice"]
+__all__ = ["functional", "nn", "convert", "enabled", "FallbackWarning", "cpu_kernels", "explain_conv2d",
+           "Conv2dChoice", "info", "__version__"]

@@ -3,6 +3,37 @@ kernels, for torch.compile and shape propagation. Everything else (kernels,
 autograd of every op, autocast) is registered in C++ (csrc/)."""
 import torch
 
+REBUILD_HINT = (
+    "Rebuild it against the torch you have: `make build` in the repository, "
+    "`pip install --no-build-isolation --no-deps --force-reinstall .` from a clone or an sdist, "
+    "or a wheel made with `pip wheel --no-build-isolation --no-deps .` in this environment."
+)
+
+try:
+    # Written by setup.py next to the compiled module (see BuildExt there).
+    from . import _build_info as build_info
+except ImportError:  # a build from before setup.py wrote it: nothing to check against
+    build_info = None
+
+
+def _check_built_against_this_torch():
+    """A C++ extension runs only with the torch it was compiled against; with
+    any other, loading it fails with an undefined symbol (or worse, seems to
+    work). Compare before loading, so the message says what to do."""
+    if build_info is None:
+        return
+    built = (build_info.TORCH_VERSION, build_info.TORCH_GIT_VERSION)
+    running = (str(torch.__version__), torch.version.git_version)
+    if built != running:
+        detail = "" if built[0] != running[0] else f" (commit {built[1][:12]}, this one is {running[1][:12]})"
+        raise ImportError(
+            f"custom_conv {build_info.VERSION}: its compiled kernels were built against torch {built[0]}, "
+            f"but this is torch {running[0]}{detail}. A C++ extension only runs with the torch it was built "
+            f"against. {REBUILD_HINT}")
+
+
+_check_built_against_this_torch()
+
 try:
     from . import _C  # noqa: F401  (loading it registers the ops)
 except ImportError as error:  # tested in tests/test_ops.py

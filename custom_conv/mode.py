@@ -1,0 +1,207 @@
+"""Run unchanged code on our kernels: `with custom_conv.enabled(): ...`.
+
+convert() swaps modules, but a model whose forward calls
+torch.nn.functional.conv2d or max_pool2d itself (PyTorch's classic MNIST
+example does) would still reach torch's kernels. Under enabled(), a
+torch.overrides.TorchFunctionMode sees every call of torch's Python API and
+sends the 2-D convolutions and max-pools to custom_conv.functional, whoever
+makes them: torch.nn.Conv2d and MaxPool2d (their forward calls the
+functional API), third-party code, torch.conv2d itself. Nothing is patched;
+leaving the block restores torch's behaviour, and other threads are not
+affected (torch keeps the mode stack per thread).
+
+What the mode intercepts (what torch.nn.functional and torch.nn call):
+  torch.conv2d (= F.conv2d, what nn.Conv2d calls in every padding mode),
+  torch.convolution and torch._convolution when they are a plain 2-D convolution,
+  F.max_pool2d (what nn.MaxPool2d calls), F.max_pool2d_with_indices (with
+  return_indices=True), torch.max_pool2d, torch._C._nn.max_pool2d_with_indices,
+  and the same ATen ops called as torch.ops.aten.*.
+
+Inputs our kernels do not take go to torch's, with one warning per kind
+(FallbackWarning): dtypes other than float16/bfloat16/float32/float64,
+quantized and sparse (any non-strided layout) tensors, devices for which the
+extension has no kernels (it always has CPU, and CUDA when compiled with it),
+tensor subclasses that handle torch functions themselves, and tensors inside
+torch.func transforms or forward-mode AD, which our ops have no rules for.
+"""
+import os
+import sys
+import warnings
+
+import torch
+import torch.autograd.forward_ad as forward_ad
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from . import functional
+
+__all__ = ["enabled", "FallbackWarning"]
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_OPS = ("conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", "max_pool2d_forward",
+        "max_pool2d_backward")
+
+
+class FallbackWarning(UserWarning):
+    """A conv or max-pool call under custom_conv.enabled() ran on torch's
+    kernels, because custom_conv's do not take its inputs."""
+
+
+# ------------------------------------------------------------ which inputs
+
+_warned = set()  # kinds of input already warned about, once per process
+
+
+def _kernels_for(dispatch_key):
+    return all(torch._C._dispatch_has_kernel_for_dispatch_key(f"custom_conv::{op}", dispatch_key) for op in _OPS)
+
+
+# Whether every op of ours has a kernel for a device type, asked of the
+# dispatcher once (CUDA counts only when the build compiled it in); worked out
+# here, not during a call, so that torch.compile can trace the check.
+_HAS_KERNELS = {device: _kernels_for(key) for device, key in
+                (("cpu", "CPU"), ("cuda", "CUDA"), ("meta", "Meta"), ("mps", "MPS"), ("xpu", "XPU"))}
+
+
+def _has_kernels(device_type):
+    return _HAS_KERNELS.get(device_type, False)
+
+
+def _handles_torch_functions(cls):
+    method = getattr(cls.__torch_function__, "__func__", cls.__torch_function__)
+    return method not in (torch.Tensor.__torch_function__.__func__, torch._C._disabled_torch_function_impl)
+
+
+def _unsupported(tensors):
+    """None when our kernels take these tensors, else the kind that they are not."""
+    if forward_ad._current_level >= 0:
+        return "tensors under forward-mode AD (torch.autograd.forward_ad)"
+    for t in tensors:
+        if not isinstance(t, torch.Tensor):
+            continue
+        if type(t) is not torch.Tensor and _handles_torch_functions(type(t)):
+            return f"tensors of subclass {type(t).__name__}"
+        if not torch.compiler.is_compiling() and torch._C._functorch.is_functorch_wrapped_tensor(t):
+            return "tensors inside torch.func transforms (vmap, grad, jacrev, ...)"
+        if t.is_quantized:
+            return "quantized tensors"
+        if t.layout != torch.strided:
+            return f"{t.layout} tensors"
+        if t.dtype not in SUPPORTED_DTYPES:
+            return f"{t.dtype} tensors"
+        if not _has_kernels(t.device.type):
+            return f"tensors on device type {t.device.type!r}"
+    return None
+
+
+def _user_stacklevel():
+    """The stacklevel, for warnings.warn called from _warn_once, of the first
+    frame outside torch and this file: the code that made the call."""
+    internal = (os.path.dirname(torch.__file__) + os.sep, __file__)
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(internal):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _warn_once(kind, what):
+    if kind not in _warned:
+        _warned.add(kind)
+        devices = ", ".join(d for d in ("cpu", "cuda") if _has_kernels(d))
+        dtypes = ", ".join(str(d).removeprefix("torch.") for d in SUPPORTED_DTYPES)
+        warnings.warn(
+            f"custom_conv.enabled(): {kind} are not for custom_conv's kernels (they take strided {dtypes} "
+            f"tensors on {devices}), so this {what} and every other conv2d or max_pool2d call on them run "
+            f"on torch's. Said once.",
+            FallbackWarning, stacklevel=_user_stacklevel())
+
+
+# ------------------------------------------------------------ the handlers
+# Each takes the arguments of the function it stands in for, with its names
+# and defaults, and returns what that function returns; None means "not ours:
+# call torch's".
+
+def _conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    return functional.conv2d(input, weight, bias, stride, padding, dilation, groups)
+
+
+def _convolution(input, weight, bias, stride, padding, dilation, transposed, output_padding, groups,
+                 *_flags):
+    # torch._convolution's extra flags (benchmark, deterministic, cudnn, tf32) choose among torch's kernels.
+    if transposed or input.dim() != 4 or weight.dim() != 4:
+        return None  # a transposed convolution, or a 1-D or 3-D one
+    return functional.conv2d(input, weight, bias, stride, padding, dilation, groups)
+
+
+def _max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    return functional.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+
+
+def _max_pool2d_with_indices(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                             return_indices=True):
+    # F.max_pool2d_with_indices returns the indices whatever return_indices says.
+    return functional.max_pool2d_with_indices(input, kernel_size, stride, padding, dilation, ceil_mode)
+
+
+def _aten_max_pool2d(self, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False):
+    return functional.max_pool2d(self, kernel_size, stride, padding, dilation, ceil_mode)
+
+
+def _aten_max_pool2d_with_indices(self, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False):
+    return functional.max_pool2d_with_indices(self, kernel_size, stride, padding, dilation, ceil_mode)
+
+
+def _aten_conv2d(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+    return functional.conv2d(input, weight, bias, stride, padding, dilation, groups)
+
+
+aten = torch.ops.aten
+_HANDLERS = {
+    torch.conv2d: ("conv2d", _conv2d),  # F.conv2d is torch.conv2d
+    torch.convolution: ("convolution", _convolution),
+    torch._convolution: ("convolution", _convolution),
+    F.max_pool2d: ("max_pool2d", _max_pool2d),
+    F.max_pool2d_with_indices: ("max_pool2d", _max_pool2d_with_indices),
+    torch.max_pool2d: ("max_pool2d", _aten_max_pool2d),
+    torch._C._nn.max_pool2d_with_indices: ("max_pool2d", _aten_max_pool2d_with_indices),
+}
+for _packet, _entry in ((aten.conv2d, ("conv2d", _aten_conv2d)),
+                        (aten.convolution, ("convolution", _convolution)),
+                        (aten._convolution, ("convolution", _convolution)),
+                        (aten.max_pool2d, ("max_pool2d", _aten_max_pool2d)),
+                        (aten.max_pool2d_with_indices, ("max_pool2d", _aten_max_pool2d_with_indices))):
+    _HANDLERS[_packet] = _entry
+    for _name in _packet.overloads():
+        _HANDLERS[getattr(_packet, _name)] = _entry
+
+
+class _CustomConvMode(TorchFunctionMode):
+    # torch pops the mode while __torch_function__ runs, so the calls made
+    # here (our ops, F.pad, torch's own kernels as the fallback) are not seen again.
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        entry = _HANDLERS.get(func)
+        if entry is not None:
+            what, handler = entry
+            kind = _unsupported((*args[:3], *kwargs.values()))
+            if kind is None:
+                result = handler(*args, **kwargs)
+                if result is not None:
+                    return result
+            else:
+                _warn_once(kind, what)
+        return func(*args, **kwargs)
+
+
+def enabled():
+    """A context manager under which every 2-D convolution and max-pooling
+    call runs on custom_conv's kernels: functional, module or inside
+    third-party code, with no change to that code.
+
+        with custom_conv.enabled():
+            loss = criterion(model(x), y)   # forward on our kernels
+            loss.backward()                 # and so the backward
+
+    Inputs our kernels do not take run on torch's (see FallbackWarning).
+    The mode is per thread and can be nested."""
+    return _CustomConvMode()
