@@ -35,7 +35,8 @@ SPLIT_REDUCTION = conv((64, 1, 28, 28), (6, 1, 5, 5))
 AGREEMENT_CASES = ["plain 3x3", "padding keeps size", "groups with asymmetric kernel, stride and padding",
                    "asymmetric kernel, stride, padding and dilation", "depthwise", "depthwise multiplier 2, stride 2"]
 REDUCED_PRECISION_CASES = ["plain 3x3", "groups with asymmetric kernel, stride and padding", "depthwise",
-                           "several GEMM tiles, ragged edges"]
+                           "several GEMM tiles, ragged edges", "backward-input split-K", "groups with split-K",
+                           "last chunk of one sample"]
 
 
 def _pair(v):
@@ -53,6 +54,64 @@ def pool_window(kwargs):
     kernel = _pair(kwargs["kernel_size"])
     return (kernel, _pair(kwargs.get("stride") or kernel), _pair(kwargs.get("padding", 0)),
             _pair(kwargs.get("dilation", 1)), kwargs.get("ceil_mode", False))
+
+
+# Paths of the CUDA kernels that only large or odd problems take (gemm.cuh's
+# split reduction and launch split, conv2d.cu's batch chunks of at most
+# 4 Mi column values), with the arithmetic that reaches them.
+GPU_PATHS = {
+    # Backward input: cols (72 x 2*16) = W^T (72 x 512) @ grad_out: 2 output
+    # tiles, a reduction of 512 = 2 slices of 256.
+    "backward-input split-K": conv((2, 8, 4, 4), (512, 8, 3, 3), padding=1),
+    # Weight gradient per group: 3 x 25 outputs summed over 64 * 576 positions.
+    "groups with split-K": conv((64, 2, 28, 28), (6, 1, 5, 5), groups=2),
+    # A batched GEMM of 70,000 groups: gridDim.z is at most 65,535.
+    "70,000 groups: the GEMM launch splits along z": conv((1, 70000, 3, 3), (70000, 1, 2, 2), groups=70000),
+    # 576 rows x 4096 columns = 2.4 Mi values per sample: one sample per chunk.
+    "one sample per chunk, batch 3": conv((3, 64, 64, 64), (8, 64, 3, 3), padding=1),
+    # 144 x 10816 = 1.6 Mi values per sample: chunks of 2, 2 and a last one of 1.
+    "last chunk of one sample": conv((5, 16, 104, 104), (4, 16, 3, 3), padding=1),
+}
+
+
+@pytest.mark.parametrize("case", list(GPU_PATHS))
+def test_conv2d_on_large_problem_paths_matches_torch(case):
+    assert_conv2d_matches_torch(GPU_PATHS[case], conv_tensors(GPU_PATHS[case], torch.float64, DEVICE),
+                                rtol=1e-10, atol=1e-9)
+
+
+def test_conv2d_runs_on_the_current_stream():
+    """Kernels are queued on the caller's stream, not the default one: a
+    result read on that stream, before any device-wide synchronisation, is
+    complete."""
+    case = CONV2D_CASES["several GEMM tiles, ragged edges"]
+    x, w, b = conv_tensors(case, torch.float64, DEVICE)
+    expected = F.conv2d(x, w, b, **case.kwargs)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        torch.cuda._sleep(10_000_000)  # keep the stream busy, so a kernel on another one would run first
+        y = CF.conv2d(x, w, b, **case.kwargs)
+        copy = y.clone()
+    stream.synchronize()
+    torch.testing.assert_close(copy, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_conv2d_backward_ops_take_non_contiguous_tensors():
+    case = CONV2D_CASES["groups"]
+    x, w, b = conv_tensors(case, torch.float64, DEVICE)
+    geo = conv_geometry(case.kwargs)
+    go = torch.randn(F.conv2d(x, w, b, **case.kwargs).shape, dtype=torch.float64, device=DEVICE)
+    # The same values, laid out transposed in memory.
+    go_t, w_t, x_t = (t.transpose(2, 3).contiguous().transpose(2, 3) for t in (go, w, x))
+    b_t = torch.stack([b, b], 1)[:, 0]
+    assert not any(t.is_contiguous() for t in (go_t, w_t, x_t, b_t))
+    torch.testing.assert_close(ops.conv2d_forward(x_t, w_t, b_t, *geo), ops.conv2d_forward(x, w, b, *geo))
+    torch.testing.assert_close(ops.conv2d_backward_input(go_t, w_t, x.shape, *geo),
+                               ops.conv2d_backward_input(go, w, x.shape, *geo))
+    torch.testing.assert_close(ops.conv2d_backward_weight(go_t, x_t, w.shape, *geo),
+                               ops.conv2d_backward_weight(go, x, w.shape, *geo))
+    torch.testing.assert_close(ops.conv2d_backward_bias(go_t), ops.conv2d_backward_bias(go))
 
 
 def test_conv2d_over_several_batch_chunks_matches_torch():
@@ -85,6 +144,9 @@ def test_conv2d_cpu_and_cuda_agree(case, bias):
         torch.testing.assert_close(a.cpu(), e, rtol=1e-10, atol=1e-10)
 
 
+ALL_CASES = {**CONV2D_CASES, **GPU_PATHS}
+
+
 @pytest.mark.parametrize("dtype", dtypes("float16", "bfloat16"))
 @pytest.mark.parametrize("case", REDUCED_PRECISION_CASES)
 def test_conv2d_in_half_and_bfloat16_is_within_2_eps_of_exact(case, dtype):
@@ -95,10 +157,10 @@ def test_conv2d_in_half_and_bfloat16_is_within_2_eps_of_exact(case, dtype):
     to the sum of absolute values, obtained by running the same op on |x|
     and |w| in float64. The factor 2 covers the final rounding (eps / 2) and
     float accumulation error (~K * 2^-24, negligible here)."""
-    kw = CONV2D_CASES[case].kwargs
+    kw = ALL_CASES[case].kwargs
     ours = lambda x, w, b: CF.conv2d(x, w, b, **kw)  # noqa: E731
     exact = lambda x, w, b: F.conv2d(x, w, b, **kw)  # noqa: E731
-    tensors = conv_tensors(CONV2D_CASES[case], dtype, DEVICE)
+    tensors = conv_tensors(ALL_CASES[case], dtype, DEVICE)
     y, grads, go = forward_and_grads(ours, tensors)
     assert y.dtype == dtype and all(g.dtype == dtype for g in grads)
     tensors64 = [t.double() for t in tensors]
@@ -127,13 +189,14 @@ def test_max_pool2d_ties_and_nans_match_cpu():
             assert torch.equal(i_gpu, i_ref)
 
 
+@pytest.mark.parametrize("dtype", dtypes("float32", "float64"))
 @pytest.mark.parametrize("case", list(MAX_POOL2D_CASES))
-def test_max_pool2d_backward_bitwise_equals_cpu(case):
+def test_max_pool2d_backward_bitwise_equals_cpu(case, dtype):
     """The gather adds each input's gradients in output row-major order, the
     same order as the CPU kernel, so the two agree bit for bit."""
-    x = pool_input(MAX_POOL2D_CASES[case], torch.float32)
+    x = pool_input(MAX_POOL2D_CASES[case], dtype)
     _, idx = CF.max_pool2d(x, return_indices=True, **MAX_POOL2D_CASES[case].kwargs)
-    go = torch.randn(idx.shape)
+    go = torch.randn(idx.shape, dtype=dtype)
     window = pool_window(MAX_POOL2D_CASES[case].kwargs)
     g_cpu = ops.max_pool2d_backward(go, idx, x.shape, *window)
     g_gpu = ops.max_pool2d_backward(go.to(DEVICE), idx.to(DEVICE), x.shape, *window)
