@@ -13,7 +13,7 @@ INSTALLED := $(VENV)/.custom_conv-installed
 export CUDA_HOME ?= /usr/local/cuda
 export MAX_JOBS ?= 2
 
-.PHONY: build test train demo bench clean
+.PHONY: build test train demo bench sanitize clean
 
 $(DEPS): requirements.txt
 	test -x $(PYTHON) || python3 -m venv $(VENV)
@@ -44,5 +44,32 @@ demo: build
 bench: build
 	$(PYTHON) benchmarks/bench.py
 
+# The CPU kernels built with AddressSanitizer and UBSan (in build-sanitize/,
+# leaving the normal build alone), then a representative subset of the CPU
+# tests against that build: every algorithm (direct, depthwise, im2col) in
+# every pass, float32 and float64, at batches spanning the weight-gradient
+# blocks (test_algorithm_choice.py), once per kernel set this CPU has; the
+# pooling table in every dtype; and the argument checks. Python and torch
+# are not instrumented, so the ASan runtime is preloaded; leak checking is
+# off (the interpreter keeps memory until exit by design).
+SANITIZE_DIR   := build-sanitize
+SANITIZE_TESTS ?= tests/test_sanitize_build.py tests/test_algorithm_choice.py tests/test_max_pool2d.py \
+                  tests/test_bad_input.py
+SANITIZE_RUN    = cd tests && PYTHONPATH=$(CURDIR)/$(SANITIZE_DIR)/pkg \
+    LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+    ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+    CUSTOM_CONV_EXPECT_SANITIZED=1 $(CURDIR)/$(VENV)/bin/python -m pytest -q -p no:cacheprovider
+sanitize: $(DEPS)
+	rm -rf $(SANITIZE_DIR)/pkg && mkdir -p $(SANITIZE_DIR)/pkg
+	cp -r custom_conv $(SANITIZE_DIR)/pkg/ && rm -f $(SANITIZE_DIR)/pkg/custom_conv/*.so
+	CUSTOM_CONV_SANITIZE=1 $(PYTHON) setup.py build_ext --build-temp $(SANITIZE_DIR)/temp \
+	    --build-lib $(SANITIZE_DIR)/pkg
+	$(SANITIZE_RUN) $(addprefix $(CURDIR)/,$(SANITIZE_TESTS))
+	for kernels in $$($(PYTHON) -c 'import custom_conv; k = custom_conv.cpu_kernels(); \
+	        print(" ".join(["im2col", "avx2", "avx512"][:["im2col", "avx2", "avx512"].index(k)]))'); do \
+	    echo "CUSTOM_CONV_CPU_KERNELS=$$kernels"; \
+	    (export CUSTOM_CONV_CPU_KERNELS=$$kernels; $(SANITIZE_RUN) $(CURDIR)/tests/test_algorithm_choice.py) || exit 1; \
+	done
+
 clean:
-	rm -rf build custom_conv/*.so custom_conv/_build_info.py
+	rm -rf build $(SANITIZE_DIR) custom_conv/*.so custom_conv/_build_info.py

@@ -23,7 +23,15 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CUDA_ARCHS = "8.0;8.6;8.9;9.0+PTX"
 
 
+# CUSTOM_CONV_SANITIZE=1 builds the CPU kernels with AddressSanitizer and
+# UndefinedBehaviorSanitizer (for `make sanitize`, into its own build folder).
+SANITIZE = os.environ.get("CUSTOM_CONV_SANITIZE", "0") == "1"
+SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-g"]
+
+
 def build_cuda():
+    if SANITIZE:
+        return False
     if os.environ.get("FORCE_CUDA", "0") == "1":
         return True
     return torch.cuda.is_available() and CUDA_HOME is not None
@@ -51,6 +59,11 @@ def extension():
             extra_link_args=["-fopenmp"],
             py_limited_api=False,
         )
+    if SANITIZE:
+        print("custom_conv: building CPU kernels with AddressSanitizer and UBSan", file=sys.stderr)
+        return CppExtension("custom_conv._C", cpp_sources,
+                            extra_compile_args={"cxx": ["-O1", "-fopenmp"] + SANITIZE_FLAGS},
+                            extra_link_args=["-fopenmp"] + SANITIZE_FLAGS)
     print("custom_conv: building CPU kernels only "
           "(no GPU visible and FORCE_CUDA is not 1)", file=sys.stderr)
     return CppExtension("custom_conv._C", cpp_sources,
