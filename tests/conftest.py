@@ -1,8 +1,20 @@
-"""Fixtures only; what test files import lives in helpers.py and cases.py."""
+"""Fixtures and the Hypothesis profile; what test files import lives in
+helpers.py and cases.py."""
+import os
+
 import pytest
 import torch
+from hypothesis import settings
 
 import custom_conv  # noqa: F401  (fails loudly if the extension is not built)
+
+# Hypothesis draws the same examples on every run, so that a failure
+# reproduces and a passing suite stays passing (with no example database).
+# To search new examples instead, each run others:
+# HYPOTHESIS_PROFILE=explore pytest tests -k random_configurations
+settings.register_profile("derandomized", derandomize=True, database=None, deadline=None)
+settings.register_profile("explore", deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "derandomized"))
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,8 @@
 """What the test files share: the devices to run on, how close to torch is
-close enough, the tensors of a case (tests/cases.py), and the comparison of
-ours with torch's, values and every gradient."""
+close enough, the tensors of a case (tests/cases.py), the comparison of ours
+with torch's, values and every gradient, the bound for half and bfloat16,
+and the number of CPU threads."""
+import contextlib
 import math
 
 import pytest
@@ -86,3 +88,56 @@ def assert_conv2d_matches_torch(case, tensors, **tolerances):
     """Our conv2d with `case`'s arguments against torch's, as assert_matches_torch."""
     assert_matches_torch(lambda x, w, b: CF.conv2d(x, w, b, **case.kwargs),
                          lambda x, w, b: F.conv2d(x, w, b, **case.kwargs), tensors, **tolerances)
+
+
+def assert_within_eps_of_exact(ours, exact, tensors, eps_factor=2, positive=False, scale_inputs=torch.abs):
+    """Half and bfloat16 kernels accumulate in float and round at the end, so
+    each value of `ours` (the forward and every input gradient) is within a
+    few units in the last place (eps = 2^-10 for half, 2^-7 for bfloat16) of
+    `exact` run in float64 on the same rounded numbers. As terms of both
+    signs cancel, "the last place" is relative to the sum of the terms'
+    absolute values: `exact` run on scale_inputs(tensors) and |grad_output|
+    (for products |x| and |w|; max_pool2d passes its input unchanged, so that
+    the same maxima are chosen). The bound is eps_factor * eps times that:
+    1 where the result is rounded once (eps / 2) after a float sum (its error,
+    ~terms * 2^-24, is far below eps / 2); 2 where a route also rounds
+    intermediates (as the im2col route does) or, as test_cuda.py allows, for
+    slack.
+
+    With `positive`, the tensors and the output gradient are made
+    non-negative: nothing cancels, the scale is the exact value itself and
+    the bound is relative, so a sum accumulated in half or bfloat16 (which
+    stalls once the sum outgrows the terms), or a scratch buffer that still
+    holds the previous plane, cannot hide in the bound."""
+    sign = torch.abs if positive else (lambda t: t)
+    tensors = [sign(t) if t is not None else None for t in tensors]
+    dtype = tensors[0].dtype
+    tensors64 = [t.double() if t is not None else None for t in tensors]
+    grad_output = sign(_randn64(exact(*tensors64).shape, torch.Generator().manual_seed(1))).to(dtype)
+    out, grads, _ = forward_and_grads(ours, tensors, grad_output)
+    assert out.dtype == dtype and all(g.dtype == dtype for g in grads if g is not None)
+    grad_output = grad_output.double()  # the same rounded numbers for the reference
+    ref, ref_grads, _ = forward_and_grads(exact, tensors64, grad_output)
+    scale, scale_grads, _ = forward_and_grads(
+        exact, [scale_inputs(t) if t is not None else None for t in tensors64], grad_output.abs())
+    eps = torch.finfo(dtype).eps
+    names = ["output"] + [f"gradient of input {i}" for i in range(len(grads))]
+    for name, value, exact_value, s in zip(names, [out, *grads], [ref, *ref_grads], [scale, *scale_grads]):
+        if value is None:
+            continue
+        err = (value.double() - exact_value).abs()
+        bound = eps_factor * eps * s + 1e-6
+        worst = (err / (eps * s + 1e-30)).max().item()
+        assert bool((err <= bound).all()), \
+            f"{name}: {int((err > bound).sum())} values beyond {eps_factor} eps, up to {worst:.1f} eps"
+
+
+@contextlib.contextmanager
+def num_threads(n):
+    """Runs the block with torch (and so our CPU kernels) on `n` threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -2,12 +2,15 @@
 custom_conv.explain_conv2d reports its choice. These tests pin the choice for
 the layers each algorithm is meant for, at the thresholds it is made by, and
 check that every algorithm so chosen gives torch's values and gradients."""
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import custom_conv
 from custom_conv import functional as CF
+from helpers import dtypes, num_threads
 
 KERNELS = custom_conv.cpu_kernels()
 
@@ -65,20 +68,38 @@ def test_each_layer_gets_the_algorithm_meant_for_it(name):
     assert [plan[p].algorithm for p in custom_conv.explain.PASSES] == expected, plan
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("name", list(LAYERS), ids=list(LAYERS))
-def test_every_chosen_algorithm_matches_torch(name, dtype):
-    """Batch 11: the weight gradient is summed in 8 blocks of 1-2 samples."""
+@functools.lru_cache(maxsize=1)  # the parameters vary the thread count fastest
+def torch_reference(name, dtype):
+    """A layer's input, weight, bias (batch 17), an output gradient, and
+    torch's output and gradients, which do not depend on our thread count."""
     cin, cout, size, k, kwargs, *_ = LAYERS[name]
-    x, w = layer(cin, cout, size, k, kwargs.get("groups", 1), batch=11, dtype=dtype)
-    b = torch.randn(cout, dtype=dtype)
-    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
-    ours = CF.conv2d(*leaves, **kwargs)
-    grad = torch.randn_like(ours)
-    ours_grads = torch.autograd.grad(ours, leaves, grad)
+    torch.manual_seed(0)
+    x, w = layer(cin, cout, size, k, kwargs.get("groups", 1), batch=17, dtype=dtype)
+    leaves = [t.requires_grad_() for t in (x, w, torch.randn(cout, dtype=dtype))]
     ref = F.conv2d(*leaves, **kwargs)
-    ref_grads = torch.autograd.grad(ref, leaves, grad)
-    # float32: sums of up to 11 * 32 * 32 products of unit size, in another order.
+    grad = torch.randn_like(ref)
+    return [t.detach() for t in leaves], grad, ref.detach(), torch.autograd.grad(ref, leaves, grad)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4], ids=lambda n: f"{n} threads")
+@pytest.mark.parametrize("dtype", dtypes("float32", "float64"))
+@pytest.mark.parametrize("name", list(LAYERS), ids=list(LAYERS))
+def test_every_chosen_algorithm_matches_torch(name, dtype, threads):
+    """Batch 17 spans all 8 weight-gradient blocks (csrc/cpu/conv2d_routes.h):
+    the direct route sums blocks of 2 or 3 samples; the im2col route cuts
+    the batch into chunks (by cache budget, and so that each thread gets
+    one: how many depends on the thread count) and sums each block's chunks,
+    e.g. 9 chunks of 2 samples in 8 blocks for the 65-channel layers."""
+    kwargs = LAYERS[name][4]
+    inputs, grad, ref, ref_grads = torch_reference(name, dtype)
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    with num_threads(threads):
+        if dtype == torch.float32:  # LAYERS' choices; float64 fills half as many lanes, and AVX2 may choose otherwise
+            plan = custom_conv.explain_conv2d(*inputs[:2], **kwargs)
+            assert [plan[p].algorithm for p in custom_conv.explain.PASSES] == expected_choice(name), plan
+        ours = CF.conv2d(*leaves, **kwargs)
+        ours_grads = torch.autograd.grad(ours, leaves, grad)
+    # float32: sums of up to 17 * 32 * 32 products of unit size, in another order.
     tol = dict(rtol=1e-4, atol=2e-3) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(ours, ref, **tol)
     for g, r in zip(ours_grads, ref_grads):

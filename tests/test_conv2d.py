@@ -5,9 +5,11 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from cases import CONV2D_CASES, LONG_SUMS
+import custom_conv
+from cases import CONV2D_CASES, LONG_SUMS, conv
 from custom_conv import functional as CF
-from helpers import DEVICES, assert_conv2d_matches_torch, assert_matches_torch, conv_tensors, dtypes, tolerance
+from helpers import (DEVICES, assert_conv2d_matches_torch, assert_matches_torch, assert_within_eps_of_exact,
+                     conv_tensors, dtypes, num_threads, tolerance)
 
 pytestmark = pytest.mark.usefixtures("no_tf32")  # on CUDA, torch's reference in full float32
 
@@ -23,16 +25,45 @@ def test_values_and_gradients_match_torch(device, dtype, case, bias):
                                 **tolerance(dtype, device, long_sums=LONG_SUMS in spec.tags))
 
 
-def test_bfloat16_matches_float64_reference_within_bfloat16_precision():
-    # bfloat16 keeps 8 significant bits (relative step 2^-8 ~ 0.4%); the inputs
-    # are rounded to it, the products are summed in float inside the GEMM and
-    # the result rounded once more, so a few steps of error is expected.
-    x, w = torch.randn(2, 4, 9, 9), torch.randn(6, 4, 3, 3)
-    xb, wb = x.bfloat16(), w.bfloat16()
-    out = CF.conv2d(xb, wb, padding=1)
-    assert out.dtype == torch.bfloat16
-    ref = F.conv2d(xb.double(), wb.double(), padding=1)
-    torch.testing.assert_close(out.double(), ref, rtol=2e-2, atol=5e-2)
+# Half and bfloat16 on the CPU: there are no direct kernels for them, so every
+# layer takes the im2col route or, one input channel per group, the depthwise
+# route. Each case has enough (sample, channel) planes that a thread runs
+# several in a row through the same scratch buffers (col2im's, the depthwise
+# loops').
+REDUCED_PRECISION_CASES = {
+    # 16 x 9 x 32 x 32 = 147K column values a sample: the 2^18-value im2col
+    # chunks hold one sample each, so the weight gradient adds 16 chunks in
+    # 8 blocks of 2 (csrc/cpu/conv2d_im2col.cpp).
+    "im2col, 16 chunks in 8 blocks": conv((16, 16, 32, 32), (16, 16, 3, 3), padding=1),
+    "im2col, groups": CONV2D_CASES["groups with asymmetric kernel, stride and padding"],
+    "im2col, sums of 630 products": CONV2D_CASES["several GEMM tiles, ragged edges"],
+    # Weight-gradient sums over 8 samples x 32 rows x 32 columns.
+    "depthwise, 32x32 planes": conv((8, 16, 32, 32), (16, 1, 3, 3), padding=1, groups=16),
+    "depthwise, multiplier 2, stride 2": CONV2D_CASES["depthwise multiplier 2, stride 2"],
+}
+# How many eps from exact each route may be (helpers.assert_within_eps_of_exact).
+# The depthwise loops sum in float and round once. The im2col route rounds
+# intermediates: the GEMM's columns before col2im adds them (the input
+# gradient, up to 0.75 eps measured on positive numbers), and the weight
+# gradient's partial sums, after each chunk and as the blocks are added (up
+# to 1.5 eps over 16 chunks in 8 blocks).
+ROUTE_EPS = {"depthwise": 1, "im2col": 2}
+
+
+@pytest.mark.parametrize("positive", [False, True], ids=["signed", "positive"])
+@pytest.mark.parametrize("dtype", dtypes("float16", "bfloat16"))
+@pytest.mark.parametrize("case", list(REDUCED_PRECISION_CASES))
+def test_half_and_bfloat16_values_and_gradients_are_within_eps_of_exact(case, dtype, positive):
+    """Forward, input and weight gradients, against float64 on the same
+    rounded numbers, within ROUTE_EPS of their route."""
+    spec = REDUCED_PRECISION_CASES[case]
+    route = case.split(",")[0]  # each name starts with its route
+    tensors = conv_tensors(spec, dtype)
+    plan = custom_conv.explain_conv2d(*tensors, **spec.kwargs)
+    assert {choice.algorithm for choice in plan.values()} == {route}, plan
+    assert_within_eps_of_exact(lambda x, w, b: CF.conv2d(x, w, b, **spec.kwargs),
+                               lambda x, w, b: F.conv2d(x, w, b, **spec.kwargs), tensors,
+                               eps_factor=ROUTE_EPS[route], positive=positive)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -72,14 +103,32 @@ def test_channels_last_input_gives_channels_last_output(device):
     assert_matches_torch(lambda x, w: CF.conv2d(x, w, padding=1), lambda x, w: F.conv2d(x, w, padding=1), [x, w])
 
 
-def test_large_batch_is_processed_in_chunks_with_the_same_result():
-    # 64 channels * 9 taps * 32 * 32 outputs = 590K columns per sample, so the
-    # 4M-value column budget splits this batch of 20 into chunks of 7.
-    x = torch.randn(20, 64, 32, 32, dtype=torch.float64)
-    w = torch.randn(8, 64, 3, 3, dtype=torch.float64)
-    b = torch.randn(8, dtype=torch.float64)
-    assert_matches_torch(lambda x, w, b: CF.conv2d(x, w, b, padding=1),
-                         lambda x, w, b: F.conv2d(x, w, b, padding=1), [x, w, b])
+# 24 input channels x 5x5 taps = 600 reduction steps, past the direct
+# kernels' 576, so every pass takes the im2col route; 600 x 32 x 32 = 614K
+# column values a sample, so the 2^18-value chunks hold one sample each: a
+# batch of 16 is 16 chunks, which the weight gradient sums in 8 blocks of 2.
+SEVERAL_IM2COL_CHUNKS = conv((16, 24, 32, 32), (24, 24, 5, 5), padding=2, tags=[LONG_SUMS])
+GEMMS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm"}
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4], ids=lambda n: f"{n} threads")
+@pytest.mark.parametrize("dtype", dtypes("float64", "float32"))
+def test_large_batch_in_several_im2col_chunks_matches_torch(dtype, threads):
+    spec = SEVERAL_IM2COL_CHUNKS
+    x, w, b = conv_tensors(spec, dtype)
+    plan = custom_conv.explain_conv2d(x, w, **spec.kwargs)
+    assert {choice.algorithm for choice in plan.values()} == {"im2col"}, plan
+    with num_threads(threads):
+        # The premise: more GEMMs (one per chunk) than weight-gradient blocks.
+        grad_output = torch.ones(16, 24, 32, 32, dtype=dtype)
+        with torch.profiler.profile() as prof:
+            torch.ops.custom_conv.conv2d_backward_weight(grad_output, x, list(w.shape), [1, 1], [2, 2], [1, 1], 1)
+        assert sum(event.name in GEMMS for event in prof.events()) > 8
+        # float32: the weight gradient sums 16 x 32 x 32 products a value, values of
+        # ~128 whose rounding in another order differs by ~1e-3.
+        tol = tolerance(dtype, "cpu", long_sums=True)
+        assert_conv2d_matches_torch(spec, (x, w, b), **tol,
+                                    grad_tolerances=dict(tol, atol=1e-2) if dtype == torch.float32 else tol)
 
 
 def test_only_requested_gradients_are_computed():
@@ -105,7 +154,7 @@ def conv_configs(draw):
     # Input at least as large as the dilated kernel minus the padding.
     h = draw(st.integers(max(1, dh * (kh - 1) + 1 - 2 * ph), 12))
     w = draw(st.integers(max(1, dw * (kw - 1) + 1 - 2 * pw), 12))
-    n = draw(st.integers(0, 3))
+    n = draw(st.integers(0, 10))  # past the 8 weight-gradient blocks
     bias = draw(st.booleans())
     return (n, c_in, h, w), (c_out, c_in // groups, kh, kw), bias, \
         dict(stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw), groups=groups)
@@ -148,9 +197,7 @@ def test_gradgradcheck(device, case):
 def test_a_batch_gives_the_same_results_as_its_samples_one_by_one(threads):
     # The CPU kernels cut the batch into chunks (by cache size and thread
     # count); how it is cut must not change any sample's result.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with num_threads(threads):
         x = torch.randn(7, 6, 20, 20, dtype=torch.float64)
         w = torch.randn(8, 3, 3, 3, dtype=torch.float64)
         gy = torch.randn(7, 8, 10, 10, dtype=torch.float64)
@@ -163,8 +210,6 @@ def test_a_batch_gives_the_same_results_as_its_samples_one_by_one(threads):
             torch.testing.assert_close(gx[n:n + 1], ops.conv2d_backward_input(gy[n:n + 1], w, [1, 6, 20, 20], *args))
         per_sample = sum(ops.conv2d_backward_weight(gy[n:n + 1], x[n:n + 1], list(w.shape), *args) for n in range(7))
         torch.testing.assert_close(gw, per_sample)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def test_weight_gradient_is_bitwise_reproducible():
