@@ -75,8 +75,8 @@ void depthwise_plane_forward(const src_t* in, const scalar_t* kernel, const Plan
 }
 
 template <typename scalar_t>
-void forward_planes(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
-                              const Conv2dGeometry& g, scalar_t* output) {
+void forward_planes(const scalar_t* input, const scalar_t* weight, const scalar_t* bias, const Conv2dGeometry& g,
+                    scalar_t* output) {
   using acc_t = at::opmath_type<scalar_t>;
   const PlaneLayout m = plane_layout(g);
   const int64_t multiplier = g.out_channels / g.in_channels;
@@ -105,8 +105,8 @@ void forward_planes(const scalar_t* input, const scalar_t* weight, const scalar_
 // planes, so no two threads add into the same element and the order of the
 // sums is fixed.
 template <typename scalar_t>
-void backward_input_planes(const scalar_t* grad_output, const scalar_t* weight,
-                                     const Conv2dGeometry& g, scalar_t* grad_input) {
+void backward_input_planes(const scalar_t* grad_output, const scalar_t* weight, const Conv2dGeometry& g,
+                           scalar_t* grad_input) {
   using acc_t = at::opmath_type<scalar_t>;
   const PlaneLayout m = plane_layout(g);
   const int64_t multiplier = g.out_channels / g.in_channels;
@@ -147,8 +147,8 @@ void backward_input_planes(const scalar_t* grad_output, const scalar_t* weight,
 // sum would serialise on its own additions); the columns are added up at the
 // end. A thread owns whole output channels, so the order of every sum is fixed.
 template <typename scalar_t>
-void backward_weight_planes(const scalar_t* grad_output, const scalar_t* input,
-                                      const Conv2dGeometry& g, scalar_t* grad_weight) {
+void backward_weight_planes(const scalar_t* grad_output, const scalar_t* input, const Conv2dGeometry& g,
+                            scalar_t* grad_weight) {
   using acc_t = at::opmath_type<scalar_t>;
   const PlaneLayout m = plane_layout(g);
   const int64_t multiplier = g.out_channels / g.in_channels;
@@ -194,24 +194,23 @@ void conv2d_depthwise_forward(const Conv2dGeometry& g, const at::Tensor& input, 
                               const at::Tensor& bias, at::Tensor& output) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "conv2d_depthwise_forward", [&] {
     forward_planes(input.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
-                             bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr, g,
-                             output.mutable_data_ptr<scalar_t>());
+                   bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr, g, output.mutable_data_ptr<scalar_t>());
   });
 }
 
 void conv2d_depthwise_backward_input(const Conv2dGeometry& g, const at::Tensor& grad_output,
                                      const at::Tensor& weight, at::Tensor& grad_input) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, weight.scalar_type(), "conv2d_depthwise_backward_input", [&] {
-    backward_input_planes(grad_output.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
-                                    g, grad_input.mutable_data_ptr<scalar_t>());
+    backward_input_planes(grad_output.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(), g,
+                          grad_input.mutable_data_ptr<scalar_t>());
   });
 }
 
 void conv2d_depthwise_backward_weight(const Conv2dGeometry& g, const at::Tensor& input,
                                       const at::Tensor& grad_output, at::Tensor& grad_weight) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "conv2d_depthwise_backward_weight", [&] {
-    backward_weight_planes(grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
-                                     g, grad_weight.mutable_data_ptr<scalar_t>());
+    backward_weight_planes(grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(), g,
+                           grad_weight.mutable_data_ptr<scalar_t>());
   });
 }
 
