@@ -54,6 +54,9 @@ const char* direct_refusal(const Conv2dGeometry& g, Conv2dPass pass, at::ScalarT
   if (g.batch == 0) {
     return "empty batch";
   }
+  if (g.in_channels == 0) {
+    return "no input channels: the output is the bias alone";
+  }
   if (g.kernel_h * g.kernel_w < kMinDirectTaps) {
     return "a 1x1 kernel needs no im2col: BLAS reads the input as it is";
   }

@@ -83,9 +83,10 @@ Conv2dGeometry conv2d_geometry(
   g.dilation_w = dilation[1];
   g.groups = groups;
 
-  TORCH_CHECK(g.out_channels > 0 && g.kernel_h > 0 && g.kernel_w > 0 &&
-                  weight_sizes[1] > 0,
-              "conv2d: weight must have no zero-sized dimension, got ",
+  // No input channels is allowed, as in torch: every output is an empty sum
+  // (zero) plus the bias. No output channels or an empty kernel is not.
+  TORCH_CHECK(g.out_channels > 0 && g.kernel_h > 0 && g.kernel_w > 0 && weight_sizes[1] >= 0,
+              "conv2d: weight must have no zero-sized dimension other than its input channels, got ",
               weight_sizes);
   TORCH_CHECK(g.out_channels % groups == 0,
               "conv2d: Given groups=", groups, ", expected weight to be divisible by ", groups,

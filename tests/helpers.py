@@ -113,7 +113,7 @@ def assert_within_eps_of_exact(ours, exact, tensors, eps_factor=2, positive=Fals
     tensors = [sign(t) if t is not None else None for t in tensors]
     dtype = tensors[0].dtype
     tensors64 = [t.double() if t is not None else None for t in tensors]
-    grad_output = sign(_randn64(exact(*tensors64).shape, torch.Generator().manual_seed(1))).to(dtype)
+    grad_output = sign(_randn64(exact(*tensors64).shape, torch.Generator().manual_seed(1))).to(tensors[0].device, dtype)
     out, grads, _ = forward_and_grads(ours, tensors, grad_output)
     assert out.dtype == dtype and all(g.dtype == dtype for g in grads if g is not None)
     grad_output = grad_output.double()  # the same rounded numbers for the reference

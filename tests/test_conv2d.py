@@ -85,6 +85,29 @@ def test_empty_batch_gives_empty_output_and_zero_weight_gradient(device):
     assert torch.equal(w.grad, torch.zeros_like(w))
 
 
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no bias"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_no_input_channels_gives_the_bias_and_its_gradient(device, bias, groups):
+    """With no input channels every output is an empty sum, zero, plus the
+    bias; the bias gradient is the sum of the output gradient, and the input
+    and weight gradients are empty. torch 2.14.1 returns an output with no
+    channels here, (2, 0, 3, 3), and a zero bias gradient, against its own
+    shape rule (its test of this case does not check the size), so the
+    reference is the arithmetic itself, in float64."""
+    x = torch.randn(2, 0, 5, 6, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(4, 0, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, device=device, requires_grad=True) if bias else None
+    out = CF.conv2d(x, w, b, stride=(1, 2), padding=1, groups=groups)
+    expected = b.detach().view(1, 4, 1, 1).expand(2, 4, 5, 3) if bias else torch.zeros(2, 4, 5, 3)
+    torch.testing.assert_close(out, expected.to(out), rtol=0, atol=0)
+    grad_output = torch.randn_like(out)
+    out.backward(grad_output)
+    assert x.grad.shape == x.shape and w.grad.shape == w.shape
+    if bias:
+        torch.testing.assert_close(b.grad, grad_output.sum((0, 2, 3)), rtol=1e-15, atol=1e-15)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_non_contiguous_inputs_match_torch(device):
     x = torch.randn(2, 8, 10, 3, dtype=torch.float64, device=device).permute(0, 3, 2, 1)[:, :, ::2]  # (2, 3, 5, 8)

@@ -59,6 +59,9 @@ at::Tensor conv2d_backward_input_cpu(
   const at::Tensor grad_output = grad_output_.contiguous();
   const at::Tensor weight = weight_.contiguous();
   at::Tensor grad_input = at::empty(input_size, weight.options());
+  if (grad_input.numel() == 0) {
+    return grad_input;
+  }
   switch (choose(g, Conv2dPass::kBackwardInput, weight)) {
     case Conv2dAlgorithm::kDirect: conv2d_direct_backward_input(g, grad_output, weight, grad_input); break;
     case Conv2dAlgorithm::kDepthwise: conv2d_depthwise_backward_input(g, grad_output, weight, grad_input); break;
@@ -82,6 +85,9 @@ at::Tensor conv2d_backward_weight_cpu(
   const at::Tensor input = input_.contiguous();
   const at::Tensor grad_output = grad_output_.contiguous();
   at::Tensor grad_weight = at::empty(weight_size, input.options());
+  if (grad_weight.numel() == 0) {  // no input channels
+    return grad_weight;
+  }
   if (g.batch == 0) {
     return grad_weight.zero_();
   }

@@ -11,7 +11,8 @@
 //
 // Nothing here uses atomics, so every result is bitwise reproducible: the
 // weight gradient is accumulated chunk after chunk by the GEMM itself
-// (beta = 1), and the bias gradient is a fixed-order block reduction.
+// (beta = 1; in float for half and bfloat16), and the bias gradient is a
+// fixed-order block reduction.
 #include "../geometry.h"
 #include "common.cuh"
 #include "gemm.cuh"
@@ -22,6 +23,8 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
+
+#include <type_traits>
 
 namespace custom_conv {
 namespace gpu {
@@ -193,6 +196,9 @@ at::Tensor conv2d_backward_weight_cuda(
   const at::Tensor grad_output = grad_output_.contiguous();
 
   at::Tensor grad_weight = at::empty(weight_size, input.options());
+  if (grad_weight.numel() == 0) {  // no input channels
+    return grad_weight;
+  }
   if (g.batch == 0) {
     return grad_weight.zero_();
   }
@@ -205,33 +211,46 @@ at::Tensor conv2d_backward_weight_cuda(
                                 : at::Tensor();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv2d_backward_weight_cuda", [&] {
-    for (int64_t n0 = 0; n0 < g.batch; n0 += chunk) {
-      const int64_t B = std::min(chunk, g.batch - n0);
-      im2col(input.const_data_ptr<scalar_t>() + n0 * g.in_channels * g.in_h * g.in_w,
-             g, B, cols_buf.mutable_data_ptr<scalar_t>());
-      const at::Tensor go = channel_major_chunk(grad_output, n0, B, g, go_buf);
-
-      // dW_g (+)= grad_out_g @ cols_g^T, reading cols_g (K, B*L) in place as
-      // the transposed operand. The first chunk writes the gradient (beta =
-      // 0: the uninitialised output is never read); later chunks add onto it
-      // in the same GEMM, always in chunk order.
-      GemmParams<scalar_t> p;
-      p.batch = groups;
-      p.m = M;
-      p.n = K;
-      p.k = B * L;
-      p.a = go.const_data_ptr<scalar_t>();
-      p.lda = B * L;
-      p.batch_stride_a = M * B * L;
-      p.b = cols_buf.const_data_ptr<scalar_t>();
-      p.ldb = B * L;
-      p.batch_stride_b = K * B * L;
-      p.trans_b = true;
-      p.c = grad_weight.mutable_data_ptr<scalar_t>();
-      p.ldc = K;
-      p.batch_stride_c = M * K;
-      p.beta = n0 == 0 ? 0 : 1;
-      gemm(p);
+    // dW_g (+)= grad_out_g @ cols_g^T, reading cols_g (K, B*L) in place as
+    // the transposed operand, into `sum` of type out_t. The first chunk writes
+    // the sum (beta = 0: the uninitialised output is never read); later
+    // chunks add onto it in the same GEMM, always in chunk order.
+    auto accumulate_chunks = [&](auto* sum) {
+      using out_t = std::remove_pointer_t<decltype(sum)>;
+      for (int64_t n0 = 0; n0 < g.batch; n0 += chunk) {
+        const int64_t B = std::min(chunk, g.batch - n0);
+        im2col(input.const_data_ptr<scalar_t>() + n0 * g.in_channels * g.in_h * g.in_w,
+               g, B, cols_buf.mutable_data_ptr<scalar_t>());
+        const at::Tensor go = channel_major_chunk(grad_output, n0, B, g, go_buf);
+        GemmParams<scalar_t, out_t> p;
+        p.batch = groups;
+        p.m = M;
+        p.n = K;
+        p.k = B * L;
+        p.a = go.const_data_ptr<scalar_t>();
+        p.lda = B * L;
+        p.batch_stride_a = M * B * L;
+        p.b = cols_buf.const_data_ptr<scalar_t>();
+        p.ldb = B * L;
+        p.batch_stride_b = K * B * L;
+        p.trans_b = true;
+        p.c = sum;
+        p.ldc = K;
+        p.batch_stride_c = M * K;
+        p.beta = n0 == 0 ? 0 : 1;
+        gemm(p);
+      }
+    };
+    // Half and bfloat16 sum in float within a chunk; across chunks too, so
+    // that the gradient is rounded to 16 bits once, at the end, however many
+    // chunks the batch takes.
+    using acc_t = at::opmath_type<scalar_t>;
+    if (!std::is_same_v<scalar_t, acc_t> && chunk < g.batch) {
+      at::Tensor sum = at::empty(weight_size, input.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+      accumulate_chunks(sum.mutable_data_ptr<acc_t>());
+      grad_weight.copy_(sum);
+    } else {
+      accumulate_chunks(grad_weight.mutable_data_ptr<scalar_t>());
     }
   });
   return grad_weight;

@@ -49,7 +49,10 @@ static_assert(kTileM * kTileK % kThreads == 0 && kTileN * kTileK % kThreads == 0
 
 // Operands are row-major with leading dimensions lda, ldb, ldc: A is stored
 // (m, k), or (k, m) when trans_a; B is stored (k, n), or (n, k) when trans_b.
-template <typename scalar_t>
+// C is stored as out_t: the operands' type, or the accumulation type for a
+// sum that later products add onto (beta = 1) and that is rounded once, at
+// the end, by the caller.
+template <typename scalar_t, typename out_t = scalar_t>
 struct GemmParams {
   using acc_t = at::opmath_type<scalar_t>;
   int64_t batch = 1, m = 0, n = 0, k = 0;
@@ -59,7 +62,7 @@ struct GemmParams {
   const scalar_t* b = nullptr;
   int64_t ldb = 0, batch_stride_b = 0;
   bool trans_b = false;
-  scalar_t* c = nullptr;
+  out_t* c = nullptr;
   int64_t ldc = 0, batch_stride_c = 0;
   // Optional: bias[z * batch_stride_bias + row] is added to every row.
   const scalar_t* bias = nullptr;
@@ -69,26 +72,26 @@ struct GemmParams {
   acc_t beta = acc_t(0);
 };
 
-template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ void gemm_store(const GemmParams<scalar_t>& p, int64_t z,
+template <typename scalar_t, typename out_t, typename acc_t>
+__device__ __forceinline__ void gemm_store(const GemmParams<scalar_t, out_t>& p, int64_t z,
                                            int64_t row, int64_t col, acc_t sum) {
   acc_t v = p.alpha * sum;
   if (p.bias != nullptr) {
     v += static_cast<acc_t>(p.bias[z * p.batch_stride_bias + row]);
   }
-  scalar_t* c = p.c + z * p.batch_stride_c + row * p.ldc + col;
+  out_t* c = p.c + z * p.batch_stride_c + row * p.ldc + col;
   if (p.beta != acc_t(0)) {
     v += p.beta * static_cast<acc_t>(*c);
   }
-  *c = static_cast<scalar_t>(v);
+  *c = static_cast<out_t>(v);
 }
 
 // blockIdx = (column tile, row tile, (batch - batch_offset) * splits + slice).
 // With splits > 1 the block writes its partial sum to `partials`, laid out
 // (batch, splits, m, n), instead of C.
-template <typename scalar_t, bool kTransA, bool kTransB>
+template <typename scalar_t, typename out_t, bool kTransA, bool kTransB>
 __global__ void __launch_bounds__(kThreads)
-gemm_tile_kernel(const GemmParams<scalar_t> p, int64_t batch_offset, int64_t splits,
+gemm_tile_kernel(const GemmParams<scalar_t, out_t> p, int64_t batch_offset, int64_t splits,
                  int64_t k_per_split, at::opmath_type<scalar_t>* partials) {
   using acc_t = at::opmath_type<scalar_t>;
   // One padding column keeps the transposing stores (slab element (row, k)
@@ -186,8 +189,8 @@ gemm_tile_kernel(const GemmParams<scalar_t> p, int64_t batch_offset, int64_t spl
 
 // Adds the slices of a split reduction in slice order, then applies alpha,
 // bias and beta exactly as the unsplit kernel does.
-template <typename scalar_t>
-__global__ void gemm_split_reduce_kernel(const GemmParams<scalar_t> p, int64_t splits,
+template <typename scalar_t, typename out_t>
+__global__ void gemm_split_reduce_kernel(const GemmParams<scalar_t, out_t> p, int64_t splits,
                                          const at::opmath_type<scalar_t>* partials) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t plane = p.m * p.n;
@@ -221,8 +224,8 @@ inline int64_t gemm_splits(int64_t tiles, int64_t batch, int64_t m, int64_t n, i
   return std::max<int64_t>(1, splits);
 }
 
-template <typename scalar_t, bool kTransA, bool kTransB>
-void launch_gemm_tiles(const GemmParams<scalar_t>& p, int64_t tiles_m, int64_t tiles_n,
+template <typename scalar_t, typename out_t, bool kTransA, bool kTransB>
+void launch_gemm_tiles(const GemmParams<scalar_t, out_t>& p, int64_t tiles_m, int64_t tiles_n,
                        int64_t splits, int64_t k_per_split,
                        at::opmath_type<scalar_t>* partials) {
   // gridDim.z is limited to 65535, so large batches take several launches.
@@ -233,15 +236,15 @@ void launch_gemm_tiles(const GemmParams<scalar_t>& p, int64_t tiles_m, int64_t t
     const int64_t nz = std::min(batches_per_launch, p.batch - z0);
     const dim3 grid(static_cast<unsigned int>(tiles_n), static_cast<unsigned int>(tiles_m),
                     static_cast<unsigned int>(nz * splits));
-    gemm_tile_kernel<scalar_t, kTransA, kTransB>
+    gemm_tile_kernel<scalar_t, out_t, kTransA, kTransB>
         <<<grid, kThreads, 0, stream>>>(p, z0, splits, k_per_split, partials);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
 
 // Runs C = alpha * op(A) @ op(B) + beta * C (+ bias) on the current stream.
-template <typename scalar_t>
-void gemm(const GemmParams<scalar_t>& p) {
+template <typename scalar_t, typename out_t>
+void gemm(const GemmParams<scalar_t, out_t>& p) {
   using acc_t = at::opmath_type<scalar_t>;
   if (p.batch == 0 || p.m == 0 || p.n == 0) {
     return;
@@ -272,20 +275,20 @@ void gemm(const GemmParams<scalar_t>& p) {
 
   if (p.trans_a) {
     if (p.trans_b) {
-      launch_gemm_tiles<scalar_t, true, true>(p, tiles_m, tiles_n, splits, k_per_split, partials);
+      launch_gemm_tiles<scalar_t, out_t, true, true>(p, tiles_m, tiles_n, splits, k_per_split, partials);
     } else {
-      launch_gemm_tiles<scalar_t, true, false>(p, tiles_m, tiles_n, splits, k_per_split, partials);
+      launch_gemm_tiles<scalar_t, out_t, true, false>(p, tiles_m, tiles_n, splits, k_per_split, partials);
     }
   } else {
     if (p.trans_b) {
-      launch_gemm_tiles<scalar_t, false, true>(p, tiles_m, tiles_n, splits, k_per_split, partials);
+      launch_gemm_tiles<scalar_t, out_t, false, true>(p, tiles_m, tiles_n, splits, k_per_split, partials);
     } else {
-      launch_gemm_tiles<scalar_t, false, false>(p, tiles_m, tiles_n, splits, k_per_split, partials);
+      launch_gemm_tiles<scalar_t, out_t, false, false>(p, tiles_m, tiles_n, splits, k_per_split, partials);
     }
   }
 
   if (splits > 1) {
-    gemm_split_reduce_kernel<scalar_t>
+    gemm_split_reduce_kernel<scalar_t, out_t>
         <<<grid_for(p.batch * p.m * p.n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
             p, splits, partials);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
