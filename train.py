@@ -34,8 +34,8 @@ def build_parser():
     g.add_argument("--no-download", dest="download", action="store_false",
                    help="never touch the network for data")
     g.add_argument("--no-augment", dest="augment", action="store_false",
-                   help="switch off random augmentation (CIFAR: crops and flips; MNIST-like: small shifts "
-                        "and rotations)")
+                   help="switch off random augmentation (CIFAR: crops and flips; Fashion-MNIST: 2-pixel "
+                        "shifts and flips; MNIST: small shifts and rotations)")
     g.add_argument("--backend", choices=BACKENDS, help="whose conv2d / max_pool2d: custom_conv's (default) or torch's")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, help=f"default {d['epochs']}")
@@ -61,6 +61,9 @@ def build_parser():
     g.add_argument("--limit-batches", type=int, metavar="N", help="at most N batches per epoch and per test (smoke runs)")
     g.add_argument("--stop-after", type=int, metavar="K",
                    help="stop after epoch K as if interrupted; --resume continues the run")
+    g.add_argument("--target-acc", type=float, metavar="PERCENT",
+                   help="report the training time until the test accuracy first reaches PERCENT (default: "
+                        + ", ".join(f"{name} {100 * spec.target_acc:g}" for name, spec in DATASETS.items()) + ")")
     return p
 
 

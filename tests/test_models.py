@@ -63,6 +63,30 @@ def test_cifar_models_output_shapes(name):
         assert model(torch.randn(2, 3, 32, 32)).shape == (2, 100)
 
 
+@pytest.mark.parametrize("name", list(models.MODELS))
+def test_every_model_takes_every_dataset(name):
+    """MNIST and Fashion-MNIST (1 x 28 x 28), CIFAR (3 x 32 x 32)."""
+    for shape in [(1, 28, 28), (3, 32, 32)]:
+        model = models.get_model(name, in_channels=shape[0], num_classes=10).eval()
+        with torch.no_grad():
+            assert model(torch.randn(2, *shape)).shape == (2, 10)
+
+
+def test_vgg_pads_small_images_to_32_so_that_each_pool_halves_what_it_was_designed_for():
+    model = models.vgg11(in_channels=1).eval()
+    sizes = []
+    for module in model.features:
+        if isinstance(module, torch.nn.MaxPool2d):
+            module.register_forward_hook(lambda m, inputs, out: sizes.append(tuple(out.shape[-2:])))
+    x = torch.randn(1, 1, 28, 28)
+    with torch.no_grad():
+        y = model(x)
+    assert sizes == [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
+    # Centred zero padding: the same as padding by hand (2 on every side).
+    with torch.no_grad():
+        torch.testing.assert_close(model(torch.nn.functional.pad(x, (2, 2, 2, 2))), y, rtol=0, atol=0)
+
+
 def test_models_take_other_channel_counts():
     assert models.resnet20(in_channels=1)(torch.randn(2, 1, 16, 16)).shape == (2, 10)
 

@@ -190,10 +190,60 @@ def test_metrics_rows_lines_and_summary():
                                               "  80.00%  lr 0.1  32 img/s  2.0 s")
     final = metrics.final_metrics(rows, 0.8, 3, {"model": "lenet5"})
     assert list(final) == ["test_acc", "test_loss", "best_test_acc", "epochs_done", "finished",
-                           "total_train_time_s", "config", "history"]
+                           "total_train_time_s", "epochs_to_target", "time_to_target_s", "config", "history"]
+    assert (final["epochs_to_target"], final["time_to_target_s"]) == (None, None)  # no target in this config
     assert (final["test_acc"], final["epochs_done"], final["finished"]) == (0.8, 2, False)
     assert final["total_train_time_s"] == 4.0 and final["history"] is rows
     assert metrics.final_metrics(rows, 0.8, 2, {})["finished"]
+
+
+def test_time_to_target_counts_training_seconds_up_to_the_first_epoch_that_reached_it():
+    train_result = {"loss": 0.5, "acc": 0.75, "images": 64, "time_s": 2.0, "images_per_s": 32.0}
+    rows = [metrics.epoch_row(e, {**train_result, "time_s": 1.0 + e}, {"loss": 0.25, "acc": a, "images": 10}, 0.1)
+            for e, a in ((1, 0.97), (2, 0.991), (3, 0.989), (4, 0.995))]
+    final = metrics.final_metrics(rows, 0.995, 4, {"target_test_acc": 0.99})
+    assert (final["epochs_to_target"], final["time_to_target_s"]) == (2, 2.0 + 3.0)
+    assert metrics.epoch_line(rows[1], 4, final).endswith("  reached 99% after 5 s of training")
+    assert "reached" not in metrics.epoch_line(rows[3], 4, final)  # only the first time
+    assert "99% after 5 s" in metrics.done_line(final, 4, Path("run"))
+    missed = metrics.final_metrics(rows[:1], 0.97, 1, {"target_test_acc": 0.99})
+    assert missed["time_to_target_s"] is None and "99% not reached" in metrics.done_line(missed, 1, Path("run"))
+
+
+def test_target_accuracy_defaults_to_the_datasets_and_can_be_set():
+    info = {"source": "test files"}
+    assert config.run_config(options(), info, [], [], 0, 1, torch.device("cpu"))["target_test_acc"] == 0.99
+    assert config.run_config(options(dataset="fashion-mnist", target_acc=93.5), info, [], [], 0, 1,
+                             torch.device("cpu"))["target_test_acc"] == 0.935
+
+
+def test_a_model_that_cannot_take_the_images_stops_with_a_message_not_a_traceback():
+    model = models.build_model(options(), {"in_channels": 1, "num_classes": 10}, torch.device("cpu"))
+    with pytest.raises(SystemExit, match=r"--model lenet5 cannot take --dataset mnist's 40x40 images: .*at most 32x32"):
+        models.check_input_size(model, torch.zeros(1, 40, 40), options(), torch.device("cpu"))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    models.check_input_size(model, torch.zeros(1, 28, 28), options(), torch.device("cpu"))
+    assert model.training and all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_learning_curves_are_drawn_from_metrics_json(tmp_path):
+    from custom_conv.training import curves
+    train_result = {"loss": 0.5, "acc": 0.75, "images": 64, "time_s": 30.0, "images_per_s": 32.0}
+    dirs = []
+    for backend, accs in (("custom", (0.97, 0.992)), ("torch", (0.98, 0.989))):
+        rows = [metrics.epoch_row(e, train_result, {"loss": 0.1 / e, "acc": a, "images": 10}, 0.1)
+                for e, a in enumerate(accs, 1)]
+        cfg = {"backend": backend, "model": "lenet5", "dataset": "mnist", "machine": "test", "torch": "x",
+               "target_test_acc": 0.99}
+        (tmp_path / backend).mkdir()
+        checkpoints.write_json(metrics.final_metrics(rows, max(accs), 2, cfg), tmp_path / backend / "metrics.json")
+        dirs.append(str(tmp_path / backend))
+    assert curves.label(curves.read_run(dirs[0])) == "custom: 99.20% test, 99% after 60 s, 1.0 min"
+    assert curves.label(curves.read_run(dirs[1])) == "torch: 98.90% test, 1.0 min"
+    curves.main([*dirs, "--out", str(tmp_path / "curves.png")])
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit, match="curves: .*metrics.json"):
+        curves.main([str(tmp_path / "nothing-here"), "--out", str(tmp_path / "x.png")])
 
 
 def test_tensorboard_writes_scalars_histograms_images_and_hparams(tmp_path):

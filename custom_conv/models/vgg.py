@@ -5,8 +5,14 @@ convolutions, ReLU, five 2x2 max-pools). The paper's three 4096-wide fully
 connected layers are for 224x224 ImageNet; for CIFAR the five pools leave a
 1x1x512 map, so, as is common for CIFAR, a single linear layer classifies
 it. Average pooling to 1x1 first lets larger inputs through too.
+
+Five 2x2 pools need at least 32x32 pixels: a 28x28 image (MNIST,
+Fashion-MNIST) would shrink to 14, 7, 3, 1 and then nothing. Smaller
+images are zero-padded to 32x32 (centred) in forward, as LeNet-5 pads
+MNIST, so that every pool sees the map it was designed for.
 """
 import torch
+import torch.nn.functional as F
 
 from ._layers import layers
 
@@ -23,6 +29,9 @@ CONFIGS = {
 
 
 class VGG(torch.nn.Module):
+    # 2^5: one halving per pool.
+    min_input_size = 32
+
     def __init__(self, depth=16, in_channels=3, num_classes=10, batch_norm=False, backend="custom"):
         super().__init__()
         if depth not in CONFIGS:
@@ -53,6 +62,10 @@ class VGG(torch.nn.Module):
                     torch.nn.init.zeros_(m.bias)
 
     def forward(self, x):
+        h, w = x.shape[-2:]
+        pad_h, pad_w = max(0, self.min_input_size - h), max(0, self.min_input_size - w)
+        if pad_h or pad_w:
+            x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
@@ -61,7 +74,8 @@ def _factory(depth):
         return VGG(depth, in_channels=in_channels, num_classes=num_classes, batch_norm=batch_norm,
                    backend=backend)
     build.__name__ = f"vgg{depth}"
-    build.__doc__ = f"VGG-{depth} for 32x32 images (batch_norm=True adds BatchNorm after each conv)."
+    build.__doc__ = (f"VGG-{depth} for 32x32 images, smaller ones zero-padded to 32x32 "
+                     "(batch_norm=True adds BatchNorm after each conv).")
     return build
 
 

@@ -9,6 +9,7 @@
     metrics      stdout lines, metrics.json and eval.json
     tensorboard  scalars, histograms, filters, feature maps and hparams
     run          main() and run(): the steps above in order; Trainer: the epochs
+    curves       learning-curve pictures from runs' metrics.json (python -m custom_conv.training.curves)
 """
 from .config import DEFAULTS, HPARAMS
 from .run import main

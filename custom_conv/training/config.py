@@ -7,12 +7,14 @@ from pathlib import Path
 
 import torch
 
+from ..data import DATASETS
+
 DEFAULTS = {
     "model": "lenet5", "dataset": "mnist", "data_dir": "./data", "download": True,
     "epochs": 10, "batch_size": 64, "lr": 0.05, "optimizer": "sgd", "momentum": 0.9,
     "weight_decay": 5e-4, "schedule": "cosine", "augment": True, "backend": "custom",
     "device": "auto", "amp": False, "seed": 0, "workers": 0, "logdir": None, "resume": None,
-    "limit_batches": None, "eval_only": False, "stop_after": None, "threads": None,
+    "limit_batches": None, "eval_only": False, "stop_after": None, "threads": None, "target_acc": None,
 }
 # What decides the trained weights. A resumed run takes these from its
 # checkpoint; anything else (device, workers, paths) may change on resume.
@@ -46,7 +48,8 @@ def run_config(args, info, train_set, test_set, n_params, world_size, device):
     """The "config" of metrics.json (and the "args" of a checkpoint): the
     hyper-parameters, then the data, model size and machine they ran on."""
     config = hparams(args)
-    config.update(dataset_source=info["source"], train_images=len(train_set), test_images=len(test_set),
+    target = args.target_acc / 100 if args.target_acc is not None else DATASETS[args.dataset].target_acc
+    config.update(target_test_acc=target, dataset_source=info["source"], train_images=len(train_set), test_images=len(test_set),
                   parameters=n_params, world_size=world_size, device=str(device),
                   machine=machine_description(device), torch=torch.__version__)
     return config

@@ -16,18 +16,37 @@ def epoch_row(epoch, train, test, lr):
             "test_images": test["images"]}
 
 
-def epoch_line(row, epochs):
-    return (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} acc "
+def epoch_line(row, epochs, final=None):
+    """An epoch's line; with `final` (final_metrics after it), it says when the epoch first reached the target."""
+    line = (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} acc "
             f"{100 * row['train_acc']:6.2f}%  test loss {row['test_loss']:.4f} acc {100 * row['test_acc']:6.2f}%"
             f"  lr {row['lr']:.4g}  {row['images_per_s']:,.0f} img/s  {row['epoch_time_s']:.1f} s")
+    if final is not None and final.get("epochs_to_target") == row["epoch"]:
+        line += (f"  reached {100 * final['config']['target_test_acc']:g}% after "
+                 f"{final['time_to_target_s']:.0f} s of training")
+    return line
+
+
+def time_to_target(history, target):
+    """(epochs, training seconds) until the test accuracy first reached `target`, or (None, None)."""
+    seconds = 0.0
+    for row in history:
+        seconds += row["epoch_time_s"]
+        if target is not None and row["test_acc"] >= target:
+            return row["epoch"], seconds
+    return None, None
 
 
 def final_metrics(history, best_test_acc, epochs, config):
-    """metrics.json after the last epoch of `history`; "finished" once it is epoch `epochs`."""
+    """metrics.json after the last epoch of `history`; "finished" once it is epoch `epochs`. The time to
+    config["target_test_acc"] counts training only (not testing), summed over the epochs up to the first
+    that reached it; null while none has."""
     last = history[-1]
+    epochs_to_target, seconds_to_target = time_to_target(history, config.get("target_test_acc"))
     return {"test_acc": last["test_acc"], "test_loss": last["test_loss"], "best_test_acc": best_test_acc,
             "epochs_done": last["epoch"], "finished": last["epoch"] == epochs,
             "total_train_time_s": sum(r["epoch_time_s"] for r in history),
+            "epochs_to_target": epochs_to_target, "time_to_target_s": seconds_to_target,
             "config": config, "history": history}
 
 
@@ -38,8 +57,11 @@ def read_metrics(run_dir):
 
 
 def done_line(final, epochs, run_dir):
+    target = final["config"].get("target_test_acc")
+    reached = ("" if target is None else f", {100 * target:g}% after {final['time_to_target_s']:.0f} s"
+               if final["time_to_target_s"] is not None else f", {100 * target:g}% not reached")
     return (f"done: test accuracy {100 * final['test_acc']:.2f}% after {epochs} epochs "
-            f"({final['total_train_time_s']:.0f} s training); {run_dir / 'metrics.json'}")
+            f"({final['total_train_time_s']:.0f} s training{reached}); {run_dir / 'metrics.json'}")
 
 
 def eval_results(ckpt, result, info, device):

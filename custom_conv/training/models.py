@@ -1,5 +1,7 @@
 """What trains: the model (from custom_conv.models), its optimizer and its
 learning-rate schedule, as the command line asks for them."""
+import sys
+
 import torch
 
 from ..models import get_model
@@ -12,6 +14,22 @@ def build_model(args, info, device, ckpt=None):
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
     return model.to(device)
+
+
+def check_input_size(model, image, args, device):
+    """Exits with a clear message when `model` cannot take images like `image` (C, H, W), rather than
+    failing with a traceback in the first step. Runs the model once in eval mode without gradients, so
+    neither its weights, its batch-norm statistics nor any random state change."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(image.unsqueeze(0).to(device))
+    except (ValueError, RuntimeError) as error:
+        sys.exit(f"train.py: --model {args.model} cannot take --dataset {args.dataset}'s "
+                 f"{'x'.join(map(str, image.shape[-2:]))} images: {str(error).splitlines()[0]}")
+    finally:
+        model.train(was_training)
 
 
 def count_parameters(model):

@@ -18,7 +18,7 @@ from .loaders import load_data, make_loaders
 from .loop import evaluate, train_epoch
 from .metrics import (done_line, epoch_line, epoch_row, eval_line, eval_results, final_metrics, header_line,
                       read_metrics)
-from .models import build_model, count_parameters, make_optimizer, make_scaler, make_scheduler
+from .models import build_model, check_input_size, count_parameters, make_optimizer, make_scaler, make_scheduler
 from .tensorboard import log_epoch, log_hparams, log_input, open_writer
 
 
@@ -50,6 +50,7 @@ def run(args, ddp, device, ckpt, log):
     seed_everything(args.seed)
     train_set, test_set, info = load_data(args, ddp, log)
     model = build_model(args, info, device, ckpt)
+    check_input_size(model, test_set[0][0], args, device)
     n_params = count_parameters(model)
     # Each process then draws its own augmentations; the data order comes
     # from the seeded generator and samplers.
@@ -133,10 +134,10 @@ class Trainer:
         self.best_acc = max(self.best_acc, test["acc"])
         row = epoch_row(epoch, train, test, lr)
         self.history.append(row)
-        self.log(epoch_line(row, self.args.epochs))
+        final = final_metrics(self.history, self.best_acc, self.args.epochs, self.config)
+        self.log(epoch_line(row, self.args.epochs, final))
         # Every process's RNG, so that each continues where it stopped.
         rng = self.ddp.gather(rng_state(self.generator))
-        final = final_metrics(self.history, self.best_acc, self.args.epochs, self.config)
         if self.ddp.main:
             self.write(epoch, row, rng, final)
         return final
