@@ -38,8 +38,9 @@ def draw(runs, out, title=None):
         history = metrics["history"]
         epochs = [row["epoch"] for row in history]
         name = label(metrics)
-        ax_loss.plot(epochs, [row["train_loss"] for row in history], "--", color=color, label=f"{name} (train)")
-        ax_loss.plot(epochs, [row["test_loss"] for row in history], "-o", color=color, ms=3, label=f"{name} (test)")
+        ax_loss.plot(epochs, [row["train_loss"] for row in history], "--", color=color,
+                     label=f"{metrics['config']['backend']}, training")
+        ax_loss.plot(epochs, [row["test_loss"] for row in history], "-o", color=color, ms=3, label=name)
         ax_acc.plot(epochs, [100 * row["train_acc"] for row in history], "--", color=color)
         ax_acc.plot(epochs, [100 * row["test_acc"] for row in history], "-o", color=color, ms=3)
     first = runs[0]["config"]
