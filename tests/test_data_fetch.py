@@ -31,8 +31,8 @@ def small_splits(seed=0):
 
 def accept(monkeypatch, name, splits):
     """Points the checksums of `name` at `splits`, so that the real check runs on them."""
-    monkeypatch.setitem(fetch_module.CHECKSUMS, name,
-                        {s: (len(labels), fetch_module.digest(images, labels)) for s, (images, labels) in splits.items()})
+    sums = {split: (len(labels), fetch_module.digest(images, labels)) for split, (images, labels) in splits.items()}
+    monkeypatch.setitem(fetch_module.CHECKSUMS, name, sums)
 
 
 def offline(monkeypatch, tools=None):

@@ -49,7 +49,7 @@ def run_config(args, info, train_set, test_set, n_params, world_size, device):
     hyper-parameters, then the data, model size and machine they ran on."""
     config = hparams(args)
     target = args.target_acc / 100 if args.target_acc is not None else DATASETS[args.dataset].target_acc
-    config.update(target_test_acc=target, dataset_source=info["source"], train_images=len(train_set), test_images=len(test_set),
-                  parameters=n_params, world_size=world_size, device=str(device),
+    config.update(target_test_acc=target, dataset_source=info["source"], train_images=len(train_set),
+                  test_images=len(test_set), parameters=n_params, world_size=world_size, device=str(device),
                   machine=machine_description(device), torch=torch.__version__)
     return config
