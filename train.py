@@ -13,7 +13,7 @@ and the TensorBoard events. See README.md, section "Training".
 import argparse
 
 from custom_conv import training
-from custom_conv.data import DATASETS
+from custom_conv.datasets import DATASETS
 from custom_conv.models import BACKENDS, MODELS
 from custom_conv.training.config import DEFAULTS
 

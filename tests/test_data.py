@@ -7,8 +7,8 @@ import pytest
 import torch
 from torchvision import datasets
 
-from custom_conv.data import DATASETS, DatasetUnavailable, OfflineMNIST, load_datasets
-from custom_conv.data import sources as fetch_module
+from custom_conv.datasets import DATASETS, DatasetUnavailable, OfflineMNIST, load_datasets
+from custom_conv.datasets import sources as fetch_module
 from dataset_files import write_cifar, write_mnist
 
 

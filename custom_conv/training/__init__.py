@@ -2,7 +2,7 @@
 
     config       DEFAULTS, HPARAMS (what a resumed run keeps), the run directory, metrics.json's config
     distributed  Dist: rank and world size under torchrun (no-ops when alone); the device
-    loaders      the datasets of custom_conv.data, loaded rank 0 first, in (sharded) DataLoaders
+    loaders      the datasets of custom_conv.datasets, loaded rank 0 first, in (sharded) DataLoaders
     models       the model of custom_conv.models, its optimizer, schedule and GradScaler
     loop         train_epoch and evaluate
     checkpoints  atomic writes, checkpoint contents, --resume, RNG states

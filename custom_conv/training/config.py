@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import DATASETS
+from ..datasets import DATASETS
 
 DEFAULTS = {
     "model": "lenet5", "dataset": "mnist", "data_dir": "./data", "download": True,

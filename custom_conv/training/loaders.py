@@ -1,6 +1,6 @@
 """The batches a process trains and tests on.
 
-The datasets themselves come from custom_conv.data; this module loads them
+The datasets themselves come from custom_conv.datasets; this module loads them
 once per job (rank 0 first, as it may download) and wraps them in
 DataLoaders, sharded over the processes of a torchrun job.
 """
@@ -11,7 +11,7 @@ from typing import Optional
 from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 
-from ..data import DatasetUnavailable, load_datasets
+from ..datasets import DatasetUnavailable, load_datasets
 
 
 @dataclass

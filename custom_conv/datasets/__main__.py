@@ -1,4 +1,4 @@
-"""python -m custom_conv.data fetch NAME [NAME ...] [--data-dir DIR]"""
+"""python -m custom_conv.datasets fetch NAME [NAME ...] [--data-dir DIR]"""
 import argparse
 import sys
 
@@ -7,7 +7,7 @@ from .sources import FetchFailed, SOURCES, fetch
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m custom_conv.data",
+    parser = argparse.ArgumentParser(prog="python -m custom_conv.datasets",
                                      description="Puts datasets where train.py and torchvision read them.")
     commands = parser.add_subparsers(dest="command", required=True)
     get = commands.add_parser("fetch", help="fetch datasets, trying each source in turn",

