@@ -27,8 +27,10 @@ export NVCC_APPEND_FLAGS="-lineinfo"
 # held its own copy of parts of libstdc++ and crashed (SIGSEGV in
 # std::ostream, under c10::str) the first time a TORCH_CHECK message was
 # formatted. Build with the system compiler instead, as torch's own wheels
-# expect. (Not yet confirmed on that machine: the step "errors" below checks.)
-if [ -x /usr/bin/g++ ] && [ -z "${CXX:-}" ]; then
+# expect. That machine's environment sets CXX=/opt/gcc/bin/g++ itself, so the
+# system compiler has to win over it (a second H200 run, 2026-11-27 evening,
+# kept it and segfaulted again). The step "errors" below checks.
+if [ -x /usr/bin/g++ ] && [ -z "${GPU_CHECK_KEEP_CXX:-}" ]; then
   export CC=/usr/bin/gcc CXX=/usr/bin/g++ LDSHARED="/usr/bin/g++ -shared"
 fi
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
@@ -55,7 +57,9 @@ step() {  # step NAME SECONDS COMMAND...: runs, logs to $OUT/NAME.log, reports t
 
 step build 240 python3 -m pip install -v --no-build-isolation --no-deps -e . || exit 1
 # A bad argument must raise a RuntimeError, not crash the interpreter.
-step errors 60 python3 -c 'import torch, custom_conv
+step errors 60 python3 -c 'import glob, subprocess, torch, custom_conv
+so = glob.glob("custom_conv/_C*.so")[0]
+print("libstdc++ linked dynamically:", "libstdc++.so" in subprocess.run(["ldd", so], capture_output=True, text=True).stdout)
 try:
     torch.ops.custom_conv.conv2d_forward(torch.randn(1, 1, 3, 3), torch.randn(1, 1, 3), None, [1, 1], [0, 0], [1, 1], 1)
 except RuntimeError as e:
@@ -67,9 +71,11 @@ step memcheck 120 "${SANITIZE[@]}" --tool memcheck python3 -m pytest -q -p no:ca
 step bench 150 python3 benchmarks/bench.py --device cuda --dtype ${BENCH_DTYPES:-float32 float16 bfloat16} \
   --min-run-time ${BENCH_MIN_RUN_TIME:-0.05} --out "$LOGS/cuda.json"
 # With pytest-xdist (if there), a test that crashes the interpreter fails alone
-# instead of ending the run.
-XDIST=$(python3 -c 'import xdist' 2>/dev/null && echo "-n 4")
-step tests-all 150 python3 -m pytest -q -rf --tb=short -p no:cacheprovider $XDIST tests
+# instead of ending the run. Two threads per worker: 16 workers of 16 threads
+# each stalled the run on a 16-core machine. -v names every failure as it
+# happens, so a run cut short by its limit still says which tests failed.
+XDIST=$(python3 -c 'import xdist' 2>/dev/null && echo "-n $(( $(nproc) / 2 ))")
+OMP_NUM_THREADS=2 step tests-all ${TESTS_ALL_LIMIT:-150} python3 -m pytest -v -rf --tb=short -p no:cacheprovider $XDIST tests
 step racecheck ${RACECHECK_LIMIT:-240} "${SANITIZE[@]}" --tool racecheck --racecheck-report hazard \
   python3 -m pytest -q -p no:cacheprovider -m cuda tests
 exit 0
