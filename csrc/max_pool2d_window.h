@@ -52,8 +52,10 @@ struct WindowMax {
 // of the window (it lies past the plane, or, when only the columns are
 // padding, in the next row). The backward kernels therefore decide from the
 // window, not from the index, that its gradient goes nowhere.
-template <typename acc_t, typename scalar_t>
-C10_HOST_DEVICE inline WindowMax<acc_t> window_max(const scalar_t* plane, const Pool2dGeometry& g,
+// `plane` is a pointer to the plane's first element (a const scalar_t*, or
+// on the GPU a gpu_ptr<const scalar_t>).
+template <typename acc_t, typename Plane>
+C10_HOST_DEVICE inline WindowMax<acc_t> window_max(const Plane& plane, const Pool2dGeometry& g,
                                                    const WindowSpan& rows, const WindowSpan& cols) {
   WindowMax<acc_t> best{-std::numeric_limits<acc_t>::infinity(), rows.first * g.in_w + cols.first};
   for (int64_t ih = rows.first; ih < rows.end; ih += g.dilation_h) {
@@ -67,8 +69,8 @@ C10_HOST_DEVICE inline WindowMax<acc_t> window_max(const scalar_t* plane, const 
   return best;
 }
 
-template <typename acc_t, typename scalar_t>
-C10_HOST_DEVICE inline WindowMax<acc_t> window_max(const scalar_t* plane, const Pool2dGeometry& g,
+template <typename acc_t, typename Plane>
+C10_HOST_DEVICE inline WindowMax<acc_t> window_max(const Plane& plane, const Pool2dGeometry& g,
                                                    int64_t oh, int64_t ow) {
   return window_max<acc_t>(plane, g, window_span(oh, g.stride_h, g.pad_h, g.kernel_h, g.dilation_h, g.in_h),
                            window_span(ow, g.stride_w, g.pad_w, g.kernel_w, g.dilation_w, g.in_w));

@@ -86,3 +86,15 @@ MAX_POOL2D_CASES = {
     "12 planes of 32x32: more outputs than one block of GPU threads":
         pool((3, 4, 32, 32), kernel_size=3, stride=2, padding=1, ceil_mode=True),
 }
+
+# Windows of padding only, while the plane has input: they depend on no
+# input, and the index torch reports for them, first row * W + first column,
+# names no element of theirs (past the plane, or in the next row when only
+# the columns are padding), so their gradient must go nowhere.
+MAX_POOL2D_PADDING_ONLY_CASES = {
+    "columns": pool((1, 1, 12, 1), kernel_size=(1, 3), stride=(2, 3), padding=(0, 1), dilation=(2, 2),
+                    ceil_mode=True),
+    "columns, 2 rows": pool((2, 3, 12, 1), kernel_size=(2, 3), stride=(1, 3), padding=(1, 1), dilation=(1, 2),
+                            ceil_mode=True),
+    "rows": pool((1, 2, 1, 9), kernel_size=(3, 2), stride=(3, 2), padding=(1, 0), dilation=(2, 1), ceil_mode=True),
+}

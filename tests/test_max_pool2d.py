@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from cases import MAX_POOL2D_CASES, pool
+from cases import MAX_POOL2D_CASES, MAX_POOL2D_PADDING_ONLY_CASES, pool
 from custom_conv import functional as CF
 from helpers import DEVICES, assert_matches_torch, assert_within_eps_of_exact, dtypes, forward_and_grads, pool_input
 
@@ -161,14 +161,10 @@ def test_window_of_padding_only_gives_minus_infinity_and_no_gradient(device):
 # Windows whose columns (or rows) are all padding, while their rows (columns)
 # are inside: the index torch reports, first row * W + first column, then
 # lies inside the plane, in the next row, though the window holds nothing.
-PADDING_ONLY_COLUMNS = [
-    ((1, 1, 12, 1), dict(kernel_size=(1, 3), stride=(2, 3), padding=(0, 1), dilation=(2, 2), ceil_mode=True)),
-    ((2, 3, 12, 1), dict(kernel_size=(2, 3), stride=(1, 3), padding=(1, 1), dilation=(1, 2), ceil_mode=True)),
-    ((1, 2, 1, 9), dict(kernel_size=(3, 2), stride=(3, 2), padding=(1, 0), dilation=(2, 1), ceil_mode=True)),
-]
+PADDING_ONLY_COLUMNS = [(c.input, c.kwargs) for c in MAX_POOL2D_PADDING_ONLY_CASES.values()]
 
 
-@pytest.mark.parametrize("shape, kwargs", PADDING_ONLY_COLUMNS, ids=["columns", "columns, 2 rows", "rows"])
+@pytest.mark.parametrize("shape, kwargs", PADDING_ONLY_COLUMNS, ids=list(MAX_POOL2D_PADDING_ONLY_CASES))
 @pytest.mark.parametrize("device", DEVICES)
 def test_window_of_padding_only_columns_routes_no_gradient_into_the_next_row(device, shape, kwargs):
     x = torch.randn(shape, dtype=torch.float64, device=device, requires_grad=True)

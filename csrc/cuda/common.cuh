@@ -1,36 +1,122 @@
-// Launch helpers shared by the CUDA kernels.
+// What the CUDA kernels need from CUDA besides the language itself: the
+// launch, the device's limits that launch plans depend on, where scratch
+// tensors live, and two spellings (gpu_ptr, shared_array) for the memory the
+// kernels touch.
+//
+// The same sources are compiled a second time, for the CPU, with
+// CUSTOM_CONV_EMULATE_CUDA defined (tests/test_cuda_emulator.py does it): then
+// tests/emulator/cuda_emulator.h provides every name below instead, runs each
+// block's threads as fibers with __syncthreads() as a real barrier, and
+// checks every access made through gpu_ptr and shared_array. Here, for nvcc,
+// they are plain pointers and arrays and cost nothing.
 #pragma once
 
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <utility>
+
+#ifdef CUSTOM_CONV_EMULATE_CUDA
+#include "cuda_emulator.h"
+#else
 // c10's CUDA headers rather than ATen/cuda/CUDAContext.h: that one also pulls
 // in the cuBLAS/cuSPARSE/cuSOLVER headers, which we do not use and which a
 // bare CUDA toolkit may lack. at::cuda::getCurrentCUDAStream is the same
 // function, re-exported from c10::cuda.
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
+#include <torch/library.h>
 
-#include <algorithm>
-#include <cstdint>
+#define CUSTOM_CONV_RESTRICT __restrict__
+// Registers the kernels of this file for CUDA tensors.
+#define CUSTOM_CONV_GPU_LIBRARY_IMPL(m) TORCH_LIBRARY_IMPL(custom_conv, CUDA, m)
+
+namespace custom_conv {
+namespace gpu {
+
+// A pointer into global memory.
+template <typename T>
+using gpu_ptr = T*;
+
+// shared_array<T, A, B> is T[A][B]; declare shared memory with it
+// (`__shared__ shared_array<float, 16, 65> tile;`) so that the emulator can
+// check every access.
+template <typename T, int... kDims>
+struct SharedArrayOf {
+  using type = T;
+};
+template <typename T, int kDim, int... kRest>
+struct SharedArrayOf<T, kDim, kRest...> {
+  using type = typename SharedArrayOf<T, kRest...>::type[kDim];
+};
+template <typename T, int... kDims>
+using shared_array = typename SharedArrayOf<T, kDims...>::type;
+
+using DeviceGuard = c10::cuda::CUDAGuard;
+
+// What launch plans depend on besides the shapes.
+struct LaunchLimits {
+  int64_t multiprocessors;  // streaming multiprocessors of the current device
+  int64_t max_grid_yz = 65535;  // CUDA's limit on gridDim.y and gridDim.z
+  // Values of im2col scratch one convolution chunk may use
+  // (Conv2dGeometry::batch_chunk).
+  int64_t column_budget = int64_t{1} << 22;
+};
+
+inline LaunchLimits launch_limits() {
+  int count = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount,
+                                        c10::cuda::current_device()));
+  return {count};
+}
+
+// Options for scratch tensors on the current device.
+inline at::TensorOptions device_options() {
+  return at::TensorOptions().device(at::kCUDA, c10::cuda::current_device());
+}
+
+// kernel<<<grid, block, 0, current stream>>>(args...), spelt as
+// CUSTOM_CONV_LAUNCH(grid, block, kernel)(args...) so that the emulator,
+// which cannot parse <<< >>>, runs the same line.
+template <typename... Params>
+struct Launch {
+  const char* name;  // the kernel's name as written at the launch (for the emulator's reports)
+  void (*kernel)(Params...);
+  dim3 grid, block;
+
+  template <typename... Args>
+  void operator()(Args&&... args) const {
+    kernel<<<grid, block, 0, at::cuda::getCurrentCUDAStream()>>>(std::forward<Args>(args)...);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+};
+
+template <typename... Params>
+Launch<Params...> make_launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block) {
+  return {name, kernel, grid, block};
+}
+
+}  // namespace gpu
+}  // namespace custom_conv
+#endif  // CUSTOM_CONV_EMULATE_CUDA
+
+#define CUSTOM_CONV_LAUNCH(grid, block, ...) \
+  ::custom_conv::gpu::make_launch(#__VA_ARGS__, __VA_ARGS__, grid, block)
 
 namespace custom_conv {
 namespace gpu {
 
 constexpr int kThreads = 256;
 
-// Streaming multiprocessors on the current device, to size grids.
-inline int64_t multiprocessor_count() {
-  int count = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount,
-                                        c10::cuda::current_device()));
-  return count;
-}
-
 // Blocks for a grid-stride loop over n elements. The grid is capped at a few
 // waves of resident blocks: beyond that, extra blocks only add scheduling
 // cost, and the cap keeps gridDim.x far below its limit for any n.
 inline unsigned int grid_for(int64_t n) {
-  const int64_t sms = multiprocessor_count();
+  const int64_t sms = launch_limits().multiprocessors;
   const int64_t wanted = (n + kThreads - 1) / kThreads;
   return static_cast<unsigned int>(std::max<int64_t>(1, std::min(wanted, sms * 16)));
 }

@@ -20,8 +20,6 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <type_traits>
@@ -48,7 +46,7 @@ at::Tensor conv2d_forward_cuda(
   check_conv2d_tensors(input_, weight_, bias);
   const Conv2dGeometry g = conv2d_geometry(
       input_.sizes(), weight_.sizes(), stride, padding, dilation, groups);
-  const c10::cuda::CUDAGuard device_guard(input_.device());
+  const DeviceGuard device_guard(input_.device());
   const at::Tensor input = input_.contiguous();
   const at::Tensor weight = weight_.contiguous();
   const bool has_bias = bias.has_value() && bias->defined();
@@ -58,7 +56,7 @@ at::Tensor conv2d_forward_cuda(
   const int64_t L = g.output_plane();
   const int64_t K = g.col_rows_per_group();
   const int64_t M = g.out_channels_per_group();
-  const int64_t chunk = g.batch_chunk();
+  const int64_t chunk = g.batch_chunk(launch_limits().column_budget);
   if (output.numel() == 0) {
     return output;
   }
@@ -132,7 +130,7 @@ at::Tensor conv2d_backward_input_cuda(
   const Conv2dGeometry g = conv2d_geometry(
       input_size, weight_.sizes(), stride, padding, dilation, groups);
   check_conv2d_grad_output(grad_output_, g, weight_);
-  const c10::cuda::CUDAGuard device_guard(weight_.device());
+  const DeviceGuard device_guard(weight_.device());
   const at::Tensor grad_output = grad_output_.contiguous();
   const at::Tensor weight = weight_.contiguous();
 
@@ -143,7 +141,7 @@ at::Tensor conv2d_backward_input_cuda(
   const int64_t L = g.output_plane();
   const int64_t K = g.col_rows_per_group();
   const int64_t M = g.out_channels_per_group();
-  const int64_t chunk = g.batch_chunk();
+  const int64_t chunk = g.batch_chunk(launch_limits().column_budget);
   at::Tensor cols_buf = at::empty({groups * K * chunk * L}, weight.options());
   at::Tensor go_buf = chunk > 1 ? at::empty({g.out_channels * chunk * L}, weight.options())
                                 : at::Tensor();
@@ -191,7 +189,7 @@ at::Tensor conv2d_backward_weight_cuda(
   const Conv2dGeometry g = conv2d_geometry(
       input_.sizes(), weight_size, stride, padding, dilation, groups);
   check_conv2d_grad_output(grad_output_, g, input_);
-  const c10::cuda::CUDAGuard device_guard(input_.device());
+  const DeviceGuard device_guard(input_.device());
   const at::Tensor input = input_.contiguous();
   const at::Tensor grad_output = grad_output_.contiguous();
 
@@ -205,7 +203,7 @@ at::Tensor conv2d_backward_weight_cuda(
   const int64_t L = g.output_plane();
   const int64_t K = g.col_rows_per_group();
   const int64_t M = g.out_channels_per_group();
-  const int64_t chunk = g.batch_chunk();
+  const int64_t chunk = g.batch_chunk(launch_limits().column_budget);
   at::Tensor cols_buf = at::empty({groups * K * chunk * L}, input.options());
   at::Tensor go_buf = chunk > 1 ? at::empty({g.out_channels * chunk * L}, input.options())
                                 : at::Tensor();
@@ -263,9 +261,9 @@ at::Tensor conv2d_backward_weight_cuda(
 // as on the CPU; the kernel is bound by memory traffic, not arithmetic.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
-bias_grad_kernel(const scalar_t* __restrict__ grad_output, int64_t batch, int64_t channels,
-                 int64_t plane, scalar_t* __restrict__ grad_bias) {
-  __shared__ double partial[kThreads];
+bias_grad_kernel(gpu_ptr<const scalar_t> CUSTOM_CONV_RESTRICT grad_output, int64_t batch, int64_t channels,
+                 int64_t plane, gpu_ptr<scalar_t> CUSTOM_CONV_RESTRICT grad_bias) {
+  __shared__ shared_array<double, kThreads> partial;
   const int64_t c = blockIdx.x;
   const int64_t count = batch * plane;
   double sum = 0.0;
@@ -288,7 +286,7 @@ bias_grad_kernel(const scalar_t* __restrict__ grad_output, int64_t batch, int64_
 
 at::Tensor conv2d_backward_bias_cuda(const at::Tensor& grad_output_) {
   check_floating_4d(grad_output_, "conv2d_backward_bias", "grad_output");
-  const c10::cuda::CUDAGuard device_guard(grad_output_.device());
+  const DeviceGuard device_guard(grad_output_.device());
   const at::Tensor grad_output = grad_output_.contiguous();
   const int64_t N = grad_output.size(0), C = grad_output.size(1);
   const int64_t L = grad_output.size(2) * grad_output.size(3);
@@ -298,17 +296,15 @@ at::Tensor conv2d_backward_bias_cuda(const at::Tensor& grad_output_) {
   }
   TORCH_CHECK(C <= 0x7fffffff, "conv2d_backward_bias: too many channels (", C, ")");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "conv2d_backward_bias_cuda", [&] {
-    bias_grad_kernel<scalar_t>
-        <<<static_cast<unsigned int>(C), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-            grad_output.const_data_ptr<scalar_t>(), N, C, L, grad_bias.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    CUSTOM_CONV_LAUNCH(static_cast<unsigned int>(C), kThreads, bias_grad_kernel<scalar_t>)(
+        grad_output.const_data_ptr<scalar_t>(), N, C, L, grad_bias.mutable_data_ptr<scalar_t>());
   });
   return grad_bias;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(custom_conv, CUDA, m) {
+CUSTOM_CONV_GPU_LIBRARY_IMPL(m) {
   m.impl("conv2d_forward", &conv2d_forward_cuda);
   m.impl("conv2d_backward_input", &conv2d_backward_input_cuda);
   m.impl("conv2d_backward_weight", &conv2d_backward_weight_cuda);

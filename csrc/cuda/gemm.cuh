@@ -24,7 +24,6 @@
 
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
-#include <c10/cuda/CUDAException.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -56,16 +55,16 @@ template <typename scalar_t, typename out_t = scalar_t>
 struct GemmParams {
   using acc_t = at::opmath_type<scalar_t>;
   int64_t batch = 1, m = 0, n = 0, k = 0;
-  const scalar_t* a = nullptr;
+  gpu_ptr<const scalar_t> a = nullptr;
   int64_t lda = 0, batch_stride_a = 0;
   bool trans_a = false;
-  const scalar_t* b = nullptr;
+  gpu_ptr<const scalar_t> b = nullptr;
   int64_t ldb = 0, batch_stride_b = 0;
   bool trans_b = false;
-  out_t* c = nullptr;
+  gpu_ptr<out_t> c = nullptr;
   int64_t ldc = 0, batch_stride_c = 0;
   // Optional: bias[z * batch_stride_bias + row] is added to every row.
-  const scalar_t* bias = nullptr;
+  gpu_ptr<const scalar_t> bias = nullptr;
   int64_t batch_stride_bias = 0;
   acc_t alpha = acc_t(1);
   // With beta == 0, C is not read, so it may be uninitialised memory.
@@ -79,7 +78,7 @@ __device__ __forceinline__ void gemm_store(const GemmParams<scalar_t, out_t>& p,
   if (p.bias != nullptr) {
     v += static_cast<acc_t>(p.bias[z * p.batch_stride_bias + row]);
   }
-  out_t* c = p.c + z * p.batch_stride_c + row * p.ldc + col;
+  const gpu_ptr<out_t> c = p.c + z * p.batch_stride_c + row * p.ldc + col;
   if (p.beta != acc_t(0)) {
     v += p.beta * static_cast<acc_t>(*c);
   }
@@ -92,17 +91,17 @@ __device__ __forceinline__ void gemm_store(const GemmParams<scalar_t, out_t>& p,
 template <typename scalar_t, typename out_t, bool kTransA, bool kTransB>
 __global__ void __launch_bounds__(kThreads)
 gemm_tile_kernel(const GemmParams<scalar_t, out_t> p, int64_t batch_offset, int64_t splits,
-                 int64_t k_per_split, at::opmath_type<scalar_t>* partials) {
+                 int64_t k_per_split, gpu_ptr<at::opmath_type<scalar_t>> partials) {
   using acc_t = at::opmath_type<scalar_t>;
   // One padding column keeps the transposing stores (slab element (row, k)
   // to tile[k][row]) from landing in the same bank.
-  __shared__ acc_t a_tile[kTileK][kTileM + 1];
-  __shared__ acc_t b_tile[kTileK][kTileN + 1];
+  __shared__ shared_array<acc_t, kTileK, kTileM + 1> a_tile;
+  __shared__ shared_array<acc_t, kTileK, kTileN + 1> b_tile;
 
   const int64_t z = batch_offset + blockIdx.z / splits;
   const int64_t slice = blockIdx.z % splits;
-  const scalar_t* a = p.a + z * p.batch_stride_a;
-  const scalar_t* b = p.b + z * p.batch_stride_b;
+  const gpu_ptr<const scalar_t> a = p.a + z * p.batch_stride_a;
+  const gpu_ptr<const scalar_t> b = p.b + z * p.batch_stride_b;
   const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kTileM;
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kTileN;
   const int64_t k_begin = slice * k_per_split;
@@ -191,7 +190,7 @@ gemm_tile_kernel(const GemmParams<scalar_t, out_t> p, int64_t batch_offset, int6
 // bias and beta exactly as the unsplit kernel does.
 template <typename scalar_t, typename out_t>
 __global__ void gemm_split_reduce_kernel(const GemmParams<scalar_t, out_t> p, int64_t splits,
-                                         const at::opmath_type<scalar_t>* partials) {
+                                         gpu_ptr<const at::opmath_type<scalar_t>> partials) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t plane = p.m * p.n;
   CUSTOM_CONV_GRID_STRIDE_LOOP(i, p.batch * plane) {
@@ -210,12 +209,12 @@ __global__ void gemm_split_reduce_kernel(const GemmParams<scalar_t, out_t> p, in
 // kMinSliceK (the partial sums would cost more to write than to compute). The
 // choice depends only on the shapes and the GPU, so a given call on a given
 // device always sums in the same order.
-inline int64_t gemm_splits(int64_t tiles, int64_t batch, int64_t m, int64_t n, int64_t k) {
+inline int64_t gemm_splits(int64_t tiles, int64_t batch, int64_t m, int64_t n, int64_t k,
+                           int64_t multiprocessors) {
   constexpr int64_t kMinSliceK = 256;
   // Partial sums held at once, in accumulator values (16 Mi = 64 MiB of float).
   constexpr int64_t kWorkspaceBudget = int64_t{1} << 24;
-  const int64_t sms = multiprocessor_count();
-  const int64_t wanted_blocks = 2 * sms;
+  const int64_t wanted_blocks = 2 * multiprocessors;
   if (tiles >= wanted_blocks) {
     return 1;
   }
@@ -224,21 +223,41 @@ inline int64_t gemm_splits(int64_t tiles, int64_t batch, int64_t m, int64_t n, i
   return std::max<int64_t>(1, splits);
 }
 
+// How a GEMM is launched: a grid of (tiles_n, tiles_m, batches * splits)
+// blocks, in launches of at most batches_per_launch batch entries.
+struct GemmPlan {
+  int64_t tiles_m, tiles_n;
+  int64_t splits, k_per_split;
+  int64_t batches_per_launch;
+};
+
+inline GemmPlan plan_gemm(int64_t batch, int64_t m, int64_t n, int64_t k, const LaunchLimits& limits) {
+  GemmPlan plan;
+  plan.tiles_m = (m + kTileM - 1) / kTileM;
+  plan.tiles_n = (n + kTileN - 1) / kTileN;
+  TORCH_CHECK(plan.tiles_m <= limits.max_grid_yz && plan.tiles_n <= 0x7fffffff,
+              "custom_conv gemm: matrix of ", m, " x ", n, " is too large");
+  plan.splits = gemm_splits(plan.tiles_m * plan.tiles_n * batch, batch, m, n, k, limits.multiprocessors);
+  // Slices are whole multiples of the K tile; recount them after rounding.
+  plan.k_per_split = std::max<int64_t>(k, 1);
+  if (plan.splits > 1) {
+    plan.k_per_split = ((k + plan.splits - 1) / plan.splits + kTileK - 1) / kTileK * kTileK;
+    plan.splits = (k + plan.k_per_split - 1) / plan.k_per_split;
+  }
+  // gridDim.z is limited, so large batches take several launches.
+  plan.batches_per_launch = std::max<int64_t>(1, limits.max_grid_yz / plan.splits);
+  return plan;
+}
+
 template <typename scalar_t, typename out_t, bool kTransA, bool kTransB>
-void launch_gemm_tiles(const GemmParams<scalar_t, out_t>& p, int64_t tiles_m, int64_t tiles_n,
-                       int64_t splits, int64_t k_per_split,
-                       at::opmath_type<scalar_t>* partials) {
-  // gridDim.z is limited to 65535, so large batches take several launches.
-  constexpr int64_t kMaxGridZ = 65535;
-  const int64_t batches_per_launch = std::max<int64_t>(1, kMaxGridZ / splits);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  for (int64_t z0 = 0; z0 < p.batch; z0 += batches_per_launch) {
-    const int64_t nz = std::min(batches_per_launch, p.batch - z0);
-    const dim3 grid(static_cast<unsigned int>(tiles_n), static_cast<unsigned int>(tiles_m),
-                    static_cast<unsigned int>(nz * splits));
-    gemm_tile_kernel<scalar_t, out_t, kTransA, kTransB>
-        <<<grid, kThreads, 0, stream>>>(p, z0, splits, k_per_split, partials);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+void launch_gemm_tiles(const GemmParams<scalar_t, out_t>& p, const GemmPlan& plan,
+                       gpu_ptr<at::opmath_type<scalar_t>> partials) {
+  for (int64_t z0 = 0; z0 < p.batch; z0 += plan.batches_per_launch) {
+    const int64_t nz = std::min(plan.batches_per_launch, p.batch - z0);
+    const dim3 grid(static_cast<unsigned int>(plan.tiles_n), static_cast<unsigned int>(plan.tiles_m),
+                    static_cast<unsigned int>(nz * plan.splits));
+    CUSTOM_CONV_LAUNCH(grid, kThreads, gemm_tile_kernel<scalar_t, out_t, kTransA, kTransB>)(
+        p, z0, plan.splits, plan.k_per_split, partials);
   }
 }
 
@@ -249,49 +268,34 @@ void gemm(const GemmParams<scalar_t, out_t>& p) {
   if (p.batch == 0 || p.m == 0 || p.n == 0) {
     return;
   }
-  const int64_t tiles_m = (p.m + kTileM - 1) / kTileM;
-  const int64_t tiles_n = (p.n + kTileN - 1) / kTileN;
-  TORCH_CHECK(tiles_m <= 65535 && tiles_n <= 0x7fffffff,
-              "custom_conv gemm: matrix of ", p.m, " x ", p.n, " is too large");
-
-  int64_t splits = gemm_splits(tiles_m * tiles_n * p.batch, p.batch, p.m, p.n, p.k);
-  // Slices are whole multiples of the K tile; recount them after rounding.
-  int64_t k_per_split = std::max<int64_t>(p.k, 1);
-  if (splits > 1) {
-    k_per_split = ((p.k + splits - 1) / splits + kTileK - 1) / kTileK * kTileK;
-    splits = (p.k + k_per_split - 1) / k_per_split;
-  }
+  const GemmPlan plan = plan_gemm(p.batch, p.m, p.n, p.k, launch_limits());
   at::Tensor workspace;
-  acc_t* partials = nullptr;
-  if (splits > 1) {
+  gpu_ptr<acc_t> partials = nullptr;
+  if (plan.splits > 1) {
     // Freed when this function returns; the caching allocator keeps it from
     // being reused until the kernels queued on this stream have run.
-    workspace = at::empty({p.batch * splits * p.m * p.n},
-                          at::TensorOptions()
-                              .dtype(c10::CppTypeToScalarType<acc_t>::value)
-                              .device(at::kCUDA, c10::cuda::current_device()));
+    workspace = at::empty({p.batch * plan.splits * p.m * p.n},
+                          device_options().dtype(c10::CppTypeToScalarType<acc_t>::value));
     partials = workspace.mutable_data_ptr<acc_t>();
   }
 
   if (p.trans_a) {
     if (p.trans_b) {
-      launch_gemm_tiles<scalar_t, out_t, true, true>(p, tiles_m, tiles_n, splits, k_per_split, partials);
+      launch_gemm_tiles<scalar_t, out_t, true, true>(p, plan, partials);
     } else {
-      launch_gemm_tiles<scalar_t, out_t, true, false>(p, tiles_m, tiles_n, splits, k_per_split, partials);
+      launch_gemm_tiles<scalar_t, out_t, true, false>(p, plan, partials);
     }
   } else {
     if (p.trans_b) {
-      launch_gemm_tiles<scalar_t, out_t, false, true>(p, tiles_m, tiles_n, splits, k_per_split, partials);
+      launch_gemm_tiles<scalar_t, out_t, false, true>(p, plan, partials);
     } else {
-      launch_gemm_tiles<scalar_t, out_t, false, false>(p, tiles_m, tiles_n, splits, k_per_split, partials);
+      launch_gemm_tiles<scalar_t, out_t, false, false>(p, plan, partials);
     }
   }
 
-  if (splits > 1) {
-    gemm_split_reduce_kernel<scalar_t, out_t>
-        <<<grid_for(p.batch * p.m * p.n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-            p, splits, partials);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (plan.splits > 1) {
+    CUSTOM_CONV_LAUNCH(grid_for(p.batch * p.m * p.n), kThreads, gemm_split_reduce_kernel<scalar_t, out_t>)(
+        p, plan.splits, partials);
   }
 }
 

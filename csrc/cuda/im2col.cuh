@@ -10,7 +10,6 @@
 #include "common.cuh"
 
 #include <ATen/OpMathType.h>
-#include <c10/cuda/CUDAException.h>
 
 #include <cstdint>
 
@@ -22,8 +21,8 @@ namespace gpu {
 // copied kH * kW times) coalesce, and reads of one input row are adjacent
 // too when the stride is 1.
 template <typename scalar_t>
-__global__ void im2col_kernel(const scalar_t* __restrict__ input, const Conv2dGeometry g,
-                              int64_t batch, scalar_t* __restrict__ cols) {
+__global__ void im2col_kernel(gpu_ptr<const scalar_t> CUSTOM_CONV_RESTRICT input, const Conv2dGeometry g,
+                              int64_t batch, gpu_ptr<scalar_t> CUSTOM_CONV_RESTRICT cols) {
   const int64_t L = g.out_h * g.out_w;
   const int64_t row_len = batch * L;
   const int64_t total = g.in_channels * g.kernel_h * g.kernel_w * row_len;
@@ -51,8 +50,8 @@ __global__ void im2col_kernel(const scalar_t* __restrict__ input, const Conv2dGe
 // formed by one thread in a fixed order, in the accumulation type, and
 // written once, which also makes zero-filling the output unnecessary.
 template <typename scalar_t>
-__global__ void col2im_kernel(const scalar_t* __restrict__ cols, const Conv2dGeometry g,
-                              int64_t batch, scalar_t* __restrict__ output) {
+__global__ void col2im_kernel(gpu_ptr<const scalar_t> CUSTOM_CONV_RESTRICT cols, const Conv2dGeometry g,
+                              int64_t batch, gpu_ptr<scalar_t> CUSTOM_CONV_RESTRICT output) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t L = g.out_h * g.out_w;
   const int64_t row_len = batch * L;
@@ -99,9 +98,7 @@ void im2col(const scalar_t* input, const Conv2dGeometry& g, int64_t batch, scala
   if (total == 0) {
     return;
   }
-  im2col_kernel<scalar_t><<<grid_for(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      input, g, batch, cols);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  CUSTOM_CONV_LAUNCH(grid_for(total), kThreads, im2col_kernel<scalar_t>)(input, g, batch, cols);
 }
 
 // Folds `cols` back into `batch` samples of a contiguous (N, C, H, W) tensor,
@@ -112,9 +109,7 @@ void col2im(const scalar_t* cols, const Conv2dGeometry& g, int64_t batch, scalar
   if (total == 0) {
     return;
   }
-  col2im_kernel<scalar_t><<<grid_for(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      cols, g, batch, output);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  CUSTOM_CONV_LAUNCH(grid_for(total), kThreads, col2im_kernel<scalar_t>)(cols, g, batch, output);
 }
 
 }  // namespace gpu

@@ -10,8 +10,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/NumericUtils.h>
 #include <ATen/OpMathType.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <c10/macros/Macros.h>
 #include <torch/library.h>
 
@@ -23,8 +21,9 @@ namespace {
 
 // One thread per output element.
 template <typename scalar_t>
-__global__ void max_pool2d_forward_kernel(const scalar_t* __restrict__ input, const Pool2dGeometry g,
-                                          scalar_t* __restrict__ output, int64_t* __restrict__ indices) {
+__global__ void max_pool2d_forward_kernel(gpu_ptr<const scalar_t> CUSTOM_CONV_RESTRICT input,
+                                          const Pool2dGeometry g, gpu_ptr<scalar_t> CUSTOM_CONV_RESTRICT output,
+                                          gpu_ptr<int64_t> CUSTOM_CONV_RESTRICT indices) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t out_plane = g.out_h * g.out_w;
   const int64_t total = g.batch * g.channels * out_plane;
@@ -48,7 +47,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cuda(
   check_floating_4d(input_, "max_pool2d", "input");
   const Pool2dGeometry g = max_pool2d_geometry(
       input_.sizes(), kernel_size, stride, padding, dilation, ceil_mode);
-  const c10::cuda::CUDAGuard device_guard(input_.device());
+  const DeviceGuard device_guard(input_.device());
   const at::Tensor input = input_.contiguous();
   at::Tensor output = at::empty({g.batch, g.channels, g.out_h, g.out_w}, input.options());
   at::Tensor indices = at::empty({g.batch, g.channels, g.out_h, g.out_w},
@@ -58,11 +57,9 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cuda(
     return {output, indices};
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "max_pool2d_forward_cuda", [&] {
-    max_pool2d_forward_kernel<scalar_t>
-        <<<grid_for(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-            input.const_data_ptr<scalar_t>(), g, output.mutable_data_ptr<scalar_t>(),
-            indices.mutable_data_ptr<int64_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    CUSTOM_CONV_LAUNCH(grid_for(total), kThreads, max_pool2d_forward_kernel<scalar_t>)(
+        input.const_data_ptr<scalar_t>(), g, output.mutable_data_ptr<scalar_t>(),
+        indices.mutable_data_ptr<int64_t>());
   });
   return {output, indices};
 }
@@ -95,9 +92,9 @@ __device__ __forceinline__ CandidateRange covering_windows(int64_t pos, int64_t 
 }
 
 template <typename scalar_t>
-__global__ void max_pool2d_backward_kernel(const scalar_t* __restrict__ grad_output,
-                                           const int64_t* __restrict__ indices, const Pool2dGeometry g,
-                                           scalar_t* __restrict__ grad_input) {
+__global__ void max_pool2d_backward_kernel(gpu_ptr<const scalar_t> CUSTOM_CONV_RESTRICT grad_output,
+                                           gpu_ptr<const int64_t> CUSTOM_CONV_RESTRICT indices,
+                                           const Pool2dGeometry g, gpu_ptr<scalar_t> CUSTOM_CONV_RESTRICT grad_input) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
   CUSTOM_CONV_GRID_STRIDE_LOOP(e, g.batch * g.channels * in_plane) {
@@ -105,8 +102,8 @@ __global__ void max_pool2d_backward_kernel(const scalar_t* __restrict__ grad_out
     const int64_t p = e / in_plane;
     const CandidateRange rows = covering_windows(i / g.in_w, g.stride_h, g.pad_h, g.kernel_h, g.dilation_h, g.out_h);
     const CandidateRange cols = covering_windows(i % g.in_w, g.stride_w, g.pad_w, g.kernel_w, g.dilation_w, g.out_w);
-    const int64_t* idx = indices + p * out_plane;
-    const scalar_t* go = grad_output + p * out_plane;
+    const gpu_ptr<const int64_t> idx = indices + p * out_plane;
+    const gpu_ptr<const scalar_t> go = grad_output + p * out_plane;
     acc_t sum = acc_t(0);
     for (int64_t oh = rows.first; oh <= rows.last; ++oh) {
       for (int64_t ow = cols.first; ow <= cols.last; ++ow) {
@@ -135,7 +132,7 @@ at::Tensor max_pool2d_backward_cuda(
     bool ceil_mode) {
   const Pool2dGeometry g = max_pool2d_backward_geometry(
       grad_output_, indices_, input_size, kernel_size, stride, padding, dilation, ceil_mode);
-  const c10::cuda::CUDAGuard device_guard(grad_output_.device());
+  const DeviceGuard device_guard(grad_output_.device());
   const at::Tensor grad_output = grad_output_.contiguous();
   const at::Tensor indices = indices_.contiguous();
   at::Tensor grad_input = at::empty(input_size, grad_output.options());
@@ -143,18 +140,16 @@ at::Tensor max_pool2d_backward_cuda(
     return grad_input;
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "max_pool2d_backward_cuda", [&] {
-    max_pool2d_backward_kernel<scalar_t>
-        <<<grid_for(grad_input.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-            grad_output.const_data_ptr<scalar_t>(), indices.const_data_ptr<int64_t>(), g,
-            grad_input.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    CUSTOM_CONV_LAUNCH(grid_for(grad_input.numel()), kThreads, max_pool2d_backward_kernel<scalar_t>)(
+        grad_output.const_data_ptr<scalar_t>(), indices.const_data_ptr<int64_t>(), g,
+        grad_input.mutable_data_ptr<scalar_t>());
   });
   return grad_input;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(custom_conv, CUDA, m) {
+CUSTOM_CONV_GPU_LIBRARY_IMPL(m) {
   m.impl("max_pool2d_forward", &max_pool2d_forward_cuda);
   m.impl("max_pool2d_backward", &max_pool2d_backward_cuda);
 }

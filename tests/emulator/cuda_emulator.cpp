@@ -1,0 +1,351 @@
+// The emulator's runtime (see cuda_emulator.h): the block scheduler with its
+// fibers and barrier, the record of allocations that gpu_ptr checks against,
+// the race check of shared memory, and the custom_conv_emulated library: the
+// kernel ops' schemas (the CUDA sources register their kernels for them, on
+// CPU tensors) and the ops tests use to drive the emulator.
+#include "cuda_emulator.h"
+
+#include "../../csrc/schemas.h"
+
+#include <c10/core/CPUAllocator.h>
+
+#include <ucontext.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+namespace custom_conv {
+namespace gpu {
+namespace emulator {
+namespace {
+
+// ------------------------------------------------------------ allocations
+
+struct Allocation {
+  uintptr_t end;
+  c10::DataPtr inner;  // the wrapped allocator's, freed with this entry
+};
+std::mutex allocations_mutex;
+std::map<uintptr_t, Allocation> allocations;  // by first byte
+c10::Allocator* wrapped = nullptr;  // the CPU allocator the tracker wraps
+
+// Wraps the CPU allocator and records every live allocation, so that a raw
+// pointer handed to a kernel can be traced back to its bounds. Its data
+// pointers are "simple" (context == data), as some of torch's CPU kernels
+// require of the CPU allocator.
+class TrackingAllocator final : public c10::Allocator {
+ public:
+  explicit TrackingAllocator(c10::Allocator* inner) : inner_(inner) {}
+
+  c10::DataPtr allocate(size_t n) override {
+    c10::DataPtr data = inner_->allocate(n);
+    void* p = data.get();
+    if (n == 0 || p == nullptr) {
+      return data;
+    }
+    const c10::Device device = data.device();
+    {
+      const std::lock_guard<std::mutex> lock(allocations_mutex);
+      Allocation& a = allocations[reinterpret_cast<uintptr_t>(p)];
+      // An entry already there was freed behind our back (raw_deallocate
+      // through the plain allocator, after tracking stopped): forget it
+      // without freeing its memory again.
+      a.inner.release_context();
+      a = {reinterpret_cast<uintptr_t>(p) + n, std::move(data)};
+    }
+    return {p, p, &release, device};
+  }
+
+  // For raw_allocate / raw_deallocate, which oneDNN's buffers use.
+  c10::DeleterFnPtr raw_deleter() const override { return &release; }
+
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+
+  c10::Allocator* inner() const { return inner_; }
+
+ private:
+  // Also receives, through raw_deallocate, memory the wrapped allocator
+  // gave out before tracking began (oneDNN frees through whichever CPU
+  // allocator is current): that goes back to it.
+  static void release(void* p) {
+    c10::DataPtr inner;  // freed after the lock is released
+    {
+      const std::lock_guard<std::mutex> lock(allocations_mutex);
+      auto it = allocations.find(reinterpret_cast<uintptr_t>(p));
+      if (it != allocations.end()) {
+        inner = std::move(it->second.inner);
+        allocations.erase(it);
+        return;
+      }
+    }
+    wrapped->raw_deleter()(p);
+  }
+
+  c10::Allocator* inner_;
+};
+
+std::unique_ptr<TrackingAllocator> tracker;
+
+// ------------------------------------------------------------- scheduler
+
+constexpr size_t kStackBytes = 256 * 1024;
+
+enum class FiberState { kReady, kAtBarrier, kDone };
+
+// The launch running on this OS thread.
+struct Scheduler {
+  const char* kernel = nullptr;
+  dim3 grid, block;
+  const std::function<void()>* body = nullptr;
+  ucontext_t main;
+  std::vector<ucontext_t> contexts;
+  std::vector<std::unique_ptr<char[]>> stacks;
+  std::vector<FiberState> states;
+  int64_t current = -1;
+  uint64_t epoch = 0;
+  int64_t error_count = 0;
+  std::vector<std::string> errors;  // the first few
+};
+
+thread_local Scheduler scheduler;
+thread_local std::vector<std::string> launch_log;
+LaunchLimits current_limits;
+
+dim3 unflatten(int64_t i, dim3 size) {
+  return dim3(static_cast<unsigned int>(i % size.x), static_cast<unsigned int>(i / size.x % size.y),
+              static_cast<unsigned int>(i / (static_cast<int64_t>(size.x) * size.y)));
+}
+
+void fiber_main() {
+  Scheduler& s = scheduler;
+  try {
+    (*s.body)();
+  } catch (const std::exception& e) {
+    report(std::string("the kernel threw: ") + e.what());
+  }
+  s.states[s.current] = FiberState::kDone;
+  // Returning resumes uc_link, the scheduler.
+}
+
+// Runs one block to completion: every fiber until it waits or ends, then, if
+// any waits at the barrier, all of them again.
+void run_block(int64_t threads) {
+  Scheduler& s = scheduler;
+  for (int64_t t = 0; t < threads; ++t) {
+    if (static_cast<int64_t>(s.stacks.size()) <= t) {
+      s.stacks.emplace_back(new char[kStackBytes]);
+    }
+    ucontext_t& c = s.contexts[t];
+    getcontext(&c);
+    c.uc_stack.ss_sp = s.stacks[t].get();
+    c.uc_stack.ss_size = kStackBytes;
+    c.uc_link = &s.main;
+    makecontext(&c, fiber_main, 0);
+    s.states[t] = FiberState::kReady;
+  }
+  ++s.epoch;
+  for (;;) {
+    bool waiting = false;
+    for (int64_t t = 0; t < threads; ++t) {
+      if (s.states[t] != FiberState::kReady) {
+        continue;
+      }
+      s.current = t;
+      threadIdx = unflatten(t, s.block);
+      swapcontext(&s.main, &s.contexts[t]);
+      waiting = waiting || s.states[t] == FiberState::kAtBarrier;
+    }
+    if (!waiting) {
+      break;
+    }
+    // Every thread has reached the barrier or returned (a returned thread
+    // counts as arrived, as on the GPU): release them into a new epoch.
+    ++s.epoch;
+    for (int64_t t = 0; t < threads; ++t) {
+      if (s.states[t] == FiberState::kAtBarrier) {
+        s.states[t] = FiberState::kReady;
+      }
+    }
+  }
+  s.current = -1;
+}
+
+std::string where() {
+  const Scheduler& s = scheduler;
+  std::ostringstream w;
+  w << s.kernel << ", block (" << blockIdx.x << ", " << blockIdx.y << ", " << blockIdx.z << "), thread ("
+    << threadIdx.x << ", " << threadIdx.y << ", " << threadIdx.z << ")";
+  return w.str();
+}
+
+}  // namespace
+
+LaunchLimits& limits() {
+  return current_limits;
+}
+
+void report(const std::string& what) {
+  Scheduler& s = scheduler;
+  ++s.error_count;
+  std::string error = where() + ": " + what;
+  if (s.errors.size() < 8 && std::find(s.errors.begin(), s.errors.end(), error) == s.errors.end()) {
+    s.errors.push_back(std::move(error));
+  }
+}
+
+int64_t linear_thread() {
+  return scheduler.current;
+}
+
+uint64_t epoch() {
+  return scheduler.epoch;
+}
+
+Range allocation_of(const void* address) {
+  const auto a = reinterpret_cast<uintptr_t>(address);
+  const std::lock_guard<std::mutex> lock(allocations_mutex);
+  auto it = allocations.upper_bound(a);
+  if (it == allocations.begin()) {
+    return {};
+  }
+  --it;
+  if (a >= it->second.end) {
+    return {};
+  }
+  return {it->first, it->second.end, true};
+}
+
+void shared_access(Shadow& shadow, bool write, int64_t element, const char* array) {
+  const Scheduler& s = scheduler;
+  const int64_t t = s.current;
+  if (shadow.epoch != s.epoch) {
+    shadow = Shadow{s.epoch, -1, -1};
+  }
+  const bool written_by_other = shadow.writer >= 0 && shadow.writer != t;
+  const bool read_by_other = shadow.reader == -2 || (shadow.reader >= 0 && shadow.reader != t);
+  if (written_by_other || (write && read_by_other)) {
+    const int64_t other = written_by_other ? shadow.writer : shadow.reader;
+    std::ostringstream what;
+    what << "shared memory race on element " << element << " of " << array << ": this thread "
+         << (write ? "writes" : "reads") << " it, and since the last barrier "
+         << (other >= 0 ? "thread " + std::to_string(other) : std::string("several threads"))
+         << (written_by_other ? " wrote" : " read") << " it";
+    report(what.str());
+  }
+  if (write) {
+    shadow.writer = t;
+  } else {
+    shadow.reader = shadow.reader == -1 || shadow.reader == t ? t : -2;
+  }
+}
+
+void run(const char* name, dim3 grid, dim3 block, const std::function<void()>& thread) {
+  Scheduler& s = scheduler;
+  TORCH_CHECK(s.current < 0, "CUDA emulator: ", name, " launched from inside a kernel");
+  const int64_t threads = static_cast<int64_t>(block.x) * block.y * block.z;
+  const int64_t blocks = static_cast<int64_t>(grid.x) * grid.y * grid.z;
+  TORCH_CHECK(threads >= 1 && threads <= 1024 && block.z <= 64,
+              "CUDA emulator: ", name, ": invalid block (", block.x, ", ", block.y, ", ", block.z, ")");
+  TORCH_CHECK(blocks >= 1 && grid.x <= 0x7fffffffu && grid.y <= current_limits.max_grid_yz &&
+                  grid.z <= current_limits.max_grid_yz,
+              "CUDA emulator: ", name, ": invalid grid (", grid.x, ", ", grid.y, ", ", grid.z,
+              "); gridDim.y and .z may be at most ", current_limits.max_grid_yz);
+  {
+    std::ostringstream entry;
+    entry << name << " grid (" << grid.x << ", " << grid.y << ", " << grid.z << ") block (" << block.x << ", "
+          << block.y << ", " << block.z << ")";
+    if (launch_log.size() < 100000) {
+      launch_log.push_back(entry.str());
+    }
+  }
+  s.kernel = name;
+  s.grid = grid;
+  s.block = block;
+  s.body = &thread;
+  s.contexts.resize(threads);
+  s.states.resize(threads);
+  s.error_count = 0;
+  s.errors.clear();
+  gridDim = grid;
+  blockDim = block;
+  for (int64_t b = 0; b < blocks; ++b) {
+    blockIdx = unflatten(b, grid);
+    run_block(threads);
+  }
+  if (s.error_count > 0) {
+    std::ostringstream message;
+    message << "CUDA emulator: " << s.error_count << " error(s) in " << name << ":";
+    for (const std::string& e : s.errors) {
+      message << "\n  " << e;
+    }
+    if (s.error_count > static_cast<int64_t>(s.errors.size())) {
+      message << "\n  ...";
+    }
+    TORCH_CHECK(false, message.str());
+  }
+}
+
+}  // namespace emulator
+}  // namespace gpu
+}  // namespace custom_conv
+
+void __syncthreads() {
+  using namespace custom_conv::gpu::emulator;
+  Scheduler& s = scheduler;
+  TORCH_INTERNAL_ASSERT(s.current >= 0, "__syncthreads() outside a kernel");
+  s.states[s.current] = FiberState::kAtBarrier;
+  swapcontext(&s.contexts[s.current], &s.main);
+}
+
+namespace {
+
+using namespace custom_conv::gpu;
+
+// Sets the limits launch plans see; returns the previous ones.
+std::vector<int64_t> set_limits(int64_t multiprocessors, int64_t max_grid_yz, int64_t column_budget) {
+  LaunchLimits& l = emulator::limits();
+  std::vector<int64_t> previous{l.multiprocessors, l.max_grid_yz, l.column_budget};
+  TORCH_CHECK(multiprocessors >= 1 && max_grid_yz >= 1 && column_budget >= 1, "limits must be positive");
+  l = {multiprocessors, max_grid_yz, column_budget};
+  return previous;
+}
+
+// Starts or stops recording CPU allocations (the CPU allocator is wrapped
+// meanwhile). Kernels may only be given memory allocated while it is on.
+void track_allocations(bool on) {
+  using emulator::tracker;
+  if (on) {
+    TORCH_CHECK(!tracker, "allocations are already tracked");
+    emulator::wrapped = c10::GetCPUAllocator();
+    tracker = std::make_unique<emulator::TrackingAllocator>(emulator::wrapped);
+    c10::SetCPUAllocator(tracker.get());
+    TORCH_CHECK(c10::GetCPUAllocator() == tracker.get(), "could not replace the CPU allocator");
+  } else if (tracker) {
+    c10::SetCPUAllocator(tracker->inner());
+    // Memory allocated meanwhile still points at the tracker's release
+    // function: the tracker object itself is kept.
+    tracker.release();
+  }
+}
+
+// The launches since the last call, one line each: kernel, grid, block.
+std::vector<std::string> take_launch_log() {
+  std::vector<std::string> log;
+  log.swap(emulator::launch_log);
+  return log;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(custom_conv_emulated, m) {
+  custom_conv::define_kernel_ops(m);
+  m.def("set_limits(int multiprocessors, int max_grid_yz, int column_budget) -> int[]", &set_limits);
+  m.def("track_allocations(bool on) -> ()", &track_allocations);
+  m.def("take_launch_log() -> str[]", &take_launch_log);
+}

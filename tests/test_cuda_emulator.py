@@ -1,0 +1,289 @@
+"""The CUDA kernels, run on the CPU: csrc/cuda/*.cu compiled a second time, as
+C++, against tests/emulator/cuda_emulator.h, which emulates CUDA's execution
+model (blocks of threads as fibers, __syncthreads() a real barrier, shared
+memory per block) and checks every access the kernels make, as
+compute-sanitizer's memcheck and racecheck would. Their host code runs
+unchanged (launch plans, split-K, batch chunks, launch splits), registered as
+torch.ops.custom_conv_emulated on CPU tensors.
+
+What this proves: every line of the kernels and of their launch planning ran,
+gave torch's results for every case of tests/cases.py, and touched no memory
+outside its buffers, with no shared-memory race, on the paths small shapes
+reach with small limits (LaunchLimits). What only a GPU shows: speed, the
+hardware's scheduling of warps and blocks, its memory model, and the
+rounding of fused multiply-adds (test_cuda.py, benchmarks/gpu_check.sh).
+
+The extension builds on first use (about a minute, into build/cuda-emulator).
+"""
+import contextlib
+import os
+import pathlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils import cpp_extension
+
+from cases import CONV2D_CASES, LONG_SUMS, MAX_POOL2D_CASES, MAX_POOL2D_PADDING_ONLY_CASES, conv
+from custom_conv import functional as CF
+from helpers import assert_matches_torch, assert_within_eps_of_exact, conv_tensors, dtypes, pool_input, tolerance
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+EMULATOR = ROOT / "tests" / "emulator"
+BUILD = ROOT / "build" / "cuda-emulator"
+
+# Plausible one-line bugs in csrc/cuda/gemm.cuh, each compiled into a broken
+# copy of it (tests/emulator/mutants.cpp), which the emulator must catch.
+MUTANTS = {
+    # The barrier after the products: the next loads overwrite the tiles
+    # while other threads still read them.
+    "missing_barrier": ("    // The next iteration overwrites the tiles; wait until all have read them.\n"
+                        "    __syncthreads();\n", ""),
+    # The store's bound: writes one column past C.
+    "store_off_by_one": ("      if (m < p.m && n < p.n) {", "      if (m < p.m && n <= p.n) {"),
+    # A load's bound: reads a row past A.
+    "load_off_by_one": ("      if (m < p.m && k < k_end) {", "      if (m <= p.m && k < k_end) {"),
+    # A tile one row too short for the 64 rows it holds.
+    "shared_tile_too_small": ("shared_array<acc_t, kTileK, kTileM + 1> a_tile",
+                              "shared_array<acc_t, kTileK, kTileM - 1> a_tile"),
+}
+
+
+def _write_mutants():
+    gemm = (ROOT / "csrc" / "cuda" / "gemm.cuh").read_text()
+    for name, (old, new) in MUTANTS.items():
+        assert gemm.count(old) == 1, f"mutant {name}: its line is not in gemm.cuh exactly once"
+        path = BUILD / f"gemm_{name}.cuh"
+        text = gemm.replace(old, new)
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+
+
+@pytest.fixture(scope="module")
+def emu():
+    """The emulated ops, with every CPU allocation recorded (so that the
+    kernels' pointers know their bounds) and a GPU of 2 multiprocessors."""
+    BUILD.mkdir(parents=True, exist_ok=True)
+    _write_mutants()
+    cpp_extension.load(
+        name="custom_conv_cuda_emulator",
+        sources=[str(EMULATOR / f) for f in ("cuda_emulator.cpp", "conv2d.cpp", "max_pool2d.cpp", "mutants.cpp")]
+        + [str(ROOT / "csrc" / "geometry.cpp")],
+        extra_cflags=["-O2", "-DCUSTOM_CONV_EMULATE_CUDA"],
+        extra_include_paths=[str(EMULATOR), str(ROOT / "csrc" / "cuda"), str(BUILD)],
+        build_directory=str(BUILD),
+        is_python_module=False,
+        verbose=bool(os.environ.get("CUSTOM_CONV_VERBOSE_BUILD")),
+    )
+    ops = torch.ops.custom_conv_emulated
+    saved = ops.set_limits(2, 65535, 1 << 22)
+    ops.track_allocations(True)
+    yield ops
+    ops.track_allocations(False)
+    ops.set_limits(*saved)
+
+
+@contextlib.contextmanager
+def limits(emu, multiprocessors=2, max_grid_yz=65535, column_budget=1 << 22):
+    """What the launch plans see as the GPU's size and limits, meanwhile."""
+    saved = emu.set_limits(multiprocessors, max_grid_yz, column_budget)
+    emu.take_launch_log()
+    try:
+        yield
+    finally:
+        emu.set_limits(*saved)
+
+
+def emulated_conv2d(emu):
+    """conv2d with F.conv2d's arguments, differentiable, on the emulated ops."""
+    class Conv2d(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, w, b, stride, padding, dilation, groups):
+            ctx.save_for_backward(x, w)
+            ctx.geometry = stride, padding, dilation, groups
+            ctx.has_bias = b is not None
+            return emu.conv2d_forward(x, w, b, stride, padding, dilation, groups)
+
+        @staticmethod
+        def backward(ctx, grad_output):
+            x, w = ctx.saved_tensors
+            go = grad_output.contiguous()
+            return (emu.conv2d_backward_input(go, w, x.shape, *ctx.geometry),
+                    emu.conv2d_backward_weight(go, x, w.shape, *ctx.geometry),
+                    emu.conv2d_backward_bias(go) if ctx.has_bias else None, None, None, None, None)
+
+    def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
+        _, x, stride, padding, dilation = CF._conv2d_arguments(x, w, stride, padding, dilation)
+        return Conv2d.apply(x, w, b, stride, padding, dilation, groups)
+    return conv2d
+
+
+def pool_arguments(kwargs):
+    """F.max_pool2d's keyword arguments as the ops take them."""
+    pair = lambda v: (v[0], v[-1]) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+    kernel = pair(kwargs["kernel_size"])
+    return (kernel, pair(kwargs.get("stride") or kernel), pair(kwargs.get("padding", 0)),
+            pair(kwargs.get("dilation", 1)), kwargs.get("ceil_mode", False))
+
+
+# ---------------------------------------------------------------- the case table
+
+@pytest.mark.parametrize("dtype", dtypes("float64", "float32"))
+@pytest.mark.parametrize("case", list(CONV2D_CASES))
+def test_conv2d_matches_torch_and_our_cpu_ops(emu, case, dtype):
+    """Forward and all three gradients, against torch and against our CPU
+    ops, with test_conv2d.py's tolerances for CUDA."""
+    c = CONV2D_CASES[case]
+    tensors = conv_tensors(c, dtype)
+    conv2d = emulated_conv2d(emu)
+    tol = tolerance(dtype, "cuda", LONG_SUMS in c.tags)
+    assert_matches_torch(lambda x, w, b: conv2d(x, w, b, **c.kwargs),
+                         lambda x, w, b: F.conv2d(x, w, b, **c.kwargs), tensors, **tol)
+    assert_matches_torch(lambda x, w, b: conv2d(x, w, b, **c.kwargs),
+                         lambda x, w, b: CF.conv2d(x, w, b, **c.kwargs), tensors, **tol)
+
+
+@pytest.mark.parametrize("dtype", dtypes("float16", "bfloat16"))
+@pytest.mark.parametrize("case", [name for name, c in CONV2D_CASES.items() if c.input[0] > 0])
+def test_conv2d_in_half_and_bfloat16_is_within_2_eps_of_exact(emu, case, dtype):
+    """The bound test_cuda.py states for the GPU (see helpers)."""
+    c = CONV2D_CASES[case]
+    conv2d = emulated_conv2d(emu)
+    assert_within_eps_of_exact(lambda x, w, b: conv2d(x, w, b, **c.kwargs),
+                               lambda x, w, b: F.conv2d(x, w, b, **c.kwargs), conv_tensors(c, dtype))
+
+
+POOL_CASES = {**MAX_POOL2D_CASES, **{f"padding only: {k}": v for k, v in MAX_POOL2D_PADDING_ONLY_CASES.items()}}
+
+
+@pytest.mark.parametrize("dtype", dtypes("float64", "float32", "float16", "bfloat16"))
+@pytest.mark.parametrize("case", list(POOL_CASES))
+def test_max_pool2d_matches_torch_and_equals_our_cpu_ops_bitwise(emu, case, dtype):
+    c = POOL_CASES[case]
+    x = pool_input(c, dtype)
+    args = pool_arguments(c.kwargs)
+    out, indices = emu.max_pool2d_forward(x, *args)
+    ref, ref_indices = F.max_pool2d(x, **c.kwargs, return_indices=True)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    assert torch.equal(indices, ref_indices)
+    cpu, cpu_indices = torch.ops.custom_conv.max_pool2d_forward(x, *args)
+    assert torch.equal(out, cpu) and torch.equal(indices, cpu_indices)
+
+    go = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(dtype)
+    grad = emu.max_pool2d_backward(go, indices, x.shape, *args)
+    # The GPU gathers per input element, adding the outputs in the order the
+    # CPU kernel scatters them: the same sums, bit for bit.
+    assert torch.equal(grad, torch.ops.custom_conv.max_pool2d_backward(go, indices, x.shape, *args))
+    if not out.isinf().any():  # torch routes the gradient of a window of padding only into the plane
+        # Added in float64 and rounded once, as ours adds in float (torch's
+        # CPU kernel adds half and bfloat16 in that dtype; test_max_pool2d.py).
+        x64 = x.double().requires_grad_()
+        F.max_pool2d(x64, **c.kwargs).backward(go.double())
+        torch.testing.assert_close(grad, x64.grad.to(dtype))
+
+
+# ------------------------------------------- paths only large problems take on a GPU
+
+def _grids(log, kernel):
+    """The grids of `kernel`'s launches in a launch log."""
+    return [line.split(" grid ")[1].split(" block")[0] for line in log if line.startswith(kernel)]
+
+
+def test_weight_gradient_splits_its_reduction(emu):
+    """6 x 9 weight-gradient entries summed over 2 * 256 positions on a GPU
+    of 2 multiprocessors: one tile, its reduction cut into 2 slices of 256,
+    then the reduce kernel. (Forward and backward input have 8 tiles each.)"""
+    case = conv((2, 1, 16, 16), (6, 1, 3, 3), padding=1)
+    with limits(emu, multiprocessors=2):
+        assert_matches_torch(lambda x, w, b: emulated_conv2d(emu)(x, w, b, **case.kwargs),
+                             lambda x, w, b: F.conv2d(x, w, b, **case.kwargs), conv_tensors(case),
+                             **tolerance(torch.float64, "cuda"))
+        log = emu.take_launch_log()
+    assert _grids(log, "gemm_tile_kernel") == ["(8, 1, 1)", "(8, 1, 1)", "(1, 1, 2)"]
+    assert len(_grids(log, "gemm_split_reduce_kernel")) == 1
+
+
+def test_backward_input_splits_its_reduction(emu):
+    """cols (18 x 32) = W^T (18 x 512) @ grad_out: one tile, a reduction over
+    512 output channels cut into 2 slices."""
+    case = conv((2, 2, 4, 4), (512, 2, 3, 3), padding=1)
+    with limits(emu, multiprocessors=2):
+        assert_matches_torch(lambda x, w, b: emulated_conv2d(emu)(x, w, b, **case.kwargs),
+                             lambda x, w, b: F.conv2d(x, w, b, **case.kwargs), conv_tensors(case),
+                             **tolerance(torch.float64, "cuda"))
+        log = emu.take_launch_log()
+    # forward (512 x 32: 8 row tiles), backward input (split), backward weight (512 x 18)
+    assert _grids(log, "gemm_tile_kernel") == ["(1, 8, 1)", "(1, 1, 2)", "(1, 8, 1)"]
+    assert len(_grids(log, "gemm_split_reduce_kernel")) == 1
+
+
+def test_batch_in_chunks_with_a_last_chunk_of_one_sample(emu):
+    """18 x 36 column values per sample and a budget of 1,500: chunks of 2, 2
+    and 1 samples, the weight gradient accumulated across them."""
+    case = conv((5, 2, 6, 6), (3, 2, 3, 3), padding=1)
+    with limits(emu, column_budget=1500):
+        assert_matches_torch(lambda x, w, b: emulated_conv2d(emu)(x, w, b, **case.kwargs),
+                             lambda x, w, b: F.conv2d(x, w, b, **case.kwargs), conv_tensors(case),
+                             **tolerance(torch.float64, "cuda"))
+        log = emu.take_launch_log()
+    # 3 chunks each: forward and backward weight unroll the input (im2col),
+    # backward input folds the columns back (col2im)
+    assert len(_grids(log, "im2col_kernel")) == 6 and len(_grids(log, "col2im_kernel")) == 3
+
+
+def test_grouped_gemm_launch_splits_along_z(emu):
+    """10 groups where gridDim.z may be at most 4: launches of 4, 4 and 2."""
+    case = conv((1, 10, 5, 5), (10, 1, 3, 3), groups=10)
+    with limits(emu, max_grid_yz=4):
+        y = emulated_conv2d(emu)(*conv_tensors(case), **case.kwargs)
+        torch.testing.assert_close(y, F.conv2d(*conv_tensors(case), **case.kwargs), **tolerance(torch.float64, "cuda"))
+        assert _grids(emu.take_launch_log(), "gemm_tile_kernel") == ["(1, 1, 4)", "(1, 1, 4)", "(1, 1, 2)"]
+
+
+@pytest.mark.parametrize("dtype", dtypes("float16", "bfloat16"))
+def test_half_weight_gradient_over_chunks_and_slices_is_rounded_once(emu, dtype):
+    """Several chunks, each with a split reduction: the float sum across them
+    is rounded to 16 bits once (the bound of test_cuda.py's version)."""
+    case = conv((8, 1, 16, 16), (6, 1, 3, 3), padding=1)
+    conv2d = emulated_conv2d(emu)
+    with limits(emu, multiprocessors=2, column_budget=9 * 512):
+        assert_within_eps_of_exact(lambda x, w, b: conv2d(x, w, b, **case.kwargs),
+                                   lambda x, w, b: F.conv2d(x, w, b, **case.kwargs), conv_tensors(case, dtype),
+                                   eps_factor=1, positive=True)
+        log = emu.take_launch_log()
+    assert len(_grids(log, "im2col_kernel")) == 2 * 4  # forward and weight gradient, 4 chunks each
+    assert len(_grids(log, "gemm_split_reduce_kernel")) == 4  # a split reduction in every chunk
+
+
+# ------------------------------------------------------- what the emulator catches
+
+@pytest.mark.parametrize("mutant, message", [
+    ("missing_barrier", "shared memory race on element"),
+    ("store_off_by_one", "global memory access out of bounds"),
+    ("load_off_by_one", "global memory access out of bounds"),
+    ("shared_tile_too_small", "shared memory index 63 out of bounds of a dimension of size 63"),
+])
+def test_a_broken_gemm_is_caught(emu, mutant, message):
+    """(8 x 48) @ (48 x 40): three K steps, and a tile with unused columns."""
+    a = torch.randn(8, 48)
+    b = torch.randn(48, 40)
+    with pytest.raises(RuntimeError, match=f"error\\(s\\) in gemm_tile_kernel.*\n.*{message}"):
+        emu.mutant_gemm(mutant, a, b)
+
+
+def test_the_gemm_the_mutants_come_from_is_clean(emu):
+    """The same product through the real GEMM: no report, the right values."""
+    a, b = torch.randn(8, 48), torch.randn(48, 40)
+    case = conv((1, 48, 1, 40), (8, 48, 1, 1))  # out (8, 40) = W (8, 48) @ x (48, 40)
+    y = emu.conv2d_forward(b.reshape(case.input), a.reshape(case.weight), None, (1, 1), (0, 0), (1, 1), 1)
+    torch.testing.assert_close(y.reshape(8, 40), a @ b, rtol=1e-5, atol=1e-5)
+
+
+def test_memory_from_before_tracking_is_refused(emu):
+    emu.track_allocations(False)
+    try:
+        x = torch.randn(1, 1, 4, 4)
+    finally:
+        emu.track_allocations(True)
+    with pytest.raises(RuntimeError, match="pointer into no recorded allocation"):
+        emu.max_pool2d_forward(x, (2, 2), (2, 2), (0, 0), (1, 1), False)
