@@ -9,6 +9,8 @@
 
 #include <c10/util/StringUtil.h>
 
+#include <atomic>
+
 namespace custom_conv {
 namespace {
 
@@ -30,6 +32,15 @@ constexpr int64_t kMaxDirectWeightGradOutChannels = 64;
 // a tile): im2col is faster.
 constexpr int64_t kMinDirectWeightGradInChannels = 4;
 
+// Bit (1 << algorithm) set: switched off by the user.
+std::atomic<unsigned> disabled_algorithms{0};
+
+bool is_disabled(Conv2dAlgorithm algorithm) {
+  return (disabled_algorithms.load(std::memory_order_relaxed) >> static_cast<unsigned>(algorithm)) & 1u;
+}
+
+constexpr const char* kSwitchedOff = "switched off by the user (custom_conv.disabled_algorithms)";
+
 const char* pass_name(Conv2dPass pass) {
   switch (pass) {
     case Conv2dPass::kForward: return "forward";
@@ -48,6 +59,9 @@ int64_t reduction_steps(const Conv2dGeometry& g, Conv2dPass pass) {
 // Why the direct kernels cannot or should not run this pass of the layer, or
 // null when they should.
 const char* direct_refusal(const Conv2dGeometry& g, Conv2dPass pass, at::ScalarType dtype, std::string* detail) {
+  if (is_disabled(Conv2dAlgorithm::kDirect)) {
+    return "direct kernels switched off by the user (custom_conv.disabled_algorithms)";
+  }
   if (!direct_kernels_available(dtype)) {
     return "no direct kernels for this dtype on this CPU";
   }
@@ -127,11 +141,40 @@ Conv2dAlgorithm choose_conv2d_algorithm(const Conv2dGeometry& g, Conv2dPass pass
     return Conv2dAlgorithm::kDirect;
   }
   if (one_channel_per_group) {
+    if (is_disabled(Conv2dAlgorithm::kDepthwise)) {
+      if (why) {
+        *why = g.groups > 1 ? c10::str("im2col: depthwise ", kSwitchedOff)
+                            : c10::str("im2col: depthwise ", kSwitchedOff, "; not direct: ", refusal, detail);
+      }
+      return Conv2dAlgorithm::kIm2col;
+    }
     if (why) *why = c10::str("depthwise: one input channel per group; not direct: ", refusal, detail);
     return Conv2dAlgorithm::kDepthwise;
   }
   if (why) *why = c10::str("im2col: not direct: ", refusal, detail);
   return Conv2dAlgorithm::kIm2col;
+}
+
+std::vector<std::string> set_disabled_conv2d_algorithms(const std::vector<std::string>& names) {
+  unsigned mask = 0;
+  for (const std::string& name : names) {
+    if (name == "direct") {
+      mask |= 1u << static_cast<unsigned>(Conv2dAlgorithm::kDirect);
+    } else if (name == "depthwise") {
+      mask |= 1u << static_cast<unsigned>(Conv2dAlgorithm::kDepthwise);
+    } else {
+      TORCH_CHECK_VALUE(name != "im2col", "im2col is every layer's fallback and cannot be switched off");
+      TORCH_CHECK_VALUE(false, "no conv2d algorithm called '", name, "' (direct, depthwise, im2col)");
+    }
+  }
+  const unsigned previous = disabled_algorithms.exchange(mask);
+  std::vector<std::string> before;
+  for (const Conv2dAlgorithm a : {Conv2dAlgorithm::kDirect, Conv2dAlgorithm::kDepthwise}) {
+    if ((previous >> static_cast<unsigned>(a)) & 1u) {
+      before.emplace_back(algorithm_name(a));
+    }
+  }
+  return before;
 }
 
 std::tuple<std::string, std::string> conv2d_algorithm_op(

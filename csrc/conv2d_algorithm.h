@@ -13,6 +13,7 @@
 
 #include <string>
 #include <tuple>
+#include <vector>
 
 namespace custom_conv {
 
@@ -31,6 +32,13 @@ const char* algorithm_name(Conv2dAlgorithm algorithm);
 // ops pass none: building it costs more than the choice).
 Conv2dAlgorithm choose_conv2d_algorithm(const Conv2dGeometry& g, Conv2dPass pass, at::ScalarType dtype,
                                         c10::DeviceType device, std::string* why = nullptr);
+
+// The op custom_conv::set_disabled_conv2d_algorithms: the chooser passes over
+// the algorithms named ("direct", "depthwise") in every process thread from
+// now on, until the next call; returns the names disabled before. im2col,
+// every layer's fallback, cannot be switched off. (custom_conv.disabled_algorithms
+// in Python.)
+std::vector<std::string> set_disabled_conv2d_algorithms(const std::vector<std::string>& names);
 
 // The op custom_conv::conv2d_algorithm: (algorithm, reason) for one pass
 // ("forward", "backward_input" or "backward_weight") of conv2d_forward on

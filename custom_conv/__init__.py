@@ -7,6 +7,7 @@
     with custom_conv.enabled():  # every conv/max-pool call in here, F.* included, runs on ours
         loss = model(x).sum()
     custom_conv.explain_conv2d(x, w, stride=2, padding=1)  # which algorithm, and why
+    with custom_conv.disabled_algorithms("direct"): y = model(x)  # the chooser passes over it meanwhile
     print(custom_conv.__version__); custom_conv.info()  # or `python -m custom_conv`
 """
 import torch
@@ -14,7 +15,7 @@ import torch
 from . import _ops  # noqa: F401  (loads the kernels; must come first)
 from . import functional, nn
 from .convert import convert
-from .explain import Conv2dChoice, explain_conv2d
+from .explain import Conv2dChoice, disabled_algorithms, explain_conv2d
 from ._info import __version__, info
 from .mode import FallbackWarning, enabled
 
@@ -29,4 +30,4 @@ def cpu_kernels() -> str:
 
 
 __all__ = ["functional", "nn", "convert", "enabled", "FallbackWarning", "cpu_kernels", "explain_conv2d",
-           "Conv2dChoice", "info", "__version__"]
+           "Conv2dChoice", "disabled_algorithms", "info", "__version__"]

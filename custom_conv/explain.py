@@ -1,17 +1,23 @@
-"""Which algorithm our kernels run for a convolution, and why.
+"""Which algorithm our kernels run for a convolution, and why; and switching
+algorithms off.
 
     >>> custom_conv.explain_conv2d(torch.randn(32, 64, 16, 16), torch.randn(64, 64, 3, 3), padding=1)
     {'forward': Conv2dChoice(algorithm='direct', reason='direct: the forward fits ...'), ...}
+    >>> with custom_conv.disabled_algorithms("direct"):
+    ...     y = custom_conv.functional.conv2d(x, w)   # im2col (or depthwise) wherever direct was chosen
 
 The choice is made by one C++ function (csrc/conv2d_algorithm.cpp) for each
 pass of a layer, from its shape, dtype and device; this asks that function.
 """
+import contextlib
 from typing import NamedTuple
 
 from ._ops import ops
 from .functional import _conv2d_arguments
 
-__all__ = ["Conv2dChoice", "explain_conv2d", "PASSES"]
+__all__ = ["Conv2dChoice", "explain_conv2d", "disabled_algorithms", "PASSES"]
+
+ALGORITHMS = ("direct", "depthwise", "im2col")
 
 PASSES = ("forward", "backward_input", "backward_weight")
 
@@ -31,3 +37,29 @@ def explain_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, gr
     _, x, stride, padding, dilation = _conv2d_arguments(input, weight, stride, padding, dilation)
     return {name: Conv2dChoice(*ops.conv2d_algorithm(x, weight, stride, padding, dilation, groups, name))
             for name in PASSES}
+
+
+@contextlib.contextmanager
+def disabled_algorithms(*names):
+    """Within the block, the CPU convolutions pass over the algorithms named
+    ("direct", "depthwise"): each pass takes the next one the chooser would
+    (depthwise for one input channel per group, else im2col), and
+    explain_conv2d says so. To compare algorithms, or to rule one out when
+    hunting a numerical difference. im2col, every layer's fallback, cannot be
+    switched off; CUSTOM_CONV_CPU_KERNELS=im2col removes the direct kernels for
+    a whole process instead.
+
+    The setting is process-wide, like torch.backends flags: it applies to
+    every thread until the block ends, when the previous one returns. Blocks
+    nest (the inner one adds to the outer's)."""
+    for name in names:
+        if name not in ALGORITHMS:
+            raise ValueError(f"no conv2d algorithm called {name!r} (one of {', '.join(ALGORITHMS)})")
+        if name == "im2col":
+            raise ValueError("im2col is every layer's fallback and cannot be switched off")
+    previous = ops.set_disabled_conv2d_algorithms([])
+    ops.set_disabled_conv2d_algorithms(sorted(set(previous) | set(names)))
+    try:
+        yield
+    finally:
+        ops.set_disabled_conv2d_algorithms(previous)

@@ -138,3 +138,59 @@ def test_explain_rejects_what_conv2d_rejects():
         custom_conv.explain_conv2d(x, w.repeat(1, 2, 1, 1))
     with pytest.raises(RuntimeError, match="pass must be forward"):
         torch.ops.custom_conv.conv2d_algorithm(x, w, [1, 1], [0, 0], [1, 1], 1, "sideways")
+
+
+@pytest.mark.skipif(KERNELS == "im2col", reason="no direct kernels to switch off")
+@pytest.mark.parametrize("dtype", dtypes("float64", "float32"))
+def test_switching_direct_off_gives_the_next_algorithm_and_the_same_results(dtype):
+    """LeNet's conv2 takes the direct kernels in every pass; with them off,
+    im2col runs it, to torch's values and gradients, and the reason says why.
+    Afterwards the choice is back."""
+    x, w = layer(6, 16, 14, 5, dtype=dtype)
+    before = custom_conv.explain_conv2d(x, w)
+    assert before["forward"].algorithm == "direct"
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    with custom_conv.disabled_algorithms("direct"):
+        plan = custom_conv.explain_conv2d(x, w)
+        assert {c.algorithm for c in plan.values()} == {"im2col"}
+        assert "switched off by the user" in plan["forward"].reason
+        xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y = CF.conv2d(xg, wg)
+        y.backward(torch.ones_like(y))
+    xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+    ref = F.conv2d(xr, wr)
+    ref.backward(torch.ones_like(ref))
+    for ours, theirs in [(y, ref), (xg.grad, xr.grad), (wg.grad, wr.grad)]:
+        torch.testing.assert_close(ours, theirs, **tol)
+    assert custom_conv.explain_conv2d(x, w) == before
+
+
+def test_switching_depthwise_off_sends_depthwise_layers_to_im2col():
+    x, w = layer(32, 32, 14, 3, groups=32)
+    with custom_conv.disabled_algorithms("depthwise"):
+        plan = custom_conv.explain_conv2d(x, w, padding=1, groups=32)
+        y = CF.conv2d(x, w, padding=1, groups=32)
+    assert {c.algorithm for c in plan.values()} == {"im2col"}
+    assert plan["forward"].reason == "im2col: depthwise switched off by the user (custom_conv.disabled_algorithms)"
+    torch.testing.assert_close(y, F.conv2d(x, w, padding=1, groups=32), rtol=1e-5, atol=1e-5)
+    assert custom_conv.explain_conv2d(x, w, padding=1, groups=32)["forward"].algorithm == "depthwise"
+
+
+def test_switched_off_blocks_nest_and_restore():
+    x, w = layer(1, 6, 32, 5)  # LeNet's conv1: direct, else depthwise, else im2col
+    with custom_conv.disabled_algorithms("direct"):
+        with custom_conv.disabled_algorithms("depthwise"):
+            assert custom_conv.explain_conv2d(x, w)["forward"].algorithm == "im2col"
+        assert custom_conv.explain_conv2d(x, w)["forward"].algorithm == "depthwise"
+    assert custom_conv.explain_conv2d(x, w)["forward"].algorithm == expected_choice("LeNet conv1: one input channel")[0]
+
+
+def test_im2col_and_unknown_algorithms_cannot_be_switched_off():
+    with pytest.raises(ValueError, match="every layer's fallback"):
+        with custom_conv.disabled_algorithms("im2col"):
+            pass
+    with pytest.raises(ValueError, match="no conv2d algorithm called 'winograd'"):
+        with custom_conv.disabled_algorithms("winograd"):
+            pass
+    with pytest.raises(ValueError, match="cannot be switched off"):
+        torch.ops.custom_conv.set_disabled_conv2d_algorithms(["im2col"])
