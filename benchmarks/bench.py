@@ -16,6 +16,11 @@ float64 on the same (rounded) inputs; if ours is off, the run aborts instead
 of timing a wrong kernel. Prints a table of times, GFLOP/s, the ratio
 ours/torch (below 1 is faster) and both sides' errors, the geometric means,
 and writes everything, with machine, torch version and date, as JSON.
+
+On the CPU in float32 it first measures the machine's peak (fused
+multiply-adds on every thread, custom_conv::cpu_fma_peak_gflops) and reports
+each layer's GFLOP/s, ours and torch's, as a share of it; again at the end,
+as the VM's speed drifts. benchmarks/chart.py draws a result against it.
 """
 import argparse
 import datetime
@@ -229,10 +234,14 @@ def run(args, dtype_name):
             groups[("train", name)] = cases
 
     rows = []
+    peak = []
     if args.device == "cpu":
         print(f"custom_conv CPU kernels: {custom_conv.cpu_kernels()}")
+        if dtype == torch.float32 and ops.cpu_fma_peak_gflops(0.01) > 0:
+            peak.append(ops.cpu_fma_peak_gflops(1.0))
+            print(f"float32 FMA peak on {torch.get_num_threads()} threads: {peak[0]:.1f} GFLOP/s")
     print(f"{'layer':<40} {'pass':<17} {'ours ms':>9} {'torch ms':>9} {'GFLOP/s':>8} {'ratio':>6}"
-          f" {'ours err':>9} {'torch err':>9}")
+          f" {'ours err':>9} {'torch err':>9}" + (f" {'%peak':>6} {'torch':>6}" if peak else ""))
     for (kind, name), cases in groups.items():
         for mode, (ours, theirs, flops, reference) in cases.items():
             errors = check(f"{name} {mode}", ours, theirs, reference, tol) if reference else (None, None)
@@ -241,12 +250,16 @@ def run(args, dtype_name):
             t_ours, t_torch = (measure_pair(ours, theirs, max(args.min_run_time, 3.0), rounds=6)
                                if kind == "train" else measure_pair(ours, theirs, args.min_run_time))
             gflops = flops / t_ours / 1e9 if flops else None
+            torch_gflops = flops / t_torch / 1e9 if flops else None
             rows.append(dict(kind=kind, layer=name, mode=mode, ours_s=t_ours, torch_s=t_torch,
-                             ratio=t_ours / t_torch, ours_gflops=gflops,
+                             ratio=t_ours / t_torch, ours_gflops=gflops, torch_gflops=torch_gflops,
                              ours_error=errors[0], torch_error=errors[1]))
+            shares = (f" {100 * gflops / peak[0]:6.1f} {100 * torch_gflops / peak[0]:6.1f}"
+                      if peak and flops else "")
             print(f"{name:<40} {mode:<17} {t_ours * 1e3:9.3f} {t_torch * 1e3:9.3f} "
                   f"{(f'{gflops:8.1f}' if gflops else '       -')} {t_ours / t_torch:6.2f} "
-                  + " ".join(f"{e:9.1e}" if e is not None else f"{'-':>9}" for e in errors), flush=True)
+                  + " ".join(f"{e:9.1e}" if e is not None else f"{'-':>9}" for e in errors) + shares,
+                  flush=True)
 
     def geomean(values):
         values = list(values)
@@ -279,12 +292,17 @@ def run(args, dtype_name):
         print(f"\nscratch memory of our forward on '{largest[0]}': "
               + ", ".join(f"batch {b}: {v / 2**20:.1f} MiB" for b, v in scratch.items()))
 
+    if peak:
+        peak.append(ops.cpu_fma_peak_gflops(1.0))
+        print(f"\nfloat32 FMA peak: {peak[0]:.1f} GFLOP/s before the layers, {peak[1]:.1f} after")
+
     machine = (torch.cuda.get_device_name() if args.device == "cuda"
                else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                     f"{torch.get_num_threads()} threads")
     result = dict(date=datetime.date.today().isoformat(), machine=machine, device=args.device,
                   torch=torch.__version__, dtype=dtype_name, batch=args.batch,
                   cpu_kernels=custom_conv.cpu_kernels(),
+                  peak_gflops=peak or None,
                   rows=rows,
                   summary=summary, scratch_bytes=scratch)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",

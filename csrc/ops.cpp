@@ -24,6 +24,10 @@ TORCH_LIBRARY(custom_conv, m) {
   // Which CPU convolution kernels this process uses: "avx512" or "avx2" (the
   // direct kernels of cpu/direct/, for float and double) or "im2col".
   m.def("cpu_kernels() -> str", &custom_conv::direct::cpu_kernels);
+  // The float32 FMA peak of this CPU in GFLOP/s, measured for about `seconds`
+  // on torch's threads with those kernels' widest registers (for
+  // benchmarks/bench.py; 0 without direct kernels).
+  m.def("cpu_fma_peak_gflops(float seconds) -> float", &custom_conv::direct::cpu_fma_peak_gflops);
   // Which algorithm (direct, depthwise, im2col) conv2d_forward's given pass
   // ("forward", "backward_input", "backward_weight") runs on these tensors,
   // and why: the choice of conv2d_algorithm.cpp.

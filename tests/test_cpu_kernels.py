@@ -116,3 +116,13 @@ def test_infinities_reach_only_the_outputs_and_gradients_they_touch():
     torch.testing.assert_close(gx, rx, equal_nan=True)
     torch.testing.assert_close(gw, rw, equal_nan=True)
     assert torch.isfinite(gw[:, 0]).all()  # channel 0 saw no inf
+
+
+def test_the_fma_peak_measurement_runs_the_chosen_kernels():
+    """benchmarks/bench.py's peak (the number, not its speed, which no test
+    times): positive with direct kernels, 0 without."""
+    peak = torch.ops.custom_conv.cpu_fma_peak_gflops(0.02)
+    if custom_conv.cpu_kernels() == "im2col":
+        assert peak == 0.0
+    else:
+        assert peak > 0.0

@@ -63,8 +63,10 @@ constexpr WeightGradBlocking<double> kDoubleWeightGrad[] = {
 
 // Built at compile time (constexpr): no code of this file runs, not even at
 // load time, until a caller has checked the CPU.
-constexpr Kernels<float> kFloat{"avx2", kFloatForward, 2, kFloatWeightGrad, 3};
-constexpr Kernels<double> kDouble{"avx2", kDoubleForward, 2, kDoubleWeightGrad, 3};
+constexpr Kernels<float> kFloat{"avx2", kFloatForward, 2, kFloatWeightGrad, 3,
+                                 &loops::fma_peak_loop<Avx2Float>};
+constexpr Kernels<double> kDouble{"avx2", kDoubleForward, 2, kDoubleWeightGrad, 3,
+                                  &loops::fma_peak_loop<Avx2Double>};
 
 }  // namespace
 }  // namespace direct

@@ -88,8 +88,10 @@ constexpr WeightGradBlocking<double> kDoubleWeightGrad[] = {
 
 // Built at compile time (constexpr): no code of this file runs, not even at
 // load time, until a caller has checked the CPU.
-constexpr Kernels<float> kFloat{"avx512", kFloatForward, 3, kFloatWeightGrad, 8};
-constexpr Kernels<double> kDouble{"avx512", kDoubleForward, 2, kDoubleWeightGrad, 5};
+constexpr Kernels<float> kFloat{"avx512", kFloatForward, 3, kFloatWeightGrad, 8,
+                                 &loops::fma_peak_loop<Avx512Float>};
+constexpr Kernels<double> kDouble{"avx512", kDoubleForward, 2, kDoubleWeightGrad, 5,
+                                  &loops::fma_peak_loop<Avx512Double>};
 
 }  // namespace
 }  // namespace direct

@@ -97,6 +97,9 @@ struct Kernels {
   int64_t forward_count;
   const WeightGradBlocking<T>* weight_grad;
   int64_t weight_grad_count;
+  // The peak measurement (loops::fma_peak_loop) on this instruction set's
+  // widest registers: runs `iterations` rounds, returns the operations done.
+  int64_t (*fma_peak_loop)(int64_t iterations, T* sink);
 };
 
 // The forward blocking for a group of `cout` output channels: the narrowest
@@ -137,6 +140,11 @@ template <> inline const Kernels<double>* kernels<double>() { return double_kern
 // "avx512", "avx2" or "im2col": the choice above, as the op
 // custom_conv::cpu_kernels reports it.
 std::string cpu_kernels();
+
+// The op custom_conv::cpu_fma_peak_gflops: float32 multiply-adds per second
+// (in GFLOP/s, 2 per FMA) on every thread torch uses, running the kernels'
+// widest registers for about `seconds`; 0 when there are no direct kernels.
+double cpu_fma_peak_gflops(double seconds);
 
 }  // namespace direct
 }  // namespace custom_conv

@@ -148,6 +148,37 @@ void weight_grad_tiles(const WeightGradArgs<typename V::scalar>& a) {
   }
 }
 
+// The machine's peak, for the benchmark to measure against: `iterations`
+// rounds of kChains independent fused multiply-adds on full registers, enough
+// chains to hide the FMA latency on every port (4 cycles x 2 ports) within
+// the register file. Returns the floating-point operations done; the result
+// goes to *sink so the loop is not optimised away.
+template <class V>
+int64_t fma_peak_loop(int64_t iterations, typename V::scalar* sink) {
+  constexpr int kChains = 12;
+  using T = typename V::scalar;
+  const T scale = T(0.999999), shift = T(1e-7);
+  const typename V::reg a = V::broadcast(&scale), b = V::broadcast(&shift);
+  typename V::reg acc[kChains];
+  for (int c = 0; c < kChains; ++c) {
+    const T start = T(c);
+    acc[c] = V::broadcast(&start);
+  }
+  for (int64_t i = 0; i < iterations; ++i) {
+    for (int c = 0; c < kChains; ++c) {
+      acc[c] = V::fma(acc[c], a, b);
+    }
+  }
+  typename V::reg total = acc[0];
+  for (int c = 1; c < kChains; ++c) {
+    total = V::add(total, acc[c]);
+  }
+  T lanes[V::lanes];
+  V::store(lanes, total);
+  *sink = lanes[0];
+  return iterations * kChains * V::lanes * 2;
+}
+
 }  // namespace loops
 }  // namespace direct
 }  // namespace custom_conv

@@ -1,0 +1,50 @@
+"""Draws a CPU benchmark result (benchmarks/bench.py's JSON) against the
+machine's peak: for every conv layer, the GFLOP/s of forward+backward with our
+kernels and with torch's, as bars, and the float32 FMA peak measured in the
+same run as a line.
+
+    .venv/bin/python benchmarks/chart.py benchmarks/results/cpu-float32-DATE.json --out PNG
+"""
+import argparse
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("result", help="a JSON file written by benchmarks/bench.py")
+    parser.add_argument("--mode", default="forward+backward",
+                        choices=["forward", "backward-input", "backward-weight", "forward+backward"])
+    parser.add_argument("--out", required=True, help="the PNG to write")
+    args = parser.parse_args()
+    with open(args.result) as f:
+        result = json.load(f)
+    rows = [r for r in result["rows"] if r["kind"] == "conv" and r["mode"] == args.mode and r.get("torch_gflops")]
+    if not rows:
+        raise SystemExit(f"{args.result}: no conv rows with both sides' GFLOP/s (written by an older bench.py?)")
+    names = [r["layer"] for r in rows]
+    y = range(len(rows))
+    fig, ax = plt.subplots(figsize=(9, 0.32 * len(rows) + 1.6))
+    ax.barh([i - 0.2 for i in y], [r["ours_gflops"] for r in rows], height=0.4, label="custom_conv")
+    ax.barh([i + 0.2 for i in y], [r["torch_gflops"] for r in rows], height=0.4, label="torch (oneDNN)")
+    peaks = result.get("peak_gflops") or []
+    if peaks:
+        ax.axvline(min(peaks), color="black", linestyle="--",
+                   label=f"float32 FMA peak ({' / '.join(f'{p:.0f}' for p in peaks)}: before / after)")
+    ax.set_yticks(list(y), names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("GFLOP/s (direct-convolution arithmetic)")
+    ax.set_title(f"conv {args.mode}, {result['dtype']}, batch {result['batch']} — {result['machine']}, "
+                 f"{result['date']}", fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=110)
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
