@@ -189,16 +189,21 @@ def _grids(log, kernel):
     return [line.split(" grid ")[1].split(" block")[0] for line in log if line.startswith(kernel)]
 
 
+def _check_float64_against_torch(emu, case, **device_limits):
+    """Forward and every gradient of `case` in float64 on the emulated ops,
+    against torch, under these device limits; returns the launch log."""
+    with limits(emu, **device_limits):
+        assert_matches_torch(lambda x, w, b: emulated_conv2d(emu)(x, w, b, **case.kwargs),
+                             lambda x, w, b: F.conv2d(x, w, b, **case.kwargs), conv_tensors(case),
+                             **tolerance(torch.float64, "cuda"))
+        return emu.take_launch_log()
+
+
 def test_weight_gradient_splits_its_reduction(emu):
     """6 x 9 weight-gradient entries summed over 2 * 256 positions on a GPU
     of 2 multiprocessors: one tile, its reduction cut into 2 slices of 256,
     then the reduce kernel. (Forward and backward input have 8 tiles each.)"""
-    case = conv((2, 1, 16, 16), (6, 1, 3, 3), padding=1)
-    with limits(emu, multiprocessors=2):
-        assert_matches_torch(lambda x, w, b: emulated_conv2d(emu)(x, w, b, **case.kwargs),
-                             lambda x, w, b: F.conv2d(x, w, b, **case.kwargs), conv_tensors(case),
-                             **tolerance(torch.float64, "cuda"))
-        log = emu.take_launch_log()
+    log = _check_float64_against_torch(emu, conv((2, 1, 16, 16), (6, 1, 3, 3), padding=1), multiprocessors=2)
     assert _grids(log, "gemm_tile_kernel") == ["(8, 1, 1)", "(8, 1, 1)", "(1, 1, 2)"]
     assert len(_grids(log, "gemm_split_reduce_kernel")) == 1
 
@@ -206,12 +211,7 @@ def test_weight_gradient_splits_its_reduction(emu):
 def test_backward_input_splits_its_reduction(emu):
     """cols (18 x 32) = W^T (18 x 512) @ grad_out: one tile, a reduction over
     512 output channels cut into 2 slices."""
-    case = conv((2, 2, 4, 4), (512, 2, 3, 3), padding=1)
-    with limits(emu, multiprocessors=2):
-        assert_matches_torch(lambda x, w, b: emulated_conv2d(emu)(x, w, b, **case.kwargs),
-                             lambda x, w, b: F.conv2d(x, w, b, **case.kwargs), conv_tensors(case),
-                             **tolerance(torch.float64, "cuda"))
-        log = emu.take_launch_log()
+    log = _check_float64_against_torch(emu, conv((2, 2, 4, 4), (512, 2, 3, 3), padding=1), multiprocessors=2)
     # forward (512 x 32: 8 row tiles), backward input (split), backward weight (512 x 18)
     assert _grids(log, "gemm_tile_kernel") == ["(1, 8, 1)", "(1, 1, 2)", "(1, 8, 1)"]
     assert len(_grids(log, "gemm_split_reduce_kernel")) == 1
@@ -220,12 +220,7 @@ def test_backward_input_splits_its_reduction(emu):
 def test_batch_in_chunks_with_a_last_chunk_of_one_sample(emu):
     """18 x 36 column values per sample and a budget of 1,500: chunks of 2, 2
     and 1 samples, the weight gradient accumulated across them."""
-    case = conv((5, 2, 6, 6), (3, 2, 3, 3), padding=1)
-    with limits(emu, column_budget=1500):
-        assert_matches_torch(lambda x, w, b: emulated_conv2d(emu)(x, w, b, **case.kwargs),
-                             lambda x, w, b: F.conv2d(x, w, b, **case.kwargs), conv_tensors(case),
-                             **tolerance(torch.float64, "cuda"))
-        log = emu.take_launch_log()
+    log = _check_float64_against_torch(emu, conv((5, 2, 6, 6), (3, 2, 3, 3), padding=1), column_budget=1500)
     # 3 chunks each: forward and backward weight unroll the input (im2col),
     # backward input folds the columns back (col2im)
     assert len(_grids(log, "im2col_kernel")) == 6 and len(_grids(log, "col2im_kernel")) == 3

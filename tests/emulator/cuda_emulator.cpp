@@ -101,7 +101,7 @@ enum class FiberState { kReady, kAtBarrier, kDone };
 // The launch running on this OS thread.
 struct Scheduler {
   const char* kernel = nullptr;
-  dim3 grid, block;
+  dim3 block;
   const std::function<void()>* body = nullptr;
   ucontext_t main;
   std::vector<ucontext_t> contexts;
@@ -199,14 +199,6 @@ void report(const std::string& what) {
   }
 }
 
-int64_t linear_thread() {
-  return scheduler.current;
-}
-
-uint64_t epoch() {
-  return scheduler.epoch;
-}
-
 Range allocation_of(const void* address) {
   const auto a = reinterpret_cast<uintptr_t>(address);
   const std::lock_guard<std::mutex> lock(allocations_mutex);
@@ -265,7 +257,6 @@ void run(const char* name, dim3 grid, dim3 block, const std::function<void()>& t
     }
   }
   s.kernel = name;
-  s.grid = grid;
   s.block = block;
   s.body = &thread;
   s.contexts.resize(threads);

@@ -84,12 +84,6 @@ LaunchLimits& limits();
 // Records an error of the running launch, with the block and thread.
 void report(const std::string& what);
 
-// The running thread's index within its block, and a counter that changes at
-// every barrier and every new block: accesses under the same epoch by two
-// threads may race.
-int64_t linear_thread();
-uint64_t epoch();
-
 struct Range {
   uintptr_t begin = 0, end = 0;
   bool known = false;  // false: the address is in no recorded allocation
@@ -134,7 +128,6 @@ class gpu_ptr {
   T& operator[](int64_t i) const { return at(p_ + i); }
   T& operator*() const { return at(p_); }
   gpu_ptr operator+(int64_t i) const { return {p_ + i, range_}; }
-  gpu_ptr operator-(int64_t i) const { return {p_ - i, range_}; }
   bool operator==(std::nullptr_t) const { return p_ == nullptr; }
   bool operator!=(std::nullptr_t) const { return p_ != nullptr; }
   T* get() const { return p_; }
