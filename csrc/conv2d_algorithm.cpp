@@ -1,6 +1,7 @@
 // The one place that decides which algorithm runs a convolution (see
-// conv2d_algorithm.h). The CPU has three (cpu/conv2d_routes.h), tried in the
-// order direct, depthwise, im2col; the GPU has one, im2col with our own GEMM.
+// conv2d_algorithm.h). The CPU has four (cpu/conv2d_routes.h), tried in the
+// order winograd, direct, depthwise, im2col; the GPU has one, im2col with our
+// own GEMM.
 // The thresholds were measured with benchmarks/bench.py on x86-64 CPUs with
 // AVX-512 (benchmarks/results/).
 #include "conv2d_algorithm.h"
@@ -9,6 +10,7 @@
 
 #include <c10/util/StringUtil.h>
 
+#include <algorithm>
 #include <atomic>
 
 namespace custom_conv {
@@ -31,6 +33,15 @@ constexpr int64_t kMaxDirectWeightGradOutChannels = 64;
 // tiles are mostly empty (1 channel is folded with the kernel's columns, 4 fill
 // a tile): im2col is faster.
 constexpr int64_t kMinDirectWeightGradInChannels = 4;
+
+// Winograd F(2x2, 3x3) does 2.25x fewer multiply-adds than the sum over the
+// taps but pays for transforms (about 4x the input's and the output's size
+// per pass) and runs its products as 16 thin matrix products; it wins where
+// both channel counts are at least kMinWinogradChannels and the batch holds
+// at least kMinWinogradTiles 2x2 output tiles (below that the kernel's
+// transform, 16 * C_out * C_in values per call, dominates).
+constexpr int64_t kMinWinogradChannels = 32;
+constexpr int64_t kMinWinogradTiles = 64;
 
 // Bit (1 << algorithm) set: switched off by the user.
 std::atomic<unsigned> disabled_algorithms{0};
@@ -110,12 +121,41 @@ const char* direct_refusal(const Conv2dGeometry& g, Conv2dPass pass, at::ScalarT
   return nullptr;
 }
 
+// Why Winograd cannot or should not run this pass of the layer, or null when
+// it should.
+const char* winograd_refusal(const Conv2dGeometry& g, at::ScalarType dtype) {
+  if (is_disabled(Conv2dAlgorithm::kWinograd)) {
+    return "winograd switched off by the user (custom_conv.disabled_algorithms)";
+  }
+  if (g.kernel_h != 3 || g.kernel_w != 3 || g.stride_h != 1 || g.stride_w != 1 || g.dilation_h != 1 ||
+      g.dilation_w != 1) {
+    return "winograd is for 3x3 kernels with stride 1 and no dilation";
+  }
+  if (dtype != at::kFloat) {
+    return "winograd runs in float32 only (float64 keeps the exact sum over the taps)";
+  }
+  if (g.groups != 1) {
+    return "winograd is for ungrouped layers";
+  }
+  if (g.pad_h > 2 || g.pad_w > 2) {
+    return "padding wider than the kernel's reach";
+  }
+  if (std::min(g.in_channels, g.out_channels) < kMinWinogradChannels) {
+    return "too few channels for winograd's products";
+  }
+  if (g.batch * ceil_div(g.out_h, 2) * ceil_div(g.out_w, 2) < kMinWinogradTiles) {
+    return "too few output tiles to pay for winograd's kernel transform";
+  }
+  return nullptr;
+}
+
 }  // namespace
 
 const char* algorithm_name(Conv2dAlgorithm algorithm) {
   switch (algorithm) {
     case Conv2dAlgorithm::kDirect: return "direct";
     case Conv2dAlgorithm::kDepthwise: return "depthwise";
+    case Conv2dAlgorithm::kWinograd: return "winograd";
     default: return "im2col";
   }
 }
@@ -130,6 +170,17 @@ Conv2dAlgorithm choose_conv2d_algorithm(const Conv2dGeometry& g, Conv2dPass pass
   // separate planes that the depthwise loops handle and the direct kernels
   // would reduce over a single channel; one group of one channel (a
   // grayscale first layer) is an ordinary convolution.
+  const char* not_winograd = winograd_refusal(g, dtype);
+  if (not_winograd == nullptr) {
+    if (why) *why = "winograd: a 3x3 stride-1 layer in float32 with enough channels and tiles (F(2x2, 3x3))";
+    return Conv2dAlgorithm::kWinograd;
+  }
+  // Why not Winograd, where the layer has its shape: worth saying.
+  const std::string winograd_note =
+      g.kernel_h == 3 && g.kernel_w == 3 && g.stride_h == 1 && g.stride_w == 1 && g.dilation_h == 1 &&
+              g.dilation_w == 1
+          ? c10::str("; not winograd: ", not_winograd)
+          : std::string();
   const bool one_channel_per_group = g.in_channels_per_group() == 1;
   std::string detail;
   const char* refusal = one_channel_per_group && g.groups > 1
@@ -137,7 +188,7 @@ Conv2dAlgorithm choose_conv2d_algorithm(const Conv2dGeometry& g, Conv2dPass pass
                             : direct_refusal(g, pass, dtype, why ? &detail : nullptr);
   if (refusal == nullptr) {
     if (why) *why = c10::str("direct: the ", pass_name(pass), " fits the direct kernels (", c10::toString(dtype),
-                             ", ", reduction_steps(g, pass), " reduction steps", detail, ")");
+                             ", ", reduction_steps(g, pass), " reduction steps", detail, ")", winograd_note);
     return Conv2dAlgorithm::kDirect;
   }
   if (one_channel_per_group) {
@@ -148,10 +199,10 @@ Conv2dAlgorithm choose_conv2d_algorithm(const Conv2dGeometry& g, Conv2dPass pass
       }
       return Conv2dAlgorithm::kIm2col;
     }
-    if (why) *why = c10::str("depthwise: one input channel per group; not direct: ", refusal, detail);
+    if (why) *why = c10::str("depthwise: one input channel per group; not direct: ", refusal, detail, winograd_note);
     return Conv2dAlgorithm::kDepthwise;
   }
-  if (why) *why = c10::str("im2col: not direct: ", refusal, detail);
+  if (why) *why = c10::str("im2col: not direct: ", refusal, detail, winograd_note);
   return Conv2dAlgorithm::kIm2col;
 }
 
@@ -162,14 +213,16 @@ std::vector<std::string> set_disabled_conv2d_algorithms(const std::vector<std::s
       mask |= 1u << static_cast<unsigned>(Conv2dAlgorithm::kDirect);
     } else if (name == "depthwise") {
       mask |= 1u << static_cast<unsigned>(Conv2dAlgorithm::kDepthwise);
+    } else if (name == "winograd") {
+      mask |= 1u << static_cast<unsigned>(Conv2dAlgorithm::kWinograd);
     } else {
       TORCH_CHECK_VALUE(name != "im2col", "im2col is every layer's fallback and cannot be switched off");
-      TORCH_CHECK_VALUE(false, "no conv2d algorithm called '", name, "' (direct, depthwise, im2col)");
+      TORCH_CHECK_VALUE(false, "no conv2d algorithm called '", name, "' (direct, depthwise, winograd, im2col)");
     }
   }
   const unsigned previous = disabled_algorithms.exchange(mask);
   std::vector<std::string> before;
-  for (const Conv2dAlgorithm a : {Conv2dAlgorithm::kDirect, Conv2dAlgorithm::kDepthwise}) {
+  for (const Conv2dAlgorithm a : {Conv2dAlgorithm::kDirect, Conv2dAlgorithm::kDepthwise, Conv2dAlgorithm::kWinograd}) {
     if ((previous >> static_cast<unsigned>(a)) & 1u) {
       before.emplace_back(algorithm_name(a));
     }

@@ -23,6 +23,7 @@ enum class Conv2dAlgorithm {
   kIm2col,     // unroll receptive fields, one matrix product (CPU: BLAS; GPU: our GEMM)
   kDirect,     // register-blocked vector kernels on the padded input (CPU, float/double)
   kDepthwise,  // direct loops over the taps, one input plane per output channel (CPU)
+  kWinograd,   // 3x3 stride 1 by minimal filtering F(2x2, 3x3), products by BLAS (CPU, float32)
 };
 
 const char* algorithm_name(Conv2dAlgorithm algorithm);
@@ -34,7 +35,7 @@ Conv2dAlgorithm choose_conv2d_algorithm(const Conv2dGeometry& g, Conv2dPass pass
                                         c10::DeviceType device, std::string* why = nullptr);
 
 // The op custom_conv::set_disabled_conv2d_algorithms: the chooser passes over
-// the algorithms named ("direct", "depthwise") in every process thread from
+// the algorithms named ("direct", "depthwise", "winograd") in every process thread from
 // now on, until the next call; returns the names disabled before. im2col,
 // every layer's fallback, cannot be switched off. (custom_conv.disabled_algorithms
 // in Python.)

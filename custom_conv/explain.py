@@ -4,7 +4,7 @@ algorithms off.
     >>> custom_conv.explain_conv2d(torch.randn(32, 64, 16, 16), torch.randn(64, 64, 3, 3), padding=1)
     {'forward': Conv2dChoice(algorithm='direct', reason='direct: the forward fits ...'), ...}
     >>> with custom_conv.disabled_algorithms("direct"):
-    ...     y = custom_conv.functional.conv2d(x, w)   # im2col (or depthwise) wherever direct was chosen
+    ...     y = custom_conv.functional.conv2d(x, w)   # the next algorithm wherever direct was chosen
 
 The choice is made by one C++ function (csrc/conv2d_algorithm.cpp) for each
 pass of a layer, from its shape, dtype and device; this asks that function.
@@ -17,13 +17,13 @@ from .functional import _conv2d_arguments
 
 __all__ = ["Conv2dChoice", "explain_conv2d", "disabled_algorithms", "PASSES"]
 
-ALGORITHMS = ("direct", "depthwise", "im2col")
+ALGORITHMS = ("winograd", "direct", "depthwise", "im2col")
 
 PASSES = ("forward", "backward_input", "backward_weight")
 
 
 class Conv2dChoice(NamedTuple):
-    algorithm: str  # "direct", "depthwise" or "im2col"
+    algorithm: str  # "winograd", "direct", "depthwise" or "im2col"
     reason: str
 
 
@@ -42,8 +42,8 @@ def explain_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, gr
 @contextlib.contextmanager
 def disabled_algorithms(*names):
     """Within the block, the CPU convolutions pass over the algorithms named
-    ("direct", "depthwise"): each pass takes the next one the chooser would
-    (depthwise for one input channel per group, else im2col), and
+    ("winograd", "direct", "depthwise"): each pass takes the next one the
+    chooser would (in the order winograd, direct, depthwise, im2col), and
     explain_conv2d says so. To compare algorithms, or to rule one out when
     hunting a numerical difference. im2col, every layer's fallback, cannot be
     switched off; CUSTOM_CONV_CPU_KERNELS=im2col removes the direct kernels for

@@ -25,12 +25,19 @@ LAYERS = {
     "LeNet conv1: one input channel": (1, 6, 32, 5, {}, "direct", "depthwise", "direct"),
     "LeNet conv2: few channels, 5x5": (6, 16, 14, 5, {}, "direct", "direct", "direct"),
     "ResNet-20 stride 2": (16, 32, 32, 3, dict(stride=2, padding=1), "direct", "im2col", "direct"),
-    "VGG 64-64: 576 reduction steps, the direct limit": (64, 64, 16, 3, dict(padding=1), "direct", "direct",
-                                                         "direct"),
-    "65 input channels: one step past the limit": (65, 64, 16, 3, dict(padding=1), "im2col", "direct", "im2col"),
+    # Dilated, so that Winograd (3x3 stride 1 without dilation) leaves them to the direct kernels' limits.
+    "64-64 dilated: 576 reduction steps, the direct limit": (64, 64, 16, 3, dict(padding=2, dilation=2), "direct",
+                                                             "direct", "direct"),
+    "65 input channels: one step past the limit": (65, 64, 16, 3, dict(padding=2, dilation=2), "im2col", "direct",
+                                                   "im2col"),
     "65 output channels: too many for the direct weight gradient": (
-        64, 65, 16, 3, dict(padding=1), "direct", "im2col", "im2col"),
-    "deep 3x3 layer": (256, 256, 8, 3, dict(padding=1), "im2col", "im2col", "im2col"),
+        64, 65, 16, 3, dict(padding=2, dilation=2), "direct", "im2col", "im2col"),
+    "VGG 3x3 stride 1, 128 channels": (128, 128, 12, 3, dict(padding=1), "winograd", "winograd", "winograd"),
+    "ResNet-20 32-32: the fewest channels Winograd takes": (32, 32, 12, 3, dict(padding=1), "winograd", "winograd",
+                                                           "winograd"),
+    "31 channels: too few for Winograd": (31, 32, 12, 3, dict(padding=1), "direct", "direct", "direct"),
+    "deep 3x3 layer on a 2x2 plane: too few tiles for Winograd": (256, 256, 2, 3, dict(padding=1), "im2col",
+                                                                 "im2col", "im2col"),
     "1x1 projection": (64, 128, 8, 1, {}, "im2col", "im2col", "im2col"),
     "3 input channels: weight-gradient tiles mostly empty": (3, 16, 32, 3, dict(padding=1), "direct", "im2col",
                                                              "im2col"),
@@ -122,7 +129,7 @@ def test_the_gpu_kernels_have_one_algorithm():
 @pytest.mark.skipif(KERNELS == "im2col", reason="no direct kernels to refuse")
 def test_the_reason_names_the_threshold():
     x, w = layer(65, 64, 16, 3)
-    reason = custom_conv.explain_conv2d(x, w, padding=1)["forward"].reason
+    reason = custom_conv.explain_conv2d(x, w, padding=2, dilation=2)["forward"].reason
     assert reason.startswith("im2col") and "585 > 576" in reason
 
 
@@ -189,8 +196,8 @@ def test_im2col_and_unknown_algorithms_cannot_be_switched_off():
     with pytest.raises(ValueError, match="every layer's fallback"):
         with custom_conv.disabled_algorithms("im2col"):
             pass
-    with pytest.raises(ValueError, match="no conv2d algorithm called 'winograd'"):
-        with custom_conv.disabled_algorithms("winograd"):
+    with pytest.raises(ValueError, match="no conv2d algorithm called 'fft'"):
+        with custom_conv.disabled_algorithms("fft"):
             pass
     with pytest.raises(ValueError, match="cannot be switched off"):
         torch.ops.custom_conv.set_disabled_conv2d_algorithms(["im2col"])

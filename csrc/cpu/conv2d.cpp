@@ -5,6 +5,7 @@
 //   direct     conv2d_direct.cpp, with the vector kernels in direct/
 //   depthwise  conv2d_depthwise.cpp
 //   im2col     conv2d_im2col.cpp (im2col.h + BLAS)
+//   winograd   conv2d_winograd.cpp (F(2x2, 3x3) transforms + BLAS)
 #include "../conv2d_algorithm.h"
 #include "../geometry.h"
 #include "conv2d_routes.h"
@@ -40,6 +41,7 @@ at::Tensor conv2d_forward_cpu(
     case Conv2dAlgorithm::kDirect: conv2d_direct_forward(g, input, weight, bias_c, output); break;
     case Conv2dAlgorithm::kDepthwise: conv2d_depthwise_forward(g, input, weight, bias_c, output); break;
     case Conv2dAlgorithm::kIm2col: conv2d_im2col_forward(g, input, weight, bias_c, output); break;
+    case Conv2dAlgorithm::kWinograd: conv2d_winograd_forward(g, input, weight, bias_c, output); break;
   }
   return output;
 }
@@ -66,6 +68,7 @@ at::Tensor conv2d_backward_input_cpu(
     case Conv2dAlgorithm::kDirect: conv2d_direct_backward_input(g, grad_output, weight, grad_input); break;
     case Conv2dAlgorithm::kDepthwise: conv2d_depthwise_backward_input(g, grad_output, weight, grad_input); break;
     case Conv2dAlgorithm::kIm2col: conv2d_im2col_backward_input(g, grad_output, weight, grad_input); break;
+    case Conv2dAlgorithm::kWinograd: conv2d_winograd_backward_input(g, grad_output, weight, grad_input); break;
   }
   return grad_input;
 }
@@ -95,6 +98,7 @@ at::Tensor conv2d_backward_weight_cpu(
     case Conv2dAlgorithm::kDirect: conv2d_direct_backward_weight(g, input, grad_output, grad_weight); break;
     case Conv2dAlgorithm::kDepthwise: conv2d_depthwise_backward_weight(g, input, grad_output, grad_weight); break;
     case Conv2dAlgorithm::kIm2col: conv2d_im2col_backward_weight(g, input, grad_output, grad_weight); break;
+    case Conv2dAlgorithm::kWinograd: conv2d_winograd_backward_weight(g, input, grad_output, grad_weight); break;
   }
   return grad_weight;
 }

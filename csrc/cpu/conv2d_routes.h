@@ -4,6 +4,7 @@
 //   im2col     conv2d_im2col.cpp     unroll receptive fields, multiply with BLAS
 //   direct     conv2d_direct.cpp     register-blocked vector kernels (direct/)
 //   depthwise  conv2d_depthwise.cpp  one input plane per output channel
+//   winograd   conv2d_winograd.cpp   3x3 stride 1 by F(2x2, 3x3), products by BLAS
 // Every function takes the layer's geometry and contiguous tensors, and
 // writes every element of its (pre-allocated) result.
 #pragma once
@@ -45,6 +46,14 @@ void conv2d_depthwise_backward_input(const Conv2dGeometry& g, const at::Tensor& 
                                      const at::Tensor& weight, at::Tensor& grad_input);
 void conv2d_depthwise_backward_weight(const Conv2dGeometry& g, const at::Tensor& input,
                                       const at::Tensor& grad_output, at::Tensor& grad_weight);
+
+// float32, 3x3, stride 1, no dilation, one group, padding at most 2.
+void conv2d_winograd_forward(const Conv2dGeometry& g, const at::Tensor& input, const at::Tensor& weight,
+                             const at::Tensor& bias, at::Tensor& output);
+void conv2d_winograd_backward_input(const Conv2dGeometry& g, const at::Tensor& grad_output,
+                                    const at::Tensor& weight, at::Tensor& grad_input);
+void conv2d_winograd_backward_weight(const Conv2dGeometry& g, const at::Tensor& input,
+                                     const at::Tensor& grad_output, at::Tensor& grad_weight);
 
 // What the chooser needs to know about the direct route.
 // Whether direct kernels exist for this dtype on this CPU (float32 and

@@ -1,0 +1,314 @@
+// The Winograd route: 3x3 stride-1 convolutions (float32) by minimal
+// filtering, F(2x2, 3x3). A 2x2 block of outputs needs a 4x4 tile of input
+// d; with the 3x3 kernel w it is
+//   Y = A^T [ (G w G^T) (.) (B^T d B) ] A       ((.): element by element)
+// so the 16 products of the bracket replace the 36 multiply-adds of the
+// direct sum (2.25x fewer). Across channels, each of the 16 positions xi of
+// the bracket is a matrix product, which BLAS runs:
+//   forward          M[xi] (C_out, T) = U[xi] (C_out, C_in) @ V[xi] (C_in, T)
+// with U = G w G^T per (c_out, c_in), V = B^T d B per (c_in, tile), T tiles.
+// The input gradient of a stride-1 convolution is the lecture's convolution
+// of the padded output gradient with the kernel rotated by 180 degrees, so it
+// runs the same forward with U taken from the rotated, channel-swapped kernel.
+// The weight gradient is the forward's transpose in the Winograd domain:
+//   dU[xi] (C_out, C_in) = sum over tiles of dM[xi] (C_out, T) @ V[xi]^T,
+//   dM = A dY A^T per (c_out, tile),  dW = G^T dU G.
+//
+// Why F(2x2, 3x3) and not F(4x4, 3x3) (4x fewer products): with float32,
+// F(4x4, 3x3) was 10-11x torch's own error on VGG's 256-channel layer (with
+// the points 0, +-1, 1/2, -2; 30x with Lavin's 0, +-1, +-2), and still 10x
+// with every transform in float64, so the loss is in the products, not the
+// transforms; F(2x2, 3x3) is 1.5x (benchmarks/results/ records it per layer).
+// Its transforms only add and subtract, exactly as written here:
+//   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]
+//   G   = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]
+//   A^T = [1 1 1 0; 0 1 -1 -1]
+//
+// Two layouts (winograd_transforms.h). Wide planes are transformed in place,
+// (N, C, H, W), with loops along rows of tiles; the Winograd domain is then
+// (xi, channel, tile) and the products M = U @ V. Deep layers have planes of
+// 14x14 down to 4x4, too short for those loops to vectorise, so there the
+// input (and output gradient) is first copied channels-last by ATen's
+// permute copy, the transforms run along the channels, the domain is (xi,
+// tile, channel) with M = V @ U^T, and the output is copied back. The copies
+// cost a pass over memory each, which the wide planes' loops do not need.
+// Tiles are numbered over (sample, tile row, tile column) and processed in
+// blocks of about kBlockValues values, one block per task: a thread
+// transforms a block, multiplies it and transforms the result back while it
+// is in cache.
+#include "conv2d_routes.h"
+#include "parallel.h"
+#include "winograd_transforms.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace custom_conv {
+namespace {
+
+using winograd::Problem;
+
+constexpr int64_t kPoints = 16;  // 4x4 positions of the Winograd domain
+
+// Planes at least this many tiles wide (outputs 2x as many) are transformed
+// in their own layout; narrower ones channels-last.
+constexpr int64_t kMinPlaneTiles = 12;
+
+// Blocks: a block's transformed input and output (16 * (C_in + C_out) values
+// per tile) should stay within about half a core's L2 (kBlockValues floats),
+// but a block has at least kMinBlockTiles tiles: the 16 products of a block
+// read all of U (16 * C_in * C_out values), which thin products would read
+// for too little work.
+constexpr int64_t kBlockValues = int64_t{1} << 17;
+constexpr int64_t kMinBlockTiles = 256;
+
+Problem forward_problem(const Conv2dGeometry& g) {
+  return {g.batch, g.in_channels, g.out_channels, g.in_h, g.in_w, g.pad_h, g.pad_w, g.out_h, g.out_w};
+}
+
+Problem input_grad_problem(const Conv2dGeometry& g) {
+  return {g.batch, g.out_channels, g.in_channels, g.out_h, g.out_w, 2 - g.pad_h, 2 - g.pad_w, g.in_h, g.in_w};
+}
+
+bool planes_layout(const Problem& p) {
+  return p.tiles_w() >= kMinPlaneTiles;
+}
+
+// Blocks of `size` consecutive tiles (whole rows of tiles in the plane
+// layout): at least as many blocks as threads. In the channel layout, when
+// that would make blocks thinner than kMinBlockTiles (a deep layer's few
+// tiles), all tiles form one block instead (`whole`), whose transforms are
+// spread over the threads and whose products BLAS spreads: each thread then
+// reads part of U rather than all of it.
+struct Blocks {
+  int64_t size, count;
+  bool whole;
+};
+
+Blocks blocks_for(const Problem& p) {
+  const int64_t wanted = std::max(kMinBlockTiles, kBlockValues / (kPoints * (p.in_channels + p.out_channels)));
+  const int64_t per_thread = ceil_div(p.tiles(), at::get_num_threads());
+  if (planes_layout(p)) {
+    const int64_t rows = std::max<int64_t>(1, std::min(wanted, per_thread) / p.tiles_w());
+    return {rows * p.tiles_w(), ceil_div(p.tiles(), rows * p.tiles_w()), false};
+  }
+  if (per_thread < kMinBlockTiles && at::get_num_threads() > 1) {
+    return {p.tiles(), 1, true};
+  }
+  const int64_t size = std::max<int64_t>(1, std::min(wanted, per_thread));
+  return {size, ceil_div(p.tiles(), size), false};
+}
+
+// Tiles [0, T) cut into ranges for the threads' transforms of a whole block.
+constexpr int64_t kTransformGrain = 16;
+
+// A flat float buffer's first kPoints * rows * cols values as (xi, rows, cols).
+at::Tensor points_view(const at::Tensor& buffer, int64_t rows, int64_t cols) {
+  return buffer.narrow(0, 0, kPoints * rows * cols).view({kPoints, rows, cols});
+}
+
+// (N, C, H, W) as a contiguous (N, H, W, C) tensor.
+at::Tensor channels_last(const at::Tensor& t) {
+  return t.permute({0, 2, 3, 1}).contiguous();
+}
+
+// The kernels' transform for a problem: U (16, C_out, C_in) of the plane
+// layout or U^T (16, C_in, C_out) of the channel layout, C_in and C_out being
+// the problem's (swapped for the input gradient, whose kernel is rotated).
+at::Tensor transform_weight(const at::Tensor& weight, bool input_grad, bool planes) {
+  const int64_t co = weight.size(0), ci = weight.size(1);
+  // The problem's output channels are rows in the plane layout: c_out for
+  // the forward, c_in for the input gradient; the other way round for
+  // channels.
+  const bool rows_are_ci = input_grad == planes;
+  const at::Tensor k = rows_are_ci ? weight.view({co, ci, 9}).permute({1, 2, 0}).contiguous()
+                                   : weight.view({co, ci, 9}).transpose(1, 2).contiguous();
+  const int64_t rows = rows_are_ci ? ci : co, cols = rows_are_ci ? co : ci;
+  at::Tensor U = at::empty({kPoints, rows, cols}, weight.options());
+  const float* kp = k.const_data_ptr<float>();
+  float* u = U.mutable_data_ptr<float>();
+  at::parallel_for(0, rows, plane_grain(16 * cols), [&](int64_t begin, int64_t end) {
+    winograd::transform_kernels(kp, begin, end, rows, cols, input_grad, u);
+  });
+  return U;
+}
+
+// The forward of a problem (the layer's, or its input gradient's): per
+// block, V, the 16 products with U, and back.
+void run_forward(const Problem& p, const at::Tensor& input, const at::Tensor& weight, bool input_grad,
+                 const float* bias, at::Tensor& output) {
+  const int64_t Ci = p.in_channels, Co = p.out_channels, tw = p.tiles_w();
+  const bool planes = planes_layout(p);
+  const at::Tensor U = transform_weight(weight, input_grad, planes);
+  const Blocks blocks = blocks_for(p);
+  const at::Tensor xs = planes ? input : channels_last(input);
+  at::Tensor ys = planes ? output : at::empty({p.batch, p.out_h, p.out_w, Co}, input.options());
+  const at::Tensor zeros = at::zeros({Ci}, input.options());
+  if (blocks.whole) {
+    const int64_t T = p.tiles();
+    const at::Tensor V = at::empty({kPoints, T, Ci}, input.options());
+    at::Tensor M = at::empty({kPoints, T, Co}, input.options());
+    at::parallel_for(0, T, kTransformGrain, [&](int64_t t0, int64_t t1) {
+      winograd::transform_input_channels(p, xs.const_data_ptr<float>(), zeros.const_data_ptr<float>(), t0, t1, T,
+                                         V.mutable_data_ptr<float>() + t0 * Ci);
+    });
+    at::bmm_out(M, V, U);
+    at::parallel_for(0, T, kTransformGrain, [&](int64_t t0, int64_t t1) {
+      std::vector<float> sink(Co);
+      winograd::transform_output_channels(p, M.const_data_ptr<float>() + t0 * Co, t0, t1, T, bias, sink.data(),
+                                          ys.mutable_data_ptr<float>());
+    });
+    output.copy_(ys.permute({0, 3, 1, 2}));
+    return;
+  }
+  parallel_for_with_state(blocks.count, kPoints * Ci * Co * blocks.size, [&](int64_t begin, int64_t end) {
+    const at::Tensor V_buf = at::empty({kPoints * Ci * blocks.size}, input.options());
+    const at::Tensor M_buf = at::empty({kPoints * Co * blocks.size}, input.options());
+    std::vector<float> sink(Co);
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t t0 = b * blocks.size, t1 = std::min(t0 + blocks.size, p.tiles());
+      if (planes) {
+        at::Tensor V = points_view(V_buf, Ci, t1 - t0), M = points_view(M_buf, Co, t1 - t0);
+        winograd::transform_input_planes(p, xs.const_data_ptr<float>(), t0 / tw, t1 / tw,
+                                         V.mutable_data_ptr<float>());
+        at::bmm_out(M, U, V);
+        winograd::transform_output_planes(p, M.const_data_ptr<float>(), t0 / tw, t1 / tw, bias,
+                                          ys.mutable_data_ptr<float>());
+      } else {
+        at::Tensor V = points_view(V_buf, t1 - t0, Ci), M = points_view(M_buf, t1 - t0, Co);
+        winograd::transform_input_channels(p, xs.const_data_ptr<float>(), zeros.const_data_ptr<float>(), t0, t1,
+                                           t1 - t0, V.mutable_data_ptr<float>());
+        at::bmm_out(M, V, U);
+        winograd::transform_output_channels(p, M.const_data_ptr<float>(), t0, t1, t1 - t0, bias, sink.data(),
+                                            ys.mutable_data_ptr<float>());
+      }
+    }
+  });
+  if (!planes) {
+    output.copy_(ys.permute({0, 3, 1, 2}));
+  }
+}
+
+// The weight gradient from its Winograd-domain partial sums, dW = G^T (sum
+// of the partials) G, summed and transformed in double. dU is (partials,
+// 16, C_out, C_in) or, with channels-last sums, (partials, 16, C_in, C_out).
+void kernel_gradient(const at::Tensor& dU, bool planes, at::Tensor& grad_weight) {
+  const int64_t partials = dU.size(0), Co = grad_weight.size(0), Ci = grad_weight.size(1);
+  const float* du = dU.const_data_ptr<float>();
+  const int64_t co_stride = planes ? Ci : 1, ci_stride = planes ? 1 : Co;
+  float* gw = grad_weight.mutable_data_ptr<float>();
+  at::parallel_for(0, Co * Ci, plane_grain(kPoints * partials), [&](int64_t begin, int64_t end) {
+    for (int64_t at = begin; at < end; ++at) {
+      const int64_t offset = at / Ci * co_stride + at % Ci * ci_stride;
+      double s[4][4];
+      for (int xi = 0; xi < kPoints; ++xi) {
+        double sum = 0.0;
+        for (int64_t part = 0; part < partials; ++part) sum += du[(part * kPoints + xi) * Ci * Co + offset];
+        s[xi / 4][xi % 4] = sum;
+      }
+      double t[3][4];  // G^T s: rows s0 + (s1 + s2) / 2, (s1 - s2) / 2, (s1 + s2) / 2 + s3
+      for (int j = 0; j < 4; ++j) {
+        t[0][j] = s[0][j] + 0.5 * (s[1][j] + s[2][j]);
+        t[1][j] = 0.5 * (s[1][j] - s[2][j]);
+        t[2][j] = 0.5 * (s[1][j] + s[2][j]) + s[3][j];
+      }
+      float* k = gw + at * 9;
+      for (int i = 0; i < 3; ++i) {  // (G^T s) G, the same along the columns
+        k[i * 3 + 0] = static_cast<float>(t[i][0] + 0.5 * (t[i][1] + t[i][2]));
+        k[i * 3 + 1] = static_cast<float>(0.5 * (t[i][1] - t[i][2]));
+        k[i * 3 + 2] = static_cast<float>(0.5 * (t[i][1] + t[i][2]) + t[i][3]);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void conv2d_winograd_forward(const Conv2dGeometry& g, const at::Tensor& input, const at::Tensor& weight,
+                             const at::Tensor& bias, at::Tensor& output) {
+  run_forward(forward_problem(g), input, weight, false, bias.defined() ? bias.const_data_ptr<float>() : nullptr,
+              output);
+}
+
+void conv2d_winograd_backward_input(const Conv2dGeometry& g, const at::Tensor& grad_output,
+                                    const at::Tensor& weight, at::Tensor& grad_input) {
+  run_forward(input_grad_problem(g), grad_output, weight, true, nullptr, grad_input);
+}
+
+// The weight gradient sums over every tile of the batch. The tiles are cut
+// into at most kWeightPartials fixed ranges, each summed into its own dU,
+// and the output channels into ranges too when there are fewer partials than
+// threads (each task then transforms the whole input for its channels). The
+// partials are added in range order in double: the same result on every run.
+void conv2d_winograd_backward_weight(const Conv2dGeometry& g, const at::Tensor& input,
+                                     const at::Tensor& grad_output, at::Tensor& grad_weight) {
+  const Problem p = forward_problem(g);
+  const int64_t Ci = p.in_channels, Co = p.out_channels, tw = p.tiles_w(), threads = at::get_num_threads();
+  const bool planes = planes_layout(p);
+  const Blocks blocks = blocks_for(p);
+  const int64_t per_partial = kPoints * Ci * Co;
+  const int64_t partials = std::max<int64_t>(
+      1, std::min({blocks.count, kWeightPartials, kPartialsBudget / per_partial}));
+  constexpr int64_t kMinSplitChannels = 16;
+  const int64_t splits = partials >= threads ? 1
+                                             : std::max<int64_t>(1, std::min(ceil_div(threads, partials),
+                                                                             Co / kMinSplitChannels));
+  const at::Tensor xs = planes ? input : channels_last(input);
+  const at::Tensor gs = planes ? grad_output : channels_last(grad_output);
+  const at::Tensor zeros = at::zeros({std::max(Ci, Co)}, input.options());
+  if (blocks.whole) {
+    // One block, one sum: dU^T = V^T dM, the transforms and the product spread over the threads.
+    const int64_t T = p.tiles();
+    const at::Tensor V = at::empty({kPoints, T, Ci}, input.options());
+    const at::Tensor dM = at::empty({kPoints, T, Co}, input.options());
+    at::parallel_for(0, T, kTransformGrain, [&](int64_t t0, int64_t t1) {
+      winograd::transform_input_channels(p, xs.const_data_ptr<float>(), zeros.const_data_ptr<float>(), t0, t1, T,
+                                         V.mutable_data_ptr<float>() + t0 * Ci);
+      winograd::transform_grad_output_channels(p, gs.const_data_ptr<float>(), zeros.const_data_ptr<float>(), 0,
+                                               Co, t0, t1, T, dM.mutable_data_ptr<float>() + t0 * Co);
+    });
+    kernel_gradient(at::bmm(V.transpose(1, 2), dM).unsqueeze(0), false, grad_weight);
+    return;
+  }
+  // Per partial: dU (16, C_out, C_in) in the plane layout, dU^T (16, C_in,
+  // C_out) in the channel layout.
+  const at::Tensor dU = planes ? at::empty({partials, kPoints, Co, Ci}, input.options())
+                               : at::empty({partials, kPoints, Ci, Co}, input.options());
+  const int64_t task_macs = per_partial / splits * blocks.size * ceil_div(blocks.count, partials);
+  parallel_for_with_state(partials * splits, task_macs, [&](int64_t begin, int64_t end) {
+    const at::Tensor V_buf = at::empty({kPoints * Ci * blocks.size}, input.options());
+    const at::Tensor dM_buf = at::empty({kPoints * ceil_div(Co, splits) * blocks.size}, input.options());
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t part = task / splits, split = task % splits;
+      const int64_t c0 = split * Co / splits, c1 = (split + 1) * Co / splits;
+      const int64_t first = part * blocks.count / partials, last = (part + 1) * blocks.count / partials;
+      at::Tensor sum = dU[part].narrow(planes ? 1 : 2, c0, c1 - c0);
+      for (int64_t b = first; b < last; ++b) {
+        const int64_t t0 = b * blocks.size, t1 = std::min(t0 + blocks.size, p.tiles());
+        // The range's first block writes its sum (beta = 0), later ones add.
+        const double beta = b == first ? 0.0 : 1.0;
+        if (planes) {
+          at::Tensor V = points_view(V_buf, Ci, t1 - t0), dM = points_view(dM_buf, c1 - c0, t1 - t0);
+          winograd::transform_input_planes(p, xs.const_data_ptr<float>(), t0 / tw, t1 / tw,
+                                           V.mutable_data_ptr<float>());
+          winograd::transform_grad_output_planes(p, gs.const_data_ptr<float>(), c0, c1, t0 / tw, t1 / tw,
+                                                 dM.mutable_data_ptr<float>());
+          sum.baddbmm_(dM, V.transpose(1, 2), beta, 1.0);  // dU += dM V^T
+        } else {
+          at::Tensor V = points_view(V_buf, t1 - t0, Ci), dM = points_view(dM_buf, t1 - t0, c1 - c0);
+          winograd::transform_input_channels(p, xs.const_data_ptr<float>(), zeros.const_data_ptr<float>(), t0,
+                                             t1, t1 - t0, V.mutable_data_ptr<float>());
+          winograd::transform_grad_output_channels(p, gs.const_data_ptr<float>(), zeros.const_data_ptr<float>(),
+                                                   c0, c1, t0, t1, t1 - t0, dM.mutable_data_ptr<float>());
+          sum.baddbmm_(V.transpose(1, 2), dM, beta, 1.0);  // dU^T += V^T dM
+        }
+      }
+    }
+  });
+  kernel_gradient(dU, planes, grad_weight);
+}
+
+}  // namespace custom_conv
