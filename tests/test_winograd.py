@@ -19,8 +19,8 @@ PASSES = custom_conv.explain.PASSES
 # least 12 tiles wide are transformed in place, narrower ones channels-last),
 # odd sizes whose last tiles hang over the edge, every padding it takes, tile
 # counts that leave the last block short, and more blocks of tiles (256 each
-# here) than the weight gradient's 8 partial sums, so that a partial sums
-# several blocks.
+# in the plane layout, 1,024 channels-last for the weight gradient) than the
+# weight gradient's 8 partial sums, so that a partial sums several blocks.
 LAYERS = {
     "wide planes, odd sizes": (3, 64, 72, 25, 27, 1),
     "narrow planes, channels-last": (17, 72, 64, 7, 9, 1),
@@ -29,7 +29,7 @@ LAYERS = {
     "rows padded only": (4, 64, 64, 14, 26, (1, 0)),
     "deep, 4x4 planes": (32, 128, 256, 4, 4, 1),
     "more blocks than partial sums, planes": (9, 64, 64, 32, 32, 1),
-    "more blocks than partial sums, channels-last": (130, 64, 64, 8, 8, 1),
+    "more blocks than partial sums, channels-last": (520, 32, 32, 8, 8, 1),
 }
 
 

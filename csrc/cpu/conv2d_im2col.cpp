@@ -34,9 +34,14 @@ namespace {
 // output columns; those GEMMs do enough work per column that the columns need
 // not stay in cache. Chunks have at most ceil(N / threads) samples so that
 // every thread gets one; a single chunk runs on the calling thread and BLAS
-// parallelises its GEMM itself.
+// parallelises its GEMM itself. When the batch is too small to give every
+// thread a chunk kMinGemmWidth wide (deep layers' 2x2 planes), the whole
+// batch is one chunk, if its columns fit in kMaxBatchColumns values: one
+// GEMM that BLAS spreads, each thread reading part of the weights, instead
+// of thin GEMMs on every thread each reading all of them.
 constexpr int64_t kChunkColumns = int64_t{1} << 18;
 constexpr int64_t kMinGemmWidth = 512;
+constexpr int64_t kMaxBatchColumns = int64_t{1} << 23;
 
 struct Chunks {
   int64_t size, count;
@@ -45,6 +50,10 @@ struct Chunks {
 Chunks chunks_for(const Conv2dGeometry& g) {
   const int64_t per_thread = ceil_div(std::max<int64_t>(g.batch, 1), at::get_num_threads());
   const int64_t wide_enough = ceil_div(kMinGemmWidth, std::max<int64_t>(g.output_plane(), 1));
+  if (g.batch > 0 && per_thread < wide_enough &&
+      g.groups * g.col_rows_per_group() * g.batch * g.output_plane() <= kMaxBatchColumns) {
+    return {g.batch, 1};
+  }
   const int64_t size = std::min(std::max(g.batch_chunk(kChunkColumns), wide_enough), per_thread);
   return {size, ceil_div(g.batch, size)};
 }
@@ -187,10 +196,16 @@ void conv2d_im2col_backward_weight(const Conv2dGeometry& g, const at::Tensor& in
       }
     }
   });
-  at::Tensor gw = grad_weight.view({g.groups, Co, K});
-  gw.copy_(partials[0].transpose(1, 2));
+  // The partials added in block order in their own layout, then turned over
+  // one group at a time: a 2-D transposed copy is one that ATen blocks for
+  // the cache (a 3-D one walks the destination with a stride of C_out).
+  const at::Tensor sum = partials[0];
   for (int64_t block = 1; block < blocks; ++block) {
-    gw.add_(partials[block].transpose(1, 2));
+    sum.add_(partials[block]);
+  }
+  at::Tensor gw = grad_weight.view({g.groups, Co, K});
+  for (int64_t grp = 0; grp < g.groups; ++grp) {
+    gw[grp].copy_(sum[grp].t());
   }
 }
 

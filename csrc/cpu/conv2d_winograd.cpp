@@ -64,6 +64,13 @@ constexpr int64_t kMinPlaneTiles = 12;
 // for too little work.
 constexpr int64_t kBlockValues = int64_t{1} << 17;
 constexpr int64_t kMinBlockTiles = 256;
+// The weight gradient's products reduce over a block's tiles and write all
+// of dU each time: in the channel layout, longer blocks (up to
+// kMaxWeightBlockTiles, within kWeightBlockValues) ran up to 1.4x faster on
+// VGG's 16x16 and ResNet-18's 14x14 layers; in the plane layout they ran
+// slower (measured with benchmarks/bench.py, 2026-11-27).
+constexpr int64_t kWeightBlockValues = int64_t{1} << 22;
+constexpr int64_t kMaxWeightBlockTiles = 1024;
 
 Problem forward_problem(const Conv2dGeometry& g) {
   return {g.batch, g.in_channels, g.out_channels, g.in_h, g.in_w, g.pad_h, g.pad_w, g.out_h, g.out_w};
@@ -88,17 +95,20 @@ struct Blocks {
   bool whole;
 };
 
-Blocks blocks_for(const Problem& p) {
-  const int64_t wanted = std::max(kMinBlockTiles, kBlockValues / (kPoints * (p.in_channels + p.out_channels)));
-  const int64_t per_thread = ceil_div(p.tiles(), at::get_num_threads());
-  if (planes_layout(p)) {
-    const int64_t rows = std::max<int64_t>(1, std::min(wanted, per_thread) / p.tiles_w());
-    return {rows * p.tiles_w(), ceil_div(p.tiles(), rows * p.tiles_w()), false};
-  }
-  if (per_thread < kMinBlockTiles && at::get_num_threads() > 1) {
+Blocks blocks_for(const Problem& p, bool weight_grad = false) {
+  const int64_t per_tile = kPoints * (p.in_channels + p.out_channels), threads = at::get_num_threads();
+  const int64_t wanted = weight_grad && !planes_layout(p)
+                             ? std::clamp(kWeightBlockValues / per_tile, kMinBlockTiles, kMaxWeightBlockTiles)
+                             : std::max(kMinBlockTiles, kBlockValues / per_tile);
+  if (!planes_layout(p) && ceil_div(p.tiles(), threads) < kMinBlockTiles && threads > 1) {
     return {p.tiles(), 1, true};
   }
-  const int64_t size = std::max<int64_t>(1, std::min(wanted, per_thread));
+  // The plane layout cuts whole rows of tiles. As many blocks as it takes to
+  // keep them within `wanted`, rounded up to a multiple of the threads, and
+  // then of equal size, so that every thread gets the same share.
+  const int64_t unit = planes_layout(p) ? p.tiles_w() : 1, units = p.tiles() / unit;
+  const int64_t count = std::min(units, ceil_div(ceil_div(units * unit, wanted), threads) * threads);
+  const int64_t size = ceil_div(units, count) * unit;
   return {size, ceil_div(p.tiles(), size), false};
 }
 
@@ -248,7 +258,7 @@ void conv2d_winograd_backward_weight(const Conv2dGeometry& g, const at::Tensor& 
   const Problem p = forward_problem(g);
   const int64_t Ci = p.in_channels, Co = p.out_channels, tw = p.tiles_w(), threads = at::get_num_threads();
   const bool planes = planes_layout(p);
-  const Blocks blocks = blocks_for(p);
+  const Blocks blocks = blocks_for(p, true);
   const int64_t per_partial = kPoints * Ci * Co;
   const int64_t partials = std::max<int64_t>(
       1, std::min({blocks.count, kWeightPartials, kPartialsBudget / per_partial}));
