@@ -68,8 +68,10 @@ step tests-cuda 240 python3 -m pytest -q -rf --tb=short -p no:cacheprovider -m c
 # Only our kernels are instrumented (their names all live in namespace custom_conv).
 SANITIZE=(compute-sanitizer --kernel-name kns=custom_conv --print-limit 20 --error-exitcode 9)
 step memcheck 120 "${SANITIZE[@]}" --tool memcheck python3 -m pytest -q -p no:cacheprovider -m cuda tests
+# Batch 32 only (bench.py's default adds batches 1 and 128): three dtypes
+# already fill the step's limit.
 step bench 150 python3 benchmarks/bench.py --device cuda --dtype ${BENCH_DTYPES:-float32 float16 bfloat16} \
-  --min-run-time ${BENCH_MIN_RUN_TIME:-0.05} --out "$LOGS/cuda.json"
+  --batch 32 --min-run-time ${BENCH_MIN_RUN_TIME:-0.05} --out "$LOGS/cuda.json"
 # With pytest-xdist (if there), a test that crashes the interpreter fails alone
 # instead of ending the run. Two threads per worker: 16 workers of 16 threads
 # each stalled the run on a 16-core machine. -v names every failure as it

@@ -88,8 +88,8 @@ bool planes_layout(const Problem& p) {
 // layout): at least as many blocks as threads. In the channel layout, when
 // that would make blocks thinner than kMinBlockTiles (a deep layer's few
 // tiles), all tiles form one block instead (`whole`), whose transforms are
-// spread over the threads and whose products BLAS spreads: each thread then
-// reads part of U rather than all of it.
+// spread over the threads by tiles and whose 16 products by position: each
+// thread then reads its part of U rather than all of it.
 struct Blocks {
   int64_t size, count;
   bool whole;
@@ -128,22 +128,19 @@ at::Tensor channels_last(const at::Tensor& t) {
 // The kernels' transform for a problem: U (16, C_out, C_in) of the plane
 // layout or U^T (16, C_in, C_out) of the channel layout, C_in and C_out being
 // the problem's (swapped for the input gradient, whose kernel is rotated).
+// It is computed as (16, c_out, c_in) of the layer, from the kernels
+// permuted to (c_out, tap, c_in), a cheap copy, and returned as a transposed
+// view where the layout wants the other order: BLAS reads either.
 at::Tensor transform_weight(const at::Tensor& weight, bool input_grad, bool planes) {
   const int64_t co = weight.size(0), ci = weight.size(1);
-  // The problem's output channels are rows in the plane layout: c_out for
-  // the forward, c_in for the input gradient; the other way round for
-  // channels.
-  const bool rows_are_ci = input_grad == planes;
-  const at::Tensor k = rows_are_ci ? weight.view({co, ci, 9}).permute({1, 2, 0}).contiguous()
-                                   : weight.view({co, ci, 9}).transpose(1, 2).contiguous();
-  const int64_t rows = rows_are_ci ? ci : co, cols = rows_are_ci ? co : ci;
-  at::Tensor U = at::empty({kPoints, rows, cols}, weight.options());
+  const at::Tensor k = weight.view({co, ci, 9}).transpose(1, 2).contiguous();
+  at::Tensor U = at::empty({kPoints, co, ci}, weight.options());
   const float* kp = k.const_data_ptr<float>();
   float* u = U.mutable_data_ptr<float>();
-  at::parallel_for(0, rows, plane_grain(16 * cols), [&](int64_t begin, int64_t end) {
-    winograd::transform_kernels(kp, begin, end, rows, cols, input_grad, u);
+  at::parallel_for(0, co, plane_grain(16 * ci), [&](int64_t begin, int64_t end) {
+    winograd::transform_kernels(kp, begin, end, co, ci, input_grad, u);
   });
-  return U;
+  return planes != input_grad ? U : U.transpose(1, 2);
 }
 
 // The forward of a problem (the layer's, or its input gradient's): per
@@ -165,7 +162,14 @@ void run_forward(const Problem& p, const at::Tensor& input, const at::Tensor& we
       winograd::transform_input_channels(p, xs.const_data_ptr<float>(), zeros.const_data_ptr<float>(), t0, t1, T,
                                          V.mutable_data_ptr<float>() + t0 * Ci);
     });
-    at::bmm_out(M, V, U);
+    // The 16 products spread over the threads by position: each reads its
+    // own U[xi] once.
+    parallel_for_with_state(kPoints, T * Ci * Co, [&](int64_t begin, int64_t end) {
+      for (int64_t xi = begin; xi < end; ++xi) {
+        at::Tensor m = M[xi];
+        at::mm_out(m, V[xi], U[xi]);
+      }
+    });
     at::parallel_for(0, T, kTransformGrain, [&](int64_t t0, int64_t t1) {
       std::vector<float> sink(Co);
       winograd::transform_output_channels(p, M.const_data_ptr<float>() + t0 * Co, t0, t1, T, bias, sink.data(),
@@ -280,7 +284,14 @@ void conv2d_winograd_backward_weight(const Conv2dGeometry& g, const at::Tensor& 
       winograd::transform_grad_output_channels(p, gs.const_data_ptr<float>(), zeros.const_data_ptr<float>(), 0,
                                                Co, t0, t1, T, dM.mutable_data_ptr<float>() + t0 * Co);
     });
-    kernel_gradient(at::bmm(V.transpose(1, 2), dM).unsqueeze(0), false, grad_weight);
+    const at::Tensor dUT = at::empty({1, kPoints, Ci, Co}, input.options());
+    parallel_for_with_state(kPoints, T * Ci * Co, [&](int64_t begin, int64_t end) {
+      for (int64_t xi = begin; xi < end; ++xi) {
+        at::Tensor du = dUT[0][xi];
+        at::mm_out(du, V[xi].t(), dM[xi]);
+      }
+    });
+    kernel_gradient(dUT, false, grad_weight);
     return;
   }
   // Per partial: dU (16, C_out, C_in) in the plane layout, dU^T (16, C_in,

@@ -1,6 +1,7 @@
 // The Winograd route's transforms (declared, with their layouts, in
 // winograd_transforms.h).
 #include "winograd_transforms.h"
+#include "vector_clones.h"
 
 #include <algorithm>
 #include <vector>
@@ -8,14 +9,7 @@
 namespace custom_conv {
 namespace winograd {
 
-// The transforms' loops are compiled for AVX-512, AVX2 and plain x86-64,
-// chosen when the library loads (GCC's function multi-versioning; other
-// compilers build one version).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define CUSTOM_CONV_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define CUSTOM_CONV_VECTOR_CLONES
-#endif
+// The transforms are compiled per instruction set (vector_clones.h).
 
 // ---- The plane layout ----
 
@@ -329,10 +323,10 @@ void transform_grad_output_channels(const Problem& p, const float* gs, const flo
 
 // ---- The kernel ----
 
-// U^T[xi][row][col] = (G w G^T)[xi] of the 3x3 kernels, for rows [r0, r1)
-// of the kernels k, permuted to (row, tap, col) so that the transform runs
-// along cols: forward, row = c_in and col = c_out; with `rotate`, the input
-// gradient's kernel, row = c_out, col = c_in, turned by 180 degrees.
+// U[xi][row][col] = (G w G^T)[xi] of the 3x3 kernels, for rows [r0, r1) of
+// the kernels k, laid out (row, tap, col) so that the transform runs along
+// cols (conv2d_winograd.cpp passes row = c_out, col = c_in); with `rotate`,
+// each kernel turned by 180 degrees first.
 CUSTOM_CONV_VECTOR_CLONES
 void transform_kernels(const float* k, int64_t r0, int64_t r1, int64_t rows, int64_t cols, bool rotate, float* u) {
   std::vector<float> buffer(6 * cols);
