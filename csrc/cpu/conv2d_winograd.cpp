@@ -212,11 +212,11 @@ void run_forward(const Problem& p, const at::Tensor& input, const at::Tensor& we
 void kernel_gradient(const at::Tensor& dU, bool planes, at::Tensor& grad_weight) {
   const int64_t partials = dU.size(0), Co = grad_weight.size(0), Ci = grad_weight.size(1);
   const float* du = dU.const_data_ptr<float>();
-  const int64_t co_stride = planes ? Ci : 1, ci_stride = planes ? 1 : Co;
   float* gw = grad_weight.mutable_data_ptr<float>();
+  // In dU's memory order, so that the 16 planes are read along their rows.
   at::parallel_for(0, Co * Ci, plane_grain(kPoints * partials), [&](int64_t begin, int64_t end) {
-    for (int64_t at = begin; at < end; ++at) {
-      const int64_t offset = at / Ci * co_stride + at % Ci * ci_stride;
+    for (int64_t offset = begin; offset < end; ++offset) {
+      const int64_t co = planes ? offset / Ci : offset % Co, ci = planes ? offset % Ci : offset / Co;
       double s[4][4];
       for (int xi = 0; xi < kPoints; ++xi) {
         double sum = 0.0;
@@ -229,7 +229,7 @@ void kernel_gradient(const at::Tensor& dU, bool planes, at::Tensor& grad_weight)
         t[1][j] = 0.5 * (s[1][j] - s[2][j]);
         t[2][j] = 0.5 * (s[1][j] + s[2][j]) + s[3][j];
       }
-      float* k = gw + at * 9;
+      float* k = gw + (co * Ci + ci) * 9;
       for (int i = 0; i < 3; ++i) {  // (G^T s) G, the same along the columns
         k[i * 3 + 0] = static_cast<float>(t[i][0] + 0.5 * (t[i][1] + t[i][2]));
         k[i * 3 + 1] = static_cast<float>(0.5 * (t[i][1] - t[i][2]));
