@@ -33,9 +33,9 @@ LAYERS = {
     "65 output channels: too many for the direct weight gradient": (
         64, 65, 16, 3, dict(padding=2, dilation=2), "direct", "im2col", "im2col"),
     "VGG 3x3 stride 1, 128 channels": (128, 128, 12, 3, dict(padding=1), "winograd", "winograd", "winograd"),
-    "ResNet-20 32-32: the fewest channels Winograd takes": (32, 32, 12, 3, dict(padding=1), "winograd", "winograd",
-                                                           "winograd"),
-    "31 channels: too few for Winograd": (31, 32, 12, 3, dict(padding=1), "direct", "direct", "direct"),
+    "32-32 @24: the fewest channels Winograd takes": (32, 32, 24, 3, dict(padding=1), "winograd", "winograd",
+                                                     "winograd"),
+    "31 channels: too few for Winograd": (31, 32, 24, 3, dict(padding=1), "direct", "direct", "direct"),
     "deep 3x3 layer on a 2x2 plane: too few tiles for Winograd": (256, 256, 2, 3, dict(padding=1), "im2col",
                                                                  "im2col", "im2col"),
     "1x1 projection": (64, 128, 8, 1, {}, "im2col", "im2col", "im2col"),

@@ -96,6 +96,16 @@ def test_winograd_is_for_3x3_stride_1_float32_only():
     assert plan["forward"].algorithm != "winograd" and "ungrouped" in plan["forward"].reason
 
 
+def test_winograd_needs_enough_work_to_pay_for_its_fixed_costs():
+    """ResNet-20's 32-channel 16x16 layer: Winograd's at batch 32, the direct
+    kernels' at batch 1 (64 tiles x 32 x 32 multiply-adds per position)."""
+    weight = torch.randn(32, 32, 3, 3)
+    plan = custom_conv.explain_conv2d(torch.randn(32, 32, 16, 16), weight, padding=1)
+    assert plan["forward"].algorithm == "winograd"
+    plan = custom_conv.explain_conv2d(torch.randn(1, 32, 16, 16), weight, padding=1)
+    assert plan["forward"].algorithm == "direct" and "too little work" in plan["forward"].reason
+
+
 def test_switching_winograd_off_gives_the_sum_over_the_taps():
     x, weight, bias, grad, pad = tensors("no padding")
     with custom_conv.disabled_algorithms("winograd"):
