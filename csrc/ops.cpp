@@ -28,7 +28,7 @@ TORCH_LIBRARY(custom_conv, m) {
   // on torch's threads with those kernels' widest registers (for
   // benchmarks/bench.py; 0 without direct kernels).
   m.def("cpu_fma_peak_gflops(float seconds) -> float", &custom_conv::direct::cpu_fma_peak_gflops);
-  // Which algorithm (direct, depthwise, im2col) conv2d_forward's given pass
+  // Which algorithm (winograd, direct, depthwise, im2col) conv2d_forward's given pass
   // ("forward", "backward_input", "backward_weight") runs on these tensors,
   // and why: the choice of conv2d_algorithm.cpp.
   m.def("conv2d_algorithm(Tensor input, Tensor weight, int[2] stride, int[2] padding, int[2] dilation, "
