@@ -175,21 +175,21 @@ Conv2dAlgorithm choose_conv2d_algorithm(const Conv2dGeometry& g, Conv2dPass pass
     if (why) *why = "im2col and our tiled GEMM: the only algorithm of the CUDA kernels";
     return Conv2dAlgorithm::kIm2col;
   }
-  // Groups of one input channel each. With more than one group, those are
-  // separate planes that the depthwise loops handle and the direct kernels
-  // would reduce over a single channel; one group of one channel (a
-  // grayscale first layer) is an ordinary convolution.
   const char* not_winograd = winograd_refusal(g, dtype);
   if (not_winograd == nullptr) {
     if (why) *why = "winograd: a 3x3 stride-1 layer in float32 with enough channels and tiles (F(2x2, 3x3))";
     return Conv2dAlgorithm::kWinograd;
   }
-  // Why not Winograd, where the layer has its shape: worth saying.
+  // Why not Winograd, where the layer has its shape: worth saying (when asked).
   const std::string winograd_note =
-      g.kernel_h == 3 && g.kernel_w == 3 && g.stride_h == 1 && g.stride_w == 1 && g.dilation_h == 1 &&
+      why && g.kernel_h == 3 && g.kernel_w == 3 && g.stride_h == 1 && g.stride_w == 1 && g.dilation_h == 1 &&
               g.dilation_w == 1
           ? c10::str("; not winograd: ", not_winograd)
           : std::string();
+  // Groups of one input channel each. With more than one group, those are
+  // separate planes that the depthwise loops handle and the direct kernels
+  // would reduce over a single channel; one group of one channel (a
+  // grayscale first layer) is an ordinary convolution.
   const bool one_channel_per_group = g.in_channels_per_group() == 1;
   std::string detail;
   const char* refusal = one_channel_per_group && g.groups > 1
