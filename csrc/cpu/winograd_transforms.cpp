@@ -9,17 +9,17 @@
 namespace custom_conv {
 namespace winograd {
 
-// The transforms are compiled per instruction set (vector_clones.h).
+// Every transform is compiled per instruction set (vector_clones.h).
 
 // ---- The plane layout ----
+
+namespace {
 
 // Row y of a plane split into even and odd columns of the zero-padded row:
 // even[k] = row[2k - pad], odd[k] = row[2k + 1 - pad], for k < count; zero
 // outside the row (or everywhere, for a row outside the plane).
-namespace {
-
 void load_even_odd(const float* plane, int64_t h, int64_t w, int64_t y, int64_t pad, int64_t count,
-                          float* __restrict even, float* __restrict odd) {
+                   float* __restrict even, float* __restrict odd) {
   if (y < 0 || y >= h) {
     std::fill(even, even + count, 0.f);
     std::fill(odd, odd + count, 0.f);
@@ -48,8 +48,8 @@ void load_even_odd(const float* plane, int64_t h, int64_t w, int64_t y, int64_t 
 // The four rows of B^T d from the four rows of d (n values each): the
 // row pass of the input transform.
 void input_rows(const float* __restrict d0, const float* __restrict d1, const float* __restrict d2,
-                       const float* __restrict d3, int64_t n, float* __restrict t0, float* __restrict t1,
-                       float* __restrict t2, float* __restrict t3) {
+                const float* __restrict d3, int64_t n, float* __restrict t0, float* __restrict t1,
+                float* __restrict t2, float* __restrict t3) {
   for (int64_t k = 0; k < n; ++k) {
     t0[k] = d0[k] - d2[k];
     t1[k] = d1[k] + d2[k];
@@ -60,8 +60,8 @@ void input_rows(const float* __restrict d0, const float* __restrict d1, const fl
 
 // One row i of B^T d, as even and odd columns, times B for n tiles: tile j
 // reads columns 2j .. 2j + 3, that is even[j], odd[j], even[j + 1], odd[j + 1].
-void input_columns(const float* __restrict even, const float* __restrict odd, int64_t n,
-                          float* __restrict v0, float* __restrict v1, float* __restrict v2, float* __restrict v3) {
+void input_columns(const float* __restrict even, const float* __restrict odd, int64_t n, float* __restrict v0,
+                   float* __restrict v1, float* __restrict v2, float* __restrict v3) {
   for (int64_t j = 0; j < n; ++j) {
     v0[j] = even[j] - even[j + 1];
     v1[j] = odd[j] + even[j + 1];
@@ -79,8 +79,8 @@ void transform_input_planes(const Problem& p, const float* input, int64_t r0, in
   const int64_t tw = p.tiles_w(), th = p.tiles_h(), T = (r1 - r0) * tw, C = p.in_channels;
   const int64_t n = tw + 1;  // even (odd) columns a row of tiles reads
   std::vector<float> buffer(16 * n);
-  float* e = buffer.data();      // 4 rows of d, even columns
-  float* o = e + 4 * n;          // and odd
+  float* e = buffer.data();           // 4 rows of d, even columns
+  float* o = e + 4 * n;               // and odd
   float* te = buffer.data() + 8 * n;  // B^T d
   float* to = te + 4 * n;
   for (int64_t c = 0; c < C; ++c) {
@@ -109,8 +109,8 @@ void transform_output_planes(const Problem& p, const float* M, int64_t r0, int64
                              float* output) {
   const int64_t tw = p.tiles_w(), th = p.tiles_h(), T = (r1 - r0) * tw, C = p.out_channels;
   std::vector<float> buffer(8 * tw + 4 * tw);
-  float* s = buffer.data();       // M A: 4 rows x 2 columns, tw tiles each
-  float* row = s + 8 * tw;        // two output rows of 2 * tw values
+  float* s = buffer.data();  // M A: 4 rows x 2 columns, tw tiles each
+  float* row = s + 8 * tw;   // two output rows of 2 * tw values
   for (int64_t c = 0; c < C; ++c) {
     const float b = bias ? bias[c] : 0.f;
     for (int64_t r = r0; r < r1; ++r) {
