@@ -126,6 +126,17 @@ at::Tensor channels_last(const at::Tensor& t) {
   return t.permute({0, 2, 3, 1}).contiguous();
 }
 
+// out[xi] = a[xi] @ b[xi] for the 16 positions of a whole block, spread over
+// the threads by position: each thread reads its own operands once.
+void products_by_position(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  parallel_for_with_state(kPoints, a.size(1) * a.size(2) * b.size(2), [&](int64_t begin, int64_t end) {
+    for (int64_t xi = begin; xi < end; ++xi) {
+      at::Tensor o = out[xi];
+      at::mm_out(o, a[xi], b[xi]);
+    }
+  });
+}
+
 // The kernels' transform for a problem: U (16, C_out, C_in) of the plane
 // layout or U^T (16, C_in, C_out) of the channel layout, C_in and C_out being
 // the problem's (swapped for the input gradient, whose kernel is rotated).
@@ -163,14 +174,7 @@ void run_forward(const Problem& p, const at::Tensor& input, const at::Tensor& we
       winograd::transform_input_channels(p, xs.const_data_ptr<float>(), zeros.const_data_ptr<float>(), t0, t1, T,
                                          V.mutable_data_ptr<float>() + t0 * Ci);
     });
-    // The 16 products spread over the threads by position: each reads its
-    // own U[xi] once.
-    parallel_for_with_state(kPoints, T * Ci * Co, [&](int64_t begin, int64_t end) {
-      for (int64_t xi = begin; xi < end; ++xi) {
-        at::Tensor m = M[xi];
-        at::mm_out(m, V[xi], U[xi]);
-      }
-    });
+    products_by_position(M, V, U);
     at::parallel_for(0, T, kTransformGrain, [&](int64_t t0, int64_t t1) {
       std::vector<float> sink(Co);
       winograd::transform_output_channels(p, M.const_data_ptr<float>() + t0 * Co, t0, t1, T, bias, sink.data(),
@@ -264,18 +268,12 @@ void conv2d_winograd_backward_weight(const Conv2dGeometry& g, const at::Tensor& 
   const int64_t Ci = p.in_channels, Co = p.out_channels, tw = p.tiles_w(), threads = at::get_num_threads();
   const bool planes = planes_layout(p);
   const Blocks blocks = blocks_for(p, true);
-  const int64_t per_partial = kPoints * Ci * Co;
-  const int64_t partials = std::max<int64_t>(
-      1, std::min({blocks.count, kWeightPartials, kPartialsBudget / per_partial}));
-  constexpr int64_t kMinSplitChannels = 16;
-  const int64_t splits = partials >= threads ? 1
-                                             : std::max<int64_t>(1, std::min(ceil_div(threads, partials),
-                                                                             Co / kMinSplitChannels));
   const at::Tensor xs = planes ? input : channels_last(input);
   const at::Tensor gs = planes ? grad_output : channels_last(grad_output);
   const at::Tensor zeros = at::zeros({std::max(Ci, Co)}, input.options());
   if (blocks.whole) {
-    // One block, one sum: dU^T = V^T dM, the transforms and the product spread over the threads.
+    // One block, one sum: dU^T = V^T dM, the transforms spread over the
+    // threads by tiles, the products by position.
     const int64_t T = p.tiles();
     const at::Tensor V = at::empty({kPoints, T, Ci}, input.options());
     const at::Tensor dM = at::empty({kPoints, T, Co}, input.options());
@@ -286,15 +284,17 @@ void conv2d_winograd_backward_weight(const Conv2dGeometry& g, const at::Tensor& 
                                                Co, t0, t1, T, dM.mutable_data_ptr<float>() + t0 * Co);
     });
     const at::Tensor dUT = at::empty({1, kPoints, Ci, Co}, input.options());
-    parallel_for_with_state(kPoints, T * Ci * Co, [&](int64_t begin, int64_t end) {
-      for (int64_t xi = begin; xi < end; ++xi) {
-        at::Tensor du = dUT[0][xi];
-        at::mm_out(du, V[xi].t(), dM[xi]);
-      }
-    });
+    products_by_position(dUT[0], V.transpose(1, 2), dM);
     kernel_gradient(dUT, false, grad_weight);
     return;
   }
+  const int64_t per_partial = kPoints * Ci * Co;
+  const int64_t partials = std::max<int64_t>(
+      1, std::min({blocks.count, kWeightPartials, kPartialsBudget / per_partial}));
+  constexpr int64_t kMinSplitChannels = 16;
+  const int64_t splits = partials >= threads ? 1
+                                             : std::max<int64_t>(1, std::min(ceil_div(threads, partials),
+                                                                             Co / kMinSplitChannels));
   // Per partial: dU (16, C_out, C_in) in the plane layout, dU^T (16, C_in,
   // C_out) in the channel layout.
   const at::Tensor dU = planes ? at::empty({partials, kPoints, Co, Ci}, input.options())
