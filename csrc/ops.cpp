@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include "conv2d_algorithm.h"
+#include "cpu/conv2d_routes.h"
 #include "cpu/direct/kernels.h"
 #include "schemas.h"
 
@@ -37,4 +38,12 @@ TORCH_LIBRARY(custom_conv, m) {
   // Switches algorithms off (custom_conv.disabled_algorithms); returns the
   // ones off before.
   m.def("set_disabled_conv2d_algorithms(str[] names) -> str[]", &custom_conv::set_disabled_conv2d_algorithms);
+  // Makes every CPU convolution pass run on the algorithm named, wherever
+  // that route can compute it ("" for the chooser's own choice again;
+  // custom_conv.forced_algorithm); returns the one forced before.
+  m.def("set_forced_conv2d_algorithm(str name) -> str", &custom_conv::set_forced_conv2d_algorithm);
+  // The constants that cut each CPU route's work into blocks, by name (a
+  // table of blockings repeats its names): what the tests' sweep derives
+  // its shapes from, so that it crosses every blocking's edges.
+  m.def("cpu_route_constants() -> (str[], int[])", &custom_conv::cpu_route_constants);
 }

@@ -15,7 +15,7 @@ import torch
 from . import _ops  # noqa: F401  (loads the kernels; must come first)
 from . import functional, nn
 from .convert import convert
-from .explain import Conv2dChoice, disabled_algorithms, explain_conv2d
+from .explain import Conv2dChoice, disabled_algorithms, explain_conv2d, forced_algorithm
 from ._info import __version__, info
 from .mode import FallbackWarning, enabled
 
@@ -30,4 +30,4 @@ def cpu_kernels() -> str:
 
 
 __all__ = ["functional", "nn", "convert", "enabled", "FallbackWarning", "cpu_kernels", "explain_conv2d",
-           "Conv2dChoice", "disabled_algorithms", "info", "__version__"]
+           "Conv2dChoice", "disabled_algorithms", "forced_algorithm", "info", "__version__"]

@@ -15,7 +15,7 @@ from typing import NamedTuple
 from ._ops import ops
 from .functional import _conv2d_arguments
 
-__all__ = ["Conv2dChoice", "explain_conv2d", "disabled_algorithms", "PASSES"]
+__all__ = ["Conv2dChoice", "explain_conv2d", "disabled_algorithms", "forced_algorithm", "PASSES"]
 
 ALGORITHMS = ("winograd", "direct", "depthwise", "im2col")
 
@@ -63,3 +63,22 @@ def disabled_algorithms(*names):
         yield
     finally:
         ops.set_disabled_conv2d_algorithms(previous)
+
+
+@contextlib.contextmanager
+def forced_algorithm(name):
+    """Within the block, every CPU convolution pass runs on the algorithm
+    named ("winograd", "direct", "depthwise" or "im2col") wherever that route
+    can compute it, whatever its cost; passes it cannot run (the direct
+    kernels' input gradient of a strided layer, Winograd on a 5x5 kernel)
+    take the chooser's choice, and explain_conv2d says which happened. To
+    compare one route with another on the same layers, as the test sweep
+    does. Process-wide, like disabled_algorithms; the previous setting
+    returns when the block ends."""
+    if name not in ALGORITHMS:
+        raise ValueError(f"no conv2d algorithm called {name!r} (one of {', '.join(ALGORITHMS)})")
+    previous = ops.set_forced_conv2d_algorithm(name)
+    try:
+        yield
+    finally:
+        ops.set_forced_conv2d_algorithm(previous)

@@ -18,8 +18,12 @@
 namespace custom_conv {
 namespace {
 
-Conv2dAlgorithm choose(const Conv2dGeometry& g, Conv2dPass pass, const at::Tensor& like) {
-  return choose_conv2d_algorithm(g, pass, like.scalar_type(), c10::DeviceType::CPU);
+// The route the chooser picks for this pass, its contract checked on entry.
+const CpuRoute& enter(const Conv2dGeometry& g, Conv2dPass pass, const at::Tensor& like) {
+  const Conv2dAlgorithm algorithm = choose_conv2d_algorithm(g, pass, like.scalar_type(), c10::DeviceType::CPU);
+  const CpuRoute& r = cpu_route(algorithm);
+  check_route_supports(r.refusal(g, pass, like.scalar_type()), algorithm_name(algorithm), pass);
+  return r;
 }
 
 at::Tensor conv2d_forward_cpu(
@@ -37,12 +41,7 @@ at::Tensor conv2d_forward_cpu(
   const at::Tensor weight = weight_.contiguous();
   const at::Tensor bias_c = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
   at::Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
-  switch (choose(g, Conv2dPass::kForward, input)) {
-    case Conv2dAlgorithm::kDirect: conv2d_direct_forward(g, input, weight, bias_c, output); break;
-    case Conv2dAlgorithm::kDepthwise: conv2d_depthwise_forward(g, input, weight, bias_c, output); break;
-    case Conv2dAlgorithm::kIm2col: conv2d_im2col_forward(g, input, weight, bias_c, output); break;
-    case Conv2dAlgorithm::kWinograd: conv2d_winograd_forward(g, input, weight, bias_c, output); break;
-  }
+  enter(g, Conv2dPass::kForward, input).forward(g, input, weight, bias_c, output);
   return output;
 }
 
@@ -64,12 +63,7 @@ at::Tensor conv2d_backward_input_cpu(
   if (grad_input.numel() == 0) {
     return grad_input;
   }
-  switch (choose(g, Conv2dPass::kBackwardInput, weight)) {
-    case Conv2dAlgorithm::kDirect: conv2d_direct_backward_input(g, grad_output, weight, grad_input); break;
-    case Conv2dAlgorithm::kDepthwise: conv2d_depthwise_backward_input(g, grad_output, weight, grad_input); break;
-    case Conv2dAlgorithm::kIm2col: conv2d_im2col_backward_input(g, grad_output, weight, grad_input); break;
-    case Conv2dAlgorithm::kWinograd: conv2d_winograd_backward_input(g, grad_output, weight, grad_input); break;
-  }
+  enter(g, Conv2dPass::kBackwardInput, weight).backward_input(g, grad_output, weight, grad_input);
   return grad_input;
 }
 
@@ -94,12 +88,7 @@ at::Tensor conv2d_backward_weight_cpu(
   if (g.batch == 0) {
     return grad_weight.zero_();
   }
-  switch (choose(g, Conv2dPass::kBackwardWeight, input)) {
-    case Conv2dAlgorithm::kDirect: conv2d_direct_backward_weight(g, input, grad_output, grad_weight); break;
-    case Conv2dAlgorithm::kDepthwise: conv2d_depthwise_backward_weight(g, input, grad_output, grad_weight); break;
-    case Conv2dAlgorithm::kIm2col: conv2d_im2col_backward_weight(g, input, grad_output, grad_weight); break;
-    case Conv2dAlgorithm::kWinograd: conv2d_winograd_backward_weight(g, input, grad_output, grad_weight); break;
-  }
+  enter(g, Conv2dPass::kBackwardWeight, input).backward_weight(g, input, grad_output, grad_weight);
   return grad_weight;
 }
 
@@ -131,6 +120,41 @@ at::Tensor conv2d_backward_bias_cpu(const at::Tensor& grad_output_) {
 }
 
 }  // namespace
+
+const CpuRoute& cpu_route(Conv2dAlgorithm algorithm) {
+  static const CpuRoute im2col{&conv2d_im2col_refusal, &conv2d_im2col_forward, &conv2d_im2col_backward_input,
+                               &conv2d_im2col_backward_weight};
+  static const CpuRoute direct{&conv2d_direct_refusal, &conv2d_direct_forward, &conv2d_direct_backward_input,
+                               &conv2d_direct_backward_weight};
+  static const CpuRoute depthwise{&conv2d_depthwise_refusal, &conv2d_depthwise_forward,
+                                  &conv2d_depthwise_backward_input, &conv2d_depthwise_backward_weight};
+  static const CpuRoute winograd{&conv2d_winograd_refusal, &conv2d_winograd_forward,
+                                 &conv2d_winograd_backward_input, &conv2d_winograd_backward_weight};
+  switch (algorithm) {
+    case Conv2dAlgorithm::kDirect: return direct;
+    case Conv2dAlgorithm::kDepthwise: return depthwise;
+    case Conv2dAlgorithm::kWinograd: return winograd;
+    default: return im2col;
+  }
+}
+
+std::tuple<std::vector<std::string>, std::vector<int64_t>> cpu_route_constants() {
+  RouteConstants constants;
+  append_im2col_constants(constants);
+  append_direct_constants(constants);
+  append_winograd_constants(constants);
+  std::tuple<std::vector<std::string>, std::vector<int64_t>> out;
+  for (const auto& [name, value] : constants) {
+    std::get<0>(out).push_back(name);
+    std::get<1>(out).push_back(value);
+  }
+  return out;
+}
+
+void check_route_supports(const char* refusal, const char* route, Conv2dPass pass) {
+  TORCH_CHECK(refusal == nullptr, "custom_conv: the ", route, " route cannot run the ", conv2d_pass_name(pass),
+              " of this layer: ", refusal);
+}
 
 TORCH_LIBRARY_IMPL(custom_conv, CPU, m) {
   m.impl("conv2d_forward", &conv2d_forward_cpu);

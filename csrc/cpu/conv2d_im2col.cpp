@@ -121,6 +121,19 @@ at::Tensor grad_output_matrices(const Conv2dGeometry& g, const at::Tensor& grad_
 
 }  // namespace
 
+const char* conv2d_im2col_refusal(const Conv2dGeometry&, Conv2dPass, at::ScalarType) {
+  return nullptr;
+}
+
+void append_im2col_constants(RouteConstants& out) {
+  out.emplace_back("weight_partials", kWeightPartials);
+  out.emplace_back("partials_budget", kPartialsBudget);
+  out.emplace_back("min_task_macs", kMinTaskMacs);
+  out.emplace_back("im2col.chunk_columns", kChunkColumns);
+  out.emplace_back("im2col.min_gemm_width", kMinGemmWidth);
+  out.emplace_back("im2col.max_batch_columns", kMaxBatchColumns);
+}
+
 void conv2d_im2col_forward(const Conv2dGeometry& g, const at::Tensor& input, const at::Tensor& weight_,
                            const at::Tensor& bias, at::Tensor& output) {
   const int64_t Co = g.out_channels_per_group(), K = g.col_rows_per_group(), L = g.output_plane();

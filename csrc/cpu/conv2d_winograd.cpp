@@ -116,6 +116,10 @@ Blocks blocks_for(const Problem& p, bool weight_grad = false) {
 // Tiles [0, T) cut into ranges for the threads' transforms of a whole block.
 constexpr int64_t kTransformGrain = 16;
 
+// The weight gradient's tasks split the output channels when there are
+// fewer partial sums than threads, into ranges of at least this many.
+constexpr int64_t kMinSplitChannels = 16;
+
 // A flat float buffer's first kPoints * rows * cols values as (xi, rows, cols).
 at::Tensor points_view(const at::Tensor& buffer, int64_t rows, int64_t cols) {
   return buffer.narrow(0, 0, kPoints * rows * cols).view({kPoints, rows, cols});
@@ -246,6 +250,33 @@ void kernel_gradient(const at::Tensor& dU, bool planes, at::Tensor& grad_weight)
 
 }  // namespace
 
+const char* conv2d_winograd_refusal(const Conv2dGeometry& g, Conv2dPass, at::ScalarType dtype) {
+  if (g.kernel_h != 3 || g.kernel_w != 3 || g.stride_h != 1 || g.stride_w != 1 || g.dilation_h != 1 ||
+      g.dilation_w != 1) {
+    return "winograd is for 3x3 kernels with stride 1 and no dilation";
+  }
+  if (dtype != at::kFloat) {
+    return "winograd runs in float32 only (float64 keeps the exact sum over the taps)";
+  }
+  if (g.groups != 1) {
+    return "winograd is for ungrouped layers";
+  }
+  if (g.pad_h > 2 || g.pad_w > 2) {
+    return "padding wider than the kernel's reach";
+  }
+  return nullptr;
+}
+
+void append_winograd_constants(RouteConstants& out) {
+  out.emplace_back("winograd.min_plane_tiles", kMinPlaneTiles);
+  out.emplace_back("winograd.block_values", kBlockValues);
+  out.emplace_back("winograd.min_block_tiles", kMinBlockTiles);
+  out.emplace_back("winograd.weight_block_values", kWeightBlockValues);
+  out.emplace_back("winograd.max_weight_block_tiles", kMaxWeightBlockTiles);
+  out.emplace_back("winograd.transform_grain", kTransformGrain);
+  out.emplace_back("winograd.min_split_channels", kMinSplitChannels);
+}
+
 void conv2d_winograd_forward(const Conv2dGeometry& g, const at::Tensor& input, const at::Tensor& weight,
                              const at::Tensor& bias, at::Tensor& output) {
   run_forward(forward_problem(g), input, weight, false, bias.defined() ? bias.const_data_ptr<float>() : nullptr,
@@ -291,7 +322,6 @@ void conv2d_winograd_backward_weight(const Conv2dGeometry& g, const at::Tensor& 
   const int64_t per_partial = kPoints * Ci * Co;
   const int64_t partials = std::max<int64_t>(
       1, std::min({blocks.count, kWeightPartials, kPartialsBudget / per_partial}));
-  constexpr int64_t kMinSplitChannels = 16;
   const int64_t splits = partials >= threads ? 1
                                              : std::max<int64_t>(1, std::min(ceil_div(threads, partials),
                                                                              Co / kMinSplitChannels));
