@@ -49,7 +49,7 @@ def test_each_kernel_set_matches_torch(kernels):
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
          str(TESTS / "test_conv2d.py"), str(TESTS / "test_cpu_kernels.py"),
-         str(TESTS / "test_algorithm_choice.py")],
+         str(TESTS / "test_algorithm_choice.py"), str(TESTS / "test_route_sweep.py")],
         env=env, cwd=TESTS.parent, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
