@@ -271,3 +271,36 @@ def test_tensorboard_writes_scalars_histograms_images_and_hparams(tmp_path):
     assert set(tags["images"]) == {"feature_maps/input", "filters/first_conv", "feature_maps/features.0",
                                    "feature_maps/features.3"}
     assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
+
+
+def test_a_raised_epoch_total_recomputes_the_schedule_from_where_the_run_stopped():
+    def optimizer():
+        return torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1.0)
+
+    def run(schedule, epochs, state=None, steps=None):
+        """The rates of epochs after `state` (a scheduler's state_dict) of a run of `epochs`; returns them
+        and the state after `steps` more epochs."""
+        opt = optimizer()
+        scheduler = models.make_scheduler(options(schedule=schedule, epochs=epochs), opt)
+        if state is not None:
+            scheduler.load_state_dict(state)
+        rates = []
+        for _ in range(steps if steps is not None else epochs - scheduler.last_epoch):
+            rates.append(opt.param_groups[0]["lr"])
+            opt.step()
+            scheduler.step()
+        return rates, scheduler.state_dict()
+
+    for schedule in ("cosine", "step", "constant"):
+        # The same total: bit for bit the rates of an uninterrupted run.
+        whole, _ = run(schedule, 8)
+        first, state = run(schedule, 8, steps=3)
+        assert first + run(schedule, 8, state)[0] == whole, schedule
+    # A finished 4-epoch run extended to 8: each added epoch at the rate an 8-epoch run has there.
+    for schedule in ("cosine", "step"):
+        _, finished = run(schedule, 4)
+        extended, _ = run(schedule, 8, finished)
+        assert extended == run(schedule, 8)[0][4:], schedule
+    assert run("cosine", 8, run("cosine", 4)[1])[0] == pytest.approx(
+        [0.5 * (1 + math.cos(math.pi * e / 8)) for e in (4, 5, 6, 7)])
+    assert run("constant", 8, run("constant", 4)[1])[0] == [1.0] * 4
