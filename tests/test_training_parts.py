@@ -304,3 +304,11 @@ def test_a_raised_epoch_total_recomputes_the_schedule_from_where_the_run_stopped
     assert run("cosine", 8, run("cosine", 4)[1])[0] == pytest.approx(
         [0.5 * (1 + math.cos(math.pi * e / 8)) for e in (4, 5, 6, 7)])
     assert run("constant", 8, run("constant", 4)[1])[0] == [1.0] * 4
+
+
+def test_a_resumed_runs_event_file_sorts_after_the_ones_it_continues(tmp_path):
+    # TensorBoard reads event files in name order; within one second names sort by process id and a counter.
+    tensorboard.open_writer(tmp_path).close()
+    tensorboard.open_writer(tmp_path, resumed_after=1).close()
+    first, resumed = sorted(p.name for p in tmp_path.iterdir())
+    assert int(resumed.split(".")[3]) > int(first.split(".")[3])

@@ -6,6 +6,9 @@ hyper-parameters with the final metrics.
 torch.utils.tensorboard is imported only where it is used, so processes that
 write no events never load it.
 """
+import time
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
@@ -16,12 +19,30 @@ SCALARS = (("loss/train", "train_loss"), ("loss/test", "test_loss"), ("accuracy/
            ("throughput/train_images_per_s", "images_per_s"), ("time/epoch_s", "epoch_time_s"))
 
 
-def open_writer(run_dir, resumed_after=None):
-    """A SummaryWriter for `run_dir`; `resumed_after`: the epoch a resumed run continues from."""
+def open_writer(run_dir, resumed_after=None, **options):
+    """A SummaryWriter for `run_dir`; `resumed_after`: the step (epoch) a resumed run continues from."""
     from torch.utils.tensorboard import SummaryWriter
 
+    if resumed_after is not None:
+        _wait_for_a_later_second(run_dir)
     # purge_step drops events a crashed run wrote after its last checkpoint.
-    return SummaryWriter(str(run_dir), purge_step=None if resumed_after is None else resumed_after + 1)
+    return SummaryWriter(str(run_dir), purge_step=None if resumed_after is None else resumed_after + 1, **options)
+
+
+def _wait_for_a_later_second(directory):
+    """Waits (a second at most) until the clock is past the second the newest event file in `directory`
+    was opened in.
+
+    TensorBoard reads a run's event files in name order, as the order they were
+    written in. The names start with that second, then host, process id and a
+    counter, which within one second sort as text, not in time (".10" before
+    ".9"): a resumed run's file, opened in the same second, could be read
+    before the events it continues.
+    """
+    seconds = [int(p.name.split(".")[3]) for p in Path(directory).glob("events.out.tfevents.*")
+               if p.name.split(".")[3].isdigit()]
+    if seconds:
+        time.sleep(max(0.0, max(seconds) + 1 - time.time()))
 
 
 def conv_layers(model):
