@@ -4,6 +4,7 @@
     python train.py                                   # LeNet-5 on MNIST, our layers
     python train.py --model resnet20 --dataset cifar10 --epochs 160 --lr 0.1 --batch-size 128 --schedule step
     python train.py --resume runs/lenet5-mnist-custom-20261125-101500
+    python train.py --resume runs/lenet5-mnist-custom-20261125-101500 --epochs 20   # 10 more epochs
     torchrun --nproc_per_node=2 train.py --epochs 2    # DistributedDataParallel
     tensorboard --logdir runs
 
@@ -38,14 +39,19 @@ def build_parser():
                         "shifts and flips; MNIST: small shifts and rotations)")
     g.add_argument("--backend", choices=BACKENDS, help="whose conv2d / max_pool2d: custom_conv's (default) or torch's")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, help=f"default {d['epochs']}")
+    g.add_argument("--epochs", type=int,
+                   help=f"default {d['epochs']}; with --resume it may be raised, to train a run (finished or "
+                        "not) for more epochs")
     g.add_argument("--batch-size", type=int, help=f"per process (default {d['batch_size']})")
     g.add_argument("--lr", type=float, help=f"peak learning rate (default {d['lr']})")
     g.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), help=f"default {d['optimizer']}")
     g.add_argument("--momentum", type=float, help=f"SGD momentum (default {d['momentum']})")
     g.add_argument("--weight-decay", type=float, help=f"default {d['weight_decay']}")
     g.add_argument("--schedule", choices=("cosine", "step", "constant"),
-                   help="learning rate per epoch: cosine to 0 (default), step (x0.1 at 50%% and 75%%), constant")
+                   help="learning rate per epoch: cosine to 0 (default), step (x0.1 at 50%% and 75%%), constant. "
+                        "When --resume raises --epochs, cosine and step are recomputed over the new total (the "
+                        "rate goes back up to where a run of that length would be, then falls to the new end), "
+                        "so only constant gives the weights of a run that asked for the new total from the start")
     g.add_argument("--seed", type=int, help=f"default {d['seed']}")
     g.add_argument("--amp", action="store_true",
                    help="autocast: float16 with gradient scaling on GPUs, bfloat16 on CPUs; convolutions "
@@ -56,9 +62,15 @@ def build_parser():
     g.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     g.add_argument("--workers", type=int, help=f"DataLoader worker processes (default {d['workers']})")
     g.add_argument("--logdir", help="the run directory (default runs/MODEL-DATASET-BACKEND-TIME)")
-    g.add_argument("--resume", metavar="RUN_DIR_OR_CHECKPOINT", help="continue a run from its last checkpoint")
-    g.add_argument("--eval-only", action="store_true", help="evaluate the --resume checkpoint and exit")
-    g.add_argument("--limit-batches", type=int, metavar="N", help="at most N batches per epoch and per test (smoke runs)")
+    g.add_argument("--resume", metavar="RUN_DIR_OR_CHECKPOINT",
+                   help="continue a run from its last checkpoint, with its hyper-parameters, --data-dir, "
+                        "--target-acc and run directory unless given")
+    g.add_argument("--eval-only", action="store_true",
+                   help="evaluate the --resume checkpoint on the whole test set (or --limit-batches N of it), "
+                        "write eval.json and exit")
+    g.add_argument("--limit-batches", type=int, metavar="N",
+                   help="at most N batches per epoch and per test (smoke runs; a resumed run keeps it, "
+                        "--eval-only does not)")
     g.add_argument("--stop-after", type=int, metavar="K",
                    help="stop after epoch K as if interrupted; --resume continues the run")
     g.add_argument("--target-acc", type=float, metavar="PERCENT",

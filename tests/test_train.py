@@ -1,5 +1,6 @@
 """train.py end to end on tiny MNIST files (the real idx format) in tmp_path."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -97,6 +98,65 @@ def test_tensorboard_events_read_back(cli_run):
     assert "_hparams_/experiment" in hparams and "_hparams_/session_start_info" in hparams
     assert b"lenet5" in hparams["_hparams_/session_start_info"]
     assert [e.value for e in events.Scalars("hparam/test_acc")] == [pytest.approx(metrics["test_acc"])]
+
+
+def test_resume_keeps_the_runs_data_directory(tmp_path, monkeypatch):
+    write_mnist(tmp_path / "first" / "data", n_train=32, n_test=16, folder="FashionMNIST")
+    monkeypatch.chdir(tmp_path / "first")
+    train.main(["--dataset", "fashion-mnist", "--data-dir", "data", "--epochs", "2", "--stop-after", "1",
+                "--logdir", str(tmp_path / "run")] + TINY)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # where ./data has nothing
+    resumed = train.main(["--resume", str(tmp_path / "run"), "--no-download", "--threads", "1"])
+    assert resumed["finished"]
+    where = tmp_path / "first" / "data" / "FashionMNIST" / "raw"
+    assert resumed["config"]["dataset_source"] == f"FashionMNIST from {where}"
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_extending_a_finished_constant_run_gives_the_weights_of_asking_for_the_total_at_once(data_dir, tmp_path):
+    common = ["--data-dir", str(data_dir), "--limit-batches", "3", "--schedule", "constant"] + TINY
+    whole = train.main(common + ["--epochs", "3", "--logdir", str(tmp_path / "whole")])
+    short = train.main(common + ["--epochs", "2", "--logdir", str(tmp_path / "extended")])
+    assert short["finished"] and short["epochs_done"] == 2
+    extended = train.main(["--resume", str(tmp_path / "extended"), "--epochs", "3", "--threads", "1"])
+    assert extended["finished"] and [r["epoch"] for r in extended["history"]] == [1, 2, 3]
+    assert extended["config"]["epochs"] == 3
+    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "extended" / "checkpoint.pt", weights_only=False)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for field in ("train_loss", "test_loss", "test_acc", "lr"):
+        assert [r[field] for r in whole["history"]] == [r[field] for r in extended["history"]], field
+
+
+def test_extending_a_finished_cosine_run_recomputes_the_schedule_over_the_new_total(data_dir, tmp_path, capsys):
+    common = ["--data-dir", str(data_dir), "--limit-batches", "1", "--lr", "0.05"] + TINY
+    train.main(common + ["--epochs", "2", "--logdir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="may only be raised"):
+        train.main(["--resume", str(tmp_path), "--epochs", "1"])
+    capsys.readouterr()
+    extended = train.main(["--resume", str(tmp_path), "--epochs", "3", "--threads", "1"])
+    assert "the cosine schedule is recomputed over 3 epochs; epoch 3 trains at lr 0.0125" in capsys.readouterr().out
+    # Epochs 1-2 followed the 2-epoch cosine (0.05, then half); epoch 3 is where a 3-epoch cosine is at 2/3.
+    assert [r["lr"] for r in extended["history"]] == pytest.approx(
+        [0.05, 0.025, 0.05 * 0.5 * (1 + math.cos(2 * math.pi / 3))])
+    again = train.main(["--resume", str(tmp_path), "--threads", "1"])
+    assert again["epochs_done"] == 3 and "has finished its 3 epochs already" in capsys.readouterr().out
+
+
+def test_eval_only_tests_the_whole_test_set_unless_limited(tmp_path):
+    # More test images than one test batch (256), so that --limit-batches 1 leaves some out.
+    write_mnist(tmp_path / "data", n_train=32, n_test=300)
+    metrics = train.main(["--data-dir", str(tmp_path / "data"), "--epochs", "1", "--limit-batches", "1",
+                          "--logdir", str(tmp_path / "run")] + TINY)
+    assert metrics["history"][0]["test_images"] == 256
+    whole = train.main(["--resume", str(tmp_path / "run"), "--eval-only", "--threads", "1"])
+    assert whole["test_images"] == 300
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["test_images"] == 300
+    limited = train.main(["--resume", str(tmp_path / "run"), "--eval-only", "--limit-batches", "1", "--threads", "1"])
+    assert limited["test_images"] == 256
+
 
 
 def test_resume_ends_with_bitwise_the_same_weights(data_dir, tmp_path):

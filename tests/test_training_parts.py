@@ -171,15 +171,38 @@ def test_checkpoint_round_trip_restores_training_and_random_state(tmp_path, alon
     assert all(torch.equal(a, optimizer.state[p]["momentum_buffer"]) for a, p in zip(buffers, model.parameters()))
 
 
-def test_resume_adopts_the_checkpoints_hyperparameters(tmp_path):
-    saved = config.hparams(options(lr=0.2, epochs=3, seed=5))
+def test_resume_adopts_the_checkpoints_hyperparameters_and_settings(tmp_path):
+    saved = config.hparams(options(lr=0.2, epochs=3, seed=5, limit_batches=2))
+    saved |= config.settings(options(data_dir=str(tmp_path / "data"), target_acc=97.5))
     checkpoints.atomic_save({"args": saved}, tmp_path / checkpoints.CHECKPOINT)
     args, given = train.parse_args(["--resume", str(tmp_path), "--workers", "2"])
     checkpoints.resolve_resume(args, given)
-    assert config.hparams(args) == saved and args.logdir == str(tmp_path) and args.workers == 2
-    args, given = train.parse_args(["--resume", str(tmp_path), "--epochs", "4"])
-    with pytest.raises(SystemExit, match=r"--epochs 4 \(checkpoint: 3\)"):
+    assert config.hparams(args) == config.hparams(SimpleNamespace(**saved))
+    assert (args.data_dir, args.target_acc) == (str(tmp_path / "data"), 97.5)
+    assert args.logdir == str(tmp_path) and args.workers == 2
+    # Settings given again win; hyper-parameters given again are refused, except a larger --epochs.
+    args, given = train.parse_args(["--resume", str(tmp_path), "--data-dir", "elsewhere", "--epochs", "5"])
+    checkpoints.resolve_resume(args, given)
+    assert (args.data_dir, args.epochs, args.lr) == ("elsewhere", 5, 0.2)
+    args, given = train.parse_args(["--resume", str(tmp_path), "--epochs", "2"])
+    with pytest.raises(SystemExit, match=r"may only be raised.*--epochs 2 \(checkpoint: 3\)"):
         checkpoints.resolve_resume(args, given)
+    args, given = train.parse_args(["--resume", str(tmp_path), "--seed", "6", "--epochs", "5"])
+    with pytest.raises(SystemExit, match=r"hyper-parameters; remove --seed 6 \(checkpoint: 5\)$"):
+        checkpoints.resolve_resume(args, given)
+
+
+def test_eval_only_does_not_adopt_the_runs_batch_limit(tmp_path):
+    checkpoints.atomic_save({"args": config.hparams(options(limit_batches=2))}, tmp_path / checkpoints.CHECKPOINT)
+    args, given = train.parse_args(["--resume", str(tmp_path), "--eval-only"])
+    checkpoints.resolve_resume(args, given)
+    assert args.limit_batches is None
+    args, given = train.parse_args(["--resume", str(tmp_path), "--eval-only", "--limit-batches", "5"])
+    checkpoints.resolve_resume(args, given)
+    assert args.limit_batches == 5
+    args, given = train.parse_args(["--resume", str(tmp_path)])
+    checkpoints.resolve_resume(args, given)
+    assert args.limit_batches == 2  # training on keeps it: it decides the weights
 
 
 def test_metrics_rows_lines_and_summary():
@@ -304,6 +327,15 @@ def test_a_raised_epoch_total_recomputes_the_schedule_from_where_the_run_stopped
     assert run("cosine", 8, run("cosine", 4)[1])[0] == pytest.approx(
         [0.5 * (1 + math.cos(math.pi * e / 8)) for e in (4, 5, 6, 7)])
     assert run("constant", 8, run("constant", 4)[1])[0] == [1.0] * 4
+
+
+def test_messages_count_epochs_in_the_singular_and_the_plural():
+    train_result = {"loss": 0.5, "acc": 0.75, "images": 64, "time_s": 2.0, "images_per_s": 32.0}
+    rows = [metrics.epoch_row(1, train_result, {"loss": 0.25, "acc": 0.5, "images": 8}, 0.1)]
+    final = metrics.final_metrics(rows, 0.5, 1, {})
+    assert "after 1 epoch (" in metrics.done_line(final, 1, Path("run"))
+    assert "after 2 epochs (" in metrics.done_line(final, 2, Path("run"))
+    assert (metrics.plural(1, "epoch"), metrics.plural(0, "epoch")) == ("1 epoch", "0 epochs")
 
 
 def test_a_resumed_runs_event_file_sorts_after_the_ones_it_continues(tmp_path):

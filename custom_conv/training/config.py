@@ -22,9 +22,21 @@ HPARAMS = ("model", "dataset", "epochs", "batch_size", "lr", "optimizer", "momen
            "schedule", "augment", "backend", "amp", "seed", "limit_batches")
 
 
+# Not hyper-parameters, but a resumed run keeps them too unless they are given
+# again: where its data is (else a resume from another directory would look
+# in ./data, and download there) and the accuracy it reports reaching.
+SETTINGS = ("data_dir", "target_acc")
+
+
 def hparams(args):
     """The HPARAMS of `args` as a dict, in HPARAMS order."""
     return {k: getattr(args, k) for k in HPARAMS}
+
+
+def settings(args):
+    """The SETTINGS of `args` as a checkpoint keeps them: the data directory made absolute, so that a
+    resume from another working directory finds it."""
+    return {"data_dir": str(Path(args.data_dir).resolve()), "target_acc": args.target_acc}
 
 
 def default_logdir(args):

@@ -3,6 +3,11 @@
 import json
 
 
+def plural(n, word):
+    """"1 epoch", "2 epochs"."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def header_line(args, n_params, info, device, ddp, run_dir):
     return (f"{args.model} ({n_params:,} parameters, {args.backend} conv/max-pool) on {info['source']}; "
             f"{device}{f' x {ddp.world_size} processes' if ddp.enabled else ''}; run directory {run_dir}")
@@ -60,7 +65,7 @@ def done_line(final, epochs, run_dir):
     target = final["config"].get("target_test_acc")
     reached = ("" if target is None else f", {100 * target:g}% after {final['time_to_target_s']:.0f} s"
                if final["time_to_target_s"] is not None else f", {100 * target:g}% not reached")
-    return (f"done: test accuracy {100 * final['test_acc']:.2f}% after {epochs} epochs "
+    return (f"done: test accuracy {100 * final['test_acc']:.2f}% after {plural(epochs, 'epoch')} "
             f"({final['total_train_time_s']:.0f} s training{reached}); {run_dir / 'metrics.json'}")
 
 

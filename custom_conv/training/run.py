@@ -12,12 +12,12 @@ import torch
 
 from .checkpoints import (BEST, CHECKPOINT, atomic_save, checkpoint_state, resolve_resume, restore, rng_state,
                           seed_everything, write_json)
-from .config import default_logdir, hparams, run_config
+from .config import default_logdir, hparams, run_config, settings
 from .distributed import Dist, pick_device
 from .loaders import load_data, make_loaders
 from .loop import evaluate, train_epoch
 from .metrics import (done_line, epoch_line, epoch_row, eval_line, eval_results, final_metrics, header_line,
-                      read_metrics)
+                      plural, read_metrics)
 from .models import build_model, check_input_size, count_parameters, make_optimizer, make_scaler, make_scheduler
 from .tensorboard import log_epoch, log_hparams, log_input, open_writer
 
@@ -97,12 +97,13 @@ class Trainer:
         if ckpt is not None:
             self.start_epoch, self.history, self.best_acc = restore(
                 ckpt, self.optimizer, self.scheduler, self.scaler, self.generator, self.ddp, self.log)
-            self.log(f"resuming after epoch {self.start_epoch} of {self.args.epochs}")
+            if self.start_epoch >= self.args.epochs:
+                self.log(f"the run has finished its {plural(self.args.epochs, 'epoch')} already; nothing to do "
+                         "(a larger --epochs extends it)")
+                return read_metrics(self.run_dir)
+            self.log(self.resume_line(ckpt["args"]["epochs"]))
         if self.ddp.main:
             self.open_tensorboard(probe, resumed=ckpt is not None)
-        if self.start_epoch >= self.args.epochs:
-            self.log(f"the run finished all {self.args.epochs} epochs already; nothing to do")
-            return read_metrics(self.run_dir)
         final = None
         for epoch in range(self.start_epoch + 1, self.args.epochs + 1):
             final = self.epoch(epoch)
@@ -114,6 +115,16 @@ class Trainer:
         if final is not None and final["finished"]:
             self.log(done_line(final, self.args.epochs, self.run_dir))
         return final
+
+    def resume_line(self, saved_epochs):
+        done, epochs = self.start_epoch, self.args.epochs
+        if epochs == saved_epochs:
+            return f"resuming after epoch {done} of {epochs}"
+        # What the schedule does with the raised total (EpochSchedule): say it, with the rate it gives next.
+        how = ("the learning rate stays" if self.args.schedule == "constant" else
+               f"the {self.args.schedule} schedule is recomputed over {epochs} epochs")
+        return (f"extending the run from {plural(saved_epochs, 'epoch')} to {epochs} after epoch {done}: {how}; "
+                f"epoch {done + 1} trains at lr {self.optimizer.param_groups[0]['lr']:.4g}")
 
     def open_tensorboard(self, probe, resumed):
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -146,8 +157,8 @@ class Trainer:
         """Rank 0's part of an epoch: TensorBoard, checkpoint.pt (best.pt too when best) and metrics.json."""
         log_epoch(self.writer, self.model, epoch, row, self.probe)
         state = checkpoint_state(self.model, self.optimizer, self.scheduler, self.scaler, epoch=epoch,
-                                 args=self.config | hparams(self.args), history=self.history,
-                                 best_test_acc=self.best_acc, rng=rng)
+                                 args=self.config | hparams(self.args) | settings(self.args),
+                                 history=self.history, best_test_acc=self.best_acc, rng=rng)
         atomic_save(state, self.run_dir / CHECKPOINT)
         if row["test_acc"] >= self.best_acc:
             atomic_save(state, self.run_dir / BEST)
