@@ -100,6 +100,19 @@ def test_tensorboard_events_read_back(cli_run):
     assert [e.value for e in events.Scalars("hparam/test_acc")] == [pytest.approx(metrics["test_acc"])]
 
 
+def test_metrics_json_keeps_the_final_models_per_class_accuracy_and_confusion_matrix(cli_run):
+    run_dir, _ = cli_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    matrix = metrics["test_confusion_matrix"]
+    counts, classes = matrix["counts"], matrix["classes"]
+    assert classes == list(metrics["test_acc_per_class"]) and len(classes) == 10 and classes[0] == "0 - zero"
+    assert sum(map(sum, counts)) == metrics["history"][-1]["test_images"] == 40
+    assert sum(counts[i][i] for i in range(10)) / 40 == pytest.approx(metrics["test_acc"])
+    for i, name in enumerate(classes):
+        if sum(counts[i]):
+            assert metrics["test_acc_per_class"][name] == pytest.approx(counts[i][i] / sum(counts[i]))
+
+
 def test_resume_keeps_the_runs_data_directory(tmp_path, monkeypatch):
     write_mnist(tmp_path / "first" / "data", n_train=32, n_test=16, folder="FashionMNIST")
     monkeypatch.chdir(tmp_path / "first")
@@ -152,7 +165,7 @@ def test_eval_only_tests_the_whole_test_set_unless_limited(tmp_path):
                           "--logdir", str(tmp_path / "run")] + TINY)
     assert metrics["history"][0]["test_images"] == 256
     whole = train.main(["--resume", str(tmp_path / "run"), "--eval-only", "--threads", "1"])
-    assert whole["test_images"] == 300
+    assert whole["test_images"] == 300 and sum(map(sum, whole["test_confusion_matrix"]["counts"])) == 300
     assert json.loads((tmp_path / "run" / "eval.json").read_text())["test_images"] == 300
     limited = train.main(["--resume", str(tmp_path / "run"), "--eval-only", "--limit-batches", "1", "--threads", "1"])
     assert limited["test_images"] == 256

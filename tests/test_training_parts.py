@@ -133,9 +133,14 @@ def test_evaluate_on_known_logits(alone):
     result = loop.evaluate(torch.nn.Identity(), data, cpu, args, alone)
     expected = sum(math.log1p(math.exp(d)) for d in (-2, -1, 3, 5, -1)) / 5
     assert result["acc"] == 3 / 5 and result["images"] == 5 and result["loss"] == pytest.approx(expected)
+    # Rows: true class; columns: predicted. Class 0: right, wrong, right; class 1: right, wrong.
+    assert result["confusion"] == [[2, 1], [1, 1]]
+    one_way = DataLoader(TensorDataset(torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1, 1])))
+    assert loop.evaluate(torch.nn.Identity(), one_way, cpu, args, alone)["confusion"] == [[1, 0], [1, 1]]
     args.limit_batches = 1  # the first two rows
     assert loop.evaluate(torch.nn.Identity(), data, cpu, args, alone) == {
-        "loss": pytest.approx((math.log1p(math.exp(-2)) + math.log1p(math.exp(-1))) / 2), "acc": 1.0, "images": 2}
+        "loss": pytest.approx((math.log1p(math.exp(-2)) + math.log1p(math.exp(-1))) / 2), "acc": 1.0, "images": 2,
+        "confusion": [[1, 0], [0, 1]]}
 
 
 def test_checkpoint_round_trip_restores_training_and_random_state(tmp_path, alone):
@@ -344,3 +349,15 @@ def test_a_resumed_runs_event_file_sorts_after_the_ones_it_continues(tmp_path):
     tensorboard.open_writer(tmp_path, resumed_after=1).close()
     first, resumed = sorted(p.name for p in tmp_path.iterdir())
     assert int(resumed.split(".")[3]) > int(first.split(".")[3])
+
+
+def test_per_class_accuracy_and_confusion_matrix_in_metrics_json():
+    confusion = [[3, 1, 0], [0, 0, 0], [1, 1, 2]]
+    assert metrics.per_class_accuracy(confusion) == [0.75, None, 0.5]  # None: no test image of the class
+    results = metrics.class_results(confusion, ["a", "b", "c"])
+    assert results["test_acc_per_class"] == {"a": 0.75, "b": None, "c": 0.5}
+    assert results["test_confusion_matrix"]["counts"] == confusion
+    train_result = {"loss": 0.5, "acc": 0.75, "images": 64, "time_s": 2.0, "images_per_s": 32.0}
+    rows = [metrics.epoch_row(1, train_result, {"loss": 0.25, "acc": 5 / 8, "images": 8}, 0.1)]
+    final = metrics.final_metrics(rows, 5 / 8, 1, {}, confusion, ["a", "b", "c"])
+    assert list(final)[-4:] == ["test_acc_per_class", "test_confusion_matrix", "config", "history"]

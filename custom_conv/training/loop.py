@@ -55,18 +55,33 @@ def train_epoch(model, loader, optimizer, scaler, device, args, ddp, epoch):
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, args, ddp):
-    """Mean loss and accuracy over at most args.limit_batches batches of `loader`."""
+def evaluate(model, loader, device, args, ddp, num_classes=None):
+    """Loss, accuracy and confusion matrix over at most args.limit_batches batches of `loader`.
+
+    "confusion"[i][j] counts the images of class i predicted as j; it has `num_classes` rows (default: as
+    many as the model has outputs; give it under torchrun, where a process may have no test batch).
+    """
     model.eval()
-    loss_sum, correct, seen = 0.0, 0, 0
+    total = min(len(loader), args.limit_batches or len(loader))
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    counts = None if num_classes is None else torch.zeros(num_classes ** 2, dtype=torch.int64, device=device)
+    seen = 0
     for step, (x, y) in enumerate(loader):
-        if args.limit_batches and step >= args.limit_batches:
+        if step >= total:
             break
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast(device, args.amp):
             logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
+        if counts is None:
+            num_classes = logits.shape[1]
+            counts = torch.zeros(num_classes ** 2, dtype=torch.int64, device=device)
+        counts += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes ** 2)
         seen += len(y)
-    loss_sum, correct, seen = ddp.sum(loss_sum, correct, seen, device=device)
-    return {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1), "images": int(seen)}
+    if counts is None:  # no batch, and no num_classes to say how many
+        num_classes, counts = 0, torch.zeros(0, dtype=torch.int64, device=device)
+    loss_sum, seen = ddp.sum(loss_sum.item(), seen, device=device)
+    confusion = ddp.sum_tensor(counts).view(num_classes, num_classes).tolist()
+    correct = sum(confusion[i][i] for i in range(num_classes))
+    return {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1), "images": int(seen),
+            "confusion": confusion}

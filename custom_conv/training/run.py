@@ -64,13 +64,13 @@ def run(args, ddp, device, ckpt, log):
     if args.eval_only:
         return evaluate_checkpoint(model, loaders.test, ckpt, info, run_dir, args, ddp, device, log)
     config = run_config(args, info, train_set, test_set, n_params, ddp.world_size, device)
-    trainer = Trainer(model, loaders, generator, run_dir, config, args, ddp, device, log)
+    trainer = Trainer(model, loaders, generator, run_dir, config, info["classes"], args, ddp, device, log)
     return trainer.fit(ckpt, probe=test_set[0][0] if ddp.main else None)
 
 
 def evaluate_checkpoint(model, test_loader, ckpt, info, run_dir, args, ddp, device, log):
     """--eval-only: the test loss and accuracy of the weights in `ckpt`, also written to eval.json."""
-    result = evaluate(model, test_loader, device, args, ddp)
+    result = evaluate(model, test_loader, device, args, ddp, num_classes=info["num_classes"])
     log(eval_line(ckpt, result))
     out = eval_results(ckpt, result, info, device)
     if ddp.main:
@@ -82,9 +82,9 @@ def evaluate_checkpoint(model, test_loader, ckpt, info, run_dir, args, ddp, devi
 class Trainer:
     """The epochs of a run: training, testing, reporting and a checkpoint after each."""
 
-    def __init__(self, model, loaders, generator, run_dir, config, args, ddp, device, log):
+    def __init__(self, model, loaders, generator, run_dir, config, classes, args, ddp, device, log):
         self.model, self.loaders, self.generator, self.run_dir = model, loaders, generator, run_dir
-        self.config, self.args, self.ddp, self.device, self.log = config, args, ddp, device, log
+        self.config, self.classes, self.args, self.ddp, self.device, self.log = config, classes, args, ddp, device, log
         self.ddp_model = ddp.wrap(model, device)
         self.optimizer = make_optimizer(args, model.parameters())
         self.scheduler = make_scheduler(args, self.optimizer)
@@ -140,12 +140,13 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         train = train_epoch(self.ddp_model, self.loaders.train, self.optimizer, self.scaler, self.device,
                             self.args, self.ddp, epoch)
-        test = evaluate(self.model, self.loaders.test, self.device, self.args, self.ddp)
+        test = evaluate(self.model, self.loaders.test, self.device, self.args, self.ddp, num_classes=len(self.classes))
         self.scheduler.step()
         self.best_acc = max(self.best_acc, test["acc"])
         row = epoch_row(epoch, train, test, lr)
         self.history.append(row)
-        final = final_metrics(self.history, self.best_acc, self.args.epochs, self.config)
+        final = final_metrics(self.history, self.best_acc, self.args.epochs, self.config, test["confusion"],
+                              self.classes)
         self.log(epoch_line(row, self.args.epochs, final))
         # Every process's RNG, so that each continues where it stopped.
         rng = self.ddp.gather(rng_state(self.generator))
