@@ -9,7 +9,8 @@
     tensorboard --logdir runs
 
 Each run directory holds checkpoint.pt (the latest epoch), best.pt, metrics.json
-and the TensorBoard events. See README.md, section "Training".
+and the TensorBoard events (with the per-step scalars in its steps/ directory).
+See README.md, section "Training".
 """
 import argparse
 
@@ -20,6 +21,17 @@ from custom_conv.training.config import DEFAULTS
 
 # This file is the command line; custom_conv/training/ does the work (its
 # __init__.py lists the modules).
+
+
+def at_least_zero(cast):
+    """An argparse type: `cast` of the text, refused when negative."""
+    def parse(text):
+        value = cast(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+        return value
+    parse.__name__ = cast.__name__  # what argparse names in "invalid int value"
+    return parse
 
 
 def build_parser():
@@ -64,7 +76,7 @@ def build_parser():
     g.add_argument("--logdir", help="the run directory (default runs/MODEL-DATASET-BACKEND-TIME)")
     g.add_argument("--resume", metavar="RUN_DIR_OR_CHECKPOINT",
                    help="continue a run from its last checkpoint, with its hyper-parameters, --data-dir, "
-                        "--target-acc and run directory unless given")
+                        "--target-acc, --log-every and run directory unless given")
     g.add_argument("--eval-only", action="store_true",
                    help="evaluate the --resume checkpoint on the whole test set (or --limit-batches N of it), "
                         "write eval.json and exit")
@@ -76,6 +88,10 @@ def build_parser():
     g.add_argument("--target-acc", type=float, metavar="PERCENT",
                    help="report the training time until the test accuracy first reaches PERCENT (default: "
                         + ", ".join(f"{name} {100 * spec.target_acc:g}" for name, spec in DATASETS.items()) + ")")
+    g = p.add_argument_group("monitoring")
+    g.add_argument("--log-every", type=at_least_zero(int), metavar="N",
+                   help=f"TensorBoard: the training loss and learning rate every N optimizer steps, in the "
+                        f"run's steps/ directory (default {d['log_every']}; 0: none)")
     return p
 
 

@@ -36,10 +36,10 @@ def run_cli(args, cwd, timeout=180, launcher=None):
 
 @pytest.fixture(scope="module")
 def cli_run(data_dir, tmp_path_factory):
-    """`python train.py` as a user runs it: two short epochs."""
+    """`python train.py` as a user runs it: two short epochs (of 3 steps; step scalars every 2)."""
     run_dir = tmp_path_factory.mktemp("runs") / "smoke"
     result = run_cli(["--data-dir", str(data_dir), "--logdir", str(run_dir), "--epochs", "2",
-                      "--limit-batches", "3"] + TINY, cwd=run_dir.parent)
+                      "--limit-batches", "3", "--log-every", "2"] + TINY, cwd=run_dir.parent)
     assert result.returncode == 0, result.stderr
     return run_dir, result
 
@@ -100,6 +100,31 @@ def test_tensorboard_events_read_back(cli_run):
     assert [e.value for e in events.Scalars("hparam/test_acc")] == [pytest.approx(metrics["test_acc"])]
 
 
+def test_tensorboard_has_the_graph_step_scalars_and_the_tests_classes(cli_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, result = cli_run
+    assert "TracerWarning" not in result.stderr and "graph" not in result.stdout  # traced quietly
+    events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    assert "custom_conv::conv2d_forward" in {node.op for node in events.Graph().node}
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    per_class = metrics["test_acc_per_class"]
+    tags = events.Tags()
+    assert [e.step for e in events.Images("confusion_matrix/test")] == [1, 2]
+    for name, acc in per_class.items():
+        if acc is not None:
+            assert events.Scalars(f"accuracy_per_class/{name}")[-1].value == pytest.approx(acc), name
+    assert {t for t in tags["scalars"] if t.startswith("accuracy_per_class/")} == {
+        f"accuracy_per_class/{name}" for name, acc in per_class.items() if acc is not None}
+    # 3 steps an epoch, scalars every 2 steps of the run: steps 2, 4 and 6, in their own run directory.
+    steps = EventAccumulator(str(run_dir / "steps"))
+    steps.Reload()
+    assert [e.step for e in steps.Scalars("train_step/loss")] == [2, 4, 6]
+    lrs = [row["lr"] for row in metrics["history"]]
+    assert [e.value for e in steps.Scalars("train_step/learning_rate")] == pytest.approx([lrs[0], lrs[1], lrs[1]])
+
+
 def test_metrics_json_keeps_the_final_models_per_class_accuracy_and_confusion_matrix(cli_run):
     run_dir, _ = cli_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -128,7 +153,9 @@ def test_resume_keeps_the_runs_data_directory(tmp_path, monkeypatch):
 
 
 def test_extending_a_finished_constant_run_gives_the_weights_of_asking_for_the_total_at_once(data_dir, tmp_path):
-    common = ["--data-dir", str(data_dir), "--limit-batches", "3", "--schedule", "constant"] + TINY
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    common = ["--data-dir", str(data_dir), "--limit-batches", "3", "--schedule", "constant", "--log-every", "1"] + TINY
     whole = train.main(common + ["--epochs", "3", "--logdir", str(tmp_path / "whole")])
     short = train.main(common + ["--epochs", "2", "--logdir", str(tmp_path / "extended")])
     assert short["finished"] and short["epochs_done"] == 2
@@ -141,6 +168,13 @@ def test_extending_a_finished_constant_run_gives_the_weights_of_asking_for_the_t
         assert torch.equal(a["model"][key], b["model"][key]), key
     for field in ("train_loss", "test_loss", "test_acc", "lr"):
         assert [r[field] for r in whole["history"]] == [r[field] for r in extended["history"]], field
+    # The per-step scalars go on where the finished run stopped, each step once.
+    steps = {}
+    for name in ("whole", "extended"):
+        events = EventAccumulator(str(tmp_path / name / "steps"))
+        events.Reload()
+        steps[name] = [(e.step, e.value) for e in events.Scalars("train_step/loss")]
+    assert [s for s, _ in steps["extended"]] == list(range(1, 10)) and steps["extended"] == steps["whole"]
 
 
 def test_extending_a_finished_cosine_run_recomputes_the_schedule_over_the_new_total(data_dir, tmp_path, capsys):

@@ -178,12 +178,12 @@ def test_checkpoint_round_trip_restores_training_and_random_state(tmp_path, alon
 
 def test_resume_adopts_the_checkpoints_hyperparameters_and_settings(tmp_path):
     saved = config.hparams(options(lr=0.2, epochs=3, seed=5, limit_batches=2))
-    saved |= config.settings(options(data_dir=str(tmp_path / "data"), target_acc=97.5))
+    saved |= config.settings(options(data_dir=str(tmp_path / "data"), target_acc=97.5, log_every=7))
     checkpoints.atomic_save({"args": saved}, tmp_path / checkpoints.CHECKPOINT)
     args, given = train.parse_args(["--resume", str(tmp_path), "--workers", "2"])
     checkpoints.resolve_resume(args, given)
     assert config.hparams(args) == config.hparams(SimpleNamespace(**saved))
-    assert (args.data_dir, args.target_acc) == (str(tmp_path / "data"), 97.5)
+    assert (args.data_dir, args.target_acc, args.log_every) == (str(tmp_path / "data"), 97.5, 7)
     assert args.logdir == str(tmp_path) and args.workers == 2
     # Settings given again win; hyper-parameters given again are refused, except a larger --epochs.
     args, given = train.parse_args(["--resume", str(tmp_path), "--data-dir", "elsewhere", "--epochs", "5"])
@@ -361,3 +361,65 @@ def test_per_class_accuracy_and_confusion_matrix_in_metrics_json():
     rows = [metrics.epoch_row(1, train_result, {"loss": 0.25, "acc": 5 / 8, "images": 8}, 0.1)]
     final = metrics.final_metrics(rows, 5 / 8, 1, {}, confusion, ["a", "b", "c"])
     assert list(final)[-4:] == ["test_acc_per_class", "test_confusion_matrix", "config", "history"]
+
+
+def test_train_epoch_writes_step_scalars_every_n_steps_counted_over_the_run(alone):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(48, 2, generator=g)
+    data = DataLoader(TensorDataset(x, (x[:, 0] > 0).long()), batch_size=8)  # 6 batches
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    args, cpu = SimpleNamespace(epochs=2, amp=False, limit_batches=5), torch.device("cpu")
+    written = []
+    steps = SimpleNamespace(every=3, write=lambda step, loss, lr: written.append((step, loss, lr)))
+    for epoch in (1, 2):
+        loop.train_epoch(model, data, optimizer, models.make_scaler(args, cpu), cpu, args, alone, epoch,
+                         step_scalars=steps)
+    # 5 steps an epoch (--limit-batches): steps 3, 6, 9 of the run, i.e. the second epoch's first and fourth.
+    assert [s for s, _, _ in written] == [3, 6, 9] and all(lr == 0.5 for _, _, lr in written)
+    assert all(isinstance(loss, float) and loss > 0 for _, loss, _ in written)
+
+
+def test_tensorboard_graph_of_our_ops_step_scalars_and_class_results_read_back(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = models.build_model(options(), {"in_channels": 1, "num_classes": 10}, torch.device("cpu"))
+    writer = tensorboard.open_writer(tmp_path)
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert tensorboard.log_graph(writer, model, torch.rand(1, 1, 28, 28)) is None
+    assert caught == []  # tracing's warnings are not the user's business
+    classes = ["T-shirt/top", "Trouser", "Bag"]
+    tensorboard.log_test_classes(writer, [[3, 1, 0], [0, 0, 0], [1, 1, 2]], classes, 4)
+    writer.close()
+    steps = tensorboard.StepScalars(tmp_path, every=2)
+    for step in (2, 4):
+        steps.write(step, 1.0 / step, 0.1)
+    steps.close()
+
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    ops = {node.op for node in events.Graph().node}
+    assert {"custom_conv::conv2d_forward", "custom_conv::max_pool2d_forward"} <= ops
+    scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    # No scalar for a class without test images; "/" in a name does not nest the tag.
+    assert scalars == {"accuracy_per_class/T-shirt_top": [(4, 0.75)], "accuracy_per_class/Bag": [(4, 0.5)]}
+    image = events.Images("confusion_matrix/test")[0]
+    assert image.step == 4 and image.width >= 200 and image.height >= 200
+    per_step = EventAccumulator(str(tmp_path / "steps"))
+    per_step.Reload()
+    assert [(e.step, e.value) for e in per_step.Scalars("train_step/loss")] == [(2, 0.5), (4, 0.25)]
+    assert [e.value for e in per_step.Scalars("train_step/learning_rate")] == pytest.approx([0.1, 0.1])
+
+
+def test_a_model_that_cannot_be_traced_leaves_a_one_line_reason_not_a_traceback(tmp_path, capsys):
+    class Untraceable(torch.nn.Module):
+        def forward(self, x):
+            return {"out": x}  # a strict trace (add_graph's) refuses a dict output
+
+    writer = tensorboard.open_writer(tmp_path)
+    reason = tensorboard.log_graph(writer, Untraceable(), torch.ones(1, 1, 4, 4))
+    writer.close()
+    assert reason.startswith("RuntimeError: ") and len(reason) <= 180 and "\n" not in reason
+    assert capsys.readouterr().out == ""  # nor torch's own printout of the error

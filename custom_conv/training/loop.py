@@ -18,10 +18,22 @@ def autocast(device, enabled):
     return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
 
 
-def train_epoch(model, loader, optimizer, scaler, device, args, ddp, epoch):
-    """Trains on at most args.limit_batches batches of `loader`; returns loss, acc, images, time_s, images_per_s."""
+def batches(loader, limit):
+    """How many batches of `loader` a pass takes: all, or at most `limit` (--limit-batches) when given."""
+    return min(len(loader), limit or len(loader))
+
+
+def train_epoch(model, loader, optimizer, scaler, device, args, ddp, epoch, step_scalars=None):
+    """Trains on at most args.limit_batches batches of `loader`; returns loss, acc, images, time_s, images_per_s.
+
+    `step_scalars`: a StepScalars that gets this process's batch loss and the learning rate every
+    step_scalars.every optimizer steps, counted over the run (an epoch being `batches` steps), so that only
+    those steps wait for the loss's value.
+    """
     model.train()
-    total = min(len(loader), args.limit_batches or len(loader))
+    total = batches(loader, args.limit_batches)
+    first_step = (epoch - 1) * total  # optimizer steps before this epoch
+    every = step_scalars.every if step_scalars is not None else 0
     bar = tqdm(loader, total=total, desc=f"epoch {epoch}/{args.epochs}", leave=False, dynamic_ncols=True,
                disable=None if ddp.main else True)
     # Running sums stay on the device: reading them back every step would wait for the GPU.
@@ -43,6 +55,8 @@ def train_epoch(model, loader, optimizer, scaler, device, args, ddp, epoch):
         loss_sum += loss.detach().double() * len(y)
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
+        if every and (first_step + step + 1) % every == 0:
+            step_scalars.write(first_step + step + 1, loss.item(), optimizer.param_groups[0]["lr"])
         if step % 10 == 0 and not bar.disable:
             bar.set_postfix(loss=f"{loss.item():.4f}")
     bar.close()
@@ -62,7 +76,7 @@ def evaluate(model, loader, device, args, ddp, num_classes=None):
     many as the model has outputs; give it under torchrun, where a process may have no test batch).
     """
     model.eval()
-    total = min(len(loader), args.limit_batches or len(loader))
+    total = batches(loader, args.limit_batches)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     counts = None if num_classes is None else torch.zeros(num_classes ** 2, dtype=torch.int64, device=device)
     seen = 0

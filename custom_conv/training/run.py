@@ -15,11 +15,11 @@ from .checkpoints import (BEST, CHECKPOINT, atomic_save, checkpoint_state, resol
 from .config import default_logdir, hparams, run_config, settings
 from .distributed import Dist, pick_device
 from .loaders import load_data, make_loaders
-from .loop import evaluate, train_epoch
+from .loop import batches, evaluate, train_epoch
 from .metrics import (done_line, epoch_line, epoch_row, eval_line, eval_results, final_metrics, header_line,
                       plural, read_metrics)
 from .models import build_model, check_input_size, count_parameters, make_optimizer, make_scaler, make_scheduler
-from .tensorboard import log_epoch, log_hparams, log_input, open_writer
+from .tensorboard import StepScalars, log_epoch, log_graph, log_hparams, log_input, log_test_classes, open_writer
 
 
 def _silent(*args, **kwargs):
@@ -90,7 +90,8 @@ class Trainer:
         self.scheduler = make_scheduler(args, self.optimizer)
         self.scaler = make_scaler(args, device)
         self.start_epoch, self.history, self.best_acc = 0, [], -1.0
-        self.writer = self.probe = None
+        self.writer = self.step_scalars = self.probe = None
+        self.steps_per_epoch = batches(loaders.train, args.limit_batches)
 
     def fit(self, ckpt, probe):
         """Runs the epochs left (all of them unless `ckpt`); `probe`: the image whose feature maps are shown."""
@@ -112,6 +113,8 @@ class Trainer:
                 break
         if self.writer is not None:
             self.writer.close()
+        if self.step_scalars is not None:
+            self.step_scalars.close()
         if final is not None and final["finished"]:
             self.log(done_line(final, self.args.epochs, self.run_dir))
         return final
@@ -129,9 +132,15 @@ class Trainer:
     def open_tensorboard(self, probe, resumed):
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.writer = open_writer(self.run_dir, resumed_after=self.start_epoch if resumed else None)
+        if self.args.log_every:
+            self.step_scalars = StepScalars(self.run_dir, self.args.log_every,
+                                            self.start_epoch * self.steps_per_epoch if resumed else None)
         self.probe = probe.unsqueeze(0).to(self.device)  # the same image every epoch
-        if not resumed:
+        if not resumed:  # a resumed run's events have them already
             log_input(self.writer, self.probe)
+            failed = log_graph(self.writer, self.model, self.probe)
+            if failed:
+                self.log(f"note: no model graph in TensorBoard; tracing the model failed ({failed})")
 
     def epoch(self, epoch):
         """Trains and tests one epoch, reports it and saves a checkpoint; returns metrics.json's contents."""
@@ -139,7 +148,7 @@ class Trainer:
             self.loaders.sampler.set_epoch(epoch)
         lr = self.optimizer.param_groups[0]["lr"]
         train = train_epoch(self.ddp_model, self.loaders.train, self.optimizer, self.scaler, self.device,
-                            self.args, self.ddp, epoch)
+                            self.args, self.ddp, epoch, self.step_scalars)
         test = evaluate(self.model, self.loaders.test, self.device, self.args, self.ddp, num_classes=len(self.classes))
         self.scheduler.step()
         self.best_acc = max(self.best_acc, test["acc"])
@@ -151,12 +160,13 @@ class Trainer:
         # Every process's RNG, so that each continues where it stopped.
         rng = self.ddp.gather(rng_state(self.generator))
         if self.ddp.main:
-            self.write(epoch, row, rng, final)
+            self.write(epoch, row, test["confusion"], rng, final)
         return final
 
-    def write(self, epoch, row, rng, final):
+    def write(self, epoch, row, confusion, rng, final):
         """Rank 0's part of an epoch: TensorBoard, checkpoint.pt (best.pt too when best) and metrics.json."""
         log_epoch(self.writer, self.model, epoch, row, self.probe)
+        log_test_classes(self.writer, confusion, self.classes, epoch)
         state = checkpoint_state(self.model, self.optimizer, self.scheduler, self.scaler, epoch=epoch,
                                  args=self.config | hparams(self.args) | settings(self.args),
                                  history=self.history, best_test_acc=self.best_acc, rng=rng)
@@ -167,3 +177,5 @@ class Trainer:
             log_hparams(self.writer, self.args, final)
         write_json(final, self.run_dir / "metrics.json")
         self.writer.flush()
+        if self.step_scalars is not None:
+            self.step_scalars.flush()
