@@ -92,6 +92,10 @@ def build_parser():
     g.add_argument("--log-every", type=at_least_zero(int), metavar="N",
                    help=f"TensorBoard: the training loss and learning rate every N optimizer steps, in the "
                         f"run's steps/ directory (default {d['log_every']}; 0: none)")
+    g.add_argument("--progress-every", type=at_least_zero(float), metavar="SECONDS",
+                   help="when stderr is not a terminal (nohup, CI, cluster jobs): a progress line with loss, "
+                        "images/s and ETA every SECONDS of training and testing (default "
+                        f"{d['progress_every']:g}; 0: after every batch). On a terminal: a progress bar")
     return p
 
 

@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -138,6 +139,20 @@ def test_metrics_json_keeps_the_final_models_per_class_accuracy_and_confusion_ma
             assert metrics["test_acc_per_class"][name] == pytest.approx(counts[i][i] / sum(counts[i]))
 
 
+def test_off_a_terminal_progress_lines_come_before_the_epoch_ends(data_dir, tmp_path):
+    result = run_cli(["--data-dir", str(data_dir), "--logdir", str(tmp_path / "run"), "--epochs", "1",
+                      "--limit-batches", "3", "--progress-every", "0"] + TINY, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    end_of_epoch = next(i for i, line in enumerate(lines) if line.startswith("epoch "))
+    before = lines[:end_of_epoch]
+    for step in (1, 2, 3):
+        assert any(re.fullmatch(rf"  epoch 1/1  step {step}/3  loss \d+\.\d{{4}}  [\d,]+ img/s  ETA \d+:\d\d", line)
+                   for line in before), (step, before)
+    assert any(re.fullmatch(r"  test  batch 1/1  loss \d+\.\d{4}  [\d,]+ img/s  ETA \d+:\d\d", line) for line in before)
+    assert "\r" not in result.stdout + result.stderr
+
+
 def test_resume_keeps_the_runs_data_directory(tmp_path, monkeypatch):
     write_mnist(tmp_path / "first" / "data", n_train=32, n_test=16, folder="FashionMNIST")
     monkeypatch.chdir(tmp_path / "first")
@@ -203,7 +218,6 @@ def test_eval_only_tests_the_whole_test_set_unless_limited(tmp_path):
     assert json.loads((tmp_path / "run" / "eval.json").read_text())["test_images"] == 300
     limited = train.main(["--resume", str(tmp_path / "run"), "--eval-only", "--limit-batches", "1", "--threads", "1"])
     assert limited["test_images"] == 256
-
 
 
 def test_resume_ends_with_bitwise_the_same_weights(data_dir, tmp_path):

@@ -1,4 +1,5 @@
 """custom_conv.training one module at a time, on tiny data (tests/test_train.py runs them together)."""
+import io
 import math
 import random
 import sys
@@ -11,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from custom_conv.training import checkpoints, config, distributed, loaders, loop, metrics, models, tensorboard
+from custom_conv.training import (checkpoints, config, distributed, loaders, loop, metrics, models, progress,
+                                  tensorboard)
 from dataset_files import write_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -423,3 +425,46 @@ def test_a_model_that_cannot_be_traced_leaves_a_one_line_reason_not_a_traceback(
     writer.close()
     assert reason.startswith("RuntimeError: ") and len(reason) <= 180 and "\n" not in reason
     assert capsys.readouterr().out == ""  # nor torch's own printout of the error
+
+
+def test_progress_off_a_terminal_prints_a_line_every_interval_with_step_loss_speed_and_eta(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    lines = []
+    shown = progress.Progress("epoch 2/5", lines.append, every_s=30, bar=False, passes_after=3)
+    shown.start(10)
+    for step, t in enumerate((10, 20, 31, 40, 50, 62), 1):  # seconds into the pass after each step
+        now[0] = 100.0 + t
+        shown.update(step, 16 * step, torch.tensor(0.5 * 16 * step, dtype=torch.float64))
+    shown.close()
+    # Lines at 31 s (step 3) and 62 s (step 6), not at every step.
+    assert lines == ["  epoch 2/5  step 3/10  loss 0.5000  2 img/s  ETA 1:12 (run 6:22)",
+                     "  epoch 2/5  step 6/10  loss 0.5000  2 img/s  ETA 0:41 (run 5:51)"]
+    # A known epoch length (pass_s) replaces this pass's projection in the run's ETA; the last pass has none.
+    for passes_after, eta in ((2, "ETA 0:02 (run 0:16)"), (0, "ETA 0:02")):
+        now[0] = 100.0
+        every_step = progress.Progress("epoch 4/5", lines.append, every_s=0, bar=False, passes_after=passes_after,
+                                       pass_s=7.0)
+        every_step.start(2)
+        now[0] = 102.0
+        every_step.update(1, 16, 8.0)
+        assert lines[-1] == f"  epoch 4/5  step 1/2  loss 0.5000  8 img/s  {eta}"
+    assert progress.on_terminal(io.StringIO()) is False
+    assert progress.clock(3725) == "1:02:05" and progress.clock(59.6) == "1:00"
+
+
+def test_the_training_log_is_flushed_line_by_line(tmp_path, monkeypatch, alone):
+    # Off a terminal stdout is block-buffered: unflushed, a log file shows nothing until the buffer fills.
+    write_mnist(tmp_path / "data", n_train=32, n_test=16)
+
+    class Recorder(io.StringIO):
+        flushed_lines = 0
+
+        def flush(self):
+            self.flushed_lines = self.getvalue().count("\n")
+
+    out = Recorder()
+    monkeypatch.setattr(sys, "stdout", out)
+    train.main(["--data-dir", str(tmp_path / "data"), "--no-download", "--epochs", "1", "--batch-size", "16",
+                "--threads", "1", "--progress-every", "0", "--logdir", str(tmp_path / "run")])
+    assert out.getvalue().count("\n") >= 5 and out.flushed_lines == out.getvalue().count("\n")

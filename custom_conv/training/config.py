@@ -15,7 +15,7 @@ DEFAULTS = {
     "weight_decay": 5e-4, "schedule": "cosine", "augment": True, "backend": "custom",
     "device": "auto", "amp": False, "seed": 0, "workers": 0, "logdir": None, "resume": None,
     "limit_batches": None, "eval_only": False, "stop_after": None, "threads": None, "target_acc": None,
-    "log_every": 50,
+    "log_every": 50, "progress_every": 30.0,
 }
 # What decides the trained weights. A resumed run takes these from its
 # checkpoint; anything else (device, workers, paths) may change on resume.

@@ -1,14 +1,14 @@
 """One epoch of training, and one pass over the test set.
 
 Both return sums over all processes of a torchrun job (through `ddp`), so
-every rank reports the same numbers.
+every rank reports the same numbers. What they show while running (a
+Progress, the per-step TensorBoard scalars) is handed to them by the caller.
 """
 import time
 from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 
 def autocast(device, enabled):
@@ -23,25 +23,25 @@ def batches(loader, limit):
     return min(len(loader), limit or len(loader))
 
 
-def train_epoch(model, loader, optimizer, scaler, device, args, ddp, epoch, step_scalars=None):
+def train_epoch(model, loader, optimizer, scaler, device, args, ddp, epoch, progress=None, step_scalars=None):
     """Trains on at most args.limit_batches batches of `loader`; returns loss, acc, images, time_s, images_per_s.
 
-    `step_scalars`: a StepScalars that gets this process's batch loss and the learning rate every
-    step_scalars.every optimizer steps, counted over the run (an epoch being `batches` steps), so that only
-    those steps wait for the loss's value.
+    `progress`: a Progress told after every step. `step_scalars`: a StepScalars that gets this process's
+    batch loss and the learning rate every step_scalars.every optimizer steps, counted over the run (an
+    epoch being `batches` steps), so that only those steps wait for the loss's value.
     """
     model.train()
     total = batches(loader, args.limit_batches)
     first_step = (epoch - 1) * total  # optimizer steps before this epoch
     every = step_scalars.every if step_scalars is not None else 0
-    bar = tqdm(loader, total=total, desc=f"epoch {epoch}/{args.epochs}", leave=False, dynamic_ncols=True,
-               disable=None if ddp.main else True)
+    if progress is not None:
+        progress.start(total)
     # Running sums stay on the device: reading them back every step would wait for the GPU.
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0
     start = time.perf_counter()
-    for step, (x, y) in enumerate(bar):
+    for step, (x, y) in enumerate(loader):
         if step >= total:
             break
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -57,9 +57,10 @@ def train_epoch(model, loader, optimizer, scaler, device, args, ddp, epoch, step
         seen += len(y)
         if every and (first_step + step + 1) % every == 0:
             step_scalars.write(first_step + step + 1, loss.item(), optimizer.param_groups[0]["lr"])
-        if step % 10 == 0 and not bar.disable:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-    bar.close()
+        if progress is not None:
+            progress.update(step + 1, seen, loss_sum)
+    if progress is not None:
+        progress.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
@@ -69,7 +70,7 @@ def train_epoch(model, loader, optimizer, scaler, device, args, ddp, epoch, step
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, args, ddp, num_classes=None):
+def evaluate(model, loader, device, args, ddp, progress=None, num_classes=None):
     """Loss, accuracy and confusion matrix over at most args.limit_batches batches of `loader`.
 
     "confusion"[i][j] counts the images of class i predicted as j; it has `num_classes` rows (default: as
@@ -77,6 +78,8 @@ def evaluate(model, loader, device, args, ddp, num_classes=None):
     """
     model.eval()
     total = batches(loader, args.limit_batches)
+    if progress is not None:
+        progress.start(total)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     counts = None if num_classes is None else torch.zeros(num_classes ** 2, dtype=torch.int64, device=device)
     seen = 0
@@ -92,6 +95,10 @@ def evaluate(model, loader, device, args, ddp, num_classes=None):
             counts = torch.zeros(num_classes ** 2, dtype=torch.int64, device=device)
         counts += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes ** 2)
         seen += len(y)
+        if progress is not None:
+            progress.update(step + 1, seen, loss_sum)
+    if progress is not None:
+        progress.close()
     if counts is None:  # no batch, and no num_classes to say how many
         num_classes, counts = 0, torch.zeros(0, dtype=torch.int64, device=device)
     loss_sum, seen = ddp.sum(loss_sum.item(), seen, device=device)

@@ -5,7 +5,9 @@ run() loads the data and the model, then either tests a checkpoint
 (--eval-only) or hands over to a Trainer, which runs the epochs and writes
 the run directory.
 """
+import functools
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -19,6 +21,7 @@ from .loop import batches, evaluate, train_epoch
 from .metrics import (done_line, epoch_line, epoch_row, eval_line, eval_results, final_metrics, header_line,
                       plural, read_metrics)
 from .models import build_model, check_input_size, count_parameters, make_optimizer, make_scaler, make_scheduler
+from .progress import Progress
 from .tensorboard import StepScalars, log_epoch, log_graph, log_hparams, log_input, log_test_classes, open_writer
 
 
@@ -31,7 +34,8 @@ def main(args, given):
     ddp = Dist()
     if args.threads:
         torch.set_num_threads(args.threads)
-    log = print if ddp.main else _silent
+    # Flushed, so that a log file (nohup, a cluster job) shows each line when it happens.
+    log = functools.partial(print, flush=True) if ddp.main else _silent
     ckpt = resolve_resume(args, given) if args.resume else None
     if args.eval_only and ckpt is None:
         sys.exit("train.py: --eval-only needs --resume RUN_DIR_OR_CHECKPOINT")
@@ -70,7 +74,8 @@ def run(args, ddp, device, ckpt, log):
 
 def evaluate_checkpoint(model, test_loader, ckpt, info, run_dir, args, ddp, device, log):
     """--eval-only: the test loss and accuracy of the weights in `ckpt`, also written to eval.json."""
-    result = evaluate(model, test_loader, device, args, ddp, num_classes=info["num_classes"])
+    progress = Progress("test", log, args.progress_every, unit="batch") if ddp.main else None
+    result = evaluate(model, test_loader, device, args, ddp, progress, num_classes=info["num_classes"])
     log(eval_line(ckpt, result))
     out = eval_results(ckpt, result, info, device)
     if ddp.main:
@@ -92,6 +97,7 @@ class Trainer:
         self.start_epoch, self.history, self.best_acc = 0, [], -1.0
         self.writer = self.step_scalars = self.probe = None
         self.steps_per_epoch = batches(loaders.train, args.limit_batches)
+        self.epoch_times = []  # wall seconds of this process's epochs, for the run's ETA
 
     def fit(self, ckpt, probe):
         """Runs the epochs left (all of them unless `ckpt`); `probe`: the image whose feature maps are shown."""
@@ -142,14 +148,26 @@ class Trainer:
             if failed:
                 self.log(f"note: no model graph in TensorBoard; tracing the model failed ({failed})")
 
+    def progress(self, label, unit, epochs_after=0):
+        """Rank 0's Progress of one pass; None in the other processes, which show none."""
+        if not self.ddp.main:
+            return None
+        pass_s = sum(self.epoch_times) / len(self.epoch_times) if self.epoch_times else None
+        return Progress(label, self.log, self.args.progress_every, passes_after=epochs_after, pass_s=pass_s,
+                        unit=unit)
+
     def epoch(self, epoch):
         """Trains and tests one epoch, reports it and saves a checkpoint; returns metrics.json's contents."""
         if self.loaders.sampler is not None:
             self.loaders.sampler.set_epoch(epoch)
+        started = time.perf_counter()
         lr = self.optimizer.param_groups[0]["lr"]
+        last = min(self.args.epochs, self.args.stop_after or self.args.epochs)  # this process's last epoch
+        progress = self.progress(f"epoch {epoch}/{self.args.epochs}", "step", max(0, last - epoch))
         train = train_epoch(self.ddp_model, self.loaders.train, self.optimizer, self.scaler, self.device,
-                            self.args, self.ddp, epoch, self.step_scalars)
-        test = evaluate(self.model, self.loaders.test, self.device, self.args, self.ddp, num_classes=len(self.classes))
+                            self.args, self.ddp, epoch, progress, self.step_scalars)
+        test = evaluate(self.model, self.loaders.test, self.device, self.args, self.ddp,
+                        self.progress("test", "batch"), num_classes=len(self.classes))
         self.scheduler.step()
         self.best_acc = max(self.best_acc, test["acc"])
         row = epoch_row(epoch, train, test, lr)
@@ -161,6 +179,7 @@ class Trainer:
         rng = self.ddp.gather(rng_state(self.generator))
         if self.ddp.main:
             self.write(epoch, row, test["confusion"], rng, final)
+        self.epoch_times.append(time.perf_counter() - started)
         return final
 
     def write(self, epoch, row, confusion, rng, final):
