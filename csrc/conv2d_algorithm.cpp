@@ -17,17 +17,17 @@ namespace custom_conv {
 namespace {
 
 // Direct kernels pay off where im2col costs as much as the GEMM it feeds:
-// short reductions. Beyond this many steps (C_in/groups * kH * kW) BLAS runs
+// short reductions. Beyond this many steps (C_in/groups * kH * kW) our GEMM runs
 // near the processor's peak, which the unblocked direct loops do not reach.
 constexpr int64_t kMaxDirectSteps = 576;
-// A 1x1 kernel needs no im2col at all, so BLAS on the input itself wins.
+// A 1x1 kernel needs no im2col at all, so the GEMM on the input itself wins.
 constexpr int64_t kMinDirectTaps = 2;
 // The direct forward kernel computes whole blocks of output channels and
 // whole tiles of outputs; below this share of useful work (planes of 2x2,
 // few output channels) im2col is faster.
 constexpr double kMinDirectLaneUse = 0.6;
 // The direct weight gradient keeps a tile of output channels in registers per
-// input channel; for more output channels than this, im2col + BLAS is faster.
+// input channel; for more output channels than this, im2col + GEMM is faster.
 constexpr int64_t kMaxDirectWeightGradOutChannels = 64;
 // With 2 or 3 input channels per group the weight-gradient kernel's channel
 // tiles are mostly empty (1 channel is folded with the kernel's columns, 4 fill
@@ -74,11 +74,11 @@ const char* direct_refusal(const Conv2dGeometry& g, Conv2dPass pass, at::ScalarT
     return cannot;
   }
   if (g.kernel_h * g.kernel_w < kMinDirectTaps) {
-    return "a 1x1 kernel needs no im2col: BLAS reads the input as it is";
+    return "a 1x1 kernel needs no im2col: the GEMM reads the input as it is";
   }
   if (reduction_steps(g, pass) > kMaxDirectSteps) {
     if (detail) *detail = c10::str(" (", reduction_steps(g, pass), " > ", kMaxDirectSteps, ")");
-    return "the reduction is long enough for BLAS to run near peak";
+    return "the reduction is long enough for the GEMM to run near peak";
   }
   if (pass == Conv2dPass::kBackwardWeight) {
     const int64_t ci = g.in_channels_per_group();

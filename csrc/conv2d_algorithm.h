@@ -20,10 +20,10 @@ namespace custom_conv {
 enum class Conv2dPass { kForward, kBackwardInput, kBackwardWeight };
 
 enum class Conv2dAlgorithm {
-  kIm2col,     // unroll receptive fields, one matrix product (CPU: BLAS; GPU: our GEMM)
+  kIm2col,     // unroll receptive fields, one matrix product (our GEMM)
   kDirect,     // register-blocked vector kernels on the padded input (CPU, float/double)
   kDepthwise,  // direct loops over the taps, one input plane per output channel (CPU)
-  kWinograd,   // 3x3 stride 1 by minimal filtering F(2x2, 3x3), products by BLAS (CPU, float32)
+  kWinograd,   // 3x3 stride 1 by minimal filtering F(2x2, 3x3), products by our GEMM (CPU, float32)
 };
 
 const char* algorithm_name(Conv2dAlgorithm algorithm);

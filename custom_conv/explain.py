@@ -46,7 +46,7 @@ def disabled_algorithms(*names):
     chooser would (in the order winograd, direct, depthwise, im2col), and
     explain_conv2d says so. To compare algorithms, or to rule one out when
     hunting a numerical difference. im2col, every layer's fallback, cannot be
-    switched off; CUSTOM_CONV_CPU_KERNELS=im2col removes the direct kernels for
+    switched off; CUSTOM_CONV_CPU_KERNELS=baseline removes the direct kernels for
     a whole process instead.
 
     The setting is process-wide, like torch.backends flags: it applies to

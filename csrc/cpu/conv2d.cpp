@@ -4,8 +4,8 @@
 // hands contiguous tensors to that route (conv2d_routes.h):
 //   direct     conv2d_direct.cpp, with the vector kernels in direct/
 //   depthwise  conv2d_depthwise.cpp
-//   im2col     conv2d_im2col.cpp (im2col.h + BLAS)
-//   winograd   conv2d_winograd.cpp (F(2x2, 3x3) transforms + BLAS)
+//   im2col     conv2d_im2col.cpp (im2col.h + our GEMM, gemm/)
+//   winograd   conv2d_winograd.cpp (F(2x2, 3x3) transforms + our GEMM)
 #include "../conv2d_algorithm.h"
 #include "../geometry.h"
 #include "conv2d_routes.h"

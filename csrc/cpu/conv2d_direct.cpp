@@ -5,6 +5,7 @@
 // chooser (../conv2d_algorithm.cpp), from direct_forward_work below.
 #include "conv2d_routes.h"
 #include "direct/kernels.h"
+#include "isa.h"
 #include "parallel.h"
 #include "phase_planes.h"
 
@@ -291,7 +292,7 @@ void with_kernels(at::ScalarType dtype, F f) {
   const direct::Kernels<float>* k_float = dtype == at::kFloat ? direct::kernels<float>() : nullptr;
   const direct::Kernels<double>* k_double = dtype == at::kDouble ? direct::kernels<double>() : nullptr;
   TORCH_CHECK(k_float != nullptr || k_double != nullptr,
-              "custom_conv: no direct kernels for ", dtype, " on this CPU (", direct::cpu_kernels(), ")");
+              "custom_conv: no direct kernels for ", dtype, " at the ", cpu_kernels(), " level");
   if (k_float != nullptr) f(*k_float);
   if (k_double != nullptr) f(*k_double);
 }

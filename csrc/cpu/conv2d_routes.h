@@ -1,10 +1,10 @@
 // The CPU's convolution algorithms ("routes"), each as the three functions
 // that the ops in conv2d.cpp call once the chooser (../conv2d_algorithm.h)
 // has picked it:
-//   im2col     conv2d_im2col.cpp     unroll receptive fields, multiply with BLAS
+//   im2col     conv2d_im2col.cpp     unroll receptive fields, multiply (gemm/)
 //   direct     conv2d_direct.cpp     register-blocked vector kernels (direct/)
 //   depthwise  conv2d_depthwise.cpp  one input plane per output channel
-//   winograd   conv2d_winograd.cpp   3x3 stride 1 by F(2x2, 3x3), products by BLAS
+//   winograd   conv2d_winograd.cpp   3x3 stride 1 by F(2x2, 3x3), products by gemm/
 // Every function takes the layer's geometry and contiguous tensors, and
 // writes every element of its (pre-allocated) result.
 //

@@ -4,9 +4,10 @@
 //   Y = A^T [ (G w G^T) (.) (B^T d B) ] A       ((.): element by element)
 // so the 16 products of the bracket replace the 36 multiply-adds of the
 // direct sum (2.25x fewer). Across channels, each of the 16 positions xi of
-// the bracket is a matrix product, which BLAS runs:
+// the bracket is a matrix product:
 //   forward          M[xi] (C_out, T) = U[xi] (C_out, C_in) @ V[xi] (C_in, T)
-// with U = G w G^T per (c_out, c_in), V = B^T d B per (c_in, tile), T tiles.
+// with U = G w G^T per (c_out, c_in), V = B^T d B per (c_in, tile), T tiles:
+// 16 products batched into one call of our GEMM (gemm/).
 // The input gradient of a stride-1 convolution is the lecture's convolution
 // of the padded output gradient with the kernel rotated by 180 degrees, so it
 // runs the same forward with U taken from the rotated, channel-swapped kernel.
@@ -37,6 +38,7 @@
 // transforms a block, multiplies it and transforms the result back while it
 // is in cache.
 #include "conv2d_routes.h"
+#include "gemm/gemm.h"
 #include "parallel.h"
 #include "winograd_transforms.h"
 
@@ -135,8 +137,7 @@ at::Tensor channels_last(const at::Tensor& t) {
 void products_by_position(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
   parallel_for_with_state(kPoints, a.size(1) * a.size(2) * b.size(2), [&](int64_t begin, int64_t end) {
     for (int64_t xi = begin; xi < end; ++xi) {
-      at::Tensor o = out[xi];
-      at::mm_out(o, a[xi], b[xi]);
+      gemm::matmul(out[xi], a[xi], b[xi]);
     }
   });
 }
@@ -146,7 +147,7 @@ void products_by_position(const at::Tensor& out, const at::Tensor& a, const at::
 // the problem's (swapped for the input gradient, whose kernel is rotated).
 // It is computed as (16, c_out, c_in) of the layer, from the kernels
 // permuted to (c_out, tap, c_in), a cheap copy, and returned as a transposed
-// view where the layout wants the other order: BLAS reads either.
+// view where the layout wants the other order: the GEMM reads either.
 at::Tensor transform_weight(const at::Tensor& weight, bool input_grad, bool planes) {
   const int64_t co = weight.size(0), ci = weight.size(1);
   const at::Tensor k = weight.view({co, ci, 9}).transpose(1, 2).contiguous();
@@ -197,14 +198,14 @@ void run_forward(const Problem& p, const at::Tensor& input, const at::Tensor& we
         at::Tensor V = points_view(V_buf, Ci, t1 - t0), M = points_view(M_buf, Co, t1 - t0);
         winograd::transform_input_planes(p, xs.const_data_ptr<float>(), t0 / tw, t1 / tw,
                                          V.mutable_data_ptr<float>());
-        at::bmm_out(M, U, V);
+        gemm::matmul(M, U, V);
         winograd::transform_output_planes(p, M.const_data_ptr<float>(), t0 / tw, t1 / tw, bias,
                                           ys.mutable_data_ptr<float>());
       } else {
         at::Tensor V = points_view(V_buf, t1 - t0, Ci), M = points_view(M_buf, t1 - t0, Co);
         winograd::transform_input_channels(p, xs.const_data_ptr<float>(), zeros.const_data_ptr<float>(), t0, t1,
                                            t1 - t0, V.mutable_data_ptr<float>());
-        at::bmm_out(M, V, U);
+        gemm::matmul(M, V, U);
         winograd::transform_output_channels(p, M.const_data_ptr<float>(), t0, t1, t1 - t0, bias, sink.data(),
                                             ys.mutable_data_ptr<float>());
       }
@@ -348,14 +349,14 @@ void conv2d_winograd_backward_weight(const Conv2dGeometry& g, const at::Tensor& 
                                            V.mutable_data_ptr<float>());
           winograd::transform_grad_output_planes(p, gs.const_data_ptr<float>(), c0, c1, t0 / tw, t1 / tw,
                                                  dM.mutable_data_ptr<float>());
-          sum.baddbmm_(dM, V.transpose(1, 2), beta, 1.0);  // dU += dM V^T
+          gemm::matmul(sum, dM, V.transpose(1, 2), beta);  // dU += dM V^T
         } else {
           at::Tensor V = points_view(V_buf, t1 - t0, Ci), dM = points_view(dM_buf, t1 - t0, c1 - c0);
           winograd::transform_input_channels(p, xs.const_data_ptr<float>(), zeros.const_data_ptr<float>(), t0,
                                              t1, t1 - t0, V.mutable_data_ptr<float>());
           winograd::transform_grad_output_channels(p, gs.const_data_ptr<float>(), zeros.const_data_ptr<float>(),
                                                    c0, c1, t0, t1, t1 - t0, dM.mutable_data_ptr<float>());
-          sum.baddbmm_(V.transpose(1, 2), dM, beta, 1.0);  // dU^T += V^T dM
+          gemm::matmul(sum, V.transpose(1, 2), dM, beta);  // dU^T += V^T dM
         }
       }
     }
