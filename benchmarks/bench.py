@@ -63,6 +63,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import custom_conv  # noqa: E402
 from custom_conv import functional as CF  # noqa: E402
 from custom_conv.explain import ALGORITHMS, PASSES  # noqa: E402
+from gemm import gemm_rows  # noqa: E402
 from shapes import CONV_SHAPES, POOL_SHAPES  # noqa: E402
 
 ops = torch.ops.custom_conv
@@ -465,6 +466,11 @@ def run(args, dtype_name):
         peak.append(ops.cpu_fma_peak_gflops(1.0))
         print(f"\nfloat32 FMA peak: {peak[0]:.1f} GFLOP/s before the layers, {peak[1]:.1f} after")
 
+    # Our GEMM alone next to torch's matrix product (benchmarks/gemm.py), on
+    # 1 thread and all of them.
+    gemm = gemm_rows(dtype, min_run_time=args.min_run_time) if args.device == "cpu" and dtype in (
+        torch.float32, torch.float64) and not args.filter else []
+
     algorithm_error_entries = []
     if args.device == "cpu" and dtype == torch.float32:
         for shape in conv_shapes:
@@ -481,7 +487,7 @@ def run(args, dtype_name):
                   cpu_kernels=custom_conv.cpu_kernels(),
                   peak_gflops=peak or None,
                   rows=rows,
-                  summary=summary, scratch_bytes=scratch,
+                  summary=summary, scratch_bytes=scratch, gemm=gemm or None,
                   algorithm_errors=algorithm_error_entries or None)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                    f"{args.device}-{dtype_name}-{result['date']}.json")

@@ -127,10 +127,9 @@ void pack_a(const T* a, int64_t rs, int64_t cs, int64_t rows, int64_t kc, int64_
       for (int64_t k = 0; k < kc; ++k) {
         for (int64_t i = 0; i < pr; ++i) dst[k * pr + i] = to_acc<Acc>(src[k * cs + i]);
       }
-    } else {
-      for (int64_t i = 0; i < pr; ++i) {
-        const T* row = src + i * rs;
-        for (int64_t k = 0; k < kc; ++k) dst[k * pr + i] = to_acc<Acc>(row[k * cs]);
+    } else {  // the panel's rows read side by side, step by step
+      for (int64_t k = 0; k < kc; ++k) {
+        for (int64_t i = 0; i < pr; ++i) dst[k * pr + i] = to_acc<Acc>(src[i * rs + k * cs]);
       }
     }
     dst += pr * kc;
@@ -178,16 +177,19 @@ void store_tile(const Acc* tile, int64_t nr, int64_t rows, int64_t cols, T* c, i
   }
 }
 
-// One task: rows [i0, i1) and columns [j0, j1) of C[z], the whole reduction.
+// One task: rows [i0, i1) and columns [j0, j1) of C[z], the whole
+// reduction. Per slice of kc steps, the task's rows of A are packed once
+// and each block of nc columns of B in turn, so that A is packed once per
+// slice however wide the task.
 template <typename T, typename Acc>
 void run_block(const Problem<T, Acc>& p, const Blocking& bl, int64_t z, int64_t i0, int64_t i1, int64_t j0,
                int64_t j1) {
   const MicroKernels<Acc>& mk = micro_kernels<Acc>();
-  const int64_t rows = i1 - i0, cols = j1 - j0, panels_b = (cols + bl.nr - 1) / bl.nr;
-  const int64_t kc_max = std::min(bl.kc, p.k);
-  Acc* packed_b = scratch<Acc>(kc_max * panels_b * bl.nr + kc_max * rows + bl.mr * bl.nr);
-  Acc* packed_a = packed_b + kc_max * panels_b * bl.nr;
-  Acc* tile = packed_a + kc_max * rows;
+  const int64_t rows = i1 - i0, cols = j1 - j0;
+  const int64_t kc_max = std::min(bl.kc, p.k), nc_max = std::min(bl.nc, (cols + bl.nr - 1) / bl.nr * bl.nr);
+  Acc* packed_a = scratch<Acc>(kc_max * rows + kc_max * nc_max + bl.mr * bl.nr);
+  Acc* packed_b = packed_a + kc_max * rows;
+  Acc* tile = packed_b + kc_max * nc_max;
   const T* a = p.a.data + z * p.a.batch_stride + i0 * p.a.rs;
   const T* b = p.b.data + z * p.b.batch_stride + j0 * p.b.cs;
   T* c = p.c + z * p.batch_stride_c + i0 * p.rs_c + j0 * p.cs_c;
@@ -200,27 +202,30 @@ void run_block(const Problem<T, Acc>& p, const Blocking& bl, int64_t z, int64_t 
     const int64_t kc = std::min(bl.kc, p.k - k0);
     const bool first = k0 == 0;
     const Acc beta = first ? p.beta : Acc(1);
-    pack_b(b + k0 * p.b.rs, p.b.rs, p.b.cs, kc, cols, bl.nr, packed_b);
     pack_a(a + k0 * p.a.cs, p.a.rs, p.a.cs, rows, kc, bl.mr, packed_a);
-    const Acc* pa = packed_a;
-    for (int64_t i = 0; i < rows; i += bl.mr) {
-      const int64_t pr = std::min<int64_t>(bl.mr, rows - i);
-      const auto kernel = mk.rows[pr];
-      const T* bias_i = first && bias != nullptr ? bias + i : nullptr;
-      for (int64_t jp = 0; jp < panels_b; ++jp) {
-        const int64_t j = jp * bl.nr, pc = std::min<int64_t>(bl.nr, cols - j);
-        const Acc* pb = packed_b + jp * kc * bl.nr;
-        T* cij = c + i * p.rs_c + j * p.cs_c;
-        if constexpr (kSameType) {
-          if (rows_of_c && pc == bl.nr) {
-            kernel(kc, pa, pb, cij, p.rs_c, bias_i, p.alpha, beta);
-            continue;
+    for (int64_t jb = 0; jb < cols; jb += bl.nc) {
+      const int64_t nc = std::min(bl.nc, cols - jb), panels = (nc + bl.nr - 1) / bl.nr;
+      pack_b(b + k0 * p.b.rs + jb * p.b.cs, p.b.rs, p.b.cs, kc, nc, bl.nr, packed_b);
+      const Acc* pa = packed_a;
+      for (int64_t i = 0; i < rows; i += bl.mr) {
+        const int64_t pr = std::min<int64_t>(bl.mr, rows - i);
+        const auto kernel = mk.rows[pr];
+        const T* bias_i = first && bias != nullptr ? bias + i : nullptr;
+        for (int64_t jp = 0; jp < panels; ++jp) {
+          const int64_t j = jb + jp * bl.nr, pc = std::min<int64_t>(bl.nr, cols - j);
+          const Acc* pb = packed_b + jp * kc * bl.nr;
+          T* cij = c + i * p.rs_c + j * p.cs_c;
+          if constexpr (kSameType) {
+            if (rows_of_c && pc == bl.nr) {
+              kernel(kc, pa, pb, cij, p.rs_c, bias_i, p.alpha, beta);
+              continue;
+            }
           }
+          kernel(kc, pa, pb, tile, bl.nr, nullptr, Acc(1), Acc(0));
+          store_tile(tile, bl.nr, pr, pc, cij, p.rs_c, p.cs_c, bias_i, p.alpha, beta);
         }
-        kernel(kc, pa, pb, tile, bl.nr, nullptr, Acc(1), Acc(0));
-        store_tile(tile, bl.nr, pr, pc, cij, p.rs_c, p.cs_c, bias_i, p.alpha, beta);
+        pa += pr * kc;
       }
-      pa += pr * kc;
     }
   }
 }
@@ -256,16 +261,16 @@ void run(const Problem<T, Acc>& p) {
     std::swap(t.rs_c, t.cs_c);
     return run(t);
   }
-  // Tasks: blocks of C of at most kMaxBlockRows rows and nc columns, cut
-  // finer (in whole micro-tiles) until every thread has one, where the
-  // product is large enough to be spread at all.
+  // Tasks: blocks of C of at most kMaxBlockRows rows and all the columns,
+  // cut into more (in whole micro-tiles, along the wider dimension) until
+  // every thread has one, where the product is large enough to be spread at
+  // all. A task packs its rows of A once per slice and each column of B
+  // once per slice, so fewer, larger tasks pack less.
   const int64_t macs = p.batch * p.m * p.n * p.k;
   const int64_t threads = macs < kMinParallelMacs || at::in_parallel_region() ? 1 : at::get_num_threads();
-  int64_t row_blocks = (p.m + kMaxBlockRows - 1) / kMaxBlockRows;
-  int64_t col_blocks = (p.n + bl.nc - 1) / bl.nc;
   const int64_t row_tiles = (p.m + bl.mr - 1) / bl.mr, col_tiles = (p.n + bl.nr - 1) / bl.nr;
+  int64_t row_blocks = (p.m + kMaxBlockRows - 1) / kMaxBlockRows, col_blocks = 1;
   while (p.batch * row_blocks * col_blocks < threads && (row_blocks < row_tiles || col_blocks < col_tiles)) {
-    // Split the dimension with more tiles per block (the wider one).
     if (col_tiles * row_blocks >= row_tiles * col_blocks && col_blocks < col_tiles) {
       ++col_blocks;
     } else if (row_blocks < row_tiles) {
