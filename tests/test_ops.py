@@ -1,6 +1,6 @@
-"""The registered ops as PyTorch sees them: opcheck, torch.compile, proof
-(through the profiler) that no ATen convolution or pooling runs, and the
-message a missing build gives."""
+"""The registered ops as PyTorch sees them: opcheck, their Meta kernels,
+torch.compile, proof (through the profiler) that
+no ATen convolution or pooling runs, and the message a missing build gives."""
 import os
 import subprocess
 import sys
@@ -8,12 +8,16 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 import custom_conv
+from cases import CONV2D_CASES, MAX_POOL2D_CASES, MAX_POOL2D_PADDING_ONLY_CASES
 from custom_conv import functional as CF
+from helpers import conv_tensors, pool_input
 
 ops = torch.ops.custom_conv
 ARGS = ([2, 1], [1, 0], [1, 2], 2)  # stride, padding, dilation, groups
+POOL_CASES = {**MAX_POOL2D_CASES, **{f"padding only: {k}": v for k, v in MAX_POOL2D_PADDING_ONLY_CASES.items()}}
 
 
 def _conv_samples():
@@ -46,6 +50,25 @@ def _opcheck_cases():
 def test_opcheck(name):
     op, args = _opcheck_cases()[name]
     torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("name", list(CONV2D_CASES) + [f"pool: {n}" for n in POOL_CASES])
+def test_the_meta_kernels_give_the_kernels_sizes(name):
+    """torch.compile traces with fake tensors, through our Meta kernels
+    (csrc/meta.cpp); they size their results with the kernels' own formula
+    (geometry.h), so every case gets the sizes the kernels give it."""
+    if name.startswith("pool: "):
+        case = POOL_CASES[name[len("pool: "):]]
+        tensors, op = [pool_input(case, torch.float32)], lambda x: CF.max_pool2d(x, return_indices=True,
+                                                                                   **case.kwargs)
+    else:
+        case = CONV2D_CASES[name]
+        tensors, op = conv_tensors(case, torch.float32), lambda x, w, b: CF.conv2d(x, w, b, **case.kwargs)
+    real = op(*tensors)
+    with FakeTensorMode() as mode:
+        fake = op(*[mode.from_tensor(t) for t in tensors])
+    real, fake = (r if isinstance(r, tuple) else (r,) for r in (real, fake))
+    assert [(t.shape, t.dtype) for t in fake] == [(t.shape, t.dtype) for t in real]
 
 
 class SmallNet(torch.nn.Module):
