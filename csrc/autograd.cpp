@@ -15,6 +15,7 @@
 // result is differentiable again; otherwise they go straight to the kernels.
 #include "geometry.h"
 #include "max_pool2d_window.h"
+#include "memory_format.h"
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -82,21 +83,15 @@ at::Tensor conv2d_backward_bias(const at::Tensor& grad_output) {
   return handle.call(grad_output);
 }
 
-// Memory format. Our kernels compute in NCHW; torch's conv2d and max_pool2d
-// return channels_last results, gradients included, when an input (or the
-// weight) suggests channels_last. custom_conv.functional converts the
-// outputs; the backward functions below convert the gradients.
-bool suggests_channels_last(const at::Tensor& t) {
-  return t.dim() == 4 && t.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+// Memory format (memory_format.h): the forward kernels return torch's
+// layout; the backward functions below give the gradients the layout of the
+// forward's result, as torch does, whatever the layout of grad_output.
+void save_memory_format(AutogradContext* ctx, at::MemoryFormat format) {
+  ctx->saved_data["memory_format"] = static_cast<int64_t>(format);
 }
 
-// With torch's channels_last strides exactly: t.contiguous(ChannelsLast)
-// keeps a tensor with a channel dimension of 1 as it is, since it is
-// contiguous in both formats, but torch's results carry channels_last strides.
-at::Tensor in_channels_last(const at::Tensor& t) {
-  if (!t.defined()) return t;
-  at::Tensor out = at::empty(t.sizes(), t.options().memory_format(at::MemoryFormat::ChannelsLast));
-  return out.strides() == t.strides() ? t : out.copy_(t);
+at::MemoryFormat saved_memory_format(AutogradContext* ctx) {
+  return static_cast<at::MemoryFormat>(ctx->saved_data["memory_format"].toInt());
 }
 
 // stride, padding, dilation and groups of a convolution, kept in the context.
@@ -155,7 +150,7 @@ struct Conv2dFunction : torch::autograd::Function<Conv2dFunction> {
     ctx->save_for_backward({input, weight});
     ConvArgs{stride.vec(), padding.vec(), dilation.vec(), groups}.save(ctx);
     ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
-    ctx->saved_data["channels_last"] = suggests_channels_last(input) || suggests_channels_last(weight);
+    save_memory_format(ctx, conv2d_memory_format(input, weight));
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return conv2d_forward(input, weight, bias, stride, padding, dilation, groups);
   }
@@ -178,10 +173,9 @@ struct Conv2dFunction : torch::autograd::Function<Conv2dFunction> {
     if (grad.defined() && ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)) {
       grad_bias = conv2d_backward_bias(grad);
     }
-    if (ctx->saved_data["channels_last"].toBool()) {
-      grad_input = in_channels_last(grad_input);
-      grad_weight = in_channels_last(grad_weight);
-    }
+    const at::MemoryFormat format = saved_memory_format(ctx);
+    grad_input = in_memory_format(grad_input, format);
+    grad_weight = in_memory_format(grad_weight, format);
     return {grad_input, grad_weight, grad_bias, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
@@ -270,7 +264,7 @@ struct MaxPool2dFunction : torch::autograd::Function<MaxPool2dFunction> {
     static const auto pool = op<MaxPool2dForward>("custom_conv::max_pool2d_forward");
     PoolArgs{input.sym_sizes().vec(), kernel_size.vec(), stride.vec(), padding.vec(), dilation.vec(), ceil_mode}
         .save(ctx);
-    ctx->saved_data["channels_last"] = suggests_channels_last(input);
+    save_memory_format(ctx, max_pool2d_memory_format(input));
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [output, indices] = pool.call(input, kernel_size, stride, padding, dilation, ceil_mode);
     ctx->mark_non_differentiable({indices});
@@ -284,7 +278,7 @@ struct MaxPool2dFunction : torch::autograd::Function<MaxPool2dFunction> {
     at::Tensor grad_input;
     if (grads[0].defined() && ctx->needs_input_grad(0)) {
       grad_input = PoolArgs::load(ctx).backward(grads[0], indices);
-      if (ctx->saved_data["channels_last"].toBool()) grad_input = in_channels_last(grad_input);
+      grad_input = in_memory_format(grad_input, saved_memory_format(ctx));
     }
     return {grad_input, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }

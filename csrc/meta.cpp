@@ -1,11 +1,12 @@
 // The Meta kernels: what each op returns (sizes, dtype, layout) without
 // computing it. torch.compile runs them on its fake tensors to trace a graph,
 // with sizes that may be symbolic (c10::SymInt), and meta tensors run them
-// too. They use the kernels' own size formula (output_size in geometry.h),
-// so a traced graph expects exactly the sizes the kernels return. Results
-// are contiguous, as the kernels'. The arguments are validated once, by the kernels
+// too. They use the kernels' own size formula (output_size in geometry.h)
+// and layout rule (memory_format.h), so a traced graph expects exactly what
+// the kernels return. The arguments are validated once, by the kernels
 // (geometry.cpp), when they run; here only as far as the sizes need.
 #include "geometry.h"
+#include "memory_format.h"
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
@@ -31,10 +32,12 @@ at::Tensor conv2d_forward_meta(const at::Tensor& input, const at::Tensor& weight
       output_size(input.sym_size(2), weight.sym_size(2), stride[0], padding[0], dilation[0], false);
   const c10::SymInt out_w =
       output_size(input.sym_size(3), weight.sym_size(3), stride[1], padding[1], dilation[1], false);
-  return at::empty_symint({input.sym_size(0), weight.sym_size(0), out_h, out_w}, input.options());
+  return at::empty_symint({input.sym_size(0), weight.sym_size(0), out_h, out_w},
+                          input.options().memory_format(conv2d_memory_format(input, weight)));
 }
 
-// The gradients have the sizes they are asked for.
+// The gradients have the sizes they are asked for; autograd.cpp gives them
+// the forward's layout.
 at::Tensor conv2d_backward_input_meta(const at::Tensor& grad_output, const at::Tensor& weight,
                                       c10::SymIntArrayRef input_size, c10::IntArrayRef stride,
                                       c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups) {
@@ -62,7 +65,8 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_meta(const at::Tensor& inp
   const c10::SymInt out_w = output_size(input.sym_size(3), c10::SymInt(kernel_size[1]), stride[1], padding[1],
                                         dilation[1], ceil_mode);
   const std::vector<c10::SymInt> size{input.sym_size(0), input.sym_size(1), out_h, out_w};
-  return {at::empty_symint(size, input.options()), at::empty_symint(size, input.options().dtype(at::kLong))};
+  const at::TensorOptions options = input.options().memory_format(max_pool2d_memory_format(input));
+  return {at::empty_symint(size, options), at::empty_symint(size, options.dtype(at::kLong))};
 }
 
 at::Tensor max_pool2d_backward_meta(const at::Tensor& grad_output, const at::Tensor& indices,

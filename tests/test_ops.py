@@ -1,5 +1,5 @@
-"""The registered ops as PyTorch sees them: opcheck, their Meta kernels,
-torch.compile, proof (through the profiler) that
+"""The registered ops as PyTorch sees them: opcheck, their Meta kernels and
+torch.compile (static and symbolic sizes), proof (through the profiler) that
 no ATen convolution or pooling runs, and the message a missing build gives."""
 import os
 import subprocess
@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from torch._dynamo.utils import counters
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import custom_conv
@@ -102,6 +103,32 @@ def test_torch_compile_fullgraph_matches_eager_forward_and_backward():
     torch.testing.assert_close(out_c, out_e)
     for gc, ge in zip(grads_c, (p.grad for p in model.parameters())):
         torch.testing.assert_close(gc, ge)
+
+
+def test_symbolic_sizes_trace_to_the_kernels_sizes_and_layouts():
+    """With dynamic shapes torch.compile traces the forward and backward on
+    sizes that are symbols, through our Meta kernels and autograd: the
+    traced graphs must give the sizes, layouts and values the kernels give,
+    at sizes they were not traced at (odd and even planes, ceil_mode's
+    partial window, a channels_last input)."""
+    torch._dynamo.reset()
+    counters.clear()
+
+    def forward(x, w):
+        return CF.max_pool2d(torch.relu(CF.conv2d(x, w, padding=1, stride=2)), 3, stride=2, ceil_mode=True)
+
+    def step(forward, x, w):
+        y = forward(x, w)
+        return (y, *torch.autograd.grad(y.sum(), (x, w)))
+
+    compiled = torch.compile(forward, backend="aot_eager", dynamic=True, fullgraph=True)
+    w = torch.randn(6, 3, 3, 3, requires_grad=True)
+    for size in (17, 20, 23):
+        x = torch.randn(2, 3, size, size + 3).to(memory_format=torch.channels_last).requires_grad_()
+        for got, want in zip(step(compiled, x, w), step(forward, x, w)):
+            assert (got.shape, got.stride()) == (want.shape, want.stride())
+            torch.testing.assert_close(got, want)
+    assert counters["stats"]["unique_graphs"] == 1  # traced once: the sizes were symbols
 
 
 def test_no_aten_convolution_pooling_or_unfold_runs_in_forward_or_backward():

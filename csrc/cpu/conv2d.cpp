@@ -8,6 +8,7 @@
 //   winograd   conv2d_winograd.cpp (F(2x2, 3x3) transforms + BLAS)
 #include "../conv2d_algorithm.h"
 #include "../geometry.h"
+#include "../memory_format.h"
 #include "conv2d_routes.h"
 
 #include <ATen/ATen.h>
@@ -43,7 +44,7 @@ at::Tensor conv2d_forward_cpu(
     case Conv2dAlgorithm::kIm2col: conv2d_im2col_forward(g, input, weight, bias_c, output); break;
     case Conv2dAlgorithm::kWinograd: conv2d_winograd_forward(g, input, weight, bias_c, output); break;
   }
-  return output;
+  return in_memory_format(output, conv2d_memory_format(input_, weight_));
 }
 
 at::Tensor conv2d_backward_input_cpu(

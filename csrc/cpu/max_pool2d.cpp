@@ -7,6 +7,7 @@
 // i.e. routes each output gradient to that one input element.
 #include "../geometry.h"
 #include "../max_pool2d_window.h"
+#include "../memory_format.h"
 #include "parallel.h"
 
 #include <ATen/ATen.h>
@@ -66,7 +67,8 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cpu(
       }
     });
   });
-  return {output, indices};
+  const at::MemoryFormat format = max_pool2d_memory_format(input_);
+  return {in_memory_format(output, format), in_memory_format(indices, format)};
 }
 
 at::Tensor max_pool2d_backward_cpu(

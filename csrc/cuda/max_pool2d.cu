@@ -4,6 +4,7 @@
 // and initial indices agree; the backward adds the same sums in the same order.
 #include "../geometry.h"
 #include "../max_pool2d_window.h"
+#include "../memory_format.h"
 #include "common.cuh"
 
 #include <ATen/ATen.h>
@@ -52,16 +53,17 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cuda(
   at::Tensor output = at::empty({g.batch, g.channels, g.out_h, g.out_w}, input.options());
   at::Tensor indices = at::empty({g.batch, g.channels, g.out_h, g.out_w},
                                  input.options().dtype(at::kLong));
+  const at::MemoryFormat format = max_pool2d_memory_format(input_);
   const int64_t total = output.numel();
   if (total == 0) {
-    return {output, indices};
+    return {in_memory_format(output, format), in_memory_format(indices, format)};
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "max_pool2d_forward_cuda", [&] {
     CUSTOM_CONV_LAUNCH(grid_for(total), kThreads, max_pool2d_forward_kernel<scalar_t>)(
         input.const_data_ptr<scalar_t>(), g, output.mutable_data_ptr<scalar_t>(),
         indices.mutable_data_ptr<int64_t>());
   });
-  return {output, indices};
+  return {in_memory_format(output, format), in_memory_format(indices, format)};
 }
 
 // ---------------------------------------------------------------- backward
