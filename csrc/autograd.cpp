@@ -13,8 +13,6 @@
 // Each backward calls our ops through the dispatcher. When the engine runs it
 // with create_graph=True (grad mode on), those calls are recorded, so the
 // result is differentiable again; otherwise they go straight to the kernels.
-#include "geometry.h"
-#include "max_pool2d_window.h"
 #include "memory_format.h"
 
 #include <ATen/ATen.h>
@@ -134,9 +132,17 @@ struct PoolArgs {
     static const auto handle = op<MaxPool2dBackward>("custom_conv::max_pool2d_backward");
     return handle.call(grad_output, indices, input_size, kernel_size, stride, padding, dilation, ceil_mode);
   }
-  Pool2dGeometry geometry() const {
-    return max_pool2d_geometry(C10_AS_INTARRAYREF_SLOW(input_size), kernel_size, stride, padding, dilation,
-                               ceil_mode);
+  // Which windows hold an input element: an (out_h, out_w) mask on the
+  // device of `options`, as the kernels decide it (window_holds_input in
+  // max_pool2d_window.h): pooling a plane of zeros gives 0 in those windows
+  // and -inf in windows of padding only. Through the forward op, not a host
+  // loop, so that it also traces under torch.compile.
+  at::Tensor windows_holding_input(const at::TensorOptions& options) const {
+    static const auto pool = op<MaxPool2dForward>("custom_conv::max_pool2d_forward");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    const at::Tensor zeros = at::zeros_symint({1, 1, input_size[2], input_size[3]}, options);
+    const at::Tensor pooled = std::get<0>(pool.call(zeros, kernel_size, stride, padding, dilation, ceil_mode));
+    return pooled[0][0].isfinite();
   }
 };
 
@@ -284,24 +290,6 @@ struct MaxPool2dFunction : torch::autograd::Function<MaxPool2dFunction> {
   }
 };
 
-// Which windows hold an input element: an (out_h, out_w) mask on the device
-// of `options`. Windows of padding only have an index that names none (see
-// max_pool2d_window.h). Built from tensor ops, not host loops, so that it
-// also traces under torch.compile: window o along a dimension has taps at
-// o * stride - pad + j * dilation, j < kernel, and holds input if one of
-// them lies in [0, size).
-at::Tensor windows_holding_input(const Pool2dGeometry& g, const at::TensorOptions& options) {
-  const auto along = [&](int64_t out, int64_t stride, int64_t pad, int64_t kernel, int64_t dilation, int64_t size) {
-    const at::TensorOptions longs = options.dtype(at::kLong);
-    const at::Tensor starts = at::arange(out, longs).mul(stride).sub(pad);
-    const at::Tensor taps = starts.unsqueeze(1).add(at::arange(kernel, longs).mul(dilation).unsqueeze(0));
-    return taps.ge(0).logical_and(taps.lt(size)).any(1);
-  };
-  const at::Tensor rows = along(g.out_h, g.stride_h, g.pad_h, g.kernel_h, g.dilation_h, g.in_h);
-  const at::Tensor cols = along(g.out_w, g.stride_w, g.pad_w, g.kernel_w, g.dilation_w, g.in_w);
-  return rows.unsqueeze(1).logical_and(cols.unsqueeze(0));
-}
-
 // gx = P(gy, indices), the scatter of each output gradient to the input its
 // index names. It is linear in gy; its adjoint gathers through the indices,
 // from the windows that hold an input.
@@ -325,7 +313,7 @@ struct MaxPool2dBackwardFunction : torch::autograd::Function<MaxPool2dBackwardFu
       // never gives) read nothing either.
       const at::Tensor plane = gg.flatten(2);
       const int64_t size = plane.size(2);
-      const at::Tensor holds = windows_holding_input(PoolArgs::load(ctx).geometry(), indices.options());
+      const at::Tensor holds = PoolArgs::load(ctx).windows_holding_input(gg.options());
       const at::Tensor inside = indices.ge(0).logical_and(indices.lt(size)).logical_and(holds);
       const at::Tensor flat = indices.clamp(0, std::max<int64_t>(size - 1, 0)).flatten(2);
       d_grad_output = plane.gather(2, flat).view_as(indices).mul(inside);

@@ -110,11 +110,9 @@ __global__ void max_pool2d_backward_kernel(gpu_ptr<const scalar_t> CUSTOM_CONV_R
     for (int64_t oh = rows.first; oh <= rows.last; ++oh) {
       for (int64_t ow = cols.first; ow <= cols.last; ++ow) {
         const int64_t o = oh * g.out_w + ow;
-        // i must lie on window o's dilation grid: a window of padding only
-        // reports an index that is not in it (see ../max_pool2d_window.h).
-        const bool in_window = (i / g.in_w + g.pad_h - oh * g.stride_h) % g.dilation_h == 0 &&
-                               (i % g.in_w + g.pad_w - ow * g.stride_w) % g.dilation_w == 0;
-        if (in_window && idx[o] == i) {
+        // A window of padding only reports an index that is not in it, and
+        // routes nothing (see ../max_pool2d_window.h).
+        if (idx[o] == i && window_holds_input(g, oh, ow)) {
           sum += static_cast<acc_t>(go[o]);
         }
       }
