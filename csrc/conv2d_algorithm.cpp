@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <iterator>
 
 namespace custom_conv {
 namespace {
@@ -56,6 +57,12 @@ bool is_disabled(Conv2dAlgorithm algorithm) {
 }
 
 constexpr const char* kSwitchedOff = "switched off by the user (custom_conv.disabled_algorithms)";
+
+// Every algorithm, in the order the CPU chooser tries them; the last, im2col,
+// takes every layer and so cannot be switched off.
+constexpr Conv2dAlgorithm kAlgorithms[] = {Conv2dAlgorithm::kWinograd, Conv2dAlgorithm::kDirect,
+                                           Conv2dAlgorithm::kDepthwise, Conv2dAlgorithm::kIm2col};
+constexpr Conv2dAlgorithm kFallback = Conv2dAlgorithm::kIm2col;
 
 const char* pass_name(Conv2dPass pass) {
   switch (pass) {
@@ -215,23 +222,29 @@ Conv2dAlgorithm choose_conv2d_algorithm(const Conv2dGeometry& g, Conv2dPass pass
   return Conv2dAlgorithm::kIm2col;
 }
 
+std::vector<std::string> conv2d_algorithms() {
+  std::vector<std::string> names;
+  for (const Conv2dAlgorithm a : kAlgorithms) {
+    names.emplace_back(algorithm_name(a));
+  }
+  return names;
+}
+
 std::vector<std::string> set_disabled_conv2d_algorithms(const std::vector<std::string>& names) {
   unsigned mask = 0;
   for (const std::string& name : names) {
-    if (name == "direct") {
-      mask |= 1u << static_cast<unsigned>(Conv2dAlgorithm::kDirect);
-    } else if (name == "depthwise") {
-      mask |= 1u << static_cast<unsigned>(Conv2dAlgorithm::kDepthwise);
-    } else if (name == "winograd") {
-      mask |= 1u << static_cast<unsigned>(Conv2dAlgorithm::kWinograd);
-    } else {
-      TORCH_CHECK_VALUE(name != "im2col", "im2col is every layer's fallback and cannot be switched off");
-      TORCH_CHECK_VALUE(false, "no conv2d algorithm called '", name, "' (direct, depthwise, winograd, im2col)");
-    }
+    const auto* const end = std::end(kAlgorithms);
+    const auto* const found =
+        std::find_if(std::begin(kAlgorithms), end, [&](Conv2dAlgorithm a) { return name == algorithm_name(a); });
+    TORCH_CHECK_VALUE(found != end, "no conv2d algorithm called '", name, "' (one of ",
+                      c10::Join(", ", conv2d_algorithms()), ")");
+    TORCH_CHECK_VALUE(*found != kFallback, algorithm_name(kFallback),
+                      " is every layer's fallback and cannot be switched off");
+    mask |= 1u << static_cast<unsigned>(*found);
   }
   const unsigned previous = disabled_algorithms.exchange(mask);
   std::vector<std::string> before;
-  for (const Conv2dAlgorithm a : {Conv2dAlgorithm::kDirect, Conv2dAlgorithm::kDepthwise, Conv2dAlgorithm::kWinograd}) {
+  for (const Conv2dAlgorithm a : kAlgorithms) {
     if ((previous >> static_cast<unsigned>(a)) & 1u) {
       before.emplace_back(algorithm_name(a));
     }

@@ -34,6 +34,8 @@ TORCH_LIBRARY(custom_conv, m) {
   m.def("conv2d_algorithm(Tensor input, Tensor weight, int[2] stride, int[2] padding, int[2] dilation, "
         "int groups, str pass_name) -> (str, str)",
         &custom_conv::conv2d_algorithm_op);
+  // Every algorithm's name, in the order the CPU chooser tries them.
+  m.def("conv2d_algorithms() -> str[]", &custom_conv::conv2d_algorithms);
   // Switches algorithms off (custom_conv.disabled_algorithms); returns the
   // ones off before.
   m.def("set_disabled_conv2d_algorithms(str[] names) -> str[]", &custom_conv::set_disabled_conv2d_algorithms);
