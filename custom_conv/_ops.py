@@ -46,3 +46,21 @@ except ImportError as error:  # tested in tests/test_ops.py
 
 ops = torch.ops.custom_conv
 
+# The ops with a kernel per backend (csrc/schemas.h).
+KERNEL_OPS = ("conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_backward_bias",
+              "max_pool2d_forward", "max_pool2d_backward")
+
+
+def has_kernels(dispatch_key):
+    """Whether every kernel op has a kernel for `dispatch_key` ("CPU", "CUDA",
+    "Meta", ...), asked of torch's dispatcher, which knows what the compiled
+    module registered."""
+    return all(torch._C._dispatch_has_kernel_for_dispatch_key(f"custom_conv::{op}", dispatch_key)
+               for op in KERNEL_OPS)
+
+
+def has_cuda_kernels():
+    """Whether this build has our CUDA kernels (setup.py compiles them where a
+    GPU is visible or FORCE_CUDA=1)."""
+    return has_kernels("CUDA")
+
