@@ -7,7 +7,7 @@
 // the bracket is a matrix product, which BLAS runs:
 //   forward          M[xi] (C_out, T) = U[xi] (C_out, C_in) @ V[xi] (C_in, T)
 // with U = G w G^T per (c_out, c_in), V = B^T d B per (c_in, tile), T tiles.
-// The input gradient of a stride-1 convolution is the lecture's convolution
+// The input gradient of a stride-1 convolution is the convolution
 // of the padded output gradient with the kernel rotated by 180 degrees, so it
 // runs the same forward with U taken from the rotated, channel-swapped kernel.
 // The weight gradient is the forward's transpose in the Winograd domain:
@@ -69,7 +69,7 @@ constexpr int64_t kMinBlockTiles = 256;
 // of dU each time: in the channel layout, longer blocks (up to
 // kMaxWeightBlockTiles, within kWeightBlockValues) ran up to 1.4x faster on
 // VGG's 16x16 and ResNet-18's 14x14 layers; in the plane layout they ran
-// slower (measured with benchmarks/bench.py, 2026-11-27).
+// slower (measured with benchmarks/bench.py on an AVX-512 CPU).
 constexpr int64_t kWeightBlockValues = int64_t{1} << 22;
 constexpr int64_t kMaxWeightBlockTiles = 1024;
 

@@ -2,7 +2,7 @@
 //
 // The forward remembers, for every output, where in its (H, W) input plane
 // the maximum came from (flat index h * W + w, as torch reports it). That
-// index tensor is the lecture's pseudo-weight matrix G in compressed form: G
+// index tensor is a matrix G in compressed form, the pooling's Jacobian: G
 // has a single 1 per output, at that position. The backward multiplies by G^T,
 // i.e. routes each output gradient to that one input element.
 #include "../geometry.h"
