@@ -315,7 +315,7 @@ def main():
     parser.add_argument("--min-run-time", type=float, default=0.3, help="seconds per measurement")
     parser.add_argument("--quick", action="store_true", help="only a few shapes")
     parser.add_argument("--filter", default="", help="only shapes whose name contains this")
-    parser.add_argument("--out", help="JSON file (default: benchmarks/results/<device>-<dtype>-<date>.json)")
+    parser.add_argument("--out", help="JSON file (default: results/benchmarks/<device>-<dtype>-<date>.json)")
     args = parser.parse_args()
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -483,8 +483,8 @@ def run(args, dtype_name):
                   rows=rows,
                   summary=summary, scratch_bytes=scratch,
                   algorithm_errors=algorithm_error_entries or None)
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"{args.device}-{dtype_name}-{result['date']}.json")
+    out = args.out or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results",
+                                   "benchmarks", f"{args.device}-{dtype_name}-{result['date']}.json")
     if args.out and len(args.dtype) > 1:
         out = out.replace(".json", f"-{dtype_name}.json")
     with open(out, "w") as f:

@@ -7,7 +7,7 @@ multiply-adds, a hatched bar inside ours shows the rate of the arithmetic it
 actually did. Results of a single batch size (rows without a "batch") draw
 the same way.
 
-    .venv/bin/python benchmarks/chart.py benchmarks/results/cpu-float32-DATE.json --out PNG
+    .venv/bin/python benchmarks/chart.py results/benchmarks/cpu-float32-DATE.json --out PNG
     .venv/bin/python benchmarks/chart.py RESULT.json --batch 1 --mode forward --out PNG
 """
 import argparse
