@@ -3,7 +3,7 @@
 // order winograd, direct, depthwise, im2col; the GPU has one, im2col with our
 // own GEMM.
 // The thresholds were measured with benchmarks/bench.py on x86-64 CPUs with
-// AVX-512 (benchmarks/results/).
+// AVX-512 (results/benchmarks/).
 #include "conv2d_algorithm.h"
 
 #include "cpu/conv2d_routes.h"

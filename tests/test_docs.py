@@ -1,6 +1,7 @@
 """The documents: a README a newcomer reads in minutes, with the set-up
 commands first; every relative link in the documents leads to a file of the
-repository (and every #anchor to a heading of it); and code, tests, scripts
+repository (and every #anchor to a heading of it), and so does every path
+named in code, tests and documents; and code, tests, scripts
 and documents state reasons and bounds, not dates or tracker numbers, which
 belong to the results files and their READMEs, next to the machine."""
 import re
@@ -60,6 +61,23 @@ def tracked_text_files():
         path = REPO / name
         if name and not name.startswith(RESULTS) and path.suffix not in (".png", ".json") and path.is_file():
             yield name, path
+
+
+# A path of the repository named in a file: a comment, a docstring, a
+# document. Not patterns (followed by {, <, * or .{) nor placeholders (DATE).
+PATH = re.compile(r"(?<![\w./-])((?:csrc|custom_conv|tests|benchmarks|results|docs)/[\w./-]*\w/?)(?![\w{<*]|\.\{)")
+
+
+def test_every_path_named_in_code_tests_and_documents_exists():
+    """A file that moves leaves no stale mention behind (the link test above
+    covers Markdown links; this covers plain mentions, in code too)."""
+    missing = [f"{name}:{number}: {match.group(1)}"
+               for name, path in tracked_text_files()
+               for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
+               for match in PATH.finditer(line)
+               if not re.search(r"[A-Z]{3,}", match.group(1)) and not (REPO / match.group(1)).exists()
+               and not match.group(1).startswith("custom_conv/_C")]  # the compiled module, built, not tracked
+    assert missing == [], "\n".join(missing)
 
 
 # A date, a tracker's issue number, or a diary's machine.

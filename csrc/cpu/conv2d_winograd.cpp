@@ -18,7 +18,7 @@
 // F(4x4, 3x3) was 10-11x torch's own error on VGG's 256-channel layer (with
 // the points 0, +-1, 1/2, -2; 30x with Lavin's 0, +-1, +-2), and still 10x
 // with every transform in float64, so the loss is in the products, not the
-// transforms; F(2x2, 3x3) is 1.5x (benchmarks/results/ records it per layer).
+// transforms; F(2x2, 3x3) is 1.5x (results/benchmarks/ records it per layer).
 // Its transforms only add and subtract, exactly as written here:
 //   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]
 //   G   = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]
