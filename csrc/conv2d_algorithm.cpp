@@ -12,23 +12,22 @@
 
 #include <algorithm>
 #include <atomic>
-#include <iterator>
 
 namespace custom_conv {
 namespace {
 
 // Direct kernels pay off where im2col costs as much as the GEMM it feeds:
-// short reductions. Beyond this many steps (C_in/groups * kH * kW) BLAS runs
+// short reductions. Beyond this many steps (C_in/groups * kH * kW) our GEMM runs
 // near the processor's peak, which the unblocked direct loops do not reach.
 constexpr int64_t kMaxDirectSteps = 576;
-// A 1x1 kernel needs no im2col at all, so BLAS on the input itself wins.
+// A 1x1 kernel needs no im2col at all, so the GEMM on the input itself wins.
 constexpr int64_t kMinDirectTaps = 2;
 // The direct forward kernel computes whole blocks of output channels and
 // whole tiles of outputs; below this share of useful work (planes of 2x2,
 // few output channels) im2col is faster.
 constexpr double kMinDirectLaneUse = 0.6;
 // The direct weight gradient keeps a tile of output channels in registers per
-// input channel; for more output channels than this, im2col + BLAS is faster.
+// input channel; for more output channels than this, im2col + GEMM is faster.
 constexpr int64_t kMaxDirectWeightGradOutChannels = 64;
 // With 2 or 3 input channels per group the weight-gradient kernel's channel
 // tiles are mostly empty (1 channel is folded with the kernel's columns, 4 fill
@@ -58,20 +57,6 @@ bool is_disabled(Conv2dAlgorithm algorithm) {
 
 constexpr const char* kSwitchedOff = "switched off by the user (custom_conv.disabled_algorithms)";
 
-// Every algorithm, in the order the CPU chooser tries them; the last, im2col,
-// takes every layer and so cannot be switched off.
-constexpr Conv2dAlgorithm kAlgorithms[] = {Conv2dAlgorithm::kWinograd, Conv2dAlgorithm::kDirect,
-                                           Conv2dAlgorithm::kDepthwise, Conv2dAlgorithm::kIm2col};
-constexpr Conv2dAlgorithm kFallback = Conv2dAlgorithm::kIm2col;
-
-const char* pass_name(Conv2dPass pass) {
-  switch (pass) {
-    case Conv2dPass::kForward: return "forward";
-    case Conv2dPass::kBackwardInput: return "backward-input";
-    default: return "backward-weight";
-  }
-}
-
 // The layer as seen by the pass's product: the input gradient of a stride-1
 // layer is a convolution of the output gradient, with C_in and C_out swapped.
 int64_t reduction_steps(const Conv2dGeometry& g, Conv2dPass pass) {
@@ -79,27 +64,21 @@ int64_t reduction_steps(const Conv2dGeometry& g, Conv2dPass pass) {
   return (pass == Conv2dPass::kBackwardInput ? g.out_channels_per_group() : g.in_channels_per_group()) * taps;
 }
 
-// Why the direct kernels cannot or should not run this pass of the layer, or
-// null when they should.
+// Why the direct kernels should not run this pass of the layer (the route
+// itself says what it cannot run), or null when they should.
 const char* direct_refusal(const Conv2dGeometry& g, Conv2dPass pass, at::ScalarType dtype, std::string* detail) {
   if (is_disabled(Conv2dAlgorithm::kDirect)) {
     return "direct kernels switched off by the user (custom_conv.disabled_algorithms)";
   }
-  if (!direct_kernels_available(dtype)) {
-    return "no direct kernels for this dtype on this CPU";
-  }
-  if (g.batch == 0) {
-    return "empty batch";
-  }
-  if (g.in_channels == 0) {
-    return "no input channels: the output is the bias alone";
+  if (const char* cannot = conv2d_direct_refusal(g, pass, dtype)) {
+    return cannot;
   }
   if (g.kernel_h * g.kernel_w < kMinDirectTaps) {
-    return "a 1x1 kernel needs no im2col: BLAS reads the input as it is";
+    return "a 1x1 kernel needs no im2col: the GEMM reads the input as it is";
   }
   if (reduction_steps(g, pass) > kMaxDirectSteps) {
     if (detail) *detail = c10::str(" (", reduction_steps(g, pass), " > ", kMaxDirectSteps, ")");
-    return "the reduction is long enough for BLAS to run near peak";
+    return "the reduction is long enough for the GEMM to run near peak";
   }
   if (pass == Conv2dPass::kBackwardWeight) {
     const int64_t ci = g.in_channels_per_group();
@@ -110,14 +89,6 @@ const char* direct_refusal(const Conv2dGeometry& g, Conv2dPass pass, at::ScalarT
       return "2 or 3 input channels leave the weight-gradient tiles mostly empty";
     }
     return nullptr;
-  }
-  if (pass == Conv2dPass::kBackwardInput) {
-    if (g.stride_h != 1 || g.stride_w != 1) {
-      return "the direct input gradient is written for stride 1";
-    }
-    if (g.dilation_h * (g.kernel_h - 1) < g.pad_h || g.dilation_w * (g.kernel_w - 1) < g.pad_w) {
-      return "padding wider than the kernel's reach (the gradient's padding would be negative)";
-    }
   }
   const DirectWork work = direct_forward_work(g, dtype, pass == Conv2dPass::kBackwardInput);
   if (!(work.useful >= kMinDirectLaneUse * work.computed)) {
@@ -133,24 +104,14 @@ const char* direct_refusal(const Conv2dGeometry& g, Conv2dPass pass, at::ScalarT
   return nullptr;
 }
 
-// Why Winograd cannot or should not run this pass of the layer, or null when
-// it should.
-const char* winograd_refusal(const Conv2dGeometry& g, at::ScalarType dtype) {
+// Why Winograd should not run this pass of the layer (the route itself says
+// what it cannot run), or null when it should.
+const char* winograd_refusal(const Conv2dGeometry& g, Conv2dPass pass, at::ScalarType dtype) {
   if (is_disabled(Conv2dAlgorithm::kWinograd)) {
     return "winograd switched off by the user (custom_conv.disabled_algorithms)";
   }
-  if (g.kernel_h != 3 || g.kernel_w != 3 || g.stride_h != 1 || g.stride_w != 1 || g.dilation_h != 1 ||
-      g.dilation_w != 1) {
-    return "winograd is for 3x3 kernels with stride 1 and no dilation";
-  }
-  if (dtype != at::kFloat) {
-    return "winograd runs in float32 only (float64 keeps the exact sum over the taps)";
-  }
-  if (g.groups != 1) {
-    return "winograd is for ungrouped layers";
-  }
-  if (g.pad_h > 2 || g.pad_w > 2) {
-    return "padding wider than the kernel's reach";
+  if (const char* cannot = conv2d_winograd_refusal(g, pass, dtype)) {
+    return cannot;
   }
   if (std::min(g.in_channels, g.out_channels) < kMinWinogradChannels) {
     return "too few channels for winograd's products";
@@ -165,7 +126,32 @@ const char* winograd_refusal(const Conv2dGeometry& g, at::ScalarType dtype) {
   return nullptr;
 }
 
+// The algorithm forced by the user (custom_conv.forced_algorithm), or -1.
+std::atomic<int> forced_algorithm{-1};
+
+// Every algorithm, in the order the CPU chooser tries them; the last, im2col,
+// takes every layer and so cannot be switched off.
+constexpr Conv2dAlgorithm kAlgorithms[] = {Conv2dAlgorithm::kWinograd, Conv2dAlgorithm::kDirect,
+                                          Conv2dAlgorithm::kDepthwise, Conv2dAlgorithm::kIm2col};
+constexpr Conv2dAlgorithm kFallback = Conv2dAlgorithm::kIm2col;
+
+Conv2dAlgorithm algorithm_named(const std::string& name) {
+  for (const Conv2dAlgorithm a : kAlgorithms) {
+    if (name == algorithm_name(a)) return a;
+  }
+  TORCH_CHECK_VALUE(false, "no conv2d algorithm called '", name, "' (one of ", c10::Join(", ", conv2d_algorithms()),
+                    ")");
+}
+
 }  // namespace
+
+const char* conv2d_pass_name(Conv2dPass pass) {
+  switch (pass) {
+    case Conv2dPass::kForward: return "forward";
+    case Conv2dPass::kBackwardInput: return "backward-input";
+    default: return "backward-weight";
+  }
+}
 
 const char* algorithm_name(Conv2dAlgorithm algorithm) {
   switch (algorithm) {
@@ -176,13 +162,12 @@ const char* algorithm_name(Conv2dAlgorithm algorithm) {
   }
 }
 
-Conv2dAlgorithm choose_conv2d_algorithm(const Conv2dGeometry& g, Conv2dPass pass, at::ScalarType dtype,
-                                        c10::DeviceType device, std::string* why) {
-  if (device != c10::DeviceType::CPU) {
-    if (why) *why = "im2col and our tiled GEMM: the only algorithm of the CUDA kernels";
-    return Conv2dAlgorithm::kIm2col;
-  }
-  const char* not_winograd = winograd_refusal(g, dtype);
+namespace {
+
+// The chooser proper: the first algorithm, in the order winograd, direct,
+// depthwise, im2col, that can run the pass and is worth running.
+Conv2dAlgorithm choose_by_cost(const Conv2dGeometry& g, Conv2dPass pass, at::ScalarType dtype, std::string* why) {
+  const char* not_winograd = winograd_refusal(g, pass, dtype);
   if (not_winograd == nullptr) {
     if (why) *why = "winograd: a 3x3 stride-1 layer in float32 with enough channels and tiles (F(2x2, 3x3))";
     return Conv2dAlgorithm::kWinograd;
@@ -203,7 +188,7 @@ Conv2dAlgorithm choose_conv2d_algorithm(const Conv2dGeometry& g, Conv2dPass pass
                             ? "depthwise layers take the depthwise loops"
                             : direct_refusal(g, pass, dtype, why ? &detail : nullptr);
   if (refusal == nullptr) {
-    if (why) *why = c10::str("direct: the ", pass_name(pass), " fits the direct kernels (", c10::toString(dtype),
+    if (why) *why = c10::str("direct: the ", conv2d_pass_name(pass), " fits the direct kernels (", c10::toString(dtype),
                              ", ", reduction_steps(g, pass), " reduction steps", detail, ")", winograd_note);
     return Conv2dAlgorithm::kDirect;
   }
@@ -222,6 +207,35 @@ Conv2dAlgorithm choose_conv2d_algorithm(const Conv2dGeometry& g, Conv2dPass pass
   return Conv2dAlgorithm::kIm2col;
 }
 
+}  // namespace
+
+Conv2dAlgorithm choose_conv2d_algorithm(const Conv2dGeometry& g, Conv2dPass pass, at::ScalarType dtype,
+                                        c10::DeviceType device, std::string* why) {
+  if (device != c10::DeviceType::CPU) {
+    if (why) *why = "im2col and our tiled GEMM: the only algorithm of the CUDA kernels";
+    return Conv2dAlgorithm::kIm2col;
+  }
+  const int forced = forced_algorithm.load(std::memory_order_relaxed);
+  if (forced < 0) {
+    return choose_by_cost(g, pass, dtype, why);
+  }
+  const auto algorithm = static_cast<Conv2dAlgorithm>(forced);
+  const char* cannot = cpu_route(algorithm).refusal(g, pass, dtype);
+  if (cannot == nullptr) {
+    if (why) *why = c10::str(algorithm_name(algorithm), ": forced by the user (custom_conv.forced_algorithm)");
+    return algorithm;
+  }
+  const Conv2dAlgorithm chosen = choose_by_cost(g, pass, dtype, why);
+  if (why) *why += c10::str("; forced ", algorithm_name(algorithm), " cannot run it: ", cannot);
+  return chosen;
+}
+
+std::string set_forced_conv2d_algorithm(const std::string& name) {
+  const int wanted = name.empty() ? -1 : static_cast<int>(algorithm_named(name));
+  const int previous = forced_algorithm.exchange(wanted);
+  return previous < 0 ? std::string() : std::string(algorithm_name(static_cast<Conv2dAlgorithm>(previous)));
+}
+
 std::vector<std::string> conv2d_algorithms() {
   std::vector<std::string> names;
   for (const Conv2dAlgorithm a : kAlgorithms) {
@@ -233,14 +247,10 @@ std::vector<std::string> conv2d_algorithms() {
 std::vector<std::string> set_disabled_conv2d_algorithms(const std::vector<std::string>& names) {
   unsigned mask = 0;
   for (const std::string& name : names) {
-    const auto* const end = std::end(kAlgorithms);
-    const auto* const found =
-        std::find_if(std::begin(kAlgorithms), end, [&](Conv2dAlgorithm a) { return name == algorithm_name(a); });
-    TORCH_CHECK_VALUE(found != end, "no conv2d algorithm called '", name, "' (one of ",
-                      c10::Join(", ", conv2d_algorithms()), ")");
-    TORCH_CHECK_VALUE(*found != kFallback, algorithm_name(kFallback),
+    const Conv2dAlgorithm algorithm = algorithm_named(name);
+    TORCH_CHECK_VALUE(algorithm != kFallback, algorithm_name(kFallback),
                       " is every layer's fallback and cannot be switched off");
-    mask |= 1u << static_cast<unsigned>(*found);
+    mask |= 1u << static_cast<unsigned>(algorithm);
   }
   const unsigned previous = disabled_algorithms.exchange(mask);
   std::vector<std::string> before;

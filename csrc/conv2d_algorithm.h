@@ -20,13 +20,15 @@ namespace custom_conv {
 enum class Conv2dPass { kForward, kBackwardInput, kBackwardWeight };
 
 enum class Conv2dAlgorithm {
-  kIm2col,     // unroll receptive fields, one matrix product (CPU: BLAS; GPU: our GEMM)
+  kIm2col,     // unroll receptive fields, one matrix product (our GEMM)
   kDirect,     // register-blocked vector kernels on the padded input (CPU, float/double)
   kDepthwise,  // direct loops over the taps, one input plane per output channel (CPU)
-  kWinograd,   // 3x3 stride 1 by minimal filtering F(2x2, 3x3), products by BLAS (CPU, float32)
+  kWinograd,   // 3x3 stride 1 by minimal filtering F(2x2, 3x3), products by our GEMM (CPU, float32)
 };
 
 const char* algorithm_name(Conv2dAlgorithm algorithm);
+// "forward", "backward-input" or "backward-weight", for messages.
+const char* conv2d_pass_name(Conv2dPass pass);
 
 // The algorithm for this pass of the layer `g` on tensors of `dtype` on
 // `device`. When `why` is given, it receives the reason in a sentence (the
@@ -46,6 +48,14 @@ std::vector<std::string> conv2d_algorithms();
 // im2col raises ValueError and changes nothing. (custom_conv.disabled_algorithms
 // in Python.)
 std::vector<std::string> set_disabled_conv2d_algorithms(const std::vector<std::string>& names);
+
+// The op custom_conv::set_forced_conv2d_algorithm: from now on, every CPU
+// convolution pass runs on the algorithm named wherever that route can
+// compute it (elsewhere the chooser decides as usual), until the next call;
+// "" ends it. Returns the name forced before, or "". For tests that sweep
+// each route over shapes the chooser would send elsewhere, and for comparing
+// routes. (custom_conv.forced_algorithm in Python.)
+std::string set_forced_conv2d_algorithm(const std::string& name);
 
 // The op custom_conv::conv2d_algorithm: (algorithm, reason) for one pass
 // ("forward", "backward_input" or "backward_weight") of conv2d_forward on

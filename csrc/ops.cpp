@@ -7,7 +7,10 @@
 #include <torch/library.h>
 
 #include "conv2d_algorithm.h"
+#include "cpu/conv2d_routes.h"
 #include "cpu/direct/kernels.h"
+#include "cpu/gemm/gemm.h"
+#include "cpu/isa.h"
 #include "schemas.h"
 
 // `import custom_conv._C` loads this shared library, which runs the
@@ -21,9 +24,9 @@ PyObject* PyInit__C(void) {
 
 TORCH_LIBRARY(custom_conv, m) {
   custom_conv::define_kernel_ops(m);
-  // Which CPU convolution kernels this process uses: "avx512" or "avx2" (the
-  // direct kernels of cpu/direct/, for float and double) or "im2col".
-  m.def("cpu_kernels() -> str", &custom_conv::direct::cpu_kernels);
+  // The instruction-set level every vectorised CPU route of this process
+  // uses: "avx512", "avx2" or "baseline" (cpu/isa.h).
+  m.def("cpu_kernels() -> str", &custom_conv::cpu_kernels);
   // The float32 FMA peak of this CPU in GFLOP/s, measured for about `seconds`
   // on torch's threads with those kernels' widest registers (for
   // benchmarks/bench.py; 0 without direct kernels).
@@ -39,4 +42,19 @@ TORCH_LIBRARY(custom_conv, m) {
   // Switches algorithms off (custom_conv.disabled_algorithms); returns the
   // ones off before.
   m.def("set_disabled_conv2d_algorithms(str[] names) -> str[]", &custom_conv::set_disabled_conv2d_algorithms);
+  // Makes every CPU convolution pass run on the algorithm named, wherever
+  // that route can compute it ("" for the chooser's own choice again;
+  // custom_conv.forced_algorithm); returns the one forced before.
+  m.def("set_forced_conv2d_algorithm(str name) -> str", &custom_conv::set_forced_conv2d_algorithm);
+  // The constants that cut each CPU route's work into blocks, by name (a
+  // table of blockings repeats its names): what the tests' sweep derives
+  // its shapes from, so that it crosses every blocking's edges.
+  m.def("cpu_route_constants() -> (str[], int[])", &custom_conv::cpu_route_constants);
+  // Our CPU GEMM alone (cpu/gemm/gemm.h): alpha * a @ b + beta * c + bias per
+  // row, for 2-D matrices or 3-D batches of any strides; and its blocking
+  // for a dtype: (mr, nr, kc, nc, L1 bytes, L2 bytes). For its tests and the
+  // benchmark; the routes call the GEMM directly.
+  m.def("cpu_gemm(Tensor a, Tensor b, Tensor? c=None, float alpha=1, float beta=0, Tensor? bias=None) -> Tensor",
+        &custom_conv::gemm::gemm_op);
+  m.def("cpu_gemm_blocking(ScalarType dtype) -> int[]", &custom_conv::gemm::blocking_for);
 }

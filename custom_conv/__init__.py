@@ -16,19 +16,20 @@ from . import _ops  # noqa: F401  (loads the kernels; must come first)
 from ._ops import has_cuda_kernels
 from . import functional, nn
 from .convert import convert
-from .explain import Conv2dChoice, disabled_algorithms, explain_conv2d
+from .explain import Conv2dChoice, disabled_algorithms, explain_conv2d, forced_algorithm
 from ._info import __version__, info
 from .mode import FallbackWarning, enabled
 
 
 def cpu_kernels() -> str:
-    """The CPU convolution kernels in use: "avx512" or "avx2" (direct kernels
-    for float32 and float64, picked for this CPU) or "im2col" (im2col and a
-    BLAS GEMM, also used for the other dtypes and for shapes the direct
-    kernels do not cover). Set CUSTOM_CONV_CPU_KERNELS before the first
-    convolution to choose a lesser set, e.g. to compare them."""
+    """The instruction-set level every vectorised CPU kernel runs at:
+    "avx512", "avx2" or "baseline" (any x86-64, or another CPU), the best
+    this CPU has. It picks the GEMM's micro-kernels and the direct kernels
+    (which need avx2 or avx512; at the baseline level those layers take
+    another route). Set CUSTOM_CONV_CPU_KERNELS=avx2|baseline before the
+    first convolution to run a lesser level, e.g. to compare them."""
     return torch.ops.custom_conv.cpu_kernels()
 
 
 __all__ = ["functional", "nn", "convert", "enabled", "FallbackWarning", "cpu_kernels", "has_cuda_kernels",
-           "explain_conv2d", "Conv2dChoice", "disabled_algorithms", "info", "__version__"]
+           "explain_conv2d", "Conv2dChoice", "disabled_algorithms", "forced_algorithm", "info", "__version__"]

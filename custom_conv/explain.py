@@ -15,7 +15,7 @@ from typing import NamedTuple
 from ._ops import ops
 from .functional import _conv2d_arguments
 
-__all__ = ["Conv2dChoice", "explain_conv2d", "disabled_algorithms", "PASSES"]
+__all__ = ["Conv2dChoice", "explain_conv2d", "disabled_algorithms", "forced_algorithm", "PASSES"]
 
 # Every algorithm, in the order the CPU chooser tries them (the fallback,
 # im2col, last): the chooser's own list.
@@ -48,7 +48,7 @@ def disabled_algorithms(*names):
     chooser would, in the order of ALGORITHMS, and explain_conv2d says so.
     To compare algorithms, or to rule one out when hunting a numerical
     difference. The last, every layer's fallback, cannot be switched off (a
-    ValueError, as for an unknown name); CUSTOM_CONV_CPU_KERNELS=im2col
+    ValueError, as for an unknown name); CUSTOM_CONV_CPU_KERNELS=baseline
     removes the direct kernels for a whole process instead.
 
     The setting is process-wide, like torch.backends flags: it applies to
@@ -60,3 +60,22 @@ def disabled_algorithms(*names):
         yield
     finally:
         ops.set_disabled_conv2d_algorithms(previous)
+
+
+@contextlib.contextmanager
+def forced_algorithm(name):
+    """Within the block, every CPU convolution pass runs on the algorithm
+    named ("winograd", "direct", "depthwise" or "im2col") wherever that route
+    can compute it, whatever its cost; passes it cannot run (the direct
+    kernels' input gradient of a strided layer, Winograd on a 5x5 kernel)
+    take the chooser's choice, and explain_conv2d says which happened. To
+    compare one route with another on the same layers, as the test sweep
+    does. Process-wide, like disabled_algorithms; the previous setting
+    returns when the block ends."""
+    if name not in ALGORITHMS:
+        raise ValueError(f"no conv2d algorithm called {name!r} (one of {', '.join(ALGORITHMS)})")
+    previous = ops.set_forced_conv2d_algorithm(name)
+    try:
+        yield
+    finally:
+        ops.set_forced_conv2d_algorithm(previous)

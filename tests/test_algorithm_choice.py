@@ -61,7 +61,7 @@ def expected_choice(name):
     cin, _, _, _, kwargs, *expected = LAYERS[name]
     if KERNELS == "avx2":
         return AVX2_DIFFERENCES.get(name, expected)
-    if KERNELS == "im2col":  # no direct kernels: single input channels go depthwise, the rest im2col
+    if KERNELS == "baseline":  # no direct kernels: single input channels go depthwise, the rest im2col
         fallback = "depthwise" if cin // kwargs.get("groups", 1) == 1 else "im2col"
         return [fallback if algorithm == "direct" else algorithm for algorithm in expected]
     return expected
@@ -127,7 +127,7 @@ def test_the_gpu_kernels_have_one_algorithm():
     assert {c.algorithm for c in plan.values()} == {"im2col"}
 
 
-@pytest.mark.skipif(KERNELS == "im2col", reason="no direct kernels to refuse")
+@pytest.mark.skipif(KERNELS == "baseline", reason="no direct kernels to refuse")
 def test_the_reason_names_the_threshold():
     x, w = layer(65, 64, 16, 3)
     reason = custom_conv.explain_conv2d(x, w, padding=2, dilation=2)["forward"].reason
@@ -148,7 +148,7 @@ def test_explain_rejects_what_conv2d_rejects():
         torch.ops.custom_conv.conv2d_algorithm(x, w, [1, 1], [0, 0], [1, 1], 1, "sideways")
 
 
-@pytest.mark.skipif(KERNELS == "im2col", reason="no direct kernels to switch off")
+@pytest.mark.skipif(KERNELS == "baseline", reason="no direct kernels to switch off")
 @pytest.mark.parametrize("dtype", dtypes("float64", "float32"))
 def test_switching_direct_off_gives_the_next_algorithm_and_the_same_results(dtype):
     """LeNet's conv2 takes the direct kernels in every pass; with them off,
@@ -212,7 +212,7 @@ def test_the_algorithms_listed_are_the_chooser_s_own_in_its_order():
     listed = custom_conv.explain.ALGORITHMS
     reached = {algorithm for name in LAYERS for algorithm in expected_choice(name)}
     assert reached <= set(listed)
-    if KERNELS != "im2col":
+    if KERNELS != "baseline":  # without direct kernels, "direct" is listed but not reached
         assert reached == set(listed)
     assert listed[-1] == "im2col"
     x, w = layer(128, 128, 12, 3)  # Winograd's layer: each switched off in turn, the next one takes it
@@ -231,3 +231,4 @@ def test_the_example_in_the_explain_module_is_what_the_chooser_answers():
     example = re.search(r">>> (custom_conv\.explain_conv2d\(.*\))\n\s+(\{.*)", custom_conv.explain.__doc__)
     plan = eval(example.group(1), {"custom_conv": custom_conv, "torch": torch})
     assert f"'forward': Conv2dChoice(algorithm='{plan['forward'].algorithm}'" in example.group(2)
+

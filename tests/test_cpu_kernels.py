@@ -16,7 +16,7 @@ import custom_conv
 from custom_conv import functional as CF
 from helpers import assert_matches_torch
 
-ORDER = ["im2col", "avx2", "avx512"]  # each set can run where the next one can
+ORDER = ["baseline", "avx2", "avx512"]  # each level can run where the next one can
 TESTS = Path(__file__).parent
 
 
@@ -25,7 +25,7 @@ def test_the_default_is_the_best_set_for_this_cpu():
     if "CUSTOM_CONV_CPU_KERNELS" in os.environ or not flags:
         pytest.skip("kernels chosen by the environment, or CPU flags unknown")
     expected = ("avx512" if {"avx512f", "avx512vl"} <= set(flags)
-                else "avx2" if {"avx2", "fma"} <= set(flags) else "im2col")
+                else "avx2" if {"avx2", "fma"} <= set(flags) else "baseline")
     assert custom_conv.cpu_kernels() == expected
 
 
@@ -48,8 +48,8 @@ def test_each_kernel_set_matches_torch(kernels):
     env = dict(os.environ, CUSTOM_CONV_CPU_KERNELS=kernels)
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-         str(TESTS / "test_conv2d.py"), str(TESTS / "test_cpu_kernels.py"),
-         str(TESTS / "test_algorithm_choice.py")],
+         *(str(TESTS / name) for name in ("test_conv2d.py", "test_cpu_kernels.py", "test_algorithm_choice.py",
+                                          "test_route_sweep.py", "test_gemm.py"))],
         env=env, cwd=TESTS.parent, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
@@ -61,11 +61,11 @@ def test_an_unknown_set_is_refused():
     code = "import custom_conv; custom_conv.cpu_kernels()"
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert result.returncode != 0
-    assert "CUSTOM_CONV_CPU_KERNELS must be avx512, avx2 or im2col, got 'sse9'" in result.stderr
+    assert "CUSTOM_CONV_CPU_KERNELS must be avx512, avx2 or baseline, got 'sse9'" in result.stderr
 
 
 # Shapes that steer the direct kernels (csrc/cpu/direct/) through each of
-# their blockings and tilings; under CUSTOM_CONV_CPU_KERNELS=im2col the same
+# their blockings and tilings; under CUSTOM_CONV_CPU_KERNELS=baseline the same
 # shapes test the im2col route.
 DIRECT_CASES = {
     "rows of 16, one register of channels": ((2, 5, 16, 16), (16, 5, 3, 3), dict(padding=1)),
@@ -122,7 +122,7 @@ def test_the_fma_peak_measurement_runs_the_chosen_kernels():
     """benchmarks/bench.py's peak (the number, not its speed, which no test
     times): positive with direct kernels, 0 without."""
     peak = torch.ops.custom_conv.cpu_fma_peak_gflops(0.02)
-    if custom_conv.cpu_kernels() == "im2col":
+    if custom_conv.cpu_kernels() == "baseline":
         assert peak == 0.0
     else:
         assert peak > 0.0

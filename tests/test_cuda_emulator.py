@@ -250,6 +250,95 @@ def test_half_weight_gradient_over_chunks_and_slices_is_rounded_once(emu, dtype)
     assert len(_grids(log, "gemm_split_reduce_kernel")) == 4  # a split reduction in every chunk
 
 
+# ---------------------------------------- every remainder of every split, swept
+
+def _gemm_products(case, batch):
+    """The products conv2d.cu's passes run on a chunk of `batch` samples, as
+    gemm_plan takes them, (groups, m, n, k): see the table atop conv2d.cu."""
+    cout, cin_g, kh, kw = case.weight
+    out = F.conv2d(torch.empty(case.input, device="meta"), torch.empty(case.weight, device="meta"), **case.kwargs)
+    groups, K, L = case.kwargs.get("groups", 1), cin_g * kh * kw, out.shape[2] * out.shape[3]
+    M = cout // groups
+    return {"forward": (groups, M, batch * L, K), "backward_input": (groups, K, batch * L, M),
+            "backward_weight": (groups, M, K, batch * L)}
+
+
+def _ragged_split(plan, k, groups=1):
+    """The reduction cut into slices, the last one shorter."""
+    _, _, splits, k_per_split, _ = plan
+    return splits > 1 and k % k_per_split != 0
+
+
+def _ragged_launches(plan, groups):
+    """The groups' products launched along z in several launches, the last one shorter."""
+    return groups > plan[4] and groups % plan[4] != 0
+
+
+# name: (device limits, the pass whose product must leave the remainder,
+#        candidate layers in order, what the product's plan must show)
+SPLIT_SWEEP = {
+    "weight gradient: a reduction over positions in ragged slices":
+        (dict(multiprocessors=2), "backward_weight",
+         [conv((1, 1, h, 25), (6, 1, 3, 3)) for h in range(20, 60)], _ragged_split),
+    "forward: a reduction over input channels in ragged slices":
+        (dict(multiprocessors=2), "forward",
+         [conv((1, c, 6, 6), (5, c, 3, 3)) for c in range(50, 120)], _ragged_split),
+    "input gradient: a reduction over output channels in ragged slices":
+        (dict(multiprocessors=2), "backward_input",
+         [conv((1, 2, 4, 4), (c, 2, 3, 3), padding=1) for c in range(500, 900, 3)], _ragged_split),
+    "groups launched along z in ragged launches, each with ragged slices":
+        (dict(multiprocessors=4, max_grid_yz=4), "backward_weight",
+         [conv((1, g, h, 25), (2 * g, 1, 3, 3), groups=g) for g in (3, 5, 7) for h in range(20, 60)],
+         lambda plan, k, groups: _ragged_split(plan, k) and _ragged_launches(plan, groups)),
+}
+
+
+def _pick(emu, limits_, target, candidates, wanted, chunks=None):
+    """The first candidate whose `target` product, under these limits, has
+    the remainder `wanted` looks for, wanted(plan, k, groups); with
+    `chunks`, in the product of a chunk of each of these many samples."""
+    with limits(emu, **limits_):
+        for case in candidates:
+            products = [_gemm_products(case, b)[target] for b in (chunks or [case.input[0]])]
+            if all(wanted(emu.gemm_plan(groups, m, n, k), k, groups) for groups, m, n, k in products):
+                return case
+    raise AssertionError(f"no candidate layer gives {target} the remainder wanted: widen the candidates")
+
+
+@pytest.mark.parametrize("dtype", dtypes("float64", "float32"))
+@pytest.mark.parametrize("name", list(SPLIT_SWEEP))
+def test_split_reductions_with_remainders_match_torch(emu, name, dtype):
+    """Layers picked through the GEMM's own plan (gemm_plan) so that each
+    split leaves a remainder: a last slice of the reduction shorter than the
+    others, a last launch with fewer groups. A slice count rounded down, or
+    a slice end clipped wrong, drops the remainder's terms."""
+    limits_, target, candidates, wanted = SPLIT_SWEEP[name]
+    case = _pick(emu, limits_, target, candidates, wanted)
+    with limits(emu, **limits_):
+        assert_matches_torch(lambda x, w, b: emulated_conv2d(emu)(x, w, b, **case.kwargs),
+                             lambda x, w, b: F.conv2d(x, w, b, **case.kwargs), conv_tensors(case, dtype),
+                             **tolerance(dtype, "cuda", long_sums=True))
+        log = emu.take_launch_log()
+    assert _grids(log, "gemm_split_reduce_kernel"), "no split reduction ran"
+
+
+@pytest.mark.parametrize("batch", [3, 5, 7])
+def test_chunks_with_a_short_last_chunk_and_split_slices_match_torch(emu, batch):
+    """A column budget of two samples and a half: chunks of 2, the last of
+    1, each chunk's weight gradient split in ragged slices and summed across
+    chunks."""
+    case = _pick(emu, dict(multiprocessors=2), "backward_weight",
+                 [conv((batch, 1, h, 25), (6, 1, 3, 3)) for h in range(20, 60)], _ragged_split, chunks=[2, 1])
+    per_sample = 9 * (case.input[2] - 2) * 23
+    with limits(emu, multiprocessors=2, column_budget=per_sample * 5 // 2):
+        assert_matches_torch(lambda x, w, b: emulated_conv2d(emu)(x, w, b, **case.kwargs),
+                             lambda x, w, b: F.conv2d(x, w, b, **case.kwargs), conv_tensors(case),
+                             **tolerance(torch.float64, "cuda"))
+        log = emu.take_launch_log()
+    chunks = (batch + 1) // 2
+    assert len(_grids(log, "im2col_kernel")) == 2 * chunks and len(_grids(log, "col2im_kernel")) == chunks
+
+
 # ------------------------------------------------------- what the emulator catches
 
 @pytest.mark.parametrize("mutant, message", [

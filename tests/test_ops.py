@@ -142,11 +142,45 @@ def test_no_aten_convolution_pooling_or_unfold_runs_in_forward_or_backward():
                        if n.startswith("aten::") and any(word in n.lower() for word in forbidden))
     assert offenders == []
     ours = {n for n in names if n.startswith("custom_conv::")}
-    assert ours == {"custom_conv::conv2d_forward", "custom_conv::conv2d_backward_input",
-                    "custom_conv::conv2d_backward_weight", "custom_conv::conv2d_backward_bias",
-                    "custom_conv::max_pool2d_forward", "custom_conv::max_pool2d_backward"}
-    # The large dot products are the one thing delegated to BLAS.
-    assert names & {"aten::mm", "aten::addmm"}
+    assert ours - {"custom_conv::gemm"} == {
+        "custom_conv::conv2d_forward", "custom_conv::conv2d_backward_input", "custom_conv::conv2d_backward_weight",
+        "custom_conv::conv2d_backward_bias", "custom_conv::max_pool2d_forward", "custom_conv::max_pool2d_backward"}
+
+
+MATMULS = {"aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::matmul", "aten::addmm_",
+           "aten::baddbmm_", "aten::mm_out", "aten::bmm_out", "aten::addmv", "aten::dot", "aten::mv"}
+
+
+def _inside_our_ops(event):
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith("custom_conv::"):
+            return True
+        parent = parent.cpu_parent
+    return False
+
+
+@pytest.mark.parametrize("route", custom_conv.explain.ALGORITHMS)
+def test_no_aten_matrix_product_runs_inside_our_ops(route):
+    """Every product of every route is our own GEMM (csrc/cpu/gemm/): the
+    profiler sees no ATen (BLAS) matrix product under any of our ops, each
+    route forced in turn on layers it runs, float32 and float64. (The
+    model's Linear layer is torch's and multiplies outside our ops.)"""
+    layers = [(torch.randn(2, 32, 10, 10), torch.randn(32, 32, 3, 3), dict(padding=1)),  # winograd, direct, im2col
+              (torch.randn(2, 16, 9, 9), torch.randn(16, 16, 1, 1), {}),  # a 1x1 kernel
+              (torch.randn(2, 8, 9, 9), torch.randn(8, 1, 3, 3), dict(groups=8, padding=1))]  # depthwise
+    with custom_conv.forced_algorithm(route), \
+            torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for dtype in (torch.float32, torch.float64):
+            for x, w, kwargs in layers:
+                x, w = x.to(dtype).requires_grad_(), w.to(dtype).requires_grad_()
+                CF.conv2d(x, w, torch.zeros(w.shape[0], dtype=dtype), **kwargs).sum().backward()
+            model = SmallNet().to(dtype)
+            model(torch.randn(2, 3, 12, 12, dtype=dtype)).sum().backward()
+    events = list(prof.events())
+    assert any(e.name == "custom_conv::gemm" and _inside_our_ops(e) for e in events)
+    assert sorted({e.name for e in events if e.name in MATMULS and _inside_our_ops(e)}) == []
+    assert {e.name for e in events if e.name in MATMULS}  # the profiler does see torch's own (the Linear's)
 
 
 def test_double_backward_through_a_model_matches_torch():

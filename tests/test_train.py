@@ -1,6 +1,8 @@
 """train.py end to end on tiny MNIST files (the real idx format) in tmp_path."""
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,10 +37,10 @@ def run_cli(args, cwd, timeout=180, launcher=None):
 
 @pytest.fixture(scope="module")
 def cli_run(data_dir, tmp_path_factory):
-    """`python train.py` as a user runs it: two short epochs."""
+    """`python train.py` as a user runs it: two short epochs (of 3 steps; step scalars every 2)."""
     run_dir = tmp_path_factory.mktemp("runs") / "smoke"
     result = run_cli(["--data-dir", str(data_dir), "--logdir", str(run_dir), "--epochs", "2",
-                      "--limit-batches", "3"] + TINY, cwd=run_dir.parent)
+                      "--limit-batches", "3", "--log-every", "2"] + TINY, cwd=run_dir.parent)
     assert result.returncode == 0, result.stderr
     return run_dir, result
 
@@ -97,6 +99,125 @@ def test_tensorboard_events_read_back(cli_run):
     assert "_hparams_/experiment" in hparams and "_hparams_/session_start_info" in hparams
     assert b"lenet5" in hparams["_hparams_/session_start_info"]
     assert [e.value for e in events.Scalars("hparam/test_acc")] == [pytest.approx(metrics["test_acc"])]
+
+
+def test_tensorboard_has_the_graph_step_scalars_and_the_tests_classes(cli_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, result = cli_run
+    assert "TracerWarning" not in result.stderr and "graph" not in result.stdout  # traced quietly
+    events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    assert "custom_conv::conv2d_forward" in {node.op for node in events.Graph().node}
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    per_class = metrics["test_acc_per_class"]
+    tags = events.Tags()
+    assert [e.step for e in events.Images("confusion_matrix/test")] == [1, 2]
+    for name, acc in per_class.items():
+        if acc is not None:
+            assert events.Scalars(f"accuracy_per_class/{name}")[-1].value == pytest.approx(acc), name
+    assert {t for t in tags["scalars"] if t.startswith("accuracy_per_class/")} == {
+        f"accuracy_per_class/{name}" for name, acc in per_class.items() if acc is not None}
+    # 3 steps an epoch, scalars every 2 steps of the run: steps 2, 4 and 6, in their own run directory.
+    steps = EventAccumulator(str(run_dir / "steps"))
+    steps.Reload()
+    assert [e.step for e in steps.Scalars("train_step/loss")] == [2, 4, 6]
+    lrs = [row["lr"] for row in metrics["history"]]
+    assert [e.value for e in steps.Scalars("train_step/learning_rate")] == pytest.approx([lrs[0], lrs[1], lrs[1]])
+
+
+def test_metrics_json_keeps_the_final_models_per_class_accuracy_and_confusion_matrix(cli_run):
+    run_dir, _ = cli_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    matrix = metrics["test_confusion_matrix"]
+    counts, classes = matrix["counts"], matrix["classes"]
+    assert classes == list(metrics["test_acc_per_class"]) and len(classes) == 10 and classes[0] == "0 - zero"
+    assert sum(map(sum, counts)) == metrics["history"][-1]["test_images"] == 40
+    assert sum(counts[i][i] for i in range(10)) / 40 == pytest.approx(metrics["test_acc"])
+    for i, name in enumerate(classes):
+        if sum(counts[i]):
+            assert metrics["test_acc_per_class"][name] == pytest.approx(counts[i][i] / sum(counts[i]))
+
+
+def test_off_a_terminal_progress_lines_come_before_the_epoch_ends(data_dir, tmp_path):
+    result = run_cli(["--data-dir", str(data_dir), "--logdir", str(tmp_path / "run"), "--epochs", "1",
+                      "--limit-batches", "3", "--progress-every", "0"] + TINY, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    end_of_epoch = next(i for i, line in enumerate(lines) if line.startswith("epoch "))
+    before = lines[:end_of_epoch]
+    for step in (1, 2, 3):
+        assert any(re.fullmatch(rf"  epoch 1/1  step {step}/3  loss \d+\.\d{{4}}  [\d,]+ img/s  ETA \d+:\d\d", line)
+                   for line in before), (step, before)
+    assert any(re.fullmatch(r"  test  batch 1/1  loss \d+\.\d{4}  [\d,]+ img/s  ETA \d+:\d\d", line) for line in before)
+    assert "\r" not in result.stdout + result.stderr
+
+
+def test_resume_keeps_the_runs_data_directory(tmp_path, monkeypatch):
+    write_mnist(tmp_path / "first" / "data", n_train=32, n_test=16, folder="FashionMNIST")
+    monkeypatch.chdir(tmp_path / "first")
+    train.main(["--dataset", "fashion-mnist", "--data-dir", "data", "--epochs", "2", "--stop-after", "1",
+                "--logdir", str(tmp_path / "run")] + TINY)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # where ./data has nothing
+    resumed = train.main(["--resume", str(tmp_path / "run"), "--no-download", "--threads", "1"])
+    assert resumed["finished"]
+    where = tmp_path / "first" / "data" / "FashionMNIST" / "raw"
+    assert resumed["config"]["dataset_source"] == f"FashionMNIST from {where}"
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_extending_a_finished_constant_run_gives_the_weights_of_asking_for_the_total_at_once(data_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    common = ["--data-dir", str(data_dir), "--limit-batches", "3", "--schedule", "constant", "--log-every", "1"] + TINY
+    whole = train.main(common + ["--epochs", "3", "--logdir", str(tmp_path / "whole")])
+    short = train.main(common + ["--epochs", "2", "--logdir", str(tmp_path / "extended")])
+    assert short["finished"] and short["epochs_done"] == 2
+    extended = train.main(["--resume", str(tmp_path / "extended"), "--epochs", "3", "--threads", "1"])
+    assert extended["finished"] and [r["epoch"] for r in extended["history"]] == [1, 2, 3]
+    assert extended["config"]["epochs"] == 3
+    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "extended" / "checkpoint.pt", weights_only=False)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for field in ("train_loss", "test_loss", "test_acc", "lr"):
+        assert [r[field] for r in whole["history"]] == [r[field] for r in extended["history"]], field
+    # The per-step scalars go on where the finished run stopped, each step once.
+    steps = {}
+    for name in ("whole", "extended"):
+        events = EventAccumulator(str(tmp_path / name / "steps"))
+        events.Reload()
+        steps[name] = [(e.step, e.value) for e in events.Scalars("train_step/loss")]
+    assert [s for s, _ in steps["extended"]] == list(range(1, 10)) and steps["extended"] == steps["whole"]
+
+
+def test_extending_a_finished_cosine_run_recomputes_the_schedule_over_the_new_total(data_dir, tmp_path, capsys):
+    common = ["--data-dir", str(data_dir), "--limit-batches", "1", "--lr", "0.05"] + TINY
+    train.main(common + ["--epochs", "2", "--logdir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="may only be raised"):
+        train.main(["--resume", str(tmp_path), "--epochs", "1"])
+    capsys.readouterr()
+    extended = train.main(["--resume", str(tmp_path), "--epochs", "3", "--threads", "1"])
+    assert "the cosine schedule is recomputed over 3 epochs; epoch 3 trains at lr 0.0125" in capsys.readouterr().out
+    # Epochs 1-2 followed the 2-epoch cosine (0.05, then half); epoch 3 is where a 3-epoch cosine is at 2/3.
+    assert [r["lr"] for r in extended["history"]] == pytest.approx(
+        [0.05, 0.025, 0.05 * 0.5 * (1 + math.cos(2 * math.pi / 3))])
+    again = train.main(["--resume", str(tmp_path), "--threads", "1"])
+    assert again["epochs_done"] == 3 and "has finished its 3 epochs already" in capsys.readouterr().out
+
+
+def test_eval_only_tests_the_whole_test_set_unless_limited(tmp_path):
+    # More test images than one test batch (256), so that --limit-batches 1 leaves some out.
+    write_mnist(tmp_path / "data", n_train=32, n_test=300)
+    metrics = train.main(["--data-dir", str(tmp_path / "data"), "--epochs", "1", "--limit-batches", "1",
+                          "--logdir", str(tmp_path / "run")] + TINY)
+    assert metrics["history"][0]["test_images"] == 256
+    whole = train.main(["--resume", str(tmp_path / "run"), "--eval-only", "--threads", "1"])
+    assert whole["test_images"] == 300 and sum(map(sum, whole["test_confusion_matrix"]["counts"])) == 300
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["test_images"] == 300
+    limited = train.main(["--resume", str(tmp_path / "run"), "--eval-only", "--limit-batches", "1", "--threads", "1"])
+    assert limited["test_images"] == 256
 
 
 def test_resume_ends_with_bitwise_the_same_weights(data_dir, tmp_path):

@@ -1,4 +1,5 @@
 """custom_conv.training one module at a time, on tiny data (tests/test_train.py runs them together)."""
+import io
 import math
 import random
 import sys
@@ -11,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from custom_conv.training import checkpoints, config, distributed, loaders, loop, metrics, models, tensorboard
+from custom_conv.training import (checkpoints, config, distributed, loaders, loop, metrics, models, progress,
+                                  tensorboard)
 from dataset_files import write_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,9 +135,14 @@ def test_evaluate_on_known_logits(alone):
     result = loop.evaluate(torch.nn.Identity(), data, cpu, args, alone)
     expected = sum(math.log1p(math.exp(d)) for d in (-2, -1, 3, 5, -1)) / 5
     assert result["acc"] == 3 / 5 and result["images"] == 5 and result["loss"] == pytest.approx(expected)
+    # Rows: true class; columns: predicted. Class 0: right, wrong, right; class 1: right, wrong.
+    assert result["confusion"] == [[2, 1], [1, 1]]
+    one_way = DataLoader(TensorDataset(torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1, 1])))
+    assert loop.evaluate(torch.nn.Identity(), one_way, cpu, args, alone)["confusion"] == [[1, 0], [1, 1]]
     args.limit_batches = 1  # the first two rows
     assert loop.evaluate(torch.nn.Identity(), data, cpu, args, alone) == {
-        "loss": pytest.approx((math.log1p(math.exp(-2)) + math.log1p(math.exp(-1))) / 2), "acc": 1.0, "images": 2}
+        "loss": pytest.approx((math.log1p(math.exp(-2)) + math.log1p(math.exp(-1))) / 2), "acc": 1.0, "images": 2,
+        "confusion": [[1, 0], [0, 1]]}
 
 
 def test_checkpoint_round_trip_restores_training_and_random_state(tmp_path, alone):
@@ -171,15 +178,38 @@ def test_checkpoint_round_trip_restores_training_and_random_state(tmp_path, alon
     assert all(torch.equal(a, optimizer.state[p]["momentum_buffer"]) for a, p in zip(buffers, model.parameters()))
 
 
-def test_resume_adopts_the_checkpoints_hyperparameters(tmp_path):
-    saved = config.hparams(options(lr=0.2, epochs=3, seed=5))
+def test_resume_adopts_the_checkpoints_hyperparameters_and_settings(tmp_path):
+    saved = config.hparams(options(lr=0.2, epochs=3, seed=5, limit_batches=2))
+    saved |= config.settings(options(data_dir=str(tmp_path / "data"), target_acc=97.5, log_every=7))
     checkpoints.atomic_save({"args": saved}, tmp_path / checkpoints.CHECKPOINT)
     args, given = train.parse_args(["--resume", str(tmp_path), "--workers", "2"])
     checkpoints.resolve_resume(args, given)
-    assert config.hparams(args) == saved and args.logdir == str(tmp_path) and args.workers == 2
-    args, given = train.parse_args(["--resume", str(tmp_path), "--epochs", "4"])
-    with pytest.raises(SystemExit, match=r"--epochs 4 \(checkpoint: 3\)"):
+    assert config.hparams(args) == config.hparams(SimpleNamespace(**saved))
+    assert (args.data_dir, args.target_acc, args.log_every) == (str(tmp_path / "data"), 97.5, 7)
+    assert args.logdir == str(tmp_path) and args.workers == 2
+    # Settings given again win; hyper-parameters given again are refused, except a larger --epochs.
+    args, given = train.parse_args(["--resume", str(tmp_path), "--data-dir", "elsewhere", "--epochs", "5"])
+    checkpoints.resolve_resume(args, given)
+    assert (args.data_dir, args.epochs, args.lr) == ("elsewhere", 5, 0.2)
+    args, given = train.parse_args(["--resume", str(tmp_path), "--epochs", "2"])
+    with pytest.raises(SystemExit, match=r"may only be raised.*--epochs 2 \(checkpoint: 3\)"):
         checkpoints.resolve_resume(args, given)
+    args, given = train.parse_args(["--resume", str(tmp_path), "--seed", "6", "--epochs", "5"])
+    with pytest.raises(SystemExit, match=r"hyper-parameters; remove --seed 6 \(checkpoint: 5\)$"):
+        checkpoints.resolve_resume(args, given)
+
+
+def test_eval_only_does_not_adopt_the_runs_batch_limit(tmp_path):
+    checkpoints.atomic_save({"args": config.hparams(options(limit_batches=2))}, tmp_path / checkpoints.CHECKPOINT)
+    args, given = train.parse_args(["--resume", str(tmp_path), "--eval-only"])
+    checkpoints.resolve_resume(args, given)
+    assert args.limit_batches is None
+    args, given = train.parse_args(["--resume", str(tmp_path), "--eval-only", "--limit-batches", "5"])
+    checkpoints.resolve_resume(args, given)
+    assert args.limit_batches == 5
+    args, given = train.parse_args(["--resume", str(tmp_path)])
+    checkpoints.resolve_resume(args, given)
+    assert args.limit_batches == 2  # training on keeps it: it decides the weights
 
 
 def test_metrics_rows_lines_and_summary():
@@ -271,3 +301,170 @@ def test_tensorboard_writes_scalars_histograms_images_and_hparams(tmp_path):
     assert set(tags["images"]) == {"feature_maps/input", "filters/first_conv", "feature_maps/features.0",
                                    "feature_maps/features.3"}
     assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
+
+
+def test_a_raised_epoch_total_recomputes_the_schedule_from_where_the_run_stopped():
+    def optimizer():
+        return torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1.0)
+
+    def run(schedule, epochs, state=None, steps=None):
+        """The rates of epochs after `state` (a scheduler's state_dict) of a run of `epochs`; returns them
+        and the state after `steps` more epochs."""
+        opt = optimizer()
+        scheduler = models.make_scheduler(options(schedule=schedule, epochs=epochs), opt)
+        if state is not None:
+            scheduler.load_state_dict(state)
+        rates = []
+        for _ in range(steps if steps is not None else epochs - scheduler.last_epoch):
+            rates.append(opt.param_groups[0]["lr"])
+            opt.step()
+            scheduler.step()
+        return rates, scheduler.state_dict()
+
+    for schedule in ("cosine", "step", "constant"):
+        # The same total: bit for bit the rates of an uninterrupted run.
+        whole, _ = run(schedule, 8)
+        first, state = run(schedule, 8, steps=3)
+        assert first + run(schedule, 8, state)[0] == whole, schedule
+    # A finished 4-epoch run extended to 8: each added epoch at the rate an 8-epoch run has there.
+    for schedule in ("cosine", "step"):
+        _, finished = run(schedule, 4)
+        extended, _ = run(schedule, 8, finished)
+        assert extended == run(schedule, 8)[0][4:], schedule
+    assert run("cosine", 8, run("cosine", 4)[1])[0] == pytest.approx(
+        [0.5 * (1 + math.cos(math.pi * e / 8)) for e in (4, 5, 6, 7)])
+    assert run("constant", 8, run("constant", 4)[1])[0] == [1.0] * 4
+
+
+def test_messages_count_epochs_in_the_singular_and_the_plural():
+    train_result = {"loss": 0.5, "acc": 0.75, "images": 64, "time_s": 2.0, "images_per_s": 32.0}
+    rows = [metrics.epoch_row(1, train_result, {"loss": 0.25, "acc": 0.5, "images": 8}, 0.1)]
+    final = metrics.final_metrics(rows, 0.5, 1, {})
+    assert "after 1 epoch (" in metrics.done_line(final, 1, Path("run"))
+    assert "after 2 epochs (" in metrics.done_line(final, 2, Path("run"))
+    assert (metrics.plural(1, "epoch"), metrics.plural(0, "epoch")) == ("1 epoch", "0 epochs")
+
+
+def test_a_resumed_runs_event_file_sorts_after_the_ones_it_continues(tmp_path):
+    # TensorBoard reads event files in name order; within one second names sort by process id and a counter.
+    tensorboard.open_writer(tmp_path).close()
+    tensorboard.open_writer(tmp_path, resumed_after=1).close()
+    first, resumed = sorted(p.name for p in tmp_path.iterdir())
+    assert int(resumed.split(".")[3]) > int(first.split(".")[3])
+
+
+def test_per_class_accuracy_and_confusion_matrix_in_metrics_json():
+    confusion = [[3, 1, 0], [0, 0, 0], [1, 1, 2]]
+    assert metrics.per_class_accuracy(confusion) == [0.75, None, 0.5]  # None: no test image of the class
+    results = metrics.class_results(confusion, ["a", "b", "c"])
+    assert results["test_acc_per_class"] == {"a": 0.75, "b": None, "c": 0.5}
+    assert results["test_confusion_matrix"]["counts"] == confusion
+    train_result = {"loss": 0.5, "acc": 0.75, "images": 64, "time_s": 2.0, "images_per_s": 32.0}
+    rows = [metrics.epoch_row(1, train_result, {"loss": 0.25, "acc": 5 / 8, "images": 8}, 0.1)]
+    final = metrics.final_metrics(rows, 5 / 8, 1, {}, confusion, ["a", "b", "c"])
+    assert list(final)[-4:] == ["test_acc_per_class", "test_confusion_matrix", "config", "history"]
+
+
+def test_train_epoch_writes_step_scalars_every_n_steps_counted_over_the_run(alone):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(48, 2, generator=g)
+    data = DataLoader(TensorDataset(x, (x[:, 0] > 0).long()), batch_size=8)  # 6 batches
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    args, cpu = SimpleNamespace(epochs=2, amp=False, limit_batches=5), torch.device("cpu")
+    written = []
+    steps = SimpleNamespace(every=3, write=lambda step, loss, lr: written.append((step, loss, lr)))
+    for epoch in (1, 2):
+        loop.train_epoch(model, data, optimizer, models.make_scaler(args, cpu), cpu, args, alone, epoch,
+                         step_scalars=steps)
+    # 5 steps an epoch (--limit-batches): steps 3, 6, 9 of the run, i.e. the second epoch's first and fourth.
+    assert [s for s, _, _ in written] == [3, 6, 9] and all(lr == 0.5 for _, _, lr in written)
+    assert all(isinstance(loss, float) and loss > 0 for _, loss, _ in written)
+
+
+def test_tensorboard_graph_of_our_ops_step_scalars_and_class_results_read_back(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = models.build_model(options(), {"in_channels": 1, "num_classes": 10}, torch.device("cpu"))
+    writer = tensorboard.open_writer(tmp_path)
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert tensorboard.log_graph(writer, model, torch.rand(1, 1, 28, 28)) is None
+    assert caught == []  # tracing's warnings are not the user's business
+    classes = ["T-shirt/top", "Trouser", "Bag"]
+    tensorboard.log_test_classes(writer, [[3, 1, 0], [0, 0, 0], [1, 1, 2]], classes, 4)
+    writer.close()
+    steps = tensorboard.StepScalars(tmp_path, every=2)
+    for step in (2, 4):
+        steps.write(step, 1.0 / step, 0.1)
+    steps.close()
+
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    ops = {node.op for node in events.Graph().node}
+    assert {"custom_conv::conv2d_forward", "custom_conv::max_pool2d_forward"} <= ops
+    scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    # No scalar for a class without test images; "/" in a name does not nest the tag.
+    assert scalars == {"accuracy_per_class/T-shirt_top": [(4, 0.75)], "accuracy_per_class/Bag": [(4, 0.5)]}
+    image = events.Images("confusion_matrix/test")[0]
+    assert image.step == 4 and image.width >= 200 and image.height >= 200
+    per_step = EventAccumulator(str(tmp_path / "steps"))
+    per_step.Reload()
+    assert [(e.step, e.value) for e in per_step.Scalars("train_step/loss")] == [(2, 0.5), (4, 0.25)]
+    assert [e.value for e in per_step.Scalars("train_step/learning_rate")] == pytest.approx([0.1, 0.1])
+
+
+def test_a_model_that_cannot_be_traced_leaves_a_one_line_reason_not_a_traceback(tmp_path, capsys):
+    class Untraceable(torch.nn.Module):
+        def forward(self, x):
+            return {"out": x}  # a strict trace (add_graph's) refuses a dict output
+
+    writer = tensorboard.open_writer(tmp_path)
+    reason = tensorboard.log_graph(writer, Untraceable(), torch.ones(1, 1, 4, 4))
+    writer.close()
+    assert reason.startswith("RuntimeError: ") and len(reason) <= 180 and "\n" not in reason
+    assert capsys.readouterr().out == ""  # nor torch's own printout of the error
+
+
+def test_progress_off_a_terminal_prints_a_line_every_interval_with_step_loss_speed_and_eta(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    lines = []
+    shown = progress.Progress("epoch 2/5", lines.append, every_s=30, bar=False, passes_after=3)
+    shown.start(10)
+    for step, t in enumerate((10, 20, 31, 40, 50, 62), 1):  # seconds into the pass after each step
+        now[0] = 100.0 + t
+        shown.update(step, 16 * step, torch.tensor(0.5 * 16 * step, dtype=torch.float64))
+    shown.close()
+    # Lines at 31 s (step 3) and 62 s (step 6), not at every step.
+    assert lines == ["  epoch 2/5  step 3/10  loss 0.5000  2 img/s  ETA 1:12 (run 6:22)",
+                     "  epoch 2/5  step 6/10  loss 0.5000  2 img/s  ETA 0:41 (run 5:51)"]
+    # A known epoch length (pass_s) replaces this pass's projection in the run's ETA; the last pass has none.
+    for passes_after, eta in ((2, "ETA 0:02 (run 0:16)"), (0, "ETA 0:02")):
+        now[0] = 100.0
+        every_step = progress.Progress("epoch 4/5", lines.append, every_s=0, bar=False, passes_after=passes_after,
+                                       pass_s=7.0)
+        every_step.start(2)
+        now[0] = 102.0
+        every_step.update(1, 16, 8.0)
+        assert lines[-1] == f"  epoch 4/5  step 1/2  loss 0.5000  8 img/s  {eta}"
+    assert progress.on_terminal(io.StringIO()) is False
+    assert progress.clock(3725) == "1:02:05" and progress.clock(59.6) == "1:00"
+
+
+def test_the_training_log_is_flushed_line_by_line(tmp_path, monkeypatch, alone):
+    # Off a terminal stdout is block-buffered: unflushed, a log file shows nothing until the buffer fills.
+    write_mnist(tmp_path / "data", n_train=32, n_test=16)
+
+    class Recorder(io.StringIO):
+        flushed_lines = 0
+
+        def flush(self):
+            self.flushed_lines = self.getvalue().count("\n")
+
+    out = Recorder()
+    monkeypatch.setattr(sys, "stdout", out)
+    train.main(["--data-dir", str(tmp_path / "data"), "--no-download", "--epochs", "1", "--batch-size", "16",
+                "--threads", "1", "--progress-every", "0", "--logdir", str(tmp_path / "run")])
+    assert out.getvalue().count("\n") >= 5 and out.flushed_lines == out.getvalue().count("\n")

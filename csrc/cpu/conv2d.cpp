@@ -4,8 +4,8 @@
 // hands contiguous tensors to that route (conv2d_routes.h):
 //   direct     conv2d_direct.cpp, with the vector kernels in direct/
 //   depthwise  conv2d_depthwise.cpp
-//   im2col     conv2d_im2col.cpp (im2col.h + BLAS)
-//   winograd   conv2d_winograd.cpp (F(2x2, 3x3) transforms + BLAS)
+//   im2col     conv2d_im2col.cpp (im2col.h + our GEMM, gemm/)
+//   winograd   conv2d_winograd.cpp (F(2x2, 3x3) transforms + our GEMM)
 #include "../conv2d_algorithm.h"
 #include "../geometry.h"
 #include "../memory_format.h"
@@ -19,8 +19,12 @@
 namespace custom_conv {
 namespace {
 
-Conv2dAlgorithm choose(const Conv2dGeometry& g, Conv2dPass pass, const at::Tensor& like) {
-  return choose_conv2d_algorithm(g, pass, like.scalar_type(), c10::DeviceType::CPU);
+// The route the chooser picks for this pass, its contract checked on entry.
+const CpuRoute& enter(const Conv2dGeometry& g, Conv2dPass pass, const at::Tensor& like) {
+  const Conv2dAlgorithm algorithm = choose_conv2d_algorithm(g, pass, like.scalar_type(), c10::DeviceType::CPU);
+  const CpuRoute& r = cpu_route(algorithm);
+  check_route_supports(r.refusal(g, pass, like.scalar_type()), algorithm_name(algorithm), pass);
+  return r;
 }
 
 at::Tensor conv2d_forward_cpu(
@@ -38,12 +42,7 @@ at::Tensor conv2d_forward_cpu(
   const at::Tensor weight = weight_.contiguous();
   const at::Tensor bias_c = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
   at::Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
-  switch (choose(g, Conv2dPass::kForward, input)) {
-    case Conv2dAlgorithm::kDirect: conv2d_direct_forward(g, input, weight, bias_c, output); break;
-    case Conv2dAlgorithm::kDepthwise: conv2d_depthwise_forward(g, input, weight, bias_c, output); break;
-    case Conv2dAlgorithm::kIm2col: conv2d_im2col_forward(g, input, weight, bias_c, output); break;
-    case Conv2dAlgorithm::kWinograd: conv2d_winograd_forward(g, input, weight, bias_c, output); break;
-  }
+  enter(g, Conv2dPass::kForward, input).forward(g, input, weight, bias_c, output);
   return in_memory_format(output, conv2d_memory_format(input_, weight_));
 }
 
@@ -65,12 +64,7 @@ at::Tensor conv2d_backward_input_cpu(
   if (grad_input.numel() == 0) {
     return grad_input;
   }
-  switch (choose(g, Conv2dPass::kBackwardInput, weight)) {
-    case Conv2dAlgorithm::kDirect: conv2d_direct_backward_input(g, grad_output, weight, grad_input); break;
-    case Conv2dAlgorithm::kDepthwise: conv2d_depthwise_backward_input(g, grad_output, weight, grad_input); break;
-    case Conv2dAlgorithm::kIm2col: conv2d_im2col_backward_input(g, grad_output, weight, grad_input); break;
-    case Conv2dAlgorithm::kWinograd: conv2d_winograd_backward_input(g, grad_output, weight, grad_input); break;
-  }
+  enter(g, Conv2dPass::kBackwardInput, weight).backward_input(g, grad_output, weight, grad_input);
   return grad_input;
 }
 
@@ -95,12 +89,7 @@ at::Tensor conv2d_backward_weight_cpu(
   if (g.batch == 0) {
     return grad_weight.zero_();
   }
-  switch (choose(g, Conv2dPass::kBackwardWeight, input)) {
-    case Conv2dAlgorithm::kDirect: conv2d_direct_backward_weight(g, input, grad_output, grad_weight); break;
-    case Conv2dAlgorithm::kDepthwise: conv2d_depthwise_backward_weight(g, input, grad_output, grad_weight); break;
-    case Conv2dAlgorithm::kIm2col: conv2d_im2col_backward_weight(g, input, grad_output, grad_weight); break;
-    case Conv2dAlgorithm::kWinograd: conv2d_winograd_backward_weight(g, input, grad_output, grad_weight); break;
-  }
+  enter(g, Conv2dPass::kBackwardWeight, input).backward_weight(g, input, grad_output, grad_weight);
   return grad_weight;
 }
 
@@ -132,6 +121,41 @@ at::Tensor conv2d_backward_bias_cpu(const at::Tensor& grad_output_) {
 }
 
 }  // namespace
+
+const CpuRoute& cpu_route(Conv2dAlgorithm algorithm) {
+  static const CpuRoute im2col{&conv2d_im2col_refusal, &conv2d_im2col_forward, &conv2d_im2col_backward_input,
+                               &conv2d_im2col_backward_weight};
+  static const CpuRoute direct{&conv2d_direct_refusal, &conv2d_direct_forward, &conv2d_direct_backward_input,
+                               &conv2d_direct_backward_weight};
+  static const CpuRoute depthwise{&conv2d_depthwise_refusal, &conv2d_depthwise_forward,
+                                  &conv2d_depthwise_backward_input, &conv2d_depthwise_backward_weight};
+  static const CpuRoute winograd{&conv2d_winograd_refusal, &conv2d_winograd_forward,
+                                 &conv2d_winograd_backward_input, &conv2d_winograd_backward_weight};
+  switch (algorithm) {
+    case Conv2dAlgorithm::kDirect: return direct;
+    case Conv2dAlgorithm::kDepthwise: return depthwise;
+    case Conv2dAlgorithm::kWinograd: return winograd;
+    default: return im2col;
+  }
+}
+
+std::tuple<std::vector<std::string>, std::vector<int64_t>> cpu_route_constants() {
+  RouteConstants constants;
+  append_im2col_constants(constants);
+  append_direct_constants(constants);
+  append_winograd_constants(constants);
+  std::tuple<std::vector<std::string>, std::vector<int64_t>> out;
+  for (const auto& [name, value] : constants) {
+    std::get<0>(out).push_back(name);
+    std::get<1>(out).push_back(value);
+  }
+  return out;
+}
+
+void check_route_supports(const char* refusal, const char* route, Conv2dPass pass) {
+  TORCH_CHECK(refusal == nullptr, "custom_conv: the ", route, " route cannot run the ", conv2d_pass_name(pass),
+              " of this layer: ", refusal);
+}
 
 TORCH_LIBRARY_IMPL(custom_conv, CPU, m) {
   m.impl("conv2d_forward", &conv2d_forward_cpu);

@@ -190,6 +190,10 @@ void backward_weight_planes(const scalar_t* grad_output, const scalar_t* input, 
 
 }  // namespace
 
+const char* conv2d_depthwise_refusal(const Conv2dGeometry& g, Conv2dPass, at::ScalarType) {
+  return g.in_channels_per_group() == 1 ? nullptr : "the depthwise loops take one input channel per group";
+}
+
 void conv2d_depthwise_forward(const Conv2dGeometry& g, const at::Tensor& input, const at::Tensor& weight,
                               const at::Tensor& bias, at::Tensor& output) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "conv2d_depthwise_forward", [&] {

@@ -5,11 +5,13 @@
 // chooser (../conv2d_algorithm.cpp), from direct_forward_work below.
 #include "conv2d_routes.h"
 #include "direct/kernels.h"
+#include "isa.h"
 #include "parallel.h"
 #include "phase_planes.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/util/StringUtil.h>
 
 #include <algorithm>
 #include <type_traits>
@@ -290,7 +292,7 @@ void with_kernels(at::ScalarType dtype, F f) {
   const direct::Kernels<float>* k_float = dtype == at::kFloat ? direct::kernels<float>() : nullptr;
   const direct::Kernels<double>* k_double = dtype == at::kDouble ? direct::kernels<double>() : nullptr;
   TORCH_CHECK(k_float != nullptr || k_double != nullptr,
-              "custom_conv: no direct kernels for ", dtype, " on this CPU (", direct::cpu_kernels(), ")");
+              "custom_conv: no direct kernels for ", dtype, " at the ", cpu_kernels(), " level");
   if (k_float != nullptr) f(*k_float);
   if (k_double != nullptr) f(*k_double);
 }
@@ -308,6 +310,43 @@ void run(const DirectProblem& p, const at::Tensor& in, const at::Tensor& weight,
 }
 
 }  // namespace
+
+const char* conv2d_direct_refusal(const Conv2dGeometry& g, Conv2dPass pass, at::ScalarType dtype) {
+  if (!direct_kernels_available(dtype)) {
+    return "no direct kernels for this dtype on this CPU";
+  }
+  if (g.batch == 0) {
+    return "empty batch";
+  }
+  if (g.in_channels == 0) {
+    return "no input channels: the output is the bias alone";
+  }
+  if (pass == Conv2dPass::kBackwardInput) {
+    if (g.stride_h != 1 || g.stride_w != 1) {
+      return "the direct input gradient is written for stride 1";
+    }
+    if (g.dilation_h * (g.kernel_h - 1) < g.pad_h || g.dilation_w * (g.kernel_w - 1) < g.pad_w) {
+      return "padding wider than the kernel's reach (the gradient's padding would be negative)";
+    }
+  }
+  return nullptr;
+}
+
+void append_direct_constants(RouteConstants& out) {
+  const auto append = [&](const auto* k, const char* dtype) {
+    if (k == nullptr) return;
+    for (int64_t i = 0; i < k->forward_count; ++i) {
+      out.emplace_back(c10::str("direct.", dtype, ".forward.nb"), k->forward[i].nb);
+      out.emplace_back(c10::str("direct.", dtype, ".forward.tile"), k->forward[i].tile);
+    }
+    for (int64_t i = 0; i < k->weight_grad_count; ++i) {
+      out.emplace_back(c10::str("direct.", dtype, ".weight_grad.nb"), k->weight_grad[i].nb);
+      out.emplace_back(c10::str("direct.", dtype, ".weight_grad.r"), k->weight_grad[i].r);
+    }
+  };
+  append(direct::kernels<float>(), "float32");
+  append(direct::kernels<double>(), "float64");
+}
 
 bool direct_kernels_available(at::ScalarType dtype) {
   return (dtype == at::kFloat && direct::kernels<float>() != nullptr) ||
@@ -328,7 +367,6 @@ void conv2d_direct_forward(const Conv2dGeometry& g, const at::Tensor& input, con
 
 void conv2d_direct_backward_input(const Conv2dGeometry& g, const at::Tensor& grad_output,
                                   const at::Tensor& weight, at::Tensor& grad_input) {
-  TORCH_CHECK(g.stride_h == 1 && g.stride_w == 1, "conv2d_direct_backward_input: stride 1 only");
   run(input_grad_problem(g), grad_output, weight, at::Tensor(), /*rotate=*/true, grad_input);
 }
 

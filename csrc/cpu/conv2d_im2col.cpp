@@ -3,15 +3,16 @@
 // (L = out_h * out_w):
 //   forward          out_g  (C_out/g, B*L) = W_g (C_out/g, K) @ cols_g (K, B*L)
 //   backward input   cols_g (K, B*L)       = W_g^T @ grad_out_g, then col2im
-//   backward weight  dW_g^T (K, C_out/g)  += cols_g @ grad_out_g^T
+//   backward weight  dW_g   (C_out/g, K)  += grad_out_g @ cols_g^T
 // The backward-input product followed by col2im is exactly the rule
 // "convolve the zero-padded output gradient with the kernel rotated by 180°":
 // column (oh, ow) of W_g^T @ grad_out_g holds, for every tap (ki, kj), the
 // contribution of output (oh, ow) to the input pixel that tap touched, and
 // col2im adds them up per input pixel. Gathered per input pixel instead,
 // that sum runs over the taps in reverse order, i.e. over the flipped kernel.
-// im2col and col2im are in im2col.h; only the matrix products are BLAS's.
+// im2col and col2im are in im2col.h, the matrix products in gemm/.
 #include "conv2d_routes.h"
+#include "gemm/gemm.h"
 #include "im2col.h"
 #include "parallel.h"
 
@@ -33,12 +34,12 @@ namespace {
 // GEMM too thin to run well, so a chunk always spans at least kMinGemmWidth
 // output columns; those GEMMs do enough work per column that the columns need
 // not stay in cache. Chunks have at most ceil(N / threads) samples so that
-// every thread gets one; a single chunk runs on the calling thread and BLAS
-// parallelises its GEMM itself. When the batch is too small to give every
-// thread a chunk kMinGemmWidth wide (deep layers' 2x2 planes), the whole
-// batch is one chunk, if its columns fit in kMaxBatchColumns values: one
-// GEMM that BLAS spreads, each thread reading part of the weights, instead
-// of thin GEMMs on every thread each reading all of them.
+// every thread gets one; a single chunk runs on the calling thread and the
+// GEMM spreads itself over the threads. When the batch is too small to give
+// every thread a chunk kMinGemmWidth wide (deep layers' 2x2 planes), the
+// whole batch is one chunk, if its columns fit in kMaxBatchColumns values:
+// one GEMM spread over the threads, each reading part of the weights,
+// instead of thin GEMMs on every thread each reading all of them.
 constexpr int64_t kChunkColumns = int64_t{1} << 18;
 constexpr int64_t kMinGemmWidth = 512;
 constexpr int64_t kMaxBatchColumns = int64_t{1} << 23;
@@ -87,17 +88,12 @@ void fold(const at::Tensor& cols, int64_t n0, int64_t count, const Conv2dGeometr
   });
 }
 
-// out[grp] = a[grp] @ b[grp] for every group, plus the bias column when given:
-// the bias rides in the GEMM's accumulator (beta = 1), not in a second pass.
-void multiply(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const at::Tensor& bias_col = {}) {
-  for (int64_t grp = 0; grp < out.size(0); ++grp) {
-    at::Tensor dst = out[grp];
-    if (bias_col.defined()) {
-      at::addmm_out(dst, bias_col[grp].expand({-1, dst.size(1)}), a[grp], b[grp]);
-    } else {
-      at::mm_out(dst, a[grp], b[grp]);
-    }
-  }
+// out[grp] = a[grp] @ b[grp] (+ beta * out[grp]) for every group, plus the
+// bias per row when given: the bias rides in the GEMM's store, not in a
+// second pass.
+void multiply(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const at::Tensor& bias = {},
+              double beta = 0.0) {
+  gemm::matmul(out, a, b, beta, bias);
 }
 
 // Samples [n0, n0 + count) of an (N, C, H, W) tensor as the (C, count, L)
@@ -121,11 +117,24 @@ at::Tensor grad_output_matrices(const Conv2dGeometry& g, const at::Tensor& grad_
 
 }  // namespace
 
+const char* conv2d_im2col_refusal(const Conv2dGeometry&, Conv2dPass, at::ScalarType) {
+  return nullptr;
+}
+
+void append_im2col_constants(RouteConstants& out) {
+  out.emplace_back("weight_partials", kWeightPartials);
+  out.emplace_back("partials_budget", kPartialsBudget);
+  out.emplace_back("min_task_macs", kMinTaskMacs);
+  out.emplace_back("im2col.chunk_columns", kChunkColumns);
+  out.emplace_back("im2col.min_gemm_width", kMinGemmWidth);
+  out.emplace_back("im2col.max_batch_columns", kMaxBatchColumns);
+}
+
 void conv2d_im2col_forward(const Conv2dGeometry& g, const at::Tensor& input, const at::Tensor& weight_,
                            const at::Tensor& bias, at::Tensor& output) {
   const int64_t Co = g.out_channels_per_group(), K = g.col_rows_per_group(), L = g.output_plane();
   const at::Tensor weight = weight_.view({g.groups, Co, K});
-  const at::Tensor bias_col = bias.defined() ? bias.view({g.groups, Co, 1}) : at::Tensor();
+  const at::Tensor bias_rows = bias.defined() ? bias.view({g.groups, Co}) : at::Tensor();
   const Chunks chunks = chunks_for(g);
   parallel_for_with_state(chunks.count, macs_per_chunk(g, chunks), [&](int64_t begin, int64_t end) {
     const at::Tensor cols_buf = at::empty({g.groups * K * chunks.size * L}, input.options());
@@ -135,11 +144,11 @@ void conv2d_im2col_forward(const Conv2dGeometry& g, const at::Tensor& input, con
       const int64_t n0 = c * chunks.size, B = std::min(chunks.size, g.batch - n0);
       const at::Tensor cols = unroll(input, n0, B, g, cols_buf);
       if (B == 1) {
-        multiply(output[n0].view({g.groups, Co, L}), weight, cols, bias_col);
+        multiply(output[n0].view({g.groups, Co, L}), weight, cols, bias_rows);
       } else {
         // The GEMM yields (C_out, B * L); the output wants (B, C_out, L).
         const at::Tensor out = as_matrices(out_buf, g.groups, Co, B * L);
-        multiply(out, weight, cols, bias_col);
+        multiply(out, weight, cols, bias_rows);
         channel_major(output, n0, B, L).copy_(out.view({g.out_channels, B, L}));
       }
     }
@@ -149,7 +158,7 @@ void conv2d_im2col_forward(const Conv2dGeometry& g, const at::Tensor& input, con
 void conv2d_im2col_backward_input(const Conv2dGeometry& g, const at::Tensor& grad_output,
                                   const at::Tensor& weight, at::Tensor& grad_input) {
   const int64_t Co = g.out_channels_per_group(), K = g.col_rows_per_group(), L = g.output_plane();
-  // W_g^T: (K, C_out/g), a transposed view; BLAS reads it without a copy.
+  // W_g^T: (K, C_out/g), a transposed view; the GEMM reads it without a copy.
   const at::Tensor weight_t = weight.view({g.groups, Co, K}).transpose(1, 2);
   const Chunks chunks = chunks_for(g);
   parallel_for_with_state(chunks.count, macs_per_chunk(g, chunks), [&](int64_t begin, int64_t end) {
@@ -172,10 +181,9 @@ void conv2d_im2col_backward_weight(const Conv2dGeometry& g, const at::Tensor& in
   const Chunks chunks = chunks_for(g);
   const int64_t blocks = std::max<int64_t>(
       1, std::min({chunks.count, kWeightPartials, kPartialsBudget / (g.out_channels * K)}));
-  // Partials hold the transposed gradient, dW_g^T (K, C_out/g) = cols_g @
-  // grad_out_g^T: BLAS runs this orientation several times faster than
-  // grad_out_g @ cols_g^T when C_out/g is small.
-  const at::Tensor partials = at::empty({blocks, g.groups, K, Co}, input.options());
+  // Each block's partial holds dW_g (C_out/g, K) = grad_out_g @ cols_g^T,
+  // in the weight's own layout; the GEMM reads cols_g^T in place.
+  const at::Tensor partials = at::empty({blocks, g.groups, Co, K}, input.options());
   const int64_t block_macs = macs_per_chunk(g, chunks) * ceil_div(chunks.count, blocks);
   parallel_for_with_state(blocks, block_macs, [&](int64_t begin, int64_t end) {
     const at::Tensor cols_buf = at::empty({g.groups * K * chunks.size * L}, input.options());
@@ -189,23 +197,19 @@ void conv2d_im2col_backward_weight(const Conv2dGeometry& g, const at::Tensor& in
         const at::Tensor go = grad_output_matrices(g, grad_output, n0, B, go_buf);
         // The block's first chunk writes its partial (beta = 0, so no
         // zero-fill is needed); later chunks add onto it inside the GEMM.
-        const double beta = c == first ? 0.0 : 1.0;
-        for (int64_t grp = 0; grp < g.groups; ++grp) {
-          partials[block][grp].addmm_(cols[grp], go[grp].t(), beta, 1.0);
-        }
+        multiply(partials[block], go, cols.transpose(1, 2), {}, c == first ? 0.0 : 1.0);
       }
     }
   });
-  // The partials added in block order in their own layout, then turned over
-  // one group at a time: a 2-D transposed copy is one that ATen blocks for
-  // the cache (a 3-D one walks the destination with a stride of C_out).
-  const at::Tensor sum = partials[0];
-  for (int64_t block = 1; block < blocks; ++block) {
-    sum.add_(partials[block]);
-  }
+  // The partials added in block order.
   at::Tensor gw = grad_weight.view({g.groups, Co, K});
-  for (int64_t grp = 0; grp < g.groups; ++grp) {
-    gw[grp].copy_(sum[grp].t());
+  if (blocks == 1) {
+    gw.copy_(partials[0]);
+    return;
+  }
+  at::add_out(gw, partials[0], partials[1]);
+  for (int64_t block = 2; block < blocks; ++block) {
+    gw.add_(partials[block]);
   }
 }
 

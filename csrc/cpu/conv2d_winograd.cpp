@@ -4,9 +4,10 @@
 //   Y = A^T [ (G w G^T) (.) (B^T d B) ] A       ((.): element by element)
 // so the 16 products of the bracket replace the 36 multiply-adds of the
 // direct sum (2.25x fewer). Across channels, each of the 16 positions xi of
-// the bracket is a matrix product, which BLAS runs:
+// the bracket is a matrix product:
 //   forward          M[xi] (C_out, T) = U[xi] (C_out, C_in) @ V[xi] (C_in, T)
-// with U = G w G^T per (c_out, c_in), V = B^T d B per (c_in, tile), T tiles.
+// with U = G w G^T per (c_out, c_in), V = B^T d B per (c_in, tile), T tiles:
+// 16 products batched into one call of our GEMM (gemm/).
 // The input gradient of a stride-1 convolution is the convolution
 // of the padded output gradient with the kernel rotated by 180 degrees, so it
 // runs the same forward with U taken from the rotated, channel-swapped kernel.
@@ -37,6 +38,7 @@
 // transforms a block, multiplies it and transforms the result back while it
 // is in cache.
 #include "conv2d_routes.h"
+#include "gemm/gemm.h"
 #include "parallel.h"
 #include "winograd_transforms.h"
 
@@ -116,6 +118,10 @@ Blocks blocks_for(const Problem& p, bool weight_grad = false) {
 // Tiles [0, T) cut into ranges for the threads' transforms of a whole block.
 constexpr int64_t kTransformGrain = 16;
 
+// The weight gradient's tasks split the output channels when there are
+// fewer partial sums than threads, into ranges of at least this many.
+constexpr int64_t kMinSplitChannels = 16;
+
 // A flat float buffer's first kPoints * rows * cols values as (xi, rows, cols).
 at::Tensor points_view(const at::Tensor& buffer, int64_t rows, int64_t cols) {
   return buffer.narrow(0, 0, kPoints * rows * cols).view({kPoints, rows, cols});
@@ -131,8 +137,7 @@ at::Tensor channels_last(const at::Tensor& t) {
 void products_by_position(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
   parallel_for_with_state(kPoints, a.size(1) * a.size(2) * b.size(2), [&](int64_t begin, int64_t end) {
     for (int64_t xi = begin; xi < end; ++xi) {
-      at::Tensor o = out[xi];
-      at::mm_out(o, a[xi], b[xi]);
+      gemm::matmul(out[xi], a[xi], b[xi]);
     }
   });
 }
@@ -142,7 +147,7 @@ void products_by_position(const at::Tensor& out, const at::Tensor& a, const at::
 // the problem's (swapped for the input gradient, whose kernel is rotated).
 // It is computed as (16, c_out, c_in) of the layer, from the kernels
 // permuted to (c_out, tap, c_in), a cheap copy, and returned as a transposed
-// view where the layout wants the other order: BLAS reads either.
+// view where the layout wants the other order: the GEMM reads either.
 at::Tensor transform_weight(const at::Tensor& weight, bool input_grad, bool planes) {
   const int64_t co = weight.size(0), ci = weight.size(1);
   const at::Tensor k = weight.view({co, ci, 9}).transpose(1, 2).contiguous();
@@ -193,14 +198,14 @@ void run_forward(const Problem& p, const at::Tensor& input, const at::Tensor& we
         at::Tensor V = points_view(V_buf, Ci, t1 - t0), M = points_view(M_buf, Co, t1 - t0);
         winograd::transform_input_planes(p, xs.const_data_ptr<float>(), t0 / tw, t1 / tw,
                                          V.mutable_data_ptr<float>());
-        at::bmm_out(M, U, V);
+        gemm::matmul(M, U, V);
         winograd::transform_output_planes(p, M.const_data_ptr<float>(), t0 / tw, t1 / tw, bias,
                                           ys.mutable_data_ptr<float>());
       } else {
         at::Tensor V = points_view(V_buf, t1 - t0, Ci), M = points_view(M_buf, t1 - t0, Co);
         winograd::transform_input_channels(p, xs.const_data_ptr<float>(), zeros.const_data_ptr<float>(), t0, t1,
                                            t1 - t0, V.mutable_data_ptr<float>());
-        at::bmm_out(M, V, U);
+        gemm::matmul(M, V, U);
         winograd::transform_output_channels(p, M.const_data_ptr<float>(), t0, t1, t1 - t0, bias, sink.data(),
                                             ys.mutable_data_ptr<float>());
       }
@@ -245,6 +250,33 @@ void kernel_gradient(const at::Tensor& dU, bool planes, at::Tensor& grad_weight)
 }
 
 }  // namespace
+
+const char* conv2d_winograd_refusal(const Conv2dGeometry& g, Conv2dPass, at::ScalarType dtype) {
+  if (g.kernel_h != 3 || g.kernel_w != 3 || g.stride_h != 1 || g.stride_w != 1 || g.dilation_h != 1 ||
+      g.dilation_w != 1) {
+    return "winograd is for 3x3 kernels with stride 1 and no dilation";
+  }
+  if (dtype != at::kFloat) {
+    return "winograd runs in float32 only (float64 keeps the exact sum over the taps)";
+  }
+  if (g.groups != 1) {
+    return "winograd is for ungrouped layers";
+  }
+  if (g.pad_h > 2 || g.pad_w > 2) {
+    return "padding wider than the kernel's reach";
+  }
+  return nullptr;
+}
+
+void append_winograd_constants(RouteConstants& out) {
+  out.emplace_back("winograd.min_plane_tiles", kMinPlaneTiles);
+  out.emplace_back("winograd.block_values", kBlockValues);
+  out.emplace_back("winograd.min_block_tiles", kMinBlockTiles);
+  out.emplace_back("winograd.weight_block_values", kWeightBlockValues);
+  out.emplace_back("winograd.max_weight_block_tiles", kMaxWeightBlockTiles);
+  out.emplace_back("winograd.transform_grain", kTransformGrain);
+  out.emplace_back("winograd.min_split_channels", kMinSplitChannels);
+}
 
 void conv2d_winograd_forward(const Conv2dGeometry& g, const at::Tensor& input, const at::Tensor& weight,
                              const at::Tensor& bias, at::Tensor& output) {
@@ -291,7 +323,6 @@ void conv2d_winograd_backward_weight(const Conv2dGeometry& g, const at::Tensor& 
   const int64_t per_partial = kPoints * Ci * Co;
   const int64_t partials = std::max<int64_t>(
       1, std::min({blocks.count, kWeightPartials, kPartialsBudget / per_partial}));
-  constexpr int64_t kMinSplitChannels = 16;
   const int64_t splits = partials >= threads ? 1
                                              : std::max<int64_t>(1, std::min(ceil_div(threads, partials),
                                                                              Co / kMinSplitChannels));
@@ -318,14 +349,14 @@ void conv2d_winograd_backward_weight(const Conv2dGeometry& g, const at::Tensor& 
                                            V.mutable_data_ptr<float>());
           winograd::transform_grad_output_planes(p, gs.const_data_ptr<float>(), c0, c1, t0 / tw, t1 / tw,
                                                  dM.mutable_data_ptr<float>());
-          sum.baddbmm_(dM, V.transpose(1, 2), beta, 1.0);  // dU += dM V^T
+          gemm::matmul(sum, dM, V.transpose(1, 2), beta);  // dU += dM V^T
         } else {
           at::Tensor V = points_view(V_buf, t1 - t0, Ci), dM = points_view(dM_buf, t1 - t0, c1 - c0);
           winograd::transform_input_channels(p, xs.const_data_ptr<float>(), zeros.const_data_ptr<float>(), t0,
                                              t1, t1 - t0, V.mutable_data_ptr<float>());
           winograd::transform_grad_output_channels(p, gs.const_data_ptr<float>(), zeros.const_data_ptr<float>(),
                                                    c0, c1, t0, t1, t1 - t0, dM.mutable_data_ptr<float>());
-          sum.baddbmm_(V.transpose(1, 2), dM, beta, 1.0);  // dU^T += V^T dM
+          gemm::matmul(sum, V.transpose(1, 2), dM, beta);  // dU^T += V^T dM
         }
       }
     }

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import HPARAMS
+from .config import HPARAMS, SETTINGS
 
 CHECKPOINT, BEST = "checkpoint.pt", "best.pt"
 
@@ -75,23 +75,34 @@ def write_json(obj, path):
 
 
 def resolve_resume(args, given):
-    """Loads the checkpoint named by --resume and adopts its hyper-parameters.
+    """Loads the checkpoint named by --resume and adopts its hyper-parameters and settings.
 
-    `given` holds the options typed on the command line: changing a
-    hyper-parameter of the run is refused, and --logdir defaults to the
-    checkpoint's directory.
+    `given` holds the options typed on the command line. Changing a
+    hyper-parameter of the run is refused, except raising --epochs, which
+    extends the run. SETTINGS (the data directory, ...) are the checkpoint's
+    unless given; --logdir defaults to the checkpoint's directory. --eval-only
+    tests the whole test set unless --limit-batches is given: the run's own
+    limit is a smoke run's, not a choice of test set.
     """
     path = Path(args.resume)
     ckpt_path = path / CHECKPOINT if path.is_dir() else path
     if not ckpt_path.is_file():
         sys.exit(f"train.py: no checkpoint at {ckpt_path}")
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    clashes = [f"--{k.replace('_', '-')} {getattr(args, k)} (checkpoint: {ckpt['args'][k]})"
-               for k in HPARAMS if k in given and getattr(args, k) != ckpt["args"][k]]
+    saved = ckpt["args"]
+    kept = [k for k in HPARAMS if not (k == "limit_batches" and args.eval_only)]
+    extend = "epochs" in given and args.epochs > saved["epochs"]
+    clashes = [f"--{k.replace('_', '-')} {getattr(args, k)} (checkpoint: {saved[k]})"
+               for k in kept if k in given and getattr(args, k) != saved[k] and not (k == "epochs" and extend)]
     if clashes:
-        sys.exit("train.py: a resumed run keeps its hyper-parameters; remove " + ", ".join(clashes))
-    for k in HPARAMS:
-        setattr(args, k, ckpt["args"][k])
+        hint = " (--epochs may only be raised)" if "epochs" in given and not extend else ""
+        sys.exit(f"train.py: a resumed run keeps its hyper-parameters{hint}; remove " + ", ".join(clashes))
+    for k in kept:
+        if not (k == "epochs" and extend):
+            setattr(args, k, saved[k])
+    for k in SETTINGS:
+        if k not in given and k in saved:  # checkpoints written before SETTINGS were kept lack them
+            setattr(args, k, saved[k])
     if "logdir" not in given:
         args.logdir = str(ckpt_path.parent)
     return ckpt

@@ -15,6 +15,7 @@ DEFAULTS = {
     "weight_decay": 5e-4, "schedule": "cosine", "augment": True, "backend": "custom",
     "device": "auto", "amp": False, "seed": 0, "workers": 0, "logdir": None, "resume": None,
     "limit_batches": None, "eval_only": False, "stop_after": None, "threads": None, "target_acc": None,
+    "log_every": 50, "progress_every": 30.0,
 }
 # What decides the trained weights. A resumed run takes these from its
 # checkpoint; anything else (device, workers, paths) may change on resume.
@@ -22,9 +23,22 @@ HPARAMS = ("model", "dataset", "epochs", "batch_size", "lr", "optimizer", "momen
            "schedule", "augment", "backend", "amp", "seed", "limit_batches")
 
 
+# Not hyper-parameters, but a resumed run keeps them too unless they are given
+# again: where its data is (else a resume from another directory would look
+# in ./data, and download there), the accuracy it reports reaching and the
+# spacing of its per-step scalars (one series, one spacing).
+SETTINGS = ("data_dir", "target_acc", "log_every")
+
+
 def hparams(args):
     """The HPARAMS of `args` as a dict, in HPARAMS order."""
     return {k: getattr(args, k) for k in HPARAMS}
+
+
+def settings(args):
+    """The SETTINGS of `args` as a checkpoint keeps them: the data directory made absolute, so that a
+    resume from another working directory finds it."""
+    return {"data_dir": str(Path(args.data_dir).resolve()), "target_acc": args.target_acc, "log_every": args.log_every}
 
 
 def default_logdir(args):

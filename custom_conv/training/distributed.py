@@ -37,6 +37,12 @@ class Dist:
             dist.all_reduce(t)
         return t.tolist()
 
+    def sum_tensor(self, t):
+        """Sums the tensor `t` over processes in place (a no-op when alone); returns it."""
+        if self.enabled:
+            dist.all_reduce(t)
+        return t
+
     def gather(self, obj):
         """Every process's `obj`, in rank order (a one-item list when alone)."""
         if not self.enabled:

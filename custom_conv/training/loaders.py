@@ -23,7 +23,8 @@ class Loaders:
 
 
 def load_data(args, ddp, log):
-    """(train_set, test_set, info) for --dataset; exits with the message when the data is missing."""
+    """(train_set, test_set, info) for --dataset; exits with the message when the data is missing.
+    info also holds "classes", the class names in label order."""
     # Rank 0 fetches the data (if it must) before the others look for it.
     try:
         if ddp.main:
@@ -35,7 +36,14 @@ def load_data(args, ddp, log):
                                                       download=False, log=lambda *a: None)
     except DatasetUnavailable as error:
         sys.exit(f"train.py: {error}")
+    info["classes"] = class_names(test_set, info["num_classes"])
     return train_set, test_set, info
+
+
+def class_names(dataset, num_classes):
+    """The names of the classes (torchvision's datasets have them), else "0", "1", ..."""
+    names = list(getattr(dataset, "classes", None) or [])
+    return names if len(names) == num_classes else [str(i) for i in range(num_classes)]
 
 
 def make_loaders(train_set, test_set, args, ddp, device, generator):

@@ -1,5 +1,6 @@
 """What trains: the model (from custom_conv.models), its optimizer and its
 learning-rate schedule, as the command line asks for them."""
+import math
 import sys
 
 import torch
@@ -44,14 +45,44 @@ def make_optimizer(args, params):
     return cls(params, lr=args.lr, weight_decay=args.weight_decay)
 
 
+def schedule_factor(schedule, epochs):
+    """The learning rate after `e` scheduler steps, as a multiple of --lr, for --schedule over `epochs`."""
+    if schedule == "cosine":
+        return lambda e: 0.5 * (1.0 + math.cos(math.pi * min(e, epochs) / epochs))
+    if schedule == "step":
+        milestones = (max(1, epochs // 2), max(1, epochs * 3 // 4))
+        return lambda e: 0.1 ** sum(e >= m for m in milestones)
+    return lambda e: 1.0
+
+
+class EpochSchedule(torch.optim.lr_scheduler.LambdaLR):
+    """--schedule, stepped once per epoch, as a closed form of (epoch, --epochs).
+
+    Closed rather than chained (CosineAnnealingLR multiplies the last rate by
+    a ratio, so a finished run's 0 stays 0) because a resumed run may raise
+    --epochs: load_state_dict takes only the position from a checkpoint and
+    sets the rate this run's total gives there. For an unchanged total that is
+    bit for bit the rate an uninterrupted run has; for a raised one, cosine and
+    step are recomputed over the new total (the rate jumps back up to where a
+    run of that length would be, then falls again) and constant stays.
+    """
+
+    def __init__(self, optimizer, schedule, epochs):
+        super().__init__(optimizer, schedule_factor(schedule, epochs))
+
+    def load_state_dict(self, state_dict):
+        # Also reads a checkpoint of the chained schedulers used before, which hold the same two entries.
+        self.last_epoch = state_dict["last_epoch"]
+        self.base_lrs = list(state_dict["base_lrs"])
+        rates = [base * factor(self.last_epoch) for base, factor in zip(self.base_lrs, self.lr_lambdas)]
+        for group, lr in zip(self.optimizer.param_groups, rates):
+            group["lr"] = lr
+        self._last_lr = rates
+
+
 def make_scheduler(args, optimizer):
-    """--schedule, stepped once per epoch."""
-    if args.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
-    if args.schedule == "step":
-        milestones = [max(1, args.epochs // 2), max(1, args.epochs * 3 // 4)]
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+    """--schedule over --epochs, stepped once per epoch."""
+    return EpochSchedule(optimizer, args.schedule, args.epochs)
 
 
 def make_scaler(args, device):

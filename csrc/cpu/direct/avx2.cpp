@@ -9,35 +9,14 @@
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 
+#include "../vectors_avx2.h"
 #include "loops.h"
 
 namespace custom_conv {
 namespace direct {
 namespace {
 
-struct Avx2Float {
-  using scalar = float;
-  using reg = __m256;
-  static constexpr int lanes = 8;
-  static reg zero() { return _mm256_setzero_ps(); }
-  static reg load(const float* p) { return _mm256_loadu_ps(p); }
-  static void store(float* p, reg v) { _mm256_storeu_ps(p, v); }
-  static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
-  static reg broadcast(const float* p) { return _mm256_set1_ps(*p); }
-  static reg fma(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
-};
-
-struct Avx2Double {
-  using scalar = double;
-  using reg = __m256d;
-  static constexpr int lanes = 4;
-  static reg zero() { return _mm256_setzero_pd(); }
-  static reg load(const double* p) { return _mm256_loadu_pd(p); }
-  static void store(double* p, reg v) { _mm256_storeu_pd(p, v); }
-  static reg add(reg a, reg b) { return _mm256_add_pd(a, b); }
-  static reg broadcast(const double* p) { return _mm256_set1_pd(*p); }
-  static reg fma(reg a, reg b, reg c) { return _mm256_fmadd_pd(a, b, c); }
-};
+using namespace vectors;
 
 // The blockings, one row each (see avx512.cpp): forward tiles of 12 outputs
 // x 1 register or 6 x 2 (12 accumulators), weight-gradient tiles of r input

@@ -6,7 +6,7 @@
 // any x86-64 CPU.
 //
 // The im2col route (../im2col.h) writes every input value kH * kW times into a
-// column matrix before BLAS reads it back. These kernels read the receptive
+// column matrix before the GEMM reads it back. These kernels read the receptive
 // fields straight from a zero-padded copy of the sample instead, holding a
 // block of outputs in vector registers while the reduction runs:
 //
@@ -38,7 +38,6 @@
 #pragma once
 
 #include <cstdint>
-#include <string>
 
 namespace custom_conv {
 namespace direct {
@@ -126,20 +125,15 @@ const WeightGradBlocking<T>& weight_grad_blocking(const Kernels<T>& k, int64_t n
   return *widest;
 }
 
-// The kernels for this CPU, or null when it has neither AVX-512 nor AVX2
-// with FMA, or the build is not GCC on x86-64 (the per-function instruction
-// sets rely on `#pragma GCC target`): callers then take the im2col route. The environment variable
-// CUSTOM_CONV_CPU_KERNELS=avx512|avx2|im2col narrows the choice (for tests
-// and benchmarks); it is read once.
+// The kernels of the CPU's level (../isa.h), or null at the baseline level
+// (no AVX2 with FMA, or a build other than GCC on x86-64, whose per-function
+// instruction sets rely on `#pragma GCC target`): callers then take another
+// route.
 const Kernels<float>* float_kernels();
 const Kernels<double>* double_kernels();
 template <typename T> const Kernels<T>* kernels();
 template <> inline const Kernels<float>* kernels<float>() { return float_kernels(); }
 template <> inline const Kernels<double>* kernels<double>() { return double_kernels(); }
-
-// "avx512", "avx2" or "im2col": the choice above, as the op
-// custom_conv::cpu_kernels reports it.
-std::string cpu_kernels();
 
 // The op custom_conv::cpu_fma_peak_gflops: float32 multiply-adds per second
 // (in GFLOP/s, 2 per FMA) on every thread torch uses, running the kernels'

@@ -1,13 +1,13 @@
-// Picks the direct convolution kernels for this CPU (see kernels.h).
+// Picks the direct convolution kernels for the CPU's level (../isa.h).
 #include "kernels.h"
+
+#include "../isa.h"
 
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
-#include <string>
 #include <vector>
 
 namespace custom_conv {
@@ -18,54 +18,10 @@ const Kernels<double>* avx512_double_kernels();
 const Kernels<float>* avx2_float_kernels();
 const Kernels<double>* avx2_double_kernels();
 
-namespace {
-
-enum class Isa { kNone, kAvx2, kAvx512 };
-
-Isa cpu_isa() {
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-  // libgcc's checks include the operating system's support for the wider
-  // register state (XCR0), not only the CPUID bits.
-  __builtin_cpu_init();
-  // The AVX-512 kernels also use AVX-512VL (8-float blocks in the upper 16
-  // registers), which every AVX-512 CPU but the Xeon Phi has.
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) return Isa::kAvx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
-#endif
-  return Isa::kNone;
-}
-
-// The best the CPU has, unless CUSTOM_CONV_CPU_KERNELS asks for less.
-Isa chosen_isa() {
-  static const Isa isa = [] {
-    const Isa best = cpu_isa();
-    const char* env = std::getenv("CUSTOM_CONV_CPU_KERNELS");
-    const std::string want = env ? env : "";
-    if (want.empty()) return best;
-    TORCH_CHECK(want == "avx512" || want == "avx2" || want == "im2col",
-                "CUSTOM_CONV_CPU_KERNELS must be avx512, avx2 or im2col, got '", want, "'");
-    const Isa asked = want == "avx512" ? Isa::kAvx512 : want == "avx2" ? Isa::kAvx2 : Isa::kNone;
-    TORCH_CHECK(static_cast<int>(asked) <= static_cast<int>(best),
-                "CUSTOM_CONV_CPU_KERNELS=", want, ", but this CPU does not support it");
-    return asked;
-  }();
-  return isa;
-}
-
-}  // namespace
-
-std::string cpu_kernels() {
-  switch (chosen_isa()) {
-    case Isa::kAvx512: return "avx512";
-    case Isa::kAvx2: return "avx2";
-    default: return "im2col";
-  }
-}
-
 const Kernels<float>* float_kernels() {
-  switch (chosen_isa()) {
-    case Isa::kAvx512: return avx512_float_kernels();
-    case Isa::kAvx2: return avx2_float_kernels();
+  switch (cpu_level()) {
+    case CpuLevel::kAvx512: return avx512_float_kernels();
+    case CpuLevel::kAvx2: return avx2_float_kernels();
     default: return nullptr;
   }
 }
@@ -114,9 +70,9 @@ double cpu_fma_peak_gflops(double seconds) {
 }
 
 const Kernels<double>* double_kernels() {
-  switch (chosen_isa()) {
-    case Isa::kAvx512: return avx512_double_kernels();
-    case Isa::kAvx2: return avx2_double_kernels();
+  switch (cpu_level()) {
+    case CpuLevel::kAvx512: return avx512_double_kernels();
+    case CpuLevel::kAvx2: return avx2_double_kernels();
     default: return nullptr;
   }
 }

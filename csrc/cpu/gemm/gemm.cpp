@@ -1,0 +1,360 @@
+// Our GEMM (gemm.h): blocking, packing and threads around the micro-kernels.
+//
+//   for each task (a batch entry, a block of rows, a block of nc columns):
+//     for each slice of kc reduction steps:
+//       pack B's block (kc x nc) into micro-panels of nr columns  -> L2
+//       pack A's block (rows x kc) into micro-panels of mr rows
+//       for each A micro-panel (held in L1):
+//         for each B micro-panel: the micro-kernel on one tile of C
+//
+// The first slice applies beta and the bias; later slices add onto C
+// (beta = 1), so every element of C is summed in the same order, slice after
+// slice, whatever the tasks and threads.
+#include "gemm.h"
+
+#include "../isa.h"
+#include "kernels.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/record_function.h>
+#include <c10/util/Exception.h>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <type_traits>
+
+namespace custom_conv {
+namespace gemm {
+namespace {
+
+template <typename Acc>
+const MicroKernels<Acc>& micro_kernels() {
+  static const MicroKernels<Acc>* const chosen = [] {
+    const bool f = std::is_same_v<Acc, float>;
+    const void* k = nullptr;
+    switch (cpu_level()) {
+      case CpuLevel::kAvx512:
+        k = f ? static_cast<const void*>(avx512_float_kernels()) : avx512_double_kernels();
+        break;
+      case CpuLevel::kAvx2:
+        k = f ? static_cast<const void*>(avx2_float_kernels()) : avx2_double_kernels();
+        break;
+      default: break;
+    }
+    if (k == nullptr) k = f ? static_cast<const void*>(baseline_float_kernels()) : baseline_double_kernels();
+    return static_cast<const MicroKernels<Acc>*>(k);
+  }();
+  return *chosen;
+}
+
+// The cache sizes the blocking is derived from, as the operating system
+// reports them (a core's L1 data cache and L2), or typical sizes where it
+// does not.
+struct Caches {
+  int64_t l1, l2;
+};
+
+Caches caches() {
+  static const Caches c = [] {
+    long l1 = sysconf(_SC_LEVEL1_DCACHE_SIZE), l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return Caches{l1 > 0 ? l1 : 32 * 1024, l2 > 0 ? l2 : 512 * 1024};
+  }();
+  return c;
+}
+
+// kc: an A micro-panel (mr x kc) fills half of L1, the other half left for
+// the B values streaming through and C's tile. nc: a packed block of B (kc
+// x nc) fills half of L2. Both at least a few steps / panels, kc a multiple
+// of 8 (whole cache lines of the panels), nc of nr.
+struct Blocking {
+  int64_t mr, nr, kc, nc;
+};
+
+template <typename Acc>
+Blocking blocking() {
+  const MicroKernels<Acc>& k = micro_kernels<Acc>();
+  const Caches c = caches();
+  const int64_t kc = std::clamp<int64_t>(c.l1 / 2 / (k.mr * int64_t{sizeof(Acc)}) / 8 * 8, 64, 1024);
+  const int64_t nc = std::max<int64_t>(4, c.l2 / 2 / (kc * int64_t{sizeof(Acc)}) / k.nr) * k.nr;
+  return {k.mr, k.nr, kc, nc};
+}
+
+// Rows of A packed per task at most (its packed block: kMaxBlockRows x kc).
+constexpr int64_t kMaxBlockRows = 1024;
+// Multiply-adds below which a product runs on one thread: waking the others
+// costs more.
+constexpr int64_t kMinParallelMacs = int64_t{1} << 20;
+
+// 64-byte aligned scratch for one thread's packed blocks, kept between calls
+// (the threads of torch's pool live as long as the process).
+template <typename Acc>
+Acc* scratch(int64_t values) {
+  struct Free {
+    void operator()(Acc* p) const { std::free(p); }
+  };
+  thread_local std::unique_ptr<Acc, Free> buffer;
+  thread_local int64_t size = 0;
+  if (values > size) {
+    const int64_t bytes = (values * int64_t{sizeof(Acc)} + 63) / 64 * 64;
+    buffer.reset(static_cast<Acc*>(std::aligned_alloc(64, bytes)));
+    TORCH_CHECK(buffer != nullptr, "custom_conv gemm: out of memory for ", bytes, " bytes of packing scratch");
+    size = values;
+  }
+  return buffer.get();
+}
+
+template <typename Acc, typename T>
+inline Acc to_acc(T v) {
+  return static_cast<Acc>(v);
+}
+
+// A's rows [0, rows) and steps [0, kc) (from `a`, already offset) into
+// micro-panels of mr rows, the last of rows % mr; each panel step-major
+// (dst[k * panel_rows + i]), as micro_kernel.h reads it.
+template <typename T, typename Acc>
+void pack_a(const T* a, int64_t rs, int64_t cs, int64_t rows, int64_t kc, int64_t mr, Acc* dst) {
+  for (int64_t i0 = 0; i0 < rows; i0 += mr) {
+    const int64_t pr = std::min(mr, rows - i0);
+    const T* src = a + i0 * rs;
+    if (rs == 1) {  // columns of A contiguous: copy each step's pr values
+      for (int64_t k = 0; k < kc; ++k) {
+        for (int64_t i = 0; i < pr; ++i) dst[k * pr + i] = to_acc<Acc>(src[k * cs + i]);
+      }
+    } else {
+      for (int64_t i = 0; i < pr; ++i) {
+        const T* row = src + i * rs;
+        for (int64_t k = 0; k < kc; ++k) dst[k * pr + i] = to_acc<Acc>(row[k * cs]);
+      }
+    }
+    dst += pr * kc;
+  }
+}
+
+// B's steps [0, kc) and columns [0, cols) into micro-panels of nr columns
+// (dst[k * nr + j]), the last padded with zeros to nr.
+template <typename T, typename Acc>
+void pack_b(const T* b, int64_t rs, int64_t cs, int64_t kc, int64_t cols, int64_t nr, Acc* dst) {
+  for (int64_t j0 = 0; j0 < cols; j0 += nr, dst += kc * nr) {
+    const int64_t pc = std::min(nr, cols - j0);
+    const T* src = b + j0 * cs;
+    if (cs == 1) {  // rows of B contiguous
+      for (int64_t k = 0; k < kc; ++k) {
+        const T* row = src + k * rs;
+        Acc* out = dst + k * nr;
+        for (int64_t j = 0; j < pc; ++j) out[j] = to_acc<Acc>(row[j]);
+        for (int64_t j = pc; j < nr; ++j) out[j] = Acc(0);
+      }
+    } else {
+      for (int64_t j = 0; j < pc; ++j) {
+        const T* col = src + j * cs;
+        for (int64_t k = 0; k < kc; ++k) dst[k * nr + j] = to_acc<Acc>(col[k * rs]);
+      }
+      for (int64_t k = 0; k < kc && pc < nr; ++k) std::fill(dst + k * nr + pc, dst + (k + 1) * nr, Acc(0));
+    }
+  }
+}
+
+// C's tile at c (rows x cols) = alpha * tile + beta * C + bias, from a tile
+// of sums computed into a buffer (ld nr): for edge columns, C of another
+// type than the sums', or C not stored row by row.
+template <typename T, typename Acc>
+void store_tile(const Acc* tile, int64_t nr, int64_t rows, int64_t cols, T* c, int64_t rs_c, int64_t cs_c,
+                const T* bias, Acc alpha, Acc beta) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const Acc b = bias != nullptr ? to_acc<Acc>(bias[i]) : Acc(0);
+    for (int64_t j = 0; j < cols; ++j) {
+      T& out = c[i * rs_c + j * cs_c];
+      Acc v = alpha * tile[i * nr + j] + b;
+      if (beta != Acc(0)) v += beta * to_acc<Acc>(out);
+      out = static_cast<T>(v);
+    }
+  }
+}
+
+// One task: rows [i0, i1) and columns [j0, j1) of C[z], the whole reduction.
+template <typename T, typename Acc>
+void run_block(const Problem<T, Acc>& p, const Blocking& bl, int64_t z, int64_t i0, int64_t i1, int64_t j0,
+               int64_t j1) {
+  const MicroKernels<Acc>& mk = micro_kernels<Acc>();
+  const int64_t rows = i1 - i0, cols = j1 - j0, panels_b = (cols + bl.nr - 1) / bl.nr;
+  const int64_t kc_max = std::min(bl.kc, p.k);
+  Acc* packed_b = scratch<Acc>(kc_max * panels_b * bl.nr + kc_max * rows + bl.mr * bl.nr);
+  Acc* packed_a = packed_b + kc_max * panels_b * bl.nr;
+  Acc* tile = packed_a + kc_max * rows;
+  const T* a = p.a.data + z * p.a.batch_stride + i0 * p.a.rs;
+  const T* b = p.b.data + z * p.b.batch_stride + j0 * p.b.cs;
+  T* c = p.c + z * p.batch_stride_c + i0 * p.rs_c + j0 * p.cs_c;
+  const T* bias = p.bias != nullptr ? p.bias + z * p.batch_stride_bias + i0 : nullptr;
+  // The micro-kernel writes C itself where it can: float and double C
+  // stored row by row, whole tiles.
+  constexpr bool kSameType = std::is_same_v<T, Acc>;
+  const bool rows_of_c = p.cs_c == 1;
+  for (int64_t k0 = 0; k0 < p.k; k0 += bl.kc) {
+    const int64_t kc = std::min(bl.kc, p.k - k0);
+    const bool first = k0 == 0;
+    const Acc beta = first ? p.beta : Acc(1);
+    pack_b(b + k0 * p.b.rs, p.b.rs, p.b.cs, kc, cols, bl.nr, packed_b);
+    pack_a(a + k0 * p.a.cs, p.a.rs, p.a.cs, rows, kc, bl.mr, packed_a);
+    const Acc* pa = packed_a;
+    for (int64_t i = 0; i < rows; i += bl.mr) {
+      const int64_t pr = std::min<int64_t>(bl.mr, rows - i);
+      const auto kernel = mk.rows[pr];
+      const T* bias_i = first && bias != nullptr ? bias + i : nullptr;
+      for (int64_t jp = 0; jp < panels_b; ++jp) {
+        const int64_t j = jp * bl.nr, pc = std::min<int64_t>(bl.nr, cols - j);
+        const Acc* pb = packed_b + jp * kc * bl.nr;
+        T* cij = c + i * p.rs_c + j * p.cs_c;
+        if constexpr (kSameType) {
+          if (rows_of_c && pc == bl.nr) {
+            kernel(kc, pa, pb, cij, p.rs_c, bias_i, p.alpha, beta);
+            continue;
+          }
+        }
+        kernel(kc, pa, pb, tile, bl.nr, nullptr, Acc(1), Acc(0));
+        store_tile(tile, bl.nr, pr, pc, cij, p.rs_c, p.cs_c, bias_i, p.alpha, beta);
+      }
+      pa += pr * kc;
+    }
+  }
+}
+
+// C = beta * C + bias, for a product with nothing to sum (k == 0).
+template <typename T, typename Acc>
+void scale_only(const Problem<T, Acc>& p) {
+  for (int64_t z = 0; z < p.batch; ++z) {
+    for (int64_t i = 0; i < p.m; ++i) {
+      const Acc b = p.bias != nullptr ? to_acc<Acc>(p.bias[z * p.batch_stride_bias + i]) : Acc(0);
+      for (int64_t j = 0; j < p.n; ++j) {
+        T& out = p.c[z * p.batch_stride_c + i * p.rs_c + j * p.cs_c];
+        out = static_cast<T>(b + (p.beta != Acc(0) ? p.beta * to_acc<Acc>(out) : Acc(0)));
+      }
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T, typename Acc>
+void run(const Problem<T, Acc>& p) {
+  if (p.batch == 0 || p.m == 0 || p.n == 0) return;
+  if (p.k == 0) return scale_only(p);
+  const Blocking bl = blocking<Acc>();
+  // Columns run along the vector lanes: with fewer columns than a register
+  // tile holds and more rows, C^T = B^T A^T wastes fewer lanes.
+  if (p.bias == nullptr && p.n < bl.nr && p.m > p.n) {
+    Problem<T, Acc> t = p;
+    std::swap(t.m, t.n);
+    t.a = {p.b.data, p.b.cs, p.b.rs, p.b.batch_stride};
+    t.b = {p.a.data, p.a.cs, p.a.rs, p.a.batch_stride};
+    std::swap(t.rs_c, t.cs_c);
+    return run(t);
+  }
+  // Tasks: blocks of C of at most kMaxBlockRows rows and nc columns, cut
+  // finer (in whole micro-tiles) until every thread has one, where the
+  // product is large enough to be spread at all.
+  const int64_t macs = p.batch * p.m * p.n * p.k;
+  const int64_t threads = macs < kMinParallelMacs || at::in_parallel_region() ? 1 : at::get_num_threads();
+  int64_t row_blocks = (p.m + kMaxBlockRows - 1) / kMaxBlockRows;
+  int64_t col_blocks = (p.n + bl.nc - 1) / bl.nc;
+  const int64_t row_tiles = (p.m + bl.mr - 1) / bl.mr, col_tiles = (p.n + bl.nr - 1) / bl.nr;
+  while (p.batch * row_blocks * col_blocks < threads && (row_blocks < row_tiles || col_blocks < col_tiles)) {
+    // Split the dimension with more tiles per block (the wider one).
+    if (col_tiles * row_blocks >= row_tiles * col_blocks && col_blocks < col_tiles) {
+      ++col_blocks;
+    } else if (row_blocks < row_tiles) {
+      ++row_blocks;
+    } else {
+      ++col_blocks;
+    }
+  }
+  // Blocks of whole micro-tiles, as equal as they can be.
+  const int64_t rows_per = (row_tiles + row_blocks - 1) / row_blocks * bl.mr;
+  const int64_t cols_per = (col_tiles + col_blocks - 1) / col_blocks * bl.nr;
+  row_blocks = (p.m + rows_per - 1) / rows_per;
+  col_blocks = (p.n + cols_per - 1) / cols_per;
+  const int64_t tasks = p.batch * row_blocks * col_blocks;
+  const auto body = [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t z = t / (row_blocks * col_blocks), r = t / col_blocks % row_blocks, c = t % col_blocks;
+      run_block(p, bl, z, r * rows_per, std::min(p.m, (r + 1) * rows_per), c * cols_per,
+                std::min(p.n, (c + 1) * cols_per));
+    }
+  };
+  if (threads == 1) {
+    body(0, tasks);
+  } else {
+    at::parallel_for(0, tasks, 1, body);
+  }
+}
+
+template void run(const Problem<float, float>&);
+template void run(const Problem<double, double>&);
+template void run(const Problem<c10::Half, float>&);
+template void run(const Problem<c10::BFloat16, float>&);
+
+void matmul(const at::Tensor& c, const at::Tensor& a, const at::Tensor& b, double beta, const at::Tensor& bias,
+            double alpha) {
+  const bool batched = c.dim() == 3;
+  TORCH_CHECK((c.dim() == 2 || batched) && a.dim() == c.dim() && b.dim() == c.dim(),
+              "custom_conv gemm: 2-D matrices or 3-D batches, got ", a.sizes(), " @ ", b.sizes(), " -> ", c.sizes());
+  const int64_t d = batched ? 1 : 0;
+  TORCH_CHECK(a.size(d) == c.size(d) && b.size(d + 1) == c.size(d + 1) && a.size(d + 1) == b.size(d) &&
+                  (!batched || (a.size(0) == c.size(0) && b.size(0) == c.size(0))),
+              "custom_conv gemm: shapes ", a.sizes(), " @ ", b.sizes(), " -> ", c.sizes(), " do not match");
+  TORCH_CHECK(a.scalar_type() == c.scalar_type() && b.scalar_type() == c.scalar_type() &&
+                  (!bias.defined() || bias.scalar_type() == c.scalar_type()),
+              "custom_conv gemm: operands of one dtype");
+  TORCH_CHECK(!bias.defined() || bias.size(-1) == c.size(d), "custom_conv gemm: a bias value per row of c");
+  // Seen by torch.profiler as one event per product, inside the op that asked.
+  RECORD_FUNCTION("custom_conv::gemm", std::vector<c10::IValue>());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.scalar_type(), "custom_conv_gemm", [&] {
+    using Acc = at::opmath_type<scalar_t>;
+    Problem<scalar_t, Acc> p;
+    p.batch = batched ? c.size(0) : 1;
+    p.m = c.size(d);
+    p.n = c.size(d + 1);
+    p.k = a.size(d + 1);
+    p.a = {a.const_data_ptr<scalar_t>(), a.stride(d), a.stride(d + 1), batched ? a.stride(0) : 0};
+    p.b = {b.const_data_ptr<scalar_t>(), b.stride(d), b.stride(d + 1), batched ? b.stride(0) : 0};
+    p.c = c.mutable_data_ptr<scalar_t>();
+    p.rs_c = c.stride(d);
+    p.cs_c = c.stride(d + 1);
+    p.batch_stride_c = batched ? c.stride(0) : 0;
+    if (bias.defined()) {
+      p.bias = bias.const_data_ptr<scalar_t>();
+      TORCH_CHECK(bias.stride(-1) == 1, "custom_conv gemm: a contiguous bias");
+      p.batch_stride_bias = batched && bias.dim() == 2 ? bias.stride(0) : 0;
+    }
+    p.alpha = static_cast<Acc>(alpha);
+    p.beta = static_cast<Acc>(beta);
+    run(p);
+  });
+}
+
+at::Tensor gemm_op(const at::Tensor& a, const at::Tensor& b, const c10::optional<at::Tensor>& c, double alpha,
+                   double beta, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(a.device().is_cpu() && b.device().is_cpu(), "custom_conv.cpu_gemm: CPU tensors");
+  std::vector<int64_t> size = a.sizes().vec();
+  size.back() = b.size(-1);
+  const bool has_c = c.has_value() && c->defined();
+  at::Tensor out = has_c ? c->clone() : at::empty(size, a.options());
+  TORCH_CHECK(out.sizes() == c10::IntArrayRef(size), "custom_conv.cpu_gemm: c must be ", c10::IntArrayRef(size),
+              ", got ", out.sizes());
+  matmul(out, a, b, has_c ? beta : 0.0, bias.has_value() ? *bias : at::Tensor(), alpha);
+  return out;
+}
+
+std::vector<int64_t> blocking_for(at::ScalarType dtype) {
+  const Blocking bl = dtype == at::kDouble ? blocking<double>() : blocking<float>();
+  return {bl.mr, bl.nr, bl.kc, bl.nc, caches().l1, caches().l2};
+}
+
+}  // namespace gemm
+}  // namespace custom_conv

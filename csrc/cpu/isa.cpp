@@ -1,0 +1,55 @@
+// Detects the CPU's instruction-set level (isa.h).
+#include "isa.h"
+
+#include <c10/util/Exception.h>
+
+#include <cstdlib>
+
+namespace custom_conv {
+namespace {
+
+// The vector code is compiled per level with `#pragma GCC target`, which
+// needs GCC on x86-64; other builds run the baseline code only.
+CpuLevel best_level() {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+  // libgcc's checks include the operating system's support for the wider
+  // register state (XCR0), not only the CPUID bits.
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) return CpuLevel::kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return CpuLevel::kAvx2;
+#endif
+  return CpuLevel::kBaseline;
+}
+
+}  // namespace
+
+const char* cpu_level_name(CpuLevel level) {
+  switch (level) {
+    case CpuLevel::kAvx512: return "avx512";
+    case CpuLevel::kAvx2: return "avx2";
+    default: return "baseline";
+  }
+}
+
+CpuLevel cpu_level() {
+  static const CpuLevel level = [] {
+    const CpuLevel best = best_level();
+    const char* env = std::getenv("CUSTOM_CONV_CPU_KERNELS");
+    const std::string want = env ? env : "";
+    if (want.empty()) return best;
+    TORCH_CHECK(want == "avx512" || want == "avx2" || want == "baseline",
+                "CUSTOM_CONV_CPU_KERNELS must be avx512, avx2 or baseline, got '", want, "'");
+    const CpuLevel asked = want == "avx512" ? CpuLevel::kAvx512 : want == "avx2" ? CpuLevel::kAvx2
+                                                                                 : CpuLevel::kBaseline;
+    TORCH_CHECK(static_cast<int>(asked) <= static_cast<int>(best),
+                "CUSTOM_CONV_CPU_KERNELS=", want, ", but this CPU does not support it");
+    return asked;
+  }();
+  return level;
+}
+
+std::string cpu_kernels() {
+  return cpu_level_name(cpu_level());
+}
+
+}  // namespace custom_conv
