@@ -3,6 +3,7 @@ custom_conv.explain_conv2d reports its choice. These tests pin the choice for
 the layers each algorithm is meant for, at the thresholds it is made by, and
 check that every algorithm so chosen gives torch's values and gradients."""
 import functools
+import pathlib
 import re
 
 import pytest
@@ -232,3 +233,12 @@ def test_the_example_in_the_explain_module_is_what_the_chooser_answers():
     plan = eval(example.group(1), {"custom_conv": custom_conv, "torch": torch})
     assert f"'forward': Conv2dChoice(algorithm='{plan['forward'].algorithm}'" in example.group(2)
 
+
+@pytest.mark.skipif(KERNELS != "avx512", reason="docs/design.md shows an AVX-512 CPU's answers")
+def test_the_examples_in_the_design_document_are_what_the_chooser_answers():
+    design = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "design.md").read_text()
+    examples = re.findall(r">>> (custom_conv\.explain_conv2d\(.*\).*)\n((?:(?!>>>|```).*\n)+)", design)
+    assert examples
+    for call, shown in examples:
+        answer = eval(call, {"custom_conv": custom_conv, "torch": torch})
+        assert repr(answer) == " ".join(line.strip() for line in shown.splitlines()), call
