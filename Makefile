@@ -9,9 +9,19 @@ VENV   ?= .venv
 PYTHON := $(VENV)/bin/python
 DEPS   := $(VENV)/.requirements-installed
 INSTALLED := $(VENV)/.custom_conv-installed
-# nvcc lives here on our machines; auto-detection picks /usr/local and fails.
-export CUDA_HOME ?= /usr/local/cuda
-export MAX_JOBS ?= 2
+# The CUDA toolkit, for the CUDA kernels (setup.py compiles them where a GPU is
+# visible, or with FORCE_CUDA=1): CUDA_HOME if set, else the one the nvcc on
+# the PATH says it runs from (that nvcc may be a link or a wrapper script, from
+# whose path torch's own search would guess wrong). Without either, torch
+# searches, and setup.py says which toolkit it took.
+ifeq ($(origin CUDA_HOME),undefined)
+CUDA_HOME := $(shell nvcc -dryrun -E -x cu /dev/null 2>&1 | sed -n 's|^\#\$$ _HERE_=\(.*\)/bin/*$$|\1|p')
+endif
+ifneq ($(CUDA_HOME),)
+export CUDA_HOME
+endif
+# Compile jobs: one per core.
+export MAX_JOBS ?= $(shell nproc)
 
 .PHONY: build test train demo bench sanitize clean
 

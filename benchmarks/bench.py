@@ -9,8 +9,8 @@ On the GPU torch's side is cuDNN, with TF32 off so that float32 means float32
 on both sides; torch.utils.benchmark synchronises the device around timings.
 Both sides run on torch.get_num_threads() threads (recorded as "threads").
 
-Batch sizes (--batches, default 1,32,128), as issue #10 states its targets.
-At the main one (32, else the middle one given; --batch N: N alone, with
+Batch sizes (--batches, default 1,32,128): inference latency, training at a
+typical batch, training throughput. At the main one (32, else the middle one given; --batch N: N alone, with
 everything) it times, for every conv layer shape, forward, backward-input,
 backward-weight and forward+backward (autograd, with the bias gradient) for
 both implementations; for max-pool, forward and forward+backward; and a whole
@@ -39,7 +39,7 @@ mode's other passes.
 On the CPU in float32 it first measures the machine's peak (fused
 multiply-adds on every thread, custom_conv::cpu_fma_peak_gflops) and reports
 each layer's GFLOP/s, ours and torch's, as a share of it; again at the end,
-as the VM's speed drifts. benchmarks/chart.py draws a result against it.
+as a shared or virtual machine's speed drifts. benchmarks/chart.py draws a result against it.
 There it also measures, for every conv shape at the main batch and every
 pass, the float32 error of each algorithm the chooser can reach (switching
 off the one it took with custom_conv.disabled_algorithms until it reaches
@@ -72,21 +72,20 @@ MODES = ("forward", "backward-input", "backward-weight", "forward+backward")
 # The chooser's passes (custom_conv.explain_conv2d) that each timed mode runs.
 MODE_PASSES = {"forward": ("forward",), "backward-input": ("backward_input",),
                "backward-weight": ("backward_weight",), "forward+backward": PASSES}
-# Off the main batch, only what issue #10 asks of that batch: below it the
-# forward alone (inference latency), above it forward+backward (training
-# throughput).
+# Off the main batch, only what that batch is for: below it the forward alone
+# (inference latency), above it forward+backward (training throughput).
 SMALL_BATCH_MODES = ("forward",)
 LARGE_BATCH_MODES = ("forward+backward",)
 # Not timed above the main batch: ResNet-18's 224x224 stem is 90 GFLOP per
 # forward+backward at batch 128, run several times on each side plus the
-# float64 check, minutes on a 2-core VM for a shape the main batch covers.
+# float64 check, minutes on a small CPU for a shape the main batch covers.
 LARGE_BATCH_SKIP = ("resnet18 stem",)
 
 
 def measure(fn, min_run_time):
     """Seconds per call: the fastest of the timed blocks. On a shared (virtual)
     machine other work only ever adds time, so the minimum is the most
-    repeatable estimate; the median moved by up to 2x between runs here."""
+    repeatable estimate; the median can move by 2x between runs."""
     fn()  # warm-up (and, on the GPU, lazy initialisation)
     # Timer runs on one thread unless told otherwise; the peak and a user's
     # model run on all of them.
@@ -96,8 +95,9 @@ def measure(fn, min_run_time):
 
 def measure_pair(ours, theirs, min_run_time, rounds=3):
     """Both sides' times, measured in alternation (ours, torch, ours, ...),
-    each the minimum over its rounds: this VM's speed drifts over seconds, and
-    timing one side after the other let that drift into the ratio."""
+    each the minimum over its rounds: a shared machine's speed drifts over
+    seconds, and timing one side after the other would let that drift into
+    the ratio."""
     t_ours, t_torch = float("inf"), float("inf")
     for _ in range(rounds):
         t_ours = min(t_ours, measure(ours, min_run_time / rounds))
@@ -316,7 +316,7 @@ def main():
     parser.add_argument("--min-run-time", type=float, default=0.3, help="seconds per measurement")
     parser.add_argument("--quick", action="store_true", help="only a few shapes")
     parser.add_argument("--filter", default="", help="only shapes whose name contains this")
-    parser.add_argument("--out", help="JSON file (default: benchmarks/results/<device>-<dtype>-<date>.json)")
+    parser.add_argument("--out", help="JSON file (default: results/benchmarks/<device>-<dtype>-<date>.json)")
     args = parser.parse_args()
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -400,7 +400,7 @@ def run(args, dtype_name):
             for mode, (ours, theirs, flops, reference) in cases.items():
                 errors = check(f"{name} {mode}", ours, theirs, reference, tol) if reference else (None, None)
                 # A training step takes 5 ms-1 s: give it enough alternating
-                # rounds that one slow stretch of the VM cannot decide the ratio.
+                # rounds that one slow stretch of the machine cannot decide the ratio.
                 t_ours, t_torch = (measure_pair(ours, theirs, max(args.min_run_time, 3.0), rounds=6)
                                    if kind == "train" else measure_pair(ours, theirs, args.min_run_time))
                 gflops = flops / t_ours / 1e9 if flops else None
@@ -489,8 +489,8 @@ def run(args, dtype_name):
                   rows=rows,
                   summary=summary, scratch_bytes=scratch, gemm=gemm or None,
                   algorithm_errors=algorithm_error_entries or None)
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"{args.device}-{dtype_name}-{result['date']}.json")
+    out = args.out or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results",
+                                   "benchmarks", f"{args.device}-{dtype_name}-{result['date']}.json")
     if args.out and len(args.dtype) > 1:
         out = out.replace(".json", f"-{dtype_name}.json")
     with open(out, "w") as f:

@@ -4,10 +4,10 @@ forward+backward with our kernels and with torch's, as bars, and the float32
 FMA peak measured in the same run as a line. Both bars count a direct
 convolution's work; where our passes ran Winograd, which does fewer
 multiply-adds, a hatched bar inside ours shows the rate of the arithmetic it
-actually did. Results written before bench.py timed several batch sizes
-(rows without a "batch") draw the same way.
+actually did. Results of a single batch size (rows without a "batch") draw
+the same way.
 
-    .venv/bin/python benchmarks/chart.py benchmarks/results/cpu-float32-DATE.json --out PNG
+    .venv/bin/python benchmarks/chart.py results/benchmarks/cpu-float32-DATE.json --out PNG
     .venv/bin/python benchmarks/chart.py RESULT.json --batch 1 --mode forward --out PNG
 """
 import argparse

@@ -22,14 +22,13 @@ if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
   export TORCH_CUDA_ARCH_LIST
 fi
 export NVCC_APPEND_FLAGS="-lineinfo"
-# On the GPU machines lent to this project (2026-11-27), setuptools takes the
-# compiler that Python was built with, /opt/gcc/bin/g++; the _C.so it linked
-# held its own copy of parts of libstdc++ and crashed (SIGSEGV in
-# std::ostream, under c10::str) the first time a TORCH_CHECK message was
-# formatted. Build with the system compiler instead, as torch's own wheels
-# expect. That machine's environment sets CXX=/opt/gcc/bin/g++ itself, so the
-# system compiler has to win over it (a second H200 run, 2026-11-27 evening,
-# kept it and segfaulted again). The step "errors" below checks.
+# Build with the system compiler, as torch's own wheels expect. setuptools
+# takes the compiler Python was built with, and some GPU images set CXX to a
+# compiler of their own (e.g. /opt/gcc/bin/g++); linked that way, _C.so held
+# its own copy of parts of libstdc++ and crashed (SIGSEGV in std::ostream,
+# under c10::str) the first time a TORCH_CHECK message was formatted. So the
+# system compiler wins over CXX from the environment (GPU_CHECK_KEEP_CXX=1
+# keeps it); the step "errors" below checks that a bad argument raises.
 if [ -x /usr/bin/g++ ] && [ -z "${GPU_CHECK_KEEP_CXX:-}" ]; then
   export CC=/usr/bin/gcc CXX=/usr/bin/g++ LDSHARED="/usr/bin/g++ -shared"
 fi

@@ -13,8 +13,7 @@
 // Each backward calls our ops through the dispatcher. When the engine runs it
 // with create_graph=True (grad mode on), those calls are recorded, so the
 // result is differentiable again; otherwise they go straight to the kernels.
-#include "geometry.h"
-#include "max_pool2d_window.h"
+#include "memory_format.h"
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -82,21 +81,15 @@ at::Tensor conv2d_backward_bias(const at::Tensor& grad_output) {
   return handle.call(grad_output);
 }
 
-// Memory format. Our kernels compute in NCHW; torch's conv2d and max_pool2d
-// return channels_last results, gradients included, when an input (or the
-// weight) suggests channels_last. custom_conv.functional converts the
-// outputs; the backward functions below convert the gradients.
-bool suggests_channels_last(const at::Tensor& t) {
-  return t.dim() == 4 && t.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+// Memory format (memory_format.h): the forward kernels return torch's
+// layout; the backward functions below give the gradients the layout of the
+// forward's result, as torch does, whatever the layout of grad_output.
+void save_memory_format(AutogradContext* ctx, at::MemoryFormat format) {
+  ctx->saved_data["memory_format"] = static_cast<int64_t>(format);
 }
 
-// With torch's channels_last strides exactly: t.contiguous(ChannelsLast)
-// keeps a tensor with a channel dimension of 1 as it is, since it is
-// contiguous in both formats, but torch's results carry channels_last strides.
-at::Tensor in_channels_last(const at::Tensor& t) {
-  if (!t.defined()) return t;
-  at::Tensor out = at::empty(t.sizes(), t.options().memory_format(at::MemoryFormat::ChannelsLast));
-  return out.strides() == t.strides() ? t : out.copy_(t);
+at::MemoryFormat saved_memory_format(AutogradContext* ctx) {
+  return static_cast<at::MemoryFormat>(ctx->saved_data["memory_format"].toInt());
 }
 
 // stride, padding, dilation and groups of a convolution, kept in the context.
@@ -139,9 +132,17 @@ struct PoolArgs {
     static const auto handle = op<MaxPool2dBackward>("custom_conv::max_pool2d_backward");
     return handle.call(grad_output, indices, input_size, kernel_size, stride, padding, dilation, ceil_mode);
   }
-  Pool2dGeometry geometry() const {
-    return max_pool2d_geometry(C10_AS_INTARRAYREF_SLOW(input_size), kernel_size, stride, padding, dilation,
-                               ceil_mode);
+  // Which windows hold an input element: an (out_h, out_w) mask on the
+  // device of `options`, as the kernels decide it (window_holds_input in
+  // max_pool2d_window.h): pooling a plane of zeros gives 0 in those windows
+  // and -inf in windows of padding only. Through the forward op, not a host
+  // loop, so that it also traces under torch.compile.
+  at::Tensor windows_holding_input(const at::TensorOptions& options) const {
+    static const auto pool = op<MaxPool2dForward>("custom_conv::max_pool2d_forward");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    const at::Tensor zeros = at::zeros_symint({1, 1, input_size[2], input_size[3]}, options);
+    const at::Tensor pooled = std::get<0>(pool.call(zeros, kernel_size, stride, padding, dilation, ceil_mode));
+    return pooled[0][0].isfinite();
   }
 };
 
@@ -155,7 +156,7 @@ struct Conv2dFunction : torch::autograd::Function<Conv2dFunction> {
     ctx->save_for_backward({input, weight});
     ConvArgs{stride.vec(), padding.vec(), dilation.vec(), groups}.save(ctx);
     ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
-    ctx->saved_data["channels_last"] = suggests_channels_last(input) || suggests_channels_last(weight);
+    save_memory_format(ctx, conv2d_memory_format(input, weight));
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return conv2d_forward(input, weight, bias, stride, padding, dilation, groups);
   }
@@ -178,10 +179,9 @@ struct Conv2dFunction : torch::autograd::Function<Conv2dFunction> {
     if (grad.defined() && ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)) {
       grad_bias = conv2d_backward_bias(grad);
     }
-    if (ctx->saved_data["channels_last"].toBool()) {
-      grad_input = in_channels_last(grad_input);
-      grad_weight = in_channels_last(grad_weight);
-    }
+    const at::MemoryFormat format = saved_memory_format(ctx);
+    grad_input = in_memory_format(grad_input, format);
+    grad_weight = in_memory_format(grad_weight, format);
     return {grad_input, grad_weight, grad_bias, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
@@ -270,7 +270,7 @@ struct MaxPool2dFunction : torch::autograd::Function<MaxPool2dFunction> {
     static const auto pool = op<MaxPool2dForward>("custom_conv::max_pool2d_forward");
     PoolArgs{input.sym_sizes().vec(), kernel_size.vec(), stride.vec(), padding.vec(), dilation.vec(), ceil_mode}
         .save(ctx);
-    ctx->saved_data["channels_last"] = suggests_channels_last(input);
+    save_memory_format(ctx, max_pool2d_memory_format(input));
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [output, indices] = pool.call(input, kernel_size, stride, padding, dilation, ceil_mode);
     ctx->mark_non_differentiable({indices});
@@ -284,29 +284,11 @@ struct MaxPool2dFunction : torch::autograd::Function<MaxPool2dFunction> {
     at::Tensor grad_input;
     if (grads[0].defined() && ctx->needs_input_grad(0)) {
       grad_input = PoolArgs::load(ctx).backward(grads[0], indices);
-      if (ctx->saved_data["channels_last"].toBool()) grad_input = in_channels_last(grad_input);
+      grad_input = in_memory_format(grad_input, saved_memory_format(ctx));
     }
     return {grad_input, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
-
-// Which windows hold an input element: an (out_h, out_w) mask on the device
-// of `options`. Windows of padding only have an index that names none (see
-// max_pool2d_window.h). Built from tensor ops, not host loops, so that it
-// also traces under torch.compile: window o along a dimension has taps at
-// o * stride - pad + j * dilation, j < kernel, and holds input if one of
-// them lies in [0, size).
-at::Tensor windows_holding_input(const Pool2dGeometry& g, const at::TensorOptions& options) {
-  const auto along = [&](int64_t out, int64_t stride, int64_t pad, int64_t kernel, int64_t dilation, int64_t size) {
-    const at::TensorOptions longs = options.dtype(at::kLong);
-    const at::Tensor starts = at::arange(out, longs).mul(stride).sub(pad);
-    const at::Tensor taps = starts.unsqueeze(1).add(at::arange(kernel, longs).mul(dilation).unsqueeze(0));
-    return taps.ge(0).logical_and(taps.lt(size)).any(1);
-  };
-  const at::Tensor rows = along(g.out_h, g.stride_h, g.pad_h, g.kernel_h, g.dilation_h, g.in_h);
-  const at::Tensor cols = along(g.out_w, g.stride_w, g.pad_w, g.kernel_w, g.dilation_w, g.in_w);
-  return rows.unsqueeze(1).logical_and(cols.unsqueeze(0));
-}
 
 // gx = P(gy, indices), the scatter of each output gradient to the input its
 // index names. It is linear in gy; its adjoint gathers through the indices,
@@ -331,7 +313,7 @@ struct MaxPool2dBackwardFunction : torch::autograd::Function<MaxPool2dBackwardFu
       // never gives) read nothing either.
       const at::Tensor plane = gg.flatten(2);
       const int64_t size = plane.size(2);
-      const at::Tensor holds = windows_holding_input(PoolArgs::load(ctx).geometry(), indices.options());
+      const at::Tensor holds = PoolArgs::load(ctx).windows_holding_input(gg.options());
       const at::Tensor inside = indices.ge(0).logical_and(indices.lt(size)).logical_and(holds);
       const at::Tensor flat = indices.clamp(0, std::max<int64_t>(size - 1, 0)).flatten(2);
       d_grad_output = plane.gather(2, flat).view_as(indices).mul(inside);

@@ -3,7 +3,7 @@
 // order winograd, direct, depthwise, im2col; the GPU has one, im2col with our
 // own GEMM.
 // The thresholds were measured with benchmarks/bench.py on x86-64 CPUs with
-// AVX-512 (benchmarks/results/).
+// AVX-512 (results/benchmarks/).
 #include "conv2d_algorithm.h"
 
 #include "cpu/conv2d_routes.h"
@@ -129,14 +129,18 @@ const char* winograd_refusal(const Conv2dGeometry& g, Conv2dPass pass, at::Scala
 // The algorithm forced by the user (custom_conv.forced_algorithm), or -1.
 std::atomic<int> forced_algorithm{-1};
 
+// Every algorithm, in the order the CPU chooser tries them; the last, im2col,
+// takes every layer and so cannot be switched off.
 constexpr Conv2dAlgorithm kAlgorithms[] = {Conv2dAlgorithm::kWinograd, Conv2dAlgorithm::kDirect,
                                           Conv2dAlgorithm::kDepthwise, Conv2dAlgorithm::kIm2col};
+constexpr Conv2dAlgorithm kFallback = Conv2dAlgorithm::kIm2col;
 
 Conv2dAlgorithm algorithm_named(const std::string& name) {
   for (const Conv2dAlgorithm a : kAlgorithms) {
     if (name == algorithm_name(a)) return a;
   }
-  TORCH_CHECK_VALUE(false, "no conv2d algorithm called '", name, "' (winograd, direct, depthwise, im2col)");
+  TORCH_CHECK_VALUE(false, "no conv2d algorithm called '", name, "' (one of ", c10::Join(", ", conv2d_algorithms()),
+                    ")");
 }
 
 }  // namespace
@@ -232,15 +236,25 @@ std::string set_forced_conv2d_algorithm(const std::string& name) {
   return previous < 0 ? std::string() : std::string(algorithm_name(static_cast<Conv2dAlgorithm>(previous)));
 }
 
+std::vector<std::string> conv2d_algorithms() {
+  std::vector<std::string> names;
+  for (const Conv2dAlgorithm a : kAlgorithms) {
+    names.emplace_back(algorithm_name(a));
+  }
+  return names;
+}
+
 std::vector<std::string> set_disabled_conv2d_algorithms(const std::vector<std::string>& names) {
   unsigned mask = 0;
   for (const std::string& name : names) {
-    TORCH_CHECK_VALUE(name != "im2col", "im2col is every layer's fallback and cannot be switched off");
-    mask |= 1u << static_cast<unsigned>(algorithm_named(name));
+    const Conv2dAlgorithm algorithm = algorithm_named(name);
+    TORCH_CHECK_VALUE(algorithm != kFallback, algorithm_name(kFallback),
+                      " is every layer's fallback and cannot be switched off");
+    mask |= 1u << static_cast<unsigned>(algorithm);
   }
   const unsigned previous = disabled_algorithms.exchange(mask);
   std::vector<std::string> before;
-  for (const Conv2dAlgorithm a : {Conv2dAlgorithm::kDirect, Conv2dAlgorithm::kDepthwise, Conv2dAlgorithm::kWinograd}) {
+  for (const Conv2dAlgorithm a : kAlgorithms) {
     if ((previous >> static_cast<unsigned>(a)) & 1u) {
       before.emplace_back(algorithm_name(a));
     }

@@ -36,10 +36,16 @@ const char* conv2d_pass_name(Conv2dPass pass);
 Conv2dAlgorithm choose_conv2d_algorithm(const Conv2dGeometry& g, Conv2dPass pass, at::ScalarType dtype,
                                         c10::DeviceType device, std::string* why = nullptr);
 
+// The op custom_conv::conv2d_algorithms: every algorithm's name, in the order
+// the CPU chooser tries them, the fallback (im2col) last
+// (custom_conv.explain.ALGORITHMS in Python).
+std::vector<std::string> conv2d_algorithms();
+
 // The op custom_conv::set_disabled_conv2d_algorithms: the chooser passes over
-// the algorithms named ("direct", "depthwise", "winograd") in every process thread from
-// now on, until the next call; returns the names disabled before. im2col,
-// every layer's fallback, cannot be switched off. (custom_conv.disabled_algorithms
+// the algorithms named ("winograd", "direct", "depthwise") in every process
+// thread from now on, until the next call; returns the names disabled before.
+// im2col, every layer's fallback, cannot be switched off; an unknown name or
+// im2col raises ValueError and changes nothing. (custom_conv.disabled_algorithms
 // in Python.)
 std::vector<std::string> set_disabled_conv2d_algorithms(const std::vector<std::string>& names);
 

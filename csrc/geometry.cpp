@@ -13,26 +13,6 @@ void check_pair(c10::IntArrayRef v, const char* op, const char* name) {
               " to have 2 values (height, width), got ", v.size());
 }
 
-int64_t floor_div(int64_t a, int64_t b) {
-  // Division rounding towards minus infinity, as output sizes need when the
-  // padded input is smaller than the kernel.
-  int64_t q = a / b;
-  return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
-}
-
-// Pooling output size along one dimension. With ceil_mode the last window may
-// hang over the bottom/right edge, but it must start inside the input or the
-// left padding, never entirely inside the right padding.
-int64_t pooled_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d,
-                    bool ceil_mode) {
-  int64_t out =
-      floor_div(in + 2 * p - d * (k - 1) - 1 + (ceil_mode ? s - 1 : 0), s) + 1;
-  if (ceil_mode && (out - 1) * s >= in + p) {
-    --out;
-  }
-  return out;
-}
-
 }  // namespace
 
 int64_t Conv2dGeometry::batch_chunk(int64_t column_budget) const {
@@ -105,8 +85,8 @@ Conv2dGeometry conv2d_geometry(
               "conv2d: Calculated padded input size per channel: (", padded_h, " x ", padded_w,
               "). Kernel size: (", span_h, " x ", span_w,
               "). Kernel size can't be greater than actual input size (the kernel size is dilated)");
-  g.out_h = (padded_h - span_h) / g.stride_h + 1;
-  g.out_w = (padded_w - span_w) / g.stride_w + 1;
+  g.out_h = output_size(g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h, false);
+  g.out_w = output_size(g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w, false);
   return g;
 }
 
@@ -237,10 +217,8 @@ Pool2dGeometry max_pool2d_geometry(
   g.pad_w = padding[1];
   g.dilation_h = dilation[0];
   g.dilation_w = dilation[1];
-  g.out_h = pooled_size(g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h,
-                        ceil_mode);
-  g.out_w = pooled_size(g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w,
-                        ceil_mode);
+  g.out_h = output_size(g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h, ceil_mode);
+  g.out_w = output_size(g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w, ceil_mode);
   TORCH_CHECK(g.out_h >= 1 && g.out_w >= 1, "max_pool2d: Given input size: (", g.channels, "x", g.in_h, "x",
               g.in_w, "). Calculated output size: (", g.channels, "x", g.out_h, "x", g.out_w,
               "). Output size is too small");

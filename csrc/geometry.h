@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/SymInt.h>
 #include <c10/util/ArrayRef.h>
 
 #include <cstdint>
@@ -13,6 +14,42 @@ namespace custom_conv {
 // Ceiling of a / b for b > 0 and any sign of a.
 inline int64_t ceil_div(int64_t a, int64_t b) {
   return a >= 0 ? (a + b - 1) / b : -((-a) / b);
+}
+
+// Floor of a / b for b > 0 and any sign of a: output sizes need it when the
+// padded input is shorter than the kernel's reach.
+inline int64_t floor_div(int64_t a, int64_t b) {
+  const int64_t q = a / b;
+  return (a % b != 0 && (a < 0) != (b < 0)) ? q - 1 : q;
+}
+
+// The same for a size that torch.compile may have made symbolic (the Meta
+// kernels, meta.cpp): a symbolic SymInt divides as Python's //, a concrete
+// one as above.
+inline c10::SymInt floor_div(const c10::SymInt& a, int64_t b) {
+  if (const auto concrete = a.maybe_as_int()) {
+    return floor_div(*concrete, b);
+  }
+  return a / b;
+}
+
+// Output length along one dimension, for conv2d and max_pool2d alike: the
+// number of windows of `kernel` taps, `dilation` apart, that start every
+// `stride` positions and fit in the input padded by `pad` on both sides.
+// With ceil_mode (pooling only) a last window that hangs over the far edge
+// counts too, provided it starts inside the input or the near padding, never
+// in the far padding. The one formula for every output size: the kernels
+// call it on int64_t (conv2d_geometry, max_pool2d_geometry), the Meta
+// kernels on c10::SymInt. Their checks reject results below 1.
+template <typename Int>
+Int output_size(const Int& size, const Int& kernel, int64_t stride, int64_t pad, int64_t dilation,
+                bool ceil_mode) {
+  const Int reach = size + 2 * pad - dilation * (kernel - 1) - 1;
+  Int out = floor_div(ceil_mode ? reach + (stride - 1) : reach, stride) + 1;
+  if (ceil_mode && (out - 1) * stride >= size + pad) {
+    out = out - 1;
+  }
+  return out;
 }
 
 // Everything needed to walk a 2-D convolution: the input and kernel sizes,

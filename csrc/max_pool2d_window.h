@@ -1,6 +1,9 @@
 // The max-pooling window, written once for the CPU and the GPU kernels: where
-// a window lies in its input plane, and which element is its maximum. Both
-// backends call window_max, so they agree on values, indices, ties and NaN.
+// a window lies in its input plane, whether it holds any input at all, and
+// which element is its maximum. Both backends call window_max, so they agree
+// on values, indices, ties and NaN; both backward kernels ask
+// window_holds_input which windows route a gradient, and so, through the
+// forward, does the double backward (autograd.cpp).
 #pragma once
 
 #include "geometry.h"
@@ -34,6 +37,15 @@ C10_HOST_DEVICE inline WindowSpan window_span(int64_t out_pos, int64_t stride, i
   return {first, reach < size ? reach : size};
 }
 
+// Whether window (oh, ow) holds an input element. A window of padding only
+// (possible with dilation) holds none: its
+// maximum is -inf, it depends on no input, and its gradient goes nowhere,
+// whatever its index says (see window_max).
+C10_HOST_DEVICE inline bool window_holds_input(const Pool2dGeometry& g, int64_t oh, int64_t ow) {
+  return !window_span(oh, g.stride_h, g.pad_h, g.kernel_h, g.dilation_h, g.in_h).empty() &&
+         !window_span(ow, g.stride_w, g.pad_w, g.kernel_w, g.dilation_w, g.in_w).empty();
+}
+
 template <typename acc_t>
 struct WindowMax {
   acc_t value;
@@ -51,7 +63,8 @@ struct WindowMax {
 // column, computed as if the window had an element there: it names no element
 // of the window (it lies past the plane, or, when only the columns are
 // padding, in the next row). The backward kernels therefore decide from the
-// window, not from the index, that its gradient goes nowhere.
+// window (window_holds_input), not from the index, that its gradient goes
+// nowhere.
 // `plane` is a pointer to the plane's first element (a const scalar_t*, or
 // on the GPU a gpu_ptr<const scalar_t>).
 template <typename acc_t, typename Plane>

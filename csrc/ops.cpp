@@ -1,8 +1,8 @@
 // The custom_conv operator library: every schema, declared once (the six
 // kernel ops' in schemas.h). Kernels are attached per backend next to their
-// code (cpu/conv2d.cpp, cpu/max_pool2d.cpp and cuda/*.cu), autograd in
-// autograd.cpp, autocast in autocast.cpp; the fake (meta) kernels for
-// torch.compile are registered in Python, in custom_conv/_ops.py.
+// code (cpu/conv2d.cpp, cpu/max_pool2d.cpp and cuda/*.cu; meta.cpp for the
+// Meta kernels that torch.compile traces with), autograd in autograd.cpp,
+// autocast in autocast.cpp.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -37,6 +37,8 @@ TORCH_LIBRARY(custom_conv, m) {
   m.def("conv2d_algorithm(Tensor input, Tensor weight, int[2] stride, int[2] padding, int[2] dilation, "
         "int groups, str pass_name) -> (str, str)",
         &custom_conv::conv2d_algorithm_op);
+  // Every algorithm's name, in the order the CPU chooser tries them.
+  m.def("conv2d_algorithms() -> str[]", &custom_conv::conv2d_algorithms);
   // Switches algorithms off (custom_conv.disabled_algorithms); returns the
   // ones off before.
   m.def("set_disabled_conv2d_algorithms(str[] names) -> str[]", &custom_conv::set_disabled_conv2d_algorithms);

@@ -13,6 +13,7 @@
 import torch
 
 from . import _ops  # noqa: F401  (loads the kernels; must come first)
+from ._ops import has_cuda_kernels
 from . import functional, nn
 from .convert import convert
 from .explain import Conv2dChoice, disabled_algorithms, explain_conv2d, forced_algorithm
@@ -30,5 +31,5 @@ def cpu_kernels() -> str:
     return torch.ops.custom_conv.cpu_kernels()
 
 
-__all__ = ["functional", "nn", "convert", "enabled", "FallbackWarning", "cpu_kernels", "explain_conv2d",
-           "Conv2dChoice", "disabled_algorithms", "forced_algorithm", "info", "__version__"]
+__all__ = ["functional", "nn", "convert", "enabled", "FallbackWarning", "cpu_kernels", "has_cuda_kernels",
+           "explain_conv2d", "Conv2dChoice", "disabled_algorithms", "forced_algorithm", "info", "__version__"]

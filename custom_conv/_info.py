@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from ._ops import build_info, ops
+from ._ops import build_info, has_cuda_kernels, ops
 
 __all__ = ["__version__", "info"]
 
@@ -23,12 +23,6 @@ def _version():
 __version__ = _version()
 
 
-def cuda_kernels_compiled():
-    """Whether this build has our CUDA kernels (asked of torch's dispatcher,
-    which knows what the compiled module registered)."""
-    return torch._C._dispatch_has_kernel_for_dispatch_key("custom_conv::conv2d_forward", "CUDA")
-
-
 def info():
     """The version, the torch it was built against and the one running, the
     CPU kernel set in use and whether CUDA kernels are compiled in, as a dict
@@ -38,7 +32,7 @@ def info():
     else:
         built = build_info.TORCH_VERSION + (f" (CUDA {build_info.TORCH_CUDA_VERSION})"
                                             if build_info.TORCH_CUDA_VERSION else "")
-    if cuda_kernels_compiled():
+    if has_cuda_kernels():
         archs = getattr(build_info, "CUDA_ARCHS", None)
         cuda = "compiled in" + (f" (archs {archs})" if archs else "")
     else:

@@ -1,6 +1,7 @@
-"""Loads the compiled ops and registers what only Python can: the fake (meta)
-kernels, for torch.compile and shape propagation. Everything else (kernels,
-autograd of every op, autocast) is registered in C++ (csrc/)."""
+"""Loads the compiled ops, after checking that they were built for this torch.
+Everything about them (kernels per backend, the Meta kernels that
+torch.compile traces with, autograd of every op, autocast) is registered in
+C++ (csrc/)."""
 import torch
 
 REBUILD_HINT = (
@@ -45,58 +46,21 @@ except ImportError as error:  # tested in tests/test_ops.py
 
 ops = torch.ops.custom_conv
 
-
-def conv2d_output_size(size, kernel, stride, padding, dilation):
-    """Output length along one dimension: the number of kernel placements."""
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-
-
-def max_pool2d_output_size(size, kernel, stride, padding, dilation, ceil_mode):
-    """Like conv2d_output_size, but with ceil_mode the last window may hang over
-    the far edge, provided it starts inside the input or the near padding."""
-    span = size + 2 * padding - dilation * (kernel - 1) - 1
-    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
-    if ceil_mode and (out - 1) * stride >= size + padding:
-        out -= 1
-    return out
+# The ops with a kernel per backend (csrc/schemas.h).
+KERNEL_OPS = ("conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_backward_bias",
+              "max_pool2d_forward", "max_pool2d_backward")
 
 
-# ---------------------------------------------------------------- fake kernels
-# Shapes only; the C++ kernels are the single place where arguments are
-# validated (see csrc/geometry.cpp). Outputs are contiguous, as in C++.
-
-@torch.library.register_fake("custom_conv::conv2d_forward")
-def _(input, weight, bias, stride, padding, dilation, groups):
-    torch._check(input.dim() == 4 and weight.dim() == 4, lambda: "conv2d: expected 4-D input and weight")
-    out_h, out_w = (conv2d_output_size(input.shape[d], weight.shape[d], stride[d - 2], padding[d - 2],
-                                       dilation[d - 2]) for d in (2, 3))
-    return input.new_empty((input.shape[0], weight.shape[0], out_h, out_w))
+def has_kernels(dispatch_key):
+    """Whether every kernel op has a kernel for `dispatch_key` ("CPU", "CUDA",
+    "Meta", ...), asked of torch's dispatcher, which knows what the compiled
+    module registered."""
+    return all(torch._C._dispatch_has_kernel_for_dispatch_key(f"custom_conv::{op}", dispatch_key)
+               for op in KERNEL_OPS)
 
 
-@torch.library.register_fake("custom_conv::conv2d_backward_input")
-def _(grad_output, weight, input_size, stride, padding, dilation, groups):
-    return grad_output.new_empty(input_size)
+def has_cuda_kernels():
+    """Whether this build has our CUDA kernels (setup.py compiles them where a
+    GPU is visible or FORCE_CUDA=1)."""
+    return has_kernels("CUDA")
 
-
-@torch.library.register_fake("custom_conv::conv2d_backward_weight")
-def _(grad_output, input, weight_size, stride, padding, dilation, groups):
-    return grad_output.new_empty(weight_size)
-
-
-@torch.library.register_fake("custom_conv::conv2d_backward_bias")
-def _(grad_output):
-    return grad_output.new_empty((grad_output.shape[1],))
-
-
-@torch.library.register_fake("custom_conv::max_pool2d_forward")
-def _(input, kernel_size, stride, padding, dilation, ceil_mode):
-    torch._check(input.dim() == 4, lambda: "max_pool2d: expected a 4-D input")
-    out_h, out_w = (max_pool2d_output_size(input.shape[d], kernel_size[d - 2], stride[d - 2],
-                                           padding[d - 2], dilation[d - 2], ceil_mode) for d in (2, 3))
-    shape = (input.shape[0], input.shape[1], out_h, out_w)
-    return input.new_empty(shape), input.new_empty(shape, dtype=torch.long)
-
-
-@torch.library.register_fake("custom_conv::max_pool2d_backward")
-def _(grad_output, indices, input_size, kernel_size, stride, padding, dilation, ceil_mode):
-    return grad_output.new_empty(input_size)

@@ -2,9 +2,9 @@
 algorithms off.
 
     >>> custom_conv.explain_conv2d(torch.randn(32, 64, 16, 16), torch.randn(64, 64, 3, 3), padding=1)
-    {'forward': Conv2dChoice(algorithm='direct', reason='direct: the forward fits ...'), ...}
-    >>> with custom_conv.disabled_algorithms("direct"):
-    ...     y = custom_conv.functional.conv2d(x, w)   # the next algorithm wherever direct was chosen
+    {'forward': Conv2dChoice(algorithm='winograd', reason='winograd: a 3x3 stride-1 layer in float32 ...'), ...}
+    >>> with custom_conv.disabled_algorithms("winograd"):
+    ...     y = custom_conv.functional.conv2d(x, w)   # the next algorithm wherever winograd was chosen
 
 The choice is made by one C++ function (csrc/conv2d_algorithm.cpp) for each
 pass of a layer, from its shape, dtype and device; this asks that function.
@@ -17,13 +17,15 @@ from .functional import _conv2d_arguments
 
 __all__ = ["Conv2dChoice", "explain_conv2d", "disabled_algorithms", "forced_algorithm", "PASSES"]
 
-ALGORITHMS = ("winograd", "direct", "depthwise", "im2col")
+# Every algorithm, in the order the CPU chooser tries them (the fallback,
+# im2col, last): the chooser's own list.
+ALGORITHMS = tuple(ops.conv2d_algorithms())
 
 PASSES = ("forward", "backward_input", "backward_weight")
 
 
 class Conv2dChoice(NamedTuple):
-    algorithm: str  # "winograd", "direct", "depthwise" or "im2col"
+    algorithm: str  # one of ALGORITHMS
     reason: str
 
 
@@ -42,24 +44,19 @@ def explain_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, gr
 @contextlib.contextmanager
 def disabled_algorithms(*names):
     """Within the block, the CPU convolutions pass over the algorithms named
-    ("winograd", "direct", "depthwise"): each pass takes the next one the
-    chooser would (in the order winograd, direct, depthwise, im2col), and
-    explain_conv2d says so. To compare algorithms, or to rule one out when
-    hunting a numerical difference. im2col, every layer's fallback, cannot be
-    switched off; CUSTOM_CONV_CPU_KERNELS=baseline removes the direct kernels for
-    a whole process instead.
+    (any of ALGORITHMS but the last): each pass takes the next one the
+    chooser would, in the order of ALGORITHMS, and explain_conv2d says so.
+    To compare algorithms, or to rule one out when hunting a numerical
+    difference. The last, every layer's fallback, cannot be switched off (a
+    ValueError, as for an unknown name); CUSTOM_CONV_CPU_KERNELS=baseline
+    removes the direct kernels for a whole process instead.
 
     The setting is process-wide, like torch.backends flags: it applies to
     every thread until the block ends, when the previous one returns. Blocks
     nest (the inner one adds to the outer's)."""
-    for name in names:
-        if name not in ALGORITHMS:
-            raise ValueError(f"no conv2d algorithm called {name!r} (one of {', '.join(ALGORITHMS)})")
-        if name == "im2col":
-            raise ValueError("im2col is every layer's fallback and cannot be switched off")
     previous = ops.set_disabled_conv2d_algorithms([])
-    ops.set_disabled_conv2d_algorithms(sorted(set(previous) | set(names)))
     try:
+        ops.set_disabled_conv2d_algorithms(sorted(set(previous) | set(names)))  # checks the names
         yield
     finally:
         ops.set_disabled_conv2d_algorithms(previous)

@@ -1,8 +1,9 @@
 """Drop-in replacements for torch.nn.functional.conv2d and max_pool2d.
 
 These functions only normalise arguments the way torch.nn.functional does
-(ints or pairs, 'same'/'valid' padding, unbatched 3-D input, memory format);
-the arithmetic happens in our kernels, behind torch.ops.custom_conv.
+(ints or pairs, 'same'/'valid' padding, unbatched 3-D input); the arithmetic
+happens in our kernels, behind torch.ops.custom_conv, which also give
+results and gradients torch's memory format (csrc/memory_format.h).
 """
 import torch
 import torch.nn.functional as F
@@ -33,36 +34,6 @@ def _batched(input, op):
                     else "non-empty 3D or 4D (batch mode) tensor expected for input to max_pool2d")
         raise RuntimeError(f"{expected}, but got input of size: {list(input.shape)}")
     return input.dim() == 3, (input.unsqueeze(0) if input.dim() == 3 else input)
-
-
-def _suggests_channels_last(t):
-    """Whether torch treats the 4-D tensor `t` as channels_last (its
-    suggest_memory_format), judged from the strides alone as torch does: the
-    channel stride smallest, then width, height, batch, with torch's
-    tie-breaks for dimensions of size 1 (ambiguous cases count as NCHW). Not
-    the same as t.is_contiguous(memory_format=torch.channels_last): a slice of
-    a channels_last tensor is channels_last too, and a (C_out, 1, kH, kW)
-    weight is contiguous in both formats."""
-    if t.dim() != 4 or t.layout != torch.strided:
-        return False
-    sizes, strides = t.shape, t.stride()
-    if strides[1] == 0:
-        return False
-    smallest = 0
-    for d in (1, 3, 2, 0):
-        if sizes[d] == 0 or strides[d] < smallest:
-            return False
-        if d == 0 and smallest == strides[1]:
-            return False  # N111-like: ambiguous, NCHW
-        smallest = strides[d] * (sizes[d] if sizes[d] > 1 else 1)
-    return True
-
-
-def _as_channels_last(t):
-    """`t` with torch's channels_last strides (t.contiguous(memory_format=...)
-    would keep a tensor with one channel as it is: it is contiguous in both)."""
-    out = torch.empty_like(t, memory_format=torch.channels_last)
-    return t if out.stride() == t.stride() else out.copy_(t)
 
 
 def _string_padding(padding, input, weight, stride, dilation):
@@ -103,10 +74,6 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D cross-correlation, with the semantics of torch.nn.functional.conv2d."""
     unbatched, x, stride, padding, dilation = _conv2d_arguments(input, weight, stride, padding, dilation)
     out = ops.conv2d_forward(x, weight, bias, stride, padding, dilation, groups)
-    # Our kernels produce NCHW; torch's output is channels_last when the input
-    # or the weight suggests it (the backward's gradients follow, csrc/autograd.cpp).
-    if _suggests_channels_last(x) or _suggests_channels_last(weight):
-        out = _as_channels_last(out)
     return out.squeeze(0) if unbatched else out
 
 
@@ -119,8 +86,6 @@ def max_pool2d_with_indices(input, kernel_size, stride=None, padding=0, dilation
         else _pair(stride, "stride")
     out, indices = ops.max_pool2d_forward(x, kernel, stride, _pair(padding, "padding"),
                                           _pair(dilation, "dilation"), bool(ceil_mode))
-    if _suggests_channels_last(x):
-        out, indices = _as_channels_last(out), _as_channels_last(indices)
     if unbatched:
         return out.squeeze(0), indices.squeeze(0)
     return out, indices

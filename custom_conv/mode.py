@@ -34,12 +34,11 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from . import functional
+from ._ops import has_kernels
 
 __all__ = ["enabled", "FallbackWarning"]
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_OPS = ("conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", "max_pool2d_forward",
-        "max_pool2d_backward")
 
 
 class FallbackWarning(UserWarning):
@@ -52,14 +51,10 @@ class FallbackWarning(UserWarning):
 _warned = set()  # kinds of input already warned about, once per process
 
 
-def _kernels_for(dispatch_key):
-    return all(torch._C._dispatch_has_kernel_for_dispatch_key(f"custom_conv::{op}", dispatch_key) for op in _OPS)
-
-
 # Whether every op of ours has a kernel for a device type, asked of the
 # dispatcher once (CUDA counts only when the build compiled it in); worked out
 # here, not during a call, so that torch.compile can trace the check.
-_HAS_KERNELS = {device: _kernels_for(key) for device, key in
+_HAS_KERNELS = {device: has_kernels(key) for device, key in
                 (("cpu", "CPU"), ("cuda", "CUDA"), ("meta", "Meta"), ("mps", "MPS"), ("xpu", "XPU"))}
 
 

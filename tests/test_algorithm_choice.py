@@ -3,6 +3,8 @@ custom_conv.explain_conv2d reports its choice. These tests pin the choice for
 the layers each algorithm is meant for, at the thresholds it is made by, and
 check that every algorithm so chosen gives torch's values and gradients."""
 import functools
+import pathlib
+import re
 
 import pytest
 import torch
@@ -201,3 +203,42 @@ def test_im2col_and_unknown_algorithms_cannot_be_switched_off():
             pass
     with pytest.raises(ValueError, match="cannot be switched off"):
         torch.ops.custom_conv.set_disabled_conv2d_algorithms(["im2col"])
+
+
+def test_the_algorithms_listed_are_the_chooser_s_own_in_its_order():
+    """custom_conv.explain.ALGORITHMS comes from the chooser (the op
+    conv2d_algorithms): every algorithm the layers above reach is listed,
+    each is reached, the order is the order of the fallbacks (switching one
+    off gives a later one), and each but the last can be switched off."""
+    listed = custom_conv.explain.ALGORITHMS
+    reached = {algorithm for name in LAYERS for algorithm in expected_choice(name)}
+    assert reached <= set(listed)
+    if KERNELS != "baseline":  # without direct kernels, "direct" is listed but not reached
+        assert reached == set(listed)
+    assert listed[-1] == "im2col"
+    x, w = layer(128, 128, 12, 3)  # Winograd's layer: each switched off in turn, the next one takes it
+    with custom_conv.disabled_algorithms(*listed[:-1]):
+        assert custom_conv.explain_conv2d(x, w, padding=1)["forward"].algorithm == listed[-1]
+    order = []
+    for _ in listed:
+        with custom_conv.disabled_algorithms(*order):
+            order.append(custom_conv.explain_conv2d(x, w, padding=1)["forward"].algorithm)
+        if order[-1] == listed[-1]:
+            break
+    assert order == [a for a in listed if a in order]
+
+
+def test_the_example_in_the_explain_module_is_what_the_chooser_answers():
+    example = re.search(r">>> (custom_conv\.explain_conv2d\(.*\))\n\s+(\{.*)", custom_conv.explain.__doc__)
+    plan = eval(example.group(1), {"custom_conv": custom_conv, "torch": torch})
+    assert f"'forward': Conv2dChoice(algorithm='{plan['forward'].algorithm}'" in example.group(2)
+
+
+@pytest.mark.skipif(KERNELS != "avx512", reason="docs/design.md shows an AVX-512 CPU's answers")
+def test_the_examples_in_the_design_document_are_what_the_chooser_answers():
+    design = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "design.md").read_text()
+    examples = re.findall(r">>> (custom_conv\.explain_conv2d\(.*\).*)\n((?:(?!>>>|```).*\n)+)", design)
+    assert examples
+    for call, shown in examples:
+        answer = eval(call, {"custom_conv": custom_conv, "torch": torch})
+        assert repr(answer) == " ".join(line.strip() for line in shown.splitlines()), call

@@ -64,7 +64,7 @@ def test_an_unknown_set_is_refused():
     assert "CUSTOM_CONV_CPU_KERNELS must be avx512, avx2 or baseline, got 'sse9'" in result.stderr
 
 
-# Shapes that steer the direct kernels (csrc/direct_conv2d*.h) through each of
+# Shapes that steer the direct kernels (csrc/cpu/direct/) through each of
 # their blockings and tilings; under CUSTOM_CONV_CPU_KERNELS=baseline the same
 # shapes test the im2col route.
 DIRECT_CASES = {

@@ -1,14 +1,20 @@
 """Outputs and gradients come back in the memory format torch's would have:
 channels_last exactly when an input (or the conv's weight) suggests it, as
-torch decides from strides alone, and with torch's strides."""
+torch decides from strides alone, and with torch's strides. The rule lives
+in one place (csrc/memory_format.h): the ops follow it whether called
+directly or through custom_conv.functional, and so do their Meta kernels,
+which torch.compile traces with."""
 import itertools
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from torch._subclasses.fake_tensor import FakeTensorMode
+
 from custom_conv import functional as CF
-from custom_conv.functional import _suggests_channels_last
+
+ops = torch.ops.custom_conv
 
 INPUTS = {
     "NCHW": lambda: torch.randn(4, 8, 10, 10),
@@ -30,44 +36,92 @@ def strides(*tensors):
     return [t.stride() for t in tensors]
 
 
+# The two ways in: custom_conv.functional, and the op itself.
+CONV2D = {
+    "functional": lambda x, w, groups: CF.conv2d(x, w, groups=groups),
+    "raw op": lambda x, w, groups: ops.conv2d_forward(x, w, None, [1, 1], [0, 0], [1, 1], groups),
+}
+MAX_POOL2D = {
+    "functional": lambda x: CF.max_pool2d(x, 2, return_indices=True),
+    "raw op": lambda x: ops.max_pool2d_forward(x, [2, 2], [2, 2], [0, 0], [1, 1], False),
+}
+# The gradient of the output: one in the output's layout, and the expanded
+# ones of .sum(), which suggests no layout: torch's gradients follow the
+# forward's tensors, not grad_output.
+GRADS = {
+    "like the output": torch.randn_like,
+    "of a sum": lambda out: torch.ones(()).expand(out.shape),
+}
+
+
+@pytest.mark.parametrize("grad_kind", list(GRADS))
+@pytest.mark.parametrize("way", list(CONV2D))
 @pytest.mark.parametrize("weight_layout", list(WEIGHTS))
 @pytest.mark.parametrize("input_layout", list(INPUTS))
-def test_conv2d_output_and_gradients_have_torchs_strides(input_layout, weight_layout):
+def test_conv2d_output_and_gradients_have_torchs_strides(input_layout, weight_layout, way, grad_kind):
     x = INPUTS[input_layout]().requires_grad_()
     make_weight, groups = WEIGHTS[weight_layout]
     channels = x.shape[1]
     groups = channels if groups == "c" else groups
     w = make_weight(channels // groups).requires_grad_()
     ref = F.conv2d(x, w, groups=groups)
-    grad = torch.randn_like(ref)
+    grad = GRADS[grad_kind](ref)
     ref_grads = torch.autograd.grad(ref, [x, w], grad)
-    ours = CF.conv2d(x, w, groups=groups)
+    ours = CONV2D[way](x, w, groups)
     our_grads = torch.autograd.grad(ours, [x, w], grad)
     assert strides(ours, *our_grads) == strides(ref, *ref_grads)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("grad_kind", list(GRADS))
+@pytest.mark.parametrize("way", list(MAX_POOL2D))
 @pytest.mark.parametrize("input_layout", list(INPUTS))
-def test_max_pool2d_output_indices_and_gradient_have_torchs_strides(input_layout):
+def test_max_pool2d_output_indices_and_gradient_have_torchs_strides(input_layout, way, grad_kind):
     x = INPUTS[input_layout]().requires_grad_()
     ref, ref_idx = F.max_pool2d(x, 2, return_indices=True)
-    grad = torch.randn_like(ref)
+    grad = GRADS[grad_kind](ref)
     (ref_grad,) = torch.autograd.grad(ref, x, grad)
-    ours, idx = CF.max_pool2d(x, 2, return_indices=True)
+    ours, idx = MAX_POOL2D[way](x)
     (our_grad,) = torch.autograd.grad(ours, x, grad)
     assert strides(ours, idx, our_grad) == strides(ref, ref_idx, ref_grad)
     assert torch.equal(idx, ref_idx)
 
 
-def test_the_channels_last_rule_is_torchs():
-    """Against torch's own (private) suggest_memory_format, over every order
-    of the strides, with size-1 dimensions and slices."""
-    from torch._prims_common import suggest_memory_format
+def _every_order_of_the_strides():
+    """Views of one buffer with every order of the strides, with size-1
+    dimensions and slices: the cases where judging channels_last from
+    strides has tie-breaks."""
     base = torch.randn(3 * 4 * 5 * 6)
     for sizes in [(2, 3, 4, 5), (2, 1, 4, 5), (1, 3, 1, 1), (2, 3, 1, 5), (1, 1, 1, 1)]:
         for order in itertools.permutations(range(4)):
             t = base[:torch.Size(sizes).numel()].view([sizes[d] for d in order]).permute(
                 [order.index(d) for d in range(4)])
-            for view in (t, t[:, ::2] if sizes[1] > 1 else t):
-                assert _suggests_channels_last(view) == (suggest_memory_format(view) == torch.channels_last), \
-                    (view.shape, view.stride())
+            yield from (t, t[:, ::2]) if sizes[1] > 1 else (t,)
+
+
+def test_the_ops_layout_rule_is_torchs_for_every_order_of_the_strides():
+    for view in _every_order_of_the_strides():
+        ours, idx = ops.max_pool2d_forward(view, [1, 1], [1, 1], [0, 0], [1, 1], False)
+        ref, ref_idx = F.max_pool2d(view, 1, return_indices=True)
+        assert strides(ours, idx) == strides(ref, ref_idx), (view.shape, view.stride())
+        # The view as the input, then as the weight.
+        for x, w in ((view, torch.ones(2, view.shape[1], 1, 1)), (torch.ones(1, *view.shape[1:]), view)):
+            got = ops.conv2d_forward(x, w, None, [1, 1], [0, 0], [1, 1], 1)
+            assert got.stride() == F.conv2d(x, w).stride(), (x.shape, x.stride(), w.shape, w.stride())
+
+
+@pytest.mark.parametrize("input_layout", list(INPUTS))
+def test_the_meta_kernels_give_the_kernels_layout(input_layout):
+    """torch.compile traces with fake tensors, through our Meta kernels: they
+    must expect what the kernels return."""
+    x = INPUTS[input_layout]()
+    w = WEIGHTS["channels_last"][0](x.shape[1])
+    real = [ops.conv2d_forward(x, w, None, [1, 1], [1, 1], [1, 1], 1),
+            ops.conv2d_forward(x, w.contiguous(), None, [2, 2], [0, 0], [1, 1], 1),
+            *ops.max_pool2d_forward(x, [3, 3], [2, 2], [1, 1], [1, 1], True)]
+    with FakeTensorMode() as mode:
+        fx, fw = mode.from_tensor(x), mode.from_tensor(w)
+        fake = [ops.conv2d_forward(fx, fw, None, [1, 1], [1, 1], [1, 1], 1),
+                ops.conv2d_forward(fx, fw.contiguous(), None, [2, 2], [0, 0], [1, 1], 1),
+                *ops.max_pool2d_forward(fx, [3, 3], [2, 2], [1, 1], [1, 1], True)]
+    assert [(t.shape, t.stride(), t.dtype) for t in fake] == [(t.shape, t.stride(), t.dtype) for t in real]

@@ -1,6 +1,6 @@
-"""The registered ops as PyTorch sees them: opcheck, torch.compile, proof
-(through the profiler) that no ATen convolution or pooling runs, and the
-message a missing build gives."""
+"""The registered ops as PyTorch sees them: opcheck, their Meta kernels and
+torch.compile (static and symbolic sizes), proof (through the profiler) that
+no ATen convolution or pooling runs, and the message a missing build gives."""
 import os
 import subprocess
 import sys
@@ -8,12 +8,17 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from torch._dynamo.utils import counters
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 import custom_conv
+from cases import CONV2D_CASES, MAX_POOL2D_CASES, MAX_POOL2D_PADDING_ONLY_CASES
 from custom_conv import functional as CF
+from helpers import conv_tensors, pool_input
 
 ops = torch.ops.custom_conv
 ARGS = ([2, 1], [1, 0], [1, 2], 2)  # stride, padding, dilation, groups
+POOL_CASES = {**MAX_POOL2D_CASES, **{f"padding only: {k}": v for k, v in MAX_POOL2D_PADDING_ONLY_CASES.items()}}
 
 
 def _conv_samples():
@@ -48,6 +53,25 @@ def test_opcheck(name):
     torch.library.opcheck(op, args)
 
 
+@pytest.mark.parametrize("name", list(CONV2D_CASES) + [f"pool: {n}" for n in POOL_CASES])
+def test_the_meta_kernels_give_the_kernels_sizes(name):
+    """torch.compile traces with fake tensors, through our Meta kernels
+    (csrc/meta.cpp); they size their results with the kernels' own formula
+    (geometry.h), so every case gets the sizes the kernels give it."""
+    if name.startswith("pool: "):
+        case = POOL_CASES[name[len("pool: "):]]
+        tensors, op = [pool_input(case, torch.float32)], lambda x: CF.max_pool2d(x, return_indices=True,
+                                                                                   **case.kwargs)
+    else:
+        case = CONV2D_CASES[name]
+        tensors, op = conv_tensors(case, torch.float32), lambda x, w, b: CF.conv2d(x, w, b, **case.kwargs)
+    real = op(*tensors)
+    with FakeTensorMode() as mode:
+        fake = op(*[mode.from_tensor(t) for t in tensors])
+    real, fake = (r if isinstance(r, tuple) else (r,) for r in (real, fake))
+    assert [(t.shape, t.dtype) for t in fake] == [(t.shape, t.dtype) for t in real]
+
+
 class SmallNet(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -79,6 +103,32 @@ def test_torch_compile_fullgraph_matches_eager_forward_and_backward():
     torch.testing.assert_close(out_c, out_e)
     for gc, ge in zip(grads_c, (p.grad for p in model.parameters())):
         torch.testing.assert_close(gc, ge)
+
+
+def test_symbolic_sizes_trace_to_the_kernels_sizes_and_layouts():
+    """With dynamic shapes torch.compile traces the forward and backward on
+    sizes that are symbols, through our Meta kernels and autograd: the
+    traced graphs must give the sizes, layouts and values the kernels give,
+    at sizes they were not traced at (odd and even planes, ceil_mode's
+    partial window, a channels_last input)."""
+    torch._dynamo.reset()
+    counters.clear()
+
+    def forward(x, w):
+        return CF.max_pool2d(torch.relu(CF.conv2d(x, w, padding=1, stride=2)), 3, stride=2, ceil_mode=True)
+
+    def step(forward, x, w):
+        y = forward(x, w)
+        return (y, *torch.autograd.grad(y.sum(), (x, w)))
+
+    compiled = torch.compile(forward, backend="aot_eager", dynamic=True, fullgraph=True)
+    w = torch.randn(6, 3, 3, 3, requires_grad=True)
+    for size in (17, 20, 23):
+        x = torch.randn(2, 3, size, size + 3).to(memory_format=torch.channels_last).requires_grad_()
+        for got, want in zip(step(compiled, x, w), step(forward, x, w)):
+            assert (got.shape, got.stride()) == (want.shape, want.stride())
+            torch.testing.assert_close(got, want)
+    assert counters["stats"]["unique_graphs"] == 1  # traced once: the sizes were symbols
 
 
 def test_no_aten_convolution_pooling_or_unfold_runs_in_forward_or_backward():

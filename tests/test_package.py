@@ -66,9 +66,21 @@ def test_python_m_custom_conv_from_any_directory_prints_what_a_bug_report_needs(
     assert lines["built against torch"].startswith(str(torch.__version__))
     assert lines["torch"].startswith(str(torch.__version__))
     assert lines["cpu kernels"] == custom_conv.cpu_kernels()
-    compiled = torch._C._dispatch_has_kernel_for_dispatch_key("custom_conv::conv2d_forward", "CUDA")
-    assert lines["cuda kernels"].startswith("compiled in" if compiled else "not compiled in")
+    assert lines["cuda kernels"].startswith("compiled in" if custom_conv.has_cuda_kernels() else "not compiled in")
     assert custom_conv.info()["custom_conv"] == custom_conv.__version__
+
+
+def test_one_function_says_whether_the_build_has_cuda_kernels():
+    """has_cuda_kernels() asks torch's dispatcher; the modules that need the
+    answer (info(), enabled()'s fallback, train.py's --device auto) ask it, so
+    they cannot disagree."""
+    asking = sorted(str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")
+                    if "_dispatch_has_kernel_for_dispatch_key" in path.read_text())
+    assert asking == ["_ops.py"]
+    compiled = custom_conv.has_cuda_kernels()
+    assert compiled == torch._C._dispatch_has_kernel_for_dispatch_key("custom_conv::conv2d_forward", "CUDA")
+    assert custom_conv.mode._has_kernels("cuda") == compiled
+    assert custom_conv.info()["cuda kernels"].startswith("compiled in" if compiled else "not compiled in")
 
 
 def _package_copy(tmp_path, **build_info):

@@ -8,6 +8,7 @@
 //   winograd   conv2d_winograd.cpp (F(2x2, 3x3) transforms + our GEMM)
 #include "../conv2d_algorithm.h"
 #include "../geometry.h"
+#include "../memory_format.h"
 #include "conv2d_routes.h"
 
 #include <ATen/ATen.h>
@@ -42,7 +43,7 @@ at::Tensor conv2d_forward_cpu(
   const at::Tensor bias_c = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
   at::Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
   enter(g, Conv2dPass::kForward, input).forward(g, input, weight, bias_c, output);
-  return output;
+  return in_memory_format(output, conv2d_memory_format(input_, weight_));
 }
 
 at::Tensor conv2d_backward_input_cpu(

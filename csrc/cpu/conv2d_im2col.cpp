@@ -1,10 +1,10 @@
-// The im2col route: the lecture's "serialisation". Per group g, with
+// The im2col route: "serialisation" (the README's "The ideas"). Per group g, with
 // K = C_in / groups * kH * kW rows per group and a chunk of B samples
 // (L = out_h * out_w):
 //   forward          out_g  (C_out/g, B*L) = W_g (C_out/g, K) @ cols_g (K, B*L)
 //   backward input   cols_g (K, B*L)       = W_g^T @ grad_out_g, then col2im
 //   backward weight  dW_g   (C_out/g, K)  += grad_out_g @ cols_g^T
-// The backward-input product followed by col2im is exactly the lecture's
+// The backward-input product followed by col2im is exactly the rule
 // "convolve the zero-padded output gradient with the kernel rotated by 180°":
 // column (oh, ow) of W_g^T @ grad_out_g holds, for every tap (ki, kj), the
 // contribution of output (oh, ow) to the input pixel that tap touched, and

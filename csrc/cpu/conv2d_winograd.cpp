@@ -8,7 +8,7 @@
 //   forward          M[xi] (C_out, T) = U[xi] (C_out, C_in) @ V[xi] (C_in, T)
 // with U = G w G^T per (c_out, c_in), V = B^T d B per (c_in, tile), T tiles:
 // 16 products batched into one call of our GEMM (gemm/).
-// The input gradient of a stride-1 convolution is the lecture's convolution
+// The input gradient of a stride-1 convolution is the convolution
 // of the padded output gradient with the kernel rotated by 180 degrees, so it
 // runs the same forward with U taken from the rotated, channel-swapped kernel.
 // The weight gradient is the forward's transpose in the Winograd domain:
@@ -19,7 +19,7 @@
 // F(4x4, 3x3) was 10-11x torch's own error on VGG's 256-channel layer (with
 // the points 0, +-1, 1/2, -2; 30x with Lavin's 0, +-1, +-2), and still 10x
 // with every transform in float64, so the loss is in the products, not the
-// transforms; F(2x2, 3x3) is 1.5x (benchmarks/results/ records it per layer).
+// transforms; F(2x2, 3x3) is 1.5x (results/benchmarks/ records it per layer).
 // Its transforms only add and subtract, exactly as written here:
 //   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]
 //   G   = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]
@@ -71,7 +71,7 @@ constexpr int64_t kMinBlockTiles = 256;
 // of dU each time: in the channel layout, longer blocks (up to
 // kMaxWeightBlockTiles, within kWeightBlockValues) ran up to 1.4x faster on
 // VGG's 16x16 and ResNet-18's 14x14 layers; in the plane layout they ran
-// slower (measured with benchmarks/bench.py, 2026-11-27).
+// slower (measured with benchmarks/bench.py on an AVX-512 CPU).
 constexpr int64_t kWeightBlockValues = int64_t{1} << 22;
 constexpr int64_t kMaxWeightBlockTiles = 1024;
 

@@ -1,4 +1,4 @@
-// im2col and col2im on the CPU: the lecture's "serialisation".
+// im2col and col2im on the CPU: "serialisation" (the README's "The ideas").
 //
 // im2col copies every receptive field of the input into one column of a
 // matrix, so that the whole convolution becomes a single matrix product

@@ -2,11 +2,12 @@
 //
 // The forward remembers, for every output, where in its (H, W) input plane
 // the maximum came from (flat index h * W + w, as torch reports it). That
-// index tensor is the lecture's pseudo-weight matrix G in compressed form: G
+// index tensor is a matrix G in compressed form, the pooling's Jacobian: G
 // has a single 1 per output, at that position. The backward multiplies by G^T,
 // i.e. routes each output gradient to that one input element.
 #include "../geometry.h"
 #include "../max_pool2d_window.h"
+#include "../memory_format.h"
 #include "parallel.h"
 
 #include <ATen/ATen.h>
@@ -66,7 +67,8 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cpu(
       }
     });
   });
-  return {output, indices};
+  const at::MemoryFormat format = max_pool2d_memory_format(input_);
+  return {in_memory_format(output, format), in_memory_format(indices, format)};
 }
 
 at::Tensor max_pool2d_backward_cpu(
@@ -86,14 +88,13 @@ at::Tensor max_pool2d_backward_cpu(
   const int64_t planes = g.planes();
   const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
 
-  // Windows of padding only depend on no input and route their gradient
-  // nowhere (see max_pool2d_window.h); their indices name no element of them.
+  // Windows of padding only route their gradient nowhere (see
+  // max_pool2d_window.h); their indices name no element of them. Every plane
+  // has the same windows: asked once, not once per plane.
   std::vector<char> holds_input(out_plane);
   for (int64_t oh = 0; oh < g.out_h; ++oh) {
-    const bool rows = !window_span(oh, g.stride_h, g.pad_h, g.kernel_h, g.dilation_h, g.in_h).empty();
     for (int64_t ow = 0; ow < g.out_w; ++ow) {
-      holds_input[oh * g.out_w + ow] =
-          rows && !window_span(ow, g.stride_w, g.pad_w, g.kernel_w, g.dilation_w, g.in_w).empty();
+      holds_input[oh * g.out_w + ow] = window_holds_input(g, oh, ow);
     }
   }
 

@@ -14,6 +14,7 @@
 // (beta = 1; in float for half and bfloat16), and the bias gradient is a
 // fixed-order block reduction.
 #include "../geometry.h"
+#include "../memory_format.h"
 #include "common.cuh"
 #include "gemm.cuh"
 #include "im2col.cuh"
@@ -57,8 +58,9 @@ at::Tensor conv2d_forward_cuda(
   const int64_t K = g.col_rows_per_group();
   const int64_t M = g.out_channels_per_group();
   const int64_t chunk = g.batch_chunk(launch_limits().column_budget);
+  const at::MemoryFormat format = conv2d_memory_format(input_, weight_);
   if (output.numel() == 0) {
-    return output;
+    return in_memory_format(output, format);
   }
   at::Tensor cols_buf = at::empty({groups * K * chunk * L}, input.options());
   at::Tensor out_buf = chunk > 1 ? at::empty({g.out_channels * chunk * L}, input.options())
@@ -101,7 +103,7 @@ at::Tensor conv2d_forward_cuda(
       }
     }
   });
-  return output;
+  return in_memory_format(output, format);
 }
 
 // Copies a chunk of grad_output (B, C_out, L) into the channel-major layout

@@ -4,6 +4,7 @@
 // and initial indices agree; the backward adds the same sums in the same order.
 #include "../geometry.h"
 #include "../max_pool2d_window.h"
+#include "../memory_format.h"
 #include "common.cuh"
 
 #include <ATen/ATen.h>
@@ -52,16 +53,17 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cuda(
   at::Tensor output = at::empty({g.batch, g.channels, g.out_h, g.out_w}, input.options());
   at::Tensor indices = at::empty({g.batch, g.channels, g.out_h, g.out_w},
                                  input.options().dtype(at::kLong));
+  const at::MemoryFormat format = max_pool2d_memory_format(input_);
   const int64_t total = output.numel();
   if (total == 0) {
-    return {output, indices};
+    return {in_memory_format(output, format), in_memory_format(indices, format)};
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "max_pool2d_forward_cuda", [&] {
     CUSTOM_CONV_LAUNCH(grid_for(total), kThreads, max_pool2d_forward_kernel<scalar_t>)(
         input.const_data_ptr<scalar_t>(), g, output.mutable_data_ptr<scalar_t>(),
         indices.mutable_data_ptr<int64_t>());
   });
-  return {output, indices};
+  return {in_memory_format(output, format), in_memory_format(indices, format)};
 }
 
 // ---------------------------------------------------------------- backward
@@ -108,11 +110,9 @@ __global__ void max_pool2d_backward_kernel(gpu_ptr<const scalar_t> CUSTOM_CONV_R
     for (int64_t oh = rows.first; oh <= rows.last; ++oh) {
       for (int64_t ow = cols.first; ow <= cols.last; ++ow) {
         const int64_t o = oh * g.out_w + ow;
-        // i must lie on window o's dilation grid: a window of padding only
-        // reports an index that is not in it (see ../max_pool2d_window.h).
-        const bool in_window = (i / g.in_w + g.pad_h - oh * g.stride_h) % g.dilation_h == 0 &&
-                               (i % g.in_w + g.pad_w - ow * g.stride_w) % g.dilation_w == 0;
-        if (in_window && idx[o] == i) {
+        // A window of padding only reports an index that is not in it, and
+        // routes nothing (see ../max_pool2d_window.h).
+        if (idx[o] == i && window_holds_input(g, oh, ow)) {
           sum += static_cast<acc_t>(go[o]);
         }
       }

@@ -9,6 +9,8 @@ import sys
 import torch
 import torch.distributed as dist
 
+from .._ops import has_cuda_kernels
+
 
 class Dist:
     """This process's place in a torchrun job (or a lone process)."""
@@ -61,17 +63,10 @@ class Dist:
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def custom_kernels_on_cuda():
-    try:
-        return torch._C._dispatch_has_kernel_for_dispatch_key("custom_conv::conv2d_forward", "CUDA")
-    except Exception:
-        return False
-
-
 def pick_device(choice, backend, ddp):
     """--device: "auto" takes a GPU when there is one and `backend` has kernels for it."""
     if choice == "auto":
-        usable = torch.cuda.is_available() and (backend == "torch" or custom_kernels_on_cuda())
+        usable = torch.cuda.is_available() and (backend == "torch" or has_cuda_kernels())
         choice = "cuda" if usable else "cpu"
     if choice == "cuda":
         if not torch.cuda.is_available():

@@ -24,7 +24,7 @@
 //
 // The input gradient of a stride-1 convolution is the same kernel run on the
 // output gradient, padded by dil * (k - 1) - pad, with the kernel rotated by
-// 180 degrees and its channel axes swapped: the lecture's backward rule.
+// 180 degrees and its channel axes swapped (the README's "The ideas").
 //
 // Weight gradient (any stride). With the padded sample stored channels-last,
 // xn[pos][ci], and the output gradient pixel-major, goT[pixel][co],

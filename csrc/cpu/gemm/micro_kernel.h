@@ -9,7 +9,7 @@
 // by row (b[k * NR + j]), both contiguous, so that every step of the
 // reduction loads NV vectors of B and broadcasts M values of A against them
 // into M x NV accumulators that stay in registers for the whole reduction:
-// the lecture's "serialisation" product, one register tile at a time.
+// the "serialisation" product (the README's "The ideas"), one register tile at a time.
 //
 // Then C = alpha * sum + beta * C + bias, row by row (ldc apart, columns
 // contiguous); with beta == 0, C is not read.

@@ -1,0 +1,44 @@
+// The memory format of our results, torch's rule written once. torch's
+// conv2d returns a channels_last result when its input or its weight
+// suggests channels_last (Tensor::suggest_memory_format, judged from the
+// strides alone: a slice of a channels_last tensor counts, a tensor that is
+// contiguous both ways does not), and max_pool2d, indices included, when its
+// input does; the gradients of both come back in the layout of the forward's
+// result. Our kernels compute in NCHW and return their results through
+// in_memory_format: the CPU and CUDA kernels and the Meta kernels
+// (meta.cpp) for the forward ops, autograd.cpp for the gradients. So the ops
+// give torch's layout whether called as torch.ops.custom_conv.* or through
+// custom_conv.functional.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace custom_conv {
+
+inline bool suggests_channels_last(const at::Tensor& t) {
+  return t.dim() == 4 && t.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+}
+
+inline at::MemoryFormat conv2d_memory_format(const at::Tensor& input, const at::Tensor& weight) {
+  return suggests_channels_last(input) || suggests_channels_last(weight) ? at::MemoryFormat::ChannelsLast
+                                                                        : at::MemoryFormat::Contiguous;
+}
+
+inline at::MemoryFormat max_pool2d_memory_format(const at::Tensor& input) {
+  return suggests_channels_last(input) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+// `t`, an NCHW result, in `format`, with torch's strides exactly (also for
+// one channel, where t.contiguous(ChannelsLast) would keep t as it is since
+// it is contiguous in both formats, but torch's results carry channels_last
+// strides). Sizes and strides may be symbolic (torch.compile traces
+// autograd.cpp's calls).
+inline at::Tensor in_memory_format(const at::Tensor& t, at::MemoryFormat format) {
+  if (!t.defined() || format == at::MemoryFormat::Contiguous) {
+    return t;
+  }
+  at::Tensor out = at::empty_symint(t.sym_sizes(), t.options().memory_format(format));
+  return out.sym_strides() == t.sym_strides() ? t : out.copy_(t);
+}
+
+}  // namespace custom_conv
