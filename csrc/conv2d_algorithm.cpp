@@ -29,25 +29,19 @@ constexpr double kMinDirectLaneUse = 0.6;
 // The direct weight gradient keeps a tile of output channels in registers per
 // input channel; for more output channels than this, im2col + GEMM is faster.
 constexpr int64_t kMaxDirectWeightGradOutChannels = 64;
-// With 2 or 3 input channels per group the weight-gradient kernel's channel
-// tiles are mostly empty (1 channel is folded with the kernel's columns, 4 fill
-// a tile): im2col is faster.
-constexpr int64_t kMinDirectWeightGradInChannels = 4;
 
 // Winograd F(2x2, 3x3) does 2.25x fewer multiply-adds than the sum over the
 // taps but pays for transforms (about 4x the input's and the output's size
 // per pass) and runs its products as 16 thin matrix products; it wins where
 // both channel counts are at least kMinWinogradChannels and the batch holds
 // at least kMinWinogradTiles 2x2 output tiles (below that the kernel's
-// transform, 16 * C_out * C_in values per call, dominates).
-constexpr int64_t kMinWinogradChannels = 32;
+// transform, 16 * C_out * C_in values per call, and the fixed costs of a
+// call dominate: ResNet-20's 64-channel 8x8 layer at batch 1, 16 tiles, ran
+// 2x slower than the direct kernels). With 32
+// channels (ResNet-20's 16x16 layer) the direct kernels ran 1.2-1.5x
+// faster; from 64 on (VGG's and ResNet's) Winograd (benchmarks/route_sweep.py).
+constexpr int64_t kMinWinogradChannels = 64;
 constexpr int64_t kMinWinogradTiles = 64;
-// Its fixed costs per call (threads, scratch, layout copies) need this many
-// Winograd-domain multiply-adds per position (tiles x C_in x C_out) to pay
-// off: ResNet-20's 32-channel 16x16 layer at batch 1 (65,536) ran 2x slower
-// than the direct kernels.
-constexpr int64_t kMinWinogradWork = int64_t{1} << 18;
-
 // Bit (1 << algorithm) set: switched off by the user.
 std::atomic<unsigned> disabled_algorithms{0};
 
@@ -81,12 +75,8 @@ const char* direct_refusal(const Conv2dGeometry& g, Conv2dPass pass, at::ScalarT
     return "the reduction is long enough for the GEMM to run near peak";
   }
   if (pass == Conv2dPass::kBackwardWeight) {
-    const int64_t ci = g.in_channels_per_group();
     if (g.out_channels_per_group() > kMaxDirectWeightGradOutChannels) {
       return "too many output channels for the direct weight-gradient tiles";
-    }
-    if (ci > 1 && ci < kMinDirectWeightGradInChannels) {
-      return "2 or 3 input channels leave the weight-gradient tiles mostly empty";
     }
     return nullptr;
   }
@@ -119,9 +109,6 @@ const char* winograd_refusal(const Conv2dGeometry& g, Conv2dPass pass, at::Scala
   const int64_t tiles = g.batch * ceil_div(g.out_h, 2) * ceil_div(g.out_w, 2);
   if (tiles < kMinWinogradTiles) {
     return "too few output tiles to pay for winograd's kernel transform";
-  }
-  if (tiles * g.in_channels * g.out_channels < kMinWinogradWork) {
-    return "too little work to pay for winograd's fixed costs";
   }
   return nullptr;
 }
@@ -178,26 +165,23 @@ Conv2dAlgorithm choose_by_cost(const Conv2dGeometry& g, Conv2dPass pass, at::Sca
               g.dilation_w == 1
           ? c10::str("; not winograd: ", not_winograd)
           : std::string();
-  // Groups of one input channel each. With more than one group, those are
-  // separate planes that the depthwise loops handle and the direct kernels
-  // would reduce over a single channel; one group of one channel (a
-  // grayscale first layer) is an ordinary convolution.
-  const bool one_channel_per_group = g.in_channels_per_group() == 1;
+  // Groups of one input channel each: separate planes, which the depthwise
+  // loops handle and the direct kernels would reduce over a single channel.
+  // One group of one channel (a grayscale first layer) is an ordinary
+  // convolution: the direct kernels, else im2col (its input gradient ran
+  // 1.7x faster there than the depthwise loops).
+  const bool depthwise_layer = g.in_channels_per_group() == 1 && g.groups > 1;
   std::string detail;
-  const char* refusal = one_channel_per_group && g.groups > 1
-                            ? "depthwise layers take the depthwise loops"
-                            : direct_refusal(g, pass, dtype, why ? &detail : nullptr);
+  const char* refusal = depthwise_layer ? "depthwise layers take the depthwise loops"
+                                        : direct_refusal(g, pass, dtype, why ? &detail : nullptr);
   if (refusal == nullptr) {
     if (why) *why = c10::str("direct: the ", conv2d_pass_name(pass), " fits the direct kernels (", c10::toString(dtype),
                              ", ", reduction_steps(g, pass), " reduction steps", detail, ")", winograd_note);
     return Conv2dAlgorithm::kDirect;
   }
-  if (one_channel_per_group) {
+  if (depthwise_layer) {
     if (is_disabled(Conv2dAlgorithm::kDepthwise)) {
-      if (why) {
-        *why = g.groups > 1 ? c10::str("im2col: depthwise ", kSwitchedOff)
-                            : c10::str("im2col: depthwise ", kSwitchedOff, "; not direct: ", refusal, detail);
-      }
+      if (why) *why = c10::str("im2col: depthwise ", kSwitchedOff);
       return Conv2dAlgorithm::kIm2col;
     }
     if (why) *why = c10::str("depthwise: one input channel per group; not direct: ", refusal, detail, winograd_note);

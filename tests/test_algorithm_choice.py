@@ -24,7 +24,7 @@ def layer(cin, cout, size, k, groups=1, batch=2, dtype=torch.float32):
 # name: (input channels, output channels, plane size, kernel, conv kwargs,
 #        forward, backward_input, backward_weight as chosen with the AVX-512 kernels)
 LAYERS = {
-    "LeNet conv1: one input channel": (1, 6, 32, 5, {}, "direct", "depthwise", "direct"),
+    "LeNet conv1: one input channel": (1, 6, 32, 5, {}, "direct", "im2col", "direct"),
     "LeNet conv2: few channels, 5x5": (6, 16, 14, 5, {}, "direct", "direct", "direct"),
     "ResNet-20 stride 2": (16, 32, 32, 3, dict(stride=2, padding=1), "direct", "im2col", "direct"),
     # Dilated, so that Winograd (3x3 stride 1 without dilation) leaves them to the direct kernels' limits.
@@ -35,14 +35,14 @@ LAYERS = {
     "65 output channels: too many for the direct weight gradient": (
         64, 65, 16, 3, dict(padding=2, dilation=2), "direct", "im2col", "im2col"),
     "VGG 3x3 stride 1, 128 channels": (128, 128, 12, 3, dict(padding=1), "winograd", "winograd", "winograd"),
-    "32-32 @24: the fewest channels Winograd takes": (32, 32, 24, 3, dict(padding=1), "winograd", "winograd",
+    "64-64 @24: the fewest channels Winograd takes": (64, 64, 24, 3, dict(padding=1), "winograd", "winograd",
                                                      "winograd"),
-    "31 channels: too few for Winograd": (31, 32, 24, 3, dict(padding=1), "direct", "direct", "direct"),
+    "63 channels: too few for Winograd": (63, 64, 24, 3, dict(padding=1), "direct", "direct", "direct"),
     "deep 3x3 layer on a 2x2 plane: too few tiles for Winograd": (256, 256, 2, 3, dict(padding=1), "im2col",
                                                                  "im2col", "im2col"),
     "1x1 projection": (64, 128, 8, 1, {}, "im2col", "im2col", "im2col"),
-    "3 input channels: weight-gradient tiles mostly empty": (3, 16, 32, 3, dict(padding=1), "direct", "im2col",
-                                                             "im2col"),
+    "3 input channels: the input gradient's 3 channels fill few lanes": (3, 16, 32, 3, dict(padding=1), "direct",
+                                                                         "im2col", "direct"),
     "2x2 plane: most lanes would compute nothing": (16, 16, 2, 3, dict(padding=1), "im2col", "im2col", "direct"),
     "depthwise": (32, 32, 14, 3, dict(padding=1, groups=32), "depthwise", "depthwise", "depthwise"),
     "depthwise, stride 2": (32, 64, 14, 3, dict(stride=2, padding=1, groups=32), "depthwise", "depthwise",
@@ -63,7 +63,7 @@ def expected_choice(name):
     if KERNELS == "avx2":
         return AVX2_DIFFERENCES.get(name, expected)
     if KERNELS == "baseline":  # no direct kernels: single input channels go depthwise, the rest im2col
-        fallback = "depthwise" if cin // kwargs.get("groups", 1) == 1 else "im2col"
+        fallback = "depthwise" if cin // kwargs.get("groups", 1) == 1 and kwargs.get("groups", 1) > 1 else "im2col"
         return [fallback if algorithm == "direct" else algorithm for algorithm in expected]
     return expected
 
@@ -186,12 +186,14 @@ def test_switching_depthwise_off_sends_depthwise_layers_to_im2col():
 
 
 def test_switched_off_blocks_nest_and_restore():
-    x, w = layer(1, 6, 32, 5)  # LeNet's conv1: direct, else depthwise, else im2col
-    with custom_conv.disabled_algorithms("direct"):
-        with custom_conv.disabled_algorithms("depthwise"):
-            assert custom_conv.explain_conv2d(x, w)["forward"].algorithm == "im2col"
-        assert custom_conv.explain_conv2d(x, w)["forward"].algorithm == "depthwise"
-    assert custom_conv.explain_conv2d(x, w)["forward"].algorithm == expected_choice("LeNet conv1: one input channel")[0]
+    x, w = layer(64, 64, 24, 3)  # Winograd, else direct, else im2col
+    with custom_conv.disabled_algorithms("winograd"):
+        with custom_conv.disabled_algorithms("direct"):
+            assert custom_conv.explain_conv2d(x, w, padding=1)["forward"].algorithm == "im2col"
+        assert custom_conv.explain_conv2d(x, w, padding=1)["forward"].algorithm == expected_choice(
+            "63 channels: too few for Winograd")[0]
+    assert custom_conv.explain_conv2d(x, w, padding=1)["forward"].algorithm == expected_choice(
+        "64-64 @24: the fewest channels Winograd takes")[0]
 
 
 def test_im2col_and_unknown_algorithms_cannot_be_switched_off():

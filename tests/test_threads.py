@@ -25,8 +25,8 @@ CONVS = {
     "direct, one sample: its tiles spread over threads": conv((1, 8, 16, 16), (16, 8, 3, 3), padding=1),
     "depthwise": conv((4, 8, 12, 12), (16, 1, 3, 3), padding=1, stride=2, groups=8),
     "im2col: 65 x 9 reduction steps": conv((4, 65, 8, 8), (16, 65, 3, 3), padding=1),
-    "winograd (float32), channels-last": conv((4, 32, 12, 12), (32, 32, 3, 3), padding=1),
-    "winograd (float32), wide planes": conv((2, 32, 24, 24), (32, 32, 3, 3), padding=1),
+    "winograd (float32), channels-last": conv((4, 64, 12, 12), (64, 64, 3, 3), padding=1),
+    "winograd (float32), wide planes": conv((2, 64, 24, 24), (64, 64, 3, 3), padding=1),
 }
 POOL = pool((4, 8, 13, 13), kernel_size=3, stride=2, padding=1, ceil_mode=True)
 DTYPES = (torch.float32, torch.float64)

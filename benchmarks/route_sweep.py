@@ -1,0 +1,104 @@
+"""Every CPU route our chooser could take, timed on every pass of the
+benchmark's layers: the measurements the chooser's cost thresholds
+(csrc/conv2d_algorithm.cpp) are derived from. Each route is forced in turn
+(custom_conv.forced_algorithm) where it can run the pass; the fastest is
+marked, next to the route the chooser takes today.
+
+    .venv/bin/python benchmarks/route_sweep.py                # float32, batch 32
+    .venv/bin/python benchmarks/route_sweep.py --batch 1 --dtype float64
+    .venv/bin/python benchmarks/route_sweep.py --out results/benchmarks/route-sweep-cpu-float32.json
+
+A row per (layer, pass): milliseconds per route ("-" where the route cannot
+run it), the fastest, the chooser's choice, and how much slower the choice is
+than the fastest. Rerun it when a kernel changes, and move the thresholds to
+where the measurements cross.
+"""
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import sys
+
+import torch
+from torch.utils import benchmark
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import custom_conv  # noqa: E402
+from shapes import CONV_SHAPES  # noqa: E402
+
+ops = torch.ops.custom_conv
+PASSES = custom_conv.explain.PASSES
+
+
+def seconds(fn, min_run_time):
+    fn()
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return min(timer.blocked_autorange(min_run_time=min_run_time).times)
+
+
+def pass_callables(shape, batch, dtype):
+    name, cin, cout, h, w, k, s, p, groups = shape
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, cin, h, w, generator=g).to(dtype)
+    weight = (torch.randn(cout, cin // groups, k, k, generator=g) / math.sqrt(cin // groups * k * k)).to(dtype)
+    args = ([s, s], [p, p], [1, 1], groups)
+    y = ops.conv2d_forward(x, weight, None, *args)
+    gy = torch.randn(y.shape, generator=g).to(dtype)
+    return x, weight, {
+        "forward": lambda: ops.conv2d_forward(x, weight, None, *args),
+        "backward_input": lambda: ops.conv2d_backward_input(gy, weight, list(x.shape), *args),
+        "backward_weight": lambda: ops.conv2d_backward_weight(gy, x, list(weight.shape), *args),
+    }
+
+
+def sweep(shapes, batch, dtype, min_run_time):
+    rows = []
+    routes = custom_conv.explain.ALGORITHMS
+    print(f"{'layer':<40} {'pass':<16}" + "".join(f" {r:>9}" for r in routes) + "   fastest    chosen  slower")
+    for shape in shapes:
+        x, weight, calls = pass_callables(shape, batch, dtype)
+        kwargs = dict(stride=shape[6], padding=shape[7], groups=shape[8])
+        chosen = {p: c.algorithm for p, c in custom_conv.explain_conv2d(x, weight, **kwargs).items()}
+        for pass_ in PASSES:
+            times = {}
+            for route in routes:
+                with custom_conv.forced_algorithm(route):
+                    if custom_conv.explain_conv2d(x, weight, **kwargs)[pass_].algorithm != route:
+                        continue
+                    times[route] = seconds(calls[pass_], min_run_time)
+            fastest = min(times, key=times.get)
+            row = dict(layer=shape[0], batch=batch, pass_=pass_, ms={r: t * 1e3 for r, t in times.items()},
+                       fastest=fastest, chosen=chosen[pass_], chosen_over_fastest=times[chosen[pass_]] / times[fastest])
+            rows.append(row)
+            print(f"{shape[0]:<40} {pass_:<16}"
+                  + "".join(f" {row['ms'][r]:9.3f}" if r in row["ms"] else f" {'-':>9}" for r in routes)
+                  + f" {fastest:>9} {chosen[pass_]:>9} {row['chosen_over_fastest']:6.2f}", flush=True)
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--filter", default="", help="only shapes whose name contains this")
+    parser.add_argument("--min-run-time", type=float, default=0.2, help="seconds per measurement")
+    parser.add_argument("--out", help="JSON file for the rows")
+    args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
+    shapes = [s for s in CONV_SHAPES if args.filter in s[0]]
+    print(f"cpu, {args.dtype}, batch {args.batch}, {torch.get_num_threads()} threads, "
+          f"level {custom_conv.cpu_kernels()}")
+    rows = sweep(shapes, args.batch, dtype, args.min_run_time)
+    slow = [r for r in rows if r["chosen_over_fastest"] > 1.1]
+    print(f"\n{len(slow)} of {len(rows)} passes run a route more than 10% slower than the fastest")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(dict(date=datetime.date.today().isoformat(), machine=platform.processor() or platform.machine(),
+                           threads=torch.get_num_threads(), torch=torch.__version__, dtype=args.dtype,
+                           batch=args.batch, cpu_kernels=custom_conv.cpu_kernels(), rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
