@@ -89,11 +89,7 @@ def contract(route, lay, pass_name, dtype):
         return ((kh, kw) == (3, 3) and stride == (1, 1) and dil == (1, 1) and dtype == torch.float32
                 and lay.kwargs["groups"] == 1 and max(pad) <= 2)
     assert route == "direct"
-    if KERNELS == "baseline" or dtype not in (torch.float32, torch.float64) or n == 0 or cin == 0:
-        return False
-    if pass_name == "backward_input":
-        return stride == (1, 1) and pad[0] <= dil[0] * (kh - 1) and pad[1] <= dil[1] * (kw - 1)
-    return True
+    return KERNELS != "baseline" and dtype in (torch.float32, torch.float64) and n > 0 and cin > 0
 
 
 # ------------------------------------------------------------ the layer tables

@@ -15,19 +15,28 @@
 
 #include <algorithm>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace custom_conv {
 namespace {
 
+// One step of the kernel's reduction over the taps: which tap of the
+// layer's weights it multiplies, and where, relative to an output's first
+// value, it reads the padded plane (row dy, column dx, before the stride).
+struct DirectTap {
+  int64_t weight_tap, dy, dx;
+};
+
 // A convolution as the direct forward kernel sees it: the forward pass, or
-// the input gradient of a stride-1 convolution with the output gradient as
-// input. Each input channel is read from its phase planes (phase_planes.h), which
-// make any stride a stride-1 read.
+// one phase of the input gradient (the output gradient as input). Each input
+// channel is read from its phase planes (phase_planes.h), which make any
+// stride a stride-1 read; `taps` lists the reduction's taps in the order
+// they are summed.
 struct DirectProblem {
   int64_t batch, in_channels, in_h, in_w, pad_h, pad_w, stride_h, stride_w;
-  int64_t groups, cin, cout, kernel_h, kernel_w, dil_h, dil_w, out_h, out_w;
-  int64_t taps() const { return kernel_h * kernel_w; }
+  int64_t groups, cin, cout, out_h, out_w;
+  std::vector<DirectTap> taps;
   Phases phases() const { return phases_of(in_h, in_w, pad_h, pad_w, stride_h, stride_w); }
 };
 
@@ -55,40 +64,95 @@ DirectWork forward_work(const direct::Kernels<T>& k, const DirectProblem& p) {
 }
 
 DirectProblem forward_problem(const Conv2dGeometry& g) {
-  return {g.batch, g.in_channels, g.in_h, g.in_w, g.pad_h, g.pad_w, g.stride_h, g.stride_w,
-          g.groups, g.in_channels_per_group(), g.out_channels_per_group(),
-          g.kernel_h, g.kernel_w, g.dilation_h, g.dilation_w, g.out_h, g.out_w};
+  DirectProblem p{g.batch, g.in_channels, g.in_h, g.in_w, g.pad_h, g.pad_w, g.stride_h, g.stride_w,
+                  g.groups, g.in_channels_per_group(), g.out_channels_per_group(), g.out_h, g.out_w, {}};
+  for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
+    for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
+      p.taps.push_back({ki * g.kernel_w + kj, ki * g.dilation_h, kj * g.dilation_w});
+    }
+  }
+  return p;
 }
 
-// The input gradient of a stride-1 convolution is a stride-1 convolution of
-// the output gradient, padded by dilation * (k - 1) - padding, with the kernel
-// rotated by 180 degrees and its two channel axes swapped (see pack_weights).
-DirectProblem input_grad_problem(const Conv2dGeometry& g) {
-  return {g.batch, g.out_channels, g.out_h, g.out_w,
-          g.dilation_h * (g.kernel_h - 1) - g.pad_h, g.dilation_w * (g.kernel_w - 1) - g.pad_w, 1, 1,
-          g.groups, g.out_channels_per_group(), g.in_channels_per_group(),
-          g.kernel_h, g.kernel_w, g.dilation_h, g.dilation_w, g.in_h, g.in_w};
+// The input gradient, one phase at a time: the lecture's rule (the zero-padded
+// output gradient convolved with the kernel rotated by 180 degrees, its channel
+// axes swapped) for every input position, read as a stride-1 correlation.
+// Input row ih = oh * s - pad + ki * dil receives from tap ki the output row
+// oh = (ih + pad - ki * dil) / s when that divides evenly, so the rows of
+// one phase a = ih mod s, ih = a + s * y, see only the taps with
+// (a + pad - ki * dil) mod s == 0, each at output row y + c_ki with c_ki =
+// (a + pad - ki * dil) / s: a stride-1 correlation of the output gradient,
+// zero-padded by enough rows that every c_ki + pad lands inside, with those
+// taps. Stride 1 has one phase, the whole input gradient. Taps are summed in
+// ascending (row, column) offset: for stride 1 that is the rotated kernel in
+// its own order.
+struct GradPhase {
+  int64_t a, b, rows, cols;  // input rows a + s_h * y, y < rows; columns likewise
+};
+
+struct PhaseAxis {
+  std::vector<std::pair<int64_t, int64_t>> taps;  // (k, c_k), c_k ascending
+  int64_t pad;
+};
+
+PhaseAxis phase_axis(int64_t a, int64_t kernel, int64_t dil, int64_t pad, int64_t stride, int64_t positions,
+                     int64_t out_size) {
+  PhaseAxis axis{{}, 0};
+  for (int64_t k = kernel - 1; k >= 0; --k) {  // c_k grows as k falls
+    const int64_t from = a + pad - k * dil;
+    if (from % stride == 0) axis.taps.emplace_back(k, from / stride);
+  }
+  if (!axis.taps.empty()) {
+    axis.pad = std::max<int64_t>({0, -axis.taps.front().second, positions + axis.taps.back().second - out_size});
+  }
+  return axis;
+}
+
+DirectProblem input_grad_problem(const Conv2dGeometry& g, const GradPhase& ph) {
+  const PhaseAxis rows = phase_axis(ph.a, g.kernel_h, g.dilation_h, g.pad_h, g.stride_h, ph.rows, g.out_h);
+  const PhaseAxis cols = phase_axis(ph.b, g.kernel_w, g.dilation_w, g.pad_w, g.stride_w, ph.cols, g.out_w);
+  DirectProblem p{g.batch, g.out_channels, g.out_h, g.out_w, rows.pad, cols.pad, 1, 1,
+                  g.groups, g.out_channels_per_group(), g.in_channels_per_group(), ph.rows, ph.cols, {}};
+  for (const auto& [ki, ci] : rows.taps) {
+    for (const auto& [kj, cj] : cols.taps) {
+      p.taps.push_back({ki * g.kernel_w + kj, ci + rows.pad, cj + cols.pad});
+    }
+  }
+  return p;
+}
+
+// The phases of the input gradient: (a, b) for a < s_h, b < s_w, each with
+// the input rows and columns it covers.
+std::vector<GradPhase> grad_phases(const Conv2dGeometry& g) {
+  std::vector<GradPhase> phases;
+  for (int64_t a = 0; a < std::min(g.stride_h, g.in_h); ++a) {
+    for (int64_t b = 0; b < std::min(g.stride_w, g.in_w); ++b) {
+      phases.push_back({a, b, ceil_div(g.in_h - a, g.stride_h), ceil_div(g.in_w - b, g.stride_w)});
+    }
+  }
+  return phases;
 }
 
 // Weights in the kernel's order, [group][output block][ci * taps + tap][nb]:
 // each step of the reduction loads nb output channels' weights at once.
-// Channels past the last of a block are zero. With `rotate`, the problem is
-// the input gradient: its output channel c, input channel i and tap t read
-// the forward weight [i][c][taps - 1 - t], the kernel turned by 180 degrees.
+// Channels past the last of a block are zero. With `input_grad`, the
+// problem's output channel c and input channel i are the layer's input
+// channel c and output channel i (the channel axes swapped).
 template <typename T>
-at::Tensor pack_weights(const DirectProblem& p, const T* weight, int64_t nb, bool rotate,
-                        const at::TensorOptions& options) {
-  const int64_t taps = p.taps(), steps = p.cin * taps, blocks = ceil_div(p.cout, nb);
+at::Tensor pack_weights(const DirectProblem& p, const T* weight, int64_t nb, bool input_grad,
+                        int64_t kernel_taps, const at::TensorOptions& options) {
+  const int64_t taps = static_cast<int64_t>(p.taps.size()), steps = p.cin * taps, blocks = ceil_div(p.cout, nb);
   at::Tensor packed_tensor = at::zeros({p.groups * blocks * steps * nb}, options);
   T* packed = packed_tensor.mutable_data_ptr<T>();
   for (int64_t grp = 0; grp < p.groups; ++grp) {
     for (int64_t o = 0; o < p.cout; ++o) {
       for (int64_t i = 0; i < p.cin; ++i) {
         for (int64_t t = 0; t < taps; ++t) {
-          // The forward weight is (groups * cout, cin, taps) for the forward
-          // problem and (groups * cin, cout, taps) for the rotated one.
-          const T w = rotate ? weight[((grp * p.cin + i) * p.cout + o) * taps + (taps - 1 - t)]
-                             : weight[((grp * p.cout + o) * p.cin + i) * taps + t];
+          // The layer's weight is (groups * cout, cin, taps) for the forward
+          // problem and (groups * cin, cout, taps) for the input gradient's.
+          const int64_t tap = p.taps[t].weight_tap;
+          const T w = input_grad ? weight[((grp * p.cin + i) * p.cout + o) * kernel_taps + tap]
+                                 : weight[((grp * p.cout + o) * p.cin + i) * kernel_taps + tap];
           packed[((grp * blocks + o / nb) * steps + i * taps + t) * nb + o % nb] = w;
         }
       }
@@ -146,19 +210,17 @@ void transpose(const T* src, int64_t rows, int64_t cols, int64_t src_stride, T* 
 // of each sample are spread instead.
 template <typename T>
 void run_direct(const direct::Kernels<T>& k, const DirectProblem& p, const T* in, const T* weight,
-                bool rotate, const T* bias, T* out, const at::TensorOptions& options) {
+                bool input_grad, int64_t kernel_taps, const T* bias, T* out, const at::TensorOptions& options) {
   const direct::ForwardBlocking<T>& blocking = direct::forward_blocking(k, p.cout);
   const int64_t nb = blocking.nb, tile = blocking.tile;
   const Phases phases = p.phases();
-  const int64_t Wq = phases.w, plane = phases.values(), taps = p.taps();
-  const at::Tensor packed_tensor = pack_weights(p, weight, nb, rotate, options);
+  const int64_t Wq = phases.w, plane = phases.values(), taps = static_cast<int64_t>(p.taps.size());
+  const at::Tensor packed_tensor = pack_weights(p, weight, nb, input_grad, kernel_taps, options);
   const T* packed = packed_tensor.const_data_ptr<T>();
   std::vector<int64_t> koff(p.cin * taps);
   for (int64_t i = 0; i < p.cin; ++i) {
-    for (int64_t ki = 0; ki < p.kernel_h; ++ki) {
-      for (int64_t kj = 0; kj < p.kernel_w; ++kj) {
-        koff[(i * p.kernel_h + ki) * p.kernel_w + kj] = i * plane + phases.offset(ki * p.dil_h, kj * p.dil_w);
-      }
+    for (int64_t t = 0; t < taps; ++t) {
+      koff[i * taps + t] = i * plane + phases.offset(p.taps[t].dy, p.taps[t].dx);
     }
   }
   const int64_t sample_in = p.in_channels * p.in_h * p.in_w, sample_padded = p.in_channels * plane + tile;
@@ -297,14 +359,15 @@ void with_kernels(at::ScalarType dtype, F f) {
   if (k_double != nullptr) f(*k_double);
 }
 
-// The forward of `p` (rotate = false) or, for a stride-1 layer, its input
-// gradient (rotate = true, `in` is then grad_output).
+// The forward of `p` (input_grad = false) or a phase of the input gradient
+// (input_grad = true, `in` is then grad_output), into `out`.
 void run(const DirectProblem& p, const at::Tensor& in, const at::Tensor& weight, const at::Tensor& bias,
-         bool rotate, at::Tensor& out) {
+         bool input_grad, at::Tensor& out) {
   if (p.batch == 0) return;
+  const int64_t kernel_taps = weight.size(2) * weight.size(3);
   with_kernels(in.scalar_type(), [&](const auto& k) {
     using T = typename std::remove_reference_t<decltype(k)>::Scalar;
-    run_direct(k, p, in.const_data_ptr<T>(), weight.const_data_ptr<T>(), rotate,
+    run_direct(k, p, in.const_data_ptr<T>(), weight.const_data_ptr<T>(), input_grad, kernel_taps,
                bias.defined() ? bias.const_data_ptr<T>() : nullptr, out.mutable_data_ptr<T>(), in.options());
   });
 }
@@ -320,14 +383,6 @@ const char* conv2d_direct_refusal(const Conv2dGeometry& g, Conv2dPass pass, at::
   }
   if (g.in_channels == 0) {
     return "no input channels: the output is the bias alone";
-  }
-  if (pass == Conv2dPass::kBackwardInput) {
-    if (g.stride_h != 1 || g.stride_w != 1) {
-      return "the direct input gradient is written for stride 1";
-    }
-    if (g.dilation_h * (g.kernel_h - 1) < g.pad_h || g.dilation_w * (g.kernel_w - 1) < g.pad_w) {
-      return "padding wider than the kernel's reach (the gradient's padding would be negative)";
-    }
   }
   return nullptr;
 }
@@ -354,7 +409,8 @@ bool direct_kernels_available(at::ScalarType dtype) {
 }
 
 DirectWork direct_forward_work(const Conv2dGeometry& g, at::ScalarType dtype, bool input_grad) {
-  const DirectProblem p = input_grad ? input_grad_problem(g) : forward_problem(g);
+  // The input gradient's largest phase stands for all of them.
+  const DirectProblem p = input_grad ? input_grad_problem(g, grad_phases(g).front()) : forward_problem(g);
   DirectWork work{0, 0};
   with_kernels(dtype, [&](const auto& k) { work = forward_work(k, p); });
   return work;
@@ -362,12 +418,30 @@ DirectWork direct_forward_work(const Conv2dGeometry& g, at::ScalarType dtype, bo
 
 void conv2d_direct_forward(const Conv2dGeometry& g, const at::Tensor& input, const at::Tensor& weight,
                            const at::Tensor& bias, at::Tensor& output) {
-  run(forward_problem(g), input, weight, bias, /*rotate=*/false, output);
+  run(forward_problem(g), input, weight, bias, /*input_grad=*/false, output);
 }
 
+// Stride 1: one phase, computed in place. Strided: each phase into a
+// buffer, then spread over its rows and columns of the input gradient
+// (phases no tap reaches, with a stride larger than the kernel, are zero).
 void conv2d_direct_backward_input(const Conv2dGeometry& g, const at::Tensor& grad_output,
                                   const at::Tensor& weight, at::Tensor& grad_input) {
-  run(input_grad_problem(g), grad_output, weight, at::Tensor(), /*rotate=*/true, grad_input);
+  const std::vector<GradPhase> phases = grad_phases(g);
+  if (phases.size() == 1) {
+    run(input_grad_problem(g, phases[0]), grad_output, weight, at::Tensor(), /*input_grad=*/true, grad_input);
+    return;
+  }
+  for (const GradPhase& ph : phases) {
+    at::Tensor part = grad_input.slice(2, ph.a, g.in_h, g.stride_h).slice(3, ph.b, g.in_w, g.stride_w);
+    const DirectProblem p = input_grad_problem(g, ph);
+    if (p.taps.empty()) {
+      part.zero_();
+      continue;
+    }
+    at::Tensor buffer = at::empty({g.batch, g.in_channels, ph.rows, ph.cols}, grad_input.options());
+    run(p, grad_output, weight, at::Tensor(), /*input_grad=*/true, buffer);
+    part.copy_(buffer);
+  }
 }
 
 void conv2d_direct_backward_weight(const Conv2dGeometry& g, const at::Tensor& input,

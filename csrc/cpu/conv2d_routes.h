@@ -61,12 +61,12 @@ void conv2d_im2col_backward_input(const Conv2dGeometry& g, const at::Tensor& gra
 void conv2d_im2col_backward_weight(const Conv2dGeometry& g, const at::Tensor& input,
                                    const at::Tensor& grad_output, at::Tensor& grad_weight);
 
-// float32 and float64 on CPUs with direct kernels; the input gradient for
-// stride 1 with padding within the kernel's reach.
+// float32 and float64 on CPUs with direct kernels (the avx2 and avx512
+// levels); every geometry, the input gradient phase by phase.
 const char* conv2d_direct_refusal(const Conv2dGeometry& g, Conv2dPass pass, at::ScalarType dtype);
 void conv2d_direct_forward(const Conv2dGeometry& g, const at::Tensor& input, const at::Tensor& weight,
                            const at::Tensor& bias, at::Tensor& output);
-// Stride 1 only: the forward kernel run on the output gradient.
+// The forward kernel run on the output gradient, phase by phase for strides.
 void conv2d_direct_backward_input(const Conv2dGeometry& g, const at::Tensor& grad_output,
                                   const at::Tensor& weight, at::Tensor& grad_input);
 void conv2d_direct_backward_weight(const Conv2dGeometry& g, const at::Tensor& input,
