@@ -1,7 +1,7 @@
 // The Winograd route's transforms (declared, with their layouts, in
 // winograd_transforms.h).
 #include "winograd_transforms.h"
-#include "vector_clones.h"
+#include "per_level.h"
 
 #include <algorithm>
 #include <vector>
@@ -9,7 +9,8 @@
 namespace custom_conv {
 namespace winograd {
 
-// Every transform is compiled per instruction set (vector_clones.h).
+// Every transform is compiled per instruction-set level (per_level.h); the
+// helpers they call are inlined into each.
 
 // ---- The plane layout ----
 
@@ -18,8 +19,8 @@ namespace {
 // Row y of a plane split into even and odd columns of the zero-padded row:
 // even[k] = row[2k - pad], odd[k] = row[2k + 1 - pad], for k < count; zero
 // outside the row (or everywhere, for a row outside the plane).
-void load_even_odd(const float* plane, int64_t h, int64_t w, int64_t y, int64_t pad, int64_t count,
-                   float* __restrict even, float* __restrict odd) {
+CUSTOM_CONV_INLINE void load_even_odd(const float* plane, int64_t h, int64_t w, int64_t y, int64_t pad, int64_t count,
+                                      float* __restrict even, float* __restrict odd) {
   if (y < 0 || y >= h) {
     std::fill(even, even + count, 0.f);
     std::fill(odd, odd + count, 0.f);
@@ -47,9 +48,9 @@ void load_even_odd(const float* plane, int64_t h, int64_t w, int64_t y, int64_t 
 
 // The four rows of B^T d from the four rows of d (n values each): the
 // row pass of the input transform.
-void input_rows(const float* __restrict d0, const float* __restrict d1, const float* __restrict d2,
-                const float* __restrict d3, int64_t n, float* __restrict t0, float* __restrict t1,
-                float* __restrict t2, float* __restrict t3) {
+CUSTOM_CONV_INLINE void input_rows(const float* __restrict d0, const float* __restrict d1, const float* __restrict d2,
+                                   const float* __restrict d3, int64_t n, float* __restrict t0, float* __restrict t1,
+                                   float* __restrict t2, float* __restrict t3) {
   for (int64_t k = 0; k < n; ++k) {
     t0[k] = d0[k] - d2[k];
     t1[k] = d1[k] + d2[k];
@@ -60,8 +61,9 @@ void input_rows(const float* __restrict d0, const float* __restrict d1, const fl
 
 // One row i of B^T d, as even and odd columns, times B for n tiles: tile j
 // reads columns 2j .. 2j + 3, that is even[j], odd[j], even[j + 1], odd[j + 1].
-void input_columns(const float* __restrict even, const float* __restrict odd, int64_t n, float* __restrict v0,
-                   float* __restrict v1, float* __restrict v2, float* __restrict v3) {
+CUSTOM_CONV_INLINE void input_columns(const float* __restrict even, const float* __restrict odd, int64_t n,
+                                      float* __restrict v0, float* __restrict v1, float* __restrict v2,
+                                      float* __restrict v3) {
   for (int64_t j = 0; j < n; ++j) {
     v0[j] = even[j] - even[j + 1];
     v1[j] = odd[j] + even[j + 1];
@@ -74,8 +76,9 @@ void input_columns(const float* __restrict even, const float* __restrict odd, in
 
 // V[xi][c][t] = (B^T d B)[xi] for every channel c and every tile t of tile
 // rows [r0, r1); V holds T = (r1 - r0) * tiles_w tiles per (xi, c).
-CUSTOM_CONV_VECTOR_CLONES
-void transform_input_planes(const Problem& p, const float* input, int64_t r0, int64_t r1, float* V) {
+CUSTOM_CONV_PER_LEVEL(void, transform_input_planes, (const Problem& p, const float* input, int64_t r0, int64_t r1,
+                                                     float* V),
+                      (p, input, r0, r1, V)) {
   const int64_t tw = p.tiles_w(), th = p.tiles_h(), T = (r1 - r0) * tw, C = p.in_channels;
   const int64_t n = tw + 1;  // even (odd) columns a row of tiles reads
   std::vector<float> buffer(16 * n);
@@ -104,9 +107,9 @@ void transform_input_planes(const Problem& p, const float* input, int64_t r0, in
 
 // Output channels of tile rows [r0, r1) of a Winograd-domain M (xi, C, T)
 // back to the output: Y = A^T M A, plus the bias.
-CUSTOM_CONV_VECTOR_CLONES
-void transform_output_planes(const Problem& p, const float* M, int64_t r0, int64_t r1, const float* bias,
-                             float* output) {
+CUSTOM_CONV_PER_LEVEL(void, transform_output_planes, (const Problem& p, const float* M, int64_t r0, int64_t r1,
+                                                      const float* bias, float* output),
+                      (p, M, r0, r1, bias, output)) {
   const int64_t tw = p.tiles_w(), th = p.tiles_h(), T = (r1 - r0) * tw, C = p.out_channels;
   std::vector<float> buffer(8 * tw + 4 * tw);
   float* s = buffer.data();  // M A: 4 rows x 2 columns, tw tiles each
@@ -161,9 +164,9 @@ void transform_output_planes(const Problem& p, const float* M, int64_t r0, int64
 // dM[xi][c][t] = (A dY A^T)[xi] for output channels [c0, c1) and the tiles of
 // tile rows [r0, r1): the transpose of transform_output (dM holds c1 - c0
 // channels).
-CUSTOM_CONV_VECTOR_CLONES
-void transform_grad_output_planes(const Problem& p, const float* grad_output, int64_t c0, int64_t c1,
-                                  int64_t r0, int64_t r1, float* dM) {
+CUSTOM_CONV_PER_LEVEL(void, transform_grad_output_planes, (const Problem& p, const float* grad_output, int64_t c0,
+                                                           int64_t c1, int64_t r0, int64_t r1, float* dM),
+                      (p, grad_output, c0, c1, r0, r1, dM)) {
   const int64_t tw = p.tiles_w(), th = p.tiles_h(), T = (r1 - r0) * tw, C = c1 - c0;
   std::vector<float> buffer(12 * tw);
   float* e = buffer.data();  // the tile rows' even and odd columns: e0, e1, o0, o1
@@ -212,9 +215,9 @@ void transform_grad_output_planes(const Problem& p, const float* grad_output, in
 
 // V[xi][t][c] = (B^T d B)[xi] for the tiles [t0, t1) of a channels-last
 // input xs (N, H, W, C); positions in the padding read `zeros`.
-CUSTOM_CONV_VECTOR_CLONES
-void transform_input_channels(const Problem& p, const float* xs, const float* zeros, int64_t t0, int64_t t1,
-                              int64_t T, float* V) {
+CUSTOM_CONV_PER_LEVEL(void, transform_input_channels, (const Problem& p, const float* xs, const float* zeros,
+                                                       int64_t t0, int64_t t1, int64_t T, float* V),
+                      (p, xs, zeros, t0, t1, T, V)) {
   const int64_t C = p.in_channels;
   const float* d[4][4];
   for (int64_t t = t0; t < t1; ++t) {
@@ -251,9 +254,9 @@ void transform_input_channels(const Problem& p, const float* xs, const float* ze
 // Y = A^T M A plus the bias for the tiles [t0, t1) of M (16, T, C), into a
 // channels-last output ys (N, out_h, out_w, C). A tile's outputs past the
 // plane's edge go to `sink`.
-CUSTOM_CONV_VECTOR_CLONES
-void transform_output_channels(const Problem& p, const float* M, int64_t t0, int64_t t1, int64_t T,
-                               const float* bias, float* sink, float* ys) {
+CUSTOM_CONV_PER_LEVEL(void, transform_output_channels, (const Problem& p, const float* M, int64_t t0, int64_t t1,
+                                                        int64_t T, const float* bias, float* sink, float* ys),
+                      (p, M, t0, t1, T, bias, sink, ys)) {
   const int64_t C = p.out_channels;
   float* y[2][2];
   for (int64_t t = t0; t < t1; ++t) {
@@ -286,9 +289,10 @@ void transform_output_channels(const Problem& p, const float* M, int64_t t0, int
 // dM[xi][t][c - c0] = (A dY A^T)[xi] for channels [c0, c1) of the tiles
 // [t0, t1) of a channels-last output gradient gs (N, out_h, out_w, C_out):
 // the transpose of transform_output. Outputs past the edge read `zeros`.
-CUSTOM_CONV_VECTOR_CLONES
-void transform_grad_output_channels(const Problem& p, const float* gs, const float* zeros, int64_t c0,
-                                    int64_t c1, int64_t t0, int64_t t1, int64_t T, float* dM) {
+CUSTOM_CONV_PER_LEVEL(void, transform_grad_output_channels, (const Problem& p, const float* gs, const float* zeros,
+                                                             int64_t c0, int64_t c1, int64_t t0, int64_t t1, int64_t T,
+                                                             float* dM),
+                      (p, gs, zeros, c0, c1, t0, t1, T, dM)) {
   const int64_t C = c1 - c0;
   const float* g[2][2];
   for (int64_t t = t0; t < t1; ++t) {
@@ -327,8 +331,9 @@ void transform_grad_output_channels(const Problem& p, const float* gs, const flo
 // the kernels k, laid out (row, tap, col) so that the transform runs along
 // cols (conv2d_winograd.cpp passes row = c_out, col = c_in); with `rotate`,
 // each kernel turned by 180 degrees first.
-CUSTOM_CONV_VECTOR_CLONES
-void transform_kernels(const float* k, int64_t r0, int64_t r1, int64_t rows, int64_t cols, bool rotate, float* u) {
+CUSTOM_CONV_PER_LEVEL(void, transform_kernels, (const float* k, int64_t r0, int64_t r1, int64_t rows, int64_t cols,
+                                                bool rotate, float* u),
+                      (k, r0, r1, rows, cols, rotate, u)) {
   std::vector<float> buffer(6 * cols);
   for (int64_t r = r0; r < r1; ++r) {
     const float* kr = k + r * 9 * cols;
