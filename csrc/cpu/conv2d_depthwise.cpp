@@ -9,6 +9,7 @@
 // out_channels / in_channels.
 #include "conv2d_routes.h"
 #include "parallel.h"
+#include "per_level.h"
 #include "phase_planes.h"
 #include "taps.h"
 
@@ -60,7 +61,8 @@ PlaneLayout plane_layout(const Conv2dGeometry& g) {
 // weight times an input row. Rows are clipped once per tap so the innermost
 // loop has no bounds checks and vectorises.
 template <typename src_t, typename scalar_t, typename acc_t>
-void depthwise_plane_forward(const src_t* in, const scalar_t* kernel, const PlaneLayout& m, acc_t* out) {
+CUSTOM_CONV_INLINE void depthwise_plane_forward(const src_t* in, const scalar_t* kernel, const PlaneLayout& m,
+                                                acc_t* out) {
   const Conv2dGeometry& g = m.g;
   for (const Tap& tap : m.taps) {
     const acc_t w = static_cast<acc_t>(kernel[tap.index]);
@@ -72,6 +74,96 @@ void depthwise_plane_forward(const src_t* in, const scalar_t* kernel, const Plan
       }
     }
   }
+}
+
+// One output channel's share of an input plane's gradient: weight times
+// grad_output, scattered back along the same clipped rows as the forward.
+template <typename scalar_t, typename acc_t>
+CUSTOM_CONV_INLINE void depthwise_plane_backward_input(const scalar_t* go, const scalar_t* kernel,
+                                                       const PlaneLayout& m, int64_t out_w, acc_t* acc) {
+  for (const Tap& tap : m.taps) {
+    const acc_t w = static_cast<acc_t>(kernel[tap.index]);
+    for (int64_t oh = tap.rows.lo; oh < tap.rows.hi; ++oh) {
+      const scalar_t* src = go + oh * out_w;
+      acc_t* dst = acc + (oh + tap.dy) * m.g.in_w + tap.dx;
+      for (int64_t ow = tap.cols.lo; ow < tap.cols.hi; ++ow) {
+        dst[ow] += w * static_cast<acc_t>(src[ow]);
+      }
+    }
+  }
+}
+
+// One sample's share of an output channel's weight gradient: per tap, per
+// output column, the products of grad_output with the shifted input plane.
+template <typename src_t, typename scalar_t, typename acc_t>
+CUSTOM_CONV_INLINE void depthwise_plane_backward_weight(const src_t* plane, const scalar_t* go,
+                                                        const PlaneLayout& m, int64_t out_w, acc_t* column_sums) {
+  for (const Tap& tap : m.taps) {
+    acc_t* sums = column_sums + tap.index * out_w;
+    for (int64_t oh = tap.rows.lo; oh < tap.rows.hi; ++oh) {
+      const src_t* src = plane + (oh + tap.dy) * m.g.in_w + tap.dx;
+      const scalar_t* grad = go + oh * out_w;
+      for (int64_t ow = tap.cols.lo; ow < tap.cols.hi; ++ow) {
+        sums[ow] += static_cast<acc_t>(grad[ow]) * static_cast<acc_t>(src[ow]);
+      }
+    }
+  }
+}
+
+// The three plane loops for float and double at the process's instruction-set
+// level (per_level.h); half and bfloat16 (summed in float) at the baseline.
+#define CUSTOM_CONV_DEPTHWISE_LEVELS(T, suffix)                                                            \
+  CUSTOM_CONV_PER_LEVEL(void, plane_forward_##suffix,                                                    \
+                        (const T* in, const T* kernel, const PlaneLayout& m, T* out), (in, kernel, m, out)) { \
+    depthwise_plane_forward(in, kernel, m, out);                                                         \
+  }                                                                                                      \
+  CUSTOM_CONV_PER_LEVEL(void, plane_backward_input_##suffix,                                             \
+                        (const T* go, const T* kernel, const PlaneLayout& m, int64_t out_w, T* acc),      \
+                        (go, kernel, m, out_w, acc)) {                                                   \
+    depthwise_plane_backward_input(go, kernel, m, out_w, acc);                                           \
+  }                                                                                                      \
+  CUSTOM_CONV_PER_LEVEL(void, plane_backward_weight_##suffix,                                            \
+                        (const T* plane, const T* go, const PlaneLayout& m, int64_t out_w, T* sums),     \
+                        (plane, go, m, out_w, sums)) {                                                   \
+    depthwise_plane_backward_weight(plane, go, m, out_w, sums);                                          \
+  }
+CUSTOM_CONV_DEPTHWISE_LEVELS(float, float)
+CUSTOM_CONV_DEPTHWISE_LEVELS(double, double)
+#undef CUSTOM_CONV_DEPTHWISE_LEVELS
+
+void plane_forward(const float* in, const float* kernel, const PlaneLayout& m, float* out) {
+  plane_forward_float(in, kernel, m, out);
+}
+void plane_forward(const double* in, const double* kernel, const PlaneLayout& m, double* out) {
+  plane_forward_double(in, kernel, m, out);
+}
+template <typename src_t, typename scalar_t, typename acc_t>
+void plane_forward(const src_t* in, const scalar_t* kernel, const PlaneLayout& m, acc_t* out) {
+  depthwise_plane_forward(in, kernel, m, out);
+}
+void plane_backward_input(const float* go, const float* kernel, const PlaneLayout& m, int64_t out_w, float* acc) {
+  plane_backward_input_float(go, kernel, m, out_w, acc);
+}
+void plane_backward_input(const double* go, const double* kernel, const PlaneLayout& m, int64_t out_w,
+                          double* acc) {
+  plane_backward_input_double(go, kernel, m, out_w, acc);
+}
+template <typename scalar_t, typename acc_t>
+void plane_backward_input(const scalar_t* go, const scalar_t* kernel, const PlaneLayout& m, int64_t out_w,
+                          acc_t* acc) {
+  depthwise_plane_backward_input(go, kernel, m, out_w, acc);
+}
+void plane_backward_weight(const float* plane, const float* go, const PlaneLayout& m, int64_t out_w, float* sums) {
+  plane_backward_weight_float(plane, go, m, out_w, sums);
+}
+void plane_backward_weight(const double* plane, const double* go, const PlaneLayout& m, int64_t out_w,
+                           double* sums) {
+  plane_backward_weight_double(plane, go, m, out_w, sums);
+}
+template <typename src_t, typename scalar_t, typename acc_t>
+void plane_backward_weight(const src_t* plane, const scalar_t* go, const PlaneLayout& m, int64_t out_w,
+                           acc_t* sums) {
+  depthwise_plane_backward_weight(plane, go, m, out_w, sums);
 }
 
 template <typename scalar_t>
@@ -90,9 +182,9 @@ void forward_planes(const scalar_t* input, const scalar_t* weight, const scalar_
       std::fill(acc.begin(), acc.end(), bias ? static_cast<acc_t>(bias[co]) : acc_t(0));
       if (m.strided) {
         to_phases(in, m.phases, phased.data());
-        depthwise_plane_forward(phased.data(), weight + co * taps, m, acc.data());
+        plane_forward(phased.data(), weight + co * taps, m, acc.data());
       } else {
-        depthwise_plane_forward(in, weight + co * taps, m, acc.data());
+        plane_forward(in, weight + co * taps, m, acc.data());
       }
       std::copy(acc.begin(), acc.end(), output + p * out_plane);
     }
@@ -120,16 +212,7 @@ void backward_input_planes(const scalar_t* grad_output, const scalar_t* weight, 
       std::fill(acc.begin(), acc.end(), acc_t(0));
       for (int64_t co = ci * multiplier; co < (ci + 1) * multiplier; ++co) {
         const scalar_t* go = grad_output + (n * g.out_channels + co) * out_plane;
-        for (const Tap& tap : m.taps) {
-          const acc_t w = static_cast<acc_t>(weight[co * taps + tap.index]);
-          for (int64_t oh = tap.rows.lo; oh < tap.rows.hi; ++oh) {
-            const scalar_t* src = go + oh * g.out_w;
-            acc_t* dst = acc.data() + (oh + tap.dy) * m.g.in_w + tap.dx;
-            for (int64_t ow = tap.cols.lo; ow < tap.cols.hi; ++ow) {
-              dst[ow] += w * static_cast<acc_t>(src[ow]);
-            }
-          }
-        }
+        plane_backward_input(go, weight + co * taps, m, g.out_w, acc.data());
       }
       if (m.strided) {
         from_phases(acc.data(), m.phases, grad_input + p * in_plane);
@@ -161,23 +244,11 @@ void backward_weight_planes(const scalar_t* grad_output, const scalar_t* input, 
       for (int64_t n = 0; n < g.batch; ++n) {
         const scalar_t* go = grad_output + (n * g.out_channels + co) * out_plane;
         const scalar_t* in = input + (n * g.in_channels + co / multiplier) * in_plane;
-        auto accumulate = [&](const auto* plane) {
-          for (const Tap& tap : m.taps) {
-            acc_t* sums = column_sums.data() + tap.index * g.out_w;
-            for (int64_t oh = tap.rows.lo; oh < tap.rows.hi; ++oh) {
-              const auto* src = plane + (oh + tap.dy) * m.g.in_w + tap.dx;
-              const scalar_t* grad = go + oh * g.out_w;
-              for (int64_t ow = tap.cols.lo; ow < tap.cols.hi; ++ow) {
-                sums[ow] += static_cast<acc_t>(grad[ow]) * static_cast<acc_t>(src[ow]);
-              }
-            }
-          }
-        };
         if (m.strided) {
           to_phases(in, m.phases, phased.data());
-          accumulate(phased.data());
+          plane_backward_weight(phased.data(), go, m, g.out_w, column_sums.data());
         } else {
-          accumulate(in);
+          plane_backward_weight(in, go, m, g.out_w, column_sums.data());
         }
       }
       for (int64_t tap = 0; tap < taps; ++tap) {
