@@ -124,54 +124,31 @@ inline Acc to_acc(T v) {
   return static_cast<Acc>(v);
 }
 
-// A's rows [0, rows) and steps [0, kc) (from `a`, already offset) into
-// micro-panels of mr rows, the last of rows % mr; each panel step-major
-// (dst[k * panel_rows + i]), as micro_kernel.h reads it.
+// An operand's lines [0, lines) (A's rows, B's columns; `along` apart) and
+// steps [0, kc) (`step` apart) into micro-panels of `width` lines, each
+// step-major (dst[k * w + i]) as micro_kernel.h reads it. The last panel is
+// narrower: w = its own lines for A (the edge kernels read exactly those),
+// w = width for B, whose extra columns are computed but never stored.
 template <typename T, typename Acc>
-void pack_a(const T* a, int64_t rs, int64_t cs, int64_t rows, int64_t kc, int64_t mr, Acc* dst) {
-  for (int64_t i0 = 0; i0 < rows; i0 += mr) {
-    const int64_t pr = std::min(mr, rows - i0);
-    const T* src = a + i0 * rs;
-    if (rs == 1) {  // columns of A contiguous: copy each step's pr values
+void pack_panels(const T* src, int64_t along, int64_t step, int64_t lines, int64_t kc, int64_t width,
+                 bool pad_last, Acc* dst) {
+  for (int64_t i0 = 0; i0 < lines; i0 += width) {
+    const int64_t count = std::min(width, lines - i0), w = pad_last ? width : count;
+    const T* panel = src + i0 * along;
+    if (along == 1) {  // a step's values contiguous: copy them
       for (int64_t k = 0; k < kc; ++k) {
-        for (int64_t i = 0; i < pr; ++i) dst[k * pr + i] = to_acc<Acc>(src[k * cs + i]);
+        for (int64_t i = 0; i < count; ++i) dst[k * w + i] = to_acc<Acc>(panel[k * step + i]);
       }
-    } else {  // row by row, a cache line of steps at a time (see kStepsPerLine)
+    } else {  // line by line, a cache line of steps at a time (see kStepsPerLine)
       for (int64_t k0 = 0; k0 < kc; k0 += kStepsPerLine) {
         const int64_t steps = std::min(kStepsPerLine, kc - k0);
-        for (int64_t i = 0; i < pr; ++i) {
-          const T* row = src + i * rs + k0 * cs;
-          for (int64_t k = 0; k < steps; ++k) dst[(k0 + k) * pr + i] = to_acc<Acc>(row[k * cs]);
+        for (int64_t i = 0; i < count; ++i) {
+          const T* line = panel + i * along + k0 * step;
+          for (int64_t k = 0; k < steps; ++k) dst[(k0 + k) * w + i] = to_acc<Acc>(line[k * step]);
         }
       }
     }
-    dst += pr * kc;
-  }
-}
-
-// B's steps [0, kc) and columns [0, cols) into micro-panels of nr columns
-// (dst[k * nr + j]). The last panel's columns past `cols` are left as they
-// are: the micro-kernel computes them, but they are never stored.
-template <typename T, typename Acc>
-void pack_b(const T* b, int64_t rs, int64_t cs, int64_t kc, int64_t cols, int64_t nr, Acc* dst) {
-  for (int64_t j0 = 0; j0 < cols; j0 += nr, dst += kc * nr) {
-    const int64_t pc = std::min(nr, cols - j0);
-    const T* src = b + j0 * cs;
-    if (cs == 1) {  // rows of B contiguous
-      for (int64_t k = 0; k < kc; ++k) {
-        const T* row = src + k * rs;
-        Acc* out = dst + k * nr;
-        for (int64_t j = 0; j < pc; ++j) out[j] = to_acc<Acc>(row[j]);
-      }
-    } else {  // column by column, a cache line of steps at a time (see kStepsPerLine)
-      for (int64_t k0 = 0; k0 < kc; k0 += kStepsPerLine) {
-        const int64_t steps = std::min(kStepsPerLine, kc - k0);
-        for (int64_t j = 0; j < pc; ++j) {
-          const T* col = src + j * cs + k0 * rs;
-          for (int64_t k = 0; k < steps; ++k) dst[(k0 + k) * nr + j] = to_acc<Acc>(col[k * rs]);
-        }
-      }
-    }
+    dst += w * kc;
   }
 }
 
@@ -217,10 +194,10 @@ void run_block(const Problem<T, Acc>& p, const Blocking& bl, int64_t z, int64_t 
     const int64_t kc = std::min(bl.kc, p.k - k0);
     const bool first = k0 == 0;
     const Acc beta = first ? p.beta : Acc(1);
-    pack_a(a + k0 * p.a.cs, p.a.rs, p.a.cs, rows, kc, bl.mr, packed_a);
+    pack_panels(a + k0 * p.a.cs, p.a.rs, p.a.cs, rows, kc, bl.mr, /*pad_last=*/false, packed_a);
     for (int64_t jb = 0; jb < cols; jb += bl.nc) {
       const int64_t nc = std::min(bl.nc, cols - jb), panels = (nc + bl.nr - 1) / bl.nr;
-      pack_b(b + k0 * p.b.rs + jb * p.b.cs, p.b.rs, p.b.cs, kc, nc, bl.nr, packed_b);
+      pack_panels(b + k0 * p.b.rs + jb * p.b.cs, p.b.cs, p.b.rs, nc, kc, bl.nr, /*pad_last=*/true, packed_b);
       const Acc* pa = packed_a;
       for (int64_t i = 0; i < rows; i += bl.mr) {
         const int64_t pr = std::min<int64_t>(bl.mr, rows - i);
