@@ -52,7 +52,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import sys
 
 import torch
@@ -63,7 +62,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import custom_conv  # noqa: E402
 from custom_conv import functional as CF  # noqa: E402
 from custom_conv.explain import ALGORITHMS, PASSES  # noqa: E402
-from gemm import gemm_rows  # noqa: E402
+from gemm import cpu_description, gemm_rows  # noqa: E402
 from shapes import CONV_SHAPES, POOL_SHAPES  # noqa: E402
 
 ops = torch.ops.custom_conv
@@ -479,8 +478,7 @@ def run(args, dtype_name):
             print_algorithm_errors(algorithm_error_entries)
 
     machine = (torch.cuda.get_device_name() if args.device == "cuda"
-               else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                    f"{torch.get_num_threads()} threads")
+               else f"{cpu_description()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads")
     result = dict(date=datetime.date.today().isoformat(), machine=machine, device=args.device,
                   torch=torch.__version__, dtype=dtype_name, threads=torch.get_num_threads(),
                   batches=args.batches, batch=main_batch, skipped=skipped,

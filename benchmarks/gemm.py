@@ -11,6 +11,7 @@ it in its JSON under "gemm".
 """
 import argparse
 import os
+import platform
 import sys
 
 import torch
@@ -36,6 +37,23 @@ CONV_PRODUCTS = [
 ]
 
 
+def cpu_description():
+    """The CPU's model and family as /proc/cpuinfo names them (the speed of the
+    same VM type changes with the CPU it lands on: record it with every
+    figure), else what Python knows."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    if "model name" in fields:
+        return f"{fields['model name']} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
+    return platform.processor() or platform.machine()
+
+
 def operands(batch, m, n, k, b_transposed, dtype):
     g = torch.Generator().manual_seed(0)
     a = torch.randn(batch, m, k, generator=g, dtype=dtype)
@@ -59,8 +77,8 @@ def gemm_rows(dtype=torch.float32, thread_counts=None, min_run_time=0.3, print_t
     rows = []
     before = torch.get_num_threads()
     if print_table:
-        print(f"\nGEMM, {dtype}: micro-tile {mr}x{nr}, kc {kc}, nc {nc} (L1 {l1 // 1024} KiB, L2 {l2 // 1024} KiB), "
-              f"level {custom_conv.cpu_kernels()}")
+        print(f"\nGEMM on {cpu_description()}, {dtype}: micro-tile {mr}x{nr}, kc {kc}, nc {nc} "
+              f"(L1 {l1 // 1024} KiB, L2 {l2 // 1024} KiB), level {custom_conv.cpu_kernels()}")
         print(f"{'product':<60} {'threads':>7} {'ours GF/s':>9} {'torch GF/s':>10} {'ratio':>6} "
               f"{'%peak':>6} {'torch':>6}")
     try:

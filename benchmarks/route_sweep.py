@@ -18,7 +18,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import sys
 
 import torch
@@ -26,6 +25,7 @@ from torch.utils import benchmark
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import custom_conv  # noqa: E402
+from gemm import cpu_description  # noqa: E402
 from shapes import CONV_SHAPES  # noqa: E402
 
 ops = torch.ops.custom_conv
@@ -88,14 +88,14 @@ def main():
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     shapes = [s for s in CONV_SHAPES if args.filter in s[0]]
-    print(f"cpu, {args.dtype}, batch {args.batch}, {torch.get_num_threads()} threads, "
+    print(f"{cpu_description()}, {args.dtype}, batch {args.batch}, {torch.get_num_threads()} threads, "
           f"level {custom_conv.cpu_kernels()}")
     rows = sweep(shapes, args.batch, dtype, args.min_run_time)
     slow = [r for r in rows if r["chosen_over_fastest"] > 1.1]
     print(f"\n{len(slow)} of {len(rows)} passes run a route more than 10% slower than the fastest")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump(dict(date=datetime.date.today().isoformat(), machine=platform.processor() or platform.machine(),
+            json.dump(dict(date=datetime.date.today().isoformat(), machine=cpu_description(),
                            threads=torch.get_num_threads(), torch=torch.__version__, dtype=args.dtype,
                            batch=args.batch, cpu_kernels=custom_conv.cpu_kernels(), rows=rows), f, indent=1)
 
