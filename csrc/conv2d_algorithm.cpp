@@ -74,6 +74,9 @@ const char* direct_refusal(const Conv2dGeometry& g, Conv2dPass pass, at::ScalarT
     if (detail) *detail = c10::str(" (", reduction_steps(g, pass), " > ", kMaxDirectSteps, ")");
     return "the reduction is long enough for the GEMM to run near peak";
   }
+  if (pass == Conv2dPass::kBackwardInput && (g.stride_h > 1 || g.stride_w > 1)) {
+    return "a strided input gradient runs one product per phase, slower than im2col's";
+  }
   if (pass == Conv2dPass::kBackwardWeight) {
     if (g.out_channels_per_group() > kMaxDirectWeightGradOutChannels) {
       return "too many output channels for the direct weight-gradient tiles";

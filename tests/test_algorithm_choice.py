@@ -26,7 +26,7 @@ def layer(cin, cout, size, k, groups=1, batch=2, dtype=torch.float32):
 LAYERS = {
     "LeNet conv1: one input channel": (1, 6, 32, 5, {}, "direct", "im2col", "direct"),
     "LeNet conv2: few channels, 5x5": (6, 16, 14, 5, {}, "direct", "direct", "direct"),
-    "ResNet-20 stride 2": (16, 32, 32, 3, dict(stride=2, padding=1), "direct", "direct", "direct"),
+    "ResNet-20 stride 2": (16, 32, 32, 3, dict(stride=2, padding=1), "direct", "im2col", "direct"),
     # Dilated, so that Winograd (3x3 stride 1 without dilation) leaves them to the direct kernels' limits.
     "64-64 dilated: 576 reduction steps, the direct limit": (64, 64, 16, 3, dict(padding=2, dilation=2), "direct",
                                                              "direct", "direct"),
