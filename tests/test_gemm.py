@@ -27,8 +27,9 @@ def edges(dtype):
     row; one column, a panel, a panel and a column past the columns' block;
     one step, a slice, a slice and a step."""
     mr, nr, kc, nc = blocking(dtype)
+    # Products of up to 16 columns read A as rows of dot products.
     return [(1, 1, 1), (mr, nr, kc), (mr + 1, nr + 1, kc + 1), (2 * mr - 1, nc + nr + 3, 2 * kc + 5),
-            (3, 2 * nr - 1, 7), (mr * 5 + 2, 5, kc - 1), (37, 1, 300)]
+            (3, 2 * nr - 1, 7), (mr * 5 + 2, 17, kc - 1), (mr * 5 + 2, 16, 2 * kc + 7), (37, 1, 300)]
 
 
 def random(shape, dtype, seed):
@@ -93,7 +94,7 @@ def test_results_are_the_same_bits_on_any_number_of_threads(dtype, threads):
     """Threads take blocks of C; each element is summed slice by slice in
     the same order whatever the blocks, so the bits do not change."""
     mr, nr, kc, nc = blocking(dtype)
-    shapes = [(4 * mr + 3, 3 * nc + 7, 2 * kc + 3), (7 * mr, nr + 1, kc + 1), (2, 5 * nc, kc)]
+    shapes = [(4 * mr + 3, 3 * nc + 7, 2 * kc + 3), (7 * mr, nr + 1, kc + 1), (2, 5 * nc, kc), (300, 4, kc + 5)]
     for i, (m, n, k) in enumerate(shapes):
         a, b = random((m, k), dtype, i), random((k, n), dtype, 10 + i)
         with num_threads(1):

@@ -126,6 +126,10 @@ at::Tensor grad_output_matrices(const Conv2dGeometry& g, const at::Tensor& grad_
 // groups are few, and the whole batch's columns fit in kMaxBatchColumns.
 constexpr double kMaxGroupedUseful = 0.6;
 constexpr int64_t kMaxTapGroups = 16;
+// Each group's product reads its weights, gathered for it, once per column:
+// with fewer columns than this (batch 1), gathering them costs more than
+// the padding's multiply-adds, and the plain product reads them once.
+constexpr int64_t kMinGroupColumns = 16;
 
 // Output positions that read the image through the same taps.
 struct TapGroup {
@@ -174,9 +178,15 @@ std::vector<TapGroup> grouped_plan(const Conv2dGeometry& g) {
     return {};
   }
   std::vector<TapGroup> groups = tap_groups(g);
-  int64_t useful = 0;
-  for (const TapGroup& t : groups) useful += static_cast<int64_t>(t.taps.size() * t.positions.size());
-  if (static_cast<int64_t>(groups.size()) > kMaxTapGroups || useful > kMaxGroupedUseful * L * taps) return {};
+  int64_t useful = 0, fewest = L;
+  for (const TapGroup& t : groups) {
+    useful += static_cast<int64_t>(t.taps.size() * t.positions.size());
+    fewest = std::min(fewest, static_cast<int64_t>(t.positions.size()));
+  }
+  if (static_cast<int64_t>(groups.size()) > kMaxTapGroups || useful > kMaxGroupedUseful * L * taps ||
+      g.batch * fewest < kMinGroupColumns) {
+    return {};
+  }
   // Taps of no group (every position reads padding there) get no gradient
   // from any group: they stay zero, as they should.
   return groups;

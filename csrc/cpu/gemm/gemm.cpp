@@ -13,6 +13,7 @@
 #include "gemm.h"
 
 #include "../isa.h"
+#include "../per_level.h"
 #include "kernels.h"
 
 #include <ATen/ATen.h>
@@ -236,12 +237,92 @@ void scale_only(const Problem<T, Acc>& p) {
   }
 }
 
+// A product with very few columns (a deep layer's tiny plane at batch 1:
+// 4 columns against 512 x 4608 weights) does a handful of multiply-adds per
+// value of A, so it runs at the speed A streams from memory; packing A would
+// read and write it twice more. There, each row of A (stored row by row) is
+// read once, as dot products with B's columns, copied contiguous first
+// (bt, n x k). The sums run in kDotLanes interleaved partial sums, added up
+// at the end: a fixed order. (Up to 16 columns: a deep layer's 4x4 plane at
+// batch 1 ran 2x torch's time through the packed path.)
+constexpr int64_t kMaxDotColumns = 16;
+constexpr int64_t kDotLanes = 16;
+
+template <typename T>
+CUSTOM_CONV_INLINE void dot_rows_body(const T* a, int64_t lda, const T* bt, int64_t n, int64_t k, int64_t i0,
+                                      int64_t i1, T* sums) {
+  for (int64_t i = i0; i < i1; ++i) {
+    const T* row = a + i * lda;
+    T part[kMaxDotColumns][kDotLanes] = {};
+    int64_t k0 = 0;
+    for (; k0 + kDotLanes <= k; k0 += kDotLanes) {
+      for (int64_t j = 0; j < n; ++j) {
+        const T* col = bt + j * k + k0;
+        for (int64_t l = 0; l < kDotLanes; ++l) part[j][l] += row[k0 + l] * col[l];
+      }
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      T sum = T(0);
+      for (int64_t l = 0; l < kDotLanes; ++l) sum += part[j][l];
+      for (int64_t kk = k0; kk < k; ++kk) sum += row[kk] * bt[j * k + kk];
+      sums[(i - i0) * kMaxDotColumns + j] = sum;
+    }
+  }
+}
+
+CUSTOM_CONV_PER_LEVEL(void, dot_rows_float, (const float* a, int64_t lda, const float* bt, int64_t n, int64_t k,
+                                             int64_t i0, int64_t i1, float* sums),
+                      (a, lda, bt, n, k, i0, i1, sums)) {
+  dot_rows_body(a, lda, bt, n, k, i0, i1, sums);
+}
+CUSTOM_CONV_PER_LEVEL(void, dot_rows_double, (const double* a, int64_t lda, const double* bt, int64_t n,
+                                              int64_t k, int64_t i0, int64_t i1, double* sums),
+                      (a, lda, bt, n, k, i0, i1, sums)) {
+  dot_rows_body(a, lda, bt, n, k, i0, i1, sums);
+}
+void dot_rows(const float* a, int64_t lda, const float* bt, int64_t n, int64_t k, int64_t i0, int64_t i1,
+              float* sums) {
+  dot_rows_float(a, lda, bt, n, k, i0, i1, sums);
+}
+void dot_rows(const double* a, int64_t lda, const double* bt, int64_t n, int64_t k, int64_t i0, int64_t i1,
+              double* sums) {
+  dot_rows_double(a, lda, bt, n, k, i0, i1, sums);
+}
+
+template <typename T>
+void run_few_columns(const Problem<T, T>& p) {
+  constexpr int64_t kRowsPerTask = 32;
+  std::vector<T> bt(p.n * p.k);
+  for (int64_t z = 0; z < p.batch; ++z) {
+    const T* b = p.b.data + z * p.b.batch_stride;
+    for (int64_t j = 0; j < p.n; ++j) {
+      for (int64_t kk = 0; kk < p.k; ++kk) bt[j * p.k + kk] = b[kk * p.b.rs + j * p.b.cs];
+    }
+    const T* a = p.a.data + z * p.a.batch_stride;
+    T* c = p.c + z * p.batch_stride_c;
+    const T* bias = p.bias != nullptr ? p.bias + z * p.batch_stride_bias : nullptr;
+    const int64_t grain = at::in_parallel_region() || p.m * p.n * p.k < kMinParallelMacs ? p.m : kRowsPerTask;
+    at::parallel_for(0, p.m, grain, [&](int64_t i0, int64_t i1) {
+      for (int64_t r0 = i0; r0 < i1; r0 += kRowsPerTask) {
+        const int64_t r1 = std::min(i1, r0 + kRowsPerTask);
+        T sums[kRowsPerTask * kMaxDotColumns];
+        dot_rows(a, p.a.rs, bt.data(), p.n, p.k, r0, r1, sums);
+        store_tile(sums, kMaxDotColumns, r1 - r0, p.n, c + r0 * p.rs_c, p.rs_c, p.cs_c,
+                   bias != nullptr ? bias + r0 : nullptr, p.alpha, p.beta);
+      }
+    });
+  }
+}
+
 }  // namespace
 
 template <typename T, typename Acc>
 void run(const Problem<T, Acc>& p) {
   if (p.batch == 0 || p.m == 0 || p.n == 0) return;
   if (p.k == 0) return scale_only(p);
+  if constexpr (std::is_same_v<T, Acc>) {
+    if (p.n <= kMaxDotColumns && p.a.cs == 1) return run_few_columns(p);
+  }
   const Blocking bl = blocking<Acc>();
   // Columns run along the vector lanes: with fewer columns than a register
   // tile holds and more rows, C^T = B^T A^T wastes fewer lanes.
