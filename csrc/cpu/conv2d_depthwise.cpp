@@ -29,31 +29,56 @@ namespace {
 // input value, which does not vectorise. So a strided layer first copies
 // each input plane into its phase planes (phase_planes.h), read as one plane of
 // s_h * s_w * Hq rows of Wq: tap (ki, kj) of output (oh, ow) then lies at
-// row oh + dy, column ow + dx of it, a stride-1 read that needs no clipping.
+// position oh * Wq + ow + offset(ki, kj) of it, a stride-1 read that needs no
+// clipping. The loops then treat the output as one flat row with a pitch of
+// Wq, not out_w: output (oh, ow) at oh * Wq + ow. A tap is then one run of
+// (out_h - 1) * Wq + out_w values, not out_h runs of out_w (a strided layer's
+// rows are short: 14 values, under one AVX-512 vector), at the price of
+// Wq - out_w unused values per row, which the callers drop or hold at zero.
 // Stride 1 reads the input planes directly.
 struct PlaneLayout {
-  Conv2dGeometry g;       // the loops' geometry: the phase planes', with stride 1
+  Conv2dGeometry g;       // the loops' geometry: the phase planes', with stride 1 and one flat output row
   std::vector<Tap> taps;  // offsets into the planes the loops read
   Phases phases;
   bool strided;
+  int64_t pitch;          // output row (oh, 0) lies at oh * pitch in the loops' output-shaped buffers
 };
 
 PlaneLayout plane_layout(const Conv2dGeometry& g) {
   const Phases phases = phases_of(g.in_h, g.in_w, g.pad_h, g.pad_w, g.stride_h, g.stride_w);
   if (g.stride_h == 1 && g.stride_w == 1) {
-    return {g, kernel_taps(g), phases, false};
+    return {g, kernel_taps(g), phases, false, g.out_w};
   }
-  PlaneLayout m{g, {}, phases, true};
-  m.g.in_h = phases.values() / phases.w;
-  m.g.in_w = phases.w;
+  PlaneLayout m{g, {}, phases, true, phases.w};
+  const int64_t run = (g.out_h - 1) * phases.w + g.out_w;
+  m.g.in_h = 1;
+  m.g.in_w = phases.values();
+  m.g.out_h = 1;
+  m.g.out_w = run;
   m.g.stride_h = m.g.stride_w = 1;
   for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
     for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
       const int64_t at = phases.offset(ki * g.dilation_h, kj * g.dilation_w);
-      m.taps.push_back(Tap{ki * g.kernel_w + kj, at / phases.w, at % phases.w, {0, g.out_h}, {0, g.out_w}});
+      m.taps.push_back(Tap{ki * g.kernel_w + kj, 0, at, {0, 1}, {0, run}});
     }
   }
   return m;
+}
+
+// Between a plane of out_h x out_w values and the loops' flat layout of
+// `pitch` values per row: copies the rows, leaving (to) or dropping (from)
+// the columns past out_w. A stride-1 layout has pitch out_w: a plain copy.
+template <typename src_t, typename dst_t>
+void to_pitch(const src_t* plane, const Conv2dGeometry& g, int64_t pitch, dst_t* wide) {
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    std::copy(plane + oh * g.out_w, plane + (oh + 1) * g.out_w, wide + oh * pitch);
+  }
+}
+template <typename src_t, typename dst_t>
+void from_pitch(const src_t* wide, const Conv2dGeometry& g, int64_t pitch, dst_t* plane) {
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    std::copy(wide + oh * pitch, wide + oh * pitch + g.out_w, plane + oh * g.out_w);
+  }
 }
 
 // Correlates one input plane with one kernel into one output plane (already
@@ -175,7 +200,7 @@ void forward_planes(const scalar_t* input, const scalar_t* weight, const scalar_
   const int64_t in_plane = g.in_h * g.in_w, out_plane = g.output_plane();
   const int64_t taps = g.kernel_h * g.kernel_w;
   at::parallel_for(0, g.batch * g.out_channels, plane_grain(taps * out_plane), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(out_plane), phased(m.strided ? m.phases.values() : 0);
+    std::vector<acc_t> acc(g.out_h * m.pitch), phased(m.strided ? m.phases.values() : 0);
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / g.out_channels, co = p % g.out_channels;
       const scalar_t* in = input + (n * g.in_channels + co / multiplier) * in_plane;
@@ -186,7 +211,7 @@ void forward_planes(const scalar_t* input, const scalar_t* weight, const scalar_
       } else {
         plane_forward(in, weight + co * taps, m, acc.data());
       }
-      std::copy(acc.begin(), acc.end(), output + p * out_plane);
+      from_pitch(acc.data(), g, m.pitch, output + p * out_plane);
     }
   });
 }
@@ -207,12 +232,17 @@ void backward_input_planes(const scalar_t* grad_output, const scalar_t* weight, 
   at::parallel_for(0, g.batch * g.in_channels, plane_grain(multiplier * taps * out_plane),
                    [&](int64_t begin, int64_t end) {
     std::vector<acc_t> acc(acc_plane);
+    std::vector<scalar_t> wide(m.strided ? g.out_h * m.pitch : 0);  // its columns past out_w stay zero
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / g.in_channels, ci = p % g.in_channels;
       std::fill(acc.begin(), acc.end(), acc_t(0));
       for (int64_t co = ci * multiplier; co < (ci + 1) * multiplier; ++co) {
         const scalar_t* go = grad_output + (n * g.out_channels + co) * out_plane;
-        plane_backward_input(go, weight + co * taps, m, g.out_w, acc.data());
+        if (m.strided) {
+          to_pitch(go, g, m.pitch, wide.data());
+          go = wide.data();
+        }
+        plane_backward_input(go, weight + co * taps, m, m.g.out_w, acc.data());
       }
       if (m.strided) {
         from_phases(acc.data(), m.phases, grad_input + p * in_plane);
@@ -238,7 +268,8 @@ void backward_weight_planes(const scalar_t* grad_output, const scalar_t* input, 
   const int64_t in_plane = g.in_h * g.in_w, out_plane = g.output_plane();
   const int64_t taps = g.kernel_h * g.kernel_w;
   at::parallel_for(0, g.out_channels, plane_grain(g.batch * taps * out_plane), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> column_sums(taps * g.out_w), phased(m.strided ? m.phases.values() : 0);
+    std::vector<acc_t> column_sums(taps * m.g.out_w), phased(m.strided ? m.phases.values() : 0);
+    std::vector<scalar_t> wide(m.strided ? g.out_h * m.pitch : 0);  // its columns past out_w stay zero
     for (int64_t co = begin; co < end; ++co) {
       std::fill(column_sums.begin(), column_sums.end(), acc_t(0));
       for (int64_t n = 0; n < g.batch; ++n) {
@@ -246,14 +277,15 @@ void backward_weight_planes(const scalar_t* grad_output, const scalar_t* input, 
         const scalar_t* in = input + (n * g.in_channels + co / multiplier) * in_plane;
         if (m.strided) {
           to_phases(in, m.phases, phased.data());
-          plane_backward_weight(phased.data(), go, m, g.out_w, column_sums.data());
+          to_pitch(go, g, m.pitch, wide.data());
+          plane_backward_weight(phased.data(), wide.data(), m, m.g.out_w, column_sums.data());
         } else {
           plane_backward_weight(in, go, m, g.out_w, column_sums.data());
         }
       }
       for (int64_t tap = 0; tap < taps; ++tap) {
-        const acc_t* sums = column_sums.data() + tap * g.out_w;
-        grad_weight[co * taps + tap] = static_cast<scalar_t>(std::accumulate(sums, sums + g.out_w, acc_t(0)));
+        const acc_t* sums = column_sums.data() + tap * m.g.out_w;
+        grad_weight[co * taps + tap] = static_cast<scalar_t>(std::accumulate(sums, sums + m.g.out_w, acc_t(0)));
       }
     }
   });
