@@ -15,7 +15,8 @@ everything) it times, for every conv layer shape, forward, backward-input,
 backward-weight and forward+backward (autograd, with the bias gradient) for
 both implementations; for max-pool, forward and forward+backward; and a whole
 training step (forward, loss, backward, SGD step) of LeNet-5, ResNet-20 and
-VGG-16-BN (CIFAR-shaped input) built from each backend. At a smaller batch it
+VGG-16-BN (CIFAR-shaped input) built from each backend, on the CPU also on
+one thread. At a smaller batch it
 times the conv forward alone (inference latency), at a larger one conv
 forward+backward (training throughput), there without ResNet-18's 224x224
 stem (printed and stored as "skipped"). Each case is first checked against
@@ -48,6 +49,7 @@ each algorithm's worst ratio to torch's error, and "algorithm_errors" in the
 JSON.
 """
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -90,6 +92,19 @@ def measure(fn, min_run_time):
     # model run on all of them.
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return min(timer.blocked_autorange(min_run_time=min_run_time).times)
+
+
+@contextlib.contextmanager
+def single_thread(active):
+    """Runs the block on one thread (both sides: torch's and our kernels
+    follow torch.get_num_threads()) when `active`."""
+    threads = torch.get_num_threads()
+    if active:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def measure_pair(ours, theirs, min_run_time, rounds=3):
@@ -371,8 +386,14 @@ def run(args, dtype_name):
             for shape in pool_shapes:
                 yield "maxpool", shape[0], shape, pool_cases(shape, batch, args.device, dtype)
             if not args.filter:
-                for name, cases in training_step_cases(batch, args.device, dtype).items():
+                steps = training_step_cases(batch, args.device, dtype)
+                for name, cases in steps.items():
                     yield "train", name, None, cases
+                # One process per core is common too (DataLoader workers,
+                # torchrun): the same steps on one thread.
+                if args.device == "cpu" and torch.get_num_threads() > 1:
+                    for name, cases in steps.items():
+                        yield "train", f"{name}, 1 thread", None, cases
 
     rows = []
     peak = []
@@ -400,8 +421,9 @@ def run(args, dtype_name):
                 errors = check(f"{name} {mode}", ours, theirs, reference, tol) if reference else (None, None)
                 # A training step takes 5 ms-1 s: give it enough alternating
                 # rounds that one slow stretch of the machine cannot decide the ratio.
-                t_ours, t_torch = (measure_pair(ours, theirs, max(args.min_run_time, 3.0), rounds=6)
-                                   if kind == "train" else measure_pair(ours, theirs, args.min_run_time))
+                with single_thread(name.endswith(", 1 thread")):
+                    t_ours, t_torch = (measure_pair(ours, theirs, max(args.min_run_time, 3.0), rounds=6)
+                                       if kind == "train" else measure_pair(ours, theirs, args.min_run_time))
                 gflops = flops / t_ours / 1e9 if flops else None
                 torch_gflops = flops / t_torch / 1e9 if flops else None
                 row = dict(kind=kind, layer=name, batch=batch, mode=mode, ours_s=t_ours, torch_s=t_torch,
