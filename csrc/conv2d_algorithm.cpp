@@ -2,11 +2,13 @@
 // conv2d_algorithm.h). The CPU has four (cpu/conv2d_routes.h), tried in the
 // order winograd, direct, depthwise, im2col; the GPU has one, im2col with our
 // own GEMM.
-// The thresholds were measured with benchmarks/bench.py on x86-64 CPUs with
-// AVX-512 (results/benchmarks/).
+// The thresholds were measured with benchmarks/route_sweep.py and
+// benchmarks/bench.py on x86-64 CPUs (results/benchmarks/), at the
+// AVX-512 level unless they say otherwise.
 #include "conv2d_algorithm.h"
 
 #include "cpu/conv2d_routes.h"
+#include "cpu/isa.h"
 
 #include <c10/util/StringUtil.h>
 
@@ -39,8 +41,18 @@ constexpr int64_t kMaxDirectWeightGradOutChannels = 64;
 // call dominate: ResNet-20's 64-channel 8x8 layer at batch 1, 16 tiles, ran
 // 2x slower than the direct kernels). With 32
 // channels (ResNet-20's 16x16 layer) the direct kernels ran 1.2-1.5x
-// faster; from 64 on (VGG's and ResNet's) Winograd (benchmarks/route_sweep.py).
+// faster at the AVX-512 level; from 64 on (VGG's and ResNet's) Winograd.
+// At the AVX2 level the direct kernels hold 12 accumulators in 16 registers,
+// not up to 28 in 32, and there Winograd's forward and input gradient were
+// already 8-16% faster on that 32-channel layer, its weight gradient still
+// 1.2x slower (as fast at 16 channels: left to the direct kernels).
 constexpr int64_t kMinWinogradChannels = 64;
+constexpr int64_t kMinWinogradChannelsAvx2 = 32;
+
+int64_t min_winograd_channels(Conv2dPass pass) {
+  return cpu_level() == CpuLevel::kAvx2 && pass != Conv2dPass::kBackwardWeight ? kMinWinogradChannelsAvx2
+                                                                                : kMinWinogradChannels;
+}
 constexpr int64_t kMinWinogradTiles = 64;
 // Bit (1 << algorithm) set: switched off by the user.
 std::atomic<unsigned> disabled_algorithms{0};
@@ -74,7 +86,10 @@ const char* direct_refusal(const Conv2dGeometry& g, Conv2dPass pass, at::ScalarT
     if (detail) *detail = c10::str(" (", reduction_steps(g, pass), " > ", kMaxDirectSteps, ")");
     return "the reduction is long enough for the GEMM to run near peak";
   }
-  if (pass == Conv2dPass::kBackwardInput && (g.stride_h > 1 || g.stride_w > 1)) {
+  // Measured per level: at AVX-512 im2col's input gradient was faster on
+  // ResNet-20's strided layers, at AVX2 the direct one, 1.3-1.4x on the
+  // 32-64 layer (even on the 16-32 one).
+  if (pass == Conv2dPass::kBackwardInput && (g.stride_h > 1 || g.stride_w > 1) && cpu_level() != CpuLevel::kAvx2) {
     return "a strided input gradient runs one product per phase, slower than im2col's";
   }
   if (pass == Conv2dPass::kBackwardWeight) {
@@ -106,7 +121,7 @@ const char* winograd_refusal(const Conv2dGeometry& g, Conv2dPass pass, at::Scala
   if (const char* cannot = conv2d_winograd_refusal(g, pass, dtype)) {
     return cannot;
   }
-  if (std::min(g.in_channels, g.out_channels) < kMinWinogradChannels) {
+  if (std::min(g.in_channels, g.out_channels) < min_winograd_channels(pass)) {
     return "too few channels for winograd's products";
   }
   const int64_t tiles = g.batch * ceil_div(g.out_h, 2) * ceil_div(g.out_w, 2);
