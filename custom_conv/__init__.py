@@ -13,6 +13,7 @@
 import torch
 
 from . import _ops  # noqa: F401  (loads the kernels; must come first)
+from . import autograd  # noqa: F401  (registers every op's derivatives)
 from ._ops import has_cuda_kernels
 from . import functional, nn
 from .convert import convert
