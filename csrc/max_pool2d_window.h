@@ -3,7 +3,7 @@
 // which element is its maximum. Both backends call window_max, so they agree
 // on values, indices, ties and NaN; both backward kernels ask
 // window_holds_input which windows route a gradient, and so, through the
-// forward, does the double backward (autograd.cpp).
+// forward, does the double backward (custom_conv/autograd.py).
 #pragma once
 
 #include "geometry.h"

@@ -6,9 +6,10 @@
 // input does; the gradients of both come back in the layout of the forward's
 // result. Our kernels compute in NCHW and return their results through
 // in_memory_format: the CPU and CUDA kernels and the Meta kernels
-// (meta.cpp) for the forward ops, autograd.cpp for the gradients. So the ops
-// give torch's layout whether called as torch.ops.custom_conv.* or through
-// custom_conv.functional.
+// (meta.cpp) for the forward ops. The gradients follow the same rule in
+// custom_conv/autograd.py, which decides it with torch's Python twin of
+// suggest_memory_format. So the ops give torch's layout whether called as
+// torch.ops.custom_conv.* or through custom_conv.functional.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -31,8 +32,8 @@ inline at::MemoryFormat max_pool2d_memory_format(const at::Tensor& input) {
 // `t`, an NCHW result, in `format`, with torch's strides exactly (also for
 // one channel, where t.contiguous(ChannelsLast) would keep t as it is since
 // it is contiguous in both formats, but torch's results carry channels_last
-// strides). Sizes and strides may be symbolic (torch.compile traces
-// autograd.cpp's calls).
+// strides). Sizes and strides may be symbolic (torch.compile traces the
+// Meta kernels).
 inline at::Tensor in_memory_format(const at::Tensor& t, at::MemoryFormat format) {
   if (!t.defined() || format == at::MemoryFormat::Contiguous) {
     return t;

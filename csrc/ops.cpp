@@ -1,8 +1,8 @@
 // The custom_conv operator library: every schema, declared once (the six
 // kernel ops' in schemas.h). Kernels are attached per backend next to their
 // code (cpu/conv2d.cpp, cpu/max_pool2d.cpp and cuda/*.cu; meta.cpp for the
-// Meta kernels that torch.compile traces with), autograd in autograd.cpp,
-// autocast in autocast.cpp.
+// Meta kernels that torch.compile traces with), autocast in autocast.cpp;
+// autograd, torch.func and vmap in Python (custom_conv/autograd.py).
 #include <Python.h>
 #include <torch/library.h>
 

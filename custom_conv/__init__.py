@@ -3,7 +3,7 @@
     import custom_conv
     y = custom_conv.functional.conv2d(x, w, b, stride=2, padding=1)
     layer = custom_conv.nn.Conv2d(3, 16, 3, padding=1)
-    model = custom_conv.convert(torchvision.models.resnet18())
+    model = custom_conv.convert(torchvision.models.resnet18())  # custom_conv.to_torch(model) undoes it
     with custom_conv.enabled():  # every conv/max-pool call in here, F.* included, runs on ours
         loss = model(x).sum()
     custom_conv.explain_conv2d(x, w, stride=2, padding=1)  # which algorithm, and why
@@ -13,12 +13,16 @@
 import torch
 
 from . import _ops  # noqa: F401  (loads the kernels; must come first)
+from . import autograd  # noqa: F401  (registers every op's derivatives)
 from ._ops import has_cuda_kernels
 from . import functional, nn
-from .convert import convert
+from .convert import ConvertWarning, convert, to_torch
 from .explain import Conv2dChoice, disabled_algorithms, explain_conv2d, forced_algorithm
 from ._info import __version__, info
 from .mode import FallbackWarning, enabled
+from . import models, onnx
+
+onnx.register_symbolics()  # torch.onnx.export(..., dynamo=False) finds our ops' translations
 
 
 def cpu_kernels() -> str:
@@ -31,5 +35,5 @@ def cpu_kernels() -> str:
     return torch.ops.custom_conv.cpu_kernels()
 
 
-__all__ = ["functional", "nn", "convert", "enabled", "FallbackWarning", "cpu_kernels", "has_cuda_kernels",
+__all__ = ["functional", "nn", "convert", "to_torch", "ConvertWarning", "enabled", "models", "onnx", "FallbackWarning", "cpu_kernels", "has_cuda_kernels",
            "explain_conv2d", "Conv2dChoice", "disabled_algorithms", "forced_algorithm", "info", "__version__"]

@@ -1,7 +1,7 @@
 """Loads the compiled ops, after checking that they were built for this torch.
-Everything about them (kernels per backend, the Meta kernels that
-torch.compile traces with, autograd of every op, autocast) is registered in
-C++ (csrc/)."""
+The kernels per backend, the Meta kernels that torch.compile traces with and
+autocast are registered in C++ (csrc/); every op's derivatives in Python
+(autograd.py), where torch.func can see them."""
 import torch
 
 REBUILD_HINT = (

@@ -35,8 +35,8 @@ def explain_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, gr
     a dict from "forward", "backward_input", "backward_weight" to Conv2dChoice.
     Under torch.autocast the op runs in the autocast dtype: pass tensors of
     that dtype to see its choice."""
-    del bias  # the bias does not change the algorithm
-    _, x, stride, padding, dilation = _conv2d_arguments(input, weight, stride, padding, dilation)
+    _, x, stride, padding, dilation, groups = _conv2d_arguments(input, weight, bias, stride, padding, dilation,
+                                                                groups)  # the bias does not change the algorithm
     return {name: Conv2dChoice(*ops.conv2d_algorithm(x, weight, stride, padding, dilation, groups, name))
             for name in PASSES}
 

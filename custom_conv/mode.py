@@ -21,15 +21,14 @@ Inputs our kernels do not take go to torch's, with one warning per kind
 (FallbackWarning): dtypes other than float16/bfloat16/float32/float64,
 quantized and sparse (any non-strided layout) tensors, devices for which the
 extension has no kernels (it always has CPU, and CUDA when compiled with it),
-tensor subclasses that handle torch functions themselves, and tensors inside
-torch.func transforms or forward-mode AD, which our ops have no rules for.
+and tensor subclasses that handle torch functions themselves. torch.func
+transforms and forward-mode AD run on ours (custom_conv/autograd.py).
 """
 import os
 import sys
 import warnings
 
 import torch
-import torch.autograd.forward_ad as forward_ad
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
@@ -69,15 +68,11 @@ def _handles_torch_functions(cls):
 
 def _unsupported(tensors):
     """None when our kernels take these tensors, else the kind that they are not."""
-    if forward_ad._current_level >= 0:
-        return "tensors under forward-mode AD (torch.autograd.forward_ad)"
     for t in tensors:
         if not isinstance(t, torch.Tensor):
             continue
         if type(t) is not torch.Tensor and _handles_torch_functions(type(t)):
             return f"tensors of subclass {type(t).__name__}"
-        if not torch.compiler.is_compiling() and torch._C._functorch.is_functorch_wrapped_tensor(t):
-            return "tensors inside torch.func transforms (vmap, grad, jacrev, ...)"
         if t.is_quantized:
             return "quantized tensors"
         if t.layout != torch.strided:

@@ -12,8 +12,17 @@ from . import functional
 __all__ = ["Conv2d", "MaxPool2d"]
 
 
+def _not_scriptable(self):
+    # torch.jit.script calls this on every module before compiling it.
+    raise RuntimeError(
+        f"custom_conv.nn.{type(self).__name__} cannot be compiled by torch.jit.script: TorchScript is "
+        f"deprecated and does not know our ops' Python entry points. Use torch.jit.trace, torch.compile or "
+        f"torch.export, or custom_conv.to_torch(model) to script torch's own layers.")
+
+
 class Conv2d(torch.nn.Conv2d):
     """torch.nn.Conv2d computed by custom_conv's kernels."""
+    __prepare_scriptable__ = _not_scriptable
 
     def forward(self, input):
         if self.padding_mode != "zeros":
@@ -26,6 +35,7 @@ class Conv2d(torch.nn.Conv2d):
 
 class MaxPool2d(torch.nn.MaxPool2d):
     """torch.nn.MaxPool2d computed by custom_conv's kernels."""
+    __prepare_scriptable__ = _not_scriptable
 
     def forward(self, input):
         return functional.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,

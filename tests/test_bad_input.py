@@ -1,5 +1,7 @@
 """Every call torch.nn.functional rejects, ours rejects too, with a message
 that names the problem; direct op calls with bad arguments raise, never crash."""
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -164,7 +166,8 @@ NON_TENSOR_CALLS = {
 def test_a_non_tensor_input_is_a_type_error_as_in_torch(case):
     import custom_conv
     call = NON_TENSOR_CALLS[case]
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError) as torchs:
         call(F, torch.nn)
-    with pytest.raises(TypeError, match="must be Tensor, not NoneType"):
+    words = str(torchs.value).split(" - got")[0]  # conv2d lists the types it got
+    with pytest.raises(TypeError, match=re.escape(words)):
         call(CF, custom_conv.nn)

@@ -113,7 +113,7 @@ def emulated_conv2d(emu):
                     emu.conv2d_backward_bias(go) if ctx.has_bias else None, None, None, None, None)
 
     def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
-        _, x, stride, padding, dilation = CF._conv2d_arguments(x, w, stride, padding, dilation)
+        _, x, stride, padding, dilation, groups = CF._conv2d_arguments(x, w, b, stride, padding, dilation, groups)
         return Conv2d.apply(x, w, b, stride, padding, dilation, groups)
     return conv2d
 

@@ -1,4 +1,6 @@
 """LeNet-5 (LeCun et al. 1998), with ReLU and max-pooling as is usual today."""
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -32,13 +34,24 @@ class LeNet5(torch.nn.Module):
         )
 
     def forward(self, x):
-        h, w = x.shape[-2:]
+        h, w = _image_size(x)
         if h > self.input_size or w > self.input_size:
             raise ValueError(f"LeNet5 takes images of at most {self.input_size}x{self.input_size}, got {h}x{w}")
         if (h, w) != (self.input_size, self.input_size):
             top, left = (self.input_size - h) // 2, (self.input_size - w) // 2
             x = F.pad(x, (left, self.input_size - w - left, top, self.input_size - h - top))
         return self.classifier(torch.flatten(self.features(x), 1))
+
+
+def _image_size(x):
+    """The image's (height, width) as ints. torch.jit.trace sees sizes as
+    tensors and warns when they decide a branch; here the trace keeping the
+    padding of the size it traced is what is meant, so it is not warned about."""
+    if not torch.jit.is_tracing():
+        return tuple(x.shape[-2:])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return tuple(int(s) for s in x.shape[-2:])
 
 
 def lenet5(in_channels=1, num_classes=10, backend="custom"):

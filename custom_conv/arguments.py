@@ -1,0 +1,151 @@
+"""torch's rules for the arguments of conv2d and max_pool2d that are not
+tensor values, with torch's exception types and words: the types its
+argument parser takes (checked for every argument before any value), then
+the lengths its functions take. The values themselves (positive strides,
+padding within half the window, ...) are checked once, by the kernels
+(csrc/geometry.cpp).
+
+The parser takes for a "tuple of ints" an int, a NumPy integer or a 0-dim
+integer tensor (never a bool, a float or None), or a tuple or list whose
+first element is one of those (later elements may also be bools); a list
+that passes on its first element but not on a later one fails while being
+unpacked, with its own message. conv2d has two signatures (numeric or string
+padding), so a type it does not take is "an invalid combination of
+arguments"; max_pool2d names the argument.
+"""
+import numbers
+import operator
+
+import torch
+
+CONV2D_SIGNATURES = (
+    " * (Tensor input, Tensor weight, Tensor bias = None, tuple of ints stride = 1, tuple of ints padding = 0, "
+    "tuple of ints dilation = 1, int groups = 1)\n"
+    " * (Tensor input, Tensor weight, Tensor bias = None, tuple of ints stride = 1, str padding = \"valid\", "
+    "tuple of ints dilation = 1, int groups = 1)\n")
+MAX_POOL2D_POSITIONS = {"input": 1, "kernel_size": 2, "stride": 3, "padding": 4, "dilation": 5, "ceil_mode": 6}
+PADDING_STRINGS = ("valid", "same")
+
+
+def _type_name(value):
+    cls = type(value)
+    return f"numpy.{cls.__name__}" if cls.__module__ == "numpy" else cls.__name__
+
+
+def _is_bool(value):
+    return isinstance(value, bool) or _type_name(value) in ("numpy.bool", "numpy.bool_")
+
+
+def _is_int(value, bool_too=False):
+    """Whether the parser takes `value` as one int (NumPy's integers are numbers.Integral)."""
+    if _is_bool(value):
+        return bool_too
+    if isinstance(value, (numbers.Integral, torch.SymInt)):
+        return True
+    return (isinstance(value, torch.Tensor) and value.dim() == 0
+            and not value.dtype.is_floating_point and not value.dtype.is_complex)
+
+
+def _int_list_failure(value):
+    """None if the parser would take `value` as a tuple of ints; else
+    (position, type name) of the first element it would not take, position
+    None for the value itself."""
+    if isinstance(value, (tuple, list, torch.Size)):
+        for position, item in enumerate(value):
+            if not _is_int(item, bool_too=position > 0):
+                return position, _type_name(item)
+        return None
+    return None if _is_int(value) else (None, _type_name(value))
+
+
+def _unpack_error(op, name, position, type_name):
+    return TypeError(f"{op}(): argument '{name}' failed to unpack the object at pos {position + 1} with error "
+                     f"\"type must be tuple of ints,but got {type_name}\"")
+
+
+def _ints(value):
+    """A tuple of ints as a list of Python ints (or SymInts, when traced)."""
+    items = value if isinstance(value, (tuple, list, torch.Size)) else [value]
+    return [item if isinstance(item, torch.SymInt) else operator.index(item) for item in items]
+
+
+def conv2d_arguments(input, weight, bias, stride, padding, dilation, groups):
+    """Checks F.conv2d's arguments as torch does; returns stride, padding and
+    dilation as (height, width) lists, padding possibly a string."""
+    def invalid(name, value):
+        got = ", ".join(_type_name(t) for t in (input, weight, bias))
+        return TypeError(f"conv2d() received an invalid combination of arguments - got ({got}, {name}="
+                         f"{_type_name(value)}), but expected one of:\n{CONV2D_SIGNATURES}")
+
+    if not isinstance(input, torch.Tensor) or not isinstance(weight, torch.Tensor) \
+            or not (bias is None or isinstance(bias, torch.Tensor)):
+        got = ", ".join(_type_name(t) for t in (input, weight, bias))
+        raise TypeError(f"conv2d() received an invalid combination of arguments - got ({got}), but expected "
+                        f"one of:\n{CONV2D_SIGNATURES}")
+    lists = {"stride": stride, "dilation": dilation}
+    if not isinstance(padding, str):
+        lists["padding"] = padding
+    for name, value in lists.items():
+        failure = _int_list_failure(value)
+        if failure is not None and failure[0] not in (None, 0):
+            raise _unpack_error("conv2d", name, *failure)
+        if failure is not None:
+            raise invalid(name, value)
+    if not _is_int(groups):
+        raise invalid("groups", groups)
+    pairs = {}
+    for name, value in lists.items():
+        values = _ints(value)
+        if len(values) not in (1, 2):
+            raise RuntimeError(f"expected {name} to be a single integer value or a list of 2 values to match the "
+                               f"convolution dimensions, but got {name}={values}")
+        pairs[name] = values * 2 if len(values) == 1 else values
+    if isinstance(padding, str):
+        if padding not in PADDING_STRINGS:
+            raise RuntimeError(f"Invalid padding string: {padding!r}")
+        if padding == "same" and any(s != 1 for s in pairs["stride"]):
+            raise RuntimeError("padding='same' is not supported for strided convolutions")
+        pairs["padding"] = padding
+    return pairs["stride"], pairs["padding"], pairs["dilation"], operator.index(groups)
+
+
+def max_pool2d_arguments(op, input, kernel_size, stride, padding, dilation, ceil_mode):
+    """Checks F.max_pool2d's arguments as torch does (op: "max_pool2d" or
+    "max_pool2d_with_indices", the function torch names); returns kernel_size,
+    stride, padding and dilation as (height, width) lists."""
+    def must_be(name, what, value):
+        return TypeError(f"{op}(): argument '{name}' (position {MAX_POOL2D_POSITIONS[name]}) must be {what}, not "
+                         f"{_type_name(value)}")
+
+    if not isinstance(input, torch.Tensor):
+        raise must_be("input", "Tensor", input)
+    if stride is None:
+        stride = ()
+    lists = {"kernel_size": kernel_size, "stride": stride, "padding": padding, "dilation": dilation}
+    for name, value in lists.items():
+        failure = _int_list_failure(value)
+        if failure is None:
+            continue
+        position, type_name = failure
+        if position is None:
+            raise must_be(name, "tuple of ints", value)
+        if position == 0:
+            raise TypeError(f"{op}(): argument '{name}' (position {MAX_POOL2D_POSITIONS[name]}) must be tuple of "
+                            f"ints, but found element of type {type_name} at pos 0")
+        raise _unpack_error(op, name, position, type_name)
+    if not _is_bool(ceil_mode):
+        raise must_be("ceil_mode", "bool", ceil_mode)
+    lengths = {"kernel_size": ((1, 2), "must either be a single int, or a tuple of two ints"),
+               "stride": ((0, 1, 2), "must either be omitted, a single int, or a tuple of two ints"),
+               "padding": ((1, 2), "must either be a single int, or a tuple of two ints"),
+               "dilation": ((1, 2), "must be either a single int, or a tuple of two ints")}
+    pairs = {}
+    for name, value in lists.items():
+        values = _ints(value)
+        allowed, words = lengths[name]
+        if len(values) not in allowed:
+            raise RuntimeError(f"max_pool2d: {name} {words}")
+        pairs[name] = values * 2 if len(values) == 1 else values
+    if not pairs["stride"]:
+        pairs["stride"] = pairs["kernel_size"]
+    return pairs["kernel_size"], pairs["stride"], pairs["padding"], pairs["dilation"]

@@ -1,0 +1,416 @@
+"""Every derivative of our ops, in one place: backward (reverse mode, to any
+order), jvp (forward mode) and vmap, for plain autograd and torch.func alike.
+
+conv2d is bilinear in (input, weight), and so is each of its backward ops in
+its two tensor arguments. Each backward is the adjoint of one product:
+
+    forward          y  = F(x, w)
+    backward_input   gx = BI(gy, w)    adjoint of x -> F(x, w)
+    backward_weight  gw = BW(gy, x)    adjoint of w -> F(x, w)
+
+so every derivative of a derivative, in either mode, is again one of F, BI
+and BW: gradients of any order run on our own ops. Max-pooling's backward
+scatters through the saved indices; its adjoint (and the forward's jvp)
+gathers through them, from the windows that hold input, asked of the forward
+kernel so that the rule of max_pool2d_window.h decides here too.
+
+Each op gets one torch.autograd.Function (setup_context style, with backward,
+jvp and generate_vmap_rule, which is what torch.func needs) and an Autograd
+kernel that applies it, so torch.ops.custom_conv.* differentiate however they
+are reached. Each op also gets a batching rule (torch.library.register_vmap):
+a vmapped batch becomes more samples where the op's other tensors are shared,
+and more groups where they are not, so vmap, jacrev and jacfwd run our kernels
+once per call, not once per batch element.
+
+Gradients come back in the layout of the forward's result, torch's rule,
+which the kernels follow for results (csrc/memory_format.h): a result is
+channels_last when the conv's input or weight, or the pool's input, suggests
+it (torch._prims_common.suggest_memory_format is eager torch's
+Tensor.suggest_memory_format in Python).
+"""
+import torch
+import torch.autograd.forward_ad as forward_ad
+from torch._prims_common import suggest_memory_format
+
+from ._ops import ops
+
+__all__ = ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_backward_bias",
+           "max_pool2d_forward", "max_pool2d_backward"]
+
+# ------------------------------------------------------------ memory format
+
+
+def _conv2d_memory_format(input, weight):
+    cl = torch.channels_last
+    return cl if cl in (suggest_memory_format(input), suggest_memory_format(weight)) else torch.contiguous_format
+
+
+def _in_memory_format(t, memory_format):
+    """`t` with torch's strides for `memory_format` (also for one channel,
+    where t.contiguous(channels_last) keeps NCHW strides that torch's results
+    do not have)."""
+    if t is None or memory_format != torch.channels_last:
+        return t
+    n, c, h, w = t.shape
+    return t if t.stride() == (h * w * c, 1, w * c, c) else t.clone(memory_format=memory_format)
+
+
+def _below_autograd():
+    """Where a Function's forward calls its op: straight to the kernels (grad
+    mode is off there, and a torch.func transform has unwrapped the inputs)."""
+    return torch._C._AutoDispatchBelowAutograd()
+
+
+def _sum(*terms):
+    """The sum of the terms that are not None (None if all are)."""
+    present = [t for t in terms if t is not None]
+    return None if not present else sum(present[1:], present[0])
+
+
+# ------------------------------------------------------------ conv2d
+
+
+class _Conv2dForward(torch.autograd.Function):
+    """y = F(x, w) + b. gx = BI(gy, w), gw = BW(gy, x), gb = gy summed over
+    batch and space; the tangent is F(dx, w) + F(x, dw) + db."""
+    @staticmethod
+    def forward(input, weight, bias, stride, padding, dilation, groups):
+        with _below_autograd():
+            return ops.conv2d_forward(input, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, weight, bias, *ctx.args = inputs
+        ctx.save_for_backward(input, weight)
+        ctx.save_for_forward(input, weight)
+        ctx.has_bias = bias is not None
+        ctx.output_size = output.shape
+        ctx.memory_format = _conv2d_memory_format(input, weight)
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, grad):
+        input, weight = ctx.saved_tensors
+        needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        grad_input = grad_weight = grad_bias = None
+        if grad is not None and needs_input:
+            grad_input = conv2d_backward_input(grad, weight, input.shape, *ctx.args)
+        if grad is not None and needs_weight:
+            grad_weight = conv2d_backward_weight(grad, input, weight.shape, *ctx.args)
+        if grad is not None and ctx.has_bias and needs_bias:
+            grad_bias = conv2d_backward_bias(grad)
+        return (_in_memory_format(grad_input, ctx.memory_format), _in_memory_format(grad_weight, ctx.memory_format),
+                grad_bias, None, None, None, None)
+
+    @staticmethod
+    def jvp(ctx, input_t, weight_t, bias_t, *_):
+        input, weight = ctx.saved_tensors
+        return _sum(None if input_t is None else conv2d_forward(input_t, weight, None, *ctx.args),
+                    None if weight_t is None else conv2d_forward(input, weight_t, None, *ctx.args),
+                    None if bias_t is None else bias_t.view(1, -1, 1, 1).expand(ctx.output_size))
+
+
+class _Conv2dBackwardInput(torch.autograd.Function):
+    """gx = BI(gy, w): its adjoint in gy is F(., w), its adjoint in w is BW(gy, .)."""
+    @staticmethod
+    def forward(grad_output, weight, input_size, stride, padding, dilation, groups):
+        with _below_autograd():
+            return ops.conv2d_backward_input(grad_output, weight, input_size, stride, padding, dilation, groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad_output, weight, ctx.input_size, *ctx.args = inputs
+        ctx.save_for_backward(grad_output, weight)
+        ctx.save_for_forward(grad_output, weight)
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, gg):
+        grad_output, weight = ctx.saved_tensors
+        d_grad_output = d_weight = None
+        if gg is not None and ctx.needs_input_grad[0]:
+            d_grad_output = conv2d_forward(gg, weight, None, *ctx.args)
+        if gg is not None and ctx.needs_input_grad[1]:
+            d_weight = conv2d_backward_weight(grad_output, gg, weight.shape, *ctx.args)
+        return d_grad_output, d_weight, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, grad_output_t, weight_t, *_):
+        grad_output, weight = ctx.saved_tensors
+        return _sum(
+            None if grad_output_t is None else
+            conv2d_backward_input(grad_output_t, weight, ctx.input_size, *ctx.args),
+            None if weight_t is None else conv2d_backward_input(grad_output, weight_t, ctx.input_size, *ctx.args))
+
+
+class _Conv2dBackwardWeight(torch.autograd.Function):
+    """gw = BW(gy, x): its adjoint in gy is F(x, .), its adjoint in x is BI(gy, .)."""
+    @staticmethod
+    def forward(grad_output, input, weight_size, stride, padding, dilation, groups):
+        with _below_autograd():
+            return ops.conv2d_backward_weight(grad_output, input, weight_size, stride, padding, dilation, groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad_output, input, ctx.weight_size, *ctx.args = inputs
+        ctx.save_for_backward(grad_output, input)
+        ctx.save_for_forward(grad_output, input)
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, gg):
+        grad_output, input = ctx.saved_tensors
+        d_grad_output = d_input = None
+        if gg is not None and ctx.needs_input_grad[0]:
+            d_grad_output = conv2d_forward(input, gg, None, *ctx.args)
+        if gg is not None and ctx.needs_input_grad[1]:
+            d_input = conv2d_backward_input(grad_output, gg, input.shape, *ctx.args)
+        return d_grad_output, d_input, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, grad_output_t, input_t, *_):
+        grad_output, input = ctx.saved_tensors
+        return _sum(
+            None if grad_output_t is None else
+            conv2d_backward_weight(grad_output_t, input, ctx.weight_size, *ctx.args),
+            None if input_t is None else conv2d_backward_weight(grad_output, input_t, ctx.weight_size, *ctx.args))
+
+
+class _Conv2dBackwardBias(torch.autograd.Function):
+    """gb = gy summed over batch and space: linear; its adjoint spreads gb back over them."""
+    @staticmethod
+    def forward(grad_output):
+        with _below_autograd():
+            return ops.conv2d_backward_bias(grad_output)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.grad_output_size = inputs[0].shape
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, gg):
+        if gg is None or not ctx.needs_input_grad[0]:
+            return None
+        return gg.view(1, -1, 1, 1).expand(ctx.grad_output_size)
+
+    @staticmethod
+    def jvp(ctx, grad_output_t):
+        return conv2d_backward_bias(grad_output_t)
+
+
+# ------------------------------------------------------------ max_pool2d
+
+
+def _gather_through(indices, planes, window_args):
+    """planes (N, C, H, W) read at each output's index: the adjoint of the
+    pool's backward, and the forward's jvp. Windows of padding only read
+    nothing; like the kernels, neither do indices outside the plane (which
+    max_pool2d_forward never gives)."""
+    kernel_size, stride, padding, dilation, ceil_mode = window_args
+    n, c, h, w = planes.shape
+    # reshape, not flatten: gradcheck's batched forward grads run this under
+    # torch's older vmap, which has no rule for flatten.
+    flat = planes.reshape(n, c, h * w)
+    # Pooling a plane of zeros gives 0 in the windows that hold input and
+    # -inf in windows of padding only: the kernels' own rule, through the
+    # forward op, so that it also traces under torch.compile.
+    zeros = planes.new_zeros((1, 1, h, w))
+    holds = max_pool2d_forward(zeros, kernel_size, stride, padding, dilation, ceil_mode)[0][0, 0].isfinite()
+    inside = indices.ge(0).logical_and(indices.lt(h * w)).logical_and(holds)
+    flat_indices = indices.clamp(0, max(h * w - 1, 0)).reshape(n, c, -1)
+    gathered = flat.gather(2, flat_indices).view_as(indices)
+    return gathered * inside
+
+
+class _MaxPool2dForward(torch.autograd.Function):
+    """(y, indices) = max_pool2d(x): each output gradient goes back to the one
+    input its index names; the tangent is read from there. The indices are
+    not differentiable."""
+    @staticmethod
+    def forward(input, kernel_size, stride, padding, dilation, ceil_mode):
+        with _below_autograd():
+            return ops.max_pool2d_forward(input, kernel_size, stride, padding, dilation, ceil_mode)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, *ctx.window_args = inputs
+        ctx.input_size = input.shape
+        ctx.memory_format = suggest_memory_format(input)
+        indices = output[1]
+        ctx.mark_non_differentiable(indices)
+        ctx.save_for_backward(indices)
+        ctx.save_for_forward(indices)
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, grad, _grad_indices):
+        if grad is None or not ctx.needs_input_grad[0]:
+            return None, None, None, None, None, None
+        indices, = ctx.saved_tensors
+        grad_input = max_pool2d_backward(grad, indices, ctx.input_size, *ctx.window_args)
+        return _in_memory_format(grad_input, ctx.memory_format), None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, input_t, *_):
+        indices, = ctx.saved_tensors
+        return _gather_through(indices, input_t, ctx.window_args), None
+
+
+class _MaxPool2dBackward(torch.autograd.Function):
+    """gx = P(gy, indices), the scatter of each output gradient to the input
+    its index names: linear in gy; its adjoint gathers through the indices."""
+    @staticmethod
+    def forward(grad_output, indices, input_size, *window_args):
+        with _below_autograd():
+            return ops.max_pool2d_backward(grad_output, indices, input_size, *window_args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, indices, ctx.input_size, *ctx.window_args = inputs
+        ctx.save_for_backward(indices)
+        ctx.save_for_forward(indices)
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, gg):
+        d_grad_output = None
+        if gg is not None and ctx.needs_input_grad[0]:
+            indices, = ctx.saved_tensors
+            d_grad_output = _gather_through(indices, gg, ctx.window_args)
+        return d_grad_output, None, None, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, grad_output_t, *_):
+        indices, = ctx.saved_tensors
+        return max_pool2d_backward(grad_output_t, indices, ctx.input_size, *ctx.window_args)
+
+
+FUNCTIONS = {
+    "conv2d_forward": _Conv2dForward,
+    "conv2d_backward_input": _Conv2dBackwardInput,
+    "conv2d_backward_weight": _Conv2dBackwardWeight,
+    "conv2d_backward_bias": _Conv2dBackwardBias,
+    "max_pool2d_forward": _MaxPool2dForward,
+    "max_pool2d_backward": _MaxPool2dBackward,
+}
+
+
+# ------------------------------------------------------------ the entry points
+
+
+def _autograd_kernel(name, op, function):
+    """The op's Autograd kernel: applies `function` where something
+    differentiates (grad mode with an input that requires grad, or
+    forward-mode AD); otherwise straight to the kernels below."""
+    def kernel(keyset, *args):
+        if torch._C._are_functorch_transforms_active():
+            raise RuntimeError(
+                f"torch.ops.custom_conv.{name} was called inside a torch.func transform, which reaches our ops "
+                f"only through custom_conv.autograd.{name} (what custom_conv.functional and custom_conv.nn call): "
+                f"torch.func sees an autograd.Function only when it is applied from Python")
+        if ((torch.is_grad_enabled() and torch._C._any_requires_grad(*args))
+                or (forward_ad._current_level >= 0 and torch._C._is_fwd_grad_enabled())):
+            return function.apply(*args)
+        with torch._C._AutoDispatchBelowAutograd():
+            return op.redispatch(keyset & torch._C._after_autograd_keyset, *args)
+    return kernel
+
+
+def _entry_point(name, op, function):
+    """The op, differentiable everywhere: through the dispatcher (so that
+    torch.compile, torch.export and torch.jit.trace record the op itself)
+    unless a torch.func transform is active, which must see the Function."""
+    def entry_point(*args):
+        if torch._C._are_functorch_transforms_active():
+            return function.apply(*args)
+        return op(*args)
+    entry_point.__name__ = entry_point.__qualname__ = name
+    entry_point.__doc__ = f"torch.ops.custom_conv.{name}, differentiable by autograd and torch.func alike."
+    return entry_point
+
+
+_library = torch.library.Library("custom_conv", "IMPL")
+for _name, _function in FUNCTIONS.items():
+    _op = getattr(ops, _name).default
+    _library.impl(_name, _autograd_kernel(_name, _op, _function), "Autograd", with_keyset=True)
+    globals()[_name] = _entry_point(_name, _op, _function)
+
+
+# ------------------------------------------------------------ vmap
+
+
+def _batched(t, bdim, batch_size):
+    """t with its vmapped dimension first (expanded if it has none)."""
+    return t.expand(batch_size, *t.shape) if bdim is None else t.movedim(bdim, 0)
+
+
+def _conv2d_forward_vmap(info, in_dims, input, weight, bias, stride, padding, dilation, groups):
+    x_dim, w_dim, b_dim = in_dims[:3]
+    if w_dim is None and b_dim is None:  # shared filters: the vmapped batch is more samples
+        out = conv2d_forward(input.movedim(x_dim, 0).flatten(0, 1), weight, bias, stride, padding, dilation,
+                                 groups)
+        return out.unflatten(0, (info.batch_size, -1)), 0
+    # Filters of their own: each vmapped element becomes `groups` more groups.
+    b = info.batch_size
+    x = _batched(input, x_dim, b).transpose(0, 1).flatten(1, 2)
+    w = _batched(weight, w_dim, b).flatten(0, 1)
+    bias = None if bias is None else _batched(bias, b_dim, b).flatten()
+    out = conv2d_forward(x, w, bias, stride, padding, dilation, groups * b)
+    return out.unflatten(1, (b, -1)), 1
+
+
+def _conv2d_backward_input_vmap(info, in_dims, grad_output, weight, input_size, stride, padding, dilation, groups):
+    g_dim, w_dim = in_dims[:2]
+    b = info.batch_size
+    n, c, h, w = input_size
+    if w_dim is None:
+        gx = conv2d_backward_input(grad_output.movedim(g_dim, 0).flatten(0, 1), weight, [b * n, c, h, w],
+                                       stride, padding, dilation, groups)
+        return gx.unflatten(0, (b, -1)), 0
+    gy = _batched(grad_output, g_dim, b).transpose(0, 1).flatten(1, 2)
+    gx = conv2d_backward_input(gy, _batched(weight, w_dim, b).flatten(0, 1), [n, b * c, h, w], stride, padding,
+                                   dilation, groups * b)
+    return gx.unflatten(1, (b, -1)), 1
+
+
+def _conv2d_backward_weight_vmap(info, in_dims, grad_output, input, weight_size, stride, padding, dilation,
+                                 groups):
+    g_dim, x_dim = in_dims[:2]
+    b = info.batch_size
+    gy = _batched(grad_output, g_dim, b).transpose(0, 1).flatten(1, 2)
+    x = _batched(input, x_dim, b).transpose(0, 1).flatten(1, 2)
+    gw = conv2d_backward_weight(gy, x, [b * weight_size[0], *weight_size[1:]], stride, padding, dilation,
+                                    groups * b)
+    return gw.unflatten(0, (b, -1)), 0
+
+
+def _conv2d_backward_bias_vmap(info, in_dims, grad_output):
+    gy = grad_output.movedim(in_dims[0], 0).transpose(0, 1).flatten(1, 2)
+    return conv2d_backward_bias(gy).unflatten(0, (info.batch_size, -1)), 0
+
+
+def _max_pool2d_forward_vmap(info, in_dims, input, *window_args):
+    out, indices = max_pool2d_forward(input.movedim(in_dims[0], 0).flatten(0, 1), *window_args)
+    return (out.unflatten(0, (info.batch_size, -1)), indices.unflatten(0, (info.batch_size, -1))), (0, 0)
+
+
+def _max_pool2d_backward_vmap(info, in_dims, grad_output, indices, input_size, *window_args):
+    b = info.batch_size
+    gy = _batched(grad_output, in_dims[0], b).flatten(0, 1)
+    idx = _batched(indices, in_dims[1], b).flatten(0, 1)
+    gx = max_pool2d_backward(gy, idx, [b * input_size[0], *input_size[1:]], *window_args)
+    return gx.unflatten(0, (b, -1)), 0
+
+
+VMAP_RULES = {
+    "conv2d_forward": _conv2d_forward_vmap,
+    "conv2d_backward_input": _conv2d_backward_input_vmap,
+    "conv2d_backward_weight": _conv2d_backward_weight_vmap,
+    "conv2d_backward_bias": _conv2d_backward_bias_vmap,
+    "max_pool2d_forward": _max_pool2d_forward_vmap,
+    "max_pool2d_backward": _max_pool2d_backward_vmap,
+}
+
+for _name, _rule in VMAP_RULES.items():
+    FUNCTIONS[_name].vmap = staticmethod(_rule)
