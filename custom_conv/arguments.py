@@ -69,6 +69,18 @@ def _ints(value):
     return [item if isinstance(item, torch.SymInt) else operator.index(item) for item in items]
 
 
+def _plain_pair(value):
+    """(height, width) for the common spellings, an int or a tuple or list of
+    one or two ints (bools excluded: type(True) is bool), else None. A model
+    calls these functions for every layer, so the general rules below, at
+    tens of microseconds, run only for everything else."""
+    if type(value) is int:
+        return [value, value]
+    if type(value) in (tuple, list) and 1 <= len(value) <= 2 and all(type(v) is int for v in value):
+        return [value[0], value[-1]]
+    return None
+
+
 def conv2d_arguments(input, weight, bias, stride, padding, dilation, groups):
     """Checks F.conv2d's arguments as torch does; returns stride, padding and
     dilation as (height, width) lists, padding possibly a string."""
@@ -82,6 +94,9 @@ def conv2d_arguments(input, weight, bias, stride, padding, dilation, groups):
         got = ", ".join(_type_name(t) for t in (input, weight, bias))
         raise TypeError(f"conv2d() received an invalid combination of arguments - got ({got}), but expected "
                         f"one of:\n{CONV2D_SIGNATURES}")
+    plain = [_plain_pair(value) for value in (stride, padding, dilation)]
+    if type(groups) is int and None not in plain:
+        return plain[0], plain[1], plain[2], groups
     lists = {"stride": stride, "dilation": dilation}
     if not isinstance(padding, str):
         lists["padding"] = padding
@@ -119,6 +134,10 @@ def max_pool2d_arguments(op, input, kernel_size, stride, padding, dilation, ceil
 
     if not isinstance(input, torch.Tensor):
         raise must_be("input", "Tensor", input)
+    plain = [_plain_pair(value) for value in (kernel_size, kernel_size if stride is None else stride, padding,
+                                              dilation)]
+    if type(ceil_mode) is bool and None not in plain:
+        return tuple(plain)
     if stride is None:
         stride = ()
     lists = {"kernel_size": kernel_size, "stride": stride, "padding": padding, "dilation": dilation}

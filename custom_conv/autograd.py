@@ -40,9 +40,19 @@ __all__ = ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", 
 # ------------------------------------------------------------ memory format
 
 
+def _suggests_channels_last(t):
+    """suggest_memory_format(t) == channels_last, answered without it (it
+    costs tens of microseconds) for the unambiguous cases: a tensor that is
+    contiguous in one of the two formats and not the other."""
+    contiguous, channels_last = t.is_contiguous(), t.is_contiguous(memory_format=torch.channels_last)
+    if contiguous != channels_last:
+        return channels_last
+    return suggest_memory_format(t) == torch.channels_last
+
+
 def _conv2d_memory_format(input, weight):
-    cl = torch.channels_last
-    return cl if cl in (suggest_memory_format(input), suggest_memory_format(weight)) else torch.contiguous_format
+    channels_last = _suggests_channels_last(input) or _suggests_channels_last(weight)
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 def _in_memory_format(t, memory_format):
@@ -236,7 +246,7 @@ class _MaxPool2dForward(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         input, *ctx.window_args = inputs
         ctx.input_size = input.shape
-        ctx.memory_format = suggest_memory_format(input)
+        ctx.memory_format = torch.channels_last if _suggests_channels_last(input) else torch.contiguous_format
         indices = output[1]
         ctx.mark_non_differentiable(indices)
         ctx.save_for_backward(indices)
@@ -299,10 +309,28 @@ FUNCTIONS = {
 # ------------------------------------------------------------ the entry points
 
 
+def _without_setup_context(function):
+    """`function` as an autograd.Function of the older kind, whose forward
+    takes ctx (and runs the same setup_context): the same backward and jvp,
+    for the dispatcher's Autograd kernel. torch.func needs the setup_context
+    kind, but Function.apply binds that kind's arguments through
+    inspect.signature on every call, which cost more than a small layer's
+    convolution (about 100 us a call)."""
+    def forward(ctx, *args):
+        output = function.forward(*args)
+        function.setup_context(ctx, args, output)
+        return output
+    return type(function.__name__, (torch.autograd.Function,), {
+        "__doc__": function.__doc__, "forward": staticmethod(forward),
+        "backward": staticmethod(function.backward), "jvp": staticmethod(function.jvp)})
+
+
 def _autograd_kernel(name, op, function):
     """The op's Autograd kernel: applies `function` where something
     differentiates (grad mode with an input that requires grad, or
     forward-mode AD); otherwise straight to the kernels below."""
+    function = _without_setup_context(function)
+
     def kernel(keyset, *args):
         if torch._C._are_functorch_transforms_active():
             raise RuntimeError(
@@ -313,7 +341,7 @@ def _autograd_kernel(name, op, function):
                 or (forward_ad._current_level >= 0 and torch._C._is_fwd_grad_enabled())):
             return function.apply(*args)
         with torch._C._AutoDispatchBelowAutograd():
-            return op.redispatch(keyset & torch._C._after_autograd_keyset, *args)
+            return op(*args)
     return kernel
 
 
@@ -324,6 +352,11 @@ def _entry_point(name, op, function):
     def entry_point(*args):
         if torch._C._are_functorch_transforms_active():
             return function.apply(*args)
+        if not torch.is_grad_enabled() and forward_ad._current_level < 0 and not torch.compiler.is_compiling():
+            # Nothing to record (a backward without create_graph, inference):
+            # straight to the kernels, not through the Python Autograd kernel.
+            with torch._C._AutoDispatchBelowAutograd():
+                return op(*args)
         return op(*args)
     entry_point.__name__ = entry_point.__qualname__ = name
     entry_point.__doc__ = f"torch.ops.custom_conv.{name}, differentiable by autograd and torch.func alike."
