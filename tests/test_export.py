@@ -171,3 +171,24 @@ def test_models_are_reachable_after_import_custom_conv():
     code = "import custom_conv; print(custom_conv.models.get_model('lenet5').__class__.__name__)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "LeNet5"
+
+
+def test_torch_export_pickle_and_state_dicts_keep_working():
+    """What worked with autograd in C++ and must keep working in Python:
+    torch.export records our ops (and runs them), a pickled model comes back
+    whole, and state_dicts pass between our layers and torch's."""
+    torch.manual_seed(0)
+    ours = get_model("lenet5", in_channels=1, backend="custom").eval()
+    theirs = get_model("lenet5", in_channels=1, backend="torch").eval()
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 1, 28, 28)
+    expected = ours(x)
+    torch.testing.assert_close(theirs(x), expected, rtol=1e-4, atol=1e-4)  # float32, other summation orders
+
+    exported = torch.export.export(ours, (x,))
+    assert "custom_conv.conv2d_forward" in str(exported.graph)
+    assert "custom_conv.max_pool2d_forward" in str(exported.graph)
+    assert torch.equal(exported.module()(x), expected)
+
+    import pickle
+    assert torch.equal(pickle.loads(pickle.dumps(ours))(x), expected)
