@@ -41,13 +41,23 @@ __all__ = ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", 
 
 
 def _suggests_channels_last(t):
-    """suggest_memory_format(t) == channels_last, answered without it (it
-    costs tens of microseconds) for the unambiguous cases: a tensor that is
-    contiguous in one of the two formats and not the other."""
-    contiguous, channels_last = t.is_contiguous(), t.is_contiguous(memory_format=torch.channels_last)
-    if contiguous != channels_last:
-        return channels_last
-    return suggest_memory_format(t) == torch.channels_last
+    """suggest_memory_format(t) == channels_last: eager torch's rule for a 4-D
+    tensor's strides (c10's is_channels_last_strides_2d), in plain ints, as
+    torch._prims_common's version with its symbolic-shape guards costs tens of
+    microseconds a call; that version where the sizes are symbolic."""
+    sizes, strides = t.shape, t.stride()
+    if not all(type(v) is int for v in (*sizes, *strides)):
+        return suggest_memory_format(t) == torch.channels_last
+    if strides[1] == 0:
+        return False
+    smallest = 0
+    for d in (1, 3, 2, 0):  # C, W, H, N: the order of channels_last's strides, smallest first
+        if sizes[d] == 0 or strides[d] < smallest:
+            return False
+        if d == 0 and smallest == strides[1]:  # N111-like ties go to the contiguous format
+            return False
+        smallest = strides[d] * (sizes[d] if sizes[d] > 1 else 1)
+    return True
 
 
 def _conv2d_memory_format(input, weight):
