@@ -1,7 +1,8 @@
-"""Every set of CPU convolution kernels this CPU can run gives torch's results.
+"""Every set of CPU kernels this CPU can run gives torch's results.
 
 The process picks its kernels once (custom_conv.cpu_kernels()), so each set
-runs the conv2d tests in a child process with CUSTOM_CONV_CPU_KERNELS set.
+runs the conv2d and max_pool2d tests in a child process with
+CUSTOM_CONV_CPU_KERNELS set.
 """
 import os
 import subprocess
@@ -48,8 +49,8 @@ def test_each_kernel_set_matches_torch(kernels):
     env = dict(os.environ, CUSTOM_CONV_CPU_KERNELS=kernels)
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-         *(str(TESTS / name) for name in ("test_conv2d.py", "test_cpu_kernels.py", "test_algorithm_choice.py",
-                                          "test_route_sweep.py", "test_gemm.py"))],
+         *(str(TESTS / name) for name in ("test_conv2d.py", "test_max_pool2d.py", "test_cpu_kernels.py",
+                                          "test_algorithm_choice.py", "test_route_sweep.py", "test_gemm.py"))],
         env=env, cwd=TESTS.parent, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 

@@ -9,6 +9,7 @@
 #include "../max_pool2d_window.h"
 #include "../memory_format.h"
 #include "parallel.h"
+#include "per_level.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -16,12 +17,109 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cstdint>
+#include <limits>
 #include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace custom_conv {
 namespace {
+
+// The forward of one plane. An output row's interior windows (their columns
+// all inside the input; edge and ceil_mode windows go through window_max) are
+// found tap by tap in the window's row-major order, each tap one pass over
+// the row that the compiler vectorises: a strided load, a compare and two
+// blends per output. The rule is window_max's (strict >, so ties keep the
+// first maximum; a NaN always wins), so both give the same values and
+// indices. The stride is a constant where the compiler can then load a row
+// of windows with plain vector loads (1, 2), else read at run time.
+// `where` is a scratch row of out_w in-plane indices.
+template <int64_t kStride, typename T>
+CUSTOM_CONV_INLINE void max_pool_plane(const T* plane, const Pool2dGeometry& g, const WindowSpan* rows,
+                                       const WindowSpan* cols, int64_t lo, int64_t hi, T* out,
+                                       int64_t* idx, int32_t* where) {
+  const int64_t stride = kStride > 0 ? kStride : g.stride_w;
+  const int32_t in_w = static_cast<int32_t>(g.in_w);
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    T* best = out + oh * g.out_w;
+    int64_t* row_idx = idx + oh * g.out_w;
+    const WindowSpan r = rows[oh];
+    for (int64_t ow = 0; ow < lo; ++ow) {
+      const WindowMax<T> m = window_max<T>(plane, g, r, cols[ow]);
+      best[ow] = m.value;
+      row_idx[ow] = m.index;
+    }
+    for (int64_t ow = lo; ow < hi; ++ow) {
+      best[ow] = -std::numeric_limits<T>::infinity();
+      where[ow] = static_cast<int32_t>(r.first * in_w + cols[ow].first);
+    }
+    for (int64_t ih = r.first; ih < r.end; ih += g.dilation_h) {
+      for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+        const int32_t at = static_cast<int32_t>(ih * in_w + kw * g.dilation_w - g.pad_w);
+        const T* src = plane + at;
+        for (int64_t ow = lo; ow < hi; ++ow) {
+          const T v = src[ow * stride];
+          const bool take = v > best[ow] || v != v;
+          best[ow] = take ? v : best[ow];
+          where[ow] = take ? at + static_cast<int32_t>(ow * stride) : where[ow];
+        }
+      }
+    }
+    for (int64_t ow = lo; ow < hi; ++ow) {
+      row_idx[ow] = where[ow];
+    }
+    for (int64_t ow = hi; ow < g.out_w; ++ow) {
+      const WindowMax<T> m = window_max<T>(plane, g, r, cols[ow]);
+      best[ow] = m.value;
+      row_idx[ow] = m.index;
+    }
+  }
+}
+
+#define CUSTOM_CONV_MAX_POOL_LEVELS(T)                                                                 \
+  CUSTOM_CONV_PER_LEVEL(void, max_pool_plane_##T,                                                      \
+                        (const T* plane, const Pool2dGeometry& g, const WindowSpan* rows,               \
+                         const WindowSpan* cols, int64_t lo, int64_t hi, T* out, int64_t* idx,          \
+                         int32_t* where),                                                               \
+                        (plane, g, rows, cols, lo, hi, out, idx, where)) {                              \
+    switch (g.stride_w) {                                                                              \
+      case 1: return max_pool_plane<1>(plane, g, rows, cols, lo, hi, out, idx, where);                 \
+      case 2: return max_pool_plane<2>(plane, g, rows, cols, lo, hi, out, idx, where);                 \
+      default: return max_pool_plane<0>(plane, g, rows, cols, lo, hi, out, idx, where);                \
+    }                                                                                                  \
+  }
+CUSTOM_CONV_MAX_POOL_LEVELS(float)
+CUSTOM_CONV_MAX_POOL_LEVELS(double)
+#undef CUSTOM_CONV_MAX_POOL_LEVELS
+
+void max_pool_plane_vectorised(const float* plane, const Pool2dGeometry& g, const WindowSpan* rows,
+                               const WindowSpan* cols, int64_t lo, int64_t hi, float* out, int64_t* idx,
+                               int32_t* where) {
+  max_pool_plane_float(plane, g, rows, cols, lo, hi, out, idx, where);
+}
+void max_pool_plane_vectorised(const double* plane, const Pool2dGeometry& g, const WindowSpan* rows,
+                               const WindowSpan* cols, int64_t lo, int64_t hi, double* out, int64_t* idx,
+                               int32_t* where) {
+  max_pool_plane_double(plane, g, rows, cols, lo, hi, out, idx, where);
+}
+
+// Half and bfloat16 never come here (they compare in float).
+template <typename T>
+void max_pool_plane_vectorised(const T*, const Pool2dGeometry&, const WindowSpan*, const WindowSpan*, int64_t,
+                               int64_t, T*, int64_t*, int32_t*) {
+  TORCH_INTERNAL_ASSERT(false, "max_pool2d: no vectorised plane for this dtype");
+}
+
+// The output columns [lo, hi) whose windows lie inside the input's columns.
+std::pair<int64_t, int64_t> interior_columns(const Pool2dGeometry& g) {
+  const int64_t lo = std::min<int64_t>(g.out_w, (g.pad_w + g.stride_w - 1) / g.stride_w);
+  const int64_t last = g.in_w - 1 - (g.kernel_w - 1) * g.dilation_w + g.pad_w;
+  const int64_t hi = last < 0 ? 0 : std::min<int64_t>(g.out_w, last / g.stride_w + 1);
+  return {lo, std::max(lo, hi)};
+}
 
 std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cpu(
     const at::Tensor& input_,
@@ -53,6 +151,21 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cpu(
     }
     for (int64_t ow = 0; ow < g.out_w; ++ow) {
       cols[ow] = window_span(ow, g.stride_w, g.pad_w, g.kernel_w, g.dilation_w, g.in_w);
+    }
+    // float and double (and planes whose indices fit in 32 bits, for the
+    // vector lanes) take the vectorised plane; half and bfloat16 compare in
+    // float, window by window.
+    constexpr bool kVector = std::is_same<acc_t, scalar_t>::value;
+    if (kVector && in_plane <= std::numeric_limits<int32_t>::max()) {
+      const auto [lo, hi] = interior_columns(g);
+      at::parallel_for(0, g.planes(), plane_grain(work), [&](int64_t begin, int64_t end) {
+        std::vector<int32_t> where(g.out_w);
+        for (int64_t p = begin; p < end; ++p) {
+          max_pool_plane_vectorised(in + p * in_plane, g, rows.data(), cols.data(), lo, hi,
+                                    out + p * out_plane, idx + p * out_plane, where.data());
+        }
+      });
+      return;
     }
     at::parallel_for(0, g.planes(), plane_grain(work), [&](int64_t begin, int64_t end) {
       for (int64_t p = begin; p < end; ++p) {
