@@ -138,6 +138,11 @@ def direct_layers():
     rs = sorted(set(C["direct.float32.weight_grad.r"] + C["direct.float64.weight_grad.r"]))
     widest = max(nbs, default=16)
     partials = C["weight_partials"][0]
+    # The weight gradient walks the output plane in chunks of rows whose output
+    # gradient (out_w * C_out values a row at least) fits chunk_bytes: 8
+    # channels of 4-byte values in 32 columns make a plane at least 2.5 chunks
+    # deep (more in float64), the last one shorter.
+    chunked_rows = 5 * C["direct.weight_grad.chunk_bytes"][0] // (2 * 32 * 8 * 4) + 1
     layers = {}
     for nb in nbs:  # one channel past each block: the next blocking, or a last block of one
         layers[f"{nb + 1} output channels, rows of {max(tiles, default=16) + 3}"] = \
@@ -151,6 +156,8 @@ def direct_layers():
             layer(2, 6, 2 * (widest + 1), 7, 3, groups=2, padding=1),
         "one sample: its tiles spread over the threads": layer(1, 6, 10, (9, 37), 3, padding=1),
         "one input channel (the taps become channels)": layer(partials + 1, 1, 6, 12, 5),
+        f"{chunked_rows} rows: the weight gradient in several row chunks": layer(2, 3, 8, (chunked_rows, 32), 3,
+                                                                                  padding=1),
         "stride (1, 2)": layer(3, 6, 8, (9, 13), 3, stride=(1, 2), padding=1),
         "stride (2, 1)": layer(3, 6, 8, (13, 9), 3, stride=(2, 1), padding=1),
         "strides (3, 2), kernel 3x5": layer(2, 4, 9, (13, 12), (3, 5), stride=(3, 2), padding=(1, 2)),

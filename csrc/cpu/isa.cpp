@@ -3,6 +3,8 @@
 
 #include <c10/util/Exception.h>
 
+#include <unistd.h>
+
 #include <cstdlib>
 
 namespace custom_conv {
@@ -50,6 +52,14 @@ CpuLevel cpu_level() {
 
 std::string cpu_kernels() {
   return cpu_level_name(cpu_level());
+}
+
+CpuCaches cpu_caches() {
+  static const CpuCaches c = [] {
+    const long l1 = sysconf(_SC_LEVEL1_DCACHE_SIZE), l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return CpuCaches{l1 > 0 ? l1 : 32 * 1024, l2 > 0 ? l2 : 512 * 1024};
+  }();
+  return c;
 }
 
 }  // namespace custom_conv

@@ -10,6 +10,7 @@
 // once, on the first call.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 namespace custom_conv {
@@ -21,5 +22,13 @@ const char* cpu_level_name(CpuLevel level);
 
 // The op custom_conv::cpu_kernels: cpu_level()'s name.
 std::string cpu_kernels();
+
+// The cache sizes in bytes that blockings are derived from: a core's L1 data
+// cache and its L2, as the operating system reports them, or typical sizes
+// where it does not.
+struct CpuCaches {
+  int64_t l1, l2;
+};
+CpuCaches cpu_caches();
 
 }  // namespace custom_conv

@@ -66,6 +66,7 @@ struct WeightGradArgs {
   const int64_t* toff;    // [taps]: ki * dil_h * Wp + kj * dil_w
   int64_t taps, cpad, copad;
   int64_t wp, stride_h, stride_w, out_h, out_w;
+  int64_t chunk_rows;     // output rows walked by every tile before the next rows
 };
 
 // One register blocking of the forward kernel: output-channel blocks of nb

@@ -99,7 +99,7 @@ void forward_tiles(const ForwardArgs<typename V::scalar>& a, int64_t tile_begin,
 // output pixel of the sample, then added into dwt.
 template <class V, int R, int NV>
 void weight_grad_tile(const WeightGradArgs<typename V::scalar>& a, int64_t tap, int64_t c0,
-                      int64_t block) {
+                      int64_t block, int64_t oh0, int64_t oh1) {
   using T = typename V::scalar;
   constexpr int NB = NV * V::lanes;
   typename V::reg acc[R][NV];
@@ -109,7 +109,7 @@ void weight_grad_tile(const WeightGradArgs<typename V::scalar>& a, int64_t tap, 
     for (int v = 0; v < NV; ++v) acc[r][v] = V::zero();
   }
   const int64_t x_step = a.stride_w * a.cpad;
-  for (int64_t oh = 0; oh < a.out_h; ++oh) {
+  for (int64_t oh = oh0; oh < oh1; ++oh) {
     const T* x = a.xn + (oh * a.stride_h * a.wp + a.toff[tap]) * a.cpad + c0;
     const T* g = a.got + oh * a.out_w * a.copad + block * NB;
     for (int64_t ow = 0; ow < a.out_w; ++ow, x += x_step, g += a.copad) {
@@ -135,14 +135,20 @@ void weight_grad_tile(const WeightGradArgs<typename V::scalar>& a, int64_t tap, 
   }
 }
 
-// The whole weight gradient of one sample (and group), tile by tile.
+// The whole weight gradient of one sample (and group), tile by tile. Every
+// tile walks the whole output plane, so a plane too large for the cache
+// (ImageNet's first layer) is walked chunk_rows output rows at a time, each
+// chunk by every tile while its rows are in the cache.
 template <class V, int R, int NV>
 void weight_grad_tiles(const WeightGradArgs<typename V::scalar>& a) {
   constexpr int NB = NV * V::lanes;
-  for (int64_t tap = 0; tap < a.taps; ++tap) {
-    for (int64_t c0 = 0; c0 < a.cpad; c0 += R) {
-      for (int64_t block = 0; block < a.copad / NB; ++block) {
-        weight_grad_tile<V, R, NV>(a, tap, c0, block);
+  for (int64_t oh0 = 0; oh0 < a.out_h; oh0 += a.chunk_rows) {
+    const int64_t oh1 = oh0 + a.chunk_rows < a.out_h ? oh0 + a.chunk_rows : a.out_h;
+    for (int64_t tap = 0; tap < a.taps; ++tap) {
+      for (int64_t c0 = 0; c0 < a.cpad; c0 += R) {
+        for (int64_t block = 0; block < a.copad / NB; ++block) {
+          weight_grad_tile<V, R, NV>(a, tap, c0, block, oh0, oh1);
+        }
       }
     }
   }

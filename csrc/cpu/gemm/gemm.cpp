@@ -23,8 +23,6 @@
 #include <ATen/record_function.h>
 #include <c10/util/Exception.h>
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -55,21 +53,6 @@ const MicroKernels<Acc>& micro_kernels() {
   return *chosen;
 }
 
-// The cache sizes the blocking is derived from, as the operating system
-// reports them (a core's L1 data cache and L2), or typical sizes where it
-// does not.
-struct Caches {
-  int64_t l1, l2;
-};
-
-Caches caches() {
-  static const Caches c = [] {
-    long l1 = sysconf(_SC_LEVEL1_DCACHE_SIZE), l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
-    return Caches{l1 > 0 ? l1 : 32 * 1024, l2 > 0 ? l2 : 512 * 1024};
-  }();
-  return c;
-}
-
 // kc: an A micro-panel (mr x kc) fills three quarters of L1, the rest left
 // for the B values streaming through and C's tile (half and a quarter ran
 // 3-10% slower on 2048^2, a full L1 up to 20%). nc: a packed block of B (kc
@@ -82,7 +65,7 @@ struct Blocking {
 template <typename Acc>
 Blocking blocking() {
   const MicroKernels<Acc>& k = micro_kernels<Acc>();
-  const Caches c = caches();
+  const CpuCaches c = cpu_caches();
   const int64_t kc = std::clamp<int64_t>(c.l1 * 3 / 4 / (k.mr * int64_t{sizeof(Acc)}) / 8 * 8, 64, 1024);
   const int64_t nc = std::max<int64_t>(4, c.l2 / 2 / (kc * int64_t{sizeof(Acc)}) / k.nr) * k.nr;
   return {k.mr, k.nr, kc, nc};
@@ -431,7 +414,7 @@ at::Tensor gemm_op(const at::Tensor& a, const at::Tensor& b, const c10::optional
 
 std::vector<int64_t> blocking_for(at::ScalarType dtype) {
   const Blocking bl = dtype == at::kDouble ? blocking<double>() : blocking<float>();
-  return {bl.mr, bl.nr, bl.kc, bl.nc, caches().l1, caches().l2};
+  return {bl.mr, bl.nr, bl.kc, bl.nc, cpu_caches().l1, cpu_caches().l2};
 }
 
 }  // namespace gemm
