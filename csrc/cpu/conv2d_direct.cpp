@@ -8,6 +8,7 @@
 #include "isa.h"
 #include "parallel.h"
 #include "phase_planes.h"
+#include "transpose.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -187,20 +188,24 @@ void pad_planes(const DirectProblem& p, const T* src, int64_t slack, T* dst) {
   std::fill(dst, dst + slack, T(0));
 }
 
-// dst[j * dst_stride + i] = src[i * src_stride + j] for a rows x cols src,
-// in square blocks that stay in the L1 cache on both sides.
-template <typename T>
-void transpose(const T* src, int64_t rows, int64_t cols, int64_t src_stride, T* dst, int64_t dst_stride) {
-  constexpr int64_t kBlock = 16;
-  for (int64_t i0 = 0; i0 < rows; i0 += kBlock) {
-    const int64_t i1 = std::min(rows, i0 + kBlock);
-    for (int64_t j0 = 0; j0 < cols; j0 += kBlock) {
-      const int64_t j1 = std::min(cols, j0 + kBlock);
-      for (int64_t j = j0; j < j1; ++j) {
-        for (int64_t i = i0; i < i1; ++i) dst[j * dst_stride + i] = src[i * src_stride + j];
-      }
-    }
-  }
+// dst[j * dst_stride + i] = src[i * src_stride + j] for a rows x cols src:
+// ../transpose.h's transpose in vector registers, per level.
+CUSTOM_CONV_PER_LEVEL(void, transpose_float, (const float* src, int64_t rows, int64_t cols, int64_t src_stride,
+                                              float* dst, int64_t dst_stride),
+                      (src, rows, cols, src_stride, dst, dst_stride)) {
+  vectorised::transpose_body(src, rows, cols, src_stride, dst, dst_stride);
+}
+CUSTOM_CONV_PER_LEVEL(void, transpose_double, (const double* src, int64_t rows, int64_t cols, int64_t src_stride,
+                                               double* dst, int64_t dst_stride),
+                      (src, rows, cols, src_stride, dst, dst_stride)) {
+  vectorised::transpose_body(src, rows, cols, src_stride, dst, dst_stride);
+}
+void transpose(const float* src, int64_t rows, int64_t cols, int64_t src_stride, float* dst, int64_t dst_stride) {
+  transpose_float(src, rows, cols, src_stride, dst, dst_stride);
+}
+void transpose(const double* src, int64_t rows, int64_t cols, int64_t src_stride, double* dst,
+               int64_t dst_stride) {
+  transpose_double(src, rows, cols, src_stride, dst, dst_stride);
 }
 
 // Runs a DirectProblem on (N, in_channels, in_h, in_w) `in` into (N, groups *

@@ -14,6 +14,7 @@
 
 #include "../isa.h"
 #include "../per_level.h"
+#include "../transpose.h"
 #include "kernels.h"
 
 #include <ATen/ATen.h>
@@ -110,85 +111,16 @@ inline Acc to_acc(T v) {
 
 // Packing an operand whose steps are contiguous along its lines (a
 // row-major A, a B stored transposed: the weight gradients' products) is a
-// transpose. Scalar, it moves one value per load and store; here blocks of
-// 8 lines by 8 steps (floats; 4 by 4 doubles) are read as one vector per
-// line and transposed in registers with the compiler's vector extensions,
-// whose constant shuffles become the level's unpack and permute
-// instructions, then stored as one vector per step. A last block of fewer
-// lines reads zeros for the missing ones and stores only its own.
-using F8 = float __attribute__((vector_size(32)));
-using I8 = int32_t __attribute__((vector_size(32)));
-using D4 = double __attribute__((vector_size(32)));
-using L4 = int64_t __attribute__((vector_size(32)));
-
-CUSTOM_CONV_INLINE void transpose_block(const float* src, int64_t along, int64_t n, float* dst, int64_t w) {
-  F8 r[8];
-  for (int i = 0; i < 8; ++i) {
-    if (i < n) {
-      __builtin_memcpy(&r[i], src + i * along, sizeof(F8));
-    } else {
-      r[i] = F8{};
-    }
-  }
-  F8 a[8];
-  for (int i = 0; i < 8; i += 2) {  // pairs of lines, interleaved
-    a[i] = __builtin_shuffle(r[i], r[i + 1], I8{0, 8, 1, 9, 4, 12, 5, 13});
-    a[i + 1] = __builtin_shuffle(r[i], r[i + 1], I8{2, 10, 3, 11, 6, 14, 7, 15});
-  }
-  const I8 lo2{0, 1, 8, 9, 4, 5, 12, 13}, hi2{2, 3, 10, 11, 6, 7, 14, 15};
-  const F8 b[8] = {__builtin_shuffle(a[0], a[2], lo2), __builtin_shuffle(a[0], a[2], hi2),
-                   __builtin_shuffle(a[1], a[3], lo2), __builtin_shuffle(a[1], a[3], hi2),
-                   __builtin_shuffle(a[4], a[6], lo2), __builtin_shuffle(a[4], a[6], hi2),
-                   __builtin_shuffle(a[5], a[7], lo2), __builtin_shuffle(a[5], a[7], hi2)};
-  const I8 lo4{0, 1, 2, 3, 8, 9, 10, 11}, hi4{4, 5, 6, 7, 12, 13, 14, 15};
-  for (int k = 0; k < 4; ++k) {  // b[k] holds steps k and k + 4 of lines 0-3, b[k + 4] of lines 4-7
-    const F8 first = __builtin_shuffle(b[k], b[k + 4], lo4), second = __builtin_shuffle(b[k], b[k + 4], hi4);
-    __builtin_memcpy(dst + k * w, &first, n * sizeof(float));
-    __builtin_memcpy(dst + (k + 4) * w, &second, n * sizeof(float));
-  }
-}
-
-CUSTOM_CONV_INLINE void transpose_block(const double* src, int64_t along, int64_t n, double* dst, int64_t w) {
-  D4 r[4];
-  for (int i = 0; i < 4; ++i) {
-    if (i < n) {
-      __builtin_memcpy(&r[i], src + i * along, sizeof(D4));
-    } else {
-      r[i] = D4{};
-    }
-  }
-  const L4 lo{0, 4, 2, 6}, hi{1, 5, 3, 7}, lo2{0, 1, 4, 5}, hi2{2, 3, 6, 7};
-  const D4 a[4] = {__builtin_shuffle(r[0], r[1], lo), __builtin_shuffle(r[0], r[1], hi),
-                   __builtin_shuffle(r[2], r[3], lo), __builtin_shuffle(r[2], r[3], hi)};
-  const D4 c[4] = {__builtin_shuffle(a[0], a[2], lo2), __builtin_shuffle(a[1], a[3], lo2),
-                   __builtin_shuffle(a[0], a[2], hi2), __builtin_shuffle(a[1], a[3], hi2)};
-  for (int k = 0; k < 4; ++k) __builtin_memcpy(dst + k * w, &c[k], n * sizeof(double));
-}
-
-template <typename T>
-CUSTOM_CONV_INLINE void pack_transposed_body(const T* panel, int64_t along, int64_t count, int64_t kc, int64_t w,
-                                             T* dst) {
-  constexpr int64_t kBlock = 32 / sizeof(T);
-  for (int64_t i0 = 0; i0 < count; i0 += kBlock) {
-    const int64_t n = std::min(kBlock, count - i0);
-    const T* lines = panel + i0 * along;
-    int64_t k0 = 0;
-    for (; k0 + kBlock <= kc; k0 += kBlock) transpose_block(lines + k0, along, n, dst + k0 * w + i0, w);
-    for (; k0 < kc; ++k0) {
-      for (int64_t i = 0; i < n; ++i) dst[k0 * w + i0 + i] = lines[i * along + k0];
-    }
-  }
-}
-
+// transpose: ../transpose.h's, in vector registers, per level.
 CUSTOM_CONV_PER_LEVEL(void, pack_transposed_float, (const float* panel, int64_t along, int64_t count, int64_t kc,
                                                     int64_t w, float* dst),
                       (panel, along, count, kc, w, dst)) {
-  pack_transposed_body(panel, along, count, kc, w, dst);
+  vectorised::transpose_body(panel, count, kc, along, dst, w);
 }
 CUSTOM_CONV_PER_LEVEL(void, pack_transposed_double, (const double* panel, int64_t along, int64_t count,
                                                      int64_t kc, int64_t w, double* dst),
                       (panel, along, count, kc, w, dst)) {
-  pack_transposed_body(panel, along, count, kc, w, dst);
+  vectorised::transpose_body(panel, count, kc, along, dst, w);
 }
 inline void pack_transposed(const float* panel, int64_t along, int64_t count, int64_t kc, int64_t w, float* dst) {
   pack_transposed_float(panel, along, count, kc, w, dst);

@@ -1,0 +1,93 @@
+// Transposes in vector registers, for the loops compiled per level
+// (per_level.h): the GEMM's packing of an operand stored across its
+// micro-panels, and the direct weight gradient's change of layout.
+//
+// transpose_body(src, rows, cols, src_stride, dst, dst_stride) writes
+// dst[j * dst_stride + i] = src[i * src_stride + j] for i < rows, j < cols.
+// Scalar, a transpose moves one value per load and store; here blocks of 8
+// rows by 8 columns (floats; 4 by 4 doubles) are read as one vector per row
+// and transposed in registers with the compiler's vector extensions, whose
+// constant shuffles become the level's unpack and permute instructions,
+// then stored as one vector per column. A last block of fewer rows reads
+// zeros for the missing ones and stores only its own; the last columns, and
+// blocks of fewer than half their rows, are copied one by one.
+#pragma once
+
+#include "per_level.h"
+
+#include <algorithm>
+#include <cstdint>
+
+namespace custom_conv {
+namespace vectorised {
+
+using F8 = float __attribute__((vector_size(32)));
+using I8 = int32_t __attribute__((vector_size(32)));
+using D4 = double __attribute__((vector_size(32)));
+using L4 = int64_t __attribute__((vector_size(32)));
+
+CUSTOM_CONV_INLINE void transpose_block(const float* src, int64_t along, int64_t n, float* dst, int64_t w) {
+  F8 r[8];
+  for (int i = 0; i < 8; ++i) {
+    if (i < n) {
+      __builtin_memcpy(&r[i], src + i * along, sizeof(F8));
+    } else {
+      r[i] = F8{};
+    }
+  }
+  F8 a[8];
+  for (int i = 0; i < 8; i += 2) {  // pairs of lines, interleaved
+    a[i] = __builtin_shuffle(r[i], r[i + 1], I8{0, 8, 1, 9, 4, 12, 5, 13});
+    a[i + 1] = __builtin_shuffle(r[i], r[i + 1], I8{2, 10, 3, 11, 6, 14, 7, 15});
+  }
+  const I8 lo2{0, 1, 8, 9, 4, 5, 12, 13}, hi2{2, 3, 10, 11, 6, 7, 14, 15};
+  const F8 b[8] = {__builtin_shuffle(a[0], a[2], lo2), __builtin_shuffle(a[0], a[2], hi2),
+                   __builtin_shuffle(a[1], a[3], lo2), __builtin_shuffle(a[1], a[3], hi2),
+                   __builtin_shuffle(a[4], a[6], lo2), __builtin_shuffle(a[4], a[6], hi2),
+                   __builtin_shuffle(a[5], a[7], lo2), __builtin_shuffle(a[5], a[7], hi2)};
+  const I8 lo4{0, 1, 2, 3, 8, 9, 10, 11}, hi4{4, 5, 6, 7, 12, 13, 14, 15};
+  for (int k = 0; k < 4; ++k) {  // b[k] holds steps k and k + 4 of lines 0-3, b[k + 4] of lines 4-7
+    const F8 first = __builtin_shuffle(b[k], b[k + 4], lo4), second = __builtin_shuffle(b[k], b[k + 4], hi4);
+    __builtin_memcpy(dst + k * w, &first, n * sizeof(float));
+    __builtin_memcpy(dst + (k + 4) * w, &second, n * sizeof(float));
+  }
+}
+
+CUSTOM_CONV_INLINE void transpose_block(const double* src, int64_t along, int64_t n, double* dst, int64_t w) {
+  D4 r[4];
+  for (int i = 0; i < 4; ++i) {
+    if (i < n) {
+      __builtin_memcpy(&r[i], src + i * along, sizeof(D4));
+    } else {
+      r[i] = D4{};
+    }
+  }
+  const L4 lo{0, 4, 2, 6}, hi{1, 5, 3, 7}, lo2{0, 1, 4, 5}, hi2{2, 3, 6, 7};
+  const D4 a[4] = {__builtin_shuffle(r[0], r[1], lo), __builtin_shuffle(r[0], r[1], hi),
+                   __builtin_shuffle(r[2], r[3], lo), __builtin_shuffle(r[2], r[3], hi)};
+  const D4 c[4] = {__builtin_shuffle(a[0], a[2], lo2), __builtin_shuffle(a[1], a[3], lo2),
+                   __builtin_shuffle(a[0], a[2], hi2), __builtin_shuffle(a[1], a[3], hi2)};
+  for (int k = 0; k < 4; ++k) __builtin_memcpy(dst + k * w, &c[k], n * sizeof(double));
+}
+
+template <typename T>
+CUSTOM_CONV_INLINE void transpose_body(const T* src, int64_t rows, int64_t cols, int64_t src_stride, T* dst,
+                                       int64_t dst_stride) {
+  constexpr int64_t kBlock = 32 / sizeof(T);
+  for (int64_t i0 = 0; i0 < rows; i0 += kBlock) {
+    const int64_t n = std::min(kBlock, rows - i0);
+    const T* lines = src + i0 * src_stride;
+    int64_t j0 = 0;
+    // A block of fewer than half its rows (a first layer's 1 or 3 input
+    // channels) would shuffle mostly zeros: there, values one by one.
+    for (; 2 * n >= kBlock && j0 + kBlock <= cols; j0 += kBlock) {
+      transpose_block(lines + j0, src_stride, n, dst + j0 * dst_stride + i0, dst_stride);
+    }
+    for (; j0 < cols; ++j0) {
+      for (int64_t i = 0; i < n; ++i) dst[j0 * dst_stride + i0 + i] = lines[i * src_stride + j0];
+    }
+  }
+}
+
+}  // namespace vectorised
+}  // namespace custom_conv
