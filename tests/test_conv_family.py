@@ -243,7 +243,7 @@ def test_vmap_and_its_gradients_match_a_loop_of_torchs(name, in_dims):
 # ------------------------------------------------------------ memory format
 
 
-@pytest.mark.parametrize("layout", ["input", "weight", "both"])
+@pytest.mark.parametrize("layout", ["input", "weight", "both", "neither"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
 def test_conv_transpose2d_channels_last_gives_torchs_values_and_layout(layout, dtype):
     x, w, b = (t.to(dtype) for t in transpose_tensors(2, 2, True, batch=(2,)))
@@ -252,9 +252,16 @@ def test_conv_transpose2d_channels_last_gives_torchs_values_and_layout(layout, d
     if layout in ("weight", "both"):
         w = w.contiguous(memory_format=torch.channels_last)
     kwargs = dict(stride=2, padding=1, output_padding=1, groups=2)
+    x, w = x.requires_grad_(), w.requires_grad_()
     out, ref = CF.conv_transpose2d(x, w, b, **kwargs), F.conv_transpose2d(x, w, b, **kwargs)
     assert out.stride() == ref.stride()
     torch.testing.assert_close(out, ref, **tolerance(dtype, "cpu"))
+    # Gradients in torch's layout, for an output gradient in the output's and for one of no layout (a sum's).
+    for grad in (torch.randn_like(ref), torch.ones(()).expand(ref.shape)):
+        ours = torch.autograd.grad(out, [x, w], grad, retain_graph=True)
+        theirs = torch.autograd.grad(ref, [x, w], grad, retain_graph=True)
+        assert [g.stride() for g in ours] == [g.stride() for g in theirs]
+    x, w = x.detach(), w.detach()
     assert_matches_torch(lambda x, w, b: CF.conv_transpose2d(x, w, b, **kwargs),
                          lambda x, w, b: F.conv_transpose2d(x, w, b, **kwargs), [x, w, b], **tolerance(dtype, "cpu"))
 
