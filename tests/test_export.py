@@ -69,16 +69,17 @@ def test_max_pool_indices_export_as_torchs_per_plane_indices(dynamo, tmp_path):
 
 class TransposedFamily(torch.nn.Module):
     """Each transposed and 1-D layer: output padding, groups, dilation,
-    asymmetric arguments, one output padding at least the stride."""
+    asymmetric arguments, one output padding at least the stride, and output
+    paddings from 0 to stride - 1 (ONNX's is worked out from the size)."""
 
     def __init__(self):
         super().__init__()
-        self.up = torch.nn.ConvTranspose2d(4, 6, (3, 2), stride=(2, 3), padding=(1, 0), output_padding=(1, 2),
+        self.up = torch.nn.ConvTranspose2d(4, 6, (3, 2), stride=(2, 3), padding=(1, 0), output_padding=(0, 2),
                                            groups=2)
         self.up_dilated = torch.nn.ConvTranspose2d(6, 2, 3, stride=1, dilation=(3, 1), padding=1,
                                                    output_padding=(2, 0), bias=False)
         self.encode = torch.nn.Conv1d(2, 4, 3, stride=2, padding=2, dilation=2)
-        self.decode = torch.nn.ConvTranspose1d(4, 3, 4, stride=3, padding=1, output_padding=2, groups=1)
+        self.decode = torch.nn.ConvTranspose1d(4, 3, 4, stride=3, padding=1, output_padding=1)
 
     def forward(self, x):
         y = self.up_dilated(torch.relu(self.up(x)))
