@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 import custom_conv
 from custom_conv import functional as CF
-from helpers import assert_matches_torch, tolerance
+from custom_conv.models import conv_autoencoder
+from helpers import assert_matches_torch, assert_within_eps_of_exact, dtypes, tolerance
 
 TIGHT = tolerance(torch.float64, "cpu")
 FUNCTIONS = {"conv1d": 1, "conv_transpose1d": 1, "conv_transpose2d": 2}  # name: spatial dimensions
@@ -144,6 +145,27 @@ def test_other_shapes_match_torch(case):
         ours, theirs = (lambda x, w, b: getattr(CF, name)(x, w, b, **kwargs),
                         lambda x, w, b: getattr(F, name)(x, w, b, **kwargs))
     assert_matches_torch(ours, theirs, tensors, **TIGHT)
+
+
+LOW_PRECISION = {  # name: (function, its tensors, keyword arguments)
+    "conv_transpose2d": ("conv_transpose2d", lambda: transpose_tensors(2, 2, True),
+                         dict(stride=(2, 3), padding=1, output_padding=(1, 2), groups=2)),
+    "conv_transpose2d, output padding past the stride": ("conv_transpose2d",
+                                                         lambda: transpose_tensors(2, 1, True),
+                                                         dict(dilation=2, output_padding=1)),
+    "conv_transpose1d": ("conv_transpose1d", lambda: transpose_tensors(1, 1, True), dict(stride=2, dilation=2)),
+    "conv1d": ("conv1d", lambda: [_randn(2, 4, 11), _randn(6, 4, 4, seed=1), _randn(6, seed=2)],
+               dict(padding="same")),
+}
+
+
+@pytest.mark.parametrize("dtype", dtypes("float32", "float16", "bfloat16"))
+@pytest.mark.parametrize("case", list(LOW_PRECISION))
+def test_float32_half_and_bfloat16_are_within_eps_of_exact(case, dtype):
+    name, make, kwargs = LOW_PRECISION[case]
+    tensors = [t.to(dtype) if t is not None else None for t in make()]
+    assert_within_eps_of_exact(lambda *t: getattr(CF, name)(*t, **kwargs),
+                               lambda *t: getattr(F, name)(*t, **kwargs), tensors)
 
 
 # ------------------------------------------------------------ gradcheck, torch.func
@@ -435,8 +457,11 @@ class Family(torch.nn.Module):
         s = self.decode(torch.tanh(self.encode(s)))
         s = F.conv1d(s, self.weight, padding=1) + torch.conv_transpose1d(s, self.weight.transpose(0, 1), None, 1, 1)
         s = torch.convolution(s, self.weight, None, [2], [1], [1], True, [1], 1)
-        unbatched = F.conv_transpose2d(y[0], self.up_sized.weight.transpose(0, 1)[:, :2, :2, :2], stride=2)
-        return s.sum(2) + unbatched.sum((1, 2))
+        s = torch.ops.aten.conv1d(s, self.weight, None, [1], [1])
+        w2 = self.up_sized.weight.transpose(0, 1)[:, :2, :2, :2]
+        unbatched = F.conv_transpose2d(y[0], w2, stride=2)
+        aten = torch.ops.aten.conv_transpose2d(y, w2, None, [1, 2], [0, 1], [0, 1])
+        return s.sum(2) + unbatched.sum((1, 2)) + aten.sum((2, 3))
 
 
 OURS = {"custom_conv::conv2d_forward", "custom_conv::conv2d_backward_input", "custom_conv::conv2d_backward_weight"}
@@ -525,3 +550,27 @@ def test_jit_trace_of_the_family_gives_no_tracer_warning_and_records_our_ops():
     graph = str(traced.inlined_graph)
     assert "custom_conv::conv2d_backward_input" in graph and "custom_conv::conv2d_forward" in graph
     torch.testing.assert_close(traced(x), model(x))
+
+
+def test_meta_tensors_run_on_our_shape_functions_under_enabled():
+    x, w = torch.empty(2, 4, 5, 5, device="meta"), torch.empty(4, 3, 3, 3, device="meta")
+    layer = torch.nn.ConvTranspose1d(4, 2, 3, device="meta")
+    got = []
+    with custom_conv.enabled():
+        names = _op_names(lambda: got.extend([F.conv_transpose2d(x, w, stride=2, output_padding=1),
+                                              layer(torch.empty(4, 7, device="meta"))]))
+    assert got[0].shape == (2, 3, 12, 12) and got[1].shape == (2, 9)
+    assert "custom_conv::conv2d_backward_input" in names and torch_conv_ops(names) == []
+
+
+@pytest.mark.slow
+def test_torch_compile_of_the_autoencoder_runs_our_ops_without_a_graph_break():
+    torch._dynamo.reset()
+    model = conv_autoencoder(in_channels=1).eval()
+    x = torch.randn(2, 1, 13, 18)
+    with torch._inductor.config.patch(force_disable_caches=True):
+        compiled = torch.compile(model, fullgraph=True)
+        names = _op_names(lambda: compiled(x).sum().backward())
+    assert torch_conv_ops(names) == []
+    assert {"custom_conv::conv2d_backward_input", "custom_conv::conv2d_backward_weight"} <= names
+    torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)
