@@ -131,28 +131,45 @@ def conv2d_arguments(input, weight, bias, stride, padding, dilation, groups, op=
     return pairs["stride"], pairs["padding"], pairs["dilation"], operator.index(groups)
 
 
-def conv_transpose_arguments(op, dims, input, weight, bias, stride, padding, output_padding, groups, dilation):
+CONV_TRANSPOSE_POSITIONS = {"input": 1, "weight": 2, "bias": 3, "stride": 4, "padding": 5, "output_padding": 6,
+                            "groups": 7, "dilation": 8}
+
+
+def conv_transpose_arguments(op, dims, input, weight, bias, stride, padding, output_padding, groups, dilation,
+                             positional=0):
     """Checks F.conv_transpose2d's (op="conv_transpose2d", dims=2) or
     F.conv_transpose1d's arguments' types and lengths as torch does: one
-    signature, so a bad type is named (torch also gives the position of one
-    passed positionally, which a Python function cannot tell apart). Returns
-    stride, padding, output_padding and dilation as lists of `dims` values,
-    and groups; their values are functional.py's to check, in torch's order."""
-    for position, (name, value) in enumerate((("input", input), ("weight", weight), ("bias", bias)), 1):
+    signature, so a bad type is named. torch's words differ for an argument
+    passed by position, which a Python function cannot see: `positional`
+    says how many were (torch's modules pass all 8; a call of
+    custom_conv.functional is taken to pass them by keyword. Under enabled()
+    torch's parser rejects a bad type before the mode sees the call). Returns stride,
+    padding, output_padding and dilation as lists of `dims` values, and
+    groups; their values are functional.py's to check, in torch's order."""
+    def argument(name):
+        position = CONV_TRANSPOSE_POSITIONS[name]
+        return f"{op}(): argument '{name}'" + (f" (position {position})" if position <= positional else "")
+
+    for name, value in (("input", input), ("weight", weight), ("bias", bias)):
         if not isinstance(value, torch.Tensor) and not (name == "bias" and value is None):
-            raise TypeError(f"{op}(): argument '{name}' (position {position}) must be Tensor, not "
-                            f"{_type_name(value)}")
+            raise TypeError(f"{op}(): argument '{name}' (position {CONV_TRANSPOSE_POSITIONS[name]}) must be "
+                            f"Tensor, not {_type_name(value)}")
     lists = {"stride": stride, "padding": padding, "output_padding": output_padding, "dilation": dilation}
     plain = {name: _plain_pair(value, dims) for name, value in lists.items()}
     if type(groups) is not int or None in plain.values():
         for name, value in lists.items():
             failure = _int_list_failure(value)
-            if failure is not None and failure[0] not in (None, 0):
-                raise _unpack_error(op, name, *failure)
-            if failure is not None:
-                raise TypeError(f"{op}(): argument '{name}' must be tuple of ints, not {_type_name(value)}")
+            if failure is None:
+                continue
+            position, type_name = failure
+            if position not in (None, 0):
+                raise _unpack_error(op, name, position, type_name)
+            if position == 0 and CONV_TRANSPOSE_POSITIONS[name] <= positional:
+                raise TypeError(f"{argument(name)} must be tuple of ints, but found element of type {type_name} "
+                                f"at pos 0")
+            raise TypeError(f"{argument(name)} must be tuple of ints, not {_type_name(value)}")
         if not _is_int(groups):
-            raise TypeError(f"{op}(): argument 'groups' must be int, not {_type_name(groups)}")
+            raise TypeError(f"{argument('groups')} must be int, not {_type_name(groups)}")
         plain = {name: _lengths_checked(name, value, dims) for name, value in lists.items()}
         groups = operator.index(groups)
     return plain["stride"], plain["padding"], plain["output_padding"], groups, plain["dilation"]

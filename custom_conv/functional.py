@@ -145,12 +145,14 @@ def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     return out.squeeze(0) if unbatched else out
 
 
-def _conv_transpose(op, dims, input, weight, bias, stride, padding, output_padding, groups, dilation):
+def _conv_transpose(op, dims, input, weight, bias, stride, padding, output_padding, groups, dilation,
+                    positional=0):
     """conv_transpose1d or 2d: conv2d_backward_input of `input` as the output
     gradient, at the input size that output_padding picks among those whose
-    convolution has `input`'s size."""
+    convolution has `input`'s size. `positional`: how many arguments the
+    caller passed by position, which torch's errors show (arguments.py)."""
     stride, padding, output_padding, groups, dilation = conv_transpose_arguments(
-        op, dims, input, weight, bias, stride, padding, output_padding, groups, dilation)
+        op, dims, input, weight, bias, stride, padding, output_padding, groups, dilation, positional)
     unbatched, x = _batched(input, op, dims)
     # torch's checks, in torch's order: the arguments' signs, the tensors,
     # then its transposed kernel's own (dilation, output padding, sizes).

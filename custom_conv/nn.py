@@ -49,7 +49,6 @@ class _ConvTranspose:
     """The forward of torch's transposed convolution modules, on our functions."""
     __prepare_scriptable__ = _not_scriptable
     _dims = 2
-    _function = None
 
     def forward(self, input, output_size=None):
         if self.padding_mode != "zeros":
@@ -57,20 +56,20 @@ class _ConvTranspose:
         # torch's own rule for the output_padding that gives `output_size` (and its errors).
         output_padding = self._output_padding(input, output_size, self.stride, self.padding, self.kernel_size,
                                               self._dims, self.dilation)
-        return type(self)._function(input, self.weight, self.bias, self.stride, self.padding, output_padding,
-                                    self.groups, self.dilation)
+        # Every argument by position, as torch's forward passes them (which its errors show).
+        return functional._conv_transpose(f"conv_transpose{self._dims}d", self._dims, input, self.weight, self.bias,
+                                          self.stride, self.padding, output_padding, self.groups, self.dilation,
+                                          positional=8)
 
 
 class ConvTranspose2d(_ConvTranspose, torch.nn.ConvTranspose2d):
     """torch.nn.ConvTranspose2d computed by custom_conv's kernels."""
     _dims = 2
-    _function = staticmethod(functional.conv_transpose2d)
 
 
 class ConvTranspose1d(_ConvTranspose, torch.nn.ConvTranspose1d):
     """torch.nn.ConvTranspose1d computed by custom_conv's kernels."""
     _dims = 1
-    _function = staticmethod(functional.conv_transpose1d)
 
 
 class MaxPool2d(torch.nn.MaxPool2d):

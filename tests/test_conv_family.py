@@ -379,6 +379,16 @@ ERRORS = {  # name: call taking torch.nn.functional or ours
     "transpose1d, two strides": lambda f: f.conv_transpose1d(x3, w3, stride=(1, 2)),
     "transpose1d, float in a padding list": lambda f: f.conv_transpose1d(x3, w3, padding=[1.0]),
     "transpose2d, None input": lambda f: f.conv_transpose2d(None, w4),
+    "ConvTranspose2d, float stride": lambda f: _layer(f, "ConvTranspose2d", 4, 3, 3, stride=1.5)(x4),
+    "ConvTranspose2d, float padding": lambda f: _layer(f, "ConvTranspose2d", 4, 3, 3, padding=(0.5, 1))(x4),
+    "ConvTranspose2d, float output_padding": lambda f: _layer(f, "ConvTranspose2d", 4, 3, 3, stride=2,
+                                                              output_padding=0.5)(x4),
+    "ConvTranspose2d, None input": lambda f: _layer(f, "ConvTranspose2d", 4, 3, 3)(None),
+    "ConvTranspose1d, float dilation": lambda f: _layer(f, "ConvTranspose1d", 4, 3, 3, dilation=1.5)(x3),
+    "ConvTranspose1d, output_size out of reach": lambda f: _layer(f, "ConvTranspose1d", 4, 3, 3)(x3, [20]),
+    "Conv1d, float stride": lambda f: _layer(f, "Conv1d", 4, 3, 3, stride=1.5)(x3),
+    "Conv1d, float dilation, reflect padding": lambda f: _layer(f, "Conv1d", 4, 3, 3, padding=1, dilation=1.5,
+                                                                 padding_mode="reflect")(x3),
     "transpose2d, None weight": lambda f: f.conv_transpose2d(x4, None),
     "transpose2d, float bias": lambda f: f.conv_transpose2d(x4, w4, 1.0),
     "transpose2d, zero stride": lambda f: f.conv_transpose2d(x4, w4, stride=0),
@@ -411,6 +421,11 @@ ERRORS = {  # name: call taking torch.nn.functional or ours
     "conv1d, zero stride": lambda f: f.conv1d(x3, w3c, stride=0),
     "conv1d, negative padding": lambda f: f.conv1d(x3, w3c, padding=-1),
 }
+
+
+def _layer(functional, name, *args, **kwargs):
+    """torch's layer `name` for torch.nn.functional, ours for custom_conv.functional."""
+    return getattr(custom_conv.nn if functional is CF else torch.nn, name)(*args, **kwargs)
 
 
 def _error(call):
