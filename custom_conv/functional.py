@@ -103,6 +103,9 @@ def _check_conv_tensors(x, weight, bias, groups, transposed):
                            f"{len(xs)}-dimensional input of size {xs} instead")
     if groups <= 0:
         raise RuntimeError("non-positive groups is not supported")
+    if ws[0] < groups:
+        raise RuntimeError(f"Given groups={groups}, expected weight to be at least {groups} at dimension 0, but got "
+                           f"weight of size {ws} instead")
     if ws[0] % groups != 0:
         raise RuntimeError(f"Given groups={groups}, expected weight to be divisible by {groups} at dimension 0, "
                            f"but got weight of size [{ws}] instead")
@@ -121,27 +124,37 @@ def _check_conv_tensors(x, weight, bias, groups, transposed):
 def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """1-D cross-correlation, with the semantics of torch.nn.functional.conv1d:
     our 2-D conv on a height of 1. What the 2-D kernels would reject, with
-    words for two dimensions, is checked here first, with torch's words for one."""
+    words for two dimensions, is checked here first, with torch's words for
+    one and in torch's order."""
     (stride,), padding, (dilation,), groups = conv2d_arguments(input, weight, bias, stride, padding, dilation,
                                                                groups, op="conv1d", dims=1)
     unbatched, x = _batched(input, "conv1d", dims=1)
-    if not isinstance(padding, str) and padding[0] < 0:
-        raise RuntimeError("negative padding is not supported")
+    if isinstance(padding, str):
+        # torch works string padding out first, adding the odd zero of 'same'
+        # to the input's end; its checks then see the padded input.
+        total = dilation * (_sizes(weight)[-1] - 1) if padding == "same" and weight.dim() == 3 else 0
+        if total % 2:
+            x = F.pad(x, (0, 1))
+        padding = total // 2
+    else:
+        padding, = padding
+        if padding < 0:
+            raise RuntimeError("negative padding is not supported")
     if stride <= 0:
         raise RuntimeError("non-positive stride is not supported")
     _check_conv_tensors(x, weight, bias, groups, transposed=False)
+    (batch, channels, length), kernel = _sizes(x), dilation * (_sizes(weight)[2] - 1) + 1
+    if length + 2 * padding < kernel:
+        raise RuntimeError(f"Calculated padded input size per channel: ({length + 2 * padding}). Kernel size: "
+                           f"({kernel}). Kernel size can't be greater than actual input size")
+    if length == 0 and batch != 0 and channels != 0:
+        raise RuntimeError(f"Only zero batch or zero channel inputs are supported, but got input shape: "
+                           f"[{batch}, {channels}, 1, 0]")
     if dilation <= 0:
         raise RuntimeError(f"dilation should be greater than zero, but got [1, {dilation}]")
-    if not isinstance(padding, str):
-        padding, = padding
-        padded, kernel = _sizes(x)[2] + 2 * padding, dilation * (_sizes(weight)[2] - 1) + 1
-        if padded < kernel:
-            raise RuntimeError(f"Calculated padded input size per channel: ({padded}). Kernel size: ({kernel}). "
-                               f"Kernel size can't be greater than actual input size")
-    x, weight = x.unsqueeze(2), weight.unsqueeze(2)
-    if isinstance(padding, str):
-        x, (_, padding) = _string_padding(padding, x, weight, [1, stride], [1, dilation])
-    out = ops.conv2d_forward(x, weight, bias, [1, stride], [0, padding], [1, dilation], groups).squeeze(2)
+    out = ops.conv2d_forward(x.unsqueeze(2), weight.unsqueeze(2), bias, [1, stride], [0, padding], [1, dilation],
+                             groups)
+    out = out.squeeze(2)
     return out.squeeze(0) if unbatched else out
 
 

@@ -8,6 +8,7 @@ gradgradcheck, torch.func, the modules against torch's sharing state_dicts
 enabled() route torch's layers and functions to our ops, which the profiler
 shows."""
 import itertools
+import random
 import re
 import warnings
 
@@ -418,6 +419,14 @@ ERRORS = {  # name: call taking torch.nn.functional or ours
     "conv1d, 1-D input": lambda f: f.conv1d(x3[0, 0], w3c),
     "conv1d, groups do not divide the weight": lambda f: f.conv1d(x3, w3c, groups=2),
     "conv1d, kernel larger than input": lambda f: f.conv1d(x3, torch.randn(3, 4, 9)),
+    "conv1d, kernel larger than input, valid padding": lambda f: f.conv1d(x3, torch.randn(3, 4, 4), dilation=3,
+                                                                         padding="valid"),
+    "conv1d, empty length": lambda f: f.conv1d(torch.randn(1, 4, 0), w3c, padding=2),
+    "conv1d, same padding's odd zero, then a channel mismatch": lambda f: f.conv1d(x3, torch.randn(3, 3, 2),
+                                                                                   padding="same"),
+    "conv1d, more groups than filters": lambda f: f.conv1d(x3, torch.randn(2, 1, 3), groups=4),
+    "transpose2d, more groups than weight's first dimension": lambda f: f.conv_transpose2d(x4, w4, groups=8),
+    "transpose1d, empty length": lambda f: f.conv_transpose1d(torch.randn(1, 4, 0), w3),
     "conv1d, zero stride": lambda f: f.conv1d(x3, w3c, stride=0),
     "conv1d, negative padding": lambda f: f.conv1d(x3, w3c, padding=-1),
 }
@@ -446,6 +455,55 @@ def test_bad_arguments_raise_torchs_exception_and_words(case):
     assert _leading_words(got) == _leading_words(expected), (got, expected)
     if "invalid combination" not in expected:  # whose list of what it got shows only what was passed
         assert got == expected, (got, expected)
+
+
+def _random_call(rng):
+    """One of the three functions on a random geometry, valid or not: sizes,
+    kernels, strides, paddings (numeric and string), output paddings,
+    dilations and groups, each sometimes out of range, channels sometimes
+    mismatched. The batch is never empty: there torch skips its kernels'
+    checks (returning an empty result or failing on a reshape), where ours
+    still check the arguments."""
+    name = rng.choice(list(FUNCTIONS))
+    dims = FUNCTIONS[name]
+    groups, in_channels, per_group = rng.choice([1, 1, 2, 3]), rng.choice([1, 2, 3, 4, 6]), rng.choice([1, 2, 3])
+    pick = lambda *values: tuple(rng.choice(values) for _ in range(dims))  # noqa: E731
+    kernel, sizes = pick(1, 2, 3, 4), pick(0, 1, 2, 3, 5, 7)
+    stride, padding, dilation, output_padding = pick(0, 1, 2, 3), pick(-1, 0, 1, 2, 4), pick(0, 1, 2, 3), \
+        pick(-1, 0, 1, 2, 3)
+    x = torch.randn(rng.choice([1, 2]), in_channels, *sizes, dtype=torch.float64)
+    mismatched = rng.random() < 0.1
+    if name == "conv1d":
+        w = torch.randn(per_group * groups, in_channels + 1 if mismatched else max(in_channels // groups, 1), *kernel,
+                        dtype=torch.float64)
+        kwargs = dict(stride=stride, padding=rng.choice([padding, "same", "valid"]), dilation=dilation, groups=groups)
+    else:
+        w = torch.randn(in_channels + mismatched, per_group, *kernel, dtype=torch.float64)
+        kwargs = dict(stride=stride, padding=padding, output_padding=output_padding, dilation=dilation, groups=groups)
+    bias = torch.randn(per_group * groups, dtype=torch.float64) if rng.random() < 0.5 else None
+    return name, (x, w, bias), kwargs
+
+
+def test_random_configurations_give_torchs_values_or_torchs_error():
+    rng = random.Random(0)
+    failures, values = [], 0
+    for _ in range(1500):
+        name, tensors, kwargs = _random_call(rng)
+        results = []
+        for functional in (F, CF):
+            try:
+                results.append(("value", getattr(functional, name)(*tensors, **kwargs)))
+            except Exception as error:  # noqa: BLE001  (any error torch raises, ours must raise alike)
+                results.append(("error", (type(error), str(error))))
+        (kind, expected), (got_kind, got) = results
+        values += kind == "value"
+        if kind != got_kind or kind == "error" and got != expected or kind == "value" and not (
+                got.shape == expected.shape and torch.allclose(got, expected, **TIGHT)):
+            said = [result if kind == "error" else "a value" for kind, result in results]
+            failures.append(f"{name}{[tuple(t.shape) for t in tensors if t is not None]} {kwargs}: torch {said[0]}, "
+                            f"ours {said[1]}")
+    assert failures == []
+    assert values > 100  # enough valid geometries among them to compare values too
 
 
 # ------------------------------------------------------------ convert() and enabled()
