@@ -7,6 +7,7 @@ gradgradcheck, torch.func, the modules against torch's sharing state_dicts
 (output_size too), channels_last, torch's errors; and convert() and
 enabled() route torch's layers and functions to our ops, which the profiler
 shows."""
+import copy
 import itertools
 import random
 import re
@@ -15,6 +16,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.nn.utils import parametrizations
 
 import custom_conv
 from custom_conv import functional as CF
@@ -647,3 +649,32 @@ def test_torch_compile_of_the_autoencoder_runs_our_ops_without_a_graph_break():
     assert torch_conv_ops(names) == []
     assert {"custom_conv::conv2d_backward_input", "custom_conv::conv2d_backward_weight"} <= names
     torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_convert_takes_a_weight_normed_transposed_layer_sharing_its_parametrization():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(parametrizations.weight_norm(torch.nn.ConvTranspose2d(2, 3, 3, stride=2)),
+                                parametrizations.weight_norm(torch.nn.Conv1d(3, 2, 3), dim=1)).double()
+    shared = [model[0].parametrizations, model[1].parametrizations]
+    reference = copy.deepcopy(model)
+    converted = custom_conv.convert(model)
+    assert [type(m).__bases__[0] for m in converted] == [custom_conv.nn.ConvTranspose2d, custom_conv.nn.Conv1d]
+    assert [m.parametrizations for m in converted] == shared
+    x = _randn(2, 2, 4, 4, seed=7)
+    run = lambda m: m[1](m[0](x).flatten(2))  # noqa: E731
+    out, ref = run(converted), run(reference)
+    torch.testing.assert_close(out, ref, **TIGHT)
+    out.pow(2).sum().backward()
+    ref.pow(2).sum().backward()
+    for (name, p), q in zip(converted.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=lambda m: f"{name}: {m}", **TIGHT)
+    names = _op_names(lambda: run(converted))
+    assert "custom_conv::conv2d_backward_input" in names and torch_conv_ops(names) == []
+
+
+@pytest.mark.parametrize("cls", ["Conv1d", "ConvTranspose1d", "ConvTranspose2d"])
+def test_jit_script_of_the_new_layers_says_torchscript_is_not_supported(cls):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script's own deprecation
+        with pytest.raises(RuntimeError, match="torch.jit.script: TorchScript is deprecated.*torch.jit.trace"):
+            torch.jit.script(getattr(custom_conv.nn, cls)(2, 2, 3))
