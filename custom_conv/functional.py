@@ -84,6 +84,14 @@ def _sizes(t):
         return [int(s) for s in t.shape]
 
 
+# The device types autocast knows (torch.is_autocast_enabled raises for others, such as meta).
+_AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps")
+
+
+def _autocast_on(t):
+    return t.device.type in _AUTOCAST_DEVICES and torch.is_autocast_enabled(t.device.type)
+
+
 # torch's names for the dtypes our kernels take, as its messages write them.
 _SCALAR_TYPES = {torch.float32: "Float", torch.float64: "Double", torch.float16: "Half", torch.bfloat16: "BFloat16"}
 
@@ -94,7 +102,7 @@ def _check_conv_tensors(x, weight, bias, groups, transposed):
     for a 1-D convolution, and for a transposed one (whose input plays the
     2-D op's output gradient), worded as torch words them for the tensors
     the caller gave. Under autocast the op casts mixed dtypes itself."""
-    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+    if x.dtype != weight.dtype and not _autocast_on(x):
         raise RuntimeError(f"expected scalar type {_SCALAR_TYPES.get(x.dtype, x.dtype)} but found "
                            f"{_SCALAR_TYPES.get(weight.dtype, weight.dtype)}")
     (xs, ws), bs = (_sizes(x), _sizes(weight)), None if bias is None else _sizes(bias)
@@ -167,6 +175,12 @@ def _conv_transpose(op, dims, input, weight, bias, stride, padding, output_paddi
     stride, padding, output_padding, groups, dilation = conv_transpose_arguments(
         op, dims, input, weight, bias, stride, padding, output_padding, groups, dilation, positional)
     unbatched, x = _batched(input, op, dims)
+    if _autocast_on(x):
+        # Autocast runs torch's transposed convolutions in its lower precision,
+        # as it does conv2d; our op (conv2d's input gradient) is not on its list.
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, weight, bias = (t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64
+                           else t for t in (x, weight, bias))
     # torch's checks, in torch's order: the arguments' signs, the tensors,
     # then its transposed kernel's own (dilation, output padding, sizes).
     if any(p < 0 for p in padding):

@@ -171,6 +171,20 @@ def test_float32_half_and_bfloat16_are_within_eps_of_exact(case, dtype):
                                lambda *t: getattr(F, name)(*t, **kwargs), tensors)
 
 
+@pytest.mark.parametrize("weight_dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16 weight"])
+@pytest.mark.parametrize("name", list(FUNCTIONS))
+def test_under_autocast_the_family_runs_in_its_dtype_as_torchs_does(name, weight_dtype):
+    _, make, kwargs = GRADCHECK[name]
+    x, w, b = (t.float() for t in make())
+    w = w.to(weight_dtype).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, ref = getattr(CF, name)(x, w, b, **kwargs), getattr(F, name)(x, w, b, **kwargs)
+    assert out.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(out, ref, rtol=2 ** -6, atol=2 ** -6)  # both round to bfloat16, in their own order
+    grad, ref_grad = (torch.autograd.grad(y.float().sum(), w)[0] for y in (out, ref))
+    assert grad.dtype == ref_grad.dtype == weight_dtype
+
+
 # ------------------------------------------------------------ gradcheck, torch.func
 
 GRADCHECK = {  # name: (function, tensors, keyword arguments)
