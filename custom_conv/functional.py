@@ -12,7 +12,9 @@ transposed convolution is the adjoint of a convolution, so its forward is
 conv2d_backward_input (the output gradient's rule, read forward), and its
 own gradients are conv2d_forward and conv2d_backward_weight, which
 custom_conv.autograd already gives that op to any order. A 1-D convolution
-is a 2-D one of height 1, run on views of its tensors (unsqueeze, no copy).
+is a 2-D one of height 1, run on views of its tensors (unsqueeze, no copy
+but of an input that is not contiguous: torch's 1-D layouts follow the
+weight's alone).
 """
 import warnings
 
@@ -160,8 +162,10 @@ def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
                            f"[{batch}, {channels}, 1, 0]")
     if dilation <= 0:
         raise RuntimeError(f"dilation should be greater than zero, but got [1, {dilation}]")
-    out = ops.conv2d_forward(x.unsqueeze(2), weight.unsqueeze(2), bias, [1, stride], [0, padding], [1, dilation],
-                             groups)
+    # x.contiguous(): torch's 1-D layouts follow the weight's alone, where the
+    # 2-D view of an (N, L, C)-ordered input would suggest channels_last.
+    out = ops.conv2d_forward(x.contiguous().unsqueeze(2), weight.unsqueeze(2), bias, [1, stride], [0, padding],
+                             [1, dilation], groups)
     out = out.squeeze(2)
     return out.squeeze(0) if unbatched else out
 
@@ -190,8 +194,8 @@ def _conv_transpose(op, dims, input, weight, bias, stride, padding, output_paddi
     if any(s <= 0 for s in stride):
         raise RuntimeError("non-positive stride is not supported")
     _check_conv_tensors(x, weight, bias, groups, transposed=True)
-    if dims == 1:
-        x, weight = x.unsqueeze(2), weight.unsqueeze(2)
+    if dims == 1:  # x.contiguous(): as in conv1d
+        x, weight = x.contiguous().unsqueeze(2), weight.unsqueeze(2)
         stride, padding, output_padding, dilation = ([1, *stride], [0, *padding], [0, *output_padding],
                                                      [1, *dilation])
     (batch, in_channels, *sizes), (_, channels, *kernel) = _sizes(x), _sizes(weight)

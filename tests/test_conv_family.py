@@ -305,6 +305,26 @@ def test_conv_transpose2d_channels_last_gives_torchs_values_and_layout(layout, d
                          lambda x, w, b: F.conv_transpose2d(x, w, b, **kwargs), [x, w, b], **tolerance(dtype, "cpu"))
 
 
+def _length_first(t):
+    """t with the same values, laid out (N, L, C) in memory: a 2-D view of it suggests channels_last."""
+    return t.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+@pytest.mark.parametrize("layout", ["input", "weight", "both"])
+@pytest.mark.parametrize("name", ["conv1d", "conv_transpose1d"])
+def test_1d_results_and_gradients_have_torchs_layout_which_follows_the_weights_alone(name, layout):
+    x = _randn(2, 4, 7)
+    w = _randn(3, 4, 3, seed=1) if name == "conv1d" else _randn(4, 3, 3, seed=1)
+    x, w = (_length_first(t) if layout in (which, "both") else t for t, which in ((x, "input"), (w, "weight")))
+    x, w = x.requires_grad_(), w.requires_grad_()
+    out, ref = getattr(CF, name)(x, w), getattr(F, name)(x, w)
+    torch.testing.assert_close(out, ref, **TIGHT)
+    for grad in (torch.randn_like(ref), torch.ones(()).expand(ref.shape)):
+        ours = torch.autograd.grad(out, [x, w], grad, retain_graph=True)
+        theirs = torch.autograd.grad(ref, [x, w], grad, retain_graph=True)
+        assert [t.stride() for t in (out, *ours)] == [t.stride() for t in (ref, *theirs)]
+
+
 # ------------------------------------------------------------ modules
 
 
