@@ -1,4 +1,4 @@
-"""torch's rules for the arguments of conv2d and max_pool2d that are not
+"""torch's rules for the arguments of the convolutions and poolings that are not
 tensor values, with torch's exception types and words: the types its
 argument parser takes (checked for every argument before any value), then
 the lengths its functions take. The values themselves (positive strides,
@@ -9,16 +9,18 @@ The parser takes for a "tuple of ints" an int, a NumPy integer or a 0-dim
 integer tensor (never a bool, a float or None), or a tuple or list whose
 first element is one of those (later elements may also be bools); a list
 that passes on its first element but not on a later one fails while being
-unpacked, with its own message. conv2d has two signatures (numeric or string
-padding), so a type it does not take is "an invalid combination of
-arguments"; max_pool2d names the argument.
+unpacked, with its own message. conv1d and conv2d have two signatures
+(numeric or string padding), so a type they do not take is "an invalid
+combination of arguments"; the transposed convolutions and the poolings name
+the argument. 1-D convolutions are checked with their own lengths (one value
+each), then run as 2-D ones of height 1.
 """
 import numbers
 import operator
 
 import torch
 
-CONV2D_SIGNATURES = (
+CONV_SIGNATURES = (
     " * (Tensor input, Tensor weight, Tensor bias = None, tuple of ints stride = 1, tuple of ints padding = 0, "
     "tuple of ints dilation = 1, int groups = 1)\n"
     " * (Tensor input, Tensor weight, Tensor bias = None, tuple of ints stride = 1, str padding = \"valid\", "
@@ -69,32 +71,43 @@ def _ints(value):
     return [item if isinstance(item, torch.SymInt) else operator.index(item) for item in items]
 
 
-def _plain_pair(value):
+def _plain_pair(value, dims=2):
     """(height, width) for the common spellings, an int or a tuple or list of
-    one or two ints (bools excluded: type(True) is bool), else None. A model
-    calls these functions for every layer, so the general rules below, at
-    tens of microseconds, run only for everything else."""
+    one or `dims` ints (bools excluded: type(True) is bool), else None; with
+    dims=1 a list of the one value. A model calls these functions for every
+    layer, so the general rules below, at tens of microseconds, run only for
+    everything else."""
     if type(value) is int:
-        return [value, value]
-    if type(value) in (tuple, list) and 1 <= len(value) <= 2 and all(type(v) is int for v in value):
-        return [value[0], value[-1]]
+        return [value] * dims
+    if type(value) in (tuple, list) and 1 <= len(value) <= dims and all(type(v) is int for v in value):
+        return [value[0], value[-1]][2 - dims:]
     return None
 
 
-def conv2d_arguments(input, weight, bias, stride, padding, dilation, groups):
-    """Checks F.conv2d's arguments as torch does; returns stride, padding and
-    dilation as (height, width) lists, padding possibly a string."""
+def _lengths_checked(name, value, dims):
+    """A tuple of ints as `dims` values, with torch's error for any other length."""
+    values = _ints(value)
+    if len(values) not in (1, dims):
+        raise RuntimeError(f"expected {name} to be a single integer value or a list of {dims} values to match the "
+                           f"convolution dimensions, but got {name}={values}")
+    return values * dims if len(values) == 1 else values
+
+
+def conv2d_arguments(input, weight, bias, stride, padding, dilation, groups, op="conv2d", dims=2):
+    """Checks F.conv2d's (or, with op="conv1d" and dims=1, F.conv1d's)
+    arguments as torch does; returns stride, padding and dilation as lists of
+    `dims` values, padding possibly a string."""
     def invalid(name, value):
         got = ", ".join(_type_name(t) for t in (input, weight, bias))
-        return TypeError(f"conv2d() received an invalid combination of arguments - got ({got}, {name}="
-                         f"{_type_name(value)}), but expected one of:\n{CONV2D_SIGNATURES}")
+        return TypeError(f"{op}() received an invalid combination of arguments - got ({got}, {name}="
+                         f"{_type_name(value)}), but expected one of:\n{CONV_SIGNATURES}")
 
     if not isinstance(input, torch.Tensor) or not isinstance(weight, torch.Tensor) \
             or not (bias is None or isinstance(bias, torch.Tensor)):
         got = ", ".join(_type_name(t) for t in (input, weight, bias))
-        raise TypeError(f"conv2d() received an invalid combination of arguments - got ({got}), but expected "
-                        f"one of:\n{CONV2D_SIGNATURES}")
-    plain = [_plain_pair(value) for value in (stride, padding, dilation)]
+        raise TypeError(f"{op}() received an invalid combination of arguments - got ({got}), but expected "
+                        f"one of:\n{CONV_SIGNATURES}")
+    plain = [_plain_pair(value, dims) for value in (stride, padding, dilation)]
     if type(groups) is int and None not in plain:
         return plain[0], plain[1], plain[2], groups
     lists = {"stride": stride, "dilation": dilation}
@@ -103,18 +116,12 @@ def conv2d_arguments(input, weight, bias, stride, padding, dilation, groups):
     for name, value in lists.items():
         failure = _int_list_failure(value)
         if failure is not None and failure[0] not in (None, 0):
-            raise _unpack_error("conv2d", name, *failure)
+            raise _unpack_error(op, name, *failure)
         if failure is not None:
             raise invalid(name, value)
     if not _is_int(groups):
         raise invalid("groups", groups)
-    pairs = {}
-    for name, value in lists.items():
-        values = _ints(value)
-        if len(values) not in (1, 2):
-            raise RuntimeError(f"expected {name} to be a single integer value or a list of 2 values to match the "
-                               f"convolution dimensions, but got {name}={values}")
-        pairs[name] = values * 2 if len(values) == 1 else values
+    pairs = {name: _lengths_checked(name, value, dims) for name, value in lists.items()}
     if isinstance(padding, str):
         if padding not in PADDING_STRINGS:
             raise RuntimeError(f"Invalid padding string: {padding!r}")
@@ -122,6 +129,50 @@ def conv2d_arguments(input, weight, bias, stride, padding, dilation, groups):
             raise RuntimeError("padding='same' is not supported for strided convolutions")
         pairs["padding"] = padding
     return pairs["stride"], pairs["padding"], pairs["dilation"], operator.index(groups)
+
+
+CONV_TRANSPOSE_POSITIONS = {"input": 1, "weight": 2, "bias": 3, "stride": 4, "padding": 5, "output_padding": 6,
+                            "groups": 7, "dilation": 8}
+
+
+def conv_transpose_arguments(op, dims, input, weight, bias, stride, padding, output_padding, groups, dilation,
+                             positional=0):
+    """Checks F.conv_transpose2d's (op="conv_transpose2d", dims=2) or
+    F.conv_transpose1d's arguments' types and lengths as torch does: one
+    signature, so a bad type is named. torch's words differ for an argument
+    passed by position, which a Python function cannot see: `positional`
+    says how many were (torch's modules pass all 8; a call of
+    custom_conv.functional is taken to pass them by keyword. Under enabled()
+    torch's parser rejects a bad type before the mode sees the call). Returns stride,
+    padding, output_padding and dilation as lists of `dims` values, and
+    groups; their values are functional.py's to check, in torch's order."""
+    def argument(name):
+        position = CONV_TRANSPOSE_POSITIONS[name]
+        return f"{op}(): argument '{name}'" + (f" (position {position})" if position <= positional else "")
+
+    for name, value in (("input", input), ("weight", weight), ("bias", bias)):
+        if not isinstance(value, torch.Tensor) and not (name == "bias" and value is None):
+            raise TypeError(f"{op}(): argument '{name}' (position {CONV_TRANSPOSE_POSITIONS[name]}) must be "
+                            f"Tensor, not {_type_name(value)}")
+    lists = {"stride": stride, "padding": padding, "output_padding": output_padding, "dilation": dilation}
+    plain = {name: _plain_pair(value, dims) for name, value in lists.items()}
+    if type(groups) is not int or None in plain.values():
+        for name, value in lists.items():
+            failure = _int_list_failure(value)
+            if failure is None:
+                continue
+            position, type_name = failure
+            if position not in (None, 0):
+                raise _unpack_error(op, name, position, type_name)
+            if position == 0 and CONV_TRANSPOSE_POSITIONS[name] <= positional:
+                raise TypeError(f"{argument(name)} must be tuple of ints, but found element of type {type_name} "
+                                f"at pos 0")
+            raise TypeError(f"{argument(name)} must be tuple of ints, not {_type_name(value)}")
+        if not _is_int(groups):
+            raise TypeError(f"{argument('groups')} must be int, not {_type_name(groups)}")
+        plain = {name: _lengths_checked(name, value, dims) for name, value in lists.items()}
+        groups = operator.index(groups)
+    return plain["stride"], plain["padding"], plain["output_padding"], groups, plain["dilation"]
 
 
 def max_pool2d_arguments(op, input, kernel_size, stride, padding, dilation, ceil_mode):

@@ -131,7 +131,9 @@ class _Conv2dForward(torch.autograd.Function):
 
 
 class _Conv2dBackwardInput(torch.autograd.Function):
-    """gx = BI(gy, w): its adjoint in gy is F(., w), its adjoint in w is BW(gy, .)."""
+    """gx = BI(gy, w): its adjoint in gy is F(., w), its adjoint in w is BW(gy, .).
+    It is also the forward of a transposed convolution (functional.py), whose
+    gradients torch gives in the layout gy (its input) or w suggest."""
     @staticmethod
     def forward(grad_output, weight, input_size, stride, padding, dilation, groups):
         with _below_autograd():
@@ -142,6 +144,7 @@ class _Conv2dBackwardInput(torch.autograd.Function):
         grad_output, weight, ctx.input_size, *ctx.args = inputs
         ctx.save_for_backward(grad_output, weight)
         ctx.save_for_forward(grad_output, weight)
+        ctx.memory_format = _conv2d_memory_format(grad_output, weight)
         ctx.set_materialize_grads(False)
 
     @staticmethod
@@ -152,7 +155,8 @@ class _Conv2dBackwardInput(torch.autograd.Function):
             d_grad_output = conv2d_forward(gg, weight, None, *ctx.args)
         if gg is not None and ctx.needs_input_grad[1]:
             d_weight = conv2d_backward_weight(grad_output, gg, weight.shape, *ctx.args)
-        return d_grad_output, d_weight, None, None, None, None, None
+        return (_in_memory_format(d_grad_output, ctx.memory_format), _in_memory_format(d_weight, ctx.memory_format),
+                None, None, None, None, None)
 
     @staticmethod
     def jvp(ctx, grad_output_t, weight_t, *_):

@@ -1,4 +1,4 @@
-"""Swap torch's conv and max-pool layers for ours in an existing model
+"""Swap torch's conv and pooling layers for ours in an existing model
 (convert), and back (to_torch)."""
 import warnings
 
@@ -11,19 +11,31 @@ __all__ = ["convert", "to_torch", "ConvertWarning"]
 
 
 class ConvertWarning(UserWarning):
-    """convert() left a conv or max-pool layer on torch's kernels; the message says which and why."""
+    """convert() left a conv or pooling layer on torch's kernels; the message says which and why."""
 
 
-def _swapped(module, conv_class, pool_class):
-    """A `conv_class` or `pool_class` twin of a Conv2d or MaxPool2d, sharing
-    its parameters and parametrizations."""
-    if isinstance(module, torch.nn.Conv2d):
+# torch's layer class: ours. to_torch reads it the other way.
+OURS = {
+    torch.nn.Conv1d: nn.Conv1d,
+    torch.nn.Conv2d: nn.Conv2d,
+    torch.nn.ConvTranspose1d: nn.ConvTranspose1d,
+    torch.nn.ConvTranspose2d: nn.ConvTranspose2d,
+    torch.nn.MaxPool2d: nn.MaxPool2d,
+}
+
+
+def _swapped(module, twin_class):
+    """A `twin_class` twin of a conv or pooling layer, sharing its parameters
+    and parametrizations."""
+    if isinstance(module, torch.nn.modules.conv._ConvNd):
         # Built on the meta device (no memory, no initialisation), then given
         # the original's parameters: the new layer shares them, so optimisers
         # and weight tying that hold references keep working.
-        twin = conv_class(module.in_channels, module.out_channels, module.kernel_size, module.stride,
-                          module.padding, module.dilation, module.groups, module.bias is not None,
-                          module.padding_mode, device="meta")
+        kwargs = dict(stride=module.stride, padding=module.padding, dilation=module.dilation, groups=module.groups,
+                      bias=module.bias is not None, padding_mode=module.padding_mode, device="meta")
+        if module.transposed:
+            kwargs["output_padding"] = module.output_padding
+        twin = twin_class(module.in_channels, module.out_channels, module.kernel_size, **kwargs)
         if parametrize.is_parametrized(module):
             # weight norm, spectral norm...: register the same parametrizations
             # (which makes the twin compute its weight from them), then share
@@ -36,8 +48,8 @@ def _swapped(module, conv_class, pool_class):
             if not parametrize.is_parametrized(module, name):
                 setattr(twin, name, getattr(module, name))
     else:
-        twin = pool_class(module.kernel_size, module.stride, module.padding, module.dilation,
-                          module.return_indices, module.ceil_mode)
+        # A pooling layer's constructor arguments are its constants.
+        twin = twin_class(**{name: getattr(module, name) for name in type(module).__constants__})
     twin.train(module.training)
     return twin
 
@@ -60,12 +72,13 @@ def _walk(module, swap):
 
 
 def convert(module):
-    """Returns `module` with every torch.nn.Conv2d and torch.nn.MaxPool2d
-    replaced by custom_conv's, parameters kept (shared, not copied),
-    parametrizations too (weight norm, spectral norm).
+    """Returns `module` with every layer of torch's that custom_conv has
+    (the keys of OURS: Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d,
+    MaxPool2d) replaced by custom_conv's, parameters kept (shared, not
+    copied), parametrizations too (weight norm, spectral norm).
 
     Like torch.nn.SyncBatchNorm.convert_sync_batchnorm, containers are updated
-    in place and returned; a bare Conv2d or MaxPool2d yields a new module.
+    in place and returned; a bare layer yields a new module.
     Left alone, with a ConvertWarning that names them: subclasses of those
     layers (their forward may differ) and lazy layers not yet materialised
     (run one forward first: they then become plain Conv2d).
@@ -74,12 +87,12 @@ def convert(module):
 
     def swap(child):
         cls = _base_class(child)
-        if cls in (torch.nn.Conv2d, torch.nn.MaxPool2d):
-            return _swapped(child, nn.Conv2d, nn.MaxPool2d)
-        if isinstance(child, torch.nn.modules.lazy.LazyModuleMixin) and isinstance(child, torch.nn.Conv2d):
+        if cls in OURS:
+            return _swapped(child, OURS[cls])
+        theirs = tuple(OURS)
+        if isinstance(child, torch.nn.modules.lazy.LazyModuleMixin) and isinstance(child, theirs):
             left_alone.append(f"{type(child).__name__} (not materialised yet: run a forward first, then convert)")
-        elif isinstance(child, (torch.nn.Conv2d, torch.nn.MaxPool2d)) and not isinstance(child, (nn.Conv2d,
-                                                                                                   nn.MaxPool2d)):
+        elif isinstance(child, theirs) and not isinstance(child, tuple(OURS.values())):
             left_alone.append(f"{type(child).__name__} (a subclass of {cls.__mro__[1].__name__}, whose forward "
                               f"may differ)")
         return None
@@ -92,11 +105,14 @@ def convert(module):
 
 
 def to_torch(module):
-    """The inverse of convert: every custom_conv.nn.Conv2d and MaxPool2d
-    replaced by torch's, parameters and parametrizations shared. For code
-    that wants torch's own layers back (quantisation, other exporters, ...)."""
+    """The inverse of convert: every custom_conv.nn layer replaced by torch's,
+    parameters and parametrizations shared. For code that wants torch's own
+    layers back (quantisation, other exporters, ...)."""
+    theirs = {ours: torch_class for torch_class, ours in OURS.items()}
+
     def swap(child):
-        if _base_class(child) in (nn.Conv2d, nn.MaxPool2d):
-            return _swapped(child, torch.nn.Conv2d, torch.nn.MaxPool2d)
+        cls = _base_class(child)
+        if cls in theirs:
+            return _swapped(child, theirs[cls])
         return None
     return _walk(module, swap)

@@ -4,15 +4,16 @@ convert() swaps modules, but a model whose forward calls
 torch.nn.functional.conv2d or max_pool2d itself (PyTorch's classic MNIST
 example does) would still reach torch's kernels. Under enabled(), a
 torch.overrides.TorchFunctionMode sees every call of torch's Python API and
-sends the 2-D convolutions and max-pools to custom_conv.functional, whoever
-makes them: torch.nn.Conv2d and MaxPool2d (their forward calls the
-functional API), third-party code, torch.conv2d itself. Nothing is patched;
+sends the convolutions and poolings we have to custom_conv.functional, whoever
+makes them: torch.nn's layers (their forward calls the functional API),
+third-party code, torch.conv2d itself. Nothing is patched;
 leaving the block restores torch's behaviour, and other threads are not
 affected (torch keeps the mode stack per thread).
 
 What the mode intercepts (what torch.nn.functional and torch.nn call):
   torch.conv2d (= F.conv2d, what nn.Conv2d calls in every padding mode),
-  torch.convolution and torch._convolution when they are a plain 2-D convolution,
+  torch.conv1d, torch.conv_transpose1d and torch.conv_transpose2d (= F.*),
+  torch.convolution and torch._convolution when they are a 1-D or 2-D one,
   F.max_pool2d (what nn.MaxPool2d calls), F.max_pool2d_with_indices (with
   return_indices=True), torch.max_pool2d, torch._C._nn.max_pool2d_with_indices,
   and the same ATen ops called as torch.ops.aten.*.
@@ -101,7 +102,7 @@ def _warn_once(kind, what):
         dtypes = ", ".join(str(d).removeprefix("torch.") for d in SUPPORTED_DTYPES)
         warnings.warn(
             f"custom_conv.enabled(): {kind} are not for custom_conv's kernels (they take strided {dtypes} "
-            f"tensors on {devices}), so this {what} and every other conv2d or max_pool2d call on them run "
+            f"tensors on {devices}), so this {what} and every other convolution or pooling call on them run "
             f"on torch's. Said once.",
             FallbackWarning, stacklevel=_user_stacklevel())
 
@@ -118,9 +119,25 @@ def _conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1)
 def _convolution(input, weight, bias, stride, padding, dilation, transposed, output_padding, groups,
                  *_flags):
     # torch._convolution's extra flags (benchmark, deterministic, cudnn, tf32) choose among torch's kernels.
-    if transposed or input.dim() != 4 or weight.dim() != 4:
-        return None  # a transposed convolution, or a 1-D or 3-D one
-    return functional.conv2d(input, weight, bias, stride, padding, dilation, groups)
+    if weight.dim() not in (3, 4) or input.dim() != weight.dim():
+        return None  # a 3-D convolution, or unbatched input (which torch.convolution does not take)
+    if transposed:
+        function = functional.conv_transpose2d if weight.dim() == 4 else functional.conv_transpose1d
+        return function(input, weight, bias, stride, padding, output_padding, groups, dilation)
+    function = functional.conv2d if weight.dim() == 4 else functional.conv1d
+    return function(input, weight, bias, stride, padding, dilation, groups)
+
+
+def _conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    return functional.conv1d(input, weight, bias, stride, padding, dilation, groups)
+
+
+def _conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    return functional.conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups, dilation)
+
+
+def _conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    return functional.conv_transpose1d(input, weight, bias, stride, padding, output_padding, groups, dilation)
 
 
 def _max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
@@ -148,6 +165,9 @@ def _aten_conv2d(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilati
 aten = torch.ops.aten
 _HANDLERS = {
     torch.conv2d: ("conv2d", _conv2d),  # F.conv2d is torch.conv2d
+    torch.conv1d: ("conv1d", _conv1d),
+    torch.conv_transpose2d: ("conv_transpose2d", _conv_transpose2d),
+    torch.conv_transpose1d: ("conv_transpose1d", _conv_transpose1d),
     torch.convolution: ("convolution", _convolution),
     torch._convolution: ("convolution", _convolution),
     F.max_pool2d: ("max_pool2d", _max_pool2d),
@@ -156,6 +176,9 @@ _HANDLERS = {
     torch._C._nn.max_pool2d_with_indices: ("max_pool2d", _aten_max_pool2d_with_indices),
 }
 for _packet, _entry in ((aten.conv2d, ("conv2d", _aten_conv2d)),
+                        (aten.conv1d, ("conv1d", _conv1d)),
+                        (aten.conv_transpose2d, ("conv_transpose2d", _conv_transpose2d)),
+                        (aten.conv_transpose1d, ("conv_transpose1d", _conv_transpose1d)),
                         (aten.convolution, ("convolution", _convolution)),
                         (aten._convolution, ("convolution", _convolution)),
                         (aten.max_pool2d, ("max_pool2d", _aten_max_pool2d)),
@@ -184,8 +207,8 @@ class _CustomConvMode(TorchFunctionMode):
 
 
 def enabled():
-    """A context manager under which every 2-D convolution and max-pooling
-    call runs on custom_conv's kernels: functional, module or inside
+    """A context manager under which every call of a convolution or pooling
+    that custom_conv has runs on its kernels: functional, module or inside
     third-party code, with no change to that code.
 
         with custom_conv.enabled():

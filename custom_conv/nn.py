@@ -1,6 +1,6 @@
 """nn.Module versions of our layers.
 
-They subclass torch.nn.Conv2d and torch.nn.MaxPool2d, so constructor
+Each subclasses torch's module of the same name, so constructor
 arguments, parameters, initialisation, state_dict keys, repr and isinstance
 checks are torch's own; only the forward runs our kernels.
 """
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from . import functional
 
-__all__ = ["Conv2d", "MaxPool2d"]
+__all__ = ["Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d", "MaxPool2d"]
 
 
 def _not_scriptable(self):
@@ -31,6 +31,45 @@ class Conv2d(torch.nn.Conv2d):
             return functional.conv2d(padded, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
         return functional.conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation,
                                  self.groups)
+
+
+class Conv1d(torch.nn.Conv1d):
+    """torch.nn.Conv1d computed by custom_conv's kernels (as a 2-D convolution of height 1)."""
+    __prepare_scriptable__ = _not_scriptable
+
+    def forward(self, input):
+        if self.padding_mode != "zeros":
+            padded = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return functional.conv1d(padded, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        return functional.conv1d(input, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                                 self.groups)
+
+
+class _ConvTranspose:
+    """The forward of torch's transposed convolution modules, on our functions."""
+    __prepare_scriptable__ = _not_scriptable
+    _dims = 2
+
+    def forward(self, input, output_size=None):
+        if self.padding_mode != "zeros":
+            raise ValueError(f"Only `zeros` padding mode is supported for {type(self).__name__}")
+        # torch's own rule for the output_padding that gives `output_size` (and its errors).
+        output_padding = self._output_padding(input, output_size, self.stride, self.padding, self.kernel_size,
+                                              self._dims, self.dilation)
+        # Every argument by position, as torch's forward passes them (which its errors show).
+        return functional._conv_transpose(f"conv_transpose{self._dims}d", self._dims, input, self.weight, self.bias,
+                                          self.stride, self.padding, output_padding, self.groups, self.dilation,
+                                          positional=8)
+
+
+class ConvTranspose2d(_ConvTranspose, torch.nn.ConvTranspose2d):
+    """torch.nn.ConvTranspose2d computed by custom_conv's kernels."""
+    _dims = 2
+
+
+class ConvTranspose1d(_ConvTranspose, torch.nn.ConvTranspose1d):
+    """torch.nn.ConvTranspose1d computed by custom_conv's kernels."""
+    _dims = 1
 
 
 class MaxPool2d(torch.nn.MaxPool2d):

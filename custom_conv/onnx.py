@@ -1,5 +1,5 @@
-"""ONNX export: our ops become ONNX's standard Conv and MaxPool, so an
-exported model runs in any ONNX runtime.
+"""ONNX export: our ops become ONNX's standard Conv, ConvTranspose and
+MaxPool, so an exported model runs in any ONNX runtime.
 
     custom_conv.onnx.export(model, (x,), "model.onnx")            # torch's dynamo exporter
     custom_conv.onnx.export(model, (x,), "model.onnx", dynamo=False)  # the TorchScript one
@@ -10,7 +10,12 @@ custom_translation_table=custom_conv.onnx.TRANSLATION_TABLE; the TorchScript
 exporter (dynamo=False) finds our symbolics, registered on import of
 custom_conv. The one conversion of substance is max-pooling's indices:
 ONNX counts them over the whole tensor, torch (and we) within each plane, so
-the exported graph takes them modulo H * W.
+the exported graph takes them modulo H * W. conv2d_backward_input, which is
+what a transposed convolution runs (custom_conv/functional.py), becomes
+ConvTranspose, its output_padding the difference between the size asked for
+and the smallest one (from the weight's size and that size, both constants
+of the graph: the size a transposed convolution gives is fixed at export).
+A 1-D convolution exports as a Conv or ConvTranspose of height 1.
 """
 import torch
 
@@ -34,6 +39,27 @@ def _conv2d_forward_onnxscript(input, weight, bias, stride, padding, dilation, g
     return op.Conv(*inputs, **attributes)
 
 
+def _transposed_output_padding(weight_size, input_size, stride, padding, dilation):
+    """The output_padding of ONNX's ConvTranspose that gives `input_size`:
+    its excess over the smallest size whose convolution has grad_output's
+    size, which is the convolution's output size of `input_size` (the op
+    takes no other), so that only the weight's size needs to be known."""
+    padding_of = []
+    for size, k, s, p, d in zip(input_size[2:], weight_size[2:], stride, padding, dilation):
+        n = (int(size) + 2 * p - d * (k - 1) - 1) // s + 1
+        padding_of.append(int(size) - ((n - 1) * s - 2 * p + d * (k - 1) + 1))
+    return padding_of
+
+
+def _conv2d_backward_input_onnxscript(grad_output, weight, input_size, stride, padding, dilation, groups):
+    from onnxscript import opset18 as op
+    weight_size = [int(d) for d in weight.shape]
+    return op.ConvTranspose(grad_output, weight, strides=list(stride), pads=_pads(padding),
+                            dilations=list(dilation), group=groups,
+                            output_padding=_transposed_output_padding(weight_size, input_size, stride, padding,
+                                                                      dilation))
+
+
 def _max_pool2d_forward_onnxscript(input, kernel_size, stride, padding, dilation, ceil_mode):
     from onnxscript import opset18 as op
     output, indices = op.MaxPool(input, kernel_shape=list(kernel_size), strides=list(stride), pads=_pads(padding),
@@ -46,6 +72,7 @@ def translation_table():
     """What torch.onnx.export(..., dynamo=True) takes as custom_translation_table."""
     ops = torch.ops.custom_conv
     return {ops.conv2d_forward.default: _conv2d_forward_onnxscript,
+            ops.conv2d_backward_input.default: _conv2d_backward_input_onnxscript,
             ops.max_pool2d_forward.default: _max_pool2d_forward_onnxscript}
 
 
@@ -62,6 +89,16 @@ def _conv2d_forward_symbolic(g, input, weight, bias, stride, padding, dilation, 
     inputs = (input, weight) if sh._is_none(bias) else (input, weight, bias)
     return g.op("Conv", *inputs, strides_i=stride, pads_i=_pads(padding), dilations_i=dilation,
                 group_i=sh._get_const(groups, "i", "groups"))
+
+
+def _conv2d_backward_input_symbolic(g, grad_output, weight, input_size, stride, padding, dilation, groups):
+    from torch.onnx import symbolic_helper as sh
+    stride, padding, dilation, input_size = (sh._get_const(v, "is", name) for v, name in
+                                             ((stride, "stride"), (padding, "padding"), (dilation, "dilation"),
+                                              (input_size, "input_size")))
+    output_padding = _transposed_output_padding(sh._get_tensor_sizes(weight), input_size, stride, padding, dilation)
+    return g.op("ConvTranspose", grad_output, weight, strides_i=stride, pads_i=_pads(padding), dilations_i=dilation,
+                group_i=sh._get_const(groups, "i", "groups"), output_padding_i=output_padding)
 
 
 def _max_pool2d_forward_symbolic(g, input, kernel_size, stride, padding, dilation, ceil_mode):
@@ -81,12 +118,14 @@ def _max_pool2d_forward_symbolic(g, input, kernel_size, stride, padding, dilatio
 def register_symbolics():
     """Lets the TorchScript exporter (torch.onnx.export(..., dynamo=False)) translate our ops."""
     torch.onnx.register_custom_op_symbolic("custom_conv::conv2d_forward", _conv2d_forward_symbolic, OPSET)
+    torch.onnx.register_custom_op_symbolic("custom_conv::conv2d_backward_input", _conv2d_backward_input_symbolic,
+                                           OPSET)
     torch.onnx.register_custom_op_symbolic("custom_conv::max_pool2d_forward", _max_pool2d_forward_symbolic, OPSET)
 
 
 def export(model, args, f=None, *, dynamo=True, **kwargs):
-    """torch.onnx.export, with our ops translated to ONNX's Conv and MaxPool
-    by either exporter; returns what it returns."""
+    """torch.onnx.export, with our ops translated to ONNX's Conv,
+    ConvTranspose and MaxPool by either exporter; returns what it returns."""
     if dynamo:
         table = {**TRANSLATION_TABLE, **kwargs.pop("custom_translation_table", {})}
         return torch.onnx.export(model, args, f, dynamo=True, custom_translation_table=table,

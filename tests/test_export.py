@@ -67,6 +67,40 @@ def test_max_pool_indices_export_as_torchs_per_plane_indices(dynamo, tmp_path):
     assert torch.equal(torch.from_numpy(indices), expected_indices)
 
 
+class TransposedFamily(torch.nn.Module):
+    """Each transposed and 1-D layer: output padding, groups, dilation,
+    asymmetric arguments, one output padding at least the stride, and output
+    paddings from 0 to stride - 1 (ONNX's is worked out from the size)."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = torch.nn.ConvTranspose2d(4, 6, (3, 2), stride=(2, 3), padding=(1, 0), output_padding=(0, 2),
+                                           groups=2)
+        self.up_dilated = torch.nn.ConvTranspose2d(6, 2, 3, stride=1, dilation=(3, 1), padding=1,
+                                                   output_padding=(2, 0), bias=False)
+        self.encode = torch.nn.Conv1d(2, 4, 3, stride=2, padding=2, dilation=2)
+        self.decode = torch.nn.ConvTranspose1d(4, 3, 4, stride=3, padding=1, output_padding=1)
+
+    def forward(self, x):
+        y = self.up_dilated(torch.relu(self.up(x)))
+        return self.decode(torch.relu(self.encode(y.flatten(2))))
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
+def test_transposed_and_1d_convolutions_export_as_onnxs_conv_transpose_and_conv(dynamo, tmp_path):
+    import onnx
+    torch.manual_seed(0)
+    model = custom_conv.convert(TransposedFamily()).eval()
+    x = torch.randn(2, 4, 5, 4)
+    export_quietly(model, x, tmp_path / "family.onnx", dynamo)
+    op_types = {node.op_type for node in onnx.load(str(tmp_path / "family.onnx")).graph.node}
+    assert {"ConvTranspose", "Conv"} <= op_types
+    got, = run_onnx(tmp_path / "family.onnx", x)
+    with torch.no_grad():
+        expected = custom_conv.to_torch(copy.deepcopy(model))(x)
+    torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-4, atol=1e-5)
+
+
 def test_plain_torch_onnx_export_finds_our_translations(tmp_path):
     """torch.onnx.export itself: the TorchScript exporter through our registered symbolics, the dynamo
     exporter through the translation table."""

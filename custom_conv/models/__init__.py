@@ -4,9 +4,11 @@
     model = get_model("resnet20", num_classes=10, backend="custom")
 
 Every builder takes in_channels, num_classes and backend ("custom" | "torch");
-with the same seed both backends build the same weights.
+with the same seed both backends build the same weights. ConvAutoencoder
+(conv_autoencoder) is not a classifier, so it is not among MODELS.
 """
 from ._layers import BACKENDS, layers
+from .autoencoder import ConvAutoencoder, conv_autoencoder
 from .lenet import LeNet5, lenet5
 from .resnet import ResNet, resnet20, resnet32, resnet44, resnet56, resnet110
 from .vgg import VGG, vgg11, vgg13, vgg16, vgg19
@@ -31,4 +33,5 @@ def get_model(name, in_channels=3, num_classes=10, backend="custom"):
 
 
 __all__ = ["BACKENDS", "MODELS", "get_model", "layers", "LeNet5", "lenet5", "VGG", "vgg11", "vgg13",
-           "vgg16", "vgg19", "ResNet", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
+           "vgg16", "vgg19", "ResNet", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
+           "ConvAutoencoder", "conv_autoencoder"]
