@@ -280,17 +280,18 @@ AvgPool2dGeometry avg_pool2d_geometry(
   return a;
 }
 
-AvgPool2dGeometry adaptive_avg_pool2d_geometry(c10::IntArrayRef input_sizes, c10::IntArrayRef output_size) {
+AvgPool2dGeometry adaptive_avg_pool2d_geometry(c10::IntArrayRef input_sizes, c10::IntArrayRef output_size,
+                                               const char* op) {
   TORCH_CHECK(input_sizes.size() == 4,
-              "adaptive_avg_pool2d: expected a 4-D input (N, C, H, W), got ",
+              op, ": expected a 4-D input (N, C, H, W), got ",
               input_sizes.size(), "-D input of size ", input_sizes);
-  TORCH_CHECK(output_size.size() == 2, "adaptive_avg_pool2d: output_size must be 2");
+  TORCH_CHECK(output_size.size() == 2, op, ": output_size must be 2");
   TORCH_CHECK(output_size[0] >= 0 && output_size[1] >= 0,
-              "adaptive_avg_pool2d: elements of output_size must be greater than or equal to 0 but received ",
+              op, ": elements of output_size must be greater than or equal to 0 but received ",
               output_size);
   for (int d = 1; d < 4; ++d) {
     TORCH_CHECK(input_sizes[d] > 0,
-                "adaptive_avg_pool2d(): Expected input to have non-zero size for non-batch dimensions, "
+                op, "(): Expected input to have non-zero size for non-batch dimensions, "
                 "but input has sizes ", input_sizes, " with dimension ", d, " being empty");
   }
   AvgPool2dGeometry a{};

@@ -158,8 +158,10 @@ AvgPool2dGeometry avg_pool2d_geometry(
     bool count_include_pad,
     c10::optional<int64_t> divisor_override);
 
-// Validates an adaptive_avg_pool2d call on an (N, C, H, W) input.
-AvgPool2dGeometry adaptive_avg_pool2d_geometry(c10::IntArrayRef input_sizes, c10::IntArrayRef output_size);
+// Validates an adaptive pooling call on an (N, C, H, W) input (op:
+// "adaptive_avg_pool2d" or "adaptive_max_pool2d", for the messages).
+AvgPool2dGeometry adaptive_avg_pool2d_geometry(c10::IntArrayRef input_sizes, c10::IntArrayRef output_size,
+                                               const char* op = "adaptive_avg_pool2d");
 
 // Checks that grad_output is floating-point and of the pooled size `g`
 // gives (op names the backward in the message).

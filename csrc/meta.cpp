@@ -107,6 +107,17 @@ at::Tensor adaptive_avg_pool2d_backward_meta(const at::Tensor& grad_output, c10:
   return at::empty_symint(input_size, grad_output.options());
 }
 
+std::tuple<at::Tensor, at::Tensor> adaptive_max_pool2d_forward_meta(const at::Tensor& input,
+                                                                    c10::IntArrayRef output_size) {
+  const at::Tensor output = adaptive_avg_pool2d_forward_meta(input, output_size);
+  return {output, at::empty_like(output, output.options().dtype(at::kLong))};
+}
+
+at::Tensor adaptive_max_pool2d_backward_meta(const at::Tensor& grad_output, const at::Tensor& indices,
+                                             c10::SymIntArrayRef input_size) {
+  return at::empty_symint(input_size, grad_output.options());
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(custom_conv, Meta, m) {
@@ -120,6 +131,8 @@ TORCH_LIBRARY_IMPL(custom_conv, Meta, m) {
   m.impl("avg_pool2d_backward", &avg_pool2d_backward_meta);
   m.impl("adaptive_avg_pool2d_forward", &adaptive_avg_pool2d_forward_meta);
   m.impl("adaptive_avg_pool2d_backward", &adaptive_avg_pool2d_backward_meta);
+  m.impl("adaptive_max_pool2d_forward", &adaptive_max_pool2d_forward_meta);
+  m.impl("adaptive_max_pool2d_backward", &adaptive_max_pool2d_backward_meta);
 }
 
 }  // namespace custom_conv

@@ -1,4 +1,4 @@
-// The schemas of the ten kernel ops, which every backend implements. ops.cpp
+// The schemas of the twelve kernel ops, which every backend implements. ops.cpp
 // declares them in the custom_conv library; the CUDA emulator's test build
 // (tests/emulator) declares the same ones in its own library, for the CUDA
 // sources compiled for the CPU.
@@ -44,6 +44,11 @@ inline void define_kernel_ops(torch::Library& m) {
   // The same with torch's adaptive windows, for an output of output_size.
   m.def("adaptive_avg_pool2d_forward(Tensor input, int[2] output_size) -> Tensor");
   m.def("adaptive_avg_pool2d_backward(Tensor grad_output, SymInt[4] input_size) -> Tensor");
+  // Max pooling over the adaptive windows: the maxima and their flat
+  // in-plane indices, as max_pool2d_forward gives them; the backward routes
+  // each gradient to the element its index names.
+  m.def("adaptive_max_pool2d_forward(Tensor input, int[2] output_size) -> (Tensor, Tensor)");
+  m.def("adaptive_max_pool2d_backward(Tensor grad_output, Tensor indices, SymInt[4] input_size) -> Tensor");
 }
 
 }  // namespace custom_conv

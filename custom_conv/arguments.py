@@ -274,13 +274,14 @@ def avg_pool2d_arguments(input, kernel_size, stride, padding, ceil_mode, count_i
     return pairs["kernel_size"], pairs["stride"], pairs["padding"], divisor
 
 
-def adaptive_avg_pool2d_arguments(input, output_size):
-    """Checks F.adaptive_avg_pool2d's arguments as torch does (None in
+def adaptive_pool2d_arguments(input, output_size, op="adaptive_avg_pool2d"):
+    """Checks F.adaptive_avg_pool2d's (or, with op="adaptive_max_pool2d",
+    F.adaptive_max_pool2d's) arguments as torch does (None in
     output_size takes the input's size there, as torch.nn.functional does
     before its parser sees it); returns the output size as a list of two
     ints."""
     if not isinstance(input, torch.Tensor):
-        raise TypeError(f"adaptive_avg_pool2d(): argument 'input' (position 1) must be Tensor, not "
+        raise TypeError(f"{op}(): argument 'input' (position 1) must be Tensor, not "
                         f"{_type_name(input)}")
     if type(output_size) is int:
         return [output_size, output_size]
@@ -290,15 +291,15 @@ def adaptive_avg_pool2d_arguments(input, output_size):
     if failure is not None:
         position, type_name = failure
         if position is None:
-            raise TypeError(f"adaptive_avg_pool2d(): argument 'output_size' (position 2) must be tuple of ints, "
+            raise TypeError(f"{op}(): argument 'output_size' (position 2) must be tuple of ints, "
                             f"not {type_name}")
         if position == 0:
-            raise TypeError(f"adaptive_avg_pool2d(): argument 'output_size' (position 2) must be tuple of ints, "
+            raise TypeError(f"{op}(): argument 'output_size' (position 2) must be tuple of ints, "
                             f"but found element of type {type_name} at pos 0")
-        raise _unpack_error("adaptive_avg_pool2d", "output_size", position, type_name)
+        raise _unpack_error(op, "output_size", position, type_name)
     values = _ints(output_size)
     if len(values) == 1 and not isinstance(output_size, (tuple, list, torch.Size)):
         values = values * 2
     if len(values) != 2:
-        raise RuntimeError("adaptive_avg_pool2d: output_size must be 2")
+        raise RuntimeError(f"{op}: output_size must be 2")
     return values

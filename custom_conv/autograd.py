@@ -39,7 +39,8 @@ from ._ops import ops
 
 __all__ = ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_backward_bias",
            "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
-           "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward"]
+           "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d_forward",
+           "adaptive_max_pool2d_backward"]
 
 # ------------------------------------------------------------ memory format
 
@@ -399,6 +400,78 @@ _AdaptiveAvgPool2dForward, _AdaptiveAvgPool2dBackward = _avg_pool_functions(
     "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward", adaptive=True)
 
 
+# ------------------------------------------------------------ adaptive_max_pool2d
+# As max_pool2d, through the saved indices; adaptive windows always hold
+# input, so every index names an element of its own window.
+
+
+def _gather_at(indices, planes):
+    """planes (N, C, H, W) read at each output's in-plane index."""
+    n, c, h, w = planes.shape
+    return planes.reshape(n, c, h * w).gather(2, indices.reshape(n, c, -1)).view_as(indices)
+
+
+class _AdaptiveMaxPool2dForward(torch.autograd.Function):
+    """(y, indices) = adaptive_max_pool2d(x): each output gradient goes back to
+    the one input its index names; the tangent is read from there."""
+    @staticmethod
+    def forward(input, output_size):
+        with _below_autograd():
+            return ops.adaptive_max_pool2d_forward(input, output_size)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, _ = inputs
+        ctx.input_size = input.shape
+        ctx.memory_format = _pool_memory_format(input)
+        indices = output[1]
+        ctx.mark_non_differentiable(indices)
+        ctx.save_for_backward(indices)
+        ctx.save_for_forward(indices)
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, grad, _grad_indices):
+        if grad is None or not ctx.needs_input_grad[0]:
+            return None, None
+        indices, = ctx.saved_tensors
+        grad_input = adaptive_max_pool2d_backward(grad, indices, ctx.input_size)
+        return _in_memory_format(grad_input, ctx.memory_format), None
+
+    @staticmethod
+    def jvp(ctx, input_t, *_):
+        indices, = ctx.saved_tensors
+        return _gather_at(indices, input_t), None
+
+
+class _AdaptiveMaxPool2dBackward(torch.autograd.Function):
+    """gx = P(gy, indices), the scatter through the indices: linear in gy;
+    its adjoint gathers through them."""
+    @staticmethod
+    def forward(grad_output, indices, input_size):
+        with _below_autograd():
+            return ops.adaptive_max_pool2d_backward(grad_output, indices, input_size)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, indices, ctx.input_size = inputs
+        ctx.save_for_backward(indices)
+        ctx.save_for_forward(indices)
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, gg):
+        if gg is None or not ctx.needs_input_grad[0]:
+            return None, None, None
+        indices, = ctx.saved_tensors
+        return _gather_at(indices, gg), None, None
+
+    @staticmethod
+    def jvp(ctx, grad_output_t, *_):
+        indices, = ctx.saved_tensors
+        return adaptive_max_pool2d_backward(grad_output_t, indices, ctx.input_size)
+
+
 FUNCTIONS = {
     "conv2d_forward": _Conv2dForward,
     "conv2d_backward_input": _Conv2dBackwardInput,
@@ -410,6 +483,8 @@ FUNCTIONS = {
     "avg_pool2d_backward": _AvgPool2dBackward,
     "adaptive_avg_pool2d_forward": _AdaptiveAvgPool2dForward,
     "adaptive_avg_pool2d_backward": _AdaptiveAvgPool2dBackward,
+    "adaptive_max_pool2d_forward": _AdaptiveMaxPool2dForward,
+    "adaptive_max_pool2d_backward": _AdaptiveMaxPool2dBackward,
 }
 
 
@@ -559,6 +634,19 @@ def _avg_pool_backward_vmap(name):
     return rule
 
 
+def _adaptive_max_pool2d_forward_vmap(info, in_dims, input, output_size):
+    out, indices = adaptive_max_pool2d_forward(input.movedim(in_dims[0], 0).flatten(0, 1), output_size)
+    return (out.unflatten(0, (info.batch_size, -1)), indices.unflatten(0, (info.batch_size, -1))), (0, 0)
+
+
+def _adaptive_max_pool2d_backward_vmap(info, in_dims, grad_output, indices, input_size):
+    b = info.batch_size
+    gy = _batched(grad_output, in_dims[0], b).flatten(0, 1)
+    idx = _batched(indices, in_dims[1], b).flatten(0, 1)
+    gx = adaptive_max_pool2d_backward(gy, idx, [b * input_size[0], *input_size[1:]])
+    return gx.unflatten(0, (b, -1)), 0
+
+
 VMAP_RULES = {
     "conv2d_forward": _conv2d_forward_vmap,
     "conv2d_backward_input": _conv2d_backward_input_vmap,
@@ -570,6 +658,8 @@ VMAP_RULES = {
     "avg_pool2d_backward": _avg_pool_backward_vmap("avg_pool2d_backward"),
     "adaptive_avg_pool2d_forward": _avg_pool_forward_vmap("adaptive_avg_pool2d_forward"),
     "adaptive_avg_pool2d_backward": _avg_pool_backward_vmap("adaptive_avg_pool2d_backward"),
+    "adaptive_max_pool2d_forward": _adaptive_max_pool2d_forward_vmap,
+    "adaptive_max_pool2d_backward": _adaptive_max_pool2d_backward_vmap,
 }
 
 for _name, _rule in VMAP_RULES.items():

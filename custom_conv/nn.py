@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from . import functional
 
-__all__ = ["Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d"]
+__all__ = ["Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
+           "AdaptiveMaxPool2d"]
 
 
 def _not_scriptable(self):
@@ -96,3 +97,11 @@ class AdaptiveAvgPool2d(torch.nn.AdaptiveAvgPool2d):
 
     def forward(self, input):
         return functional.adaptive_avg_pool2d(input, self.output_size)
+
+
+class AdaptiveMaxPool2d(torch.nn.AdaptiveMaxPool2d):
+    """torch.nn.AdaptiveMaxPool2d computed by custom_conv's kernels."""
+    __prepare_scriptable__ = _not_scriptable
+
+    def forward(self, input):
+        return functional.adaptive_max_pool2d(input, self.output_size, self.return_indices)

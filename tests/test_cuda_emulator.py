@@ -69,7 +69,7 @@ def emu():
     cpp_extension.load(
         name="custom_conv_cuda_emulator",
         sources=[str(EMULATOR / f) for f in ("cuda_emulator.cpp", "conv2d.cpp", "max_pool2d.cpp", "avg_pool2d.cpp",
-                                                    "mutants.cpp")]
+                                                    "adaptive_max_pool2d.cpp", "mutants.cpp")]
         + [str(ROOT / "csrc" / "geometry.cpp")],
         extra_cflags=["-O2", "-DCUSTOM_CONV_EMULATE_CUDA"],
         extra_include_paths=[str(EMULATOR), str(ROOT / "csrc" / "cuda"), str(BUILD)],
@@ -228,6 +228,27 @@ def test_avg_pool2d_matches_torch_and_equals_our_cpu_ops_bitwise(emu, case, dtyp
     tol = tolerance(dtype, "cuda") if dtype in (torch.float64, torch.float32) else {}
     torch.testing.assert_close(out, ref.detach().to(dtype), **tol)
     torch.testing.assert_close(grad, x64.grad.to(dtype), **tol)
+
+
+@pytest.mark.parametrize("dtype", dtypes("float64", "float32", "float16", "bfloat16"))
+@pytest.mark.parametrize("case", [k for k, c in ADAPTIVE_AVG_POOL2D_CASES.items() if len(c.input) == 4])
+def test_adaptive_max_pool2d_matches_torch_and_equals_our_cpu_ops_bitwise(emu, case, dtype):
+    c = ADAPTIVE_AVG_POOL2D_CASES[case]
+    x = pool_input(c, dtype)
+    args = adaptive_arguments(c.kwargs, x)
+    out, indices = emu.adaptive_max_pool2d_forward(x, *args)
+    ref, ref_indices = F.adaptive_max_pool2d(x, c.kwargs["output_size"], return_indices=True)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    assert torch.equal(indices, ref_indices)
+    cpu, cpu_indices = torch.ops.custom_conv.adaptive_max_pool2d_forward(x, *args)
+    assert torch.equal(out, cpu) and torch.equal(indices, cpu_indices)
+    go = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(dtype)
+    grad = emu.adaptive_max_pool2d_backward(go, indices, x.shape)
+    # The GPU gathers in the order the CPU kernel scatters: the same sums, bit for bit.
+    assert torch.equal(grad, torch.ops.custom_conv.adaptive_max_pool2d_backward(go, indices, x.shape))
+    x64 = x.double().requires_grad_()
+    F.adaptive_max_pool2d(x64, c.kwargs["output_size"]).backward(go.double())
+    torch.testing.assert_close(grad, x64.grad.to(dtype))
 
 
 # ------------------------------------------- paths only large problems take on a GPU

@@ -52,6 +52,10 @@ def _opcheck_cases():
         "adaptive_avg_pool2d_forward": (ops.adaptive_avg_pool2d_forward, (xp, [4, 3])),
         "adaptive_avg_pool2d_backward": (ops.adaptive_avg_pool2d_backward,
                                          (torch.randn(2, 3, 4, 3, requires_grad=True), list(xp.shape))),
+        "adaptive_max_pool2d_forward": (ops.adaptive_max_pool2d_forward, (xp, [4, 3])),
+        "adaptive_max_pool2d_backward": (ops.adaptive_max_pool2d_backward,
+                                         (torch.randn(2, 3, 4, 3, requires_grad=True),
+                                          ops.adaptive_max_pool2d_forward(xp, [4, 3])[1], list(xp.shape))),
     }
 
 
