@@ -50,6 +50,7 @@ def build_parser():
                    help="switch off random augmentation (CIFAR: crops and flips; Fashion-MNIST: 2-pixel "
                         "shifts and flips; MNIST: small shifts and rotations)")
     g.add_argument("--backend", choices=BACKENDS, help="whose conv2d / max_pool2d: custom_conv's (default) or torch's")
+    g.add_argument("--pool", choices=("max", "avg"), help=f"LeNet-5's pooling (default {d['pool']})")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int,
                    help=f"default {d['epochs']}; with --resume it may be raised, to train a run (finished or "
@@ -100,7 +101,10 @@ def build_parser():
 
 
 def parse_args(argv=None):
-    given = vars(build_parser().parse_args(argv))
+    parser = build_parser()
+    given = vars(parser.parse_args(argv))
+    if given.get("pool", "max") != "max" and given.get("model", DEFAULTS["model"]) != "lenet5":
+        parser.error("--pool chooses LeNet-5's pooling; the other models have their own")
     return argparse.Namespace(**{**DEFAULTS, **given}), set(given)
 
 

@@ -225,4 +225,94 @@ Pool2dGeometry max_pool2d_geometry(
   return g;
 }
 
+AvgPool2dGeometry avg_pool2d_geometry(
+    c10::IntArrayRef input_sizes,
+    c10::IntArrayRef kernel_size,
+    c10::IntArrayRef stride,
+    c10::IntArrayRef padding,
+    bool ceil_mode,
+    bool count_include_pad,
+    c10::optional<int64_t> divisor_override) {
+  TORCH_CHECK(input_sizes.size() == 4,
+              "avg_pool2d: expected a 4-D input (N, C, H, W), got ",
+              input_sizes.size(), "-D input of size ", input_sizes);
+  check_pair(kernel_size, "avg_pool2d", "kernel_size");
+  check_pair(stride, "avg_pool2d", "stride");
+  check_pair(padding, "avg_pool2d", "padding");
+  // torch's words, in torch's order (the stride first, as for max_pool2d).
+  TORCH_CHECK(!divisor_override.has_value() || *divisor_override != 0,
+              "avg_pool2d: divisor must be not zero");
+  TORCH_CHECK(stride[0] > 0 && stride[1] > 0,
+              "avg_pool2d: stride should not be zero (stride must be positive, got ", stride, ")");
+  TORCH_CHECK(kernel_size[0] > 0 && kernel_size[1] > 0,
+              "avg_pool2d: kernel size should be greater than zero (kernel_size ", kernel_size, ")");
+  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0,
+              "avg_pool2d: pad must be non-negative (padding ", padding, ")");
+  // Bounding the padding by half the kernel keeps every window on some
+  // input, so no divisor without count_include_pad is 0.
+  TORCH_CHECK(padding[0] <= kernel_size[0] / 2 && padding[1] <= kernel_size[1] / 2,
+              "avg_pool2d: pad should be at most half of effective kernel size (padding ", padding,
+              ", kernel_size ", kernel_size, ")");
+  TORCH_CHECK(input_sizes[1] > 0 && input_sizes[2] > 0 && input_sizes[3] > 0,
+              "avg_pool2d: Expected 3D or 4D (batch mode) tensor with optional 0 dim batch size for input, "
+              "but got: ", input_sizes, " (non-zero channels, height and width)");
+  AvgPool2dGeometry a{};
+  Pool2dGeometry& g = a.pool;
+  g.batch = input_sizes[0];
+  g.channels = input_sizes[1];
+  g.in_h = input_sizes[2];
+  g.in_w = input_sizes[3];
+  g.kernel_h = kernel_size[0];
+  g.kernel_w = kernel_size[1];
+  g.stride_h = stride[0];
+  g.stride_w = stride[1];
+  g.pad_h = padding[0];
+  g.pad_w = padding[1];
+  g.dilation_h = g.dilation_w = 1;
+  g.out_h = output_size(g.in_h, g.kernel_h, g.stride_h, g.pad_h, int64_t{1}, ceil_mode);
+  g.out_w = output_size(g.in_w, g.kernel_w, g.stride_w, g.pad_w, int64_t{1}, ceil_mode);
+  TORCH_CHECK(g.out_h >= 1 && g.out_w >= 1, "avg_pool2d: Given input size: (", g.channels, "x", g.in_h, "x",
+              g.in_w, "). Calculated output size: (", g.channels, "x", g.out_h, "x", g.out_w,
+              "). Output size is too small");
+  a.count_include_pad = count_include_pad;
+  a.divisor_override = divisor_override.value_or(0);
+  a.adaptive = false;
+  return a;
+}
+
+AvgPool2dGeometry adaptive_avg_pool2d_geometry(c10::IntArrayRef input_sizes, c10::IntArrayRef output_size,
+                                               const char* op) {
+  TORCH_CHECK(input_sizes.size() == 4,
+              op, ": expected a 4-D input (N, C, H, W), got ",
+              input_sizes.size(), "-D input of size ", input_sizes);
+  TORCH_CHECK(output_size.size() == 2, op, ": output_size must be 2");
+  TORCH_CHECK(output_size[0] >= 0 && output_size[1] >= 0,
+              op, ": elements of output_size must be greater than or equal to 0 but received ",
+              output_size);
+  for (int d = 1; d < 4; ++d) {
+    TORCH_CHECK(input_sizes[d] > 0,
+                op, "(): Expected input to have non-zero size for non-batch dimensions, "
+                "but input has sizes ", input_sizes, " with dimension ", d, " being empty");
+  }
+  AvgPool2dGeometry a{};
+  Pool2dGeometry& g = a.pool;
+  g.batch = input_sizes[0];
+  g.channels = input_sizes[1];
+  g.in_h = input_sizes[2];
+  g.in_w = input_sizes[3];
+  g.out_h = output_size[0];
+  g.out_w = output_size[1];
+  g.kernel_h = g.kernel_w = g.stride_h = g.stride_w = g.dilation_h = g.dilation_w = 1;
+  a.adaptive = true;
+  return a;
+}
+
+void check_avg_pool2d_grad_output(const at::Tensor& grad_output, const AvgPool2dGeometry& a, const char* op) {
+  check_floating_4d(grad_output, op, "grad_output");
+  const Pool2dGeometry& g = a.pool;
+  const std::array<int64_t, 4> expected{g.batch, g.channels, g.out_h, g.out_w};
+  TORCH_CHECK(grad_output.sizes() == c10::IntArrayRef(expected), op, ": expected grad_output of size ",
+              c10::IntArrayRef(expected), ", got ", grad_output.sizes());
+}
+
 }  // namespace custom_conv

@@ -1,4 +1,4 @@
-// Shape math and argument checks for conv2d and max_pool2d, shared by every
+// Shape math and argument checks for conv2d, max_pool2d and avg_pool2d, shared by every
 // kernel (CPU and CUDA). Each op validates its arguments exactly once, here,
 // so the messages a user sees are the same whichever backend runs.
 #pragma once
@@ -135,5 +135,36 @@ Pool2dGeometry max_pool2d_backward_geometry(
     c10::IntArrayRef padding,
     c10::IntArrayRef dilation,
     bool ceil_mode);
+
+// The fixed windows (kernel, stride, padding; dilation 1 in `pool`) with
+// count_include_pad and divisor_override (0: none), or, when `adaptive`,
+// torch's adaptive windows of pool.out_h x pool.out_w (the other window
+// fields are then unused).
+struct AvgPool2dGeometry {
+  Pool2dGeometry pool;
+  bool count_include_pad;
+  int64_t divisor_override;
+  bool adaptive;
+};
+
+// Validates an avg_pool2d call on an (N, C, H, W) input (divisor_override
+// 0 for none).
+AvgPool2dGeometry avg_pool2d_geometry(
+    c10::IntArrayRef input_sizes,
+    c10::IntArrayRef kernel_size,
+    c10::IntArrayRef stride,
+    c10::IntArrayRef padding,
+    bool ceil_mode,
+    bool count_include_pad,
+    c10::optional<int64_t> divisor_override);
+
+// Validates an adaptive pooling call on an (N, C, H, W) input (op:
+// "adaptive_avg_pool2d" or "adaptive_max_pool2d", for the messages).
+AvgPool2dGeometry adaptive_avg_pool2d_geometry(c10::IntArrayRef input_sizes, c10::IntArrayRef output_size,
+                                               const char* op = "adaptive_avg_pool2d");
+
+// Checks that grad_output is floating-point and of the pooled size `g`
+// gives (op names the backward in the message).
+void check_avg_pool2d_grad_output(const at::Tensor& grad_output, const AvgPool2dGeometry& g, const char* op);
 
 }  // namespace custom_conv

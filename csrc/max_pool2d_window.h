@@ -46,6 +46,23 @@ C10_HOST_DEVICE inline bool window_holds_input(const Pool2dGeometry& g, int64_t 
          !window_span(ow, g.stride_w, g.pad_w, g.kernel_w, g.dilation_w, g.in_w).empty();
 }
 
+// The output positions along one dimension whose window covers input
+// position `pos`: window o spans [o * stride - pad, o * stride - pad +
+// (kernel - 1) * dilation]. An empty range has first > last. The GPU
+// backward gathers from them, and so does average pooling's backward on both
+// backends (avg_pool2d_window.h).
+struct CandidateRange {
+  int64_t first, last;
+};
+
+C10_HOST_DEVICE inline CandidateRange covering_windows(int64_t pos, int64_t stride, int64_t pad, int64_t kernel,
+                                                      int64_t dilation, int64_t out_size) {
+  const int64_t lowest_start = pos + pad - (kernel - 1) * dilation;
+  const int64_t first = lowest_start <= 0 ? 0 : (lowest_start + stride - 1) / stride;
+  const int64_t last_start = (pos + pad) / stride;  // pos + pad >= 0
+  return {first, last_start < out_size - 1 ? last_start : out_size - 1};
+}
+
 template <typename acc_t>
 struct WindowMax {
   acc_t value;

@@ -2,9 +2,9 @@
 // conv2d returns a channels_last result when its input or its weight
 // suggests channels_last (Tensor::suggest_memory_format, judged from the
 // strides alone: a slice of a channels_last tensor counts, a tensor that is
-// contiguous both ways does not), and max_pool2d, indices included, when its
-// input does; the gradients of both come back in the layout of the forward's
-// result. Our kernels compute in NCHW and return their results through
+// contiguous both ways does not), and max_pool2d, indices included, and
+// avg_pool2d (adaptive too) when its input does; the gradients come back in
+// the layout of the forward's result. Our kernels compute in NCHW and return their results through
 // in_memory_format: the CPU and CUDA kernels and the Meta kernels
 // (meta.cpp) for the forward ops. The gradients follow the same rule in
 // custom_conv/autograd.py, which decides it with torch's Python twin of

@@ -76,6 +76,48 @@ at::Tensor max_pool2d_backward_meta(const at::Tensor& grad_output, const at::Ten
   return at::empty_symint(input_size, grad_output.options());
 }
 
+at::Tensor avg_pool2d_forward_meta(const at::Tensor& input, c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
+                                   c10::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                                   c10::optional<int64_t> divisor_override) {
+  TORCH_CHECK(input.dim() == 4, "avg_pool2d: expected a 4-D input");
+  check_pairs("avg_pool2d", {kernel_size, stride, padding});
+  const c10::SymInt out_h =
+      output_size(input.sym_size(2), c10::SymInt(kernel_size[0]), stride[0], padding[0], 1, ceil_mode);
+  const c10::SymInt out_w =
+      output_size(input.sym_size(3), c10::SymInt(kernel_size[1]), stride[1], padding[1], 1, ceil_mode);
+  return at::empty_symint({input.sym_size(0), input.sym_size(1), out_h, out_w},
+                          input.options().memory_format(max_pool2d_memory_format(input)));
+}
+
+at::Tensor avg_pool2d_backward_meta(const at::Tensor& grad_output, c10::SymIntArrayRef input_size,
+                                    c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                    bool ceil_mode, bool count_include_pad, c10::optional<int64_t> divisor_override) {
+  return at::empty_symint(input_size, grad_output.options());
+}
+
+at::Tensor adaptive_avg_pool2d_forward_meta(const at::Tensor& input, c10::IntArrayRef output_size) {
+  TORCH_CHECK(input.dim() == 4, "adaptive_avg_pool2d: expected a 4-D input");
+  check_pairs("adaptive_avg_pool2d", {output_size});
+  return at::empty_symint({input.sym_size(0), input.sym_size(1), c10::SymInt(output_size[0]),
+                           c10::SymInt(output_size[1])},
+                          input.options().memory_format(max_pool2d_memory_format(input)));
+}
+
+at::Tensor adaptive_avg_pool2d_backward_meta(const at::Tensor& grad_output, c10::SymIntArrayRef input_size) {
+  return at::empty_symint(input_size, grad_output.options());
+}
+
+std::tuple<at::Tensor, at::Tensor> adaptive_max_pool2d_forward_meta(const at::Tensor& input,
+                                                                    c10::IntArrayRef output_size) {
+  const at::Tensor output = adaptive_avg_pool2d_forward_meta(input, output_size);
+  return {output, at::empty_like(output, output.options().dtype(at::kLong))};
+}
+
+at::Tensor adaptive_max_pool2d_backward_meta(const at::Tensor& grad_output, const at::Tensor& indices,
+                                             c10::SymIntArrayRef input_size) {
+  return at::empty_symint(input_size, grad_output.options());
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(custom_conv, Meta, m) {
@@ -85,6 +127,12 @@ TORCH_LIBRARY_IMPL(custom_conv, Meta, m) {
   m.impl("conv2d_backward_bias", &conv2d_backward_bias_meta);
   m.impl("max_pool2d_forward", &max_pool2d_forward_meta);
   m.impl("max_pool2d_backward", &max_pool2d_backward_meta);
+  m.impl("avg_pool2d_forward", &avg_pool2d_forward_meta);
+  m.impl("avg_pool2d_backward", &avg_pool2d_backward_meta);
+  m.impl("adaptive_avg_pool2d_forward", &adaptive_avg_pool2d_forward_meta);
+  m.impl("adaptive_avg_pool2d_backward", &adaptive_avg_pool2d_backward_meta);
+  m.impl("adaptive_max_pool2d_forward", &adaptive_max_pool2d_forward_meta);
+  m.impl("adaptive_max_pool2d_backward", &adaptive_max_pool2d_backward_meta);
 }
 
 }  // namespace custom_conv

@@ -1,7 +1,8 @@
-// The custom_conv operator library: every schema, declared once (the six
+// The custom_conv operator library: every schema, declared once (the twelve
 // kernel ops' in schemas.h). Kernels are attached per backend next to their
-// code (cpu/conv2d.cpp, cpu/max_pool2d.cpp and cuda/*.cu; meta.cpp for the
-// Meta kernels that torch.compile traces with), autocast in autocast.cpp;
+// code (cpu/conv2d.cpp, cpu/max_pool2d.cpp, cpu/avg_pool2d.cpp and
+// cuda/*.cu; meta.cpp for the Meta kernels that torch.compile traces with),
+// autocast in autocast.cpp;
 // autograd, torch.func and vmap in Python (custom_conv/autograd.py).
 #include <Python.h>
 #include <torch/library.h>

@@ -1,4 +1,4 @@
-// The schemas of the six kernel ops, which every backend implements. ops.cpp
+// The schemas of the twelve kernel ops, which every backend implements. ops.cpp
 // declares them in the custom_conv library; the CUDA emulator's test build
 // (tests/emulator) declares the same ones in its own library, for the CUDA
 // sources compiled for the CPU.
@@ -33,6 +33,22 @@ inline void define_kernel_ops(torch::Library& m) {
   // gather, per input element, from just the windows that contain it.
   m.def("max_pool2d_backward(Tensor grad_output, Tensor indices, SymInt[4] input_size, "
         "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, bool ceil_mode) -> Tensor");
+  // Average pooling: each output the mean of its window (torch's
+  // count_include_pad and divisor_override decide what it divides by).
+  m.def("avg_pool2d_forward(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
+        "bool ceil_mode, bool count_include_pad, int? divisor_override) -> Tensor");
+  // Each output gradient spread evenly over its window (divided by the
+  // forward's divisor), gathered per input element.
+  m.def("avg_pool2d_backward(Tensor grad_output, SymInt[4] input_size, int[2] kernel_size, int[2] stride, "
+        "int[2] padding, bool ceil_mode, bool count_include_pad, int? divisor_override) -> Tensor");
+  // The same with torch's adaptive windows, for an output of output_size.
+  m.def("adaptive_avg_pool2d_forward(Tensor input, int[2] output_size) -> Tensor");
+  m.def("adaptive_avg_pool2d_backward(Tensor grad_output, SymInt[4] input_size) -> Tensor");
+  // Max pooling over the adaptive windows: the maxima and their flat
+  // in-plane indices, as max_pool2d_forward gives them; the backward routes
+  // each gradient to the element its index names.
+  m.def("adaptive_max_pool2d_forward(Tensor input, int[2] output_size) -> (Tensor, Tensor)");
+  m.def("adaptive_max_pool2d_backward(Tensor grad_output, Tensor indices, SymInt[4] input_size) -> Tensor");
 }
 
 }  // namespace custom_conv

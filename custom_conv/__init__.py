@@ -1,10 +1,10 @@
-"""custom_conv: 2-D convolution and max-pooling written from scratch.
+"""custom_conv: 2-D convolution, max-pooling and average pooling written from scratch.
 
     import custom_conv
     y = custom_conv.functional.conv2d(x, w, b, stride=2, padding=1)
     layer = custom_conv.nn.Conv2d(3, 16, 3, padding=1)
     model = custom_conv.convert(torchvision.models.resnet18())  # custom_conv.to_torch(model) undoes it
-    with custom_conv.enabled():  # every conv/max-pool call in here, F.* included, runs on ours
+    with custom_conv.enabled():  # every conv/pooling call in here, F.* included, runs on ours
         loss = model(x).sum()
     custom_conv.explain_conv2d(x, w, stride=2, padding=1)  # which algorithm, and why
     with custom_conv.disabled_algorithms("direct"): y = model(x)  # the chooser passes over it meanwhile

@@ -48,7 +48,9 @@ ops = torch.ops.custom_conv
 
 # The ops with a kernel per backend (csrc/schemas.h).
 KERNEL_OPS = ("conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_backward_bias",
-              "max_pool2d_forward", "max_pool2d_backward")
+              "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
+              "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d_forward",
+              "adaptive_max_pool2d_backward")
 
 
 def has_kernels(dispatch_key):

@@ -26,6 +26,8 @@ CONV_SIGNATURES = (
     " * (Tensor input, Tensor weight, Tensor bias = None, tuple of ints stride = 1, str padding = \"valid\", "
     "tuple of ints dilation = 1, int groups = 1)\n")
 MAX_POOL2D_POSITIONS = {"input": 1, "kernel_size": 2, "stride": 3, "padding": 4, "dilation": 5, "ceil_mode": 6}
+AVG_POOL2D_POSITIONS = {"input": 1, "kernel_size": 2, "stride": 3, "padding": 4, "ceil_mode": 5,
+                        "count_include_pad": 6, "divisor_override": 7}
 PADDING_STRINGS = ("valid", "same")
 
 
@@ -219,3 +221,85 @@ def max_pool2d_arguments(op, input, kernel_size, stride, padding, dilation, ceil
     if not pairs["stride"]:
         pairs["stride"] = pairs["kernel_size"]
     return pairs["kernel_size"], pairs["stride"], pairs["padding"], pairs["dilation"]
+
+
+def avg_pool2d_arguments(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    """Checks F.avg_pool2d's arguments as torch does (its parser takes only
+    true bools for the flags); returns kernel_size, stride and padding as
+    (height, width) lists and divisor_override as an int or None. F.avg_pool2d
+    is the parser itself, which names an argument's position only when it was
+    given by position; we cannot tell, and name it as for a positional call."""
+    def must_be(name, what, value):
+        return TypeError(f"avg_pool2d(): argument '{name}' (position {AVG_POOL2D_POSITIONS[name]}) must be {what}, "
+                         f"not {_type_name(value)}")
+
+    if not isinstance(input, torch.Tensor):
+        raise must_be("input", "Tensor", input)
+    plain = [_plain_pair(value) for value in (kernel_size, kernel_size if stride is None else stride, padding)]
+    if (type(ceil_mode) is bool and type(count_include_pad) is bool
+            and (divisor_override is None or type(divisor_override) is int) and None not in plain):
+        return (*plain, divisor_override)
+    if stride is None:
+        stride = ()
+    lists = {"kernel_size": kernel_size, "stride": stride, "padding": padding}
+    for name, value in lists.items():
+        failure = _int_list_failure(value)
+        if failure is None:
+            continue
+        position, type_name = failure
+        if position is None:
+            raise must_be(name, "tuple of ints", value)
+        if position == 0:
+            raise TypeError(f"avg_pool2d(): argument '{name}' (position {AVG_POOL2D_POSITIONS[name]}) must be tuple "
+                            f"of ints, but found element of type {type_name} at pos 0")
+        raise _unpack_error("avg_pool2d", name, position, type_name)
+    for name, value in (("ceil_mode", ceil_mode), ("count_include_pad", count_include_pad)):
+        if not isinstance(value, bool):
+            raise must_be(name, "bool", value)
+    if divisor_override is not None and not _is_int(divisor_override):
+        raise must_be("divisor_override", "int", divisor_override)
+    lengths = {"kernel_size": ((1, 2), "must either be a single int, or a tuple of two ints"),
+               "stride": ((0, 1, 2), "must either be omitted, a single int, or a tuple of two ints"),
+               "padding": ((1, 2), "must either be a single int, or a tuple of two ints")}
+    pairs = {}
+    for name, value in lists.items():
+        values = _ints(value)
+        allowed, words = lengths[name]
+        if len(values) not in allowed:
+            raise RuntimeError(f"avg_pool2d: {name} {words}")
+        pairs[name] = values * 2 if len(values) == 1 else values
+    if not pairs["stride"]:
+        pairs["stride"] = pairs["kernel_size"]
+    divisor = None if divisor_override is None else operator.index(divisor_override)
+    return pairs["kernel_size"], pairs["stride"], pairs["padding"], divisor
+
+
+def adaptive_pool2d_arguments(input, output_size, op="adaptive_avg_pool2d"):
+    """Checks F.adaptive_avg_pool2d's (or, with op="adaptive_max_pool2d",
+    F.adaptive_max_pool2d's) arguments as torch does (None in
+    output_size takes the input's size there, as torch.nn.functional does
+    before its parser sees it); returns the output size as a list of two
+    ints."""
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"{op}(): argument 'input' (position 1) must be Tensor, not "
+                        f"{_type_name(input)}")
+    if type(output_size) is int:
+        return [output_size, output_size]
+    from torch.nn.modules.utils import _list_with_default
+    output_size = _list_with_default(output_size, input.size())
+    failure = _int_list_failure(output_size)
+    if failure is not None:
+        position, type_name = failure
+        if position is None:
+            raise TypeError(f"{op}(): argument 'output_size' (position 2) must be tuple of ints, "
+                            f"not {type_name}")
+        if position == 0:
+            raise TypeError(f"{op}(): argument 'output_size' (position 2) must be tuple of ints, "
+                            f"but found element of type {type_name} at pos 0")
+        raise _unpack_error(op, "output_size", position, type_name)
+    values = _ints(output_size)
+    if len(values) == 1 and not isinstance(output_size, (tuple, list, torch.Size)):
+        values = values * 2
+    if len(values) != 2:
+        raise RuntimeError(f"{op}: output_size must be 2")
+    return values

@@ -12,7 +12,10 @@ so every derivative of a derivative, in either mode, is again one of F, BI
 and BW: gradients of any order run on our own ops. Max-pooling's backward
 scatters through the saved indices; its adjoint (and the forward's jvp)
 gathers through them, from the windows that hold input, asked of the forward
-kernel so that the rule of max_pool2d_window.h decides here too.
+kernel so that the rule of max_pool2d_window.h decides here too. Average
+pooling (adaptive too) is linear, y = A x: its backward is A^T, and the
+adjoint of that backward is A again, the forward, so its derivatives of any
+order are its two ops.
 
 Each op gets one torch.autograd.Function (setup_context style, with backward,
 jvp and generate_vmap_rule, which is what torch.func needs) and an Autograd
@@ -35,7 +38,9 @@ from torch._prims_common import suggest_memory_format
 from ._ops import ops
 
 __all__ = ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_backward_bias",
-           "max_pool2d_forward", "max_pool2d_backward"]
+           "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
+           "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d_forward",
+           "adaptive_max_pool2d_backward"]
 
 # ------------------------------------------------------------ memory format
 
@@ -310,6 +315,163 @@ class _MaxPool2dBackward(torch.autograd.Function):
         return max_pool2d_backward(grad_output_t, indices, ctx.input_size, *ctx.window_args)
 
 
+# ------------------------------------------------------------ avg_pool2d
+# y = A x, gx = A^T gy: each Function's backward and jvp is the other op (or
+# itself), with the same window arguments. The adaptive ops are the same with
+# the output size (forward) or nothing (backward) as their window arguments.
+
+
+def _pool_memory_format(input):
+    return torch.channels_last if _suggests_channels_last(input) else torch.contiguous_format
+
+
+def _avg_pool_functions(forward_name, backward_name, adaptive):
+    """The two Functions of one average pooling. The adaptive ops' window
+    argument is the forward's output size, which their backward does not
+    take (it is grad_output's) and the backward's adjoint, the forward,
+    needs again."""
+
+    class Forward(torch.autograd.Function):
+        @staticmethod
+        def forward(input, *window_args):
+            with _below_autograd():
+                return getattr(ops, forward_name)(input, *window_args)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            input, *ctx.window_args = inputs
+            ctx.input_size = input.shape
+            # The gradient's layout follows the input's, torch's rule, which
+            # for adaptive pooling torch decides from the output: its global
+            # pooling is a mean, whose gradient takes the layout of the
+            # output's (an N x 1 x 1 x 1 output, so one channel, suggests
+            # contiguous even for a channels_last input). Elsewhere the
+            # output suggests what the input does.
+            ctx.memory_format = _pool_memory_format(output if adaptive else input)
+            ctx.set_materialize_grads(False)
+
+        @staticmethod
+        def backward(ctx, grad):
+            nones = (None,) * len(ctx.window_args)
+            if grad is None or not ctx.needs_input_grad[0]:
+                return (None, *nones)
+            window_args = () if adaptive else ctx.window_args
+            grad_input = globals()[backward_name](grad, ctx.input_size, *window_args)
+            return (_in_memory_format(grad_input, ctx.memory_format), *nones)
+
+        @staticmethod
+        def jvp(ctx, input_t, *_):
+            return globals()[forward_name](input_t, *ctx.window_args)
+
+    class Backward(torch.autograd.Function):
+        @staticmethod
+        def forward(grad_output, input_size, *window_args):
+            with _below_autograd():
+                return getattr(ops, backward_name)(grad_output, input_size, *window_args)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            grad_output, ctx.input_size, *ctx.window_args = inputs
+            ctx.output_size = list(grad_output.shape[-2:])
+            ctx.set_materialize_grads(False)
+
+        @staticmethod
+        def backward(ctx, gg):
+            nones = (None,) * (1 + len(ctx.window_args))
+            if gg is None or not ctx.needs_input_grad[0]:
+                return (None, *nones)
+            window_args = [ctx.output_size] if adaptive else ctx.window_args
+            return (globals()[forward_name](gg, *window_args), *nones)
+
+        @staticmethod
+        def jvp(ctx, grad_output_t, *_):
+            return globals()[backward_name](grad_output_t, ctx.input_size, *ctx.window_args)
+
+    Forward.__name__ = Forward.__qualname__ = "_" + "".join(w.title() for w in forward_name.split("_"))
+    Backward.__name__ = Backward.__qualname__ = "_" + "".join(w.title() for w in backward_name.split("_"))
+    Forward.__doc__ = f"y = {forward_name}(x), linear: its gradient is {backward_name}, its tangent itself."
+    Backward.__doc__ = f"gx = {backward_name}(gy), linear: its gradient is {forward_name}, its tangent itself."
+    return Forward, Backward
+
+
+_AvgPool2dForward, _AvgPool2dBackward = _avg_pool_functions(
+    "avg_pool2d_forward", "avg_pool2d_backward", adaptive=False)
+_AdaptiveAvgPool2dForward, _AdaptiveAvgPool2dBackward = _avg_pool_functions(
+    "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward", adaptive=True)
+
+
+# ------------------------------------------------------------ adaptive_max_pool2d
+# As max_pool2d, through the saved indices; adaptive windows always hold
+# input, so every index names an element of its own window.
+
+
+def _gather_at(indices, planes):
+    """planes (N, C, H, W) read at each output's in-plane index."""
+    n, c, h, w = planes.shape
+    return planes.reshape(n, c, h * w).gather(2, indices.reshape(n, c, -1)).view_as(indices)
+
+
+class _AdaptiveMaxPool2dForward(torch.autograd.Function):
+    """(y, indices) = adaptive_max_pool2d(x): each output gradient goes back to
+    the one input its index names; the tangent is read from there."""
+    @staticmethod
+    def forward(input, output_size):
+        with _below_autograd():
+            return ops.adaptive_max_pool2d_forward(input, output_size)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, _ = inputs
+        ctx.input_size = input.shape
+        ctx.memory_format = _pool_memory_format(input)
+        indices = output[1]
+        ctx.mark_non_differentiable(indices)
+        ctx.save_for_backward(indices)
+        ctx.save_for_forward(indices)
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, grad, _grad_indices):
+        if grad is None or not ctx.needs_input_grad[0]:
+            return None, None
+        indices, = ctx.saved_tensors
+        grad_input = adaptive_max_pool2d_backward(grad, indices, ctx.input_size)
+        return _in_memory_format(grad_input, ctx.memory_format), None
+
+    @staticmethod
+    def jvp(ctx, input_t, *_):
+        indices, = ctx.saved_tensors
+        return _gather_at(indices, input_t), None
+
+
+class _AdaptiveMaxPool2dBackward(torch.autograd.Function):
+    """gx = P(gy, indices), the scatter through the indices: linear in gy;
+    its adjoint gathers through them."""
+    @staticmethod
+    def forward(grad_output, indices, input_size):
+        with _below_autograd():
+            return ops.adaptive_max_pool2d_backward(grad_output, indices, input_size)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, indices, ctx.input_size = inputs
+        ctx.save_for_backward(indices)
+        ctx.save_for_forward(indices)
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, gg):
+        if gg is None or not ctx.needs_input_grad[0]:
+            return None, None, None
+        indices, = ctx.saved_tensors
+        return _gather_at(indices, gg), None, None
+
+    @staticmethod
+    def jvp(ctx, grad_output_t, *_):
+        indices, = ctx.saved_tensors
+        return adaptive_max_pool2d_backward(grad_output_t, indices, ctx.input_size)
+
+
 FUNCTIONS = {
     "conv2d_forward": _Conv2dForward,
     "conv2d_backward_input": _Conv2dBackwardInput,
@@ -317,6 +479,12 @@ FUNCTIONS = {
     "conv2d_backward_bias": _Conv2dBackwardBias,
     "max_pool2d_forward": _MaxPool2dForward,
     "max_pool2d_backward": _MaxPool2dBackward,
+    "avg_pool2d_forward": _AvgPool2dForward,
+    "avg_pool2d_backward": _AvgPool2dBackward,
+    "adaptive_avg_pool2d_forward": _AdaptiveAvgPool2dForward,
+    "adaptive_avg_pool2d_backward": _AdaptiveAvgPool2dBackward,
+    "adaptive_max_pool2d_forward": _AdaptiveMaxPool2dForward,
+    "adaptive_max_pool2d_backward": _AdaptiveMaxPool2dBackward,
 }
 
 
@@ -450,6 +618,35 @@ def _max_pool2d_backward_vmap(info, in_dims, grad_output, indices, input_size, *
     return gx.unflatten(0, (b, -1)), 0
 
 
+def _avg_pool_forward_vmap(name):
+    def rule(info, in_dims, input, *window_args):
+        out = globals()[name](input.movedim(in_dims[0], 0).flatten(0, 1), *window_args)
+        return out.unflatten(0, (info.batch_size, -1)), 0
+    return rule
+
+
+def _avg_pool_backward_vmap(name):
+    def rule(info, in_dims, grad_output, input_size, *window_args):
+        b = info.batch_size
+        gy = _batched(grad_output, in_dims[0], b).flatten(0, 1)
+        gx = globals()[name](gy, [b * input_size[0], *input_size[1:]], *window_args)
+        return gx.unflatten(0, (b, -1)), 0
+    return rule
+
+
+def _adaptive_max_pool2d_forward_vmap(info, in_dims, input, output_size):
+    out, indices = adaptive_max_pool2d_forward(input.movedim(in_dims[0], 0).flatten(0, 1), output_size)
+    return (out.unflatten(0, (info.batch_size, -1)), indices.unflatten(0, (info.batch_size, -1))), (0, 0)
+
+
+def _adaptive_max_pool2d_backward_vmap(info, in_dims, grad_output, indices, input_size):
+    b = info.batch_size
+    gy = _batched(grad_output, in_dims[0], b).flatten(0, 1)
+    idx = _batched(indices, in_dims[1], b).flatten(0, 1)
+    gx = adaptive_max_pool2d_backward(gy, idx, [b * input_size[0], *input_size[1:]])
+    return gx.unflatten(0, (b, -1)), 0
+
+
 VMAP_RULES = {
     "conv2d_forward": _conv2d_forward_vmap,
     "conv2d_backward_input": _conv2d_backward_input_vmap,
@@ -457,6 +654,12 @@ VMAP_RULES = {
     "conv2d_backward_bias": _conv2d_backward_bias_vmap,
     "max_pool2d_forward": _max_pool2d_forward_vmap,
     "max_pool2d_backward": _max_pool2d_backward_vmap,
+    "avg_pool2d_forward": _avg_pool_forward_vmap("avg_pool2d_forward"),
+    "avg_pool2d_backward": _avg_pool_backward_vmap("avg_pool2d_backward"),
+    "adaptive_avg_pool2d_forward": _avg_pool_forward_vmap("adaptive_avg_pool2d_forward"),
+    "adaptive_avg_pool2d_backward": _avg_pool_backward_vmap("adaptive_avg_pool2d_backward"),
+    "adaptive_max_pool2d_forward": _adaptive_max_pool2d_forward_vmap,
+    "adaptive_max_pool2d_backward": _adaptive_max_pool2d_backward_vmap,
 }
 
 for _name, _rule in VMAP_RULES.items():

@@ -21,6 +21,9 @@ OURS = {
     torch.nn.ConvTranspose1d: nn.ConvTranspose1d,
     torch.nn.ConvTranspose2d: nn.ConvTranspose2d,
     torch.nn.MaxPool2d: nn.MaxPool2d,
+    torch.nn.AvgPool2d: nn.AvgPool2d,
+    torch.nn.AdaptiveAvgPool2d: nn.AdaptiveAvgPool2d,
+    torch.nn.AdaptiveMaxPool2d: nn.AdaptiveMaxPool2d,
 }
 
 
@@ -74,7 +77,7 @@ def _walk(module, swap):
 def convert(module):
     """Returns `module` with every layer of torch's that custom_conv has
     (the keys of OURS: Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d,
-    MaxPool2d) replaced by custom_conv's, parameters kept (shared, not
+    MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, AdaptiveMaxPool2d) replaced by custom_conv's, parameters kept (shared, not
     copied), parametrizations too (weight norm, spectral norm).
 
     Like torch.nn.SyncBatchNorm.convert_sync_batchnorm, containers are updated

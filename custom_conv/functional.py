@@ -1,5 +1,6 @@
 """Drop-in replacements for torch.nn.functional's conv1d, conv2d,
-conv_transpose1d, conv_transpose2d and max_pool2d.
+conv_transpose1d, conv_transpose2d, max_pool2d, avg_pool2d,
+adaptive_avg_pool2d and adaptive_max_pool2d.
 
 These functions only normalise arguments the way torch.nn.functional does
 (ints or pairs, 'same'/'valid' padding, unbatched input), after checking
@@ -22,10 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from . import autograd as ops  # our ops, differentiable by autograd and torch.func
-from .arguments import conv2d_arguments, conv_transpose_arguments, max_pool2d_arguments
+from .arguments import (adaptive_pool2d_arguments, avg_pool2d_arguments, conv2d_arguments,
+                        conv_transpose_arguments, max_pool2d_arguments)
 from .autograd import _conv2d_memory_format, _in_memory_format
 
-__all__ = ["conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d", "max_pool2d", "max_pool2d_with_indices"]
+__all__ = ["conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d", "max_pool2d", "max_pool2d_with_indices",
+           "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d", "adaptive_max_pool2d_with_indices"]
 
 
 def _batched(input, op, dims=2):
@@ -275,3 +278,48 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     if return_indices:
         return max_pool2d_with_indices(input, kernel_size, stride, padding, dilation, ceil_mode)
     return _max_pool2d("max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode)[0]
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None):
+    """Average pooling, with the semantics of torch.nn.functional.avg_pool2d."""
+    kernel_size, stride, padding, divisor_override = avg_pool2d_arguments(
+        input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    unbatched, x = _batched(input, "avg_pool2d")
+    out = ops.avg_pool2d_forward(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    return out.squeeze(0) if unbatched else out
+
+
+def adaptive_avg_pool2d(input, output_size):
+    """Adaptive average pooling, with the semantics of
+    torch.nn.functional.adaptive_avg_pool2d: output (i, j) averages input rows
+    floor(i * H / h) to ceil((i + 1) * H / h) and the columns likewise."""
+    unbatched, x, output_size = _adaptive_arguments("adaptive_avg_pool2d", input, output_size)
+    out = ops.adaptive_avg_pool2d_forward(x, output_size)
+    return out.squeeze(0) if unbatched else out
+
+
+def _adaptive_arguments(op, input, output_size):
+    output_size = adaptive_pool2d_arguments(input, output_size, op)
+    if input.dim() not in (3, 4):
+        raise RuntimeError(f"{op}(): Expected 3D or 4D tensor, but got {list(input.shape)}")
+    unbatched, x = _batched(input, op)
+    return unbatched, x, output_size
+
+
+def adaptive_max_pool2d_with_indices(input, output_size, return_indices=False):
+    """Adaptive max pooling over adaptive_avg_pool2d's windows, with the flat
+    in-plane index of each maximum (torch's indices); returns both whatever
+    return_indices says, as torch's function of that name does."""
+    unbatched, x, output_size = _adaptive_arguments("adaptive_max_pool2d", input, output_size)
+    out, indices = ops.adaptive_max_pool2d_forward(x, output_size)
+    if unbatched:
+        return out.squeeze(0), indices.squeeze(0)
+    return out, indices
+
+
+def adaptive_max_pool2d(input, output_size, return_indices=False):
+    """Adaptive max pooling, with the semantics of
+    torch.nn.functional.adaptive_max_pool2d."""
+    out, indices = adaptive_max_pool2d_with_indices(input, output_size)
+    return (out, indices) if return_indices else out

@@ -16,7 +16,11 @@ What the mode intercepts (what torch.nn.functional and torch.nn call):
   torch.convolution and torch._convolution when they are a 1-D or 2-D one,
   F.max_pool2d (what nn.MaxPool2d calls), F.max_pool2d_with_indices (with
   return_indices=True), torch.max_pool2d, torch._C._nn.max_pool2d_with_indices,
-  and the same ATen ops called as torch.ops.aten.*.
+  F.avg_pool2d (= torch._C._nn.avg_pool2d, what nn.AvgPool2d calls),
+  F.adaptive_avg_pool2d (what nn.AdaptiveAvgPool2d calls) and
+  torch._C._nn.adaptive_avg_pool2d, F.adaptive_max_pool2d (and the two
+  functions it dispatches to) and torch._C._nn.adaptive_max_pool2d, and the
+  same ATen ops called as torch.ops.aten.* (aten._adaptive_avg_pool2d too).
 
 Inputs our kernels do not take go to torch's, with one warning per kind
 (FallbackWarning): dtypes other than float16/bfloat16/float32/float64,
@@ -42,7 +46,7 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 class FallbackWarning(UserWarning):
-    """A conv or max-pool call under custom_conv.enabled() ran on torch's
+    """A conv or pooling call under custom_conv.enabled() ran on torch's
     kernels, because custom_conv's do not take its inputs."""
 
 
@@ -158,6 +162,25 @@ def _aten_max_pool2d_with_indices(self, kernel_size, stride=(), padding=0, dilat
     return functional.max_pool2d_with_indices(self, kernel_size, stride, padding, dilation, ceil_mode)
 
 
+def _avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                divisor_override=None):
+    # aten.avg_pool2d's stride defaults to [], which means the kernel size, as None does.
+    return functional.avg_pool2d(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+
+
+def _adaptive_avg_pool2d(input, output_size):
+    return functional.adaptive_avg_pool2d(input, output_size)
+
+
+def _adaptive_max_pool2d(input, output_size, return_indices=False):
+    return functional.adaptive_max_pool2d(input, output_size, return_indices)
+
+
+def _adaptive_max_pool2d_with_indices(input, output_size, return_indices=False):
+    # Like torch's function of that name (and the ATen op), the indices whatever return_indices says.
+    return functional.adaptive_max_pool2d_with_indices(input, output_size)
+
+
 def _aten_conv2d(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
     return functional.conv2d(input, weight, bias, stride, padding, dilation, groups)
 
@@ -174,6 +197,15 @@ _HANDLERS = {
     F.max_pool2d_with_indices: ("max_pool2d", _max_pool2d_with_indices),
     torch.max_pool2d: ("max_pool2d", _aten_max_pool2d),
     torch._C._nn.max_pool2d_with_indices: ("max_pool2d", _aten_max_pool2d_with_indices),
+    F.avg_pool2d: ("avg_pool2d", _avg_pool2d),  # F.avg_pool2d is torch._C._nn.avg_pool2d
+    F.adaptive_avg_pool2d: ("adaptive_avg_pool2d", _adaptive_avg_pool2d),
+    torch._C._nn.adaptive_avg_pool2d: ("adaptive_avg_pool2d", _adaptive_avg_pool2d),
+    # F.adaptive_max_pool2d dispatches on return_indices to these two, which
+    # hand the mode F.adaptive_max_pool2d or themselves.
+    F.adaptive_max_pool2d: ("adaptive_max_pool2d", _adaptive_max_pool2d),
+    F.adaptive_max_pool2d_with_indices: ("adaptive_max_pool2d", _adaptive_max_pool2d_with_indices),
+    F._adaptive_max_pool2d: ("adaptive_max_pool2d", _adaptive_max_pool2d),
+    torch._C._nn.adaptive_max_pool2d: ("adaptive_max_pool2d", _adaptive_max_pool2d_with_indices),
 }
 for _packet, _entry in ((aten.conv2d, ("conv2d", _aten_conv2d)),
                         (aten.conv1d, ("conv1d", _conv1d)),
@@ -182,7 +214,11 @@ for _packet, _entry in ((aten.conv2d, ("conv2d", _aten_conv2d)),
                         (aten.convolution, ("convolution", _convolution)),
                         (aten._convolution, ("convolution", _convolution)),
                         (aten.max_pool2d, ("max_pool2d", _aten_max_pool2d)),
-                        (aten.max_pool2d_with_indices, ("max_pool2d", _aten_max_pool2d_with_indices))):
+                        (aten.max_pool2d_with_indices, ("max_pool2d", _aten_max_pool2d_with_indices)),
+                        (aten.avg_pool2d, ("avg_pool2d", _avg_pool2d)),
+                        (aten.adaptive_avg_pool2d, ("adaptive_avg_pool2d", _adaptive_avg_pool2d)),
+                        (aten._adaptive_avg_pool2d, ("adaptive_avg_pool2d", _adaptive_avg_pool2d)),
+                        (aten.adaptive_max_pool2d, ("adaptive_max_pool2d", _adaptive_max_pool2d_with_indices))):
     _HANDLERS[_packet] = _entry
     for _name in _packet.overloads():
         _HANDLERS[getattr(_packet, _name)] = _entry

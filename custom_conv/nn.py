@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from . import functional
 
-__all__ = ["Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d", "MaxPool2d"]
+__all__ = ["Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
+           "AdaptiveMaxPool2d"]
 
 
 def _not_scriptable(self):
@@ -79,3 +80,28 @@ class MaxPool2d(torch.nn.MaxPool2d):
     def forward(self, input):
         return functional.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
                                      ceil_mode=self.ceil_mode, return_indices=self.return_indices)
+
+
+class AvgPool2d(torch.nn.AvgPool2d):
+    """torch.nn.AvgPool2d computed by custom_conv's kernels."""
+    __prepare_scriptable__ = _not_scriptable
+
+    def forward(self, input):
+        return functional.avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                                     self.count_include_pad, self.divisor_override)
+
+
+class AdaptiveAvgPool2d(torch.nn.AdaptiveAvgPool2d):
+    """torch.nn.AdaptiveAvgPool2d computed by custom_conv's kernels."""
+    __prepare_scriptable__ = _not_scriptable
+
+    def forward(self, input):
+        return functional.adaptive_avg_pool2d(input, self.output_size)
+
+
+class AdaptiveMaxPool2d(torch.nn.AdaptiveMaxPool2d):
+    """torch.nn.AdaptiveMaxPool2d computed by custom_conv's kernels."""
+    __prepare_scriptable__ = _not_scriptable
+
+    def forward(self, input):
+        return functional.adaptive_max_pool2d(input, self.output_size, self.return_indices)

@@ -1,5 +1,6 @@
-"""ONNX export: our ops become ONNX's standard Conv, ConvTranspose and
-MaxPool, so an exported model runs in any ONNX runtime.
+"""ONNX export: our ops become ONNX's standard Conv, ConvTranspose, MaxPool,
+AveragePool and GlobalAveragePool, so an exported model runs in any ONNX
+runtime.
 
     custom_conv.onnx.export(model, (x,), "model.onnx")            # torch's dynamo exporter
     custom_conv.onnx.export(model, (x,), "model.onnx", dynamo=False)  # the TorchScript one
@@ -16,6 +17,11 @@ ConvTranspose, its output_padding the difference between the size asked for
 and the smallest one (from the weight's size and that size, both constants
 of the graph: the size a transposed convolution gives is fixed at export).
 A 1-D convolution exports as a Conv or ConvTranspose of height 1.
+Average pooling exports as AveragePool, but not with a divisor_override,
+which ONNX has no attribute for; adaptive average pooling as
+GlobalAveragePool for a 1x1 output, or as AveragePool where the output size
+divides the input's (then every window is the same), and not otherwise
+(its windows differ in size, which AveragePool cannot express).
 """
 import torch
 
@@ -68,12 +74,50 @@ def _max_pool2d_forward_onnxscript(input, kernel_size, stride, padding, dilation
     return output, op.Mod(indices, plane)
 
 
+def _no_divisor_override(divisor_override):
+    if divisor_override is not None:
+        raise RuntimeError("custom_conv.onnx: avg_pool2d with a divisor_override has no ONNX equivalent "
+                           "(AveragePool always divides by the window's size)")
+
+
+def _adaptive_window(input_size, output_size):
+    """'global', or the kernel (= stride) of AveragePool that gives
+    adaptive pooling's windows: only where each output size divides the
+    input's."""
+    in_hw = [int(s) for s in input_size[2:]]
+    if list(output_size) == [1, 1]:
+        return "global"
+    if any(o == 0 or i % o for i, o in zip(in_hw, output_size)):
+        raise RuntimeError(f"custom_conv.onnx: adaptive_avg_pool2d from {in_hw} to {list(output_size)} has "
+                           f"windows of different sizes, which ONNX's AveragePool cannot express (exportable: "
+                           f"a 1x1 output, or output sizes that divide the input's)")
+    return [i // o for i, o in zip(in_hw, output_size)]
+
+
+def _avg_pool2d_forward_onnxscript(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                   divisor_override=None):
+    from onnxscript import opset18 as op
+    _no_divisor_override(divisor_override)
+    return op.AveragePool(input, kernel_shape=list(kernel_size), strides=list(stride), pads=_pads(padding),
+                          ceil_mode=int(ceil_mode), count_include_pad=int(count_include_pad))
+
+
+def _adaptive_avg_pool2d_forward_onnxscript(input, output_size):
+    from onnxscript import opset18 as op
+    window = _adaptive_window(input.shape, output_size)
+    if window == "global":
+        return op.GlobalAveragePool(input)
+    return op.AveragePool(input, kernel_shape=window, strides=window)
+
+
 def translation_table():
     """What torch.onnx.export(..., dynamo=True) takes as custom_translation_table."""
     ops = torch.ops.custom_conv
     return {ops.conv2d_forward.default: _conv2d_forward_onnxscript,
             ops.conv2d_backward_input.default: _conv2d_backward_input_onnxscript,
-            ops.max_pool2d_forward.default: _max_pool2d_forward_onnxscript}
+            ops.max_pool2d_forward.default: _max_pool2d_forward_onnxscript,
+            ops.avg_pool2d_forward.default: _avg_pool2d_forward_onnxscript,
+            ops.adaptive_avg_pool2d_forward.default: _adaptive_avg_pool2d_forward_onnxscript}
 
 
 TRANSLATION_TABLE = translation_table()
@@ -115,17 +159,40 @@ def _max_pool2d_forward_symbolic(g, input, kernel_size, stride, padding, dilatio
     return output, g.op("Mod", indices, plane)
 
 
+def _avg_pool2d_forward_symbolic(g, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                 divisor_override):
+    from torch.onnx import symbolic_helper as sh
+    _no_divisor_override(None if sh._is_none(divisor_override) else sh._get_const(divisor_override, "i", "divisor"))
+    kernel_size, stride, padding = (sh._get_const(v, "is", name) for v, name in
+                                    ((kernel_size, "kernel_size"), (stride, "stride"), (padding, "padding")))
+    return g.op("AveragePool", input, kernel_shape_i=kernel_size, strides_i=stride, pads_i=_pads(padding),
+                ceil_mode_i=int(sh._get_const(ceil_mode, "b", "ceil_mode")),
+                count_include_pad_i=int(sh._get_const(count_include_pad, "b", "count_include_pad")))
+
+
+def _adaptive_avg_pool2d_forward_symbolic(g, input, output_size):
+    from torch.onnx import symbolic_helper as sh
+    window = _adaptive_window(sh._get_tensor_sizes(input), sh._get_const(output_size, "is", "output_size"))
+    if window == "global":
+        return g.op("GlobalAveragePool", input)
+    return g.op("AveragePool", input, kernel_shape_i=window, strides_i=window)
+
+
 def register_symbolics():
     """Lets the TorchScript exporter (torch.onnx.export(..., dynamo=False)) translate our ops."""
     torch.onnx.register_custom_op_symbolic("custom_conv::conv2d_forward", _conv2d_forward_symbolic, OPSET)
     torch.onnx.register_custom_op_symbolic("custom_conv::conv2d_backward_input", _conv2d_backward_input_symbolic,
                                            OPSET)
     torch.onnx.register_custom_op_symbolic("custom_conv::max_pool2d_forward", _max_pool2d_forward_symbolic, OPSET)
+    torch.onnx.register_custom_op_symbolic("custom_conv::avg_pool2d_forward", _avg_pool2d_forward_symbolic, OPSET)
+    torch.onnx.register_custom_op_symbolic("custom_conv::adaptive_avg_pool2d_forward",
+                                           _adaptive_avg_pool2d_forward_symbolic, OPSET)
 
 
 def export(model, args, f=None, *, dynamo=True, **kwargs):
     """torch.onnx.export, with our ops translated to ONNX's Conv,
-    ConvTranspose and MaxPool by either exporter; returns what it returns."""
+    ConvTranspose, MaxPool, AveragePool and GlobalAveragePool by either
+    exporter; returns what it returns."""
     if dynamo:
         table = {**TRANSLATION_TABLE, **kwargs.pop("custom_translation_table", {})}
         return torch.onnx.export(model, args, f, dynamo=True, custom_translation_table=table,

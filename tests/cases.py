@@ -1,7 +1,8 @@
-"""The behaviours conv2d and max_pool2d must have, as data: each case is named
-for what it pins down and holds only shapes and the keyword arguments of
-torch.nn.functional. test_conv2d.py and test_max_pool2d.py check every case
-against torch on every device; other tests pick cases out by name.
+"""The behaviours conv2d and the poolings must have, as data: each case is
+named for what it pins down and holds only shapes and the keyword arguments
+of torch.nn.functional. test_conv2d.py, test_max_pool2d.py and
+test_avg_pool2d.py check every case against torch on every device; other
+tests pick cases out by name.
 """
 from dataclasses import dataclass, field
 
@@ -16,8 +17,8 @@ class ConvCase:
 
 @dataclass(frozen=True)
 class PoolCase:
-    input: tuple  # (N, C, H, W)
-    kwargs: dict  # kernel_size, stride, padding, dilation, ceil_mode, as F.max_pool2d takes them
+    input: tuple  # (N, C, H, W), or (C, H, W) unbatched
+    kwargs: dict  # the keyword arguments of F.max_pool2d, F.avg_pool2d or F.adaptive_avg_pool2d
 
 
 # Tag of a case whose sums run to hundreds of products: float32 rounds them
@@ -97,4 +98,53 @@ MAX_POOL2D_PADDING_ONLY_CASES = {
     "columns, 2 rows": pool((2, 3, 12, 1), kernel_size=(2, 3), stride=(1, 3), padding=(1, 1), dilation=(1, 2),
                             ceil_mode=True),
     "rows": pool((1, 2, 1, 9), kernel_size=(3, 2), stride=(3, 2), padding=(1, 0), dilation=(2, 1), ceil_mode=True),
+}
+
+# F.avg_pool2d. With ceil_mode a last window may hang past the far padding:
+# count_include_pad then counts only the padding it covers, so its divisor is
+# smaller than the kernel's area.
+AVG_POOL2D_CASES = {
+    "2x2 stride 2": pool((2, 3, 8, 8), kernel_size=2),
+    "3x3 stride 2 padding 1, padding counted": pool((2, 3, 9, 9), kernel_size=3, stride=2, padding=1),
+    "3x3 stride 2 padding 1, padding not counted":
+        pool((2, 3, 9, 9), kernel_size=3, stride=2, padding=1, count_include_pad=False),
+    "overlapping windows": pool((2, 2, 7, 7), kernel_size=3, stride=1),
+    "ceil mode keeps a partial last window": pool((2, 2, 7, 7), kernel_size=2, ceil_mode=True),
+    "ceil mode, last window past the padding, padding counted":
+        pool((1, 2, 6, 6), kernel_size=3, stride=2, padding=1, ceil_mode=True),
+    "ceil mode, last window past the padding, padding not counted":
+        pool((1, 2, 6, 6), kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
+    "ceil mode drops a window that would start in the far padding":
+        pool((1, 2, 5, 5), kernel_size=2, stride=2, padding=1, ceil_mode=True),
+    "divisor_override": pool((2, 3, 7, 7), kernel_size=3, stride=2, padding=1, divisor_override=5),
+    "divisor_override with ceil mode":
+        pool((1, 2, 6, 6), kernel_size=3, stride=2, padding=1, ceil_mode=True, divisor_override=2),
+    "asymmetric kernel stride padding, padding not counted":
+        pool((2, 3, 10, 9), kernel_size=(3, 2), stride=(2, 1), padding=(1, 0), count_include_pad=False),
+    "asymmetric, ceil mode hangs past the padding in both directions":
+        pool((2, 2, 10, 7), kernel_size=(3, 2), stride=(2, 3), padding=(1, 1), ceil_mode=True),
+    "window covers whole input": pool((2, 3, 4, 5), kernel_size=(4, 5)),
+    "padding of half the window, the most allowed, not counted":
+        pool((1, 1, 5, 5), kernel_size=5, stride=1, padding=2, count_include_pad=False),
+    "stride larger than kernel": pool((2, 2, 9, 9), kernel_size=2, stride=4),
+    "unbatched": pool((3, 7, 7), kernel_size=3, stride=2, padding=1, count_include_pad=False),
+    "empty batch": pool((0, 3, 8, 8), kernel_size=2),
+    "12 planes of 32x32: more outputs than one block of GPU threads":
+        pool((3, 4, 32, 32), kernel_size=3, stride=2, padding=1, ceil_mode=True),
+}
+
+# F.adaptive_avg_pool2d: output i averages input rows floor(i * H / h) to
+# ceil((i + 1) * H / h), so windows overlap or differ in size wherever h does
+# not divide H.
+ADAPTIVE_AVG_POOL2D_CASES = {
+    "7 -> 3": pool((2, 3, 7, 7), output_size=3),
+    "5x5 -> (2, 4)": pool((2, 3, 5, 5), output_size=(2, 4)),
+    "global, 1x1": pool((2, 4, 7, 7), output_size=1),
+    "3 -> 5, more outputs than inputs": pool((1, 2, 3, 3), output_size=5),
+    "8 -> 4, windows that divide the input": pool((2, 2, 8, 8), output_size=4),
+    "None keeps the input's width": pool((2, 2, 6, 9), output_size=(4, None)),
+    "same size": pool((1, 2, 5, 5), output_size=5),
+    "unbatched": pool((3, 10, 6), output_size=(4, 4)),
+    "empty batch": pool((0, 3, 8, 8), output_size=2),
+    "12 planes of 32x32 -> 7": pool((3, 4, 32, 32), output_size=7),
 }

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils import cpp_extension
 
-from cases import CONV2D_CASES, LONG_SUMS, MAX_POOL2D_CASES, MAX_POOL2D_PADDING_ONLY_CASES, conv
+from cases import (ADAPTIVE_AVG_POOL2D_CASES, AVG_POOL2D_CASES, CONV2D_CASES, LONG_SUMS, MAX_POOL2D_CASES,
+                   MAX_POOL2D_PADDING_ONLY_CASES, conv)
 from custom_conv import functional as CF
 from helpers import assert_matches_torch, assert_within_eps_of_exact, conv_tensors, dtypes, pool_input, tolerance
 
@@ -67,7 +68,8 @@ def emu():
     _write_mutants()
     cpp_extension.load(
         name="custom_conv_cuda_emulator",
-        sources=[str(EMULATOR / f) for f in ("cuda_emulator.cpp", "conv2d.cpp", "max_pool2d.cpp", "mutants.cpp")]
+        sources=[str(EMULATOR / f) for f in ("cuda_emulator.cpp", "conv2d.cpp", "max_pool2d.cpp", "avg_pool2d.cpp",
+                                                    "adaptive_max_pool2d.cpp", "mutants.cpp")]
         + [str(ROOT / "csrc" / "geometry.cpp")],
         extra_cflags=["-O2", "-DCUSTOM_CONV_EMULATE_CUDA"],
         extra_include_paths=[str(EMULATOR), str(ROOT / "csrc" / "cuda"), str(BUILD)],
@@ -180,6 +182,73 @@ def test_max_pool2d_matches_torch_and_equals_our_cpu_ops_bitwise(emu, case, dtyp
         x64 = x.double().requires_grad_()
         F.max_pool2d(x64, **c.kwargs).backward(go.double())
         torch.testing.assert_close(grad, x64.grad.to(dtype))
+
+
+def avg_pool_arguments(kwargs):
+    """F.avg_pool2d's keyword arguments as the ops take them."""
+    pair = lambda v: (v[0], v[-1]) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+    kernel = pair(kwargs["kernel_size"])
+    return (kernel, pair(kwargs.get("stride") or kernel), pair(kwargs.get("padding", 0)),
+            kwargs.get("ceil_mode", False), kwargs.get("count_include_pad", True), kwargs.get("divisor_override"))
+
+
+def adaptive_arguments(kwargs, x):
+    size = kwargs["output_size"]
+    size = (size, size) if isinstance(size, int) else size
+    return ([s if s is not None else x.shape[2 + i] for i, s in enumerate(size)],)
+
+
+# The ops take batches; the unbatched cases are test_avg_pool2d.py's.
+AVG_POOL_CASES = {**{f"avg: {k}": ("avg_pool2d", c) for k, c in AVG_POOL2D_CASES.items() if len(c.input) == 4},
+                  **{f"adaptive: {k}": ("adaptive_avg_pool2d", c) for k, c in ADAPTIVE_AVG_POOL2D_CASES.items()
+                     if len(c.input) == 4}}
+
+
+@pytest.mark.parametrize("dtype", dtypes("float64", "float32", "float16", "bfloat16"))
+@pytest.mark.parametrize("case", list(AVG_POOL_CASES))
+def test_avg_pool2d_matches_torch_and_equals_our_cpu_ops_bitwise(emu, case, dtype):
+    """Both backends call the same window_mean and input_gradient
+    (csrc/avg_pool2d_window.h): the same sums in the same order, bit for bit;
+    and torch's values and gradients, within float64 and float32's
+    tolerance, or for half and bfloat16 the rounding of the float64 result."""
+    name, c = AVG_POOL_CASES[case]
+    x = pool_input(c, dtype)
+    if name == "avg_pool2d":
+        args, input_size_args = avg_pool_arguments(c.kwargs), avg_pool_arguments(c.kwargs)
+    else:
+        args, input_size_args = adaptive_arguments(c.kwargs, x), ()
+    out = getattr(emu, f"{name}_forward")(x, *args)
+    assert torch.equal(out, getattr(torch.ops.custom_conv, f"{name}_forward")(x, *args))
+    go = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(dtype)
+    grad = getattr(emu, f"{name}_backward")(go, x.shape, *input_size_args)
+    assert torch.equal(grad, getattr(torch.ops.custom_conv, f"{name}_backward")(go, x.shape, *input_size_args))
+    x64 = x.double().requires_grad_()
+    ref = getattr(F, name)(x64, **c.kwargs)
+    ref.backward(go.double())
+    tol = tolerance(dtype, "cuda") if dtype in (torch.float64, torch.float32) else {}
+    torch.testing.assert_close(out, ref.detach().to(dtype), **tol)
+    torch.testing.assert_close(grad, x64.grad.to(dtype), **tol)
+
+
+@pytest.mark.parametrize("dtype", dtypes("float64", "float32", "float16", "bfloat16"))
+@pytest.mark.parametrize("case", [k for k, c in ADAPTIVE_AVG_POOL2D_CASES.items() if len(c.input) == 4])
+def test_adaptive_max_pool2d_matches_torch_and_equals_our_cpu_ops_bitwise(emu, case, dtype):
+    c = ADAPTIVE_AVG_POOL2D_CASES[case]
+    x = pool_input(c, dtype)
+    args = adaptive_arguments(c.kwargs, x)
+    out, indices = emu.adaptive_max_pool2d_forward(x, *args)
+    ref, ref_indices = F.adaptive_max_pool2d(x, c.kwargs["output_size"], return_indices=True)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    assert torch.equal(indices, ref_indices)
+    cpu, cpu_indices = torch.ops.custom_conv.adaptive_max_pool2d_forward(x, *args)
+    assert torch.equal(out, cpu) and torch.equal(indices, cpu_indices)
+    go = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(dtype)
+    grad = emu.adaptive_max_pool2d_backward(go, indices, x.shape)
+    # The GPU gathers in the order the CPU kernel scatters: the same sums, bit for bit.
+    assert torch.equal(grad, torch.ops.custom_conv.adaptive_max_pool2d_backward(go, indices, x.shape))
+    x64 = x.double().requires_grad_()
+    F.adaptive_max_pool2d(x64, c.kwargs["output_size"]).backward(go.double())
+    torch.testing.assert_close(grad, x64.grad.to(dtype))
 
 
 # ------------------------------------------- paths only large problems take on a GPU

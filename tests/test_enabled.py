@@ -39,11 +39,13 @@ def op_names(fn):
 
 
 def torch_conv_or_pool_ops(names):
-    """torch's convolution and max-pooling ops among `names`: any ATen op
-    with conv or max_pool in its name, and any oneDNN (mkldnn), NNPACK, THNN
-    or cuDNN op (torch.compile's query mkldnn::_is_mkldnn_acl_supported aside)."""
+    """torch's convolution and pooling ops among `names`: any ATen op with
+    conv, max_pool, avg_pool or adaptive in its name, and any oneDNN
+    (mkldnn), NNPACK, THNN or cuDNN op (torch.compile's query
+    mkldnn::_is_mkldnn_acl_supported aside)."""
     return sorted(n for n in names
-                  if (n.startswith("aten::") and ("conv" in n or "max_pool" in n))
+                  if (n.startswith("aten::") and any(word in n for word in ("conv", "max_pool", "avg_pool",
+                                                                             "adaptive")))
                   or (any(word in n.lower() for word in ("mkldnn", "nnpack", "thnn", "cudnn"))
                       and not n.startswith("mkldnn::_is_")))
 
@@ -149,6 +151,19 @@ def test_torchvision_model_runs_entirely_on_our_ops_with_torchs_gradients(name, 
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)(num_classes=10).double().train(train)
     assert_same_as_torch(model, torch.randn(2, 3, 32, 32, dtype=torch.float64))
+
+
+def test_resnet18_head_pools_on_our_ops():
+    """ResNet's head is an AdaptiveAvgPool2d to 1x1, which torch computes as
+    a mean: under enabled() neither that nor any other pooling op of torch's
+    runs, forward or backward, and ours do."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).double().eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with custom_conv.enabled():
+        names = op_names(lambda: run_with_grads(model, x))
+    assert not [n for n in names if n.startswith("aten::") and ("pool" in n or n == "aten::mean")], names
+    assert {"custom_conv::adaptive_avg_pool2d_forward", "custom_conv::adaptive_avg_pool2d_backward"} <= names
 
 
 def test_every_entry_point_runs_on_our_ops_with_torchs_values_indices_and_gradients():

@@ -101,6 +101,33 @@ def test_transposed_and_1d_convolutions_export_as_onnxs_conv_transpose_and_conv(
     torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-4, atol=1e-5)
 
 
+AVERAGE_POOLS = {  # name: (layer, input shape); every one exportable
+    "AvgPool2d, ceil mode past the padding, padding counted":
+        (lambda: custom_conv.nn.AvgPool2d(3, 2, 1, ceil_mode=True), (2, 3, 6, 6)),
+    "AvgPool2d, asymmetric, padding not counted":
+        (lambda: custom_conv.nn.AvgPool2d((3, 2), (2, 1), (1, 0), count_include_pad=False), (2, 3, 10, 9)),
+    "AdaptiveAvgPool2d, global": (lambda: custom_conv.nn.AdaptiveAvgPool2d(1), (2, 3, 7, 5)),
+    "AdaptiveAvgPool2d, 8x6 -> 4x3": (lambda: custom_conv.nn.AdaptiveAvgPool2d((4, 3)), (2, 3, 8, 6)),
+}
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
+@pytest.mark.parametrize("name", list(AVERAGE_POOLS))
+def test_average_pooling_exports_as_onnxs_average_pool(name, dynamo, tmp_path):
+    build, shape = AVERAGE_POOLS[name]
+    model, x = build(), torch.randn(shape)
+    export_quietly(model, x, tmp_path / "model.onnx", dynamo)
+    got, = run_onnx(tmp_path / "model.onnx", x)
+    torch.testing.assert_close(torch.from_numpy(got), custom_conv.to_torch(model)(x))
+
+
+@pytest.mark.parametrize("layer", [lambda: custom_conv.nn.AvgPool2d(2, divisor_override=3),
+                                   lambda: custom_conv.nn.AdaptiveAvgPool2d(3)], ids=["divisor", "7 -> 3"])
+def test_average_pooling_onnx_cannot_express_is_refused_with_a_reason(layer, tmp_path):
+    with pytest.raises(RuntimeError, match=r"divisor_override has no ONNX equivalent|windows of different sizes"):
+        export_quietly(layer(), torch.randn(1, 2, 7, 7), tmp_path / "model.onnx", dynamo=False)
+
+
 def test_plain_torch_onnx_export_finds_our_translations(tmp_path):
     """torch.onnx.export itself: the TorchScript exporter through our registered symbolics, the dynamo
     exporter through the translation table."""

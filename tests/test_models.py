@@ -189,3 +189,18 @@ def test_conv_autoencoder_learns_and_trains_as_torchs_layers_do():
     reference, _ = _train_autoencoder("torch", 40)
     # Same weights, same data, float64: the same steps, up to summation order.
     assert losses == pytest.approx(reference, rel=1e-7)
+
+
+def test_lenet5_with_average_pooling_computes_the_same_on_both_backends():
+    custom, reference = _pair("lenet5", seed=1, in_channels=1, pool="avg")
+    assert sum(isinstance(m, custom_conv.nn.AvgPool2d) for m in custom.modules()) == 2
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in custom.modules())
+    x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    out_c, out_t = custom(x), reference(x)
+    torch.testing.assert_close(out_c, out_t, rtol=1e-4, atol=1e-4)
+    out_c.square().sum().backward()
+    out_t.square().sum().backward()
+    for (name_c, p_c), (_, p_t) in zip(custom.named_parameters(), reference.named_parameters()):
+        torch.testing.assert_close(p_c.grad, p_t.grad, rtol=1e-3, atol=1e-4, msg=name_c)
+    with pytest.raises(ValueError, match="unknown pool 'min'"):
+        models.lenet5(pool="min")

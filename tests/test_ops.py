@@ -44,6 +44,18 @@ def _opcheck_cases():
         "max_pool2d_backward": (ops.max_pool2d_backward,
                                 (torch.randn_like(out, requires_grad=True), idx, list(xp.shape),
                                  [3, 2], [2, 2], [1, 1], [1, 2], True)),
+        "avg_pool2d_forward": (ops.avg_pool2d_forward, (xp, [3, 2], [2, 2], [1, 1], True, False, None)),
+        "avg_pool2d_forward with divisor": (ops.avg_pool2d_forward, (xp, [3, 3], [2, 1], [1, 0], False, True, 4)),
+        "avg_pool2d_backward": (ops.avg_pool2d_backward,
+                                (torch.randn_like(out, requires_grad=True), list(xp.shape),
+                                 [3, 2], [2, 2], [1, 1], True, False, None)),
+        "adaptive_avg_pool2d_forward": (ops.adaptive_avg_pool2d_forward, (xp, [4, 3])),
+        "adaptive_avg_pool2d_backward": (ops.adaptive_avg_pool2d_backward,
+                                         (torch.randn(2, 3, 4, 3, requires_grad=True), list(xp.shape))),
+        "adaptive_max_pool2d_forward": (ops.adaptive_max_pool2d_forward, (xp, [4, 3])),
+        "adaptive_max_pool2d_backward": (ops.adaptive_max_pool2d_backward,
+                                         (torch.randn(2, 3, 4, 3, requires_grad=True),
+                                          ops.adaptive_max_pool2d_forward(xp, [4, 3])[1], list(xp.shape))),
     }
 
 

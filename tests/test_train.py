@@ -332,3 +332,24 @@ def test_default_run_directory_is_readable_and_never_reused(tmp_path, monkeypatc
     first.mkdir(parents=True)
     second = Path(default_logdir(args))
     assert second != first and not second.exists()
+
+
+def test_pool_avg_trains_lenet5_with_average_pooling_and_is_refused_for_other_models(data_dir, tmp_path):
+    run_dir = tmp_path / "avg"
+    result = run_cli(["--data-dir", str(data_dir), "--logdir", str(run_dir), "--epochs", "1", "--limit-batches", "2",
+                      "--pool", "avg"] + TINY, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((run_dir / "metrics.json").read_text())["config"]["pool"] == "avg"
+    with pytest.raises(SystemExit):
+        train.parse_args(["--model", "resnet20", "--pool", "avg"])
+
+
+def test_resume_of_a_checkpoint_from_before_pool_existed_takes_max_pooling(data_dir, tmp_path):
+    metrics = train.main(["--data-dir", str(data_dir), "--epochs", "1", "--logdir", str(tmp_path)] + TINY)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    del ckpt["args"]["pool"]
+    atomic_save(ckpt, tmp_path / "checkpoint.pt")
+    result = train.main(["--resume", str(tmp_path), "--eval-only", "--data-dir", str(data_dir)])
+    assert result["test_acc"] == metrics["test_acc"]
+    with pytest.raises(SystemExit, match="--pool avg"):
+        train.main(["--resume", str(tmp_path), "--pool", "avg", "--data-dir", str(data_dir)])

@@ -77,22 +77,6 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cuda(
 // visits them in row-major order, the order in which the CPU kernel adds
 // them, so both give bitwise the same gradients.
 
-// The output positions along one dimension whose window covers input
-// position `pos`: window o spans [o * stride - pad, o * stride - pad +
-// (kernel - 1) * dilation]. An empty range has first > last.
-struct CandidateRange {
-  int64_t first, last;
-};
-
-__device__ __forceinline__ CandidateRange covering_windows(int64_t pos, int64_t stride, int64_t pad,
-                                                           int64_t kernel, int64_t dilation,
-                                                           int64_t out_size) {
-  const int64_t lowest_start = pos + pad - (kernel - 1) * dilation;
-  const int64_t first = lowest_start <= 0 ? 0 : (lowest_start + stride - 1) / stride;
-  const int64_t last_start = (pos + pad) / stride;  // pos + pad >= 0
-  return {first, last_start < out_size - 1 ? last_start : out_size - 1};
-}
-
 template <typename scalar_t>
 __global__ void max_pool2d_backward_kernel(gpu_ptr<const scalar_t> CUSTOM_CONV_RESTRICT grad_output,
                                            gpu_ptr<const int64_t> CUSTOM_CONV_RESTRICT indices,

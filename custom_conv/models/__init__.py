@@ -25,11 +25,12 @@ MODELS = {
 }
 
 
-def get_model(name, in_channels=3, num_classes=10, backend="custom"):
-    """Builds the model called `name` (a key of MODELS)."""
+def get_model(name, in_channels=3, num_classes=10, backend="custom", **options):
+    """Builds the model called `name` (a key of MODELS); `options` go to its
+    builder (LeNet-5's pool="max" | "avg")."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
-    return MODELS[name](in_channels=in_channels, num_classes=num_classes, backend=backend)
+    return MODELS[name](in_channels=in_channels, num_classes=num_classes, backend=backend, **options)
 
 
 __all__ = ["BACKENDS", "MODELS", "get_model", "layers", "LeNet5", "lenet5", "VGG", "vgg11", "vgg13",

@@ -1,4 +1,5 @@
-"""LeNet-5 (LeCun et al. 1998), with ReLU and max-pooling as is usual today."""
+"""LeNet-5 (LeCun et al. 1998), with ReLU and max-pooling as is usual today
+(pool="avg" for average pooling, closer to the original's subsampling)."""
 import warnings
 
 import torch
@@ -6,7 +7,9 @@ import torch.nn.functional as F
 
 from ._layers import layers
 
-__all__ = ["LeNet5", "lenet5"]
+__all__ = ["LeNet5", "lenet5", "POOLS"]
+
+POOLS = ("max", "avg")
 
 
 class LeNet5(torch.nn.Module):
@@ -19,13 +22,16 @@ class LeNet5(torch.nn.Module):
 
     input_size = 32
 
-    def __init__(self, in_channels=1, num_classes=10, backend="custom"):
+    def __init__(self, in_channels=1, num_classes=10, backend="custom", pool="max"):
         super().__init__()
         L = layers(backend)
-        self.backend = backend
+        if pool not in POOLS:
+            raise ValueError(f"unknown pool {pool!r}; expected one of {POOLS}")
+        Pool = L.MaxPool2d if pool == "max" else L.AvgPool2d
+        self.backend, self.pool = backend, pool
         self.features = torch.nn.Sequential(
-            L.Conv2d(in_channels, 6, kernel_size=5), torch.nn.ReLU(inplace=True), L.MaxPool2d(2),
-            L.Conv2d(6, 16, kernel_size=5), torch.nn.ReLU(inplace=True), L.MaxPool2d(2),
+            L.Conv2d(in_channels, 6, kernel_size=5), torch.nn.ReLU(inplace=True), Pool(2),
+            L.Conv2d(6, 16, kernel_size=5), torch.nn.ReLU(inplace=True), Pool(2),
         )
         self.classifier = torch.nn.Sequential(
             torch.nn.Linear(16 * 5 * 5, 120), torch.nn.ReLU(inplace=True),
@@ -54,5 +60,5 @@ def _image_size(x):
         return tuple(int(s) for s in x.shape[-2:])
 
 
-def lenet5(in_channels=1, num_classes=10, backend="custom"):
-    return LeNet5(in_channels=in_channels, num_classes=num_classes, backend=backend)
+def lenet5(in_channels=1, num_classes=10, backend="custom", pool="max"):
+    return LeNet5(in_channels=in_channels, num_classes=num_classes, backend=backend, pool=pool)

@@ -89,7 +89,8 @@ def resolve_resume(args, given):
     if not ckpt_path.is_file():
         sys.exit(f"train.py: no checkpoint at {ckpt_path}")
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    saved = ckpt["args"]
+    # Checkpoints written before --pool existed were max-pooling runs.
+    saved = {"pool": "max", **ckpt["args"]}
     kept = [k for k in HPARAMS if not (k == "limit_batches" and args.eval_only)]
     extend = "epochs" in given and args.epochs > saved["epochs"]
     clashes = [f"--{k.replace('_', '-')} {getattr(args, k)} (checkpoint: {saved[k]})"

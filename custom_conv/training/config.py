@@ -12,7 +12,7 @@ from ..datasets import DATASETS
 DEFAULTS = {
     "model": "lenet5", "dataset": "mnist", "data_dir": "./data", "download": True,
     "epochs": 10, "batch_size": 64, "lr": 0.05, "optimizer": "sgd", "momentum": 0.9,
-    "weight_decay": 5e-4, "schedule": "cosine", "augment": True, "backend": "custom",
+    "weight_decay": 5e-4, "schedule": "cosine", "augment": True, "backend": "custom", "pool": "max",
     "device": "auto", "amp": False, "seed": 0, "workers": 0, "logdir": None, "resume": None,
     "limit_batches": None, "eval_only": False, "stop_after": None, "threads": None, "target_acc": None,
     "log_every": 50, "progress_every": 30.0,
@@ -20,7 +20,7 @@ DEFAULTS = {
 # What decides the trained weights. A resumed run takes these from its
 # checkpoint; anything else (device, workers, paths) may change on resume.
 HPARAMS = ("model", "dataset", "epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay",
-           "schedule", "augment", "backend", "amp", "seed", "limit_batches")
+           "schedule", "augment", "backend", "pool", "amp", "seed", "limit_batches")
 
 
 # Not hyper-parameters, but a resumed run keeps them too unless they are given

@@ -10,8 +10,10 @@ from ..models import get_model
 
 def build_model(args, info, device, ckpt=None):
     """--model for the dataset `info` describes, with the weights of `ckpt` if given, on `device`."""
+    # --pool chooses LeNet-5's pooling; the other models keep their own (train.py refuses it for them).
+    pool = {"pool": args.pool} if args.model == "lenet5" else {}
     model = get_model(args.model, in_channels=info["in_channels"], num_classes=info["num_classes"],
-                      backend=args.backend)
+                      backend=args.backend, **pool)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
     return model.to(device)

@@ -1,0 +1,119 @@
+// adaptive_max_pool2d on the CPU: max-pooling's window_max over average
+// pooling's adaptive windows (both window headers), and max-pooling's
+// backward: each output gradient routed to the element its index names, one
+// thread per plane so that overlapping windows add up in a fixed order
+// without atomics. Adaptive windows always hold input, so every index names
+// an element of its window.
+#include "../avg_pool2d_window.h"
+#include "../geometry.h"
+#include "../max_pool2d_window.h"
+#include "../memory_format.h"
+#include "parallel.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+namespace custom_conv {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> adaptive_max_pool2d_forward_cpu(const at::Tensor& input_,
+                                                                   c10::IntArrayRef output_size) {
+  check_floating_4d(input_, "adaptive_max_pool2d", "input");
+  const AvgPool2dGeometry a = adaptive_avg_pool2d_geometry(input_.sizes(), output_size, "adaptive_max_pool2d");
+  const Pool2dGeometry& g = a.pool;
+  const at::Tensor input = input_.contiguous();
+  at::Tensor output = at::empty({g.batch, g.channels, g.out_h, g.out_w}, input.options());
+  at::Tensor indices = at::empty({g.batch, g.channels, g.out_h, g.out_w}, input.options().dtype(at::kLong));
+  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
+  if (output.numel() > 0) {
+    std::vector<AvgWindow> windows(out_plane);
+    for (int64_t oh = 0; oh < g.out_h; ++oh) {
+      for (int64_t ow = 0; ow < g.out_w; ++ow) {
+        windows[oh * g.out_w + ow] = avg_window(a, oh, ow);
+      }
+    }
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "adaptive_max_pool2d_forward_cpu",
+                                    [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const scalar_t* in = input.const_data_ptr<scalar_t>();
+      scalar_t* out = output.mutable_data_ptr<scalar_t>();
+      int64_t* idx = indices.mutable_data_ptr<int64_t>();
+      at::parallel_for(0, g.planes(), plane_grain(in_plane + out_plane), [&](int64_t begin, int64_t end) {
+        for (int64_t p = begin; p < end; ++p) {
+          for (int64_t o = 0; o < out_plane; ++o) {
+            const WindowMax<acc_t> best = window_max<acc_t>(in + p * in_plane, g, windows[o].rows, windows[o].cols);
+            out[p * out_plane + o] = static_cast<scalar_t>(best.value);
+            idx[p * out_plane + o] = best.index;
+          }
+        }
+      });
+    });
+  }
+  const at::MemoryFormat format = max_pool2d_memory_format(input_);
+  return {in_memory_format(output, format), in_memory_format(indices, format)};
+}
+
+at::Tensor adaptive_max_pool2d_backward_cpu(const at::Tensor& grad_output_, const at::Tensor& indices_,
+                                            c10::IntArrayRef input_size) {
+  TORCH_CHECK(grad_output_.dim() == 4, "adaptive_max_pool2d_backward: expected a 4-D grad_output, got ",
+              grad_output_.dim(), "-D");
+  const AvgPool2dGeometry a = adaptive_avg_pool2d_geometry(
+      input_size, {grad_output_.size(2), grad_output_.size(3)}, "adaptive_max_pool2d_backward");
+  check_avg_pool2d_grad_output(grad_output_, a, "adaptive_max_pool2d_backward");
+  TORCH_CHECK(indices_.scalar_type() == at::kLong && indices_.sizes() == grad_output_.sizes(),
+              "adaptive_max_pool2d_backward: expected int64 indices of grad_output's size ", grad_output_.sizes(),
+              ", got ", indices_.scalar_type(), " of size ", indices_.sizes());
+  const Pool2dGeometry& g = a.pool;
+  const at::Tensor grad_output = grad_output_.contiguous();
+  const at::Tensor indices = indices_.contiguous();
+  at::Tensor grad_input = at::empty(input_size, grad_output.options());
+  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
+  if (grad_input.numel() == 0) {
+    return grad_input;
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad_output.scalar_type(),
+                                  "adaptive_max_pool2d_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
+    const int64_t* idx = indices.const_data_ptr<int64_t>();
+    scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>();
+    // float and double add straight into grad_input; half and bfloat16 in a
+    // float plane, rounded once.
+    constexpr bool kDirect = std::is_same<acc_t, scalar_t>::value;
+    at::parallel_for(0, g.planes(), plane_grain(out_plane + in_plane), [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> scratch(kDirect ? 0 : in_plane);
+      for (int64_t p = begin; p < end; ++p) {
+        acc_t* acc = kDirect ? reinterpret_cast<acc_t*>(gi + p * in_plane) : scratch.data();
+        std::fill(acc, acc + in_plane, acc_t(0));
+        for (int64_t o = 0; o < out_plane; ++o) {
+          const int64_t i = idx[p * out_plane + o];
+          if (i >= 0 && i < in_plane) {  // guards against indices that did not come from the forward
+            acc[i] += static_cast<acc_t>(go[p * out_plane + o]);
+          }
+        }
+        if constexpr (!kDirect) {
+          std::copy(acc, acc + in_plane, gi + p * in_plane);
+        }
+      }
+    });
+  });
+  return grad_input;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(custom_conv, CPU, m) {
+  m.impl("adaptive_max_pool2d_forward", &adaptive_max_pool2d_forward_cpu);
+  m.impl("adaptive_max_pool2d_backward", &adaptive_max_pool2d_backward_cpu);
+}
+
+}  // namespace custom_conv

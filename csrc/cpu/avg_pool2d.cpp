@@ -1,0 +1,127 @@
+// avg_pool2d and adaptive_avg_pool2d on the CPU: forward and backward, one
+// pair of kernels for both (the adaptive windows are per-output windows of
+// the same walk, avg_pool2d_window.h).
+//
+// The forward is a linear map A from input to output: row o of A holds
+// 1 / divisor(o) on window o's elements. The backward multiplies by A^T:
+// each input element gathers the output gradients of the windows that hold
+// it, each divided by that window's divisor. A gather, not a scatter, so
+// that the CPU and the GPU kernels add the same terms in the same order.
+#include "../avg_pool2d_window.h"
+#include "../geometry.h"
+#include "../memory_format.h"
+#include "parallel.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace custom_conv {
+namespace {
+
+// Threads over planes (N * C); half and bfloat16 add in float and round once
+// per output.
+at::Tensor avg_pool2d_forward_impl(const at::Tensor& input_, const AvgPool2dGeometry& a) {
+  const Pool2dGeometry& g = a.pool;
+  const at::Tensor input = input_.contiguous();
+  at::Tensor output = at::empty({g.batch, g.channels, g.out_h, g.out_w}, input.options());
+  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
+  if (output.numel() > 0) {
+    // Every plane has the same windows: computed once, not once per plane.
+    std::vector<AvgWindow> windows(out_plane);
+    for (int64_t oh = 0; oh < g.out_h; ++oh) {
+      for (int64_t ow = 0; ow < g.out_w; ++ow) {
+        windows[oh * g.out_w + ow] = avg_window(a, oh, ow);
+      }
+    }
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "avg_pool2d_forward_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const scalar_t* in = input.const_data_ptr<scalar_t>();
+      scalar_t* out = output.mutable_data_ptr<scalar_t>();
+      at::parallel_for(0, g.planes(), plane_grain(in_plane + out_plane), [&](int64_t begin, int64_t end) {
+        for (int64_t p = begin; p < end; ++p) {
+          for (int64_t o = 0; o < out_plane; ++o) {
+            out[p * out_plane + o] = static_cast<scalar_t>(window_mean<acc_t>(in + p * in_plane, g.in_w, windows[o]));
+          }
+        }
+      });
+    });
+  }
+  return in_memory_format(output, max_pool2d_memory_format(input_));
+}
+
+// NCHW, like max_pool2d_backward: custom_conv/autograd.py gives the gradient
+// the forward's layout.
+at::Tensor avg_pool2d_backward_impl(const at::Tensor& grad_output_, c10::IntArrayRef input_size,
+                                    const AvgPool2dGeometry& a) {
+  const Pool2dGeometry& g = a.pool;
+  const at::Tensor grad_output = grad_output_.contiguous();
+  at::Tensor grad_input = at::empty(input_size, grad_output.options());
+  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
+  if (grad_input.numel() == 0) {
+    return grad_input;
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad_output.scalar_type(), "avg_pool2d_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
+    scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, g.planes(), plane_grain(in_plane + out_plane), [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        for (int64_t ih = 0; ih < g.in_h; ++ih) {
+          for (int64_t iw = 0; iw < g.in_w; ++iw) {
+            gi[p * in_plane + ih * g.in_w + iw] =
+                static_cast<scalar_t>(input_gradient<acc_t>(go + p * out_plane, a, ih, iw));
+          }
+        }
+      }
+    });
+  });
+  return grad_input;
+}
+
+at::Tensor avg_pool2d_forward_cpu(const at::Tensor& input, c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
+                                  c10::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                                  c10::optional<int64_t> divisor_override) {
+  check_floating_4d(input, "avg_pool2d", "input");
+  return avg_pool2d_forward_impl(input, avg_pool2d_geometry(input.sizes(), kernel_size, stride, padding, ceil_mode,
+                                                            count_include_pad, divisor_override));
+}
+
+at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_output, c10::IntArrayRef input_size,
+                                   c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                   bool ceil_mode, bool count_include_pad, c10::optional<int64_t> divisor_override) {
+  const AvgPool2dGeometry a =
+      avg_pool2d_geometry(input_size, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override);
+  check_avg_pool2d_grad_output(grad_output, a, "avg_pool2d_backward");
+  return avg_pool2d_backward_impl(grad_output, input_size, a);
+}
+
+at::Tensor adaptive_avg_pool2d_forward_cpu(const at::Tensor& input, c10::IntArrayRef output_size) {
+  check_floating_4d(input, "adaptive_avg_pool2d", "input");
+  return avg_pool2d_forward_impl(input, adaptive_avg_pool2d_geometry(input.sizes(), output_size));
+}
+
+at::Tensor adaptive_avg_pool2d_backward_cpu(const at::Tensor& grad_output, c10::IntArrayRef input_size) {
+  TORCH_CHECK(grad_output.dim() == 4, "adaptive_avg_pool2d_backward: expected a 4-D grad_output, got ",
+              grad_output.dim(), "-D");
+  const AvgPool2dGeometry a =
+      adaptive_avg_pool2d_geometry(input_size, {grad_output.size(2), grad_output.size(3)});
+  check_avg_pool2d_grad_output(grad_output, a, "adaptive_avg_pool2d_backward");
+  return avg_pool2d_backward_impl(grad_output, input_size, a);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(custom_conv, CPU, m) {
+  m.impl("avg_pool2d_forward", &avg_pool2d_forward_cpu);
+  m.impl("avg_pool2d_backward", &avg_pool2d_backward_cpu);
+  m.impl("adaptive_avg_pool2d_forward", &adaptive_avg_pool2d_forward_cpu);
+  m.impl("adaptive_avg_pool2d_backward", &adaptive_avg_pool2d_backward_cpu);
+}
+
+}  // namespace custom_conv

@@ -1,0 +1,2 @@
+// csrc/cuda/adaptive_max_pool2d.cu, compiled for the CPU against cuda_emulator.h.
+#include "../../csrc/cuda/adaptive_max_pool2d.cu"
