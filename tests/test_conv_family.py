@@ -712,3 +712,18 @@ def test_jit_script_of_the_new_layers_says_torchscript_is_not_supported(cls):
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script's own deprecation
         with pytest.raises(RuntimeError, match="torch.jit.script: TorchScript is deprecated.*torch.jit.trace"):
             torch.jit.script(getattr(custom_conv.nn, cls)(2, 2, 3))
+
+
+@pytest.mark.parametrize("backend", ["torch", "custom"])
+def test_the_autoencoder_runs_no_torch_convolution_under_enabled(backend):
+    """Built from torch's layers or ours, the autoencoder's forward and
+    backward under enabled() run our convolutions, transposed ones included,
+    and none of torch's."""
+    torch.manual_seed(0)
+    model = conv_autoencoder(in_channels=1, backend=backend)
+    x = torch.rand(2, 1, 15, 13)
+    with custom_conv.enabled():
+        names = _op_names(lambda: model(x).sum().backward())
+    assert torch_conv_ops(names) == []
+    assert {"custom_conv::conv2d_forward", "custom_conv::conv2d_backward_input",
+            "custom_conv::conv2d_backward_weight"} <= names
