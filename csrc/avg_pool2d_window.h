@@ -93,22 +93,36 @@ C10_HOST_DEVICE inline CandidateRange avg_covering_windows(const AvgPool2dGeomet
                  : covering_windows(pos, g.stride_w, g.pad_w, g.kernel_w, 1, out);
 }
 
-// The gradient of input element (ih, iw) of one plane: a gather of each
-// covering window's output gradient divided by its divisor, in row-major
-// order of the windows, so deterministic and without atomics on the GPU.
-template <typename acc_t, typename Plane>
-C10_HOST_DEVICE inline acc_t input_gradient(const Plane& grad_plane, const AvgPool2dGeometry& a, int64_t ih,
-                                            int64_t iw) {
-  const CandidateRange rows = avg_covering_windows(a, ih, true);
-  const CandidateRange cols = avg_covering_windows(a, iw, false);
+// The gradient of one input element: a gather of each covering window's
+// output gradient (windows [rows] x [cols]) divided by its divisor
+// (divisor_of(oh, ow)), in row-major order of the windows, so deterministic
+// and without atomics on the GPU.
+template <typename acc_t, typename Plane, typename DivisorOf>
+C10_HOST_DEVICE inline acc_t gather_gradient(const Plane& grad_plane, int64_t out_w, const CandidateRange& rows,
+                                             const CandidateRange& cols, const DivisorOf& divisor_of) {
   acc_t sum = acc_t(0);
   for (int64_t oh = rows.first; oh <= rows.last; ++oh) {
     for (int64_t ow = cols.first; ow <= cols.last; ++ow) {
-      const int64_t divisor = avg_window(a, oh, ow).divisor;
-      sum += static_cast<acc_t>(grad_plane[oh * a.pool.out_w + ow]) / static_cast<acc_t>(divisor);
+      sum += static_cast<acc_t>(grad_plane[oh * out_w + ow]) / static_cast<acc_t>(divisor_of(oh, ow));
     }
   }
   return sum;
+}
+
+struct WindowDivisor {
+  const AvgPool2dGeometry* a;
+  C10_HOST_DEVICE int64_t operator()(int64_t oh, int64_t ow) const { return avg_window(*a, oh, ow).divisor; }
+};
+
+// The gradient of input element (ih, iw) of one plane, every window worked
+// out where it is needed (the GPU's thread per element). The CPU kernel
+// computes the covering ranges and divisors once per call instead and calls
+// gather_gradient itself: the same terms in the same order.
+template <typename acc_t, typename Plane>
+C10_HOST_DEVICE inline acc_t input_gradient(const Plane& grad_plane, const AvgPool2dGeometry& a, int64_t ih,
+                                            int64_t iw) {
+  return gather_gradient<acc_t>(grad_plane, a.pool.out_w, avg_covering_windows(a, ih, true),
+                                avg_covering_windows(a, iw, false), WindowDivisor{&a});
 }
 
 }  // namespace custom_conv

@@ -66,6 +66,17 @@ at::Tensor avg_pool2d_backward_impl(const at::Tensor& grad_output_, c10::IntArra
   if (grad_input.numel() == 0) {
     return grad_input;
   }
+  // Every plane has the same windows: their covering ranges and divisors are
+  // worked out once, not once per element (integer divisions, which made a
+  // ResNet head's 7x7 -> 1 backward 30x slower than its forward).
+  std::vector<CandidateRange> rows(g.in_h), cols(g.in_w);
+  for (int64_t ih = 0; ih < g.in_h; ++ih) rows[ih] = avg_covering_windows(a, ih, true);
+  for (int64_t iw = 0; iw < g.in_w; ++iw) cols[iw] = avg_covering_windows(a, iw, false);
+  std::vector<int64_t> divisors(out_plane);
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    for (int64_t ow = 0; ow < g.out_w; ++ow) divisors[oh * g.out_w + ow] = avg_window(a, oh, ow).divisor;
+  }
+  const auto divisor_of = [&](int64_t oh, int64_t ow) { return divisors[oh * g.out_w + ow]; };
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad_output.scalar_type(), "avg_pool2d_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
@@ -74,8 +85,8 @@ at::Tensor avg_pool2d_backward_impl(const at::Tensor& grad_output_, c10::IntArra
       for (int64_t p = begin; p < end; ++p) {
         for (int64_t ih = 0; ih < g.in_h; ++ih) {
           for (int64_t iw = 0; iw < g.in_w; ++iw) {
-            gi[p * in_plane + ih * g.in_w + iw] =
-                static_cast<scalar_t>(input_gradient<acc_t>(go + p * out_plane, a, ih, iw));
+            gi[p * in_plane + ih * g.in_w + iw] = static_cast<scalar_t>(
+                gather_gradient<acc_t>(go + p * out_plane, g.out_w, rows[ih], cols[iw], divisor_of));
           }
         }
       }
