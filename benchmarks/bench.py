@@ -65,7 +65,7 @@ import custom_conv  # noqa: E402
 from custom_conv import functional as CF  # noqa: E402
 from custom_conv.explain import ALGORITHMS, PASSES  # noqa: E402
 from gemm import cpu_description, gemm_rows  # noqa: E402
-from shapes import CONV_SHAPES, POOL_SHAPES  # noqa: E402
+from shapes import CONV_SHAPES, FAMILY_SHAPES, POOL_SHAPES  # noqa: E402
 
 ops = torch.ops.custom_conv
 
@@ -259,6 +259,31 @@ def pool_cases(shape, batch, device, dtype):
     return {mode: (ours, theirs, None, exact[mode][1]) for mode, (ours, theirs) in timed.items()}
 
 
+def family_cases(shape, batch, device, dtype):
+    """A layer of FAMILY_SHAPES: forward, and forward+backward (every
+    gradient), against torch.nn.functional's function of the same name."""
+    name, function, input_shape, weight_shape, kwargs = shape
+    ours_f, torch_f = getattr(CF, function), getattr(F, function)
+    x = torch.randn(batch, *input_shape, device=device, dtype=dtype)
+    w = torch.randn(weight_shape, device=device, dtype=dtype) if weight_shape else None
+    gy = torch.randn_like(torch_f(*([x] if w is None else [x, w]), **kwargs))
+
+    def callables(tensors, gy):
+        leaves = [t.clone().requires_grad_() for t in tensors]
+
+        def train(f):
+            return lambda: torch.autograd.grad(f(*leaves, **kwargs), leaves, gy)
+
+        return {
+            "forward": (lambda: ours_f(*tensors, **kwargs), lambda: torch_f(*tensors, **kwargs)),
+            "forward+backward": (train(ours_f), train(torch_f)),
+        }
+
+    tensors = [x] if w is None else [x, w]
+    timed, exact = callables(tensors, gy), callables([t.double() for t in tensors], gy.double())
+    return {mode: (ours, theirs, None, exact[mode][1]) for mode, (ours, theirs) in timed.items()}
+
+
 def training_step_cases(batch, device, dtype):
     try:
         from custom_conv import models
@@ -364,8 +389,10 @@ def run(args, dtype_name):
 
     conv_shapes = [s for s in CONV_SHAPES if args.filter in s[0]]
     pool_shapes = [s for s in POOL_SHAPES if args.filter in s[0]]
+    family_shapes = [s for s in FAMILY_SHAPES if args.filter in s[0]]
     if args.quick:
         conv_shapes, pool_shapes = conv_shapes[:2] + conv_shapes[11:13], pool_shapes[:1]
+        family_shapes = family_shapes[:1]
 
     def skipped_at(shape, batch):
         return batch > main_batch and shape[0].startswith(LARGE_BATCH_SKIP)
@@ -385,6 +412,8 @@ def run(args, dtype_name):
         if batch == main_batch:
             for shape in pool_shapes:
                 yield "maxpool", shape[0], shape, pool_cases(shape, batch, args.device, dtype)
+            for shape in family_shapes:
+                yield "family", shape[0], shape, family_cases(shape, batch, args.device, dtype)
             if not args.filter:
                 steps = training_step_cases(batch, args.device, dtype)
                 for name, cases in steps.items():
@@ -409,7 +438,7 @@ def run(args, dtype_name):
               + f" {'ratio':>6} {'ours err':>9} {'torch err':>9}"
               + (f" {'%peak':>6} {'torch':>6}" if peak else "") + "  algorithm")
     for batch in batches:
-        what = ("every conv pass, max-pool and training steps" if batch == main_batch
+        what = ("every conv pass, max-pool, the rest of the family and training steps" if batch == main_batch
                 else "conv forward (inference latency)" if batch < main_batch
                 else "conv forward+backward (training throughput)")
         skips = [s["layer"] for s in skipped if s["batch"] == batch]
@@ -453,7 +482,7 @@ def run(args, dtype_name):
 
     summary = {}
     for batch in batches:
-        for kind in ("conv", "maxpool"):
+        for kind in ("conv", "maxpool", "family"):
             for mode in MODES:
                 ratios = [r["ratio"] for r in rows if (r["kind"], r["mode"], r["batch"]) == (kind, mode, batch)]
                 if ratios:

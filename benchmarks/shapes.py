@@ -48,3 +48,19 @@ POOL_SHAPES = [
     ("maxpool 2x2/2 6ch @28 (lenet)", 6, 28, 28, 2, 2, 0),
     ("maxpool 3x3/2 pad1 64ch @112 (resnet18)", 64, 112, 112, 3, 2, 1),
 ]
+
+# The rest of the family, timed like max-pool (forward, forward+backward;
+# convT: a transposed convolution): (name, the function's name in torch.nn.functional and custom_conv.functional,
+# the input's shape without the batch, the weight's shape or None, keyword
+# arguments).
+FAMILY_SHAPES = [
+    ("convT 32-16 3x3/2 @7 (autoencoder)", "conv_transpose2d", (32, 7, 7), (32, 16, 3, 3),
+     dict(stride=2, padding=1, output_padding=1)),
+    ("convT 128-64 4x4/2 @16 (dcgan)", "conv_transpose2d", (128, 16, 16), (128, 64, 4, 4),
+     dict(stride=2, padding=1)),
+    ("conv1d 64-64 k3 @1000 (audio)", "conv1d", (64, 1000), (64, 64, 3), dict(padding=1)),
+    ("avgpool 2x2/2 64ch @56", "avg_pool2d", (64, 56, 56), None, dict(kernel_size=2)),
+    ("avgpool 3x3/1 pad1 64ch @28", "avg_pool2d", (64, 28, 28), None, dict(kernel_size=3, stride=1, padding=1)),
+    ("adaptive avgpool 512ch 7x7->1 (resnet)", "adaptive_avg_pool2d", (512, 7, 7), None, dict(output_size=1)),
+    ("adaptive maxpool 512ch 7x7->1", "adaptive_max_pool2d", (512, 7, 7), None, dict(output_size=1)),
+]
