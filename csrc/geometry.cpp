@@ -169,39 +169,45 @@ void check_conv2d_grad_output(
               c10::IntArrayRef(expected), ", got ", grad_output.sizes());
 }
 
-Pool2dGeometry max_pool2d_geometry(
-    c10::IntArrayRef input_sizes,
-    c10::IntArrayRef kernel_size,
-    c10::IntArrayRef stride,
-    c10::IntArrayRef padding,
-    c10::IntArrayRef dilation,
-    bool ceil_mode) {
+namespace {
+
+// The argument checks and sizes that max_pool2d and avg_pool2d share, in
+// torch's words and order, in two halves: the ranks of the arguments, then
+// (after any check of the op's own) their values and the output size.
+void check_pool2d_ranks(const char* op, c10::IntArrayRef input_sizes, c10::IntArrayRef kernel_size,
+                        c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation) {
   TORCH_CHECK(input_sizes.size() == 4,
-              "max_pool2d: expected a 4-D input (N, C, H, W), got ",
+              op, ": expected a 4-D input (N, C, H, W), got ",
               input_sizes.size(), "-D input of size ", input_sizes);
-  check_pair(kernel_size, "max_pool2d", "kernel_size");
-  check_pair(stride, "max_pool2d", "stride");
-  check_pair(padding, "max_pool2d", "padding");
-  check_pair(dilation, "max_pool2d", "dilation");
+  check_pair(kernel_size, op, "kernel_size");
+  check_pair(stride, op, "stride");
+  check_pair(padding, op, "padding");
+  check_pair(dilation, op, "dilation");
+}
+
+Pool2dGeometry checked_pool2d_geometry(const char* op, c10::IntArrayRef input_sizes, c10::IntArrayRef kernel_size,
+                                       c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                                       bool ceil_mode) {
   // As for conv2d, torch's words first.
   // The stride first: it defaults to the kernel size, and torch reports a
   // zero kernel size without a stride as a zero stride.
   TORCH_CHECK(stride[0] > 0 && stride[1] > 0,
-              "max_pool2d: stride should not be zero (stride must be positive, got ", stride, ")");
+              op, ": stride should not be zero (stride must be positive, got ", stride, ")");
   TORCH_CHECK(kernel_size[0] > 0 && kernel_size[1] > 0,
-              "max_pool2d: kernel size should be greater than zero (kernel_size ", kernel_size, ")");
+              op, ": kernel size should be greater than zero (kernel_size ", kernel_size, ")");
   TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0,
-              "max_pool2d: dilation should be greater than zero (dilation ", dilation, ")");
+              op, ": dilation should be greater than zero (dilation ", dilation, ")");
   TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0,
-              "max_pool2d: pad must be non-negative (padding ", padding, ")");
+              op, ": pad must be non-negative (padding ", padding, ")");
   // A window made only of padding would have no input element to take the
-  // maximum of; torch forbids it by bounding the padding by half the kernel.
+  // maximum (or, without count_include_pad, the mean) of; torch forbids it
+  // by bounding the padding by half the kernel.
   TORCH_CHECK(padding[0] <= kernel_size[0] / 2 &&
                   padding[1] <= kernel_size[1] / 2,
-              "max_pool2d: pad should be at most half of effective kernel size (padding ", padding,
+              op, ": pad should be at most half of effective kernel size (padding ", padding,
               ", kernel_size ", kernel_size, ")");
   TORCH_CHECK(input_sizes[1] > 0 && input_sizes[2] > 0 && input_sizes[3] > 0,
-              "max_pool2d: Expected 3D or 4D (batch mode) tensor with optional 0 dim batch size for input, "
+              op, ": Expected 3D or 4D (batch mode) tensor with optional 0 dim batch size for input, "
               "but got: ", input_sizes, " (non-zero channels, height and width)");
 
   Pool2dGeometry g{};
@@ -219,10 +225,23 @@ Pool2dGeometry max_pool2d_geometry(
   g.dilation_w = dilation[1];
   g.out_h = output_size(g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h, ceil_mode);
   g.out_w = output_size(g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w, ceil_mode);
-  TORCH_CHECK(g.out_h >= 1 && g.out_w >= 1, "max_pool2d: Given input size: (", g.channels, "x", g.in_h, "x",
+  TORCH_CHECK(g.out_h >= 1 && g.out_w >= 1, op, ": Given input size: (", g.channels, "x", g.in_h, "x",
               g.in_w, "). Calculated output size: (", g.channels, "x", g.out_h, "x", g.out_w,
               "). Output size is too small");
   return g;
+}
+
+}  // namespace
+
+Pool2dGeometry max_pool2d_geometry(
+    c10::IntArrayRef input_sizes,
+    c10::IntArrayRef kernel_size,
+    c10::IntArrayRef stride,
+    c10::IntArrayRef padding,
+    c10::IntArrayRef dilation,
+    bool ceil_mode) {
+  check_pool2d_ranks("max_pool2d", input_sizes, kernel_size, stride, padding, dilation);
+  return checked_pool2d_geometry("max_pool2d", input_sizes, kernel_size, stride, padding, dilation, ceil_mode);
 }
 
 AvgPool2dGeometry avg_pool2d_geometry(
@@ -233,47 +252,13 @@ AvgPool2dGeometry avg_pool2d_geometry(
     bool ceil_mode,
     bool count_include_pad,
     c10::optional<int64_t> divisor_override) {
-  TORCH_CHECK(input_sizes.size() == 4,
-              "avg_pool2d: expected a 4-D input (N, C, H, W), got ",
-              input_sizes.size(), "-D input of size ", input_sizes);
-  check_pair(kernel_size, "avg_pool2d", "kernel_size");
-  check_pair(stride, "avg_pool2d", "stride");
-  check_pair(padding, "avg_pool2d", "padding");
-  // torch's words, in torch's order (the stride first, as for max_pool2d).
+  const std::array<int64_t, 2> no_dilation{1, 1};
+  check_pool2d_ranks("avg_pool2d", input_sizes, kernel_size, stride, padding, no_dilation);
+  // torch's words, in torch's order (the divisor before the stride).
   TORCH_CHECK(!divisor_override.has_value() || *divisor_override != 0,
               "avg_pool2d: divisor must be not zero");
-  TORCH_CHECK(stride[0] > 0 && stride[1] > 0,
-              "avg_pool2d: stride should not be zero (stride must be positive, got ", stride, ")");
-  TORCH_CHECK(kernel_size[0] > 0 && kernel_size[1] > 0,
-              "avg_pool2d: kernel size should be greater than zero (kernel_size ", kernel_size, ")");
-  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0,
-              "avg_pool2d: pad must be non-negative (padding ", padding, ")");
-  // Bounding the padding by half the kernel keeps every window on some
-  // input, so no divisor without count_include_pad is 0.
-  TORCH_CHECK(padding[0] <= kernel_size[0] / 2 && padding[1] <= kernel_size[1] / 2,
-              "avg_pool2d: pad should be at most half of effective kernel size (padding ", padding,
-              ", kernel_size ", kernel_size, ")");
-  TORCH_CHECK(input_sizes[1] > 0 && input_sizes[2] > 0 && input_sizes[3] > 0,
-              "avg_pool2d: Expected 3D or 4D (batch mode) tensor with optional 0 dim batch size for input, "
-              "but got: ", input_sizes, " (non-zero channels, height and width)");
   AvgPool2dGeometry a{};
-  Pool2dGeometry& g = a.pool;
-  g.batch = input_sizes[0];
-  g.channels = input_sizes[1];
-  g.in_h = input_sizes[2];
-  g.in_w = input_sizes[3];
-  g.kernel_h = kernel_size[0];
-  g.kernel_w = kernel_size[1];
-  g.stride_h = stride[0];
-  g.stride_w = stride[1];
-  g.pad_h = padding[0];
-  g.pad_w = padding[1];
-  g.dilation_h = g.dilation_w = 1;
-  g.out_h = output_size(g.in_h, g.kernel_h, g.stride_h, g.pad_h, int64_t{1}, ceil_mode);
-  g.out_w = output_size(g.in_w, g.kernel_w, g.stride_w, g.pad_w, int64_t{1}, ceil_mode);
-  TORCH_CHECK(g.out_h >= 1 && g.out_w >= 1, "avg_pool2d: Given input size: (", g.channels, "x", g.in_h, "x",
-              g.in_w, "). Calculated output size: (", g.channels, "x", g.out_h, "x", g.out_w,
-              "). Output size is too small");
+  a.pool = checked_pool2d_geometry("avg_pool2d", input_sizes, kernel_size, stride, padding, no_dilation, ceil_mode);
   a.count_include_pad = count_include_pad;
   a.divisor_override = divisor_override.value_or(0);
   a.adaptive = false;
