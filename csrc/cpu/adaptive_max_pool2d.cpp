@@ -8,6 +8,7 @@
 #include "../geometry.h"
 #include "../max_pool2d_window.h"
 #include "../memory_format.h"
+#include "max_pool_gradient.h"
 #include "parallel.h"
 
 #include <ATen/ATen.h>
@@ -75,38 +76,9 @@ at::Tensor adaptive_max_pool2d_backward_cpu(const at::Tensor& grad_output_, cons
   const Pool2dGeometry& g = a.pool;
   const at::Tensor grad_output = grad_output_.contiguous();
   const at::Tensor indices = indices_.contiguous();
-  at::Tensor grad_input = at::empty(input_size, grad_output.options());
-  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
-  if (grad_input.numel() == 0) {
-    return grad_input;
-  }
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad_output.scalar_type(),
-                                  "adaptive_max_pool2d_backward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
-    const int64_t* idx = indices.const_data_ptr<int64_t>();
-    scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>();
-    // float and double add straight into grad_input; half and bfloat16 in a
-    // float plane, rounded once.
-    constexpr bool kDirect = std::is_same<acc_t, scalar_t>::value;
-    at::parallel_for(0, g.planes(), plane_grain(out_plane + in_plane), [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> scratch(kDirect ? 0 : in_plane);
-      for (int64_t p = begin; p < end; ++p) {
-        acc_t* acc = kDirect ? reinterpret_cast<acc_t*>(gi + p * in_plane) : scratch.data();
-        std::fill(acc, acc + in_plane, acc_t(0));
-        for (int64_t o = 0; o < out_plane; ++o) {
-          const int64_t i = idx[p * out_plane + o];
-          if (i >= 0 && i < in_plane) {  // guards against indices that did not come from the forward
-            acc[i] += static_cast<acc_t>(go[p * out_plane + o]);
-          }
-        }
-        if constexpr (!kDirect) {
-          std::copy(acc, acc + in_plane, gi + p * in_plane);
-        }
-      }
-    });
-  });
-  return grad_input;
+  // Adaptive windows always hold input: every output routes its gradient.
+  return route_max_pool_gradients(grad_output, indices, input_size, g.planes(), g.in_h * g.in_w,
+                                  g.out_h * g.out_w, nullptr);
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include "../geometry.h"
 #include "../max_pool2d_window.h"
 #include "../memory_format.h"
+#include "max_pool_gradient.h"
 #include "parallel.h"
 #include "per_level.h"
 
@@ -197,7 +198,6 @@ at::Tensor max_pool2d_backward_cpu(
       grad_output_, indices_, input_size, kernel_size, stride, padding, dilation, ceil_mode);
   const at::Tensor grad_output = grad_output_.contiguous();
   const at::Tensor indices = indices_.contiguous();
-  at::Tensor grad_input = at::empty(input_size, grad_output.options());
   const int64_t planes = g.planes();
   const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
 
@@ -211,7 +211,16 @@ at::Tensor max_pool2d_backward_cpu(
     }
   }
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad_output.scalar_type(), "max_pool2d_backward_cpu", [&] {
+  return route_max_pool_gradients(grad_output, indices, input_size, planes, in_plane, out_plane, &holds_input);
+}
+
+}  // namespace
+
+at::Tensor route_max_pool_gradients(const at::Tensor& grad_output, const at::Tensor& indices,
+                                    c10::IntArrayRef input_size, int64_t planes, int64_t in_plane,
+                                    int64_t out_plane, const std::vector<char>* holds_input) {
+  at::Tensor grad_input = at::empty(input_size, grad_output.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad_output.scalar_type(), "max_pool_gradients_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
     const int64_t* idx = indices.const_data_ptr<int64_t>();
@@ -228,9 +237,9 @@ at::Tensor max_pool2d_backward_cpu(
         std::fill(acc, acc + in_plane, acc_t(0));
         for (int64_t o = 0; o < out_plane; ++o) {
           // The range check guards against indices that did not come from
-          // max_pool2d_forward.
+          // the forward.
           const int64_t i = idx[p * out_plane + o];
-          if (holds_input[o] && i >= 0 && i < in_plane) {
+          if ((holds_input == nullptr || (*holds_input)[o]) && i >= 0 && i < in_plane) {
             acc[i] += static_cast<acc_t>(go[p * out_plane + o]);
           }
         }
@@ -242,8 +251,6 @@ at::Tensor max_pool2d_backward_cpu(
   });
   return grad_input;
 }
-
-}  // namespace
 
 TORCH_LIBRARY_IMPL(custom_conv, CPU, m) {
   m.impl("max_pool2d_forward", &max_pool2d_forward_cpu);
