@@ -177,6 +177,23 @@ def conv_transpose_arguments(op, dims, input, weight, bias, stride, padding, out
     return plain["stride"], plain["padding"], plain["output_padding"], groups, plain["dilation"]
 
 
+def _check_pool_int_lists(op, lists, positions):
+    """Each value of `lists` (name -> value) a tuple of ints, else the
+    TypeError torch's parser gives max_pool2d and avg_pool2d for the first
+    that is not (positions: each argument's position, as torch names it)."""
+    for name, value in lists.items():
+        failure = _int_list_failure(value)
+        if failure is None:
+            continue
+        position, type_name = failure
+        argument = f"{op}(): argument '{name}' (position {positions[name]}) must be tuple of ints"
+        if position is None:
+            raise TypeError(f"{argument}, not {_type_name(value)}")
+        if position == 0:
+            raise TypeError(f"{argument}, but found element of type {type_name} at pos 0")
+        raise _unpack_error(op, name, position, type_name)
+
+
 def max_pool2d_arguments(op, input, kernel_size, stride, padding, dilation, ceil_mode):
     """Checks F.max_pool2d's arguments as torch does (op: "max_pool2d" or
     "max_pool2d_with_indices", the function torch names); returns kernel_size,
@@ -194,17 +211,7 @@ def max_pool2d_arguments(op, input, kernel_size, stride, padding, dilation, ceil
     if stride is None:
         stride = ()
     lists = {"kernel_size": kernel_size, "stride": stride, "padding": padding, "dilation": dilation}
-    for name, value in lists.items():
-        failure = _int_list_failure(value)
-        if failure is None:
-            continue
-        position, type_name = failure
-        if position is None:
-            raise must_be(name, "tuple of ints", value)
-        if position == 0:
-            raise TypeError(f"{op}(): argument '{name}' (position {MAX_POOL2D_POSITIONS[name]}) must be tuple of "
-                            f"ints, but found element of type {type_name} at pos 0")
-        raise _unpack_error(op, name, position, type_name)
+    _check_pool_int_lists(op, lists, MAX_POOL2D_POSITIONS)
     if not _is_bool(ceil_mode):
         raise must_be("ceil_mode", "bool", ceil_mode)
     lengths = {"kernel_size": ((1, 2), "must either be a single int, or a tuple of two ints"),
@@ -242,17 +249,7 @@ def avg_pool2d_arguments(input, kernel_size, stride, padding, ceil_mode, count_i
     if stride is None:
         stride = ()
     lists = {"kernel_size": kernel_size, "stride": stride, "padding": padding}
-    for name, value in lists.items():
-        failure = _int_list_failure(value)
-        if failure is None:
-            continue
-        position, type_name = failure
-        if position is None:
-            raise must_be(name, "tuple of ints", value)
-        if position == 0:
-            raise TypeError(f"avg_pool2d(): argument '{name}' (position {AVG_POOL2D_POSITIONS[name]}) must be tuple "
-                            f"of ints, but found element of type {type_name} at pos 0")
-        raise _unpack_error("avg_pool2d", name, position, type_name)
+    _check_pool_int_lists("avg_pool2d", lists, AVG_POOL2D_POSITIONS)
     for name, value in (("ceil_mode", ceil_mode), ("count_include_pad", count_include_pad)):
         if not isinstance(value, bool):
             raise must_be(name, "bool", value)
