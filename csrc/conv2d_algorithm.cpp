@@ -267,8 +267,7 @@ std::vector<std::string> set_disabled_conv2d_algorithms(const std::vector<std::s
 std::tuple<std::string, std::string> conv2d_algorithm_op(
     const at::Tensor& input, const at::Tensor& weight, c10::IntArrayRef stride, c10::IntArrayRef padding,
     c10::IntArrayRef dilation, int64_t groups, c10::string_view pass) {
-  check_conv2d_tensors(input, weight, c10::nullopt);
-  const Conv2dGeometry g = conv2d_geometry(input.sizes(), weight.sizes(), stride, padding, dilation, groups);
+  const Conv2dGeometry g = checked_conv2d_forward(input, weight, c10::nullopt, stride, padding, dilation, groups);
   Conv2dPass p;
   if (pass == "forward") {
     p = Conv2dPass::kForward;

@@ -27,25 +27,23 @@ Conv2dGeometry conv2d_geometry(
     c10::IntArrayRef stride,
     c10::IntArrayRef padding,
     c10::IntArrayRef dilation,
-    int64_t groups) {
+    int64_t groups,
+    const c10::optional<c10::IntArrayRef>& bias_sizes) {
   TORCH_CHECK(input_sizes.size() == 4,
               "conv2d: expected a 4-D input (N, C, H, W), got ",
               input_sizes.size(), "-D input of size ", input_sizes);
-  TORCH_CHECK(weight_sizes.size() == 4,
-              "conv2d: expected a 4-D weight (C_out, C_in / groups, kH, kW), got ",
-              weight_sizes.size(), "-D weight of size ", weight_sizes);
+  // torch's words, in torch's order, so that code written against torch's
+  // errors meets the same first error.
+  TORCH_CHECK(weight_sizes.size() >= 3, "weight should have at least three dimensions");
+  TORCH_CHECK(groups > 0, "non-positive groups is not supported");
   check_pair(stride, "conv2d", "stride");
+  TORCH_CHECK(weight_sizes.size() == 4, "expected stride to be a single integer value or a list of ",
+              weight_sizes.size() - 2, " values to match the convolution dimensions, but got stride=", stride);
   check_pair(padding, "conv2d", "padding");
   check_pair(dilation, "conv2d", "dilation");
-  // Messages start with torch's words, so that code matching torch's
-  // errors matches ours; our details follow.
-  TORCH_CHECK(stride[0] > 0 && stride[1] > 0,
-              "conv2d: non-positive stride is not supported (stride ", stride, ")");
-  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0,
-              "conv2d: negative padding is not supported (padding ", padding, ")");
-  TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0,
-              "conv2d: non-positive dilation is not supported (dilation ", dilation, ")");
-  TORCH_CHECK(groups > 0, "conv2d: non-positive groups is not supported (groups ", groups, ")");
+  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0, "negative padding is not supported");
+  TORCH_CHECK(stride[0] > 0 && stride[1] > 0, "non-positive stride is not supported");
+  TORCH_CHECK(dilation[0] >= 0 && dilation[1] >= 0, "dilation should be greater than zero");
 
   Conv2dGeometry g{};
   g.batch = input_sizes[0];
@@ -63,28 +61,36 @@ Conv2dGeometry conv2d_geometry(
   g.dilation_w = dilation[1];
   g.groups = groups;
 
-  // No input channels is allowed, as in torch: every output is an empty sum
-  // (zero) plus the bias. No output channels or an empty kernel is not.
-  TORCH_CHECK(g.out_channels > 0 && g.kernel_h > 0 && g.kernel_w > 0 && weight_sizes[1] >= 0,
-              "conv2d: weight must have no zero-sized dimension other than its input channels, got ",
-              weight_sizes);
-  TORCH_CHECK(g.out_channels % groups == 0,
-              "conv2d: Given groups=", groups, ", expected weight to be divisible by ", groups,
-              " at dimension 0, but got weight of size ", weight_sizes, " instead (out_channels (",
-              g.out_channels, ") must be divisible by groups (", groups, "))");
+  TORCH_CHECK(g.out_channels >= groups, "Given groups=", groups, ", expected weight to be at least ", groups,
+              " at dimension 0, but got weight of size ", weight_sizes, " instead");
+  // torch's message prints the sizes inside a second pair of brackets.
+  TORCH_CHECK(g.out_channels % groups == 0, "Given groups=", groups, ", expected weight to be divisible by ",
+              groups, " at dimension 0, but got weight of size [", weight_sizes, "] instead");
   TORCH_CHECK(g.in_channels == weight_sizes[1] * groups,
-              "conv2d: Given groups=", groups, ", weight of size ", weight_sizes,
+              "Given groups=", groups, ", weight of size ", weight_sizes,
               ", expected input", input_sizes, " to have ", weight_sizes[1] * groups,
               " channels, but got ", g.in_channels, " channels instead");
+  TORCH_CHECK(!bias_sizes.has_value() || (bias_sizes->size() == 1 && (*bias_sizes)[0] == g.out_channels),
+              "Given weight of size ", weight_sizes, ", expected bias to be 1-dimensional with ", g.out_channels,
+              " elements, but got bias of size ", bias_sizes.value_or(c10::IntArrayRef{}), " instead");
 
+  // The kernel's extent once dilated (a dilation of zero, rejected below as
+  // torch does, would make it one element).
   const int64_t padded_h = g.in_h + 2 * g.pad_h;
   const int64_t padded_w = g.in_w + 2 * g.pad_w;
   const int64_t span_h = g.dilation_h * (g.kernel_h - 1) + 1;
   const int64_t span_w = g.dilation_w * (g.kernel_w - 1) + 1;
   TORCH_CHECK(span_h <= padded_h && span_w <= padded_w,
-              "conv2d: Calculated padded input size per channel: (", padded_h, " x ", padded_w,
+              "Calculated padded input size per channel: (", padded_h, " x ", padded_w,
               "). Kernel size: (", span_h, " x ", span_w,
-              "). Kernel size can't be greater than actual input size (the kernel size is dilated)");
+              "). Kernel size can't be greater than actual input size");
+  TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0, "non-positive dilation is not supported");
+  // No input channels is allowed, as in torch: every output is an empty sum
+  // (zero) plus the bias. An empty kernel is not (torch's own message there
+  // comes from inside oneDNN).
+  TORCH_CHECK(g.kernel_h > 0 && g.kernel_w > 0,
+              "conv2d: weight must have no zero-sized dimension other than its input channels, got ",
+              weight_sizes);
   g.out_h = output_size(g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h, false);
   g.out_w = output_size(g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w, false);
   return g;
@@ -127,29 +133,40 @@ Pool2dGeometry max_pool2d_backward_geometry(
   return g;
 }
 
-void check_conv2d_tensors(
+namespace {
+
+// torch's name for a tensor's type in its messages: torch.FloatTensor,
+// torch.cuda.HalfTensor, ...
+std::string tensor_type_name(const at::Tensor& t) {
+  return std::string("torch.") + (t.is_cuda() ? "cuda." : "") + c10::toString(t.scalar_type()) + "Tensor";
+}
+
+}  // namespace
+
+Conv2dGeometry checked_conv2d_forward(
     const at::Tensor& input,
     const at::Tensor& weight,
-    const c10::optional<at::Tensor>& bias) {
+    const c10::optional<at::Tensor>& bias,
+    c10::IntArrayRef stride,
+    c10::IntArrayRef padding,
+    c10::IntArrayRef dilation,
+    int64_t groups) {
   check_floating_4d(input, "conv2d", "input");
-  TORCH_CHECK(weight.scalar_type() == input.scalar_type(),
-              "conv2d: Input type (", input.scalar_type(), ") and weight type (",
-              weight.scalar_type(), ") should be the same (they must have the same dtype)");
-  TORCH_CHECK(weight.device() == input.device(), "conv2d: input (",
-              input.device(), ") and weight (", weight.device(),
-              ") must be on the same device");
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->scalar_type() == input.scalar_type(),
-                "conv2d: Input type (", input.scalar_type(), ") and bias type (",
-                bias->scalar_type(), ") should be the same (they must have the same dtype)");
-    TORCH_CHECK(bias->device() == input.device(), "conv2d: input (",
-                input.device(), ") and bias (", bias->device(),
-                ") must be on the same device");
-    TORCH_CHECK(bias->dim() == 1 && weight.dim() > 0 &&
-                    bias->size(0) == weight.size(0),
-                "conv2d: Given weight of size ", weight.sizes(), ", expected bias to be 1-dimensional with ",
-                weight.size(0), " elements, but got bias of size ", bias->sizes(), " instead");
-  }
+  const bool has_bias = bias.has_value() && bias->defined();
+  // torch checks the bias's dtype first, the weight's after the sizes.
+  TORCH_CHECK(!has_bias || bias->scalar_type() == input.scalar_type(),
+              "Input type (", input.dtype(), ") and bias type (", bias->dtype(), ") should be the same");
+  const Conv2dGeometry g = conv2d_geometry(input.sizes(), weight.sizes(), stride, padding, dilation, groups,
+                                           has_bias ? c10::optional<c10::IntArrayRef>(bias->sizes())
+                                                    : c10::nullopt);
+  TORCH_CHECK(weight.scalar_type() == input.scalar_type(), "Input type (", tensor_type_name(input),
+              ") and weight type (", tensor_type_name(weight), ") should be the same",
+              input.is_cpu() ? " or input should be a MKLDNN tensor and weight is a dense tensor" : "");
+  TORCH_CHECK(weight.device() == input.device(), "conv2d: input (", input.device(), ") and weight (",
+              weight.device(), ") must be on the same device");
+  TORCH_CHECK(!has_bias || bias->device() == input.device(), "conv2d: input (", input.device(), ") and bias (",
+              bias->device(), ") must be on the same device");
+  return g;
 }
 
 void check_conv2d_grad_output(
@@ -185,30 +202,34 @@ void check_pool2d_ranks(const char* op, c10::IntArrayRef input_sizes, c10::IntAr
   check_pair(dilation, op, "dilation");
 }
 
-Pool2dGeometry checked_pool2d_geometry(const char* op, c10::IntArrayRef input_sizes, c10::IntArrayRef kernel_size,
+Pool2dGeometry checked_pool2d_geometry(c10::IntArrayRef input_sizes, c10::IntArrayRef kernel_size,
                                        c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
                                        bool ceil_mode) {
-  // As for conv2d, torch's words first.
+  // As for conv2d, torch's words, in torch's order.
   // The stride first: it defaults to the kernel size, and torch reports a
   // zero kernel size without a stride as a zero stride.
-  TORCH_CHECK(stride[0] > 0 && stride[1] > 0,
-              op, ": stride should not be zero (stride must be positive, got ", stride, ")");
-  TORCH_CHECK(kernel_size[0] > 0 && kernel_size[1] > 0,
-              op, ": kernel size should be greater than zero (kernel_size ", kernel_size, ")");
-  TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0,
-              op, ": dilation should be greater than zero (dilation ", dilation, ")");
-  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0,
-              op, ": pad must be non-negative (padding ", padding, ")");
+  TORCH_CHECK(stride[0] > 0 && stride[1] > 0, "stride should not be zero");
+  TORCH_CHECK(kernel_size[0] > 0 && kernel_size[1] > 0, "kernel size should be greater than zero, but got kH: ",
+              kernel_size[0], " kW: ", kernel_size[1]);
+  TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0, "dilation should be greater than zero, but got dilationH: ",
+              dilation[0], " dilationW: ", dilation[1]);
+  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0, "pad must be non-negative, but got pad: ",
+              padding[0] < 0 ? padding[0] : padding[1]);
   // A window made only of padding would have no input element to take the
   // maximum (or, without count_include_pad, the mean) of; torch forbids it
-  // by bounding the padding by half the kernel.
-  TORCH_CHECK(padding[0] <= kernel_size[0] / 2 &&
-                  padding[1] <= kernel_size[1] / 2,
-              op, ": pad should be at most half of effective kernel size (padding ", padding,
-              ", kernel_size ", kernel_size, ")");
+  // by bounding the padding by half the kernel, in two checks (the first
+  // by the dilated kernel, the second, which binds, by the kernel).
+  for (int d = 0; d < 2; ++d) {
+    TORCH_CHECK(padding[d] <= ((kernel_size[d] - 1) * dilation[d] + 1) / 2,
+                "pad should be at most half of effective kernel size, but got pad=", padding[d],
+                ", kernel_size=", kernel_size[d], " and dilation=", dilation[d]);
+  }
+  TORCH_CHECK(padding[0] <= kernel_size[0] / 2 && padding[1] <= kernel_size[1] / 2,
+              "pad should be smaller than or equal to half of kernel size, but got padW = ", padding[1],
+              ", padH = ", padding[0], ", kW = ", kernel_size[1], ", kH = ", kernel_size[0]);
   TORCH_CHECK(input_sizes[1] > 0 && input_sizes[2] > 0 && input_sizes[3] > 0,
-              op, ": Expected 3D or 4D (batch mode) tensor with optional 0 dim batch size for input, "
-              "but got: ", input_sizes, " (non-zero channels, height and width)");
+              "Expected 3D or 4D (batch mode) tensor with optional 0 dim batch size for input, but got:",
+              input_sizes);
 
   Pool2dGeometry g{};
   g.batch = input_sizes[0];
@@ -225,7 +246,7 @@ Pool2dGeometry checked_pool2d_geometry(const char* op, c10::IntArrayRef input_si
   g.dilation_w = dilation[1];
   g.out_h = output_size(g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h, ceil_mode);
   g.out_w = output_size(g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w, ceil_mode);
-  TORCH_CHECK(g.out_h >= 1 && g.out_w >= 1, op, ": Given input size: (", g.channels, "x", g.in_h, "x",
+  TORCH_CHECK(g.out_h >= 1 && g.out_w >= 1, "Given input size: (", g.channels, "x", g.in_h, "x",
               g.in_w, "). Calculated output size: (", g.channels, "x", g.out_h, "x", g.out_w,
               "). Output size is too small");
   return g;
@@ -241,7 +262,7 @@ Pool2dGeometry max_pool2d_geometry(
     c10::IntArrayRef dilation,
     bool ceil_mode) {
   check_pool2d_ranks("max_pool2d", input_sizes, kernel_size, stride, padding, dilation);
-  return checked_pool2d_geometry("max_pool2d", input_sizes, kernel_size, stride, padding, dilation, ceil_mode);
+  return checked_pool2d_geometry(input_sizes, kernel_size, stride, padding, dilation, ceil_mode);
 }
 
 AvgPool2dGeometry avg_pool2d_geometry(
@@ -258,7 +279,7 @@ AvgPool2dGeometry avg_pool2d_geometry(
   TORCH_CHECK(!divisor_override.has_value() || *divisor_override != 0,
               "avg_pool2d: divisor must be not zero");
   AvgPool2dGeometry a{};
-  a.pool = checked_pool2d_geometry("avg_pool2d", input_sizes, kernel_size, stride, padding, no_dilation, ceil_mode);
+  a.pool = checked_pool2d_geometry(input_sizes, kernel_size, stride, padding, no_dilation, ceil_mode);
   a.count_include_pad = count_include_pad;
   a.divisor_override = divisor_override.value_or(0);
   a.adaptive = false;
@@ -272,9 +293,10 @@ AvgPool2dGeometry adaptive_avg_pool2d_geometry(c10::IntArrayRef input_sizes, c10
               input_sizes.size(), "-D input of size ", input_sizes);
   TORCH_CHECK(output_size.size() == 2, op, ": output_size must be 2");
   TORCH_CHECK(output_size[0] >= 0 && output_size[1] >= 0,
-              op, ": elements of output_size must be greater than or equal to 0 but received ",
-              output_size);
-  for (int d = 1; d < 4; ++d) {
+              op, ": elements of output_size must be greater than or equal to 0 but received {",
+              output_size[0], ", ", output_size[1], "}");
+  // Channels may be none (the Python entry points check them as torch does).
+  for (int d = 2; d < 4; ++d) {
     TORCH_CHECK(input_sizes[d] > 0,
                 op, "(): Expected input to have non-zero size for non-batch dimensions, "
                 "but input has sizes ", input_sizes, " with dimension ", d, " being empty");

@@ -79,21 +79,28 @@ struct Conv2dGeometry {
   int64_t batch_chunk(int64_t column_budget = int64_t{1} << 22) const;
 };
 
-// Validates a convolution call and returns its geometry. `input_sizes` is
-// (N, C_in, H, W) and `weight_sizes` (C_out, C_in / groups, kH, kW).
+// Validates a convolution's sizes and returns its geometry. `input_sizes`
+// is (N, C_in, H, W), `weight_sizes` (C_out, C_in / groups, kH, kW) and
+// `bias_sizes`, where there is a bias, (C_out).
 Conv2dGeometry conv2d_geometry(
     c10::IntArrayRef input_sizes,
     c10::IntArrayRef weight_sizes,
     c10::IntArrayRef stride,
     c10::IntArrayRef padding,
     c10::IntArrayRef dilation,
-    int64_t groups);
+    int64_t groups,
+    const c10::optional<c10::IntArrayRef>& bias_sizes = c10::nullopt);
 
-// Dtype, device and bias checks for the tensors of a convolution call.
-void check_conv2d_tensors(
+// Validates a forward convolution call, its tensors' dtypes and devices as
+// well as its sizes, in torch's order, and returns its geometry.
+Conv2dGeometry checked_conv2d_forward(
     const at::Tensor& input,
     const at::Tensor& weight,
-    const c10::optional<at::Tensor>& bias);
+    const c10::optional<at::Tensor>& bias,
+    c10::IntArrayRef stride,
+    c10::IntArrayRef padding,
+    c10::IntArrayRef dilation,
+    int64_t groups);
 
 // Checks that `grad_output` is (N, C_out, out_h, out_w) for this geometry and
 // matches `like` in dtype and device.

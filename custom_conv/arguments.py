@@ -273,15 +273,34 @@ def avg_pool2d_arguments(input, kernel_size, stride, padding, ceil_mode, count_i
 
 def adaptive_pool2d_arguments(input, output_size, op="adaptive_avg_pool2d"):
     """Checks F.adaptive_avg_pool2d's (or, with op="adaptive_max_pool2d",
-    F.adaptive_max_pool2d's) arguments as torch does (None in
-    output_size takes the input's size there, as torch.nn.functional does
-    before its parser sees it); returns the output size as a list of two
-    ints."""
+    F.adaptive_max_pool2d's) arguments as torch does, in torch's order and
+    words, which differ between the two (None in output_size takes the
+    input's size there, as torch.nn.functional does before its parser sees
+    it); returns the output size as a list of two ints."""
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"{op}(): argument 'input' (position 1) must be Tensor, not "
                         f"{_type_name(input)}")
     if type(output_size) is int:
-        return [output_size, output_size]
+        values = [output_size, output_size]
+    else:
+        values = _output_size_list(input, output_size, op)
+    if op == "adaptive_avg_pool2d":
+        # The average pool checks its output size before its input.
+        _check_adaptive_output_size(op, values)
+        _check_adaptive_input(op, input, "Expected 3D or 4D tensor, but got")
+    else:
+        _check_adaptive_input(op, input, "Expected 3D or 4D tensor, but got:")
+        if len(values) != 2:
+            raise RuntimeError(f"{op}(): internal error: output_size.size() must be 2")
+        negative = [v for v in values if v < 0]
+        if negative:
+            # torch's max pool finds a negative size only when it makes its output.
+            raise RuntimeError(f"Trying to create tensor with negative dimension {negative[0]}: "
+                               f"{list(input.shape[:-2]) + values}")
+    return values
+
+
+def _output_size_list(input, output_size, op):
     from torch.nn.modules.utils import _list_with_default
     output_size = _list_with_default(output_size, input.size())
     failure = _int_list_failure(output_size)
@@ -297,6 +316,26 @@ def adaptive_pool2d_arguments(input, output_size, op="adaptive_avg_pool2d"):
     values = _ints(output_size)
     if len(values) == 1 and not isinstance(output_size, (tuple, list, torch.Size)):
         values = values * 2
+    return values
+
+
+def _check_adaptive_output_size(op, values):
     if len(values) != 2:
         raise RuntimeError(f"{op}: output_size must be 2")
-    return values
+    if values[0] < 0 or values[1] < 0:
+        raise RuntimeError(f"{op}: elements of output_size must be greater than or equal to 0 but received "
+                           f"{{{values[0]}, {values[1]}}}")
+
+
+def _check_adaptive_input(op, input, rank_words):
+    if input.dim() not in (3, 4):
+        raise RuntimeError(f"{op}(): {rank_words} {list(input.shape)}")
+    # torch's max pool needs every dimension but the batch's (an unbatched
+    # input's channels count as its batch); its average pool only the plane's
+    # (its check skips the width, giving NaN where a window holds nothing:
+    # ours rejects a zero width as well).
+    first = input.dim() - 2 if op == "adaptive_avg_pool2d" else 1
+    for d in range(first, input.dim()):
+        if input.shape[d] == 0:
+            raise RuntimeError(f"{op}(): Expected input to have non-zero size for non-batch dimensions, but input "
+                               f"has sizes {list(input.shape)} with dimension {d} being empty")

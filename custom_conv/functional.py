@@ -31,17 +31,35 @@ __all__ = ["conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d", "max_pool
            "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d", "adaptive_max_pool2d_with_indices"]
 
 
+_EMPTY_PLANE = "Expected 3D or 4D (batch mode) tensor with optional 0 dim batch size for input, but got:"
+
+
 def _batched(input, op, dims=2):
     """Accepts unbatched input ((C, H, W), or (C, L) for dims=1) like torch
     does, treating it as a batch of one. Errors carry torch's type and words."""
-    if input.dim() not in (dims + 1, dims + 2):
-        expected = (f"Expected {dims + 1}D (unbatched) or {dims + 2}D (batched) input to {op}" if "conv" in op
-                    else f"non-empty 3D or 4D (batch mode) tensor expected for input to {op}")
-        raise RuntimeError(f"{expected}, but got input of size: {list(input.shape)}")
-    return input.dim() == dims + 1, (input.unsqueeze(0) if input.dim() == dims + 1 else input)
+    rank = input.dim()
+    if rank not in (dims + 1, dims + 2):
+        if op not in ("max_pool2d", "avg_pool2d"):
+            raise RuntimeError(f"Expected {dims + 1}D (unbatched) or {dims + 2}D (batched) input to {op}, but got "
+                               f"input of size: {list(input.shape)}")
+        if op == "max_pool2d":
+            raise RuntimeError("non-empty 3D or 4D (batch mode) tensor expected for input")
+        if rank < 3:  # torch's avg_pool2d reads the size of the third dimension from the end first
+            raise IndexError(f"Dimension out of range (expected to be in range of [{-max(rank, 1)}, "
+                             f"{max(rank, 1) - 1}], but got -3)")
+        raise RuntimeError(f"{_EMPTY_PLANE}{list(input.shape)}")
+    return rank == dims + 1, (input.unsqueeze(0) if rank == dims + 1 else input)
 
 
-def _string_padding(padding, input, weight, stride, dilation):
+def _as_given(error, input):
+    """`error` of a pooling kernel, which words an empty plane with the sizes
+    it sees: for an unbatched input, worded with the caller's, as torch's is."""
+    if input.dim() == 3 and str(error).startswith(_EMPTY_PLANE):
+        return RuntimeError(f"{_EMPTY_PLANE}{list(input.shape)}")
+    return error
+
+
+def _string_padding(padding, input, weight, stride, dilation, groups):
     """Turns padding='valid'|'same' into symmetric numbers for the kernel.
 
     'same' needs dilation * (k - 1) zeros in total along each dimension. When
@@ -51,7 +69,11 @@ def _string_padding(padding, input, weight, stride, dilation):
     if padding == "valid":
         return input, (0, 0)
     if weight.dim() != 4:
-        return input, (0, 0)  # the kernel reports the bad weight
+        if weight.dim() >= 3 and groups > 0:  # what torch's 'same' path says first (the kernel checks the rest)
+            raise RuntimeError(f"Expected {weight.dim()}-dimensional input for {weight.dim()}-dimensional "
+                               f"weight{list(weight.shape)}, but got {input.dim()}-dimensional input of size "
+                               f"{list(input.shape)} instead")
+        return input, (0, 0)
     totals = [d * (k - 1) for d, k in zip(dilation, _sizes(weight)[2:])]
     extra_h, extra_w = (t % 2 for t in totals)
     if extra_h or extra_w:
@@ -65,7 +87,7 @@ def _conv2d_arguments(input, weight, bias, stride, padding, dilation, groups):
     stride, padding, dilation, groups = conv2d_arguments(input, weight, bias, stride, padding, dilation, groups)
     unbatched, x = _batched(input, "conv2d")
     if isinstance(padding, str):
-        x, padding = _string_padding(padding, x, weight, stride, dilation)
+        x, padding = _string_padding(padding, x, weight, stride, dilation, groups)
     return unbatched, x, stride, padding, dilation, groups
 
 
@@ -107,6 +129,8 @@ def _check_conv_tensors(x, weight, bias, groups, transposed):
     for a 1-D convolution, and for a transposed one (whose input plays the
     2-D op's output gradient), worded as torch words them for the tensors
     the caller gave. Under autocast the op casts mixed dtypes itself."""
+    if weight.dim() < 3:
+        raise RuntimeError("weight should have at least three dimensions")
     if x.dtype != weight.dtype and not _autocast_on(x):
         raise RuntimeError(f"expected scalar type {_SCALAR_TYPES.get(x.dtype, x.dtype)} but found "
                            f"{_SCALAR_TYPES.get(weight.dtype, weight.dtype)}")
@@ -261,7 +285,10 @@ def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_paddi
 def _max_pool2d(op, input, kernel_size, stride, padding, dilation, ceil_mode):
     window = max_pool2d_arguments(op, input, kernel_size, stride, padding, dilation, ceil_mode)
     unbatched, x = _batched(input, "max_pool2d")
-    out, indices = ops.max_pool2d_forward(x, *window, bool(ceil_mode))
+    try:
+        out, indices = ops.max_pool2d_forward(x, *window, bool(ceil_mode))
+    except RuntimeError as error:
+        raise _as_given(error, input) from None
     if unbatched:
         return out.squeeze(0), indices.squeeze(0)
     return out, indices
@@ -286,7 +313,10 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     kernel_size, stride, padding, divisor_override = avg_pool2d_arguments(
         input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
     unbatched, x = _batched(input, "avg_pool2d")
-    out = ops.avg_pool2d_forward(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    try:
+        out = ops.avg_pool2d_forward(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    except RuntimeError as error:
+        raise _as_given(error, input) from None
     return out.squeeze(0) if unbatched else out
 
 
@@ -301,8 +331,6 @@ def adaptive_avg_pool2d(input, output_size):
 
 def _adaptive_arguments(op, input, output_size):
     output_size = adaptive_pool2d_arguments(input, output_size, op)
-    if input.dim() not in (3, 4):
-        raise RuntimeError(f"{op}(): Expected 3D or 4D tensor, but got {list(input.shape)}")
     unbatched, x = _batched(input, op)
     return unbatched, x, output_size
 

@@ -13,13 +13,17 @@ x4 = torch.randn(2, 4, 8, 8)
 w = torch.randn(6, 4, 3, 3)
 
 # name: (call taking a functional module, pattern our message must match,
-#        whether torch's message matches it too). Where torch's words are
-# pinned, ours start with the same words (then give our own details), so code
-# written against torch's errors works with ours.
+#        whether torch's message matches it too). Where torch's does, ours is
+# torch's message itself, so code written against torch's errors works with
+# ours, and the first of several faults is the one torch reports.
 CONV_CASES = {
     "2-D input": (lambda f: f.conv2d(torch.randn(8, 8), w), r"Expected 3D \(unbatched\) or 4D", True),
     "5-D input": (lambda f: f.conv2d(torch.randn(1, 2, 4, 8, 8), w), r"Expected 3D \(unbatched\) or 4D", True),
-    "3-D weight": (lambda f: f.conv2d(x4, torch.randn(6, 4, 3)), r"4-D weight", False),
+    "3-D weight": (lambda f: f.conv2d(x4, torch.randn(6, 4, 3)),
+                   r"expected stride to be a single integer value or a list of 1 values", True),
+    "2-D weight": (lambda f: f.conv2d(x4, torch.randn(6, 4)), r"weight should have at least three dimensions", True),
+    "3-D weight, 'same' padding": (lambda f: f.conv2d(x4, torch.randn(6, 4, 3), padding="same"),
+                                   r"Expected 3-dimensional input for 3-dimensional weight\[6, 4, 3\]", True),
     "channel mismatch": (lambda f: f.conv2d(x4, torch.randn(6, 3, 3, 3)),
                          r"Given groups=1, weight of size \[6, 3, 3, 3\], expected input\[2, 4, 8, 8\] to have 3 "
                          r"channels, but got 4 channels instead", True),
@@ -33,6 +37,9 @@ CONV_CASES = {
     "negative stride": (lambda f: f.conv2d(x4, w, stride=(1, -1)), r"non-positive stride is not supported", True),
     "negative padding": (lambda f: f.conv2d(x4, w, padding=-1), r"negative padding is not supported", True),
     "zero dilation": (lambda f: f.conv2d(x4, w, dilation=0), r"non-positive dilation is not supported", True),
+    "negative dilation": (lambda f: f.conv2d(x4, w, dilation=(1, -2)), r"dilation should be greater than zero", True),
+    "more groups than filters": (lambda f: f.conv2d(x4, torch.randn(2, 2, 3, 3), groups=3),
+                                 r"Given groups=3, expected weight to be at least 3 at dimension 0", True),
     "kernel larger than padded input": (
         lambda f: f.conv2d(torch.randn(1, 4, 1, 1), torch.randn(6, 4, 10, 10)),
         r"Calculated padded input size per channel: \(1 x 1\). Kernel size: \(10 x 10\). Kernel size can't be "
@@ -42,7 +49,7 @@ CONV_CASES = {
     "dtype mismatch": (lambda f: f.conv2d(x4, w.double()), r"Input type .* and weight type .* should be the same",
                        True),
     "bias dtype mismatch": (lambda f: f.conv2d(x4, w, torch.randn(6, dtype=torch.float64)),
-                            r"must have the same dtype", False),
+                            r"Input type \(float\) and bias type \(double\) should be the same", True),
     "bias of wrong size": (lambda f: f.conv2d(x4, w, torch.randn(5)),
                            r"expected bias to be 1-dimensional with 6 elements, but got bias of size \[5\]", True),
     "same padding with stride": (lambda f: f.conv2d(x4, w, stride=2, padding="same"),
@@ -74,21 +81,23 @@ POOL_CASES = {
 
 
 @pytest.mark.parametrize("case", list(CONV_CASES), ids=list(CONV_CASES))
-def test_conv2d_rejects_what_torch_rejects(case):
-    call, pattern, torch_says_it_too = CONV_CASES[case]
-    with pytest.raises((RuntimeError, ValueError), match=pattern if torch_says_it_too else None):
+def _rejects_as_torch_does(call, pattern, torch_says_it_too):
+    with pytest.raises((RuntimeError, ValueError), match=pattern if torch_says_it_too else None) as theirs:
         call(F)
-    with pytest.raises((RuntimeError, ValueError), match=pattern):
+    with pytest.raises((RuntimeError, ValueError), match=pattern) as ours:
         call(CF)
+    if torch_says_it_too:
+        assert (type(ours.value), str(ours.value)) == (type(theirs.value), str(theirs.value))
+
+
+@pytest.mark.parametrize("case", list(CONV_CASES), ids=list(CONV_CASES))
+def test_conv2d_rejects_what_torch_rejects(case):
+    _rejects_as_torch_does(*CONV_CASES[case])
 
 
 @pytest.mark.parametrize("case", list(POOL_CASES), ids=list(POOL_CASES))
 def test_max_pool2d_rejects_what_torch_rejects(case):
-    call, pattern, torch_says_it_too = POOL_CASES[case]
-    with pytest.raises((RuntimeError, ValueError), match=pattern if torch_says_it_too else None):
-        call(F)
-    with pytest.raises((RuntimeError, ValueError), match=pattern):
-        call(CF)
+    _rejects_as_torch_does(*POOL_CASES[case])
 
 
 def test_integer_tensors_are_rejected_with_a_clear_message():

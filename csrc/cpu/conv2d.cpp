@@ -35,9 +35,7 @@ at::Tensor conv2d_forward_cpu(
     c10::IntArrayRef padding,
     c10::IntArrayRef dilation,
     int64_t groups) {
-  check_conv2d_tensors(input_, weight_, bias);
-  const Conv2dGeometry g = conv2d_geometry(
-      input_.sizes(), weight_.sizes(), stride, padding, dilation, groups);
+  const Conv2dGeometry g = checked_conv2d_forward(input_, weight_, bias, stride, padding, dilation, groups);
   const at::Tensor input = input_.contiguous();
   const at::Tensor weight = weight_.contiguous();
   const at::Tensor bias_c = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
