@@ -73,11 +73,16 @@ def _conv2d_memory_format(input, weight):
 def _in_memory_format(t, memory_format):
     """`t` with torch's strides for `memory_format` (also for one channel,
     where t.contiguous(channels_last) keeps NCHW strides that torch's results
-    do not have)."""
+    do not have). Written as a contiguous copy of the NHWC view, as
+    torch.func.vmap (which batched gradients run under) takes no other
+    clone(memory_format=...); clone, unlike contiguous(), always gives
+    standard strides, those of size-1 dimensions too."""
     if t is None or memory_format != torch.channels_last:
         return t
     n, c, h, w = t.shape
-    return t if t.stride() == (h * w * c, 1, w * c, c) else t.clone(memory_format=memory_format)
+    if t.stride() == (h * w * c, 1, w * c, c):
+        return t
+    return t.permute(0, 2, 3, 1).clone(memory_format=torch.contiguous_format).permute(0, 3, 1, 2)
 
 
 def _below_autograd():

@@ -424,7 +424,9 @@ void matmul(const at::Tensor& c, const at::Tensor& a, const at::Tensor& b, doubl
     p.batch_stride_c = batched ? c.stride(0) : 0;
     if (bias.defined()) {
       p.bias = bias.const_data_ptr<scalar_t>();
-      TORCH_CHECK(bias.stride(-1) == 1, "custom_conv gemm: a contiguous bias");
+      // One value may have any stride: contiguous() keeps it, as torch
+      // counts a dimension of size 1 as contiguous whatever its stride.
+      TORCH_CHECK(bias.size(-1) <= 1 || bias.stride(-1) == 1, "custom_conv gemm: a contiguous bias");
       p.batch_stride_bias = batched && bias.dim() == 2 ? bias.stride(0) : 0;
     }
     p.alpha = static_cast<Acc>(alpha);
