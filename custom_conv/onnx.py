@@ -21,7 +21,10 @@ Average pooling exports as AveragePool, but not with a divisor_override,
 which ONNX has no attribute for; adaptive average pooling as
 GlobalAveragePool for a 1x1 output, or as AveragePool where the output size
 divides the input's (then every window is the same), and not otherwise
-(its windows differ in size, which AveragePool cannot express).
+(its windows differ in size, which AveragePool cannot express). Adaptive
+max pooling likewise, as a MaxPool whose window is the whole plane (for a
+1x1 output; GlobalMaxPool gives no indices) or where the sizes divide, its
+indices per plane as max-pooling's.
 """
 import torch
 
@@ -80,18 +83,25 @@ def _no_divisor_override(divisor_override):
                            "(AveragePool always divides by the window's size)")
 
 
-def _adaptive_window(input_size, output_size):
-    """'global', or the kernel (= stride) of AveragePool that gives
-    adaptive pooling's windows: only where each output size divides the
-    input's."""
+def _adaptive_window(input_size, output_size, op="adaptive_avg_pool2d", pool="AveragePool"):
+    """'global', or the kernel (= stride) of AveragePool (MaxPool) that
+    gives adaptive pooling's windows: only where each output size divides
+    the input's."""
     in_hw = [int(s) for s in input_size[2:]]
     if list(output_size) == [1, 1]:
         return "global"
     if any(o == 0 or i % o for i, o in zip(in_hw, output_size)):
-        raise RuntimeError(f"custom_conv.onnx: adaptive_avg_pool2d from {in_hw} to {list(output_size)} has "
-                           f"windows of different sizes, which ONNX's AveragePool cannot express (exportable: "
+        raise RuntimeError(f"custom_conv.onnx: {op} from {in_hw} to {list(output_size)} has "
+                           f"windows of different sizes, which ONNX's {pool} cannot express (exportable: "
                            f"a 1x1 output, or output sizes that divide the input's)")
     return [i // o for i, o in zip(in_hw, output_size)]
+
+
+def _adaptive_max_window(input_size, output_size):
+    """MaxPool's kernel (= stride) for adaptive max pooling: the whole
+    plane for a 1x1 output."""
+    window = _adaptive_window(input_size, output_size, "adaptive_max_pool2d", "MaxPool")
+    return [int(s) for s in input_size[2:]] if window == "global" else window
 
 
 def _avg_pool2d_forward_onnxscript(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
@@ -110,6 +120,11 @@ def _adaptive_avg_pool2d_forward_onnxscript(input, output_size):
     return op.AveragePool(input, kernel_shape=window, strides=window)
 
 
+def _adaptive_max_pool2d_forward_onnxscript(input, output_size):
+    window = _adaptive_max_window(input.shape, output_size)
+    return _max_pool2d_forward_onnxscript(input, window, window, [0, 0], [1, 1], False)
+
+
 def translation_table():
     """What torch.onnx.export(..., dynamo=True) takes as custom_translation_table."""
     ops = torch.ops.custom_conv
@@ -117,7 +132,8 @@ def translation_table():
             ops.conv2d_backward_input.default: _conv2d_backward_input_onnxscript,
             ops.max_pool2d_forward.default: _max_pool2d_forward_onnxscript,
             ops.avg_pool2d_forward.default: _avg_pool2d_forward_onnxscript,
-            ops.adaptive_avg_pool2d_forward.default: _adaptive_avg_pool2d_forward_onnxscript}
+            ops.adaptive_avg_pool2d_forward.default: _adaptive_avg_pool2d_forward_onnxscript,
+            ops.adaptive_max_pool2d_forward.default: _adaptive_max_pool2d_forward_onnxscript}
 
 
 TRANSLATION_TABLE = translation_table()
@@ -150,9 +166,13 @@ def _max_pool2d_forward_symbolic(g, input, kernel_size, stride, padding, dilatio
     kernel_size, stride, padding, dilation = (sh._get_const(v, "is", name) for v, name in
                                               ((kernel_size, "kernel_size"), (stride, "stride"),
                                                (padding, "padding"), (dilation, "dilation")))
+    return _max_pool_with_plane_indices(g, input, kernel_size, stride, padding, dilation,
+                                        int(sh._get_const(ceil_mode, "b", "ceil_mode")))
+
+
+def _max_pool_with_plane_indices(g, input, kernel_size, stride, padding, dilation, ceil_mode):
     output, indices = g.op("MaxPool", input, kernel_shape_i=kernel_size, strides_i=stride, pads_i=_pads(padding),
-                           dilations_i=dilation, ceil_mode_i=int(sh._get_const(ceil_mode, "b", "ceil_mode")),
-                           outputs=2)
+                           dilations_i=dilation, ceil_mode_i=ceil_mode, outputs=2)
     shape = g.op("Shape", input)
     plane = g.op("ReduceProd", g.op("Slice", shape, g.op("Constant", value_t=torch.tensor([2])),
                                     g.op("Constant", value_t=torch.tensor([4]))), keepdims_i=1)
@@ -178,6 +198,12 @@ def _adaptive_avg_pool2d_forward_symbolic(g, input, output_size):
     return g.op("AveragePool", input, kernel_shape_i=window, strides_i=window)
 
 
+def _adaptive_max_pool2d_forward_symbolic(g, input, output_size):
+    from torch.onnx import symbolic_helper as sh
+    window = _adaptive_max_window(sh._get_tensor_sizes(input), sh._get_const(output_size, "is", "output_size"))
+    return _max_pool_with_plane_indices(g, input, window, window, [0, 0], [1, 1], 0)
+
+
 def register_symbolics():
     """Lets the TorchScript exporter (torch.onnx.export(..., dynamo=False)) translate our ops."""
     torch.onnx.register_custom_op_symbolic("custom_conv::conv2d_forward", _conv2d_forward_symbolic, OPSET)
@@ -187,6 +213,8 @@ def register_symbolics():
     torch.onnx.register_custom_op_symbolic("custom_conv::avg_pool2d_forward", _avg_pool2d_forward_symbolic, OPSET)
     torch.onnx.register_custom_op_symbolic("custom_conv::adaptive_avg_pool2d_forward",
                                            _adaptive_avg_pool2d_forward_symbolic, OPSET)
+    torch.onnx.register_custom_op_symbolic("custom_conv::adaptive_max_pool2d_forward",
+                                           _adaptive_max_pool2d_forward_symbolic, OPSET)
 
 
 def export(model, args, f=None, *, dynamo=True, **kwargs):

@@ -121,9 +121,30 @@ def test_average_pooling_exports_as_onnxs_average_pool(name, dynamo, tmp_path):
     torch.testing.assert_close(torch.from_numpy(got), custom_conv.to_torch(model)(x))
 
 
+ADAPTIVE_MAX_POOLS = {  # name: (output size, input shape); the input's values drawn apart, so no ties
+    "global": (1, (2, 3, 7, 5)),
+    "8x6 -> 4x3": ((4, 3), (2, 3, 8, 6)),
+    "9x4 -> 3x4": ((3, None), (1, 2, 9, 4)),
+}
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
+@pytest.mark.parametrize("name", list(ADAPTIVE_MAX_POOLS))
+def test_adaptive_max_pooling_exports_as_onnxs_max_pool_with_per_plane_indices(name, dynamo, tmp_path):
+    output_size, shape = ADAPTIVE_MAX_POOLS[name]
+    x = torch.randperm(torch.Size(shape).numel()).reshape(shape).float()
+    export_quietly(custom_conv.nn.AdaptiveMaxPool2d(output_size, return_indices=True), x, tmp_path / "model.onnx",
+                   dynamo)
+    values, indices = run_onnx(tmp_path / "model.onnx", x)
+    expected_values, expected_indices = F.adaptive_max_pool2d(x, output_size, return_indices=True)
+    assert torch.equal(torch.from_numpy(values), expected_values)
+    assert torch.equal(torch.from_numpy(indices), expected_indices)
+
+
 @pytest.mark.parametrize("layer", [lambda: custom_conv.nn.AvgPool2d(2, divisor_override=3),
-                                   lambda: custom_conv.nn.AdaptiveAvgPool2d(3)], ids=["divisor", "7 -> 3"])
-def test_average_pooling_onnx_cannot_express_is_refused_with_a_reason(layer, tmp_path):
+                                   lambda: custom_conv.nn.AdaptiveAvgPool2d(3),
+                                   lambda: custom_conv.nn.AdaptiveMaxPool2d(3)], ids=["divisor", "7 -> 3", "max 7 -> 3"])
+def test_pooling_onnx_cannot_express_is_refused_with_a_reason(layer, tmp_path):
     with pytest.raises(RuntimeError, match=r"divisor_override has no ONNX equivalent|windows of different sizes"):
         export_quietly(layer(), torch.randn(1, 2, 7, 7), tmp_path / "model.onnx", dynamo=False)
 
