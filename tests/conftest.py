@@ -26,8 +26,12 @@ def _seed():
 def no_tf32():
     """cuDNN and cuBLAS may use TF32 (10-bit mantissa) for float32 by default;
     our kernels compute in full float32, so compare against full float32."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
+    # cuDNN's flags through its context manager: the only way once torch's
+    # test utilities (which test_pytorch_samples.py imports) froze them.
+    cudnn = torch.backends.cudnn
+    saved_matmul = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                     allow_tf32=False):
+        yield
+    torch.backends.cuda.matmul.allow_tf32 = saved_matmul

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from custom_conv import functional as CF
 
@@ -125,6 +126,7 @@ def assert_within_eps_of_exact(ours, exact, tensors, eps_factor=2, positive=Fals
     for name, value, exact_value, s in zip(names, [out, *grads], [ref, *ref_grads], [scale, *scale_grads]):
         if value is None:
             continue
+        s = s.abs()  # a maximum taken on the signed input may be negative
         err = (value.double() - exact_value).abs()
         bound = eps_factor * eps * s + 1e-6
         worst = (err / (eps * s + 1e-30)).max().item()
@@ -141,3 +143,23 @@ def num_threads(n):
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+class OpLog(TorchDispatchMode):
+    """Records the name of every op that reaches the dispatcher while it is
+    entered: `with OpLog() as log: ...; log.names`."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(func.name())
+        return func(*args, **(kwargs or {}))
+
+
+def assert_only_ours_ran(names):
+    """Among the dispatched ops `names`, some are ours and none is an ATen
+    convolution or pooling."""
+    assert any(n.startswith("custom_conv::") for n in names), sorted(names)
+    assert not [n for n in names if n.startswith("aten::") and ("conv" in n or "pool" in n)], sorted(names)
