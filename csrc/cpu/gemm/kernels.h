@@ -14,10 +14,12 @@ constexpr int kMaxRows = 16;
 
 // One instruction set's micro-kernels for T: tiles of up to `mr` rows by
 // `nr` columns. rows[m] (1 <= m <= mr) computes a tile of m rows from an A
-// micro-panel packed m rows at a time (see micro_kernel.h).
+// micro-panel packed m rows at a time and nr columns of B, each step of the
+// reduction `ldb` values after the last (nr when packed; see micro_kernel.h).
 template <typename T>
 struct MicroKernels {
-  using Fn = void (*)(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, const T* bias, T alpha, T beta);
+  using Fn = void (*)(int64_t kc, const T* a, const T* b, int64_t ldb, T* c, int64_t ldc, const T* bias, T alpha,
+                      T beta);
   int mr, nr;
   Fn rows[kMaxRows + 1];
 };

@@ -5,8 +5,9 @@
 //
 // It computes one tile of C: M rows by NR = NV * V::lanes columns, over kc
 // steps of the reduction. A's micro-panel holds the tile's M rows packed
-// column by column (a[k * M + i]), B's micro-panel its NR columns packed row
-// by row (b[k * NR + j]), both contiguous, so that every step of the
+// column by column (a[k * M + i]), B's micro-panel its NR columns row by row
+// (b[k * ldb + j]: packed, ldb = NR; or B itself where its rows are
+// contiguous, ldb = its row stride), so that every step of the
 // reduction loads NV vectors of B and broadcasts M values of A against them
 // into M x NV accumulators that stay in registers for the whole reduction:
 // the "serialisation" product (the README's "The ideas"), one register tile at a time.
@@ -22,18 +23,18 @@ namespace gemm {
 namespace micro {
 
 template <class V, int M, int NV>
-void kernel(int64_t kc, const typename V::scalar* a, const typename V::scalar* b, typename V::scalar* c,
-            int64_t ldc, const typename V::scalar* bias, typename V::scalar alpha, typename V::scalar beta) {
+void kernel(int64_t kc, const typename V::scalar* a, const typename V::scalar* b, int64_t ldb,
+            typename V::scalar* c, int64_t ldc, const typename V::scalar* bias, typename V::scalar alpha,
+            typename V::scalar beta) {
   using T = typename V::scalar;
   using R = typename V::reg;
-  constexpr int NR = NV * V::lanes;
   R acc[M][NV];
 #pragma GCC unroll 16
   for (int i = 0; i < M; ++i) {
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[i][v] = V::zero();
   }
-  for (int64_t k = 0; k < kc; ++k, a += M, b += NR) {
+  for (int64_t k = 0; k < kc; ++k, a += M, b += ldb) {
     R bv[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) bv[v] = V::load(b + v * V::lanes);
