@@ -17,6 +17,7 @@ each), then run as 2-D ones of height 1.
 """
 import numbers
 import operator
+import warnings
 
 import torch
 
@@ -330,12 +331,26 @@ def _check_adaptive_output_size(op, values):
 def _check_adaptive_input(op, input, rank_words):
     if input.dim() not in (3, 4):
         raise RuntimeError(f"{op}(): {rank_words} {list(input.shape)}")
+    sizes = _traced_sizes(input)
     # torch's max pool needs every dimension but the batch's (an unbatched
     # input's channels count as its batch); its average pool only the plane's
     # (its check skips the width, giving NaN where a window holds nothing:
     # ours rejects a zero width as well).
     first = input.dim() - 2 if op == "adaptive_avg_pool2d" else 1
     for d in range(first, input.dim()):
-        if input.shape[d] == 0:
+        if sizes[d] == 0:
             raise RuntimeError(f"{op}(): Expected input to have non-zero size for non-batch dimensions, but input "
                                f"has sizes {list(input.shape)} with dimension {d} being empty")
+
+
+def _traced_sizes(t):
+    """t's sizes as ints, also while torch.jit.trace records, which gives
+    them as tensors: an op's int list does not take those, and neither the
+    checks of the arguments nor a transposed convolution's output size (a
+    constant of the trace, as in torch's own) belong in the graph, so the
+    conversion is not warned about."""
+    if not torch.jit.is_tracing():
+        return list(t.shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return [int(s) for s in t.shape]

@@ -17,14 +17,13 @@ is a 2-D one of height 1, run on views of its tensors (unsqueeze, no copy
 but of an input that is not contiguous: torch's 1-D layouts follow the
 weight's alone).
 """
-import warnings
-
 import torch
 import torch.nn.functional as F
 
 from . import autograd as ops  # our ops, differentiable by autograd and torch.func
 from .arguments import (adaptive_pool2d_arguments, avg_pool2d_arguments, conv2d_arguments,
                         conv_transpose_arguments, max_pool2d_arguments)
+from .arguments import _traced_sizes as _sizes  # sizes as ints while tracing too
 from .autograd import _conv2d_memory_format, _in_memory_format
 
 __all__ = ["conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d", "max_pool2d", "max_pool2d_with_indices",
@@ -97,18 +96,6 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
                                                                         dilation, groups)
     out = ops.conv2d_forward(x, weight, bias, stride, padding, dilation, groups)
     return out.squeeze(0) if unbatched else out
-
-
-def _sizes(t):
-    """t's sizes as ints. torch.jit.trace gives sizes as tensors, which an
-    op's int list does not take; the transposed convolution's output size is
-    a constant of the trace (as in torch's own trace), so the conversion is
-    not warned about."""
-    if not torch.jit.is_tracing():
-        return list(t.shape)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        return [int(s) for s in t.shape]
 
 
 # The device types autocast knows (torch.is_autocast_enabled raises for others, such as meta).

@@ -241,6 +241,16 @@ def test_jit_trace_and_add_graph_give_no_tracer_warning_and_record_our_ops(tmp_p
         assert traced_warnings(lambda: writer.add_graph(resnet, torch.randn(1, 3, 32, 32))) == []
 
 
+def test_jit_trace_of_every_pooling_gives_no_tracer_warning():
+    """Their argument checks read the input's sizes, which a trace gives as tensors."""
+    pools = torch.nn.Sequential(custom_conv.nn.AdaptiveAvgPool2d((4, None)), custom_conv.nn.AdaptiveMaxPool2d(3),
+                                custom_conv.nn.AvgPool2d(2, ceil_mode=True), custom_conv.nn.MaxPool2d(1))
+    x = torch.randn(2, 3, 8, 6)
+    traced = []
+    assert traced_warnings(lambda: traced.append(torch.jit.trace(pools, x))) == []
+    torch.testing.assert_close(traced[0](x), pools(x))
+
+
 def test_jit_script_of_our_layers_says_torchscript_is_not_supported():
     model = torch.nn.Sequential(custom_conv.nn.Conv2d(1, 2, 3), custom_conv.nn.MaxPool2d(2))
     with warnings.catch_warnings():
