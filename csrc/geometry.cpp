@@ -84,6 +84,10 @@ Conv2dGeometry conv2d_geometry(
               "Calculated padded input size per channel: (", padded_h, " x ", padded_w,
               "). Kernel size: (", span_h, " x ", span_w,
               "). Kernel size can't be greater than actual input size");
+  TORCH_CHECK(g.batch == 0 || g.in_channels == 0 || (g.in_h > 0 && g.in_w > 0),
+              "Only zero batch or zero channel inputs are supported, but got input shape: ", input_sizes);
+  // (torch's float64 path words this "dilation should be greater than zero,
+  // but got [...]"; these are the words of its float32 path.)
   TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0, "non-positive dilation is not supported");
   // No input channels is allowed, as in torch: every output is an empty sum
   // (zero) plus the bias. An empty kernel is not (torch's own message there
