@@ -187,13 +187,15 @@ def depthwise_layers():
 
 def winograd_layers():
     """Planes winograd.min_plane_tiles tiles wide or wider are transformed in
-    place, narrower ones channels-last; tiles go in blocks (about
+    place, narrower ones channels-last (for the weight gradient:
+    winograd.min_plane_tiles_weight_grad); tiles go in blocks (about
     winograd.block_values values, at least winograd.min_block_tiles tiles),
     or all in one block when a thread's share would be thinner; the weight
     gradient sums blocks in weight_partials partial sums and, with fewer sums
     than threads, splits the output channels (at least
     winograd.min_split_channels each)."""
     wide = 2 * C["winograd.min_plane_tiles"][0]  # output columns: exactly the least tiles of the plane layout
+    wide_wg = 2 * C["winograd.min_plane_tiles_weight_grad"][0]  # the same for the weight gradient
     min_block = C["winograd.min_block_tiles"][0]
     split = C["winograd.min_split_channels"][0]
     partials = C["weight_partials"][0]
@@ -203,13 +205,15 @@ def winograd_layers():
     return {
         "plane layout at its edge, odd height": layer(2, 3, 5, (7, wide), 3, padding=1),
         "channel layout at its edge": layer(2, 5, 3, (9, wide - 2), 3, padding=1),
+        "weight gradient's plane layout at its edge": layer(2, 3, 5, (5, wide_wg), 3, padding=1),
+        "weight gradient's channel layout at its edge": layer(2, 5, 3, (5, wide_wg - 2), 3, padding=1),
         "ragged tiles, no padding": layer(3, 4, 6, (8, 9), 3),
         "padding (0, 2)": layer(2, 4, 5, (6, 7), 3, padding=(0, 2)),
         "padding (2, 1)": layer(2, 4, 5, (7, 6), 3, padding=(2, 1)),
         "channel layout, blocks": layer(2 * min_block // 16 + 1, 6, 6, 8, 3, padding=1),
         "more blocks than partial sums": layer(4, 32, 32, side, 3, padding=1),
         "fewer partial sums than threads: output channels split":
-            layer(1, 8, 3 * split + 2, (4, wide), 3, padding=1),
+            layer(1, 8, 3 * split + 2, (4, wide_wg), 3, padding=1),
         # At the contract's edges: one axis off at a time.
         "stride (1, 2)": layer(2, 4, 5, 8, 3, stride=(1, 2), padding=1),
         "dilation (2, 1)": layer(2, 4, 5, 8, 3, dilation=(2, 1), padding=1),
