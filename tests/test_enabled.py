@@ -15,6 +15,7 @@ from torch import nn
 
 import custom_conv
 from custom_conv import mode
+from helpers import torch_conv_or_pool_ops
 
 OURS = {"custom_conv::conv2d_forward", "custom_conv::conv2d_backward_input",
         "custom_conv::conv2d_backward_weight", "custom_conv::conv2d_backward_bias",
@@ -36,18 +37,6 @@ def op_names(fn):
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         fn()
     return {event.name for event in prof.events()}
-
-
-def torch_conv_or_pool_ops(names):
-    """torch's convolution and pooling ops among `names`: any ATen op with
-    conv, max_pool, avg_pool or adaptive in its name, and any oneDNN
-    (mkldnn), NNPACK, THNN or cuDNN op (torch.compile's query
-    mkldnn::_is_mkldnn_acl_supported aside)."""
-    return sorted(n for n in names
-                  if (n.startswith("aten::") and any(word in n for word in ("conv", "max_pool", "avg_pool",
-                                                                             "adaptive")))
-                  or (any(word in n.lower() for word in ("mkldnn", "nnpack", "thnn", "cudnn"))
-                      and not n.startswith("mkldnn::_is_")))
 
 
 class MnistNet(nn.Module):
