@@ -1,7 +1,7 @@
 // The one place that decides which algorithm runs a convolution (see
 // conv2d_algorithm.h). The CPU has four (cpu/conv2d_routes.h), tried in the
 // order winograd, direct, depthwise, im2col; the GPU has one, im2col with our
-// own GEMM.
+// own GEMM, on the tensor cores for half and bfloat16.
 // The thresholds were measured with benchmarks/route_sweep.py and
 // benchmarks/bench.py on x86-64 CPUs (results/benchmarks/), at the
 // AVX-512 level unless they say otherwise.
@@ -56,6 +56,7 @@ int64_t min_winograd_channels(Conv2dPass pass) {
 constexpr int64_t kMinWinogradTiles = 64;
 // Bit (1 << algorithm) set: switched off by the user.
 std::atomic<unsigned> disabled_algorithms{0};
+std::atomic<bool> tensor_cores_disabled{false};
 
 bool is_disabled(Conv2dAlgorithm algorithm) {
   return (disabled_algorithms.load(std::memory_order_relaxed) >> static_cast<unsigned>(algorithm)) & 1u;
@@ -214,7 +215,14 @@ Conv2dAlgorithm choose_by_cost(const Conv2dGeometry& g, Conv2dPass pass, at::Sca
 Conv2dAlgorithm choose_conv2d_algorithm(const Conv2dGeometry& g, Conv2dPass pass, at::ScalarType dtype,
                                         c10::DeviceType device, std::string* why) {
   if (device != c10::DeviceType::CPU) {
-    if (why) *why = "im2col and our tiled GEMM: the only algorithm of the CUDA kernels";
+    if (why) {
+      const bool reduced = dtype == at::kHalf || dtype == at::kBFloat16;
+      *why = cuda_gemm_uses_tensor_cores(dtype)
+                 ? "im2col and our GEMM on the tensor cores (mma.sync, float sums): the only algorithm of the CUDA "
+                   "kernels"
+                 : c10::str("im2col and our tiled GEMM on the CUDA cores: the only algorithm of the CUDA kernels",
+                            reduced ? c10::str("; tensor cores ", kSwitchedOff) : std::string());
+    }
     return Conv2dAlgorithm::kIm2col;
   }
   const int forced = forced_algorithm.load(std::memory_order_relaxed);
@@ -246,20 +254,33 @@ std::vector<std::string> conv2d_algorithms() {
   return names;
 }
 
+bool cuda_gemm_uses_tensor_cores(at::ScalarType dtype) {
+  return (dtype == at::kHalf || dtype == at::kBFloat16) && !tensor_cores_disabled.load(std::memory_order_relaxed);
+}
+
 std::vector<std::string> set_disabled_conv2d_algorithms(const std::vector<std::string>& names) {
   unsigned mask = 0;
+  bool tensor_cores = false;
   for (const std::string& name : names) {
+    if (name == kTensorCores) {
+      tensor_cores = true;
+      continue;
+    }
     const Conv2dAlgorithm algorithm = algorithm_named(name);
     TORCH_CHECK_VALUE(algorithm != kFallback, algorithm_name(kFallback),
                       " is every layer's fallback and cannot be switched off");
     mask |= 1u << static_cast<unsigned>(algorithm);
   }
   const unsigned previous = disabled_algorithms.exchange(mask);
+  const bool previous_tensor_cores = tensor_cores_disabled.exchange(tensor_cores);
   std::vector<std::string> before;
   for (const Conv2dAlgorithm a : kAlgorithms) {
     if ((previous >> static_cast<unsigned>(a)) & 1u) {
       before.emplace_back(algorithm_name(a));
     }
+  }
+  if (previous_tensor_cores) {
+    before.emplace_back(kTensorCores);
   }
   return before;
 }

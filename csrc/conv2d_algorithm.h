@@ -46,8 +46,16 @@ std::vector<std::string> conv2d_algorithms();
 // thread from now on, until the next call; returns the names disabled before.
 // im2col, every layer's fallback, cannot be switched off; an unknown name or
 // im2col raises ValueError and changes nothing. (custom_conv.disabled_algorithms
-// in Python.)
+// in Python.) One more name is taken, kTensorCores: the CUDA GEMM's kernel
+// rather than an algorithm (cuda_gemm_uses_tensor_cores).
 std::vector<std::string> set_disabled_conv2d_algorithms(const std::vector<std::string>& names);
+
+constexpr const char* kTensorCores = "tensor_cores";
+
+// Whether the CUDA GEMM (cuda/gemm.cuh) runs products in `dtype` on the
+// tensor cores: half and bfloat16 do, unless kTensorCores is switched off;
+// then, as float32 and float64 always, on the CUDA cores' tiled kernel.
+bool cuda_gemm_uses_tensor_cores(at::ScalarType dtype);
 
 // The op custom_conv::set_forced_conv2d_algorithm: from now on, every CPU
 // convolution pass runs on the algorithm named wherever that route can

@@ -214,6 +214,31 @@ def test_im2col_and_unknown_algorithms_cannot_be_switched_off():
         torch.ops.custom_conv.set_disabled_conv2d_algorithms(["im2col"])
 
 
+def test_the_cuda_gemm_leaves_the_tensor_cores_when_they_are_switched_off():
+    """The CUDA kernels' answer (any device but the CPU gets it: meta tensors
+    here). Half and bfloat16 products run on the tensor cores unless the
+    name "tensor_cores" is switched off, which is not an algorithm: the list
+    stays the chooser's, and it nests and restores like the others."""
+    x = torch.empty(2, 3, 8, 8, device="meta", dtype=torch.half)
+    w = torch.empty(4, 3, 3, 3, device="meta", dtype=torch.half)
+    on = "im2col and our GEMM on the tensor cores (mma.sync, float sums): the only algorithm of the CUDA kernels"
+    off = ("im2col and our tiled GEMM on the CUDA cores: the only algorithm of the CUDA kernels; tensor cores "
+           "switched off by the user (custom_conv.disabled_algorithms)")
+    for dtype in (torch.half, torch.bfloat16):
+        assert custom_conv.explain_conv2d(x.to(dtype), w.to(dtype))["forward"] == ("im2col", on)
+    with custom_conv.disabled_algorithms("tensor_cores"):
+        with custom_conv.disabled_algorithms("direct"):
+            assert custom_conv.explain_conv2d(x, w)["backward_weight"] == ("im2col", off)
+        assert custom_conv.explain_conv2d(x, w)["forward"] == ("im2col", off)
+        assert custom_conv.explain_conv2d(x.float(), w.float())["forward"].reason.startswith(
+            "im2col and our tiled GEMM on the CUDA cores: the only algorithm of the CUDA kernels")
+        assert "tensor_cores" not in custom_conv.explain.ALGORITHMS
+    assert custom_conv.explain_conv2d(x, w)["forward"] == ("im2col", on)
+    with pytest.raises(ValueError, match="no conv2d algorithm called 'tensor_cores'"):
+        with custom_conv.forced_algorithm("tensor_cores"):
+            pass
+
+
 def test_the_algorithms_listed_are_the_chooser_s_own_in_its_order():
     """custom_conv.explain.ALGORITHMS comes from the chooser (the op
     conv2d_algorithms): every algorithm the layers above reach is listed,

@@ -41,12 +41,22 @@ MUTANTS = {
     "missing_barrier": ("    // The next iteration overwrites the tiles; wait until all have read them.\n"
                         "    __syncthreads();\n", ""),
     # The store's bound: writes one column past C.
-    "store_off_by_one": ("      if (m < p.m && n < p.n) {", "      if (m < p.m && n <= p.n) {"),
+    "store_off_by_one": ("\n      if (m < p.m && n < p.n) {", "\n      if (m < p.m && n <= p.n) {"),
     # A load's bound: reads a row past A.
-    "load_off_by_one": ("      if (m < p.m && k < k_end) {", "      if (m <= p.m && k < k_end) {"),
+    "load_off_by_one": ("\n      if (m < p.m && k < k_end) {", "\n      if (m <= p.m && k < k_end) {"),
     # A tile one row too short for the 64 rows it holds.
     "shared_tile_too_small": ("shared_array<acc_t, kTileK, kTileM + 1> a_tile",
                               "shared_array<acc_t, kTileK, kTileM - 1> a_tile"),
+    # The tensor-core kernel (half): an accumulator element stored to the
+    # row of its neighbour in the fragment layout.
+    "mma_fragment_row": ("const int64_t m = m0 + warp_m + i * 16 + g + 8 * (e / 2);",
+                         "const int64_t m = m0 + warp_m + i * 16 + g + 8 * (e % 2);"),
+    # No wait for the copies: the tensor cores read a stage still in flight.
+    "mma_missing_wait": ("    cp_async_wait<1>();\n", ""),
+    # No barrier after the products: the copies into a stage start while
+    # other warps still read it.
+    "mma_stage_reused_early": ("    // one: every warp must be done reading it first.\n    __syncthreads();\n",
+                               "    // one: every warp must be done reading it first.\n"),
 }
 
 
@@ -69,7 +79,7 @@ def emu():
     cpp_extension.load(
         name="custom_conv_cuda_emulator",
         sources=[str(EMULATOR / f) for f in ("cuda_emulator.cpp", "conv2d.cpp", "max_pool2d.cpp", "avg_pool2d.cpp",
-                                                    "adaptive_max_pool2d.cpp", "mutants.cpp")]
+                                                    "adaptive_max_pool2d.cpp", "mutants.cpp", "warps.cpp")]
         + [str(ROOT / "csrc" / "geometry.cpp")],
         extra_cflags=["-O2", "-DCUSTOM_CONV_EMULATE_CUDA"],
         extra_include_paths=[str(EMULATOR), str(ROOT / "csrc" / "cuda"), str(BUILD)],
@@ -145,14 +155,32 @@ def test_conv2d_matches_torch_and_our_cpu_ops(emu, case, dtype):
                          lambda x, w, b: CF.conv2d(x, w, b, **c.kwargs), tensors, **tol)
 
 
+@contextlib.contextmanager
+def tensor_cores(emu, on):
+    """Half and bfloat16 products on the tensor cores or not, meanwhile (as
+    custom_conv.disabled_algorithms("tensor_cores") sets it on a GPU)."""
+    previous = emu.set_tensor_cores(on)
+    try:
+        yield
+    finally:
+        emu.set_tensor_cores(previous)
+
+
+@pytest.mark.parametrize("cores", ["tensor cores", "CUDA cores"])
 @pytest.mark.parametrize("dtype", dtypes("float16", "bfloat16"))
 @pytest.mark.parametrize("case", [name for name, c in CONV2D_CASES.items() if c.input[0] > 0])
-def test_conv2d_in_half_and_bfloat16_is_within_2_eps_of_exact(emu, case, dtype):
-    """The bound test_cuda.py states for the GPU (see helpers)."""
+def test_conv2d_in_half_and_bfloat16_is_within_2_eps_of_exact(emu, case, dtype, cores):
+    """The bound test_cuda.py states for the GPU (see helpers), with either
+    GEMM kernel."""
     c = CONV2D_CASES[case]
     conv2d = emulated_conv2d(emu)
-    assert_within_eps_of_exact(lambda x, w, b: conv2d(x, w, b, **c.kwargs),
-                               lambda x, w, b: F.conv2d(x, w, b, **c.kwargs), conv_tensors(c, dtype))
+    with tensor_cores(emu, cores == "tensor cores"):
+        emu.take_launch_log()
+        assert_within_eps_of_exact(lambda x, w, b: conv2d(x, w, b, **c.kwargs),
+                                   lambda x, w, b: F.conv2d(x, w, b, **c.kwargs), conv_tensors(c, dtype))
+        kernels = {entry.split("<")[0] for entry in emu.take_launch_log()}
+    gemms = kernels & {"gemm_mma_kernel", "gemm_tile_kernel"}
+    assert gemms == {"gemm_mma_kernel" if cores == "tensor cores" else "gemm_tile_kernel"}, gemms
 
 
 POOL_CASES = {**MAX_POOL2D_CASES, **{f"padding only: {k}": v for k, v in MAX_POOL2D_PADDING_ONLY_CASES.items()}}
@@ -424,12 +452,114 @@ def test_a_broken_gemm_is_caught(emu, mutant, message):
         emu.mutant_gemm(mutant, a, b)
 
 
+@pytest.mark.parametrize("mutant, message", [
+    ("mma_missing_wait", "is read while a cp.async to it \\(from thread \\d+\\) is still in flight"),
+    ("mma_stage_reused_early", "shared memory race on element"),
+])
+def test_a_broken_tensor_core_gemm_is_caught(emu, mutant, message):
+    """(8 x 80) @ (80 x 40) in half: three steps of k (the third refills
+    the first stage), chunks copied whole and chunks cut by the edges."""
+    a = torch.randn(8, 80).half()
+    b = torch.randn(80, 40).half()
+    with pytest.raises(RuntimeError, match=f"error\\(s\\) in gemm_mma_kernel.*\n.*{message}"):
+        emu.mutant_gemm(mutant, a, b)
+
+
+def test_a_wrong_fragment_index_gives_wrong_values(emu):
+    """No access goes astray, so only the values can show it."""
+    a = torch.randn(8, 80).half()
+    b = torch.randn(80, 40).half()
+    exact = a.double() @ b.double()
+    c = emu.mutant_gemm("mma_fragment_row", a, b)
+    assert not torch.allclose(c.double(), exact, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("trans_a, trans_b", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("aligned", [True, False])
+def test_the_tensor_core_gemm_matches_float64(emu, dtype, trans_a, trans_b, aligned):
+    """Every operand layout, with 16-byte chunks (cp.async) or not (a
+    leading dimension of 8k + 1 forces element loads): C (70 x 75) over
+    k = 83, two tiles each way with ragged edges, a ragged last k step. The
+    products are exact in float, so the error is float accumulation only."""
+    m, n, k = 70, 75, 83
+
+    def operand(rows, cols, transposed):
+        """rows x cols, stored transposed or not, in a wider buffer."""
+        if transposed:
+            rows, cols = cols, rows
+        width = (cols + 7) // 8 * 8 + (0 if aligned else 1)
+        x = torch.randn(rows, width)[:, :cols].to(dtype)
+        return x.t() if transposed else x
+
+    a, b = operand(m, k, trans_a), operand(k, n, trans_b)
+    emu.take_launch_log()
+    c = emu.gemm(a, b)
+    assert _grids(emu.take_launch_log(), "gemm_mma_kernel") == ["(2, 2, 1)"]
+    exact = a.double() @ b.double()
+    # Rounding to 16 bits, after float sums of k exact products.
+    bound = torch.finfo(dtype).eps * exact.abs() + k * 2.0 ** -24 * (a.double().abs() @ b.double().abs())
+    assert ((c.double() - exact).abs() <= bound).all()
+
+
 def test_the_gemm_the_mutants_come_from_is_clean(emu):
     """The same product through the real GEMM: no report, the right values."""
     a, b = torch.randn(8, 48), torch.randn(48, 40)
     case = conv((1, 48, 1, 40), (8, 48, 1, 1))  # out (8, 40) = W (8, 48) @ x (48, 40)
     y = emu.conv2d_forward(b.reshape(case.input), a.reshape(case.weight), None, (1, 1), (0, 0), (1, 1), 1)
     torch.testing.assert_close(y.reshape(8, 40), a @ b, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------- warps
+
+def _shuffle_model(x, mode, mask, operand, width):
+    """What CUDA's programming guide says each lane receives."""
+    out = x.clone()
+    for i in range(len(x)):
+        lane = i % 32
+        if not mask >> lane & 1:
+            continue
+        base = lane - lane % width
+        source = {"index": base + operand % width,
+                  "up": lane - operand if lane - operand >= base else lane,
+                  "down": lane + operand if lane + operand < base + width else lane,
+                  "xor": lane ^ operand if lane ^ operand < base + width else lane}[mode]
+        out[i] = x[i - lane + source]
+    return out
+
+
+@pytest.mark.parametrize("mode, operand", [("index", 5), ("index", 37), ("up", 3), ("down", 3), ("xor", 1),
+                                           ("xor", 12)])
+@pytest.mark.parametrize("width", [32, 8])
+def test_shuffles_follow_cudas_rules(emu, mode, operand, width):
+    """Two warps of 32 lanes; and a third warp of 16, with a mask of those."""
+    x = torch.randperm(1000)[:64].int()
+    mask = 0xFFFFFFFF
+    torch.testing.assert_close(emu.warp_shuffle(x, mode, mask, operand, width),
+                               _shuffle_model(x, mode, mask, operand, width), rtol=0, atol=0)
+    if mode != "index" or operand < 16:
+        x = x[:48].contiguous()
+        torch.testing.assert_close(emu.warp_shuffle(x, mode, 0xFFFF, operand % 16, min(width, 16)),
+                                   _shuffle_model(x, mode, 0xFFFF, operand % 16, min(width, 16)), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bug, message", [
+    ("exited", "lanes of warp 0 wait at __shfl_xor_sync for lanes that never arrive: lane 16 has returned"),
+    ("barrier", "lanes of warp 0 wait at __syncwarp for lanes that never arrive: lane 0 waits at __syncthreads"),
+    ("mixed", "lanes of one warp meet at different warp operations: __shfl_down_sync"),
+    ("no_syncwarp", "shared memory race on element 0 of .* this thread reads it, and since the last barrier "
+                    "thread 0 wrote it"),
+    ("outside_mask", "a shuffle reads lane 20, which is not in its mask"),
+])
+def test_warp_bugs_are_caught(emu, bug, message):
+    """Kernels with one warp-level bug each (tests/emulator/warps.cpp)."""
+    with pytest.raises(RuntimeError, match=f"error\\(s\\) in warp_bug_kernel(.|\n)*{message}"):
+        emu.warp_bug(bug)
+
+
+def test_a_syncwarp_orders_the_lanes_of_a_warp(emu):
+    """no_syncwarp with the __syncwarp(): no report."""
+    emu.warp_bug("syncwarp")
 
 
 def test_memory_from_before_tracking_is_refused(emu):

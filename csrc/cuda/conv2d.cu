@@ -13,6 +13,7 @@
 // weight gradient is accumulated chunk after chunk by the GEMM itself
 // (beta = 1; in float for half and bfloat16), and the bias gradient is a
 // fixed-order block reduction.
+#include "../conv2d_algorithm.h"
 #include "../geometry.h"
 #include "../memory_format.h"
 #include "common.cuh"
@@ -74,6 +75,7 @@ at::Tensor conv2d_forward_cuda(
              g, B, cols_buf.mutable_data_ptr<scalar_t>());
 
       GemmParams<scalar_t> p;
+      p.tensor_cores = cuda_gemm_uses_tensor_cores(input.scalar_type());
       p.batch = groups;
       p.m = M;
       p.n = B * L;
@@ -154,6 +156,7 @@ at::Tensor conv2d_backward_input_cuda(
       // cols_g = W_g^T @ grad_out_g. W_g is stored (C_out/g, K), so op(A) =
       // A^T is read in place (trans_a) instead of materialising W^T.
       GemmParams<scalar_t> p;
+      p.tensor_cores = cuda_gemm_uses_tensor_cores(grad_output.scalar_type());
       p.batch = groups;
       p.m = K;
       p.n = B * L;
@@ -221,6 +224,7 @@ at::Tensor conv2d_backward_weight_cuda(
                g, B, cols_buf.mutable_data_ptr<scalar_t>());
         const at::Tensor go = channel_major_chunk(grad_output, n0, B, g, go_buf);
         GemmParams<scalar_t, out_t> p;
+        p.tensor_cores = cuda_gemm_uses_tensor_cores(input.scalar_type());
         p.batch = groups;
         p.m = M;
         p.n = K;

@@ -10,7 +10,9 @@
 // accumulation type, and each of its 256 threads accumulates a 4 x 4 piece of
 // the tile in registers. Half and bfloat16 accumulate in float
 // (at::opmath_type): summing thousands of products in 16 bits would lose most
-// of their digits.
+// of their digits. They run on the tensor cores instead (gemm_mma_kernel,
+// below: the same tiles, grid and outputs) unless GemmParams::tensor_cores
+// is off.
 //
 // When there are too few output tiles to fill the GPU but a long reduction
 // (the weight gradient of a small layer: a 6 x 25 result summed over 50 000
@@ -21,6 +23,7 @@
 #pragma once
 
 #include "common.cuh"
+#include "tensor_core.cuh"
 
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
@@ -28,6 +31,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 namespace custom_conv {
 namespace gpu {
@@ -69,6 +73,9 @@ struct GemmParams {
   acc_t alpha = acc_t(1);
   // With beta == 0, C is not read, so it may be uninitialised memory.
   acc_t beta = acc_t(0);
+  // Half and bfloat16 only: on the tensor cores (gemm_mma_kernel), or on the
+  // CUDA cores (gemm_tile_kernel) as float32 and float64 always are.
+  bool tensor_cores = true;
 };
 
 template <typename scalar_t, typename out_t, typename acc_t>
@@ -204,6 +211,193 @@ __global__ void gemm_split_reduce_kernel(const GemmParams<scalar_t, out_t> p, in
   }
 }
 
+// ------------------------------------------------ tensor cores (half, bfloat16)
+//
+// The same 64 x 64 tile of C per block, and the same split of the reduction,
+// on the tensor cores (tensor_core.cuh): 4 warps, each a 32 x 32 quarter of
+// the tile, i.e. 2 x 4 mma_m16n8k16 per 16 steps of k, accumulated in
+// float. The operands' tiles are staged in shared memory 32 steps of k at a
+// time, each stored as its operand is stored in global memory (k contiguous
+// or m, n contiguous), so that 16-byte chunks along the contiguous dimension
+// copy straight in by cp.async; ldmatrix (.trans for an operand with m or n
+// contiguous) then gives every operand the fragment layout mma needs. Two
+// stages: the copies of the next 32 steps are in flight while the tensor
+// cores work on these.
+constexpr int kMmaThreads = 128;
+constexpr int kMmaTileK = 32;
+constexpr int kVector = 8;  // 16-bit elements in one 16-byte copy
+static_assert(kTileM == 64 && kTileN == 64, "4 warps of 32 x 32");
+static_assert(kTileM * kMmaTileK / kVector % kMmaThreads == 0, "every thread copies the same number of chunks");
+
+template <typename scalar_t>
+constexpr bool kTensorCores = std::is_same_v<scalar_t, at::Half> || std::is_same_v<scalar_t, at::BFloat16>;
+
+// Both stages of one operand's tile: 64 (m or n) x 32 (k) stored k-major or
+// not, each row padded by one chunk (16 bytes) so that the 8 row addresses of
+// an ldmatrix fall in different shared-memory banks.
+template <typename scalar_t, bool kKContiguous>
+using MmaTile =
+    shared_array<scalar_t, 2, kKContiguous ? kTileM : kMmaTileK, (kKContiguous ? kMmaTileK : kTileM) + kVector>;
+
+// Copies an operand's rows [mn0, mn0 + 64) of m (or n) and [k0, k0 + 32) of k
+// into `stage`, zero outside [0, mn_size) x [k0, k_end). Element (mn, k) is
+// x[mn * ld + k] when k is contiguous, x[k * ld + mn] otherwise. A chunk goes
+// by cp.async when it lies whole inside and `vector` (16-byte aligned chunks:
+// see launch_gemm_tiles), else element by element.
+template <bool kKContiguous, typename scalar_t, typename Tile>
+__device__ __forceinline__ void mma_stage_load(Tile& tile, int stage, gpu_ptr<const scalar_t> x, int64_t ld,
+                                               bool vector, int64_t mn0, int64_t mn_size, int64_t k0,
+                                               int64_t k_end) {
+  constexpr int kChunksPerRow = (kKContiguous ? kMmaTileK : kTileM) / kVector;
+#pragma unroll
+  for (int r = 0; r < kTileM * kMmaTileK / kVector / kMmaThreads; ++r) {
+    const int chunk = threadIdx.x + r * kMmaThreads;
+    const int row = chunk / kChunksPerRow;
+    const int col = chunk % kChunksPerRow * kVector;
+    const int64_t mn = kKContiguous ? mn0 + row : mn0 + col;
+    const int64_t k = kKContiguous ? k0 + col : k0 + row;
+    const bool whole = kKContiguous ? mn < mn_size && k + kVector <= k_end : k < k_end && mn + kVector <= mn_size;
+    if (vector && whole) {
+      cp_async_16(shared_address(tile[stage][row][col]), x + (kKContiguous ? mn * ld + k : k * ld + mn));
+      continue;
+    }
+#pragma unroll
+    for (int e = 0; e < kVector; ++e) {
+      const int64_t mn_e = kKContiguous ? mn : mn + e;
+      const int64_t k_e = kKContiguous ? k + e : k;
+      scalar_t v = scalar_t(0);
+      if (mn_e < mn_size && k_e < k_end) {
+        v = x[kKContiguous ? mn_e * ld + k_e : k_e * ld + mn_e];
+      }
+      tile[stage][row][col + e] = v;
+    }
+  }
+}
+
+// The A fragment of rows [m, m + 16) and k [kk, kk + 16) of a stage. Lane
+// l names row l % 8 of matrix l / 8; the four matrices are rows 0-7 and 8-15
+// of k 0-7, then of k 8-15 (tensor_core.cuh).
+template <bool kKContiguous, typename Tile>
+__device__ __forceinline__ void mma_fragment_a(uint32_t (&a)[4], Tile& tile, int stage, int m, int kk) {
+  const int j = threadIdx.x % 32 / 8, r = threadIdx.x % 8;
+  if constexpr (kKContiguous) {
+    ldmatrix<4>(a, shared_address(tile[stage][m + j % 2 * 8 + r][kk + j / 2 * 8]));
+  } else {
+    ldmatrix<4, true>(a, shared_address(tile[stage][kk + j / 2 * 8 + r][m + j % 2 * 8]));
+  }
+}
+
+// The B fragments of two blocks of 8 columns, [n, n + 8) in b[0], b[1] and
+// [n + 8, n + 16) in b[2], b[3], for k [kk, kk + 16): matrices k 0-7, then
+// 8-15, of the first block, then of the second.
+template <bool kKContiguous, typename Tile>
+__device__ __forceinline__ void mma_fragment_b(uint32_t (&b)[4], Tile& tile, int stage, int n, int kk) {
+  const int j = threadIdx.x % 32 / 8, r = threadIdx.x % 8;
+  if constexpr (kKContiguous) {
+    ldmatrix<4>(b, shared_address(tile[stage][n + j / 2 * 8 + r][kk + j % 2 * 8]));
+  } else {
+    ldmatrix<4, true>(b, shared_address(tile[stage][kk + j % 2 * 8 + r][n + j / 2 * 8]));
+  }
+}
+
+// gemm_tile_kernel's grid and outputs, on the tensor cores.
+template <typename scalar_t, typename out_t, bool kTransA, bool kTransB>
+__global__ void __launch_bounds__(kMmaThreads)
+gemm_mma_kernel(const GemmParams<scalar_t, out_t> p, int64_t batch_offset, int64_t splits, int64_t k_per_split,
+                gpu_ptr<float> partials, bool vector_a, bool vector_b) {
+  constexpr bool kKContiguousA = !kTransA;  // A stored (m, k)
+  constexpr bool kKContiguousB = kTransB;   // B stored (n, k)
+  __shared__ __align__(16) MmaTile<scalar_t, kKContiguousA> a_tile;
+  __shared__ __align__(16) MmaTile<scalar_t, kKContiguousB> b_tile;
+
+  const int64_t z = batch_offset + blockIdx.z / splits;
+  const int64_t slice = blockIdx.z % splits;
+  const gpu_ptr<const scalar_t> a = p.a + z * p.batch_stride_a;
+  const gpu_ptr<const scalar_t> b = p.b + z * p.batch_stride_b;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kTileM;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kTileN;
+  const int64_t k_begin = slice * k_per_split;
+  const int64_t k_end = k_begin + k_per_split < p.k ? k_begin + k_per_split : p.k;
+  const int64_t steps = k_end > k_begin ? (k_end - k_begin + kMmaTileK - 1) / kMmaTileK : 0;
+  const int warp = threadIdx.x / 32;
+  const int warp_m = warp / 2 * 32, warp_n = warp % 2 * 32;
+
+  const auto load = [&](int stage, int64_t k0) {
+    mma_stage_load<kKContiguousA>(a_tile, stage, a, p.lda, vector_a, m0, p.m, k0, k_end);
+    mma_stage_load<kKContiguousB>(b_tile, stage, b, p.ldb, vector_b, n0, p.n, k0, k_end);
+  };
+
+  float acc[2][4][4];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        acc[i][j][e] = 0.0f;
+      }
+    }
+  }
+
+  if (steps > 0) {
+    load(0, k_begin);
+  }
+  cp_async_commit();
+  for (int64_t step = 0; step < steps; ++step) {
+    const int stage = static_cast<int>(step % 2);
+    if (step + 1 < steps) {
+      load(1 - stage, k_begin + (step + 1) * kMmaTileK);
+    }
+    // One group per step, empty or not: every group but the newest (the
+    // next stage's) has landed, so this stage is complete.
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kMmaTileK; kk += 16) {
+      uint32_t fa[2][4], fb[2][4];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        mma_fragment_a<kKContiguousA>(fa[i], a_tile, stage, warp_m + i * 16, kk);
+        mma_fragment_b<kKContiguousB>(fb[i], b_tile, stage, warp_n + i * 16, kk);
+      }
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const uint32_t fb_j[2] = {fb[j / 2][j % 2 * 2], fb[j / 2][j % 2 * 2 + 1]};
+          mma_m16n8k16<scalar_t>(acc[i][j], fa[i], fb_j, acc[i][j]);
+        }
+      }
+    }
+    // The next step refills the other stage and the one after refills this
+    // one: every warp must be done reading it first.
+    __syncthreads();
+  }
+
+  // Element e of acc[i][j]: row g + 8 (e / 2), column 2 t + e % 2 of the
+  // 16 x 8 block (i, j) of the warp's quarter (tensor_core.cuh).
+  const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t m = m0 + warp_m + i * 16 + g + 8 * (e / 2);
+        const int64_t n = n0 + warp_n + j * 8 + 2 * t + e % 2;
+        if (m < p.m && n < p.n) {
+          if (partials != nullptr) {
+            partials[((z * splits + slice) * p.m + m) * p.n + n] = acc[i][j][e];
+          } else {
+            gemm_store(p, z, m, n, acc[i][j][e]);
+          }
+        }
+      }
+    }
+  }
+}
+
 // How many slices to cut the reduction into. Only when the output tiles
 // alone would leave most of the GPU idle, and never into slices shorter than
 // kMinSliceK (the partial sums would cost more to write than to compute). The
@@ -249,13 +443,29 @@ inline GemmPlan plan_gemm(int64_t batch, int64_t m, int64_t n, int64_t k, const 
   return plan;
 }
 
+// Whether an operand's 16-byte chunks (8 elements along its contiguous
+// dimension, starting at multiples of 8) are all 16-byte aligned.
+template <typename scalar_t>
+bool chunks_aligned(gpu_ptr<const scalar_t> x, int64_t ld, int64_t batch_stride, int64_t batch) {
+  return address_bits(x) % 16 == 0 && ld % kVector == 0 && (batch == 1 || batch_stride % kVector == 0);
+}
+
 template <typename scalar_t, typename out_t, bool kTransA, bool kTransB>
 void launch_gemm_tiles(const GemmParams<scalar_t, out_t>& p, const GemmPlan& plan,
                        gpu_ptr<at::opmath_type<scalar_t>> partials) {
+  const bool vector_a = chunks_aligned(p.a, p.lda, p.batch_stride_a, p.batch);
+  const bool vector_b = chunks_aligned(p.b, p.ldb, p.batch_stride_b, p.batch);
   for (int64_t z0 = 0; z0 < p.batch; z0 += plan.batches_per_launch) {
     const int64_t nz = std::min(plan.batches_per_launch, p.batch - z0);
     const dim3 grid(static_cast<unsigned int>(plan.tiles_n), static_cast<unsigned int>(plan.tiles_m),
                     static_cast<unsigned int>(nz * plan.splits));
+    if constexpr (kTensorCores<scalar_t>) {
+      if (p.tensor_cores) {
+        CUSTOM_CONV_LAUNCH(grid, kMmaThreads, gemm_mma_kernel<scalar_t, out_t, kTransA, kTransB>)(
+            p, z0, plan.splits, plan.k_per_split, partials, vector_a, vector_b);
+        continue;
+      }
+    }
     CUSTOM_CONV_LAUNCH(grid, kThreads, gemm_tile_kernel<scalar_t, out_t, kTransA, kTransB>)(
         p, z0, plan.splits, plan.k_per_split, partials);
   }

@@ -19,15 +19,38 @@
 //   address came from (every CPU allocation is recorded while
 //   track_allocations is on, cuda_emulator.cpp), and reports any access
 //   outside it.
+// - Warps: a block's threads form warps of 32 consecutive threads (by
+//   linear index), as on the GPU. At a warp-collective operation
+//   (__syncwarp, __shfl*_sync, and the tensor-core instructions mma_m16n8k16
+//   and ldmatrix of csrc/cuda/tensor_core.cuh) each lane waits until every
+//   lane the operation names has arrived; the last to arrive computes every
+//   lane's result. Lanes that meet at different operations, or a lane that
+//   has returned or waits at __syncthreads() while the others wait for it,
+//   are reported (on the GPU: undefined behaviour, usually a hang). The
+//   tensor-core instructions follow the PTX ISA's fragment layouts: which
+//   lane holds which element of A, B, C and D, which lane's address names
+//   which row of an ldmatrix.
+// - Shared-memory ordering within a warp: two accesses by lanes of one warp
+//   race unless a __syncwarp() lies between them (any __syncwarp of that
+//   warp counts, whatever its mask).
+// - Asynchronous copies (cp_async_16 / cp_async_commit / cp_async_wait):
+//   the copy is made when a wait_group covers it, not at the call; until
+//   then its destination is in flight, and any access to it, by any thread,
+//   is reported (a missing wait), as is issuing it while another thread of
+//   the same barrier interval still uses those elements (a stage buffer
+//   refilled too early). Copies still in flight when a thread returns land
+//   then.
 // - Launch configurations are checked against CUDA's limits (at most 1024
 //   threads per block, gridDim.y and .z within LaunchLimits::max_grid_yz).
 // Errors are collected while a launch runs (the kernel goes on, writes that
 // miss their allocation land in a scratch value) and the launch then throws,
 // naming the kernel, the block and thread, and the access.
 //
-// What it does not model: timing, warps and their lock-step execution,
-// memory ordering between blocks, atomics, streams (everything runs at once,
-// in order), and the GPU's floating-point contractions (nvcc fuses a * b + c
+// What it does not model: timing, the lock-step execution of a warp's lanes
+// between collectives (lanes run one after another), memory ordering between
+// blocks, atomics, streams (everything runs at once, in order), the tensor
+// cores' own summation order (products are summed in float in k order, then
+// C added), and the GPU's floating-point contractions (nvcc fuses a * b + c
 // into one rounding; the host compiler here does not).
 #pragma once
 
@@ -36,6 +59,7 @@
 #include <torch/library.h>
 
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <sstream>
 #include <string>
@@ -48,6 +72,8 @@
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
+// SharedArray aligns its elements itself.
+#define __align__(n)
 // One instance per OS thread; a block's fibers all run on the thread that
 // launched it, and blocks run one at a time, so this is per block.
 #define __shared__ static thread_local
@@ -65,6 +91,7 @@ inline thread_local uint3 blockIdx;
 inline thread_local dim3 blockDim;
 inline thread_local dim3 gridDim;
 void __syncthreads();
+void __syncwarp(unsigned mask = 0xffffffffu);
 
 namespace custom_conv {
 namespace gpu {
@@ -165,17 +192,37 @@ struct Shadow {
   uint64_t epoch = 0;
   int64_t writer = -1;  // the thread that wrote it, or -1
   int64_t reader = -1;  // the thread that read it, -1 for none, -2 for several
+  int64_t reader_warp = -1;  // the readers' warp, -2 for several warps
+  // The count of __syncwarp()s of the accessing warp at the last write and
+  // the last read: a later access by that warp is ordered after them.
+  uint64_t writer_sync = 0, reader_sync = 0;
+  // Not reset at barriers: the thread whose cp.async to this element is in
+  // flight, or -1.
+  int64_t in_flight = -1;
 };
 
 void shared_access(Shadow& shadow, bool write, int64_t element, const char* array);
+
+// The address of a shared-memory element, for the instructions that take
+// one (ldmatrix, cp.async): the elements from it to the end of its array,
+// with their shadows.
+template <typename T>
+struct SharedPtr {
+  T* value;
+  Shadow* shadow;
+  int64_t element;    // its index in the array, flattened
+  int64_t available;  // elements from it to the end of the array
+  const char* array;
+};
 
 // One element of a shared_array: reading and writing it go through the race
 // check.
 template <typename T>
 class SharedRef {
  public:
-  SharedRef(T* value, Shadow* shadow, int64_t element, const char* array)
-      : value_(value), shadow_(shadow), element_(element), array_(array) {}
+  SharedRef(T* value, Shadow* shadow, int64_t element, int64_t available, const char* array)
+      : value_(value), shadow_(shadow), element_(element), available_(available), array_(array) {}
+  SharedPtr<T> address() const { return {value_, shadow_, element_, available_, array_}; }
   operator T() const {
     shared_access(*shadow_, false, element_, array_);
     return *value_;
@@ -195,6 +242,7 @@ class SharedRef {
   T* value_;
   Shadow* shadow_;
   int64_t element_;
+  int64_t available_;
   const char* array_;
 };
 
@@ -206,13 +254,14 @@ class SharedIndex;
 template <typename T>
 class SharedIndex<T> {
  public:
-  SharedIndex(T* data, Shadow* shadow, int64_t offset, const char* array)
-      : data_(data), shadow_(shadow), offset_(offset), array_(array) {}
-  SharedRef<T> element() const { return {data_ + offset_, shadow_ + offset_, offset_, array_}; }
+  SharedIndex(T* data, Shadow* shadow, int64_t size, int64_t offset, const char* array)
+      : data_(data), shadow_(shadow), size_(size), offset_(offset), array_(array) {}
+  SharedRef<T> element() const { return {data_ + offset_, shadow_ + offset_, offset_, size_ - offset_, array_}; }
 
  private:
   T* data_;
   Shadow* shadow_;
+  int64_t size_;  // of the whole array
   int64_t offset_;
   const char* array_;
 };
@@ -220,8 +269,8 @@ class SharedIndex<T> {
 template <typename T, int kDim, int... kRest>
 class SharedIndex<T, kDim, kRest...> {
  public:
-  SharedIndex(T* data, Shadow* shadow, int64_t offset, const char* array)
-      : data_(data), shadow_(shadow), offset_(offset), array_(array) {}
+  SharedIndex(T* data, Shadow* shadow, int64_t size, int64_t offset, const char* array)
+      : data_(data), shadow_(shadow), size_(size), offset_(offset), array_(array) {}
 
   auto operator[](int64_t i) const {
     if (i < 0 || i >= kDim) {
@@ -231,9 +280,9 @@ class SharedIndex<T, kDim, kRest...> {
       report(what.str());
       static thread_local T scratch_value[(1 * ... * kRest)];
       static thread_local Shadow scratch_shadow[(1 * ... * kRest)];
-      return descend(SharedIndex<T, kRest...>(scratch_value, scratch_shadow, 0, array_));
+      return descend(SharedIndex<T, kRest...>(scratch_value, scratch_shadow, (1 * ... * kRest), 0, array_));
     }
-    return descend(SharedIndex<T, kRest...>(data_, shadow_, offset_ * kDim + i, array_));
+    return descend(SharedIndex<T, kRest...>(data_, shadow_, size_, offset_ * kDim + i, array_));
   }
 
  private:
@@ -248,6 +297,7 @@ class SharedIndex<T, kDim, kRest...> {
 
   T* data_;
   Shadow* shadow_;
+  int64_t size_;
   int64_t offset_;
   const char* array_;
 };
@@ -256,7 +306,7 @@ template <typename T, int... kDims>
 class SharedArray {
  public:
   static constexpr int64_t kSize = (int64_t{1} * ... * kDims);
-  auto operator[](int64_t i) { return SharedIndex<T, kDims...>(data_, shadow_, 0, name())[i]; }
+  auto operator[](int64_t i) { return SharedIndex<T, kDims...>(data_, shadow_, kSize, 0, name())[i]; }
 
  private:
   static const char* name() {
@@ -269,7 +319,9 @@ class SharedArray {
     return text.c_str();
   }
 
-  T data_[kSize];
+  // Aligned as the GPU's declarations are (tensor_core.cuh), so that the
+  // 16-byte alignment ldmatrix and cp.async need is a property of the index.
+  alignas(16) T data_[kSize];
   Shadow shadow_[kSize];
 };
 
@@ -277,6 +329,247 @@ class SharedArray {
 
 template <typename T, int... kDims>
 using shared_array = emulator::SharedArray<T, kDims...>;
+
+template <typename T>
+emulator::SharedPtr<T> shared_address(const emulator::SharedRef<T>& element) {
+  return element.address();
+}
+
+namespace emulator {
+
+// ------------------------------------------------------------------ warps
+
+// What the lanes of a warp bring to a warp-collective operation: each lane's
+// input and where its result goes (both on the lane's own stack, which lives
+// while the lane waits).
+struct WarpExchange {
+  unsigned lanes;        // the lanes taking part, bit i for lane i
+  int64_t first_thread;  // the block's linear index of lane 0
+  const void* in[32];
+  void* out[32];
+};
+using WarpCombine = void (*)(const WarpExchange&);
+
+// The calling lane waits here until every lane of `mask` (0: every lane of
+// its warp, as the .aligned instructions require) has arrived at the same
+// operation `op`; the last to arrive runs combine once, for all of them.
+void warp_collective(const char* op, unsigned mask, const void* in, void* out, WarpCombine combine);
+
+// Runs fn with thread t of the block as the current thread, for the checks:
+// the lane whose address an instruction used is the one that accessed it.
+void as_thread(int64_t t, const std::function<void()>& fn);
+
+template <typename T>
+uint16_t bits16(T value) {
+  static_assert(sizeof(T) == 2, "16-bit elements");
+  uint16_t b;
+  std::memcpy(&b, &value, 2);
+  return b;
+}
+
+template <typename T>
+float float_of_bits(uint16_t b) {
+  T value;
+  std::memcpy(&value, &b, 2);
+  return static_cast<float>(value);
+}
+
+enum class Shuffle { kIndex, kUp, kDown, kXor };
+
+template <typename T>
+struct ShuffleIn {
+  T value;
+  int operand;  // the source lane, the delta or the xor mask
+  int width;
+};
+
+// CUDA's rules: lanes are split into segments of `width`; the index form
+// reads lane `operand % width` of its segment; up/down read `delta` lanes
+// before/after, keeping their own value where that leaves the segment; xor
+// reads lane ^ mask, keeping its own value where that lies in a later
+// segment. Reading a lane outside the mask is undefined: reported.
+template <typename T, Shuffle kMode>
+void shuffle_combine(const WarpExchange& x) {
+  for (int lane = 0; lane < 32; ++lane) {
+    if (!(x.lanes >> lane & 1u)) {
+      continue;
+    }
+    const auto& in = *static_cast<const ShuffleIn<T>*>(x.in[lane]);
+    const int base = lane & ~(in.width - 1);
+    int source = lane;
+    switch (kMode) {
+      case Shuffle::kIndex: source = base + (in.operand & (in.width - 1)); break;
+      case Shuffle::kUp: source = lane - in.operand >= base ? lane - in.operand : lane; break;
+      case Shuffle::kDown: source = lane + in.operand < base + in.width ? lane + in.operand : lane; break;
+      case Shuffle::kXor: source = (lane ^ in.operand) < base + in.width ? lane ^ in.operand : lane; break;
+    }
+    if (!(x.lanes >> source & 1u)) {
+      as_thread(x.first_thread + lane, [&] {
+        report("a shuffle reads lane " + std::to_string(source) + ", which is not in its mask");
+      });
+      source = lane;
+    }
+    *static_cast<T*>(x.out[lane]) = static_cast<const ShuffleIn<T>*>(x.in[source])->value;
+  }
+}
+
+template <Shuffle kMode, typename T>
+T shuffle(const char* op, unsigned mask, T value, int operand, int width) {
+  if (width < 1 || width > 32 || (width & (width - 1)) != 0) {
+    report(std::string(op) + ": width " + std::to_string(width) + " is not a power of two up to 32");
+    width = 32;
+  }
+  const ShuffleIn<T> in{value, operand, width};
+  T out{};
+  warp_collective(op, mask, &in, &out, &shuffle_combine<T, kMode>);
+  return out;
+}
+
+// ------------------------------------------------------- asynchronous copies
+
+// Starts copying `bytes` (its snapshot, taken now) into `count` elements of
+// `element_bytes` at dst; lands at a cp_async_wait that covers it.
+void async_copy(SharedPtr<char> dst, int64_t count, size_t element_bytes, const void* bytes);
+void async_commit();
+void async_wait(int groups_left);
+
+}  // namespace emulator
+
+// cp.async.cg.shared.global, 16 bytes: dst and src 16-byte aligned.
+template <typename T>
+void cp_async_16(emulator::SharedPtr<T> dst, gpu_ptr<const T> src) {
+  constexpr int64_t kCount = 16 / static_cast<int64_t>(sizeof(T));
+  static_assert(kCount * sizeof(T) == 16, "whole elements in 16 bytes");
+  unsigned char bytes[16];
+  if (reinterpret_cast<uintptr_t>(src.get()) % 16 != 0) {
+    emulator::report("cp.async: the global source address is not 16-byte aligned");
+  }
+  for (int64_t i = 0; i < kCount; ++i) {
+    const T value = src[i];  // bounds-checked
+    std::memcpy(bytes + i * sizeof(T), &value, sizeof(T));
+  }
+  emulator::async_copy({reinterpret_cast<char*>(dst.value), dst.shadow, dst.element, dst.available, dst.array},
+                       kCount, sizeof(T), bytes);
+}
+
+inline void cp_async_commit() {
+  emulator::async_commit();
+}
+
+// cp.async.wait_group N: every committed group but the newest N has landed.
+template <int kGroupsLeft>
+void cp_async_wait() {
+  emulator::async_wait(kGroupsLeft);
+}
+
+namespace emulator {
+
+// ldmatrix.sync.aligned.m8n8.x{1,2,4}[.trans].shared.b16: lanes 8j..8j+7
+// give the addresses of the 8 rows (8 elements of 16 bits each, 16-byte
+// aligned) of matrix j; lane l receives, in register j, elements
+// 2 (l % 4) and 2 (l % 4) + 1 of row l / 4 of matrix j (with .trans: of
+// column l / 4, rows 2 (l % 4) and 2 (l % 4) + 1), the first in the low half.
+template <typename T, int kMatrices, bool kTrans>
+void ldmatrix_combine(const WarpExchange& x) {
+  uint16_t rows[4][8][8];
+  for (int j = 0; j < kMatrices; ++j) {
+    for (int r = 0; r < 8; ++r) {
+      const int lane = 8 * j + r;
+      const SharedPtr<T> row = *static_cast<const SharedPtr<T>*>(x.in[lane]);
+      as_thread(x.first_thread + lane, [&] {
+        if (row.available < 8 || (row.element * static_cast<int64_t>(sizeof(T))) % 16 != 0) {
+          report("ldmatrix: the row address (element " + std::to_string(row.element) + " of " + row.array +
+                 ") is not 16-byte aligned or its 8 elements leave the array");
+          std::memset(rows[j][r], 0, sizeof(rows[j][r]));
+          return;
+        }
+        for (int c = 0; c < 8; ++c) {
+          shared_access(row.shadow[c], false, row.element + c, row.array);
+          rows[j][r][c] = bits16(row.value[c]);
+        }
+      });
+    }
+  }
+  for (int lane = 0; lane < 32; ++lane) {
+    auto* out = static_cast<uint32_t*>(x.out[lane]);
+    for (int j = 0; j < kMatrices; ++j) {
+      const int a = lane / 4, b = 2 * (lane % 4);
+      const uint16_t lo = kTrans ? rows[j][b][a] : rows[j][a][b];
+      const uint16_t hi = kTrans ? rows[j][b + 1][a] : rows[j][a][b + 1];
+      out[j] = static_cast<uint32_t>(lo) | static_cast<uint32_t>(hi) << 16;
+    }
+  }
+}
+
+struct MmaIn {
+  uint32_t a[4], b[2];
+  float c[4];
+};
+
+// mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}.{f16,bf16}.f32:
+// D (16 x 8) = A (16 x 16) B (16 x 8) + C. With g = lane / 4 and
+// t = lane % 4, a lane holds (each register two 16-bit elements, the lower
+// column or row in the low half):
+//   A: register i, row g + 8 (i % 2), columns 2t + 8 (i / 2) + {0, 1}
+//   B: register i, rows 2t + 8 i + {0, 1}, column g
+//   C, D: element i, row g + 8 (i / 2), column 2t + i % 2
+template <typename T>
+void mma_combine(const WarpExchange& x) {
+  float a[16][16], b[16][8], c[16][8];
+  for (int lane = 0; lane < 32; ++lane) {
+    const MmaIn& in = *static_cast<const MmaIn*>(x.in[lane]);
+    const int g = lane / 4, t = lane % 4;
+    for (int i = 0; i < 4; ++i) {
+      for (int h = 0; h < 2; ++h) {
+        a[g + 8 * (i % 2)][2 * t + 8 * (i / 2) + h] = float_of_bits<T>(static_cast<uint16_t>(in.a[i] >> (16 * h)));
+        c[g + 8 * (i / 2)][2 * t + i % 2] = in.c[i];
+      }
+    }
+    for (int i = 0; i < 2; ++i) {
+      for (int h = 0; h < 2; ++h) {
+        b[2 * t + 8 * i + h][g] = float_of_bits<T>(static_cast<uint16_t>(in.b[i] >> (16 * h)));
+      }
+    }
+  }
+  for (int lane = 0; lane < 32; ++lane) {
+    auto* d = static_cast<float*>(x.out[lane]);
+    const int g = lane / 4, t = lane % 4;
+    for (int i = 0; i < 4; ++i) {
+      const int row = g + 8 * (i / 2), col = 2 * t + i % 2;
+      float sum = 0.0f;
+      for (int k = 0; k < 16; ++k) {
+        sum += a[row][k] * b[k][col];
+      }
+      d[i] = sum + c[row][col];
+    }
+  }
+}
+
+}  // namespace emulator
+
+template <int kMatrices, bool kTrans = false, typename T>
+void ldmatrix(uint32_t (&r)[kMatrices], emulator::SharedPtr<T> row) {
+  static_assert(kMatrices == 1 || kMatrices == 2 || kMatrices == 4, "x1, x2 or x4");
+  uint32_t out[4];
+  emulator::warp_collective(kTrans ? "ldmatrix.trans" : "ldmatrix", 0, &row, out,
+                            &emulator::ldmatrix_combine<T, kMatrices, kTrans>);
+  for (int j = 0; j < kMatrices; ++j) {
+    r[j] = out[j];
+  }
+}
+
+template <typename T>
+void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const float (&c)[4]) {
+  static_assert(std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>, "f16 or bf16");
+  emulator::MmaIn in;
+  std::memcpy(in.a, a, sizeof(in.a));
+  std::memcpy(in.b, b, sizeof(in.b));
+  std::memcpy(in.c, c, sizeof(in.c));
+  float out[4];
+  emulator::warp_collective(std::is_same_v<T, c10::Half> ? "mma.m16n8k16.f16" : "mma.m16n8k16.bf16", 0, &in, out,
+                            &emulator::mma_combine<T>);
+  std::memcpy(d, out, sizeof(out));
+}
 
 // Runs kernel(args...) on every thread of the grid; the arguments are
 // converted to the kernel's parameter types once, on the host, as CUDA copies
@@ -301,3 +594,25 @@ Launch<Params...> make_launch(const char* name, void (*kernel)(Params...), dim3 
 
 }  // namespace gpu
 }  // namespace custom_conv
+
+// CUDA's warp shuffles, in the global namespace as CUDA declares them.
+template <typename T>
+T __shfl_sync(unsigned mask, T value, int lane, int width = 32) {
+  using namespace custom_conv::gpu::emulator;
+  return shuffle<Shuffle::kIndex>("__shfl_sync", mask, value, lane, width);
+}
+template <typename T>
+T __shfl_up_sync(unsigned mask, T value, unsigned delta, int width = 32) {
+  using namespace custom_conv::gpu::emulator;
+  return shuffle<Shuffle::kUp>("__shfl_up_sync", mask, value, static_cast<int>(delta), width);
+}
+template <typename T>
+T __shfl_down_sync(unsigned mask, T value, unsigned delta, int width = 32) {
+  using namespace custom_conv::gpu::emulator;
+  return shuffle<Shuffle::kDown>("__shfl_down_sync", mask, value, static_cast<int>(delta), width);
+}
+template <typename T>
+T __shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = 32) {
+  using namespace custom_conv::gpu::emulator;
+  return shuffle<Shuffle::kXor>("__shfl_xor_sync", mask, value, lane_mask, width);
+}

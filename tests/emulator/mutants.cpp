@@ -2,8 +2,10 @@
 // bug, which the emulator must catch (tests/test_cuda_emulator.py writes the
 // copies, gemm_<mutant>.cuh, into the build folder). Each copy is compiled in
 // a namespace of its own, custom_conv::<mutant>, which sees custom_conv::gpu
-// (common.cuh) through a using-directive.
+// (common.cuh, tensor_core.cuh: included first, so that the copies' includes
+// of them are skipped) through a using-directive.
 #include "../../csrc/cuda/common.cuh"
+#include "../../csrc/cuda/tensor_core.cuh"
 
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -11,7 +13,9 @@
 #include <string>
 
 // The names of test_cuda_emulator.py's MUTANTS.
-#define CUSTOM_CONV_MUTANTS(X) X(missing_barrier) X(store_off_by_one) X(load_off_by_one) X(shared_tile_too_small)
+#define CUSTOM_CONV_MUTANTS(X)                                                                    \
+  X(missing_barrier) X(store_off_by_one) X(load_off_by_one) X(shared_tile_too_small) X(mma_fragment_row) \
+  X(mma_missing_wait) X(mma_stage_reused_early)
 
 #define CUSTOM_CONV_DECLARE(mutant) \
   namespace custom_conv {           \
@@ -33,34 +37,51 @@ CUSTOM_CONV_MUTANTS(CUSTOM_CONV_DECLARE)
 #define gpu shared_tile_too_small
 #include "gemm_shared_tile_too_small.cuh"
 #undef gpu
+#define gpu mma_fragment_row
+#include "gemm_mma_fragment_row.cuh"
+#undef gpu
+#define gpu mma_missing_wait
+#include "gemm_mma_missing_wait.cuh"
+#undef gpu
+#define gpu mma_stage_reused_early
+#include "gemm_mma_stage_reused_early.cuh"
+#undef gpu
 
 namespace {
 
-// C (m, n) = A (m, k) @ B (k, n), float, through one of the broken GEMMs.
-template <template <typename, typename> class Params>
-void fill(Params<float, float>& p, const at::Tensor& a, const at::Tensor& b, at::Tensor& c) {
+// C (m, n) = A (m, k) @ B (k, n), float or half (the tensor-core kernel),
+// through one of the broken GEMMs.
+template <typename scalar_t, template <typename, typename> class Params>
+void fill(Params<scalar_t, scalar_t>& p, const at::Tensor& a, const at::Tensor& b, at::Tensor& c) {
   p.m = a.size(0);
   p.k = a.size(1);
   p.n = b.size(1);
-  p.a = a.const_data_ptr<float>();
+  p.a = a.const_data_ptr<scalar_t>();
   p.lda = p.k;
-  p.b = b.const_data_ptr<float>();
+  p.b = b.const_data_ptr<scalar_t>();
   p.ldb = p.n;
-  p.c = c.mutable_data_ptr<float>();
+  p.c = c.mutable_data_ptr<scalar_t>();
   p.ldc = p.n;
 }
 
 at::Tensor mutant_gemm(const std::string& mutant, const at::Tensor& a_, const at::Tensor& b_) {
   const at::Tensor a = a_.contiguous(), b = b_.contiguous();
-  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(0) && a.scalar_type() == at::kFloat &&
-              b.scalar_type() == at::kFloat, "mutant_gemm: float matrices (m, k) and (k, n)");
+  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(0) && a.scalar_type() == b.scalar_type() &&
+              (a.scalar_type() == at::kFloat || a.scalar_type() == at::kHalf),
+              "mutant_gemm: float or half matrices (m, k) and (k, n)");
   at::Tensor c = at::empty({a.size(0), b.size(1)}, a.options());
-#define CUSTOM_CONV_RUN(name)                          \
-  if (mutant == #name) {                               \
-    custom_conv::name::GemmParams<float, float> p;     \
-    fill(p, a, b, c);                                  \
-    custom_conv::name::gemm(p);                        \
-    return c;                                          \
+#define CUSTOM_CONV_RUN(name)                                  \
+  if (mutant == #name) {                                       \
+    if (a.scalar_type() == at::kHalf) {                        \
+      custom_conv::name::GemmParams<at::Half, at::Half> p;     \
+      fill(p, a, b, c);                                        \
+      custom_conv::name::gemm(p);                              \
+    } else {                                                   \
+      custom_conv::name::GemmParams<float, float> p;           \
+      fill(p, a, b, c);                                        \
+      custom_conv::name::gemm(p);                              \
+    }                                                          \
+    return c;                                                  \
   }
   CUSTOM_CONV_MUTANTS(CUSTOM_CONV_RUN)
 #undef CUSTOM_CONV_RUN
