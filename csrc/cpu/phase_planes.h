@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 namespace custom_conv {
 
@@ -32,6 +33,29 @@ inline Phases phases_of(int64_t in_h, int64_t in_w, int64_t pad_h, int64_t pad_w
           ceil_div(in_h + 2 * pad_h, stride_h), ceil_div(in_w + 2 * pad_w, stride_w)};
 }
 
+// dst[j] = src[j * stride] for j in [lo, hi), or the reverse: with the
+// common strides as constants, so that the copies vectorise (a stride known
+// only at run time leaves them element by element, which cost the depthwise
+// route more than its arithmetic).
+template <bool kGather, typename src_t, typename dst_t>
+void strided_copy(const src_t* src, dst_t* dst, int64_t lo, int64_t hi, int64_t stride) {
+  const auto copy = [&](auto constant_stride) {
+    const int64_t s = constant_stride;
+    for (int64_t j = lo; j < hi; ++j) {
+      if constexpr (kGather) {
+        dst[j] = static_cast<dst_t>(src[j * s]);
+      } else {
+        dst[j * s] = static_cast<dst_t>(src[j]);
+      }
+    }
+  };
+  switch (stride) {
+    case 1: copy(std::integral_constant<int64_t, 1>()); break;
+    case 2: copy(std::integral_constant<int64_t, 2>()); break;
+    default: copy(stride); break;
+  }
+}
+
 // Copies one (H, W) plane into its phase planes: per row of a phase, one
 // (strided) copy clipped to the input, zeros elsewhere.
 template <typename src_t, typename dst_t>
@@ -48,7 +72,7 @@ void to_phases(const src_t* plane, const Phases& p, dst_t* dst) {
         }
         const src_t* src = plane + h * p.in_w + b - p.pad_w;
         std::fill(dst, dst + cols.lo, dst_t(0));
-        for (int64_t j = cols.lo; j < cols.hi; ++j) dst[j] = static_cast<dst_t>(src[j * p.stride_w]);
+        strided_copy<true>(src, dst, cols.lo, cols.hi, p.stride_w);
         std::fill(dst + cols.hi, dst + p.w, dst_t(0));
       }
     }
@@ -63,7 +87,7 @@ void from_phases(const src_t* phases, const Phases& p, dst_t* plane) {
     for (int64_t h = 0; h < p.in_h; ++h) {
       const src_t* src = phases + p.offset(h + p.pad_h, b);
       dst_t* dst = plane + h * p.in_w + b - p.pad_w;
-      for (int64_t j = cols.lo; j < cols.hi; ++j) dst[j * p.stride_w] = static_cast<dst_t>(src[j]);
+      strided_copy<false>(src, dst, cols.lo, cols.hi, p.stride_w);
     }
   }
 }
