@@ -10,6 +10,7 @@
 #include "../geometry.h"
 #include "../memory_format.h"
 #include "conv2d_routes.h"
+#include "per_level.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -91,8 +92,59 @@ at::Tensor conv2d_backward_weight_cpu(
   return grad_weight;
 }
 
-// Sum of grad_output over batch and space, one channel per task. The sum
-// runs in double so that it does not drift with large batches or images.
+// One channel's bias gradient: the sum of its N planes of L values, in
+// double so that it does not drift with large batches or images. Value i of
+// a plane adds into partial sum i % kBiasLanes (the last, partial group of a
+// plane into the first sums), and the partial sums are added in order at the
+// end: a fixed order, whatever the threads, whose additions do not wait on
+// one another and vectorise. (One running sum waited on each addition: 4
+// cycles a value, 5 ms for a 25.7 MB gradient that takes 1 ms to read.)
+constexpr int64_t kBiasLanes = 8;
+
+template <typename scalar_t>
+CUSTOM_CONV_INLINE double bias_gradient_sum(const scalar_t* planes, int64_t N, int64_t stride, int64_t L) {
+  double sums[kBiasLanes] = {};
+  const int64_t whole = L / kBiasLanes * kBiasLanes;
+  for (int64_t n = 0; n < N; ++n) {
+    const scalar_t* plane = planes + n * stride;
+    for (int64_t i = 0; i < whole; i += kBiasLanes) {
+      for (int64_t j = 0; j < kBiasLanes; ++j) {
+        sums[j] += static_cast<double>(plane[i + j]);
+      }
+    }
+    for (int64_t i = whole; i < L; ++i) {
+      sums[i - whole] += static_cast<double>(plane[i]);
+    }
+  }
+  double sum = 0.0;
+  for (int64_t j = 0; j < kBiasLanes; ++j) {
+    sum += sums[j];
+  }
+  return sum;
+}
+
+CUSTOM_CONV_PER_LEVEL(double, bias_gradient_sum_float, (const float* planes, int64_t N, int64_t stride, int64_t L),
+                      (planes, N, stride, L)) {
+  return bias_gradient_sum(planes, N, stride, L);
+}
+CUSTOM_CONV_PER_LEVEL(double, bias_gradient_sum_double,
+                      (const double* planes, int64_t N, int64_t stride, int64_t L), (planes, N, stride, L)) {
+  return bias_gradient_sum(planes, N, stride, L);
+}
+
+double channel_sum(const float* planes, int64_t N, int64_t stride, int64_t L) {
+  return bias_gradient_sum_float(planes, N, stride, L);
+}
+double channel_sum(const double* planes, int64_t N, int64_t stride, int64_t L) {
+  return bias_gradient_sum_double(planes, N, stride, L);
+}
+template <typename scalar_t>
+double channel_sum(const scalar_t* planes, int64_t N, int64_t stride, int64_t L) {
+  return bias_gradient_sum(planes, N, stride, L);
+}
+
+// The bias gradient: grad_output summed over batch and space, one channel
+// per task.
 at::Tensor conv2d_backward_bias_cpu(const at::Tensor& grad_output_) {
   check_floating_4d(grad_output_, "conv2d_backward_bias", "grad_output");
   const at::Tensor grad_output = grad_output_.contiguous();
@@ -104,14 +156,7 @@ at::Tensor conv2d_backward_bias_cpu(const at::Tensor& grad_output_) {
     scalar_t* out = grad_bias.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) {
-        double sum = 0.0;
-        for (int64_t n = 0; n < N; ++n) {
-          const scalar_t* plane = go + (n * C + c) * L;
-          for (int64_t i = 0; i < L; ++i) {
-            sum += static_cast<double>(plane[i]);
-          }
-        }
-        out[c] = static_cast<scalar_t>(sum);
+        out[c] = static_cast<scalar_t>(channel_sum(go + c * L, N, C * L, L));
       }
     });
   });
