@@ -1,7 +1,7 @@
 // The one place that decides which algorithm runs a convolution (see
 // conv2d_algorithm.h). The CPU has four (cpu/conv2d_routes.h), tried in the
-// order winograd, direct, depthwise, im2col; the GPU has one, im2col with our
-// own GEMM, on the tensor cores for half and bfloat16.
+// order winograd, direct, depthwise, im2col; the GPU two, depthwise and
+// im2col with our own GEMM (conv2d_algorithm_cuda.cpp).
 // The thresholds were measured with benchmarks/route_sweep.py and
 // benchmarks/bench.py on x86-64 CPUs (results/benchmarks/), at the
 // AVX-512 level unless they say otherwise.
@@ -54,12 +54,8 @@ int64_t min_winograd_channels(Conv2dPass pass) {
                                                                                 : kMinWinogradChannels;
 }
 constexpr int64_t kMinWinogradTiles = 64;
-// Bit (1 << algorithm) set: switched off by the user.
-std::atomic<unsigned> disabled_algorithms{0};
-std::atomic<bool> tensor_cores_disabled{false};
-
 bool is_disabled(Conv2dAlgorithm algorithm) {
-  return (disabled_algorithms.load(std::memory_order_relaxed) >> static_cast<unsigned>(algorithm)) & 1u;
+  return algorithm_switched_off(algorithm);
 }
 
 constexpr const char* kSwitchedOff = "switched off by the user (custom_conv.disabled_algorithms)";
@@ -215,15 +211,7 @@ Conv2dAlgorithm choose_by_cost(const Conv2dGeometry& g, Conv2dPass pass, at::Sca
 Conv2dAlgorithm choose_conv2d_algorithm(const Conv2dGeometry& g, Conv2dPass pass, at::ScalarType dtype,
                                         c10::DeviceType device, std::string* why) {
   if (device != c10::DeviceType::CPU) {
-    if (why) {
-      const bool reduced = dtype == at::kHalf || dtype == at::kBFloat16;
-      *why = cuda_gemm_uses_tensor_cores(dtype)
-                 ? "im2col and our GEMM on the tensor cores (mma.sync, float sums): the only algorithm of the CUDA "
-                   "kernels"
-                 : c10::str("im2col and our tiled GEMM on the CUDA cores: the only algorithm of the CUDA kernels",
-                            reduced ? c10::str("; tensor cores ", kSwitchedOff) : std::string());
-    }
-    return Conv2dAlgorithm::kIm2col;
+    return choose_cuda_conv2d_algorithm(g, pass, dtype, why);
   }
   const int forced = forced_algorithm.load(std::memory_order_relaxed);
   if (forced < 0) {
@@ -254,10 +242,6 @@ std::vector<std::string> conv2d_algorithms() {
   return names;
 }
 
-bool cuda_gemm_uses_tensor_cores(at::ScalarType dtype) {
-  return (dtype == at::kHalf || dtype == at::kBFloat16) && !tensor_cores_disabled.load(std::memory_order_relaxed);
-}
-
 std::vector<std::string> set_disabled_conv2d_algorithms(const std::vector<std::string>& names) {
   unsigned mask = 0;
   bool tensor_cores = false;
@@ -271,15 +255,14 @@ std::vector<std::string> set_disabled_conv2d_algorithms(const std::vector<std::s
                       " is every layer's fallback and cannot be switched off");
     mask |= 1u << static_cast<unsigned>(algorithm);
   }
-  const unsigned previous = disabled_algorithms.exchange(mask);
-  const bool previous_tensor_cores = tensor_cores_disabled.exchange(tensor_cores);
+  const Switches previous = set_switched_off({mask, tensor_cores});
   std::vector<std::string> before;
   for (const Conv2dAlgorithm a : kAlgorithms) {
-    if ((previous >> static_cast<unsigned>(a)) & 1u) {
+    if ((previous.algorithms >> static_cast<unsigned>(a)) & 1u) {
       before.emplace_back(algorithm_name(a));
     }
   }
-  if (previous_tensor_cores) {
+  if (previous.tensor_cores) {
     before.emplace_back(kTensorCores);
   }
   return before;

@@ -52,6 +52,24 @@ std::vector<std::string> set_disabled_conv2d_algorithms(const std::vector<std::s
 
 constexpr const char* kTensorCores = "tensor_cores";
 
+// The switches set_disabled_conv2d_algorithms sets, read by both choosers
+// (conv2d_algorithm_cuda.cpp holds them): whether an algorithm, or the
+// tensor cores, are switched off. set_switched_off replaces them all and
+// returns the previous ones.
+bool algorithm_switched_off(Conv2dAlgorithm algorithm);
+bool tensor_cores_switched_off();
+struct Switches {
+  unsigned algorithms = 0;  // bit (1 << algorithm): switched off
+  bool tensor_cores = false;
+};
+Switches set_switched_off(Switches switches);
+
+// The GPU's side of choose_conv2d_algorithm (conv2d_algorithm_cuda.cpp),
+// which the CUDA ops call: depthwise layers take the depthwise kernels,
+// every other layer im2col and our GEMM.
+Conv2dAlgorithm choose_cuda_conv2d_algorithm(const Conv2dGeometry& g, Conv2dPass pass, at::ScalarType dtype,
+                                             std::string* why = nullptr);
+
 // Whether the CUDA GEMM (cuda/gemm.cuh) runs products in `dtype` on the
 // tensor cores: half and bfloat16 do, unless kTensorCores is switched off;
 // then, as float32 and float64 always, on the CUDA cores' tiled kernel.

@@ -214,24 +214,35 @@ def test_im2col_and_unknown_algorithms_cannot_be_switched_off():
         torch.ops.custom_conv.set_disabled_conv2d_algorithms(["im2col"])
 
 
-def test_the_cuda_gemm_leaves_the_tensor_cores_when_they_are_switched_off():
+def test_the_cuda_chooser_and_its_switches():
     """The CUDA kernels' answer (any device but the CPU gets it: meta tensors
-    here). Half and bfloat16 products run on the tensor cores unless the
-    name "tensor_cores" is switched off, which is not an algorithm: the list
-    stays the chooser's, and it nests and restores like the others."""
-    x = torch.empty(2, 3, 8, 8, device="meta", dtype=torch.half)
-    w = torch.empty(4, 3, 3, 3, device="meta", dtype=torch.half)
-    on = "im2col and our GEMM on the tensor cores (mma.sync, float sums): the only algorithm of the CUDA kernels"
-    off = ("im2col and our tiled GEMM on the CUDA cores: the only algorithm of the CUDA kernels; tensor cores "
-           "switched off by the user (custom_conv.disabled_algorithms)")
+    here). Depthwise layers take the depthwise kernels, others im2col and
+    our GEMM, whose half and bfloat16 products run on the tensor cores.
+    "depthwise" switched off sends depthwise layers to im2col; "tensor_cores"
+    (not an algorithm: the list stays the chooser's) sends half and bfloat16
+    products to the CUDA-core kernel. Both nest and restore like the CPU's."""
+    def meta(shape, dtype=torch.half):
+        return torch.empty(shape, device="meta", dtype=dtype)
+
+    x, w = meta((2, 3, 8, 8)), meta((4, 3, 3, 3))
+    xd, wd = meta((2, 4, 8, 8)), meta((8, 1, 3, 3))  # depthwise, multiplier 2
+    on = "im2col and our GEMM on the tensor cores (mma.sync, float sums)"
+    off = "im2col and our tiled GEMM on the CUDA cores (tensor cores switched off by the user " \
+          "(custom_conv.disabled_algorithms))"
+    depthwise = "depthwise: one input channel per group, each output's taps summed from its input plane"
     for dtype in (torch.half, torch.bfloat16):
         assert custom_conv.explain_conv2d(x.to(dtype), w.to(dtype))["forward"] == ("im2col", on)
+    assert custom_conv.explain_conv2d(x.float(), w.float())["forward"] == (
+        "im2col", "im2col and our tiled GEMM on the CUDA cores")
+    for pass_, choice in custom_conv.explain_conv2d(xd, wd, groups=4).items():
+        assert choice == ("depthwise", depthwise), pass_
     with custom_conv.disabled_algorithms("tensor_cores"):
-        with custom_conv.disabled_algorithms("direct"):
+        with custom_conv.disabled_algorithms("depthwise"):
             assert custom_conv.explain_conv2d(x, w)["backward_weight"] == ("im2col", off)
+            assert custom_conv.explain_conv2d(xd, wd, groups=4)["backward_input"] == (
+                "im2col", off + "; depthwise switched off by the user (custom_conv.disabled_algorithms)")
         assert custom_conv.explain_conv2d(x, w)["forward"] == ("im2col", off)
-        assert custom_conv.explain_conv2d(x.float(), w.float())["forward"].reason.startswith(
-            "im2col and our tiled GEMM on the CUDA cores: the only algorithm of the CUDA kernels")
+        assert custom_conv.explain_conv2d(xd, wd, groups=4)["forward"] == ("depthwise", depthwise)
         assert "tensor_cores" not in custom_conv.explain.ALGORITHMS
     assert custom_conv.explain_conv2d(x, w)["forward"] == ("im2col", on)
     with pytest.raises(ValueError, match="no conv2d algorithm called 'tensor_cores'"):

@@ -80,7 +80,7 @@ def emu():
         name="custom_conv_cuda_emulator",
         sources=[str(EMULATOR / f) for f in ("cuda_emulator.cpp", "conv2d.cpp", "max_pool2d.cpp", "avg_pool2d.cpp",
                                                     "adaptive_max_pool2d.cpp", "mutants.cpp", "warps.cpp")]
-        + [str(ROOT / "csrc" / "geometry.cpp")],
+        + [str(ROOT / "csrc" / f) for f in ("geometry.cpp", "conv2d_algorithm_cuda.cpp")],
         extra_cflags=["-O2", "-DCUSTOM_CONV_EMULATE_CUDA"],
         extra_include_paths=[str(EMULATOR), str(ROOT / "csrc" / "cuda"), str(BUILD)],
         build_directory=str(BUILD),
@@ -156,14 +156,15 @@ def test_conv2d_matches_torch_and_our_cpu_ops(emu, case, dtype):
 
 
 @contextlib.contextmanager
-def tensor_cores(emu, on):
-    """Half and bfloat16 products on the tensor cores or not, meanwhile (as
-    custom_conv.disabled_algorithms("tensor_cores") sets it on a GPU)."""
-    previous = emu.set_tensor_cores(on)
+def switched_off(emu, name, off=True):
+    """The tensor cores ("tensor_cores") or the depthwise kernels
+    ("depthwise") off, meanwhile, as custom_conv.disabled_algorithms switches
+    them off on a GPU."""
+    previous = emu.set_switched_off(name, off)
     try:
         yield
     finally:
-        emu.set_tensor_cores(previous)
+        emu.set_switched_off(name, previous)
 
 
 @pytest.mark.parametrize("cores", ["tensor cores", "CUDA cores"])
@@ -174,13 +175,51 @@ def test_conv2d_in_half_and_bfloat16_is_within_2_eps_of_exact(emu, case, dtype, 
     GEMM kernel."""
     c = CONV2D_CASES[case]
     conv2d = emulated_conv2d(emu)
-    with tensor_cores(emu, cores == "tensor cores"):
+    with switched_off(emu, "tensor_cores", cores != "tensor cores"):
         emu.take_launch_log()
         assert_within_eps_of_exact(lambda x, w, b: conv2d(x, w, b, **c.kwargs),
                                    lambda x, w, b: F.conv2d(x, w, b, **c.kwargs), conv_tensors(c, dtype))
         kernels = {entry.split("<")[0] for entry in emu.take_launch_log()}
     gemms = kernels & {"gemm_mma_kernel", "gemm_tile_kernel"}
-    assert gemms == {"gemm_mma_kernel" if cores == "tensor cores" else "gemm_tile_kernel"}, gemms
+    expected = "gemm_mma_kernel" if cores == "tensor cores" else "gemm_tile_kernel"
+    assert gemms == (set() if _depthwise(c) else {expected}), gemms
+
+
+def _depthwise(case):
+    """The layers the GPU's chooser sends to the depthwise kernels."""
+    groups = case.kwargs.get("groups", 1)
+    return groups > 1 and case.weight[1] == 1
+
+
+DEPTHWISE_CASES = [name for name, c in CONV2D_CASES.items() if _depthwise(c)]
+
+
+@pytest.mark.parametrize("kernels", ["depthwise", "im2col"])
+@pytest.mark.parametrize("dtype", dtypes("float64", "float32"))
+@pytest.mark.parametrize("case", DEPTHWISE_CASES)
+def test_depthwise_layers_take_the_depthwise_kernels_or_im2col_when_switched_off(emu, case, dtype, kernels):
+    """Every depthwise case of the table (multipliers, strides, dilation,
+    padding, empty batches) on the depthwise kernels, and on im2col with
+    them switched off: forward and all gradients against torch, and the
+    launch log shows which ran."""
+    c = CONV2D_CASES[case]
+    with switched_off(emu, "depthwise", kernels == "im2col"):
+        emu.take_launch_log()
+        assert_matches_torch(lambda x, w, b: emulated_conv2d(emu)(x, w, b, **c.kwargs),
+                             lambda x, w, b: F.conv2d(x, w, b, **c.kwargs), conv_tensors(c, dtype),
+                             **tolerance(dtype, "cuda"))
+        ran = {entry.split("<")[0] for entry in emu.take_launch_log()}
+    if c.input[0] == 0:
+        return
+    depthwise = {"depthwise_forward_kernel", "depthwise_backward_input_kernel", "depthwise_backward_weight_kernel"}
+    if kernels == "depthwise":
+        assert depthwise <= ran and "im2col_kernel" not in ran, ran
+    else:
+        assert not depthwise & ran and "im2col_kernel" in ran, ran
+
+
+def test_enough_depthwise_cases():
+    assert len(DEPTHWISE_CASES) >= 3, DEPTHWISE_CASES
 
 
 POOL_CASES = {**MAX_POOL2D_CASES, **{f"padding only: {k}": v for k, v in MAX_POOL2D_PADDING_ONLY_CASES.items()}}
@@ -324,8 +363,10 @@ def test_batch_in_chunks_with_a_last_chunk_of_one_sample(emu):
 
 
 def test_grouped_gemm_launch_splits_along_z(emu):
-    """10 groups where gridDim.z may be at most 4: launches of 4, 4 and 2."""
-    case = conv((1, 10, 5, 5), (10, 1, 3, 3), groups=10)
+    """10 groups where gridDim.z may be at most 4: launches of 4, 4 and 2.
+    Two input channels per group: a depthwise layer would take the depthwise
+    kernels instead of the GEMM."""
+    case = conv((1, 20, 5, 5), (10, 2, 3, 3), groups=10)
     with limits(emu, max_grid_yz=4):
         y = emulated_conv2d(emu)(*conv_tensors(case), **case.kwargs)
         torch.testing.assert_close(y, F.conv2d(*conv_tensors(case), **case.kwargs), **tolerance(torch.float64, "cuda"))
@@ -385,7 +426,7 @@ SPLIT_SWEEP = {
          [conv((1, 2, 4, 4), (c, 2, 3, 3), padding=1) for c in range(500, 900, 3)], _ragged_split),
     "groups launched along z in ragged launches, each with ragged slices":
         (dict(multiprocessors=4, max_grid_yz=4), "backward_weight",
-         [conv((1, g, h, 25), (2 * g, 1, 3, 3), groups=g) for g in (3, 5, 7) for h in range(20, 60)],
+         [conv((1, 2 * g, h, 25), (2 * g, 2, 3, 3), groups=g) for g in (3, 5, 7) for h in range(20, 60)],
          lambda plan, k, groups: _ragged_split(plan, k) and _ragged_launches(plan, groups)),
 }
 

@@ -1,5 +1,7 @@
 // conv2d on the GPU: forward, and the three backward ops side by side, with
-// the same structure as the CPU im2col route (../cpu/conv2d_im2col.cpp). Per group, with
+// the same structure as the CPU im2col route (../cpu/conv2d_im2col.cpp);
+// depthwise layers take the kernels of depthwise.cuh instead (the chooser,
+// choose_cuda_conv2d_algorithm, says which). Per group, with
 // K = C_in / groups * kH * kW and a chunk of B samples (L = out_h * out_w):
 //   forward          out_g  (C_out/g, B*L) = W_g (C_out/g, K) @ cols_g (K, B*L)
 //   backward input   cols_g (K, B*L)       = W_g^T @ grad_out_g, then col2im
@@ -17,6 +19,7 @@
 #include "../geometry.h"
 #include "../memory_format.h"
 #include "common.cuh"
+#include "depthwise.cuh"
 #include "gemm.cuh"
 #include "im2col.cuh"
 
@@ -59,6 +62,14 @@ at::Tensor conv2d_forward_cuda(
   const int64_t chunk = g.batch_chunk(launch_limits().column_budget);
   const at::MemoryFormat format = conv2d_memory_format(input_, weight_);
   if (output.numel() == 0) {
+    return in_memory_format(output, format);
+  }
+  if (choose_cuda_conv2d_algorithm(g, Conv2dPass::kForward, input.scalar_type()) == Conv2dAlgorithm::kDepthwise) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv2d_forward_cuda", [&] {
+      CUSTOM_CONV_LAUNCH(grid_for(output.numel()), kThreads, depthwise_forward_kernel<scalar_t>)(
+          input.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+          has_bias ? bias_c.const_data_ptr<scalar_t>() : nullptr, g, output.mutable_data_ptr<scalar_t>());
+    });
     return in_memory_format(output, format);
   }
   at::Tensor cols_buf = at::empty({groups * K * chunk * L}, input.options());
@@ -140,6 +151,15 @@ at::Tensor conv2d_backward_input_cuda(
   if (grad_input.numel() == 0) {
     return grad_input;
   }
+  if (choose_cuda_conv2d_algorithm(g, Conv2dPass::kBackwardInput, weight.scalar_type()) ==
+      Conv2dAlgorithm::kDepthwise) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "conv2d_backward_input_cuda", [&] {
+      CUSTOM_CONV_LAUNCH(grid_for(grad_input.numel()), kThreads, depthwise_backward_input_kernel<scalar_t>)(
+          grad_output.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(), g,
+          grad_input.mutable_data_ptr<scalar_t>());
+    });
+    return grad_input;
+  }
   const int64_t L = g.output_plane();
   const int64_t K = g.col_rows_per_group();
   const int64_t M = g.out_channels_per_group();
@@ -202,6 +222,16 @@ at::Tensor conv2d_backward_weight_cuda(
   }
   if (g.batch == 0) {
     return grad_weight.zero_();
+  }
+  if (choose_cuda_conv2d_algorithm(g, Conv2dPass::kBackwardWeight, input.scalar_type()) ==
+      Conv2dAlgorithm::kDepthwise) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv2d_backward_weight_cuda", [&] {
+      CUSTOM_CONV_LAUNCH(static_cast<unsigned int>(grad_weight.numel()), kDepthwiseWeightThreads,
+                         depthwise_backward_weight_kernel<scalar_t>)(
+          grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(), g,
+          grad_weight.mutable_data_ptr<scalar_t>());
+    });
+    return grad_weight;
   }
   const int64_t L = g.output_plane();
   const int64_t K = g.col_rows_per_group();

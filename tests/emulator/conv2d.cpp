@@ -1,24 +1,26 @@
 // csrc/cuda/conv2d.cu, compiled for the CPU against cuda_emulator.h.
 #include "../../csrc/cuda/conv2d.cu"
 
-namespace custom_conv {
-namespace {
-bool emulated_tensor_cores = true;
-}  // namespace
-
-// The chooser's answer (conv2d_algorithm.cpp, which this build leaves out,
-// reads custom_conv.disabled_algorithms): here, set by set_tensor_cores.
-bool cuda_gemm_uses_tensor_cores(at::ScalarType dtype) {
-  return (dtype == at::kHalf || dtype == at::kBFloat16) && emulated_tensor_cores;
-}
-}  // namespace custom_conv
-
-// Whether half and bfloat16 products run on the (emulated) tensor cores from
-// now on; returns the previous setting.
-bool set_tensor_cores(bool on) {
-  const bool previous = custom_conv::emulated_tensor_cores;
-  custom_conv::emulated_tensor_cores = on;
-  return previous;
+// Switches an algorithm ("depthwise") or the tensor cores off, or back on,
+// as custom_conv.disabled_algorithms does in the real extension (the same
+// switches: conv2d_algorithm_cuda.cpp is compiled into this one too).
+// Returns whether it was off.
+bool set_switched_off_op(const std::string& name, bool off) {
+  using namespace custom_conv;
+  Switches s = set_switched_off({});
+  set_switched_off(s);
+  bool was;
+  if (name == kTensorCores) {
+    was = s.tensor_cores;
+    s.tensor_cores = off;
+  } else {
+    TORCH_CHECK(name == "depthwise", "set_switched_off: 'depthwise' or 'tensor_cores'");
+    const unsigned bit = 1u << static_cast<unsigned>(Conv2dAlgorithm::kDepthwise);
+    was = (s.algorithms & bit) != 0;
+    s.algorithms = off ? (s.algorithms | bit) : (s.algorithms & ~bit);
+  }
+  set_switched_off(s);
+  return was;
 }
 
 // The plan gemm() makes for a product of this size under the current limits:
@@ -62,5 +64,5 @@ at::Tensor gemm_op(const at::Tensor& a, const at::Tensor& b) {
 TORCH_LIBRARY_FRAGMENT(custom_conv_emulated, m) {
   m.def("gemm_plan(int batch, int m, int n, int k) -> int[]", &gemm_plan);
   m.def("gemm(Tensor a, Tensor b) -> Tensor", &gemm_op);
-  m.def("set_tensor_cores(bool on) -> bool", &set_tensor_cores);
+  m.def("set_switched_off(str name, bool off) -> bool", &set_switched_off_op);
 }

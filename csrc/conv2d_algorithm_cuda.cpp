@@ -1,0 +1,66 @@
+// The GPU's side of the one chooser (conv2d_algorithm.h), and the switches
+// both sides read. Kept apart from conv2d_algorithm.cpp, which depends on the
+// CPU routes, so that the CUDA sources need only this file: the CUDA emulator
+// of the tests (tests/emulator/) compiles them with it and no CPU route.
+#include "conv2d_algorithm.h"
+
+#include <c10/util/StringUtil.h>
+
+#include <atomic>
+
+namespace custom_conv {
+namespace {
+
+std::atomic<unsigned> switched_off_algorithms{0};
+std::atomic<bool> switched_off_tensor_cores{false};
+
+constexpr const char* kSwitchedOff = "switched off by the user (custom_conv.disabled_algorithms)";
+
+bool depthwise_layer(const Conv2dGeometry& g) {
+  return g.in_channels_per_group() == 1 && g.groups > 1;
+}
+
+}  // namespace
+
+bool algorithm_switched_off(Conv2dAlgorithm algorithm) {
+  return (switched_off_algorithms.load(std::memory_order_relaxed) >> static_cast<unsigned>(algorithm)) & 1u;
+}
+
+bool tensor_cores_switched_off() {
+  return switched_off_tensor_cores.load(std::memory_order_relaxed);
+}
+
+Switches set_switched_off(Switches switches) {
+  Switches previous;
+  previous.algorithms = switched_off_algorithms.exchange(switches.algorithms);
+  previous.tensor_cores = switched_off_tensor_cores.exchange(switches.tensor_cores);
+  return previous;
+}
+
+bool cuda_gemm_uses_tensor_cores(at::ScalarType dtype) {
+  return (dtype == at::kHalf || dtype == at::kBFloat16) && !tensor_cores_switched_off();
+}
+
+// Depthwise layers read one input plane per output channel: a sum of kH * kW
+// products per output, read in place (cuda/depthwise.cuh), against im2col's
+// kH * kW copies of the input feeding a GEMM only kH * kW deep. Every pass.
+Conv2dAlgorithm choose_cuda_conv2d_algorithm(const Conv2dGeometry& g, Conv2dPass, at::ScalarType dtype,
+                                             std::string* why) {
+  if (depthwise_layer(g) && !algorithm_switched_off(Conv2dAlgorithm::kDepthwise)) {
+    if (why) *why = "depthwise: one input channel per group, each output's taps summed from its input plane";
+    return Conv2dAlgorithm::kDepthwise;
+  }
+  if (why) {
+    const bool reduced = dtype == at::kHalf || dtype == at::kBFloat16;
+    *why = cuda_gemm_uses_tensor_cores(dtype)
+               ? std::string("im2col and our GEMM on the tensor cores (mma.sync, float sums)")
+               : c10::str("im2col and our tiled GEMM on the CUDA cores",
+                          reduced ? c10::str(" (tensor cores ", kSwitchedOff, ")") : std::string());
+    if (depthwise_layer(g)) {
+      *why += c10::str("; depthwise ", kSwitchedOff);
+    }
+  }
+  return Conv2dAlgorithm::kIm2col;
+}
+
+}  // namespace custom_conv
