@@ -4,6 +4,7 @@
 // of the tests (tests/emulator/) compiles them with it and no CPU route.
 #include "conv2d_algorithm.h"
 
+#include <ATen/Context.h>
 #include <c10/util/StringUtil.h>
 
 #include <atomic>
@@ -37,8 +38,15 @@ Switches set_switched_off(Switches switches) {
   return previous;
 }
 
+// Float only where torch lets its own convolutions use TF32
+// (torch.backends.cudnn.allow_tf32, or the newer fp32_precision settings
+// for cuDNN's convolutions): the same rounding, under the same switch.
 bool cuda_gemm_uses_tensor_cores(at::ScalarType dtype) {
-  return (dtype == at::kHalf || dtype == at::kBFloat16) && !tensor_cores_switched_off();
+  if (tensor_cores_switched_off()) {
+    return false;
+  }
+  return dtype == at::kHalf || dtype == at::kBFloat16 ||
+         (dtype == at::kFloat && at::globalContext().allowTF32CuDNN(at::Float32Op::CONV));
 }
 
 // Depthwise layers read one input plane per output channel: a sum of kH * kW
@@ -52,10 +60,17 @@ Conv2dAlgorithm choose_cuda_conv2d_algorithm(const Conv2dGeometry& g, Conv2dPass
   }
   if (why) {
     const bool reduced = dtype == at::kHalf || dtype == at::kBFloat16;
-    *why = cuda_gemm_uses_tensor_cores(dtype)
-               ? std::string("im2col and our GEMM on the tensor cores (mma.sync, float sums)")
-               : c10::str("im2col and our tiled GEMM on the CUDA cores",
-                          reduced ? c10::str(" (tensor cores ", kSwitchedOff, ")") : std::string());
+    const bool tf32_allowed = dtype == at::kFloat && at::globalContext().allowTF32CuDNN(at::Float32Op::CONV);
+    if (cuda_gemm_uses_tensor_cores(dtype)) {
+      *why = dtype == at::kFloat
+                 ? "im2col and our GEMM on the tensor cores in TF32, float sums (torch.backends.cudnn.allow_tf32)"
+                 : "im2col and our GEMM on the tensor cores (mma.sync, float sums)";
+    } else {
+      *why = c10::str("im2col and our tiled GEMM on the CUDA cores",
+                      reduced || tf32_allowed ? c10::str(" (tensor cores ", kSwitchedOff, ")")
+                      : dtype == at::kFloat   ? std::string(" (TF32 not allowed: torch.backends.cudnn.allow_tf32)")
+                                              : std::string());
+    }
     if (depthwise_layer(g)) {
       *why += c10::str("; depthwise ", kSwitchedOff);
     }

@@ -218,8 +218,9 @@ def test_the_cuda_chooser_and_its_switches():
     """The CUDA kernels' answer (any device but the CPU gets it: meta tensors
     here). Depthwise layers take the depthwise kernels, others im2col and
     our GEMM, whose half and bfloat16 products run on the tensor cores.
-    "depthwise" switched off sends depthwise layers to im2col; "tensor_cores"
-    (not an algorithm: the list stays the chooser's) sends half and bfloat16
+    Float32 runs there too, in TF32, exactly where torch allows TF32 for its
+    convolutions. "depthwise" switched off sends depthwise layers to im2col;
+    "tensor_cores" (not an algorithm: the list stays the chooser's) sends the
     products to the CUDA-core kernel. Both nest and restore like the CPU's."""
     def meta(shape, dtype=torch.half):
         return torch.empty(shape, device="meta", dtype=dtype)
@@ -232,8 +233,16 @@ def test_the_cuda_chooser_and_its_switches():
     depthwise = "depthwise: one input channel per group, each output's taps summed from its input plane"
     for dtype in (torch.half, torch.bfloat16):
         assert custom_conv.explain_conv2d(x.to(dtype), w.to(dtype))["forward"] == ("im2col", on)
-    assert custom_conv.explain_conv2d(x.float(), w.float())["forward"] == (
-        "im2col", "im2col and our tiled GEMM on the CUDA cores")
+    cudnn = torch.backends.cudnn
+    for tf32 in (True, False):
+        with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                         allow_tf32=tf32):
+            assert custom_conv.explain_conv2d(x.float(), w.float())["forward"] == ("im2col", (
+                "im2col and our GEMM on the tensor cores in TF32, float sums (torch.backends.cudnn.allow_tf32)"
+                if tf32 else
+                "im2col and our tiled GEMM on the CUDA cores (TF32 not allowed: torch.backends.cudnn.allow_tf32)"))
+            assert custom_conv.explain_conv2d(x.double(), w.double())["forward"] == (
+                "im2col", "im2col and our tiled GEMM on the CUDA cores")
     for pass_, choice in custom_conv.explain_conv2d(xd, wd, groups=4).items():
         assert choice == ("depthwise", depthwise), pass_
     with custom_conv.disabled_algorithms("tensor_cores"):

@@ -159,6 +159,20 @@ def test_conv2d_in_half_and_bfloat16_is_within_2_eps_of_exact(case, dtype):
                                conv_tensors(ALL_CASES[case], dtype, DEVICE))
 
 
+@pytest.mark.parametrize("case", REDUCED_PRECISION_CASES)
+def test_float32_runs_in_tf32_where_torch_allows_it(case):
+    """With torch.backends.cudnn.allow_tf32 (torch's default; this module
+    turns it off elsewhere) float32 products run on the tensor cores in TF32:
+    within 2 TF32 eps (2^-10, in units of float's eps 2^-23) of float64 on
+    the same numbers, relative to the terms' magnitudes, as half is."""
+    kw = ALL_CASES[case].kwargs
+    cudnn = torch.backends.cudnn
+    with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                     allow_tf32=True):
+        assert_within_eps_of_exact(lambda x, w, b: CF.conv2d(x, w, b, **kw), lambda x, w, b: F.conv2d(x, w, b, **kw),
+                                   conv_tensors(ALL_CASES[case], torch.float32, DEVICE), eps_factor=2 * 2 ** 13)
+
+
 # 576 rows x 4096 columns = 2.4 Mi column values a sample: conv2d.cu's chunks
 # of at most 4 Mi values hold one sample each, so the weight gradient of a
 # batch of 8 is the sum of 8 GEMMs.

@@ -29,6 +29,10 @@ from cases import (ADAPTIVE_AVG_POOL2D_CASES, AVG_POOL2D_CASES, CONV2D_CASES, LO
 from custom_conv import functional as CF
 from helpers import assert_matches_torch, assert_within_eps_of_exact, conv_tensors, dtypes, pool_input, tolerance
 
+# Float32 on the exact CUDA-core kernels, the bound of its table; TF32 has
+# tests of its own (torch allows it for convolutions by default).
+pytestmark = pytest.mark.usefixtures("no_tf32")
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EMULATOR = ROOT / "tests" / "emulator"
 BUILD = ROOT / "build" / "cuda-emulator"
@@ -183,6 +187,24 @@ def test_conv2d_in_half_and_bfloat16_is_within_2_eps_of_exact(emu, case, dtype, 
     gemms = kernels & {"gemm_mma_kernel", "gemm_tile_kernel"}
     expected = "gemm_mma_kernel" if cores == "tensor cores" else "gemm_tile_kernel"
     assert gemms == (set() if _depthwise(c) else {expected}), gemms
+
+
+@pytest.mark.parametrize("case", [name for name, c in CONV2D_CASES.items() if c.input[0] > 0])
+def test_conv2d_in_tf32_where_torch_allows_it(emu, case):
+    """With torch.backends.cudnn.allow_tf32 (torch's default) float32 runs on
+    the tensor cores in TF32: within 2 TF32 eps (2^-10) of the exact result
+    relative to the terms' magnitudes, as half is; depthwise layers keep
+    their exact kernels."""
+    c = CONV2D_CASES[case]
+    conv2d = emulated_conv2d(emu)
+    with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=torch.backends.cudnn.benchmark,
+                                    deterministic=torch.backends.cudnn.deterministic, allow_tf32=True):
+        emu.take_launch_log()
+        assert_within_eps_of_exact(lambda x, w, b: conv2d(x, w, b, **c.kwargs),
+                                   lambda x, w, b: F.conv2d(x, w, b, **c.kwargs), conv_tensors(c, torch.float32),
+                                   eps_factor=2 * 2 ** 13)  # 2 * 2^-10 in units of float's 2^-23
+        kernels = {entry.split("<")[0] for entry in emu.take_launch_log()}
+    assert kernels & {"gemm_mma_kernel", "gemm_tile_kernel"} == (set() if _depthwise(c) else {"gemm_mma_kernel"})
 
 
 def _depthwise(case):
@@ -515,14 +537,17 @@ def test_a_wrong_fragment_index_gives_wrong_values(emu):
     assert not torch.allclose(c.double(), exact, rtol=1e-2, atol=1e-2)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("trans_a, trans_b", [(False, False), (True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("aligned", [True, False])
 def test_the_tensor_core_gemm_matches_float64(emu, dtype, trans_a, trans_b, aligned):
     """Every operand layout, with 16-byte chunks (cp.async) or not (a
     leading dimension of 8k + 1 forces element loads): C (70 x 75) over
     k = 83, two tiles each way with ragged edges, a ragged last k step. The
-    products are exact in float, so the error is float accumulation only."""
+    16-bit products are exact in float, so their error is float
+    accumulation only; float32 runs in TF32, each operand rounded to 10 bits
+    of mantissa (2^-11 of it at most), so each product within 2^-10 of
+    itself."""
     m, n, k = 70, 75, 83
 
     def operand(rows, cols, transposed):
@@ -535,11 +560,19 @@ def test_the_tensor_core_gemm_matches_float64(emu, dtype, trans_a, trans_b, alig
 
     a, b = operand(m, k, trans_a), operand(k, n, trans_b)
     emu.take_launch_log()
-    c = emu.gemm(a, b)
+    c = emu.gemm(a, b, True)
     assert _grids(emu.take_launch_log(), "gemm_mma_kernel") == ["(2, 2, 1)"]
     exact = a.double() @ b.double()
+    terms = a.double().abs() @ b.double().abs()
+    if dtype == torch.float32:
+        # TF32 operands, float sums; the result is float.
+        bound = 2.0 ** -10 * terms + k * 2.0 ** -24 * terms
+        assert ((c.double() - exact).abs() <= bound).all()
+        # And TF32 it is: the exact-FMA kernel is far closer.
+        assert (c.double() - exact).abs().max() > 100 * (emu.gemm(a, b, False).double() - exact).abs().max()
+        return
     # Rounding to 16 bits, after float sums of k exact products.
-    bound = torch.finfo(dtype).eps * exact.abs() + k * 2.0 ** -24 * (a.double().abs() @ b.double().abs())
+    bound = torch.finfo(dtype).eps * exact.abs() + k * 2.0 ** -24 * terms
     assert ((c.double() - exact).abs() <= bound).all()
 
 

@@ -10,9 +10,9 @@
 // accumulation type, and each of its 256 threads accumulates a 4 x 4 piece of
 // the tile in registers. Half and bfloat16 accumulate in float
 // (at::opmath_type): summing thousands of products in 16 bits would lose most
-// of their digits. They run on the tensor cores instead (gemm_mma_kernel,
-// below: the same tiles, grid and outputs) unless GemmParams::tensor_cores
-// is off.
+// of their digits. With GemmParams::tensor_cores they, and float in TF32,
+// run on the tensor cores instead (gemm_mma_kernel, below: the same tiles,
+// grid and outputs).
 //
 // When there are too few output tiles to fill the GPU but a long reduction
 // (the weight gradient of a small layer: a 6 x 25 result summed over 50 000
@@ -73,9 +73,10 @@ struct GemmParams {
   acc_t alpha = acc_t(1);
   // With beta == 0, C is not read, so it may be uninitialised memory.
   acc_t beta = acc_t(0);
-  // Half and bfloat16 only: on the tensor cores (gemm_mma_kernel), or on the
-  // CUDA cores (gemm_tile_kernel) as float32 and float64 always are.
-  bool tensor_cores = true;
+  // On the tensor cores (gemm_mma_kernel: half, bfloat16, and float in
+  // TF32), or on the CUDA cores (gemm_tile_kernel, exact float FMAs; double
+  // always).
+  bool tensor_cores = false;
 };
 
 template <typename scalar_t, typename out_t, typename acc_t>
@@ -211,33 +212,50 @@ __global__ void gemm_split_reduce_kernel(const GemmParams<scalar_t, out_t> p, in
   }
 }
 
-// ------------------------------------------------ tensor cores (half, bfloat16)
+// ---------------------------------------- tensor cores (half, bfloat16, TF32)
 //
 // The same 64 x 64 tile of C per block, and the same split of the reduction,
 // on the tensor cores (tensor_core.cuh): 4 warps, each a 32 x 32 quarter of
-// the tile, i.e. 2 x 4 mma_m16n8k16 per 16 steps of k, accumulated in
-// float. The operands' tiles are staged in shared memory 32 steps of k at a
-// time, each stored as its operand is stored in global memory (k contiguous
-// or m, n contiguous), so that 16-byte chunks along the contiguous dimension
-// copy straight in by cp.async; ldmatrix (.trans for an operand with m or n
-// contiguous) then gives every operand the fragment layout mma needs. Two
-// stages: the copies of the next 32 steps are in flight while the tensor
-// cores work on these.
+// the tile, i.e. 2 x 4 mma per step of k (m16n8k16 for half and bfloat16,
+// m16n8k8 in TF32 for float), accumulated in float. The operands' tiles are
+// staged in shared memory 32 steps of k at a time, each stored as its
+// operand is stored in global memory (k contiguous or m, n contiguous), so
+// that 16-byte chunks along the contiguous dimension copy straight in by
+// cp.async; ldmatrix (.trans for a 16-bit operand with m or n contiguous)
+// then gives every operand the fragment layout mma needs, and a float
+// operand with m or n contiguous is read element by element. Two stages:
+// the copies of the next 32 steps are in flight while the tensor cores work
+// on these. Float runs here only where torch allows TF32 for convolutions
+// (cuda_gemm_uses_tensor_cores): its operands are rounded to 10 bits of
+// mantissa.
 constexpr int kMmaThreads = 128;
 constexpr int kMmaTileK = 32;
-constexpr int kVector = 8;  // 16-bit elements in one 16-byte copy
 static_assert(kTileM == 64 && kTileN == 64, "4 warps of 32 x 32");
-static_assert(kTileM * kMmaTileK / kVector % kMmaThreads == 0, "every thread copies the same number of chunks");
 
 template <typename scalar_t>
-constexpr bool kTensorCores = std::is_same_v<scalar_t, at::Half> || std::is_same_v<scalar_t, at::BFloat16>;
+constexpr bool kTensorCores =
+    std::is_same_v<scalar_t, at::Half> || std::is_same_v<scalar_t, at::BFloat16> || std::is_same_v<scalar_t, float>;
 
-// Both stages of one operand's tile: 64 (m or n) x 32 (k) stored k-major or
-// not, each row padded by one chunk (16 bytes) so that the 8 row addresses of
-// an ldmatrix fall in different shared-memory banks.
+// Elements in one 16-byte copy.
+template <typename scalar_t>
+constexpr int kVectorOf = 16 / static_cast<int>(sizeof(scalar_t));
+
+// Steps of k per mma: m16n8k16 on 16-bit elements, m16n8k8 in TF32.
+template <typename scalar_t>
+constexpr int kMmaK = sizeof(scalar_t) == 2 ? 16 : 8;
+
+// Each row padded so that the rows a warp reads at once fall in different
+// shared-memory banks: by one chunk (the 8 row addresses of an ldmatrix),
+// or for float rows with m or n contiguous, read as (k = t, mn = g) by lane
+// 4g + t, by 8 floats.
 template <typename scalar_t, bool kKContiguous>
-using MmaTile =
-    shared_array<scalar_t, 2, kKContiguous ? kTileM : kMmaTileK, (kKContiguous ? kMmaTileK : kTileM) + kVector>;
+constexpr int kMmaPad = !kKContiguous && sizeof(scalar_t) == 4 ? 8 : kVectorOf<scalar_t>;
+
+// Both stages of one operand's tile: 64 (m or n) x 32 (k), stored k-major or
+// not.
+template <typename scalar_t, bool kKContiguous>
+using MmaTile = shared_array<scalar_t, 2, kKContiguous ? kTileM : kMmaTileK,
+                             (kKContiguous ? kMmaTileK : kTileM) + kMmaPad<scalar_t, kKContiguous>>;
 
 // Copies an operand's rows [mn0, mn0 + 64) of m (or n) and [k0, k0 + 32) of k
 // into `stage`, zero outside [0, mn_size) x [k0, k_end). Element (mn, k) is
@@ -248,7 +266,9 @@ template <bool kKContiguous, typename scalar_t, typename Tile>
 __device__ __forceinline__ void mma_stage_load(Tile& tile, int stage, gpu_ptr<const scalar_t> x, int64_t ld,
                                                bool vector, int64_t mn0, int64_t mn_size, int64_t k0,
                                                int64_t k_end) {
+  constexpr int kVector = kVectorOf<scalar_t>;
   constexpr int kChunksPerRow = (kKContiguous ? kMmaTileK : kTileM) / kVector;
+  static_assert(kTileM * kMmaTileK / kVector % kMmaThreads == 0, "every thread copies the same number of chunks");
 #pragma unroll
   for (int r = 0; r < kTileM * kMmaTileK / kVector / kMmaThreads; ++r) {
     const int chunk = threadIdx.x + r * kMmaThreads;
@@ -297,6 +317,47 @@ __device__ __forceinline__ void mma_fragment_b(uint32_t (&b)[4], Tile& tile, int
     ldmatrix<4>(b, shared_address(tile[stage][n + j / 2 * 8 + r][kk + j % 2 * 8]));
   } else {
     ldmatrix<4, true>(b, shared_address(tile[stage][kk + j % 2 * 8 + r][n + j / 2 * 8]));
+  }
+}
+
+// TF32: the A fragment of rows [m, m + 16) and k [kk, kk + 8), ldmatrix's
+// matrices rows 0-7 and 8-15 of k 0-3, then of k 4-7; or, with m
+// contiguous, element by element. Rounded to TF32.
+template <bool kKContiguous, typename Tile>
+__device__ __forceinline__ void mma_fragment_a_tf32(uint32_t (&a)[4], Tile& tile, int stage, int m, int kk) {
+  if constexpr (kKContiguous) {
+    const int j = threadIdx.x % 32 / 8, r = threadIdx.x % 8;
+    ldmatrix<4>(a, shared_address(tile[stage][m + j % 2 * 8 + r][kk + j / 2 * 4]));
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      a[i] = tf32_bits(a[i]);
+    }
+  } else {
+    const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      a[i] = to_tf32(tile[stage][kk + t + 4 * (i / 2)][m + g + 8 * (i % 2)]);
+    }
+  }
+}
+
+// TF32: the B fragments of two blocks of 8 columns, [n, n + 8) in b[0], b[1]
+// and [n + 8, n + 16) in b[2], b[3], for k [kk, kk + 8).
+template <bool kKContiguous, typename Tile>
+__device__ __forceinline__ void mma_fragment_b_tf32(uint32_t (&b)[4], Tile& tile, int stage, int n, int kk) {
+  if constexpr (kKContiguous) {
+    const int j = threadIdx.x % 32 / 8, r = threadIdx.x % 8;
+    ldmatrix<4>(b, shared_address(tile[stage][n + j / 2 * 8 + r][kk + j % 2 * 4]));
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      b[i] = tf32_bits(b[i]);
+    }
+  } else {
+    const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      b[i] = to_tf32(tile[stage][kk + t + 4 * (i % 2)][n + g + 8 * (i / 2)]);
+    }
   }
 }
 
@@ -354,19 +415,28 @@ gemm_mma_kernel(const GemmParams<scalar_t, out_t> p, int64_t batch_offset, int64
     cp_async_wait<1>();
     __syncthreads();
 #pragma unroll
-    for (int kk = 0; kk < kMmaTileK; kk += 16) {
+    for (int kk = 0; kk < kMmaTileK; kk += kMmaK<scalar_t>) {
       uint32_t fa[2][4], fb[2][4];
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        mma_fragment_a<kKContiguousA>(fa[i], a_tile, stage, warp_m + i * 16, kk);
-        mma_fragment_b<kKContiguousB>(fb[i], b_tile, stage, warp_n + i * 16, kk);
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          mma_fragment_a_tf32<kKContiguousA>(fa[i], a_tile, stage, warp_m + i * 16, kk);
+          mma_fragment_b_tf32<kKContiguousB>(fb[i], b_tile, stage, warp_n + i * 16, kk);
+        } else {
+          mma_fragment_a<kKContiguousA>(fa[i], a_tile, stage, warp_m + i * 16, kk);
+          mma_fragment_b<kKContiguousB>(fb[i], b_tile, stage, warp_n + i * 16, kk);
+        }
       }
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           const uint32_t fb_j[2] = {fb[j / 2][j % 2 * 2], fb[j / 2][j % 2 * 2 + 1]};
-          mma_m16n8k16<scalar_t>(acc[i][j], fa[i], fb_j, acc[i][j]);
+          if constexpr (std::is_same_v<scalar_t, float>) {
+            mma_m16n8k8_tf32(acc[i][j], fa[i], fb_j, acc[i][j]);
+          } else {
+            mma_m16n8k16<scalar_t>(acc[i][j], fa[i], fb_j, acc[i][j]);
+          }
         }
       }
     }
@@ -443,10 +513,11 @@ inline GemmPlan plan_gemm(int64_t batch, int64_t m, int64_t n, int64_t k, const 
   return plan;
 }
 
-// Whether an operand's 16-byte chunks (8 elements along its contiguous
-// dimension, starting at multiples of 8) are all 16-byte aligned.
+// Whether an operand's 16-byte chunks (along its contiguous dimension,
+// starting at multiples of the chunk) are all 16-byte aligned.
 template <typename scalar_t>
 bool chunks_aligned(gpu_ptr<const scalar_t> x, int64_t ld, int64_t batch_stride, int64_t batch) {
+  constexpr int kVector = kVectorOf<scalar_t>;
   return address_bits(x) % 16 == 0 && ld % kVector == 0 && (batch == 1 || batch_stride % kVector == 0);
 }
 

@@ -11,6 +11,8 @@
 //   2 (l % 4) + 1 of row l / 4 of matrix j, the first in the low 16 bits.
 //   kTrans transposes each matrix on the way (column l / 4 instead of row),
 //   so a tile stored the other way round gives the same fragments.
+//   On 32-bit elements (float, for TF32) a row is 4 elements and lane l
+//   receives element l % 4 of row l / 4; no .trans.
 // - mma_m16n8k16<T>(d, a, b, c): the warp computes D (16 x 8, float) =
 //   A (16 x 16, T) B (16 x 8, T) + C on the tensor cores, T half or
 //   bfloat16. With g = lane / 4 and t = lane % 4, a lane holds
@@ -20,6 +22,14 @@
 //   which is what ldmatrix x4 gives for a 16 x 16 tile of A (matrices: rows
 //   0-7 and 8-15 of columns 0-7, then of columns 8-15) and for B stored with
 //   k contiguous (per 8 columns: rows 0-7, then 8-15).
+// - mma_m16n8k8_tf32(d, a, b, c): D (16 x 8) = A (16 x 8) B (8 x 8) + C in
+//   TF32 (float's range, 10 bits of mantissa), each register one element:
+//     A in a[i]: row g + 8 (i % 2), column t + 4 (i / 2)
+//     B in b[i]: row t + 4 i, column g
+//     C, D as above
+//   again what ldmatrix x4 gives, on float tiles stored with k contiguous.
+//   to_tf32(x) rounds a float to TF32 (to nearest, ties away from zero, as
+//   cvt.rna does), as the operands must be before mma reads them.
 // - cp_async_16(dst, src): one thread starts copying 16 bytes from global to
 //   shared memory (both 16-byte aligned) without passing through registers;
 //   cp_async_commit() closes the thread's group of copies started since the
@@ -54,7 +64,7 @@ __device__ __forceinline__ uint32_t shared_u32(const void* p) {
 
 template <int kMatrices, bool kTrans = false, typename T>
 __device__ __forceinline__ void ldmatrix(uint32_t (&r)[kMatrices], const T* row) {
-  static_assert(sizeof(T) == 2, "16-bit elements");
+  static_assert(sizeof(T) == 2 || (sizeof(T) == 4 && !kTrans), "16-bit elements, or 32-bit ones untransposed");
   const uint32_t address = shared_u32(row);
   if constexpr (kMatrices == 4 && !kTrans) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
@@ -95,6 +105,27 @@ __device__ __forceinline__ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]),
           "f"(c[3]));
   }
+}
+
+__device__ __forceinline__ void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
+                                                 const float (&c)[4]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%10, %11, %12, %13};\n"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]),
+        "f"(c[3]));
+}
+
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+  return r;
+}
+
+// A float's bits (an ldmatrix register of a float tile), rounded to TF32.
+__device__ __forceinline__ uint32_t tf32_bits(uint32_t float_bits) {
+  return to_tf32(__uint_as_float(float_bits));
 }
 
 // .cg: cached in L2 only; each tile is read once per block.

@@ -34,8 +34,9 @@ std::vector<int64_t> gemm_plan(int64_t batch, int64_t m, int64_t n, int64_t k) {
 }
 
 // C = A @ B through gemm(), for 2-D A (m, k) and B (k, n) of one dtype, each
-// with either dimension contiguous (the other is its leading dimension).
-at::Tensor gemm_op(const at::Tensor& a, const at::Tensor& b) {
+// with either dimension contiguous (the other is its leading dimension); on
+// the tensor cores or not.
+at::Tensor gemm_op(const at::Tensor& a, const at::Tensor& b, bool tensor_cores) {
   using namespace custom_conv::gpu;
   TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(0) && a.scalar_type() == b.scalar_type(),
               "gemm: matrices (m, k) and (k, n) of one dtype");
@@ -47,6 +48,7 @@ at::Tensor gemm_op(const at::Tensor& a, const at::Tensor& b) {
   at::Tensor c = at::empty({a.size(0), b.size(1)}, a.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "gemm", [&] {
     GemmParams<scalar_t> p;
+    p.tensor_cores = tensor_cores;
     p.m = a.size(0);
     p.k = a.size(1);
     p.n = b.size(1);
@@ -63,6 +65,6 @@ at::Tensor gemm_op(const at::Tensor& a, const at::Tensor& b) {
 
 TORCH_LIBRARY_FRAGMENT(custom_conv_emulated, m) {
   m.def("gemm_plan(int batch, int m, int n, int k) -> int[]", &gemm_plan);
-  m.def("gemm(Tensor a, Tensor b) -> Tensor", &gemm_op);
+  m.def("gemm(Tensor a, Tensor b, bool tensor_cores) -> Tensor", &gemm_op);
   m.def("set_switched_off(str name, bool off) -> bool", &set_switched_off_op);
 }

@@ -469,6 +469,37 @@ namespace emulator {
 // aligned) of matrix j; lane l receives, in register j, elements
 // 2 (l % 4) and 2 (l % 4) + 1 of row l / 4 of matrix j (with .trans: of
 // column l / 4, rows 2 (l % 4) and 2 (l % 4) + 1), the first in the low half.
+// On 32-bit elements a row is 4 of them, and lane l receives element l % 4
+// of row l / 4 (no .trans).
+template <typename T, int kMatrices>
+void ldmatrix32_combine(const WarpExchange& x) {
+  uint32_t rows[4][8][4];
+  for (int j = 0; j < kMatrices; ++j) {
+    for (int r = 0; r < 8; ++r) {
+      const int lane = 8 * j + r;
+      const SharedPtr<T> row = *static_cast<const SharedPtr<T>*>(x.in[lane]);
+      as_thread(x.first_thread + lane, [&] {
+        if (row.available < 4 || (row.element * static_cast<int64_t>(sizeof(T))) % 16 != 0) {
+          report("ldmatrix: the row address (element " + std::to_string(row.element) + " of " + row.array +
+                 ") is not 16-byte aligned or its 4 elements leave the array");
+          std::memset(rows[j][r], 0, sizeof(rows[j][r]));
+          return;
+        }
+        for (int c = 0; c < 4; ++c) {
+          shared_access(row.shadow[c], false, row.element + c, row.array);
+          std::memcpy(&rows[j][r][c], &row.value[c], 4);
+        }
+      });
+    }
+  }
+  for (int lane = 0; lane < 32; ++lane) {
+    auto* out = static_cast<uint32_t*>(x.out[lane]);
+    for (int j = 0; j < kMatrices; ++j) {
+      out[j] = rows[j][lane / 4][lane % 4];
+    }
+  }
+}
+
 template <typename T, int kMatrices, bool kTrans>
 void ldmatrix_combine(const WarpExchange& x) {
   uint16_t rows[4][8][8];
@@ -545,17 +576,86 @@ void mma_combine(const WarpExchange& x) {
   }
 }
 
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32: with g = lane / 4 and
+// t = lane % 4, A (16 x 8) register i at row g + 8 (i % 2), column
+// t + 4 (i / 2); B (8 x 8) register i at row t + 4 i, column g; C and D as
+// for m16n8k16. The tensor cores read an operand's upper 19 bits (TF32).
+inline float tf32_value(uint32_t bits) {
+  bits &= 0xFFFFE000u;
+  float v;
+  std::memcpy(&v, &bits, 4);
+  return v;
+}
+
+inline void mma_tf32_combine(const WarpExchange& x) {
+  float a[16][8], b[8][8], c[16][8];
+  for (int lane = 0; lane < 32; ++lane) {
+    const MmaIn& in = *static_cast<const MmaIn*>(x.in[lane]);
+    const int g = lane / 4, t = lane % 4;
+    for (int i = 0; i < 4; ++i) {
+      a[g + 8 * (i % 2)][t + 4 * (i / 2)] = tf32_value(in.a[i]);
+      c[g + 8 * (i / 2)][2 * t + i % 2] = in.c[i];
+    }
+    for (int i = 0; i < 2; ++i) {
+      b[t + 4 * i][g] = tf32_value(in.b[i]);
+    }
+  }
+  for (int lane = 0; lane < 32; ++lane) {
+    auto* d = static_cast<float*>(x.out[lane]);
+    const int g = lane / 4, t = lane % 4;
+    for (int i = 0; i < 4; ++i) {
+      const int row = g + 8 * (i / 2), col = 2 * t + i % 2;
+      float sum = 0.0f;
+      for (int k = 0; k < 8; ++k) {
+        sum += a[row][k] * b[k][col];
+      }
+      d[i] = sum + c[row][col];
+    }
+  }
+}
+
 }  // namespace emulator
 
 template <int kMatrices, bool kTrans = false, typename T>
 void ldmatrix(uint32_t (&r)[kMatrices], emulator::SharedPtr<T> row) {
   static_assert(kMatrices == 1 || kMatrices == 2 || kMatrices == 4, "x1, x2 or x4");
+  static_assert(sizeof(T) == 2 || (sizeof(T) == 4 && !kTrans), "16-bit elements, or 32-bit ones untransposed");
   uint32_t out[4];
-  emulator::warp_collective(kTrans ? "ldmatrix.trans" : "ldmatrix", 0, &row, out,
-                            &emulator::ldmatrix_combine<T, kMatrices, kTrans>);
+  if constexpr (sizeof(T) == 4) {
+    emulator::warp_collective("ldmatrix", 0, &row, out, &emulator::ldmatrix32_combine<T, kMatrices>);
+  } else {
+    emulator::warp_collective(kTrans ? "ldmatrix.trans" : "ldmatrix", 0, &row, out,
+                              &emulator::ldmatrix_combine<T, kMatrices, kTrans>);
+  }
   for (int j = 0; j < kMatrices; ++j) {
     r[j] = out[j];
   }
+}
+
+inline void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const float (&c)[4]) {
+  emulator::MmaIn in;
+  std::memcpy(in.a, a, sizeof(in.a));
+  std::memcpy(in.b, b, sizeof(in.b));
+  std::memcpy(in.c, c, sizeof(in.c));
+  float out[4];
+  emulator::warp_collective("mma.m16n8k8.tf32", 0, &in, out, &emulator::mma_tf32_combine);
+  std::memcpy(d, out, sizeof(out));
+}
+
+// cvt.rna.tf32.f32: to nearest, ties away from zero (on the magnitude: add
+// half of the last kept bit, drop the 13 bits below it); infinities and NaNs
+// as they are.
+inline uint32_t tf32_bits(uint32_t bits) {
+  if ((bits & 0x7F800000u) == 0x7F800000u) {
+    return bits & 0xFFFFE000u | ((bits & 0x007FFFFFu) != 0 ? 0x00400000u : 0u);
+  }
+  return (bits + 0x1000u) & 0xFFFFE000u;
+}
+
+inline uint32_t to_tf32(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, 4);
+  return tf32_bits(bits);
 }
 
 template <typename T>

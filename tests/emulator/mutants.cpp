@@ -49,8 +49,8 @@ CUSTOM_CONV_MUTANTS(CUSTOM_CONV_DECLARE)
 
 namespace {
 
-// C (m, n) = A (m, k) @ B (k, n), float or half (the tensor-core kernel),
-// through one of the broken GEMMs.
+// C (m, n) = A (m, k) @ B (k, n), float (the CUDA-core kernel) or half (the
+// tensor-core kernel), through one of the broken GEMMs.
 template <typename scalar_t, template <typename, typename> class Params>
 void fill(Params<scalar_t, scalar_t>& p, const at::Tensor& a, const at::Tensor& b, at::Tensor& c) {
   p.m = a.size(0);
@@ -75,6 +75,7 @@ at::Tensor mutant_gemm(const std::string& mutant, const at::Tensor& a_, const at
     if (a.scalar_type() == at::kHalf) {                        \
       custom_conv::name::GemmParams<at::Half, at::Half> p;     \
       fill(p, a, b, c);                                        \
+      p.tensor_cores = true;                                   \
       custom_conv::name::gemm(p);                              \
     } else {                                                   \
       custom_conv::name::GemmParams<float, float> p;           \
