@@ -273,6 +273,28 @@ def test_max_pool2d_matches_torch_and_equals_our_cpu_ops_bitwise(emu, case, dtyp
         torch.testing.assert_close(grad, x64.grad.to(dtype))
 
 
+@pytest.mark.parametrize("dtype", dtypes("float64", "float16"))
+@pytest.mark.parametrize("case", list(POOL_CASES))
+def test_max_pool2d_reads_channels_last_in_place(emu, case, dtype):
+    """A channels-last input takes the kernel that reads it in its own layout
+    (no copy into NCHW): the same values and indices, bit for bit, as the
+    NCHW kernel, returned channels-last as torch returns them."""
+    c = POOL_CASES[case]
+    x = pool_input(c, dtype)
+    args = pool_arguments(c.kwargs)
+    xl = x.contiguous(memory_format=torch.channels_last)
+    emu.take_launch_log()
+    out, indices = emu.max_pool2d_forward(xl, *args)
+    ran = {entry.split("<")[0] for entry in emu.take_launch_log()}
+    ref, ref_indices = emu.max_pool2d_forward(x, *args)
+    assert torch.equal(out, ref) and torch.equal(indices, ref_indices)
+    torch_out = F.max_pool2d(xl, **c.kwargs)
+    assert out.stride() == torch_out.stride() and indices.stride() == torch_out.stride()
+    if out.numel() > 0:  # (one channel, or 1x1 planes: both layouts are NCHW's, and so is the kernel)
+        layouts_differ = xl.stride() != x.stride()
+        assert ran == {"max_pool2d_forward_channels_last_kernel" if layouts_differ else "max_pool2d_forward_kernel"}
+
+
 def avg_pool_arguments(kwargs):
     """F.avg_pool2d's keyword arguments as the ops take them."""
     pair = lambda v: (v[0], v[-1]) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731

@@ -2,6 +2,8 @@
 // with the same results as the CPU version (../max_pool2d.cpp): the forward
 // calls the same window_max (../max_pool2d_window.h), so windows, ties, NaN
 // and initial indices agree; the backward adds the same sums in the same order.
+// The forward reads a channels-last input in its own layout (no copy before
+// or after); the backward answers in NCHW, as the Meta kernel says.
 #include "../geometry.h"
 #include "../max_pool2d_window.h"
 #include "../memory_format.h"
@@ -38,6 +40,37 @@ __global__ void max_pool2d_forward_kernel(gpu_ptr<const scalar_t> CUSTOM_CONV_RE
   }
 }
 
+// One plane of a channels-last tensor, indexed as an NCHW plane is (ih * W +
+// iw): its elements lie `channels` apart.
+template <typename T>
+struct ChannelsLastPlane {
+  gpu_ptr<T> first;  // element (n, c, 0, 0)
+  int64_t channels;
+  C10_HOST_DEVICE T& operator[](int64_t i) const { return first[i * channels]; }
+};
+
+// Channels-last input and outputs, one thread per output element in their
+// memory order (the channel fastest): neighbouring threads read neighbouring
+// channels, and no layout copy is needed before or after. The same windows,
+// values and indices (positions within the plane) as the NCHW kernel.
+template <typename scalar_t>
+__global__ void max_pool2d_forward_channels_last_kernel(gpu_ptr<const scalar_t> CUSTOM_CONV_RESTRICT input,
+                                                        const Pool2dGeometry g,
+                                                        gpu_ptr<scalar_t> CUSTOM_CONV_RESTRICT output,
+                                                        gpu_ptr<int64_t> CUSTOM_CONV_RESTRICT indices) {
+  using acc_t = at::opmath_type<scalar_t>;
+  CUSTOM_CONV_GRID_STRIDE_LOOP(e, g.batch * g.out_h * g.out_w * g.channels) {
+    const int64_t c = e % g.channels;
+    const int64_t ow = e / g.channels % g.out_w;
+    const int64_t oh = e / (g.channels * g.out_w) % g.out_h;
+    const int64_t n = e / (g.channels * g.out_w * g.out_h);
+    const ChannelsLastPlane<const scalar_t> plane{input + n * g.in_h * g.in_w * g.channels + c, g.channels};
+    const WindowMax<acc_t> best = window_max<acc_t>(plane, g, oh, ow);
+    output[e] = static_cast<scalar_t>(best.value);
+    indices[e] = best.index;
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cuda(
     const at::Tensor& input_,
     c10::IntArrayRef kernel_size,
@@ -49,11 +82,25 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cuda(
   const Pool2dGeometry g = max_pool2d_geometry(
       input_.sizes(), kernel_size, stride, padding, dilation, ceil_mode);
   const DeviceGuard device_guard(input_.device());
+  const at::MemoryFormat format = max_pool2d_memory_format(input_);
+  if (format == at::MemoryFormat::ChannelsLast && input_.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+    const at::Tensor& input = input_;
+    const auto options = input.options().memory_format(at::MemoryFormat::ChannelsLast);
+    at::Tensor output = at::empty({g.batch, g.channels, g.out_h, g.out_w}, options);
+    at::Tensor indices = at::empty({g.batch, g.channels, g.out_h, g.out_w}, options.dtype(at::kLong));
+    if (output.numel() > 0) {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "max_pool2d_forward_cuda", [&] {
+        CUSTOM_CONV_LAUNCH(grid_for(output.numel()), kThreads, max_pool2d_forward_channels_last_kernel<scalar_t>)(
+            input.const_data_ptr<scalar_t>(), g, output.mutable_data_ptr<scalar_t>(),
+            indices.mutable_data_ptr<int64_t>());
+      });
+    }
+    return {output, indices};
+  }
   const at::Tensor input = input_.contiguous();
   at::Tensor output = at::empty({g.batch, g.channels, g.out_h, g.out_w}, input.options());
   at::Tensor indices = at::empty({g.batch, g.channels, g.out_h, g.out_w},
                                  input.options().dtype(at::kLong));
-  const at::MemoryFormat format = max_pool2d_memory_format(input_);
   const int64_t total = output.numel();
   if (total == 0) {
     return {in_memory_format(output, format), in_memory_format(indices, format)};
