@@ -337,8 +337,9 @@ CUSTOM_CONV_INLINE void weight_taps_blocked(const T* plane, const T* go, const T
   }
 }
 
-// Taps in groups of up to 9 (a 3x3 kernel in one pass; 9 sums and the
-// vector of grad_output fit in 16 registers).
+// Taps in groups of up to 9: a 3x3 kernel in one pass, its 9 sums and the
+// vector of grad_output in 10 of AVX-512's 32 registers (at the AVX2 level
+// each 64-byte block takes two of 16, and some sums spill to the stack).
 // next_input, next_go: the planes of the next sample, fetched while the
 // first group streams past.
 template <typename T>
