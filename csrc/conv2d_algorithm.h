@@ -62,6 +62,7 @@ struct Switches {
   unsigned algorithms = 0;  // bit (1 << algorithm): switched off
   bool tensor_cores = false;
 };
+Switches switched_off();
 Switches set_switched_off(Switches switches);
 
 // The GPU's side of choose_conv2d_algorithm (conv2d_algorithm_cuda.cpp),

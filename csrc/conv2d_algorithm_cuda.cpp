@@ -31,6 +31,10 @@ bool tensor_cores_switched_off() {
   return switched_off_tensor_cores.load(std::memory_order_relaxed);
 }
 
+Switches switched_off() {
+  return {switched_off_algorithms.load(std::memory_order_relaxed), tensor_cores_switched_off()};
+}
+
 Switches set_switched_off(Switches switches) {
   Switches previous;
   previous.algorithms = switched_off_algorithms.exchange(switches.algorithms);

@@ -348,18 +348,16 @@ CUSTOM_CONV_INLINE void depthwise_plane_backward_weight_blocked(const T* plane, 
   const int64_t taps = static_cast<int64_t>(m.taps.size()), run = m.g.out_w;
   for (int64_t t0 = 0; t0 < taps; t0 += 9) {
     const Tap* group = m.taps.data() + t0;
-    NextPlane& a = next_input;
-    NextPlane& b = next_go;
     switch (std::min<int64_t>(9, taps - t0)) {
-      case 1: weight_taps_blocked<1>(plane, go, group, run, sums, a, b); break;
-      case 2: weight_taps_blocked<2>(plane, go, group, run, sums, a, b); break;
-      case 3: weight_taps_blocked<3>(plane, go, group, run, sums, a, b); break;
-      case 4: weight_taps_blocked<4>(plane, go, group, run, sums, a, b); break;
-      case 5: weight_taps_blocked<5>(plane, go, group, run, sums, a, b); break;
-      case 6: weight_taps_blocked<6>(plane, go, group, run, sums, a, b); break;
-      case 7: weight_taps_blocked<7>(plane, go, group, run, sums, a, b); break;
-      case 8: weight_taps_blocked<8>(plane, go, group, run, sums, a, b); break;
-      default: weight_taps_blocked<9>(plane, go, group, run, sums, a, b); break;
+      case 1: weight_taps_blocked<1>(plane, go, group, run, sums, next_input, next_go); break;
+      case 2: weight_taps_blocked<2>(plane, go, group, run, sums, next_input, next_go); break;
+      case 3: weight_taps_blocked<3>(plane, go, group, run, sums, next_input, next_go); break;
+      case 4: weight_taps_blocked<4>(plane, go, group, run, sums, next_input, next_go); break;
+      case 5: weight_taps_blocked<5>(plane, go, group, run, sums, next_input, next_go); break;
+      case 6: weight_taps_blocked<6>(plane, go, group, run, sums, next_input, next_go); break;
+      case 7: weight_taps_blocked<7>(plane, go, group, run, sums, next_input, next_go); break;
+      case 8: weight_taps_blocked<8>(plane, go, group, run, sums, next_input, next_go); break;
+      default: weight_taps_blocked<9>(plane, go, group, run, sums, next_input, next_go); break;
     }
   }
 }

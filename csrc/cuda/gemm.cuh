@@ -294,69 +294,48 @@ __device__ __forceinline__ void mma_stage_load(Tile& tile, int stage, gpu_ptr<co
   }
 }
 
-// The A fragment of rows [m, m + 16) and k [kk, kk + 16) of a stage. Lane
-// l names row l % 8 of matrix l / 8; the four matrices are rows 0-7 and 8-15
-// of k 0-7, then of k 8-15 (tensor_core.cuh).
-template <bool kKContiguous, typename Tile>
-__device__ __forceinline__ void mma_fragment_a(uint32_t (&a)[4], Tile& tile, int stage, int m, int kk) {
-  const int j = threadIdx.x % 32 / 8, r = threadIdx.x % 8;
-  if constexpr (kKContiguous) {
-    ldmatrix<4>(a, shared_address(tile[stage][m + j % 2 * 8 + r][kk + j / 2 * 8]));
-  } else {
-    ldmatrix<4, true>(a, shared_address(tile[stage][kk + j / 2 * 8 + r][m + j % 2 * 8]));
-  }
+// Which 8 rows of m (or n), and which half of a step of k, matrix (or
+// register) i of a fragment covers: A's go down m first, B's along k first
+// (tensor_core.cuh: A's registers are rows 0-7 then 8-15 of the first half
+// of k, then of the second; B's, two blocks of 8 columns, are the first
+// block's halves of k, then the second's).
+template <bool kA>
+__device__ __forceinline__ int fragment_mn(int i) {
+  return (kA ? i % 2 : i / 2) * 8;
+}
+template <bool kA>
+__device__ __forceinline__ int fragment_k(int i, int half_k) {
+  return (kA ? i / 2 : i % 2) * half_k;
 }
 
-// The B fragments of two blocks of 8 columns, [n, n + 8) in b[0], b[1] and
-// [n + 8, n + 16) in b[2], b[3], for k [kk, kk + 16): matrices k 0-7, then
-// 8-15, of the first block, then of the second.
-template <bool kKContiguous, typename Tile>
-__device__ __forceinline__ void mma_fragment_b(uint32_t (&b)[4], Tile& tile, int stage, int n, int kk) {
-  const int j = threadIdx.x % 32 / 8, r = threadIdx.x % 8;
-  if constexpr (kKContiguous) {
-    ldmatrix<4>(b, shared_address(tile[stage][n + j / 2 * 8 + r][kk + j % 2 * 8]));
-  } else {
-    ldmatrix<4, true>(b, shared_address(tile[stage][kk + j % 2 * 8 + r][n + j / 2 * 8]));
-  }
-}
-
-// TF32: the A fragment of rows [m, m + 16) and k [kk, kk + 8), ldmatrix's
-// matrices rows 0-7 and 8-15 of k 0-3, then of k 4-7; or, with m
-// contiguous, element by element. Rounded to TF32.
-template <bool kKContiguous, typename Tile>
-__device__ __forceinline__ void mma_fragment_a_tf32(uint32_t (&a)[4], Tile& tile, int stage, int m, int kk) {
-  if constexpr (kKContiguous) {
-    const int j = threadIdx.x % 32 / 8, r = threadIdx.x % 8;
-    ldmatrix<4>(a, shared_address(tile[stage][m + j % 2 * 8 + r][kk + j / 2 * 4]));
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      a[i] = tf32_bits(a[i]);
-    }
-  } else {
+// A's fragment of rows [mn, mn + 16) (kA), or B's of two blocks of 8
+// columns [mn, mn + 16), for the step of k at kk of a stage. Lane l names row
+// l % 8 of matrix l / 8 for ldmatrix (.trans where the tile is stored with m
+// or n contiguous). TF32 operands are rounded on the way, and read element
+// by element from a tile with m or n contiguous (ldmatrix cannot transpose
+// 32-bit elements).
+template <typename scalar_t, bool kA, bool kKContiguous, typename Tile>
+__device__ __forceinline__ void mma_fragment(uint32_t (&f)[4], Tile& tile, int stage, int mn, int kk) {
+  constexpr bool kTf32 = sizeof(scalar_t) == 4;
+  constexpr int kHalfK = kMmaK<scalar_t> / 2;
+  if constexpr (kTf32 && !kKContiguous) {
     const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      a[i] = to_tf32(tile[stage][kk + t + 4 * (i / 2)][m + g + 8 * (i % 2)]);
-    }
-  }
-}
-
-// TF32: the B fragments of two blocks of 8 columns, [n, n + 8) in b[0], b[1]
-// and [n + 8, n + 16) in b[2], b[3], for k [kk, kk + 8).
-template <bool kKContiguous, typename Tile>
-__device__ __forceinline__ void mma_fragment_b_tf32(uint32_t (&b)[4], Tile& tile, int stage, int n, int kk) {
-  if constexpr (kKContiguous) {
-    const int j = threadIdx.x % 32 / 8, r = threadIdx.x % 8;
-    ldmatrix<4>(b, shared_address(tile[stage][n + j / 2 * 8 + r][kk + j % 2 * 4]));
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      b[i] = tf32_bits(b[i]);
+      f[i] = to_tf32(tile[stage][kk + fragment_k<kA>(i, kHalfK) + t][mn + fragment_mn<kA>(i) + g]);
     }
   } else {
-    const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+    const int j = threadIdx.x % 32 / 8, r = threadIdx.x % 8;
+    if constexpr (kKContiguous) {
+      ldmatrix<4>(f, shared_address(tile[stage][mn + fragment_mn<kA>(j) + r][kk + fragment_k<kA>(j, kHalfK)]));
+    } else {
+      ldmatrix<4, true>(f, shared_address(tile[stage][kk + fragment_k<kA>(j, kHalfK) + r][mn + fragment_mn<kA>(j)]));
+    }
+    if constexpr (kTf32) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      b[i] = to_tf32(tile[stage][kk + t + 4 * (i % 2)][n + g + 8 * (i / 2)]);
+      for (int i = 0; i < 4; ++i) {
+        f[i] = tf32_bits(f[i]);
+      }
     }
   }
 }
@@ -419,13 +398,8 @@ gemm_mma_kernel(const GemmParams<scalar_t, out_t> p, int64_t batch_offset, int64
       uint32_t fa[2][4], fb[2][4];
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        if constexpr (std::is_same_v<scalar_t, float>) {
-          mma_fragment_a_tf32<kKContiguousA>(fa[i], a_tile, stage, warp_m + i * 16, kk);
-          mma_fragment_b_tf32<kKContiguousB>(fb[i], b_tile, stage, warp_n + i * 16, kk);
-        } else {
-          mma_fragment_a<kKContiguousA>(fa[i], a_tile, stage, warp_m + i * 16, kk);
-          mma_fragment_b<kKContiguousB>(fb[i], b_tile, stage, warp_n + i * 16, kk);
-        }
+        mma_fragment<scalar_t, true, kKContiguousA>(fa[i], a_tile, stage, warp_m + i * 16, kk);
+        mma_fragment<scalar_t, false, kKContiguousB>(fb[i], b_tile, stage, warp_n + i * 16, kk);
       }
 #pragma unroll
       for (int i = 0; i < 2; ++i) {

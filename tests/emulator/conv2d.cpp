@@ -7,8 +7,7 @@
 // Returns whether it was off.
 bool set_switched_off_op(const std::string& name, bool off) {
   using namespace custom_conv;
-  Switches s = set_switched_off({});
-  set_switched_off(s);
+  Switches s = switched_off();
   bool was;
   if (name == kTensorCores) {
     was = s.tensor_cores;

@@ -360,14 +360,6 @@ void warp_collective(const char* op, unsigned mask, const void* in, void* out, W
 void as_thread(int64_t t, const std::function<void()>& fn);
 
 template <typename T>
-uint16_t bits16(T value) {
-  static_assert(sizeof(T) == 2, "16-bit elements");
-  uint16_t b;
-  std::memcpy(&b, &value, 2);
-  return b;
-}
-
-template <typename T>
 float float_of_bits(uint16_t b) {
   T value;
   std::memcpy(&value, &b, 2);
@@ -465,69 +457,45 @@ void cp_async_wait() {
 namespace emulator {
 
 // ldmatrix.sync.aligned.m8n8.x{1,2,4}[.trans].shared.b16: lanes 8j..8j+7
-// give the addresses of the 8 rows (8 elements of 16 bits each, 16-byte
-// aligned) of matrix j; lane l receives, in register j, elements
-// 2 (l % 4) and 2 (l % 4) + 1 of row l / 4 of matrix j (with .trans: of
-// column l / 4, rows 2 (l % 4) and 2 (l % 4) + 1), the first in the low half.
-// On 32-bit elements a row is 4 of them, and lane l receives element l % 4
-// of row l / 4 (no .trans).
-template <typename T, int kMatrices>
-void ldmatrix32_combine(const WarpExchange& x) {
-  uint32_t rows[4][8][4];
-  for (int j = 0; j < kMatrices; ++j) {
-    for (int r = 0; r < 8; ++r) {
-      const int lane = 8 * j + r;
-      const SharedPtr<T> row = *static_cast<const SharedPtr<T>*>(x.in[lane]);
-      as_thread(x.first_thread + lane, [&] {
-        if (row.available < 4 || (row.element * static_cast<int64_t>(sizeof(T))) % 16 != 0) {
-          report("ldmatrix: the row address (element " + std::to_string(row.element) + " of " + row.array +
-                 ") is not 16-byte aligned or its 4 elements leave the array");
-          std::memset(rows[j][r], 0, sizeof(rows[j][r]));
-          return;
-        }
-        for (int c = 0; c < 4; ++c) {
-          shared_access(row.shadow[c], false, row.element + c, row.array);
-          std::memcpy(&rows[j][r][c], &row.value[c], 4);
-        }
-      });
-    }
-  }
-  for (int lane = 0; lane < 32; ++lane) {
-    auto* out = static_cast<uint32_t*>(x.out[lane]);
-    for (int j = 0; j < kMatrices; ++j) {
-      out[j] = rows[j][lane / 4][lane % 4];
-    }
-  }
-}
-
+// give the addresses of the 8 rows (16 bytes each, 16-byte aligned) of
+// matrix j; lane l receives, in register j, bytes 4 (l % 4) .. 4 (l % 4) + 3
+// of row l / 4 of matrix j: elements 2 (l % 4) and 2 (l % 4) + 1 of 16-bit
+// rows, the first in the low half, or element l % 4 of 32-bit ones. With
+// .trans (16-bit only): column l / 4, rows 2 (l % 4) and 2 (l % 4) + 1.
 template <typename T, int kMatrices, bool kTrans>
 void ldmatrix_combine(const WarpExchange& x) {
-  uint16_t rows[4][8][8];
+  constexpr int kPerRow = 16 / static_cast<int>(sizeof(T));
+  unsigned char rows[4][8][16];
   for (int j = 0; j < kMatrices; ++j) {
     for (int r = 0; r < 8; ++r) {
       const int lane = 8 * j + r;
       const SharedPtr<T> row = *static_cast<const SharedPtr<T>*>(x.in[lane]);
       as_thread(x.first_thread + lane, [&] {
-        if (row.available < 8 || (row.element * static_cast<int64_t>(sizeof(T))) % 16 != 0) {
+        if (row.available < kPerRow || (row.element * static_cast<int64_t>(sizeof(T))) % 16 != 0) {
           report("ldmatrix: the row address (element " + std::to_string(row.element) + " of " + row.array +
-                 ") is not 16-byte aligned or its 8 elements leave the array");
+                 ") is not 16-byte aligned or its 16 bytes leave the array");
           std::memset(rows[j][r], 0, sizeof(rows[j][r]));
           return;
         }
-        for (int c = 0; c < 8; ++c) {
+        for (int c = 0; c < kPerRow; ++c) {
           shared_access(row.shadow[c], false, row.element + c, row.array);
-          rows[j][r][c] = bits16(row.value[c]);
         }
+        std::memcpy(rows[j][r], row.value, 16);
       });
     }
   }
   for (int lane = 0; lane < 32; ++lane) {
     auto* out = static_cast<uint32_t*>(x.out[lane]);
     for (int j = 0; j < kMatrices; ++j) {
-      const int a = lane / 4, b = 2 * (lane % 4);
-      const uint16_t lo = kTrans ? rows[j][b][a] : rows[j][a][b];
-      const uint16_t hi = kTrans ? rows[j][b + 1][a] : rows[j][a][b + 1];
-      out[j] = static_cast<uint32_t>(lo) | static_cast<uint32_t>(hi) << 16;
+      if constexpr (kTrans) {
+        const int column = lane / 4, first = 2 * (lane % 4);
+        uint16_t lo, hi;
+        std::memcpy(&lo, &rows[j][first][2 * column], 2);
+        std::memcpy(&hi, &rows[j][first + 1][2 * column], 2);
+        out[j] = static_cast<uint32_t>(lo) | static_cast<uint32_t>(hi) << 16;
+      } else {
+        std::memcpy(&out[j], &rows[j][lane / 4][4 * (lane % 4)], 4);
+      }
     }
   }
 }
@@ -621,12 +589,8 @@ void ldmatrix(uint32_t (&r)[kMatrices], emulator::SharedPtr<T> row) {
   static_assert(kMatrices == 1 || kMatrices == 2 || kMatrices == 4, "x1, x2 or x4");
   static_assert(sizeof(T) == 2 || (sizeof(T) == 4 && !kTrans), "16-bit elements, or 32-bit ones untransposed");
   uint32_t out[4];
-  if constexpr (sizeof(T) == 4) {
-    emulator::warp_collective("ldmatrix", 0, &row, out, &emulator::ldmatrix32_combine<T, kMatrices>);
-  } else {
-    emulator::warp_collective(kTrans ? "ldmatrix.trans" : "ldmatrix", 0, &row, out,
-                              &emulator::ldmatrix_combine<T, kMatrices, kTrans>);
-  }
+  emulator::warp_collective(kTrans ? "ldmatrix.trans" : "ldmatrix", 0, &row, out,
+                            &emulator::ldmatrix_combine<T, kMatrices, kTrans>);
   for (int j = 0; j < kMatrices; ++j) {
     r[j] = out[j];
   }
