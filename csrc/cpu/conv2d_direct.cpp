@@ -188,26 +188,6 @@ void pad_planes(const DirectProblem& p, const T* src, int64_t slack, T* dst) {
   std::fill(dst, dst + slack, T(0));
 }
 
-// dst[j * dst_stride + i] = src[i * src_stride + j] for a rows x cols src:
-// ../transpose.h's transpose in vector registers, per level.
-CUSTOM_CONV_PER_LEVEL(void, transpose_float, (const float* src, int64_t rows, int64_t cols, int64_t src_stride,
-                                              float* dst, int64_t dst_stride),
-                      (src, rows, cols, src_stride, dst, dst_stride)) {
-  vectorised::transpose_body(src, rows, cols, src_stride, dst, dst_stride);
-}
-CUSTOM_CONV_PER_LEVEL(void, transpose_double, (const double* src, int64_t rows, int64_t cols, int64_t src_stride,
-                                               double* dst, int64_t dst_stride),
-                      (src, rows, cols, src_stride, dst, dst_stride)) {
-  vectorised::transpose_body(src, rows, cols, src_stride, dst, dst_stride);
-}
-void transpose(const float* src, int64_t rows, int64_t cols, int64_t src_stride, float* dst, int64_t dst_stride) {
-  transpose_float(src, rows, cols, src_stride, dst, dst_stride);
-}
-void transpose(const double* src, int64_t rows, int64_t cols, int64_t src_stride, double* dst,
-               int64_t dst_stride) {
-  transpose_double(src, rows, cols, src_stride, dst, dst_stride);
-}
-
 // Runs a DirectProblem on (N, in_channels, in_h, in_w) `in` into (N, groups *
 // cout, out_h, out_w) `out`. Samples are spread over the threads, each
 // padding its own sample into a private buffer, so scratch memory is a few
