@@ -29,9 +29,9 @@
 // (N, C, H, W), with loops along rows of tiles; the Winograd domain is then
 // (xi, channel, tile) and the products M = U @ V. Deep layers have planes of
 // 14x14 down to 4x4, too short for those loops to vectorise, so there the
-// input (and output gradient) is first copied channels-last by ATen's
-// permute copy, the transforms run along the channels, the domain is (xi,
-// tile, channel) with M = V @ U^T, and the output is copied back. The copies
+// input (and output gradient) is first copied channels-last by a vectorised
+// transpose, the transforms run along the channels, the domain is (xi, tile,
+// channel) with M = V @ U^T, and the output is transposed back. The copies
 // cost a pass over memory each, which the wide planes' loops do not need.
 // Tiles are numbered over (sample, tile row, tile column) and processed in
 // blocks of about kBlockValues values, one block per task: a thread
@@ -40,6 +40,7 @@
 #include "conv2d_routes.h"
 #include "gemm/gemm.h"
 #include "parallel.h"
+#include "transpose.h"
 #include "winograd_transforms.h"
 
 #include <ATen/ATen.h>
@@ -135,9 +136,28 @@ at::Tensor points_view(const at::Tensor& buffer, int64_t rows, int64_t cols) {
   return buffer.narrow(0, 0, kPoints * rows * cols).view({kPoints, rows, cols});
 }
 
-// (N, C, H, W) as a contiguous (N, H, W, C) tensor.
+// (N, C, H, W) as a contiguous (N, H, W, C) tensor, and back into a
+// contiguous (N, C, H, W) `out`: per sample, a (C, H * W) matrix transposed
+// in vector registers (transpose.h). ATen's permuted copy moved 4-5 GB/s
+// there, a seventh of a 128-channel 16x16 layer's forward.
 at::Tensor channels_last(const at::Tensor& t) {
-  return t.permute({0, 2, 3, 1}).contiguous();
+  const int64_t N = t.size(0), C = t.size(1), L = t.size(2) * t.size(3);
+  at::Tensor out = at::empty({N, t.size(2), t.size(3), C}, t.options());
+  const float* src = t.const_data_ptr<float>();
+  float* dst = out.mutable_data_ptr<float>();
+  at::parallel_for(0, N, plane_grain(C * L), [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) transpose(src + n * C * L, C, L, L, dst + n * L * C, C);
+  });
+  return out;
+}
+
+void from_channels_last(const at::Tensor& t, at::Tensor& out) {
+  const int64_t N = out.size(0), C = out.size(1), L = out.size(2) * out.size(3);
+  const float* src = t.const_data_ptr<float>();
+  float* dst = out.mutable_data_ptr<float>();
+  at::parallel_for(0, N, plane_grain(C * L), [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) transpose(src + n * L * C, L, C, C, dst + n * C * L, L);
+  });
 }
 
 // out[xi] = a[xi] @ b[xi] for the 16 positions of a whole block, spread over
@@ -153,19 +173,25 @@ void products_by_position(const at::Tensor& out, const at::Tensor& a, const at::
 // The kernels' transform for a problem: U (16, C_out, C_in) of the plane
 // layout or U^T (16, C_in, C_out) of the channel layout, C_in and C_out being
 // the problem's (swapped for the input gradient, whose kernel is rotated).
-// It is computed as (16, c_out, c_in) of the layer, from the kernels
-// permuted to (c_out, tap, c_in), a cheap copy, and returned as a transposed
-// view where the layout wants the other order: the GEMM reads either.
+// In layer terms that is (16, c_out, c_in) or (16, c_in, c_out), and the
+// transform, which works on each (c_out, c_in) pair alike, writes either
+// from the kernels permuted to (c_out, tap, c_in) or to (c_in, tap, c_out),
+// a cheap copy. Written in the order the products read it, U is packed by
+// the GEMM with plain copies: as a transposed view, every block's product
+// transposed all of it again (a sixth of a 128-channel 16x16 layer's time).
 at::Tensor transform_weight(const at::Tensor& weight, bool input_grad, bool planes) {
+  const bool out_major = planes != input_grad;
   const int64_t co = weight.size(0), ci = weight.size(1);
-  const at::Tensor k = weight.view({co, ci, 9}).transpose(1, 2).contiguous();
-  at::Tensor U = at::empty({kPoints, co, ci}, weight.options());
+  const int64_t rows = out_major ? co : ci, cols = out_major ? ci : co;
+  const at::Tensor k = weight.view({co, ci, 9}).permute(out_major ? at::IntArrayRef{0, 2, 1} : at::IntArrayRef{1, 2, 0})
+                           .contiguous();
+  at::Tensor U = at::empty({kPoints, rows, cols}, weight.options());
   const float* kp = k.const_data_ptr<float>();
   float* u = U.mutable_data_ptr<float>();
-  at::parallel_for(0, co, plane_grain(16 * ci), [&](int64_t begin, int64_t end) {
-    winograd::transform_kernels(kp, begin, end, co, ci, input_grad, u);
+  at::parallel_for(0, rows, plane_grain(16 * cols), [&](int64_t begin, int64_t end) {
+    winograd::transform_kernels(kp, begin, end, rows, cols, input_grad, u);
   });
-  return planes != input_grad ? U : U.transpose(1, 2);
+  return U;
 }
 
 // The forward of a problem (the layer's, or its input gradient's): per
@@ -193,7 +219,7 @@ void run_forward(const Problem& p, const at::Tensor& input, const at::Tensor& we
       winograd::transform_output_channels(p, M.const_data_ptr<float>() + t0 * Co, t0, t1, T, bias, sink.data(),
                                           ys.mutable_data_ptr<float>());
     });
-    output.copy_(ys.permute({0, 3, 1, 2}));
+    from_channels_last(ys, output);
     return;
   }
   parallel_for_with_state(blocks.count, kPoints * Ci * Co * blocks.size, [&](int64_t begin, int64_t end) {
@@ -220,7 +246,7 @@ void run_forward(const Problem& p, const at::Tensor& input, const at::Tensor& we
     }
   });
   if (!planes) {
-    output.copy_(ys.permute({0, 3, 1, 2}));
+    from_channels_last(ys, output);
   }
 }
 
