@@ -109,16 +109,20 @@ def im2col_layers():
     # of chunks, more than partial sums, the last one short.
     rows = 16 * 9
     side = math.isqrt(C["im2col.chunk_columns"][0] // (2 * rows))
+    grouped = C["im2col.min_group_columns"][0]  # one position per group on a 2x2 plane
     return {
         "chunks of two samples, more chunks than partial sums, the last short":
             layer(2 * partials + 3, 16, 5, side + 2, 3),
         "one sample": layer(1, 7, 5, 9, 3, padding=1),
         "whole batch in one GEMM (2x2 planes)": layer(5, 24, 20, 4, 3),
         # Tiny planes whose windows read mostly padding: output positions grouped by
-        # the taps that reach the image, each group its own product.
-        "tiny plane, padding taps skipped": layer(5, 24, 20, 2, 3, padding=1),
+        # the taps that reach the image, each group its own product, once the
+        # batch gives every group im2col.min_group_columns columns (below
+        # that, the plain product).
+        "tiny plane, padding taps skipped": layer(grouped, 24, 20, 2, 3, padding=1),
+        "tiny plane, too few columns to group": layer(grouped - 1, 24, 20, 2, 3, padding=1),
         "tiny plane, groups, asymmetric padding and dilation":
-            layer(3, 6, 9, (3, 2), 3, groups=3, padding=(2, 1), dilation=(2, 1)),
+            layer(grouped, 6, 9, (3, 2), 3, groups=3, padding=(2, 1), dilation=(2, 1)),
         "one pixel, padding 2: one tap reaches it": layer(2, 5, 4, 1, 3, padding=2),
         "groups, asymmetric stride, padding and dilation":
             layer(3, 6, 9, (11, 9), (3, 2), groups=3, stride=(2, 1), padding=(0, 2), dilation=(1, 2)),
