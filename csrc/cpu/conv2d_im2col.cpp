@@ -20,6 +20,7 @@
 #include <ATen/Dispatch.h>
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 namespace custom_conv {
@@ -105,10 +106,23 @@ void multiply(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, c
   gemm::matmul(out, a, b, beta, bias);
 }
 
-// Samples [n0, n0 + count) of an (N, C, H, W) tensor as the (C, count, L)
-// view that the chunk's GEMMs use: one row of count * L values per channel.
-at::Tensor channel_major(const at::Tensor& t, int64_t n0, int64_t count, int64_t L) {
-  return t.narrow(0, n0, count).view({count, t.size(1), L}).transpose(0, 1);
+// Samples [n0, n0 + count) of an (N, C, H, W) contiguous tensor and the
+// (C, count, L) matrices the chunk's GEMMs use, one row of count * L values
+// per channel: copied from the tensor (to_rows) or back into it. Each is a
+// memcpy per (channel, sample) plane; ATen's permuted copy took 9% of a 1x1
+// layer's weight gradient.
+void planes_to_rows(const at::Tensor& t, int64_t n0, int64_t count, int64_t L, const at::Tensor& rows,
+                    bool to_rows) {
+  const int64_t C = t.size(1), bytes = L * static_cast<int64_t>(t.element_size());
+  char* tensor = static_cast<char*>(t.data_ptr()) + n0 * C * bytes;
+  char* matrix = static_cast<char*>(rows.data_ptr());
+  for (int64_t c = 0; c < C; ++c) {
+    for (int64_t n = 0; n < count; ++n) {
+      char* plane = tensor + (n * C + c) * bytes;
+      char* row = matrix + (c * count + n) * bytes;
+      std::memcpy(to_rows ? row : plane, to_rows ? plane : row, bytes);
+    }
+  }
 }
 
 // grad_output of samples [n0, n0 + B) as (groups, C_out/g, B * L) matrices:
@@ -120,7 +134,7 @@ at::Tensor grad_output_matrices(const Conv2dGeometry& g, const at::Tensor& grad_
     return grad_output[n0].view({g.groups, Co, L});
   }
   at::Tensor go = as_matrices(buffer, g.groups, Co, B * L);
-  go.view({g.out_channels, B, L}).copy_(channel_major(grad_output, n0, B, L));
+  planes_to_rows(grad_output, n0, B, L, go, /*to_rows=*/true);
   return go;
 }
 
@@ -407,7 +421,7 @@ void conv2d_im2col_forward(const Conv2dGeometry& g, const at::Tensor& input, con
         // The GEMM yields (C_out, B * L); the output wants (B, C_out, L).
         const at::Tensor out = as_matrices(out_buf, g.groups, Co, B * L);
         multiply(out, weight, cols, bias_rows);
-        channel_major(output, n0, B, L).copy_(out.view({g.out_channels, B, L}));
+        planes_to_rows(output, n0, B, L, out, /*to_rows=*/false);
       }
     }
   });
