@@ -183,8 +183,8 @@ at::Tensor transform_weight(const at::Tensor& weight, bool input_grad, bool plan
   const bool out_major = planes != input_grad;
   const int64_t co = weight.size(0), ci = weight.size(1);
   const int64_t rows = out_major ? co : ci, cols = out_major ? ci : co;
-  const at::Tensor k = weight.view({co, ci, 9}).permute(out_major ? at::IntArrayRef{0, 2, 1} : at::IntArrayRef{1, 2, 0})
-                           .contiguous();
+  const std::vector<int64_t> order = out_major ? std::vector<int64_t>{0, 2, 1} : std::vector<int64_t>{1, 2, 0};
+  const at::Tensor k = weight.view({co, ci, 9}).permute(order).contiguous();
   at::Tensor U = at::empty({kPoints, rows, cols}, weight.options());
   const float* kp = k.const_data_ptr<float>();
   float* u = U.mutable_data_ptr<float>();

@@ -26,24 +26,18 @@ using I8 = int32_t __attribute__((vector_size(32)));
 using D4 = double __attribute__((vector_size(32)));
 using L4 = int64_t __attribute__((vector_size(32)));
 
-// The first n values of v to dst. Each case is a copy of constant size,
-// which the compiler turns into a few moves: one of variable size is a
-// call to memcpy, once per line of every block (a twelfth of a Winograd
-// layer's time went to those calls).
-template <typename V, typename T>
+// The first n (1 <= n <= K) values of v to dst. Each size is a copy of
+// constant size, which the compiler turns into a few moves: one of variable
+// size is a call to memcpy, once per line of every block (a twelfth of a
+// Winograd layer's time went to those calls).
+template <int K, typename V, typename T>
 CUSTOM_CONV_INLINE void store_first(T* dst, const V& v, int64_t n) {
-  constexpr int64_t kLanes = sizeof(V) / sizeof(T);
-  static_assert(kLanes <= 8, "cases up to 8 lanes");
-  switch (n) {
-    case 8: if constexpr (kLanes >= 8) { __builtin_memcpy(dst, &v, 8 * sizeof(T)); break; } [[fallthrough]];
-    case 7: if constexpr (kLanes >= 7) { __builtin_memcpy(dst, &v, 7 * sizeof(T)); break; } [[fallthrough]];
-    case 6: if constexpr (kLanes >= 6) { __builtin_memcpy(dst, &v, 6 * sizeof(T)); break; } [[fallthrough]];
-    case 5: if constexpr (kLanes >= 5) { __builtin_memcpy(dst, &v, 5 * sizeof(T)); break; } [[fallthrough]];
-    case 4: __builtin_memcpy(dst, &v, 4 * sizeof(T)); break;
-    case 3: __builtin_memcpy(dst, &v, 3 * sizeof(T)); break;
-    case 2: __builtin_memcpy(dst, &v, 2 * sizeof(T)); break;
-    case 1: __builtin_memcpy(dst, &v, 1 * sizeof(T)); break;
-    default: break;
+  if constexpr (K > 0) {
+    if (n == K) {
+      __builtin_memcpy(dst, &v, K * sizeof(T));
+      return;
+    }
+    store_first<K - 1>(dst, v, n);
   }
 }
 
@@ -69,8 +63,8 @@ CUSTOM_CONV_INLINE void transpose_block(const float* src, int64_t along, int64_t
   const I8 lo4{0, 1, 2, 3, 8, 9, 10, 11}, hi4{4, 5, 6, 7, 12, 13, 14, 15};
   for (int k = 0; k < 4; ++k) {  // b[k] holds steps k and k + 4 of lines 0-3, b[k + 4] of lines 4-7
     const F8 first = __builtin_shuffle(b[k], b[k + 4], lo4), second = __builtin_shuffle(b[k], b[k + 4], hi4);
-    store_first(dst + k * w, first, n);
-    store_first(dst + (k + 4) * w, second, n);
+    store_first<8>(dst + k * w, first, n);
+    store_first<8>(dst + (k + 4) * w, second, n);
   }
 }
 
@@ -88,7 +82,7 @@ CUSTOM_CONV_INLINE void transpose_block(const double* src, int64_t along, int64_
                    __builtin_shuffle(r[2], r[3], lo), __builtin_shuffle(r[2], r[3], hi)};
   const D4 c[4] = {__builtin_shuffle(a[0], a[2], lo2), __builtin_shuffle(a[1], a[3], lo2),
                    __builtin_shuffle(a[0], a[2], hi2), __builtin_shuffle(a[1], a[3], hi2)};
-  for (int k = 0; k < 4; ++k) store_first(dst + k * w, c[k], n);
+  for (int k = 0; k < 4; ++k) store_first<4>(dst + k * w, c[k], n);
 }
 
 template <typename T>
