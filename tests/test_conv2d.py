@@ -37,6 +37,10 @@ REDUCED_PRECISION_CASES = {
     "im2col, 16 chunks in 8 blocks": conv((16, 16, 32, 32), (16, 16, 3, 3), padding=1),
     "im2col, groups": CONV2D_CASES["groups with asymmetric kernel, stride and padding"],
     "im2col, sums of 630 products": CONV2D_CASES["several GEMM tiles, ragged edges"],
+    # A 2x2 plane whose windows read mostly padding, at a batch that gives each
+    # group of positions im2col.min_group_columns columns: a product per tap
+    # (forward, input gradient) or per group of positions (weight gradient).
+    "im2col, tiny plane by taps": conv((16, 24, 2, 2), (20, 24, 3, 3), padding=1),
     # Weight-gradient sums over 8 samples x 32 rows x 32 columns.
     "depthwise, 32x32 planes": conv((8, 16, 32, 32), (16, 1, 3, 3), padding=1, groups=16),
     "depthwise, multiplier 2, stride 2": CONV2D_CASES["depthwise multiplier 2, stride 2"],

@@ -110,6 +110,9 @@ def im2col_layers():
     rows = 16 * 9
     side = math.isqrt(C["im2col.chunk_columns"][0] // (2 * rows))
     grouped = C["im2col.min_group_columns"][0]  # one position per group on a 2x2 plane
+    # c channels in and out: blocks of tap_block_bytes / (9 * c * 8) channels,
+    # about c / 2.8 of them.
+    wide = math.isqrt(int(2.8 * C["im2col.tap_block_bytes"][0] / 72)) + 1
     return {
         "chunks of two samples, more chunks than partial sums, the last short":
             layer(2 * partials + 3, 16, 5, side + 2, 3),
@@ -121,6 +124,10 @@ def im2col_layers():
         # that, the plain product).
         "tiny plane, padding taps skipped": layer(grouped, 24, 20, 2, 3, padding=1),
         "tiny plane, too few columns to group": layer(grouped - 1, 24, 20, 2, 3, padding=1),
+        # Forward and input gradient by taps, over blocks of channels whose
+        # kernels fill im2col.tap_block_bytes: enough channels (float64) for
+        # three blocks, the last one short.
+        "tiny plane, taps in blocks of channels": layer(grouped, wide, wide, 2, 3, padding=1),
         "tiny plane, groups, asymmetric padding and dilation":
             layer(grouped, 6, 9, (3, 2), 3, groups=3, padding=(2, 1), dilation=(2, 1)),
         "one pixel, padding 2: one tap reaches it": layer(2, 5, 4, 1, 3, padding=2),

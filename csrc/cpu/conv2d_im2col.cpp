@@ -14,7 +14,9 @@
 #include "conv2d_routes.h"
 #include "gemm/gemm.h"
 #include "im2col.h"
+#include "isa.h"
 #include "parallel.h"
+#include "transpose.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -142,10 +144,13 @@ at::Tensor grad_output_matrices(const Conv2dGeometry& g, const at::Tensor& grad_
 // padding with 5 of a 3x3 kernel's 9 taps, and im2col multiplies those
 // zeros like any other value. There, output positions are grouped by the
 // taps that reach the image (a 2x2 plane: four groups of one position, four
-// taps each), and each group runs its own product over its own taps only:
-// 2.25x fewer multiply-adds on VGG's 512-channel 2x2 layers. Used where the
-// padding makes up more than 1 - kMaxGroupedUseful of the column values, the
-// groups are few, and the whole batch's columns fit in kMaxBatchColumns.
+// taps each), and only those pairs are multiplied: 2.25x fewer multiply-adds
+// on VGG's 512-channel 2x2 layers. Used where the padding makes up more than
+// 1 - kMaxGroupedUseful of the column values, the groups are few, and the
+// whole batch's columns fit in kMaxBatchColumns. The weight gradient runs a
+// product per group; the forward and the input gradient a product per tap
+// (tap_positions), so that the weights, which dominate these layers (9.4 MB
+// against 0.3 MB of activations), are read once and in place.
 constexpr double kMaxGroupedUseful = 0.6;
 constexpr int64_t kMaxTapGroups = 16;
 // Each group's product reads its weights, gathered for it, once per column:
@@ -234,63 +239,6 @@ void gather_columns(const Conv2dGeometry& g, const scalar_t* input, const int64_
   });
 }
 
-// The reverse: a group's columns added into the input pixels they were
-// read from. A thread owns whole channels and adds the taps in order, so
-// the sums do not depend on the threads.
-template <typename scalar_t>
-void scatter_columns(const Conv2dGeometry& g, const scalar_t* cols, const int64_t* index, int64_t S, int64_t P,
-                     scalar_t* grad_input) {
-  const int64_t plane = g.in_h * g.in_w, N = g.batch, Ci = g.in_channels_per_group();
-  at::parallel_for(0, g.in_channels, plane_grain(S * N * P), [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      for (int64_t s = 0; s < S; ++s) {
-        const scalar_t* row = cols + ((c / Ci * S + s) * Ci + c % Ci) * N * P;
-        const int64_t* at = index + s * P;
-        for (int64_t n = 0; n < N; ++n) {
-          scalar_t* x = grad_input + (n * g.in_channels + c) * plane;
-          for (int64_t p = 0; p < P; ++p) x[at[p]] += row[n * P + p];
-        }
-      }
-    }
-  });
-}
-
-// Every group's weights, (groups, C_out/g, taps * C_in/g) each: column
-// s * Ci + ci holds the weight of input channel ci at the group's tap s. A
-// thread per block of output channels; each output channel's kernels (a few
-// KiB, read from L1 after the first tap) are gathered a tap at a time, so
-// that every row is written front to back. (Written an input channel at a
-// time, each value went to another cache line of every group: a third of
-// the forward of VGG's 512-channel 2x2 layer.)
-std::vector<at::Tensor> group_weights(const Conv2dGeometry& g, const std::vector<TapGroup>& plan,
-                                      const at::Tensor& weight) {
-  const int64_t Ci = g.in_channels_per_group(), taps = g.kernel_h * g.kernel_w;
-  std::vector<at::Tensor> out;
-  for (const TapGroup& t : plan) {
-    out.push_back(at::empty({g.groups, g.out_channels_per_group(), static_cast<int64_t>(t.taps.size()) * Ci},
-                            weight.options()));
-  }
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, weight.scalar_type(), "group_weights", [&] {
-    const scalar_t* w = weight.const_data_ptr<scalar_t>();
-    std::vector<scalar_t*> dsts;
-    for (at::Tensor& t : out) dsts.push_back(t.mutable_data_ptr<scalar_t>());
-    at::parallel_for(0, g.out_channels, plane_grain(Ci * taps), [&](int64_t begin, int64_t end) {
-      for (int64_t co = begin; co < end; ++co) {
-        const scalar_t* kernels = w + co * Ci * taps;
-        for (size_t i = 0; i < plan.size(); ++i) {
-          const std::vector<int64_t>& tg = plan[i].taps;
-          const int64_t S = static_cast<int64_t>(tg.size());
-          for (int64_t s = 0; s < S; ++s) {
-            scalar_t* dst = dsts[i] + (co * S + s) * Ci;
-            for (int64_t ci = 0; ci < Ci; ++ci) dst[ci] = kernels[ci * taps + tg[s]];
-          }
-        }
-      }
-    });
-  });
-  return out;
-}
-
 // The reverse for the weight gradient: a group's (groups, C_out/g, taps *
 // C_in/g) product added into the gradient's taps, in the weight's layout.
 void add_group_weights(const Conv2dGeometry& g, const TapGroup& t, const at::Tensor& part, at::Tensor& grad_weight) {
@@ -332,41 +280,180 @@ at::Tensor group_positions(const at::Tensor& t, int64_t groups, const TapGroup& 
   return out;
 }
 
-// Each group's outputs: its taps' weights side by side @ its columns, one
-// product per group.
-void grouped_forward(const Conv2dGeometry& g, const std::vector<TapGroup>& plan, const at::Tensor& input,
-                     const at::Tensor& weight, const at::Tensor& bias, at::Tensor& output) {
-  const int64_t Co = g.out_channels_per_group();
-  const std::vector<at::Tensor> w = group_weights(g, plan, weight);
-  const at::Tensor bias_rows = bias.defined() ? bias.view({g.groups, Co}) : at::Tensor();
-  const at::Tensor out = output.view({g.batch, g.out_channels, g.output_plane()});
-  for (size_t i = 0; i < plan.size(); ++i) {
-    const TapGroup& t = plan[i];
-    const int64_t P = static_cast<int64_t>(t.positions.size());
-    at::Tensor y = at::empty({g.groups, Co, g.batch * P}, input.options());
-    gemm::matmul(y, w[i], group_columns(g, input, t), 0.0, bias_rows);
-    for (int64_t j = 0; j < P; ++j) {
-      out.select(2, t.positions[j]).copy_(y.view({g.out_channels, g.batch, P}).select(2, j).t());
+// Per tap, the output positions it reaches (those of every group that
+// holds it, in order) and the input pixel it reads for each.
+struct TapPositions {
+  int64_t tap;
+  std::vector<int64_t> positions, input;
+};
+
+std::vector<TapPositions> tap_positions(const Conv2dGeometry& g, const std::vector<TapGroup>& plan) {
+  std::vector<TapPositions> out;
+  for (int64_t tap = 0; tap < g.kernel_h * g.kernel_w; ++tap) {
+    TapPositions t{tap, {}, {}};
+    for (const TapGroup& group : plan) {
+      if (std::find(group.taps.begin(), group.taps.end(), tap) != group.taps.end()) {
+        t.positions.insert(t.positions.end(), group.positions.begin(), group.positions.end());
+      }
+    }
+    std::sort(t.positions.begin(), t.positions.end());
+    for (const int64_t p : t.positions) {
+      const int64_t ih = p / g.out_w * g.stride_h - g.pad_h + tap / g.kernel_w * g.dilation_h;
+      const int64_t iw = p % g.out_w * g.stride_w - g.pad_w + tap % g.kernel_w * g.dilation_w;
+      t.input.push_back(ih * g.in_w + iw);
+    }
+    if (!t.positions.empty()) out.push_back(std::move(t));
+  }
+  return out;
+}
+
+// For one tap: from an (N, C, L) tensor, the values at its positions (or its
+// input pixels) as (groups, C/g, P * N) rows, position-major: row c, column
+// j * N + n holds t[n][c][at[j]].
+template <typename T>
+at::Tensor gather_tap(const at::Tensor& t, int64_t groups, const std::vector<int64_t>& at_) {
+  const int64_t N = t.size(0), C = t.size(1), L = t.numel() / std::max<int64_t>(1, N * C);
+  const int64_t P = static_cast<int64_t>(at_.size());
+  at::Tensor out = at::empty({groups, C / groups, P * N}, t.options());
+  const T* src = t.const_data_ptr<T>();
+  T* dst = out.mutable_data_ptr<T>();
+  at::parallel_for(0, C, plane_grain(P * N), [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      for (int64_t j = 0; j < P; ++j) {
+        for (int64_t n = 0; n < N; ++n) dst[(c * P + j) * N + n] = src[(n * C + c) * L + at_[j]];
+      }
+    }
+  });
+  return out;
+}
+
+// The reverse, adding: t[n][c][at[j]] += rows[c][j * N + n], for a tap's
+// (C, P * N) product and an (N, C, L) view t of its channels. Called by one
+// thread per block of channels, a tap after the other.
+template <typename T>
+void add_tap(const at::Tensor& rows, const std::vector<int64_t>& at_, const at::Tensor& t) {
+  const int64_t N = t.size(0), C = t.size(1), P = static_cast<int64_t>(at_.size());
+  const int64_t sn = t.stride(0), sc = t.stride(1);
+  const T* src = rows.const_data_ptr<T>();
+  T* dst = t.data_ptr<T>();
+  for (int64_t n = 0; n < N; ++n) {  // t's sample after sample (rows is in L1)
+    for (int64_t c = 0; c < C; ++c) {
+      for (int64_t j = 0; j < P; ++j) dst[n * sn + c * sc + at_[j]] += src[(c * P + j) * N + n];
     }
   }
 }
 
-// The input gradient: each group's (taps' weights)^T @ grad_out at its
-// positions, added into the input pixels its columns were read from.
+// The forward and the input gradient, a product per tap. Tap t's kernels
+// form a (C_out/g, C_in/g) matrix W_t; its outputs are
+//   Y_t (C_out/g, P * N) = W_t @ X_t (C_in/g, P * N),
+// X_t holding the input pixel the tap reads for each of its P positions and
+// each sample, added into those positions of the output; the input gradient
+// is the same with the roles swapped,
+//   D_t (P * N, C_in/g) = G_t (P * N, C_out/g) @ W_t,
+// G_t the output gradient at the tap's positions, D_t added into the input
+// pixels the tap read. The weights dominate these layers (9.4 MB against
+// 0.3 MB of activations on VGG's 512-channel 2x2 layer), so each thread
+// takes blocks of channels (output channels in the forward, input channels
+// in the input gradient) whose kernels fit in half of L2, reorders them
+// there tap-major (transpose.h) and runs every tap's product on them: the
+// weights are read from memory once. (Reordered whole, then multiplied,
+// they went out to memory and back; grouped per group of positions, once
+// more per group.) A block's taps are added in order, and a channel belongs
+// to one block: the sums do not depend on the threads. Half and bfloat16
+// run in float, rounded once at the end.
+int64_t tap_block_bytes() {
+  return cpu_caches().l2 / 2;
+}
+
+template <typename T>
+int64_t tap_block_channels(int64_t channels, int64_t per_channel) {
+  return std::clamp<int64_t>(tap_block_bytes() / (per_channel * int64_t{sizeof(T)}), 1, channels);
+}
+
+template <typename T>
+void taps_forward(const Conv2dGeometry& g, const std::vector<TapGroup>& plan, const at::Tensor& input,
+                  const at::Tensor& weight, const at::Tensor& bias, at::Tensor& output) {
+  const int64_t Co = g.out_channels_per_group(), Ci = g.in_channels_per_group(), taps = g.kernel_h * g.kernel_w;
+  const std::vector<TapPositions> tp = tap_positions(g, plan);
+  std::vector<at::Tensor> xs;  // X_t per tap, (groups, C_in/g, P * N)
+  for (const TapPositions& t : tp) xs.push_back(gather_tap<T>(input, g.groups, t.input));
+  const at::Tensor out = output.view({g.batch, g.out_channels, g.output_plane()});
+  if (bias.defined()) {
+    out.copy_(bias.view({1, g.out_channels, 1}).expand_as(out));
+  } else {
+    out.zero_();
+  }
+  const int64_t block = tap_block_channels<T>(Co, taps * Ci), blocks = ceil_div(Co, block);
+  const T* w = weight.const_data_ptr<T>();
+  parallel_for_with_state(g.groups * blocks, block * taps * Ci * g.batch, [&](int64_t begin, int64_t end) {
+    const at::Tensor wb = at::empty({block, taps, Ci}, weight.options());
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t grp = b / blocks, c0 = b % blocks * block, n = std::min(block, Co - c0);
+      const int64_t co0 = grp * Co + c0;
+      for (int64_t c = 0; c < n; ++c) {
+        transpose(w + (co0 + c) * Ci * taps, Ci, taps, taps, wb.mutable_data_ptr<T>() + c * taps * Ci, Ci);
+      }
+      for (size_t i = 0; i < tp.size(); ++i) {
+        const at::Tensor x = xs[i][grp];
+        const at::Tensor y = at::empty({n, x.size(1)}, input.options());
+        gemm::matmul(y, wb.narrow(0, 0, n).select(1, tp[i].tap), x);
+        add_tap<T>(y, tp[i].positions, out.narrow(1, co0, n));
+      }
+    }
+  });
+}
+
+template <typename T>
+void taps_backward_input(const Conv2dGeometry& g, const std::vector<TapGroup>& plan, const at::Tensor& grad_output,
+                         const at::Tensor& weight, at::Tensor& grad_input) {
+  const int64_t Co = g.out_channels_per_group(), Ci = g.in_channels_per_group(), taps = g.kernel_h * g.kernel_w;
+  const std::vector<TapPositions> tp = tap_positions(g, plan);
+  std::vector<at::Tensor> gs;  // G_t^T per tap, (groups, C_out/g, P * N)
+  for (const TapPositions& t : tp) gs.push_back(gather_tap<T>(grad_output, g.groups, t.positions));
+  grad_input.zero_();
+  const at::Tensor gi = grad_input.view({g.batch, g.in_channels, g.in_h * g.in_w});
+  const int64_t block = tap_block_channels<T>(Ci, taps * Co), blocks = ceil_div(Ci, block);
+  const T* w = weight.const_data_ptr<T>();
+  parallel_for_with_state(g.groups * blocks, block * taps * Co * g.batch, [&](int64_t begin, int64_t end) {
+    const at::Tensor wb = at::empty({Co, taps, block}, weight.options());
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t grp = b / blocks, c0 = b % blocks * block, n = std::min(block, Ci - c0);
+      for (int64_t co = 0; co < Co; ++co) {  // kernels [c0, c0 + n) of each output channel, tap-major
+        transpose(w + ((grp * Co + co) * Ci + c0) * taps, n, taps, taps, wb.mutable_data_ptr<T>() + co * taps * block,
+                  block);
+      }
+      for (size_t i = 0; i < tp.size(); ++i) {
+        const at::Tensor go = gs[i][grp];
+        const at::Tensor d = at::empty({n, go.size(1)}, weight.options());
+        // D_t^T (n, P * N) = W_t^T @ G_t^T
+        gemm::matmul(d, wb.select(1, tp[i].tap).narrow(1, 0, n).t(), go);
+        add_tap<T>(d, tp[i].input, gi.narrow(1, grp * Ci + c0, n));
+      }
+    }
+  });
+}
+
+void grouped_forward(const Conv2dGeometry& g, const std::vector<TapGroup>& plan, const at::Tensor& input,
+                     const at::Tensor& weight, const at::Tensor& bias, at::Tensor& output) {
+  if (input.scalar_type() == at::kDouble) return taps_forward<double>(g, plan, input, weight, bias, output);
+  if (input.scalar_type() == at::kFloat) return taps_forward<float>(g, plan, input, weight, bias, output);
+  at::Tensor out = at::empty(output.sizes(), output.options().dtype(at::kFloat));
+  taps_forward<float>(g, plan, input.to(at::kFloat), weight.to(at::kFloat),
+                      bias.defined() ? bias.to(at::kFloat) : bias, out);
+  output.copy_(out);
+}
+
 void grouped_backward_input(const Conv2dGeometry& g, const std::vector<TapGroup>& plan,
                             const at::Tensor& grad_output, const at::Tensor& weight, at::Tensor& grad_input) {
-  const std::vector<at::Tensor> w = group_weights(g, plan, weight);
-  grad_input.zero_();
-  for (size_t i = 0; i < plan.size(); ++i) {
-    const TapGroup& t = plan[i];
-    const int64_t S = t.input_index.size(0), P = t.input_index.size(1);
-    at::Tensor cols = at::empty({g.groups, S * g.in_channels_per_group(), g.batch * P}, weight.options());
-    gemm::matmul(cols, w[i].transpose(1, 2), group_positions(grad_output, g.groups, t));
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, weight.scalar_type(), "scatter_columns", [&] {
-      scatter_columns(g, cols.const_data_ptr<scalar_t>(), t.input_index.const_data_ptr<int64_t>(), S, P,
-                      grad_input.mutable_data_ptr<scalar_t>());
-    });
+  if (weight.scalar_type() == at::kDouble) {
+    return taps_backward_input<double>(g, plan, grad_output, weight, grad_input);
   }
+  if (weight.scalar_type() == at::kFloat) {
+    return taps_backward_input<float>(g, plan, grad_output, weight, grad_input);
+  }
+  at::Tensor in = at::empty(grad_input.sizes(), grad_input.options().dtype(at::kFloat));
+  taps_backward_input<float>(g, plan, grad_output.to(at::kFloat), weight.to(at::kFloat), in);
+  grad_input.copy_(in);
 }
 
 // The weight gradient: each group's grad_out at its positions @ its
@@ -397,6 +484,7 @@ void append_im2col_constants(RouteConstants& out) {
   out.emplace_back("im2col.min_gemm_width", kMinGemmWidth);
   out.emplace_back("im2col.max_batch_columns", kMaxBatchColumns);
   out.emplace_back("im2col.min_group_columns", kMinGroupColumns);
+  out.emplace_back("im2col.tap_block_bytes", tap_block_bytes());
 }
 
 void conv2d_im2col_forward(const Conv2dGeometry& g, const at::Tensor& input, const at::Tensor& weight_,
