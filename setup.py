@@ -46,7 +46,11 @@ def extension():
     # torch being built against (C++17 for older releases, C++20 for newer).
     # OpenMP is how at::parallel_for spreads work over cores in torch's CPU
     # builds; without -fopenmp the loops in our kernels would run on one core.
-    cxx_flags = ["-O3", "-fopenmp"]
+    # Every function starts on a cache line, so that a hot loop's alignment
+    # is its own function's and not the sum of everything linked before it:
+    # without it, a change to conv2d_direct.cpp moved the GEMM linked after it
+    # and made an untouched im2col input gradient 15% slower.
+    cxx_flags = ["-O3", "-fopenmp", "-falign-functions=64"]
     if build_cuda() and cuda_sources:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
         print(f"custom_conv: building CPU and CUDA kernels "
