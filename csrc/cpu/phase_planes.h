@@ -56,24 +56,23 @@ void strided_copy(const src_t* src, dst_t* dst, int64_t lo, int64_t hi, int64_t 
   }
 }
 
-// Copies one (H, W) plane into its phase planes: per row of a phase, one
-// (strided) copy clipped to the input, zeros elsewhere.
+// Copies one (H, W) plane into its phase planes: zeros everywhere in one
+// pass, then per row of a phase that reads the input, one (strided) copy
+// clipped to it. (Filling each row's padding on its own cost a call to
+// memset per row, for a value or two: a fifth of a strided 32-64 layer's
+// direct forward on 9-wide phases.)
 template <typename src_t, typename dst_t>
 void to_phases(const src_t* plane, const Phases& p, dst_t* dst) {
+  std::fill(dst, dst + p.values(), dst_t(0));
   for (int64_t a = 0; a < p.stride_h; ++a) {
-    for (int64_t b = 0; b < p.stride_w; ++b) {
+    // Row i of phase a holds input row i * s_h + a - pad_h.
+    const ValidRange rows = valid_outputs(a - p.pad_h, p.stride_h, p.in_h, p.h);
+    for (int64_t b = 0; b < p.stride_w; ++b, dst += p.h * p.w) {
       // Column j of phase b holds input column j * s_w + b - pad_w.
       const ValidRange cols = valid_outputs(b - p.pad_w, p.stride_w, p.in_w, p.w);
-      for (int64_t i = 0; i < p.h; ++i, dst += p.w) {
-        const int64_t h = i * p.stride_h + a - p.pad_h;
-        if (h < 0 || h >= p.in_h) {
-          std::fill(dst, dst + p.w, dst_t(0));
-          continue;
-        }
-        const src_t* src = plane + h * p.in_w + b - p.pad_w;
-        std::fill(dst, dst + cols.lo, dst_t(0));
-        strided_copy<true>(src, dst, cols.lo, cols.hi, p.stride_w);
-        std::fill(dst + cols.hi, dst + p.w, dst_t(0));
+      for (int64_t i = rows.lo; i < rows.hi; ++i) {
+        const src_t* src = plane + (i * p.stride_h + a - p.pad_h) * p.in_w + b - p.pad_w;
+        strided_copy<true>(src, dst + i * p.w, cols.lo, cols.hi, p.stride_w);
       }
     }
   }
