@@ -343,6 +343,17 @@ void add_tap(const at::Tensor& rows, const std::vector<int64_t>& at_, const at::
   }
 }
 
+// Blocks of channels for the products per tap (below): as many channels as
+// have their kernels, per_channel values each, fill half of L2.
+int64_t tap_block_bytes() {
+  return cpu_caches().l2 / 2;
+}
+
+template <typename T>
+int64_t tap_block_channels(int64_t channels, int64_t per_channel) {
+  return std::clamp<int64_t>(tap_block_bytes() / (per_channel * int64_t{sizeof(T)}), 1, channels);
+}
+
 // The forward and the input gradient, a product per tap. Tap t's kernels
 // form a (C_out/g, C_in/g) matrix W_t; its outputs are
 //   Y_t (C_out/g, P * N) = W_t @ X_t (C_in/g, P * N),
@@ -361,15 +372,6 @@ void add_tap(const at::Tensor& rows, const std::vector<int64_t>& at_, const at::
 // more per group.) A block's taps are added in order, and a channel belongs
 // to one block: the sums do not depend on the threads. Half and bfloat16
 // run in float, rounded once at the end.
-int64_t tap_block_bytes() {
-  return cpu_caches().l2 / 2;
-}
-
-template <typename T>
-int64_t tap_block_channels(int64_t channels, int64_t per_channel) {
-  return std::clamp<int64_t>(tap_block_bytes() / (per_channel * int64_t{sizeof(T)}), 1, channels);
-}
-
 template <typename T>
 void taps_forward(const Conv2dGeometry& g, const std::vector<TapGroup>& plan, const at::Tensor& input,
                   const at::Tensor& weight, const at::Tensor& bias, at::Tensor& output) {
