@@ -505,6 +505,26 @@ struct MmaIn {
   float c[4];
 };
 
+// D = A B + C, the K-step product of A (16 x K) and B (K x 8) in float,
+// each lane's four D elements written to its output: element i at row
+// g + 8 (i / 2), column 2t + i % 2, with g = lane / 4 and t = lane % 4 (the
+// same for every shape here).
+template <int K>
+void mma_store(const WarpExchange& x, const float (&a)[16][K], const float (&b)[K][8], const float (&c)[16][8]) {
+  for (int lane = 0; lane < 32; ++lane) {
+    auto* d = static_cast<float*>(x.out[lane]);
+    const int g = lane / 4, t = lane % 4;
+    for (int i = 0; i < 4; ++i) {
+      const int row = g + 8 * (i / 2), col = 2 * t + i % 2;
+      float sum = 0.0f;
+      for (int k = 0; k < K; ++k) {
+        sum += a[row][k] * b[k][col];
+      }
+      d[i] = sum + c[row][col];
+    }
+  }
+}
+
 // mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}.{f16,bf16}.f32:
 // D (16 x 8) = A (16 x 16) B (16 x 8) + C. With g = lane / 4 and
 // t = lane % 4, a lane holds (each register two 16-bit elements, the lower
@@ -530,18 +550,7 @@ void mma_combine(const WarpExchange& x) {
       }
     }
   }
-  for (int lane = 0; lane < 32; ++lane) {
-    auto* d = static_cast<float*>(x.out[lane]);
-    const int g = lane / 4, t = lane % 4;
-    for (int i = 0; i < 4; ++i) {
-      const int row = g + 8 * (i / 2), col = 2 * t + i % 2;
-      float sum = 0.0f;
-      for (int k = 0; k < 16; ++k) {
-        sum += a[row][k] * b[k][col];
-      }
-      d[i] = sum + c[row][col];
-    }
-  }
+  mma_store(x, a, b, c);
 }
 
 // mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32: with g = lane / 4 and
@@ -568,18 +577,7 @@ inline void mma_tf32_combine(const WarpExchange& x) {
       b[t + 4 * i][g] = tf32_value(in.b[i]);
     }
   }
-  for (int lane = 0; lane < 32; ++lane) {
-    auto* d = static_cast<float*>(x.out[lane]);
-    const int g = lane / 4, t = lane % 4;
-    for (int i = 0; i < 4; ++i) {
-      const int row = g + 8 * (i / 2), col = 2 * t + i % 2;
-      float sum = 0.0f;
-      for (int k = 0; k < 8; ++k) {
-        sum += a[row][k] * b[k][col];
-      }
-      d[i] = sum + c[row][col];
-    }
-  }
+  mma_store(x, a, b, c);
 }
 
 }  // namespace emulator
