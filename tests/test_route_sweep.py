@@ -140,7 +140,8 @@ def im2col_layers():
 
 def direct_layers():
     """Forward: blocks of nb output channels (direct.*.forward.nb) and tiles
-    of `tile` outputs (along rows, or across them); input gradient: the same
+    of `tile` outputs (along rows, or across them), or runs of outputs along
+    the lanes (direct.*.forward_runs); input gradient: the same
     kernel with the channel roles swapped; weight gradient: tiles of r input
     channels (direct.*.weight_grad.r) by nb output channels, over
     weight_partials blocks of samples."""
@@ -158,6 +159,16 @@ def direct_layers():
     for nb in nbs:  # one channel past each block: the next blocking, or a last block of one
         layers[f"{nb + 1} output channels, rows of {max(tiles, default=16) + 3}"] = \
             layer(2, 5, nb + 1, (6, max(tiles, default=16) + 5), 3)
+    # Few input channels: the forward and input gradient take the tiles with
+    # the outputs along the lanes (direct.*.forward_runs: nb channels by
+    # runs of `lanes` outputs), whose writes the channel-vectorised tiles'
+    # scattered stores would outweigh. Rows of two full runs and a short
+    # one; one channel past each blocking's nb (the other blocking then
+    # needs fewer blocks, so each is taken by one of the layers).
+    run_lanes = max(C["direct.float32.forward_runs.lanes"] + C["direct.float64.forward_runs.lanes"], default=16)
+    for nb in sorted(set(C["direct.float32.forward_runs.nb"] + C["direct.float64.forward_runs.nb"])):
+        layers[f"outputs along the lanes: {nb + 1} output channels, rows of {2 * run_lanes + 3}"] = \
+            layer(3, 2, nb + 1, (5, 2 * run_lanes + 3), 3, padding=1)
     for r in rs:  # one input channel past each weight-gradient tile; as output channels, one past too
         layers[f"{r + 1} input channels"] = layer(partials + 1, r + 1, 7, 9, 3, padding=1)
     layers.update({

@@ -22,8 +22,14 @@ using namespace vectors;
 // x 1 register or 6 x 2 (12 accumulators), weight-gradient tiles of r input
 // channels x 1 or 2 registers.
 constexpr ForwardBlocking<float> kFloatForward[] = {
-    {8, 12, &loops::forward_tiles<Avx2Float, 12, 1>},
-    {16, 6, &loops::forward_tiles<Avx2Float, 6, 2>},
+    {8, 12, 1, &loops::forward_tiles<Avx2Float, 12, 1>},
+    {16, 6, 2, &loops::forward_tiles<Avx2Float, 6, 2>},
+};
+// With the outputs along the lanes (runs of 8): 4 channels x 3 runs or 6 x
+// 2, 12 accumulators.
+constexpr ForwardBlocking<float> kFloatRuns[] = {
+    {4, 24, 3, &loops::forward_runs<Avx2Float, 4, 3>, 8},
+    {6, 16, 2, &loops::forward_runs<Avx2Float, 6, 2>, 8},
 };
 constexpr WeightGradBlocking<float> kFloatWeightGrad[] = {
     {8, 4, &loops::weight_grad_tiles<Avx2Float, 4, 1>},
@@ -31,8 +37,12 @@ constexpr WeightGradBlocking<float> kFloatWeightGrad[] = {
     {16, 4, &loops::weight_grad_tiles<Avx2Float, 4, 2>},
 };
 constexpr ForwardBlocking<double> kDoubleForward[] = {
-    {4, 12, &loops::forward_tiles<Avx2Double, 12, 1>},
-    {8, 6, &loops::forward_tiles<Avx2Double, 6, 2>},
+    {4, 12, 1, &loops::forward_tiles<Avx2Double, 12, 1>},
+    {8, 6, 2, &loops::forward_tiles<Avx2Double, 6, 2>},
+};
+constexpr ForwardBlocking<double> kDoubleRuns[] = {
+    {4, 12, 3, &loops::forward_runs<Avx2Double, 4, 3>, 4},
+    {6, 8, 2, &loops::forward_runs<Avx2Double, 6, 2>, 4},
 };
 constexpr WeightGradBlocking<double> kDoubleWeightGrad[] = {
     {4, 4, &loops::weight_grad_tiles<Avx2Double, 4, 1>},
@@ -43,9 +53,9 @@ constexpr WeightGradBlocking<double> kDoubleWeightGrad[] = {
 // Built at compile time (constexpr): no code of this file runs, not even at
 // load time, until a caller has checked the CPU.
 constexpr Kernels<float> kFloat{"avx2", kFloatForward, 2, kFloatWeightGrad, 3,
-                                 &loops::fma_peak_loop<Avx2Float>};
+                                 &loops::fma_peak_loop<Avx2Float>, kFloatRuns, 2};
 constexpr Kernels<double> kDouble{"avx2", kDoubleForward, 2, kDoubleWeightGrad, 3,
-                                  &loops::fma_peak_loop<Avx2Double>};
+                                  &loops::fma_peak_loop<Avx2Double>, kDoubleRuns, 2};
 
 }  // namespace
 }  // namespace direct

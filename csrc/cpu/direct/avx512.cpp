@@ -28,9 +28,9 @@ using namespace vectors;
 // do not waste three quarters of each. Weight-gradient tiles hold r input
 // channels x 1 or 2 registers.
 constexpr ForwardBlocking<float> kFloatForward[] = {
-    {8, 16, &loops::forward_tiles<Avx512Float8, 16, 1>},
-    {16, 16, &loops::forward_tiles<Avx512Float, 16, 1>},
-    {32, 8, &loops::forward_tiles<Avx512Float, 8, 2>},
+    {8, 16, 1, &loops::forward_tiles<Avx512Float8, 16, 1>},
+    {16, 16, 1, &loops::forward_tiles<Avx512Float, 16, 1>},
+    {32, 8, 2, &loops::forward_tiles<Avx512Float, 8, 2>},
 };
 constexpr WeightGradBlocking<float> kFloatWeightGrad[] = {
     {8, 4, &loops::weight_grad_tiles<Avx512Float8, 4, 1>},
@@ -42,9 +42,19 @@ constexpr WeightGradBlocking<float> kFloatWeightGrad[] = {
     {32, 4, &loops::weight_grad_tiles<Avx512Float, 4, 2>},
     {32, 8, &loops::weight_grad_tiles<Avx512Float, 8, 2>},
 };
+// With the outputs along the lanes (runs of 16): 6 channels x 4 runs or 8
+// x 3, 24 accumulators and a register per run's inputs.
+constexpr ForwardBlocking<float> kFloatRuns[] = {
+    {6, 64, 4, &loops::forward_runs<Avx512Float, 6, 4>, 16},
+    {8, 48, 3, &loops::forward_runs<Avx512Float, 8, 3>, 16},
+};
 constexpr ForwardBlocking<double> kDoubleForward[] = {
-    {8, 16, &loops::forward_tiles<Avx512Double, 16, 1>},
-    {16, 8, &loops::forward_tiles<Avx512Double, 8, 2>},
+    {8, 16, 1, &loops::forward_tiles<Avx512Double, 16, 1>},
+    {16, 8, 2, &loops::forward_tiles<Avx512Double, 8, 2>},
+};
+constexpr ForwardBlocking<double> kDoubleRuns[] = {
+    {6, 32, 4, &loops::forward_runs<Avx512Double, 6, 4>, 8},
+    {8, 24, 3, &loops::forward_runs<Avx512Double, 8, 3>, 8},
 };
 constexpr WeightGradBlocking<double> kDoubleWeightGrad[] = {
     {8, 4, &loops::weight_grad_tiles<Avx512Double, 4, 1>},
@@ -57,9 +67,9 @@ constexpr WeightGradBlocking<double> kDoubleWeightGrad[] = {
 // Built at compile time (constexpr): no code of this file runs, not even at
 // load time, until a caller has checked the CPU.
 constexpr Kernels<float> kFloat{"avx512", kFloatForward, 3, kFloatWeightGrad, 8,
-                                 &loops::fma_peak_loop<Avx512Float>};
+                                 &loops::fma_peak_loop<Avx512Float>, kFloatRuns, 2};
 constexpr Kernels<double> kDouble{"avx512", kDoubleForward, 2, kDoubleWeightGrad, 5,
-                                  &loops::fma_peak_loop<Avx512Double>};
+                                  &loops::fma_peak_loop<Avx512Double>, kDoubleRuns, 2};
 
 }  // namespace
 }  // namespace direct

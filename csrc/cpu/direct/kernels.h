@@ -73,10 +73,16 @@ struct WeightGradArgs {
 // (one or two vector registers), tiles of `tile` outputs, and the kernel that
 // computes tiles [tile_begin, tile_end) of one sample and group, every block.
 // It needs xp readable up to `tile` values past its last plane.
+// `vectors`: the vector registers of a tile's row of accumulators (NV).
+//
+// With run_lanes > 0 the kernel is loops::forward_runs instead, the outputs
+// along the lanes: a tile is `vectors` runs of run_lanes outputs of one row
+// (tile = vectors * run_lanes of them, row_tiles unused) by nb channels.
 template <typename T>
 struct ForwardBlocking {
-  int64_t nb, tile;
+  int64_t nb, tile, vectors;
   void (*run)(const ForwardArgs<T>& a, int64_t tile_begin, int64_t tile_end);
+  int64_t run_lanes = 0;
 };
 
 // One register blocking of the weight-gradient kernel: output-channel blocks
@@ -100,6 +106,10 @@ struct Kernels {
   // The peak measurement (loops::fma_peak_loop) on this instruction set's
   // widest registers: runs `iterations` rounds, returns the operations done.
   int64_t (*fma_peak_loop)(int64_t iterations, T* sink);
+  // The forward blockings with the outputs along the lanes (run_lanes > 0),
+  // sorted by nb.
+  const ForwardBlocking<T>* runs = nullptr;
+  int64_t runs_count = 0;
 };
 
 // The forward blocking for a group of `cout` output channels: the narrowest

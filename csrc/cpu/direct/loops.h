@@ -94,6 +94,76 @@ void forward_tiles(const ForwardArgs<typename V::scalar>& a, int64_t tile_begin,
   }
 }
 
+// The forward with the outputs along the vector lanes instead (what
+// ForwardBlocking::run_lanes selects): each output row is cut into runs of
+// V::lanes consecutive outputs (the row's last run shorter), and a tile is
+// NR consecutive runs, which may lie in different rows, times CO output
+// channels. Each step of the reduction loads one vector of inputs per run,
+// where the run's outputs read their (channel, tap) values side by side, and
+// broadcasts each of the CO weights against all NR of them: NR + CO loads
+// per CO x NR multiply-adds, where the channel-vectorised tiles above need
+// P + NV per P x NV, about one load per multiply-add for layers with one
+// vector of output channels (16). The lanes of a short run past the row's
+// end read the padded plane on (xp has a tile of slack past its last
+// plane) and are not stored. The accumulators are the outputs' own rows, so
+// they are stored straight into (channel, oh, ow).
+template <class V, int CO, int NR>
+void forward_runs(const ForwardArgs<typename V::scalar>& a, int64_t tile_begin, int64_t tile_end) {
+  using T = typename V::scalar;
+  constexpr int lanes = V::lanes;
+  const int64_t per_row = (a.out_w + lanes - 1) / lanes, runs = a.out_h * per_row;
+  const int64_t L = a.out_h * a.out_w, blocks = (a.cout + CO - 1) / CO;
+  for (int64_t t = tile_begin; t < tile_end; ++t) {
+    int64_t xoff[NR], ooff[NR];
+    int count[NR];
+    for (int i = 0; i < NR; ++i) {
+      const int64_t r = t * NR + i, oh = r / per_row, ow0 = (r - oh * per_row) * lanes;
+      const bool inside = r < runs;
+      xoff[i] = inside ? oh * a.wp + ow0 : 0;
+      ooff[i] = inside ? oh * a.out_w + ow0 : 0;
+      count[i] = inside ? static_cast<int>(a.out_w - ow0 < lanes ? a.out_w - ow0 : lanes) : 0;
+    }
+    for (int64_t cb = 0; cb < blocks; ++cb) {
+      const T* w = a.wpack + cb * a.steps * CO;
+      typename V::reg acc[CO][NR];
+#pragma GCC unroll 32
+      for (int c = 0; c < CO; ++c) {
+#pragma GCC unroll 8
+        for (int i = 0; i < NR; ++i) acc[c][i] = V::zero();
+      }
+      for (int64_t k = 0; k < a.steps; ++k, w += CO) {
+        const T* xk = a.xp + a.koff[k];
+        typename V::reg xv[NR];
+#pragma GCC unroll 8
+        for (int i = 0; i < NR; ++i) xv[i] = V::load(xk + xoff[i]);
+#pragma GCC unroll 32
+        for (int c = 0; c < CO; ++c) {
+          const typename V::reg wc = V::broadcast(w + c);
+#pragma GCC unroll 8
+          for (int i = 0; i < NR; ++i) acc[c][i] = V::fma(wc, xv[i], acc[c][i]);
+        }
+      }
+      const int64_t co0 = cb * CO;
+#pragma GCC unroll 32
+      for (int c = 0; c < CO; ++c) {
+        if (co0 + c >= a.cout) break;
+        const T zero = T(0);
+        const typename V::reg bias = V::broadcast(a.bias ? a.bias + co0 + c : &zero);
+        T* out = a.out + (co0 + c) * L;
+#pragma GCC unroll 8
+        for (int i = 0; i < NR; ++i) {
+          const typename V::reg v = V::add(acc[c][i], bias);
+          if (count[i] == lanes) {
+            V::store(out + ooff[i], v);
+          } else if (count[i] > 0) {
+            V::store_first(out + ooff[i], v, count[i]);
+          }
+        }
+      }
+    }
+  }
+}
+
 // One weight-gradient tile: R input channels (from c0) of one tap times NV
 // vectors of output channels (from the block at `got`), summed over every
 // output pixel of the sample, then added into dwt.
