@@ -169,6 +169,21 @@ def direct_layers():
     for nb in sorted(set(C["direct.float32.forward_runs.nb"] + C["direct.float64.forward_runs.nb"])):
         layers[f"outputs along the lanes: {nb + 1} output channels, rows of {2 * run_lanes + 3}"] = \
             layer(3, 2, nb + 1, (5, 2 * run_lanes + 3), 3, padding=1)
+    # Inputs of at most direct.weight_grad_runs.max_channels channels on planes
+    # a run of lanes wide: the weight gradient along the pixels, in tiles of
+    # 8 (AVX-512) or 4 (AVX2) output channels by 3 reduction steps. One
+    # channel past a block of 8, rows of two runs and a short one, steps not
+    # a multiple of 3 (25), strides (its phase planes), groups.
+    wg_lanes = max(C["direct.float32.weight_grad_runs.lanes"] + C["direct.float64.weight_grad_runs.lanes"],
+                   default=16)
+    few = C["direct.weight_grad_runs.max_channels"][0]
+    layers.update({
+        f"weight gradient along the pixels: {few} input channels, rows of {2 * wg_lanes + 3}":
+            layer(partials + 1, few, 9, (5, 2 * wg_lanes + 3), 3, padding=1),
+        "weight gradient along the pixels: 25 steps, stride (2, 1)":
+            layer(3, 1, 6, (9, wg_lanes + 4), 5, stride=(2, 1)),
+        "weight gradient along the pixels: groups": layer(2, 2 * few, 6, (4, wg_lanes + 1), 3, groups=2, padding=1),
+    })
     for r in rs:  # one input channel past each weight-gradient tile; as output channels, one past too
         layers[f"{r + 1} input channels"] = layer(partials + 1, r + 1, 7, 9, 3, padding=1)
     layers.update({

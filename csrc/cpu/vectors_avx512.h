@@ -17,6 +17,7 @@ struct Avx512Float {
   static constexpr int lanes = 16;
   static reg zero() { return _mm512_setzero_ps(); }
   static reg load(const float* p) { return _mm512_loadu_ps(p); }
+  static reg load_first(const float* p, int n) { return _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), p); }
   static void store(float* p, reg v) { _mm512_storeu_ps(p, v); }
   static void store_first(float* p, reg v, int n) { _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1), v); }
   static reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
@@ -45,6 +46,7 @@ struct Avx512Double {
   static constexpr int lanes = 8;
   static reg zero() { return _mm512_setzero_pd(); }
   static reg load(const double* p) { return _mm512_loadu_pd(p); }
+  static reg load_first(const double* p, int n) { return _mm512_maskz_loadu_pd((__mmask8)((1u << n) - 1), p); }
   static void store(double* p, reg v) { _mm512_storeu_pd(p, v); }
   static void store_first(double* p, reg v, int n) { _mm512_mask_storeu_pd(p, (__mmask8)((1u << n) - 1), v); }
   static reg add(reg a, reg b) { return _mm512_add_pd(a, b); }

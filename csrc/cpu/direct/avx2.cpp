@@ -36,6 +36,9 @@ constexpr WeightGradBlocking<float> kFloatWeightGrad[] = {
     {8, 8, &loops::weight_grad_tiles<Avx2Float, 8, 1>},
     {16, 4, &loops::weight_grad_tiles<Avx2Float, 4, 2>},
 };
+// The weight gradient along the pixels: 4 output channels x 3 steps.
+constexpr WeightGradRunsBlocking<float> kFloatWeightGradRuns{4, 3, 8, &loops::weight_grad_runs<Avx2Float, 4, 3>};
+constexpr WeightGradRunsBlocking<double> kDoubleWeightGradRuns{4, 3, 4, &loops::weight_grad_runs<Avx2Double, 4, 3>};
 constexpr ForwardBlocking<double> kDoubleForward[] = {
     {4, 12, 1, &loops::forward_tiles<Avx2Double, 12, 1>},
     {8, 6, 2, &loops::forward_tiles<Avx2Double, 6, 2>},
@@ -53,9 +56,9 @@ constexpr WeightGradBlocking<double> kDoubleWeightGrad[] = {
 // Built at compile time (constexpr): no code of this file runs, not even at
 // load time, until a caller has checked the CPU.
 constexpr Kernels<float> kFloat{"avx2", kFloatForward, 2, kFloatWeightGrad, 3,
-                                 &loops::fma_peak_loop<Avx2Float>, kFloatRuns, 2};
+                                 &loops::fma_peak_loop<Avx2Float>, kFloatRuns, 2, &kFloatWeightGradRuns};
 constexpr Kernels<double> kDouble{"avx2", kDoubleForward, 2, kDoubleWeightGrad, 3,
-                                  &loops::fma_peak_loop<Avx2Double>, kDoubleRuns, 2};
+                                  &loops::fma_peak_loop<Avx2Double>, kDoubleRuns, 2, &kDoubleWeightGradRuns};
 
 }  // namespace
 }  // namespace direct

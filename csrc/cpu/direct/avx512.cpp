@@ -48,6 +48,10 @@ constexpr ForwardBlocking<float> kFloatRuns[] = {
     {6, 64, 4, &loops::forward_runs<Avx512Float, 6, 4>, 16},
     {8, 48, 3, &loops::forward_runs<Avx512Float, 8, 3>, 16},
 };
+// The weight gradient along the pixels: 8 output channels x 3 steps, 24
+// accumulators and the 3 steps' input vectors.
+constexpr WeightGradRunsBlocking<float> kFloatWeightGradRuns{8, 3, 16, &loops::weight_grad_runs<Avx512Float, 8, 3>};
+constexpr WeightGradRunsBlocking<double> kDoubleWeightGradRuns{8, 3, 8, &loops::weight_grad_runs<Avx512Double, 8, 3>};
 constexpr ForwardBlocking<double> kDoubleForward[] = {
     {8, 16, 1, &loops::forward_tiles<Avx512Double, 16, 1>},
     {16, 8, 2, &loops::forward_tiles<Avx512Double, 8, 2>},
@@ -67,9 +71,9 @@ constexpr WeightGradBlocking<double> kDoubleWeightGrad[] = {
 // Built at compile time (constexpr): no code of this file runs, not even at
 // load time, until a caller has checked the CPU.
 constexpr Kernels<float> kFloat{"avx512", kFloatForward, 3, kFloatWeightGrad, 8,
-                                 &loops::fma_peak_loop<Avx512Float>, kFloatRuns, 2};
+                                 &loops::fma_peak_loop<Avx512Float>, kFloatRuns, 2, &kFloatWeightGradRuns};
 constexpr Kernels<double> kDouble{"avx512", kDoubleForward, 2, kDoubleWeightGrad, 5,
-                                  &loops::fma_peak_loop<Avx512Double>, kDoubleRuns, 2};
+                                  &loops::fma_peak_loop<Avx512Double>, kDoubleRuns, 2, &kDoubleWeightGradRuns};
 
 }  // namespace
 }  // namespace direct

@@ -69,6 +69,30 @@ struct WeightGradArgs {
   int64_t chunk_rows;     // output rows walked by every tile before the next rows
 };
 
+// The weight gradient with the output pixels along the lanes
+// (loops::weight_grad_runs), for one sample and group: for each output
+// channel co and reduction step k = ci * taps + tap (numbered as the forward
+// numbers them, read through the same padded planes and offsets), the lanes'
+// partial sums of go[co][pixel] * xp[koff[k] + oh * wp + ow] are added into
+// sums[co block][k block][CO][K][lanes] (blocks of the blocking's co and k;
+// the channels and steps past the last are computed from the last and never
+// read).
+template <typename T>
+struct WeightGradRunsArgs {
+  const T* xp;
+  const int64_t* koff;
+  int64_t steps;
+  const T* go;  // [cout][out_h * out_w]
+  int64_t cout, wp, out_h, out_w;
+  T* sums;
+};
+
+template <typename T>
+struct WeightGradRunsBlocking {
+  int64_t co, k, lanes;
+  void (*run)(const WeightGradRunsArgs<T>& a);
+};
+
 // One register blocking of the forward kernel: output-channel blocks of nb
 // (one or two vector registers), tiles of `tile` outputs, and the kernel that
 // computes tiles [tile_begin, tile_end) of one sample and group, every block.
@@ -110,6 +134,8 @@ struct Kernels {
   // sorted by nb.
   const ForwardBlocking<T>* runs = nullptr;
   int64_t runs_count = 0;
+  // The weight gradient with the pixels along the lanes.
+  const WeightGradRunsBlocking<T>* weight_grad_runs = nullptr;
 };
 
 // The forward blocking for a group of `cout` output channels: the narrowest
