@@ -32,8 +32,10 @@ LAYERS = {
                                                              "direct", "direct"),
     "65 input channels: one step past the limit": (65, 64, 16, 3, dict(padding=2, dilation=2), "im2col", "direct",
                                                    "im2col"),
-    "65 output channels: too many for the direct weight gradient": (
-        64, 65, 16, 3, dict(padding=2, dilation=2), "direct", "im2col", "im2col"),
+    "128 output channels: the most the direct weight gradient takes": (
+        64, 128, 16, 3, dict(padding=2, dilation=2), "direct", "im2col", "direct"),
+    "129 output channels: too many for the direct weight gradient": (
+        64, 129, 16, 3, dict(padding=2, dilation=2), "direct", "im2col", "im2col"),
     "VGG 3x3 stride 1, 128 channels": (128, 128, 12, 3, dict(padding=1), "winograd", "winograd", "winograd"),
     "64-64 @24: the fewest channels Winograd takes": (64, 64, 24, 3, dict(padding=1), "winograd", "winograd",
                                                      "winograd"),
@@ -106,7 +108,7 @@ def test_every_chosen_algorithm_matches_torch(name, dtype, threads):
     the direct route sums blocks of 2 or 3 samples; the im2col route cuts
     the batch into chunks (by cache budget, and so that each thread gets
     one: how many depends on the thread count) and sums each block's chunks,
-    e.g. 9 chunks of 2 samples in 8 blocks for the 65-channel layers."""
+    e.g. 9 chunks of 2 samples in 8 blocks for the 65-input-channel layer."""
     kwargs = LAYERS[name][4]
     inputs, grad, ref, ref_grads = torch_reference(name, dtype)
     leaves = [t.clone().requires_grad_() for t in inputs]
