@@ -57,6 +57,14 @@ int64_t min_winograd_channels(Conv2dPass pass) {
                                                                                 : kMinWinogradChannels;
 }
 constexpr int64_t kMinWinogradTiles = 64;
+// Winograd's weight gradient in its plane layout (wide planes) reads both
+// operands of its products repacked; at AVX-512 the direct kernels were
+// faster there on layers of up to this many channels each way, at batch 32:
+// ResNet-18's 64-64 @56 25.4 against 29.7 ms, 64-64 @40 12.1 / 14.1, 48-64
+// @56 18.3 / 25.6 (but 64-48 @40, whose 48 output channels fill 3/4 of the
+// direct tiles, 12.9 / 11.7). At AVX2, with half the registers, the direct
+// kernels were 1.1-1.3x slower on the same layers.
+constexpr int64_t kMaxWinogradPlaneWeightGradDirectChannels = 64;
 bool is_disabled(Conv2dAlgorithm algorithm) {
   return algorithm_switched_off(algorithm);
 }
@@ -127,6 +135,11 @@ const char* winograd_refusal(const Conv2dGeometry& g, Conv2dPass pass, at::Scala
   const int64_t tiles = g.batch * ceil_div(g.out_h, 2) * ceil_div(g.out_w, 2);
   if (tiles < kMinWinogradTiles) {
     return "too few output tiles to pay for winograd's kernel transform";
+  }
+  if (pass == Conv2dPass::kBackwardWeight && cpu_level() == CpuLevel::kAvx512 &&
+      std::max(g.in_channels, g.out_channels) <= kMaxWinogradPlaneWeightGradDirectChannels &&
+      conv2d_winograd_weight_grad_in_planes(g) && direct_refusal(g, pass, dtype, nullptr) == nullptr) {
+    return "its weight gradient on wide planes is slower than the direct kernels' up to 64 channels";
   }
   return nullptr;
 }

@@ -40,6 +40,8 @@ LAYERS = {
     "64-64 @24: the fewest channels Winograd takes": (64, 64, 24, 3, dict(padding=1), "winograd", "winograd",
                                                      "winograd"),
     "63 channels: too few for Winograd": (63, 64, 24, 3, dict(padding=1), "direct", "direct", "direct"),
+    "64-64 @40: Winograd's weight gradient in its plane layout leaves it to the direct kernels": (
+        64, 64, 40, 3, dict(padding=1), "winograd", "winograd", "direct"),
     "ResNet-20 32-32 @16": (32, 32, 16, 3, dict(padding=1), "direct", "direct", "direct"),
     "31 channels": (31, 32, 16, 3, dict(padding=1), "direct", "direct", "direct"),
     "deep 3x3 layer on a 2x2 plane: too few tiles for Winograd": (256, 256, 2, 3, dict(padding=1), "im2col",
@@ -60,6 +62,8 @@ LAYERS = {
 # direct kernels strided input gradients. Their runs of 8 outputs by 4
 # channels waste a quarter of a block on 3 channels, not AVX-512's half of 6.
 AVX2_DIFFERENCES = {
+    "64-64 @40: Winograd's weight gradient in its plane layout leaves it to the direct kernels":
+        ["winograd", "winograd", "winograd"],
     "3 input channels: the input gradient's 3 channels fill few lanes": ["direct", "direct", "direct"],
     "63 channels: too few for Winograd": ["winograd", "winograd", "direct"],
     "ResNet-20 32-32 @16": ["winograd", "winograd", "direct"],
@@ -73,6 +77,8 @@ def expected_choice(name):
     if KERNELS == "avx2":
         return AVX2_DIFFERENCES.get(name, expected)
     if KERNELS == "baseline":  # no direct kernels: grouped single input channels go depthwise, the rest im2col
+        if "Winograd's weight gradient" in name:  # with no direct kernels to leave it to, Winograd keeps it
+            return ["winograd"] * 3
         fallback = "depthwise" if cin // kwargs.get("groups", 1) == 1 and kwargs.get("groups", 1) > 1 else "im2col"
         return [fallback if algorithm == "direct" else algorithm for algorithm in expected]
     return expected

@@ -89,6 +89,9 @@ void conv2d_winograd_backward_input(const Conv2dGeometry& g, const at::Tensor& g
                                     const at::Tensor& weight, at::Tensor& grad_input);
 void conv2d_winograd_backward_weight(const Conv2dGeometry& g, const at::Tensor& input,
                                      const at::Tensor& grad_output, at::Tensor& grad_weight);
+// Whether the weight gradient runs in the plane layout (wide planes: both
+// operands of its products repacked), for the chooser's costs.
+bool conv2d_winograd_weight_grad_in_planes(const Conv2dGeometry& g);
 
 // A route as the ops call it: its contract and its three passes.
 struct CpuRoute {

@@ -302,6 +302,10 @@ const char* conv2d_winograd_refusal(const Conv2dGeometry& g, Conv2dPass, at::Sca
   return nullptr;
 }
 
+bool conv2d_winograd_weight_grad_in_planes(const Conv2dGeometry& g) {
+  return planes_layout(forward_problem(g), /*weight_grad=*/true);
+}
+
 void append_winograd_constants(RouteConstants& out) {
   out.emplace_back("winograd.min_plane_tiles", kMinPlaneTiles);
   out.emplace_back("winograd.min_plane_tiles_weight_grad", kMinPlaneTilesWeightGrad);
