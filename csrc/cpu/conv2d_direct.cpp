@@ -69,9 +69,10 @@ Tiling tiling(const DirectProblem& p, int64_t tile, int64_t run_lanes = 0) {
 // lines: twice), and the core retires two of either per cycle, so a step
 // costs the larger count. Writing a tile out costs about a cycle and a half
 // per value for the channel-vectorised tiles (scattered to their pixels one
-// by one) and two per vector for runs. Over 9 layers from LeNet-5, VGG-16
-// and the ResNets, it picked the fastest blocking, or one within 5% of it,
-// and its ratios were within 15% of the measured ones (AVX-512).
+// by one) and two per vector for runs. On 9 layers from LeNet-5, VGG-16 and
+// the ResNets it picked the fastest blocking, or one within 5% of it, at
+// AVX-512 (and on 8 at AVX2); it overstates a loss at times (2.1x for runs
+// on 8x8 planes, measured 1.5x), never the order.
 template <typename T>
 double forward_cycles(const direct::ForwardBlocking<T>& b, const DirectProblem& p) {
   const bool runs = b.run_lanes > 0;

@@ -233,27 +233,27 @@ void weight_grad_tiles(const WeightGradArgs<typename V::scalar>& a) {
   }
 }
 
+// Keeps a loaded vector in a register. Without it GCC folds the load into
+// each multiply-add that uses it, as a memory operand: K loads instead of
+// one, and weight_grad_runs bound by loads again (1.4x slower).
+template <class R>
+inline void in_register(R& v) {
+  __asm__("" : "+v"(v));
+}
+
 // The weight gradient with the output pixels along the lanes (see
-// WeightGradRunsArgs): the tiles above broadcast one input value per
-// multiply-add when there is a single vector of output channels, and need
-// both operands transposed (channels-last input, pixel-major output
-// gradient) first, a quarter of the time of a 16- or 64-channel layer with
-// a 3-channel input. Here a tile of CO output channels x K reduction steps
-// walks the output rows a run of lanes outputs at a time: K input vectors
+// WeightGradRunsArgs), for inputs of a few channels: the tiles above pad
+// them to r = 4 or 8 broadcasts per pixel, and need both operands
+// transposed (channels-last input, pixel-major output gradient) first, a
+// quarter of the time of a 3-to-64-channel layer. Here a tile of CO output
+// channels x K reduction steps walks the output rows a run of lanes outputs
+// at a time: K input vectors
 // (each step's values for those outputs, side by side in its padded plane)
 // against each channel's output-gradient vector, CO + K loads per CO x K
 // multiply-adds, both operands read as they lie. A row's short last run is
 // loaded masked (lanes past it read as zero). The lanes' sums carry on
 // across the samples of a block in `sums`; conv2d_direct.cpp adds the lanes
 // up at the end, in order.
-// Keeps a loaded vector in a register. Without it GCC folds the load into
-// each multiply-add that uses it, as a memory operand: K loads instead of
-// one, and the kernel below bound by loads again (1.4x slower).
-template <class R>
-inline void in_register(R& v) {
-  __asm__("" : "+v"(v));
-}
-
 template <class V, int CO, int K>
 void weight_grad_runs(const WeightGradRunsArgs<typename V::scalar>& a) {
   using T = typename V::scalar;
