@@ -304,24 +304,44 @@ void scale_only(const Problem<T, Acc>& p) {
 constexpr int64_t kMaxDotColumns = 16;
 constexpr int64_t kDotLanes = 16;
 
+// The rows go in tiles of kDotRows rows by kDotTileColumns columns, 24
+// vectors of partial sums (registers at AVX-512), so that each column's
+// values are loaded once for all the tile's rows. Row by row, with all 16
+// columns' sums at once, VGG's 256-512 and 512-512 @4 at batch 1 took 505
+// and 927 us; in tiles, 363 and 689 (torch: 160-180 and 330-370). Each sum
+// is the same expression in the same order as row by row.
+constexpr int64_t kDotRows = 3;
+constexpr int64_t kDotTileColumns = 8;
+
 template <typename T>
 CUSTOM_CONV_INLINE void dot_rows_body(const T* a, int64_t lda, const T* bt, int64_t n, int64_t k, int64_t i0,
                                       int64_t i1, T* sums) {
-  for (int64_t i = i0; i < i1; ++i) {
-    const T* row = a + i * lda;
-    T part[kMaxDotColumns][kDotLanes] = {};
-    int64_t k0 = 0;
-    for (; k0 + kDotLanes <= k; k0 += kDotLanes) {
-      for (int64_t j = 0; j < n; ++j) {
-        const T* col = bt + j * k + k0;
-        for (int64_t l = 0; l < kDotLanes; ++l) part[j][l] += row[k0 + l] * col[l];
+  // kDotLanes values as one vector of the compiler's (a register at AVX-512
+  // for float, two or four below), lane l summing the steps k = l mod 16.
+  typedef T Lanes __attribute__((vector_size(kDotLanes * sizeof(T))));
+  for (int64_t i = i0; i < i1; i += kDotRows) {
+    const T* row[kDotRows];
+    for (int64_t r = 0; r < kDotRows; ++r) row[r] = a + std::min(i + r, i1 - 1) * lda;  // past i1: not stored
+    for (int64_t j0 = 0; j0 < n; j0 += kDotTileColumns) {  // bt holds whole tiles of columns (zeros past n)
+      Lanes part[kDotRows][kDotTileColumns] = {};
+      int64_t k0 = 0;
+      for (; k0 + kDotLanes <= k; k0 += kDotLanes) {
+        Lanes rows[kDotRows];
+        for (int64_t r = 0; r < kDotRows; ++r) __builtin_memcpy(&rows[r], row[r] + k0, sizeof(Lanes));
+        for (int64_t j = 0; j < kDotTileColumns; ++j) {
+          Lanes col;
+          __builtin_memcpy(&col, bt + (j0 + j) * k + k0, sizeof(Lanes));
+          for (int64_t r = 0; r < kDotRows; ++r) part[r][j] += rows[r] * col;
+        }
       }
-    }
-    for (int64_t j = 0; j < n; ++j) {
-      T sum = T(0);
-      for (int64_t l = 0; l < kDotLanes; ++l) sum += part[j][l];
-      for (int64_t kk = k0; kk < k; ++kk) sum += row[kk] * bt[j * k + kk];
-      sums[(i - i0) * kMaxDotColumns + j] = sum;
+      for (int64_t r = 0; r < std::min(kDotRows, i1 - i); ++r) {
+        for (int64_t j = 0; j < std::min(kDotTileColumns, n - j0); ++j) {
+          T sum = T(0);
+          for (int64_t l = 0; l < kDotLanes; ++l) sum += part[r][j][l];
+          for (int64_t kk = k0; kk < k; ++kk) sum += row[r][kk] * bt[(j0 + j) * k + kk];
+          sums[(i + r - i0) * kMaxDotColumns + j0 + j] = sum;
+        }
+      }
     }
   }
 }
@@ -348,7 +368,7 @@ void dot_rows(const double* a, int64_t lda, const double* bt, int64_t n, int64_t
 template <typename T>
 void run_few_columns(const Problem<T, T>& p) {
   constexpr int64_t kRowsPerTask = 32;
-  std::vector<T> bt(p.n * p.k);
+  std::vector<T> bt((p.n + kDotTileColumns - 1) / kDotTileColumns * kDotTileColumns * p.k);  // zeros past n
   for (int64_t z = 0; z < p.batch; ++z) {
     const T* b = p.b.data + z * p.b.batch_stride;
     for (int64_t j = 0; j < p.n; ++j) {
