@@ -15,7 +15,9 @@ struct Avx2Float {
   static reg zero() { return _mm256_setzero_ps(); }
   static reg load(const float* p) { return _mm256_loadu_ps(p); }
   static void store(float* p, reg v) { _mm256_storeu_ps(p, v); }
-  static __m256i first(int n) { return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); }
+  static __m256i first(int n) {  // a mask of lanes [0, n)
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
   static reg load_first(const float* p, int n) { return _mm256_maskload_ps(p, first(n)); }  // lanes [0, n), the rest 0
   static void store_first(float* p, reg v, int n) { _mm256_maskstore_ps(p, first(n), v); }  // lanes [0, n)
   static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }

@@ -33,7 +33,6 @@ struct Avx512Float8 {  // 8 floats in the lower half (AVX-512VL: 32 of them)
   static reg zero() { return _mm256_setzero_ps(); }
   static reg load(const float* p) { return _mm256_loadu_ps(p); }
   static void store(float* p, reg v) { _mm256_storeu_ps(p, v); }
-  static void store_first(float* p, reg v, int n) { _mm256_mask_storeu_ps(p, (__mmask8)((1u << n) - 1), v); }
   static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
   static reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
   static reg broadcast(const float* p) { return _mm256_set1_ps(*p); }
