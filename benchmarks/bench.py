@@ -313,13 +313,17 @@ def training_step_cases(batch, device, dtype):
 
 def scratch_bytes(shape, batch, device, dtype):
     """Memory our forward allocates beyond its output (the im2col and GEMM
-    buffers), read from the profiler's allocation records."""
+    buffers): what the profiler records of at::empty, and on the CPU the
+    most the scratch pool (csrc/cpu/scratch.h) had in use at once."""
     fwd = conv_cases(shape, batch, device, dtype)["forward"][0]
+    if device == "cpu":
+        ops.cpu_scratch_stats()  # resets its peak
     with torch.profiler.profile(profile_memory=True) as prof:
         out = fwd()
     allocated = sum(e.cpu_memory_usage if device == "cpu" else e.device_memory_usage
                     for e in prof.events() if e.name == "aten::empty")
-    return allocated - out.numel() * out.element_size()
+    pooled = ops.cpu_scratch_stats()[2] if device == "cpu" else 0
+    return allocated + pooled - out.numel() * out.element_size()
 
 
 def print_algorithm_errors(entries):

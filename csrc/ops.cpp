@@ -12,6 +12,7 @@
 #include "cpu/direct/kernels.h"
 #include "cpu/gemm/gemm.h"
 #include "cpu/isa.h"
+#include "cpu/scratch.h"
 #include "schemas.h"
 
 // `import custom_conv._C` loads this shared library, which runs the
@@ -58,4 +59,9 @@ TORCH_LIBRARY(custom_conv, m) {
   m.def("cpu_gemm(Tensor a, Tensor b, Tensor? c=None, float alpha=1, float beta=0, Tensor? bias=None) -> Tensor",
         &custom_conv::gemm::gemm_op);
   m.def("cpu_gemm_blocking(ScalarType dtype) -> int[]", &custom_conv::gemm::blocking_for);
+  // The CPU routes' scratch pool (cpu/scratch.h): (bytes kept free, bytes in
+  // use, most in use at once since the last call, buffers allocated so far),
+  // and a call that frees what it keeps, returning the bytes freed.
+  m.def("cpu_scratch_stats() -> int[]", &custom_conv::scratch_stats);
+  m.def("release_cpu_scratch() -> int", &custom_conv::release_scratch);
 }

@@ -35,5 +35,16 @@ def cpu_kernels() -> str:
     return torch.ops.custom_conv.cpu_kernels()
 
 
-__all__ = ["functional", "nn", "convert", "to_torch", "ConvertWarning", "enabled", "models", "onnx", "FallbackWarning", "cpu_kernels", "has_cuda_kernels",
+def release_cpu_scratch() -> int:
+    """Frees the scratch memory the CPU kernels keep between calls, and
+    returns how many bytes that was. Their temporaries (Winograd's
+    transformed blocks, im2col's columns, padded copies) come from a pool
+    that keeps them for the next call, as re-allocating megabytes each call
+    cost page faults; it never keeps more than the most the process's
+    kernels had in use at once. A call running meanwhile in another thread
+    keeps its buffers and gives them back to the pool when it ends."""
+    return torch.ops.custom_conv.release_cpu_scratch()
+
+
+__all__ = ["functional", "nn", "convert", "to_torch", "ConvertWarning", "enabled", "models", "onnx", "FallbackWarning", "cpu_kernels", "release_cpu_scratch", "has_cuda_kernels",
            "explain_conv2d", "Conv2dChoice", "disabled_algorithms", "forced_algorithm", "info", "__version__"]

@@ -7,6 +7,7 @@
 #include "direct/kernels.h"
 #include "isa.h"
 #include "parallel.h"
+#include "scratch.h"
 #include "phase_planes.h"
 #include "transpose.h"
 
@@ -187,7 +188,7 @@ template <typename T>
 at::Tensor pack_weights(const DirectProblem& p, const T* weight, int64_t nb, bool input_grad,
                         int64_t kernel_taps, const at::TensorOptions& options) {
   const int64_t taps = static_cast<int64_t>(p.taps.size()), steps = p.cin * taps, blocks = ceil_div(p.cout, nb);
-  at::Tensor packed_tensor = at::zeros({p.groups * blocks * steps * nb}, options);
+  at::Tensor packed_tensor = scratch_zeros({p.groups * blocks * steps * nb}, options);
   T* packed = packed_tensor.mutable_data_ptr<T>();
   for (int64_t grp = 0; grp < p.groups; ++grp) {
     for (int64_t o = 0; o < p.cout; ++o) {
@@ -230,8 +231,8 @@ struct PerThread {
   int64_t size;
   // `zeroed`: for buffers whose untouched parts must read as zero.
   PerThread(int64_t size, const at::TensorOptions& options, bool zeroed)
-      : buffers(zeroed ? at::zeros({at::get_num_threads(), size}, options)
-                       : at::empty({at::get_num_threads(), size}, options)),
+      : buffers(zeroed ? scratch_zeros({at::get_num_threads(), size}, options)
+                       : scratch_empty({at::get_num_threads(), size}, options)),
         size(size) {}
   T* mine() { return buffers.mutable_data_ptr<T>() + at::get_thread_num() * size; }
 };
@@ -287,7 +288,7 @@ void run_direct(const direct::Kernels<T>& k, const DirectProblem& p, const T* in
       }
     });
   } else {
-    const at::Tensor padded = at::empty({sample_padded}, options);
+    const at::Tensor padded = scratch_empty({sample_padded}, options);
     T* xp = padded.mutable_data_ptr<T>();
     const int64_t grain = std::max<int64_t>(1, kMinTaskMacs / std::max<int64_t>(1, macs_per_tile));
     for (int64_t n = 0; n < p.batch; ++n) {
@@ -327,7 +328,7 @@ void run_weight_grad_runs(const direct::Kernels<T>& k, const Conv2dGeometry& g, 
   const int64_t per_partial = g.groups * Co * steps;  // [group][co][step], a layer's weight gradient
   const int64_t blocks = std::max<int64_t>(
       1, std::min({g.batch, kWeightPartials, kPartialsBudget / std::max(per_partial, g.groups * sums_per_group)}));
-  const at::Tensor partials_tensor = at::empty({blocks * per_partial}, input.options());
+  const at::Tensor partials_tensor = scratch_empty({blocks * per_partial}, input.options());
   T* partials = partials_tensor.mutable_data_ptr<T>();
   const T* x = input.const_data_ptr<T>();
   const T* go = grad_output.const_data_ptr<T>();
@@ -404,7 +405,7 @@ void run_weight_grad_tiles(const direct::Kernels<T>& k, const Conv2dGeometry& g,
     const int64_t ki = t * fold / g.kernel_w, kj = t * fold % g.kernel_w;
     toff[t] = ki * g.dilation_h * Wp + kj * g.dilation_w;
   }
-  const at::Tensor partials_tensor = at::zeros({blocks * per_partial}, input.options());
+  const at::Tensor partials_tensor = scratch_zeros({blocks * per_partial}, input.options());
   T* partials = partials_tensor.mutable_data_ptr<T>();
   const T* x = input.const_data_ptr<T>();
   const T* go = grad_output.const_data_ptr<T>();
@@ -588,7 +589,7 @@ void conv2d_direct_backward_input(const Conv2dGeometry& g, const at::Tensor& gra
       part.zero_();
       continue;
     }
-    at::Tensor buffer = at::empty({g.batch, g.in_channels, ph.rows, ph.cols}, grad_input.options());
+    at::Tensor buffer = scratch_empty({g.batch, g.in_channels, ph.rows, ph.cols}, grad_input.options());
     run(p, grad_output, weight, at::Tensor(), /*input_grad=*/true, buffer);
     part.copy_(buffer);
   }

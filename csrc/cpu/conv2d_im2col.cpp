@@ -16,6 +16,7 @@
 #include "im2col.h"
 #include "isa.h"
 #include "parallel.h"
+#include "scratch.h"
 #include "transpose.h"
 
 #include <ATen/ATen.h>
@@ -261,7 +262,7 @@ void add_group_weights(const Conv2dGeometry& g, const TapGroup& t, const at::Ten
 // A group's columns as a tensor (see gather_columns).
 at::Tensor group_columns(const Conv2dGeometry& g, const at::Tensor& input, const TapGroup& t) {
   const int64_t S = t.input_index.size(0), P = t.input_index.size(1);
-  at::Tensor cols = at::empty({g.groups, S * g.in_channels_per_group(), g.batch * P}, input.options());
+  at::Tensor cols = scratch_empty({g.groups, S * g.in_channels_per_group(), g.batch * P}, input.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "gather_columns", [&] {
     gather_columns(g, input.const_data_ptr<scalar_t>(), t.input_index.const_data_ptr<int64_t>(), S, P,
                    cols.mutable_data_ptr<scalar_t>());
@@ -272,7 +273,7 @@ at::Tensor group_columns(const Conv2dGeometry& g, const at::Tensor& input, const
 // An (N, C, L) tensor's positions of the group, as (groups, C/g, N * positions).
 at::Tensor group_positions(const at::Tensor& t, int64_t groups, const TapGroup& tg) {
   const int64_t N = t.size(0), C = t.size(1), P = static_cast<int64_t>(tg.positions.size());
-  at::Tensor out = at::empty({groups, C / groups, N * P}, t.options());
+  at::Tensor out = scratch_empty({groups, C / groups, N * P}, t.options());
   const at::Tensor view = t.reshape({N, C, -1});
   for (int64_t j = 0; j < P; ++j) {  // few positions: one strided copy each
     out.view({C, N, P}).select(2, j).copy_(view.select(2, tg.positions[j]).t());
@@ -314,7 +315,7 @@ template <typename T>
 at::Tensor gather_tap(const at::Tensor& t, int64_t groups, const std::vector<int64_t>& at_) {
   const int64_t N = t.size(0), C = t.size(1), L = t.numel() / std::max<int64_t>(1, N * C);
   const int64_t P = static_cast<int64_t>(at_.size());
-  at::Tensor out = at::empty({groups, C / groups, P * N}, t.options());
+  at::Tensor out = scratch_empty({groups, C / groups, P * N}, t.options());
   const T* src = t.const_data_ptr<T>();
   T* dst = out.mutable_data_ptr<T>();
   at::parallel_for(0, C, plane_grain(P * N), [&](int64_t begin, int64_t end) {
@@ -388,7 +389,7 @@ void taps_forward(const Conv2dGeometry& g, const std::vector<TapGroup>& plan, co
   const int64_t block = tap_block_channels<T>(Co, taps * Ci), blocks = ceil_div(Co, block);
   const T* w = weight.const_data_ptr<T>();
   parallel_for_with_state(g.groups * blocks, block * taps * Ci * g.batch, [&](int64_t begin, int64_t end) {
-    const at::Tensor wb = at::empty({block, taps, Ci}, weight.options());
+    const at::Tensor wb = scratch_empty({block, taps, Ci}, weight.options());
     for (int64_t b = begin; b < end; ++b) {
       const int64_t grp = b / blocks, c0 = b % blocks * block, n = std::min(block, Co - c0);
       const int64_t co0 = grp * Co + c0;
@@ -397,7 +398,7 @@ void taps_forward(const Conv2dGeometry& g, const std::vector<TapGroup>& plan, co
       }
       for (size_t i = 0; i < tp.size(); ++i) {
         const at::Tensor x = xs[i][grp];
-        const at::Tensor y = at::empty({n, x.size(1)}, input.options());
+        const at::Tensor y = scratch_empty({n, x.size(1)}, input.options());
         gemm::matmul(y, wb.narrow(0, 0, n).select(1, tp[i].tap), x);
         add_tap<T>(y, tp[i].positions, out.narrow(1, co0, n));
       }
@@ -417,7 +418,7 @@ void taps_backward_input(const Conv2dGeometry& g, const std::vector<TapGroup>& p
   const int64_t block = tap_block_channels<T>(Ci, taps * Co), blocks = ceil_div(Ci, block);
   const T* w = weight.const_data_ptr<T>();
   parallel_for_with_state(g.groups * blocks, block * taps * Co * g.batch, [&](int64_t begin, int64_t end) {
-    const at::Tensor wb = at::empty({Co, taps, block}, weight.options());
+    const at::Tensor wb = scratch_empty({Co, taps, block}, weight.options());
     for (int64_t b = begin; b < end; ++b) {
       const int64_t grp = b / blocks, c0 = b % blocks * block, n = std::min(block, Ci - c0);
       for (int64_t co = 0; co < Co; ++co) {  // kernels [c0, c0 + n) of each output channel, tap-major
@@ -426,7 +427,7 @@ void taps_backward_input(const Conv2dGeometry& g, const std::vector<TapGroup>& p
       }
       for (size_t i = 0; i < tp.size(); ++i) {
         const at::Tensor go = gs[i][grp];
-        const at::Tensor d = at::empty({n, go.size(1)}, weight.options());
+        const at::Tensor d = scratch_empty({n, go.size(1)}, weight.options());
         // D_t^T (n, P * N) = W_t^T @ G_t^T
         gemm::matmul(d, wb.select(1, tp[i].tap).narrow(1, 0, n).t(), go);
         add_tap<T>(d, tp[i].input, gi.narrow(1, grp * Ci + c0, n));
@@ -439,7 +440,7 @@ void grouped_forward(const Conv2dGeometry& g, const std::vector<TapGroup>& plan,
                      const at::Tensor& weight, const at::Tensor& bias, at::Tensor& output) {
   if (input.scalar_type() == at::kDouble) return taps_forward<double>(g, plan, input, weight, bias, output);
   if (input.scalar_type() == at::kFloat) return taps_forward<float>(g, plan, input, weight, bias, output);
-  at::Tensor out = at::empty(output.sizes(), output.options().dtype(at::kFloat));
+  at::Tensor out = scratch_empty(output.sizes(), output.options().dtype(at::kFloat));
   taps_forward<float>(g, plan, input.to(at::kFloat), weight.to(at::kFloat),
                       bias.defined() ? bias.to(at::kFloat) : bias, out);
   output.copy_(out);
@@ -453,7 +454,7 @@ void grouped_backward_input(const Conv2dGeometry& g, const std::vector<TapGroup>
   if (weight.scalar_type() == at::kFloat) {
     return taps_backward_input<float>(g, plan, grad_output, weight, grad_input);
   }
-  at::Tensor in = at::empty(grad_input.sizes(), grad_input.options().dtype(at::kFloat));
+  at::Tensor in = scratch_empty(grad_input.sizes(), grad_input.options().dtype(at::kFloat));
   taps_backward_input<float>(g, plan, grad_output.to(at::kFloat), weight.to(at::kFloat), in);
   grad_input.copy_(in);
 }
@@ -466,7 +467,7 @@ void grouped_backward_weight(const Conv2dGeometry& g, const std::vector<TapGroup
   grad_weight.zero_();
   for (const TapGroup& t : plan) {
     const int64_t S = static_cast<int64_t>(t.taps.size());
-    at::Tensor part = at::empty({g.groups, Co, S * Ci}, input.options());
+    at::Tensor part = scratch_empty({g.groups, Co, S * Ci}, input.options());
     gemm::matmul(part, group_positions(grad_output, g.groups, t), group_columns(g, input, t).transpose(1, 2));
     add_group_weights(g, t, part, grad_weight);
   }
@@ -499,8 +500,8 @@ void conv2d_im2col_forward(const Conv2dGeometry& g, const at::Tensor& input, con
   const at::Tensor bias_rows = bias.defined() ? bias.view({g.groups, Co}) : at::Tensor();
   const Chunks chunks = chunks_for(g);
   parallel_for_with_state(chunks.count, macs_per_chunk(g, chunks), [&](int64_t begin, int64_t end) {
-    const at::Tensor cols_buf = at::empty({g.groups * K * chunks.size * L}, input.options());
-    const at::Tensor out_buf = chunks.size > 1 ? at::empty({g.out_channels * chunks.size * L}, input.options())
+    const at::Tensor cols_buf = scratch_empty({g.groups * K * chunks.size * L}, input.options());
+    const at::Tensor out_buf = chunks.size > 1 ? scratch_empty({g.out_channels * chunks.size * L}, input.options())
                                                : at::Tensor();
     for (int64_t c = begin; c < end; ++c) {
       const int64_t n0 = c * chunks.size, B = std::min(chunks.size, g.batch - n0);
@@ -527,8 +528,8 @@ void conv2d_im2col_backward_input(const Conv2dGeometry& g, const at::Tensor& gra
   const at::Tensor weight_t = weight.view({g.groups, Co, K}).transpose(1, 2);
   const Chunks chunks = chunks_for(g);
   parallel_for_with_state(chunks.count, macs_per_chunk(g, chunks), [&](int64_t begin, int64_t end) {
-    const at::Tensor cols_buf = at::empty({g.groups * K * chunks.size * L}, weight.options());
-    const at::Tensor go_buf = chunks.size > 1 ? at::empty({g.out_channels * chunks.size * L}, weight.options())
+    const at::Tensor cols_buf = scratch_empty({g.groups * K * chunks.size * L}, weight.options());
+    const at::Tensor go_buf = chunks.size > 1 ? scratch_empty({g.out_channels * chunks.size * L}, weight.options())
                                               : at::Tensor();
     for (int64_t c = begin; c < end; ++c) {
       const int64_t n0 = c * chunks.size, B = std::min(chunks.size, g.batch - n0);
@@ -551,11 +552,11 @@ void conv2d_im2col_backward_weight(const Conv2dGeometry& g, const at::Tensor& in
       1, std::min({chunks.count, kWeightPartials, kPartialsBudget / (g.out_channels * K)}));
   // Each block's partial holds dW_g (C_out/g, K) = grad_out_g @ cols_g^T,
   // in the weight's own layout; the GEMM reads cols_g^T in place.
-  const at::Tensor partials = at::empty({blocks, g.groups, Co, K}, input.options());
+  const at::Tensor partials = scratch_empty({blocks, g.groups, Co, K}, input.options());
   const int64_t block_macs = macs_per_chunk(g, chunks) * ceil_div(chunks.count, blocks);
   parallel_for_with_state(blocks, block_macs, [&](int64_t begin, int64_t end) {
-    const at::Tensor cols_buf = at::empty({g.groups * K * chunks.size * L}, input.options());
-    const at::Tensor go_buf = chunks.size > 1 ? at::empty({g.out_channels * chunks.size * L}, input.options())
+    const at::Tensor cols_buf = scratch_empty({g.groups * K * chunks.size * L}, input.options());
+    const at::Tensor go_buf = chunks.size > 1 ? scratch_empty({g.out_channels * chunks.size * L}, input.options())
                                               : at::Tensor();
     for (int64_t block = begin; block < end; ++block) {
       const int64_t first = block * chunks.count / blocks, last = (block + 1) * chunks.count / blocks;

@@ -40,6 +40,7 @@
 #include "conv2d_routes.h"
 #include "gemm/gemm.h"
 #include "parallel.h"
+#include "scratch.h"
 #include "transpose.h"
 #include "winograd_transforms.h"
 
@@ -142,7 +143,7 @@ at::Tensor points_view(const at::Tensor& buffer, int64_t rows, int64_t cols) {
 // there, a seventh of a 128-channel 16x16 layer's forward.
 at::Tensor channels_last(const at::Tensor& t) {
   const int64_t N = t.size(0), C = t.size(1), L = t.size(2) * t.size(3);
-  at::Tensor out = at::empty({N, t.size(2), t.size(3), C}, t.options());
+  at::Tensor out = scratch_empty({N, t.size(2), t.size(3), C}, t.options());
   const float* src = t.const_data_ptr<float>();
   float* dst = out.mutable_data_ptr<float>();
   at::parallel_for(0, N, plane_grain(C * L), [&](int64_t begin, int64_t end) {
@@ -185,7 +186,7 @@ at::Tensor transform_weight(const at::Tensor& weight, bool input_grad, bool plan
   const int64_t rows = out_major ? co : ci, cols = out_major ? ci : co;
   const std::vector<int64_t> order = out_major ? std::vector<int64_t>{0, 2, 1} : std::vector<int64_t>{1, 2, 0};
   const at::Tensor k = weight.view({co, ci, 9}).permute(order).contiguous();
-  at::Tensor U = at::empty({kPoints, rows, cols}, weight.options());
+  at::Tensor U = scratch_empty({kPoints, rows, cols}, weight.options());
   const float* kp = k.const_data_ptr<float>();
   float* u = U.mutable_data_ptr<float>();
   at::parallel_for(0, rows, plane_grain(16 * cols), [&](int64_t begin, int64_t end) {
@@ -203,12 +204,12 @@ void run_forward(const Problem& p, const at::Tensor& input, const at::Tensor& we
   const at::Tensor U = transform_weight(weight, input_grad, planes);
   const Blocks blocks = blocks_for(p);
   const at::Tensor xs = planes ? input : channels_last(input);
-  at::Tensor ys = planes ? output : at::empty({p.batch, p.out_h, p.out_w, Co}, input.options());
-  const at::Tensor zeros = at::zeros({Ci}, input.options());
+  at::Tensor ys = planes ? output : scratch_empty({p.batch, p.out_h, p.out_w, Co}, input.options());
+  const at::Tensor zeros = scratch_zeros({Ci}, input.options());
   if (blocks.whole) {
     const int64_t T = p.tiles();
-    const at::Tensor V = at::empty({kPoints, T, Ci}, input.options());
-    at::Tensor M = at::empty({kPoints, T, Co}, input.options());
+    const at::Tensor V = scratch_empty({kPoints, T, Ci}, input.options());
+    at::Tensor M = scratch_empty({kPoints, T, Co}, input.options());
     at::parallel_for(0, T, kTransformGrain, [&](int64_t t0, int64_t t1) {
       winograd::transform_input_channels(p, xs.const_data_ptr<float>(), zeros.const_data_ptr<float>(), t0, t1, T,
                                          V.mutable_data_ptr<float>() + t0 * Ci);
@@ -223,8 +224,8 @@ void run_forward(const Problem& p, const at::Tensor& input, const at::Tensor& we
     return;
   }
   parallel_for_with_state(blocks.count, kPoints * Ci * Co * blocks.size, [&](int64_t begin, int64_t end) {
-    const at::Tensor V_buf = at::empty({kPoints * Ci * blocks.size}, input.options());
-    const at::Tensor M_buf = at::empty({kPoints * Co * blocks.size}, input.options());
+    const at::Tensor V_buf = scratch_empty({kPoints * Ci * blocks.size}, input.options());
+    const at::Tensor M_buf = scratch_empty({kPoints * Co * blocks.size}, input.options());
     std::vector<float> sink(Co);
     for (int64_t b = begin; b < end; ++b) {
       const int64_t t0 = b * blocks.size, t1 = std::min(t0 + blocks.size, p.tiles());
@@ -341,20 +342,20 @@ void conv2d_winograd_backward_weight(const Conv2dGeometry& g, const at::Tensor& 
   const Blocks blocks = blocks_for(p, true);
   const at::Tensor xs = planes ? input : channels_last(input);
   const at::Tensor gs = planes ? grad_output : channels_last(grad_output);
-  const at::Tensor zeros = at::zeros({std::max(Ci, Co)}, input.options());
+  const at::Tensor zeros = scratch_zeros({std::max(Ci, Co)}, input.options());
   if (blocks.whole) {
     // One block, one sum: dU^T = V^T dM, the transforms spread over the
     // threads by tiles, the products by position.
     const int64_t T = p.tiles();
-    const at::Tensor V = at::empty({kPoints, T, Ci}, input.options());
-    const at::Tensor dM = at::empty({kPoints, T, Co}, input.options());
+    const at::Tensor V = scratch_empty({kPoints, T, Ci}, input.options());
+    const at::Tensor dM = scratch_empty({kPoints, T, Co}, input.options());
     at::parallel_for(0, T, kTransformGrain, [&](int64_t t0, int64_t t1) {
       winograd::transform_input_channels(p, xs.const_data_ptr<float>(), zeros.const_data_ptr<float>(), t0, t1, T,
                                          V.mutable_data_ptr<float>() + t0 * Ci);
       winograd::transform_grad_output_channels(p, gs.const_data_ptr<float>(), zeros.const_data_ptr<float>(), 0,
                                                Co, t0, t1, T, dM.mutable_data_ptr<float>() + t0 * Co);
     });
-    const at::Tensor dUT = at::empty({1, kPoints, Ci, Co}, input.options());
+    const at::Tensor dUT = scratch_empty({1, kPoints, Ci, Co}, input.options());
     products_by_position(dUT[0], V.transpose(1, 2), dM);
     kernel_gradient(dUT, false, grad_weight);
     return;
@@ -367,12 +368,12 @@ void conv2d_winograd_backward_weight(const Conv2dGeometry& g, const at::Tensor& 
                                                                              Co / kMinSplitChannels));
   // Per partial: dU (16, C_out, C_in) in the plane layout, dU^T (16, C_in,
   // C_out) in the channel layout.
-  const at::Tensor dU = planes ? at::empty({partials, kPoints, Co, Ci}, input.options())
-                               : at::empty({partials, kPoints, Ci, Co}, input.options());
+  const at::Tensor dU = planes ? scratch_empty({partials, kPoints, Co, Ci}, input.options())
+                               : scratch_empty({partials, kPoints, Ci, Co}, input.options());
   const int64_t task_macs = per_partial / splits * blocks.size * ceil_div(blocks.count, partials);
   parallel_for_with_state(partials * splits, task_macs, [&](int64_t begin, int64_t end) {
-    const at::Tensor V_buf = at::empty({kPoints * Ci * blocks.size}, input.options());
-    const at::Tensor dM_buf = at::empty({kPoints * ceil_div(Co, splits) * blocks.size}, input.options());
+    const at::Tensor V_buf = scratch_empty({kPoints * Ci * blocks.size}, input.options());
+    const at::Tensor dM_buf = scratch_empty({kPoints * ceil_div(Co, splits) * blocks.size}, input.options());
     for (int64_t task = begin; task < end; ++task) {
       const int64_t part = task / splits, split = task % splits;
       const int64_t c0 = split * Co / splits, c1 = (split + 1) * Co / splits;
