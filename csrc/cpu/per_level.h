@@ -35,6 +35,35 @@
     }                                                                                                   \
   }                                                                                                     \
   static CUSTOM_CONV_INLINE ret name##_body params
+
+// The same, for a body that must know the level it is compiled for (a
+// register constraint that only fits a level's registers): the body is a
+// template on ::custom_conv::CpuLevel kLevel.
+#define CUSTOM_CONV_PER_LEVEL_KNOWING_LEVEL(ret, name, params, args)                                     \
+  template <::custom_conv::CpuLevel kLevel>                                                             \
+  static CUSTOM_CONV_INLINE ret name##_body params;                                                     \
+  __attribute__((target("avx2,fma,avx512f,avx512vl"))) static ret name##_avx512 params {               \
+    return name##_body<::custom_conv::CpuLevel::kAvx512> args;                                          \
+  }                                                                                                     \
+  __attribute__((target("avx2,fma"))) static ret name##_avx2 params {                                  \
+    return name##_body<::custom_conv::CpuLevel::kAvx2> args;                                            \
+  }                                                                                                     \
+  static ret name##_baseline params { return name##_body<::custom_conv::CpuLevel::kBaseline> args; }  \
+  ret name params {                                                                                     \
+    switch (::custom_conv::cpu_level()) {                                                              \
+      case ::custom_conv::CpuLevel::kAvx512: return name##_avx512 args;                                \
+      case ::custom_conv::CpuLevel::kAvx2: return name##_avx2 args;                                    \
+      default: return name##_baseline args;                                                            \
+    }                                                                                                   \
+  }                                                                                                     \
+  template <::custom_conv::CpuLevel kLevel>                                                             \
+  static CUSTOM_CONV_INLINE ret name##_body params
 #else
 #define CUSTOM_CONV_PER_LEVEL(ret, name, params, args) ret name params
+#define CUSTOM_CONV_PER_LEVEL_KNOWING_LEVEL(ret, name, params, args)                                     \
+  template <::custom_conv::CpuLevel kLevel>                                                             \
+  static ret name##_body params;                                                                        \
+  ret name params { return name##_body<::custom_conv::CpuLevel::kBaseline> args; }                    \
+  template <::custom_conv::CpuLevel kLevel>                                                             \
+  static ret name##_body params
 #endif

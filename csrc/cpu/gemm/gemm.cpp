@@ -313,7 +313,7 @@ constexpr int64_t kDotLanes = 16;
 constexpr int64_t kDotRows = 3;
 constexpr int64_t kDotTileColumns = 8;
 
-template <typename T>
+template <CpuLevel kLevel, typename T>
 CUSTOM_CONV_INLINE void dot_rows_body(const T* a, int64_t lda, const T* bt, int64_t n, int64_t k, int64_t i0,
                                       int64_t i1, T* sums) {
   // kDotLanes values as one vector of the compiler's (a register at AVX-512
@@ -331,6 +331,10 @@ CUSTOM_CONV_INLINE void dot_rows_body(const T* a, int64_t lda, const T* bt, int6
         for (int64_t j = 0; j < kDotTileColumns; ++j) {
           Lanes col;
           __builtin_memcpy(&col, bt + (j0 + j) * k + k0, sizeof(Lanes));
+          // Kept in a register where one holds it (float at AVX-512): else
+          // GCC folds the load into each row's multiply-add, kDotRows loads
+          // of it where one will do (perf: the loop bound by its loads).
+          if constexpr (kLevel == CpuLevel::kAvx512 && sizeof(Lanes) == 64) __asm__("" : "+v"(col));
           for (int64_t r = 0; r < kDotRows; ++r) part[r][j] += rows[r] * col;
         }
       }
@@ -346,15 +350,16 @@ CUSTOM_CONV_INLINE void dot_rows_body(const T* a, int64_t lda, const T* bt, int6
   }
 }
 
-CUSTOM_CONV_PER_LEVEL(void, dot_rows_float, (const float* a, int64_t lda, const float* bt, int64_t n, int64_t k,
-                                             int64_t i0, int64_t i1, float* sums),
-                      (a, lda, bt, n, k, i0, i1, sums)) {
-  dot_rows_body(a, lda, bt, n, k, i0, i1, sums);
+CUSTOM_CONV_PER_LEVEL_KNOWING_LEVEL(void, dot_rows_float, (const float* a, int64_t lda, const float* bt, int64_t n,
+                                                          int64_t k, int64_t i0, int64_t i1, float* sums),
+                                    (a, lda, bt, n, k, i0, i1, sums)) {
+  dot_rows_body<kLevel>(a, lda, bt, n, k, i0, i1, sums);
 }
-CUSTOM_CONV_PER_LEVEL(void, dot_rows_double, (const double* a, int64_t lda, const double* bt, int64_t n,
-                                              int64_t k, int64_t i0, int64_t i1, double* sums),
-                      (a, lda, bt, n, k, i0, i1, sums)) {
-  dot_rows_body(a, lda, bt, n, k, i0, i1, sums);
+CUSTOM_CONV_PER_LEVEL_KNOWING_LEVEL(void, dot_rows_double, (const double* a, int64_t lda, const double* bt,
+                                                           int64_t n, int64_t k, int64_t i0, int64_t i1,
+                                                           double* sums),
+                                    (a, lda, bt, n, k, i0, i1, sums)) {
+  dot_rows_body<kLevel>(a, lda, bt, n, k, i0, i1, sums);
 }
 void dot_rows(const float* a, int64_t lda, const float* bt, int64_t n, int64_t k, int64_t i0, int64_t i1,
               float* sums) {
