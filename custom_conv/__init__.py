@@ -46,5 +46,6 @@ def release_cpu_scratch() -> int:
     return torch.ops.custom_conv.release_cpu_scratch()
 
 
-__all__ = ["functional", "nn", "convert", "to_torch", "ConvertWarning", "enabled", "models", "onnx", "FallbackWarning", "cpu_kernels", "release_cpu_scratch", "has_cuda_kernels",
-           "explain_conv2d", "Conv2dChoice", "disabled_algorithms", "forced_algorithm", "info", "__version__"]
+__all__ = ["functional", "nn", "convert", "to_torch", "ConvertWarning", "enabled", "models", "onnx",
+           "FallbackWarning", "cpu_kernels", "release_cpu_scratch", "has_cuda_kernels", "explain_conv2d",
+           "Conv2dChoice", "disabled_algorithms", "forced_algorithm", "info", "__version__"]

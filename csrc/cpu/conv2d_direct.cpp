@@ -231,8 +231,8 @@ std::vector<int64_t> step_offsets(const DirectProblem& p) {
 }
 
 // Scratch buffers, one per thread of a parallel_for (indexed by
-// at::get_thread_num()), allocated up front through ATen so that they are
-// counted by the profiler, and by the benchmark's scratch measurement.
+// at::get_thread_num()), taken up front from the scratch pool (scratch.h),
+// whose peak the benchmark's scratch measurement counts.
 template <typename T>
 struct PerThread {
   at::Tensor buffers;
