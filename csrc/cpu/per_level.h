@@ -13,6 +13,9 @@
 // the helpers it calls (CUSTOM_CONV_INLINE), or they run at the baseline
 // level. Only our own functions get a target: library code stays generic, so
 // an out-of-line copy of it can never carry instructions another CPU lacks.
+// The body is a template on ::custom_conv::CpuLevel kLevel, the level it is
+// being compiled for; most bodies ignore it, a few need it (a register
+// constraint that only fits one level's registers).
 #pragma once
 
 #include "isa.h"
@@ -21,25 +24,6 @@
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define CUSTOM_CONV_PER_LEVEL(ret, name, params, args)                                                  \
-  static CUSTOM_CONV_INLINE ret name##_body params;                                                    \
-  __attribute__((target("avx2,fma,avx512f,avx512vl"))) static ret name##_avx512 params {               \
-    return name##_body args;                                                                            \
-  }                                                                                                     \
-  __attribute__((target("avx2,fma"))) static ret name##_avx2 params { return name##_body args; }       \
-  static ret name##_baseline params { return name##_body args; }                                      \
-  ret name params {                                                                                     \
-    switch (::custom_conv::cpu_level()) {                                                              \
-      case ::custom_conv::CpuLevel::kAvx512: return name##_avx512 args;                                \
-      case ::custom_conv::CpuLevel::kAvx2: return name##_avx2 args;                                    \
-      default: return name##_baseline args;                                                            \
-    }                                                                                                   \
-  }                                                                                                     \
-  static CUSTOM_CONV_INLINE ret name##_body params
-
-// The same, for a body that must know the level it is compiled for (a
-// register constraint that only fits a level's registers): the body is a
-// template on ::custom_conv::CpuLevel kLevel.
-#define CUSTOM_CONV_PER_LEVEL_KNOWING_LEVEL(ret, name, params, args)                                     \
   template <::custom_conv::CpuLevel kLevel>                                                             \
   static CUSTOM_CONV_INLINE ret name##_body params;                                                     \
   __attribute__((target("avx2,fma,avx512f,avx512vl"))) static ret name##_avx512 params {               \
@@ -59,8 +43,7 @@
   template <::custom_conv::CpuLevel kLevel>                                                             \
   static CUSTOM_CONV_INLINE ret name##_body params
 #else
-#define CUSTOM_CONV_PER_LEVEL(ret, name, params, args) ret name params
-#define CUSTOM_CONV_PER_LEVEL_KNOWING_LEVEL(ret, name, params, args)                                     \
+#define CUSTOM_CONV_PER_LEVEL(ret, name, params, args)                                                  \
   template <::custom_conv::CpuLevel kLevel>                                                             \
   static ret name##_body params;                                                                        \
   ret name params { return name##_body<::custom_conv::CpuLevel::kBaseline> args; }                    \

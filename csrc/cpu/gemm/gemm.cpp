@@ -368,15 +368,16 @@ CUSTOM_CONV_INLINE void dot_rows_body(const T* a, int64_t lda, const T* bt, int6
   }
 }
 
-CUSTOM_CONV_PER_LEVEL_KNOWING_LEVEL(void, dot_rows_float, (const float* a, int64_t lda, const float* bt, int64_t n,
-                                                          int64_t k, int64_t i0, int64_t i1, float* sums),
-                                    (a, lda, bt, n, k, i0, i1, sums)) {
+CUSTOM_CONV_PER_LEVEL(void, dot_rows_float,
+                      (const float* a, int64_t lda, const float* bt, int64_t n, int64_t k, int64_t i0, int64_t i1,
+                       float* sums),
+                      (a, lda, bt, n, k, i0, i1, sums)) {
   dot_rows_body<kLevel>(a, lda, bt, n, k, i0, i1, sums);
 }
-CUSTOM_CONV_PER_LEVEL_KNOWING_LEVEL(void, dot_rows_double, (const double* a, int64_t lda, const double* bt,
-                                                           int64_t n, int64_t k, int64_t i0, int64_t i1,
-                                                           double* sums),
-                                    (a, lda, bt, n, k, i0, i1, sums)) {
+CUSTOM_CONV_PER_LEVEL(void, dot_rows_double,
+                      (const double* a, int64_t lda, const double* bt, int64_t n, int64_t k, int64_t i0,
+                       int64_t i1, double* sums),
+                      (a, lda, bt, n, k, i0, i1, sums)) {
   dot_rows_body<kLevel>(a, lda, bt, n, k, i0, i1, sums);
 }
 void dot_rows(const float* a, int64_t lda, const float* bt, int64_t n, int64_t k, int64_t i0, int64_t i1,
