@@ -326,42 +326,107 @@ constexpr int64_t kDotLanes = 16;
 // vectors of partial sums (registers at AVX-512), so that each column's
 // values are loaded once for all the tile's rows. Row by row, with all 16
 // columns' sums at once, VGG's 256-512 and 512-512 @4 at batch 1 took 505
-// and 927 us; in tiles, 363 and 689 (torch: 160-180 and 330-370). Each sum
-// is the same expression in the same order as row by row.
+// and 927 us; in tiles, 363 and 689 (torch: 160-180 and 330-370); with bt
+// aligned, blocked over the steps and the lanes added by a tree (below),
+// 222 and 402 (torch 165 and 350). Every sum is the same expression in the
+// same order, whatever the rows' task or thread.
 constexpr int64_t kDotRows = 3;
 constexpr int64_t kDotTileColumns = 8;
+// Rows per call of dot_rows (a task's share is cut into these), and steps
+// per block (see dot_rows_body): the block's 16 columns (16 KiB of floats)
+// and the partial sums of its 12 rows (12 KiB) fit in L1 together.
+constexpr int64_t kDotTaskRows = 4 * kDotRows;
+constexpr int64_t kDotBlockSteps = 256;
+
+// The kDotLanes partial sums of each of a tile's kDotTileColumns columns
+// added down to two, lanes[2 j] and lanes[2 j + 1] for column j, by halves
+// across pairs of vectors: 7 pairs of shuffles and adds in place of 120
+// scalar additions, which took a third of the loop's time on a 2304-step
+// reduction. A fixed tree: the same order for every row and column.
+template <typename Lanes, typename T>
+CUSTOM_CONV_INLINE void add_lanes(const Lanes (&v)[kDotTileColumns], T* lanes) {
+  static_assert(kDotTileColumns == 8 && kDotLanes == 16, "the tree below halves 8 vectors of 16 lanes");
+  using Index = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+  typedef Index Indices __attribute__((vector_size(kDotLanes * sizeof(Index))));
+  // w[j]: v[2j]'s lanes l + (l + 8) in lanes 0-7, v[2j + 1]'s in 8-15.
+  const Indices lo8{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
+  const Indices hi8{8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
+  Lanes w[4];
+  for (int j = 0; j < 4; ++j) w[j] = __builtin_shuffle(v[2 * j], v[2 * j + 1], lo8) +
+                                     __builtin_shuffle(v[2 * j], v[2 * j + 1], hi8);
+  // x[i]: groups of 4 lanes, one per column 4i .. 4i + 3.
+  const Indices lo4{0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27};
+  const Indices hi4{4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31};
+  Lanes x[2];
+  for (int i = 0; i < 2; ++i) x[i] = __builtin_shuffle(w[2 * i], w[2 * i + 1], lo4) +
+                                     __builtin_shuffle(w[2 * i], w[2 * i + 1], hi4);
+  // y: pairs of lanes, one pair per column.
+  const Indices lo2{0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29};
+  const Indices hi2{2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31};
+  const Lanes y = __builtin_shuffle(x[0], x[1], lo2) + __builtin_shuffle(x[0], x[1], hi2);
+  __builtin_memcpy(lanes, &y, sizeof(y));
+}
 
 template <CpuLevel kLevel, typename T>
-CUSTOM_CONV_INLINE void dot_rows_body(const T* a, int64_t lda, const T* bt, int64_t n, int64_t k, int64_t i0,
-                                      int64_t i1, T* sums) {
+CUSTOM_CONV_INLINE void dot_rows_body(const T* a, int64_t lda, const T* bt, int64_t ldb, int64_t n, int64_t k,
+                                      int64_t i0, int64_t i1, T* sums) {
   // kDotLanes values as one vector of the compiler's (a register at AVX-512
   // for float, two or four below), lane l summing the steps k = l mod 16.
   typedef T Lanes __attribute__((vector_size(kDotLanes * sizeof(T))));
-  for (int64_t i = i0; i < i1; i += kDotRows) {
-    const T* row[kDotRows];
-    for (int64_t r = 0; r < kDotRows; ++r) row[r] = a + std::min(i + r, i1 - 1) * lda;  // past i1: not stored
-    for (int64_t j0 = 0; j0 < n; j0 += kDotTileColumns) {  // bt holds whole tiles of columns (zeros past n)
-      Lanes part[kDotRows][kDotTileColumns] = {};
-      int64_t k0 = 0;
-      for (; k0 + kDotLanes <= k; k0 += kDotLanes) {
-        Lanes rows[kDotRows];
-        for (int64_t r = 0; r < kDotRows; ++r) __builtin_memcpy(&rows[r], row[r] + k0, sizeof(Lanes));
-        for (int64_t j = 0; j < kDotTileColumns; ++j) {
-          Lanes col;
-          __builtin_memcpy(&col, bt + (j0 + j) * k + k0, sizeof(Lanes));
-          // Kept in a register where one holds it (float at AVX-512): else
-          // GCC folds the load into each row's multiply-add, kDotRows loads
-          // of it where one will do (perf: the loop bound by its loads).
-          if constexpr (kLevel == CpuLevel::kAvx512 && sizeof(Lanes) == 64) __asm__("" : "+v"(col));
-          for (int64_t r = 0; r < kDotRows; ++r) part[r][j] += rows[r] * col;
+  constexpr int64_t kTiles = kDotTaskRows / kDotRows, kColumnTiles = kMaxDotColumns / kDotTileColumns;
+  Lanes part[kTiles][kColumnTiles][kDotRows][kDotTileColumns];
+  const T* row[kTiles][kDotRows];
+  for (int64_t t = 0; t < kTiles; ++t) {
+    for (int64_t r = 0; r < kDotRows; ++r) {
+      row[t][r] = a + std::min(i0 + t * kDotRows + r, i1 - 1) * lda;  // past i1: not stored
+    }
+  }
+  const int64_t tiles = (i1 - i0 + kDotRows - 1) / kDotRows;
+  const int64_t column_tiles = (n + kDotTileColumns - 1) / kDotTileColumns;
+  const int64_t whole = k / kDotLanes * kDotLanes;
+  // The steps in blocks of kDotBlockSteps, each block over all the rows:
+  // the block's columns of bt stay in L1 for all of them. Whole, bt's 16
+  // columns of a 2304-step product streamed from L2 for every tile of rows,
+  // and the loop ran at half the FMA peak. Each lane still adds its steps
+  // in order, the tiles' partial sums kept in `part` between blocks.
+  for (int64_t kb = 0; kb < std::max<int64_t>(whole, 1); kb += kDotBlockSteps) {
+    const int64_t kb_end = std::min(whole, kb + kDotBlockSteps);
+    for (int64_t t = 0; t < tiles; ++t) {
+      for (int64_t c = 0; c < column_tiles; ++c) {  // bt holds whole tiles of columns (zeros past n)
+        Lanes acc[kDotRows][kDotTileColumns];
+        for (int64_t r = 0; r < kDotRows; ++r) {
+          for (int64_t j = 0; j < kDotTileColumns; ++j) acc[r][j] = kb == 0 ? Lanes{} : part[t][c][r][j];
+        }
+        const T* col0 = bt + c * kDotTileColumns * ldb;
+        for (int64_t k0 = kb; k0 < kb_end; k0 += kDotLanes) {
+          Lanes rows[kDotRows];
+          for (int64_t r = 0; r < kDotRows; ++r) __builtin_memcpy(&rows[r], row[t][r] + k0, sizeof(Lanes));
+          for (int64_t j = 0; j < kDotTileColumns; ++j) {
+            Lanes col;
+            __builtin_memcpy(&col, col0 + j * ldb + k0, sizeof(Lanes));
+            // Kept in a register where one holds it (float at AVX-512): else
+            // GCC folds the load into each row's multiply-add, kDotRows loads
+            // of it where one will do (perf: the loop bound by its loads).
+            if constexpr (kLevel == CpuLevel::kAvx512 && sizeof(Lanes) == 64) __asm__("" : "+v"(col));
+            for (int64_t r = 0; r < kDotRows; ++r) acc[r][j] += rows[r] * col;
+          }
+        }
+        for (int64_t r = 0; r < kDotRows; ++r) {
+          for (int64_t j = 0; j < kDotTileColumns; ++j) part[t][c][r][j] = acc[r][j];
         }
       }
-      for (int64_t r = 0; r < std::min(kDotRows, i1 - i); ++r) {
-        for (int64_t j = 0; j < std::min(kDotTileColumns, n - j0); ++j) {
-          T sum = T(0);
-          for (int64_t l = 0; l < kDotLanes; ++l) sum += part[r][j][l];
-          for (int64_t kk = k0; kk < k; ++kk) sum += row[r][kk] * bt[(j0 + j) * k + kk];
-          sums[(i + r - i0) * kMaxDotColumns + j0 + j] = sum;
+    }
+  }
+  for (int64_t t = 0; t < tiles; ++t) {
+    for (int64_t c = 0; c < column_tiles; ++c) {
+      for (int64_t r = 0; r < std::min(kDotRows, i1 - i0 - t * kDotRows); ++r) {
+        T lanes[2 * kDotTileColumns];
+        add_lanes(part[t][c][r], lanes);
+        for (int64_t j = 0; j < std::min(kDotTileColumns, n - c * kDotTileColumns); ++j) {
+          const T* col = bt + (c * kDotTileColumns + j) * ldb;
+          T sum = lanes[2 * j] + lanes[2 * j + 1];
+          for (int64_t kk = whole; kk < k; ++kk) sum += row[t][r][kk] * col[kk];
+          sums[(t * kDotRows + r) * kMaxDotColumns + c * kDotTileColumns + j] = sum;
         }
       }
     }
@@ -369,34 +434,44 @@ CUSTOM_CONV_INLINE void dot_rows_body(const T* a, int64_t lda, const T* bt, int6
 }
 
 CUSTOM_CONV_PER_LEVEL(void, dot_rows_float,
-                      (const float* a, int64_t lda, const float* bt, int64_t n, int64_t k, int64_t i0, int64_t i1,
-                       float* sums),
-                      (a, lda, bt, n, k, i0, i1, sums)) {
-  dot_rows_body<kLevel>(a, lda, bt, n, k, i0, i1, sums);
+                      (const float* a, int64_t lda, const float* bt, int64_t ldb, int64_t n, int64_t k, int64_t i0,
+                       int64_t i1, float* sums),
+                      (a, lda, bt, ldb, n, k, i0, i1, sums)) {
+  dot_rows_body<kLevel>(a, lda, bt, ldb, n, k, i0, i1, sums);
 }
 CUSTOM_CONV_PER_LEVEL(void, dot_rows_double,
-                      (const double* a, int64_t lda, const double* bt, int64_t n, int64_t k, int64_t i0,
-                       int64_t i1, double* sums),
-                      (a, lda, bt, n, k, i0, i1, sums)) {
-  dot_rows_body<kLevel>(a, lda, bt, n, k, i0, i1, sums);
+                      (const double* a, int64_t lda, const double* bt, int64_t ldb, int64_t n, int64_t k,
+                       int64_t i0, int64_t i1, double* sums),
+                      (a, lda, bt, ldb, n, k, i0, i1, sums)) {
+  dot_rows_body<kLevel>(a, lda, bt, ldb, n, k, i0, i1, sums);
 }
-void dot_rows(const float* a, int64_t lda, const float* bt, int64_t n, int64_t k, int64_t i0, int64_t i1,
-              float* sums) {
-  dot_rows_float(a, lda, bt, n, k, i0, i1, sums);
+void dot_rows(const float* a, int64_t lda, const float* bt, int64_t ldb, int64_t n, int64_t k, int64_t i0,
+              int64_t i1, float* sums) {
+  dot_rows_float(a, lda, bt, ldb, n, k, i0, i1, sums);
 }
-void dot_rows(const double* a, int64_t lda, const double* bt, int64_t n, int64_t k, int64_t i0, int64_t i1,
-              double* sums) {
-  dot_rows_double(a, lda, bt, n, k, i0, i1, sums);
+void dot_rows(const double* a, int64_t lda, const double* bt, int64_t ldb, int64_t n, int64_t k, int64_t i0,
+              int64_t i1, double* sums) {
+  dot_rows_double(a, lda, bt, ldb, n, k, i0, i1, sums);
 }
 
 template <typename T>
 void run_few_columns(const Problem<T, T>& p) {
-  constexpr int64_t kRowsPerTask = 32;
-  std::vector<T> bt((p.n + kDotTileColumns - 1) / kDotTileColumns * kDotTileColumns * p.k);  // zeros past n
+  constexpr int64_t kRowsPerTask = kDotTaskRows;
+  // B's columns contiguous (bt, whole tiles of columns, zeros past n), each
+  // starting on a cache line: from unaligned columns every load of the dot
+  // loop spanned two lines, and the loop ran at a third of the FMA peak.
+  const int64_t ldb = (p.k + 15) / 16 * 16;
+  const int64_t columns = (p.n + kDotTileColumns - 1) / kDotTileColumns * kDotTileColumns;
+  T* bt = scratch<T>(columns * ldb);
+  std::fill(bt + p.n * ldb, bt + columns * ldb, T(0));
   for (int64_t z = 0; z < p.batch; ++z) {
     const T* b = p.b.data + z * p.b.batch_stride;
-    for (int64_t j = 0; j < p.n; ++j) {
-      for (int64_t kk = 0; kk < p.k; ++kk) bt[j * p.k + kk] = b[kk * p.b.rs + j * p.b.cs];
+    if (p.b.cs == 1) {
+      transpose(b, p.k, p.n, p.b.rs, bt, ldb);
+    } else {
+      for (int64_t j = 0; j < p.n; ++j) {
+        for (int64_t kk = 0; kk < p.k; ++kk) bt[j * ldb + kk] = b[kk * p.b.rs + j * p.b.cs];
+      }
     }
     const T* a = p.a.data + z * p.a.batch_stride;
     T* c = p.c + z * p.batch_stride_c;
@@ -406,7 +481,7 @@ void run_few_columns(const Problem<T, T>& p) {
       for (int64_t r0 = i0; r0 < i1; r0 += kRowsPerTask) {
         const int64_t r1 = std::min(i1, r0 + kRowsPerTask);
         T sums[kRowsPerTask * kMaxDotColumns];
-        dot_rows(a, p.a.rs, bt.data(), p.n, p.k, r0, r1, sums);
+        dot_rows(a, p.a.rs, bt, ldb, p.n, p.k, r0, r1, sums);
         store_tile(sums, kMaxDotColumns, r1 - r0, p.n, c + r0 * p.rs_c, p.rs_c, p.cs_c,
                    bias != nullptr ? bias + r0 : nullptr, p.alpha, p.beta);
       }
