@@ -57,6 +57,19 @@ int64_t min_winograd_channels(Conv2dPass pass) {
                                                                                 : kMinWinogradChannels;
 }
 constexpr int64_t kMinWinogradTiles = 64;
+// Against the direct kernels at the AVX-512 level (where those take the
+// pass), Winograd's forward and input gradient need more tiles: its 16
+// products are thin and its transforms cost the same per tile, while the
+// direct kernels run 65-75% of peak from 32 to 128 channels. Measured
+// (ms, Winograd / direct): at batch 1, 128-128 @16 (64 tiles) 0.337 / 0.276,
+// @28 (196) 0.835 / 0.778, @32 (256) 0.795 / 0.931; with 64 channels each
+// way Winograd needs more still: ResNet-20's 64-64 @8 at batch 32 (512
+// tiles) 0.495 / 0.434, 64-64 @28 at batch 2 (392) 0.458 / 0.356, @56 at
+// batch 1 (784) 0.679 / 0.734, VGG's @32 at batch 32 (8192) 5.7 / 6.5.
+// At AVX2 Winograd won all of these but the 64-channel layers at batch 32.
+constexpr int64_t kMinWinogradTilesOverDirect = 256;
+constexpr int64_t kMinWinogradTilesOverDirect64 = 768;
+constexpr int64_t kFewWinogradChannelProduct = 64 * 64;
 // Winograd's weight gradient in its plane layout (wide planes) reads both
 // operands of its products repacked; at AVX-512 the direct kernels were
 // faster there on layers of up to this many channels each way, at batch 32:
@@ -135,6 +148,12 @@ const char* winograd_refusal(const Conv2dGeometry& g, Conv2dPass pass, at::Scala
   const int64_t tiles = g.batch * ceil_div(g.out_h, 2) * ceil_div(g.out_w, 2);
   if (tiles < kMinWinogradTiles) {
     return "too few output tiles to pay for winograd's kernel transform";
+  }
+  if (pass != Conv2dPass::kBackwardWeight && cpu_level() == CpuLevel::kAvx512 &&
+      tiles < (g.in_channels * g.out_channels <= kFewWinogradChannelProduct ? kMinWinogradTilesOverDirect64
+                                                                           : kMinWinogradTilesOverDirect) &&
+      direct_refusal(g, pass, dtype, nullptr) == nullptr) {
+    return "too few output tiles for winograd to beat the direct kernels";
   }
   if (pass == Conv2dPass::kBackwardWeight && cpu_level() == CpuLevel::kAvx512 &&
       std::max(g.in_channels, g.out_channels) <= kMaxWinogradPlaneWeightGradDirectChannels &&

@@ -37,8 +37,12 @@ LAYERS = {
     "129 output channels: too many for the direct weight gradient": (
         64, 129, 16, 3, dict(padding=2, dilation=2), "direct", "im2col", "im2col"),
     "VGG 3x3 stride 1, 128 channels": (128, 128, 12, 3, dict(padding=1), "winograd", "winograd", "winograd"),
+    "VGG 64-128 @16 at batch 1: too few tiles for Winograd's forward to beat the direct kernels": (
+        64, 128, 16, 3, dict(padding=1), "direct", "winograd", "winograd"),
     "64-64 @24: the fewest channels Winograd takes": (64, 64, 24, 3, dict(padding=1), "winograd", "winograd",
                                                      "winograd"),
+    "64-64 @8 at batch 32 (ResNet-20): with 64 channels too few tiles to beat the direct kernels": (
+        64, 64, 8, 3, dict(padding=1), "direct", "direct", "winograd"),
     "63 channels: too few for Winograd": (63, 64, 24, 3, dict(padding=1), "direct", "direct", "direct"),
     "64-64 @40: Winograd's weight gradient in its plane layout leaves it to the direct kernels": (
         64, 64, 40, 3, dict(padding=1), "winograd", "winograd", "direct"),
@@ -56,6 +60,18 @@ LAYERS = {
 }
 
 
+# The batch where it is not 2 (the choice test's): Winograd's forward and
+# input gradient take a layer from 256 output tiles of 2x2 (768 with 64
+# channels each way) at the AVX-512 level, where the direct kernels can run it.
+BATCH = {
+    "VGG 3x3 stride 1, 128 channels": 8,  # 288 tiles
+    # 64 tiles; the input gradient's 1152 steps are more than the direct kernels take
+    "VGG 64-128 @16 at batch 1: too few tiles for Winograd's forward to beat the direct kernels": 1,
+    "64-64 @24: the fewest channels Winograd takes": 8,  # 1152 tiles
+    "64-64 @8 at batch 32 (ResNet-20): with 64 channels too few tiles to beat the direct kernels": 32,  # 512 tiles
+}
+
+
 # The AVX2 kernels' blocks of 8 and 16 channels and tiles of 12 and 6 outputs
 # use a different share of their lanes on these layers; Winograd's forward
 # and input gradient take layers from 32 channels there, not 64, and the
@@ -67,9 +83,15 @@ AVX2_DIFFERENCES = {
     "3 input channels: the input gradient's 3 channels fill few lanes": ["direct", "direct", "direct"],
     "63 channels: too few for Winograd": ["winograd", "winograd", "direct"],
     "ResNet-20 32-32 @16": ["winograd", "winograd", "direct"],
+    "VGG 64-128 @16 at batch 1: too few tiles for Winograd's forward to beat the direct kernels": ["winograd"] * 3,
+    "64-64 @8 at batch 32 (ResNet-20): with 64 channels too few tiles to beat the direct kernels": ["winograd"] * 3,
     "ResNet-20 stride 2": ["direct", "direct", "direct"],
     "2x2 plane: most lanes would compute nothing": ["direct", "direct", "direct"],
 }
+
+
+# Layers Winograd takes but leaves a pass of to the direct kernels, where there are some.
+LEFT_TO_THE_DIRECT_KERNELS = {name for name in LAYERS if "the direct kernels" in name}
 
 
 def expected_choice(name):
@@ -77,7 +99,7 @@ def expected_choice(name):
     if KERNELS == "avx2":
         return AVX2_DIFFERENCES.get(name, expected)
     if KERNELS == "baseline":  # no direct kernels: grouped single input channels go depthwise, the rest im2col
-        if "Winograd's weight gradient" in name:  # with no direct kernels to leave it to, Winograd keeps it
+        if name in LEFT_TO_THE_DIRECT_KERNELS:  # with no direct kernels to leave it to, Winograd keeps it
             return ["winograd"] * 3
         fallback = "depthwise" if cin // kwargs.get("groups", 1) == 1 and kwargs.get("groups", 1) > 1 else "im2col"
         return [fallback if algorithm == "direct" else algorithm for algorithm in expected]
@@ -88,18 +110,19 @@ def expected_choice(name):
 def test_each_layer_gets_the_algorithm_meant_for_it(name):
     cin, cout, size, k, kwargs, *_ = LAYERS[name]
     expected = expected_choice(name)
-    x, w = layer(cin, cout, size, k, kwargs.get("groups", 1))
+    x, w = layer(cin, cout, size, k, kwargs.get("groups", 1), batch=BATCH.get(name, 2))
     plan = custom_conv.explain_conv2d(x, w, **kwargs)
     assert [plan[p].algorithm for p in custom_conv.explain.PASSES] == expected, plan
 
 
 @functools.lru_cache(maxsize=1)  # the parameters vary the thread count fastest
 def torch_reference(name, dtype):
-    """A layer's input, weight, bias (batch 17), an output gradient, and
-    torch's output and gradients, which do not depend on our thread count."""
+    """A layer's input, weight, bias (batch 17, or the batch its choice is
+    pinned at), an output gradient, and torch's output and gradients, which
+    do not depend on our thread count."""
     cin, cout, size, k, kwargs, *_ = LAYERS[name]
     torch.manual_seed(0)
-    x, w = layer(cin, cout, size, k, kwargs.get("groups", 1), batch=17, dtype=dtype)
+    x, w = layer(cin, cout, size, k, kwargs.get("groups", 1), batch=BATCH.get(name, 17), dtype=dtype)
     leaves = [t.requires_grad_() for t in (x, w, torch.randn(cout, dtype=dtype))]
     ref = F.conv2d(*leaves, **kwargs)
     grad = torch.randn_like(ref)
@@ -202,7 +225,7 @@ def test_switching_depthwise_off_sends_depthwise_layers_to_im2col():
 
 
 def test_switched_off_blocks_nest_and_restore():
-    x, w = layer(64, 64, 24, 3)  # Winograd, else direct, else im2col
+    x, w = layer(64, 64, 24, 3, batch=8)  # Winograd, else direct, else im2col
     with custom_conv.disabled_algorithms("winograd"):
         with custom_conv.disabled_algorithms("direct"):
             assert custom_conv.explain_conv2d(x, w, padding=1)["forward"].algorithm == "im2col"

@@ -25,7 +25,7 @@ PASSES = custom_conv.explain.PASSES
 LAYERS = {
     "wide planes, odd sizes": (3, 64, 72, 25, 27, 1),
     "narrow planes, channels-last": (17, 72, 64, 7, 9, 1),
-    "no padding": (5, 64, 64, 16, 16, 0),
+    "no padding": (6, 64, 128, 16, 16, 0),
     "padding 2": (5, 64, 64, 16, 16, 2),
     "rows padded only": (4, 64, 64, 14, 26, (1, 0)),
     "deep, 4x4 planes": (32, 128, 256, 4, 4, 1),
@@ -101,13 +101,23 @@ def test_winograd_is_for_3x3_stride_1_float32_only():
 
 
 def test_winograd_needs_enough_tiles_to_pay_for_its_kernel_transform():
-    """ResNet-20's 64-channel 8x8 layer: Winograd's at batch 32 (512 tiles),
-    the next route's at batch 3 (48 tiles)."""
+    """ResNet-20's 64-channel 8x8 layer: at batch 3 (48 tiles) too few for
+    Winograd at all; at batch 32 (512 tiles) Winograd's, but for the forward
+    and input gradient at the AVX-512 level, where the direct kernels are
+    faster on it (up to 768 tiles with 64 channels each way), and with 128
+    channels, where 256 tiles are enough."""
     weight = torch.randn(64, 64, 3, 3)
-    plan = custom_conv.explain_conv2d(torch.randn(32, 64, 8, 8), weight, padding=1)
-    assert plan["forward"].algorithm == "winograd"
     plan = custom_conv.explain_conv2d(torch.randn(3, 64, 8, 8), weight, padding=1)
     assert plan["forward"].algorithm != "winograd" and "too few output tiles" in plan["forward"].reason
+    plan = custom_conv.explain_conv2d(torch.randn(32, 64, 8, 8), weight, padding=1)
+    assert plan["backward_weight"].algorithm == "winograd"
+    if custom_conv.cpu_kernels() == "avx512":
+        for p in ("forward", "backward_input"):
+            assert plan[p].algorithm == "direct" and "to beat the direct kernels" in plan[p].reason, plan
+        wide = custom_conv.explain_conv2d(torch.randn(32, 128, 8, 8), torch.randn(128, 128, 3, 3), padding=1)
+        assert {c.algorithm for c in wide.values()} == {"winograd"}, wide
+    else:
+        assert {c.algorithm for c in plan.values()} == {"winograd"}, plan
 
 
 def test_switching_winograd_off_gives_the_sum_over_the_taps():
