@@ -30,8 +30,14 @@ LAYERS = {
     # Dilated, so that Winograd (3x3 stride 1 without dilation) leaves them to the direct kernels' limits.
     "64-64 dilated: 576 reduction steps, the direct limit": (64, 64, 16, 3, dict(padding=2, dilation=2), "direct",
                                                              "direct", "direct"),
-    "65 input channels: one step past the limit": (65, 64, 16, 3, dict(padding=2, dilation=2), "im2col", "direct",
-                                                   "im2col"),
+    "65 input channels on a 12x12 plane: one step past the limit": (
+        65, 64, 12, 3, dict(padding=2, dilation=2), "im2col", "direct", "im2col"),
+    "128 input channels, 14x14 plane: the direct forward's longer limit": (
+        128, 128, 14, 3, dict(padding=2, dilation=2), "direct", "im2col", "im2col"),
+    "129 input channels: one step past the direct forward's longer limit": (
+        129, 128, 14, 3, dict(padding=2, dilation=2), "im2col", "im2col", "im2col"),
+    "128-256: too many output channels for the direct forward's longer limit": (
+        128, 256, 14, 3, dict(padding=2, dilation=2), "im2col", "im2col", "im2col"),
     "128 output channels: the most the direct weight gradient takes": (
         64, 128, 16, 3, dict(padding=2, dilation=2), "direct", "im2col", "direct"),
     "129 output channels: too many for the direct weight gradient": (
@@ -169,9 +175,12 @@ def test_the_gpu_kernels_have_one_algorithm():
 
 @pytest.mark.skipif(KERNELS == "baseline", reason="no direct kernels to refuse")
 def test_the_reason_names_the_threshold():
-    x, w = layer(65, 64, 16, 3)
+    x, w = layer(65, 64, 12, 3)
     reason = custom_conv.explain_conv2d(x, w, padding=2, dilation=2)["forward"].reason
     assert reason.startswith("im2col") and "585 > 576" in reason
+    x, w = layer(129, 128, 14, 3)
+    reason = custom_conv.explain_conv2d(x, w, padding=2, dilation=2)["forward"].reason
+    assert reason.startswith("im2col") and "1161 > 1152" in reason
 
 
 def test_explain_takes_the_arguments_conv2d_takes():
