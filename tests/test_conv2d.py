@@ -130,11 +130,12 @@ def test_channels_last_input_gives_channels_last_output(device):
     assert_matches_torch(lambda x, w: CF.conv2d(x, w, padding=1), lambda x, w: F.conv2d(x, w, padding=1), [x, w])
 
 
-# 24 input channels x 5x5 taps = 600 reduction steps, past the direct
-# kernels' 576, so every pass takes the im2col route; 600 x 32 x 32 = 614K
-# column values a sample, so the 2^18-value chunks hold one sample each: a
-# batch of 16 is 16 chunks, which the weight gradient sums in 8 blocks of 2.
-SEVERAL_IM2COL_CHUNKS = conv((16, 24, 32, 32), (24, 24, 5, 5), padding=2, tags=[LONG_SUMS])
+# 48 input channels x 5x5 taps = 1200 reduction steps, past the direct
+# forward's 1152 (and 24 output channels x 25 = 600, past the other passes'
+# 576), so every pass takes the im2col route; 1200 x 32 x 32 = 1.2M column
+# values a sample, so the 2^18-value chunks hold one sample each: a batch of
+# 16 is 16 chunks, which the weight gradient sums in 8 blocks of 2.
+SEVERAL_IM2COL_CHUNKS = conv((16, 48, 32, 32), (24, 48, 5, 5), padding=2, tags=[LONG_SUMS])
 GEMM = "custom_conv::gemm"  # our GEMM, one profiler event a product
 
 
