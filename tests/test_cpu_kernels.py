@@ -71,6 +71,8 @@ def test_an_unknown_set_is_refused():
 DIRECT_CASES = {
     "rows of 16, one register of channels": ((2, 5, 16, 16), (16, 5, 3, 3), dict(padding=1)),
     "rows of 8, two registers of channels": ((2, 8, 8, 8), (32, 8, 3, 3), dict(padding=1)),
+    # One row: runs of 16 outputs along the lanes would leave 3 of a tile's 4 runs empty.
+    "a row of 16, in one tile of 16 outputs": ((2, 5, 3, 16), (16, 5, 3, 3), dict(padding=(0, 1))),
     "channels past the last block": ((2, 4, 8, 8), (40, 4, 3, 3), dict(padding=1)),
     "tiles across rows of 10 (LeNet conv2)": ((2, 6, 14, 14), (16, 6, 5, 5), {}),
     "one input channel, six output channels (LeNet conv1)": ((2, 1, 32, 32), (6, 1, 5, 5), {}),
