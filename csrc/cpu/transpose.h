@@ -41,10 +41,14 @@ CUSTOM_CONV_INLINE void store_first(T* dst, const V& v, int64_t n) {
   }
 }
 
+// kFull: all 8 (4) lines present, known at compile time: the vectors then
+// go straight to their stores, where the variable count kept them on the
+// stack (a third of a direct weight gradient's change of layout).
+template <bool kFull>
 CUSTOM_CONV_INLINE void transpose_block(const float* src, int64_t along, int64_t n, float* dst, int64_t w) {
   F8 r[8];
   for (int i = 0; i < 8; ++i) {
-    if (i < n) {
+    if (kFull || i < n) {
       __builtin_memcpy(&r[i], src + i * along, sizeof(F8));
     } else {
       r[i] = F8{};
@@ -63,15 +67,21 @@ CUSTOM_CONV_INLINE void transpose_block(const float* src, int64_t along, int64_t
   const I8 lo4{0, 1, 2, 3, 8, 9, 10, 11}, hi4{4, 5, 6, 7, 12, 13, 14, 15};
   for (int k = 0; k < 4; ++k) {  // b[k] holds steps k and k + 4 of lines 0-3, b[k + 4] of lines 4-7
     const F8 first = __builtin_shuffle(b[k], b[k + 4], lo4), second = __builtin_shuffle(b[k], b[k + 4], hi4);
-    store_first<8>(dst + k * w, first, n);
-    store_first<8>(dst + (k + 4) * w, second, n);
+    if constexpr (kFull) {
+      __builtin_memcpy(dst + k * w, &first, sizeof(F8));
+      __builtin_memcpy(dst + (k + 4) * w, &second, sizeof(F8));
+    } else {
+      store_first<8>(dst + k * w, first, n);
+      store_first<8>(dst + (k + 4) * w, second, n);
+    }
   }
 }
 
+template <bool kFull>
 CUSTOM_CONV_INLINE void transpose_block(const double* src, int64_t along, int64_t n, double* dst, int64_t w) {
   D4 r[4];
   for (int i = 0; i < 4; ++i) {
-    if (i < n) {
+    if (kFull || i < n) {
       __builtin_memcpy(&r[i], src + i * along, sizeof(D4));
     } else {
       r[i] = D4{};
@@ -82,7 +92,13 @@ CUSTOM_CONV_INLINE void transpose_block(const double* src, int64_t along, int64_
                    __builtin_shuffle(r[2], r[3], lo), __builtin_shuffle(r[2], r[3], hi)};
   const D4 c[4] = {__builtin_shuffle(a[0], a[2], lo2), __builtin_shuffle(a[1], a[3], lo2),
                    __builtin_shuffle(a[0], a[2], hi2), __builtin_shuffle(a[1], a[3], hi2)};
-  for (int k = 0; k < 4; ++k) store_first<4>(dst + k * w, c[k], n);
+  for (int k = 0; k < 4; ++k) {
+    if constexpr (kFull) {
+      __builtin_memcpy(dst + k * w, &c[k], sizeof(D4));
+    } else {
+      store_first<4>(dst + k * w, c[k], n);
+    }
+  }
 }
 
 template <typename T>
@@ -95,8 +111,13 @@ CUSTOM_CONV_INLINE void transpose_body(const T* src, int64_t rows, int64_t cols,
     int64_t j0 = 0;
     // A block of fewer than half its rows (a first layer's 1 or 3 input
     // channels) would shuffle mostly zeros: there, values one by one.
+    if (n == kBlock) {
+      for (; j0 + kBlock <= cols; j0 += kBlock) {
+        transpose_block<true>(lines + j0, src_stride, n, dst + j0 * dst_stride + i0, dst_stride);
+      }
+    }
     for (; 2 * n >= kBlock && j0 + kBlock <= cols; j0 += kBlock) {
-      transpose_block(lines + j0, src_stride, n, dst + j0 * dst_stride + i0, dst_stride);
+      transpose_block<false>(lines + j0, src_stride, n, dst + j0 * dst_stride + i0, dst_stride);
     }
     for (; j0 < cols; ++j0) {
       for (int64_t i = 0; i < n; ++i) dst[j0 * dst_stride + i0 + i] = lines[i * src_stride + j0];
