@@ -456,21 +456,27 @@ void run_weight_grad_tiles(const direct::Kernels<T>& k, const Conv2dGeometry& g,
   });
   // grad_weight[grp * Co + co][ci][ki][kj] = sum over blocks, in order, of
   // partial[grp][tap][channel][co], with (tap, channel) = ((ki, kj), ci)
-  // or, folded, (ki, ci * kW + kj).
+  // or, folded, (ki, ci * kW + kj). Row by row of the partials (all output
+  // channels of one (tap, channel)), over threads: element by element on
+  // one thread, their 8 blocks' values read a row apart, this took a tenth
+  // of ResNet-20's 32-64 /2 weight gradient while the other threads waited.
   T* gw = grad_weight.mutable_data_ptr<T>();
-  for (int64_t grp = 0; grp < g.groups; ++grp) {
-    for (int64_t co = 0; co < Co; ++co) {
-      for (int64_t ci = 0; ci < Ci; ++ci) {
-        for (int64_t t = 0; t < kernel_taps; ++t) {
-          const int64_t tap = t / fold, channel = ci * fold + t % fold;
-          const int64_t at = grp * per_group + (tap * cpad + channel) * copad + co;
-          T sum = partials[at];
-          for (int64_t b = 1; b < blocks; ++b) sum += partials[b * per_partial + at];
-          gw[((grp * Co + co) * Ci + ci) * kernel_taps + t] = sum;
-        }
+  const int64_t rows = g.groups * taps * channels;
+  constexpr int64_t kValuesPerSumTask = 32768;
+  const int64_t grain = std::max<int64_t>(1, kValuesPerSumTask / (Co * blocks));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    std::vector<T> sum(Co);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t grp = r / (taps * channels), tap = r / channels % taps, channel = r % channels;
+      const T* row = partials + grp * per_group + (tap * cpad + channel) * copad;
+      for (int64_t co = 0; co < Co; ++co) sum[co] = row[co];
+      for (int64_t b = 1; b < blocks; ++b) {
+        for (int64_t co = 0; co < Co; ++co) sum[co] += row[b * per_partial + co];
       }
+      const int64_t ci = channel / fold, t = tap * fold + channel % fold;
+      for (int64_t co = 0; co < Co; ++co) gw[((grp * Co + co) * Ci + ci) * kernel_taps + t] = sum[co];
     }
-  }
+  });
 }
 
 // The weight gradient along the pixels where the tiles' lanes starve: an
