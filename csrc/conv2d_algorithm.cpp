@@ -75,10 +75,12 @@ constexpr int64_t kMinWinogradTiles = 64;
 // @28 (196) 0.835 / 0.778, @32 (256) 0.795 / 0.931; with 64 channels each
 // way Winograd needs more still: ResNet-20's 64-64 @8 at batch 32 (512
 // tiles) 0.495 / 0.434, 64-64 @28 at batch 2 (392) 0.458 / 0.356, @56 at
-// batch 1 (784) 0.679 / 0.734, VGG's @32 at batch 32 (8192) 5.7 / 6.5.
+// batch 1 (784) 0.742 / 0.669 (once the direct forward ran its steps in
+// L1-sized chunks), @16 at batch 32 (2048) 1.69 / 1.64, VGG's @32 at batch
+// 32 (8192) 5.7 / 6.5.
 // At AVX2 Winograd won all of these but the 64-channel layers at batch 32.
 constexpr int64_t kMinWinogradTilesOverDirect = 256;
-constexpr int64_t kMinWinogradTilesOverDirect64 = 768;
+constexpr int64_t kMinWinogradTilesOverDirect64 = 1024;
 constexpr int64_t kFewWinogradChannelProduct = 64 * 64;
 // Winograd's weight gradient in its plane layout (wide planes) reads both
 // operands of its products repacked; at AVX-512 the direct kernels were

@@ -67,7 +67,7 @@ LAYERS = {
 
 
 # The batch where it is not 2 (the choice test's): Winograd's forward and
-# input gradient take a layer from 256 output tiles of 2x2 (768 with 64
+# input gradient take a layer from 256 output tiles of 2x2 (1024 with 64
 # channels each way) at the AVX-512 level, where the direct kernels can run it.
 BATCH = {
     "VGG 3x3 stride 1, 128 channels": 8,  # 288 tiles
@@ -75,6 +75,7 @@ BATCH = {
     "VGG 64-128 @16 at batch 1: too few tiles for Winograd's forward to beat the direct kernels": 1,
     "64-64 @24: the fewest channels Winograd takes": 8,  # 1152 tiles
     "64-64 @8 at batch 32 (ResNet-20): with 64 channels too few tiles to beat the direct kernels": 32,  # 512 tiles
+    "64-64 @40: Winograd's weight gradient in its plane layout leaves it to the direct kernels": 4,  # 1600 tiles
 }
 
 

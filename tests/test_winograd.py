@@ -104,7 +104,7 @@ def test_winograd_needs_enough_tiles_to_pay_for_its_kernel_transform():
     """ResNet-20's 64-channel 8x8 layer: at batch 3 (48 tiles) too few for
     Winograd at all; at batch 32 (512 tiles) Winograd's, but for the forward
     and input gradient at the AVX-512 level, where the direct kernels are
-    faster on it (up to 768 tiles with 64 channels each way), and with 128
+    faster on it (below 1024 tiles with 64 channels each way), and with 128
     channels, where 256 tiles are enough."""
     weight = torch.randn(64, 64, 3, 3)
     plan = custom_conv.explain_conv2d(torch.randn(3, 64, 8, 8), weight, padding=1)
