@@ -70,7 +70,7 @@ constexpr int64_t kMinWinogradTiles = 64;
 // Against the direct kernels at the AVX-512 level (where those take the
 // pass), Winograd's forward and input gradient need more tiles: its 16
 // products are thin and its transforms cost the same per tile, while the
-// direct kernels run 65-75% of peak from 32 to 128 channels. Measured
+// direct kernels run 55-75% of peak from 32 to 128 channels. Measured
 // (ms, Winograd / direct): at batch 1, 128-128 @16 (64 tiles) 0.337 / 0.276,
 // @28 (196) 0.835 / 0.778, @32 (256) 0.795 / 0.931; with 64 channels each
 // way Winograd needs more still: ResNet-20's 64-64 @8 at batch 32 (512
