@@ -14,6 +14,7 @@
 #pragma once
 
 #include "per_level.h"
+#include "transpose_8x8.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -21,8 +22,7 @@
 namespace custom_conv {
 namespace vectorised {
 
-using F8 = float __attribute__((vector_size(32)));
-using I8 = int32_t __attribute__((vector_size(32)));
+using F8 = Floats8;
 using D4 = double __attribute__((vector_size(32)));
 using L4 = int64_t __attribute__((vector_size(32)));
 
@@ -54,25 +54,13 @@ CUSTOM_CONV_INLINE void transpose_block(const float* src, int64_t along, int64_t
       r[i] = F8{};
     }
   }
-  F8 a[8];
-  for (int i = 0; i < 8; i += 2) {  // pairs of lines, interleaved
-    a[i] = __builtin_shuffle(r[i], r[i + 1], I8{0, 8, 1, 9, 4, 12, 5, 13});
-    a[i + 1] = __builtin_shuffle(r[i], r[i + 1], I8{2, 10, 3, 11, 6, 14, 7, 15});
-  }
-  const I8 lo2{0, 1, 8, 9, 4, 5, 12, 13}, hi2{2, 3, 10, 11, 6, 7, 14, 15};
-  const F8 b[8] = {__builtin_shuffle(a[0], a[2], lo2), __builtin_shuffle(a[0], a[2], hi2),
-                   __builtin_shuffle(a[1], a[3], lo2), __builtin_shuffle(a[1], a[3], hi2),
-                   __builtin_shuffle(a[4], a[6], lo2), __builtin_shuffle(a[4], a[6], hi2),
-                   __builtin_shuffle(a[5], a[7], lo2), __builtin_shuffle(a[5], a[7], hi2)};
-  const I8 lo4{0, 1, 2, 3, 8, 9, 10, 11}, hi4{4, 5, 6, 7, 12, 13, 14, 15};
-  for (int k = 0; k < 4; ++k) {  // b[k] holds steps k and k + 4 of lines 0-3, b[k + 4] of lines 4-7
-    const F8 first = __builtin_shuffle(b[k], b[k + 4], lo4), second = __builtin_shuffle(b[k], b[k + 4], hi4);
+  F8 t[8];
+  transpose_8x8(r, t);
+  for (int k = 0; k < 8; ++k) {
     if constexpr (kFull) {
-      __builtin_memcpy(dst + k * w, &first, sizeof(F8));
-      __builtin_memcpy(dst + (k + 4) * w, &second, sizeof(F8));
+      __builtin_memcpy(dst + k * w, &t[k], sizeof(F8));
     } else {
-      store_first<8>(dst + k * w, first, n);
-      store_first<8>(dst + (k + 4) * w, second, n);
+      store_first<8>(dst + k * w, t[k], n);
     }
   }
 }

@@ -12,6 +12,7 @@
 #pragma once
 
 #include "kernels.h"
+#include "../transpose_8x8.h"
 
 namespace custom_conv {
 namespace direct {
@@ -67,34 +68,19 @@ constexpr int64_t kGroupTiles = 16;
 
 // Eight outputs of eight channels from a tile (src[j * src_stride + c]) to
 // their channels' rows (dst[c * ld + j]), plus each channel's bias: the
-// 8 x 8 transpose in registers (the compiler's vector extensions, whose
-// constant shuffles become the level's unpack and permute instructions), then
-// one vector store per channel. Value by value, the copy out of a 32-channel
-// tile of 8 outputs took 256 loads and stores, a tenth of the tile's time.
-// A template on V only so that each level's copy stays its own.
+// 8 x 8 transpose in registers (../transpose_8x8.h), then one vector store
+// per channel. Value by value, the copy out of a 32-channel tile of 8
+// outputs took 256 loads and stores, a tenth of the tile's time. A template
+// on V only so that each level's copy stays its own.
 template <class V>
 inline __attribute__((always_inline)) void store_transposed_8x8(const float* src, int64_t src_stride,
                                                                const float* bias, float* dst, int64_t ld) {
-  typedef float F8 __attribute__((vector_size(32)));
-  typedef int I8 __attribute__((vector_size(32)));
-  F8 r[8];
-  for (int j = 0; j < 8; ++j) __builtin_memcpy(&r[j], src + j * src_stride, sizeof(F8));
-  F8 a[8];
-  for (int j = 0; j < 8; j += 2) {  // pairs of outputs, interleaved
-    a[j] = __builtin_shuffle(r[j], r[j + 1], I8{0, 8, 1, 9, 4, 12, 5, 13});
-    a[j + 1] = __builtin_shuffle(r[j], r[j + 1], I8{2, 10, 3, 11, 6, 14, 7, 15});
-  }
-  const I8 lo2{0, 1, 8, 9, 4, 5, 12, 13}, hi2{2, 3, 10, 11, 6, 7, 14, 15};
-  const F8 b[8] = {__builtin_shuffle(a[0], a[2], lo2), __builtin_shuffle(a[0], a[2], hi2),
-                   __builtin_shuffle(a[1], a[3], lo2), __builtin_shuffle(a[1], a[3], hi2),
-                   __builtin_shuffle(a[4], a[6], lo2), __builtin_shuffle(a[4], a[6], hi2),
-                   __builtin_shuffle(a[5], a[7], lo2), __builtin_shuffle(a[5], a[7], hi2)};
-  const I8 lo4{0, 1, 2, 3, 8, 9, 10, 11}, hi4{4, 5, 6, 7, 12, 13, 14, 15};
-  for (int c = 0; c < 4; ++c) {  // b[c] holds channels c and c + 4 of outputs 0-3, b[c + 4] of outputs 4-7
-    const F8 first = __builtin_shuffle(b[c], b[c + 4], lo4) + (bias != nullptr ? bias[c] : 0.0f);
-    const F8 second = __builtin_shuffle(b[c], b[c + 4], hi4) + (bias != nullptr ? bias[c + 4] : 0.0f);
-    __builtin_memcpy(dst + c * ld, &first, sizeof(F8));
-    __builtin_memcpy(dst + (c + 4) * ld, &second, sizeof(F8));
+  vectorised::Floats8 r[8], t[8];
+  for (int j = 0; j < 8; ++j) __builtin_memcpy(&r[j], src + j * src_stride, sizeof(r[j]));
+  vectorised::transpose_8x8(r, t);
+  for (int c = 0; c < 8; ++c) {
+    const vectorised::Floats8 v = t[c] + (bias != nullptr ? bias[c] : 0.0f);
+    __builtin_memcpy(dst + c * ld, &v, sizeof(v));
   }
 }
 
