@@ -86,6 +86,12 @@ constexpr int64_t kMaxRowsForBInPlace = 16;
 constexpr int64_t kAliasingBytes = 4096;
 // Rows of a task's block come in multiples of this (see run).
 constexpr int64_t kRowBlockGrain = 4;
+// C^T = B^T A^T is computed instead of C (see run) where its tiles compute
+// less than this share of C's: its tiles of C go through a buffer (C^T's
+// rows are C's columns), so a near tie is not worth it; and where C^T has at
+// least this many panels of columns.
+constexpr double kMaxTransposedWork = 0.9;
+constexpr int64_t kMinTransposedPanels = 4;
 // Multiply-adds below which a product runs on one thread: waking the others
 // costs more.
 constexpr int64_t kMinParallelMacs = int64_t{1} << 20;
@@ -213,14 +219,15 @@ void pack_panels(const T* src, int64_t along, int64_t step, int64_t lines, int64
 
 // C's tile at c (rows x cols) = alpha * tile + beta * C + bias, from a tile
 // of sums computed into a buffer (ld nr): for edge columns, C of another
-// type than the sums', or C not stored row by row.
+// type than the sums', or C not stored row by row. The bias is per row of
+// the tile, or per column (`bias_per_column`: a transposed product's).
 template <typename T, typename Acc>
 void store_tile(const Acc* tile, int64_t nr, int64_t rows, int64_t cols, T* c, int64_t rs_c, int64_t cs_c,
-                const T* bias, Acc alpha, Acc beta) {
+                const T* bias, Acc alpha, Acc beta, bool bias_per_column = false) {
   for (int64_t i = 0; i < rows; ++i) {
-    const Acc b = bias != nullptr ? to_acc<Acc>(bias[i]) : Acc(0);
     for (int64_t j = 0; j < cols; ++j) {
       T& out = c[i * rs_c + j * cs_c];
+      const Acc b = bias == nullptr ? Acc(0) : to_acc<Acc>(bias[bias_per_column ? j : i]);
       Acc v = alpha * tile[i * nr + j] + b;
       if (beta != Acc(0)) v += beta * to_acc<Acc>(out);
       out = static_cast<T>(v);
@@ -244,11 +251,11 @@ void run_block(const Problem<T, Acc>& p, const Blocking& bl, int64_t z, int64_t 
   const T* a = p.a.data + z * p.a.batch_stride + i0 * p.a.rs;
   const T* b = p.b.data + z * p.b.batch_stride + j0 * p.b.cs;
   T* c = p.c + z * p.batch_stride_c + i0 * p.rs_c + j0 * p.cs_c;
-  const T* bias = p.bias != nullptr ? p.bias + z * p.batch_stride_bias + i0 : nullptr;
+  const T* bias = p.bias != nullptr ? p.bias + z * p.batch_stride_bias + (p.bias_per_column ? j0 : i0) : nullptr;
   // The micro-kernel writes C itself where it can: float and double C
   // stored row by row, whole tiles.
   constexpr bool kSameType = std::is_same_v<T, Acc>;
-  const bool rows_of_c = p.cs_c == 1;
+  const bool rows_of_c = p.cs_c == 1 && !p.bias_per_column;
   // B read in place, its whole panels: where its rows are contiguous and
   // the task has too few rows of A to pay for packing B (each packed panel
   // would serve only a few micro-tiles).
@@ -272,7 +279,7 @@ void run_block(const Problem<T, Acc>& p, const Blocking& bl, int64_t z, int64_t 
       for (int64_t i = 0; i < rows; i += bl.mr) {
         const int64_t pr = std::min<int64_t>(bl.mr, rows - i);
         const auto kernel = mk.rows[pr];
-        const T* bias_i = first && bias != nullptr ? bias + i : nullptr;
+        const T* bias_i = first && bias != nullptr && !p.bias_per_column ? bias + i : nullptr;
         for (int64_t jp = 0; jp < panels; ++jp) {
           const int64_t j = jb + jp * bl.nr, pc = std::min<int64_t>(bl.nr, cols - j);
           const Acc* pb = packed_b + (jp - in_place) * kc * bl.nr;
@@ -289,7 +296,8 @@ void run_block(const Problem<T, Acc>& p, const Blocking& bl, int64_t z, int64_t 
             }
           }
           kernel(kc, pa, pb, ldb, tile, bl.nr, nullptr, Acc(1), Acc(0));
-          store_tile(tile, bl.nr, pr, pc, cij, p.rs_c, p.cs_c, bias_i, p.alpha, beta);
+          const T* bias_ij = !p.bias_per_column ? bias_i : first && bias != nullptr ? bias + j : nullptr;
+          store_tile(tile, bl.nr, pr, pc, cij, p.rs_c, p.cs_c, bias_ij, p.alpha, beta, p.bias_per_column);
         }
         pa += pr * kc;
       }
@@ -496,17 +504,29 @@ void run(const Problem<T, Acc>& p) {
   if (p.batch == 0 || p.m == 0 || p.n == 0) return;
   if (p.k == 0) return scale_only(p);
   if constexpr (std::is_same_v<T, Acc>) {
-    if (p.n <= kMaxDotColumns && p.a.cs == 1) return run_few_columns(p);
+    if (p.n <= kMaxDotColumns && p.a.cs == 1 && !p.bias_per_column) return run_few_columns(p);
   }
   const Blocking bl = blocking<Acc>();
-  // Columns run along the vector lanes: with fewer columns than a register
-  // tile holds and more rows, C^T = B^T A^T wastes fewer lanes.
-  if (p.bias == nullptr && p.n < bl.nr && p.m > p.n) {
+  // Columns run along the vector lanes, nr at a time, and a tile at the
+  // edge computes all its lanes (a tile at the bottom edge computes only its
+  // rows): of the two ways to run the product, C or C^T = B^T A^T, take the
+  // one that wastes fewer lanes. ResNet-18's 512-channel 7x7 layer at batch
+  // 1, 512 x 49 x 4608: 49 columns in two tiles of 32 lanes waste 23%, C^T
+  // none (1.15x faster). But C^T reads A^T as its B, which cannot be read in
+  // place and which each thread packs whole when the threads split C^T's
+  // rows: with only a few panels of C^T's columns that costs more than the
+  // lanes save (64 x 49 x 576: 1.3x slower), unless C has fewer columns than
+  // one tile.
+  const auto computed = [&](int64_t rows, int64_t cols) { return rows * ((cols + bl.nr - 1) / bl.nr * bl.nr); };
+  if (!p.transposed && (p.n < bl.nr || p.m >= kMinTransposedPanels * bl.nr) &&
+      computed(p.n, p.m) < kMaxTransposedWork * computed(p.m, p.n)) {
     Problem<T, Acc> t = p;
     std::swap(t.m, t.n);
     t.a = {p.b.data, p.b.cs, p.b.rs, p.b.batch_stride};
     t.b = {p.a.data, p.a.cs, p.a.rs, p.a.batch_stride};
     std::swap(t.rs_c, t.cs_c);
+    t.bias_per_column = true;
+    t.transposed = true;
     return run(t);
   }
   // Tasks: blocks of C of at most kMaxBlockRows rows and all the columns,

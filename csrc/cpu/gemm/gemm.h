@@ -46,6 +46,9 @@ struct Problem {
   int64_t rs_c = 0, cs_c = 1, batch_stride_c = 0;
   const T* bias = nullptr;  // optional, per row of C
   int64_t batch_stride_bias = 0;
+  // Set by run() where it computes C^T = B^T A^T instead: the bias is then
+  // per column of the C it computes.
+  bool bias_per_column = false, transposed = false;
   Acc alpha = Acc(1), beta = Acc(0);  // with beta == 0, C is not read
 };
 
