@@ -67,29 +67,52 @@ int64_t min_winograd_channels(Conv2dPass pass) {
                                                                                 : kMinWinogradChannels;
 }
 constexpr int64_t kMinWinogradTiles = 64;
-// Against the direct kernels at the AVX-512 level (where those take the
+// Where AVX-512 runs at half rate (cpu/isa.h: AMD's Zen 4), multiply-adds
+// cost twice as much against Winograd's transforms as on full-width units,
+// and Winograd wins on fewer tiles: ResNet-18's 256-256 @14 at batch 1 (49
+// tiles) in 1.17 ms against im2col's 1.70 and the direct kernels' 1.60; at
+// 16 tiles (its 512-512 @7, VGG's 128-256 @8) it was still 2-4x slower.
+constexpr int64_t kMinWinogradTilesHalfRate = 32;
+
+int64_t min_winograd_tiles() {
+  return cpu_level() == CpuLevel::kAvx512 && cpu_avx512_half_rate() ? kMinWinogradTilesHalfRate : kMinWinogradTiles;
+}
+
+// Against the direct kernels on full-width AVX-512 (where those take the
 // pass), Winograd's forward and input gradient need more tiles: its 16
 // products are thin and its transforms cost the same per tile, while the
 // direct kernels run 55-75% of peak from 32 to 128 channels. Measured
-// (ms, Winograd / direct): at batch 1, 128-128 @16 (64 tiles) 0.337 / 0.276,
+// (ms, Winograd / direct; an Intel Xeon): at batch 1, 128-128 @16 (64 tiles) 0.337 / 0.276,
 // @28 (196) 0.835 / 0.778, @32 (256) 0.795 / 0.931; with 64 channels each
 // way Winograd needs more still: ResNet-20's 64-64 @8 at batch 32 (512
 // tiles) 0.495 / 0.434, 64-64 @28 at batch 2 (392) 0.458 / 0.356, @56 at
 // batch 1 (784) 0.742 / 0.669 (once the direct forward ran its steps in
 // L1-sized chunks), @16 at batch 32 (2048) 1.69 / 1.64, VGG's @32 at batch
 // 32 (8192) 5.7 / 6.5.
-// At AVX2 Winograd won all of these but the 64-channel layers at batch 32.
+// At AVX2 Winograd won all of these but the 64-channel layers at batch 32;
+// with AVX-512 at half rate, every layer measured (AMD Zen 4): 64-64 @8 at
+// batch 32 forward 0.71 / 0.76, input gradient 0.59 / 0.82; at batch 1,
+// 64-128 @16 (64 tiles) 0.38 / 0.41, 128-128 @28 (196) 1.19 / 1.31, 64-64
+// @56 (784) 1.14 / 1.23.
 constexpr int64_t kMinWinogradTilesOverDirect = 256;
 constexpr int64_t kMinWinogradTilesOverDirect64 = 1024;
 constexpr int64_t kFewWinogradChannelProduct = 64 * 64;
 // Winograd's weight gradient in its plane layout (wide planes) reads both
-// operands of its products repacked; at AVX-512 the direct kernels were
+// operands of its products repacked; on full-width AVX-512 the direct kernels were
 // faster there on layers of up to this many channels each way, at batch 32:
 // ResNet-18's 64-64 @56 25.4 against 29.7 ms, 64-64 @40 12.1 / 14.1, 48-64
 // @56 18.3 / 25.6 (but 64-48 @40, whose 48 output channels fill 3/4 of the
 // direct tiles, 12.9 / 11.7). At AVX2, with half the registers, the direct
-// kernels were 1.1-1.3x slower on the same layers.
+// kernels were 1.1-1.3x slower on the same layers; with AVX-512 at half
+// rate too (64-64 @56: Winograd 32.1 ms, direct 37.7).
 constexpr int64_t kMaxWinogradPlaneWeightGradDirectChannels = 64;
+
+// Where the two rules above leave layers to the direct kernels: AVX-512 on
+// full-width units, multiply-adds at twice AVX2's rate.
+bool full_rate_avx512() {
+  return cpu_level() == CpuLevel::kAvx512 && !cpu_avx512_half_rate();
+}
+
 bool is_disabled(Conv2dAlgorithm algorithm) {
   return algorithm_switched_off(algorithm);
 }
@@ -162,16 +185,16 @@ const char* winograd_refusal(const Conv2dGeometry& g, Conv2dPass pass, at::Scala
     return "too few channels for winograd's products";
   }
   const int64_t tiles = g.batch * ceil_div(g.out_h, 2) * ceil_div(g.out_w, 2);
-  if (tiles < kMinWinogradTiles) {
+  if (tiles < min_winograd_tiles()) {
     return "too few output tiles to pay for winograd's kernel transform";
   }
-  if (pass != Conv2dPass::kBackwardWeight && cpu_level() == CpuLevel::kAvx512 &&
+  if (pass != Conv2dPass::kBackwardWeight && full_rate_avx512() &&
       tiles < (g.in_channels * g.out_channels <= kFewWinogradChannelProduct ? kMinWinogradTilesOverDirect64
                                                                            : kMinWinogradTilesOverDirect) &&
       direct_refusal(g, pass, dtype, nullptr) == nullptr) {
     return "too few output tiles for winograd to beat the direct kernels";
   }
-  if (pass == Conv2dPass::kBackwardWeight && cpu_level() == CpuLevel::kAvx512 &&
+  if (pass == Conv2dPass::kBackwardWeight && full_rate_avx512() &&
       std::max(g.in_channels, g.out_channels) <= kMaxWinogradPlaneWeightGradDirectChannels &&
       conv2d_winograd_weight_grad_in_planes(g) && direct_refusal(g, pass, dtype, nullptr) == nullptr) {
     return "its weight gradient on wide planes is slower than the direct kernels' up to 64 channels";

@@ -5,6 +5,10 @@
 
 #include <unistd.h>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#endif
+
 #include <cstdlib>
 
 namespace custom_conv {
@@ -52,6 +56,22 @@ CpuLevel cpu_level() {
 
 std::string cpu_kernels() {
   return cpu_level_name(cpu_level());
+}
+
+bool cpu_avx512_half_rate() {
+  static const bool half = [] {
+#if defined(__x86_64__) && defined(__GNUC__)
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (!__get_cpuid(0, &eax, &ebx, &ecx, &edx)) return false;
+    const bool amd = ebx == 0x68747541 && edx == 0x69746e65 && ecx == 0x444d4163;  // "AuthenticAMD"
+    if (!amd || !__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return false;
+    const unsigned base = (eax >> 8) & 0xf, family = base == 0xf ? base + ((eax >> 20) & 0xff) : base;
+    return family == 0x19 && best_level() == CpuLevel::kAvx512;
+#else
+    return false;
+#endif
+  }();
+  return half;
 }
 
 CpuCaches cpu_caches() {
