@@ -70,9 +70,11 @@ constexpr int64_t kMinWinogradTiles = 64;
 // Where AVX-512 runs at half rate (cpu/isa.h: AMD's Zen 4), multiply-adds
 // cost twice as much against Winograd's transforms as on full-width units,
 // and Winograd wins on fewer tiles: ResNet-18's 256-256 @14 at batch 1 (49
-// tiles) in 1.17 ms against im2col's 1.70 and the direct kernels' 1.60; at
-// 16 tiles (its 512-512 @7, VGG's 128-256 @8) it was still 2-4x slower.
-constexpr int64_t kMinWinogradTilesHalfRate = 32;
+// tiles) in 1.17 ms against im2col's 1.70 and the direct kernels' 1.60. Not
+// on 32 (VGG's 512-512 @2 at batch 32, 3.6-3.8 ms against 2.7-3.0: im2col
+// skips the padding's taps there, as many multiply-adds as Winograd saves)
+// nor on 16 (ResNet-18's 512-512 @7 at batch 1: 2-4x slower).
+constexpr int64_t kMinWinogradTilesHalfRate = 48;
 
 int64_t min_winograd_tiles() {
   return cpu_level() == CpuLevel::kAvx512 && cpu_avx512_half_rate() ? kMinWinogradTilesHalfRate : kMinWinogradTiles;
