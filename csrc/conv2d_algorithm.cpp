@@ -91,11 +91,13 @@ int64_t min_winograd_tiles() {
 // batch 1 (784) 0.742 / 0.669 (once the direct forward ran its steps in
 // L1-sized chunks), @16 at batch 32 (2048) 1.69 / 1.64, VGG's @32 at batch
 // 32 (8192) 5.7 / 6.5.
-// At AVX2 Winograd won all of these but the 64-channel layers at batch 32;
-// with AVX-512 at half rate, every layer measured (AMD Zen 4): 64-64 @8 at
-// batch 32 forward 0.71 / 0.76, input gradient 0.59 / 0.82; at batch 1,
-// 64-128 @16 (64 tiles) 0.38 / 0.41, 128-128 @28 (196) 1.19 / 1.31, 64-64
-// @56 (784) 1.14 / 1.23.
+// At AVX2 Winograd won all of these but the 64-channel layers at batch 32.
+// With AVX-512 at half rate (AMD Zen 4) it won with more channels (64-128
+// @16 at batch 1, 64 tiles, 0.38 / 0.41; 128-128 @28, 196 tiles, 1.19 /
+// 1.31), so there only the 64-channel rule holds: on ResNet-20's 64-64 @8 at
+// batch 32 Winograd ran 0.48-0.60 ms in some processes and 0.73-1.0 in
+// others (the forward, from one process to the next; within a process it
+// kept its speed), the direct kernels a steady 0.73-0.76.
 constexpr int64_t kMinWinogradTilesOverDirect = 256;
 constexpr int64_t kMinWinogradTilesOverDirect64 = 1024;
 constexpr int64_t kFewWinogradChannelProduct = 64 * 64;
@@ -109,8 +111,8 @@ constexpr int64_t kFewWinogradChannelProduct = 64 * 64;
 // rate too (64-64 @56: Winograd 32.1 ms, direct 37.7).
 constexpr int64_t kMaxWinogradPlaneWeightGradDirectChannels = 64;
 
-// Where the two rules above leave layers to the direct kernels: AVX-512 on
-// full-width units, multiply-adds at twice AVX2's rate.
+// Where the rules above leave all their layers to the direct kernels:
+// AVX-512 on full-width units, multiply-adds at twice AVX2's rate.
 bool full_rate_avx512() {
   return cpu_level() == CpuLevel::kAvx512 && !cpu_avx512_half_rate();
 }
@@ -190,9 +192,9 @@ const char* winograd_refusal(const Conv2dGeometry& g, Conv2dPass pass, at::Scala
   if (tiles < min_winograd_tiles()) {
     return "too few output tiles to pay for winograd's kernel transform";
   }
-  if (pass != Conv2dPass::kBackwardWeight && full_rate_avx512() &&
-      tiles < (g.in_channels * g.out_channels <= kFewWinogradChannelProduct ? kMinWinogradTilesOverDirect64
-                                                                           : kMinWinogradTilesOverDirect) &&
+  const bool few_channels = g.in_channels * g.out_channels <= kFewWinogradChannelProduct;
+  if (pass != Conv2dPass::kBackwardWeight && cpu_level() == CpuLevel::kAvx512 && (few_channels || full_rate_avx512()) &&
+      tiles < (few_channels ? kMinWinogradTilesOverDirect64 : kMinWinogradTilesOverDirect) &&
       direct_refusal(g, pass, dtype, nullptr) == nullptr) {
     return "too few output tiles for winograd to beat the direct kernels";
   }

@@ -103,11 +103,11 @@ AVX2_DIFFERENCES = {
 
 # Where AVX-512 runs at half rate (AMD Zen 4: csrc/cpu/isa.h), multiply-adds
 # cost twice as much against Winograd's transforms: Winograd takes layers
-# from 48 tiles, not 64, and no longer leaves passes to the direct kernels.
+# from 48 tiles, not 64, and leaves passes to the direct kernels only with
+# 64 channels each way (below 1024 tiles).
 HALF_RATE = KERNELS == "avx512" and torch.ops.custom_conv.cpu_avx512_half_rate()
 HALF_RATE_DIFFERENCES = {
     "VGG 64-128 @16 at batch 1: too few tiles for Winograd's forward to beat the direct kernels": ["winograd"] * 3,
-    "64-64 @8 at batch 32 (ResNet-20): with 64 channels too few tiles to beat the direct kernels": ["winograd"] * 3,
     "64-64 @40: Winograd's weight gradient in its plane layout leaves it to the direct kernels":
         ["winograd"] * 3,
     "ResNet-18 256-256 @14 at batch 1: 49 tiles, too few for Winograd at full rate": ["winograd"] * 3,
