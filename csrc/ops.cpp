@@ -29,6 +29,8 @@ TORCH_LIBRARY(custom_conv, m) {
   // The instruction-set level every vectorised CPU route of this process
   // uses: "avx512", "avx2" or "baseline" (cpu/isa.h).
   m.def("cpu_kernels() -> str", &custom_conv::cpu_kernels);
+  // Whether this CPU runs 512-bit instructions in two 256-bit halves (AMD
+  // Zen 4), which the chooser weighs (cpu/isa.h); for tests and benchmarks.
   m.def("cpu_avx512_half_rate() -> bool", &custom_conv::cpu_avx512_half_rate);
   // The float32 FMA peak of this CPU in GFLOP/s, measured for about `seconds`
   // on torch's threads with those kernels' widest registers (for
