@@ -220,7 +220,8 @@ void pack_panels(const T* src, int64_t along, int64_t step, int64_t lines, int64
 // C's tile at c (rows x cols) = alpha * tile + beta * C + bias, from a tile
 // of sums computed into a buffer (ld nr): for edge columns, C of another
 // type than the sums', or C not stored row by row. The bias is per row of
-// the tile, or per column (`bias_per_column`: a transposed product's).
+// the tile, or per column (`bias_per_column`: a transposed product's, whose
+// rows are the caller's columns).
 template <typename T, typename Acc>
 void store_tile(const Acc* tile, int64_t nr, int64_t rows, int64_t cols, T* c, int64_t rs_c, int64_t cs_c,
                 const T* bias, Acc alpha, Acc beta, bool bias_per_column = false) {
@@ -251,11 +252,11 @@ void run_block(const Problem<T, Acc>& p, const Blocking& bl, int64_t z, int64_t 
   const T* a = p.a.data + z * p.a.batch_stride + i0 * p.a.rs;
   const T* b = p.b.data + z * p.b.batch_stride + j0 * p.b.cs;
   T* c = p.c + z * p.batch_stride_c + i0 * p.rs_c + j0 * p.cs_c;
-  const T* bias = p.bias != nullptr ? p.bias + z * p.batch_stride_bias + (p.bias_per_column ? j0 : i0) : nullptr;
+  const T* bias = p.bias != nullptr ? p.bias + z * p.batch_stride_bias + (p.transposed ? j0 : i0) : nullptr;
   // The micro-kernel writes C itself where it can: float and double C
   // stored row by row, whole tiles.
   constexpr bool kSameType = std::is_same_v<T, Acc>;
-  const bool rows_of_c = p.cs_c == 1 && !p.bias_per_column;
+  const bool rows_of_c = p.cs_c == 1 && !p.transposed;
   // B read in place, its whole panels: where its rows are contiguous and
   // the task has too few rows of A to pay for packing B (each packed panel
   // would serve only a few micro-tiles).
@@ -279,7 +280,7 @@ void run_block(const Problem<T, Acc>& p, const Blocking& bl, int64_t z, int64_t 
       for (int64_t i = 0; i < rows; i += bl.mr) {
         const int64_t pr = std::min<int64_t>(bl.mr, rows - i);
         const auto kernel = mk.rows[pr];
-        const T* bias_i = first && bias != nullptr && !p.bias_per_column ? bias + i : nullptr;
+        const T* bias_i = first && bias != nullptr && !p.transposed ? bias + i : nullptr;
         for (int64_t jp = 0; jp < panels; ++jp) {
           const int64_t j = jb + jp * bl.nr, pc = std::min<int64_t>(bl.nr, cols - j);
           const Acc* pb = packed_b + (jp - in_place) * kc * bl.nr;
@@ -296,8 +297,8 @@ void run_block(const Problem<T, Acc>& p, const Blocking& bl, int64_t z, int64_t 
             }
           }
           kernel(kc, pa, pb, ldb, tile, bl.nr, nullptr, Acc(1), Acc(0));
-          const T* bias_ij = !p.bias_per_column ? bias_i : first && bias != nullptr ? bias + j : nullptr;
-          store_tile(tile, bl.nr, pr, pc, cij, p.rs_c, p.cs_c, bias_ij, p.alpha, beta, p.bias_per_column);
+          const T* bias_ij = !p.transposed ? bias_i : first && bias != nullptr ? bias + j : nullptr;
+          store_tile(tile, bl.nr, pr, pc, cij, p.rs_c, p.cs_c, bias_ij, p.alpha, beta, p.transposed);
         }
         pa += pr * kc;
       }
@@ -504,7 +505,7 @@ void run(const Problem<T, Acc>& p) {
   if (p.batch == 0 || p.m == 0 || p.n == 0) return;
   if (p.k == 0) return scale_only(p);
   if constexpr (std::is_same_v<T, Acc>) {
-    if (p.n <= kMaxDotColumns && p.a.cs == 1 && !p.bias_per_column) return run_few_columns(p);
+    if (p.n <= kMaxDotColumns && p.a.cs == 1 && !p.transposed) return run_few_columns(p);
   }
   const Blocking bl = blocking<Acc>();
   // Columns run along the vector lanes, nr at a time, and a tile at the
@@ -525,7 +526,6 @@ void run(const Problem<T, Acc>& p) {
     t.a = {p.b.data, p.b.cs, p.b.rs, p.b.batch_stride};
     t.b = {p.a.data, p.a.cs, p.a.rs, p.a.batch_stride};
     std::swap(t.rs_c, t.cs_c);
-    t.bias_per_column = true;
     t.transposed = true;
     return run(t);
   }

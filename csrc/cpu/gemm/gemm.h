@@ -48,7 +48,7 @@ struct Problem {
   int64_t batch_stride_bias = 0;
   // Set by run() where it computes C^T = B^T A^T instead: the bias is then
   // per column of the C it computes.
-  bool bias_per_column = false, transposed = false;
+  bool transposed = false;
   Acc alpha = Acc(1), beta = Acc(0);  // with beta == 0, C is not read
 };
 
