@@ -430,6 +430,27 @@ def run(args, dtype_name):
 
     rows = []
     peak = []
+    machine = (torch.cuda.get_device_name() if args.device == "cuda"
+               else f"{cpu_description()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads")
+    date = datetime.date.today().isoformat()
+    out = args.out or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results",
+                                   "benchmarks", f"{args.device}-{dtype_name}-{date}.json")
+    if args.out and len(args.dtype) > 1:
+        out = out.replace(".json", f"-{dtype_name}.json")
+
+    def write(rows, complete, **totals):
+        """The JSON file, rewritten after every timed group, so that a run cut
+        short (a GPU lease, a time limit) still leaves what it measured, marked
+        "complete": false and without the totals of the end."""
+        result = dict(date=date, machine=machine, device=args.device, torch=torch.__version__, dtype=dtype_name,
+                      threads=torch.get_num_threads(), batches=args.batches, batch=main_batch, skipped=skipped,
+                      cpu_kernels=custom_conv.cpu_kernels(), peak_gflops=peak or None, complete=complete,
+                      rows=rows, **totals)
+        with open(out, "w") as f:
+            json.dump(result, f, indent=1)
+        if complete:
+            print(f"\nwritten to {out}")
+
     if args.device == "cpu":
         print(f"custom_conv CPU kernels: {custom_conv.cpu_kernels()}")
         if dtype == torch.float32 and ops.cpu_fma_peak_gflops(0.01) > 0:
@@ -452,10 +473,13 @@ def run(args, dtype_name):
             chosen = conv_algorithms(shape, batch, args.device, dtype) if kind == "conv" else None
             for mode, (ours, theirs, flops, reference) in cases.items():
                 errors = check(f"{name} {mode}", ours, theirs, reference, tol) if reference else (None, None)
-                # A training step takes 5 ms-1 s: give it enough alternating
-                # rounds that one slow stretch of the machine cannot decide the ratio.
+                # A training step takes 5 ms-1 s on the CPU: give it enough
+                # alternating rounds that one slow stretch of the machine cannot
+                # decide the ratio. On a GPU a step takes milliseconds, and a
+                # second holds hundreds of them.
+                step_time = max(args.min_run_time, 3.0 if args.device == "cpu" else 1.0)
                 with single_thread(name.endswith(", 1 thread")):
-                    t_ours, t_torch = (measure_pair(ours, theirs, max(args.min_run_time, 3.0), rounds=6)
+                    t_ours, t_torch = (measure_pair(ours, theirs, step_time, rounds=6)
                                        if kind == "train" else measure_pair(ours, theirs, args.min_run_time))
                 gflops = flops / t_ours / 1e9 if flops else None
                 torch_gflops = flops / t_torch / 1e9 if flops else None
@@ -479,6 +503,7 @@ def run(args, dtype_name):
                       f"{(f'{gflops:8.1f}' if gflops else '       -')}{true_rate} {t_ours / t_torch:6.2f} "
                       + " ".join(f"{e:9.1e}" if e is not None else f"{'-':>9}" for e in errors) + shares
                       + f"  {row.get('algorithm', '')}", flush=True)
+            write(rows, complete=False)
 
     def geomean(values):
         values = list(values)
@@ -532,23 +557,8 @@ def run(args, dtype_name):
         if algorithm_error_entries:
             print_algorithm_errors(algorithm_error_entries)
 
-    machine = (torch.cuda.get_device_name() if args.device == "cuda"
-               else f"{cpu_description()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads")
-    result = dict(date=datetime.date.today().isoformat(), machine=machine, device=args.device,
-                  torch=torch.__version__, dtype=dtype_name, threads=torch.get_num_threads(),
-                  batches=args.batches, batch=main_batch, skipped=skipped,
-                  cpu_kernels=custom_conv.cpu_kernels(),
-                  peak_gflops=peak or None,
-                  rows=rows,
-                  summary=summary, scratch_bytes=scratch, gemm=gemm or None,
-                  algorithm_errors=algorithm_error_entries or None)
-    out = args.out or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results",
-                                   "benchmarks", f"{args.device}-{dtype_name}-{result['date']}.json")
-    if args.out and len(args.dtype) > 1:
-        out = out.replace(".json", f"-{dtype_name}.json")
-    with open(out, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"\nwritten to {out}")
+    write(rows, complete=True, summary=summary, scratch_bytes=scratch, gemm=gemm or None,
+          algorithm_errors=algorithm_error_entries or None)
 
 
 if __name__ == "__main__":

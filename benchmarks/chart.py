@@ -1,5 +1,5 @@
-"""Draws a CPU benchmark result (benchmarks/bench.py's JSON) against the
-machine's peak: for every conv layer at the run's main batch, the GFLOP/s of
+"""Draws a benchmark result (benchmarks/bench.py's JSON), on the CPU against
+the machine's peak: for every conv layer at the run's main batch, the GFLOP/s of
 forward+backward with our kernels and with torch's, as bars, and the float32
 FMA peak measured in the same run as a line. Both bars count a direct
 convolution's work; where our passes ran Winograd, which does fewer
@@ -39,7 +39,8 @@ def main():
     y = range(len(rows))
     fig, ax = plt.subplots(figsize=(9, 0.32 * len(rows) + 1.6))
     ax.barh([i - 0.2 for i in y], [r["ours_gflops"] for r in rows], height=0.4, label="custom_conv")
-    ax.barh([i + 0.2 for i in y], [r["torch_gflops"] for r in rows], height=0.4, label="torch (oneDNN)")
+    theirs = "torch (cuDNN)" if result.get("device") == "cuda" else "torch (oneDNN)"
+    ax.barh([i + 0.2 for i in y], [r["torch_gflops"] for r in rows], height=0.4, label=theirs)
     winograd = [(i, r["ours_true_gflops"]) for i, r in zip(y, rows) if r.get("ours_true_gflops")]
     if winograd:
         ax.barh([i - 0.2 for i, _ in winograd], [g for _, g in winograd], height=0.4, color="#a6c8e6",
