@@ -322,10 +322,14 @@ std::vector<std::string> conv2d_algorithms() {
 
 std::vector<std::string> set_disabled_conv2d_algorithms(const std::vector<std::string>& names) {
   unsigned mask = 0;
-  bool tensor_cores = false;
+  bool tensor_cores = false, implicit_gemm = false;
   for (const std::string& name : names) {
     if (name == kTensorCores) {
       tensor_cores = true;
+      continue;
+    }
+    if (name == kImplicitGemm) {
+      implicit_gemm = true;
       continue;
     }
     const Conv2dAlgorithm algorithm = algorithm_named(name);
@@ -333,7 +337,7 @@ std::vector<std::string> set_disabled_conv2d_algorithms(const std::vector<std::s
                       " is every layer's fallback and cannot be switched off");
     mask |= 1u << static_cast<unsigned>(algorithm);
   }
-  const Switches previous = set_switched_off({mask, tensor_cores});
+  const Switches previous = set_switched_off({mask, tensor_cores, implicit_gemm});
   std::vector<std::string> before;
   for (const Conv2dAlgorithm a : kAlgorithms) {
     if ((previous.algorithms >> static_cast<unsigned>(a)) & 1u) {
@@ -342,6 +346,9 @@ std::vector<std::string> set_disabled_conv2d_algorithms(const std::vector<std::s
   }
   if (previous.tensor_cores) {
     before.emplace_back(kTensorCores);
+  }
+  if (previous.implicit_gemm) {
+    before.emplace_back(kImplicitGemm);
   }
   return before;
 }

@@ -46,28 +46,33 @@ std::vector<std::string> conv2d_algorithms();
 // thread from now on, until the next call; returns the names disabled before.
 // im2col, every layer's fallback, cannot be switched off; an unknown name or
 // im2col raises ValueError and changes nothing. (custom_conv.disabled_algorithms
-// in Python.) One more name is taken, kTensorCores: the CUDA GEMM's kernel
-// rather than an algorithm (cuda_gemm_uses_tensor_cores).
+// in Python.) Two more names are taken, kernels of the GPU rather than
+// algorithms: kTensorCores, the CUDA GEMM's tensor-core kernel
+// (cuda_gemm_uses_tensor_cores), and kImplicitGemm, the GPU's im2col without
+// a column matrix (cuda_conv_uses_implicit_gemm).
 std::vector<std::string> set_disabled_conv2d_algorithms(const std::vector<std::string>& names);
 
 constexpr const char* kTensorCores = "tensor_cores";
+constexpr const char* kImplicitGemm = "implicit_gemm";
 
 // The switches set_disabled_conv2d_algorithms sets, read by both choosers
 // (conv2d_algorithm_cuda.cpp holds them): whether an algorithm, or the
-// tensor cores, are switched off. set_switched_off replaces them all and
-// returns the previous ones.
+// tensor cores or the implicit GEMM, are switched off. set_switched_off
+// replaces them all and returns the previous ones.
 bool algorithm_switched_off(Conv2dAlgorithm algorithm);
 bool tensor_cores_switched_off();
 struct Switches {
   unsigned algorithms = 0;  // bit (1 << algorithm): switched off
   bool tensor_cores = false;
+  bool implicit_gemm = false;
 };
 Switches switched_off();
 Switches set_switched_off(Switches switches);
 
 // The GPU's side of choose_conv2d_algorithm (conv2d_algorithm_cuda.cpp),
 // which the CUDA ops call: depthwise layers take the depthwise kernels,
-// every other layer im2col and our GEMM.
+// every other layer im2col and our GEMM, implicit or not
+// (cuda_conv_uses_implicit_gemm).
 Conv2dAlgorithm choose_cuda_conv2d_algorithm(const Conv2dGeometry& g, Conv2dPass pass, at::ScalarType dtype,
                                              std::string* why = nullptr);
 
@@ -75,6 +80,16 @@ Conv2dAlgorithm choose_cuda_conv2d_algorithm(const Conv2dGeometry& g, Conv2dPass
 // tensor cores: half and bfloat16 do, unless kTensorCores is switched off;
 // then, as float32 and float64 always, on the CUDA cores' tiled kernel.
 bool cuda_gemm_uses_tensor_cores(at::ScalarType dtype);
+
+// What the implicit GEMM (cuda/implicit_gemm.cuh) supports: layers whose
+// position and tap indices fit in 32 bits.
+bool cuda_implicit_gemm_supports(const Conv2dGeometry& g);
+
+// Whether the GPU's im2col route runs as an implicit GEMM (the receptive
+// fields gathered as the GEMM's tiles load) rather than through a column
+// matrix in memory: wherever it is supported, unless kImplicitGemm is
+// switched off.
+bool cuda_conv_uses_implicit_gemm(const Conv2dGeometry& g);
 
 // The op custom_conv::set_forced_conv2d_algorithm: from now on, every CPU
 // convolution pass runs on the algorithm named wherever that route can

@@ -8,12 +8,15 @@
 #include <c10/util/StringUtil.h>
 
 #include <atomic>
+#include <cstdint>
+#include <limits>
 
 namespace custom_conv {
 namespace {
 
 std::atomic<unsigned> switched_off_algorithms{0};
 std::atomic<bool> switched_off_tensor_cores{false};
+std::atomic<bool> switched_off_implicit_gemm{false};
 
 constexpr const char* kSwitchedOff = "switched off by the user (custom_conv.disabled_algorithms)";
 
@@ -32,13 +35,15 @@ bool tensor_cores_switched_off() {
 }
 
 Switches switched_off() {
-  return {switched_off_algorithms.load(std::memory_order_relaxed), tensor_cores_switched_off()};
+  return {switched_off_algorithms.load(std::memory_order_relaxed), tensor_cores_switched_off(),
+          switched_off_implicit_gemm.load(std::memory_order_relaxed)};
 }
 
 Switches set_switched_off(Switches switches) {
   Switches previous;
   previous.algorithms = switched_off_algorithms.exchange(switches.algorithms);
   previous.tensor_cores = switched_off_tensor_cores.exchange(switches.tensor_cores);
+  previous.implicit_gemm = switched_off_implicit_gemm.exchange(switches.implicit_gemm);
   return previous;
 }
 
@@ -53,6 +58,17 @@ bool cuda_gemm_uses_tensor_cores(at::ScalarType dtype) {
          (dtype == at::kFloat && at::globalContext().allowTF32CuDNN(at::Float32Op::CONV));
 }
 
+bool cuda_implicit_gemm_supports(const Conv2dGeometry& g) {
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  return g.batch * g.output_plane() <= kMax && g.batch * g.in_h * g.in_w <= kMax &&
+         g.in_channels * taps <= kMax && g.out_channels * taps <= kMax;
+}
+
+bool cuda_conv_uses_implicit_gemm(const Conv2dGeometry& g) {
+  return !switched_off_implicit_gemm.load(std::memory_order_relaxed) && cuda_implicit_gemm_supports(g);
+}
+
 // Depthwise layers read one input plane per output channel: a sum of kH * kW
 // products per output, read in place (cuda/depthwise.cuh), against im2col's
 // kH * kW copies of the input feeding a GEMM only kH * kW deep. Every pass.
@@ -65,12 +81,17 @@ Conv2dAlgorithm choose_cuda_conv2d_algorithm(const Conv2dGeometry& g, Conv2dPass
   if (why) {
     const bool reduced = dtype == at::kHalf || dtype == at::kBFloat16;
     const bool tf32_allowed = dtype == at::kFloat && at::globalContext().allowTF32CuDNN(at::Float32Op::CONV);
+    const bool implicit = cuda_conv_uses_implicit_gemm(g);
+    const std::string route =
+        implicit ? "im2col as an implicit GEMM (receptive fields gathered as the tiles load, no column matrix)"
+        : cuda_implicit_gemm_supports(g) ? c10::str("im2col through a column matrix (implicit GEMM ", kSwitchedOff, ")")
+                                         : std::string("im2col through a column matrix (indices beyond 32 bits)");
     if (cuda_gemm_uses_tensor_cores(dtype)) {
-      *why = dtype == at::kFloat
-                 ? "im2col and our GEMM on the tensor cores in TF32, float sums (torch.backends.cudnn.allow_tf32)"
-                 : "im2col and our GEMM on the tensor cores (mma.sync, float sums)";
+      *why = c10::str(route, dtype == at::kFloat
+                                 ? ", our GEMM on the tensor cores in TF32, float sums (torch.backends.cudnn.allow_tf32)"
+                                 : ", our GEMM on the tensor cores (mma.sync, float sums)");
     } else {
-      *why = c10::str("im2col and our tiled GEMM on the CUDA cores",
+      *why = c10::str(route, ", our tiled GEMM on the CUDA cores",
                       reduced || tf32_allowed ? c10::str(" (tensor cores ", kSwitchedOff, ")")
                       : dtype == at::kFloat   ? std::string(" (TF32 not allowed: torch.backends.cudnn.allow_tf32)")
                                               : std::string());

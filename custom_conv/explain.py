@@ -51,9 +51,12 @@ def disabled_algorithms(*names):
     ValueError, as for an unknown name); CUSTOM_CONV_CPU_KERNELS=baseline
     removes the direct kernels for a whole process instead.
 
-    One more name is taken: "tensor_cores" sends the GPU's half and bfloat16
-    products from the tensor-core kernel back to the CUDA-core one (float
-    sums in both; for comparing them, or ruling the newer one out).
+    Two more names are taken, for the GPU's kernels: "tensor_cores" sends
+    half and bfloat16 products (and TF32's) from the tensor-core kernel back
+    to the CUDA-core one (float sums in both), and "implicit_gemm" sends
+    im2col's products through a column matrix in memory instead of gathering
+    the receptive fields as the GEMM's tiles load; for comparing them, or
+    ruling the newer one out.
 
     The setting is process-wide, like torch.backends flags: it applies to
     every thread until the block ends, when the previous one returns. Blocks

@@ -280,17 +280,21 @@ def test_the_cuda_chooser_and_its_switches():
     here). Depthwise layers take the depthwise kernels, others im2col and
     our GEMM, whose half and bfloat16 products run on the tensor cores.
     Float32 runs there too, in TF32, exactly where torch allows TF32 for its
-    convolutions. "depthwise" switched off sends depthwise layers to im2col;
-    "tensor_cores" (not an algorithm: the list stays the chooser's) sends the
-    products to the CUDA-core kernel. Both nest and restore like the CPU's."""
+    convolutions. im2col's products gather the receptive fields as their
+    tiles load (an implicit GEMM). "depthwise" switched off sends depthwise
+    layers to im2col; "tensor_cores" and "implicit_gemm" (kernels, not
+    algorithms: the list stays the chooser's) send the products to the
+    CUDA-core kernel and through a column matrix in memory. All nest and
+    restore like the CPU's."""
     def meta(shape, dtype=torch.half):
         return torch.empty(shape, device="meta", dtype=dtype)
 
     x, w = meta((2, 3, 8, 8)), meta((4, 3, 3, 3))
     xd, wd = meta((2, 4, 8, 8)), meta((8, 1, 3, 3))  # depthwise, multiplier 2
-    on = "im2col and our GEMM on the tensor cores (mma.sync, float sums)"
-    off = "im2col and our tiled GEMM on the CUDA cores (tensor cores switched off by the user " \
-          "(custom_conv.disabled_algorithms))"
+    implicit = "im2col as an implicit GEMM (receptive fields gathered as the tiles load, no column matrix)"
+    by_user = "switched off by the user (custom_conv.disabled_algorithms)"
+    on = implicit + ", our GEMM on the tensor cores (mma.sync, float sums)"
+    off = implicit + f", our tiled GEMM on the CUDA cores (tensor cores {by_user})"
     depthwise = "depthwise: one input channel per group, each output's taps summed from its input plane"
     for dtype in (torch.half, torch.bfloat16):
         assert custom_conv.explain_conv2d(x.to(dtype), w.to(dtype))["forward"] == ("im2col", on)
@@ -298,26 +302,37 @@ def test_the_cuda_chooser_and_its_switches():
     for tf32 in (True, False):
         with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
                          allow_tf32=tf32):
-            assert custom_conv.explain_conv2d(x.float(), w.float())["forward"] == ("im2col", (
-                "im2col and our GEMM on the tensor cores in TF32, float sums (torch.backends.cudnn.allow_tf32)"
+            assert custom_conv.explain_conv2d(x.float(), w.float())["forward"] == ("im2col", implicit + (
+                ", our GEMM on the tensor cores in TF32, float sums (torch.backends.cudnn.allow_tf32)"
                 if tf32 else
-                "im2col and our tiled GEMM on the CUDA cores (TF32 not allowed: torch.backends.cudnn.allow_tf32)"))
+                ", our tiled GEMM on the CUDA cores (TF32 not allowed: torch.backends.cudnn.allow_tf32)"))
             assert custom_conv.explain_conv2d(x.double(), w.double())["forward"] == (
-                "im2col", "im2col and our tiled GEMM on the CUDA cores")
+                "im2col", implicit + ", our tiled GEMM on the CUDA cores")
     for pass_, choice in custom_conv.explain_conv2d(xd, wd, groups=4).items():
         assert choice == ("depthwise", depthwise), pass_
     with custom_conv.disabled_algorithms("tensor_cores"):
         with custom_conv.disabled_algorithms("depthwise"):
             assert custom_conv.explain_conv2d(x, w)["backward_weight"] == ("im2col", off)
             assert custom_conv.explain_conv2d(xd, wd, groups=4)["backward_input"] == (
-                "im2col", off + "; depthwise switched off by the user (custom_conv.disabled_algorithms)")
+                "im2col", off + f"; depthwise {by_user}")
         assert custom_conv.explain_conv2d(x, w)["forward"] == ("im2col", off)
         assert custom_conv.explain_conv2d(xd, wd, groups=4)["forward"] == ("depthwise", depthwise)
         assert "tensor_cores" not in custom_conv.explain.ALGORITHMS
     assert custom_conv.explain_conv2d(x, w)["forward"] == ("im2col", on)
-    with pytest.raises(ValueError, match="no conv2d algorithm called 'tensor_cores'"):
-        with custom_conv.forced_algorithm("tensor_cores"):
-            pass
+    with custom_conv.disabled_algorithms("implicit_gemm"):
+        with custom_conv.disabled_algorithms("tensor_cores"):
+            assert custom_conv.explain_conv2d(x, w)["backward_input"] == ("im2col", (
+                f"im2col through a column matrix (implicit GEMM {by_user}), our tiled GEMM on the CUDA cores "
+                f"(tensor cores {by_user})"))
+        assert custom_conv.explain_conv2d(x, w)["forward"] == (
+            "im2col", f"im2col through a column matrix (implicit GEMM {by_user}), our GEMM on the tensor cores "
+                      "(mma.sync, float sums)")
+        assert "implicit_gemm" not in custom_conv.explain.ALGORITHMS
+    assert custom_conv.explain_conv2d(x, w)["forward"] == ("im2col", on)
+    for kernel in ("tensor_cores", "implicit_gemm"):
+        with pytest.raises(ValueError, match=f"no conv2d algorithm called '{kernel}'"):
+            with custom_conv.forced_algorithm(kernel):
+                pass
 
 
 def test_the_algorithms_listed_are_the_chooser_s_own_in_its_order():

@@ -25,6 +25,15 @@ pytestmark = [
 
 DEVICE = "cuda"
 
+# im2col's products on the GPU: gathered as the GEMM's tiles load (the
+# default), or through a column matrix in memory, in batch chunks.
+ROUTES = ["implicit GEMM", "column matrix"]
+
+
+def on_route(route):
+    return custom_conv.disabled_algorithms("implicit_gemm") if route == "column matrix" else contextlib.nullcontext()
+
+
 # 64 x 9 rows x 32 x 32 columns per sample: Conv2dGeometry::batch_chunk()
 # splits a batch of 20 into several chunks, so the weight gradient is
 # accumulated across GEMM calls.
@@ -75,10 +84,12 @@ GPU_PATHS = {
 }
 
 
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("case", list(GPU_PATHS))
-def test_conv2d_on_large_problem_paths_matches_torch(case):
-    assert_conv2d_matches_torch(GPU_PATHS[case], conv_tensors(GPU_PATHS[case], torch.float64, DEVICE),
-                                rtol=1e-10, atol=1e-9)
+def test_conv2d_on_large_problem_paths_matches_torch(case, route):
+    with on_route(route):
+        assert_conv2d_matches_torch(GPU_PATHS[case], conv_tensors(GPU_PATHS[case], torch.float64, DEVICE),
+                                    rtol=1e-10, atol=1e-9)
 
 
 def test_conv2d_runs_on_the_current_stream():
@@ -115,10 +126,12 @@ def test_conv2d_backward_ops_take_non_contiguous_tensors():
     torch.testing.assert_close(ops.conv2d_backward_bias(go_t), ops.conv2d_backward_bias(go))
 
 
-def test_conv2d_over_several_batch_chunks_matches_torch():
+@pytest.mark.parametrize("route", ROUTES)
+def test_conv2d_over_several_batch_chunks_matches_torch(route):
     # Sums over 20 * 1024 positions: the gradients' absolute error grows with them.
-    assert_conv2d_matches_torch(SEVERAL_BATCH_CHUNKS, conv_tensors(SEVERAL_BATCH_CHUNKS, torch.float32, DEVICE),
-                                rtol=1e-4, atol=1e-4, grad_tolerances=dict(rtol=1e-4, atol=1e-2))
+    with on_route(route):
+        assert_conv2d_matches_torch(SEVERAL_BATCH_CHUNKS, conv_tensors(SEVERAL_BATCH_CHUNKS, torch.float32, DEVICE),
+                                    rtol=1e-4, atol=1e-4, grad_tolerances=dict(rtol=1e-4, atol=1e-2))
 
 
 def test_conv2d_with_split_reduction_matches_torch():
@@ -179,8 +192,9 @@ def test_float32_runs_in_tf32_where_torch_allows_it(case):
 EIGHT_CHUNKS = conv((8, 64, 64, 64), (8, 64, 3, 3), padding=1)
 
 
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("dtype", dtypes("float16", "bfloat16"))
-def test_half_and_bfloat16_weight_gradient_over_many_chunks_is_rounded_once(dtype):
+def test_half_and_bfloat16_weight_gradient_over_many_chunks_is_rounded_once(dtype, route):
     """The chunks' GEMMs add onto one float sum, rounded to 16 bits at the
     end. On non-negative numbers nothing cancels, so the bound is relative:
     within 1 eps (twice the single rounding's eps / 2) of float64 on the same
@@ -188,8 +202,10 @@ def test_half_and_bfloat16_weight_gradient_over_many_chunks_is_rounded_once(dtyp
     did when it added onto a half or bfloat16 gradient, strays further (each
     of the 8 roundings costs up to eps / 2)."""
     kw = EIGHT_CHUNKS.kwargs
-    assert_within_eps_of_exact(lambda x, w, b: CF.conv2d(x, w, b, **kw), lambda x, w, b: F.conv2d(x, w, b, **kw),
-                               conv_tensors(EIGHT_CHUNKS, dtype, DEVICE), eps_factor=1, positive=True)
+    with on_route(route):
+        assert_within_eps_of_exact(lambda x, w, b: CF.conv2d(x, w, b, **kw),
+                                   lambda x, w, b: F.conv2d(x, w, b, **kw),
+                                   conv_tensors(EIGHT_CHUNKS, dtype, DEVICE), eps_factor=1, positive=True)
 
 
 def test_max_pool2d_ties_and_nans_match_cpu():
@@ -291,8 +307,9 @@ def deterministic():
         torch.use_deterministic_algorithms(saved)
 
 
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("dtype", dtypes("float32", "float16"))
-def test_two_runs_give_the_same_bits(dtype):
+def test_two_runs_give_the_same_bits(dtype, route):
     """No atomics anywhere: two runs give the same bits. The cases cover
     overlapping col2im, split-reduction weight gradients, several batch
     chunks, the bias reduction and overlapping pooling windows."""
@@ -309,7 +326,7 @@ def test_two_runs_give_the_same_bits(dtype):
                                         [pool_input(overlapping_pool, dtype, DEVICE)])
         return out + [y, *grads]
 
-    with deterministic():
+    with deterministic(), on_route(route):
         first, second = run(), run()
     for a, b in zip(first, second):
         assert torch.equal(a, b)

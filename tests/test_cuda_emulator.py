@@ -144,26 +144,11 @@ def pool_arguments(kwargs):
 
 # ---------------------------------------------------------------- the case table
 
-@pytest.mark.parametrize("dtype", dtypes("float64", "float32"))
-@pytest.mark.parametrize("case", list(CONV2D_CASES))
-def test_conv2d_matches_torch_and_our_cpu_ops(emu, case, dtype):
-    """Forward and all three gradients, against torch and against our CPU
-    ops, with test_conv2d.py's tolerances for CUDA."""
-    c = CONV2D_CASES[case]
-    tensors = conv_tensors(c, dtype)
-    conv2d = emulated_conv2d(emu)
-    tol = tolerance(dtype, "cuda", LONG_SUMS in c.tags)
-    assert_matches_torch(lambda x, w, b: conv2d(x, w, b, **c.kwargs),
-                         lambda x, w, b: F.conv2d(x, w, b, **c.kwargs), tensors, **tol)
-    assert_matches_torch(lambda x, w, b: conv2d(x, w, b, **c.kwargs),
-                         lambda x, w, b: CF.conv2d(x, w, b, **c.kwargs), tensors, **tol)
-
-
 @contextlib.contextmanager
 def switched_off(emu, name, off=True):
-    """The tensor cores ("tensor_cores") or the depthwise kernels
-    ("depthwise") off, meanwhile, as custom_conv.disabled_algorithms switches
-    them off on a GPU."""
+    """The tensor cores ("tensor_cores"), the implicit GEMM ("implicit_gemm")
+    or the depthwise kernels ("depthwise") off, meanwhile, as
+    custom_conv.disabled_algorithms switches them off on a GPU."""
     previous = emu.set_switched_off(name, off)
     try:
         yield
@@ -171,15 +156,49 @@ def switched_off(emu, name, off=True):
         emu.set_switched_off(name, previous)
 
 
+# The GPU's two ways of running im2col's products: the implicit GEMM (the
+# default), and a column matrix in memory (im2col, col2im), which the
+# implicit one falls back to and which stays selectable.
+ROUTES = ["implicit GEMM", "column matrix"]
+ROUTE_KERNELS = {"implicit GEMM": set(), "column matrix": {"im2col_kernel", "col2im_kernel"}}
+
+
+def on_route(emu, route):
+    return switched_off(emu, "implicit_gemm", route == "column matrix")
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("dtype", dtypes("float64", "float32"))
+@pytest.mark.parametrize("case", list(CONV2D_CASES))
+def test_conv2d_matches_torch_and_our_cpu_ops(emu, case, dtype, route):
+    """Forward and all three gradients, against torch and against our CPU
+    ops, with test_conv2d.py's tolerances for CUDA, on either route; the
+    launch log shows which ran."""
+    c = CONV2D_CASES[case]
+    tensors = conv_tensors(c, dtype)
+    conv2d = emulated_conv2d(emu)
+    tol = tolerance(dtype, "cuda", LONG_SUMS in c.tags)
+    with on_route(emu, route):
+        emu.take_launch_log()
+        assert_matches_torch(lambda x, w, b: conv2d(x, w, b, **c.kwargs),
+                             lambda x, w, b: F.conv2d(x, w, b, **c.kwargs), tensors, **tol)
+        assert_matches_torch(lambda x, w, b: conv2d(x, w, b, **c.kwargs),
+                             lambda x, w, b: CF.conv2d(x, w, b, **c.kwargs), tensors, **tol)
+        ran = {entry.split("<")[0] for entry in emu.take_launch_log()}
+    if not _depthwise(c) and c.input[0] > 0 and c.input[1] > 0:
+        assert ran & {"im2col_kernel", "col2im_kernel"} == ROUTE_KERNELS[route], ran
+
+
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("cores", ["tensor cores", "CUDA cores"])
 @pytest.mark.parametrize("dtype", dtypes("float16", "bfloat16"))
 @pytest.mark.parametrize("case", [name for name, c in CONV2D_CASES.items() if c.input[0] > 0])
-def test_conv2d_in_half_and_bfloat16_is_within_2_eps_of_exact(emu, case, dtype, cores):
+def test_conv2d_in_half_and_bfloat16_is_within_2_eps_of_exact(emu, case, dtype, cores, route):
     """The bound test_cuda.py states for the GPU (see helpers), with either
-    GEMM kernel."""
+    GEMM kernel, on either route."""
     c = CONV2D_CASES[case]
     conv2d = emulated_conv2d(emu)
-    with switched_off(emu, "tensor_cores", cores != "tensor cores"):
+    with switched_off(emu, "tensor_cores", cores != "tensor cores"), on_route(emu, route):
         emu.take_launch_log()
         assert_within_eps_of_exact(lambda x, w, b: conv2d(x, w, b, **c.kwargs),
                                    lambda x, w, b: F.conv2d(x, w, b, **c.kwargs), conv_tensors(c, dtype))
@@ -235,9 +254,9 @@ def test_depthwise_layers_take_the_depthwise_kernels_or_im2col_when_switched_off
         return
     depthwise = {"depthwise_forward_kernel", "depthwise_backward_input_kernel", "depthwise_backward_weight_kernel"}
     if kernels == "depthwise":
-        assert depthwise <= ran and "im2col_kernel" not in ran, ran
+        assert depthwise <= ran and not ran & {"gemm_tile_kernel", "gemm_mma_kernel"}, ran
     else:
-        assert not depthwise & ran and "im2col_kernel" in ran, ran
+        assert not depthwise & ran and "gemm_tile_kernel" in ran, ran
 
 
 def test_enough_depthwise_cases():
@@ -369,38 +388,50 @@ def _grids(log, kernel):
     return [line.split(" grid ")[1].split(" block")[0] for line in log if line.startswith(kernel)]
 
 
-def _check_float64_against_torch(emu, case, **device_limits):
+def _check_float64_against_torch(emu, case, route="implicit GEMM", **device_limits):
     """Forward and every gradient of `case` in float64 on the emulated ops,
     against torch, under these device limits; returns the launch log."""
-    with limits(emu, **device_limits):
+    with limits(emu, **device_limits), on_route(emu, route):
         assert_matches_torch(lambda x, w, b: emulated_conv2d(emu)(x, w, b, **case.kwargs),
                              lambda x, w, b: F.conv2d(x, w, b, **case.kwargs), conv_tensors(case),
                              **tolerance(torch.float64, "cuda"))
         return emu.take_launch_log()
 
 
-def test_weight_gradient_splits_its_reduction(emu):
+@pytest.mark.parametrize("route", ROUTES)
+def test_weight_gradient_splits_its_reduction(emu, route):
     """6 x 9 weight-gradient entries summed over 2 * 256 positions on a GPU
     of 2 multiprocessors: one tile, its reduction cut into 2 slices of 256,
-    then the reduce kernel. (Forward and backward input have 8 tiles each.)"""
-    log = _check_float64_against_torch(emu, conv((2, 1, 16, 16), (6, 1, 3, 3), padding=1), multiprocessors=2)
+    then the reduce kernel. (Forward and backward input have 8 tiles each:
+    512 positions.)"""
+    log = _check_float64_against_torch(emu, conv((2, 1, 16, 16), (6, 1, 3, 3), padding=1), route,
+                                       multiprocessors=2)
     assert _grids(log, "gemm_tile_kernel") == ["(8, 1, 1)", "(8, 1, 1)", "(1, 1, 2)"]
     assert len(_grids(log, "gemm_split_reduce_kernel")) == 1
 
 
-def test_backward_input_splits_its_reduction(emu):
-    """cols (18 x 32) = W^T (18 x 512) @ grad_out: one tile, a reduction over
-    512 output channels cut into 2 slices."""
-    log = _check_float64_against_torch(emu, conv((2, 2, 4, 4), (512, 2, 3, 3), padding=1), multiprocessors=2)
+@pytest.mark.parametrize("route, grid", [
+    # cols (18 x 32) = W^T (18 x 512) @ grad_out: a reduction over 512
+    # output channels, in 2 slices of at least 256
+    ("column matrix", "(1, 1, 2)"),
+    # dX (2 x 32) = W' (2 x 512 * 9) @ dY': over 512 channels times 9 taps, in
+    # 4 slices (2 blocks per multiprocessor)
+    ("implicit GEMM", "(1, 1, 4)")])
+def test_backward_input_splits_its_reduction(emu, route, grid):
+    """The input gradient of a layer of 512 output channels and 2 input
+    channels: one tile, its long reduction split."""
+    log = _check_float64_against_torch(emu, conv((2, 2, 4, 4), (512, 2, 3, 3), padding=1), route,
+                                       multiprocessors=2)
     # forward (512 x 32: 8 row tiles), backward input (split), backward weight (512 x 18)
-    assert _grids(log, "gemm_tile_kernel") == ["(1, 8, 1)", "(1, 1, 2)", "(1, 8, 1)"]
+    assert _grids(log, "gemm_tile_kernel") == ["(1, 8, 1)", grid, "(1, 8, 1)"]
     assert len(_grids(log, "gemm_split_reduce_kernel")) == 1
 
 
 def test_batch_in_chunks_with_a_last_chunk_of_one_sample(emu):
     """18 x 36 column values per sample and a budget of 1,500: chunks of 2, 2
     and 1 samples, the weight gradient accumulated across them."""
-    log = _check_float64_against_torch(emu, conv((5, 2, 6, 6), (3, 2, 3, 3), padding=1), column_budget=1500)
+    log = _check_float64_against_torch(emu, conv((5, 2, 6, 6), (3, 2, 3, 3), padding=1), "column matrix",
+                                       column_budget=1500)
     # 3 chunks each: forward and backward weight unroll the input (im2col),
     # backward input folds the columns back (col2im)
     assert len(_grids(log, "im2col_kernel")) == 6 and len(_grids(log, "col2im_kernel")) == 3
@@ -423,7 +454,7 @@ def test_half_weight_gradient_over_chunks_and_slices_is_rounded_once(emu, dtype)
     is rounded to 16 bits once (the bound of test_cuda.py's version)."""
     case = conv((8, 1, 16, 16), (6, 1, 3, 3), padding=1)
     conv2d = emulated_conv2d(emu)
-    with limits(emu, multiprocessors=2, column_budget=9 * 512):
+    with limits(emu, multiprocessors=2, column_budget=9 * 512), on_route(emu, "column matrix"):
         assert_within_eps_of_exact(lambda x, w, b: conv2d(x, w, b, **case.kwargs),
                                    lambda x, w, b: F.conv2d(x, w, b, **case.kwargs), conv_tensors(case, dtype),
                                    eps_factor=1, positive=True)
@@ -434,14 +465,17 @@ def test_half_weight_gradient_over_chunks_and_slices_is_rounded_once(emu, dtype)
 
 # ---------------------------------------- every remainder of every split, swept
 
-def _gemm_products(case, batch):
+def _gemm_products(case, batch, route):
     """The products conv2d.cu's passes run on a chunk of `batch` samples, as
-    gemm_plan takes them, (groups, m, n, k): see the table atop conv2d.cu."""
+    gemm_plan takes them, (groups, m, n, k): see the tables atop conv2d.cu
+    and implicit_gemm.cuh."""
     cout, cin_g, kh, kw = case.weight
     out = F.conv2d(torch.empty(case.input, device="meta"), torch.empty(case.weight, device="meta"), **case.kwargs)
     groups, K, L = case.kwargs.get("groups", 1), cin_g * kh * kw, out.shape[2] * out.shape[3]
     M = cout // groups
-    return {"forward": (groups, M, batch * L, K), "backward_input": (groups, K, batch * L, M),
+    backward_input = ((groups, cin_g, batch * case.input[2] * case.input[3], M * kh * kw) if route == "implicit GEMM"
+                      else (groups, K, batch * L, M))
+    return {"forward": (groups, M, batch * L, K), "backward_input": backward_input,
             "backward_weight": (groups, M, K, batch * L)}
 
 
@@ -475,28 +509,29 @@ SPLIT_SWEEP = {
 }
 
 
-def _pick(emu, limits_, target, candidates, wanted, chunks=None):
+def _pick(emu, limits_, target, candidates, wanted, chunks=None, route="column matrix"):
     """The first candidate whose `target` product, under these limits, has
     the remainder `wanted` looks for, wanted(plan, k, groups); with
     `chunks`, in the product of a chunk of each of these many samples."""
     with limits(emu, **limits_):
         for case in candidates:
-            products = [_gemm_products(case, b)[target] for b in (chunks or [case.input[0]])]
+            products = [_gemm_products(case, b, route)[target] for b in (chunks or [case.input[0]])]
             if all(wanted(emu.gemm_plan(groups, m, n, k), k, groups) for groups, m, n, k in products):
                 return case
     raise AssertionError(f"no candidate layer gives {target} the remainder wanted: widen the candidates")
 
 
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("dtype", dtypes("float64", "float32"))
 @pytest.mark.parametrize("name", list(SPLIT_SWEEP))
-def test_split_reductions_with_remainders_match_torch(emu, name, dtype):
+def test_split_reductions_with_remainders_match_torch(emu, name, dtype, route):
     """Layers picked through the GEMM's own plan (gemm_plan) so that each
     split leaves a remainder: a last slice of the reduction shorter than the
     others, a last launch with fewer groups. A slice count rounded down, or
     a slice end clipped wrong, drops the remainder's terms."""
     limits_, target, candidates, wanted = SPLIT_SWEEP[name]
-    case = _pick(emu, limits_, target, candidates, wanted)
-    with limits(emu, **limits_):
+    case = _pick(emu, limits_, target, candidates, wanted, route=route)
+    with limits(emu, **limits_), on_route(emu, route):
         assert_matches_torch(lambda x, w, b: emulated_conv2d(emu)(x, w, b, **case.kwargs),
                              lambda x, w, b: F.conv2d(x, w, b, **case.kwargs), conv_tensors(case, dtype),
                              **tolerance(dtype, "cuda", long_sums=True))
@@ -512,7 +547,7 @@ def test_chunks_with_a_short_last_chunk_and_split_slices_match_torch(emu, batch)
     case = _pick(emu, dict(multiprocessors=2), "backward_weight",
                  [conv((batch, 1, h, 25), (6, 1, 3, 3)) for h in range(20, 60)], _ragged_split, chunks=[2, 1])
     per_sample = 9 * (case.input[2] - 2) * 23
-    with limits(emu, multiprocessors=2, column_budget=per_sample * 5 // 2):
+    with limits(emu, multiprocessors=2, column_budget=per_sample * 5 // 2), on_route(emu, "column matrix"):
         assert_matches_torch(lambda x, w, b: emulated_conv2d(emu)(x, w, b, **case.kwargs),
                              lambda x, w, b: F.conv2d(x, w, b, **case.kwargs), conv_tensors(case),
                              **tolerance(torch.float64, "cuda"))

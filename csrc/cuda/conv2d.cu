@@ -1,7 +1,9 @@
-// conv2d on the GPU: forward, and the three backward ops side by side, with
-// the same structure as the CPU im2col route (../cpu/conv2d_im2col.cpp);
-// depthwise layers take the kernels of depthwise.cuh instead (the chooser,
-// choose_cuda_conv2d_algorithm, says which). Per group, with
+// conv2d on the GPU: forward, and the three backward ops side by side. Every
+// layer but a depthwise one (depthwise.cuh) is im2col's product; the chooser
+// (choose_cuda_conv2d_algorithm, cuda_conv_uses_implicit_gemm) says which
+// kernels. Normally the implicit GEMM of implicit_gemm.cuh, which gathers the
+// receptive fields as its tiles load. Otherwise, as below, the same structure
+// as the CPU im2col route (../cpu/conv2d_im2col.cpp), per group, with
 // K = C_in / groups * kH * kW and a chunk of B samples (L = out_h * out_w):
 //   forward          out_g  (C_out/g, B*L) = W_g (C_out/g, K) @ cols_g (K, B*L)
 //   backward input   cols_g (K, B*L)       = W_g^T @ grad_out_g, then col2im
@@ -22,6 +24,7 @@
 #include "depthwise.cuh"
 #include "gemm.cuh"
 #include "im2col.cuh"
+#include "implicit_gemm.cuh"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -69,6 +72,15 @@ at::Tensor conv2d_forward_cuda(
       CUSTOM_CONV_LAUNCH(grid_for(output.numel()), kThreads, depthwise_forward_kernel<scalar_t>)(
           input.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
           has_bias ? bias_c.const_data_ptr<scalar_t>() : nullptr, g, output.mutable_data_ptr<scalar_t>());
+    });
+    return in_memory_format(output, format);
+  }
+  if (cuda_conv_uses_implicit_gemm(g)) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv2d_forward_cuda", [&] {
+      implicit_conv2d_forward<scalar_t>(g, input.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+                                        has_bias ? bias_c.const_data_ptr<scalar_t>() : nullptr,
+                                        output.mutable_data_ptr<scalar_t>(),
+                                        cuda_gemm_uses_tensor_cores(input.scalar_type()));
     });
     return in_memory_format(output, format);
   }
@@ -160,6 +172,14 @@ at::Tensor conv2d_backward_input_cuda(
     });
     return grad_input;
   }
+  if (cuda_conv_uses_implicit_gemm(g)) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "conv2d_backward_input_cuda", [&] {
+      implicit_conv2d_backward_input<scalar_t>(g, weight, grad_output.const_data_ptr<scalar_t>(),
+                                               grad_input.mutable_data_ptr<scalar_t>(),
+                                               cuda_gemm_uses_tensor_cores(weight.scalar_type()));
+    });
+    return grad_input;
+  }
   const int64_t L = g.output_plane();
   const int64_t K = g.col_rows_per_group();
   const int64_t M = g.out_channels_per_group();
@@ -230,6 +250,15 @@ at::Tensor conv2d_backward_weight_cuda(
                          depthwise_backward_weight_kernel<scalar_t>)(
           grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(), g,
           grad_weight.mutable_data_ptr<scalar_t>());
+    });
+    return grad_weight;
+  }
+  if (cuda_conv_uses_implicit_gemm(g)) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv2d_backward_weight_cuda", [&] {
+      implicit_conv2d_backward_weight<scalar_t>(g, grad_output.const_data_ptr<scalar_t>(),
+                                                input.const_data_ptr<scalar_t>(),
+                                                grad_weight.mutable_data_ptr<scalar_t>(),
+                                                cuda_gemm_uses_tensor_cores(input.scalar_type()));
     });
     return grad_weight;
   }

@@ -1,9 +1,10 @@
 // Our own matrix product for the CUDA kernels: a tiled shared-memory GEMM,
 //   C[z] = alpha * op(A[z]) @ op(B[z]) + beta * C[z] + bias[z] (per row),
 // batched over z (the convolution groups), with op(X) = X or X^T. The three
-// convolution products need NN (forward), TN (backward input) and NT
-// (backward weight); the transposes are template parameters, so each variant
-// reads its operands in their stored layout with no copy.
+// convolution products of the column-matrix route need NN (forward), TN
+// (backward input) and NT (backward weight); which dimension of an operand is
+// contiguous is a template parameter (the operand's type, below), so each
+// variant reads its operands in their stored layout with no copy.
 //
 // Each block computes a 64 x 64 tile of C. Per step it stages a 64 x 16 slab
 // of op(A) and a 16 x 64 slab of op(B) in shared memory, converted to the
@@ -20,6 +21,11 @@
 // Each slice writes its partial sum to a workspace and a second kernel adds
 // the slices in a fixed order. Atomics would be simpler but would make the
 // summation order, and thus the rounding, change from run to run.
+//
+// The kernels read their operands, and write C, only through a problem
+// (GemmProblem, below): a matrix product's reads stored matrices (gemm());
+// implicit_gemm.cuh's gather a convolution's receptive fields from its
+// tensors while the tiles load, so that no column matrix is ever stored.
 #pragma once
 
 #include "common.cuh"
@@ -93,14 +99,84 @@ __device__ __forceinline__ void gemm_store(const GemmParams<scalar_t, out_t>& p,
   *c = static_cast<out_t>(v);
 }
 
+// -------------------------------------------------------------- problems
+//
+// A problem is what a GEMM kernel multiplies: sizes batch, m, n, k; operands
+// a (op(A), m x k) and b (op(B), k x n); and out, which stores each result.
+// The kernels touch an operand only through these, and only at indices
+// inside it:
+//   kKContiguous  whether its 16-byte chunks run along k (else along m or
+//                 n); the tensor-core kernel lays its tile out the same way;
+//   line(z, i)    what element addresses need of the index a chunk keeps
+//                 fixed (mn when kKContiguous, else k): once per chunk;
+//   at(line, j)   the element at index j along the chunk (k, or m or n);
+//   chunk(z, mn, k)  the 16-byte-aligned address of the chunk that starts at
+//                 (mn, k) where its elements lie contiguous in memory, for
+//                 cp.async; nullptr where they do not (element by element).
+// and out through store(z, row, col, sum), which applies everything after
+// the sum (alpha, bias, beta, the rounding to the stored type).
+
+// A stored matrix: element (mn, k) of batch entry z at
+// x[z * batch_stride + mn * ld + k] when kKContiguous, else at
+// x[z * batch_stride + k * ld + mn]. `vector`: chunks that start at
+// multiples of their size are 16-byte aligned (chunks_aligned).
+template <typename T, bool kKContiguous_>
+struct MatrixOperand {
+  static constexpr bool kKContiguous = kKContiguous_;
+  gpu_ptr<const T> x = nullptr;
+  int64_t ld = 0, batch_stride = 0;
+  bool vector = false;
+
+  __device__ __forceinline__ gpu_ptr<const T> line(int64_t z, int64_t i) const {
+    return x + z * batch_stride + i * ld;
+  }
+  __device__ __forceinline__ T at(const gpu_ptr<const T>& line, int64_t j) const {
+    return line[j];
+  }
+  __device__ __forceinline__ gpu_ptr<const T> chunk(int64_t z, int64_t mn, int64_t k) const {
+    if (!vector) {
+      return nullptr;
+    }
+    return kKContiguous ? line(z, mn) + k : line(z, k) + mn;
+  }
+};
+
+// Element (mn, k) of an operand, for loads that take one element at a time.
+template <typename Operand>
+__device__ __forceinline__ auto operand_at(const Operand& x, int64_t z, int64_t mn, int64_t k) {
+  return Operand::kKContiguous ? x.at(x.line(z, mn), k) : x.at(x.line(z, k), mn);
+}
+
+// Results into the matrix GemmParams describes.
+template <typename scalar_t, typename out_t>
+struct MatrixOutput {
+  GemmParams<scalar_t, out_t> p;
+
+  __device__ __forceinline__ void store(int64_t z, int64_t row, int64_t col, at::opmath_type<scalar_t> sum) const {
+    gemm_store(p, z, row, col, sum);
+  }
+};
+
+template <typename scalar_t_, typename OperandA, typename OperandB, typename Output>
+struct GemmProblem {
+  using scalar_t = scalar_t_;
+  using acc_t = at::opmath_type<scalar_t>;
+  int64_t batch = 1, m = 0, n = 0, k = 0;
+  OperandA a;
+  OperandB b;
+  Output out;
+};
+
 // blockIdx = (column tile, row tile, (batch - batch_offset) * splits + slice).
 // With splits > 1 the block writes its partial sum to `partials`, laid out
 // (batch, splits, m, n), instead of C.
-template <typename scalar_t, typename out_t, bool kTransA, bool kTransB>
+template <typename Problem>
 __global__ void __launch_bounds__(kThreads)
-gemm_tile_kernel(const GemmParams<scalar_t, out_t> p, int64_t batch_offset, int64_t splits,
-                 int64_t k_per_split, gpu_ptr<at::opmath_type<scalar_t>> partials) {
-  using acc_t = at::opmath_type<scalar_t>;
+gemm_tile_kernel(const Problem p, int64_t batch_offset, int64_t splits, int64_t k_per_split,
+                 gpu_ptr<typename Problem::acc_t> partials) {
+  using acc_t = typename Problem::acc_t;
+  constexpr bool kKContiguousA = decltype(p.a)::kKContiguous;
+  constexpr bool kKContiguousB = decltype(p.b)::kKContiguous;
   // One padding column keeps the transposing stores (slab element (row, k)
   // to tile[k][row]) from landing in the same bank.
   __shared__ shared_array<acc_t, kTileK, kTileM + 1> a_tile;
@@ -108,8 +184,6 @@ gemm_tile_kernel(const GemmParams<scalar_t, out_t> p, int64_t batch_offset, int6
 
   const int64_t z = batch_offset + blockIdx.z / splits;
   const int64_t slice = blockIdx.z % splits;
-  const gpu_ptr<const scalar_t> a = p.a + z * p.batch_stride_a;
-  const gpu_ptr<const scalar_t> b = p.b + z * p.batch_stride_b;
   const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kTileM;
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kTileN;
   const int64_t k_begin = slice * k_per_split;
@@ -132,24 +206,24 @@ gemm_tile_kernel(const GemmParams<scalar_t, out_t> p, int64_t batch_offset, int6
 #pragma unroll
     for (int r = 0; r < kTileM * kTileK / kThreads; ++r) {
       const int e = threadIdx.x + r * kThreads;
-      const int row = kTransA ? e % kTileM : e / kTileK;
-      const int kk = kTransA ? e / kTileM : e % kTileK;
+      const int row = kKContiguousA ? e / kTileK : e % kTileM;
+      const int kk = kKContiguousA ? e % kTileK : e / kTileM;
       const int64_t m = m0 + row, k = k0 + kk;
       acc_t v = acc_t(0);
       if (m < p.m && k < k_end) {
-        v = static_cast<acc_t>(kTransA ? a[k * p.lda + m] : a[m * p.lda + k]);
+        v = static_cast<acc_t>(operand_at(p.a, z, m, k));
       }
       a_tile[kk][row] = v;
     }
 #pragma unroll
     for (int r = 0; r < kTileN * kTileK / kThreads; ++r) {
       const int e = threadIdx.x + r * kThreads;
-      const int col = kTransB ? e / kTileK : e % kTileN;
-      const int kk = kTransB ? e % kTileK : e / kTileN;
+      const int col = kKContiguousB ? e / kTileK : e % kTileN;
+      const int kk = kKContiguousB ? e % kTileK : e / kTileN;
       const int64_t n = n0 + col, k = k0 + kk;
       acc_t v = acc_t(0);
       if (n < p.n && k < k_end) {
-        v = static_cast<acc_t>(kTransB ? b[n * p.ldb + k] : b[k * p.ldb + n]);
+        v = static_cast<acc_t>(operand_at(p.b, z, n, k));
       }
       b_tile[kk][col] = v;
     }
@@ -187,7 +261,7 @@ gemm_tile_kernel(const GemmParams<scalar_t, out_t> p, int64_t batch_offset, int6
         if (partials != nullptr) {
           partials[((z * splits + slice) * p.m + m) * p.n + n] = sum[i][j];
         } else {
-          gemm_store(p, z, m, n, sum[i][j]);
+          p.out.store(z, m, n, sum[i][j]);
         }
       }
     }
@@ -196,10 +270,10 @@ gemm_tile_kernel(const GemmParams<scalar_t, out_t> p, int64_t batch_offset, int6
 
 // Adds the slices of a split reduction in slice order, then applies alpha,
 // bias and beta exactly as the unsplit kernel does.
-template <typename scalar_t, typename out_t>
-__global__ void gemm_split_reduce_kernel(const GemmParams<scalar_t, out_t> p, int64_t splits,
-                                         gpu_ptr<const at::opmath_type<scalar_t>> partials) {
-  using acc_t = at::opmath_type<scalar_t>;
+template <typename Problem>
+__global__ void gemm_split_reduce_kernel(const Problem p, int64_t splits,
+                                         gpu_ptr<const typename Problem::acc_t> partials) {
+  using acc_t = typename Problem::acc_t;
   const int64_t plane = p.m * p.n;
   CUSTOM_CONV_GRID_STRIDE_LOOP(i, p.batch * plane) {
     const int64_t z = i / plane;
@@ -208,7 +282,7 @@ __global__ void gemm_split_reduce_kernel(const GemmParams<scalar_t, out_t> p, in
     for (int64_t s = 0; s < splits; ++s) {
       sum += partials[(z * splits + s) * plane + mn];
     }
-    gemm_store(p, z, mn / p.n, mn % p.n, sum);
+    p.out.store(z, mn / p.n, mn % p.n, sum);
   }
 }
 
@@ -257,39 +331,85 @@ template <typename scalar_t, bool kKContiguous>
 using MmaTile = shared_array<scalar_t, 2, kKContiguous ? kTileM : kMmaTileK,
                              (kKContiguous ? kMmaTileK : kTileM) + kMmaPad<scalar_t, kKContiguous>>;
 
-// Copies an operand's rows [mn0, mn0 + 64) of m (or n) and [k0, k0 + 32) of k
-// into `stage`, zero outside [0, mn_size) x [k0, k_end). Element (mn, k) is
-// x[mn * ld + k] when k is contiguous, x[k * ld + mn] otherwise. A chunk goes
-// by cp.async when it lies whole inside and `vector` (16-byte aligned chunks:
-// see launch_gemm_tiles), else element by element.
-template <bool kKContiguous, typename scalar_t, typename Tile>
-__device__ __forceinline__ void mma_stage_load(Tile& tile, int stage, gpu_ptr<const scalar_t> x, int64_t ld,
-                                               bool vector, int64_t mn0, int64_t mn_size, int64_t k0,
-                                               int64_t k_end) {
+// The chunks of a stage that one thread loads element by element (those
+// cp.async cannot copy), held in registers from the loads until
+// mma_stage_store writes them into shared memory: in between, the tensor
+// cores work on the other stage, so the loads' latency overlaps the products
+// instead of stalling them.
+template <typename scalar_t>
+struct StageRegisters {
+  static constexpr int kChunks = kTileM * kMmaTileK / kVectorOf<scalar_t> / kMmaThreads;
+  static_assert(kTileM * kMmaTileK / kVectorOf<scalar_t> % kMmaThreads == 0,
+                "every thread copies the same number of chunks");
+  scalar_t v[kChunks][kVectorOf<scalar_t>];
+  bool held[kChunks];
+};
+
+// Where chunk r of this thread's share lies in a stage's tile.
+template <typename scalar_t, bool kKContiguous>
+__device__ __forceinline__ void stage_chunk(int r, int& row, int& col) {
   constexpr int kVector = kVectorOf<scalar_t>;
   constexpr int kChunksPerRow = (kKContiguous ? kMmaTileK : kTileM) / kVector;
-  static_assert(kTileM * kMmaTileK / kVector % kMmaThreads == 0, "every thread copies the same number of chunks");
+  const int chunk = threadIdx.x + r * kMmaThreads;
+  row = chunk / kChunksPerRow;
+  col = chunk % kChunksPerRow * kVector;
+}
+
+// Loads an operand's rows [mn0, mn0 + 64) of m (or n) and [k0, k0 + 32) of k
+// of batch entry z for `stage`, zero outside [0, mn_size) x [k0, k_end). A
+// chunk goes by cp.async when it lies whole inside and the operand gives its
+// address; the others into `regs`, for mma_stage_store.
+template <typename scalar_t, typename Operand, typename Tile>
+__device__ __forceinline__ void mma_stage_load(Tile& tile, int stage, const Operand& x, int64_t z, int64_t mn0,
+                                               int64_t mn_size, int64_t k0, int64_t k_end,
+                                               StageRegisters<scalar_t>& regs) {
+  constexpr bool kKContiguous = Operand::kKContiguous;
+  constexpr int kVector = kVectorOf<scalar_t>;
 #pragma unroll
-  for (int r = 0; r < kTileM * kMmaTileK / kVector / kMmaThreads; ++r) {
-    const int chunk = threadIdx.x + r * kMmaThreads;
-    const int row = chunk / kChunksPerRow;
-    const int col = chunk % kChunksPerRow * kVector;
+  for (int r = 0; r < StageRegisters<scalar_t>::kChunks; ++r) {
+    int row, col;
+    stage_chunk<scalar_t, kKContiguous>(r, row, col);
     const int64_t mn = kKContiguous ? mn0 + row : mn0 + col;
     const int64_t k = kKContiguous ? k0 + col : k0 + row;
     const bool whole = kKContiguous ? mn < mn_size && k + kVector <= k_end : k < k_end && mn + kVector <= mn_size;
-    if (vector && whole) {
-      cp_async_16(shared_address(tile[stage][row][col]), x + (kKContiguous ? mn * ld + k : k * ld + mn));
-      continue;
+    if (whole) {
+      const gpu_ptr<const scalar_t> source = x.chunk(z, mn, k);
+      if (source != nullptr) {
+        cp_async_16(shared_address(tile[stage][row][col]), source);
+        regs.held[r] = false;
+        continue;
+      }
     }
+    // The chunk's fixed index (mn, or k) inside, and its elements one by one.
+    regs.held[r] = true;
+    const int64_t fixed = kKContiguous ? mn : k;
+    const int64_t along = kKContiguous ? k : mn;
+    const int64_t along_end = kKContiguous ? k_end : mn_size;
+    const bool fixed_inside = kKContiguous ? mn < mn_size : k < k_end;
+    const auto line = x.line(z, fixed_inside ? fixed : 0);
 #pragma unroll
     for (int e = 0; e < kVector; ++e) {
-      const int64_t mn_e = kKContiguous ? mn : mn + e;
-      const int64_t k_e = kKContiguous ? k + e : k;
       scalar_t v = scalar_t(0);
-      if (mn_e < mn_size && k_e < k_end) {
-        v = x[kKContiguous ? mn_e * ld + k_e : k_e * ld + mn_e];
+      if (fixed_inside && along + e < along_end) {
+        v = x.at(line, along + e);
       }
-      tile[stage][row][col + e] = v;
+      regs.v[r][e] = v;
+    }
+  }
+}
+
+// Writes the chunks mma_stage_load left in registers into `stage`.
+template <typename scalar_t, bool kKContiguous, typename Tile>
+__device__ __forceinline__ void mma_stage_store(Tile& tile, int stage, const StageRegisters<scalar_t>& regs) {
+#pragma unroll
+  for (int r = 0; r < StageRegisters<scalar_t>::kChunks; ++r) {
+    if (regs.held[r]) {
+      int row, col;
+      stage_chunk<scalar_t, kKContiguous>(r, row, col);
+#pragma unroll
+      for (int e = 0; e < kVectorOf<scalar_t>; ++e) {
+        tile[stage][row][col + e] = regs.v[r][e];
+      }
     }
   }
 }
@@ -341,19 +461,18 @@ __device__ __forceinline__ void mma_fragment(uint32_t (&f)[4], Tile& tile, int s
 }
 
 // gemm_tile_kernel's grid and outputs, on the tensor cores.
-template <typename scalar_t, typename out_t, bool kTransA, bool kTransB>
+template <typename Problem>
 __global__ void __launch_bounds__(kMmaThreads)
-gemm_mma_kernel(const GemmParams<scalar_t, out_t> p, int64_t batch_offset, int64_t splits, int64_t k_per_split,
-                gpu_ptr<float> partials, bool vector_a, bool vector_b) {
-  constexpr bool kKContiguousA = !kTransA;  // A stored (m, k)
-  constexpr bool kKContiguousB = kTransB;   // B stored (n, k)
+gemm_mma_kernel(const Problem p, int64_t batch_offset, int64_t splits, int64_t k_per_split,
+                gpu_ptr<float> partials) {
+  using scalar_t = typename Problem::scalar_t;
+  constexpr bool kKContiguousA = decltype(p.a)::kKContiguous;
+  constexpr bool kKContiguousB = decltype(p.b)::kKContiguous;
   __shared__ __align__(16) MmaTile<scalar_t, kKContiguousA> a_tile;
   __shared__ __align__(16) MmaTile<scalar_t, kKContiguousB> b_tile;
 
   const int64_t z = batch_offset + blockIdx.z / splits;
   const int64_t slice = blockIdx.z % splits;
-  const gpu_ptr<const scalar_t> a = p.a + z * p.batch_stride_a;
-  const gpu_ptr<const scalar_t> b = p.b + z * p.batch_stride_b;
   const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kTileM;
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kTileN;
   const int64_t k_begin = slice * k_per_split;
@@ -362,9 +481,14 @@ gemm_mma_kernel(const GemmParams<scalar_t, out_t> p, int64_t batch_offset, int64
   const int warp = threadIdx.x / 32;
   const int warp_m = warp / 2 * 32, warp_n = warp % 2 * 32;
 
+  StageRegisters<scalar_t> a_regs, b_regs;
   const auto load = [&](int stage, int64_t k0) {
-    mma_stage_load<kKContiguousA>(a_tile, stage, a, p.lda, vector_a, m0, p.m, k0, k_end);
-    mma_stage_load<kKContiguousB>(b_tile, stage, b, p.ldb, vector_b, n0, p.n, k0, k_end);
+    mma_stage_load<scalar_t>(a_tile, stage, p.a, z, m0, p.m, k0, k_end, a_regs);
+    mma_stage_load<scalar_t>(b_tile, stage, p.b, z, n0, p.n, k0, k_end, b_regs);
+  };
+  const auto store = [&](int stage) {
+    mma_stage_store<scalar_t, kKContiguousA>(a_tile, stage, a_regs);
+    mma_stage_store<scalar_t, kKContiguousB>(b_tile, stage, b_regs);
   };
 
   float acc[2][4][4];
@@ -381,11 +505,13 @@ gemm_mma_kernel(const GemmParams<scalar_t, out_t> p, int64_t batch_offset, int64
 
   if (steps > 0) {
     load(0, k_begin);
+    store(0);
   }
   cp_async_commit();
   for (int64_t step = 0; step < steps; ++step) {
     const int stage = static_cast<int>(step % 2);
-    if (step + 1 < steps) {
+    const bool next = step + 1 < steps;
+    if (next) {
       load(1 - stage, k_begin + (step + 1) * kMmaTileK);
     }
     // One group per step, empty or not: every group but the newest (the
@@ -414,6 +540,12 @@ gemm_mma_kernel(const GemmParams<scalar_t, out_t> p, int64_t batch_offset, int64
         }
       }
     }
+    // The next stage's element loads have had the products' time to land.
+    // Its tile was last read in the previous step, before that step's
+    // closing barrier.
+    if (next) {
+      store(1 - stage);
+    }
     // The next step refills the other stage and the one after refills this
     // one: every warp must be done reading it first.
     __syncthreads();
@@ -434,7 +566,7 @@ gemm_mma_kernel(const GemmParams<scalar_t, out_t> p, int64_t batch_offset, int64
           if (partials != nullptr) {
             partials[((z * splits + slice) * p.m + m) * p.n + n] = acc[i][j][e];
           } else {
-            gemm_store(p, z, m, n, acc[i][j][e]);
+            p.out.store(z, m, n, acc[i][j][e]);
           }
         }
       }
@@ -495,31 +627,11 @@ bool chunks_aligned(gpu_ptr<const scalar_t> x, int64_t ld, int64_t batch_stride,
   return address_bits(x) % 16 == 0 && ld % kVector == 0 && (batch == 1 || batch_stride % kVector == 0);
 }
 
-template <typename scalar_t, typename out_t, bool kTransA, bool kTransB>
-void launch_gemm_tiles(const GemmParams<scalar_t, out_t>& p, const GemmPlan& plan,
-                       gpu_ptr<at::opmath_type<scalar_t>> partials) {
-  const bool vector_a = chunks_aligned(p.a, p.lda, p.batch_stride_a, p.batch);
-  const bool vector_b = chunks_aligned(p.b, p.ldb, p.batch_stride_b, p.batch);
-  for (int64_t z0 = 0; z0 < p.batch; z0 += plan.batches_per_launch) {
-    const int64_t nz = std::min(plan.batches_per_launch, p.batch - z0);
-    const dim3 grid(static_cast<unsigned int>(plan.tiles_n), static_cast<unsigned int>(plan.tiles_m),
-                    static_cast<unsigned int>(nz * plan.splits));
-    if constexpr (kTensorCores<scalar_t>) {
-      if (p.tensor_cores) {
-        CUSTOM_CONV_LAUNCH(grid, kMmaThreads, gemm_mma_kernel<scalar_t, out_t, kTransA, kTransB>)(
-            p, z0, plan.splits, plan.k_per_split, partials, vector_a, vector_b);
-        continue;
-      }
-    }
-    CUSTOM_CONV_LAUNCH(grid, kThreads, gemm_tile_kernel<scalar_t, out_t, kTransA, kTransB>)(
-        p, z0, plan.splits, plan.k_per_split, partials);
-  }
-}
-
-// Runs C = alpha * op(A) @ op(B) + beta * C (+ bias) on the current stream.
-template <typename scalar_t, typename out_t>
-void gemm(const GemmParams<scalar_t, out_t>& p) {
-  using acc_t = at::opmath_type<scalar_t>;
+// Runs a problem on the current stream, on the tensor cores when
+// `tensor_cores` (and its element type has them), else on the CUDA cores.
+template <typename Problem>
+void run_gemm(const Problem& p, bool tensor_cores) {
+  using acc_t = typename Problem::acc_t;
   if (p.batch == 0 || p.m == 0 || p.n == 0) {
     return;
   }
@@ -533,24 +645,55 @@ void gemm(const GemmParams<scalar_t, out_t>& p) {
                           device_options().dtype(c10::CppTypeToScalarType<acc_t>::value));
     partials = workspace.mutable_data_ptr<acc_t>();
   }
+  for (int64_t z0 = 0; z0 < p.batch; z0 += plan.batches_per_launch) {
+    const int64_t nz = std::min(plan.batches_per_launch, p.batch - z0);
+    const dim3 grid(static_cast<unsigned int>(plan.tiles_n), static_cast<unsigned int>(plan.tiles_m),
+                    static_cast<unsigned int>(nz * plan.splits));
+    if constexpr (kTensorCores<typename Problem::scalar_t>) {
+      if (tensor_cores) {
+        CUSTOM_CONV_LAUNCH(grid, kMmaThreads, gemm_mma_kernel<Problem>)(p, z0, plan.splits, plan.k_per_split,
+                                                                         partials);
+        continue;
+      }
+    }
+    CUSTOM_CONV_LAUNCH(grid, kThreads, gemm_tile_kernel<Problem>)(p, z0, plan.splits, plan.k_per_split, partials);
+  }
+  if (plan.splits > 1) {
+    CUSTOM_CONV_LAUNCH(grid_for(p.batch * p.m * p.n), kThreads, gemm_split_reduce_kernel<Problem>)(
+        p, plan.splits, partials);
+  }
+}
 
+template <bool kTransA, bool kTransB, typename scalar_t, typename out_t>
+void run_matrix_gemm(const GemmParams<scalar_t, out_t>& p) {
+  GemmProblem<scalar_t, MatrixOperand<scalar_t, !kTransA>, MatrixOperand<scalar_t, kTransB>,
+              MatrixOutput<scalar_t, out_t>>
+      problem;
+  problem.batch = p.batch;
+  problem.m = p.m;
+  problem.n = p.n;
+  problem.k = p.k;
+  problem.a = {p.a, p.lda, p.batch_stride_a, chunks_aligned(p.a, p.lda, p.batch_stride_a, p.batch)};
+  problem.b = {p.b, p.ldb, p.batch_stride_b, chunks_aligned(p.b, p.ldb, p.batch_stride_b, p.batch)};
+  problem.out = {p};
+  run_gemm(problem, p.tensor_cores);
+}
+
+// Runs C = alpha * op(A) @ op(B) + beta * C (+ bias) on the current stream.
+template <typename scalar_t, typename out_t>
+void gemm(const GemmParams<scalar_t, out_t>& p) {
   if (p.trans_a) {
     if (p.trans_b) {
-      launch_gemm_tiles<scalar_t, out_t, true, true>(p, plan, partials);
+      run_matrix_gemm<true, true>(p);
     } else {
-      launch_gemm_tiles<scalar_t, out_t, true, false>(p, plan, partials);
+      run_matrix_gemm<true, false>(p);
     }
   } else {
     if (p.trans_b) {
-      launch_gemm_tiles<scalar_t, out_t, false, true>(p, plan, partials);
+      run_matrix_gemm<false, true>(p);
     } else {
-      launch_gemm_tiles<scalar_t, out_t, false, false>(p, plan, partials);
+      run_matrix_gemm<false, false>(p);
     }
-  }
-
-  if (plan.splits > 1) {
-    CUSTOM_CONV_LAUNCH(grid_for(p.batch * p.m * p.n), kThreads, gemm_split_reduce_kernel<scalar_t, out_t>)(
-        p, plan.splits, partials);
   }
 }
 

@@ -1,7 +1,8 @@
 // csrc/cuda/conv2d.cu, compiled for the CPU against cuda_emulator.h.
 #include "../../csrc/cuda/conv2d.cu"
 
-// Switches an algorithm ("depthwise") or the tensor cores off, or back on,
+// Switches an algorithm ("depthwise"), the tensor cores or the implicit GEMM
+// off, or back on,
 // as custom_conv.disabled_algorithms does in the real extension (the same
 // switches: conv2d_algorithm_cuda.cpp is compiled into this one too).
 // Returns whether it was off.
@@ -12,8 +13,11 @@ bool set_switched_off_op(const std::string& name, bool off) {
   if (name == kTensorCores) {
     was = s.tensor_cores;
     s.tensor_cores = off;
+  } else if (name == kImplicitGemm) {
+    was = s.implicit_gemm;
+    s.implicit_gemm = off;
   } else {
-    TORCH_CHECK(name == "depthwise", "set_switched_off: 'depthwise' or 'tensor_cores'");
+    TORCH_CHECK(name == "depthwise", "set_switched_off: 'depthwise', 'tensor_cores' or 'implicit_gemm'");
     const unsigned bit = 1u << static_cast<unsigned>(Conv2dAlgorithm::kDepthwise);
     was = (s.algorithms & bit) != 0;
     s.algorithms = off ? (s.algorithms | bit) : (s.algorithms & ~bit);

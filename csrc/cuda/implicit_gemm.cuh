@@ -1,0 +1,253 @@
+// The three convolution passes as implicit GEMMs: the products of the im2col
+// route (conv2d.cu), run by gemm.cuh's kernels on operands that gather each
+// receptive field from the tensors as the tiles load, so that no column
+// matrix is written to or read from global memory, the whole batch is one
+// product, and each pass is one launch (two where the reduction is split).
+// Per group z, with a position q = (b, oh, ow) of the output, a tap
+// t = (c, ki, kj) of a receptive field, and K = C_in / groups * kH * kW:
+//
+//   forward          out (C_out/g, N*L)  = W (C_out/g, K) @ X (K, N*L)
+//   backward input   dX  (C_in/g, N*H*W) = W' (C_in/g, C_out/g*kH*kW) @ dY' (.., N*H*W)
+//   backward weight  dW  (C_out/g, K)    = dY (C_out/g, N*L) @ X (K, N*L)^T
+//
+// X (t, q) is input[b][c][oh*stride - pad + ki*dilation][...] (zero in the
+// padding): the lecture's replicated patches, never stored. The input
+// gradient is the lecture's rule as a gather: input pixel (ih, iw) of
+// channel c sums dY[b][co][oh][ow] * W[co][c][ki][kj] over the output
+// positions whose window holds it, oh * stride = ih + pad - ki * dilation;
+// dY' (co, ki, kj; b, ih, iw) is that output gradient or zero, so the kernel
+// is rotated by 180 degrees through the indexing, with no scatter and no
+// atomics. The weight gradient sums over all N*L positions in one reduction,
+// split into slices in a fixed order where the output tiles are few
+// (gemm_splits): bitwise reproducible, as every route here.
+//
+// Indices of positions and taps are 32-bit (divisions by 32-bit numbers are
+// several times cheaper on a GPU than by 64-bit ones); tensor offsets are
+// 64-bit. cuda_implicit_gemm_supports() says when a layer's indices fit, and
+// each pass checks it on entry (ConvIndex's constructor).
+#pragma once
+
+#include "../conv2d_algorithm.h"
+#include "../geometry.h"
+#include "common.cuh"
+#include "gemm.cuh"
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+namespace custom_conv {
+namespace gpu {
+
+// The geometry in the 32-bit numbers the operands divide by.
+struct ConvIndex {
+  int32_t in_channels, in_h, in_w, out_channels, out_h, out_w;
+  int32_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+  int32_t in_per_group, out_per_group;
+
+  explicit ConvIndex(const Conv2dGeometry& g)
+      : in_channels(static_cast<int32_t>(g.in_channels)), in_h(static_cast<int32_t>(g.in_h)),
+        in_w(static_cast<int32_t>(g.in_w)), out_channels(static_cast<int32_t>(g.out_channels)),
+        out_h(static_cast<int32_t>(g.out_h)), out_w(static_cast<int32_t>(g.out_w)),
+        kernel_h(static_cast<int32_t>(g.kernel_h)), kernel_w(static_cast<int32_t>(g.kernel_w)),
+        stride_h(static_cast<int32_t>(g.stride_h)), stride_w(static_cast<int32_t>(g.stride_w)),
+        pad_h(static_cast<int32_t>(g.pad_h)), pad_w(static_cast<int32_t>(g.pad_w)),
+        dilation_h(static_cast<int32_t>(g.dilation_h)), dilation_w(static_cast<int32_t>(g.dilation_w)),
+        in_per_group(static_cast<int32_t>(g.in_channels_per_group())),
+        out_per_group(static_cast<int32_t>(g.out_channels_per_group())) {
+    TORCH_CHECK(cuda_implicit_gemm_supports(g), "conv2d implicit GEMM: position or tap indices beyond 32 bits (",
+                g.batch, " samples of ", g.in_h, " x ", g.in_w, ")");
+  }
+  ConvIndex() = default;
+};
+
+// One tap of a receptive field: its channel's plane in a sample, and the
+// offsets that place it relative to an output position.
+struct Tap {
+  int64_t plane;   // (channel) * rows * columns
+  int32_t dh, dw;  // for the input: ki * dilation - pad; for the output gradient: pad - ki * dilation
+};
+
+// X (t, q) of the forward and the weight gradient: tap t = (c, ki, kj) of
+// group z's receptive field over input channels, at output position
+// q = (b, oh, ow). The tap is the index a chunk keeps fixed (k of the
+// forward, whose chunks run along positions; n of the weight gradient, whose
+// chunks run along its k, the positions), so kKContiguous says which.
+template <typename T, bool kKContiguous_>
+struct InputPatches {
+  static constexpr bool kKContiguous = kKContiguous_;
+  gpu_ptr<const T> input = nullptr;  // (N, C_in, H, W)
+  ConvIndex s;
+
+  __device__ __forceinline__ Tap line(int64_t z, int64_t t64) const {
+    const int32_t t = static_cast<int32_t>(t64);
+    const int32_t taps = s.kernel_h * s.kernel_w;
+    const int32_t c = t / taps, r = t - c * taps;
+    const int32_t ki = r / s.kernel_w, kj = r - ki * s.kernel_w;
+    return {(z * s.in_per_group + c) * static_cast<int64_t>(s.in_h) * s.in_w, ki * s.dilation_h - s.pad_h,
+            kj * s.dilation_w - s.pad_w};
+  }
+  __device__ __forceinline__ T at(const Tap& tap, int64_t q64) const {
+    const int32_t q = static_cast<int32_t>(q64);
+    const int32_t plane = s.out_h * s.out_w;
+    const int32_t b = q / plane, p = q - b * plane;
+    const int32_t oh = p / s.out_w, ow = p - oh * s.out_w;
+    const int32_t ih = oh * s.stride_h + tap.dh, iw = ow * s.stride_w + tap.dw;
+    if (static_cast<uint32_t>(ih) >= static_cast<uint32_t>(s.in_h) ||
+        static_cast<uint32_t>(iw) >= static_cast<uint32_t>(s.in_w)) {
+      return T(0);
+    }
+    return input[(static_cast<int64_t>(b) * s.in_channels * s.in_h + ih) * s.in_w + tap.plane + iw];
+  }
+  __device__ __forceinline__ gpu_ptr<const T> chunk(int64_t, int64_t, int64_t) const { return nullptr; }
+};
+
+// dY' (t, q) of the input gradient: tap t = (co, ki, kj) over group z's
+// output channels, at input position q = (b, ih, iw): the output gradient at
+// the output position whose window puts tap (ki, kj) on (ih, iw), or zero
+// where there is none (off the output, or between strided windows).
+template <typename T>
+struct OutputGradPatches {
+  static constexpr bool kKContiguous = false;  // chunks run along input positions
+  gpu_ptr<const T> grad_output = nullptr;      // (N, C_out, out_h, out_w)
+  ConvIndex s;
+
+  __device__ __forceinline__ Tap line(int64_t z, int64_t t64) const {
+    const int32_t t = static_cast<int32_t>(t64);
+    const int32_t taps = s.kernel_h * s.kernel_w;
+    const int32_t co = t / taps, r = t - co * taps;
+    const int32_t ki = r / s.kernel_w, kj = r - ki * s.kernel_w;
+    return {(z * s.out_per_group + co) * static_cast<int64_t>(s.out_h) * s.out_w, s.pad_h - ki * s.dilation_h,
+            s.pad_w - kj * s.dilation_w};
+  }
+  __device__ __forceinline__ T at(const Tap& tap, int64_t q64) const {
+    const int32_t q = static_cast<int32_t>(q64);
+    const int32_t plane = s.in_h * s.in_w;
+    const int32_t b = q / plane, p = q - b * plane;
+    const int32_t ih = p / s.in_w, iw = p - ih * s.in_w;
+    const int32_t h = ih + tap.dh, w = iw + tap.dw;  // oh * stride_h, ow * stride_w
+    if (h < 0 || w < 0) {
+      return T(0);
+    }
+    const int32_t oh = h / s.stride_h, ow = w / s.stride_w;
+    if (oh * s.stride_h != h || ow * s.stride_w != w || oh >= s.out_h || ow >= s.out_w) {
+      return T(0);
+    }
+    return grad_output[(static_cast<int64_t>(b) * s.out_channels * s.out_h + oh) * s.out_w + tap.plane + ow];
+  }
+  __device__ __forceinline__ gpu_ptr<const T> chunk(int64_t, int64_t, int64_t) const { return nullptr; }
+};
+
+// dY (co, q) of the weight gradient: channel co of group z of the output
+// gradient at output position q = (b, oh, ow). Positions are contiguous
+// within a sample, so a chunk that stays in one sample and is 16-byte aligned
+// goes by cp.async.
+template <typename T>
+struct OutputGradRows {
+  static constexpr bool kKContiguous = true;  // chunks run along positions (the reduction)
+  gpu_ptr<const T> grad_output = nullptr;     // (N, C_out, out_h, out_w)
+  ConvIndex s;
+  bool vector = false;  // the tensor 16-byte aligned and its planes whole chunks
+
+  __device__ __forceinline__ int64_t line(int64_t z, int64_t co) const {
+    return (z * s.out_per_group + co) * static_cast<int64_t>(s.out_h) * s.out_w;
+  }
+  __device__ __forceinline__ int64_t offset(int64_t plane, int64_t q64) const {
+    const int32_t q = static_cast<int32_t>(q64);
+    const int32_t size = s.out_h * s.out_w;
+    const int32_t b = q / size, p = q - b * size;
+    return static_cast<int64_t>(b) * s.out_channels * size + plane + p;
+  }
+  __device__ __forceinline__ T at(int64_t plane, int64_t q) const { return grad_output[offset(plane, q)]; }
+  __device__ __forceinline__ gpu_ptr<const T> chunk(int64_t z, int64_t co, int64_t q) const {
+    // With planes of whole chunks, a chunk starting at a multiple of its size
+    // never crosses into the next sample.
+    return vector ? grad_output + offset(line(z, co), q) : gpu_ptr<const T>(nullptr);
+  }
+};
+
+// Results into a (N, C, plane) tensor: row j is channel j of group z, column
+// q = (b, p) a position; plus bias[z * channels_per_group + j] where given.
+template <typename T>
+struct PlaneOutput {
+  gpu_ptr<T> y = nullptr;
+  gpu_ptr<const T> bias = nullptr;
+  int32_t channels = 0, channels_per_group = 0, plane = 0;
+
+  __device__ __forceinline__ void store(int64_t z, int64_t j, int64_t q64, at::opmath_type<T> sum) const {
+    const int32_t q = static_cast<int32_t>(q64);
+    const int32_t b = q / plane, p = q - b * plane;
+    const int64_t channel = z * channels_per_group + j;
+    if (bias != nullptr) {
+      sum += static_cast<at::opmath_type<T>>(bias[channel]);
+    }
+    y[(static_cast<int64_t>(b) * channels + channel) * plane + p] = static_cast<T>(sum);
+  }
+};
+
+// output (N, C_out, out_h, out_w) = conv2d(input, weight) + bias, all
+// contiguous.
+template <typename T>
+void implicit_conv2d_forward(const Conv2dGeometry& g, gpu_ptr<const T> input, gpu_ptr<const T> weight,
+                             gpu_ptr<const T> bias, gpu_ptr<T> output, bool tensor_cores) {
+  const ConvIndex s(g);
+  const int64_t K = g.col_rows_per_group();
+  GemmProblem<T, MatrixOperand<T, true>, InputPatches<T, false>, PlaneOutput<T>> p;
+  p.batch = g.groups;
+  p.m = g.out_channels_per_group();
+  p.n = g.batch * g.output_plane();
+  p.k = K;
+  p.a = {weight, K, p.m * K, chunks_aligned(weight, K, p.m * K, g.groups)};
+  p.b = {input, s};
+  p.out = {output, bias, s.out_channels, s.out_per_group, static_cast<int32_t>(g.output_plane())};
+  run_gemm(p, tensor_cores);
+}
+
+// grad_input (N, C_in, H, W) from grad_output and weight, all contiguous.
+// The weight is read as W' (c; co, ki, kj), a copy with each group's two
+// channel dimensions swapped, so that the GEMM loads it by cp.async.
+template <typename T>
+void implicit_conv2d_backward_input(const Conv2dGeometry& g, const at::Tensor& weight,
+                                    gpu_ptr<const T> grad_output, gpu_ptr<T> grad_input, bool tensor_cores) {
+  const ConvIndex s(g);
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  const int64_t M = g.out_channels_per_group(), C = g.in_channels_per_group();
+  const at::Tensor swapped = weight.view({g.groups, M, C, taps}).permute({0, 2, 1, 3}).contiguous();
+  const gpu_ptr<const T> w = swapped.const_data_ptr<T>();
+  GemmProblem<T, MatrixOperand<T, true>, OutputGradPatches<T>, PlaneOutput<T>> p;
+  p.batch = g.groups;
+  p.m = C;
+  p.n = g.batch * g.in_h * g.in_w;
+  p.k = M * taps;
+  p.a = {w, p.k, C * p.k, chunks_aligned(w, p.k, C * p.k, g.groups)};
+  p.b = {grad_output, s};
+  p.out = {grad_input, nullptr, s.in_channels, s.in_per_group, static_cast<int32_t>(g.in_h * g.in_w)};
+  run_gemm(p, tensor_cores);
+}
+
+// grad_weight (C_out, C_in / groups, kH, kW) from grad_output and input, all
+// contiguous, summed over the whole batch in one reduction (in float for half
+// and bfloat16, rounded once).
+template <typename T>
+void implicit_conv2d_backward_weight(const Conv2dGeometry& g, gpu_ptr<const T> grad_output, gpu_ptr<const T> input,
+                                     gpu_ptr<T> grad_weight, bool tensor_cores) {
+  const ConvIndex s(g);
+  const int64_t K = g.col_rows_per_group();
+  const int64_t L = g.output_plane();
+  GemmParams<T> c;  // where the results go: (C_out / g, K) per group
+  c.c = grad_weight;
+  c.ldc = K;
+  c.batch_stride_c = g.out_channels_per_group() * K;
+  GemmProblem<T, OutputGradRows<T>, InputPatches<T, true>, MatrixOutput<T, T>> p;
+  p.batch = g.groups;
+  p.m = g.out_channels_per_group();
+  p.n = K;
+  p.k = g.batch * L;
+  p.a = {grad_output, s, chunks_aligned(grad_output, L, L, 2)};
+  p.b = {input, s};
+  p.out = {c};
+  run_gemm(p, tensor_cores);
+}
+
+}  // namespace gpu
+}  // namespace custom_conv
