@@ -200,11 +200,16 @@ gemm_tile_kernel(const Problem p, int64_t batch_offset, int64_t splits, int64_t 
     }
   }
 
-  for (int64_t k0 = k_begin; k0 < k_end; k0 += kTileK) {
-    // Consecutive threads take consecutive elements along whichever dimension
-    // of the operand is contiguous in memory, so global loads coalesce.
+  // Each thread's share of a slab is read into registers one slab ahead:
+  // the loads of the next slab are in flight while this one's products run,
+  // and reach shared memory after them. Consecutive threads take
+  // consecutive elements along whichever dimension of the operand is
+  // contiguous in memory, so global loads coalesce.
+  constexpr int kLoadsA = kTileM * kTileK / kThreads, kLoadsB = kTileN * kTileK / kThreads;
+  acc_t a_next[kLoadsA], b_next[kLoadsB];
+  const auto fetch = [&](int64_t k0) {
 #pragma unroll
-    for (int r = 0; r < kTileM * kTileK / kThreads; ++r) {
+    for (int r = 0; r < kLoadsA; ++r) {
       const int e = threadIdx.x + r * kThreads;
       const int row = kKContiguousA ? e / kTileK : e % kTileM;
       const int kk = kKContiguousA ? e % kTileK : e / kTileM;
@@ -213,10 +218,10 @@ gemm_tile_kernel(const Problem p, int64_t batch_offset, int64_t splits, int64_t 
       if (m < p.m && k < k_end) {
         v = static_cast<acc_t>(operand_at(p.a, z, m, k));
       }
-      a_tile[kk][row] = v;
+      a_next[r] = v;
     }
 #pragma unroll
-    for (int r = 0; r < kTileN * kTileK / kThreads; ++r) {
+    for (int r = 0; r < kLoadsB; ++r) {
       const int e = threadIdx.x + r * kThreads;
       const int col = kKContiguousB ? e / kTileK : e % kTileN;
       const int kk = kKContiguousB ? e % kTileK : e / kTileN;
@@ -225,9 +230,28 @@ gemm_tile_kernel(const Problem p, int64_t batch_offset, int64_t splits, int64_t 
       if (n < p.n && k < k_end) {
         v = static_cast<acc_t>(operand_at(p.b, z, n, k));
       }
-      b_tile[kk][col] = v;
+      b_next[r] = v;
+    }
+  };
+
+  if (k_begin < k_end) {
+    fetch(k_begin);
+  }
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += kTileK) {
+#pragma unroll
+    for (int r = 0; r < kLoadsA; ++r) {
+      const int e = threadIdx.x + r * kThreads;
+      a_tile[kKContiguousA ? e % kTileK : e / kTileM][kKContiguousA ? e / kTileK : e % kTileM] = a_next[r];
+    }
+#pragma unroll
+    for (int r = 0; r < kLoadsB; ++r) {
+      const int e = threadIdx.x + r * kThreads;
+      b_tile[kKContiguousB ? e % kTileK : e / kTileN][kKContiguousB ? e / kTileK : e % kTileN] = b_next[r];
     }
     __syncthreads();
+    if (k0 + kTileK < k_end) {
+      fetch(k0 + kTileK);
+    }
 #pragma unroll
     for (int kk = 0; kk < kTileK; ++kk) {
       acc_t a_frag[kMicroM], b_frag[kMicroN];
