@@ -3,8 +3,9 @@
 # build against that machine's torch, the CUDA tests, the CUDA benchmark,
 # compute-sanitizer's memcheck and racecheck over the CUDA tests, then the
 # whole suite. On an H200 the steps up to memcheck take about ten minutes
-# (build 90 s, CUDA tests 50 s, up to 150 s per benchmarked dtype, memcheck
-# about 250 s); racecheck and the whole suite need a longer lease.
+# (build 90 s, CUDA tests 50 s, up to 150 s per benchmarked dtype, the route
+# sweep up to 90 s, memcheck about 250 s); racecheck and the whole suite need
+# a longer lease.
 # Logs and benchmark JSON go to $OUT/gpu-check.tar.gz (default OUT: .), renewed
 # after every step so that a run cut short still returns what it did. Each step has its
 # own time limit, so a slow one cannot starve the rest; the order is the
@@ -17,7 +18,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-.}
 LOGS=${TMPDIR:-/tmp}/gpu-check
 mkdir -p "$LOGS"
-STEPS=${STEPS:-build errors tests-cuda bench memcheck racecheck tests-all}
+STEPS=${STEPS:-build errors tests-cuda bench routes memcheck racecheck tests-all}
 export PYTHONUNBUFFERED=1
 # The GPU in hand only, with line numbers for the sanitizer's reports.
 if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
@@ -75,6 +76,10 @@ for dtype in ${BENCH_DTYPES:-float32 float16 bfloat16}; do
   STEPS="$STEPS bench-$dtype" step bench-$dtype ${BENCH_LIMIT:-150} python3 benchmarks/bench.py --device cuda \
     --dtype "$dtype" --batch 32 --min-run-time ${BENCH_MIN_RUN_TIME:-0.05} --out "$LOGS/cuda-$dtype.json"
 done
+# The implicit GEMM against the column matrix and cuDNN, per layer and pass,
+# in float16: what the GPU's chooser should take where.
+step routes ${ROUTES_LIMIT:-90} python3 benchmarks/route_sweep.py --device cuda --dtype float16 --min-run-time 0.02 \
+  --out "$LOGS/routes-cuda-float16.json"
 # Only our kernels are instrumented (their names all live in namespace custom_conv).
 SANITIZE=(compute-sanitizer --kernel-name kns=custom_conv --print-limit 20 --error-exitcode 9)
 step memcheck ${MEMCHECK_LIMIT:-300} "${SANITIZE[@]}" --tool memcheck python3 -m pytest -q -p no:cacheprovider -m cuda tests
