@@ -110,6 +110,9 @@ __device__ __forceinline__ void gemm_store(const GemmParams<scalar_t, out_t>& p,
 //   line(z, i)    what element addresses need of the index a chunk keeps
 //                 fixed (mn when kKContiguous, else k): once per chunk;
 //   at(line, j)   the element at index j along the chunk (k, or m or n);
+//   run(line, j0, j_end, v)  elements j0, j0 + 1, ... into v, zero from j_end
+//                 on: a chunk's elements, walked with less index arithmetic
+//                 than one at() each where the operand can;
 //   chunk(z, mn, k)  the 16-byte-aligned address of the chunk that starts at
 //                 (mn, k) where its elements lie contiguous in memory, for
 //                 cp.async; nullptr where they do not (element by element).
@@ -132,6 +135,14 @@ struct MatrixOperand {
   }
   __device__ __forceinline__ T at(const gpu_ptr<const T>& line, int64_t j) const {
     return line[j];
+  }
+  template <int kCount>
+  __device__ __forceinline__ void run(const gpu_ptr<const T>& line, int64_t j0, int64_t j_end,
+                                      T (&v)[kCount]) const {
+#pragma unroll
+    for (int e = 0; e < kCount; ++e) {
+      v[e] = j0 + e < j_end ? line[j0 + e] : T(0);
+    }
   }
   __device__ __forceinline__ gpu_ptr<const T> chunk(int64_t z, int64_t mn, int64_t k) const {
     if (!vector) {
@@ -410,14 +421,13 @@ __device__ __forceinline__ void mma_stage_load(Tile& tile, int stage, const Oper
     const int64_t along = kKContiguous ? k : mn;
     const int64_t along_end = kKContiguous ? k_end : mn_size;
     const bool fixed_inside = kKContiguous ? mn < mn_size : k < k_end;
-    const auto line = x.line(z, fixed_inside ? fixed : 0);
+    if (fixed_inside) {
+      x.run(x.line(z, fixed), along, along_end, regs.v[r]);
+    } else {
 #pragma unroll
-    for (int e = 0; e < kVector; ++e) {
-      scalar_t v = scalar_t(0);
-      if (fixed_inside && along + e < along_end) {
-        v = x.at(line, along + e);
+      for (int e = 0; e < kVector; ++e) {
+        regs.v[r][e] = scalar_t(0);
       }
-      regs.v[r][e] = v;
     }
   }
 }

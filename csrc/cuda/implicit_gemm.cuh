@@ -61,6 +61,44 @@ struct ConvIndex {
   ConvIndex() = default;
 };
 
+// A position (b, y, x) in a batch of planes of rows x cols: from its index
+// q = (b * rows + y) * cols + x by two divisions, then from one index to the
+// next by an increment (run()'s chunks are consecutive positions).
+struct Position {
+  int32_t b, y, x;
+
+  __device__ __forceinline__ Position(int64_t q64, int32_t rows, int32_t cols) {
+    const int32_t q = static_cast<int32_t>(q64);
+    const int32_t plane = rows * cols;
+    b = q / plane;
+    const int32_t p = q - b * plane;
+    y = p / cols;
+    x = p - y * cols;
+  }
+  __device__ __forceinline__ void next(int32_t rows, int32_t cols) {
+    if (++x == cols) {
+      x = 0;
+      if (++y == rows) {
+        y = 0;
+        ++b;
+      }
+    }
+  }
+};
+
+// Elements j0, j0 + 1, ... of a chunk along positions into v (zero from
+// j_end on), one Position walked along: element(line, position).
+template <typename T, int kCount, typename Line, typename Element>
+__device__ __forceinline__ void run_positions(const Line& line, int64_t j0, int64_t j_end, int32_t rows,
+                                              int32_t cols, T (&v)[kCount], const Element& element) {
+  Position q(j0, rows, cols);
+#pragma unroll
+  for (int e = 0; e < kCount; ++e) {
+    v[e] = j0 + e < j_end ? element(line, q) : T(0);
+    q.next(rows, cols);
+  }
+}
+
 // One tap of a receptive field: its channel's plane in a sample, and the
 // offsets that place it relative to an output position.
 struct Tap {
@@ -87,17 +125,22 @@ struct InputPatches {
     return {(z * s.in_per_group + c) * static_cast<int64_t>(s.in_h) * s.in_w, ki * s.dilation_h - s.pad_h,
             kj * s.dilation_w - s.pad_w};
   }
-  __device__ __forceinline__ T at(const Tap& tap, int64_t q64) const {
-    const int32_t q = static_cast<int32_t>(q64);
-    const int32_t plane = s.out_h * s.out_w;
-    const int32_t b = q / plane, p = q - b * plane;
-    const int32_t oh = p / s.out_w, ow = p - oh * s.out_w;
-    const int32_t ih = oh * s.stride_h + tap.dh, iw = ow * s.stride_w + tap.dw;
+  // At output position q = (b, oh, ow).
+  __device__ __forceinline__ T element(const Tap& tap, const Position& q) const {
+    const int32_t ih = q.y * s.stride_h + tap.dh, iw = q.x * s.stride_w + tap.dw;
     if (static_cast<uint32_t>(ih) >= static_cast<uint32_t>(s.in_h) ||
         static_cast<uint32_t>(iw) >= static_cast<uint32_t>(s.in_w)) {
       return T(0);
     }
-    return input[(static_cast<int64_t>(b) * s.in_channels * s.in_h + ih) * s.in_w + tap.plane + iw];
+    return input[(static_cast<int64_t>(q.b) * s.in_channels * s.in_h + ih) * s.in_w + tap.plane + iw];
+  }
+  __device__ __forceinline__ T at(const Tap& tap, int64_t q) const {
+    return element(tap, Position(q, s.out_h, s.out_w));
+  }
+  template <int kCount>
+  __device__ __forceinline__ void run(const Tap& tap, int64_t j0, int64_t j_end, T (&v)[kCount]) const {
+    run_positions(tap, j0, j_end, s.out_h, s.out_w, v,
+                  [this](const Tap& t, const Position& q) { return element(t, q); });
   }
   __device__ __forceinline__ gpu_ptr<const T> chunk(int64_t, int64_t, int64_t) const { return nullptr; }
 };
@@ -120,12 +163,9 @@ struct OutputGradPatches {
     return {(z * s.out_per_group + co) * static_cast<int64_t>(s.out_h) * s.out_w, s.pad_h - ki * s.dilation_h,
             s.pad_w - kj * s.dilation_w};
   }
-  __device__ __forceinline__ T at(const Tap& tap, int64_t q64) const {
-    const int32_t q = static_cast<int32_t>(q64);
-    const int32_t plane = s.in_h * s.in_w;
-    const int32_t b = q / plane, p = q - b * plane;
-    const int32_t ih = p / s.in_w, iw = p - ih * s.in_w;
-    const int32_t h = ih + tap.dh, w = iw + tap.dw;  // oh * stride_h, ow * stride_w
+  // At input position q = (b, ih, iw).
+  __device__ __forceinline__ T element(const Tap& tap, const Position& q) const {
+    const int32_t h = q.y + tap.dh, w = q.x + tap.dw;  // oh * stride_h, ow * stride_w
     if (h < 0 || w < 0) {
       return T(0);
     }
@@ -133,7 +173,15 @@ struct OutputGradPatches {
     if (oh * s.stride_h != h || ow * s.stride_w != w || oh >= s.out_h || ow >= s.out_w) {
       return T(0);
     }
-    return grad_output[(static_cast<int64_t>(b) * s.out_channels * s.out_h + oh) * s.out_w + tap.plane + ow];
+    return grad_output[(static_cast<int64_t>(q.b) * s.out_channels * s.out_h + oh) * s.out_w + tap.plane + ow];
+  }
+  __device__ __forceinline__ T at(const Tap& tap, int64_t q) const {
+    return element(tap, Position(q, s.in_h, s.in_w));
+  }
+  template <int kCount>
+  __device__ __forceinline__ void run(const Tap& tap, int64_t j0, int64_t j_end, T (&v)[kCount]) const {
+    run_positions(tap, j0, j_end, s.in_h, s.in_w, v,
+                  [this](const Tap& t, const Position& q) { return element(t, q); });
   }
   __device__ __forceinline__ gpu_ptr<const T> chunk(int64_t, int64_t, int64_t) const { return nullptr; }
 };
@@ -159,6 +207,14 @@ struct OutputGradRows {
     return static_cast<int64_t>(b) * s.out_channels * size + plane + p;
   }
   __device__ __forceinline__ T at(int64_t plane, int64_t q) const { return grad_output[offset(plane, q)]; }
+  // Positions as (b, 0, p): one row per sample.
+  template <int kCount>
+  __device__ __forceinline__ void run(int64_t plane, int64_t j0, int64_t j_end, T (&v)[kCount]) const {
+    const int32_t size = s.out_h * s.out_w;
+    run_positions(plane, j0, j_end, 1, size, v, [this, plane, size](int64_t, const Position& q) {
+      return grad_output[static_cast<int64_t>(q.b) * s.out_channels * size + plane + q.x];
+    });
+  }
   __device__ __forceinline__ gpu_ptr<const T> chunk(int64_t z, int64_t co, int64_t q) const {
     // With planes of whole chunks, a chunk starting at a multiple of its size
     // never crosses into the next sample.
