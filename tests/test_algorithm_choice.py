@@ -329,6 +329,13 @@ def test_the_cuda_chooser_and_its_switches():
                       "(mma.sync, float sums)")
         assert "implicit_gemm" not in custom_conv.explain.ALGORITHMS
     assert custom_conv.explain_conv2d(x, w)["forward"] == ("im2col", on)
+    # 2^31 output positions and more: the implicit GEMM's 32-bit indices do
+    # not reach, the column matrix takes the layer.
+    huge = meta((2 ** 16, 3, 182, 182))
+    assert custom_conv.explain_conv2d(huge, w)["forward"] == (
+        "im2col", "im2col through a column matrix (indices beyond 32 bits), our GEMM on the tensor cores "
+                  "(mma.sync, float sums)")
+    assert custom_conv.explain_conv2d(meta((2 ** 16, 3, 180, 180)), w)["forward"] == ("im2col", on)
     for kernel in ("tensor_cores", "implicit_gemm"):
         with pytest.raises(ValueError, match=f"no conv2d algorithm called '{kernel}'"):
             with custom_conv.forced_algorithm(kernel):
