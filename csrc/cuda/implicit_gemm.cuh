@@ -106,24 +106,55 @@ struct Tap {
   int32_t dh, dw;  // for the input: ki * dilation - pad; for the output gradient: pad - ki * dilation
 };
 
+// Tap index t = (channel c within its group, ki, kj) split.
+struct TapIndex {
+  int32_t c, ki, kj;
+
+  __device__ __forceinline__ TapIndex(int64_t t64, const ConvIndex& s) {
+    const int32_t t = static_cast<int32_t>(t64);
+    const int32_t taps = s.kernel_h * s.kernel_w;
+    c = t / taps;
+    const int32_t r = t - c * taps;
+    ki = r / s.kernel_w;
+    kj = r - ki * s.kernel_w;
+  }
+};
+
+// What an operand that gathers taps at positions has besides line() and
+// element(tap, position): positions are the index along its chunks (planes
+// of Derived::kRows x kCols, ConvIndex fields), read one at() or one run()
+// at a time, and never by cp.async.
+template <typename T, typename Derived, int32_t ConvIndex::*kRows, int32_t ConvIndex::*kCols>
+struct TapsAtPositions {
+  __device__ __forceinline__ T at(const Tap& tap, int64_t q) const {
+    const Derived& d = static_cast<const Derived&>(*this);
+    return d.element(tap, Position(q, d.s.*kRows, d.s.*kCols));
+  }
+  template <int kCount>
+  __device__ __forceinline__ void run(const Tap& tap, int64_t j0, int64_t j_end, T (&v)[kCount]) const {
+    const Derived& d = static_cast<const Derived&>(*this);
+    run_positions(tap, j0, j_end, d.s.*kRows, d.s.*kCols, v,
+                  [&d](const Tap& t, const Position& q) { return d.element(t, q); });
+  }
+  __device__ __forceinline__ gpu_ptr<const T> chunk(int64_t, int64_t, int64_t) const { return nullptr; }
+};
+
 // X (t, q) of the forward and the weight gradient: tap t = (c, ki, kj) of
 // group z's receptive field over input channels, at output position
 // q = (b, oh, ow). The tap is the index a chunk keeps fixed (k of the
 // forward, whose chunks run along positions; n of the weight gradient, whose
 // chunks run along its k, the positions), so kKContiguous says which.
 template <typename T, bool kKContiguous_>
-struct InputPatches {
+struct InputPatches
+    : TapsAtPositions<T, InputPatches<T, kKContiguous_>, &ConvIndex::out_h, &ConvIndex::out_w> {
   static constexpr bool kKContiguous = kKContiguous_;
   gpu_ptr<const T> input = nullptr;  // (N, C_in, H, W)
   ConvIndex s;
 
-  __device__ __forceinline__ Tap line(int64_t z, int64_t t64) const {
-    const int32_t t = static_cast<int32_t>(t64);
-    const int32_t taps = s.kernel_h * s.kernel_w;
-    const int32_t c = t / taps, r = t - c * taps;
-    const int32_t ki = r / s.kernel_w, kj = r - ki * s.kernel_w;
-    return {(z * s.in_per_group + c) * static_cast<int64_t>(s.in_h) * s.in_w, ki * s.dilation_h - s.pad_h,
-            kj * s.dilation_w - s.pad_w};
+  __device__ __forceinline__ Tap line(int64_t z, int64_t t) const {
+    const TapIndex i(t, s);
+    return {(z * s.in_per_group + i.c) * static_cast<int64_t>(s.in_h) * s.in_w, i.ki * s.dilation_h - s.pad_h,
+            i.kj * s.dilation_w - s.pad_w};
   }
   // At output position q = (b, oh, ow).
   __device__ __forceinline__ T element(const Tap& tap, const Position& q) const {
@@ -134,15 +165,6 @@ struct InputPatches {
     }
     return input[(static_cast<int64_t>(q.b) * s.in_channels * s.in_h + ih) * s.in_w + tap.plane + iw];
   }
-  __device__ __forceinline__ T at(const Tap& tap, int64_t q) const {
-    return element(tap, Position(q, s.out_h, s.out_w));
-  }
-  template <int kCount>
-  __device__ __forceinline__ void run(const Tap& tap, int64_t j0, int64_t j_end, T (&v)[kCount]) const {
-    run_positions(tap, j0, j_end, s.out_h, s.out_w, v,
-                  [this](const Tap& t, const Position& q) { return element(t, q); });
-  }
-  __device__ __forceinline__ gpu_ptr<const T> chunk(int64_t, int64_t, int64_t) const { return nullptr; }
 };
 
 // dY' (t, q) of the input gradient: tap t = (co, ki, kj) over group z's
@@ -150,18 +172,15 @@ struct InputPatches {
 // the output position whose window puts tap (ki, kj) on (ih, iw), or zero
 // where there is none (off the output, or between strided windows).
 template <typename T>
-struct OutputGradPatches {
+struct OutputGradPatches : TapsAtPositions<T, OutputGradPatches<T>, &ConvIndex::in_h, &ConvIndex::in_w> {
   static constexpr bool kKContiguous = false;  // chunks run along input positions
   gpu_ptr<const T> grad_output = nullptr;      // (N, C_out, out_h, out_w)
   ConvIndex s;
 
-  __device__ __forceinline__ Tap line(int64_t z, int64_t t64) const {
-    const int32_t t = static_cast<int32_t>(t64);
-    const int32_t taps = s.kernel_h * s.kernel_w;
-    const int32_t co = t / taps, r = t - co * taps;
-    const int32_t ki = r / s.kernel_w, kj = r - ki * s.kernel_w;
-    return {(z * s.out_per_group + co) * static_cast<int64_t>(s.out_h) * s.out_w, s.pad_h - ki * s.dilation_h,
-            s.pad_w - kj * s.dilation_w};
+  __device__ __forceinline__ Tap line(int64_t z, int64_t t) const {
+    const TapIndex i(t, s);  // i.c: an output channel of the group
+    return {(z * s.out_per_group + i.c) * static_cast<int64_t>(s.out_h) * s.out_w, s.pad_h - i.ki * s.dilation_h,
+            s.pad_w - i.kj * s.dilation_w};
   }
   // At input position q = (b, ih, iw).
   __device__ __forceinline__ T element(const Tap& tap, const Position& q) const {
@@ -175,15 +194,6 @@ struct OutputGradPatches {
     }
     return grad_output[(static_cast<int64_t>(q.b) * s.out_channels * s.out_h + oh) * s.out_w + tap.plane + ow];
   }
-  __device__ __forceinline__ T at(const Tap& tap, int64_t q) const {
-    return element(tap, Position(q, s.in_h, s.in_w));
-  }
-  template <int kCount>
-  __device__ __forceinline__ void run(const Tap& tap, int64_t j0, int64_t j_end, T (&v)[kCount]) const {
-    run_positions(tap, j0, j_end, s.in_h, s.in_w, v,
-                  [this](const Tap& t, const Position& q) { return element(t, q); });
-  }
-  __device__ __forceinline__ gpu_ptr<const T> chunk(int64_t, int64_t, int64_t) const { return nullptr; }
 };
 
 // dY (co, q) of the weight gradient: channel co of group z of the output
@@ -254,7 +264,8 @@ void implicit_conv2d_forward(const Conv2dGeometry& g, gpu_ptr<const T> input, gp
   p.n = g.batch * g.output_plane();
   p.k = K;
   p.a = {weight, K, p.m * K, chunks_aligned(weight, K, p.m * K, g.groups)};
-  p.b = {input, s};
+  p.b.input = input;
+  p.b.s = s;
   p.out = {output, bias, s.out_channels, s.out_per_group, static_cast<int32_t>(g.output_plane())};
   run_gemm(p, tensor_cores);
 }
@@ -276,7 +287,8 @@ void implicit_conv2d_backward_input(const Conv2dGeometry& g, const at::Tensor& w
   p.n = g.batch * g.in_h * g.in_w;
   p.k = M * taps;
   p.a = {w, p.k, C * p.k, chunks_aligned(w, p.k, C * p.k, g.groups)};
-  p.b = {grad_output, s};
+  p.b.grad_output = grad_output;
+  p.b.s = s;
   p.out = {grad_input, nullptr, s.in_channels, s.in_per_group, static_cast<int32_t>(g.in_h * g.in_w)};
   run_gemm(p, tensor_cores);
 }
@@ -300,7 +312,8 @@ void implicit_conv2d_backward_weight(const Conv2dGeometry& g, gpu_ptr<const T> g
   p.n = K;
   p.k = g.batch * L;
   p.a = {grad_output, s, chunks_aligned(grad_output, L, L, 2)};
-  p.b = {input, s};
+  p.b.input = input;
+  p.b.s = s;
   p.out = {c};
   run_gemm(p, tensor_cores);
 }
