@@ -66,6 +66,16 @@ int64_t min_winograd_channels(Conv2dPass pass) {
   return cpu_level() == CpuLevel::kAvx2 && pass != Conv2dPass::kBackwardWeight ? kMinWinogradChannelsAvx2
                                                                                 : kMinWinogradChannels;
 }
+
+// AVX-512 on half-width units (cpu/isa.h: AMD's Zen 4) or on full-width ones,
+// where the rules below differ.
+bool half_rate_avx512() {
+  return cpu_level() == CpuLevel::kAvx512 && cpu_avx512_half_rate();
+}
+bool full_rate_avx512() {
+  return cpu_level() == CpuLevel::kAvx512 && !cpu_avx512_half_rate();
+}
+
 constexpr int64_t kMinWinogradTiles = 64;
 // Where AVX-512 runs at half rate (cpu/isa.h: AMD's Zen 4), multiply-adds
 // cost twice as much against Winograd's transforms as on full-width units,
@@ -77,7 +87,7 @@ constexpr int64_t kMinWinogradTiles = 64;
 constexpr int64_t kMinWinogradTilesHalfRate = 48;
 
 int64_t min_winograd_tiles() {
-  return cpu_level() == CpuLevel::kAvx512 && cpu_avx512_half_rate() ? kMinWinogradTilesHalfRate : kMinWinogradTiles;
+  return half_rate_avx512() ? kMinWinogradTilesHalfRate : kMinWinogradTiles;
 }
 
 // Against the direct kernels on full-width AVX-512 (where those take the
@@ -94,12 +104,15 @@ int64_t min_winograd_tiles() {
 // At AVX2 Winograd won all of these but the 64-channel layers at batch 32.
 // With AVX-512 at half rate (AMD Zen 4) it won with more channels (64-128
 // @16 at batch 1, 64 tiles, 0.38 / 0.41; 128-128 @28, 196 tiles, 1.19 /
-// 1.31), so there only the 64-channel rule holds: on ResNet-20's 64-64 @8 at
-// batch 32 Winograd ran 0.48-0.60 ms in some processes and 0.73-1.0 in
-// others (the forward, from one process to the next; within a process it
-// kept its speed), the direct kernels a steady 0.73-0.76.
+// 1.31), and with 64 channels each way from 256 tiles (ms, Winograd /
+// direct, forward): ResNet-20's 64-64 @8 at batch 32 (512 tiles) 0.58 /
+// 0.74, at batch 16 0.31 / 0.38, at batch 8 (128) 0.195 / 0.20-0.24, at
+// batch 4 (64) 0.12 / 0.115; 64-64 @56 at batch 1 (784) 0.86 / 1.14.
+// (Winograd's times there swing more than the direct kernels' while the
+// machine is shared: the same forward ran 0.71-0.90 ms in a busy minute.)
 constexpr int64_t kMinWinogradTilesOverDirect = 256;
 constexpr int64_t kMinWinogradTilesOverDirect64 = 1024;
+constexpr int64_t kMinWinogradTilesOverDirect64HalfRate = 256;
 constexpr int64_t kFewWinogradChannelProduct = 64 * 64;
 // Winograd's weight gradient in its plane layout (wide planes) reads both
 // operands of its products repacked; on full-width AVX-512 the direct kernels were
@@ -110,12 +123,6 @@ constexpr int64_t kFewWinogradChannelProduct = 64 * 64;
 // kernels were 1.1-1.3x slower on the same layers; with AVX-512 at half
 // rate too (64-64 @56: Winograd 32.1 ms, direct 37.7).
 constexpr int64_t kMaxWinogradPlaneWeightGradDirectChannels = 64;
-
-// Where the rules above leave all their layers to the direct kernels:
-// AVX-512 on full-width units, multiply-adds at twice AVX2's rate.
-bool full_rate_avx512() {
-  return cpu_level() == CpuLevel::kAvx512 && !cpu_avx512_half_rate();
-}
 
 bool is_disabled(Conv2dAlgorithm algorithm) {
   return algorithm_switched_off(algorithm);
@@ -193,8 +200,11 @@ const char* winograd_refusal(const Conv2dGeometry& g, Conv2dPass pass, at::Scala
     return "too few output tiles to pay for winograd's kernel transform";
   }
   const bool few_channels = g.in_channels * g.out_channels <= kFewWinogradChannelProduct;
+  const int64_t min_tiles_over_direct =
+      !few_channels ? kMinWinogradTilesOverDirect
+                    : (half_rate_avx512() ? kMinWinogradTilesOverDirect64HalfRate : kMinWinogradTilesOverDirect64);
   if (pass != Conv2dPass::kBackwardWeight && cpu_level() == CpuLevel::kAvx512 && (few_channels || full_rate_avx512()) &&
-      tiles < (few_channels ? kMinWinogradTilesOverDirect64 : kMinWinogradTilesOverDirect) &&
+      tiles < min_tiles_over_direct &&
       direct_refusal(g, pass, dtype, nullptr) == nullptr) {
     return "too few output tiles for winograd to beat the direct kernels";
   }

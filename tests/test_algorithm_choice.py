@@ -49,6 +49,8 @@ LAYERS = {
                                                      "winograd"),
     "64-64 @8 at batch 32 (ResNet-20): with 64 channels too few tiles to beat the direct kernels": (
         64, 64, 8, 3, dict(padding=1), "direct", "direct", "winograd"),
+    "64-64 @8 at batch 8: 128 tiles, too few to beat the direct kernels at half rate too": (
+        64, 64, 8, 3, dict(padding=1), "direct", "direct", "winograd"),
     "63 channels: too few for Winograd": (63, 64, 24, 3, dict(padding=1), "direct", "direct", "direct"),
     "64-64 @40: Winograd's weight gradient in its plane layout leaves it to the direct kernels": (
         64, 64, 40, 3, dict(padding=1), "winograd", "winograd", "direct"),
@@ -77,6 +79,7 @@ BATCH = {
     "VGG 64-128 @16 at batch 1: too few tiles for Winograd's forward to beat the direct kernels": 1,
     "64-64 @24: the fewest channels Winograd takes": 8,  # 1152 tiles
     "64-64 @8 at batch 32 (ResNet-20): with 64 channels too few tiles to beat the direct kernels": 32,  # 512 tiles
+    "64-64 @8 at batch 8: 128 tiles, too few to beat the direct kernels at half rate too": 8,
     "64-64 @40: Winograd's weight gradient in its plane layout leaves it to the direct kernels": 4,  # 1600 tiles
     "ResNet-18 256-256 @14 at batch 1: 49 tiles, too few for Winograd at full rate": 1,
     "deep 3x3 layer on a 2x2 plane: too few tiles for Winograd": 32,  # 32 tiles, VGG's 512 @2 at batch 32
@@ -96,6 +99,7 @@ AVX2_DIFFERENCES = {
     "ResNet-20 32-32 @16": ["winograd", "winograd", "direct"],
     "VGG 64-128 @16 at batch 1: too few tiles for Winograd's forward to beat the direct kernels": ["winograd"] * 3,
     "64-64 @8 at batch 32 (ResNet-20): with 64 channels too few tiles to beat the direct kernels": ["winograd"] * 3,
+    "64-64 @8 at batch 8: 128 tiles, too few to beat the direct kernels at half rate too": ["winograd"] * 3,
     "ResNet-20 stride 2": ["direct", "direct", "direct"],
     "2x2 plane: most lanes would compute nothing": ["direct", "direct", "direct"],
 }
@@ -104,9 +108,10 @@ AVX2_DIFFERENCES = {
 # Where AVX-512 runs at half rate (AMD Zen 4: csrc/cpu/isa.h), multiply-adds
 # cost twice as much against Winograd's transforms: Winograd takes layers
 # from 48 tiles, not 64, and leaves passes to the direct kernels only with
-# 64 channels each way (below 1024 tiles).
+# 64 channels each way, below 256 tiles (not 1024).
 HALF_RATE = KERNELS == "avx512" and torch.ops.custom_conv.cpu_avx512_half_rate()
 HALF_RATE_DIFFERENCES = {
+    "64-64 @8 at batch 32 (ResNet-20): with 64 channels too few tiles to beat the direct kernels": ["winograd"] * 3,
     "VGG 64-128 @16 at batch 1: too few tiles for Winograd's forward to beat the direct kernels": ["winograd"] * 3,
     "64-64 @40: Winograd's weight gradient in its plane layout leaves it to the direct kernels":
         ["winograd"] * 3,

@@ -104,15 +104,15 @@ def test_winograd_needs_enough_tiles_to_pay_for_its_kernel_transform():
     """ResNet-20's 64-channel 8x8 layer: at batch 1 (16 tiles) too few for
     Winograd at all; at batch 32 (512 tiles) Winograd's, but for the forward
     and input gradient on full-width AVX-512, where the direct kernels are
-    faster on it (below 1024 tiles with 64 channels each way), and with 128
-    channels, where 256 tiles are enough (and fewer where AVX-512 runs at
-    half rate: test_algorithm_choice.py)."""
+    faster on it (below 1024 tiles with 64 channels each way; 256 where
+    AVX-512 runs at half rate), and with 128 channels, where 256 tiles are
+    enough (and fewer at half rate: test_algorithm_choice.py)."""
     weight = torch.randn(64, 64, 3, 3)
     plan = custom_conv.explain_conv2d(torch.randn(1, 64, 8, 8), weight, padding=1)
     assert plan["forward"].algorithm != "winograd" and "too few output tiles" in plan["forward"].reason
     plan = custom_conv.explain_conv2d(torch.randn(32, 64, 8, 8), weight, padding=1)
     assert plan["backward_weight"].algorithm == "winograd"
-    if custom_conv.cpu_kernels() == "avx512":
+    if custom_conv.cpu_kernels() == "avx512" and not torch.ops.custom_conv.cpu_avx512_half_rate():
         for p in ("forward", "backward_input"):
             assert plan[p].algorithm == "direct" and "to beat the direct kernels" in plan[p].reason, plan
         wide = custom_conv.explain_conv2d(torch.randn(32, 128, 8, 8), torch.randn(128, 128, 3, 3), padding=1)
