@@ -1,4 +1,5 @@
-// Autocast for conv2d_forward. Under torch.autocast, torch runs conv2d in the
+// Autocast for conv2d_forward and conv2d_reverse_mode (autograd.cpp), each
+// recast into itself. Under torch.autocast, torch runs conv2d in the
 // autocast dtype in effect for the device (float16 or bfloat16 on GPUs,
 // bfloat16 on CPUs), and so do we: the floating-point tensors of that device
 // other than float64 are cast (through autocast's cache, as torch's own conv
@@ -18,12 +19,13 @@ namespace {
 using Conv2dForward = at::Tensor(const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,
                                  c10::IntArrayRef, c10::IntArrayRef, c10::IntArrayRef, int64_t);
 
-template <c10::DeviceType kDevice, c10::DispatchKey kAutocastKey>
+template <c10::DeviceType kDevice, c10::DispatchKey kAutocastKey, bool kReverseMode = false>
 at::Tensor conv2d_forward_autocast(const at::Tensor& input, const at::Tensor& weight,
                                    const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride,
                                    c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups) {
   static const auto conv = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("custom_conv::conv2d_forward", "")
+                               .findSchemaOrThrow(kReverseMode ? "custom_conv::conv2d_reverse_mode"
+                                                               : "custom_conv::conv2d_forward", "")
                                .typed<Conv2dForward>();
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(kAutocastKey);
   const at::ScalarType dtype = at::autocast::get_autocast_dtype(kDevice);
@@ -38,10 +40,14 @@ at::Tensor conv2d_forward_autocast(const at::Tensor& input, const at::Tensor& we
 
 TORCH_LIBRARY_IMPL(custom_conv, AutocastCPU, m) {
   m.impl("conv2d_forward", &conv2d_forward_autocast<c10::DeviceType::CPU, c10::DispatchKey::AutocastCPU>);
+  m.impl("conv2d_reverse_mode",
+         &conv2d_forward_autocast<c10::DeviceType::CPU, c10::DispatchKey::AutocastCPU, true>);
 }
 
 TORCH_LIBRARY_IMPL(custom_conv, AutocastCUDA, m) {
   m.impl("conv2d_forward", &conv2d_forward_autocast<c10::DeviceType::CUDA, c10::DispatchKey::AutocastCUDA>);
+  m.impl("conv2d_reverse_mode",
+         &conv2d_forward_autocast<c10::DeviceType::CUDA, c10::DispatchKey::AutocastCUDA, true>);
 }
 
 }  // namespace custom_conv

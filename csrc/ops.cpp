@@ -3,7 +3,8 @@
 // code (cpu/conv2d.cpp, cpu/max_pool2d.cpp, cpu/avg_pool2d.cpp and
 // cuda/*.cu; meta.cpp for the Meta kernels that torch.compile traces with),
 // autocast in autocast.cpp;
-// autograd, torch.func and vmap in Python (custom_conv/autograd.py).
+// autograd, torch.func and vmap in Python (custom_conv/autograd.py), and
+// conv2d's reverse mode for training also in C++ (autograd.cpp).
 #include <Python.h>
 #include <torch/library.h>
 
@@ -26,6 +27,10 @@ PyObject* PyInit__C(void) {
 
 TORCH_LIBRARY(custom_conv, m) {
   custom_conv::define_kernel_ops(m);
+  // conv2d_forward with its reverse-mode derivative in C++ (autograd.cpp),
+  // which custom_conv/autograd.py calls where no other derivative is needed.
+  m.def("conv2d_reverse_mode(Tensor input, Tensor weight, Tensor? bias, int[2] stride, "
+        "int[2] padding, int[2] dilation, int groups) -> Tensor");
   // The instruction-set level every vectorised CPU route of this process
   // uses: "avx512", "avx2" or "baseline" (cpu/isa.h).
   m.def("cpu_kernels() -> str", &custom_conv::cpu_kernels);

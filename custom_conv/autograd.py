@@ -495,6 +495,12 @@ FUNCTIONS = {
 
 # ------------------------------------------------------------ the entry points
 
+# The ops whose reverse-mode derivative is also written in C++
+# (csrc/autograd.cpp), as an op of its own: the same kernels, with that
+# derivative as its Autograd kernel. The Python Function stays conv2d_forward's
+# own for torch.func, forward-mode AD and tracing.
+REVERSE_MODE_OPS = {"conv2d_forward": "conv2d_reverse_mode"}
+
 
 def _without_setup_context(function):
     """`function` as an autograd.Function of the older kind, whose forward
@@ -532,18 +538,26 @@ def _autograd_kernel(name, op, function):
     return kernel
 
 
-def _entry_point(name, op, function):
+def _entry_point(name, op, function, reverse_mode=None):
     """The op, differentiable everywhere: through the dispatcher (so that
     torch.compile, torch.export and torch.jit.trace record the op itself)
-    unless a torch.func transform is active, which must see the Function."""
+    unless a torch.func transform is active, which must see the Function.
+    `reverse_mode`, where the op has one, is the op with only its
+    reverse-mode derivative, in C++ (REVERSE_MODE_OPS): what plain
+    tensors take where forward-mode AD is off and nothing traces the call
+    (the common training step), as it spares the Python Function's cost."""
     def entry_point(*args):
         if torch._C._are_functorch_transforms_active():
             return function.apply(*args)
-        if not torch.is_grad_enabled() and forward_ad._current_level < 0 and not torch.compiler.is_compiling():
+        no_forward_ad = forward_ad._current_level < 0
+        if not torch.is_grad_enabled() and no_forward_ad and not torch.compiler.is_compiling():
             # Nothing to record (a backward without create_graph, inference):
             # straight to the kernels, not through the Python Autograd kernel.
             with torch._C._AutoDispatchBelowAutograd():
                 return op(*args)
+        if (reverse_mode is not None and no_forward_ad and not torch._C._has_torch_function(args)
+                and not torch.compiler.is_compiling() and not torch._C._get_tracing_state()):
+            return reverse_mode(*args)
         return op(*args)
     entry_point.__name__ = entry_point.__qualname__ = name
     entry_point.__doc__ = f"torch.ops.custom_conv.{name}, differentiable by autograd and torch.func alike."
@@ -554,7 +568,8 @@ _library = torch.library.Library("custom_conv", "IMPL")
 for _name, _function in FUNCTIONS.items():
     _op = getattr(ops, _name).default
     _library.impl(_name, _autograd_kernel(_name, _op, _function), "Autograd", with_keyset=True)
-    globals()[_name] = _entry_point(_name, _op, _function)
+    _reverse_mode = getattr(ops, REVERSE_MODE_OPS[_name]).default if _name in REVERSE_MODE_OPS else None
+    globals()[_name] = _entry_point(_name, _op, _function, _reverse_mode)
 
 
 # ------------------------------------------------------------ vmap

@@ -37,6 +37,8 @@ def _opcheck_cases():
     return {
         "conv2d_forward": (ops.conv2d_forward, (x, w, b, *ARGS)),
         "conv2d_forward without bias": (ops.conv2d_forward, (x, w, None, *ARGS)),
+        "conv2d_reverse_mode": (ops.conv2d_reverse_mode, (x, w, b, *ARGS)),
+        "conv2d_reverse_mode without bias": (ops.conv2d_reverse_mode, (x, w, None, *ARGS)),
         "conv2d_backward_input": (ops.conv2d_backward_input, (gy, w, list(x.shape), *ARGS)),
         "conv2d_backward_weight": (ops.conv2d_backward_weight, (gy, x, list(w.shape), *ARGS)),
         "conv2d_backward_bias": (ops.conv2d_backward_bias, (gy,)),
@@ -155,7 +157,7 @@ def test_no_aten_convolution_pooling_or_unfold_runs_in_forward_or_backward():
     assert offenders == []
     ours = {n for n in names if n.startswith("custom_conv::")}
     assert ours - {"custom_conv::gemm"} == {
-        "custom_conv::conv2d_forward", "custom_conv::conv2d_backward_input", "custom_conv::conv2d_backward_weight",
+        "custom_conv::conv2d_reverse_mode", "custom_conv::conv2d_forward", "custom_conv::conv2d_backward_input", "custom_conv::conv2d_backward_weight",
         "custom_conv::conv2d_backward_bias", "custom_conv::max_pool2d_forward", "custom_conv::max_pool2d_backward"}
 
 
@@ -209,6 +211,25 @@ def test_double_backward_through_a_model_matches_torch():
 
     for ours, theirs in zip(penalty(CF.conv2d, CF.max_pool2d), penalty(F.conv2d, F.max_pool2d)):
         torch.testing.assert_close(ours, theirs)
+
+
+def test_plain_training_records_the_cpp_derivative_and_the_rest_the_python_one():
+    """Where only reverse mode can be asked for, a conv records the C++ node
+    of conv2d_reverse_mode (csrc/autograd.cpp); under forward-mode AD, and
+    inside a torch.func transform, the Python Function, the only one with a
+    jvp and the one torch.func can see. Both give torch's gradients (the
+    gradient tests run the first, test_func.py the second)."""
+    import torch.autograd.forward_ad as fwAD
+    x, w = torch.randn(2, 3, 6, 6, requires_grad=True), torch.randn(4, 3, 3, 3, requires_grad=True)
+    assert "Conv2dFunction" in CF.conv2d(x, w).grad_fn.name()
+    with torch.no_grad():
+        assert CF.conv2d(x, w).grad_fn is None
+    with fwAD.dual_level():
+        dual = CF.conv2d(fwAD.make_dual(x, torch.randn_like(x)), w)
+        assert dual.grad_fn.name() == "_Conv2dForwardBackward"
+    recorded = []
+    torch.func.vjp(lambda x: recorded.append(CF.conv2d(x, w).grad_fn) or CF.conv2d(x, w), x)
+    assert recorded[0] is None or "Conv2dFunction" not in recorded[0].name()
 
 
 def test_a_missing_build_says_how_to_build():

@@ -1,0 +1,135 @@
+// conv2d_forward's reverse-mode derivative in C++, for the case training
+// runs nearly always: plain autograd (backward, to any order), no torch.func
+// transform, no forward-mode AD. It is the same rule as custom_conv/autograd.py's
+// _Conv2dForward (gx = BI(gy, w), gw = BW(gy, x), gb = gy summed), which stays
+// the op's Autograd kernel and handles every other case; this one is the
+// Autograd kernel of conv2d_reverse_mode, the same op with only this
+// derivative, which autograd.py's entry point for conv2d_forward calls where
+// it may. The Python Function costs tens of microseconds a layer per training
+// step in the interpreter (forward, setup_context, backward and the backward
+// ops' Python kernels; a forward and backward of a 3x3 conv too small to
+// compute anything took 1.4x as long through it), as much as a small
+// layer's arithmetic at a small batch.
+//
+// The backward calls the backward ops through the dispatcher: where the
+// graph of the backward is recorded (create_graph=True) they pass through
+// their Python Autograd kernels, which record them for the next derivative;
+// otherwise they go straight to the backend kernels.
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/autocast_mode.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include "memory_format.h"
+
+namespace custom_conv {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+using ConvForward = at::Tensor(const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,
+                               c10::IntArrayRef, c10::IntArrayRef, c10::IntArrayRef, int64_t);
+using ConvBackward = at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymIntArrayRef, c10::IntArrayRef,
+                                c10::IntArrayRef, c10::IntArrayRef, int64_t);
+using ConvBackwardBias = at::Tensor(const at::Tensor&);
+
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> op(const char* name, const char* overload = "") {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, overload).typed<Signature>();
+}
+
+// Calls `f` below autograd unless the backward's own graph is being recorded.
+template <typename F>
+at::Tensor differentiable_if_recording(F f) {
+  if (at::GradMode::is_enabled()) {
+    return f();
+  }
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return f();
+}
+
+struct Conv2dFunction : public torch::autograd::Function<Conv2dFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
+                            const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride, c10::IntArrayRef padding,
+                            c10::IntArrayRef dilation, int64_t groups) {
+    static const auto conv = op<ConvForward>("custom_conv::conv2d_forward");
+    at::Tensor output;
+    {
+      const at::AutoDispatchBelowADInplaceOrView below_autograd;
+      output = conv.call(input, weight, bias, stride, padding, dilation, groups);
+    }
+    ctx->save_for_backward({input, weight});
+    ctx->saved_data["stride"] = stride.vec();
+    ctx->saved_data["padding"] = padding.vec();
+    ctx->saved_data["dilation"] = dilation.vec();
+    ctx->saved_data["groups"] = groups;
+    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    ctx->saved_data["channels_last"] = conv2d_memory_format(input, weight) == at::MemoryFormat::ChannelsLast;
+    ctx->set_materialize_grads(false);
+    return output;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto backward_input = op<ConvBackward>("custom_conv::conv2d_backward_input");
+    static const auto backward_weight = op<ConvBackward>("custom_conv::conv2d_backward_weight");
+    static const auto backward_bias = op<ConvBackwardBias>("custom_conv::conv2d_backward_bias");
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &input = saved[0], &weight = saved[1], &grad = grads[0];
+    const std::vector<int64_t> stride = ctx->saved_data["stride"].toIntVector(),
+                               padding = ctx->saved_data["padding"].toIntVector(),
+                               dilation = ctx->saved_data["dilation"].toIntVector();
+    const int64_t groups = ctx->saved_data["groups"].toInt();
+    const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    const at::MemoryFormat format =
+        ctx->saved_data["channels_last"].toBool() ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+    at::Tensor grad_input, grad_weight, grad_bias;
+    if (grad.defined()) {
+      // The context numbers only the tensors among forward's arguments: the bias is the third if given.
+      if (ctx->needs_input_grad(0)) {
+        grad_input = differentiable_if_recording([&] {
+          return backward_input.call(grad, weight, input.sym_sizes(), stride, padding, dilation, groups);
+        });
+      }
+      if (ctx->needs_input_grad(1)) {
+        grad_weight = differentiable_if_recording([&] {
+          return backward_weight.call(grad, input, weight.sym_sizes(), stride, padding, dilation, groups);
+        });
+      }
+      if (has_bias && ctx->needs_input_grad(2)) {
+        grad_bias = differentiable_if_recording([&] { return backward_bias.call(grad); });
+      }
+    }
+    return {in_memory_format(grad_input, format), in_memory_format(grad_weight, format), grad_bias,
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor conv2d_forward_reverse_mode(const at::Tensor& input, const at::Tensor& weight,
+                                       const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride,
+                                       c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups) {
+  return Conv2dFunction::apply(input, weight, bias, stride, padding, dilation, groups);
+}
+
+// Below autograd (inference tensors, or a graph that recorded this op and
+// runs without autograd), it is conv2d_forward itself.
+at::Tensor conv2d_forward_reverse_mode_below_autograd(const at::Tensor& input, const at::Tensor& weight,
+                                                      const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride,
+                                                      c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                                                      int64_t groups) {
+  static const auto conv = op<ConvForward>("custom_conv::conv2d_forward");
+  return conv.call(input, weight, bias, stride, padding, dilation, groups);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(custom_conv, Autograd, m) {
+  m.impl("conv2d_reverse_mode", &conv2d_forward_reverse_mode);
+}
+
+TORCH_LIBRARY_IMPL(custom_conv, CompositeExplicitAutograd, m) {
+  m.impl("conv2d_reverse_mode", &conv2d_forward_reverse_mode_below_autograd);
+}
+
+}  // namespace custom_conv
