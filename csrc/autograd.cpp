@@ -17,7 +17,6 @@
 // otherwise they go straight to the backend kernels.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <ATen/autocast_mode.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -36,8 +35,8 @@ using ConvBackward = at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymIn
 using ConvBackwardBias = at::Tensor(const at::Tensor&);
 
 template <typename Signature>
-c10::TypedOperatorHandle<Signature> op(const char* name, const char* overload = "") {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, overload).typed<Signature>();
+c10::TypedOperatorHandle<Signature> op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
 }
 
 // Calls `f` below autograd unless the backward's own graph is being recorded.
