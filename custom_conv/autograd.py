@@ -549,14 +549,14 @@ def _entry_point(name, op, function, reverse_mode=None):
     def entry_point(*args):
         if torch._C._are_functorch_transforms_active():
             return function.apply(*args)
-        no_forward_ad = forward_ad._current_level < 0
-        if not torch.is_grad_enabled() and no_forward_ad and not torch.compiler.is_compiling():
+        eager = forward_ad._current_level < 0 and not torch.compiler.is_compiling()
+        if eager and not torch.is_grad_enabled():
             # Nothing to record (a backward without create_graph, inference):
             # straight to the kernels, not through the Python Autograd kernel.
             with torch._C._AutoDispatchBelowAutograd():
                 return op(*args)
-        if (reverse_mode is not None and no_forward_ad and not torch._C._has_torch_function(args)
-                and not torch.compiler.is_compiling() and not torch._C._get_tracing_state()):
+        if (eager and reverse_mode is not None and not torch._C._has_torch_function(args)
+                and not torch._C._get_tracing_state()):
             return reverse_mode(*args)
         return op(*args)
     entry_point.__name__ = entry_point.__qualname__ = name
