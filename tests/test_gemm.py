@@ -88,6 +88,22 @@ def test_batches_of_strided_operands_match_float64(dtype):
     assert_close_to_exact(gemm(a, b, c, 1.0, 1.0), exact, scale, dtype)
 
 
+@pytest.mark.parametrize("dtype", dtypes("float64", "float32"))
+def test_operands_whose_lines_are_whole_pages_apart_match_float64(dtype):
+    """Lines a multiple of 4 KiB apart (Winograd's blocks of 1,024 tiles)
+    are packed through a small staging block; here A's rows and B's columns
+    (B stored transposed) are 4 and 8 KiB apart, each product crossing a
+    slice of kc steps and ending in partial micro-panels."""
+    mr, nr, kc, _ = blocking(dtype)
+    k = kc + 37
+    for pages in (1, 2):
+        line = pages * 4096 // dtype.itemsize
+        a = random((2, 2 * mr + 3, line), dtype, pages)[:, :, :k]
+        b = random((2, nr + 5, line), dtype, 10 + pages)[:, :, :k].transpose(1, 2)
+        exact = torch.bmm(a.double(), b.double())
+        assert_close_to_exact(gemm(a, b), exact, torch.bmm(a.double().abs(), b.double().abs()), dtype)
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3, 8], ids=lambda n: f"{n} threads")
 @pytest.mark.parametrize("dtype", dtypes("float64", "float32"))
 def test_results_are_the_same_bits_on_any_number_of_threads(dtype, threads):
