@@ -59,13 +59,20 @@ constexpr int64_t kMaxDirectWeightGradOutChannels = 128;
 // not up to 28 in 32, and there Winograd's forward and input gradient were
 // already 8-16% faster on that 32-channel layer, its weight gradient still
 // 1.2x slower (as fast at 16 channels: left to the direct kernels).
+// With AVX-512 at half rate (below) Winograd's weight gradient wins from 32
+// channels, in the channel layout, from 512 tiles (ms, Winograd / direct, 2
+// and 1 threads): ResNet-20's 32-32 @16 at batch 32 0.73 / 0.80 and 1.37 /
+// 1.54, at batch 8 (512 tiles) 0.26 / 0.34 and 0.37 / 0.41; 32-32 @8 at
+// batch 32 0.22 / 0.23 and 0.37 / 0.42; @28 at batch 8 0.52 / 0.60. Not at
+// batch 4 of the 16x16 plane (256 tiles: 0.33 / 0.23 on 2 threads) nor in the
+// plane layout (32-32 @56 at batch 2: 0.95 / 0.61). That holds with its
+// blocks of 64 tiles (cpu/conv2d_winograd.cpp: weight_block_tiles): in
+// blocks of 1024, 4 MiB a thread, the 32-32 @16 weight gradient ran 1.2-1.3
+// ms whenever the shared machine was busy.
 constexpr int64_t kMinWinogradChannels = 64;
 constexpr int64_t kMinWinogradChannelsAvx2 = 32;
-
-int64_t min_winograd_channels(Conv2dPass pass) {
-  return cpu_level() == CpuLevel::kAvx2 && pass != Conv2dPass::kBackwardWeight ? kMinWinogradChannelsAvx2
-                                                                                : kMinWinogradChannels;
-}
+constexpr int64_t kMinWinogradWeightGradChannelsHalfRate = 32;
+constexpr int64_t kMinWinogradWeightGradTilesFewChannels = 512;
 
 // AVX-512 on half-width units (cpu/isa.h: AMD's Zen 4) or on full-width ones,
 // where the rules below differ.
@@ -74,6 +81,13 @@ bool half_rate_avx512() {
 }
 bool full_rate_avx512() {
   return cpu_level() == CpuLevel::kAvx512 && !cpu_avx512_half_rate();
+}
+
+int64_t min_winograd_channels(Conv2dPass pass) {
+  if (pass == Conv2dPass::kBackwardWeight) {
+    return half_rate_avx512() ? kMinWinogradWeightGradChannelsHalfRate : kMinWinogradChannels;
+  }
+  return cpu_level() == CpuLevel::kAvx2 ? kMinWinogradChannelsAvx2 : kMinWinogradChannels;
 }
 
 constexpr int64_t kMinWinogradTiles = 64;
@@ -207,6 +221,11 @@ const char* winograd_refusal(const Conv2dGeometry& g, Conv2dPass pass, at::Scala
       tiles < min_tiles_over_direct &&
       direct_refusal(g, pass, dtype, nullptr) == nullptr) {
     return "too few output tiles for winograd to beat the direct kernels";
+  }
+  if (pass == Conv2dPass::kBackwardWeight && std::min(g.in_channels, g.out_channels) < kMinWinogradChannels &&
+      (tiles < kMinWinogradWeightGradTilesFewChannels || conv2d_winograd_weight_grad_in_planes(g)) &&
+      direct_refusal(g, pass, dtype, nullptr) == nullptr) {
+    return "too few channels for winograd's weight gradient on so few tiles, or on wide planes";
   }
   if (pass == Conv2dPass::kBackwardWeight && full_rate_avx512() &&
       std::max(g.in_channels, g.out_channels) <= kMaxWinogradPlaneWeightGradDirectChannels &&

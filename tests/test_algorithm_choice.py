@@ -55,6 +55,8 @@ LAYERS = {
     "64-64 @40: Winograd's weight gradient in its plane layout leaves it to the direct kernels": (
         64, 64, 40, 3, dict(padding=1), "winograd", "winograd", "direct"),
     "ResNet-20 32-32 @16": (32, 32, 16, 3, dict(padding=1), "direct", "direct", "direct"),
+    "ResNet-20 32-32 @16 at batch 8: 512 tiles, enough for a 32-channel weight gradient at half rate": (
+        32, 32, 16, 3, dict(padding=1), "direct", "direct", "direct"),
     "31 channels": (31, 32, 16, 3, dict(padding=1), "direct", "direct", "direct"),
     "deep 3x3 layer on a 2x2 plane: too few tiles for Winograd": (256, 256, 2, 3, dict(padding=1), "im2col",
                                                                  "im2col", "im2col"),
@@ -80,6 +82,11 @@ BATCH = {
     "64-64 @24: the fewest channels Winograd takes": 8,  # 1152 tiles
     "64-64 @8 at batch 32 (ResNet-20): with 64 channels too few tiles to beat the direct kernels": 32,  # 512 tiles
     "64-64 @8 at batch 8: 128 tiles, too few to beat the direct kernels at half rate too": 8,
+    "ResNet-20 32-32 @16 at batch 8: 512 tiles, enough for a 32-channel weight gradient at half rate": 8,
+    # 288 and 256 tiles, too few for a weight gradient of fewer than 64 channels on Winograd at half rate
+    # (at batch 17 they would have enough)
+    "63 channels: too few for Winograd": 2,
+    "ResNet-20 32-32 @16": 4,
     "64-64 @40: Winograd's weight gradient in its plane layout leaves it to the direct kernels": 4,  # 1600 tiles
     "ResNet-18 256-256 @14 at batch 1: 49 tiles, too few for Winograd at full rate": 1,
     "deep 3x3 layer on a 2x2 plane: too few tiles for Winograd": 32,  # 32 tiles, VGG's 512 @2 at batch 32
@@ -97,6 +104,8 @@ AVX2_DIFFERENCES = {
     "3 input channels: the input gradient's 3 channels fill few lanes": ["direct", "direct", "direct"],
     "63 channels: too few for Winograd": ["winograd", "winograd", "direct"],
     "ResNet-20 32-32 @16": ["winograd", "winograd", "direct"],
+    "ResNet-20 32-32 @16 at batch 8: 512 tiles, enough for a 32-channel weight gradient at half rate":
+        ["winograd", "winograd", "direct"],
     "VGG 64-128 @16 at batch 1: too few tiles for Winograd's forward to beat the direct kernels": ["winograd"] * 3,
     "64-64 @8 at batch 32 (ResNet-20): with 64 channels too few tiles to beat the direct kernels": ["winograd"] * 3,
     "64-64 @8 at batch 8: 128 tiles, too few to beat the direct kernels at half rate too": ["winograd"] * 3,
@@ -108,9 +117,12 @@ AVX2_DIFFERENCES = {
 # Where AVX-512 runs at half rate (AMD Zen 4: csrc/cpu/isa.h), multiply-adds
 # cost twice as much against Winograd's transforms: Winograd takes layers
 # from 48 tiles, not 64, and leaves passes to the direct kernels only with
-# 64 channels each way, below 256 tiles (not 1024).
+# 64 channels each way, below 256 tiles (not 1024); its weight gradient
+# takes 32 channels from 512 tiles (2 samples of ResNet-20's 32-32 @16 have 128).
 HALF_RATE = KERNELS == "avx512" and torch.ops.custom_conv.cpu_avx512_half_rate()
 HALF_RATE_DIFFERENCES = {
+    "ResNet-20 32-32 @16 at batch 8: 512 tiles, enough for a 32-channel weight gradient at half rate":
+        ["direct", "direct", "winograd"],
     "64-64 @8 at batch 32 (ResNet-20): with 64 channels too few tiles to beat the direct kernels": ["winograd"] * 3,
     "VGG 64-128 @16 at batch 1: too few tiles for Winograd's forward to beat the direct kernels": ["winograd"] * 3,
     "64-64 @40: Winograd's weight gradient in its plane layout leaves it to the direct kernels":
