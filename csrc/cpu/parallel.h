@@ -17,10 +17,10 @@ constexpr int64_t kMinTaskMacs = int64_t{1} << 20;
 // multiply-adds each: at most a task per thread, each of at least
 // kMinTaskMacs, and the items spread evenly over those tasks. A grain of
 // kMinTaskMacs' worth of items alone split 8 tiles of a small layer as 7
-// and 1: the second thread was woken for an eighth of the work, and while
-// it waited for the next call it spun, taking cycles from the first where
-// the two share a core (a virtual machine's two CPUs at times do): that
-// layer's forward at batch 1 ran 0.09-0.10 ms instead of 0.045.
+// and 1: the second thread was woken for an eighth of the work, and in some
+// processes on the shared VM the first then ran its share at half speed
+// while the second spun (why, not pinned down): that layer's forward at
+// batch 1 took 0.10 ms there instead of 0.045. On one thread: 0.041.
 inline int64_t task_grain(int64_t count, int64_t macs_per_item) {
   const int64_t total = count * std::max<int64_t>(1, macs_per_item);
   const int64_t tasks = std::clamp<int64_t>(total / kMinTaskMacs, 1, std::max(1, at::get_num_threads()));
