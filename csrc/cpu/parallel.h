@@ -18,7 +18,7 @@ constexpr int64_t kMinTaskMacs = int64_t{1} << 20;
 // kMinTaskMacs, and the items spread evenly over those tasks. A grain of
 // kMinTaskMacs' worth of items alone split 8 tiles of a small layer as 7
 // and 1: the second thread was woken for an eighth of the work, and in some
-// processes on the shared VM the first then ran its share at half speed
+// processes on a shared machine the first then ran its share at half speed
 // while the second spun (why, not pinned down): that layer's forward at
 // batch 1 took 0.10 ms there instead of 0.045. On one thread: 0.041.
 inline int64_t task_grain(int64_t count, int64_t macs_per_item) {

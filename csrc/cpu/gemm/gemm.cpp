@@ -156,16 +156,21 @@ inline void pack_transposed(const double* panel, int64_t along, int64_t count, i
 // into a small block whose rows lie apart by a stride that spreads them over
 // the sets, and that block is transposed.
 constexpr int64_t kStagedBytes = 256;  // of each line per round: 4 cache lines
-constexpr int64_t kMaxStagedLines = 32;  // at least every level's mr and nr
+constexpr int64_t kMaxStagedLines = 32;  // per block: every level's mr and nr fit in one
 
 template <typename T>
 void pack_transposed_staged(const T* panel, int64_t along, int64_t count, int64_t kc, int64_t w, T* dst) {
   constexpr int64_t kSteps = kStagedBytes / sizeof(T), kLd = kSteps + 32 / sizeof(T);
   alignas(64) T staged[kMaxStagedLines * kLd];
-  for (int64_t k0 = 0; k0 < kc; k0 += kSteps) {
-    const int64_t steps = std::min(kSteps, kc - k0);
-    for (int64_t i = 0; i < count; ++i) std::memcpy(staged + i * kLd, panel + i * along + k0, steps * sizeof(T));
-    pack_transposed(staged, kLd, count, steps, w, dst + k0 * w);
+  for (int64_t i0 = 0; i0 < count; i0 += kMaxStagedLines) {
+    const int64_t lines = std::min(kMaxStagedLines, count - i0);
+    for (int64_t k0 = 0; k0 < kc; k0 += kSteps) {
+      const int64_t steps = std::min(kSteps, kc - k0);
+      for (int64_t i = 0; i < lines; ++i) {
+        std::memcpy(staged + i * kLd, panel + (i0 + i) * along + k0, steps * sizeof(T));
+      }
+      pack_transposed(staged, kLd, lines, steps, w, dst + k0 * w + i0);
+    }
   }
 }
 
@@ -226,14 +231,13 @@ void pack_panels(const T* src, int64_t along, int64_t step, int64_t lines, int64
     const int64_t count = std::min(width, lines - i0), w = pad_last ? width : count;
     const T* panel = src + i0 * along;
     if (std::is_same_v<T, Acc> && step == 1) {
-      // float, double, steps contiguous: a transpose (see pack_transposed)
+      // float, double, steps contiguous: a transpose (see pack_transposed),
+      // staged where the lines share a cache set
       if constexpr (std::is_same_v<T, Acc>) {
         if (along * int64_t{sizeof(T)} % 4096 != 0) {
           pack_transposed(panel, along, count, kc, w, dst);
-        } else if (count <= kMaxStagedLines) {
-          pack_transposed_staged(panel, along, count, kc, w, dst);
         } else {
-          pack_across(panel, along, step, count, kc, w, dst);
+          pack_transposed_staged(panel, along, count, kc, w, dst);
         }
       }
     } else {
