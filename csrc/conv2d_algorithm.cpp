@@ -171,12 +171,6 @@ const char* direct_refusal(const Conv2dGeometry& g, Conv2dPass pass, at::ScalarT
     if (detail) *detail = c10::str(" (", reduction_steps(g, pass), " > ", max_steps, ")");
     return "the reduction is long enough for the GEMM to run near peak";
   }
-  // Measured per level: at AVX-512 im2col's input gradient was faster on
-  // ResNet-20's strided layers, at AVX2 the direct one, 1.3-1.4x on the
-  // 32-64 layer (even on the 16-32 one).
-  if (pass == Conv2dPass::kBackwardInput && (g.stride_h > 1 || g.stride_w > 1) && cpu_level() != CpuLevel::kAvx2) {
-    return "a strided input gradient runs one product per phase, slower than im2col's";
-  }
   if (pass == Conv2dPass::kBackwardWeight) {
     if (g.out_channels_per_group() > kMaxDirectWeightGradOutChannels) {
       return "too many output channels for the direct weight-gradient tiles";

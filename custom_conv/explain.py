@@ -74,7 +74,7 @@ def forced_algorithm(name):
     """Within the block, every CPU convolution pass runs on the algorithm
     named ("winograd", "direct", "depthwise" or "im2col") wherever that route
     can compute it, whatever its cost; passes it cannot run (the direct
-    kernels' input gradient of a strided layer, Winograd on a 5x5 kernel)
+    kernels in float16, Winograd on a 5x5 kernel)
     take the chooser's choice, and explain_conv2d says which happened. To
     compare one route with another on the same layers, as the test sweep
     does. Process-wide, like disabled_algorithms; the previous setting

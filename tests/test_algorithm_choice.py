@@ -26,7 +26,7 @@ def layer(cin, cout, size, k, groups=1, batch=2, dtype=torch.float32):
 LAYERS = {
     "LeNet conv1: one input channel": (1, 6, 32, 5, {}, "direct", "im2col", "direct"),
     "LeNet conv2: few channels, 5x5": (6, 16, 14, 5, {}, "direct", "direct", "direct"),
-    "ResNet-20 stride 2": (16, 32, 32, 3, dict(stride=2, padding=1), "direct", "im2col", "direct"),
+    "ResNet-20 stride 2": (16, 32, 32, 3, dict(stride=2, padding=1), "direct", "direct", "direct"),
     # Dilated, so that Winograd (3x3 stride 1 without dilation) leaves them to the direct kernels' limits.
     "64-64 dilated: 576 reduction steps, the direct limit": (64, 64, 16, 3, dict(padding=2, dilation=2), "direct",
                                                              "direct", "direct"),
@@ -95,9 +95,9 @@ BATCH = {
 
 # The AVX2 kernels' blocks of 8 and 16 channels and tiles of 12 and 6 outputs
 # use a different share of their lanes on these layers; Winograd's forward
-# and input gradient take layers from 32 channels there, not 64, and the
-# direct kernels strided input gradients. Their runs of 8 outputs by 4
-# channels waste a quarter of a block on 3 channels, not AVX-512's half of 6.
+# and input gradient take layers from 32 channels there, not 64. Their runs
+# of 8 outputs by 4 channels waste a quarter of a block on 3 channels, not
+# AVX-512's half of 6.
 AVX2_DIFFERENCES = {
     "64-64 @40: Winograd's weight gradient in its plane layout leaves it to the direct kernels":
         ["winograd", "winograd", "winograd"],
@@ -109,7 +109,6 @@ AVX2_DIFFERENCES = {
     "VGG 64-128 @16 at batch 1: too few tiles for Winograd's forward to beat the direct kernels": ["winograd"] * 3,
     "64-64 @8 at batch 32 (ResNet-20): with 64 channels too few tiles to beat the direct kernels": ["winograd"] * 3,
     "64-64 @8 at batch 8: 128 tiles, too few to beat the direct kernels at half rate too": ["winograd"] * 3,
-    "ResNet-20 stride 2": ["direct", "direct", "direct"],
     "2x2 plane: most lanes would compute nothing": ["direct", "direct", "direct"],
 }
 
