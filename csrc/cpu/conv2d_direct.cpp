@@ -332,9 +332,8 @@ void run_direct(const direct::Kernels<T>& k, const DirectProblem& p, const T* in
   const int64_t sample_in = p.in_channels * p.in_h * p.in_w, sample_out = p.groups * p.cout * p.out_h * p.out_w;
   const int64_t sample_padded = p.in_channels * p.phases().values() + prepared.blocking.tile;
   if (p.batch >= at::get_num_threads()) {
-    const int64_t grain = task_grain(p.batch, prepared.macs_per_tile * tiles);
     PerThread<T> padded(sample_padded, options, /*zeroed=*/false);  // pad_planes writes every value
-    at::parallel_for(0, p.batch, grain, [&](int64_t begin, int64_t end) {
+    parallel_items(p.batch, prepared.macs_per_tile * tiles, [&](int64_t begin, int64_t end) {
       T* xp = padded.mine();
       for (int64_t n = begin; n < end; ++n) {
         pad_planes(p, in + n * sample_in, prepared.blocking.tile, xp);
@@ -409,7 +408,7 @@ void run_direct_phases(const direct::Kernels<T>& k, const Conv2dGeometry& g, con
   };
   if (g.batch >= at::get_num_threads()) {
     PerThread<T> padded(sample_padded, options, /*zeroed=*/false), values(buffer, options, /*zeroed=*/false);
-    at::parallel_for(0, g.batch, task_grain(g.batch, macs_per_sample), [&](int64_t begin, int64_t end) {
+    parallel_items(g.batch, macs_per_sample, [&](int64_t begin, int64_t end) {
       T* xp = padded.mine();
       for (int64_t n = begin; n < end; ++n) {
         pad_planes(p, grad_output + n * sample_in, slack, xp);
@@ -467,7 +466,7 @@ void run_weight_grad_runs(const direct::Kernels<T>& k, const Conv2dGeometry& g, 
   const int64_t macs_per_block = ceil_div(g.batch, blocks) * g.out_channels * steps * L;
   PerThread<T> padded(sample_padded, input.options(), /*zeroed=*/false);  // pad_planes writes every value
   PerThread<T> lane_sums(g.groups * sums_per_group, input.options(), /*zeroed=*/false);
-  at::parallel_for(0, blocks, std::max<int64_t>(1, kMinTaskMacs / macs_per_block), [&](int64_t begin, int64_t end) {
+  parallel_items(blocks, macs_per_block, [&](int64_t begin, int64_t end) {
     T* xp = padded.mine();
     T* sums = lane_sums.mine();
     for (int64_t block = begin; block < end; ++block) {
@@ -544,7 +543,7 @@ void run_weight_grad_tiles(const direct::Kernels<T>& k, const Conv2dGeometry& g,
   const int64_t macs_per_block = ceil_div(g.batch, blocks) * g.out_channels * Ci * g.kernel_h * g.kernel_w * L;
   PerThread<T> xn_buffers(positions * cpad, input.options(), true), got_buffers(L * copad, input.options(), true);
   PerThread<T> unfolded_buffers(fold > 1 ? positions * Ci : 0, input.options(), true);
-  at::parallel_for(0, blocks, std::max<int64_t>(1, kMinTaskMacs / macs_per_block), [&](int64_t begin, int64_t end) {
+  parallel_items(blocks, macs_per_block, [&](int64_t begin, int64_t end) {
     // Padding positions and the channels past Ci / Co stay zero; every
     // sample overwrites the same interior positions.
     T* xn = xn_buffers.mine();

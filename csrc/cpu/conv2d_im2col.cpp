@@ -388,7 +388,7 @@ void taps_forward(const Conv2dGeometry& g, const std::vector<TapGroup>& plan, co
   }
   const int64_t block = tap_block_channels<T>(Co, taps * Ci), blocks = ceil_div(Co, block);
   const T* w = weight.const_data_ptr<T>();
-  parallel_for_with_state(g.groups * blocks, block * taps * Ci * g.batch, [&](int64_t begin, int64_t end) {
+  parallel_items(g.groups * blocks, block * taps * Ci * g.batch, [&](int64_t begin, int64_t end) {
     const at::Tensor wb = scratch_empty({block, taps, Ci}, weight.options());
     for (int64_t b = begin; b < end; ++b) {
       const int64_t grp = b / blocks, c0 = b % blocks * block, n = std::min(block, Co - c0);
@@ -417,7 +417,7 @@ void taps_backward_input(const Conv2dGeometry& g, const std::vector<TapGroup>& p
   const at::Tensor gi = grad_input.view({g.batch, g.in_channels, g.in_h * g.in_w});
   const int64_t block = tap_block_channels<T>(Ci, taps * Co), blocks = ceil_div(Ci, block);
   const T* w = weight.const_data_ptr<T>();
-  parallel_for_with_state(g.groups * blocks, block * taps * Co * g.batch, [&](int64_t begin, int64_t end) {
+  parallel_items(g.groups * blocks, block * taps * Co * g.batch, [&](int64_t begin, int64_t end) {
     const at::Tensor wb = scratch_empty({Co, taps, block}, weight.options());
     for (int64_t b = begin; b < end; ++b) {
       const int64_t grp = b / blocks, c0 = b % blocks * block, n = std::min(block, Ci - c0);
@@ -499,7 +499,7 @@ void conv2d_im2col_forward(const Conv2dGeometry& g, const at::Tensor& input, con
   const at::Tensor weight = weight_.view({g.groups, Co, K});
   const at::Tensor bias_rows = bias.defined() ? bias.view({g.groups, Co}) : at::Tensor();
   const Chunks chunks = chunks_for(g);
-  parallel_for_with_state(chunks.count, macs_per_chunk(g, chunks), [&](int64_t begin, int64_t end) {
+  parallel_items(chunks.count, macs_per_chunk(g, chunks), [&](int64_t begin, int64_t end) {
     const at::Tensor cols_buf = scratch_empty({g.groups * K * chunks.size * L}, input.options());
     const at::Tensor out_buf = chunks.size > 1 ? scratch_empty({g.out_channels * chunks.size * L}, input.options())
                                                : at::Tensor();
@@ -527,7 +527,7 @@ void conv2d_im2col_backward_input(const Conv2dGeometry& g, const at::Tensor& gra
   // W_g^T: (K, C_out/g), a transposed view; the GEMM reads it without a copy.
   const at::Tensor weight_t = weight.view({g.groups, Co, K}).transpose(1, 2);
   const Chunks chunks = chunks_for(g);
-  parallel_for_with_state(chunks.count, macs_per_chunk(g, chunks), [&](int64_t begin, int64_t end) {
+  parallel_items(chunks.count, macs_per_chunk(g, chunks), [&](int64_t begin, int64_t end) {
     const at::Tensor cols_buf = scratch_empty({g.groups * K * chunks.size * L}, weight.options());
     const at::Tensor go_buf = chunks.size > 1 ? scratch_empty({g.out_channels * chunks.size * L}, weight.options())
                                               : at::Tensor();
@@ -554,7 +554,7 @@ void conv2d_im2col_backward_weight(const Conv2dGeometry& g, const at::Tensor& in
   // in the weight's own layout; the GEMM reads cols_g^T in place.
   const at::Tensor partials = scratch_empty({blocks, g.groups, Co, K}, input.options());
   const int64_t block_macs = macs_per_chunk(g, chunks) * ceil_div(chunks.count, blocks);
-  parallel_for_with_state(blocks, block_macs, [&](int64_t begin, int64_t end) {
+  parallel_items(blocks, block_macs, [&](int64_t begin, int64_t end) {
     const at::Tensor cols_buf = scratch_empty({g.groups * K * chunks.size * L}, input.options());
     const at::Tensor go_buf = chunks.size > 1 ? scratch_empty({g.out_channels * chunks.size * L}, input.options())
                                               : at::Tensor();

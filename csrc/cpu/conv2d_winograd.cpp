@@ -197,7 +197,7 @@ void from_channels_last(const at::Tensor& t, at::Tensor& out) {
 // out[xi] = a[xi] @ b[xi] for the 16 positions of a whole block, spread over
 // the threads by position: each thread reads its own operands once.
 void products_by_position(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
-  parallel_for_with_state(kPoints, a.size(1) * a.size(2) * b.size(2), [&](int64_t begin, int64_t end) {
+  parallel_items(kPoints, a.size(1) * a.size(2) * b.size(2), [&](int64_t begin, int64_t end) {
     for (int64_t xi = begin; xi < end; ++xi) {
       gemm::matmul(out[xi], a[xi], b[xi]);
     }
@@ -286,7 +286,7 @@ void run_forward(const Problem& p, const at::Tensor& input, const at::Tensor& we
     from_channels_last(ys, output);
     return;
   }
-  parallel_for_with_state(blocks.count, kPoints * Ci * Co * blocks.size, [&](int64_t begin, int64_t end) {
+  parallel_items(blocks.count, kPoints * Ci * Co * blocks.size, [&](int64_t begin, int64_t end) {
     const at::Tensor V_buf = scratch_empty({kPoints * Ci * blocks.size}, input.options());
     const at::Tensor M_buf = scratch_empty({kPoints * Co * blocks.size}, input.options());
     std::vector<float> sink(Co);
@@ -449,7 +449,7 @@ void conv2d_winograd_backward_weight(const Conv2dGeometry& g, const at::Tensor& 
   const at::Tensor dU = planes ? scratch_empty({partials, kPoints, Co, Ci}, input.options())
                                : scratch_empty({partials, kPoints, Ci, Co}, input.options());
   const int64_t task_macs = per_partial / splits * blocks.size * ceil_div(blocks.count, partials);
-  parallel_for_with_state(partials * splits, task_macs, [&](int64_t begin, int64_t end) {
+  parallel_items(partials * splits, task_macs, [&](int64_t begin, int64_t end) {
     const at::Tensor V_buf = scratch_empty({kPoints * Ci * blocks.size}, input.options());
     const at::Tensor dM_buf = scratch_empty({kPoints * ceil_div(Co, splits) * blocks.size}, input.options());
     for (int64_t task = begin; task < end; ++task) {
