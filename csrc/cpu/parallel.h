@@ -57,7 +57,9 @@ void parallel_items(int64_t count, int64_t macs_per_item, F body) {
   const int64_t grain = task_grain(count, macs_per_item);
   const int64_t tasks = (count + grain - 1) / grain;
   if (tasks <= 1) {
-    if (count > 0) body(0, count);
+    // On the calling thread, as at::parallel_for runs a single task: the
+    // body's own parallel loops (the GEMM's) then stay on it too.
+    at::parallel_for(0, count, std::max<int64_t>(1, count), body);
     return;
   }
   // Share t is [begin, end), packed as end << 32 | begin and claimed an
