@@ -154,7 +154,11 @@ inline void pack_transposed(const double* panel, int64_t along, int64_t count, i
 // ran at 66% of the FMA peak on one thread, at 76% with 1,040 steps). So a
 // few cache lines of each line are first copied, one line after the other,
 // into a small block whose rows lie apart by a stride that spreads them over
-// the sets, and that block is transposed.
+// the sets, and that block is transposed. Each round also prefetches the
+// next round's bytes of every line: a line's rounds are a page apart from
+// the other lines', a pattern the hardware prefetchers did not follow, and
+// the copies waited on L2 and memory (a fifth of that product's time; 73 ->
+// 79% of the peak with the prefetches, MKL 72-79% in the same runs).
 constexpr int64_t kStagedBytes = 256;  // of each line per round: 4 cache lines
 constexpr int64_t kMaxStagedLines = 32;  // per block: every level's mr and nr fit in one
 
@@ -167,7 +171,17 @@ void pack_transposed_staged(const T* panel, int64_t along, int64_t count, int64_
     for (int64_t k0 = 0; k0 < kc; k0 += kSteps) {
       const int64_t steps = std::min(kSteps, kc - k0);
       for (int64_t i = 0; i < lines; ++i) {
-        std::memcpy(staged + i * kLd, panel + (i0 + i) * along + k0, steps * sizeof(T));
+        const T* line = panel + (i0 + i) * along + k0;
+        if (k0 + kSteps < kc) {
+          for (int64_t b = 0; b < kStagedBytes; b += 64) {
+            __builtin_prefetch(reinterpret_cast<const char*>(line + kSteps) + b);
+          }
+        }
+        if (steps == kSteps) {
+          std::memcpy(staged + i * kLd, line, kStagedBytes);  // a fixed size: copied inline
+        } else {
+          std::memcpy(staged + i * kLd, line, steps * sizeof(T));
+        }
       }
       pack_transposed(staged, kLd, lines, steps, w, dst + k0 * w + i0);
     }
