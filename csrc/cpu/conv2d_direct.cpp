@@ -283,10 +283,8 @@ struct PerThread {
 // by `slack` zeros.
 template <typename T>
 void pad_planes(const DirectProblem& p, const T* src, int64_t slack, T* dst) {
-  const Phases phases = p.phases();
-  for (int64_t c = 0; c < p.in_channels; ++c, src += p.in_h * p.in_w, dst += phases.values()) {
-    to_phases(src, phases, dst);
-  }
+  copy_to_phases(src, p.phases(), p.in_channels, dst);
+  dst += p.in_channels * p.phases().values();
   std::fill(dst, dst + slack, T(0));
 }
 

@@ -1,0 +1,94 @@
+// phase_planes.h's copy into phase planes for float and double, compiled per
+// level (per_level.h). Every pass on the direct kernels copies each sample
+// this way. Compiled for the baseline level, a stride-2 layer's copy took a
+// sixth of its direct forward (ResNet-20's 16-32 /2 and 32-64 /2 at batch
+// 32); per level, each input row read once into both its column phases,
+// those forwards ran 8% and 4% faster (stride 1 unchanged).
+#include "phase_planes.h"
+#include "per_level.h"
+
+#include <algorithm>
+
+namespace custom_conv {
+namespace {
+
+// Input row `src` into the row of each column phase it feeds (phase b's row
+// at dst + b * phase_values), over zeros already there: input column x goes
+// to phase b = (x + pad_w) mod s_w, column (x + pad_w) / s_w. S is the
+// column stride when known at compile time (0: at run time); with 2 the row
+// is read once and its even and odd values split by permutes.
+template <int64_t S, typename T>
+CUSTOM_CONV_INLINE void phase_rows(const T* src, const Phases& p, int64_t phase_values, T* dst) {
+  if constexpr (S == 2) {
+    // x = 2 m + e lands in phase (e + pad_w) mod 2 at column m + (e + pad_w) / 2
+    const int64_t pairs = p.in_w / 2;
+    T* even = dst + p.pad_w % 2 * phase_values + p.pad_w / 2;
+    T* odd = dst + (1 + p.pad_w) % 2 * phase_values + (1 + p.pad_w) / 2;
+    for (int64_t m = 0; m < pairs; ++m) {
+      even[m] = src[2 * m];
+      odd[m] = src[2 * m + 1];
+    }
+    if (p.in_w % 2 != 0) even[pairs] = src[2 * pairs];
+  } else {
+    const int64_t s = S > 0 ? S : p.stride_w;
+    for (int64_t b = 0; b < s; ++b) {
+      const ValidRange cols = valid_outputs(b - p.pad_w, s, p.in_w, p.w);
+      const T* from = src + cols.lo * s + b - p.pad_w;
+      T* row = dst + b * phase_values + cols.lo;
+      for (int64_t j = 0; j < cols.hi - cols.lo; ++j) row[j] = from[j * s];
+    }
+  }
+}
+
+template <int64_t S, typename T>
+CUSTOM_CONV_INLINE void phase_planes_of(const T* plane, const Phases& p, T* dst) {
+  const int64_t phase_values = p.h * p.w;
+  // By phase row, not by input row: a division per input row to find its
+  // phase cost more than the copy.
+  for (int64_t a = 0; a < p.stride_h; ++a) {
+    // Row i of phase a holds input row i * s_h + a - pad_h.
+    const ValidRange rows = valid_outputs(a - p.pad_h, p.stride_h, p.in_h, p.h);
+    T* phase = dst + a * p.stride_w * phase_values;
+    for (int64_t i = rows.lo; i < rows.hi; ++i) {
+      phase_rows<S>(plane + (i * p.stride_h + a - p.pad_h) * p.in_w, p, phase_values, phase + i * p.w);
+    }
+  }
+}
+
+// `count` consecutive (H, W) planes into their phase planes, one after the
+// other; the common column strides as constants, so that the copies
+// vectorise.
+template <typename T>
+CUSTOM_CONV_INLINE void copy_to_phases_body(const T* planes, const Phases& p, int64_t count, T* dst) {
+  // Zeros first, in one pass (each row's padding on its own is a value or
+  // two: as loops, GCC made them calls to memset, which doubled the copy's
+  // time), then the input's values over them.
+  std::fill(dst, dst + count * p.values(), T(0));
+  for (int64_t c = 0; c < count; ++c, planes += p.in_h * p.in_w, dst += p.values()) {
+    switch (p.stride_w) {
+      case 1: phase_planes_of<1>(planes, p, dst); break;
+      case 2: phase_planes_of<2>(planes, p, dst); break;
+      default: phase_planes_of<0>(planes, p, dst); break;
+    }
+  }
+}
+
+CUSTOM_CONV_PER_LEVEL(void, copy_to_phases_float, (const float* planes, const Phases& p, int64_t count, float* dst),
+                      (planes, p, count, dst)) {
+  copy_to_phases_body(planes, p, count, dst);
+}
+CUSTOM_CONV_PER_LEVEL(void, copy_to_phases_double,
+                      (const double* planes, const Phases& p, int64_t count, double* dst), (planes, p, count, dst)) {
+  copy_to_phases_body(planes, p, count, dst);
+}
+
+}  // namespace
+
+void copy_to_phases(const float* planes, const Phases& p, int64_t count, float* dst) {
+  copy_to_phases_float(planes, p, count, dst);
+}
+void copy_to_phases(const double* planes, const Phases& p, int64_t count, double* dst) {
+  copy_to_phases_double(planes, p, count, dst);
+}
+
+}  // namespace custom_conv
