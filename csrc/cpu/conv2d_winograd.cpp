@@ -170,6 +170,22 @@ at::Tensor points_view(const at::Tensor& buffer, int64_t rows, int64_t cols) {
   return buffer.narrow(0, 0, kPoints * rows * cols).view({kPoints, rows, cols});
 }
 
+// The channel layout's V, M and dM (16, T, C) over a buffer of kPoints *
+// point_stride(T, C) values: each point's (T, C) values start a cache line
+// after the previous point's end. Back to back, the 16 points of a block
+// (128 tiles of 32 channels, 64 of 64) lay a multiple of 4 KiB apart, in one
+// set of the L1 cache, and the transforms read or write a value of each
+// per tile and channel.
+constexpr int64_t kPointSlack = 16;
+
+int64_t point_stride(int64_t tiles, int64_t channels) {
+  return tiles * channels + kPointSlack;
+}
+
+at::Tensor points_channels(const at::Tensor& buffer, int64_t tiles, int64_t channels, int64_t stride) {
+  return buffer.as_strided({kPoints, tiles, channels}, {stride, channels, 1});
+}
+
 // (N, C, H, W) as a contiguous (N, H, W, C) tensor, and back into a
 // contiguous (N, C, H, W) `out`: per sample, a (C, H * W) matrix transposed
 // in vector registers (transpose.h). ATen's permuted copy moved 4-5 GB/s
@@ -270,25 +286,27 @@ void run_forward(const Problem& p, const at::Tensor& input, const at::Tensor& we
   at::Tensor ys = planes ? output : scratch_empty({p.batch, p.out_h, p.out_w, Co}, input.options());
   const at::Tensor zeros = scratch_zeros({Ci}, input.options());
   if (blocks.whole) {
-    const int64_t T = p.tiles();
-    const at::Tensor V = scratch_empty({kPoints, T, Ci}, input.options());
-    at::Tensor M = scratch_empty({kPoints, T, Co}, input.options());
+    const int64_t T = p.tiles(), sv = point_stride(T, Ci), sm = point_stride(T, Co);
+    const at::Tensor V = points_channels(scratch_empty({kPoints * sv}, input.options()), T, Ci, sv);
+    at::Tensor M = points_channels(scratch_empty({kPoints * sm}, input.options()), T, Co, sm);
     at::parallel_for(0, T, kTransformGrain, [&](int64_t t0, int64_t t1) {
-      winograd::transform_input_channels(p, xs.const_data_ptr<float>(), zeros.const_data_ptr<float>(), t0, t1, T,
+      winograd::transform_input_channels(p, xs.const_data_ptr<float>(), zeros.const_data_ptr<float>(), t0, t1, sv,
                                          V.mutable_data_ptr<float>() + t0 * Ci);
     });
     products_by_position(M, V, U);
     at::parallel_for(0, T, kTransformGrain, [&](int64_t t0, int64_t t1) {
       std::vector<float> sink(Co);
-      winograd::transform_output_channels(p, M.const_data_ptr<float>() + t0 * Co, t0, t1, T, bias, sink.data(),
+      winograd::transform_output_channels(p, M.const_data_ptr<float>() + t0 * Co, t0, t1, sm, bias, sink.data(),
                                           ys.mutable_data_ptr<float>());
     });
     from_channels_last(ys, output);
     return;
   }
+  const int64_t sv = planes ? Ci * blocks.size : point_stride(blocks.size, Ci);
+  const int64_t sm = planes ? Co * blocks.size : point_stride(blocks.size, Co);
   parallel_items(blocks.count, kPoints * Ci * Co * blocks.size, [&](int64_t begin, int64_t end) {
-    const at::Tensor V_buf = scratch_empty({kPoints * Ci * blocks.size}, input.options());
-    const at::Tensor M_buf = scratch_empty({kPoints * Co * blocks.size}, input.options());
+    const at::Tensor V_buf = scratch_empty({kPoints * sv}, input.options());
+    const at::Tensor M_buf = scratch_empty({kPoints * sm}, input.options());
     std::vector<float> sink(Co);
     for (int64_t b = begin; b < end; ++b) {
       const int64_t t0 = b * blocks.size, t1 = std::min(t0 + blocks.size, p.tiles());
@@ -300,11 +318,11 @@ void run_forward(const Problem& p, const at::Tensor& input, const at::Tensor& we
         winograd::transform_output_planes(p, M.const_data_ptr<float>(), t0 / tw, t1 / tw, bias,
                                           ys.mutable_data_ptr<float>());
       } else {
-        at::Tensor V = points_view(V_buf, t1 - t0, Ci), M = points_view(M_buf, t1 - t0, Co);
+        at::Tensor V = points_channels(V_buf, t1 - t0, Ci, sv), M = points_channels(M_buf, t1 - t0, Co, sm);
         winograd::transform_input_channels(p, xs.const_data_ptr<float>(), zeros.const_data_ptr<float>(), t0, t1,
-                                           t1 - t0, V.mutable_data_ptr<float>());
+                                           sv, V.mutable_data_ptr<float>());
         gemm::matmul(M, V, U);
-        winograd::transform_output_channels(p, M.const_data_ptr<float>(), t0, t1, t1 - t0, bias, sink.data(),
+        winograd::transform_output_channels(p, M.const_data_ptr<float>(), t0, t1, sm, bias, sink.data(),
                                             ys.mutable_data_ptr<float>());
       }
     }
@@ -424,14 +442,14 @@ void conv2d_winograd_backward_weight(const Conv2dGeometry& g, const at::Tensor& 
   if (blocks.whole) {
     // One block, one sum: dU^T = V^T dM, the transforms spread over the
     // threads by tiles, the products by position.
-    const int64_t T = p.tiles();
-    const at::Tensor V = scratch_empty({kPoints, T, Ci}, input.options());
-    const at::Tensor dM = scratch_empty({kPoints, T, Co}, input.options());
+    const int64_t T = p.tiles(), sv = point_stride(T, Ci), sm = point_stride(T, Co);
+    const at::Tensor V = points_channels(scratch_empty({kPoints * sv}, input.options()), T, Ci, sv);
+    const at::Tensor dM = points_channels(scratch_empty({kPoints * sm}, input.options()), T, Co, sm);
     at::parallel_for(0, T, kTransformGrain, [&](int64_t t0, int64_t t1) {
-      winograd::transform_input_channels(p, xs.const_data_ptr<float>(), zeros.const_data_ptr<float>(), t0, t1, T,
+      winograd::transform_input_channels(p, xs.const_data_ptr<float>(), zeros.const_data_ptr<float>(), t0, t1, sv,
                                          V.mutable_data_ptr<float>() + t0 * Ci);
       winograd::transform_grad_output_channels(p, gs.const_data_ptr<float>(), zeros.const_data_ptr<float>(), 0,
-                                               Co, t0, t1, T, dM.mutable_data_ptr<float>() + t0 * Co);
+                                               Co, t0, t1, sm, dM.mutable_data_ptr<float>() + t0 * Co);
     });
     const at::Tensor dUT = scratch_empty({1, kPoints, Ci, Co}, input.options());
     products_by_position(dUT[0], V.transpose(1, 2), dM);
@@ -449,9 +467,12 @@ void conv2d_winograd_backward_weight(const Conv2dGeometry& g, const at::Tensor& 
   const at::Tensor dU = planes ? scratch_empty({partials, kPoints, Co, Ci}, input.options())
                                : scratch_empty({partials, kPoints, Ci, Co}, input.options());
   const int64_t task_macs = per_partial / splits * blocks.size * ceil_div(blocks.count, partials);
+  const int64_t split_channels = ceil_div(Co, splits);
+  const int64_t sv = planes ? Ci * blocks.size : point_stride(blocks.size, Ci);
+  const int64_t sm = planes ? split_channels * blocks.size : point_stride(blocks.size, split_channels);
   parallel_items(partials * splits, task_macs, [&](int64_t begin, int64_t end) {
-    const at::Tensor V_buf = scratch_empty({kPoints * Ci * blocks.size}, input.options());
-    const at::Tensor dM_buf = scratch_empty({kPoints * ceil_div(Co, splits) * blocks.size}, input.options());
+    const at::Tensor V_buf = scratch_empty({kPoints * sv}, input.options());
+    const at::Tensor dM_buf = scratch_empty({kPoints * sm}, input.options());
     for (int64_t task = begin; task < end; ++task) {
       const int64_t part = task / splits, split = task % splits;
       const int64_t c0 = split * Co / splits, c1 = (split + 1) * Co / splits;
@@ -469,11 +490,11 @@ void conv2d_winograd_backward_weight(const Conv2dGeometry& g, const at::Tensor& 
                                                  dM.mutable_data_ptr<float>());
           gemm::matmul(sum, dM, V.transpose(1, 2), beta);  // dU += dM V^T
         } else {
-          at::Tensor V = points_view(V_buf, t1 - t0, Ci), dM = points_view(dM_buf, t1 - t0, c1 - c0);
+          at::Tensor V = points_channels(V_buf, t1 - t0, Ci, sv), dM = points_channels(dM_buf, t1 - t0, c1 - c0, sm);
           winograd::transform_input_channels(p, xs.const_data_ptr<float>(), zeros.const_data_ptr<float>(), t0,
-                                             t1, t1 - t0, V.mutable_data_ptr<float>());
+                                             t1, sv, V.mutable_data_ptr<float>());
           winograd::transform_grad_output_channels(p, gs.const_data_ptr<float>(), zeros.const_data_ptr<float>(),
-                                                   c0, c1, t0, t1, t1 - t0, dM.mutable_data_ptr<float>());
+                                                   c0, c1, t0, t1, sm, dM.mutable_data_ptr<float>());
           gemm::matmul(sum, V.transpose(1, 2), dM, beta);  // dU^T += V^T dM
         }
       }

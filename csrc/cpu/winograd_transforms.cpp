@@ -216,8 +216,8 @@ CUSTOM_CONV_PER_LEVEL(void, transform_grad_output_planes, (const Problem& p, con
 // V[xi][t][c] = (B^T d B)[xi] for the tiles [t0, t1) of a channels-last
 // input xs (N, H, W, C); positions in the padding read `zeros`.
 CUSTOM_CONV_PER_LEVEL(void, transform_input_channels, (const Problem& p, const float* xs, const float* zeros,
-                                                       int64_t t0, int64_t t1, int64_t T, float* V),
-                      (p, xs, zeros, t0, t1, T, V)) {
+                                                       int64_t t0, int64_t t1, int64_t point_stride, float* V),
+                      (p, xs, zeros, t0, t1, point_stride, V)) {
   const int64_t C = p.in_channels;
   const float* d[4][4];
   for (int64_t t = t0; t < t1; ++t) {
@@ -242,21 +242,22 @@ CUSTOM_CONV_PER_LEVEL(void, transform_input_channels, (const Problem& p, const f
         r[3][b] = d1 - d3;
       }
       for (int i = 0; i < 4; ++i) {  // (B^T d) B: the same along the columns
-        v[(4 * i + 0) * T * C + c] = r[i][0] - r[i][2];
-        v[(4 * i + 1) * T * C + c] = r[i][1] + r[i][2];
-        v[(4 * i + 2) * T * C + c] = r[i][2] - r[i][1];
-        v[(4 * i + 3) * T * C + c] = r[i][1] - r[i][3];
+        v[(4 * i + 0) * point_stride + c] = r[i][0] - r[i][2];
+        v[(4 * i + 1) * point_stride + c] = r[i][1] + r[i][2];
+        v[(4 * i + 2) * point_stride + c] = r[i][2] - r[i][1];
+        v[(4 * i + 3) * point_stride + c] = r[i][1] - r[i][3];
       }
     }
   }
 }
 
-// Y = A^T M A plus the bias for the tiles [t0, t1) of M (16, T, C), into a
+// Y = A^T M A plus the bias for the tiles [t0, t1) of M (16 points, T, C), into a
 // channels-last output ys (N, out_h, out_w, C). A tile's outputs past the
 // plane's edge go to `sink`.
 CUSTOM_CONV_PER_LEVEL(void, transform_output_channels, (const Problem& p, const float* M, int64_t t0, int64_t t1,
-                                                        int64_t T, const float* bias, float* sink, float* ys),
-                      (p, M, t0, t1, T, bias, sink, ys)) {
+                                                        int64_t point_stride, const float* bias, float* sink,
+                                                        float* ys),
+                      (p, M, t0, t1, point_stride, bias, sink, ys)) {
   const int64_t C = p.out_channels;
   float* y[2][2];
   for (int64_t t = t0; t < t1; ++t) {
@@ -272,8 +273,8 @@ CUSTOM_CONV_PER_LEVEL(void, transform_output_channels, (const Problem& p, const 
     for (int64_t c = 0; c < C; ++c) {
       float s[4][2];  // M A: columns m0 + m1 + m2, m1 - m2 - m3
       for (int i = 0; i < 4; ++i) {
-        const float m0 = m[(4 * i) * T * C + c], m1 = m[(4 * i + 1) * T * C + c];
-        const float m2 = m[(4 * i + 2) * T * C + c], m3 = m[(4 * i + 3) * T * C + c];
+        const float m0 = m[(4 * i) * point_stride + c], m1 = m[(4 * i + 1) * point_stride + c];
+        const float m2 = m[(4 * i + 2) * point_stride + c], m3 = m[(4 * i + 3) * point_stride + c];
         s[i][0] = m0 + m1 + m2;
         s[i][1] = m1 - m2 - m3;
       }
@@ -290,9 +291,9 @@ CUSTOM_CONV_PER_LEVEL(void, transform_output_channels, (const Problem& p, const 
 // [t0, t1) of a channels-last output gradient gs (N, out_h, out_w, C_out):
 // the transpose of transform_output. Outputs past the edge read `zeros`.
 CUSTOM_CONV_PER_LEVEL(void, transform_grad_output_channels, (const Problem& p, const float* gs, const float* zeros,
-                                                             int64_t c0, int64_t c1, int64_t t0, int64_t t1, int64_t T,
-                                                             float* dM),
-                      (p, gs, zeros, c0, c1, t0, t1, T, dM)) {
+                                                             int64_t c0, int64_t c1, int64_t t0, int64_t t1,
+                                                             int64_t point_stride, float* dM),
+                      (p, gs, zeros, c0, c1, t0, t1, point_stride, dM)) {
   const int64_t C = c1 - c0;
   const float* g[2][2];
   for (int64_t t = t0; t < t1; ++t) {
@@ -316,10 +317,10 @@ CUSTOM_CONV_PER_LEVEL(void, transform_grad_output_channels, (const Problem& p, c
         h[3][q] = -g1;
       }
       for (int i = 0; i < 4; ++i) {  // (A dY) A^T: the same along the columns
-        d[(4 * i + 0) * T * C + c] = h[i][0];
-        d[(4 * i + 1) * T * C + c] = h[i][0] + h[i][1];
-        d[(4 * i + 2) * T * C + c] = h[i][0] - h[i][1];
-        d[(4 * i + 3) * T * C + c] = -h[i][1];
+        d[(4 * i + 0) * point_stride + c] = h[i][0];
+        d[(4 * i + 1) * point_stride + c] = h[i][0] + h[i][1];
+        d[(4 * i + 2) * point_stride + c] = h[i][0] - h[i][1];
+        d[(4 * i + 3) * point_stride + c] = -h[i][1];
       }
     }
   }

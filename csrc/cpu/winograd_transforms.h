@@ -52,15 +52,16 @@ void transform_grad_output_planes(const Problem& p, const float* grad_output, in
                                   int64_t r0, int64_t r1, float* dM);
 
 // The channel layout, on tiles [t0, t1), from and to channels-last tensors;
-// V (M, dM) holds T tiles per xi and points at tile t0's values. `zeros`
+// V (M, dM) points at tile t0's values, and each xi's tiles start
+// point_stride values after the previous xi's. `zeros`
 // holds at least C zeros (read for the padding), `sink` C values (written
 // for outputs past the plane's edge).
 void transform_input_channels(const Problem& p, const float* xs, const float* zeros, int64_t t0, int64_t t1,
-                              int64_t T, float* V);
-void transform_output_channels(const Problem& p, const float* M, int64_t t0, int64_t t1, int64_t T,
+                              int64_t point_stride, float* V);
+void transform_output_channels(const Problem& p, const float* M, int64_t t0, int64_t t1, int64_t point_stride,
                                const float* bias, float* sink, float* ys);
 void transform_grad_output_channels(const Problem& p, const float* gs, const float* zeros, int64_t c0,
-                                    int64_t c1, int64_t t0, int64_t t1, int64_t T, float* dM);
+                                    int64_t c1, int64_t t0, int64_t t1, int64_t point_stride, float* dM);
 
 // U[xi][row][col] = (G w G^T)[xi] for rows [r0, r1) of 3x3 kernels k laid
 // out (row, tap, col), rows * cols kernels; `rotate` turns each by 180
