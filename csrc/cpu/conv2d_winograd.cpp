@@ -165,25 +165,21 @@ constexpr int64_t kTransformGrain = 16;
 // fewer partial sums than threads, into ranges of at least this many.
 constexpr int64_t kMinSplitChannels = 16;
 
-// A flat float buffer's first kPoints * rows * cols values as (xi, rows, cols).
-at::Tensor points_view(const at::Tensor& buffer, int64_t rows, int64_t cols) {
-  return buffer.narrow(0, 0, kPoints * rows * cols).view({kPoints, rows, cols});
-}
 
-// The channel layout's V, M and dM (16, T, C) over a buffer of kPoints *
-// point_stride(T, C) values: each point's (T, C) values start a cache line
-// after the previous point's end. Back to back, the 16 points of a block
-// (128 tiles of 32 channels, 64 of 64) lay a multiple of 4 KiB apart, in one
-// set of the L1 cache, and the transforms read or write a value of each
-// per tile and channel.
+// V, M and dM, (16, T, C) in the channel layout or (16, C, T) in the plane
+// layout, over a buffer of kPoints * point_stride(T * C) values: each
+// point's matrix starts a cache line after the previous one's end. Back to
+// back, the 16 points of a block (128 tiles of 32 channels, 64 of 64, 256
+// of 64) lay a multiple of 4 KiB apart, in one set of the L1 cache, and the
+// transforms read or write a value of each per tile and channel.
 constexpr int64_t kPointSlack = 16;
 
-int64_t point_stride(int64_t tiles, int64_t channels) {
-  return tiles * channels + kPointSlack;
+int64_t point_stride(int64_t values) {
+  return values + kPointSlack;
 }
 
-at::Tensor points_channels(const at::Tensor& buffer, int64_t tiles, int64_t channels, int64_t stride) {
-  return buffer.as_strided({kPoints, tiles, channels}, {stride, channels, 1});
+at::Tensor points_of(const at::Tensor& buffer, int64_t rows, int64_t cols, int64_t stride) {
+  return buffer.as_strided({kPoints, rows, cols}, {stride, cols, 1});
 }
 
 // (N, C, H, W) as a contiguous (N, H, W, C) tensor, and back into a
@@ -286,9 +282,9 @@ void run_forward(const Problem& p, const at::Tensor& input, const at::Tensor& we
   at::Tensor ys = planes ? output : scratch_empty({p.batch, p.out_h, p.out_w, Co}, input.options());
   const at::Tensor zeros = scratch_zeros({Ci}, input.options());
   if (blocks.whole) {
-    const int64_t T = p.tiles(), sv = point_stride(T, Ci), sm = point_stride(T, Co);
-    const at::Tensor V = points_channels(scratch_empty({kPoints * sv}, input.options()), T, Ci, sv);
-    at::Tensor M = points_channels(scratch_empty({kPoints * sm}, input.options()), T, Co, sm);
+    const int64_t T = p.tiles(), sv = point_stride(T * Ci), sm = point_stride(T * Co);
+    const at::Tensor V = points_of(scratch_empty({kPoints * sv}, input.options()), T, Ci, sv);
+    at::Tensor M = points_of(scratch_empty({kPoints * sm}, input.options()), T, Co, sm);
     at::parallel_for(0, T, kTransformGrain, [&](int64_t t0, int64_t t1) {
       winograd::transform_input_channels(p, xs.const_data_ptr<float>(), zeros.const_data_ptr<float>(), t0, t1, sv,
                                          V.mutable_data_ptr<float>() + t0 * Ci);
@@ -302,8 +298,7 @@ void run_forward(const Problem& p, const at::Tensor& input, const at::Tensor& we
     from_channels_last(ys, output);
     return;
   }
-  const int64_t sv = planes ? Ci * blocks.size : point_stride(blocks.size, Ci);
-  const int64_t sm = planes ? Co * blocks.size : point_stride(blocks.size, Co);
+  const int64_t sv = point_stride(blocks.size * Ci), sm = point_stride(blocks.size * Co);
   parallel_items(blocks.count, kPoints * Ci * Co * blocks.size, [&](int64_t begin, int64_t end) {
     const at::Tensor V_buf = scratch_empty({kPoints * sv}, input.options());
     const at::Tensor M_buf = scratch_empty({kPoints * sm}, input.options());
@@ -311,14 +306,14 @@ void run_forward(const Problem& p, const at::Tensor& input, const at::Tensor& we
     for (int64_t b = begin; b < end; ++b) {
       const int64_t t0 = b * blocks.size, t1 = std::min(t0 + blocks.size, p.tiles());
       if (planes) {
-        at::Tensor V = points_view(V_buf, Ci, t1 - t0), M = points_view(M_buf, Co, t1 - t0);
-        winograd::transform_input_planes(p, xs.const_data_ptr<float>(), t0 / tw, t1 / tw,
+        at::Tensor V = points_of(V_buf, Ci, t1 - t0, sv), M = points_of(M_buf, Co, t1 - t0, sm);
+        winograd::transform_input_planes(p, xs.const_data_ptr<float>(), t0 / tw, t1 / tw, sv,
                                          V.mutable_data_ptr<float>());
         gemm::matmul(M, U, V);
-        winograd::transform_output_planes(p, M.const_data_ptr<float>(), t0 / tw, t1 / tw, bias,
+        winograd::transform_output_planes(p, M.const_data_ptr<float>(), t0 / tw, t1 / tw, sm, bias,
                                           ys.mutable_data_ptr<float>());
       } else {
-        at::Tensor V = points_channels(V_buf, t1 - t0, Ci, sv), M = points_channels(M_buf, t1 - t0, Co, sm);
+        at::Tensor V = points_of(V_buf, t1 - t0, Ci, sv), M = points_of(M_buf, t1 - t0, Co, sm);
         winograd::transform_input_channels(p, xs.const_data_ptr<float>(), zeros.const_data_ptr<float>(), t0, t1,
                                            sv, V.mutable_data_ptr<float>());
         gemm::matmul(M, V, U);
@@ -442,9 +437,9 @@ void conv2d_winograd_backward_weight(const Conv2dGeometry& g, const at::Tensor& 
   if (blocks.whole) {
     // One block, one sum: dU^T = V^T dM, the transforms spread over the
     // threads by tiles, the products by position.
-    const int64_t T = p.tiles(), sv = point_stride(T, Ci), sm = point_stride(T, Co);
-    const at::Tensor V = points_channels(scratch_empty({kPoints * sv}, input.options()), T, Ci, sv);
-    const at::Tensor dM = points_channels(scratch_empty({kPoints * sm}, input.options()), T, Co, sm);
+    const int64_t T = p.tiles(), sv = point_stride(T * Ci), sm = point_stride(T * Co);
+    const at::Tensor V = points_of(scratch_empty({kPoints * sv}, input.options()), T, Ci, sv);
+    const at::Tensor dM = points_of(scratch_empty({kPoints * sm}, input.options()), T, Co, sm);
     at::parallel_for(0, T, kTransformGrain, [&](int64_t t0, int64_t t1) {
       winograd::transform_input_channels(p, xs.const_data_ptr<float>(), zeros.const_data_ptr<float>(), t0, t1, sv,
                                          V.mutable_data_ptr<float>() + t0 * Ci);
@@ -468,8 +463,7 @@ void conv2d_winograd_backward_weight(const Conv2dGeometry& g, const at::Tensor& 
                                : scratch_empty({partials, kPoints, Ci, Co}, input.options());
   const int64_t task_macs = per_partial / splits * blocks.size * ceil_div(blocks.count, partials);
   const int64_t split_channels = ceil_div(Co, splits);
-  const int64_t sv = planes ? Ci * blocks.size : point_stride(blocks.size, Ci);
-  const int64_t sm = planes ? split_channels * blocks.size : point_stride(blocks.size, split_channels);
+  const int64_t sv = point_stride(blocks.size * Ci), sm = point_stride(blocks.size * split_channels);
   parallel_items(partials * splits, task_macs, [&](int64_t begin, int64_t end) {
     const at::Tensor V_buf = scratch_empty({kPoints * sv}, input.options());
     const at::Tensor dM_buf = scratch_empty({kPoints * sm}, input.options());
@@ -483,14 +477,14 @@ void conv2d_winograd_backward_weight(const Conv2dGeometry& g, const at::Tensor& 
         // The range's first block writes its sum (beta = 0), later ones add.
         const double beta = b == first ? 0.0 : 1.0;
         if (planes) {
-          at::Tensor V = points_view(V_buf, Ci, t1 - t0), dM = points_view(dM_buf, c1 - c0, t1 - t0);
-          winograd::transform_input_planes(p, xs.const_data_ptr<float>(), t0 / tw, t1 / tw,
+          at::Tensor V = points_of(V_buf, Ci, t1 - t0, sv), dM = points_of(dM_buf, c1 - c0, t1 - t0, sm);
+          winograd::transform_input_planes(p, xs.const_data_ptr<float>(), t0 / tw, t1 / tw, sv,
                                            V.mutable_data_ptr<float>());
-          winograd::transform_grad_output_planes(p, gs.const_data_ptr<float>(), c0, c1, t0 / tw, t1 / tw,
+          winograd::transform_grad_output_planes(p, gs.const_data_ptr<float>(), c0, c1, t0 / tw, t1 / tw, sm,
                                                  dM.mutable_data_ptr<float>());
           gemm::matmul(sum, dM, V.transpose(1, 2), beta);  // dU += dM V^T
         } else {
-          at::Tensor V = points_channels(V_buf, t1 - t0, Ci, sv), dM = points_channels(dM_buf, t1 - t0, c1 - c0, sm);
+          at::Tensor V = points_of(V_buf, t1 - t0, Ci, sv), dM = points_of(dM_buf, t1 - t0, c1 - c0, sm);
           winograd::transform_input_channels(p, xs.const_data_ptr<float>(), zeros.const_data_ptr<float>(), t0,
                                              t1, sv, V.mutable_data_ptr<float>());
           winograd::transform_grad_output_channels(p, gs.const_data_ptr<float>(), zeros.const_data_ptr<float>(),

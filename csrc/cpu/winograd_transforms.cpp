@@ -75,10 +75,11 @@ CUSTOM_CONV_INLINE void input_columns(const float* __restrict even, const float*
 }  // namespace
 
 // V[xi][c][t] = (B^T d B)[xi] for every channel c and every tile t of tile
-// rows [r0, r1); V holds T = (r1 - r0) * tiles_w tiles per (xi, c).
+// rows [r0, r1); V holds T = (r1 - r0) * tiles_w tiles per (xi, c), and
+// each xi's values start point_stride values after the previous xi's.
 CUSTOM_CONV_PER_LEVEL(void, transform_input_planes, (const Problem& p, const float* input, int64_t r0, int64_t r1,
-                                                     float* V),
-                      (p, input, r0, r1, V)) {
+                                                     int64_t point_stride, float* V),
+                      (p, input, r0, r1, point_stride, V)) {
   const int64_t tw = p.tiles_w(), th = p.tiles_h(), T = (r1 - r0) * tw, C = p.in_channels;
   const int64_t n = tw + 1;  // even (odd) columns a row of tiles reads
   std::vector<float> buffer(16 * n);
@@ -96,7 +97,7 @@ CUSTOM_CONV_PER_LEVEL(void, transform_input_planes, (const Problem& p, const flo
       input_rows(e, e + n, e + 2 * n, e + 3 * n, n, te, te + n, te + 2 * n, te + 3 * n);
       input_rows(o, o + n, o + 2 * n, o + 3 * n, n, to, to + n, to + 2 * n, to + 3 * n);
       float* v = V + c * T + (r - r0) * tw;
-      const int64_t step = C * T;
+      const int64_t step = point_stride;
       for (int i = 0; i < 4; ++i) {
         float* vi = v + 4 * i * step;
         input_columns(te + i * n, to + i * n, tw, vi, vi + step, vi + 2 * step, vi + 3 * step);
@@ -108,8 +109,8 @@ CUSTOM_CONV_PER_LEVEL(void, transform_input_planes, (const Problem& p, const flo
 // Output channels of tile rows [r0, r1) of a Winograd-domain M (xi, C, T)
 // back to the output: Y = A^T M A, plus the bias.
 CUSTOM_CONV_PER_LEVEL(void, transform_output_planes, (const Problem& p, const float* M, int64_t r0, int64_t r1,
-                                                      const float* bias, float* output),
-                      (p, M, r0, r1, bias, output)) {
+                                                      int64_t point_stride, const float* bias, float* output),
+                      (p, M, r0, r1, point_stride, bias, output)) {
   const int64_t tw = p.tiles_w(), th = p.tiles_h(), T = (r1 - r0) * tw, C = p.out_channels;
   std::vector<float> buffer(8 * tw + 4 * tw);
   float* s = buffer.data();  // M A: 4 rows x 2 columns, tw tiles each
@@ -117,7 +118,7 @@ CUSTOM_CONV_PER_LEVEL(void, transform_output_planes, (const Problem& p, const fl
   for (int64_t c = 0; c < C; ++c) {
     const float b = bias ? bias[c] : 0.f;
     for (int64_t r = r0; r < r1; ++r) {
-      const int64_t step = C * T;
+      const int64_t step = point_stride;
       const float* m = M + c * T + (r - r0) * tw;
       for (int i = 0; i < 4; ++i) {  // M A: the columns
         const float* __restrict m0 = m + 4 * i * step;
@@ -165,9 +166,10 @@ CUSTOM_CONV_PER_LEVEL(void, transform_output_planes, (const Problem& p, const fl
 // tile rows [r0, r1): the transpose of transform_output (dM holds c1 - c0
 // channels).
 CUSTOM_CONV_PER_LEVEL(void, transform_grad_output_planes, (const Problem& p, const float* grad_output, int64_t c0,
-                                                           int64_t c1, int64_t r0, int64_t r1, float* dM),
-                      (p, grad_output, c0, c1, r0, r1, dM)) {
-  const int64_t tw = p.tiles_w(), th = p.tiles_h(), T = (r1 - r0) * tw, C = c1 - c0;
+                                                           int64_t c1, int64_t r0, int64_t r1, int64_t point_stride,
+                                                           float* dM),
+                      (p, grad_output, c0, c1, r0, r1, point_stride, dM)) {
+  const int64_t tw = p.tiles_w(), th = p.tiles_h(), T = (r1 - r0) * tw;
   std::vector<float> buffer(12 * tw);
   float* e = buffer.data();  // the tile rows' even and odd columns: e0, e1, o0, o1
   float* h = e + 4 * tw;     // A dY: rows 0 .. 3, even then odd columns
@@ -192,7 +194,7 @@ CUSTOM_CONV_PER_LEVEL(void, transform_grad_output_planes, (const Problem& p, con
         }
       }
       float* d = dM + (c - c0) * T + (r - r0) * tw;
-      const int64_t step = C * T;
+      const int64_t step = point_stride;
       for (int i = 0; i < 4; ++i) {  // (A dY) A^T, the same along the columns
         const float* __restrict he = h + 2 * i * tw;
         const float* __restrict ho = he + tw;

@@ -41,15 +41,17 @@ inline TilePos tile_pos(const Problem& p, int64_t t) {
   return {t / per_sample, 2 * (in_sample / p.tiles_w()), 2 * (in_sample % p.tiles_w())};
 }
 
-// The plane layout, on tile rows [r0, r1) (T = (r1 - r0) * tiles_w tiles).
+// The plane layout, on tile rows [r0, r1) (T = (r1 - r0) * tiles_w tiles);
+// each xi's (C, T) values start point_stride values after the previous xi's.
 // V[xi][c][t] = (B^T d B)[xi] from the (N, C_in, H, W) input.
-void transform_input_planes(const Problem& p, const float* input, int64_t r0, int64_t r1, float* V);
+void transform_input_planes(const Problem& p, const float* input, int64_t r0, int64_t r1, int64_t point_stride,
+                            float* V);
 // Y = A^T M A plus the bias (or none), into the (N, C_out, out_h, out_w) output.
-void transform_output_planes(const Problem& p, const float* M, int64_t r0, int64_t r1, const float* bias,
-                             float* output);
+void transform_output_planes(const Problem& p, const float* M, int64_t r0, int64_t r1, int64_t point_stride,
+                             const float* bias, float* output);
 // dM[xi][c - c0][t] = (A dY A^T)[xi] for channels [c0, c1) of the output gradient.
 void transform_grad_output_planes(const Problem& p, const float* grad_output, int64_t c0, int64_t c1,
-                                  int64_t r0, int64_t r1, float* dM);
+                                  int64_t r0, int64_t r1, int64_t point_stride, float* dM);
 
 // The channel layout, on tiles [t0, t1), from and to channels-last tensors;
 // V (M, dM) points at tile t0's values, and each xi's tiles start
