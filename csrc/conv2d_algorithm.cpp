@@ -69,8 +69,13 @@ constexpr int64_t kMaxDirectWeightGradOutChannels = 128;
 // blocks of 64 tiles (cpu/conv2d_winograd.cpp: weight_block_tiles): in
 // blocks of 1024, 4 MiB a thread, the 32-32 @16 weight gradient ran 1.2-1.3
 // ms whenever the shared machine was busy.
+// At half rate its forward and input gradient win from 32 channels too, on
+// enough tiles (kMinWinogradTilesOverDirect32HalfRate), since its transforms
+// no longer evict their own lines from L1 (cpu/conv2d_winograd.cpp:
+// point_stride); at full rate that has not been measured since.
 constexpr int64_t kMinWinogradChannels = 64;
 constexpr int64_t kMinWinogradChannelsAvx2 = 32;
+constexpr int64_t kMinWinogradChannelsHalfRate = 32;
 constexpr int64_t kMinWinogradWeightGradChannelsHalfRate = 32;
 constexpr int64_t kMinWinogradWeightGradTilesFewChannels = 512;
 
@@ -87,7 +92,8 @@ int64_t min_winograd_channels(Conv2dPass pass) {
   if (pass == Conv2dPass::kBackwardWeight) {
     return half_rate_avx512() ? kMinWinogradWeightGradChannelsHalfRate : kMinWinogradChannels;
   }
-  return cpu_level() == CpuLevel::kAvx2 ? kMinWinogradChannelsAvx2 : kMinWinogradChannels;
+  if (cpu_level() == CpuLevel::kAvx2) return kMinWinogradChannelsAvx2;
+  return half_rate_avx512() ? kMinWinogradChannelsHalfRate : kMinWinogradChannels;
 }
 
 constexpr int64_t kMinWinogradTiles = 64;
@@ -124,9 +130,18 @@ int64_t min_winograd_tiles() {
 // batch 4 (64) 0.12 / 0.115; 64-64 @56 at batch 1 (784) 0.86 / 1.14.
 // (Winograd's times there swing more than the direct kernels' while the
 // machine is shared: the same forward ran 0.71-0.90 ms in a busy minute.)
+// With fewer than 64 channels either way (half rate only: kMinWinogradChannelsHalfRate),
+// Winograd needs more tiles again (ms, direct / Winograd, forward, 1 and 2
+// threads; input gradients alike): ResNet-20's 32-32 @16 at batch 32 (2048
+// tiles) 1.39 / 1.27 and 0.71 / 0.69, at batch 8 (512) 0.357 / 0.333 and
+// 0.192 / 0.198, at batch 4 (256) 0.184 / 0.177 and 0.104 / 0.125; 32-32
+// @32 at batch 8 (2048) 1.37 / 1.17 and 0.73 / 0.68; 32-64 @16 at batch 32
+// 2.70 / 2.23 and 1.40 / 1.37. (32-32 @8 at batch 32, 512 tiles, also won,
+// 0.38 / 0.33 and 0.225 / 0.201: the threshold is the cautious side.)
 constexpr int64_t kMinWinogradTilesOverDirect = 256;
 constexpr int64_t kMinWinogradTilesOverDirect64 = 1024;
 constexpr int64_t kMinWinogradTilesOverDirect64HalfRate = 256;
+constexpr int64_t kMinWinogradTilesOverDirect32HalfRate = 1024;
 constexpr int64_t kFewWinogradChannelProduct = 64 * 64;
 // Winograd's weight gradient in its plane layout (wide planes) reads both
 // operands of its products repacked; on full-width AVX-512 the direct kernels were
@@ -208,11 +223,14 @@ const char* winograd_refusal(const Conv2dGeometry& g, Conv2dPass pass, at::Scala
     return "too few output tiles to pay for winograd's kernel transform";
   }
   const bool few_channels = g.in_channels * g.out_channels <= kFewWinogradChannelProduct;
+  const bool under_64 = half_rate_avx512() && std::min(g.in_channels, g.out_channels) < kMinWinogradChannels;
   const int64_t min_tiles_over_direct =
-      !few_channels ? kMinWinogradTilesOverDirect
-                    : (half_rate_avx512() ? kMinWinogradTilesOverDirect64HalfRate : kMinWinogradTilesOverDirect64);
-  if (pass != Conv2dPass::kBackwardWeight && cpu_level() == CpuLevel::kAvx512 && (few_channels || full_rate_avx512()) &&
-      tiles < min_tiles_over_direct &&
+      under_64 ? kMinWinogradTilesOverDirect32HalfRate
+               : (!few_channels ? kMinWinogradTilesOverDirect
+                                : (half_rate_avx512() ? kMinWinogradTilesOverDirect64HalfRate
+                                                      : kMinWinogradTilesOverDirect64));
+  if (pass != Conv2dPass::kBackwardWeight && cpu_level() == CpuLevel::kAvx512 &&
+      (few_channels || under_64 || full_rate_avx512()) && tiles < min_tiles_over_direct &&
       direct_refusal(g, pass, dtype, nullptr) == nullptr) {
     return "too few output tiles for winograd to beat the direct kernels";
   }

@@ -57,6 +57,8 @@ LAYERS = {
     "ResNet-20 32-32 @16": (32, 32, 16, 3, dict(padding=1), "direct", "direct", "direct"),
     "ResNet-20 32-32 @16 at batch 8: 512 tiles, enough for a 32-channel weight gradient at half rate": (
         32, 32, 16, 3, dict(padding=1), "direct", "direct", "direct"),
+    "ResNet-20 32-32 @16 at batch 32: 2048 tiles, enough for 32-channel Winograd at half rate": (
+        32, 32, 16, 3, dict(padding=1), "direct", "direct", "direct"),
     "31 channels": (31, 32, 16, 3, dict(padding=1), "direct", "direct", "direct"),
     "deep 3x3 layer on a 2x2 plane: too few tiles for Winograd": (256, 256, 2, 3, dict(padding=1), "im2col",
                                                                  "im2col", "im2col"),
@@ -83,6 +85,7 @@ BATCH = {
     "64-64 @8 at batch 32 (ResNet-20): with 64 channels too few tiles to beat the direct kernels": 32,  # 512 tiles
     "64-64 @8 at batch 8: 128 tiles, too few to beat the direct kernels at half rate too": 8,
     "ResNet-20 32-32 @16 at batch 8: 512 tiles, enough for a 32-channel weight gradient at half rate": 8,
+    "ResNet-20 32-32 @16 at batch 32: 2048 tiles, enough for 32-channel Winograd at half rate": 32,
     # 288 and 256 tiles, too few for a weight gradient of fewer than 64 channels on Winograd at half rate
     # (at batch 17 they would have enough)
     "63 channels: too few for Winograd": 2,
@@ -106,6 +109,8 @@ AVX2_DIFFERENCES = {
     "ResNet-20 32-32 @16": ["winograd", "winograd", "direct"],
     "ResNet-20 32-32 @16 at batch 8: 512 tiles, enough for a 32-channel weight gradient at half rate":
         ["winograd", "winograd", "direct"],
+    "ResNet-20 32-32 @16 at batch 32: 2048 tiles, enough for 32-channel Winograd at half rate":
+        ["winograd", "winograd", "direct"],
     "VGG 64-128 @16 at batch 1: too few tiles for Winograd's forward to beat the direct kernels": ["winograd"] * 3,
     "64-64 @8 at batch 32 (ResNet-20): with 64 channels too few tiles to beat the direct kernels": ["winograd"] * 3,
     "64-64 @8 at batch 8: 128 tiles, too few to beat the direct kernels at half rate too": ["winograd"] * 3,
@@ -117,11 +122,13 @@ AVX2_DIFFERENCES = {
 # cost twice as much against Winograd's transforms: Winograd takes layers
 # from 48 tiles, not 64, and leaves passes to the direct kernels only with
 # 64 channels each way, below 256 tiles (not 1024); its weight gradient
-# takes 32 channels from 512 tiles (2 samples of ResNet-20's 32-32 @16 have 128).
+# takes 32 channels from 512 tiles (2 samples of ResNet-20's 32-32 @16 have 128),
+# its forward and input gradient from 1024.
 HALF_RATE = KERNELS == "avx512" and torch.ops.custom_conv.cpu_avx512_half_rate()
 HALF_RATE_DIFFERENCES = {
     "ResNet-20 32-32 @16 at batch 8: 512 tiles, enough for a 32-channel weight gradient at half rate":
         ["direct", "direct", "winograd"],
+    "ResNet-20 32-32 @16 at batch 32: 2048 tiles, enough for 32-channel Winograd at half rate": ["winograd"] * 3,
     "64-64 @8 at batch 32 (ResNet-20): with 64 channels too few tiles to beat the direct kernels": ["winograd"] * 3,
     "VGG 64-128 @16 at batch 1: too few tiles for Winograd's forward to beat the direct kernels": ["winograd"] * 3,
     "64-64 @40: Winograd's weight gradient in its plane layout leaves it to the direct kernels":
