@@ -179,7 +179,13 @@ void forward_tiles(const ForwardArgs<typename V::scalar>& a, int64_t tile_begin,
 // plane) and are not stored. The accumulators are the outputs' own rows, so
 // they are stored straight into (channel, oh, ow).
 //
-// runs_tile computes NR runs from `first`, all of them outputs.
+// runs_tile computes NR runs from `first`, all of them outputs. The
+// reduction runs in chunks of kRunChunkSteps, each summed in registers and
+// added to the outputs in order, for the rounding forward_tile's chunks
+// give: in one run of 1152 steps, VGG's 128-128 @16 forward had 4.5x
+// torch's float32 error.
+constexpr int64_t kRunChunkSteps = 192;
+
 template <class V, int CO, int NR>
 void runs_tile(const ForwardArgs<typename V::scalar>& a, int64_t first, int64_t per_row) {
   using T = typename V::scalar;
@@ -194,39 +200,43 @@ void runs_tile(const ForwardArgs<typename V::scalar>& a, int64_t first, int64_t 
     count[i] = static_cast<int>(a.out_w - ow0 < lanes ? a.out_w - ow0 : lanes);
   }
   for (int64_t cb = 0; cb < blocks; ++cb) {
+    const int64_t co0 = cb * CO;
     const T* w = a.wpack + cb * a.steps * CO;
-    typename V::reg acc[CO][NR];
-#pragma GCC unroll 32
-    for (int c = 0; c < CO; ++c) {
-#pragma GCC unroll 8
-      for (int i = 0; i < NR; ++i) acc[c][i] = V::zero();
-    }
-    for (int64_t k = 0; k < a.steps; ++k, w += CO) {
-      const T* xk = a.xp + a.koff[k];
-      typename V::reg xv[NR];
-#pragma GCC unroll 8
-      for (int i = 0; i < NR; ++i) xv[i] = V::load(xk + xoff[i]);
+    for (int64_t k0 = 0; k0 < a.steps; k0 += kRunChunkSteps) {
+      const int64_t k1 = a.steps - k0 < kRunChunkSteps ? a.steps : k0 + kRunChunkSteps;
+      typename V::reg acc[CO][NR];
 #pragma GCC unroll 32
       for (int c = 0; c < CO; ++c) {
-        const typename V::reg wc = V::broadcast(w + c);
 #pragma GCC unroll 8
-        for (int i = 0; i < NR; ++i) acc[c][i] = V::fma(wc, xv[i], acc[c][i]);
+        for (int i = 0; i < NR; ++i) acc[c][i] = V::zero();
       }
-    }
-    const int64_t co0 = cb * CO;
-#pragma GCC unroll 32
-    for (int c = 0; c < CO; ++c) {
-      if (co0 + c >= a.cout) break;
-      const T zero = T(0);
-      const typename V::reg bias = V::broadcast(a.bias ? a.bias + co0 + c : &zero);
-      T* out = a.out + (co0 + c) * L;
+      for (int64_t k = k0; k < k1; ++k, w += CO) {
+        const T* xk = a.xp + a.koff[k];
+        typename V::reg xv[NR];
 #pragma GCC unroll 8
-      for (int i = 0; i < NR; ++i) {
-        const typename V::reg v = V::add(acc[c][i], bias);
-        if (count[i] == lanes) {
-          V::store(out + ooff[i], v);
-        } else {
-          V::store_first(out + ooff[i], v, count[i]);
+        for (int i = 0; i < NR; ++i) xv[i] = V::load(xk + xoff[i]);
+#pragma GCC unroll 32
+        for (int c = 0; c < CO; ++c) {
+          const typename V::reg wc = V::broadcast(w + c);
+#pragma GCC unroll 8
+          for (int i = 0; i < NR; ++i) acc[c][i] = V::fma(wc, xv[i], acc[c][i]);
+        }
+      }
+      // The first chunk's sums plus the bias, then each chunk added on.
+#pragma GCC unroll 32
+      for (int c = 0; c < CO; ++c) {
+        if (co0 + c >= a.cout) break;
+        const T zero = T(0);
+        const typename V::reg bias = V::broadcast(a.bias ? a.bias + co0 + c : &zero);
+        T* out = a.out + (co0 + c) * L;
+#pragma GCC unroll 8
+        for (int i = 0; i < NR; ++i) {
+          if (count[i] == lanes) {
+            V::store(out + ooff[i], V::add(acc[c][i], k0 == 0 ? bias : V::load(out + ooff[i])));
+          } else {
+            const typename V::reg before = k0 == 0 ? bias : V::load_first(out + ooff[i], count[i]);
+            V::store_first(out + ooff[i], V::add(acc[c][i], before), count[i]);
+          }
         }
       }
     }
