@@ -165,7 +165,6 @@ constexpr int64_t kTransformGrain = 16;
 // fewer partial sums than threads, into ranges of at least this many.
 constexpr int64_t kMinSplitChannels = 16;
 
-
 // V, M and dM, (16, T, C) in the channel layout or (16, C, T) in the plane
 // layout, over a buffer of kPoints * point_stride(T * C) values: each
 // point's matrix starts a cache line after the previous one's end. Back to
