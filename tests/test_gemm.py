@@ -27,9 +27,12 @@ def edges(dtype):
     row; one column, a panel, a panel and a column past the columns' block;
     one step, a slice, a slice and a step."""
     mr, nr, kc, nc = blocking(dtype)
-    # Products of up to 16 columns read A as rows of dot products.
+    # Products of up to 16 columns read A as rows of dot products; those of
+    # 17 run as C^T = B^T A^T (fewer lanes wasted), over one slice and over
+    # several, whose sums wait in a buffer for C.
     return [(1, 1, 1), (mr, nr, kc), (mr + 1, nr + 1, kc + 1), (2 * mr - 1, nc + nr + 3, 2 * kc + 5),
-            (3, 2 * nr - 1, 7), (mr * 5 + 2, 17, kc - 1), (mr * 5 + 2, 16, 2 * kc + 7), (37, 1, 300)]
+            (3, 2 * nr - 1, 7), (mr * 5 + 2, 17, kc - 1), (mr * 5 + 2, 17, 2 * kc + 5), (mr * 5 + 2, 16, 2 * kc + 7),
+            (37, 1, 300)]
 
 
 def random(shape, dtype, seed):
