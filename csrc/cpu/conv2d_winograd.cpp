@@ -330,47 +330,11 @@ void run_forward(const Problem& p, const at::Tensor& input, const at::Tensor& we
 // of the partials) G, summed and transformed in double. dU is (partials,
 // 16, C_out, C_in) or, with channels-last sums, (partials, 16, C_in, C_out).
 void kernel_gradient(const at::Tensor& dU, bool planes, at::Tensor& grad_weight) {
-  const int64_t partials = dU.size(0), Co = grad_weight.size(0), Ci = grad_weight.size(1);
+  const int64_t partials = dU.size(0), rows = dU.size(2), cols = dU.size(3);
   const float* du = dU.const_data_ptr<float>();
   float* gw = grad_weight.mutable_data_ptr<float>();
-  // In dU's memory order, so that the 16 planes are read along their rows,
-  // kSumRun offsets at a time: element by element, its 16 x 8 values lay
-  // whole planes apart (a multiple of 4 KiB for 64 channels), in one set of
-  // L1, and a tenth of ResNet-20's 64-64 @8 weight gradient went to reading
-  // them. Each sum still adds the partials in order.
-  constexpr int64_t kSumRun = 64;
-  const int64_t values = Co * Ci;
-  at::parallel_for(0, ceil_div(values, kSumRun), plane_grain(kPoints * partials * kSumRun),
-                   [&](int64_t first, int64_t last) {
-    double sums[kPoints][kSumRun];
-    for (int64_t run = first; run < last; ++run) {
-      const int64_t begin = run * kSumRun, n = std::min(kSumRun, values - begin);
-      for (int xi = 0; xi < kPoints; ++xi) {
-        for (int64_t o = 0; o < n; ++o) sums[xi][o] = 0.0;
-        for (int64_t part = 0; part < partials; ++part) {
-          const float* plane = du + (part * kPoints + xi) * values + begin;
-          for (int64_t o = 0; o < n; ++o) sums[xi][o] += plane[o];
-        }
-      }
-      for (int64_t o = 0; o < n; ++o) {
-        const int64_t offset = begin + o;
-        const int64_t co = planes ? offset / Ci : offset % Co, ci = planes ? offset % Ci : offset / Co;
-        double s[4][4];
-        for (int xi = 0; xi < kPoints; ++xi) s[xi / 4][xi % 4] = sums[xi][o];
-        double t[3][4];  // G^T s: rows s0 + (s1 + s2) / 2, (s1 - s2) / 2, (s1 + s2) / 2 + s3
-        for (int j = 0; j < 4; ++j) {
-          t[0][j] = s[0][j] + 0.5 * (s[1][j] + s[2][j]);
-          t[1][j] = 0.5 * (s[1][j] - s[2][j]);
-          t[2][j] = 0.5 * (s[1][j] + s[2][j]) + s[3][j];
-        }
-        float* k = gw + (co * Ci + ci) * 9;
-        for (int i = 0; i < 3; ++i) {  // (G^T s) G, the same along the columns
-          k[i * 3 + 0] = static_cast<float>(t[i][0] + 0.5 * (t[i][1] + t[i][2]));
-          k[i * 3 + 1] = static_cast<float>(0.5 * (t[i][1] - t[i][2]));
-          k[i * 3 + 2] = static_cast<float>(0.5 * (t[i][1] + t[i][2]) + t[i][3]);
-        }
-      }
-    }
+  at::parallel_for(0, rows, plane_grain(kPoints * partials * cols), [&](int64_t r0, int64_t r1) {
+    winograd::transform_kernel_gradient(du, partials, rows, cols, planes, r0, r1, gw);
   });
 }
 

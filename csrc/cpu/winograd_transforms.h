@@ -70,5 +70,12 @@ void transform_grad_output_channels(const Problem& p, const float* gs, const flo
 // degrees (the input gradient's kernel).
 void transform_kernels(const float* k, int64_t r0, int64_t r1, int64_t rows, int64_t cols, bool rotate, float* u);
 
+// The way back, for the weight gradient: dW = G^T dU G for rows [r0, r1) of
+// dU's partial sums du (partials, 16, rows, cols), the partials added in
+// order, all in double. Element (r, c) is the kernel (r, c) of the (c_out,
+// c_in, 3, 3) gradient gw where `rows_out` (rows = c_out), else (c, r).
+void transform_kernel_gradient(const float* du, int64_t partials, int64_t rows, int64_t cols, bool rows_out,
+                               int64_t r0, int64_t r1, float* gw);
+
 }  // namespace winograd
 }  // namespace custom_conv
