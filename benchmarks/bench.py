@@ -41,6 +41,13 @@ On the CPU in float32 it first measures the machine's peak (fused
 multiply-adds on every thread, custom_conv::cpu_fma_peak_gflops) and reports
 each layer's GFLOP/s, ours and torch's, as a share of it; again at the end,
 as a shared or virtual machine's speed drifts. benchmarks/chart.py draws a result against it.
+With it, before and after the layers, how dear it is for one thread to take
+over data another thread's core holds ("core_to_core", core_to_core_probe):
+on the shared Zen 4 VMs that ratio is ~1.6 most of the time and ~8 for
+minutes at a time (the two vCPUs' cores then apparently on different L3
+slices), and in those minutes routes that pass data between threads (the
+Winograd products split by position, im2col's column matrix) run up to 2x
+slower while oneDNN's direct kernels barely move.
 There it also measures, for every conv shape at the main batch and every
 pass, the float32 error of each algorithm the chooser can reach (switching
 off the one it took with custom_conv.disabled_algorithms until it reaches
@@ -55,6 +62,7 @@ import json
 import math
 import os
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -92,6 +100,34 @@ def measure(fn, min_run_time):
     # model run on all of them.
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return min(timer.blocked_autorange(min_run_time=min_run_time).times)
+
+
+def core_to_core_probe(values=1 << 18, repeats=200):
+    """Microseconds to copy a 1 MiB buffer on two threads, then again into
+    a second buffer (same: each thread reads back the half it wrote; cross:
+    reversed, so each reads the half the other thread's core just wrote),
+    and their ratio. Needs at least two threads; None otherwise."""
+    if torch.get_num_threads() < 2:
+        return None
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        src, x, y = torch.randn(values), torch.empty(values), torch.empty(values)
+
+        def time_it(second_copy):
+            x.copy_(src)
+            second_copy()
+            start = time.perf_counter()
+            for _ in range(repeats):
+                x.copy_(src)
+                second_copy()
+            return (time.perf_counter() - start) / repeats * 1e6
+
+        same = time_it(lambda: y.copy_(x))
+        cross = time_it(lambda: y.copy_(x.flip(0)))
+        return dict(same_us=same, cross_us=cross, ratio=cross / same)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager
@@ -430,6 +466,7 @@ def run(args, dtype_name):
 
     rows = []
     peak = []
+    core_to_core = []  # core_to_core_probe() before and after the layers (CPU)
     machine = (torch.cuda.get_device_name() if args.device == "cuda"
                else f"{cpu_description()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads")
     date = datetime.date.today().isoformat()
@@ -444,7 +481,8 @@ def run(args, dtype_name):
         "complete": false and without the totals of the end."""
         result = dict(date=date, machine=machine, device=args.device, torch=torch.__version__, dtype=dtype_name,
                       threads=torch.get_num_threads(), batches=args.batches, batch=main_batch, skipped=skipped,
-                      cpu_kernels=custom_conv.cpu_kernels(), peak_gflops=peak or None, complete=complete,
+                      cpu_kernels=custom_conv.cpu_kernels(), peak_gflops=peak or None,
+                      core_to_core=core_to_core or None, complete=complete,
                       rows=rows, **totals)
         with open(out, "w") as f:
             json.dump(result, f, indent=1)
@@ -456,6 +494,11 @@ def run(args, dtype_name):
         if dtype == torch.float32 and ops.cpu_fma_peak_gflops(0.01) > 0:
             peak.append(ops.cpu_fma_peak_gflops(1.0))
             print(f"float32 FMA peak on {torch.get_num_threads()} threads: {peak[0]:.1f} GFLOP/s")
+        probe = core_to_core_probe()
+        if probe:
+            core_to_core.append(probe)
+            print(f"core to core: {probe['same_us']:.0f} us a 1 MiB copy pair on one side, {probe['cross_us']:.0f} "
+                  f"across ({probe['ratio']:.1f}x)")
     # Winograd, and so its own arithmetic rate, exists on the CPU in float32 only.
     winograd_column = args.device == "cpu" and dtype == torch.float32
     header = (f"{'layer':<40} {'pass':<17} {'ours ms':>9} {'torch ms':>9} {'GFLOP/s':>8}"
@@ -544,6 +587,9 @@ def run(args, dtype_name):
     if peak:
         peak.append(ops.cpu_fma_peak_gflops(1.0))
         print(f"\nfloat32 FMA peak: {peak[0]:.1f} GFLOP/s before the layers, {peak[1]:.1f} after")
+    if core_to_core:
+        core_to_core.append(core_to_core_probe())
+        print(f"core to core: {core_to_core[0]['ratio']:.1f}x before the layers, {core_to_core[1]['ratio']:.1f}x after")
 
     # Our GEMM alone next to torch's matrix product (benchmarks/gemm.py), on
     # 1 thread and all of them.
