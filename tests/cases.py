@@ -55,6 +55,9 @@ CONV2D_CASES = {
     "depthwise, strides 2 and 3, dilation 2":
         conv((2, 4, 11, 10), (8, 1, 3, 3), groups=4, stride=(2, 3), padding=2, dilation=2),
     "7x7 stride 2 stem": conv((1, 3, 20, 20), (4, 3, 7, 7), stride=2, padding=3),
+    # Rows of 16 and more column pairs: the stride-2 copy into phase planes splits them a vector at a time.
+    "stride 2 on long rows": conv((2, 3, 5, 35), (4, 3, 3, 3), stride=2, padding=1),
+    "depthwise stride 2 on long rows": conv((2, 4, 4, 32), (4, 1, 3, 3), groups=4, stride=2),
     "padding larger than kernel": conv((1, 2, 4, 4), (2, 2, 2, 2), padding=3),
     "single input channel": conv((3, 1, 6, 6), (2, 1, 5, 5)),
     "same padding, odd kernel": conv((2, 3, 7, 8), (4, 3, 3, 5), padding="same"),
