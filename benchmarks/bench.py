@@ -43,11 +43,12 @@ each layer's GFLOP/s, ours and torch's, as a share of it; again at the end,
 as a shared or virtual machine's speed drifts. benchmarks/chart.py draws a result against it.
 With it, before and after the layers, how dear it is for one thread to take
 over data another thread's core holds ("core_to_core", core_to_core_probe):
-on the shared Zen 4 VMs that ratio is ~1.6 most of the time and ~8 for
-minutes at a time (the two vCPUs' cores then apparently on different L3
-slices), and in those minutes routes that pass data between threads (the
-Winograd products split by position, im2col's column matrix) run up to 2x
-slower while oneDNN's direct kernels barely move.
+on a shared 2-vCPU virtual machine that ratio has read ~1.6 most of the
+time and ~8 for minutes at a time (the two vCPUs' cores then apparently on
+different L3 slices), and in those minutes routes that pass data between
+threads (the Winograd products split by position, im2col's column matrix)
+ran up to 2x slower while oneDNN's direct kernels barely moved
+(benchmarks/README.md has the figures).
 There it also measures, for every conv shape at the main batch and every
 pass, the float32 error of each algorithm the chooser can reach (switching
 off the one it took with custom_conv.disabled_algorithms until it reaches
