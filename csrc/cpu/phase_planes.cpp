@@ -12,11 +12,6 @@
 namespace custom_conv {
 namespace {
 
-// Input row `src` into the row of each column phase it feeds (phase b's row
-// at dst + b * phase_values), over zeros already there: input column x goes
-// to phase b = (x + pad_w) mod s_w, column (x + pad_w) / s_w. S is the
-// column stride when known at compile time (0: at run time); with 2 the row
-// is read once and its even and odd values split by permutes.
 // Pairs [m, m + lanes) of a row: its values 2 m .. 2 (m + lanes) read as two
 // vectors and split into even and odd by constant shuffles (the level's
 // permutes). As a loop GCC left this element by element on rows of under 16
@@ -47,6 +42,11 @@ CUSTOM_CONV_INLINE void split_pairs(const T* src, int64_t m, T* even, T* odd) {
   }
 }
 
+// Input row `src` into the row of each column phase it feeds (phase b's row
+// at dst + b * phase_values), over zeros already there: input column x goes
+// to phase b = (x + pad_w) mod s_w, column (x + pad_w) / s_w. S is the
+// column stride when known at compile time (0: at run time); with 2 the row
+// is read once and its even and odd values split by permutes.
 template <int64_t S, typename T>
 CUSTOM_CONV_INLINE void phase_rows(const T* src, const Phases& p, int64_t phase_values, T* dst) {
   if constexpr (S == 2) {
