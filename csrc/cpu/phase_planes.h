@@ -88,9 +88,19 @@ void to_phases(const src_t* plane, const Phases& p, dst_t* dst) {
   }
 }
 
+// One (H, W) plane of float or double read back out of its phase planes
+// (phase_planes.cpp: per level).
+void copy_from_phases(const float* phases, const Phases& p, float* plane);
+void copy_from_phases(const double* phases, const Phases& p, double* plane);
+
 // Reads an (H, W) plane back out of its phase planes (dropping the padding).
+// Float and double planes take copy_from_phases.
 template <typename src_t, typename dst_t>
 void from_phases(const src_t* phases, const Phases& p, dst_t* plane) {
+  if constexpr (std::is_same_v<src_t, dst_t> && (std::is_same_v<src_t, float> || std::is_same_v<src_t, double>)) {
+    copy_from_phases(phases, p, plane);
+    return;
+  }
   for (int64_t b = 0; b < p.stride_w; ++b) {
     const ValidRange cols = valid_outputs(b - p.pad_w, p.stride_w, p.in_w, p.w);
     for (int64_t h = 0; h < p.in_h; ++h) {
