@@ -44,7 +44,9 @@ namespace {
 // layer's rows are short: 14 values, under one AVX-512 vector), at the price
 // of Wq - out_w unused values per row, which the callers drop or hold at
 // zero, and of copying each plane once (the loops then read it kH * kW
-// times, from cache).
+// times, from cache). Each thread's phase planes start as zeros and each
+// copy writes only the input's values over them (to_phases): the padding
+// stays zero from plane to plane.
 struct PlaneLayout {
   Conv2dGeometry g_outer;  // the convolution whose planes these are
   Conv2dGeometry g;        // the loops' geometry: the phase planes', with stride 1 and one flat output row

@@ -279,13 +279,13 @@ struct PerThread {
   T* mine() { return buffers.mutable_data_ptr<T>() + at::get_thread_num() * size; }
 };
 
-// Copies a (C, H, W) sample into the phase planes of each channel, followed
-// by `slack` zeros.
+// Copies a (C, H, W) sample into the phase planes of each channel, in a
+// buffer of them zeroed once (their padding, and the slack past them that
+// the kernels' last tile reads, stay zero: every sample writes the same
+// positions).
 template <typename T>
-void pad_planes(const DirectProblem& p, const T* src, int64_t slack, T* dst) {
+void pad_planes(const DirectProblem& p, const T* src, T* dst) {
   copy_to_phases(src, p.phases(), p.in_channels, dst);
-  dst += p.in_channels * p.phases().values();
-  std::fill(dst, dst + slack, T(0));
 }
 
 // A problem made ready to run: its blocking, its weights packed for it, the
@@ -338,20 +338,20 @@ void run_direct(const direct::Kernels<T>& k, const DirectProblem& p, const T* in
   const int64_t sample_in = p.in_channels * p.in_h * p.in_w, sample_out = p.groups * p.cout * p.out_h * p.out_w;
   const int64_t sample_padded = p.in_channels * p.phases().values() + prepared.blocking.tile;
   if (p.batch >= at::get_num_threads()) {
-    PerThread<T> padded(sample_padded, options, /*zeroed=*/false);  // pad_planes writes every value
+    PerThread<T> padded(sample_padded, options, /*zeroed=*/true);  // see pad_planes
     parallel_items(p.batch, prepared.macs_per_tile * tiles, [&](int64_t begin, int64_t end) {
       T* xp = padded.mine();
       for (int64_t n = begin; n < end; ++n) {
-        pad_planes(p, in + n * sample_in, prepared.blocking.tile, xp);
+        pad_planes(p, in + n * sample_in, xp);
         prepared.run_tiles(xp, bias, out + n * sample_out, 0, tiles);
       }
     });
   } else {
-    const at::Tensor padded = scratch_empty({sample_padded}, options);
+    const at::Tensor padded = scratch_zeros({sample_padded}, options);  // see pad_planes
     T* xp = padded.mutable_data_ptr<T>();
     const int64_t grain = task_grain(tiles, prepared.macs_per_tile);
     for (int64_t n = 0; n < p.batch; ++n) {
-      pad_planes(p, in + n * sample_in, prepared.blocking.tile, xp);
+      pad_planes(p, in + n * sample_in, xp);
       at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
         prepared.run_tiles(xp, bias, out + n * sample_out, begin, end);
       });
@@ -413,11 +413,11 @@ void run_direct_phases(const direct::Kernels<T>& k, const Conv2dGeometry& g, con
     }
   };
   if (g.batch >= at::get_num_threads()) {
-    PerThread<T> padded(sample_padded, options, /*zeroed=*/false), values(buffer, options, /*zeroed=*/false);
+    PerThread<T> padded(sample_padded, options, /*zeroed=*/true), values(buffer, options, /*zeroed=*/false);
     parallel_items(g.batch, macs_per_sample, [&](int64_t begin, int64_t end) {
       T* xp = padded.mine();
       for (int64_t n = begin; n < end; ++n) {
-        pad_planes(p, grad_output + n * sample_in, slack, xp);
+        pad_planes(p, grad_output + n * sample_in, xp);
         sample_phases(n, values.mine(), [&](const Prepared<T>& pr, T* out) {
           pr.run_tiles(xp, nullptr, out, 0, pr.tiles.count);
         });
@@ -425,10 +425,10 @@ void run_direct_phases(const direct::Kernels<T>& k, const Conv2dGeometry& g, con
     });
     return;
   }
-  const at::Tensor padded = scratch_empty({sample_padded}, options), values = scratch_empty({buffer}, options);
+  const at::Tensor padded = scratch_zeros({sample_padded}, options), values = scratch_empty({buffer}, options);
   T* xp = padded.mutable_data_ptr<T>();
   for (int64_t n = 0; n < g.batch; ++n) {
-    pad_planes(p, grad_output + n * sample_in, slack, xp);
+    pad_planes(p, grad_output + n * sample_in, xp);
     sample_phases(n, values.mutable_data_ptr<T>(), [&](const Prepared<T>& pr, T* out) {
       at::parallel_for(0, pr.tiles.count, task_grain(pr.tiles.count, pr.macs_per_tile),
                        [&](int64_t begin, int64_t end) { pr.run_tiles(xp, nullptr, out, begin, end); });
@@ -470,7 +470,7 @@ void run_weight_grad_runs(const direct::Kernels<T>& k, const Conv2dGeometry& g, 
   const T* go = grad_output.const_data_ptr<T>();
   const int64_t sample_in = g.in_channels * g.in_h * g.in_w, sample_padded = g.in_channels * plane + b.lanes;
   const int64_t macs_per_block = ceil_div(g.batch, blocks) * g.out_channels * steps * L;
-  PerThread<T> padded(sample_padded, input.options(), /*zeroed=*/false);  // pad_planes writes every value
+  PerThread<T> padded(sample_padded, input.options(), /*zeroed=*/true);  // see pad_planes
   PerThread<T> lane_sums(g.groups * sums_per_group, input.options(), /*zeroed=*/false);
   parallel_items(blocks, macs_per_block, [&](int64_t begin, int64_t end) {
     T* xp = padded.mine();
@@ -478,7 +478,7 @@ void run_weight_grad_runs(const direct::Kernels<T>& k, const Conv2dGeometry& g, 
     for (int64_t block = begin; block < end; ++block) {
       std::fill(sums, sums + g.groups * sums_per_group, T(0));
       for (int64_t n = block * g.batch / blocks; n < (block + 1) * g.batch / blocks; ++n) {
-        pad_planes(p, x + n * sample_in, b.lanes, xp);
+        pad_planes(p, x + n * sample_in, xp);
         for (int64_t grp = 0; grp < g.groups; ++grp) {
           const direct::WeightGradRunsArgs<T> args{xp + grp * Ci * plane, koff.data(), steps,
                                                    go + (n * g.groups + grp) * Co * L, Co, phases.w,

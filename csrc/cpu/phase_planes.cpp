@@ -101,10 +101,6 @@ CUSTOM_CONV_INLINE void phase_planes_of(const T* plane, const Phases& p, T* dst)
 // vectorise.
 template <typename T>
 CUSTOM_CONV_INLINE void copy_to_phases_body(const T* planes, const Phases& p, int64_t count, T* dst) {
-  // Zeros first, in one pass (each row's padding on its own is a value or
-  // two: as loops, GCC made them calls to memset, which doubled the copy's
-  // time), then the input's values over them.
-  std::fill(dst, dst + count * p.values(), T(0));
   for (int64_t c = 0; c < count; ++c, planes += p.in_h * p.in_w, dst += p.values()) {
     switch (p.stride_w) {
       case 1: phase_planes_of<1>(planes, p, dst); break;

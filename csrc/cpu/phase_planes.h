@@ -57,23 +57,26 @@ void strided_copy(const src_t* src, dst_t* dst, int64_t lo, int64_t hi, int64_t 
 }
 
 // `count` consecutive (H, W) planes of float or double into their phase
-// planes, one plane's after the other (phase_planes.cpp: per level).
+// planes, one plane's after the other (phase_planes.cpp: per level). Like
+// to_phases, it writes only the input's values.
 void copy_to_phases(const float* planes, const Phases& p, int64_t count, float* dst);
 void copy_to_phases(const double* planes, const Phases& p, int64_t count, double* dst);
 
-// Copies one (H, W) plane into its phase planes: zeros everywhere in one
-// pass, then per row of a phase that reads the input, one (strided) copy
-// clipped to it. (Filling each row's padding on its own cost a call to
-// memset per row, for a value or two: a fifth of a strided 32-64 layer's
-// direct forward on 9-wide phases.) Float and double planes take
-// copy_to_phases.
+// Copies one (H, W) plane into its phase planes: per row of a phase that
+// reads the input, one (strided) copy clipped to it. Only the input's
+// values: the padding is left as it is, so `dst` must hold zeros there. The
+// callers zero their buffer once and then refill it plane after plane, as
+// every plane of a layer writes the same positions. (Zeroing every plane's
+// phases before its copy was a tenth of the strided depthwise forward, and
+// filling each row's padding on its own, a call to memset per row for a
+// value or two, a fifth of a strided 32-64 layer's direct forward.) Float
+// and double planes take copy_to_phases.
 template <typename src_t, typename dst_t>
 void to_phases(const src_t* plane, const Phases& p, dst_t* dst) {
   if constexpr (std::is_same_v<src_t, dst_t> && (std::is_same_v<src_t, float> || std::is_same_v<src_t, double>)) {
     copy_to_phases(plane, p, 1, dst);
     return;
   }
-  std::fill(dst, dst + p.values(), dst_t(0));
   for (int64_t a = 0; a < p.stride_h; ++a) {
     // Row i of phase a holds input row i * s_h + a - pad_h.
     const ValidRange rows = valid_outputs(a - p.pad_h, p.stride_h, p.in_h, p.h);
