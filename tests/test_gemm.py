@@ -93,10 +93,10 @@ def test_batches_of_strided_operands_match_float64(dtype):
 
 @pytest.mark.parametrize("dtype", dtypes("float64", "float32"))
 def test_operands_whose_lines_are_whole_pages_apart_match_float64(dtype):
-    """Lines a multiple of 4 KiB apart (Winograd's blocks of 1,024 tiles)
-    are packed through a small staging block; here A's rows and B's columns
-    (B stored transposed) are 4 and 8 KiB apart, each product crossing a
-    slice of kc steps and ending in partial micro-panels."""
+    """Lines a multiple of 4 KiB apart (Winograd's blocks of 1,024 tiles),
+    which share a cache set: here A's rows and B's columns (B stored
+    transposed) are 4 and 8 KiB apart, each product crossing a slice of kc
+    steps and ending in partial micro-panels."""
     mr, nr, kc, _ = blocking(dtype)
     k = kc + 37
     for pages in (1, 2):

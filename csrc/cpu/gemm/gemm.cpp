@@ -25,7 +25,6 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
-#include <cstring>
 #include <memory>
 #include <type_traits>
 
@@ -137,7 +136,13 @@ inline Acc to_acc(T v) {
 
 // Packing an operand whose steps are contiguous along its lines (a
 // row-major A, a B stored transposed: the weight gradients' products) is a
-// transpose: ../transpose.h's, in vector registers, per level.
+// transpose: ../transpose.h's, in vector registers, per level. Its blocks
+// read each line's two halves of a cache line one after the other, so lines
+// a multiple of 4 KiB apart (Winograd's blocks of 1,024 tiles), which share
+// one set of the L1 cache, do not evict each other in between: copying them
+// first into a block of lines that do not share sets made the 16 x 128 x 128
+// x 1,024 weight-gradient product slower (69-73% of the FMA peak on one
+// thread against 76-79%, 64 x 64 and 256 x 256 alike).
 CUSTOM_CONV_PER_LEVEL(void, pack_transposed_float, (const float* panel, int64_t along, int64_t count, int64_t kc,
                                                     int64_t w, float* dst),
                       (panel, along, count, kc, w, dst)) {
@@ -154,46 +159,6 @@ inline void pack_transposed(const float* panel, int64_t along, int64_t count, in
 inline void pack_transposed(const double* panel, int64_t along, int64_t count, int64_t kc, int64_t w,
                             double* dst) {
   pack_transposed_double(panel, along, count, kc, w, dst);
-}
-
-// Lines a multiple of 4 KiB apart (Winograd's blocks of 1,024 tiles) all
-// fall in one set of the L1 cache, and a transpose reading 8 of them at once
-// lost them to each other (the 16 x 128 x 128 x 1024 weight-gradient product
-// ran at 66% of the FMA peak on one thread, at 76% with 1,040 steps). So a
-// few cache lines of each line are first copied, one line after the other,
-// into a small block whose rows lie apart by a stride that spreads them over
-// the sets, and that block is transposed. Each round also prefetches the
-// next round's bytes of every line: a line's rounds are a page apart from
-// the other lines', a pattern the hardware prefetchers did not follow, and
-// the copies waited on L2 and memory (a fifth of that product's time; 73 ->
-// 79% of the peak with the prefetches, MKL 72-79% in the same runs).
-constexpr int64_t kStagedBytes = 256;  // of each line per round: 4 cache lines
-constexpr int64_t kMaxStagedLines = 32;  // per block: every level's mr and nr fit in one
-
-template <typename T>
-void pack_transposed_staged(const T* panel, int64_t along, int64_t count, int64_t kc, int64_t w, T* dst) {
-  constexpr int64_t kSteps = kStagedBytes / sizeof(T), kLd = kSteps + 32 / sizeof(T);
-  alignas(64) T staged[kMaxStagedLines * kLd];
-  for (int64_t i0 = 0; i0 < count; i0 += kMaxStagedLines) {
-    const int64_t lines = std::min(kMaxStagedLines, count - i0);
-    for (int64_t k0 = 0; k0 < kc; k0 += kSteps) {
-      const int64_t steps = std::min(kSteps, kc - k0);
-      for (int64_t i = 0; i < lines; ++i) {
-        const T* line = panel + (i0 + i) * along + k0;
-        if (k0 + kSteps < kc) {
-          for (int64_t b = 0; b < kStagedBytes; b += 64) {
-            __builtin_prefetch(reinterpret_cast<const char*>(line + kSteps) + b);
-          }
-        }
-        if (steps == kSteps) {
-          std::memcpy(staged + i * kLd, line, kStagedBytes);  // a fixed size: copied inline
-        } else {
-          std::memcpy(staged + i * kLd, line, steps * sizeof(T));
-        }
-      }
-      pack_transposed(staged, kLd, lines, steps, w, dst + k0 * w + i0);
-    }
-  }
 }
 
 // A panel stored across its micro-panel, line by line, a cache line of steps
@@ -253,15 +218,8 @@ void pack_panels(const T* src, int64_t along, int64_t step, int64_t lines, int64
     const int64_t count = std::min(width, lines - i0), w = pad_last ? width : count;
     const T* panel = src + i0 * along;
     if (std::is_same_v<T, Acc> && step == 1) {
-      // float, double, steps contiguous: a transpose (see pack_transposed),
-      // staged where the lines share a cache set
-      if constexpr (std::is_same_v<T, Acc>) {
-        if (along * int64_t{sizeof(T)} % 4096 != 0) {
-          pack_transposed(panel, along, count, kc, w, dst);
-        } else {
-          pack_transposed_staged(panel, along, count, kc, w, dst);
-        }
-      }
+      // float, double, steps contiguous: a transpose (see pack_transposed)
+      if constexpr (std::is_same_v<T, Acc>) pack_transposed(panel, along, count, kc, w, dst);
     } else {
       pack_across(panel, along, step, count, kc, w, dst);
     }
