@@ -25,8 +25,33 @@
 namespace custom_conv {
 namespace {
 
-// Threads over planes (N * C); half and bfloat16 add in float and round once
-// per output.
+// Planes whose windows are summed side by side (window_means).
+constexpr int64_t kSidePlanes = 8;
+
+// One window's means in kSidePlanes planes `in_plane` apart: each plane's sum
+// is window_mean's sequence of additions (the same bits), but the planes'
+// sums do not wait on each other. One plane at a time, each addition waited
+// on the one before it: a ResNet head's 7x7 -> 1 forward (49 additions in a
+// row per plane) took 0.19 ms where torch takes 0.06, side by side 0.09; a
+// 2x2/2 pooling of 64 channels at 56x56, batch 32, 3.2 -> 1.3 ms.
+template <typename acc_t, typename scalar_t>
+void window_means(const scalar_t* in, int64_t in_plane, int64_t in_w, const AvgWindow& w,
+                  acc_t (&sums)[kSidePlanes]) {
+  for (acc_t& sum : sums) sum = acc_t(0);
+  if (w.rows.empty() || w.cols.empty()) {
+    return;  // as window_mean: 0, not divided
+  }
+  for (int64_t ih = w.rows.first; ih < w.rows.end; ++ih) {
+    for (int64_t iw = w.cols.first; iw < w.cols.end; ++iw) {
+      const scalar_t* at = in + ih * in_w + iw;
+      for (int64_t j = 0; j < kSidePlanes; ++j) sums[j] += static_cast<acc_t>(at[j * in_plane]);
+    }
+  }
+  for (acc_t& sum : sums) sum /= static_cast<acc_t>(w.divisor);
+}
+
+// Threads over planes (N * C), kSidePlanes at a time; half and bfloat16 add
+// in float and round once per output.
 at::Tensor avg_pool2d_forward_impl(const at::Tensor& input_, const AvgPool2dGeometry& a) {
   const Pool2dGeometry& g = a.pool;
   const at::Tensor input = input_.contiguous();
@@ -45,7 +70,17 @@ at::Tensor avg_pool2d_forward_impl(const at::Tensor& input_, const AvgPool2dGeom
       const scalar_t* in = input.const_data_ptr<scalar_t>();
       scalar_t* out = output.mutable_data_ptr<scalar_t>();
       at::parallel_for(0, g.planes(), plane_grain(in_plane + out_plane), [&](int64_t begin, int64_t end) {
-        for (int64_t p = begin; p < end; ++p) {
+        int64_t p = begin;
+        for (; p + kSidePlanes <= end; p += kSidePlanes) {
+          for (int64_t o = 0; o < out_plane; ++o) {
+            acc_t means[kSidePlanes];
+            window_means(in + p * in_plane, in_plane, g.in_w, windows[o], means);
+            for (int64_t j = 0; j < kSidePlanes; ++j) {
+              out[(p + j) * out_plane + o] = static_cast<scalar_t>(means[j]);
+            }
+          }
+        }
+        for (; p < end; ++p) {
           for (int64_t o = 0; o < out_plane; ++o) {
             out[p * out_plane + o] = static_cast<scalar_t>(window_mean<acc_t>(in + p * in_plane, g.in_w, windows[o]));
           }
