@@ -141,8 +141,9 @@ inline Acc to_acc(T v) {
 // a multiple of 4 KiB apart (Winograd's blocks of 1,024 tiles), which share
 // one set of the L1 cache, do not evict each other in between: copying them
 // first into a block of lines that do not share sets made the 16 x 128 x 128
-// x 1,024 weight-gradient product slower (69-73% of the FMA peak on one
-// thread against 76-79%, 64 x 64 and 256 x 256 alike).
+// x 1,024 weight-gradient product slower (68-77% of the FMA peak on one
+// thread against 76-80%, slower in every alternating pair; 64 x 64 and
+// 256 x 256 alike).
 CUSTOM_CONV_PER_LEVEL(void, pack_transposed_float, (const float* panel, int64_t along, int64_t count, int64_t kc,
                                                     int64_t w, float* dst),
                       (panel, along, count, kc, w, dst)) {
