@@ -36,9 +36,9 @@ namespace {
 // large column matrix out to memory and reading it back. That matters most
 // for layers with few output channels, whose GEMMs do little work per column.
 // Deep layers have small output planes, though, and one sample would make a
-// GEMM too thin to run well, so a chunk always spans at least kMinGemmWidth
-// output columns; those GEMMs do enough work per column that the columns need
-// not stay in cache. Chunks have at most ceil(N / threads) samples so that
+// GEMM too thin to run well, so a chunk spans at least kMinGemmWidth output
+// columns (half as many where that evens out the threads' chunks); those
+// GEMMs do enough work per column that the columns need not stay in cache. Chunks have at most ceil(N / threads) samples so that
 // every thread gets one; a single chunk runs on the calling thread and the
 // GEMM spreads itself over the threads. When the batch is too small to give
 // every thread a chunk kMinGemmWidth wide (deep layers' 2x2 planes), the
@@ -53,7 +53,9 @@ struct Chunks {
   int64_t size, count;
 };
 
-Chunks chunks_for(const Conv2dGeometry& g) {
+// `partial_sums`: the weight gradient's, whose chunks each add one more
+// partial sum of the whole gradient; its chunks keep their full width.
+Chunks chunks_for(const Conv2dGeometry& g, bool partial_sums = false) {
   const int64_t per_thread = ceil_div(std::max<int64_t>(g.batch, 1), at::get_num_threads());
   const int64_t wide_enough = ceil_div(kMinGemmWidth, std::max<int64_t>(g.output_plane(), 1));
   if (g.batch > 0 && per_thread < wide_enough &&
@@ -63,11 +65,15 @@ Chunks chunks_for(const Conv2dGeometry& g) {
   int64_t size = std::min(std::max(g.batch_chunk(kChunkColumns), wide_enough), per_thread);
   // Then as many chunks as a multiple of the threads, where the chunks stay
   // wide enough: 3 chunks on 2 threads left one idle for a third of the
-  // time (ResNet-20's 32-64/2 input gradient).
+  // time (ResNet-20's 32-64/2 input gradient). Half of kMinGemmWidth is
+  // wide enough for that: ResNet-18's 256-512 /2 @14 at batch 32, 4 chunks
+  // of 8 samples (392 columns) instead of 3 of 11, forward 27 -> 21-23 ms,
+  // input gradient 27 -> 21-22; its weight gradient, with 4 partial sums
+  // instead of 3, 26 -> 29, so there the chunks stay full width.
   const int64_t threads = at::get_num_threads();
   if (g.batch > 0) {
     const int64_t balanced = ceil_div(g.batch, ceil_div(ceil_div(g.batch, size), threads) * threads);
-    if (balanced >= wide_enough) size = balanced;
+    if ((partial_sums ? balanced : 2 * balanced) >= wide_enough) size = balanced;
   }
   return {size, ceil_div(g.batch, size)};
 }
@@ -547,7 +553,7 @@ void conv2d_im2col_backward_weight(const Conv2dGeometry& g, const at::Tensor& in
     return grouped_backward_weight(g, plan, input, grad_output, grad_weight);
   }
   const int64_t Co = g.out_channels_per_group(), K = g.col_rows_per_group(), L = g.output_plane();
-  const Chunks chunks = chunks_for(g);
+  const Chunks chunks = chunks_for(g, /*partial_sums=*/true);
   const int64_t blocks = std::max<int64_t>(
       1, std::min({chunks.count, kWeightPartials, kPartialsBudget / (g.out_channels * K)}));
   // Each block's partial holds dW_g (C_out/g, K) = grad_out_g @ cols_g^T,
