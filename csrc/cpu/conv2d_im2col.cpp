@@ -38,9 +38,10 @@ namespace {
 // Deep layers have small output planes, though, and one sample would make a
 // GEMM too thin to run well, so a chunk spans at least kMinGemmWidth output
 // columns (half as many where that evens out the threads' chunks); those
-// GEMMs do enough work per column that the columns need not stay in cache. Chunks have at most ceil(N / threads) samples so that
-// every thread gets one; a single chunk runs on the calling thread and the
-// GEMM spreads itself over the threads. When the batch is too small to give
+// GEMMs do enough work per column that the columns need not stay in cache.
+// Chunks have at most ceil(N / threads) samples so that every thread gets
+// one; a single chunk runs on the calling thread and the GEMM spreads itself
+// over the threads. When the batch is too small to give
 // every thread a chunk kMinGemmWidth wide (deep layers' 2x2 planes), the
 // whole batch is one chunk, if its columns fit in kMaxBatchColumns values:
 // one GEMM spread over the threads, each reading part of the weights,
