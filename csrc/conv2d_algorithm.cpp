@@ -34,6 +34,14 @@ constexpr int64_t kMaxDirectForwardStepsOutChannels = 128;
 constexpr int64_t kMinDirectForwardStepsPlane = 14 * 14;
 // A 1x1 kernel needs no im2col at all, so the GEMM on the input itself wins.
 constexpr int64_t kMinDirectTaps = 2;
+// A strided layer's input gradient runs phase by phase; with a single
+// sample, the phases' tiles split over two threads ran 1.4-2.8x slower than
+// im2col's product (ResNet-18's 64-128 3x3/2 @56, 4x4/2 layers of 64-256
+// channels, 0.3-1.3 ms), which on one thread they matched (0.96-1.04x).
+// Whether to split is not the chooser's to ask (the route must not depend
+// on the thread count: results stay the same bits on any), so one sample
+// takes im2col.
+constexpr int64_t kMinDirectStridedInputGradBatch = 2;
 // The direct forward kernel computes whole blocks of output channels and
 // whole tiles of outputs; below this share of useful work (planes of 2x2,
 // few output channels) im2col is faster.
@@ -159,11 +167,34 @@ bool is_disabled(Conv2dAlgorithm algorithm) {
 
 constexpr const char* kSwitchedOff = "switched off by the user (custom_conv.disabled_algorithms)";
 
+// Along one axis, the most taps of a kernel that reach one phase of a
+// strided input gradient: input position i takes tap k from output (i + pad
+// - k * dil) / stride where that divides evenly, so the phases i mod stride
+// share the taps out between them (3 taps with stride 2: 2 and 1).
+int64_t most_phase_taps(int64_t kernel, int64_t dil, int64_t pad, int64_t stride) {
+  int64_t most = 0;
+  for (int64_t a = 0; a < stride; ++a) {
+    int64_t taps = 0;
+    for (int64_t k = 0; k < kernel; ++k) taps += (a + pad - k * dil) % stride == 0;
+    most = std::max(most, taps);
+  }
+  return most;
+}
+
 // The layer as seen by the pass's product: the input gradient of a stride-1
 // layer is a convolution of the output gradient, with C_in and C_out swapped.
+// A strided layer's input gradient is one such convolution per phase (the
+// direct kernels compute it so), each over that phase's taps only: its
+// largest phase counts. Counting all the taps sent the input gradients of
+// 4x4/2 layers of 64-128 output channels to im2col, 1.15-1.35x slower
+// there at batch 8 and 32 (AVX-512), and ResNet-18's 64-128 3x3/2 @56
+// (1.04-1.16x).
 int64_t reduction_steps(const Conv2dGeometry& g, Conv2dPass pass) {
-  const int64_t taps = g.kernel_h * g.kernel_w;
-  return (pass == Conv2dPass::kBackwardInput ? g.out_channels_per_group() : g.in_channels_per_group()) * taps;
+  if (pass != Conv2dPass::kBackwardInput) {
+    return g.in_channels_per_group() * g.kernel_h * g.kernel_w;
+  }
+  return g.out_channels_per_group() * most_phase_taps(g.kernel_h, g.dilation_h, g.pad_h, g.stride_h) *
+         most_phase_taps(g.kernel_w, g.dilation_w, g.pad_w, g.stride_w);
 }
 
 // Why the direct kernels should not run this pass of the layer (the route
@@ -177,6 +208,10 @@ const char* direct_refusal(const Conv2dGeometry& g, Conv2dPass pass, at::ScalarT
   }
   if (g.kernel_h * g.kernel_w < kMinDirectTaps) {
     return "a 1x1 kernel needs no im2col: the GEMM reads the input as it is";
+  }
+  if (pass == Conv2dPass::kBackwardInput && g.batch < kMinDirectStridedInputGradBatch &&
+      (g.stride_h > 1 || g.stride_w > 1)) {
+    return "a single sample's strided input gradient: im2col's product spreads over the threads better";
   }
   const bool long_forward = pass == Conv2dPass::kForward &&
                             g.out_channels_per_group() <= kMaxDirectForwardStepsOutChannels &&

@@ -65,6 +65,14 @@ LAYERS = {
     "ResNet-18 256-256 @14 at batch 1: 49 tiles, too few for Winograd at full rate": (
         256, 256, 14, 3, dict(padding=1), "im2col", "im2col", "im2col"),
     "1x1 projection": (64, 128, 8, 1, {}, "im2col", "im2col", "im2col"),
+    # A strided input gradient counts the taps of its largest phase: 4 of a
+    # 4x4 kernel at stride 2, so 144 output channels make the 576 steps of the limit.
+    "4x4/2, 144 output channels: 576 steps in each phase of the input gradient, the direct limit": (
+        32, 144, 16, 4, dict(stride=2, padding=1), "direct", "direct", "im2col"),
+    "4x4/2, 145 output channels: one phase step past the limit": (
+        32, 145, 16, 4, dict(stride=2, padding=1), "direct", "im2col", "im2col"),
+    "ResNet-20 stride 2, one sample: the input gradient to im2col": (
+        16, 32, 32, 3, dict(stride=2, padding=1), "direct", "im2col", "direct"),
     "3 input channels: the input gradient's 3 channels fill few lanes": (3, 16, 32, 3, dict(padding=1), "direct",
                                                                          "im2col", "direct"),
     "2x2 plane: most lanes would compute nothing": (16, 16, 2, 3, dict(padding=1), "im2col", "im2col", "direct"),
@@ -93,6 +101,7 @@ BATCH = {
     "64-64 @40: Winograd's weight gradient in its plane layout leaves it to the direct kernels": 4,  # 1600 tiles
     "ResNet-18 256-256 @14 at batch 1: 49 tiles, too few for Winograd at full rate": 1,
     "deep 3x3 layer on a 2x2 plane: too few tiles for Winograd": 32,  # 32 tiles, VGG's 512 @2 at batch 32
+    "ResNet-20 stride 2, one sample: the input gradient to im2col": 1,
 }
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 import custom_conv
 from custom_conv import functional as CF
-from helpers import assert_matches_torch
+from helpers import assert_matches_torch, num_threads
 
 ORDER = ["baseline", "avx2", "avx512"]  # each level can run where the next one can
 TESTS = Path(__file__).parent
@@ -100,6 +100,34 @@ def test_direct_kernel_shapes_match_torch(case, dtype):
     tolerances = {} if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-4)
     assert_matches_torch(lambda x, w, b: CF.conv2d(x, w, b, **kwargs),
                          lambda x, w, b: F.conv2d(x, w, b, **kwargs), [x, w, b], **tolerances)
+
+
+# A strided input gradient of fewer samples than threads runs the tiles of
+# all its phases on the threads at once, then spreads the phases by channels.
+# The chooser sends a single sample to im2col, so the direct route is forced;
+# the 2x3 kernel with strides (3, 2) leaves a phase of rows no tap reaches.
+ONE_SAMPLE_STRIDED = {
+    "3x3 stride 2": ((1, 8, 15, 15), (16, 8, 3, 3), dict(stride=2, padding=1)),
+    "4x4 stride 2": ((1, 8, 16, 16), (16, 8, 4, 4), dict(stride=2, padding=1)),
+    "2x3 strides 3 and 2": ((1, 4, 13, 12), (8, 4, 2, 3), dict(stride=(3, 2), padding=(0, 1))),
+}
+
+
+@pytest.mark.skipif(custom_conv.cpu_kernels() == "baseline", reason="no direct kernels at the baseline level")
+@pytest.mark.parametrize("case", list(ONE_SAMPLE_STRIDED), ids=list(ONE_SAMPLE_STRIDED))
+def test_one_sample_strided_input_gradient_on_more_threads(case):
+    input_shape, weight_shape, kwargs = ONE_SAMPLE_STRIDED[case]
+    x, w = torch.randn(input_shape, dtype=torch.float64), torch.randn(weight_shape, dtype=torch.float64)
+    gy = torch.randn_like(F.conv2d(x, w, **kwargs))
+    expected = torch.nn.grad.conv2d_input(x.shape, w, gy, **kwargs)
+    grads = []
+    for threads in (1, 2):
+        with num_threads(threads), custom_conv.forced_algorithm("direct"):
+            xr = x.clone().requires_grad_()
+            grads.append(torch.autograd.grad(CF.conv2d(xr, w, **kwargs), xr, gy)[0])
+    torch.testing.assert_close(grads[1], expected, rtol=1e-12, atol=1e-12)
+    # The tiles' split changes no sum: the same bits as the one-thread route.
+    assert torch.equal(grads[0], grads[1])
 
 
 def test_infinities_reach_only_the_outputs_and_gradients_they_touch():

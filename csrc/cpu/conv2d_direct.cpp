@@ -359,12 +359,13 @@ void run_direct(const direct::Kernels<T>& k, const DirectProblem& p, const T* in
   }
 }
 
-// Writes one phase's (C, rows, cols) values to its rows a + s_h * y and
-// columns b + s_w * x of a (C, H, W) sample of the input gradient, or zeros
-// there where `values` is null (a phase no tap reaches).
+// Writes channels [c0, c1) of one phase's (C, rows, cols) values to its rows
+// a + s_h * y and columns b + s_w * x of a (C, H, W) sample of the input
+// gradient, or zeros there where `values` is null (a phase no tap reaches).
 template <typename T>
-void spread_phase(const Conv2dGeometry& g, const GradPhase& ph, const T* values, T* sample) {
-  for (int64_t c = 0; c < g.in_channels; ++c) {
+void spread_phase(const Conv2dGeometry& g, const GradPhase& ph, const T* values, T* sample, int64_t c0,
+                  int64_t c1) {
+  for (int64_t c = c0; c < c1; ++c) {
     for (int64_t y = 0; y < ph.rows; ++y) {
       T* dst = sample + (c * g.in_h + ph.a + y * g.stride_h) * g.in_w + ph.b;
       if (values == nullptr) {
@@ -378,11 +379,16 @@ void spread_phase(const Conv2dGeometry& g, const GradPhase& ph, const T* values,
 
 // The input gradient of a strided layer, phase by phase (input_grad_problem)
 // sample by sample: each sample's output gradient padded once for all its
-// phases, each phase computed into a buffer the size of one sample's phase
-// and spread from there over its rows and columns of the input gradient
-// while both are in cache. Padding the whole output gradient once per phase,
-// and spreading each phase of the whole batch afterwards from memory, took
-// two fifths of ResNet-20's 16-32 /2 input gradient.
+// phases. With a sample per thread, each phase is computed into a buffer the
+// size of one sample's phase and spread from there over its rows and
+// columns of the input gradient while both are in cache. Padding the whole
+// output gradient once per phase, and spreading each phase of the whole
+// batch afterwards from memory, took two fifths of ResNet-20's 16-32 /2
+// input gradient. With fewer samples than threads, the tiles of all phases
+// of a sample are spread over the threads at once, into one buffer holding
+// every phase, and then spread by channels: a parallel loop per phase, with
+// the spreading left to one thread, made the 64-64 3x3/2 @32 input gradient
+// at batch 1 slower on two threads than on one (0.37 against 0.25 ms).
 template <typename T>
 void run_direct_phases(const direct::Kernels<T>& k, const Conv2dGeometry& g, const T* grad_output,
                        const T* weight, T* grad_input, const at::TensorOptions& options) {
@@ -405,33 +411,50 @@ void run_direct_phases(const direct::Kernels<T>& k, const Conv2dGeometry& g, con
   const DirectProblem& p = problems.front();  // every phase reads the same padded planes
   const int64_t sample_in = p.in_channels * p.in_h * p.in_w, sample_padded = p.in_channels * p.phases().values() + slack;
   const int64_t sample_out = g.in_channels * g.in_h * g.in_w;
-  // One sample's phases, `run` computing each into `values`.
-  const auto sample_phases = [&](int64_t n, T* values, const auto& run) {
-    for (size_t i = 0; i < phases.size(); ++i) {
-      if (prepared_of[i] >= 0) run(prepared[prepared_of[i]], values);
-      spread_phase(g, phases[i], prepared_of[i] >= 0 ? values : nullptr, grad_input + n * sample_out);
-    }
-  };
   if (g.batch >= at::get_num_threads()) {
     PerThread<T> padded(sample_padded, options, /*zeroed=*/true), values(buffer, options, /*zeroed=*/false);
     parallel_items(g.batch, macs_per_sample, [&](int64_t begin, int64_t end) {
       T* xp = padded.mine();
+      T* out = values.mine();
       for (int64_t n = begin; n < end; ++n) {
         pad_planes(p, grad_output + n * sample_in, xp);
-        sample_phases(n, values.mine(), [&](const Prepared<T>& pr, T* out) {
-          pr.run_tiles(xp, nullptr, out, 0, pr.tiles.count);
-        });
+        for (size_t i = 0; i < phases.size(); ++i) {
+          const Prepared<T>* pr = prepared_of[i] >= 0 ? &prepared[prepared_of[i]] : nullptr;
+          if (pr) pr->run_tiles(xp, nullptr, out, 0, pr->tiles.count);
+          spread_phase(g, phases[i], pr ? out : nullptr, grad_input + n * sample_out, 0, g.in_channels);
+        }
       }
     });
     return;
   }
-  const at::Tensor padded = scratch_zeros({sample_padded}, options), values = scratch_empty({buffer}, options);
+  // Prepared phase j's values start at offset[j] of `all`; its tiles are
+  // items first[j] .. first[j + 1] of the sample's.
+  std::vector<int64_t> offset, first{0};
+  int64_t values_total = 0;
+  for (size_t i = 0; i < phases.size(); ++i) {
+    if (prepared_of[i] < 0) continue;
+    offset.push_back(values_total);
+    values_total += g.in_channels * phases[i].rows * phases[i].cols;
+    first.push_back(first.back() + prepared[prepared_of[i]].tiles.count);
+  }
+  const int64_t tiles = first.back();
+  const at::Tensor padded = scratch_zeros({sample_padded}, options), all = scratch_empty({values_total}, options);
   T* xp = padded.mutable_data_ptr<T>();
+  T* values = all.mutable_data_ptr<T>();
   for (int64_t n = 0; n < g.batch; ++n) {
     pad_planes(p, grad_output + n * sample_in, xp);
-    sample_phases(n, values.mutable_data_ptr<T>(), [&](const Prepared<T>& pr, T* out) {
-      at::parallel_for(0, pr.tiles.count, task_grain(pr.tiles.count, pr.macs_per_tile),
-                       [&](int64_t begin, int64_t end) { pr.run_tiles(xp, nullptr, out, begin, end); });
+    at::parallel_for(0, tiles, task_grain(tiles, macs_per_sample / std::max<int64_t>(1, tiles)),
+                     [&](int64_t begin, int64_t end) {
+      for (size_t j = 0; j < prepared.size(); ++j) {
+        const int64_t b = std::max(begin, first[j]), e = std::min(end, first[j + 1]);
+        if (b < e) prepared[j].run_tiles(xp, nullptr, values + offset[j], b - first[j], e - first[j]);
+      }
+    });
+    at::parallel_for(0, g.in_channels, plane_grain(g.in_h * g.in_w), [&](int64_t c0, int64_t c1) {
+      for (size_t i = 0; i < phases.size(); ++i) {
+        const T* v = prepared_of[i] >= 0 ? values + offset[prepared_of[i]] : nullptr;
+        spread_phase(g, phases[i], v, grad_input + n * sample_out, c0, c1);
+      }
     });
   }
 }
