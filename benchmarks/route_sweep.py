@@ -7,6 +7,7 @@ marked, next to the route the chooser takes today.
     .venv/bin/python benchmarks/route_sweep.py                # float32, batch 32
     .venv/bin/python benchmarks/route_sweep.py --batch 1 --dtype float64
     .venv/bin/python benchmarks/route_sweep.py --out results/benchmarks/route-sweep-cpu-float32.json
+    .venv/bin/python benchmarks/route_sweep.py --shapes strided --batch 8   # strided layers' input gradients
 
 With --device cuda, the GPU's kernels instead: im2col's products as the
 implicit GEMM and through a column matrix (disabled_algorithms("implicit_gemm")),
@@ -75,6 +76,27 @@ def torch_pass_callables(x, weight, shape):
             "backward_weight": backward([False, True, False])}
 
 
+# Strided layers beyond the benchmark's, whose input gradients the direct
+# kernels compute phase by phase: the measurements behind the chooser's
+# counting of a phase's taps (4x4/2 as in DCGAN's generator and
+# discriminator, 3x3/2 and 5x5/2 of several widths, the 7x7/2 stem).
+STRIDED_SHAPES = [
+    ("4x4/2 32-64 @64", 32, 64, 64, 64, 4, 2, 1, 1),
+    ("4x4/2 64-64 @32", 64, 64, 32, 32, 4, 2, 1, 1),
+    ("4x4/2 64-128 @32", 64, 128, 32, 32, 4, 2, 1, 1),
+    ("4x4/2 128-256 @16", 128, 256, 16, 16, 4, 2, 1, 1),
+    ("4x4/2 256-512 @8", 256, 512, 8, 8, 4, 2, 1, 1),
+    ("3x3/2 32-64 @16", 32, 64, 16, 16, 3, 2, 1, 1),
+    ("3x3/2 64-64 @32", 64, 64, 32, 32, 3, 2, 1, 1),
+    ("3x3/2 64-128 @56", 64, 128, 56, 56, 3, 2, 1, 1),
+    ("3x3/2 128-256 @14", 128, 256, 14, 14, 3, 2, 1, 1),
+    ("3x3/2 128-256 @28", 128, 256, 28, 28, 3, 2, 1, 1),
+    ("3x3/2 256-512 @14", 256, 512, 14, 14, 3, 2, 1, 1),
+    ("5x5/2 64-64 @32", 64, 64, 32, 32, 5, 2, 2, 1),
+    ("7x7/2 3-64 @224", 3, 64, 224, 224, 7, 2, 3, 1),
+]
+
+
 def cuda_sweep(shapes, batch, dtype, min_run_time):
     """The GPU's routes for im2col's products, and cuDNN's, per pass."""
     routes = {"implicit": contextlib.nullcontext, "columns": lambda: custom_conv.disabled_algorithms("implicit_gemm"),
@@ -102,7 +124,7 @@ def cuda_sweep(shapes, batch, dtype, min_run_time):
     return rows
 
 
-def sweep(shapes, batch, dtype, min_run_time):
+def sweep(shapes, batch, dtype, min_run_time, passes=PASSES):
     rows = []
     routes = custom_conv.explain.ALGORITHMS
     print(f"{'layer':<40} {'pass':<16}" + "".join(f" {r:>9}" for r in routes) + "   fastest    chosen  slower")
@@ -110,7 +132,7 @@ def sweep(shapes, batch, dtype, min_run_time):
         x, weight, calls = pass_callables(shape, batch, dtype)
         kwargs = dict(stride=shape[6], padding=shape[7], groups=shape[8])
         chosen = {p: c.algorithm for p, c in custom_conv.explain_conv2d(x, weight, **kwargs).items()}
-        for pass_ in PASSES:
+        for pass_ in passes:
             times = {}
             for route in routes:
                 with custom_conv.forced_algorithm(route):
@@ -133,11 +155,13 @@ def main():
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"])
     parser.add_argument("--filter", default="", help="only shapes whose name contains this")
+    parser.add_argument("--shapes", default="bench", choices=["bench", "strided"],
+                        help="bench.py's layers, every pass; or STRIDED_SHAPES, their input gradients (CPU)")
     parser.add_argument("--min-run-time", type=float, default=0.2, help="seconds per measurement")
     parser.add_argument("--out", help="JSON file for the rows")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
-    shapes = [s for s in CONV_SHAPES if args.filter in s[0]]
+    shapes = [s for s in (CONV_SHAPES if args.shapes == "bench" else STRIDED_SHAPES) if args.filter in s[0]]
     if args.device == "cuda":
         torch.backends.cudnn.allow_tf32 = False  # cuDNN's exact float32, as bench.py compares with
         torch.backends.cudnn.benchmark = True
@@ -152,14 +176,15 @@ def main():
         machine = cpu_description()
         print(f"{machine}, {args.dtype}, batch {args.batch}, {torch.get_num_threads()} threads, "
               f"level {custom_conv.cpu_kernels()}")
-        rows = sweep(shapes, args.batch, dtype, args.min_run_time)
+        rows = sweep(shapes, args.batch, dtype, args.min_run_time,
+                     PASSES if args.shapes == "bench" else ("backward_input",))
     slow = [r for r in rows if r["chosen_over_fastest"] > 1.1]
     print(f"\n{len(slow)} of {len(rows)} passes run a route more than 10% slower than the fastest")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(dict(date=datetime.date.today().isoformat(), machine=machine, device=args.device,
                            threads=torch.get_num_threads(), torch=torch.__version__, dtype=args.dtype,
-                           batch=args.batch, cpu_kernels=custom_conv.cpu_kernels(), rows=rows), f, indent=1)
+                           batch=args.batch, shapes=args.shapes, cpu_kernels=custom_conv.cpu_kernels(), rows=rows), f, indent=1)
 
 
 if __name__ == "__main__":
