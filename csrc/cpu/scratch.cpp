@@ -17,6 +17,8 @@
 #include <cstdlib>
 #include <mutex>
 
+#include <sys/mman.h>
+
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
 #else
@@ -32,6 +34,7 @@ constexpr int64_t kAlignment = 64;
 // Smaller temporaries come from at::empty: malloc keeps chunks this small
 // for the next call itself.
 constexpr int64_t kMinPooledBytes = int64_t{1} << 18;
+constexpr int64_t kHugePage = int64_t{1} << 21;
 
 struct Buffer {
   void* data;
@@ -76,8 +79,18 @@ struct Pool {
         return b;
       }
     }
-    void* data = std::aligned_alloc(kAlignment, static_cast<size_t>(bytes));
+    // Buffers of 2 MiB and more are asked to be backed by 2 MiB pages (where
+    // the system leaves transparent huge pages to madvise): a Winograd block's
+    // 16 point matrices and U of 4-16 MiB otherwise span thousands of 4 KiB
+    // pages, more than the TLB holds. Measured on a Zen 4, batch 32, two
+    // threads, alternating builds, fastest of 30 calls: VGG's 128-128 @16
+    // weight gradient 7.9-9.0 -> 7.3-7.8 ms, 512-512 @4 forward 8.0-8.4 ->
+    // 7.7-8.2, 256-256 @8 forward 6.3-6.5 -> 6.2-6.4.
+    const bool huge = bytes >= kHugePage;
+    const int64_t rounded = huge ? (bytes + kHugePage - 1) / kHugePage * kHugePage : bytes;
+    void* data = std::aligned_alloc(huge ? kHugePage : kAlignment, static_cast<size_t>(rounded));
     TORCH_CHECK(data != nullptr, "custom_conv: out of memory for ", bytes, " bytes of scratch");
+    if (huge) madvise(data, static_cast<size_t>(rounded), MADV_HUGEPAGE);
     ASAN_POISON_MEMORY_REGION(data, static_cast<size_t>(bytes));
     std::lock_guard<std::mutex> lock(mutex);
     note_in_use(bytes);

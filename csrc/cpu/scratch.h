@@ -14,7 +14,8 @@
 // The pool keeps a few buffers per thread
 // at most, and never more bytes than the process's scratch had in use at
 // one moment; release_scratch() hands all it keeps back to the system.
-// Temporaries under a quarter of a MiB are at::empty's.
+// Temporaries under a quarter of a MiB are at::empty's; buffers of 2 MiB and
+// more are asked for 2 MiB pages (madvise), for the TLB's sake.
 #pragma once
 
 #include <ATen/core/Tensor.h>
