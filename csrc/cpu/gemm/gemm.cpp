@@ -103,6 +103,18 @@ constexpr int64_t kMaxTaskSums = int64_t{1} << 18;
 // costs more.
 constexpr int64_t kMinParallelMacs = int64_t{1} << 20;
 
+// The reduction's slices: as few as kc allows, of about equal length, in
+// multiples of 8 steps like kc itself (the packing transposes 8 x 8 blocks;
+// slices of 342 steps left a remainder in every one, and the Winograd
+// weight gradient's product ran 3 points of the peak slower). Slices of kc
+// and a remainder left the last one short, while each slice loads and
+// stores every tile of C once: im2col's 64 x 576 x 1024 forward product ran
+// 432 steps and then 144.
+inline int64_t slice_steps(int64_t k, int64_t kc) {
+  const int64_t slices = (k + kc - 1) / kc;
+  return std::min(k, ((k + slices - 1) / slices + 7) / 8 * 8);
+}
+
 // 64-byte aligned scratch for one thread's packed blocks, kept between calls
 // (the threads of torch's pool live as long as the process).
 template <typename Acc>
@@ -265,7 +277,7 @@ void run_block(const Problem<T, Acc>& p, const Blocking& bl, int64_t z, int64_t 
                int64_t j1) {
   const MicroKernels<Acc>& mk = micro_kernels<Acc>();
   const int64_t rows = i1 - i0, cols = j1 - j0;
-  const int64_t kc_max = std::min(bl.kc, p.k), nc_max = std::min(bl.nc, (cols + bl.nr - 1) / bl.nr * bl.nr);
+  const int64_t kc_max = slice_steps(p.k, bl.kc), nc_max = std::min(bl.nc, (cols + bl.nr - 1) / bl.nr * bl.nr);
   constexpr bool kSameType = std::is_same_v<T, Acc>;
   const bool rows_of_c = p.cs_c == 1 && !p.transposed;
   // The task's sums in a buffer across the slices (see kMaxTaskSums), whole
@@ -287,8 +299,8 @@ void run_block(const Problem<T, Acc>& p, const Blocking& bl, int64_t z, int64_t 
   // would serve only a few micro-tiles).
   const bool b_in_place = kSameType && p.b.cs == 1 && rows <= kMaxRowsForBInPlace * bl.mr &&
                           (p.b.rs * int64_t{sizeof(T)}) % kAliasingBytes != 0;
-  for (int64_t k0 = 0; k0 < p.k; k0 += bl.kc) {
-    const int64_t kc = std::min(bl.kc, p.k - k0);
+  for (int64_t k0 = 0; k0 < p.k; k0 += kc_max) {
+    const int64_t kc = std::min(kc_max, p.k - k0);
     const bool first = k0 == 0;
     const Acc beta = first ? p.beta : Acc(1);
     pack_panels(a + k0 * p.a.cs, p.a.rs, p.a.cs, rows, kc, bl.mr, /*pad_last=*/false, packed_a);
