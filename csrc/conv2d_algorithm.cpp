@@ -35,12 +35,14 @@ constexpr int64_t kMinDirectForwardStepsPlane = 14 * 14;
 // A 1x1 kernel needs no im2col at all, so the GEMM on the input itself wins.
 constexpr int64_t kMinDirectTaps = 2;
 // A strided layer's input gradient runs phase by phase; with a single
-// sample, the phases' tiles split over two threads ran 1.4-2.8x slower than
-// im2col's product (ResNet-18's 64-128 3x3/2 @56, 4x4/2 layers of 64-256
-// channels, 0.3-1.3 ms), which on one thread they matched (0.96-1.04x).
-// Whether to split is not the chooser's to ask (the route must not depend
-// on the thread count: results stay the same bits on any), so one sample
-// takes im2col.
+// sample on two threads, the phases' tiles shared out ran 0.85-2.0x
+// im2col's time on the layers the direct kernels take at larger batches
+// (route_sweep.py --shapes strided --batch 1: 3x3/2 64-64 @32 0.31 against
+// 0.16 ms, 64-128 @56 1.31 against 0.72, 4x4/2 32-64 @64 0.41 against
+// 0.48); on one thread the direct kernels ran 0.8-1.02x im2col's time
+// there. The route must not depend on the thread count (results stay the
+// same bits on any), and im2col's product is the one that spreads over
+// more threads, so one sample takes im2col.
 constexpr int64_t kMinDirectStridedInputGradBatch = 2;
 // The direct forward kernel computes whole blocks of output channels and
 // whole tiles of outputs; below this share of useful work (planes of 2x2,
