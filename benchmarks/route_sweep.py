@@ -184,7 +184,8 @@ def main():
         with open(args.out, "w") as f:
             json.dump(dict(date=datetime.date.today().isoformat(), machine=machine, device=args.device,
                            threads=torch.get_num_threads(), torch=torch.__version__, dtype=args.dtype,
-                           batch=args.batch, shapes=args.shapes, cpu_kernels=custom_conv.cpu_kernels(), rows=rows), f, indent=1)
+                           batch=args.batch, shapes=args.shapes, cpu_kernels=custom_conv.cpu_kernels(), rows=rows),
+                      f, indent=1)
 
 
 if __name__ == "__main__":
