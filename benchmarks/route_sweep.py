@@ -35,7 +35,7 @@ from torch.utils import benchmark
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import custom_conv  # noqa: E402
 from gemm import cpu_description  # noqa: E402
-from shapes import CONV_SHAPES  # noqa: E402
+from shapes import CONV_SHAPES, STRIDED_SHAPES  # noqa: E402
 
 ops = torch.ops.custom_conv
 PASSES = custom_conv.explain.PASSES
@@ -74,27 +74,6 @@ def torch_pass_callables(x, weight, shape):
     return {"forward": lambda: torch.nn.functional.conv2d(x, weight, None, s, p, 1, groups),
             "backward_input": backward([True, False, False]),
             "backward_weight": backward([False, True, False])}
-
-
-# Strided layers beyond the benchmark's, whose input gradients the direct
-# kernels compute phase by phase: the measurements behind the chooser's
-# counting of a phase's taps (4x4/2 as in DCGAN's generator and
-# discriminator, 3x3/2 and 5x5/2 of several widths, the 7x7/2 stem).
-STRIDED_SHAPES = [
-    ("4x4/2 32-64 @64", 32, 64, 64, 64, 4, 2, 1, 1),
-    ("4x4/2 64-64 @32", 64, 64, 32, 32, 4, 2, 1, 1),
-    ("4x4/2 64-128 @32", 64, 128, 32, 32, 4, 2, 1, 1),
-    ("4x4/2 128-256 @16", 128, 256, 16, 16, 4, 2, 1, 1),
-    ("4x4/2 256-512 @8", 256, 512, 8, 8, 4, 2, 1, 1),
-    ("3x3/2 32-64 @16", 32, 64, 16, 16, 3, 2, 1, 1),
-    ("3x3/2 64-64 @32", 64, 64, 32, 32, 3, 2, 1, 1),
-    ("3x3/2 64-128 @56", 64, 128, 56, 56, 3, 2, 1, 1),
-    ("3x3/2 128-256 @14", 128, 256, 14, 14, 3, 2, 1, 1),
-    ("3x3/2 128-256 @28", 128, 256, 28, 28, 3, 2, 1, 1),
-    ("3x3/2 256-512 @14", 256, 512, 14, 14, 3, 2, 1, 1),
-    ("5x5/2 64-64 @32", 64, 64, 32, 32, 5, 2, 2, 1),
-    ("7x7/2 3-64 @224", 3, 64, 224, 224, 7, 2, 3, 1),
-]
 
 
 def cuda_sweep(shapes, batch, dtype, min_run_time):

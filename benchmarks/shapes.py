@@ -43,6 +43,27 @@ CONV_SHAPES = [
     ("depthwise 3x3/2 128ch @28", 128, 128, 28, 28, 3, 2, 1, 128),
 ]
 
+# Strided layers beyond the benchmark's, for route_sweep.py --shapes strided:
+# their input gradients, which the direct kernels compute phase by phase, are
+# the measurements behind the chooser's counting of a phase's taps (4x4/2 as
+# in DCGAN's generator and discriminator, 3x3/2 and 5x5/2 of several widths,
+# the 7x7/2 stem).
+STRIDED_SHAPES = [
+    ("4x4/2 32-64 @64", 32, 64, 64, 64, 4, 2, 1, 1),
+    ("4x4/2 64-64 @32", 64, 64, 32, 32, 4, 2, 1, 1),
+    ("4x4/2 64-128 @32", 64, 128, 32, 32, 4, 2, 1, 1),
+    ("4x4/2 128-256 @16", 128, 256, 16, 16, 4, 2, 1, 1),
+    ("4x4/2 256-512 @8", 256, 512, 8, 8, 4, 2, 1, 1),
+    ("3x3/2 32-64 @16", 32, 64, 16, 16, 3, 2, 1, 1),
+    ("3x3/2 64-64 @32", 64, 64, 32, 32, 3, 2, 1, 1),
+    ("3x3/2 64-128 @56", 64, 128, 56, 56, 3, 2, 1, 1),
+    ("3x3/2 128-256 @14", 128, 256, 14, 14, 3, 2, 1, 1),
+    ("3x3/2 128-256 @28", 128, 256, 28, 28, 3, 2, 1, 1),
+    ("3x3/2 256-512 @14", 256, 512, 14, 14, 3, 2, 1, 1),
+    ("5x5/2 64-64 @32", 64, 64, 32, 32, 5, 2, 2, 1),
+    ("7x7/2 3-64 @224", 3, 64, 224, 224, 7, 2, 3, 1),
+]
+
 POOL_SHAPES = [
     ("maxpool 2x2/2 64ch @32 (vgg)", 64, 32, 32, 2, 2, 0),
     ("maxpool 2x2/2 6ch @28 (lenet)", 6, 28, 28, 2, 2, 0),
