@@ -4,7 +4,8 @@
 // cuda/*.cu; meta.cpp for the Meta kernels that torch.compile traces with),
 // autocast in autocast.cpp;
 // autograd, torch.func and vmap in Python (custom_conv/autograd.py), and
-// conv2d's reverse mode for training also in C++ (autograd.cpp).
+// the reverse mode of conv2d and max_pool2d for training also in C++
+// (autograd.cpp).
 #include <Python.h>
 #include <torch/library.h>
 
@@ -31,6 +32,9 @@ TORCH_LIBRARY(custom_conv, m) {
   // which custom_conv/autograd.py calls where no other derivative is needed.
   m.def("conv2d_reverse_mode(Tensor input, Tensor weight, Tensor? bias, int[2] stride, "
         "int[2] padding, int[2] dilation, int groups) -> Tensor");
+  // max_pool2d_forward with its reverse-mode derivative in C++, likewise.
+  m.def("max_pool2d_reverse_mode(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
+        "int[2] dilation, bool ceil_mode) -> (Tensor, Tensor)");
   // The instruction-set level every vectorised CPU route of this process
   // uses: "avx512", "avx2" or "baseline" (cpu/isa.h).
   m.def("cpu_kernels() -> str", &custom_conv::cpu_kernels);

@@ -497,9 +497,9 @@ FUNCTIONS = {
 
 # The ops whose reverse-mode derivative is also written in C++
 # (csrc/autograd.cpp), as an op of its own: the same kernels, with that
-# derivative as its Autograd kernel. The Python Function stays conv2d_forward's
-# own for torch.func, forward-mode AD and tracing.
-REVERSE_MODE_OPS = {"conv2d_forward": "conv2d_reverse_mode"}
+# derivative as its Autograd kernel. The Python Functions stay the ops' own
+# for torch.func, forward-mode AD and tracing.
+REVERSE_MODE_OPS = {"conv2d_forward": "conv2d_reverse_mode", "max_pool2d_forward": "max_pool2d_reverse_mode"}
 
 
 def _without_setup_context(function):

@@ -97,6 +97,26 @@ def test_window_of_minus_infinity_points_at_its_first_real_element(device):
     assert_values_and_indices_match_torch(x, 3, stride=2, padding=1)
 
 
+@pytest.mark.parametrize("kernel", [2, 3, (2, 3)])
+@pytest.mark.parametrize("dtype", dtypes("float64", "float32"))
+@pytest.mark.parametrize("device", DEVICES)
+def test_windows_that_tile_the_plane_keep_the_rules_for_ties_nan_and_infinity(device, dtype, kernel):
+    """Windows with kernel == stride and no padding tile the plane; the CPU
+    compares them tap by tap over the whole plane (csrc/cpu/max_pool2d.cpp,
+    max_pool_tiles), not window by window. Planes with rows and columns left
+    over past the last window; windows of ties, of one NaN, of several NaNs,
+    of -inf alone and of -inf with NaN, side by side."""
+    x = torch.randn(3, 4, 11, 13, dtype=dtype, device=device).round()  # rounded: many ties
+    x[0, 0, :6, :6] = 0.0
+    x[0, 1, 0, 1] = math.nan
+    x[0, 1, 3:5, 3:6] = math.nan
+    x[0, 2] = -math.inf
+    x[0, 2, 4, 4] = math.nan
+    x[1, :, :, 1::2] = -math.inf
+    assert_values_and_indices_match_torch(x, kernel)
+    assert_values_and_indices_match_torch(x[:, :, :10, :12], kernel)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_unbatched_input_gives_unbatched_output(device):
     out, _ = assert_values_and_indices_match_torch(torch.randn(3, 6, 6, dtype=torch.float64, device=device), 2)

@@ -44,6 +44,7 @@ def _opcheck_cases():
         "conv2d_backward_weight": (ops.conv2d_backward_weight, (gy, x, list(w.shape), *ARGS)),
         "conv2d_backward_bias": (ops.conv2d_backward_bias, (gy,)),
         "max_pool2d_forward": (ops.max_pool2d_forward, (xp, [3, 2], [2, 2], [1, 1], [1, 2], True)),
+        "max_pool2d_reverse_mode": (ops.max_pool2d_reverse_mode, (xp, [3, 2], [2, 2], [1, 1], [1, 2], True)),
         "max_pool2d_backward": (ops.max_pool2d_backward,
                                 (torch.randn_like(out, requires_grad=True), idx, list(xp.shape),
                                  [3, 2], [2, 2], [1, 1], [1, 2], True)),
@@ -159,8 +160,8 @@ def test_no_aten_convolution_pooling_or_unfold_runs_in_forward_or_backward():
     ours = {n for n in names if n.startswith("custom_conv::")}
     assert ours - {"custom_conv::gemm"} == {
         "custom_conv::conv2d_reverse_mode", "custom_conv::conv2d_forward", "custom_conv::conv2d_backward_input",
-        "custom_conv::conv2d_backward_weight", "custom_conv::conv2d_backward_bias", "custom_conv::max_pool2d_forward",
-        "custom_conv::max_pool2d_backward"}
+        "custom_conv::conv2d_backward_weight", "custom_conv::conv2d_backward_bias",
+        "custom_conv::max_pool2d_reverse_mode", "custom_conv::max_pool2d_forward", "custom_conv::max_pool2d_backward"}
 
 
 MATMULS = {"aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::matmul", "aten::addmm_",
@@ -216,26 +217,31 @@ def test_double_backward_through_a_model_matches_torch():
 
 
 def test_plain_training_records_the_cpp_derivative_and_the_rest_the_python_one():
-    """Where only reverse mode can be asked for, a conv records the C++ node
-    of conv2d_reverse_mode (csrc/autograd.cpp); under forward-mode AD, and
-    inside a torch.func transform, the Python Function, the only one with a
-    jvp and the one torch.func can see. Both give torch's gradients (the
-    gradient tests run the first, test_func.py the second)."""
+    """Where only reverse mode can be asked for, a conv and a max-pool record
+    the C++ nodes of conv2d_reverse_mode and max_pool2d_reverse_mode
+    (csrc/autograd.cpp); under forward-mode AD, and inside a torch.func
+    transform, the Python Functions, the only ones with a jvp and the ones
+    torch.func can see. Both give torch's gradients (the gradient tests run
+    the first, test_func.py the second)."""
     x, w = torch.randn(2, 3, 6, 6, requires_grad=True), torch.randn(4, 3, 3, 3, requires_grad=True)
     assert "Conv2dFunction" in CF.conv2d(x, w).grad_fn.name()
+    assert "MaxPool2dFunction" in CF.max_pool2d(x, 2).grad_fn.name()
     with torch.no_grad():
-        assert CF.conv2d(x, w).grad_fn is None
+        assert CF.conv2d(x, w).grad_fn is None and CF.max_pool2d(x, 2).grad_fn is None
     with fwAD.dual_level():
-        dual = CF.conv2d(fwAD.make_dual(x, torch.randn_like(x)), w)
-        assert dual.grad_fn.name() == "_Conv2dForwardBackward"
+        dual = fwAD.make_dual(x, torch.randn_like(x))
+        assert CF.conv2d(dual, w).grad_fn.name() == "_Conv2dForwardBackward"
+        assert CF.max_pool2d(dual, 2).grad_fn.name() == "_MaxPool2dForwardBackward"
     recorded = []
 
-    def conv(x):
+    def layer(x):
         y = CF.conv2d(x, w)
-        recorded.append(y.grad_fn)
-        return y
-    torch.func.vjp(conv, x)
-    assert recorded[0] is None or "Conv2dFunction" not in recorded[0].name()
+        z = CF.max_pool2d(x, 2)
+        recorded.extend((y.grad_fn, z.grad_fn))
+        return y.sum() + z.sum()
+    torch.func.vjp(layer, x)
+    assert all(node is None or "Conv2dFunction" not in node.name() and "MaxPool2dFunction" not in node.name()
+               for node in recorded)
 
 
 def test_a_missing_build_says_how_to_build():

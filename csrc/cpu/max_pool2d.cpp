@@ -80,6 +80,55 @@ CUSTOM_CONV_INLINE void max_pool_plane(const T* plane, const Pool2dGeometry& g, 
   }
 }
 
+// Windows that tile the plane (kernel == stride, no padding or dilation,
+// every window inside: LeNet's and VGG's 2x2/2 pools), whose output rows of
+// 5 to 16 are too short for max_pool_plane's row-wise vector loops: their
+// scalar remainders branch on every compare (LeNet's 10x10 planes took
+// 5 ns an input element). Here the plane is first split by tap: tap (i, j)
+// of every window side by side in output order (one pass of copies); then
+// each tap is one compare pass over the whole output plane, consecutive
+// loads, in the windows' row-major tap order, window_max's rule again (the
+// first tap stands for its -inf start: it replaces -inf unless it is -inf
+// itself, at the same index). `corner` holds each window's first in-plane
+// index (the same for every plane); `where` and `taps` are scratch of
+// out_h * out_w and kernel_h * kernel_w times as many values. The kernel's
+// width is a constant where the split is then plain code (2), else read at
+// run time.
+template <int64_t kWidth, typename T>
+CUSTOM_CONV_INLINE void max_pool_tiles(const T* __restrict plane, const Pool2dGeometry& g,
+                                       const int32_t* __restrict corner, T* __restrict out,
+                                       int64_t* __restrict idx, int32_t* __restrict where, T* __restrict taps) {
+  const int64_t width = kWidth > 0 ? kWidth : g.kernel_w, out_plane = g.out_h * g.out_w;
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    for (int64_t i = 0; i < g.kernel_h; ++i) {
+      const T* row = plane + (oh * g.kernel_h + i) * g.in_w;
+      for (int64_t j = 0; j < width; ++j) {
+        T* tap = taps + (i * width + j) * out_plane + oh * g.out_w;
+        for (int64_t ow = 0; ow < g.out_w; ++ow) {
+          tap[ow] = row[ow * width + j];
+        }
+      }
+    }
+  }
+  for (int64_t o = 0; o < out_plane; ++o) {
+    out[o] = taps[o];
+    where[o] = corner[o];
+  }
+  for (int64_t t = 1; t < g.kernel_h * width; ++t) {
+    const T* tap = taps + t * out_plane;
+    const int32_t offset = static_cast<int32_t>(t / width * g.in_w + t % width);
+    for (int64_t o = 0; o < out_plane; ++o) {
+      const T v = tap[o];
+      const bool take = v > out[o] || v != v;
+      out[o] = take ? v : out[o];
+      where[o] = take ? corner[o] + offset : where[o];
+    }
+  }
+  for (int64_t o = 0; o < out_plane; ++o) {
+    idx[o] = where[o];
+  }
+}
+
 #define CUSTOM_CONV_MAX_POOL_LEVELS(T)                                                                 \
   CUSTOM_CONV_PER_LEVEL(void, max_pool_plane_##T,                                                      \
                         (const T* plane, const Pool2dGeometry& g, const WindowSpan* rows,               \
@@ -91,6 +140,13 @@ CUSTOM_CONV_INLINE void max_pool_plane(const T* plane, const Pool2dGeometry& g, 
       case 2: return max_pool_plane<2>(plane, g, rows, cols, lo, hi, out, idx, where);                 \
       default: return max_pool_plane<0>(plane, g, rows, cols, lo, hi, out, idx, where);                \
     }                                                                                                  \
+  }                                                                                                    \
+  CUSTOM_CONV_PER_LEVEL(void, max_pool_tiles_##T,                                                      \
+                        (const T* plane, const Pool2dGeometry& g, const int32_t* corner, T* out,        \
+                         int64_t* idx, int32_t* where, T* taps),                                        \
+                        (plane, g, corner, out, idx, where, taps)) {                                    \
+    if (g.kernel_w == 2) return max_pool_tiles<2>(plane, g, corner, out, idx, where, taps);            \
+    return max_pool_tiles<0>(plane, g, corner, out, idx, where, taps);                                  \
   }
 CUSTOM_CONV_MAX_POOL_LEVELS(float)
 CUSTOM_CONV_MAX_POOL_LEVELS(double)
@@ -107,11 +163,36 @@ void max_pool_plane_vectorised(const double* plane, const Pool2dGeometry& g, con
   max_pool_plane_double(plane, g, rows, cols, lo, hi, out, idx, where);
 }
 
+void max_pool_tiles_vectorised(const float* plane, const Pool2dGeometry& g, const int32_t* corner, float* out,
+                               int64_t* idx, int32_t* where, float* taps) {
+  max_pool_tiles_float(plane, g, corner, out, idx, where, taps);
+}
+void max_pool_tiles_vectorised(const double* plane, const Pool2dGeometry& g, const int32_t* corner, double* out,
+                               int64_t* idx, int32_t* where, double* taps) {
+  max_pool_tiles_double(plane, g, corner, out, idx, where, taps);
+}
+
 // Half and bfloat16 never come here (they compare in float).
 template <typename T>
 void max_pool_plane_vectorised(const T*, const Pool2dGeometry&, const WindowSpan*, const WindowSpan*, int64_t,
                                int64_t, T*, int64_t*, int32_t*) {
   TORCH_INTERNAL_ASSERT(false, "max_pool2d: no vectorised plane for this dtype");
+}
+template <typename T>
+void max_pool_tiles_vectorised(const T*, const Pool2dGeometry&, const int32_t*, T*, int64_t*, int32_t*, T*) {
+  TORCH_INTERNAL_ASSERT(false, "max_pool2d: no vectorised plane for this dtype");
+}
+
+// Whether the windows tile the plane (max_pool_tiles): kernel == stride, no
+// padding or dilation, and every window inside the input (ceil_mode may add
+// one that is not), on planes of up to kMaxTileTaps taps.
+// Larger planes have rows long enough for max_pool_plane, and would need
+// scratch of the plane's size per thread.
+constexpr int64_t kMaxTileTaps = int64_t{1} << 16;
+
+bool windows_tile(const Pool2dGeometry& g) {
+  return g.out_h * g.out_w * g.kernel_h * g.kernel_w <= kMaxTileTaps && g.kernel_h == g.stride_h && g.kernel_w == g.stride_w && g.pad_h == 0 && g.pad_w == 0 &&
+         g.dilation_h == 1 && g.dilation_w == 1 && g.out_h * g.kernel_h <= g.in_h && g.out_w * g.kernel_w <= g.in_w;
 }
 
 // The output columns [lo, hi) whose windows lie inside the input's columns.
@@ -154,9 +235,26 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cpu(
       cols[ow] = window_span(ow, g.stride_w, g.pad_w, g.kernel_w, g.dilation_w, g.in_w);
     }
     // float and double (and planes whose indices fit in 32 bits, for the
-    // vector lanes) take the vectorised plane; half and bfloat16 compare in
-    // float, window by window.
+    // vector lanes) take the vectorised plane, split by tap where the windows
+    // tile it; half and bfloat16 compare in float, window by window.
     constexpr bool kVector = std::is_same<acc_t, scalar_t>::value;
+    if (kVector && in_plane <= std::numeric_limits<int32_t>::max() && windows_tile(g)) {
+      std::vector<int32_t> corner(out_plane);
+      for (int64_t oh = 0; oh < g.out_h; ++oh) {
+        for (int64_t ow = 0; ow < g.out_w; ++ow) {
+          corner[oh * g.out_w + ow] = static_cast<int32_t>(oh * g.kernel_h * g.in_w + ow * g.kernel_w);
+        }
+      }
+      at::parallel_for(0, g.planes(), plane_grain(work), [&](int64_t begin, int64_t end) {
+        std::vector<int32_t> where(out_plane);
+        std::vector<scalar_t> taps(work);
+        for (int64_t p = begin; p < end; ++p) {
+          max_pool_tiles_vectorised(in + p * in_plane, g, corner.data(), out + p * out_plane, idx + p * out_plane,
+                                    where.data(), taps.data());
+        }
+      });
+      return;
+    }
     if (kVector && in_plane <= std::numeric_limits<int32_t>::max()) {
       const auto [lo, hi] = interior_columns(g);
       at::parallel_for(0, g.planes(), plane_grain(work), [&](int64_t begin, int64_t end) {
