@@ -50,6 +50,22 @@ at::Tensor differentiable_if_recording(F f) {
   return f();
 }
 
+// A gradient in the forward's layout (memory_format.h's rule, the strides of
+// at::empty in that format), written as a contiguous copy of the NHWC view,
+// which vmap takes (batched gradients run the backward under it; at::empty
+// and copy_ into it fail there): autograd.py's _in_memory_format.
+at::Tensor gradient_in_memory_format(const at::Tensor& t, bool channels_last) {
+  if (!t.defined() || !channels_last) {
+    return t;
+  }
+  const c10::SymIntArrayRef s = t.sym_sizes();
+  const std::vector<c10::SymInt> strides = {s[1] * s[2] * s[3], c10::SymInt(1), s[3] * s[1], s[1]};
+  if (t.sym_strides() == c10::SymIntArrayRef(strides)) {
+    return t;
+  }
+  return t.permute({0, 2, 3, 1}).clone(at::MemoryFormat::Contiguous).permute({0, 3, 1, 2});
+}
+
 struct Conv2dFunction : public torch::autograd::Function<Conv2dFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
                             const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride, c10::IntArrayRef padding,
@@ -82,8 +98,7 @@ struct Conv2dFunction : public torch::autograd::Function<Conv2dFunction> {
                                dilation = ctx->saved_data["dilation"].toIntVector();
     const int64_t groups = ctx->saved_data["groups"].toInt();
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
-    const at::MemoryFormat format =
-        ctx->saved_data["channels_last"].toBool() ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+    const bool channels_last = ctx->saved_data["channels_last"].toBool();
     at::Tensor grad_input, grad_weight, grad_bias;
     if (grad.defined()) {
       // The context numbers only the tensors among forward's arguments: the bias is the third if given.
@@ -101,7 +116,8 @@ struct Conv2dFunction : public torch::autograd::Function<Conv2dFunction> {
         grad_bias = differentiable_if_recording([&] { return backward_bias.call(grad); });
       }
     }
-    return {in_memory_format(grad_input, format), in_memory_format(grad_weight, format), grad_bias,
+    return {gradient_in_memory_format(grad_input, channels_last), gradient_in_memory_format(grad_weight, channels_last),
+            grad_bias,
             at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
@@ -167,9 +183,7 @@ struct MaxPool2dFunction : public torch::autograd::Function<MaxPool2dFunction> {
                                   ctx->saved_data["stride"].toIntVector(), ctx->saved_data["padding"].toIntVector(),
                                   ctx->saved_data["dilation"].toIntVector(), ctx->saved_data["ceil_mode"].toBool());
       });
-      grad_input = in_memory_format(grad_input, ctx->saved_data["channels_last"].toBool()
-                                                    ? at::MemoryFormat::ChannelsLast
-                                                    : at::MemoryFormat::Contiguous);
+      grad_input = gradient_in_memory_format(grad_input, ctx->saved_data["channels_last"].toBool());
     }
     return {grad_input, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }

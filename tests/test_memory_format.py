@@ -99,6 +99,17 @@ def _every_order_of_the_strides():
             yield from (t, t[:, ::2]) if sizes[1] > 1 else (t,)
 
 
+def test_channels_last_gradients_under_vmap_for_batched_gradients():
+    """gradcheck's batched gradients run the backward under vmap, where the
+    gradient's move to channels_last must be an op vmap takes: the C++
+    reverse modes of conv2d and max_pool2d once wrote it as empty + copy_,
+    which vmap refuses."""
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64).to(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w: CF.conv2d(x, w, padding=1), (x, w), check_batched_grad=True)
+    assert torch.autograd.gradcheck(lambda x: CF.max_pool2d(x, 2), (x,), check_batched_grad=True)
+
+
 def test_the_ops_layout_rule_is_torchs_for_every_order_of_the_strides():
     for view in _every_order_of_the_strides():
         ours, idx = ops.max_pool2d_forward(view, [1, 1], [1, 1], [0, 0], [1, 1], False)
