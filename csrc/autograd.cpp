@@ -117,8 +117,7 @@ struct Conv2dFunction : public torch::autograd::Function<Conv2dFunction> {
       }
     }
     return {gradient_in_memory_format(grad_input, channels_last), gradient_in_memory_format(grad_weight, channels_last),
-            grad_bias,
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+            grad_bias, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 

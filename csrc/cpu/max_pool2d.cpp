@@ -183,16 +183,18 @@ void max_pool_tiles_vectorised(const T*, const Pool2dGeometry&, const int32_t*, 
   TORCH_INTERNAL_ASSERT(false, "max_pool2d: no vectorised plane for this dtype");
 }
 
-// Whether the windows tile the plane (max_pool_tiles): kernel == stride, no
-// padding or dilation, and every window inside the input (ceil_mode may add
-// one that is not), on planes of up to kMaxTileTaps taps.
-// Larger planes have rows long enough for max_pool_plane, and would need
-// scratch of the plane's size per thread.
+// Taps of the planes max_pool_tiles takes, at most: larger planes have rows
+// long enough for max_pool_plane, and would need scratch of the plane's size
+// per thread.
 constexpr int64_t kMaxTileTaps = int64_t{1} << 16;
 
+// Whether the windows tile the plane (max_pool_tiles): kernel == stride, no
+// padding or dilation, and every window inside the input (ceil_mode may add
+// one that is not).
 bool windows_tile(const Pool2dGeometry& g) {
-  return g.out_h * g.out_w * g.kernel_h * g.kernel_w <= kMaxTileTaps && g.kernel_h == g.stride_h && g.kernel_w == g.stride_w && g.pad_h == 0 && g.pad_w == 0 &&
-         g.dilation_h == 1 && g.dilation_w == 1 && g.out_h * g.kernel_h <= g.in_h && g.out_w * g.kernel_w <= g.in_w;
+  return g.kernel_h == g.stride_h && g.kernel_w == g.stride_w && g.pad_h == 0 && g.pad_w == 0 &&
+         g.dilation_h == 1 && g.dilation_w == 1 && g.out_h * g.kernel_h <= g.in_h && g.out_w * g.kernel_w <= g.in_w &&
+         g.out_h * g.out_w * g.kernel_h * g.kernel_w <= kMaxTileTaps;
 }
 
 // The output columns [lo, hi) whose windows lie inside the input's columns.
