@@ -227,14 +227,22 @@ def winograd_layers():
     place, narrower ones channels-last (for the weight gradient:
     winograd.min_plane_tiles_weight_grad); tiles go in blocks (about
     winograd.block_values values, at least winograd.min_block_tiles tiles),
-    or all in one block when a thread's share would be thinner; the weight
-    gradient sums blocks in weight_partials partial sums and, with fewer sums
-    than threads, splits the output channels (at least
-    winograd.min_split_channels each)."""
+    or, when a thread's share would be thinner, the forward and input
+    gradient split the output channels between the threads (at least
+    winograd.min_split_channels each, whole vectors where they divide) while
+    each thread's transformed data stays within winograd.by_channels_values,
+    and past that, or for the weight gradient, all tiles go in one block; the
+    weight gradient sums blocks in weight_partials partial sums and, with
+    fewer sums than threads, splits the output channels too."""
     wide = 2 * C["winograd.min_plane_tiles"][0]  # output columns: exactly the least tiles of the plane layout
     wide_wg = 2 * C["winograd.min_plane_tiles_weight_grad"][0]  # the same for the weight gradient
     min_block = C["winograd.min_block_tiles"][0]
     split = C["winograd.min_split_channels"][0]
+    by_channels = C["winograd.by_channels_values"][0]
+    # 2 threads or more share this layer's few tiles; 128 input channels
+    # (and the output's share, 32 / threads) take each thread's transformed
+    # data past by_channels_values.
+    whole_tiles = by_channels // (16 * (128 + 16)) + 1
     partials = C["weight_partials"][0]
     # A 48 x 48 output holds 576 tiles: more tiles than partial sums hold
     # blocks of min_block_tiles, with 32 channels each way.
@@ -251,6 +259,12 @@ def winograd_layers():
         "more blocks than partial sums": layer(4, 32, 32, side, 3, padding=1),
         "fewer partial sums than threads: output channels split":
             layer(1, 8, 3 * split + 2, (4, wide_wg), 3, padding=1),
+        # The forward by channels in the plane layout, a thread's tiles in two
+        # blocks (min_block_tiles and the rest), its channels ranges of
+        # 16 * 50 / 3 (not whole vectors) on 3 threads.
+        "few tiles: output channels split, blocks of whole tile rows":
+            layer(1, 8, 3 * split + 2, (2 * (min_block // (wide // 2) + 2), wide), 3, padding=1),
+        "few tiles past by_channels_values: one block": layer(1, 128, 32, (2 * whole_tiles, 2), 3, padding=1),
         # At the contract's edges: one axis off at a time.
         "stride (1, 2)": layer(2, 4, 5, 8, 3, stride=(1, 2), padding=1),
         "dilation (2, 1)": layer(2, 4, 5, 8, 3, dilation=(2, 1), padding=1),

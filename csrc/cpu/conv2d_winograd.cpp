@@ -69,6 +69,21 @@ constexpr int64_t kMinPlaneTiles = 12;
 // outputs) and 20% slower on 28-tile ones (56x56).
 constexpr int64_t kMinPlaneTilesWeightGrad = 20;
 
+// The weight gradient's tasks split the output channels when there are
+// fewer partial sums than threads, and the forward's by channels, into
+// ranges of at least this many.
+constexpr int64_t kMinSplitChannels = 16;
+
+// The forward's split by channels (Split::kByChannels) while each thread's
+// transformed input and output, 16 * tiles * (C_in + C_out / threads)
+// values, stay within this (3 MiB). Past it, each thread's copy of the whole
+// transformed input costs more in memory traffic than the split saves. At
+// batch 32 on two threads (Zen 4), VGG's 256-512 @4 (4 MiB) forward took
+// 4.3-5.2 ms by channels against 3.8-4.3 by position, and 512-512 @4 (6 MiB)
+// input gradient 9.5-10.1 against 8.2-8.9; at batch 1, ResNet-18's 128-128
+// @28 (2.4 MB) 0.89-0.94 ms by channels against 1.05-1.06 in blocks of tiles.
+constexpr int64_t kByChannelsValues = int64_t{3} << 18;
+
 // Blocks: a block's transformed input and output (16 * (C_in + C_out) values
 // per tile) should stay within about half a core's L2 (kBlockValues floats),
 // but a block has at least kMinBlockTiles tiles: the 16 products of a block
@@ -128,15 +143,26 @@ bool planes_layout(const Problem& p, bool weight_grad = false) {
   return p.tiles_w() >= (weight_grad ? kMinPlaneTilesWeightGrad : kMinPlaneTiles);
 }
 
-// Blocks of `size` consecutive tiles (whole rows of tiles in the plane
-// layout): at least as many blocks as threads. In the channel layout, when
-// that would make blocks thinner than kMinBlockTiles (a deep layer's few
-// tiles), all tiles form one block instead (`whole`), whose transforms are
-// spread over the threads by tiles and whose 16 products by position: each
-// thread then reads its part of U rather than all of it.
+// How the threads share a problem's tiles. Blocks of `size` consecutive
+// tiles (whole rows of tiles in the plane layout), at least as many blocks as
+// threads, a block per task. When that would make blocks thinner than
+// kMinBlockTiles (a deep layer's few tiles, a small batch), instead:
+enum class Split {
+  kBlocks,
+  // The forward (and input gradient): every thread runs all tiles for its
+  // own range of the output channels (forward_by_channels), while each
+  // thread's transformed input and output fit in kByChannelsValues.
+  kByChannels,
+  // Beyond that, and for the weight gradient, in the channel layout: all
+  // tiles as one block, whose transforms are spread over the threads by
+  // tiles and whose 16 products by position: each thread then reads its part
+  // of U rather than all of it.
+  kWhole,
+};
+
 struct Blocks {
   int64_t size, count;
-  bool whole;
+  Split split;
 };
 
 Blocks blocks_for(const Problem& p, bool weight_grad = false) {
@@ -146,8 +172,13 @@ Blocks blocks_for(const Problem& p, bool weight_grad = false) {
   const int64_t min_tiles = !planes && !weight_grad && small_kernel ? kMinBlockTilesSmallKernel : kMinBlockTiles;
   const int64_t wanted = weight_grad && !planes ? weight_block_tiles(p.in_channels, p.out_channels)
                                                 : std::max(min_tiles, kBlockValues / per_tile);
-  if (!planes && ceil_div(p.tiles(), threads) < kMinBlockTiles && threads > 1) {
-    return {p.tiles(), 1, true};
+  const bool few = ceil_div(p.tiles(), threads) < kMinBlockTiles && threads > 1;
+  const int64_t by_channels_values = kPoints * p.tiles() * (p.in_channels + p.out_channels / threads);
+  if (few && !weight_grad && p.out_channels >= 2 * kMinSplitChannels && by_channels_values <= kByChannelsValues) {
+    return {p.tiles(), 1, Split::kByChannels};
+  }
+  if (few && !planes) {
+    return {p.tiles(), 1, Split::kWhole};
   }
   // The plane layout cuts whole rows of tiles. As many blocks as it takes to
   // keep them within `wanted`, rounded up to a multiple of the threads, and
@@ -155,15 +186,11 @@ Blocks blocks_for(const Problem& p, bool weight_grad = false) {
   const int64_t unit = planes ? p.tiles_w() : 1, units = p.tiles() / unit;
   const int64_t count = std::min(units, ceil_div(ceil_div(units * unit, wanted), threads) * threads);
   const int64_t size = ceil_div(units, count) * unit;
-  return {size, ceil_div(p.tiles(), size), false};
+  return {size, ceil_div(p.tiles(), size), Split::kBlocks};
 }
 
 // Tiles [0, T) cut into ranges for the threads' transforms of a whole block.
 constexpr int64_t kTransformGrain = 16;
-
-// The weight gradient's tasks split the output channels when there are
-// fewer partial sums than threads, into ranges of at least this many.
-constexpr int64_t kMinSplitChannels = 16;
 
 // V, M and dM, (16, T, C) in the channel layout or (16, C, T) in the plane
 // layout, over a buffer of kPoints * point_stride(T * C) values: each
@@ -269,18 +296,92 @@ at::Tensor transform_weight(const at::Tensor& weight, bool input_grad, bool plan
   return U;
 }
 
+// Boundary `i` of `count` ranges of `channels` (count <= channels /
+// kMinSplitChannels): whole multiples of kMinSplitChannels (a vector of
+// floats at AVX-512) but for the last range's remainder.
+int64_t channel_bound(int64_t i, int64_t count, int64_t channels) {
+  return i == count ? channels : i * (channels / kMinSplitChannels) / count * kMinSplitChannels;
+}
+
+// The forward of a problem with few tiles (`Split::kByChannels`): each
+// thread runs all of it for its own range of the output channels, from its
+// share of the kernels' transform to its channels of the output, and
+// transforms the whole input itself (work of 1 / (its channels) of its
+// products). So no step reads what another thread's core wrote, in this call
+// or the one before (the pool hands each thread its own buffers back). A
+// split by tiles for the transforms and by position for the products had
+// every step read the other core's writes of the step before (U, V, M and the
+// channels-last copies, 1-4 MiB a call), and a split by blocks of tiles has
+// every thread read all of U, which both wrote: on a shared VM in the state
+// where such reads run 8x slower than usual, VGG's 128-128 @16 forward at
+// batch 1 then took 0.60-0.66 ms on two threads against 0.48 on one (0.29-0.32
+// in the usual state), ResNet-18's 256-256 @14 1.7-4 ms against 1.5 (0.8).
+void forward_by_channels(const Problem& p, const at::Tensor& input, const at::Tensor& weight, bool input_grad,
+                         const float* bias, at::Tensor& output) {
+  const int64_t Ci = p.in_channels, Co = p.out_channels, T = p.tiles(), L = p.out_h * p.out_w, tw = p.tiles_w();
+  const bool planes = planes_layout(p);
+  const int64_t tasks = std::clamp<int64_t>(Co / kMinSplitChannels, 1, at::get_num_threads());
+  float* out = output.mutable_data_ptr<float>();
+  parallel_items(tasks, kPoints * T * Ci * Co / tasks, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t c0 = channel_bound(task, tasks, Co), c1 = channel_bound(task + 1, tasks, Co), n = c1 - c0;
+      // Blocks of whole rows of tiles (or one of every tile, channels-last)
+      // within about half a core's L2, as blocks_for cuts them.
+      const int64_t wanted = std::max(kMinBlockTiles, kBlockValues / (kPoints * (Ci + n)));
+      const int64_t size = planes ? std::min(T, ceil_div(wanted, tw) * tw) : T;
+      const int64_t sv = point_stride(size * Ci), sm = point_stride(size * n);
+      // The layer's output channels for the forward, its input channels for
+      // the input gradient: U's rows (planes) or columns (channels-last).
+      const at::Tensor U = transform_weight(weight.narrow(input_grad ? 1 : 0, c0, n), input_grad, planes);
+      const at::Tensor xs = planes ? input : channels_last(input);
+      const at::Tensor V_buf = scratch_empty({kPoints * sv}, input.options());
+      const at::Tensor M_buf = scratch_empty({kPoints * sm}, input.options());
+      for (int64_t t0 = 0; t0 < T; t0 += size) {
+        const int64_t t1 = std::min(t0 + size, T);
+        if (planes) {
+          at::Tensor V = points_of(V_buf, Ci, t1 - t0, sv), M = points_of(M_buf, n, t1 - t0, sm);
+          winograd::transform_input_planes(p, input.const_data_ptr<float>(), t0 / tw, t1 / tw, sv,
+                                           V.mutable_data_ptr<float>());
+          gemm::matmul(M, U, V);
+          winograd::transform_output_planes(p, M.const_data_ptr<float>(), c0, c1, t0 / tw, t1 / tw, sm, bias, out);
+          continue;
+        }
+        // One block: the channels-last output is this task's own (N, L, n).
+        const at::Tensor zeros = scratch_zeros({Ci}, input.options());
+        at::Tensor V = points_of(V_buf, T, Ci, sv), M = points_of(M_buf, T, n, sm);
+        winograd::transform_input_channels(p, xs.const_data_ptr<float>(), zeros.const_data_ptr<float>(), 0, T, sv,
+                                           V.mutable_data_ptr<float>());
+        gemm::matmul(M, V, U);
+        Problem part = p;
+        part.out_channels = n;
+        at::Tensor ys = scratch_empty({p.batch, L, n}, input.options());
+        std::vector<float> sink(n);
+        winograd::transform_output_channels(part, M.const_data_ptr<float>(), 0, T, sm, bias ? bias + c0 : nullptr,
+                                            sink.data(), ys.mutable_data_ptr<float>());
+        for (int64_t s = 0; s < p.batch; ++s) {
+          transpose(ys.const_data_ptr<float>() + s * L * n, L, n, n, out + (s * Co + c0) * L, L);
+        }
+      }
+    }
+  });
+}
+
 // The forward of a problem (the layer's, or its input gradient's): per
 // block, V, the 16 products with U, and back.
 void run_forward(const Problem& p, const at::Tensor& input, const at::Tensor& weight, bool input_grad,
                  const float* bias, at::Tensor& output) {
+  const Blocks blocks = blocks_for(p);
+  if (blocks.split == Split::kByChannels) {
+    forward_by_channels(p, input, weight, input_grad, bias, output);
+    return;
+  }
   const int64_t Ci = p.in_channels, Co = p.out_channels, tw = p.tiles_w();
   const bool planes = planes_layout(p);
   const at::Tensor U = transform_weight(weight, input_grad, planes);
-  const Blocks blocks = blocks_for(p);
   const at::Tensor xs = planes ? input : channels_last(input);
   at::Tensor ys = planes ? output : scratch_empty({p.batch, p.out_h, p.out_w, Co}, input.options());
   const at::Tensor zeros = scratch_zeros({Ci}, input.options());
-  if (blocks.whole) {
+  if (blocks.split == Split::kWhole) {
     const int64_t T = p.tiles(), sv = point_stride(T * Ci), sm = point_stride(T * Co);
     const at::Tensor V = points_of(scratch_empty({kPoints * sv}, input.options()), T, Ci, sv);
     at::Tensor M = points_of(scratch_empty({kPoints * sm}, input.options()), T, Co, sm);
@@ -309,7 +410,7 @@ void run_forward(const Problem& p, const at::Tensor& input, const at::Tensor& we
         winograd::transform_input_planes(p, xs.const_data_ptr<float>(), t0 / tw, t1 / tw, sv,
                                          V.mutable_data_ptr<float>());
         gemm::matmul(M, U, V);
-        winograd::transform_output_planes(p, M.const_data_ptr<float>(), t0 / tw, t1 / tw, sm, bias,
+        winograd::transform_output_planes(p, M.const_data_ptr<float>(), 0, Co, t0 / tw, t1 / tw, sm, bias,
                                           ys.mutable_data_ptr<float>());
       } else {
         at::Tensor V = points_of(V_buf, t1 - t0, Ci, sv), M = points_of(M_buf, t1 - t0, Co, sm);
@@ -370,6 +471,7 @@ void append_winograd_constants(RouteConstants& out) {
   out.emplace_back("winograd.max_weight_block_tiles", kMaxWeightBlockTiles);
   out.emplace_back("winograd.transform_grain", kTransformGrain);
   out.emplace_back("winograd.min_split_channels", kMinSplitChannels);
+  out.emplace_back("winograd.by_channels_values", kByChannelsValues);
 }
 
 void conv2d_winograd_forward(const Conv2dGeometry& g, const at::Tensor& input, const at::Tensor& weight,
@@ -397,7 +499,7 @@ void conv2d_winograd_backward_weight(const Conv2dGeometry& g, const at::Tensor& 
   const at::Tensor xs = planes ? input : channels_last(input);
   const at::Tensor gs = planes ? grad_output : channels_last(grad_output);
   const at::Tensor zeros = scratch_zeros({std::max(Ci, Co)}, input.options());
-  if (blocks.whole) {
+  if (blocks.split == Split::kWhole) {
     // One block, one sum: dU^T = V^T dM, the transforms spread over the
     // threads by tiles, the products by position.
     const int64_t T = p.tiles(), sv = point_stride(T * Ci), sm = point_stride(T * Co);

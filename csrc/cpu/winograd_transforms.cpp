@@ -106,20 +106,21 @@ CUSTOM_CONV_PER_LEVEL(void, transform_input_planes, (const Problem& p, const flo
   }
 }
 
-// Output channels of tile rows [r0, r1) of a Winograd-domain M (xi, C, T)
-// back to the output: Y = A^T M A, plus the bias.
-CUSTOM_CONV_PER_LEVEL(void, transform_output_planes, (const Problem& p, const float* M, int64_t r0, int64_t r1,
-                                                      int64_t point_stride, const float* bias, float* output),
-                      (p, M, r0, r1, point_stride, bias, output)) {
+// Output channels [c0, c1) of tile rows [r0, r1) of a Winograd-domain M
+// (xi, c1 - c0, T) back to the output: Y = A^T M A, plus the bias.
+CUSTOM_CONV_PER_LEVEL(void, transform_output_planes, (const Problem& p, const float* M, int64_t c0, int64_t c1,
+                                                      int64_t r0, int64_t r1, int64_t point_stride,
+                                                      const float* bias, float* output),
+                      (p, M, c0, c1, r0, r1, point_stride, bias, output)) {
   const int64_t tw = p.tiles_w(), th = p.tiles_h(), T = (r1 - r0) * tw, C = p.out_channels;
   std::vector<float> buffer(8 * tw + 4 * tw);
   float* s = buffer.data();  // M A: 4 rows x 2 columns, tw tiles each
   float* row = s + 8 * tw;   // two output rows of 2 * tw values
-  for (int64_t c = 0; c < C; ++c) {
+  for (int64_t c = c0; c < c1; ++c) {
     const float b = bias ? bias[c] : 0.f;
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t step = point_stride;
-      const float* m = M + c * T + (r - r0) * tw;
+      const float* m = M + (c - c0) * T + (r - r0) * tw;
       for (int i = 0; i < 4; ++i) {  // M A: the columns
         const float* __restrict m0 = m + 4 * i * step;
         const float* __restrict m1 = m0 + step;

@@ -46,9 +46,10 @@ inline TilePos tile_pos(const Problem& p, int64_t t) {
 // V[xi][c][t] = (B^T d B)[xi] from the (N, C_in, H, W) input.
 void transform_input_planes(const Problem& p, const float* input, int64_t r0, int64_t r1, int64_t point_stride,
                             float* V);
-// Y = A^T M A plus the bias (or none), into the (N, C_out, out_h, out_w) output.
-void transform_output_planes(const Problem& p, const float* M, int64_t r0, int64_t r1, int64_t point_stride,
-                             const float* bias, float* output);
+// Y = A^T M A plus the bias (or none) for output channels [c0, c1) (M holds
+// c1 - c0 channels), into the (N, C_out, out_h, out_w) output.
+void transform_output_planes(const Problem& p, const float* M, int64_t c0, int64_t c1, int64_t r0, int64_t r1,
+                             int64_t point_stride, const float* bias, float* output);
 // dM[xi][c - c0][t] = (A dY A^T)[xi] for channels [c0, c1) of the output gradient.
 void transform_grad_output_planes(const Problem& p, const float* grad_output, int64_t c0, int64_t c1,
                                   int64_t r0, int64_t r1, int64_t point_stride, float* dM);
