@@ -117,6 +117,12 @@ def im2col_layers():
         "chunks of two samples, more chunks than partial sums, the last short":
             layer(2 * partials + 3, 16, 5, side + 2, 3),
         "one sample": layer(1, 7, 5, 9, 3, padding=1),
+        # A lone sample's forward splits the output channels between the
+        # threads (im2col.min_split_channels at least), per group.
+        "one sample, output channels split, not whole multiples":
+            layer(1, 7, 3 * C["im2col.min_split_channels"][0] + 2, 9, 3, padding=1),
+        "one sample, output channels split within each of 2 groups":
+            layer(1, 4, 4 * C["im2col.min_split_channels"][0] + 2, (6, 7), 3, groups=2, padding=(0, 1)),
         "whole batch in one GEMM (2x2 planes)": layer(5, 24, 20, 4, 3),
         # Tiny planes whose windows read mostly padding: output positions grouped by
         # the taps that reach the image, each group its own product, once the

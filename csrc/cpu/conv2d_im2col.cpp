@@ -50,6 +50,12 @@ constexpr int64_t kChunkColumns = int64_t{1} << 18;
 constexpr int64_t kMinGemmWidth = 512;
 constexpr int64_t kMaxBatchColumns = int64_t{1} << 23;
 
+// A lone sample's forward (batch 1, one chunk) is split by output channels
+// instead, in ranges of at least this many: every thread unrolls the whole
+// sample itself and multiplies its own rows of the weights
+// (forward_by_channels).
+constexpr int64_t kMinSplitChannels = 16;
+
 struct Chunks {
   int64_t size, count;
 };
@@ -495,6 +501,7 @@ void append_im2col_constants(RouteConstants& out) {
   out.emplace_back("im2col.max_batch_columns", kMaxBatchColumns);
   out.emplace_back("im2col.min_group_columns", kMinGroupColumns);
   out.emplace_back("im2col.tap_block_bytes", tap_block_bytes());
+  out.emplace_back("im2col.min_split_channels", kMinSplitChannels);
 }
 
 void conv2d_im2col_forward(const Conv2dGeometry& g, const at::Tensor& input, const at::Tensor& weight_,
@@ -506,6 +513,27 @@ void conv2d_im2col_forward(const Conv2dGeometry& g, const at::Tensor& input, con
   const at::Tensor weight = weight_.view({g.groups, Co, K});
   const at::Tensor bias_rows = bias.defined() ? bias.view({g.groups, Co}) : at::Tensor();
   const Chunks chunks = chunks_for(g);
+  if (g.batch == 1 && Co >= 2 * kMinSplitChannels) {
+    // A lone sample: every thread unrolls it whole (K * L values, 1 / (its
+    // channels) of its product's work) and multiplies its own range of
+    // output channels, so that no thread reads columns another core wrote.
+    // With the unrolling spread over the threads and the GEMM's tasks each
+    // packing columns from all of it, ResNet-18's 512-512 @7 at batch 1 took
+    // 1.77-1.80 ms instead of 1.38-1.44 in the shared VM's state where such
+    // reads run 8x slower (benchmarks/README.md's core-to-core probe).
+    const int64_t tasks = std::min(Co / kMinSplitChannels, static_cast<int64_t>(at::get_num_threads()));
+    const at::Tensor out = output[0].view({g.groups, Co, L});
+    parallel_items(tasks, g.groups * Co / tasks * K * L, [&](int64_t begin, int64_t end) {
+      const at::Tensor cols = unroll(input, 0, 1, g, scratch_empty({g.groups * K * L}, input.options()));
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t c0 = unit_range_bound(task, tasks, Co, kMinSplitChannels);
+        const int64_t c1 = unit_range_bound(task + 1, tasks, Co, kMinSplitChannels);
+        multiply(out.narrow(1, c0, c1 - c0), weight.narrow(1, c0, c1 - c0), cols,
+                 bias_rows.defined() ? bias_rows.narrow(1, c0, c1 - c0) : at::Tensor());
+      }
+    });
+    return;
+  }
   parallel_items(chunks.count, macs_per_chunk(g, chunks), [&](int64_t begin, int64_t end) {
     const at::Tensor cols_buf = scratch_empty({g.groups * K * chunks.size * L}, input.options());
     const at::Tensor out_buf = chunks.size > 1 ? scratch_empty({g.out_channels * chunks.size * L}, input.options())

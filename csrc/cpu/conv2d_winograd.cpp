@@ -296,13 +296,6 @@ at::Tensor transform_weight(const at::Tensor& weight, bool input_grad, bool plan
   return U;
 }
 
-// Boundary `i` of `count` ranges of `channels` (count <= channels /
-// kMinSplitChannels): whole multiples of kMinSplitChannels (a vector of
-// floats at AVX-512) but for the last range's remainder.
-int64_t channel_bound(int64_t i, int64_t count, int64_t channels) {
-  return i == count ? channels : i * (channels / kMinSplitChannels) / count * kMinSplitChannels;
-}
-
 // The forward of a problem with few tiles (`Split::kByChannels`): each
 // thread runs all of it for its own range of the output channels, from its
 // share of the kernels' transform to its channels of the output, and
@@ -324,7 +317,9 @@ void forward_by_channels(const Problem& p, const at::Tensor& input, const at::Te
   float* out = output.mutable_data_ptr<float>();
   parallel_items(tasks, kPoints * T * Ci * Co / tasks, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t c0 = channel_bound(task, tasks, Co), c1 = channel_bound(task + 1, tasks, Co), n = c1 - c0;
+      // Whole multiples of kMinSplitChannels (a vector of floats at AVX-512).
+      const int64_t c0 = unit_range_bound(task, tasks, Co, kMinSplitChannels);
+      const int64_t c1 = unit_range_bound(task + 1, tasks, Co, kMinSplitChannels), n = c1 - c0;
       // Blocks of whole rows of tiles (or one of every tile, channels-last)
       // within about half a core's L2, as blocks_for cuts them.
       const int64_t wanted = std::max(kMinBlockTiles, kBlockValues / (kPoints * (Ci + n)));

@@ -37,6 +37,13 @@ inline int64_t plane_grain(int64_t work_per_plane) {
   return std::max<int64_t>(1, kValuesPerTask / std::max<int64_t>(1, work_per_plane));
 }
 
+// Boundary i (0 <= i <= count) of `count` ranges that share `total` items,
+// in whole multiples of `unit` but for the last range's remainder; every
+// range holds at least one unit when count <= total / unit.
+inline int64_t unit_range_bound(int64_t i, int64_t count, int64_t total, int64_t unit) {
+  return i == count ? total : i * (total / unit) / count * unit;
+}
+
 // body(begin, end) over the items [0, count) of `macs_per_item` multiply-
 // adds each, on as many threads as task_grain gives tasks. Each task walks
 // its own contiguous share of the items one at a time, then takes the
