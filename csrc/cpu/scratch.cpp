@@ -36,10 +36,6 @@ constexpr int64_t kAlignment = 64;
 constexpr int64_t kMinPooledBytes = int64_t{1} << 18;
 constexpr int64_t kHugePage = int64_t{1} << 21;
 
-// How much larger than the smallest fitting buffer a buffer of the asking
-// thread's own may be and still be preferred (Pool::take_buffer).
-constexpr int64_t kOwnSlack = 2;
-
 // The thread a buffer was last taken by: its lines may still sit in that
 // thread's core's caches, dirty.
 using Owner = const void*;
@@ -81,20 +77,25 @@ struct Pool {
     return b;
   }
 
-  // Of those, one the same thread took last, if there is one no more than
-  // kOwnSlack times the smallest's size: a buffer another core wrote last
-  // has to come over from that core's caches as it is written again, which
-  // on a shared VM can be 8x slower than from memory for minutes at a time.
+  // Of the smallest that fit, one the same thread took last if there is
+  // one: a buffer another core wrote last has to come over from that core's
+  // caches as it is written again, which on a shared VM can be 8x slower
+  // than from memory for minutes at a time. (Only among buffers of the
+  // smallest fitting size: a thread that took a larger one of its own could
+  // leave a later, larger request none, and the pool would grow.)
   Buffer take_buffer(int64_t bytes) {
     const Owner me = this_thread();
     {
       std::lock_guard<std::mutex> lock(mutex);
       auto fits = std::find_if(free.begin(), free.end(), [&](const Buffer& b) { return b.bytes >= bytes; });
       if (fits != free.end()) {
-        const auto own = std::find_if(fits, free.end(), [&](const Buffer& b) {
-          return b.owner == me && b.bytes <= kOwnSlack * fits->bytes;
-        });
-        if (own != free.end()) fits = own;
+        const int64_t smallest = fits->bytes;
+        for (auto b = fits; b != free.end() && b->bytes == smallest; ++b) {
+          if (b->owner == me) {
+            fits = b;
+            break;
+          }
+        }
         Buffer b = *fits;
         free.erase(fits);
         free_bytes -= b.bytes;
