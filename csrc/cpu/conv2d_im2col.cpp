@@ -512,7 +512,6 @@ void conv2d_im2col_forward(const Conv2dGeometry& g, const at::Tensor& input, con
   const int64_t Co = g.out_channels_per_group(), K = g.col_rows_per_group(), L = g.output_plane();
   const at::Tensor weight = weight_.view({g.groups, Co, K});
   const at::Tensor bias_rows = bias.defined() ? bias.view({g.groups, Co}) : at::Tensor();
-  const Chunks chunks = chunks_for(g);
   if (g.batch == 1 && Co >= 2 * kMinSplitChannels) {
     // A lone sample: every thread unrolls it whole (K * L values, 1 / (its
     // channels) of its product's work) and multiplies its own range of
@@ -538,6 +537,7 @@ void conv2d_im2col_forward(const Conv2dGeometry& g, const at::Tensor& input, con
     });
     return;
   }
+  const Chunks chunks = chunks_for(g);
   parallel_items(chunks.count, macs_per_chunk(g, chunks), [&](int64_t begin, int64_t end) {
     const at::Tensor cols_buf = scratch_empty({g.groups * K * chunks.size * L}, input.options());
     const at::Tensor out_buf = chunks.size > 1 ? scratch_empty({g.out_channels * chunks.size * L}, input.options())

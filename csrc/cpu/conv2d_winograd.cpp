@@ -149,9 +149,9 @@ bool planes_layout(const Problem& p, bool weight_grad = false) {
 // kMinBlockTiles (a deep layer's few tiles, a small batch), instead:
 enum class Split {
   kBlocks,
-  // The forward (and input gradient): every thread runs all tiles for its
-  // own range of the output channels (forward_by_channels), while each
-  // thread's transformed input and output fit in kByChannelsValues.
+  // The forward (and input gradient): `count` ranges of the output channels,
+  // each running all tiles in blocks of `size` (forward_by_channels), while
+  // each thread's transformed input and output fit in kByChannelsValues.
   kByChannels,
   // Beyond that, and for the weight gradient, in the channel layout: all
   // tiles as one block, whose transforms are spread over the threads by
@@ -175,7 +175,13 @@ Blocks blocks_for(const Problem& p, bool weight_grad = false) {
   const bool few = ceil_div(p.tiles(), threads) < kMinBlockTiles && threads > 1;
   const int64_t by_channels_values = kPoints * p.tiles() * (p.in_channels + p.out_channels / threads);
   if (few && !weight_grad && p.out_channels >= 2 * kMinSplitChannels && by_channels_values <= kByChannelsValues) {
-    return {p.tiles(), 1, Split::kByChannels};
+    // Blocks of whole rows of tiles within about half a core's L2 (all tiles
+    // in one, channels-last), for a range's share of the output channels.
+    const int64_t ranges = std::min(p.out_channels / kMinSplitChannels, threads);
+    const int64_t share = ceil_div(p.out_channels, ranges);
+    const int64_t tiles = std::max(kMinBlockTiles, kBlockValues / (kPoints * (p.in_channels + share)));
+    const int64_t size = planes ? std::min(p.tiles(), ceil_div(tiles, p.tiles_w()) * p.tiles_w()) : p.tiles();
+    return {size, ranges, Split::kByChannels};
   }
   if (few && !planes) {
     return {p.tiles(), 1, Split::kWhole};
@@ -309,21 +315,17 @@ at::Tensor transform_weight(const at::Tensor& weight, bool input_grad, bool plan
 // where such reads run 8x slower than usual, VGG's 128-128 @16 forward at
 // batch 1 then took 0.60-0.66 ms on two threads against 0.48 on one (0.29-0.32
 // in the usual state), ResNet-18's 256-256 @14 1.7-4 ms against 1.5 (0.8).
-void forward_by_channels(const Problem& p, const at::Tensor& input, const at::Tensor& weight, bool input_grad,
-                         const float* bias, at::Tensor& output) {
+void forward_by_channels(const Problem& p, const Blocks& blocks, const at::Tensor& input, const at::Tensor& weight,
+                         bool input_grad, const float* bias, at::Tensor& output) {
   const int64_t Ci = p.in_channels, Co = p.out_channels, T = p.tiles(), L = p.out_h * p.out_w, tw = p.tiles_w();
+  const int64_t tasks = blocks.count, size = blocks.size;
   const bool planes = planes_layout(p);
-  const int64_t tasks = std::clamp<int64_t>(Co / kMinSplitChannels, 1, at::get_num_threads());
   float* out = output.mutable_data_ptr<float>();
   parallel_items(tasks, kPoints * T * Ci * Co / tasks, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       // Whole multiples of kMinSplitChannels (a vector of floats at AVX-512).
       const int64_t c0 = unit_range_bound(task, tasks, Co, kMinSplitChannels);
       const int64_t c1 = unit_range_bound(task + 1, tasks, Co, kMinSplitChannels), n = c1 - c0;
-      // Blocks of whole rows of tiles (or one of every tile, channels-last)
-      // within about half a core's L2, as blocks_for cuts them.
-      const int64_t wanted = std::max(kMinBlockTiles, kBlockValues / (kPoints * (Ci + n)));
-      const int64_t size = planes ? std::min(T, ceil_div(wanted, tw) * tw) : T;
       const int64_t sv = point_stride(size * Ci), sm = point_stride(size * n);
       // The layer's output channels for the forward, its input channels for
       // the input gradient: U's rows (planes) or columns (channels-last).
@@ -367,7 +369,7 @@ void run_forward(const Problem& p, const at::Tensor& input, const at::Tensor& we
                  const float* bias, at::Tensor& output) {
   const Blocks blocks = blocks_for(p);
   if (blocks.split == Split::kByChannels) {
-    forward_by_channels(p, input, weight, input_grad, bias, output);
+    forward_by_channels(p, blocks, input, weight, input_grad, bias, output);
     return;
   }
   const int64_t Ci = p.in_channels, Co = p.out_channels, tw = p.tiles_w();
