@@ -59,8 +59,9 @@ bool cuda_gemm_uses_tensor_cores(at::ScalarType dtype) {
 }
 
 bool cuda_implicit_gemm_supports(const Conv2dGeometry& g) {
-  // The GEMM's last tile reaches up to a tile past the end (kTileM, kTileN:
-  // 64) before its bounds check, with the index already formed.
+  // The GEMM's last tile reaches up to a tile past the end (at most 128:
+  // gemm.cuh's CoreTile) before its bounds check, with the index already
+  // formed.
   constexpr int64_t kMax = std::numeric_limits<int32_t>::max() - 128;
   const int64_t taps = g.kernel_h * g.kernel_w;
   return g.batch * g.output_plane() <= kMax && g.batch * g.in_h * g.in_w <= kMax &&

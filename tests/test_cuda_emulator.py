@@ -47,10 +47,11 @@ MUTANTS = {
     # The store's bound: writes one column past C.
     "store_off_by_one": ("\n      if (m < p.m && n < p.n) {", "\n      if (m < p.m && n <= p.n) {"),
     # A load's bound: reads a row past A.
-    "load_off_by_one": ("\n      if (m < p.m && k < k_end) {", "\n      if (m <= p.m && k < k_end) {"),
+    "load_off_by_one": ("  if (fixed < (Operand::kKContiguous ? mn_size : k_end)) {",
+                        "  if (fixed <= (Operand::kKContiguous ? mn_size : k_end)) {"),
     # A tile one row too short for the 64 rows it holds.
-    "shared_tile_too_small": ("shared_array<acc_t, kTileK, kTileM + 1> a_tile",
-                              "shared_array<acc_t, kTileK, kTileM - 1> a_tile"),
+    "shared_tile_too_small": ("shared_array<acc_t, kTileK, kM + 4> a_tile",
+                              "shared_array<acc_t, kTileK, kM - 1> a_tile"),
     # The tensor-core kernel (half): an accumulator element stored to the
     # row of its neighbour in the fragment layout.
     "mma_fragment_row": ("const int64_t m = m0 + warp_m + i * 16 + g + 8 * (e / 2);",
@@ -631,6 +632,57 @@ def test_the_tensor_core_gemm_matches_float64(emu, dtype, trans_a, trans_b, alig
     # Rounding to 16 bits, after float sums of k exact products.
     bound = torch.finfo(dtype).eps * exact.abs() + k * 2.0 ** -24 * terms
     assert ((c.double() - exact).abs() <= bound).all()
+
+
+def _stored(rows, cols, transposed, dtype=torch.float32, aligned=True):
+    """A rows x cols operand, stored transposed or not, in a wider buffer
+    (a leading dimension of 8j + 1 where not `aligned`)."""
+    if transposed:
+        rows, cols = cols, rows
+    width = (cols + 7) // 8 * 8 + (0 if aligned else 1)
+    x = torch.randn(rows, width)[:, :cols].to(dtype)
+    return x.t() if transposed else x
+
+
+@pytest.mark.parametrize("m, n, grid", [
+    (40, 60, "(1, 1, 1)"),     # 64 x 64: too few columns for wider tiles
+    (40, 300, "(3, 1, 1)"),    # 64 x 128: rows for one tile of 64, three tiles of columns
+    (200, 150, "(2, 2, 1)"),   # 128 x 128: four tiles, each of 8 x 8 values a thread, ragged at both edges
+    (200, 100, "(2, 4, 1)")])  # 64 x 64 again: 128 x 128 would give 2 tiles, 64 x 128 only 4 x 1 (a GPU of 8)
+@pytest.mark.parametrize("trans_a, trans_b", [(False, False), (True, False), (False, True), (True, True)])
+def test_the_cuda_core_gemm_matches_float64_in_every_tile(emu, m, n, grid, trans_a, trans_b):
+    """Each tile of the CUDA-core kernel, as core_tile_for picks it (the
+    largest whose tiles still give every multiprocessor a block), with every
+    operand layout and a ragged last slab (k = 83, 16 steps a slab). Float
+    with exact multiply-adds: each entry is k products summed in order, so
+    within k roundings (2^-24 of the terms' sum each) of the float64 value."""
+    k = 83
+    a, b = _stored(m, k, trans_a), _stored(k, n, trans_b, aligned=False)
+    multiprocessors = 8 if n == 100 else 2
+    with limits(emu, multiprocessors=multiprocessors):
+        c = emu.gemm(a, b, False)
+        assert _grids(emu.take_launch_log(), "gemm_tile_kernel") == [grid]
+    exact = a.double() @ b.double()
+    terms = a.double().abs() @ b.double().abs()
+    assert ((c.double() - exact).abs() <= 1.01 * k * 2.0 ** -24 * terms).all()
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv2d_on_the_widest_cuda_core_tiles_matches_torch(emu, route, stride):
+    """130 output channels in float32: the forward and the weight gradient
+    in tiles of 128 x 128 (8 x 8 values a thread), the input gradient of 8
+    channels in tiles of 64 x 128, on a GPU of 2 multiprocessors; strided
+    too, whose input gradient skips the taps between windows."""
+    case = conv((2, 8, 12, 12), (130, 8, 3, 3), stride=stride, padding=1)
+    with limits(emu, multiprocessors=2), on_route(emu, route):
+        assert_matches_torch(lambda x, w, b: emulated_conv2d(emu)(x, w, b, **case.kwargs),
+                             lambda x, w, b: F.conv2d(x, w, b, **case.kwargs), conv_tensors(case, torch.float32),
+                             **tolerance(torch.float32, "cuda"))
+        log = emu.take_launch_log()
+    grids = _grids(log, "gemm_tile_kernel")
+    # The forward (130 x 288 or 130 x 72) and the weight gradient (130 x 72) in 2 tiles of 128 rows, not 3 of 64.
+    assert grids[0] == ("(3, 2, 1)" if stride == 1 else "(1, 2, 1)") and grids[-1] == "(1, 2, 1)"
 
 
 def test_the_gemm_the_mutants_come_from_is_clean(emu):

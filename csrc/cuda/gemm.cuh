@@ -6,14 +6,17 @@
 // contiguous is a template parameter (the operand's type, below), so each
 // variant reads its operands in their stored layout with no copy.
 //
-// Each block computes a 64 x 64 tile of C. Per step it stages a 64 x 16 slab
-// of op(A) and a 16 x 64 slab of op(B) in shared memory, converted to the
-// accumulation type, and each of its 256 threads accumulates a 4 x 4 piece of
-// the tile in registers. Half and bfloat16 accumulate in float
-// (at::opmath_type): summing thousands of products in 16 bits would lose most
-// of their digits. With GemmParams::tensor_cores they, and float in TF32,
-// run on the tensor cores instead (gemm_mma_kernel, below: the same tiles,
-// grid and outputs).
+// On the CUDA cores (gemm_tile_kernel), each block of 256 threads computes a
+// tile of C: 64 x 64, 64 x 128 or 128 x 128 (CoreTile, core_tile_for: the
+// largest that the product fills and that still gives every multiprocessor
+// a block). Per step it stages a slab of 16 steps of k of op(A) and of op(B)
+// in shared memory, converted to the accumulation type, and each thread
+// accumulates a 4 x 4, 4 x 8 or 8 x 8 piece of the tile in registers: the
+// larger the piece, the more products each value read from shared memory
+// feeds. Half and bfloat16 accumulate in float (at::opmath_type): summing
+// thousands of products in 16 bits would lose most of their digits. With
+// GemmParams::tensor_cores they, and float in TF32, run on the tensor cores
+// instead (gemm_mma_kernel, below: 64 x 64 tiles).
 //
 // When there are too few output tiles to fill the GPU but a long reduction
 // (the weight gradient of a small layer: a 6 x 25 result summed over 50 000
@@ -38,23 +41,31 @@
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 namespace custom_conv {
 namespace gpu {
 
+// The tensor-core kernel's tile, the CUDA-core kernel's smallest, and the
+// steps of k of one slab of the CUDA-core kernel.
 constexpr int kTileM = 64;
 constexpr int kTileN = 64;
 constexpr int kTileK = 16;
-// The 256 threads of a block form a 16 x 16 grid; each owns the 4 x 4 outputs
-// (ty + 16 i, tx + 16 j). Interleaving (rather than 4 adjacent values) makes
-// neighbouring threads read neighbouring shared-memory words and write
-// neighbouring elements of C.
-constexpr int kThreadGrid = 16;
-constexpr int kMicroM = kTileM / kThreadGrid;
-constexpr int kMicroN = kTileN / kThreadGrid;
-static_assert(kThreadGrid * kThreadGrid == kThreads, "one thread per grid cell");
-static_assert(kTileM * kTileK % kThreads == 0 && kTileN * kTileK % kThreads == 0,
-              "every thread loads the same number of slab elements");
+
+// A tile of the CUDA-core kernel: kM x kN outputs for 256 threads in a
+// 16 x 16 grid. Thread (ty, tx) owns rows ty * 4 + {0..3} (and those plus
+// 64 where kM is 128) and columns tx * 4 + {0..3} (plus 64 where kN is 128):
+// groups of 4 adjacent values, so that a step of k reads each group from
+// shared memory in one 16-byte load. Each thread loads one run of adjacent
+// elements of each operand per slab, along the dimension it is stored along
+// (the problem's chunks, below): 4 elements per 64 rows of the tile.
+template <int kM, int kN>
+struct CoreTile {
+  static constexpr int kTileM = kM, kTileN = kN;
+  static constexpr int kMicroM = kM / 16, kMicroN = kN / 16;
+  static constexpr int kRunA = kM * kTileK / kThreads, kRunB = kN * kTileK / kThreads;
+  static_assert((kM == 64 || kM == 128) && (kN == 64 || kN == 128), "groups of 4 rows, 64 apart");
+};
 
 // Operands are row-major with leading dimensions lda, ldb, ldc: A is stored
 // (m, k), or (k, m) when trans_a; B is stored (k, n), or (n, k) when trans_b.
@@ -109,10 +120,9 @@ __device__ __forceinline__ void gemm_store(const GemmParams<scalar_t, out_t>& p,
 //                 n); the tensor-core kernel lays its tile out the same way;
 //   line(z, i)    what element addresses need of the index a chunk keeps
 //                 fixed (mn when kKContiguous, else k): once per chunk;
-//   at(line, j)   the element at index j along the chunk (k, or m or n);
-//   run(line, j0, j_end, v)  elements j0, j0 + 1, ... into v, zero from j_end
-//                 on: a chunk's elements, walked with less index arithmetic
-//                 than one at() each where the operand can;
+//   run(line, j0, j_end, v)  elements j0, j0 + 1, ... along the chunk (k,
+//                 or m or n) into v, zero from j_end on: each index computed
+//                 once per run, then walked;
 //   chunk(z, mn, k)  the 16-byte-aligned address of the chunk that starts at
 //                 (mn, k) where its elements lie contiguous in memory, for
 //                 cp.async; nullptr where they do not (element by element).
@@ -133,9 +143,6 @@ struct MatrixOperand {
   __device__ __forceinline__ gpu_ptr<const T> line(int64_t z, int64_t i) const {
     return x + z * batch_stride + i * ld;
   }
-  __device__ __forceinline__ T at(const gpu_ptr<const T>& line, int64_t j) const {
-    return line[j];
-  }
   template <int kCount>
   __device__ __forceinline__ void run(const gpu_ptr<const T>& line, int64_t j0, int64_t j_end,
                                       T (&v)[kCount]) const {
@@ -151,12 +158,6 @@ struct MatrixOperand {
     return kKContiguous ? line(z, mn) + k : line(z, k) + mn;
   }
 };
-
-// Element (mn, k) of an operand, for loads that take one element at a time.
-template <typename Operand>
-__device__ __forceinline__ auto operand_at(const Operand& x, int64_t z, int64_t mn, int64_t k) {
-  return Operand::kKContiguous ? x.at(x.line(z, mn), k) : x.at(x.line(z, k), mn);
-}
 
 // Results into the matrix GemmParams describes.
 template <typename scalar_t, typename out_t>
@@ -178,106 +179,135 @@ struct GemmProblem {
   Output out;
 };
 
+// Where this thread's run of a slab lies in the slab, stored as the operand
+// is (the tile transposes it on the way into shared memory): line (m or n
+// where k is contiguous, else k) and the run's first index along it.
+template <bool kKContiguous, int kTileMN, int kRun>
+__device__ __forceinline__ void core_run(int& line, int& along) {
+  constexpr int kRunsPerLine = (kKContiguous ? kTileK : kTileMN) / kRun;
+  line = threadIdx.x / kRunsPerLine;
+  along = threadIdx.x % kRunsPerLine * kRun;
+}
+
+// Loads this thread's run of an operand's slab: rows [mn0, mn0 + kTileMN)
+// of m (or n) and [k0, k0 + 16) of k of batch entry z, zero outside
+// [0, mn_size) x [k0, k_end).
+template <int kTileMN, int kRun, typename Operand, typename T>
+__device__ __forceinline__ void core_load(const Operand& x, int64_t z, int64_t mn0, int64_t mn_size, int64_t k0,
+                                          int64_t k_end, T (&v)[kRun]) {
+  int line, along;
+  core_run<Operand::kKContiguous, kTileMN, kRun>(line, along);
+  const int64_t fixed = Operand::kKContiguous ? mn0 + line : k0 + line;
+  if (fixed < (Operand::kKContiguous ? mn_size : k_end)) {
+    if constexpr (Operand::kKContiguous) {
+      x.run(x.line(z, fixed), k0 + along, k_end, v);
+    } else {
+      x.run(x.line(z, fixed), mn0 + along, mn_size, v);
+    }
+  } else {
+#pragma unroll
+    for (int e = 0; e < kRun; ++e) {
+      v[e] = T(0);
+    }
+  }
+}
+
+// Writes a run core_load read into the slab's tile, stored k-major:
+// tile[k][m or n].
+template <typename acc_t, bool kKContiguous, int kTileMN, typename Tile, typename T, int kRun>
+__device__ __forceinline__ void core_store(Tile& tile, const T (&v)[kRun]) {
+  int line, along;
+  core_run<kKContiguous, kTileMN, kRun>(line, along);
+#pragma unroll
+  for (int e = 0; e < kRun; ++e) {
+    if constexpr (kKContiguous) {
+      tile[along + e][line] = static_cast<acc_t>(v[e]);
+    } else {
+      tile[line][along + e] = static_cast<acc_t>(v[e]);
+    }
+  }
+}
+
+// Row (or column) of value i of a thread's piece, from the thread's place
+// t in the 16 x 16 grid: groups of 4 adjacent ones, 64 apart.
+__device__ __forceinline__ int core_place(int t, int i) {
+  return t * 4 + i % 4 + i / 4 * 64;
+}
+
 // blockIdx = (column tile, row tile, (batch - batch_offset) * splits + slice).
 // With splits > 1 the block writes its partial sum to `partials`, laid out
 // (batch, splits, m, n), instead of C.
-template <typename Problem>
-__global__ void __launch_bounds__(kThreads)
+template <typename Problem, typename Tile>
+__global__ void __launch_bounds__(kThreads, 2)
 gemm_tile_kernel(const Problem p, int64_t batch_offset, int64_t splits, int64_t k_per_split,
                  gpu_ptr<typename Problem::acc_t> partials) {
+  using scalar_t = typename Problem::scalar_t;
   using acc_t = typename Problem::acc_t;
   constexpr bool kKContiguousA = decltype(p.a)::kKContiguous;
   constexpr bool kKContiguousB = decltype(p.b)::kKContiguous;
-  // One padding column keeps the transposing stores (slab element (row, k)
-  // to tile[k][row]) from landing in the same bank.
-  __shared__ shared_array<acc_t, kTileK, kTileM + 1> a_tile;
-  __shared__ shared_array<acc_t, kTileK, kTileN + 1> b_tile;
+  constexpr int kM = Tile::kTileM, kN = Tile::kTileN;
+  // Slabs stored k-major, each row padded by one 16-byte group: the rows
+  // stay aligned for the 16-byte reads, and the stores of a k-contiguous
+  // operand (down a column) meet at most two to a bank.
+  __shared__ __align__(16) shared_array<acc_t, kTileK, kM + 4> a_tile;
+  __shared__ __align__(16) shared_array<acc_t, kTileK, kN + 4> b_tile;
 
   const int64_t z = batch_offset + blockIdx.z / splits;
   const int64_t slice = blockIdx.z % splits;
-  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kTileM;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kTileN;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kM;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kN;
   const int64_t k_begin = slice * k_per_split;
   const int64_t k_end = k_begin + k_per_split < p.k ? k_begin + k_per_split : p.k;
-  const int tx = threadIdx.x % kThreadGrid;
-  const int ty = threadIdx.x / kThreadGrid;
+  // Lane l of warp w sits at (ty, tx) = (4 (w / 2) + l / 8, 8 (w % 2) + l % 8)
+  // of the grid: a warp's reads of a step touch 4 groups of A and 8 of B,
+  // 64 and 128 bytes, one shared-memory wavefront each.
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int ty = warp / 2 * 4 + lane / 8;
+  const int tx = warp % 2 * 8 + lane % 8;
 
-  acc_t sum[kMicroM][kMicroN];
+  acc_t sum[Tile::kMicroM][Tile::kMicroN];
 #pragma unroll
-  for (int i = 0; i < kMicroM; ++i) {
+  for (int i = 0; i < Tile::kMicroM; ++i) {
 #pragma unroll
-    for (int j = 0; j < kMicroN; ++j) {
+    for (int j = 0; j < Tile::kMicroN; ++j) {
       sum[i][j] = acc_t(0);
     }
   }
 
-  // Each thread's share of a slab is read into registers one slab ahead:
+  // Each thread's runs of a slab are read into registers one slab ahead:
   // the loads of the next slab are in flight while this one's products run,
-  // and reach shared memory after them. Consecutive threads take
-  // consecutive elements along whichever dimension of the operand is
-  // contiguous in memory, so global loads coalesce.
-  constexpr int kLoadsA = kTileM * kTileK / kThreads, kLoadsB = kTileN * kTileK / kThreads;
-  acc_t a_next[kLoadsA], b_next[kLoadsB];
+  // and reach shared memory after them.
+  scalar_t a_next[Tile::kRunA], b_next[Tile::kRunB];
   const auto fetch = [&](int64_t k0) {
-#pragma unroll
-    for (int r = 0; r < kLoadsA; ++r) {
-      const int e = threadIdx.x + r * kThreads;
-      const int row = kKContiguousA ? e / kTileK : e % kTileM;
-      const int kk = kKContiguousA ? e % kTileK : e / kTileM;
-      const int64_t m = m0 + row, k = k0 + kk;
-      acc_t v = acc_t(0);
-      if (m < p.m && k < k_end) {
-        v = static_cast<acc_t>(operand_at(p.a, z, m, k));
-      }
-      a_next[r] = v;
-    }
-#pragma unroll
-    for (int r = 0; r < kLoadsB; ++r) {
-      const int e = threadIdx.x + r * kThreads;
-      const int col = kKContiguousB ? e / kTileK : e % kTileN;
-      const int kk = kKContiguousB ? e % kTileK : e / kTileN;
-      const int64_t n = n0 + col, k = k0 + kk;
-      acc_t v = acc_t(0);
-      if (n < p.n && k < k_end) {
-        v = static_cast<acc_t>(operand_at(p.b, z, n, k));
-      }
-      b_next[r] = v;
-    }
+    core_load<kM>(p.a, z, m0, p.m, k0, k_end, a_next);
+    core_load<kN>(p.b, z, n0, p.n, k0, k_end, b_next);
   };
 
   if (k_begin < k_end) {
     fetch(k_begin);
   }
   for (int64_t k0 = k_begin; k0 < k_end; k0 += kTileK) {
-#pragma unroll
-    for (int r = 0; r < kLoadsA; ++r) {
-      const int e = threadIdx.x + r * kThreads;
-      a_tile[kKContiguousA ? e % kTileK : e / kTileM][kKContiguousA ? e / kTileK : e % kTileM] = a_next[r];
-    }
-#pragma unroll
-    for (int r = 0; r < kLoadsB; ++r) {
-      const int e = threadIdx.x + r * kThreads;
-      b_tile[kKContiguousB ? e % kTileK : e / kTileN][kKContiguousB ? e / kTileK : e % kTileN] = b_next[r];
-    }
+    core_store<acc_t, kKContiguousA, kM>(a_tile, a_next);
+    core_store<acc_t, kKContiguousB, kN>(b_tile, b_next);
     __syncthreads();
     if (k0 + kTileK < k_end) {
       fetch(k0 + kTileK);
     }
 #pragma unroll
     for (int kk = 0; kk < kTileK; ++kk) {
-      acc_t a_frag[kMicroM], b_frag[kMicroN];
+      acc_t a_frag[Tile::kMicroM], b_frag[Tile::kMicroN];
 #pragma unroll
-      for (int i = 0; i < kMicroM; ++i) {
-        a_frag[i] = a_tile[kk][ty + i * kThreadGrid];
+      for (int i = 0; i < Tile::kMicroM; ++i) {
+        a_frag[i] = a_tile[kk][core_place(ty, i)];
       }
 #pragma unroll
-      for (int j = 0; j < kMicroN; ++j) {
-        b_frag[j] = b_tile[kk][tx + j * kThreadGrid];
+      for (int j = 0; j < Tile::kMicroN; ++j) {
+        b_frag[j] = b_tile[kk][core_place(tx, j)];
       }
 #pragma unroll
-      for (int i = 0; i < kMicroM; ++i) {
+      for (int i = 0; i < Tile::kMicroM; ++i) {
 #pragma unroll
-        for (int j = 0; j < kMicroN; ++j) {
+        for (int j = 0; j < Tile::kMicroN; ++j) {
           sum[i][j] += a_frag[i] * b_frag[j];
         }
       }
@@ -287,11 +317,11 @@ gemm_tile_kernel(const Problem p, int64_t batch_offset, int64_t splits, int64_t 
   }
 
 #pragma unroll
-  for (int i = 0; i < kMicroM; ++i) {
+  for (int i = 0; i < Tile::kMicroM; ++i) {
 #pragma unroll
-    for (int j = 0; j < kMicroN; ++j) {
-      const int64_t m = m0 + ty + i * kThreadGrid;
-      const int64_t n = n0 + tx + j * kThreadGrid;
+    for (int j = 0; j < Tile::kMicroN; ++j) {
+      const int64_t m = m0 + core_place(ty, i);
+      const int64_t n = n0 + core_place(tx, j);
       if (m < p.m && n < p.n) {
         if (partials != nullptr) {
           partials[((z * splits + slice) * p.m + m) * p.n + n] = sum[i][j];
@@ -635,10 +665,12 @@ struct GemmPlan {
   int64_t batches_per_launch;
 };
 
-inline GemmPlan plan_gemm(int64_t batch, int64_t m, int64_t n, int64_t k, const LaunchLimits& limits) {
+// The plan of a product in tiles of tile_m x tile_n.
+inline GemmPlan plan_gemm(int64_t batch, int64_t m, int64_t n, int64_t k, const LaunchLimits& limits,
+                          int64_t tile_m = kTileM, int64_t tile_n = kTileN) {
   GemmPlan plan;
-  plan.tiles_m = (m + kTileM - 1) / kTileM;
-  plan.tiles_n = (n + kTileN - 1) / kTileN;
+  plan.tiles_m = (m + tile_m - 1) / tile_m;
+  plan.tiles_n = (n + tile_n - 1) / tile_n;
   TORCH_CHECK(plan.tiles_m <= limits.max_grid_yz && plan.tiles_n <= 0x7fffffff,
               "custom_conv gemm: matrix of ", m, " x ", n, " is too large");
   plan.splits = gemm_splits(plan.tiles_m * plan.tiles_n * batch, batch, m, n, k, limits.multiprocessors);
@@ -653,6 +685,30 @@ inline GemmPlan plan_gemm(int64_t batch, int64_t m, int64_t n, int64_t k, const 
   return plan;
 }
 
+// The CUDA-core kernel's tile for a float product (rows, columns): 128 along
+// a side of more than 64, when the tiles still give every multiprocessor a
+// block: 128 x 128, else 64 x 128; otherwise 64 x 64 (and, where those are
+// few, a split reduction). A thread's 8 x 8 piece of a 128 x 128 tile does
+// 64 multiply-adds per 4 loads from shared memory, its 4 x 4 piece of a
+// 64 x 64 tile 16 per 2; but on a GPU with idle multiprocessors the larger
+// tiles would only leave more of them idle. Float64 keeps 64 x 64 (an
+// 8 x 8 piece of doubles would not fit the registers); half and bfloat16
+// reach this kernel only with the tensor cores switched off.
+inline std::pair<int64_t, int64_t> core_tile_for(int64_t batch, int64_t m, int64_t n, int64_t multiprocessors) {
+  const auto tiles = [&](int64_t tile_m, int64_t tile_n) {
+    return batch * ((m + tile_m - 1) / tile_m) * ((n + tile_n - 1) / tile_n);
+  };
+  if (n > 64) {
+    if (m > 64 && tiles(128, 128) >= multiprocessors) {
+      return {128, 128};
+    }
+    if (tiles(64, 128) >= multiprocessors) {
+      return {64, 128};
+    }
+  }
+  return {64, 64};
+}
+
 // Whether an operand's 16-byte chunks (along its contiguous dimension,
 // starting at multiples of the chunk) are all 16-byte aligned.
 template <typename scalar_t>
@@ -661,15 +717,11 @@ bool chunks_aligned(gpu_ptr<const scalar_t> x, int64_t ld, int64_t batch_stride,
   return address_bits(x) % 16 == 0 && ld % kVector == 0 && (batch == 1 || batch_stride % kVector == 0);
 }
 
-// Runs a problem on the current stream, on the tensor cores when
-// `tensor_cores` (and its element type has them), else on the CUDA cores.
-template <typename Problem>
-void run_gemm(const Problem& p, bool tensor_cores) {
+// Launches a planned problem: kernel(grid, batch_offset, partials) for each
+// launch along z, then the reduction of the slices where there are several.
+template <typename Problem, typename Launch>
+void run_planned(const Problem& p, const GemmPlan& plan, const Launch& launch) {
   using acc_t = typename Problem::acc_t;
-  if (p.batch == 0 || p.m == 0 || p.n == 0) {
-    return;
-  }
-  const GemmPlan plan = plan_gemm(p.batch, p.m, p.n, p.k, launch_limits());
   at::Tensor workspace;
   gpu_ptr<acc_t> partials = nullptr;
   if (plan.splits > 1) {
@@ -681,21 +733,55 @@ void run_gemm(const Problem& p, bool tensor_cores) {
   }
   for (int64_t z0 = 0; z0 < p.batch; z0 += plan.batches_per_launch) {
     const int64_t nz = std::min(plan.batches_per_launch, p.batch - z0);
-    const dim3 grid(static_cast<unsigned int>(plan.tiles_n), static_cast<unsigned int>(plan.tiles_m),
-                    static_cast<unsigned int>(nz * plan.splits));
-    if constexpr (kTensorCores<typename Problem::scalar_t>) {
-      if (tensor_cores) {
-        CUSTOM_CONV_LAUNCH(grid, kMmaThreads, gemm_mma_kernel<Problem>)(p, z0, plan.splits, plan.k_per_split,
-                                                                         partials);
-        continue;
-      }
-    }
-    CUSTOM_CONV_LAUNCH(grid, kThreads, gemm_tile_kernel<Problem>)(p, z0, plan.splits, plan.k_per_split, partials);
+    launch(dim3(static_cast<unsigned int>(plan.tiles_n), static_cast<unsigned int>(plan.tiles_m),
+                static_cast<unsigned int>(nz * plan.splits)),
+           z0, partials);
   }
   if (plan.splits > 1) {
     CUSTOM_CONV_LAUNCH(grid_for(p.batch * p.m * p.n), kThreads, gemm_split_reduce_kernel<Problem>)(
         p, plan.splits, partials);
   }
+}
+
+// The problem on the CUDA cores in tiles of Tile.
+template <typename Tile, typename Problem>
+void run_core_gemm(const Problem& p, const LaunchLimits& limits) {
+  const GemmPlan plan = plan_gemm(p.batch, p.m, p.n, p.k, limits, Tile::kTileM, Tile::kTileN);
+  run_planned(p, plan, [&](dim3 grid, int64_t z0, gpu_ptr<typename Problem::acc_t> partials) {
+    CUSTOM_CONV_LAUNCH(grid, kThreads, gemm_tile_kernel<Problem, Tile>)(p, z0, plan.splits, plan.k_per_split,
+                                                                         partials);
+  });
+}
+
+// Runs a problem on the current stream, on the tensor cores when
+// `tensor_cores` (and its element type has them), else on the CUDA cores.
+template <typename Problem>
+void run_gemm(const Problem& p, bool tensor_cores) {
+  using scalar_t = typename Problem::scalar_t;
+  if (p.batch == 0 || p.m == 0 || p.n == 0) {
+    return;
+  }
+  const LaunchLimits limits = launch_limits();
+  if constexpr (kTensorCores<scalar_t>) {
+    if (tensor_cores) {
+      const GemmPlan plan = plan_gemm(p.batch, p.m, p.n, p.k, limits);
+      run_planned(p, plan, [&](dim3 grid, int64_t z0, gpu_ptr<float> partials) {
+        CUSTOM_CONV_LAUNCH(grid, kMmaThreads, gemm_mma_kernel<Problem>)(p, z0, plan.splits, plan.k_per_split,
+                                                                         partials);
+      });
+      return;
+    }
+  }
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    const auto [tile_m, tile_n] = core_tile_for(p.batch, p.m, p.n, limits.multiprocessors);
+    if (tile_m == 128) {
+      return run_core_gemm<CoreTile<128, 128>>(p, limits);
+    }
+    if (tile_n == 128) {
+      return run_core_gemm<CoreTile<64, 128>>(p, limits);
+    }
+  }
+  run_core_gemm<CoreTile<64, 64>>(p, limits);
 }
 
 template <bool kTransA, bool kTransB, typename scalar_t, typename out_t>

@@ -122,14 +122,10 @@ struct TapIndex {
 
 // What an operand that gathers taps at positions has besides line() and
 // element(tap, position): positions are the index along its chunks (planes
-// of Derived::kRows x kCols, ConvIndex fields), read one at() or one run()
-// at a time, and never by cp.async.
+// of Derived::kRows x kCols, ConvIndex fields), read a run() at a time,
+// never by cp.async.
 template <typename T, typename Derived, int32_t ConvIndex::*kRows, int32_t ConvIndex::*kCols>
 struct TapsAtPositions {
-  __device__ __forceinline__ T at(const Tap& tap, int64_t q) const {
-    const Derived& d = static_cast<const Derived&>(*this);
-    return d.element(tap, Position(q, d.s.*kRows, d.s.*kCols));
-  }
   template <int kCount>
   __device__ __forceinline__ void run(const Tap& tap, int64_t j0, int64_t j_end, T (&v)[kCount]) const {
     const Derived& d = static_cast<const Derived&>(*this);
@@ -188,8 +184,16 @@ struct OutputGradPatches : TapsAtPositions<T, OutputGradPatches<T>, &ConvIndex::
     if (h < 0 || w < 0) {
       return T(0);
     }
-    const int32_t oh = h / s.stride_h, ow = w / s.stride_w;
-    if (oh * s.stride_h != h || ow * s.stride_w != w || oh >= s.out_h || ow >= s.out_w) {
+    int32_t oh = h, ow = w;
+    // The same branch for every thread, and no division at stride 1.
+    if (s.stride_h != 1 || s.stride_w != 1) {
+      oh = h / s.stride_h;
+      ow = w / s.stride_w;
+      if (oh * s.stride_h != h || ow * s.stride_w != w) {
+        return T(0);
+      }
+    }
+    if (oh >= s.out_h || ow >= s.out_w) {
       return T(0);
     }
     return grad_output[(static_cast<int64_t>(q.b) * s.out_channels * s.out_h + oh) * s.out_w + tap.plane + ow];
@@ -216,7 +220,6 @@ struct OutputGradRows {
     const int32_t b = q / size, p = q - b * size;
     return static_cast<int64_t>(b) * s.out_channels * size + plane + p;
   }
-  __device__ __forceinline__ T at(int64_t plane, int64_t q) const { return grad_output[offset(plane, q)]; }
   // Positions as (b, 0, p): one row per sample.
   template <int kCount>
   __device__ __forceinline__ void run(int64_t plane, int64_t j0, int64_t j_end, T (&v)[kCount]) const {
