@@ -73,8 +73,11 @@ def short(name):
     kernel = name.split("<", 1)[0].replace("void ", "")
     operands = re.findall(r"(MatrixOperand<[^>]*>|InputPatches<[^>]*>|OutputGradPatches|OutputGradRows|"
                           r"MatrixOutput<[^>]*>|PlaneOutput)", name)
-    tile = re.search(r"CoreTile<(\d+), (\d+)>", name)
-    return " ".join([kernel, *operands] + ([f"tile {tile.group(1)}x{tile.group(2)}"] if tile else []))
+    tile = re.search(r"(?:CoreTile|MmaShape)<(\d+), (\d+)(?:, (\d+), (\d+))?>", name)
+    shape = f"tile {tile.group(1)}x{tile.group(2)}" if tile else ""
+    if tile and tile.group(3):
+        shape += f" ({tile.group(3)}x{tile.group(4)} warps)"
+    return " ".join([kernel, *operands] + ([shape] if shape else []))
 
 
 def opcode(line):

@@ -595,31 +595,39 @@ def test_a_wrong_fragment_index_gives_wrong_values(emu):
     assert not torch.allclose(c.double(), exact, rtol=1e-2, atol=1e-2)
 
 
+def _stored(rows, cols, transposed, dtype=torch.float32, aligned=True):
+    """A rows x cols operand, stored transposed or not, in a wider buffer
+    (a leading dimension of 8j + 1 where not `aligned`)."""
+    if transposed:
+        rows, cols = cols, rows
+    width = (cols + 7) // 8 * 8 + (0 if aligned else 1)
+    x = torch.randn(rows, width)[:, :cols].to(dtype)
+    return x.t() if transposed else x
+
+
+# (m, n): the grid of 16-bit products, and of TF32 ones (64 x 64 tiles only), on a GPU of 2 multiprocessors
+MMA_TILES = {
+    (40, 60): ("(1, 1, 1)", "(1, 1, 1)"),     # 64 x 64: too few columns for wider tiles
+    (70, 75): ("(1, 2, 1)", "(2, 2, 1)"),     # 64 x 128, 4 warps of 32 x 64: one tile of 128 x 128 is too few
+    (200, 150): ("(2, 2, 1)", "(3, 4, 1)")}   # 128 x 128, 8 warps of 64 x 32
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("trans_a, trans_b", [(False, False), (True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("aligned", [True, False])
-def test_the_tensor_core_gemm_matches_float64(emu, dtype, trans_a, trans_b, aligned):
+@pytest.mark.parametrize("m, n", list(MMA_TILES))
+def test_the_tensor_core_gemm_matches_float64(emu, dtype, trans_a, trans_b, aligned, m, n):
     """Every operand layout, with 16-byte chunks (cp.async) or not (a
-    leading dimension of 8k + 1 forces element loads): C (70 x 75) over
-    k = 83, two tiles each way with ragged edges, a ragged last k step. The
-    16-bit products are exact in float, so their error is float
-    accumulation only; float32 runs in TF32, each operand rounded to 10 bits
-    of mantissa (2^-11 of it at most), so each product within 2^-10 of
-    itself."""
-    m, n, k = 70, 75, 83
-
-    def operand(rows, cols, transposed):
-        """rows x cols, stored transposed or not, in a wider buffer."""
-        if transposed:
-            rows, cols = cols, rows
-        width = (cols + 7) // 8 * 8 + (0 if aligned else 1)
-        x = torch.randn(rows, width)[:, :cols].to(dtype)
-        return x.t() if transposed else x
-
-    a, b = operand(m, k, trans_a), operand(k, n, trans_b)
+    leading dimension of 8j + 1 forces element loads), in every tile shape
+    (ragged edges), over k = 83 (a ragged last k step). The 16-bit products
+    are exact in float, so their error is float accumulation only; float32
+    runs in TF32, each operand rounded to 10 bits of mantissa (2^-11 of it
+    at most), so each product within 2^-10 of itself."""
+    k = 83
+    a, b = _stored(m, k, trans_a, dtype, aligned), _stored(k, n, trans_b, dtype, aligned)
     emu.take_launch_log()
     c = emu.gemm(a, b, True)
-    assert _grids(emu.take_launch_log(), "gemm_mma_kernel") == ["(2, 2, 1)"]
+    assert _grids(emu.take_launch_log(), "gemm_mma_kernel") == [MMA_TILES[m, n][dtype == torch.float32]]
     exact = a.double() @ b.double()
     terms = a.double().abs() @ b.double().abs()
     if dtype == torch.float32:
@@ -634,16 +642,6 @@ def test_the_tensor_core_gemm_matches_float64(emu, dtype, trans_a, trans_b, alig
     assert ((c.double() - exact).abs() <= bound).all()
 
 
-def _stored(rows, cols, transposed, dtype=torch.float32, aligned=True):
-    """A rows x cols operand, stored transposed or not, in a wider buffer
-    (a leading dimension of 8j + 1 where not `aligned`)."""
-    if transposed:
-        rows, cols = cols, rows
-    width = (cols + 7) // 8 * 8 + (0 if aligned else 1)
-    x = torch.randn(rows, width)[:, :cols].to(dtype)
-    return x.t() if transposed else x
-
-
 @pytest.mark.parametrize("m, n, grid", [
     (40, 60, "(1, 1, 1)"),     # 64 x 64: too few columns for wider tiles
     (40, 300, "(3, 1, 1)"),    # 64 x 128: rows for one tile of 64, three tiles of columns
@@ -651,7 +649,7 @@ def _stored(rows, cols, transposed, dtype=torch.float32, aligned=True):
     (200, 100, "(2, 4, 1)")])  # 64 x 64 again: 128 x 128 would give 2 tiles, 64 x 128 only 4 x 1 (a GPU of 8)
 @pytest.mark.parametrize("trans_a, trans_b", [(False, False), (True, False), (False, True), (True, True)])
 def test_the_cuda_core_gemm_matches_float64_in_every_tile(emu, m, n, grid, trans_a, trans_b):
-    """Each tile of the CUDA-core kernel, as core_tile_for picks it (the
+    """Each tile of the CUDA-core kernel, as tile_for picks it (the
     largest whose tiles still give every multiprocessor a block), with every
     operand layout and a ragged last slab (k = 83, 16 steps a slab). Float
     with exact multiply-adds: each entry is k products summed in order, so
@@ -669,20 +667,26 @@ def test_the_cuda_core_gemm_matches_float64_in_every_tile(emu, m, n, grid, trans
 
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("stride", [1, 2])
-def test_conv2d_on_the_widest_cuda_core_tiles_matches_torch(emu, route, stride):
-    """130 output channels in float32: the forward and the weight gradient
-    in tiles of 128 x 128 (8 x 8 values a thread), the input gradient of 8
-    channels in tiles of 64 x 128, on a GPU of 2 multiprocessors; strided
-    too, whose input gradient skips the taps between windows."""
+@pytest.mark.parametrize("dtype", dtypes("float32", "float16", "bfloat16"))
+def test_conv2d_on_the_widest_tiles_matches_torch(emu, route, stride, dtype):
+    """130 output channels: the forward and the weight gradient in tiles of
+    128 x 128, the input gradient of 8 channels in tiles of 64 x 128, on a
+    GPU of 2 multiprocessors; strided too, whose input gradient skips the
+    taps between windows. Float32 on the CUDA cores (8 x 8 values a
+    thread), half and bfloat16 on the tensor cores (8 warps of 64 x 32)."""
     case = conv((2, 8, 12, 12), (130, 8, 3, 3), stride=stride, padding=1)
+    conv2d = emulated_conv2d(emu)
     with limits(emu, multiprocessors=2), on_route(emu, route):
-        assert_matches_torch(lambda x, w, b: emulated_conv2d(emu)(x, w, b, **case.kwargs),
-                             lambda x, w, b: F.conv2d(x, w, b, **case.kwargs), conv_tensors(case, torch.float32),
-                             **tolerance(torch.float32, "cuda"))
+        ours = lambda x, w, b: conv2d(x, w, b, **case.kwargs)  # noqa: E731
+        theirs = lambda x, w, b: F.conv2d(x, w, b, **case.kwargs)  # noqa: E731
+        if dtype == torch.float32:
+            assert_matches_torch(ours, theirs, conv_tensors(case, dtype), **tolerance(dtype, "cuda"))
+        else:
+            assert_within_eps_of_exact(ours, theirs, conv_tensors(case, dtype))
         log = emu.take_launch_log()
-    grids = _grids(log, "gemm_tile_kernel")
+    grids = _grids(log, "gemm_tile_kernel" if dtype == torch.float32 else "gemm_mma_kernel")
     # The forward (130 x 288 or 130 x 72) and the weight gradient (130 x 72) in 2 tiles of 128 rows, not 3 of 64.
-    assert grids[0] == ("(3, 2, 1)" if stride == 1 else "(1, 2, 1)") and grids[-1] == "(1, 2, 1)"
+    assert grids[0] == ("(3, 2, 1)" if stride == 1 else "(1, 2, 1)") and grids[-1] == "(1, 2, 1)", grids
 
 
 def test_the_gemm_the_mutants_come_from_is_clean(emu):

@@ -7,7 +7,7 @@
 // variant reads its operands in their stored layout with no copy.
 //
 // On the CUDA cores (gemm_tile_kernel), each block of 256 threads computes a
-// tile of C: 64 x 64, 64 x 128 or 128 x 128 (CoreTile, core_tile_for: the
+// tile of C: 64 x 64, 64 x 128 or 128 x 128 (CoreTile, tile_for: the
 // largest that the product fills and that still gives every multiprocessor
 // a block). Per step it stages a slab of 16 steps of k of op(A) and of op(B)
 // in shared memory, converted to the accumulation type, and each thread
@@ -16,7 +16,7 @@
 // feeds. Half and bfloat16 accumulate in float (at::opmath_type): summing
 // thousands of products in 16 bits would lose most of their digits. With
 // GemmParams::tensor_cores they, and float in TF32, run on the tensor cores
-// instead (gemm_mma_kernel, below: 64 x 64 tiles).
+// instead (gemm_mma_kernel, below: the same tiles, TF32 only 64 x 64).
 //
 // When there are too few output tiles to fill the GPU but a long reduction
 // (the weight gradient of a small layer: a 6 x 25 result summed over 50 000
@@ -353,10 +353,15 @@ __global__ void gemm_split_reduce_kernel(const Problem p, int64_t splits,
 
 // ---------------------------------------- tensor cores (half, bfloat16, TF32)
 //
-// The same 64 x 64 tile of C per block, and the same split of the reduction,
-// on the tensor cores (tensor_core.cuh): 4 warps, each a 32 x 32 quarter of
-// the tile, i.e. 2 x 4 mma per step of k (m16n8k16 for half and bfloat16,
-// m16n8k8 in TF32 for float), accumulated in float. The operands' tiles are
+// Tiles of C as on the CUDA cores, and the same split of the reduction, on
+// the tensor cores (tensor_core.cuh): a block of warps (MmaShape), each warp
+// a piece of the tile as 16 x 8 blocks of mma per step of k (m16n8k16 for
+// half and bfloat16, m16n8k8 in TF32 for float), accumulated in float:
+// 64 x 64 tiles of 4 warps of 32 x 32, and for half and bfloat16 also
+// 64 x 128 tiles of 4 warps of 32 x 64 and 128 x 128 tiles of 8 warps of
+// 64 x 32 (tile_for, as on the CUDA cores; a larger piece a warp does
+// more mma per fragment it loads, and a larger tile more mma per value it
+// copies into shared memory). The operands' tiles are
 // staged in shared memory 32 steps of k at a time, each stored as its
 // operand is stored in global memory (k contiguous or m, n contiguous), so
 // that 16-byte chunks along the contiguous dimension copy straight in by
@@ -367,9 +372,19 @@ __global__ void gemm_split_reduce_kernel(const Problem p, int64_t splits,
 // on these. Float runs here only where torch allows TF32 for convolutions
 // (cuda_gemm_uses_tensor_cores): its operands are rounded to 10 bits of
 // mantissa.
-constexpr int kMmaThreads = 128;
 constexpr int kMmaTileK = 32;
-static_assert(kTileM == 64 && kTileN == 64, "4 warps of 32 x 32");
+
+// A tile of the tensor-core kernel: kM x kN outputs for kWarpsM x kWarpsN
+// warps, each a (kM / kWarpsM) x (kN / kWarpsN) piece, kFragsM x kFragsN
+// blocks of 16 x 8.
+template <int kM, int kN, int kWarpsM, int kWarpsN_>
+struct MmaShape {
+  static constexpr int kTileM = kM, kTileN = kN, kWarpsN = kWarpsN_;
+  static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
+  static constexpr int kWarpM = kM / kWarpsM, kWarpN = kN / kWarpsN;
+  static constexpr int kFragsM = kWarpM / 16, kFragsN = kWarpN / 8;
+  static_assert(kWarpM % 16 == 0 && kWarpN % 16 == 0, "B's fragments are loaded 16 columns at a time");
+};
 
 template <typename scalar_t>
 constexpr bool kTensorCores =
@@ -390,50 +405,50 @@ constexpr int kMmaK = sizeof(scalar_t) == 2 ? 16 : 8;
 template <typename scalar_t, bool kKContiguous>
 constexpr int kMmaPad = !kKContiguous && sizeof(scalar_t) == 4 ? 8 : kVectorOf<scalar_t>;
 
-// Both stages of one operand's tile: 64 (m or n) x 32 (k), stored k-major or
-// not.
-template <typename scalar_t, bool kKContiguous>
-using MmaTile = shared_array<scalar_t, 2, kKContiguous ? kTileM : kMmaTileK,
-                             (kKContiguous ? kMmaTileK : kTileM) + kMmaPad<scalar_t, kKContiguous>>;
+// Both stages of one operand's tile: kTileMN (m or n) x 32 (k), stored
+// k-major or not.
+template <typename scalar_t, bool kKContiguous, int kTileMN>
+using MmaStages = shared_array<scalar_t, 2, kKContiguous ? kTileMN : kMmaTileK,
+                               (kKContiguous ? kMmaTileK : kTileMN) + kMmaPad<scalar_t, kKContiguous>>;
 
 // The chunks of a stage that one thread loads element by element (those
 // cp.async cannot copy), held in registers from the loads until
 // mma_stage_store writes them into shared memory: in between, the tensor
 // cores work on the other stage, so the loads' latency overlaps the products
 // instead of stalling them.
-template <typename scalar_t>
+template <typename scalar_t, int kTileMN, int kThreads>
 struct StageRegisters {
-  static constexpr int kChunks = kTileM * kMmaTileK / kVectorOf<scalar_t> / kMmaThreads;
-  static_assert(kTileM * kMmaTileK / kVectorOf<scalar_t> % kMmaThreads == 0,
+  static constexpr int kChunks = kTileMN * kMmaTileK / kVectorOf<scalar_t> / kThreads;
+  static_assert(kTileMN * kMmaTileK / kVectorOf<scalar_t> % kThreads == 0,
                 "every thread copies the same number of chunks");
   scalar_t v[kChunks][kVectorOf<scalar_t>];
   bool held[kChunks];
 };
 
 // Where chunk r of this thread's share lies in a stage's tile.
-template <typename scalar_t, bool kKContiguous>
+template <typename scalar_t, bool kKContiguous, int kTileMN, int kThreads>
 __device__ __forceinline__ void stage_chunk(int r, int& row, int& col) {
   constexpr int kVector = kVectorOf<scalar_t>;
-  constexpr int kChunksPerRow = (kKContiguous ? kMmaTileK : kTileM) / kVector;
-  const int chunk = threadIdx.x + r * kMmaThreads;
+  constexpr int kChunksPerRow = (kKContiguous ? kMmaTileK : kTileMN) / kVector;
+  const int chunk = threadIdx.x + r * kThreads;
   row = chunk / kChunksPerRow;
   col = chunk % kChunksPerRow * kVector;
 }
 
-// Loads an operand's rows [mn0, mn0 + 64) of m (or n) and [k0, k0 + 32) of k
-// of batch entry z for `stage`, zero outside [0, mn_size) x [k0, k_end). A
-// chunk goes by cp.async when it lies whole inside and the operand gives its
-// address; the others into `regs`, for mma_stage_store.
-template <typename scalar_t, typename Operand, typename Tile>
+// Loads an operand's rows [mn0, mn0 + kTileMN) of m (or n) and [k0, k0 + 32)
+// of k of batch entry z for `stage`, zero outside [0, mn_size) x [k0, k_end).
+// A chunk goes by cp.async when it lies whole inside and the operand gives
+// its address; the others into `regs`, for mma_stage_store.
+template <typename scalar_t, int kTileMN, int kThreads, typename Operand, typename Tile>
 __device__ __forceinline__ void mma_stage_load(Tile& tile, int stage, const Operand& x, int64_t z, int64_t mn0,
                                                int64_t mn_size, int64_t k0, int64_t k_end,
-                                               StageRegisters<scalar_t>& regs) {
+                                               StageRegisters<scalar_t, kTileMN, kThreads>& regs) {
   constexpr bool kKContiguous = Operand::kKContiguous;
   constexpr int kVector = kVectorOf<scalar_t>;
 #pragma unroll
-  for (int r = 0; r < StageRegisters<scalar_t>::kChunks; ++r) {
+  for (int r = 0; r < StageRegisters<scalar_t, kTileMN, kThreads>::kChunks; ++r) {
     int row, col;
-    stage_chunk<scalar_t, kKContiguous>(r, row, col);
+    stage_chunk<scalar_t, kKContiguous, kTileMN, kThreads>(r, row, col);
     const int64_t mn = kKContiguous ? mn0 + row : mn0 + col;
     const int64_t k = kKContiguous ? k0 + col : k0 + row;
     const bool whole = kKContiguous ? mn < mn_size && k + kVector <= k_end : k < k_end && mn + kVector <= mn_size;
@@ -463,13 +478,14 @@ __device__ __forceinline__ void mma_stage_load(Tile& tile, int stage, const Oper
 }
 
 // Writes the chunks mma_stage_load left in registers into `stage`.
-template <typename scalar_t, bool kKContiguous, typename Tile>
-__device__ __forceinline__ void mma_stage_store(Tile& tile, int stage, const StageRegisters<scalar_t>& regs) {
+template <bool kKContiguous, typename Tile, typename scalar_t, int kTileMN, int kThreads>
+__device__ __forceinline__ void mma_stage_store(Tile& tile, int stage,
+                                                const StageRegisters<scalar_t, kTileMN, kThreads>& regs) {
 #pragma unroll
-  for (int r = 0; r < StageRegisters<scalar_t>::kChunks; ++r) {
+  for (int r = 0; r < StageRegisters<scalar_t, kTileMN, kThreads>::kChunks; ++r) {
     if (regs.held[r]) {
       int row, col;
-      stage_chunk<scalar_t, kKContiguous>(r, row, col);
+      stage_chunk<scalar_t, kKContiguous, kTileMN, kThreads>(r, row, col);
 #pragma unroll
       for (int e = 0; e < kVectorOf<scalar_t>; ++e) {
         tile[stage][row][col + e] = regs.v[r][e];
@@ -524,42 +540,47 @@ __device__ __forceinline__ void mma_fragment(uint32_t (&f)[4], Tile& tile, int s
   }
 }
 
-// gemm_tile_kernel's grid and outputs, on the tensor cores.
-template <typename Problem>
-__global__ void __launch_bounds__(kMmaThreads)
+// gemm_tile_kernel's grid and outputs, on the tensor cores, in tiles of Shape.
+template <typename Problem, typename Shape>
+__global__ void __launch_bounds__(Shape::kThreads)
 gemm_mma_kernel(const Problem p, int64_t batch_offset, int64_t splits, int64_t k_per_split,
                 gpu_ptr<float> partials) {
   using scalar_t = typename Problem::scalar_t;
   constexpr bool kKContiguousA = decltype(p.a)::kKContiguous;
   constexpr bool kKContiguousB = decltype(p.b)::kKContiguous;
-  __shared__ __align__(16) MmaTile<scalar_t, kKContiguousA> a_tile;
-  __shared__ __align__(16) MmaTile<scalar_t, kKContiguousB> b_tile;
+  constexpr int kM = Shape::kTileM, kN = Shape::kTileN, kThreads = Shape::kThreads;
+  constexpr int kFragsM = Shape::kFragsM, kFragsN = Shape::kFragsN;
+  __shared__ __align__(16) MmaStages<scalar_t, kKContiguousA, kM> a_tile;
+  __shared__ __align__(16) MmaStages<scalar_t, kKContiguousB, kN> b_tile;
 
   const int64_t z = batch_offset + blockIdx.z / splits;
   const int64_t slice = blockIdx.z % splits;
-  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kTileM;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kTileN;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kM;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kN;
   const int64_t k_begin = slice * k_per_split;
   const int64_t k_end = k_begin + k_per_split < p.k ? k_begin + k_per_split : p.k;
   const int64_t steps = k_end > k_begin ? (k_end - k_begin + kMmaTileK - 1) / kMmaTileK : 0;
   const int warp = threadIdx.x / 32;
-  const int warp_m = warp / 2 * 32, warp_n = warp % 2 * 32;
+  // Warp w's piece: row w / kWarpsN, column w % kWarpsN of the tile's pieces.
+  const int warp_m = warp / Shape::kWarpsN * Shape::kWarpM;
+  const int warp_n = warp % Shape::kWarpsN * Shape::kWarpN;
 
-  StageRegisters<scalar_t> a_regs, b_regs;
+  StageRegisters<scalar_t, kM, kThreads> a_regs;
+  StageRegisters<scalar_t, kN, kThreads> b_regs;
   const auto load = [&](int stage, int64_t k0) {
-    mma_stage_load<scalar_t>(a_tile, stage, p.a, z, m0, p.m, k0, k_end, a_regs);
-    mma_stage_load<scalar_t>(b_tile, stage, p.b, z, n0, p.n, k0, k_end, b_regs);
+    mma_stage_load<scalar_t, kM, kThreads>(a_tile, stage, p.a, z, m0, p.m, k0, k_end, a_regs);
+    mma_stage_load<scalar_t, kN, kThreads>(b_tile, stage, p.b, z, n0, p.n, k0, k_end, b_regs);
   };
   const auto store = [&](int stage) {
-    mma_stage_store<scalar_t, kKContiguousA>(a_tile, stage, a_regs);
-    mma_stage_store<scalar_t, kKContiguousB>(b_tile, stage, b_regs);
+    mma_stage_store<kKContiguousA>(a_tile, stage, a_regs);
+    mma_stage_store<kKContiguousB>(b_tile, stage, b_regs);
   };
 
-  float acc[2][4][4];
+  float acc[kFragsM][kFragsN][4];
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
+  for (int i = 0; i < kFragsM; ++i) {
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
+    for (int j = 0; j < kFragsN; ++j) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         acc[i][j][e] = 0.0f;
@@ -585,16 +606,20 @@ gemm_mma_kernel(const Problem p, int64_t batch_offset, int64_t splits, int64_t k
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < kMmaTileK; kk += kMmaK<scalar_t>) {
-      uint32_t fa[2][4], fb[2][4];
+      // A's fragments a block of 16 rows each, B's two blocks of 8 columns each.
+      uint32_t fa[kFragsM][4], fb[kFragsN / 2][4];
 #pragma unroll
-      for (int i = 0; i < 2; ++i) {
+      for (int i = 0; i < kFragsM; ++i) {
         mma_fragment<scalar_t, true, kKContiguousA>(fa[i], a_tile, stage, warp_m + i * 16, kk);
-        mma_fragment<scalar_t, false, kKContiguousB>(fb[i], b_tile, stage, warp_n + i * 16, kk);
       }
 #pragma unroll
-      for (int i = 0; i < 2; ++i) {
+      for (int j = 0; j < kFragsN / 2; ++j) {
+        mma_fragment<scalar_t, false, kKContiguousB>(fb[j], b_tile, stage, warp_n + j * 16, kk);
+      }
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
+      for (int i = 0; i < kFragsM; ++i) {
+#pragma unroll
+        for (int j = 0; j < kFragsN; ++j) {
           const uint32_t fb_j[2] = {fb[j / 2][j % 2 * 2], fb[j / 2][j % 2 * 2 + 1]};
           if constexpr (std::is_same_v<scalar_t, float>) {
             mma_m16n8k8_tf32(acc[i][j], fa[i], fb_j, acc[i][j]);
@@ -616,12 +641,12 @@ gemm_mma_kernel(const Problem p, int64_t batch_offset, int64_t splits, int64_t k
   }
 
   // Element e of acc[i][j]: row g + 8 (e / 2), column 2 t + e % 2 of the
-  // 16 x 8 block (i, j) of the warp's quarter (tensor_core.cuh).
+  // 16 x 8 block (i, j) of the warp's piece (tensor_core.cuh).
   const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
+  for (int i = 0; i < kFragsM; ++i) {
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
+    for (int j = 0; j < kFragsN; ++j) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int64_t m = m0 + warp_m + i * 16 + g + 8 * (e / 2);
@@ -685,16 +710,17 @@ inline GemmPlan plan_gemm(int64_t batch, int64_t m, int64_t n, int64_t k, const 
   return plan;
 }
 
-// The CUDA-core kernel's tile for a float product (rows, columns): 128 along
-// a side of more than 64, when the tiles still give every multiprocessor a
-// block: 128 x 128, else 64 x 128; otherwise 64 x 64 (and, where those are
-// few, a split reduction). A thread's 8 x 8 piece of a 128 x 128 tile does
-// 64 multiply-adds per 4 loads from shared memory, its 4 x 4 piece of a
-// 64 x 64 tile 16 per 2; but on a GPU with idle multiprocessors the larger
-// tiles would only leave more of them idle. Float64 keeps 64 x 64 (an
-// 8 x 8 piece of doubles would not fit the registers); half and bfloat16
-// reach this kernel only with the tensor cores switched off.
-inline std::pair<int64_t, int64_t> core_tile_for(int64_t batch, int64_t m, int64_t n, int64_t multiprocessors) {
+// The tile for a product (rows, columns) where there is a choice (float on
+// the CUDA cores, half and bfloat16 on the tensor cores): 128 along a side
+// of more than 64, when the tiles still give every multiprocessor a block:
+// 128 x 128, else 64 x 128; otherwise 64 x 64 (and, where those are few, a
+// split reduction). A thread's 8 x 8 piece of a 128 x 128 tile on the CUDA
+// cores does 64 multiply-adds per 4 loads from shared memory, its 4 x 4
+// piece of a 64 x 64 tile 16 per 2; but on a GPU with idle multiprocessors
+// the larger tiles would only leave more of them idle. Float64 keeps
+// 64 x 64 on the CUDA cores (an 8 x 8 piece of doubles would not fit the
+// registers), as do half and bfloat16 with the tensor cores switched off.
+inline std::pair<int64_t, int64_t> tile_for(int64_t batch, int64_t m, int64_t n, int64_t multiprocessors) {
   const auto tiles = [&](int64_t tile_m, int64_t tile_n) {
     return batch * ((m + tile_m - 1) / tile_m) * ((n + tile_n - 1) / tile_n);
   };
@@ -753,6 +779,16 @@ void run_core_gemm(const Problem& p, const LaunchLimits& limits) {
   });
 }
 
+// The problem on the tensor cores in tiles of Shape.
+template <typename Shape, typename Problem>
+void run_mma_gemm(const Problem& p, const LaunchLimits& limits) {
+  const GemmPlan plan = plan_gemm(p.batch, p.m, p.n, p.k, limits, Shape::kTileM, Shape::kTileN);
+  run_planned(p, plan, [&](dim3 grid, int64_t z0, gpu_ptr<float> partials) {
+    CUSTOM_CONV_LAUNCH(grid, Shape::kThreads, gemm_mma_kernel<Problem, Shape>)(p, z0, plan.splits,
+                                                                                plan.k_per_split, partials);
+  });
+}
+
 // Runs a problem on the current stream, on the tensor cores when
 // `tensor_cores` (and its element type has them), else on the CUDA cores.
 template <typename Problem>
@@ -764,16 +800,22 @@ void run_gemm(const Problem& p, bool tensor_cores) {
   const LaunchLimits limits = launch_limits();
   if constexpr (kTensorCores<scalar_t>) {
     if (tensor_cores) {
-      const GemmPlan plan = plan_gemm(p.batch, p.m, p.n, p.k, limits);
-      run_planned(p, plan, [&](dim3 grid, int64_t z0, gpu_ptr<float> partials) {
-        CUSTOM_CONV_LAUNCH(grid, kMmaThreads, gemm_mma_kernel<Problem>)(p, z0, plan.splits, plan.k_per_split,
-                                                                         partials);
-      });
-      return;
+      // TF32 keeps 64 x 64: two stages of 128 rows of 32 floats would not fit
+      // the 48 KiB of static shared memory.
+      if constexpr (sizeof(scalar_t) == 2) {
+        const auto [tile_m, tile_n] = tile_for(p.batch, p.m, p.n, limits.multiprocessors);
+        if (tile_m == 128) {
+          return run_mma_gemm<MmaShape<128, 128, 2, 4>>(p, limits);
+        }
+        if (tile_n == 128) {
+          return run_mma_gemm<MmaShape<64, 128, 2, 2>>(p, limits);
+        }
+      }
+      return run_mma_gemm<MmaShape<64, 64, 2, 2>>(p, limits);
     }
   }
   if constexpr (std::is_same_v<scalar_t, float>) {
-    const auto [tile_m, tile_n] = core_tile_for(p.batch, p.m, p.n, limits.multiprocessors);
+    const auto [tile_m, tile_n] = tile_for(p.batch, p.m, p.n, limits.multiprocessors);
     if (tile_m == 128) {
       return run_core_gemm<CoreTile<128, 128>>(p, limits);
     }
