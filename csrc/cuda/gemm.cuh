@@ -119,10 +119,14 @@ __device__ __forceinline__ void gemm_store(const GemmParams<scalar_t, out_t>& p,
 //   kKContiguous  whether its 16-byte chunks run along k (else along m or
 //                 n); the tensor-core kernel lays its tile out the same way;
 //   line(z, i)    what element addresses need of the index a chunk keeps
-//                 fixed (mn when kKContiguous, else k): once per chunk;
-//   run(line, j0, j_end, v)  elements j0, j0 + 1, ... along the chunk (k,
-//                 or m or n) into v, zero from j_end on: each index computed
-//                 once per run, then walked;
+//                 fixed (mn when kKContiguous, else k);
+//   start(j)      what they need of index j along the chunk (k, or m or n):
+//                 a cursor, which run() walks;
+//   run(line, cursor, j_end, v)  elements j, j + 1, ... from the cursor's j
+//                 into v, zero from j_end on.
+//                 The kernels keep whichever of line and cursor depends only
+//                 on m or n (the same for a thread in every step of k) from
+//                 step to step, and work out the other once a step and run;
 //   chunk(z, mn, k)  the 16-byte-aligned address of the chunk that starts at
 //                 (mn, k) where its elements lie contiguous in memory, for
 //                 cp.async; nullptr where they do not (element by element).
@@ -143,6 +147,7 @@ struct MatrixOperand {
   __device__ __forceinline__ gpu_ptr<const T> line(int64_t z, int64_t i) const {
     return x + z * batch_stride + i * ld;
   }
+  __device__ __forceinline__ int64_t start(int64_t j) const { return j; }
   template <int kCount>
   __device__ __forceinline__ void run(const gpu_ptr<const T>& line, int64_t j0, int64_t j_end,
                                       T (&v)[kCount]) const {
@@ -191,7 +196,9 @@ __device__ __forceinline__ void core_run(int& line, int& along) {
 
 // Loads this thread's run of an operand's slab: rows [mn0, mn0 + kTileMN)
 // of m (or n) and [k0, k0 + 16) of k of batch entry z, zero outside
-// [0, mn_size) x [k0, k_end).
+// [0, mn_size) x [k0, k_end). (Unlike the tensor-core kernel's loads, it
+// works out the run's line and cursor afresh each slab: kept from slab to
+// slab beside the 8 x 8 accumulators, they spilled registers.)
 template <int kTileMN, int kRun, typename Operand, typename T>
 __device__ __forceinline__ void core_load(const Operand& x, int64_t z, int64_t mn0, int64_t mn_size, int64_t k0,
                                           int64_t k_end, T (&v)[kRun]) {
@@ -200,9 +207,9 @@ __device__ __forceinline__ void core_load(const Operand& x, int64_t z, int64_t m
   const int64_t fixed = Operand::kKContiguous ? mn0 + line : k0 + line;
   if (fixed < (Operand::kKContiguous ? mn_size : k_end)) {
     if constexpr (Operand::kKContiguous) {
-      x.run(x.line(z, fixed), k0 + along, k_end, v);
+      x.run(x.line(z, fixed), x.start(k0 + along), k_end, v);
     } else {
-      x.run(x.line(z, fixed), mn0 + along, mn_size, v);
+      x.run(x.line(z, fixed), x.start(mn0 + along), mn_size, v);
     }
   } else {
 #pragma unroll
@@ -436,48 +443,83 @@ __device__ __forceinline__ void stage_chunk(int r, int& row, int& col) {
 }
 
 // Loads an operand's rows [mn0, mn0 + kTileMN) of m (or n) and [k0, k0 + 32)
-// of k of batch entry z for `stage`, zero outside [0, mn_size) x [k0, k_end).
-// A chunk goes by cp.async when it lies whole inside and the operand gives
-// its address; the others into `regs`, for mma_stage_store.
-template <typename scalar_t, int kTileMN, int kThreads, typename Operand, typename Tile>
-__device__ __forceinline__ void mma_stage_load(Tile& tile, int stage, const Operand& x, int64_t z, int64_t mn0,
-                                               int64_t mn_size, int64_t k0, int64_t k_end,
-                                               StageRegisters<scalar_t, kTileMN, kThreads>& regs) {
-  constexpr bool kKContiguous = Operand::kKContiguous;
-  constexpr int kVector = kVectorOf<scalar_t>;
+// of k of batch entry z into a stage, zero outside [0, mn_size) x
+// [k0, k_end). A chunk goes by cp.async when it lies whole inside and the
+// operand gives its address; the others into registers (StageRegisters), for
+// mma_stage_store. A thread's chunks keep their m (or n) from stage to stage,
+// so what the operand needs of it is worked out once: the lines of their rows
+// where k is contiguous, else the cursor of their columns (all of a thread's
+// chunks start at the same column).
+template <typename scalar_t, int kTileMN, int kThreads, typename Operand>
+struct MmaLoader {
+  static constexpr bool kKContiguous = Operand::kKContiguous;
+  static constexpr int kVector = kVectorOf<scalar_t>;
+  static constexpr int kChunks = StageRegisters<scalar_t, kTileMN, kThreads>::kChunks;
+  static_assert(kThreads % ((kKContiguous ? kMmaTileK : kTileMN) / kVector) == 0,
+                "a thread's chunks all start at the same column");
+  using Line = decltype(std::declval<Operand>().line(0, 0));
+  using Cursor = decltype(std::declval<Operand>().start(0));
+  Line lines[kKContiguous ? kChunks : 1];  // kKContiguous: of each chunk's row (a row inside, where past mn_size)
+  Cursor cursor;                           // otherwise: of the chunks' column
+  int64_t z, mn0, mn_size;
+
+  __device__ __forceinline__ MmaLoader(const Operand& x, int64_t z_, int64_t mn0_, int64_t mn_size_)
+      : z(z_), mn0(mn0_), mn_size(mn_size_) {
+    if constexpr (kKContiguous) {
 #pragma unroll
-  for (int r = 0; r < StageRegisters<scalar_t, kTileMN, kThreads>::kChunks; ++r) {
-    int row, col;
-    stage_chunk<scalar_t, kKContiguous, kTileMN, kThreads>(r, row, col);
-    const int64_t mn = kKContiguous ? mn0 + row : mn0 + col;
-    const int64_t k = kKContiguous ? k0 + col : k0 + row;
-    const bool whole = kKContiguous ? mn < mn_size && k + kVector <= k_end : k < k_end && mn + kVector <= mn_size;
-    if (whole) {
-      const gpu_ptr<const scalar_t> source = x.chunk(z, mn, k);
-      if (source != nullptr) {
-        cp_async_16(shared_address(tile[stage][row][col]), source);
-        regs.held[r] = false;
-        continue;
+      for (int r = 0; r < kChunks; ++r) {
+        int row, col;
+        stage_chunk<scalar_t, kKContiguous, kTileMN, kThreads>(r, row, col);
+        lines[r] = x.line(z, mn0 + row < mn_size ? mn0 + row : mn0);
       }
-    }
-    // The chunk's fixed index (mn, or k) inside, and its elements one by one.
-    regs.held[r] = true;
-    const int64_t fixed = kKContiguous ? mn : k;
-    const int64_t along = kKContiguous ? k : mn;
-    const int64_t along_end = kKContiguous ? k_end : mn_size;
-    const bool fixed_inside = kKContiguous ? mn < mn_size : k < k_end;
-    if (fixed_inside) {
-      x.run(x.line(z, fixed), along, along_end, regs.v[r]);
     } else {
+      int row, col;
+      stage_chunk<scalar_t, kKContiguous, kTileMN, kThreads>(0, row, col);
+      cursor = x.start(mn0 + col);
+    }
+  }
+
+  template <typename Tile>
+  __device__ __forceinline__ void load(const Operand& x, Tile& tile, int stage, int64_t k0, int64_t k_end,
+                                       StageRegisters<scalar_t, kTileMN, kThreads>& regs) const {
+    // Where k is contiguous, the chunks' cursor in this stage: the same column for each.
+    int first_row, first_col;
+    stage_chunk<scalar_t, kKContiguous, kTileMN, kThreads>(0, first_row, first_col);
+    const Cursor along = kKContiguous ? x.start(k0 + first_col) : cursor;
 #pragma unroll
-      for (int e = 0; e < kVector; ++e) {
-        regs.v[r][e] = scalar_t(0);
+    for (int r = 0; r < kChunks; ++r) {
+      int row, col;
+      stage_chunk<scalar_t, kKContiguous, kTileMN, kThreads>(r, row, col);
+      const int64_t mn = kKContiguous ? mn0 + row : mn0 + col;
+      const int64_t k = kKContiguous ? k0 + col : k0 + row;
+      const bool whole = kKContiguous ? mn < mn_size && k + kVector <= k_end : k < k_end && mn + kVector <= mn_size;
+      if (whole) {
+        const gpu_ptr<const scalar_t> source = x.chunk(z, mn, k);
+        if (source != nullptr) {
+          cp_async_16(shared_address(tile[stage][row][col]), source);
+          regs.held[r] = false;
+          continue;
+        }
+      }
+      // The chunk's fixed index (mn, or k) inside, and its elements one by one.
+      regs.held[r] = true;
+      if (kKContiguous ? mn < mn_size : k < k_end) {
+        if constexpr (kKContiguous) {
+          x.run(lines[r], along, k_end, regs.v[r]);
+        } else {
+          x.run(x.line(z, k), along, mn_size, regs.v[r]);
+        }
+      } else {
+#pragma unroll
+        for (int e = 0; e < kVector; ++e) {
+          regs.v[r][e] = scalar_t(0);
+        }
       }
     }
   }
-}
+};
 
-// Writes the chunks mma_stage_load left in registers into `stage`.
+// Writes the chunks MmaLoader::load left in registers into `stage`.
 template <bool kKContiguous, typename Tile, typename scalar_t, int kTileMN, int kThreads>
 __device__ __forceinline__ void mma_stage_store(Tile& tile, int stage,
                                                 const StageRegisters<scalar_t, kTileMN, kThreads>& regs) {
@@ -567,9 +609,11 @@ gemm_mma_kernel(const Problem p, int64_t batch_offset, int64_t splits, int64_t k
 
   StageRegisters<scalar_t, kM, kThreads> a_regs;
   StageRegisters<scalar_t, kN, kThreads> b_regs;
+  const MmaLoader<scalar_t, kM, kThreads, decltype(p.a)> a_loader(p.a, z, m0, p.m);
+  const MmaLoader<scalar_t, kN, kThreads, decltype(p.b)> b_loader(p.b, z, n0, p.n);
   const auto load = [&](int stage, int64_t k0) {
-    mma_stage_load<scalar_t, kM, kThreads>(a_tile, stage, p.a, z, m0, p.m, k0, k_end, a_regs);
-    mma_stage_load<scalar_t, kN, kThreads>(b_tile, stage, p.b, z, n0, p.n, k0, k_end, b_regs);
+    a_loader.load(p.a, a_tile, stage, k0, k_end, a_regs);
+    b_loader.load(p.b, b_tile, stage, k0, k_end, b_regs);
   };
   const auto store = [&](int stage) {
     mma_stage_store<kKContiguousA>(a_tile, stage, a_regs);

@@ -67,6 +67,7 @@ struct ConvIndex {
 struct Position {
   int32_t b, y, x;
 
+  Position() = default;
   __device__ __forceinline__ Position(int64_t q64, int32_t rows, int32_t cols) {
     const int32_t q = static_cast<int32_t>(q64);
     const int32_t plane = rows * cols;
@@ -86,15 +87,22 @@ struct Position {
   }
 };
 
-// Elements j0, j0 + 1, ... of a chunk along positions into v (zero from
-// j_end on), one Position walked along: element(line, position).
+// The cursor of operands whose chunks run along positions: index j and its
+// position, worked out once (the divisions), then walked.
+struct PositionCursor {
+  int64_t j;
+  Position q;
+};
+
+// Elements j, j + 1, ... of a chunk along positions into v (zero from j_end
+// on), from a cursor at j: element(line, position).
 template <typename T, int kCount, typename Line, typename Element>
-__device__ __forceinline__ void run_positions(const Line& line, int64_t j0, int64_t j_end, int32_t rows,
-                                              int32_t cols, T (&v)[kCount], const Element& element) {
-  Position q(j0, rows, cols);
+__device__ __forceinline__ void run_positions(const Line& line, const PositionCursor& at, int64_t j_end,
+                                              int32_t rows, int32_t cols, T (&v)[kCount], const Element& element) {
+  Position q = at.q;
 #pragma unroll
   for (int e = 0; e < kCount; ++e) {
-    v[e] = j0 + e < j_end ? element(line, q) : T(0);
+    v[e] = at.j + e < j_end ? element(line, q) : T(0);
     q.next(rows, cols);
   }
 }
@@ -126,10 +134,14 @@ struct TapIndex {
 // never by cp.async.
 template <typename T, typename Derived, int32_t ConvIndex::*kRows, int32_t ConvIndex::*kCols>
 struct TapsAtPositions {
-  template <int kCount>
-  __device__ __forceinline__ void run(const Tap& tap, int64_t j0, int64_t j_end, T (&v)[kCount]) const {
+  __device__ __forceinline__ PositionCursor start(int64_t j) const {
     const Derived& d = static_cast<const Derived&>(*this);
-    run_positions(tap, j0, j_end, d.s.*kRows, d.s.*kCols, v,
+    return {j, Position(j, d.s.*kRows, d.s.*kCols)};
+  }
+  template <int kCount>
+  __device__ __forceinline__ void run(const Tap& tap, const PositionCursor& at, int64_t j_end, T (&v)[kCount]) const {
+    const Derived& d = static_cast<const Derived&>(*this);
+    run_positions(tap, at, j_end, d.s.*kRows, d.s.*kCols, v,
                   [&d](const Tap& t, const Position& q) { return d.element(t, q); });
   }
   __device__ __forceinline__ gpu_ptr<const T> chunk(int64_t, int64_t, int64_t) const { return nullptr; }
@@ -221,10 +233,11 @@ struct OutputGradRows {
     return static_cast<int64_t>(b) * s.out_channels * size + plane + p;
   }
   // Positions as (b, 0, p): one row per sample.
+  __device__ __forceinline__ PositionCursor start(int64_t j) const { return {j, Position(j, 1, s.out_h * s.out_w)}; }
   template <int kCount>
-  __device__ __forceinline__ void run(int64_t plane, int64_t j0, int64_t j_end, T (&v)[kCount]) const {
+  __device__ __forceinline__ void run(int64_t plane, const PositionCursor& at, int64_t j_end, T (&v)[kCount]) const {
     const int32_t size = s.out_h * s.out_w;
-    run_positions(plane, j0, j_end, 1, size, v, [this, plane, size](int64_t, const Position& q) {
+    run_positions(plane, at, j_end, 1, size, v, [this, plane, size](int64_t, const Position& q) {
       return grad_output[static_cast<int64_t>(q.b) * s.out_channels * size + plane + q.x];
     });
   }
