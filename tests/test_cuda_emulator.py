@@ -690,6 +690,22 @@ def test_conv2d_on_the_widest_tiles_matches_torch(emu, route, stride, dtype):
     assert grids[0] == ("(3, 2, 1)" if stride == 1 else "(1, 2, 1)") and grids[-1] == "(1, 2, 1)", grids
 
 
+@pytest.mark.parametrize("d", [1, 2, 3, 5, 7, 9, 25, 49, 56, 224, 3136, 50176, 2 ** 16 + 1, 2 ** 30 - 1, 2 ** 30,
+                               2 ** 30 + 1, 2 ** 31 - 1])
+def test_a_divisor_divides_as_integer_division_does(emu, d):
+    """csrc/cuda/divisor.cuh, which the implicit GEMM's index arithmetic
+    divides by (kernel sizes, strides, planes of positions): every n below
+    4096, 10^5 random ones below 2^31, and those on either side of each
+    multiple of d near 2^31 and near 0."""
+    multiples = torch.tensor([d * k for k in range(1, 6)] + [(2 ** 31 - 1) // d * d - d * k for k in range(3)],
+                             dtype=torch.int64)
+    n = torch.cat([torch.arange(4096), torch.randint(0, 2 ** 31 - 1, (100000,)), multiples - 1, multiples,
+                   multiples + 1, torch.tensor([2 ** 31 - 1])])
+    n = n[(n >= 0) & (n < 2 ** 31)]
+    q, r = emu.divide(n.int(), d)
+    assert torch.equal(q.long(), n // d) and torch.equal(r.long(), n % d)
+
+
 def test_the_gemm_the_mutants_come_from_is_clean(emu):
     """The same product through the real GEMM: no report, the right values."""
     a, b = torch.randn(8, 40), torch.randn(40, 40)

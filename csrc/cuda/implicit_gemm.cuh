@@ -21,15 +21,18 @@
 // split into slices in a fixed order where the output tiles are few
 // (gemm_splits): bitwise reproducible, as every route here.
 //
-// Indices of positions and taps are 32-bit (divisions by 32-bit numbers are
-// several times cheaper on a GPU than by 64-bit ones); tensor offsets are
-// 64-bit. cuda_implicit_gemm_supports() says when a layer's indices fit, and
-// each pass checks it on entry (ConvIndex's constructor).
+// Indices of positions and taps are 32-bit, divided by Divisors made on the
+// host (divisor.cuh: a multiply-high, an add and a shift, where a GPU's own
+// integer division is a subroutine of about twenty instructions, and of far
+// more for 64 bits); tensor offsets are 64-bit. cuda_implicit_gemm_supports()
+// says when a layer's indices fit, and each pass checks it on entry
+// (ConvIndex's constructor).
 #pragma once
 
 #include "../conv2d_algorithm.h"
 #include "../geometry.h"
 #include "common.cuh"
+#include "divisor.cuh"
 #include "gemm.cuh"
 
 #include <ATen/ATen.h>
@@ -39,11 +42,24 @@
 namespace custom_conv {
 namespace gpu {
 
+// Positions in a batch of planes of rows x cols, and the divisors that split
+// their indices.
+struct Planes {
+  int32_t rows = 0, cols = 0;
+  Divisor plane, col;  // rows * cols, cols
+
+  Planes() = default;
+  Planes(int64_t rows_, int64_t cols_)
+      : rows(static_cast<int32_t>(rows_)), cols(static_cast<int32_t>(cols_)), plane(rows_ * cols_), col(cols_) {}
+};
+
 // The geometry in the 32-bit numbers the operands divide by.
 struct ConvIndex {
   int32_t in_channels, in_h, in_w, out_channels, out_h, out_w;
   int32_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
   int32_t in_per_group, out_per_group;
+  Planes outputs, inputs, samples;  // output positions, input positions, output positions as (b, 0, p)
+  Divisor taps, kernel_col, stride_row, stride_col;  // kernel_h * kernel_w, kernel_w, stride_h, stride_w
 
   explicit ConvIndex(const Conv2dGeometry& g)
       : in_channels(static_cast<int32_t>(g.in_channels)), in_h(static_cast<int32_t>(g.in_h)),
@@ -57,6 +73,13 @@ struct ConvIndex {
         out_per_group(static_cast<int32_t>(g.out_channels_per_group())) {
     TORCH_CHECK(cuda_implicit_gemm_supports(g), "conv2d implicit GEMM: position or tap indices beyond 32 bits (",
                 g.batch, " samples of ", g.in_h, " x ", g.in_w, ")");
+    outputs = Planes(g.out_h, g.out_w);
+    inputs = Planes(g.in_h, g.in_w);
+    samples = Planes(1, g.out_h * g.out_w);
+    taps = Divisor(g.kernel_h * g.kernel_w);
+    kernel_col = Divisor(g.kernel_w);
+    stride_row = Divisor(g.stride_h);
+    stride_col = Divisor(g.stride_w);
   }
   ConvIndex() = default;
 };
@@ -68,13 +91,12 @@ struct Position {
   int32_t b, y, x;
 
   Position() = default;
-  __device__ __forceinline__ Position(int64_t q64, int32_t rows, int32_t cols) {
+  __device__ __forceinline__ Position(int64_t q64, const Planes& planes) {
     const int32_t q = static_cast<int32_t>(q64);
-    const int32_t plane = rows * cols;
-    b = q / plane;
-    const int32_t p = q - b * plane;
-    y = p / cols;
-    x = p - y * cols;
+    b = planes.plane.div(q);
+    const int32_t p = planes.plane.mod(q, b);
+    y = planes.col.div(p);
+    x = planes.col.mod(p, y);
   }
   __device__ __forceinline__ void next(int32_t rows, int32_t cols) {
     if (++x == cols) {
@@ -98,12 +120,12 @@ struct PositionCursor {
 // on), from a cursor at j: element(line, position).
 template <typename T, int kCount, typename Line, typename Element>
 __device__ __forceinline__ void run_positions(const Line& line, const PositionCursor& at, int64_t j_end,
-                                              int32_t rows, int32_t cols, T (&v)[kCount], const Element& element) {
+                                              const Planes& planes, T (&v)[kCount], const Element& element) {
   Position q = at.q;
 #pragma unroll
   for (int e = 0; e < kCount; ++e) {
     v[e] = at.j + e < j_end ? element(line, q) : T(0);
-    q.next(rows, cols);
+    q.next(planes.rows, planes.cols);
   }
 }
 
@@ -120,29 +142,26 @@ struct TapIndex {
 
   __device__ __forceinline__ TapIndex(int64_t t64, const ConvIndex& s) {
     const int32_t t = static_cast<int32_t>(t64);
-    const int32_t taps = s.kernel_h * s.kernel_w;
-    c = t / taps;
-    const int32_t r = t - c * taps;
-    ki = r / s.kernel_w;
-    kj = r - ki * s.kernel_w;
+    c = s.taps.div(t);
+    const int32_t r = s.taps.mod(t, c);
+    ki = s.kernel_col.div(r);
+    kj = s.kernel_col.mod(r, ki);
   }
 };
 
 // What an operand that gathers taps at positions has besides line() and
-// element(tap, position): positions are the index along its chunks (planes
-// of Derived::kRows x kCols, ConvIndex fields), read a run() at a time,
-// never by cp.async.
-template <typename T, typename Derived, int32_t ConvIndex::*kRows, int32_t ConvIndex::*kCols>
+// element(tap, position): positions are the index along its chunks (the
+// ConvIndex field kPlanes), read a run() at a time, never by cp.async.
+template <typename T, typename Derived, Planes ConvIndex::*kPlanes>
 struct TapsAtPositions {
   __device__ __forceinline__ PositionCursor start(int64_t j) const {
     const Derived& d = static_cast<const Derived&>(*this);
-    return {j, Position(j, d.s.*kRows, d.s.*kCols)};
+    return {j, Position(j, d.s.*kPlanes)};
   }
   template <int kCount>
   __device__ __forceinline__ void run(const Tap& tap, const PositionCursor& at, int64_t j_end, T (&v)[kCount]) const {
     const Derived& d = static_cast<const Derived&>(*this);
-    run_positions(tap, at, j_end, d.s.*kRows, d.s.*kCols, v,
-                  [&d](const Tap& t, const Position& q) { return d.element(t, q); });
+    run_positions(tap, at, j_end, d.s.*kPlanes, v, [&d](const Tap& t, const Position& q) { return d.element(t, q); });
   }
   __device__ __forceinline__ gpu_ptr<const T> chunk(int64_t, int64_t, int64_t) const { return nullptr; }
 };
@@ -154,7 +173,7 @@ struct TapsAtPositions {
 // chunks run along its k, the positions), so kKContiguous says which.
 template <typename T, bool kKContiguous_>
 struct InputPatches
-    : TapsAtPositions<T, InputPatches<T, kKContiguous_>, &ConvIndex::out_h, &ConvIndex::out_w> {
+    : TapsAtPositions<T, InputPatches<T, kKContiguous_>, &ConvIndex::outputs> {
   static constexpr bool kKContiguous = kKContiguous_;
   gpu_ptr<const T> input = nullptr;  // (N, C_in, H, W)
   ConvIndex s;
@@ -180,7 +199,7 @@ struct InputPatches
 // the output position whose window puts tap (ki, kj) on (ih, iw), or zero
 // where there is none (off the output, or between strided windows).
 template <typename T>
-struct OutputGradPatches : TapsAtPositions<T, OutputGradPatches<T>, &ConvIndex::in_h, &ConvIndex::in_w> {
+struct OutputGradPatches : TapsAtPositions<T, OutputGradPatches<T>, &ConvIndex::inputs> {
   static constexpr bool kKContiguous = false;  // chunks run along input positions
   gpu_ptr<const T> grad_output = nullptr;      // (N, C_out, out_h, out_w)
   ConvIndex s;
@@ -199,8 +218,8 @@ struct OutputGradPatches : TapsAtPositions<T, OutputGradPatches<T>, &ConvIndex::
     int32_t oh = h, ow = w;
     // The same branch for every thread, and no division at stride 1.
     if (s.stride_h != 1 || s.stride_w != 1) {
-      oh = h / s.stride_h;
-      ow = w / s.stride_w;
+      oh = s.stride_row.div(h);
+      ow = s.stride_col.div(w);
       if (oh * s.stride_h != h || ow * s.stride_w != w) {
         return T(0);
       }
@@ -227,17 +246,15 @@ struct OutputGradRows {
     return (z * s.out_per_group + co) * static_cast<int64_t>(s.out_h) * s.out_w;
   }
   __device__ __forceinline__ int64_t offset(int64_t plane, int64_t q64) const {
-    const int32_t q = static_cast<int32_t>(q64);
-    const int32_t size = s.out_h * s.out_w;
-    const int32_t b = q / size, p = q - b * size;
-    return static_cast<int64_t>(b) * s.out_channels * size + plane + p;
+    const Position q(q64, s.samples);
+    return static_cast<int64_t>(q.b) * s.out_channels * s.samples.cols + plane + q.x;
   }
   // Positions as (b, 0, p): one row per sample.
-  __device__ __forceinline__ PositionCursor start(int64_t j) const { return {j, Position(j, 1, s.out_h * s.out_w)}; }
+  __device__ __forceinline__ PositionCursor start(int64_t j) const { return {j, Position(j, s.samples)}; }
   template <int kCount>
   __device__ __forceinline__ void run(int64_t plane, const PositionCursor& at, int64_t j_end, T (&v)[kCount]) const {
-    const int32_t size = s.out_h * s.out_w;
-    run_positions(plane, at, j_end, 1, size, v, [this, plane, size](int64_t, const Position& q) {
+    const int32_t size = s.samples.cols;
+    run_positions(plane, at, j_end, s.samples, v, [this, plane, size](int64_t, const Position& q) {
       return grad_output[static_cast<int64_t>(q.b) * s.out_channels * size + plane + q.x];
     });
   }
@@ -255,10 +272,11 @@ struct PlaneOutput {
   gpu_ptr<T> y = nullptr;
   gpu_ptr<const T> bias = nullptr;
   int32_t channels = 0, channels_per_group = 0, plane = 0;
+  Divisor planes;  // by plane
 
   __device__ __forceinline__ void store(int64_t z, int64_t j, int64_t q64, at::opmath_type<T> sum) const {
     const int32_t q = static_cast<int32_t>(q64);
-    const int32_t b = q / plane, p = q - b * plane;
+    const int32_t b = planes.div(q), p = planes.mod(q, b);
     const int64_t channel = z * channels_per_group + j;
     if (bias != nullptr) {
       sum += static_cast<at::opmath_type<T>>(bias[channel]);
@@ -282,7 +300,8 @@ void implicit_conv2d_forward(const Conv2dGeometry& g, gpu_ptr<const T> input, gp
   p.a = {weight, K, p.m * K, chunks_aligned(weight, K, p.m * K, g.groups)};
   p.b.input = input;
   p.b.s = s;
-  p.out = {output, bias, s.out_channels, s.out_per_group, static_cast<int32_t>(g.output_plane())};
+  p.out = {output, bias, s.out_channels, s.out_per_group, static_cast<int32_t>(g.output_plane()),
+           Divisor(g.output_plane())};
   run_gemm(p, tensor_cores);
 }
 
@@ -305,7 +324,8 @@ void implicit_conv2d_backward_input(const Conv2dGeometry& g, const at::Tensor& w
   p.a = {w, p.k, C * p.k, chunks_aligned(w, p.k, C * p.k, g.groups)};
   p.b.grad_output = grad_output;
   p.b.s = s;
-  p.out = {grad_input, nullptr, s.in_channels, s.in_per_group, static_cast<int32_t>(g.in_h * g.in_w)};
+  p.out = {grad_input, nullptr, s.in_channels, s.in_per_group, static_cast<int32_t>(g.in_h * g.in_w),
+           Divisor(g.in_h * g.in_w)};
   run_gemm(p, tensor_cores);
 }
 

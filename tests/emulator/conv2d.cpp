@@ -66,7 +66,24 @@ at::Tensor gemm_op(const at::Tensor& a, const at::Tensor& b, bool tensor_cores) 
   return c;
 }
 
+// n / d and n % d of each value of n (int32, 0 <= n < 2^31) by a Divisor.
+std::vector<at::Tensor> divide_op(const at::Tensor& n_, int64_t d) {
+  TORCH_CHECK(n_.scalar_type() == at::kInt, "divide: int32 numerators");
+  const at::Tensor n = n_.contiguous();
+  at::Tensor q = at::empty_like(n), r = at::empty_like(n);
+  const custom_conv::gpu::Divisor divisor(d);
+  const int32_t* in = n.const_data_ptr<int32_t>();
+  int32_t* qs = q.mutable_data_ptr<int32_t>();
+  int32_t* rs = r.mutable_data_ptr<int32_t>();
+  for (int64_t i = 0; i < n.numel(); ++i) {
+    qs[i] = divisor.div(in[i]);
+    rs[i] = divisor.mod(in[i], qs[i]);
+  }
+  return {q, r};
+}
+
 TORCH_LIBRARY_FRAGMENT(custom_conv_emulated, m) {
+  m.def("divide(Tensor n, int d) -> Tensor[]", &divide_op);
   m.def("gemm_plan(int batch, int m, int n, int k) -> int[]", &gemm_plan);
   m.def("gemm(Tensor a, Tensor b, bool tensor_cores) -> Tensor", &gemm_op);
   m.def("set_switched_off(str name, bool off) -> bool", &set_switched_off_op);

@@ -1,0 +1,151 @@
+"""What the GEMM kernels' inner loops cost in machine instructions, without a GPU.
+
+Compiles csrc/cuda/conv2d.cu with nvcc for one architecture (ptxas -v for
+registers and spills), disassembles it with nvdisasm, and prints for each
+instantiation of the GEMM kernels (gemm_tile_kernel on the CUDA cores,
+gemm_mma_kernel on the tensor cores): the instructions of its main loop (the
+largest loop that holds the multiply-adds), how many of them are the
+multiply-adds (FFMA, DFMA; HMMA, one mma.sync), the shared- and
+global-memory loads, and the registers and spills. A loop with fewer
+instructions per multiply-add leaves more issue slots to the arithmetic: a
+proxy for speed to compare kernel changes by, not a measurement of it
+(latency, memory and occupancy are not in it).
+
+    .venv/bin/python benchmarks/sass_loops.py                         # float32, sm_90
+    .venv/bin/python benchmarks/sass_loops.py --dtype half --arch sm_80
+    .venv/bin/python benchmarks/sass_loops.py --filter InputPatches   # the forward's kernels only
+
+Needs nvcc (CUDA_HOME, or the one on the PATH), nvdisasm (the toolkit's, or
+the nvidia-cuda-nvdisasm wheel of requirements.txt) and about a minute.
+"""
+import argparse
+import collections
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+
+import torch
+from torch.utils import cpp_extension
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCE = os.path.join(ROOT, "csrc", "cuda", "conv2d.cu")
+DTYPES = {"float": "float", "double": "double", "half": "c10::Half", "bfloat16": "c10::BFloat16"}
+MATH = ("FFMA", "DFMA", "HMMA")
+
+
+def cuda_home():
+    """CUDA_HOME, else the toolkit the nvcc on the PATH runs from (as the Makefile finds it)."""
+    if os.environ.get("CUDA_HOME"):
+        return os.environ["CUDA_HOME"]
+    dry = subprocess.run(["nvcc", "-dryrun", "-E", "-x", "cu", "/dev/null"], capture_output=True, text=True)
+    here = re.search(r"^#\$ _HERE_=(.*?)/bin/*$", dry.stderr, re.M)
+    if not here:
+        sys.exit("sass_loops.py: no CUDA toolkit found (set CUDA_HOME)")
+    return here.group(1)
+
+
+def nvdisasm(home):
+    """The toolkit's nvdisasm, else one on the PATH, else the nvidia-cuda-nvdisasm wheel's."""
+    candidates = [os.path.join(home, "bin", "nvdisasm"), shutil.which("nvdisasm") or ""]
+    candidates += glob.glob(os.path.join(sysconfig.get_paths()["purelib"], "nvidia", "cu*", "bin", "nvdisasm"))
+    for path in candidates:
+        if path and os.access(path, os.X_OK):
+            return path
+    sys.exit("sass_loops.py: no nvdisasm (pip install nvidia-cuda-nvdisasm, or a CUDA toolkit that has it)")
+
+
+def compile_kernels(arch, workdir):
+    """(SASS text, ptxas's report) of conv2d.cu for `arch` (e.g. sm_90)."""
+    home = cuda_home()
+    flags = ["-O3", "-std=c++20", "-DCUSTOM_CONV_WITH_CUDA", "--expt-relaxed-constexpr",
+             f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+             *(f"-I{p}" for p in [*cpp_extension.include_paths(), os.path.join(home, "include"),
+                                  sysconfig.get_paths()["include"]])]
+    cubin = os.path.join(workdir, "conv2d.cubin")
+    report = subprocess.run([os.path.join(home, "bin", "nvcc"), *flags, f"-arch={arch}", "-cubin", "-Xptxas", "-v",
+                             SOURCE, "-o", cubin], check=True, capture_output=True, text=True).stderr
+    sass = subprocess.run([nvdisasm(home), "-c", cubin], check=True, capture_output=True, text=True).stdout
+    return sass, report
+
+
+def demangle(names):
+    out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True).stdout.split("\n")
+    return dict(zip(names, out))
+
+
+def short(name):
+    """The kernel, its problem's operands and output, and its tile, from a demangled name."""
+    name = name.replace("custom_conv::gpu::", "").replace("c10::", "").split("(", 1)[0]  # no parameter list
+    kernel = name.split("<", 1)[0].replace("void ", "")
+    operands = re.findall(r"(MatrixOperand<[^>]*>|InputPatches<[^>]*>|OutputGradPatches|OutputGradRows|"
+                          r"MatrixOutput<[^>]*>|PlaneOutput)", name)
+    tile = re.search(r"(?:CoreTile|MmaShape)<(\d+), (\d+)(?:, (\d+), (\d+))?>", name)
+    shape = f"tile {tile.group(1)}x{tile.group(2)}" if tile else ""
+    if tile and tile.group(3):
+        shape += f" ({tile.group(3)}x{tile.group(4)} warps)"
+    return " ".join([kernel, *operands] + ([shape] if shape else []))
+
+
+def main_loop(body):
+    """Opcode counts of the largest loop (a backward branch's range) that holds a multiply-add."""
+    instructions, labels = [], {}
+    for line in body.split("\n"):
+        label = re.match(r"^(\.L_x_\d+):", line.strip())
+        if label:
+            labels[label.group(1)] = len(instructions)
+            continue
+        ins = re.match(r"^\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)(.*)", line)
+        if ins:
+            instructions.append((ins.group(1), ins.group(2)))
+    best = []
+    for i, (op, rest) in enumerate(instructions):
+        target = re.search(r"`\((\.L_x_\d+)\)", rest)
+        if op.startswith("BRA") and target and labels.get(target.group(1), i + 1) <= i:
+            loop = [o for o, _ in instructions[labels[target.group(1)]:i + 1] if o != "NOP"]
+            if any(o.startswith(MATH) for o in loop) and len(loop) > len(best):
+                best = loop
+    return collections.Counter(best)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="sm_90")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="float")
+    parser.add_argument("--filter", default="", help="only kernels whose short name matches this regex")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as workdir:
+        sass, report = compile_kernels(args.arch, workdir)
+    bodies = {m.group(1): m.group(2) for m in
+              re.finditer(r"^\s*\.type\s+(\w+),@function\n(.*?)(?=^//-----|\Z)", sass, re.S | re.M)}
+    names = demangle(list(bodies))
+    resources = {m.group(1): (int(m.group(3)), int(m.group(2)))
+                 for m in re.finditer(r"Function properties for (\w+)\n.*?(\d+) bytes spill stores.*?\n"
+                                      r".*?Used (\d+) registers", report)}
+    print(f"{args.arch}, {args.dtype}: the main loop's instructions, its multiply-adds (FFMA/DFMA, or HMMA: one "
+          f"mma.sync each), instructions per multiply-add, shared and global loads; registers; spilled bytes")
+    print(f"{'kernel (problem: operands, output; tile)':<84} {'loop':>5} {'math':>5} {'per':>6} {'LDS':>4} "
+          f"{'LDG':>4} {'regs':>4} {'spill':>5}")
+    rows = []
+    for mangled, body in bodies.items():
+        name = names[mangled].replace("custom_conv::gpu::", "")
+        if not re.search(r"gemm_(tile|mma)_kernel<GemmProblem<" + re.escape(DTYPES[args.dtype]) + ",", name):
+            continue
+        label = short(names[mangled])
+        if re.search(args.filter, label):
+            rows.append((label, main_loop(body), resources.get(mangled, (0, 0))))
+    for label, ops, (regs, spills) in sorted(rows):
+        total = sum(ops.values())
+        math = sum(n for op, n in ops.items() if op.startswith(MATH))
+        shared = sum(n for op, n in ops.items() if op.startswith(("LDS", "LDSM")))
+        glob_loads = sum(n for op, n in ops.items() if op.startswith(("LDG", "LDGSTS")))
+        print(f"{label:<84} {total:>5} {math:>5} {total / max(math, 1):>6.2f} {shared:>4} {glob_loads:>4} "
+              f"{regs:>4} {spills:>5}")
+
+
+if __name__ == "__main__":
+    main()

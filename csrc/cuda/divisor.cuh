@@ -1,0 +1,53 @@
+// Division by a number known before the launch, without a divide
+// instruction. A GPU has none for integers: n / d by a 32-bit d is a
+// subroutine of about twenty instructions, and the implicit GEMM's index
+// arithmetic (positions, taps, strides) divides several times per value it
+// loads. A Divisor, made once on the host, divides by a multiply-high, an
+// add and a shift (the round-up method of Granlund and Montgomery, "Division
+// by invariant integers using multiplication", 1994; PyTorch's IntDivider
+// uses the same):
+//
+//   shift = ceil(log2 d),  magic = floor(2^32 (2^shift - d) / d) + 1,
+//   n / d = (mulhi(n, magic) + n) >> shift   for every 0 <= n < 2^32,
+//
+// the addition done in 64 bits so that it cannot overflow.
+#pragma once
+
+#include <c10/macros/Macros.h>
+#include <c10/util/Exception.h>
+
+#include <cstdint>
+
+namespace custom_conv {
+namespace gpu {
+
+struct Divisor {
+  uint32_t divisor = 1, magic = 1, shift = 0;
+
+  Divisor() = default;
+  explicit Divisor(int64_t d) : divisor(static_cast<uint32_t>(d)) {
+    TORCH_CHECK(d >= 1 && d <= INT32_MAX, "Divisor: ", d, " is not a positive 32-bit number");
+    while ((uint64_t{1} << shift) < divisor) {
+      ++shift;
+    }
+    const uint64_t m = (uint64_t{1} << 32) * ((uint64_t{1} << shift) - divisor) / divisor + 1;
+    magic = static_cast<uint32_t>(m);  // < 2^32: 2^shift - d < d
+  }
+
+  // n / d and n % d for 0 <= n < 2^31.
+  C10_HOST_DEVICE int32_t div(int32_t n) const {
+    const uint32_t u = static_cast<uint32_t>(n);
+#ifdef __CUDA_ARCH__
+    const uint32_t high = __umulhi(u, magic);
+#else
+    const uint32_t high = static_cast<uint32_t>((uint64_t{u} * magic) >> 32);
+#endif
+    return static_cast<int32_t>((uint64_t{high} + u) >> shift);
+  }
+  C10_HOST_DEVICE int32_t mod(int32_t n, int32_t quotient) const {
+    return n - quotient * static_cast<int32_t>(divisor);
+  }
+};
+
+}  // namespace gpu
+}  // namespace custom_conv
