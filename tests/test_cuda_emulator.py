@@ -93,7 +93,7 @@ def emu():
         verbose=bool(os.environ.get("CUSTOM_CONV_VERBOSE_BUILD")),
     )
     ops = torch.ops.custom_conv_emulated
-    saved = ops.set_limits(2, 65535, 1 << 22)
+    saved = ops.set_limits(2, 65535, 1 << 22, 1 << 30)
     ops.track_allocations(True)
     yield ops
     ops.track_allocations(False)
@@ -101,9 +101,9 @@ def emu():
 
 
 @contextlib.contextmanager
-def limits(emu, multiprocessors=2, max_grid_yz=65535, column_budget=1 << 22):
+def limits(emu, multiprocessors=2, max_grid_yz=65535, column_budget=1 << 22, narrow_index_limit=1 << 30):
     """What the launch plans see as the GPU's size and limits, meanwhile."""
-    saved = emu.set_limits(multiprocessors, max_grid_yz, column_budget)
+    saved = emu.set_limits(multiprocessors, max_grid_yz, column_budget, narrow_index_limit)
     emu.take_launch_log()
     try:
         yield
@@ -267,35 +267,42 @@ def test_enough_depthwise_cases():
 POOL_CASES = {**MAX_POOL2D_CASES, **{f"padding only: {k}": v for k, v in MAX_POOL2D_PADDING_ONLY_CASES.items()}}
 
 
+# The pooling kernels index in 32 bits (divisor.cuh) below LaunchLimits::narrow_index_limit, in 64 above.
+INDEX_LIMITS = {"32-bit": 1 << 30, "64-bit": 1}
+
+
+@pytest.mark.parametrize("index_bits", list(INDEX_LIMITS))
 @pytest.mark.parametrize("dtype", dtypes("float64", "float32", "float16", "bfloat16"))
 @pytest.mark.parametrize("case", list(POOL_CASES))
-def test_max_pool2d_matches_torch_and_equals_our_cpu_ops_bitwise(emu, case, dtype):
-    c = POOL_CASES[case]
-    x = pool_input(c, dtype)
-    args = pool_arguments(c.kwargs)
-    out, indices = emu.max_pool2d_forward(x, *args)
-    ref, ref_indices = F.max_pool2d(x, **c.kwargs, return_indices=True)
-    torch.testing.assert_close(out, ref, rtol=0, atol=0)
-    assert torch.equal(indices, ref_indices)
-    cpu, cpu_indices = torch.ops.custom_conv.max_pool2d_forward(x, *args)
-    assert torch.equal(out, cpu) and torch.equal(indices, cpu_indices)
+def test_max_pool2d_matches_torch_and_equals_our_cpu_ops_bitwise(emu, case, dtype, index_bits):
+    with limits(emu, narrow_index_limit=INDEX_LIMITS[index_bits]):
+        c = POOL_CASES[case]
+        x = pool_input(c, dtype)
+        args = pool_arguments(c.kwargs)
+        out, indices = emu.max_pool2d_forward(x, *args)
+        ref, ref_indices = F.max_pool2d(x, **c.kwargs, return_indices=True)
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+        assert torch.equal(indices, ref_indices)
+        cpu, cpu_indices = torch.ops.custom_conv.max_pool2d_forward(x, *args)
+        assert torch.equal(out, cpu) and torch.equal(indices, cpu_indices)
 
-    go = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(dtype)
-    grad = emu.max_pool2d_backward(go, indices, x.shape, *args)
-    # The GPU gathers per input element, adding the outputs in the order the
-    # CPU kernel scatters them: the same sums, bit for bit.
-    assert torch.equal(grad, torch.ops.custom_conv.max_pool2d_backward(go, indices, x.shape, *args))
-    if not out.isinf().any():  # torch routes the gradient of a window of padding only into the plane
-        # Added in float64 and rounded once, as ours adds in float (torch's
-        # CPU kernel adds half and bfloat16 in that dtype; test_max_pool2d.py).
-        x64 = x.double().requires_grad_()
-        F.max_pool2d(x64, **c.kwargs).backward(go.double())
-        torch.testing.assert_close(grad, x64.grad.to(dtype))
+        go = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(dtype)
+        grad = emu.max_pool2d_backward(go, indices, x.shape, *args)
+        # The GPU gathers per input element, adding the outputs in the order the
+        # CPU kernel scatters them: the same sums, bit for bit.
+        assert torch.equal(grad, torch.ops.custom_conv.max_pool2d_backward(go, indices, x.shape, *args))
+        if not out.isinf().any():  # torch routes the gradient of a window of padding only into the plane
+            # Added in float64 and rounded once, as ours adds in float (torch's
+            # CPU kernel adds half and bfloat16 in that dtype; test_max_pool2d.py).
+            x64 = x.double().requires_grad_()
+            F.max_pool2d(x64, **c.kwargs).backward(go.double())
+            torch.testing.assert_close(grad, x64.grad.to(dtype))
 
 
+@pytest.mark.parametrize("index_bits", list(INDEX_LIMITS))
 @pytest.mark.parametrize("dtype", dtypes("float64", "float16"))
 @pytest.mark.parametrize("case", list(POOL_CASES))
-def test_max_pool2d_reads_channels_last_in_place(emu, case, dtype):
+def test_max_pool2d_reads_channels_last_in_place(emu, case, dtype, index_bits):
     """A channels-last input takes the kernel that reads it in its own layout
     (no copy into NCHW): the same values and indices, bit for bit, as the
     NCHW kernel, returned channels-last as torch returns them."""
@@ -303,9 +310,9 @@ def test_max_pool2d_reads_channels_last_in_place(emu, case, dtype):
     x = pool_input(c, dtype)
     args = pool_arguments(c.kwargs)
     xl = x.contiguous(memory_format=torch.channels_last)
-    emu.take_launch_log()
-    out, indices = emu.max_pool2d_forward(xl, *args)
-    ran = {entry.split("<")[0] for entry in emu.take_launch_log()}
+    with limits(emu, narrow_index_limit=INDEX_LIMITS[index_bits]):
+        out, indices = emu.max_pool2d_forward(xl, *args)
+        ran = {entry.split("<")[0] for entry in emu.take_launch_log()}
     ref, ref_indices = emu.max_pool2d_forward(x, *args)
     assert torch.equal(out, ref) and torch.equal(indices, ref_indices)
     torch_out = F.max_pool2d(xl, **c.kwargs)

@@ -65,6 +65,9 @@ struct LaunchLimits {
   // Values of im2col scratch one convolution chunk may use
   // (Conv2dGeometry::batch_chunk).
   int64_t column_budget = int64_t{1} << 22;
+  // A pooling call whose indices and window bounds all stay below this
+  // indexes in 32 bits (divisor.cuh); tests lower it to reach the 64-bit path.
+  int64_t narrow_index_limit = int64_t{1} << 30;
 };
 
 inline LaunchLimits launch_limits() {

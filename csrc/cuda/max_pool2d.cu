@@ -8,6 +8,7 @@
 #include "../max_pool2d_window.h"
 #include "../memory_format.h"
 #include "common.cuh"
+#include "divisor.cuh"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -16,27 +17,65 @@
 #include <c10/macros/Macros.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <tuple>
+#include <type_traits>
 
 namespace custom_conv {
 namespace gpu {
 namespace {
 
+// What the kernels divide their flat indices by, as Divisors (32-bit indices,
+// a multiply-high each) where every index and window bound of the call stays
+// below LaunchLimits::narrow_index_limit (2^30), else as WideDivisors (64-bit
+// division).
+template <typename D>
+struct PoolDivisors {
+  D out_plane, out_w, out_h, in_plane, in_w, channels, stride_h, stride_w;
+
+  // Sizes of 0 (no element for a kernel to divide) taken as 1.
+  explicit PoolDivisors(const Pool2dGeometry& g)
+      : out_plane(at_least_1(g.out_h * g.out_w)), out_w(at_least_1(g.out_w)), out_h(at_least_1(g.out_h)),
+        in_plane(at_least_1(g.in_h * g.in_w)), in_w(at_least_1(g.in_w)), channels(at_least_1(g.channels)),
+        stride_h(g.stride_h), stride_w(g.stride_w) {}
+  static int64_t at_least_1(int64_t n) { return n > 0 ? n : 1; }
+};
+
+bool indices_fit_32_bits(const Pool2dGeometry& g) {
+  const int64_t limit = launch_limits().narrow_index_limit;
+  const auto reach = [](int64_t size, int64_t pad, int64_t stride, int64_t kernel, int64_t dilation) {
+    return size + pad + stride + (kernel - 1) * dilation;
+  };
+  return g.batch * g.channels * std::max(g.in_h * g.in_w, g.out_h * g.out_w) < limit &&
+         reach(g.in_h, g.pad_h, g.stride_h, g.kernel_h, g.dilation_h) < limit &&
+         reach(g.in_w, g.pad_w, g.stride_w, g.kernel_w, g.dilation_w) < limit;
+}
+
+// Runs launch(PoolDivisors<D>{g}) with D the narrowest that fits the call.
+template <typename Launch>
+void with_divisors(const Pool2dGeometry& g, const Launch& launch) {
+  if (indices_fit_32_bits(g)) {
+    launch(PoolDivisors<Divisor>(g));
+  } else {
+    launch(PoolDivisors<WideDivisor>(g));
+  }
+}
+
 // One thread per output element.
-template <typename scalar_t>
+template <typename scalar_t, typename D>
 __global__ void max_pool2d_forward_kernel(gpu_ptr<const scalar_t> CUSTOM_CONV_RESTRICT input,
-                                          const Pool2dGeometry g, gpu_ptr<scalar_t> CUSTOM_CONV_RESTRICT output,
+                                          const Pool2dGeometry g, const PoolDivisors<D> d,
+                                          gpu_ptr<scalar_t> CUSTOM_CONV_RESTRICT output,
                                           gpu_ptr<int64_t> CUSTOM_CONV_RESTRICT indices) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t out_plane = g.out_h * g.out_w;
-  const int64_t total = g.batch * g.channels * out_plane;
-  CUSTOM_CONV_GRID_STRIDE_LOOP(e, total) {
-    const int64_t ow = e % g.out_w;
-    const int64_t oh = (e / g.out_w) % g.out_h;
-    const int64_t p = e / out_plane;
-    const WindowMax<acc_t> best = window_max<acc_t>(input + p * g.in_h * g.in_w, g, oh, ow);
-    output[e] = static_cast<scalar_t>(best.value);
-    indices[e] = best.index;
+  using I = typename D::index_t;
+  CUSTOM_CONV_GRID_STRIDE_LOOP(e64, g.batch * g.channels * g.out_h * g.out_w) {
+    const I e = static_cast<I>(e64);
+    const I p = d.out_plane.div(e), o = d.out_plane.mod(e, p);
+    const I oh = d.out_w.div(o), ow = d.out_w.mod(o, oh);
+    const WindowMax<acc_t> best = window_max<acc_t>(input + static_cast<int64_t>(p) * g.in_h * g.in_w, g, oh, ow);
+    output[e64] = static_cast<scalar_t>(best.value);
+    indices[e64] = best.index;
   }
 }
 
@@ -53,21 +92,23 @@ struct ChannelsLastPlane {
 // memory order (the channel fastest): neighbouring threads read neighbouring
 // channels, and no layout copy is needed before or after. The same windows,
 // values and indices (positions within the plane) as the NCHW kernel.
-template <typename scalar_t>
+template <typename scalar_t, typename D>
 __global__ void max_pool2d_forward_channels_last_kernel(gpu_ptr<const scalar_t> CUSTOM_CONV_RESTRICT input,
-                                                        const Pool2dGeometry g,
+                                                        const Pool2dGeometry g, const PoolDivisors<D> d,
                                                         gpu_ptr<scalar_t> CUSTOM_CONV_RESTRICT output,
                                                         gpu_ptr<int64_t> CUSTOM_CONV_RESTRICT indices) {
   using acc_t = at::opmath_type<scalar_t>;
-  CUSTOM_CONV_GRID_STRIDE_LOOP(e, g.batch * g.out_h * g.out_w * g.channels) {
-    const int64_t c = e % g.channels;
-    const int64_t ow = e / g.channels % g.out_w;
-    const int64_t oh = e / (g.channels * g.out_w) % g.out_h;
-    const int64_t n = e / (g.channels * g.out_w * g.out_h);
-    const ChannelsLastPlane<const scalar_t> plane{input + n * g.in_h * g.in_w * g.channels + c, g.channels};
+  using I = typename D::index_t;
+  CUSTOM_CONV_GRID_STRIDE_LOOP(e64, g.batch * g.out_h * g.out_w * g.channels) {
+    const I e = static_cast<I>(e64);
+    const I pixel = d.channels.div(e), c = d.channels.mod(e, pixel);  // pixel: (n, oh, ow)
+    const I row = d.out_w.div(pixel), ow = d.out_w.mod(pixel, row);   // row: (n, oh)
+    const I n = d.out_h.div(row), oh = d.out_h.mod(row, n);
+    const ChannelsLastPlane<const scalar_t> plane{input + static_cast<int64_t>(n) * g.in_h * g.in_w * g.channels + c,
+                                                  g.channels};
     const WindowMax<acc_t> best = window_max<acc_t>(plane, g, oh, ow);
-    output[e] = static_cast<scalar_t>(best.value);
-    indices[e] = best.index;
+    output[e64] = static_cast<scalar_t>(best.value);
+    indices[e64] = best.index;
   }
 }
 
@@ -90,9 +131,12 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cuda(
     at::Tensor indices = at::empty({g.batch, g.channels, g.out_h, g.out_w}, options.dtype(at::kLong));
     if (output.numel() > 0) {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "max_pool2d_forward_cuda", [&] {
-        CUSTOM_CONV_LAUNCH(grid_for(output.numel()), kThreads, max_pool2d_forward_channels_last_kernel<scalar_t>)(
-            input.const_data_ptr<scalar_t>(), g, output.mutable_data_ptr<scalar_t>(),
-            indices.mutable_data_ptr<int64_t>());
+        with_divisors(g, [&](const auto& d) {
+          using D = std::decay_t<decltype(d.out_w)>;
+          CUSTOM_CONV_LAUNCH(grid_for(output.numel()), kThreads, max_pool2d_forward_channels_last_kernel<scalar_t, D>)(
+              input.const_data_ptr<scalar_t>(), g, d, output.mutable_data_ptr<scalar_t>(),
+              indices.mutable_data_ptr<int64_t>());
+        });
       });
     }
     return {output, indices};
@@ -106,9 +150,12 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cuda(
     return {in_memory_format(output, format), in_memory_format(indices, format)};
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "max_pool2d_forward_cuda", [&] {
-    CUSTOM_CONV_LAUNCH(grid_for(total), kThreads, max_pool2d_forward_kernel<scalar_t>)(
-        input.const_data_ptr<scalar_t>(), g, output.mutable_data_ptr<scalar_t>(),
-        indices.mutable_data_ptr<int64_t>());
+    with_divisors(g, [&](const auto& d) {
+      using D = std::decay_t<decltype(d.out_w)>;
+      CUSTOM_CONV_LAUNCH(grid_for(total), kThreads, max_pool2d_forward_kernel<scalar_t, D>)(
+          input.const_data_ptr<scalar_t>(), g, d, output.mutable_data_ptr<scalar_t>(),
+          indices.mutable_data_ptr<int64_t>());
+    });
   });
   return {in_memory_format(output, format), in_memory_format(indices, format)};
 }
@@ -124,23 +171,38 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cuda(
 // visits them in row-major order, the order in which the CPU kernel adds
 // them, so both give bitwise the same gradients.
 
-template <typename scalar_t>
+// covering_windows (../max_pool2d_window.h) with the stride's division by a
+// Divisor: the output positions along one dimension whose window covers
+// input position `pos`.
+template <typename D, typename I = typename D::index_t>
+__device__ __forceinline__ CandidateRange covering_windows_by(I pos, const D& stride, int64_t pad, int64_t kernel,
+                                                              int64_t dilation, int64_t out_size) {
+  const I lowest_start = static_cast<I>(pos + pad - (kernel - 1) * dilation);
+  const I first = lowest_start <= 0 ? I(0) : stride.div(static_cast<I>(lowest_start + stride.divisor - 1));
+  const I last_start = stride.div(static_cast<I>(pos + pad));  // pos + pad >= 0
+  return {first, last_start < out_size - 1 ? last_start : out_size - 1};
+}
+
+template <typename scalar_t, typename D>
 __global__ void max_pool2d_backward_kernel(gpu_ptr<const scalar_t> CUSTOM_CONV_RESTRICT grad_output,
                                            gpu_ptr<const int64_t> CUSTOM_CONV_RESTRICT indices,
-                                           const Pool2dGeometry g, gpu_ptr<scalar_t> CUSTOM_CONV_RESTRICT grad_input) {
+                                           const Pool2dGeometry g, const PoolDivisors<D> d,
+                                           gpu_ptr<scalar_t> CUSTOM_CONV_RESTRICT grad_input) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
-  CUSTOM_CONV_GRID_STRIDE_LOOP(e, g.batch * g.channels * in_plane) {
-    const int64_t i = e % in_plane;
-    const int64_t p = e / in_plane;
-    const CandidateRange rows = covering_windows(i / g.in_w, g.stride_h, g.pad_h, g.kernel_h, g.dilation_h, g.out_h);
-    const CandidateRange cols = covering_windows(i % g.in_w, g.stride_w, g.pad_w, g.kernel_w, g.dilation_w, g.out_w);
-    const gpu_ptr<const int64_t> idx = indices + p * out_plane;
-    const gpu_ptr<const scalar_t> go = grad_output + p * out_plane;
+  using I = typename D::index_t;
+  const int64_t out_plane = g.out_h * g.out_w;
+  CUSTOM_CONV_GRID_STRIDE_LOOP(e64, g.batch * g.channels * g.in_h * g.in_w) {
+    const I e = static_cast<I>(e64);
+    const I p = d.in_plane.div(e), i = d.in_plane.mod(e, p);
+    const I ih = d.in_w.div(i), iw = d.in_w.mod(i, ih);
+    const CandidateRange rows = covering_windows_by(ih, d.stride_h, g.pad_h, g.kernel_h, g.dilation_h, g.out_h);
+    const CandidateRange cols = covering_windows_by(iw, d.stride_w, g.pad_w, g.kernel_w, g.dilation_w, g.out_w);
+    const gpu_ptr<const int64_t> idx = indices + static_cast<int64_t>(p) * out_plane;
+    const gpu_ptr<const scalar_t> go = grad_output + static_cast<int64_t>(p) * out_plane;
     acc_t sum = acc_t(0);
-    for (int64_t oh = rows.first; oh <= rows.last; ++oh) {
-      for (int64_t ow = cols.first; ow <= cols.last; ++ow) {
-        const int64_t o = oh * g.out_w + ow;
+    for (I oh = static_cast<I>(rows.first); oh <= rows.last; ++oh) {
+      for (I ow = static_cast<I>(cols.first); ow <= cols.last; ++ow) {
+        const I o = oh * static_cast<I>(g.out_w) + ow;
         // A window of padding only reports an index that is not in it, and
         // routes nothing (see ../max_pool2d_window.h).
         if (idx[o] == i && window_holds_input(g, oh, ow)) {
@@ -148,7 +210,7 @@ __global__ void max_pool2d_backward_kernel(gpu_ptr<const scalar_t> CUSTOM_CONV_R
         }
       }
     }
-    grad_input[e] = static_cast<scalar_t>(sum);
+    grad_input[e64] = static_cast<scalar_t>(sum);
   }
 }
 
@@ -171,9 +233,12 @@ at::Tensor max_pool2d_backward_cuda(
     return grad_input;
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "max_pool2d_backward_cuda", [&] {
-    CUSTOM_CONV_LAUNCH(grid_for(grad_input.numel()), kThreads, max_pool2d_backward_kernel<scalar_t>)(
-        grad_output.const_data_ptr<scalar_t>(), indices.const_data_ptr<int64_t>(), g,
-        grad_input.mutable_data_ptr<scalar_t>());
+    with_divisors(g, [&](const auto& d) {
+      using D = std::decay_t<decltype(d.out_w)>;
+      CUSTOM_CONV_LAUNCH(grid_for(grad_input.numel()), kThreads, max_pool2d_backward_kernel<scalar_t, D>)(
+          grad_output.const_data_ptr<scalar_t>(), indices.const_data_ptr<int64_t>(), g, d,
+          grad_input.mutable_data_ptr<scalar_t>());
+    });
   });
   return grad_input;
 }

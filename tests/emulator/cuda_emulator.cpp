@@ -554,11 +554,13 @@ namespace {
 using namespace custom_conv::gpu;
 
 // Sets the limits launch plans see; returns the previous ones.
-std::vector<int64_t> set_limits(int64_t multiprocessors, int64_t max_grid_yz, int64_t column_budget) {
+std::vector<int64_t> set_limits(int64_t multiprocessors, int64_t max_grid_yz, int64_t column_budget,
+                                int64_t narrow_index_limit) {
   LaunchLimits& l = emulator::limits();
-  std::vector<int64_t> previous{l.multiprocessors, l.max_grid_yz, l.column_budget};
-  TORCH_CHECK(multiprocessors >= 1 && max_grid_yz >= 1 && column_budget >= 1, "limits must be positive");
-  l = {multiprocessors, max_grid_yz, column_budget};
+  std::vector<int64_t> previous{l.multiprocessors, l.max_grid_yz, l.column_budget, l.narrow_index_limit};
+  TORCH_CHECK(multiprocessors >= 1 && max_grid_yz >= 1 && column_budget >= 1 && narrow_index_limit >= 1,
+              "limits must be positive");
+  l = {multiprocessors, max_grid_yz, column_budget, narrow_index_limit};
   return previous;
 }
 
@@ -591,7 +593,8 @@ std::vector<std::string> take_launch_log() {
 
 TORCH_LIBRARY(custom_conv_emulated, m) {
   custom_conv::define_kernel_ops(m);
-  m.def("set_limits(int multiprocessors, int max_grid_yz, int column_budget) -> int[]", &set_limits);
+  m.def("set_limits(int multiprocessors, int max_grid_yz, int column_budget, int narrow_index_limit) -> int[]",
+        &set_limits);
   m.def("track_allocations(bool on) -> ()", &track_allocations);
   m.def("take_launch_log() -> str[]", &take_launch_log);
 }

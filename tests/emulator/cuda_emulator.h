@@ -100,6 +100,7 @@ struct LaunchLimits {
   int64_t multiprocessors = 2;
   int64_t max_grid_yz = 65535;
   int64_t column_budget = int64_t{1} << 22;
+  int64_t narrow_index_limit = int64_t{1} << 30;
 };
 
 namespace emulator {
