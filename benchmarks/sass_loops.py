@@ -83,7 +83,7 @@ def short(name):
     name = name.replace("custom_conv::gpu::", "").replace("c10::", "").split("(", 1)[0]  # no parameter list
     kernel = name.split("<", 1)[0].replace("void ", "")
     operands = re.findall(r"(MatrixOperand<[^>]*>|InputPatches<[^>]*>|OutputGradPatches|OutputGradRows|"
-                          r"MatrixOutput<[^>]*>|PlaneOutput)", name)
+                          r"ChannelsLastPatches|MatrixOutput<[^>]*>|PlaneOutput)", name)
     tile = re.search(r"(?:CoreTile|MmaShape)<(\d+), (\d+)(?:, (\d+), (\d+))?>", name)
     shape = f"tile {tile.group(1)}x{tile.group(2)}" if tile else ""
     if tile and tile.group(3):

@@ -400,7 +400,7 @@ std::vector<std::string> conv2d_algorithms() {
 
 std::vector<std::string> set_disabled_conv2d_algorithms(const std::vector<std::string>& names) {
   unsigned mask = 0;
-  bool tensor_cores = false, implicit_gemm = false;
+  bool tensor_cores = false, implicit_gemm = false, channels_last_gather = false;
   for (const std::string& name : names) {
     if (name == kTensorCores) {
       tensor_cores = true;
@@ -410,12 +410,16 @@ std::vector<std::string> set_disabled_conv2d_algorithms(const std::vector<std::s
       implicit_gemm = true;
       continue;
     }
+    if (name == kChannelsLastGather) {
+      channels_last_gather = true;
+      continue;
+    }
     const Conv2dAlgorithm algorithm = algorithm_named(name);
     TORCH_CHECK_VALUE(algorithm != kFallback, algorithm_name(kFallback),
                       " is every layer's fallback and cannot be switched off");
     mask |= 1u << static_cast<unsigned>(algorithm);
   }
-  const Switches previous = set_switched_off({mask, tensor_cores, implicit_gemm});
+  const Switches previous = set_switched_off({mask, tensor_cores, implicit_gemm, channels_last_gather});
   std::vector<std::string> before;
   for (const Conv2dAlgorithm a : kAlgorithms) {
     if ((previous.algorithms >> static_cast<unsigned>(a)) & 1u) {
@@ -427,6 +431,9 @@ std::vector<std::string> set_disabled_conv2d_algorithms(const std::vector<std::s
   }
   if (previous.implicit_gemm) {
     before.emplace_back(kImplicitGemm);
+  }
+  if (previous.channels_last_gather) {
+    before.emplace_back(kChannelsLastGather);
   }
   return before;
 }

@@ -46,14 +46,17 @@ std::vector<std::string> conv2d_algorithms();
 // thread from now on, until the next call; returns the names disabled before.
 // im2col, every layer's fallback, cannot be switched off; an unknown name or
 // im2col raises ValueError and changes nothing. (custom_conv.disabled_algorithms
-// in Python.) Two more names are taken, kernels of the GPU rather than
+// in Python.) Three more names are taken, kernels of the GPU rather than
 // algorithms: kTensorCores, the CUDA GEMM's tensor-core kernel
-// (cuda_gemm_uses_tensor_cores), and kImplicitGemm, the GPU's im2col without
-// a column matrix (cuda_conv_uses_implicit_gemm).
+// (cuda_gemm_uses_tensor_cores), kImplicitGemm, the GPU's im2col without a
+// column matrix (cuda_conv_uses_implicit_gemm), and kChannelsLastGather, its
+// forward on the tensor cores from a channels-last input
+// (cuda_conv_forward_gathers_channels_last).
 std::vector<std::string> set_disabled_conv2d_algorithms(const std::vector<std::string>& names);
 
 constexpr const char* kTensorCores = "tensor_cores";
 constexpr const char* kImplicitGemm = "implicit_gemm";
+constexpr const char* kChannelsLastGather = "channels_last_gather";
 
 // The switches set_disabled_conv2d_algorithms sets, read by both choosers
 // (conv2d_algorithm_cuda.cpp holds them): whether an algorithm, or the
@@ -65,6 +68,7 @@ struct Switches {
   unsigned algorithms = 0;  // bit (1 << algorithm): switched off
   bool tensor_cores = false;
   bool implicit_gemm = false;
+  bool channels_last_gather = false;
 };
 Switches switched_off();
 Switches set_switched_off(Switches switches);
@@ -90,6 +94,13 @@ bool cuda_implicit_gemm_supports(const Conv2dGeometry& g);
 // matrix in memory: wherever it is supported, unless kImplicitGemm is
 // switched off.
 bool cuda_conv_uses_implicit_gemm(const Conv2dGeometry& g);
+
+// Whether the implicit GEMM's forward gathers the receptive fields from a
+// channels-last copy of the input (cuda/implicit_gemm.cuh,
+// ChannelsLastPatches): on the tensor cores, where each group's input
+// channels are whole 16-byte chunks of `dtype`, so that the tiles load by
+// cp.async; unless kChannelsLastGather is switched off.
+bool cuda_conv_forward_gathers_channels_last(const Conv2dGeometry& g, at::ScalarType dtype);
 
 // The op custom_conv::set_forced_conv2d_algorithm: from now on, every CPU
 // convolution pass runs on the algorithm named wherever that route can

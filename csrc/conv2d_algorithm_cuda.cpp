@@ -17,6 +17,7 @@ namespace {
 std::atomic<unsigned> switched_off_algorithms{0};
 std::atomic<bool> switched_off_tensor_cores{false};
 std::atomic<bool> switched_off_implicit_gemm{false};
+std::atomic<bool> switched_off_channels_last_gather{false};
 
 constexpr const char* kSwitchedOff = "switched off by the user (custom_conv.disabled_algorithms)";
 
@@ -36,7 +37,8 @@ bool tensor_cores_switched_off() {
 
 Switches switched_off() {
   return {switched_off_algorithms.load(std::memory_order_relaxed), tensor_cores_switched_off(),
-          switched_off_implicit_gemm.load(std::memory_order_relaxed)};
+          switched_off_implicit_gemm.load(std::memory_order_relaxed),
+          switched_off_channels_last_gather.load(std::memory_order_relaxed)};
 }
 
 Switches set_switched_off(Switches switches) {
@@ -44,6 +46,7 @@ Switches set_switched_off(Switches switches) {
   previous.algorithms = switched_off_algorithms.exchange(switches.algorithms);
   previous.tensor_cores = switched_off_tensor_cores.exchange(switches.tensor_cores);
   previous.implicit_gemm = switched_off_implicit_gemm.exchange(switches.implicit_gemm);
+  previous.channels_last_gather = switched_off_channels_last_gather.exchange(switches.channels_last_gather);
   return previous;
 }
 
@@ -72,10 +75,19 @@ bool cuda_conv_uses_implicit_gemm(const Conv2dGeometry& g) {
   return !switched_off_implicit_gemm.load(std::memory_order_relaxed) && cuda_implicit_gemm_supports(g);
 }
 
+bool cuda_conv_forward_gathers_channels_last(const Conv2dGeometry& g, at::ScalarType dtype) {
+  if (switched_off_channels_last_gather.load(std::memory_order_relaxed) || !cuda_conv_uses_implicit_gemm(g) ||
+      !cuda_gemm_uses_tensor_cores(dtype)) {
+    return false;
+  }
+  const int64_t chunk = 16 / static_cast<int64_t>(c10::elementSize(dtype));
+  return g.in_channels_per_group() % chunk == 0;
+}
+
 // Depthwise layers read one input plane per output channel: a sum of kH * kW
 // products per output, read in place (cuda/depthwise.cuh), against im2col's
 // kH * kW copies of the input feeding a GEMM only kH * kW deep. Every pass.
-Conv2dAlgorithm choose_cuda_conv2d_algorithm(const Conv2dGeometry& g, Conv2dPass, at::ScalarType dtype,
+Conv2dAlgorithm choose_cuda_conv2d_algorithm(const Conv2dGeometry& g, Conv2dPass pass, at::ScalarType dtype,
                                              std::string* why) {
   if (depthwise_layer(g) && !algorithm_switched_off(Conv2dAlgorithm::kDepthwise)) {
     if (why) *why = "depthwise: one input channel per group, each output's taps summed from its input plane";
@@ -98,6 +110,10 @@ Conv2dAlgorithm choose_cuda_conv2d_algorithm(const Conv2dGeometry& g, Conv2dPass
                       reduced || tf32_allowed ? c10::str(" (tensor cores ", kSwitchedOff, ")")
                       : dtype == at::kFloat   ? std::string(" (TF32 not allowed: torch.backends.cudnn.allow_tf32)")
                                               : std::string());
+    }
+    if (pass == Conv2dPass::kForward && cuda_conv_forward_gathers_channels_last(g, dtype)) {
+      *why += "; the receptive fields gathered from a channels-last copy of the input, 16-byte chunks of channels "
+              "by cp.async";
     }
     if (depthwise_layer(g)) {
       *why += c10::str("; depthwise ", kSwitchedOff);

@@ -51,12 +51,15 @@ def disabled_algorithms(*names):
     ValueError, as for an unknown name); CUSTOM_CONV_CPU_KERNELS=baseline
     removes the direct kernels for a whole process instead.
 
-    Two more names are taken, for the GPU's kernels: "tensor_cores" sends
+    Three more names are taken, for the GPU's kernels: "tensor_cores" sends
     half and bfloat16 products (and TF32's) from the tensor-core kernel back
-    to the CUDA-core one (float sums in both), and "implicit_gemm" sends
+    to the CUDA-core one (float sums in both), "implicit_gemm" sends
     im2col's products through a column matrix in memory instead of gathering
-    the receptive fields as the GEMM's tiles load; for comparing them, or
-    ruling the newer one out.
+    the receptive fields as the GEMM's tiles load, and "channels_last_gather"
+    keeps the tensor cores' forward gathering from the NCHW input rather
+    than from a channels-last copy (taken where each group's input channels
+    are whole 16-byte chunks); for comparing them, or ruling the newer one
+    out.
 
     The setting is process-wide, like torch.backends flags: it applies to
     every thread until the block ends, when the previous one returns. Blocks

@@ -316,8 +316,10 @@ def test_the_cuda_chooser_and_its_switches():
     tiles load (an implicit GEMM). "depthwise" switched off sends depthwise
     layers to im2col; "tensor_cores" and "implicit_gemm" (kernels, not
     algorithms: the list stays the chooser's) send the products to the
-    CUDA-core kernel and through a column matrix in memory. All nest and
-    restore like the CPU's."""
+    CUDA-core kernel and through a column matrix in memory. On the tensor
+    cores, a forward whose input channels per group are whole 16-byte chunks
+    gathers from a channels-last copy of the input ("channels_last_gather"
+    switches that off). All nest and restore like the CPU's."""
     def meta(shape, dtype=torch.half):
         return torch.empty(shape, device="meta", dtype=dtype)
 
@@ -368,7 +370,24 @@ def test_the_cuda_chooser_and_its_switches():
         "im2col", "im2col through a column matrix (indices beyond 32 bits), our GEMM on the tensor cores "
                   "(mma.sync, float sums)")
     assert custom_conv.explain_conv2d(meta((2 ** 16, 3, 180, 180)), w)["forward"] == ("im2col", on)
-    for kernel in ("tensor_cores", "implicit_gemm"):
+    # Channels-last gathering: 16 input channels are two chunks of half, four of float (in TF32 only).
+    x16, w16 = meta((2, 16, 8, 8)), meta((4, 16, 3, 3))
+    gathers = ("; the receptive fields gathered from a channels-last copy of the input, 16-byte chunks of channels "
+               "by cp.async")
+    assert custom_conv.explain_conv2d(x16, w16)["forward"] == ("im2col", on + gathers)
+    assert custom_conv.explain_conv2d(x16, w16)["backward_input"] == ("im2col", on)
+    assert custom_conv.explain_conv2d(x16[:, :12], w16[:, :12])["forward"] == ("im2col", on)  # 12: not whole chunks
+    assert custom_conv.explain_conv2d(x16, w16.reshape(8, 8, 3, 3), groups=2)["forward"] == ("im2col", on + gathers)
+    with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                     allow_tf32=True):
+        assert custom_conv.explain_conv2d(x16[:, :12].float(), w16[:, :12].float())["forward"][1].endswith(gathers)
+    with custom_conv.disabled_algorithms("channels_last_gather"):
+        assert custom_conv.explain_conv2d(x16, w16)["forward"] == ("im2col", on)
+        assert "channels_last_gather" not in custom_conv.explain.ALGORITHMS
+    with custom_conv.disabled_algorithms("tensor_cores"):
+        assert custom_conv.explain_conv2d(x16, w16)["forward"] == ("im2col", off)
+    assert custom_conv.explain_conv2d(x16, w16)["forward"] == ("im2col", on + gathers)
+    for kernel in ("tensor_cores", "implicit_gemm", "channels_last_gather"):
         with pytest.raises(ValueError, match=f"no conv2d algorithm called '{kernel}'"):
             with custom_conv.forced_algorithm(kernel):
                 pass

@@ -227,6 +227,52 @@ def test_conv2d_in_tf32_where_torch_allows_it(emu, case):
     assert kernels & {"gemm_mma_kernel", "gemm_tile_kernel"} == (set() if _depthwise(c) else {"gemm_mma_kernel"})
 
 
+# Layers whose input channels per group are whole 16-byte chunks of half (8) and of float (4): the
+# forward on the tensor cores gathers them from a channels-last input.
+CHANNELS_LAST_CASES = {
+    "3x3, padding 1, 16 channels": conv((2, 16, 7, 9), (24, 16, 3, 3), padding=1),
+    "strided, dilated, 8 channels, non-square": conv((1, 8, 9, 12), (10, 8, 3, 2), stride=(2, 1), padding=(2, 1),
+                                                      dilation=(2, 3)),
+    "2 groups of 8 channels": conv((2, 16, 6, 6), (6, 16 // 2, 3, 3), padding=1, groups=2),
+    "1x1, 32 channels, 130 outputs": conv((2, 32, 5, 5), (130, 32, 1, 1)),
+}
+
+
+@pytest.mark.parametrize("layout", ["channels-last, aligned", "channels-last, misaligned", "NCHW"])
+@pytest.mark.parametrize("dtype", dtypes("float16", "bfloat16", "float32"))
+@pytest.mark.parametrize("case", list(CHANNELS_LAST_CASES))
+def test_conv2d_forward_gathers_a_channels_last_input(emu, case, dtype, layout):
+    """The tensor cores' forward from a channels-last input (taps ordered
+    (ki, kj, c), 16-byte chunks of channels by cp.async; element by element
+    in the padding, and everywhere when the input is misaligned): within 2 eps
+    of exact (float32 in TF32: 2^-10), and the forward that gathers NCHW
+    (switched off: channels_last_gather) within the same bound."""
+    c = CHANNELS_LAST_CASES[case]
+
+    def placed(x):
+        """x in the layout under test (a differentiable copy)."""
+        if layout == "NCHW":
+            return x
+        x = x.contiguous(memory_format=torch.channels_last)
+        if layout.endswith("misaligned"):  # the same values one element into a buffer: no 16-byte chunks
+            x = torch.empty(x.numel() + 1, dtype=x.dtype)[1:].as_strided(x.shape, x.stride()).copy_(x)
+            assert x.data_ptr() % 16 != 0 and x.is_contiguous(memory_format=torch.channels_last)
+        return x
+
+    eps_factor = 2 * 2 ** 13 if dtype == torch.float32 else 2  # TF32: 2^-10 in units of float's 2^-23
+    conv2d = emulated_conv2d(emu)
+    for gather_nhwc in (True, False):
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=torch.backends.cudnn.benchmark,
+                                        deterministic=torch.backends.cudnn.deterministic, allow_tf32=True), \
+                switched_off(emu, "channels_last_gather", not gather_nhwc):
+            emu.take_launch_log()
+            assert_within_eps_of_exact(lambda x, w, b: conv2d(placed(x), w, b, **c.kwargs),
+                                       lambda x, w, b: F.conv2d(x, w, b, **c.kwargs), conv_tensors(c, dtype),
+                                       eps_factor=eps_factor)
+            kernels = {entry.split("<")[0] for entry in emu.take_launch_log()}
+        assert kernels & {"gemm_mma_kernel", "gemm_tile_kernel"} == {"gemm_mma_kernel"}, kernels
+
+
 def _depthwise(case):
     """The layers the GPU's chooser sends to the depthwise kernels."""
     groups = case.kwargs.get("groups", 1)

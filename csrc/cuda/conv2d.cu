@@ -75,6 +75,22 @@ at::Tensor conv2d_forward_cuda(
     });
     return in_memory_format(output, format);
   }
+  if (cuda_conv_forward_gathers_channels_last(g, input.scalar_type())) {
+    // The input in channels-last memory (no copy where it already is), the
+    // weight's taps ordered (kH, kW, C_in / groups) to match.
+    const at::Tensor input_nhwc = input_.contiguous(at::MemoryFormat::ChannelsLast);
+    const at::Tensor weight_permuted = weight.permute({0, 2, 3, 1}).contiguous();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv2d_forward_cuda", [&] {
+      if constexpr (kTensorCores<scalar_t>) {
+        implicit_conv2d_forward_channels_last<scalar_t>(
+            g, input_nhwc.const_data_ptr<scalar_t>(), weight_permuted.const_data_ptr<scalar_t>(),
+            has_bias ? bias_c.const_data_ptr<scalar_t>() : nullptr, output.mutable_data_ptr<scalar_t>());
+      } else {
+        TORCH_CHECK(false, "conv2d: no tensor cores for ", input.scalar_type());
+      }
+    });
+    return in_memory_format(output, format);
+  }
   if (cuda_conv_uses_implicit_gemm(g)) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv2d_forward_cuda", [&] {
       implicit_conv2d_forward<scalar_t>(g, input.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),

@@ -127,9 +127,11 @@ __device__ __forceinline__ void gemm_store(const GemmParams<scalar_t, out_t>& p,
 //                 The kernels keep whichever of line and cursor depends only
 //                 on m or n (the same for a thread in every step of k) from
 //                 step to step, and work out the other once a step and run;
-//   chunk(z, mn, k)  the 16-byte-aligned address of the chunk that starts at
-//                 (mn, k) where its elements lie contiguous in memory, for
-//                 cp.async; nullptr where they do not (element by element).
+//   chunk(line, cursor)  the 16-byte-aligned address of the chunk of the
+//                 next 16 bytes' elements from there, where they lie
+//                 contiguous in memory, for cp.async; nullptr where they do
+//                 not (element by element). Chunks start at multiples of
+//                 their length along the contiguous dimension.
 // and out through store(z, row, col, sum), which applies everything after
 // the sum (alpha, bias, beta, the rounding to the stored type).
 
@@ -156,11 +158,8 @@ struct MatrixOperand {
       v[e] = j0 + e < j_end ? line[j0 + e] : T(0);
     }
   }
-  __device__ __forceinline__ gpu_ptr<const T> chunk(int64_t z, int64_t mn, int64_t k) const {
-    if (!vector) {
-      return nullptr;
-    }
-    return kKContiguous ? line(z, mn) + k : line(z, k) + mn;
+  __device__ __forceinline__ gpu_ptr<const T> chunk(const gpu_ptr<const T>& line, int64_t j) const {
+    return vector ? line + j : gpu_ptr<const T>(nullptr);
   }
 };
 
@@ -492,9 +491,16 @@ struct MmaLoader {
       stage_chunk<scalar_t, kKContiguous, kTileMN, kThreads>(r, row, col);
       const int64_t mn = kKContiguous ? mn0 + row : mn0 + col;
       const int64_t k = kKContiguous ? k0 + col : k0 + row;
-      const bool whole = kKContiguous ? mn < mn_size && k + kVector <= k_end : k < k_end && mn + kVector <= mn_size;
+      const bool fixed_inside = kKContiguous ? mn < mn_size : k < k_end;
+      const bool whole = fixed_inside && (kKContiguous ? k + kVector <= k_end : mn + kVector <= mn_size);
+      Line line{};
+      if constexpr (kKContiguous) {
+        line = lines[r];
+      } else if (fixed_inside) {
+        line = x.line(z, k);
+      }
       if (whole) {
-        const gpu_ptr<const scalar_t> source = x.chunk(z, mn, k);
+        const gpu_ptr<const scalar_t> source = x.chunk(line, along);
         if (source != nullptr) {
           cp_async_16(shared_address(tile[stage][row][col]), source);
           regs.held[r] = false;
@@ -503,12 +509,8 @@ struct MmaLoader {
       }
       // The chunk's fixed index (mn, or k) inside, and its elements one by one.
       regs.held[r] = true;
-      if (kKContiguous ? mn < mn_size : k < k_end) {
-        if constexpr (kKContiguous) {
-          x.run(lines[r], along, k_end, regs.v[r]);
-        } else {
-          x.run(x.line(z, k), along, mn_size, regs.v[r]);
-        }
+      if (fixed_inside) {
+        x.run(line, along, kKContiguous ? k_end : mn_size, regs.v[r]);
       } else {
 #pragma unroll
         for (int e = 0; e < kVector; ++e) {
@@ -833,6 +835,25 @@ void run_mma_gemm(const Problem& p, const LaunchLimits& limits) {
   });
 }
 
+// The problem on the tensor cores, in the tile tile_for picks.
+template <typename Problem>
+void run_tensor_core_gemm(const Problem& p, const LaunchLimits& limits) {
+  using scalar_t = typename Problem::scalar_t;
+  static_assert(kTensorCores<scalar_t>, "half, bfloat16 or float (TF32)");
+  // TF32 keeps 64 x 64: two stages of 128 rows of 32 floats would not fit
+  // the 48 KiB of static shared memory.
+  if constexpr (sizeof(scalar_t) == 2) {
+    const auto [tile_m, tile_n] = tile_for(p.batch, p.m, p.n, limits.multiprocessors);
+    if (tile_m == 128) {
+      return run_mma_gemm<MmaShape<128, 128, 2, 4>>(p, limits);
+    }
+    if (tile_n == 128) {
+      return run_mma_gemm<MmaShape<64, 128, 2, 2>>(p, limits);
+    }
+  }
+  run_mma_gemm<MmaShape<64, 64, 2, 2>>(p, limits);
+}
+
 // Runs a problem on the current stream, on the tensor cores when
 // `tensor_cores` (and its element type has them), else on the CUDA cores.
 template <typename Problem>
@@ -844,18 +865,7 @@ void run_gemm(const Problem& p, bool tensor_cores) {
   const LaunchLimits limits = launch_limits();
   if constexpr (kTensorCores<scalar_t>) {
     if (tensor_cores) {
-      // TF32 keeps 64 x 64: two stages of 128 rows of 32 floats would not fit
-      // the 48 KiB of static shared memory.
-      if constexpr (sizeof(scalar_t) == 2) {
-        const auto [tile_m, tile_n] = tile_for(p.batch, p.m, p.n, limits.multiprocessors);
-        if (tile_m == 128) {
-          return run_mma_gemm<MmaShape<128, 128, 2, 4>>(p, limits);
-        }
-        if (tile_n == 128) {
-          return run_mma_gemm<MmaShape<64, 128, 2, 2>>(p, limits);
-        }
-      }
-      return run_mma_gemm<MmaShape<64, 64, 2, 2>>(p, limits);
+      return run_tensor_core_gemm(p, limits);
     }
   }
   if constexpr (std::is_same_v<scalar_t, float>) {

@@ -60,6 +60,7 @@ struct ConvIndex {
   int32_t in_per_group, out_per_group;
   Planes outputs, inputs, samples;  // output positions, input positions, output positions as (b, 0, p)
   Divisor taps, kernel_col, stride_row, stride_col;  // kernel_h * kernel_w, kernel_w, stride_h, stride_w
+  Divisor channel;                                   // in_per_group
 
   explicit ConvIndex(const Conv2dGeometry& g)
       : in_channels(static_cast<int32_t>(g.in_channels)), in_h(static_cast<int32_t>(g.in_h)),
@@ -80,6 +81,7 @@ struct ConvIndex {
     kernel_col = Divisor(g.kernel_w);
     stride_row = Divisor(g.stride_h);
     stride_col = Divisor(g.stride_w);
+    channel = Divisor(g.in_channels_per_group());
   }
   ConvIndex() = default;
 };
@@ -163,7 +165,7 @@ struct TapsAtPositions {
     const Derived& d = static_cast<const Derived&>(*this);
     run_positions(tap, at, j_end, d.s.*kPlanes, v, [&d](const Tap& t, const Position& q) { return d.element(t, q); });
   }
-  __device__ __forceinline__ gpu_ptr<const T> chunk(int64_t, int64_t, int64_t) const { return nullptr; }
+  __device__ __forceinline__ gpu_ptr<const T> chunk(const Tap&, const PositionCursor&) const { return nullptr; }
 };
 
 // X (t, q) of the forward and the weight gradient: tap t = (c, ki, kj) of
@@ -191,6 +193,67 @@ struct InputPatches
       return T(0);
     }
     return input[(static_cast<int64_t>(q.b) * s.in_channels * s.in_h + ih) * s.in_w + tap.plane + iw];
+  }
+};
+
+// X' (t, q) of the forward from a channels-last input: the same receptive
+// fields with the taps ordered t = (ki, kj, c), channel fastest, so that a
+// tap's consecutive channels at an output position q lie contiguous in
+// memory. Chunks run along k (the taps) for a fixed position; where the
+// group's channels are whole chunks, the input 16-byte aligned and the pixel
+// inside, a chunk goes by cp.async (the tensor cores' kernel), else element
+// by element (zero in the padding).
+template <typename T>
+struct ChannelsLastPatches {
+  static constexpr bool kKContiguous = true;
+  gpu_ptr<const T> input = nullptr;  // (N, H, W, C_in) in memory
+  ConvIndex s;
+  bool vector = false;  // the input 16-byte aligned, and each group's channels whole chunks
+
+  // Output position q's receptive field: its sample and group, and where its window starts.
+  struct Pixel {
+    int64_t base;    // (b * H * W) * C_in + z * C_in / groups
+    int32_t h0, w0;  // oh * stride - pad, ow * stride - pad
+  };
+  // Tap t = (ki, kj, c).
+  struct TapCursor {
+    int64_t j;
+    int32_t c, ki, kj;
+  };
+
+  __device__ __forceinline__ Pixel line(int64_t z, int64_t q) const {
+    const Position p(q, s.outputs);
+    return {(static_cast<int64_t>(p.b) * s.in_h * s.in_w) * s.in_channels + z * s.in_per_group,
+            p.y * s.stride_h - s.pad_h, p.x * s.stride_w - s.pad_w};
+  }
+  __device__ __forceinline__ TapCursor start(int64_t j) const {
+    const int32_t t = static_cast<int32_t>(j);
+    const int32_t r = s.channel.div(t), c = s.channel.mod(t, r);
+    const int32_t ki = s.kernel_col.div(r);
+    return {j, c, ki, s.kernel_col.mod(r, ki)};
+  }
+  // The element's offset, or -1 in the padding.
+  __device__ __forceinline__ int64_t offset(const Pixel& at, const TapCursor& t) const {
+    const int32_t ih = at.h0 + t.ki * s.dilation_h, iw = at.w0 + t.kj * s.dilation_w;
+    if (static_cast<uint32_t>(ih) >= static_cast<uint32_t>(s.in_h) ||
+        static_cast<uint32_t>(iw) >= static_cast<uint32_t>(s.in_w)) {
+      return -1;
+    }
+    return at.base + (static_cast<int64_t>(ih) * s.in_w + iw) * s.in_channels + t.c;
+  }
+  // A run never leaves its tap: the kernels' runs are chunks, and each
+  // group's channels are whole chunks (cuda_conv_forward_gathers_channels_last).
+  template <int kCount>
+  __device__ __forceinline__ void run(const Pixel& at, const TapCursor& t, int64_t j_end, T (&v)[kCount]) const {
+    const int64_t o = offset(at, t);
+#pragma unroll
+    for (int e = 0; e < kCount; ++e) {
+      v[e] = o >= 0 && t.j + e < j_end ? input[o + e] : T(0);
+    }
+  }
+  __device__ __forceinline__ gpu_ptr<const T> chunk(const Pixel& at, const TapCursor& t) const {
+    const int64_t o = vector ? offset(at, t) : -1;
+    return o >= 0 ? input + o : gpu_ptr<const T>(nullptr);
   }
 };
 
@@ -245,10 +308,6 @@ struct OutputGradRows {
   __device__ __forceinline__ int64_t line(int64_t z, int64_t co) const {
     return (z * s.out_per_group + co) * static_cast<int64_t>(s.out_h) * s.out_w;
   }
-  __device__ __forceinline__ int64_t offset(int64_t plane, int64_t q64) const {
-    const Position q(q64, s.samples);
-    return static_cast<int64_t>(q.b) * s.out_channels * s.samples.cols + plane + q.x;
-  }
   // Positions as (b, 0, p): one row per sample.
   __device__ __forceinline__ PositionCursor start(int64_t j) const { return {j, Position(j, s.samples)}; }
   template <int kCount>
@@ -258,10 +317,11 @@ struct OutputGradRows {
       return grad_output[static_cast<int64_t>(q.b) * s.out_channels * size + plane + q.x];
     });
   }
-  __device__ __forceinline__ gpu_ptr<const T> chunk(int64_t z, int64_t co, int64_t q) const {
+  __device__ __forceinline__ gpu_ptr<const T> chunk(int64_t plane, const PositionCursor& at) const {
     // With planes of whole chunks, a chunk starting at a multiple of its size
     // never crosses into the next sample.
-    return vector ? grad_output + offset(line(z, co), q) : gpu_ptr<const T>(nullptr);
+    return vector ? grad_output + static_cast<int64_t>(at.q.b) * s.out_channels * s.samples.cols + plane + at.q.x
+                  : gpu_ptr<const T>(nullptr);
   }
 };
 
@@ -303,6 +363,32 @@ void implicit_conv2d_forward(const Conv2dGeometry& g, gpu_ptr<const T> input, gp
   p.out = {output, bias, s.out_channels, s.out_per_group, static_cast<int32_t>(g.output_plane()),
            Divisor(g.output_plane())};
   run_gemm(p, tensor_cores);
+}
+
+// output (N, C_out, out_h, out_w) = conv2d(input, weight) + bias with the
+// input channels-last in memory and the weight permuted to
+// (C_out, kH, kW, C_in / groups), on the tensor cores (the 16-byte chunks of
+// a tap's channels go by cp.async).
+template <typename T>
+void implicit_conv2d_forward_channels_last(const Conv2dGeometry& g, gpu_ptr<const T> input_nhwc,
+                                           gpu_ptr<const T> weight_permuted, gpu_ptr<const T> bias,
+                                           gpu_ptr<T> output) {
+  const ConvIndex s(g);
+  const int64_t K = g.col_rows_per_group();
+  GemmProblem<T, MatrixOperand<T, true>, ChannelsLastPatches<T>, PlaneOutput<T>> p;
+  p.batch = g.groups;
+  p.m = g.out_channels_per_group();
+  p.n = g.batch * g.output_plane();
+  p.k = K;
+  p.a = {weight_permuted, K, p.m * K, chunks_aligned(weight_permuted, K, p.m * K, g.groups)};
+  p.b.input = input_nhwc;
+  p.b.s = s;
+  p.b.vector = chunks_aligned(input_nhwc, g.in_channels, g.in_channels_per_group(), g.groups);
+  p.out = {output, bias, s.out_channels, s.out_per_group, static_cast<int32_t>(g.output_plane()),
+           Divisor(g.output_plane())};
+  if (p.m > 0 && p.n > 0) {
+    run_tensor_core_gemm(p, launch_limits());
+  }
 }
 
 // grad_input (N, C_in, H, W) from grad_output and weight, all contiguous.

@@ -16,8 +16,12 @@ bool set_switched_off_op(const std::string& name, bool off) {
   } else if (name == kImplicitGemm) {
     was = s.implicit_gemm;
     s.implicit_gemm = off;
+  } else if (name == kChannelsLastGather) {
+    was = s.channels_last_gather;
+    s.channels_last_gather = off;
   } else {
-    TORCH_CHECK(name == "depthwise", "set_switched_off: 'depthwise', 'tensor_cores' or 'implicit_gemm'");
+    TORCH_CHECK(name == "depthwise",
+                "set_switched_off: 'depthwise', 'tensor_cores', 'implicit_gemm' or 'channels_last_gather'");
     const unsigned bit = 1u << static_cast<unsigned>(Conv2dAlgorithm::kDepthwise);
     was = (s.algorithms & bit) != 0;
     s.algorithms = off ? (s.algorithms | bit) : (s.algorithms & ~bit);
