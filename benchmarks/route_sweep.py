@@ -10,7 +10,9 @@ marked, next to the route the chooser takes today.
     .venv/bin/python benchmarks/route_sweep.py --shapes strided --batch 8   # strided layers' input gradients
 
 With --device cuda, the GPU's kernels instead: im2col's products as the
-implicit GEMM and through a column matrix (disabled_algorithms("implicit_gemm")),
+implicit GEMM (its forward also gathering from the NCHW input where it would
+take a channels-last copy, disabled_algorithms("channels_last_gather")) and
+through a column matrix (disabled_algorithms("implicit_gemm")),
 each against cuDNN's own pass (TF32 off, as bench.py), in float32, float16 or
 bfloat16; "chosen" is then what runs by default.
 
@@ -77,19 +79,27 @@ def torch_pass_callables(x, weight, shape):
 
 
 def cuda_sweep(shapes, batch, dtype, min_run_time):
-    """The GPU's routes for im2col's products, and cuDNN's, per pass."""
-    routes = {"implicit": contextlib.nullcontext, "columns": lambda: custom_conv.disabled_algorithms("implicit_gemm"),
+    """The GPU's routes for im2col's products, and cuDNN's, per pass;
+    "nchw" is the implicit forward gathering from the NCHW input where the
+    chooser would gather from a channels-last copy (disabled_algorithms(
+    "channels_last_gather")), timed only there."""
+    routes = {"implicit": contextlib.nullcontext,
+              "nchw": lambda: custom_conv.disabled_algorithms("channels_last_gather"),
+              "columns": lambda: custom_conv.disabled_algorithms("implicit_gemm"),
               "cudnn": contextlib.nullcontext}
     rows = []
     print(f"{'layer':<40} {'pass':<16}" + "".join(f" {r:>9}" for r in routes) + "   fastest    chosen  slower")
     for shape in shapes:
         x, weight, calls = pass_callables(shape, batch, dtype, "cuda")
         theirs = torch_pass_callables(x, weight, shape)
-        chosen = "implicit" if "implicit GEMM" in custom_conv.explain_conv2d(
-            x, weight, stride=shape[6], padding=shape[7], groups=shape[8])["forward"].reason else "columns"
+        reason = custom_conv.explain_conv2d(x, weight, stride=shape[6], padding=shape[7],
+                                            groups=shape[8])["forward"].reason
+        chosen = "implicit" if "implicit GEMM" in reason else "columns"
         for pass_ in PASSES:
             times = {}
             for route, context in routes.items():
+                if route == "nchw" and (pass_ != "forward" or "channels-last" not in reason):
+                    continue
                 with context():
                     times[route] = seconds(theirs[pass_] if route == "cudnn" else calls[pass_], min_run_time)
             ours = {r: t for r, t in times.items() if r != "cudnn"}
@@ -98,7 +108,8 @@ def cuda_sweep(shapes, batch, dtype, min_run_time):
                        fastest=fastest, chosen=chosen, chosen_over_fastest=times[chosen] / times[fastest],
                        chosen_over_cudnn=times[chosen] / times["cudnn"])
             rows.append(row)
-            print(f"{shape[0]:<40} {pass_:<16}" + "".join(f" {row['ms'][r]:9.3f}" for r in routes)
+            print(f"{shape[0]:<40} {pass_:<16}"
+                  + "".join(f" {row['ms'][r]:9.3f}" if r in row["ms"] else f" {'-':>9}" for r in routes)
                   + f" {fastest:>9} {chosen:>9} {row['chosen_over_fastest']:6.2f}", flush=True)
     return rows
 
