@@ -53,7 +53,11 @@ at::Tensor conv2d_forward_cuda(
     int64_t groups) {
   const Conv2dGeometry g = checked_conv2d_forward(input_, weight_, bias, stride, padding, dilation, groups);
   const DeviceGuard device_guard(input_.device());
-  const at::Tensor input = input_.contiguous();
+  // The tensor cores' forward that gathers from channels-last memory takes
+  // the input so (no copy where it already is); every other route NCHW.
+  const bool gathers_channels_last = cuda_conv_forward_gathers_channels_last(g, input_.scalar_type());
+  const at::Tensor input =
+      gathers_channels_last ? input_.contiguous(at::MemoryFormat::ChannelsLast) : input_.contiguous();
   const at::Tensor weight = weight_.contiguous();
   const bool has_bias = bias.has_value() && bias->defined();
   const at::Tensor bias_c = has_bias ? bias->contiguous() : at::Tensor();
@@ -75,15 +79,13 @@ at::Tensor conv2d_forward_cuda(
     });
     return in_memory_format(output, format);
   }
-  if (cuda_conv_forward_gathers_channels_last(g, input.scalar_type())) {
-    // The input in channels-last memory (no copy where it already is), the
-    // weight's taps ordered (kH, kW, C_in / groups) to match.
-    const at::Tensor input_nhwc = input_.contiguous(at::MemoryFormat::ChannelsLast);
+  if (gathers_channels_last) {
+    // The weight's taps ordered (kH, kW, C_in / groups), as the input's are.
     const at::Tensor weight_permuted = weight.permute({0, 2, 3, 1}).contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv2d_forward_cuda", [&] {
       if constexpr (kTensorCores<scalar_t>) {
         implicit_conv2d_forward_channels_last<scalar_t>(
-            g, input_nhwc.const_data_ptr<scalar_t>(), weight_permuted.const_data_ptr<scalar_t>(),
+            g, input.const_data_ptr<scalar_t>(), weight_permuted.const_data_ptr<scalar_t>(),
             has_bias ? bias_c.const_data_ptr<scalar_t>() : nullptr, output.mutable_data_ptr<scalar_t>());
       } else {
         TORCH_CHECK(false, "conv2d: no tensor cores for ", input.scalar_type());
