@@ -124,9 +124,9 @@ __device__ __forceinline__ void gemm_store(const GemmParams<scalar_t, out_t>& p,
 //                 a cursor, which run() walks;
 //   run(line, cursor, j_end, v)  elements j, j + 1, ... from the cursor's j
 //                 into v, zero from j_end on.
-//                 The kernels keep whichever of line and cursor depends only
-//                 on m or n (the same for a thread in every step of k) from
-//                 step to step, and work out the other once a step and run;
+//                 The tensor-core kernel keeps whichever of line and cursor
+//                 depends only on m or n (the same for a thread in every step
+//                 of k) from step to step, and works out the other once a step;
 //   chunk(line, cursor)  the 16-byte-aligned address of the chunk of the
 //                 next 16 bytes' elements from there, where they lie
 //                 contiguous in memory, for cp.async; nullptr where they do
