@@ -345,23 +345,33 @@ struct PlaneOutput {
   }
 };
 
-// output (N, C_out, out_h, out_w) = conv2d(input, weight) + bias, all
-// contiguous.
-template <typename T>
-void implicit_conv2d_forward(const Conv2dGeometry& g, gpu_ptr<const T> input, gpu_ptr<const T> weight,
-                             gpu_ptr<const T> bias, gpu_ptr<T> output, bool tensor_cores) {
-  const ConvIndex s(g);
+// The forward's product, output (N, C_out, out_h, out_w) = weight @ B + bias,
+// for receptive fields B whose taps come in the order of the weight's
+// (C_out, K) rows; B's tensor is the caller's to set.
+template <typename B, typename T>
+GemmProblem<T, MatrixOperand<T, true>, B, PlaneOutput<T>> forward_problem(const Conv2dGeometry& g,
+                                                                        gpu_ptr<const T> weight,
+                                                                        gpu_ptr<const T> bias, gpu_ptr<T> output) {
   const int64_t K = g.col_rows_per_group();
-  GemmProblem<T, MatrixOperand<T, true>, InputPatches<T, false>, PlaneOutput<T>> p;
+  GemmProblem<T, MatrixOperand<T, true>, B, PlaneOutput<T>> p;
   p.batch = g.groups;
   p.m = g.out_channels_per_group();
   p.n = g.batch * g.output_plane();
   p.k = K;
   p.a = {weight, K, p.m * K, chunks_aligned(weight, K, p.m * K, g.groups)};
-  p.b.input = input;
-  p.b.s = s;
-  p.out = {output, bias, s.out_channels, s.out_per_group, static_cast<int32_t>(g.output_plane()),
+  p.b.s = ConvIndex(g);
+  p.out = {output, bias, p.b.s.out_channels, p.b.s.out_per_group, static_cast<int32_t>(g.output_plane()),
            Divisor(g.output_plane())};
+  return p;
+}
+
+// output (N, C_out, out_h, out_w) = conv2d(input, weight) + bias, all
+// contiguous.
+template <typename T>
+void implicit_conv2d_forward(const Conv2dGeometry& g, gpu_ptr<const T> input, gpu_ptr<const T> weight,
+                             gpu_ptr<const T> bias, gpu_ptr<T> output, bool tensor_cores) {
+  auto p = forward_problem<InputPatches<T, false>>(g, weight, bias, output);
+  p.b.input = input;
   run_gemm(p, tensor_cores);
 }
 
@@ -373,19 +383,9 @@ template <typename T>
 void implicit_conv2d_forward_channels_last(const Conv2dGeometry& g, gpu_ptr<const T> input_nhwc,
                                            gpu_ptr<const T> weight_permuted, gpu_ptr<const T> bias,
                                            gpu_ptr<T> output) {
-  const ConvIndex s(g);
-  const int64_t K = g.col_rows_per_group();
-  GemmProblem<T, MatrixOperand<T, true>, ChannelsLastPatches<T>, PlaneOutput<T>> p;
-  p.batch = g.groups;
-  p.m = g.out_channels_per_group();
-  p.n = g.batch * g.output_plane();
-  p.k = K;
-  p.a = {weight_permuted, K, p.m * K, chunks_aligned(weight_permuted, K, p.m * K, g.groups)};
+  auto p = forward_problem<ChannelsLastPatches<T>>(g, weight_permuted, bias, output);
   p.b.input = input_nhwc;
-  p.b.s = s;
   p.b.vector = chunks_aligned(input_nhwc, g.in_channels, g.in_channels_per_group(), g.groups);
-  p.out = {output, bias, s.out_channels, s.out_per_group, static_cast<int32_t>(g.output_plane()),
-           Divisor(g.output_plane())};
   if (p.m > 0 && p.n > 0) {
     run_tensor_core_gemm(p, launch_limits());
   }
