@@ -10,13 +10,16 @@ marked, next to the route the chooser takes today.
     .venv/bin/python benchmarks/route_sweep.py --shapes strided --batch 8   # strided layers' input gradients
 
 With --device cuda, the GPU's kernels instead: im2col's products as the
-implicit GEMM (its forward also gathering from the NCHW input where it would
-take a channels-last copy, disabled_algorithms("channels_last_gather")) and
+implicit GEMM (each pass also gathering from NCHW tensors where it would take
+channels-last copies, disabled_algorithms("channels_last_gather")) and
 through a column matrix (disabled_algorithms("implicit_gemm")),
 each against cuDNN's own pass (TF32 off, as bench.py), in float32, float16 or
-bfloat16; "chosen" is then what runs by default.
+bfloat16; "chosen" is then what runs by default. --channels-last gives every
+tensor, ours and cuDNN's, channels-last memory (a network converted by
+model.to(memory_format=torch.channels_last)).
 
     python3 benchmarks/route_sweep.py --device cuda --dtype float16
+    python3 benchmarks/route_sweep.py --device cuda --dtype float16 --channels-last
 
 A row per (layer, pass): milliseconds per route ("-" where the route cannot
 run it), the fastest, the chooser's choice, and how much slower the choice is
@@ -49,14 +52,15 @@ def seconds(fn, min_run_time):
     return min(timer.blocked_autorange(min_run_time=min_run_time).times)
 
 
-def pass_callables(shape, batch, dtype, device="cpu"):
+def pass_callables(shape, batch, dtype, device="cpu", memory_format=torch.contiguous_format):
     name, cin, cout, h, w, k, s, p, groups = shape
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, cin, h, w, generator=g).to(device, dtype)
-    weight = (torch.randn(cout, cin // groups, k, k, generator=g) / math.sqrt(cin // groups * k * k)).to(device, dtype)
+    x = torch.randn(batch, cin, h, w, generator=g).to(device, dtype, memory_format=memory_format)
+    weight = (torch.randn(cout, cin // groups, k, k, generator=g) / math.sqrt(cin // groups * k * k)).to(
+        device, dtype, memory_format=memory_format)
     args = ([s, s], [p, p], [1, 1], groups)
     y = ops.conv2d_forward(x, weight, None, *args)
-    gy = torch.randn(y.shape, generator=g).to(device, dtype)
+    gy = torch.randn(y.shape, generator=g).to(device, dtype, memory_format=memory_format)
     return x, weight, {
         "forward": lambda: ops.conv2d_forward(x, weight, None, *args),
         "backward_input": lambda: ops.conv2d_backward_input(gy, weight, list(x.shape), *args),
@@ -78,10 +82,10 @@ def torch_pass_callables(x, weight, shape):
             "backward_weight": backward([False, True, False])}
 
 
-def cuda_sweep(shapes, batch, dtype, min_run_time):
+def cuda_sweep(shapes, batch, dtype, min_run_time, memory_format=torch.contiguous_format):
     """The GPU's routes for im2col's products, and cuDNN's, per pass;
-    "nchw" is the implicit forward gathering from the NCHW input where the
-    chooser would gather from a channels-last copy (disabled_algorithms(
+    "nchw" is the implicit GEMM gathering from NCHW tensors where the chooser
+    would gather from channels-last copies (disabled_algorithms(
     "channels_last_gather")), timed only there."""
     routes = {"implicit": contextlib.nullcontext,
               "nchw": lambda: custom_conv.disabled_algorithms("channels_last_gather"),
@@ -90,15 +94,15 @@ def cuda_sweep(shapes, batch, dtype, min_run_time):
     rows = []
     print(f"{'layer':<40} {'pass':<16}" + "".join(f" {r:>9}" for r in routes) + "   fastest    chosen  slower")
     for shape in shapes:
-        x, weight, calls = pass_callables(shape, batch, dtype, "cuda")
+        x, weight, calls = pass_callables(shape, batch, dtype, "cuda", memory_format)
         theirs = torch_pass_callables(x, weight, shape)
-        reason = custom_conv.explain_conv2d(x, weight, stride=shape[6], padding=shape[7],
-                                            groups=shape[8])["forward"].reason
-        chosen = "implicit" if "implicit GEMM" in reason else "columns"
+        reasons = {pass_: choice.reason for pass_, choice in
+                   custom_conv.explain_conv2d(x, weight, stride=shape[6], padding=shape[7], groups=shape[8]).items()}
+        chosen = "implicit" if "implicit GEMM" in reasons["forward"] else "columns"
         for pass_ in PASSES:
             times = {}
             for route, context in routes.items():
-                if route == "nchw" and (pass_ != "forward" or "channels-last" not in reason):
+                if route == "nchw" and "channels-last" not in reasons[pass_]:
                     continue
                 with context():
                     times[route] = seconds(theirs[pass_] if route == "cudnn" else calls[pass_], min_run_time)
@@ -148,6 +152,7 @@ def main():
     parser.add_argument("--shapes", default="bench", choices=["bench", "strided"],
                         help="bench.py's layers, every pass; or STRIDED_SHAPES, their input gradients (CPU)")
     parser.add_argument("--min-run-time", type=float, default=0.2, help="seconds per measurement")
+    parser.add_argument("--channels-last", action="store_true", help="(cuda) every tensor in channels-last memory")
     parser.add_argument("--out", help="JSON file for the rows")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
@@ -156,8 +161,9 @@ def main():
         torch.backends.cudnn.allow_tf32 = False  # cuDNN's exact float32, as bench.py compares with
         torch.backends.cudnn.benchmark = True
         machine = torch.cuda.get_device_name()
-        print(f"{machine}, {args.dtype}, batch {args.batch}")
-        rows = cuda_sweep(shapes, args.batch, dtype, args.min_run_time)
+        print(f"{machine}, {args.dtype}, batch {args.batch}" + (", channels-last" if args.channels_last else ""))
+        rows = cuda_sweep(shapes, args.batch, dtype, args.min_run_time,
+                          torch.channels_last if args.channels_last else torch.contiguous_format)
         ratios = [r["chosen_over_cudnn"] for r in rows]
         print(f"\nchosen / cuDNN, geometric mean over passes: {math.exp(sum(map(math.log, ratios)) / len(ratios)):.2f}")
     else:
@@ -174,7 +180,8 @@ def main():
         with open(args.out, "w") as f:
             json.dump(dict(date=datetime.date.today().isoformat(), machine=machine, device=args.device,
                            threads=torch.get_num_threads(), torch=torch.__version__, dtype=args.dtype,
-                           batch=args.batch, shapes=args.shapes, cpu_kernels=custom_conv.cpu_kernels(), rows=rows),
+                           batch=args.batch, shapes=args.shapes, channels_last=args.channels_last,
+                           cpu_kernels=custom_conv.cpu_kernels(), rows=rows),
                       f, indent=1)
 
 

@@ -82,8 +82,9 @@ def short(name):
     """The kernel, its problem's operands and output, and its tile, from a demangled name."""
     name = name.replace("custom_conv::gpu::", "").replace("c10::", "").split("(", 1)[0]  # no parameter list
     kernel = name.split("<", 1)[0].replace("void ", "")
-    operands = re.findall(r"(MatrixOperand<[^>]*>|InputPatches<[^>]*>|OutputGradPatches|OutputGradRows|"
-                          r"ChannelsLastPatches|MatrixOutput<[^>]*>|PlaneOutput)", name)
+    operands = re.findall(r"(MatrixOperand<[^>]*>|InputPatches<[^>]*>|ChannelsLastOutputGradPatches|"
+                          r"(?<!ChannelsLast)OutputGradPatches|OutputGradRows|ChannelsLastPatches<[^>]*>|"
+                          r"MatrixOutput<[^>]*>|PlaneOutput)", name)
     tile = re.search(r"(?:CoreTile|MmaShape)<(\d+), (\d+)(?:, (\d+), (\d+))?>", name)
     shape = f"tile {tile.group(1)}x{tile.group(2)}" if tile else ""
     if tile and tile.group(3):

@@ -50,8 +50,8 @@ std::vector<std::string> conv2d_algorithms();
 // algorithms: kTensorCores, the CUDA GEMM's tensor-core kernel
 // (cuda_gemm_uses_tensor_cores), kImplicitGemm, the GPU's im2col without a
 // column matrix (cuda_conv_uses_implicit_gemm), and kChannelsLastGather, its
-// forward on the tensor cores from a channels-last input
-// (cuda_conv_forward_gathers_channels_last).
+// passes on the tensor cores from channels-last tensors
+// (cuda_conv_gathers_channels_last).
 std::vector<std::string> set_disabled_conv2d_algorithms(const std::vector<std::string>& names);
 
 constexpr const char* kTensorCores = "tensor_cores";
@@ -95,12 +95,13 @@ bool cuda_implicit_gemm_supports(const Conv2dGeometry& g);
 // switched off.
 bool cuda_conv_uses_implicit_gemm(const Conv2dGeometry& g);
 
-// Whether the implicit GEMM's forward gathers the receptive fields from a
-// channels-last copy of the input (cuda/implicit_gemm.cuh,
-// ChannelsLastPatches): on the tensor cores, where each group's input
-// channels are whole 16-byte chunks of `dtype`, so that the tiles load by
-// cp.async; unless kChannelsLastGather is switched off.
-bool cuda_conv_forward_gathers_channels_last(const Conv2dGeometry& g, at::ScalarType dtype);
+// Whether a pass of the implicit GEMM gathers from channels-last copies of
+// its tensors (cuda/implicit_gemm.cuh, ChannelsLastPatches,
+// ChannelsLastOutputGradPatches): on the tensor cores, where each group's
+// channels that a tap's chunks run along (the input's; the output's for the
+// input gradient) are whole 16-byte chunks of `dtype`, so that the tiles
+// load by cp.async; unless kChannelsLastGather is switched off.
+bool cuda_conv_gathers_channels_last(const Conv2dGeometry& g, Conv2dPass pass, at::ScalarType dtype);
 
 // The op custom_conv::set_forced_conv2d_algorithm: from now on, every CPU
 // convolution pass runs on the algorithm named wherever that route can

@@ -25,6 +25,10 @@ bool depthwise_layer(const Conv2dGeometry& g) {
   return g.in_channels_per_group() == 1 && g.groups > 1;
 }
 
+bool takes_depthwise_kernels(const Conv2dGeometry& g) {
+  return depthwise_layer(g) && !algorithm_switched_off(Conv2dAlgorithm::kDepthwise);
+}
+
 }  // namespace
 
 bool algorithm_switched_off(Conv2dAlgorithm algorithm) {
@@ -75,21 +79,22 @@ bool cuda_conv_uses_implicit_gemm(const Conv2dGeometry& g) {
   return !switched_off_implicit_gemm.load(std::memory_order_relaxed) && cuda_implicit_gemm_supports(g);
 }
 
-bool cuda_conv_forward_gathers_channels_last(const Conv2dGeometry& g, at::ScalarType dtype) {
+bool cuda_conv_gathers_channels_last(const Conv2dGeometry& g, Conv2dPass pass, at::ScalarType dtype) {
   if (switched_off_channels_last_gather.load(std::memory_order_relaxed) || !cuda_conv_uses_implicit_gemm(g) ||
-      !cuda_gemm_uses_tensor_cores(dtype)) {
+      !cuda_gemm_uses_tensor_cores(dtype) || takes_depthwise_kernels(g)) {
     return false;
   }
+  // The channels a chunk runs along: the input gradient's taps are output channels.
+  const int64_t channels = pass == Conv2dPass::kBackwardInput ? g.out_channels_per_group() : g.in_channels_per_group();
   const int64_t chunk = 16 / static_cast<int64_t>(c10::elementSize(dtype));
-  return g.in_channels_per_group() % chunk == 0;
+  return channels > 0 && channels % chunk == 0;
 }
-
 // Depthwise layers read one input plane per output channel: a sum of kH * kW
 // products per output, read in place (cuda/depthwise.cuh), against im2col's
 // kH * kW copies of the input feeding a GEMM only kH * kW deep. Every pass.
 Conv2dAlgorithm choose_cuda_conv2d_algorithm(const Conv2dGeometry& g, Conv2dPass pass, at::ScalarType dtype,
                                              std::string* why) {
-  if (depthwise_layer(g) && !algorithm_switched_off(Conv2dAlgorithm::kDepthwise)) {
+  if (takes_depthwise_kernels(g)) {
     if (why) *why = "depthwise: one input channel per group, each output's taps summed from its input plane";
     return Conv2dAlgorithm::kDepthwise;
   }
@@ -111,9 +116,13 @@ Conv2dAlgorithm choose_cuda_conv2d_algorithm(const Conv2dGeometry& g, Conv2dPass
                       : dtype == at::kFloat   ? std::string(" (TF32 not allowed: torch.backends.cudnn.allow_tf32)")
                                               : std::string());
     }
-    if (pass == Conv2dPass::kForward && cuda_conv_forward_gathers_channels_last(g, dtype)) {
-      *why += "; the receptive fields gathered from a channels-last copy of the input, 16-byte chunks of channels "
-              "by cp.async";
+    if (cuda_conv_gathers_channels_last(g, pass, dtype)) {
+      *why += pass == Conv2dPass::kForward
+                  ? "; the receptive fields gathered from a channels-last copy of the input"
+              : pass == Conv2dPass::kBackwardInput
+                  ? "; the output gradient's taps gathered from a channels-last copy of it"
+                  : "; the receptive fields and the output gradient read from channels-last copies";
+      *why += ", 16-byte chunks of channels by cp.async";
     }
     if (depthwise_layer(g)) {
       *why += c10::str("; depthwise ", kSwitchedOff);

@@ -56,10 +56,10 @@ def disabled_algorithms(*names):
     to the CUDA-core one (float sums in both), "implicit_gemm" sends
     im2col's products through a column matrix in memory instead of gathering
     the receptive fields as the GEMM's tiles load, and "channels_last_gather"
-    keeps the tensor cores' forward gathering from the NCHW input rather
-    than from a channels-last copy (taken where each group's input channels
-    are whole 16-byte chunks); for comparing them, or ruling the newer one
-    out.
+    keeps the tensor cores' passes gathering from NCHW tensors rather than
+    from channels-last copies (taken where each group's channels that a
+    pass gathers along are whole 16-byte chunks); for comparing them, or
+    ruling the newer one out.
 
     The setting is process-wide, like torch.backends flags: it applies to
     every thread until the block ends, when the previous one returns. Blocks

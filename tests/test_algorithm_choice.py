@@ -317,9 +317,10 @@ def test_the_cuda_chooser_and_its_switches():
     layers to im2col; "tensor_cores" and "implicit_gemm" (kernels, not
     algorithms: the list stays the chooser's) send the products to the
     CUDA-core kernel and through a column matrix in memory. On the tensor
-    cores, a forward whose input channels per group are whole 16-byte chunks
-    gathers from a channels-last copy of the input ("channels_last_gather"
-    switches that off). All nest and restore like the CPU's."""
+    cores, the forward and the weight gradient gather from channels-last
+    copies where the input channels per group are whole 16-byte chunks, the
+    input gradient where the output channels are ("channels_last_gather"
+    switches them off). All nest and restore like the CPU's."""
     def meta(shape, dtype=torch.half):
         return torch.empty(shape, device="meta", dtype=dtype)
 
@@ -375,14 +376,24 @@ def test_the_cuda_chooser_and_its_switches():
     gathers = ("; the receptive fields gathered from a channels-last copy of the input, 16-byte chunks of channels "
                "by cp.async")
     assert custom_conv.explain_conv2d(x16, w16)["forward"] == ("im2col", on + gathers)
-    assert custom_conv.explain_conv2d(x16, w16)["backward_input"] == ("im2col", on)
+    assert custom_conv.explain_conv2d(x16, w16)["backward_input"] == ("im2col", on)  # 4 output channels
+    assert custom_conv.explain_conv2d(x16, w16)["backward_weight"] == ("im2col", on + (
+        "; the receptive fields and the output gradient read from channels-last copies, 16-byte chunks of channels "
+        "by cp.async"))
+    assert custom_conv.explain_conv2d(x, meta((16, 3, 3, 3)))["backward_input"] == ("im2col", on + (
+        "; the output gradient's taps gathered from a channels-last copy of it, 16-byte chunks of channels by "
+        "cp.async"))
+    assert custom_conv.explain_conv2d(x, meta((16, 3, 3, 3)))["forward"] == ("im2col", on)  # 3 input channels
+    # A depthwise layer with 8 outputs per channel keeps its NCHW kernels.
+    assert custom_conv.explain_conv2d(xd, meta((32, 1, 3, 3)), groups=4)["backward_input"] == ("depthwise", depthwise)
     assert custom_conv.explain_conv2d(x16[:, :12], w16[:, :12])["forward"] == ("im2col", on)  # 12: not whole chunks
     assert custom_conv.explain_conv2d(x16, w16.reshape(8, 8, 3, 3), groups=2)["forward"] == ("im2col", on + gathers)
     with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
                      allow_tf32=True):
         assert custom_conv.explain_conv2d(x16[:, :12].float(), w16[:, :12].float())["forward"][1].endswith(gathers)
     with custom_conv.disabled_algorithms("channels_last_gather"):
-        assert custom_conv.explain_conv2d(x16, w16)["forward"] == ("im2col", on)
+        for pass_, choice in custom_conv.explain_conv2d(x16, meta((16, 16, 3, 3))).items():
+            assert choice == ("im2col", on), pass_
         assert "channels_last_gather" not in custom_conv.explain.ALGORITHMS
     with custom_conv.disabled_algorithms("tensor_cores"):
         assert custom_conv.explain_conv2d(x16, w16)["forward"] == ("im2col", off)

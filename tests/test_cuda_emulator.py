@@ -111,8 +111,9 @@ def limits(emu, multiprocessors=2, max_grid_yz=65535, column_budget=1 << 22, nar
         emu.set_limits(*saved)
 
 
-def emulated_conv2d(emu):
-    """conv2d with F.conv2d's arguments, differentiable, on the emulated ops."""
+def emulated_conv2d(emu, grad_layout=torch.Tensor.contiguous):
+    """conv2d with F.conv2d's arguments, differentiable, on the emulated ops;
+    the backward ops get grad_layout(output gradient)."""
     class Conv2d(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x, w, b, stride, padding, dilation, groups):
@@ -124,7 +125,7 @@ def emulated_conv2d(emu):
         @staticmethod
         def backward(ctx, grad_output):
             x, w = ctx.saved_tensors
-            go = grad_output.contiguous()
+            go = grad_layout(grad_output)
             return (emu.conv2d_backward_input(go, w, x.shape, *ctx.geometry),
                     emu.conv2d_backward_weight(go, x, w.shape, *ctx.geometry),
                     emu.conv2d_backward_bias(go) if ctx.has_bias else None, None, None, None, None)
@@ -227,32 +228,42 @@ def test_conv2d_in_tf32_where_torch_allows_it(emu, case):
     assert kernels & {"gemm_mma_kernel", "gemm_tile_kernel"} == (set() if _depthwise(c) else {"gemm_mma_kernel"})
 
 
-# Layers whose input channels per group are whole 16-byte chunks of half (8) and of float (4): the
-# forward on the tensor cores gathers them from a channels-last input.
+# Layers whose channels per group are whole 16-byte chunks of half (8) and of float (4): the passes on
+# the tensor cores gather from channels-last memory, the input gradient where the output channels are,
+# the forward and the weight gradient where the input channels are.
 CHANNELS_LAST_CASES = {
     "3x3, padding 1, 16 channels": conv((2, 16, 7, 9), (24, 16, 3, 3), padding=1),
     "strided, dilated, 8 channels, non-square": conv((1, 8, 9, 12), (10, 8, 3, 2), stride=(2, 1), padding=(2, 1),
                                                       dilation=(2, 3)),
     "2 groups of 8 channels": conv((2, 16, 6, 6), (6, 16 // 2, 3, 3), padding=1, groups=2),
+    "2 groups of 8 channels, 8 outputs each": conv((2, 16, 5, 7), (16, 16 // 2, 3, 3), padding=(1, 0), groups=2),
     "1x1, 32 channels, 130 outputs": conv((2, 32, 5, 5), (130, 32, 1, 1)),
+    # The input gradient alone: strided windows leave taps with no output position.
+    "3 channels to 8, stride 2": conv((2, 3, 9, 8), (8, 3, 3, 3), stride=2, padding=1),
+    "stride (2, 3), dilated, 8 to 16": conv((1, 8, 11, 13), (16, 8, 2, 3), stride=(2, 3), padding=(1, 2),
+                                          dilation=(2, 1)),
+    # 1 600 positions: the weight gradient's reduction split in two.
+    "8 to 16 channels, 1 600 positions": conv((4, 8, 20, 20), (16, 8, 3, 3), padding=1),
 }
 
 
 @pytest.mark.parametrize("layout", ["channels-last, aligned", "channels-last, misaligned", "NCHW"])
 @pytest.mark.parametrize("dtype", dtypes("float16", "bfloat16", "float32"))
 @pytest.mark.parametrize("case", list(CHANNELS_LAST_CASES))
-def test_conv2d_forward_gathers_a_channels_last_input(emu, case, dtype, layout):
-    """The tensor cores' forward from a channels-last input (taps ordered
+def test_conv2d_gathers_channels_last_tensors(emu, case, dtype, layout):
+    """The tensor cores' passes from channels-last memory (taps ordered
     (ki, kj, c), 16-byte chunks of channels by cp.async; element by element
-    in the padding, and everywhere when the input is misaligned): within 2 eps
-    of exact (float32 in TF32: 2^-10), and the forward that gathers NCHW
-    (switched off: channels_last_gather) within the same bound."""
+    in the padding, and everywhere when a tensor is misaligned), with the
+    input and the output gradient in the layout under test: the forward and
+    both gradients within 2 eps of exact (float32 in TF32: 2^-10), and the
+    passes that gather NCHW (switched off: channels_last_gather) within the
+    same bound; the output in torch's layout."""
     c = CHANNELS_LAST_CASES[case]
 
     def placed(x):
         """x in the layout under test (a differentiable copy)."""
         if layout == "NCHW":
-            return x
+            return x.contiguous()
         x = x.contiguous(memory_format=torch.channels_last)
         if layout.endswith("misaligned"):  # the same values one element into a buffer: no 16-byte chunks
             x = torch.empty(x.numel() + 1, dtype=x.dtype)[1:].as_strided(x.shape, x.stride()).copy_(x)
@@ -260,7 +271,7 @@ def test_conv2d_forward_gathers_a_channels_last_input(emu, case, dtype, layout):
         return x
 
     eps_factor = 2 * 2 ** 13 if dtype == torch.float32 else 2  # TF32: 2^-10 in units of float's 2^-23
-    conv2d = emulated_conv2d(emu)
+    conv2d = emulated_conv2d(emu, grad_layout=placed)
     for gather_nhwc in (True, False):
         with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=torch.backends.cudnn.benchmark,
                                         deterministic=torch.backends.cudnn.deterministic, allow_tf32=True), \
@@ -270,6 +281,10 @@ def test_conv2d_forward_gathers_a_channels_last_input(emu, case, dtype, layout):
                                        lambda x, w, b: F.conv2d(x, w, b, **c.kwargs), conv_tensors(c, dtype),
                                        eps_factor=eps_factor)
             kernels = {entry.split("<")[0] for entry in emu.take_launch_log()}
+            # The output in torch's layout (the GEMM stores channels-last results in place).
+            x, w, b = conv_tensors(c, dtype)
+            assert conv2d(placed(x), w, b, **c.kwargs).stride() == F.conv2d(
+                placed(x.double()), w.double(), b.double(), **c.kwargs).stride()
         assert kernels & {"gemm_mma_kernel", "gemm_tile_kernel"} == {"gemm_mma_kernel"}, kernels
 
 

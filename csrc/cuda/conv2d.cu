@@ -55,23 +55,30 @@ at::Tensor conv2d_forward_cuda(
   const DeviceGuard device_guard(input_.device());
   // The tensor cores' forward that gathers from channels-last memory takes
   // the input so (no copy where it already is); every other route NCHW.
-  const bool gathers_channels_last = cuda_conv_forward_gathers_channels_last(g, input_.scalar_type());
+  const bool gathers_channels_last = cuda_conv_gathers_channels_last(g, Conv2dPass::kForward, input_.scalar_type());
   const at::Tensor input =
       gathers_channels_last ? input_.contiguous(at::MemoryFormat::ChannelsLast) : input_.contiguous();
   const at::Tensor weight = weight_.contiguous();
   const bool has_bias = bias.has_value() && bias->defined();
   const at::Tensor bias_c = has_bias ? bias->contiguous() : at::Tensor();
 
-  at::Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
+  const at::MemoryFormat format = conv2d_memory_format(input_, weight_);
+  // The implicit GEMM stores its results in either layout, the other routes NCHW.
+  const bool depthwise =
+      choose_cuda_conv2d_algorithm(g, Conv2dPass::kForward, input.scalar_type()) == Conv2dAlgorithm::kDepthwise;
+  const bool implicit = !depthwise && cuda_conv_uses_implicit_gemm(g);
+  const at::MemoryFormat output_format = implicit ? format : at::MemoryFormat::Contiguous;
+  const bool output_channels_last = output_format == at::MemoryFormat::ChannelsLast;
+  at::Tensor output =
+      at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options().memory_format(output_format));
   const int64_t L = g.output_plane();
   const int64_t K = g.col_rows_per_group();
   const int64_t M = g.out_channels_per_group();
   const int64_t chunk = g.batch_chunk(launch_limits().column_budget);
-  const at::MemoryFormat format = conv2d_memory_format(input_, weight_);
   if (output.numel() == 0) {
     return in_memory_format(output, format);
   }
-  if (choose_cuda_conv2d_algorithm(g, Conv2dPass::kForward, input.scalar_type()) == Conv2dAlgorithm::kDepthwise) {
+  if (depthwise) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv2d_forward_cuda", [&] {
       CUSTOM_CONV_LAUNCH(grid_for(output.numel()), kThreads, depthwise_forward_kernel<scalar_t>)(
           input.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
@@ -86,18 +93,19 @@ at::Tensor conv2d_forward_cuda(
       if constexpr (kTensorCores<scalar_t>) {
         implicit_conv2d_forward_channels_last<scalar_t>(
             g, input.const_data_ptr<scalar_t>(), weight_permuted.const_data_ptr<scalar_t>(),
-            has_bias ? bias_c.const_data_ptr<scalar_t>() : nullptr, output.mutable_data_ptr<scalar_t>());
+            has_bias ? bias_c.const_data_ptr<scalar_t>() : nullptr, output.mutable_data_ptr<scalar_t>(),
+            output_channels_last);
       } else {
         TORCH_CHECK(false, "conv2d: no tensor cores for ", input.scalar_type());
       }
     });
     return in_memory_format(output, format);
   }
-  if (cuda_conv_uses_implicit_gemm(g)) {
+  if (implicit) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv2d_forward_cuda", [&] {
       implicit_conv2d_forward<scalar_t>(g, input.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
                                         has_bias ? bias_c.const_data_ptr<scalar_t>() : nullptr,
-                                        output.mutable_data_ptr<scalar_t>(),
+                                        output.mutable_data_ptr<scalar_t>(), output_channels_last,
                                         cuda_gemm_uses_tensor_cores(input.scalar_type()));
     });
     return in_memory_format(output, format);
@@ -174,7 +182,12 @@ at::Tensor conv2d_backward_input_cuda(
       input_size, weight_.sizes(), stride, padding, dilation, groups);
   check_conv2d_grad_output(grad_output_, g, weight_);
   const DeviceGuard device_guard(weight_.device());
-  const at::Tensor grad_output = grad_output_.contiguous();
+  // As the forward: the tensor cores' gather from channels-last memory takes
+  // the output gradient so, every other route NCHW.
+  const bool gathers_channels_last =
+      cuda_conv_gathers_channels_last(g, Conv2dPass::kBackwardInput, weight_.scalar_type());
+  const at::Tensor grad_output = gathers_channels_last ? grad_output_.contiguous(at::MemoryFormat::ChannelsLast)
+                                                       : grad_output_.contiguous();
   const at::Tensor weight = weight_.contiguous();
 
   at::Tensor grad_input = at::empty(input_size, weight.options());
@@ -187,6 +200,17 @@ at::Tensor conv2d_backward_input_cuda(
       CUSTOM_CONV_LAUNCH(grid_for(grad_input.numel()), kThreads, depthwise_backward_input_kernel<scalar_t>)(
           grad_output.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(), g,
           grad_input.mutable_data_ptr<scalar_t>());
+    });
+    return grad_input;
+  }
+  if (gathers_channels_last) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "conv2d_backward_input_cuda", [&] {
+      if constexpr (kTensorCores<scalar_t>) {
+        implicit_conv2d_backward_input_channels_last<scalar_t>(g, weight, grad_output.const_data_ptr<scalar_t>(),
+                                                               grad_input.mutable_data_ptr<scalar_t>());
+      } else {
+        TORCH_CHECK(false, "conv2d: no tensor cores for ", weight.scalar_type());
+      }
     });
     return grad_input;
   }
@@ -251,8 +275,12 @@ at::Tensor conv2d_backward_weight_cuda(
       input_.sizes(), weight_size, stride, padding, dilation, groups);
   check_conv2d_grad_output(grad_output_, g, input_);
   const DeviceGuard device_guard(input_.device());
-  const at::Tensor input = input_.contiguous();
-  const at::Tensor grad_output = grad_output_.contiguous();
+  // Both tensors channels-last for the tensor cores' gather from them, else NCHW.
+  const bool gathers_channels_last =
+      cuda_conv_gathers_channels_last(g, Conv2dPass::kBackwardWeight, input_.scalar_type());
+  const at::MemoryFormat layout = gathers_channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const at::Tensor input = input_.contiguous(layout);
+  const at::Tensor grad_output = grad_output_.contiguous(layout);
 
   at::Tensor grad_weight = at::empty(weight_size, input.options());
   if (grad_weight.numel() == 0) {  // no input channels
@@ -270,6 +298,21 @@ at::Tensor conv2d_backward_weight_cuda(
           grad_weight.mutable_data_ptr<scalar_t>());
     });
     return grad_weight;
+  }
+  if (gathers_channels_last) {
+    // The gradient with its taps ordered (kH, kW, C_in / groups), as the input's are.
+    at::Tensor permuted = at::empty({g.out_channels, g.kernel_h, g.kernel_w, g.in_channels_per_group()},
+                                    input.options());
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv2d_backward_weight_cuda", [&] {
+      if constexpr (kTensorCores<scalar_t>) {
+        implicit_conv2d_backward_weight_channels_last<scalar_t>(g, grad_output.const_data_ptr<scalar_t>(),
+                                                                input.const_data_ptr<scalar_t>(),
+                                                                permuted.mutable_data_ptr<scalar_t>());
+      } else {
+        TORCH_CHECK(false, "conv2d: no tensor cores for ", input.scalar_type());
+      }
+    });
+    return grad_weight.copy_(permuted.permute({0, 3, 1, 2}));
   }
   if (cuda_conv_uses_implicit_gemm(g)) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv2d_backward_weight_cuda", [&] {

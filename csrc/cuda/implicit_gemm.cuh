@@ -37,6 +37,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cstdint>
 
 namespace custom_conv {
@@ -60,7 +61,7 @@ struct ConvIndex {
   int32_t in_per_group, out_per_group;
   Planes outputs, inputs, samples;  // output positions, input positions, output positions as (b, 0, p)
   Divisor taps, kernel_col, stride_row, stride_col;  // kernel_h * kernel_w, kernel_w, stride_h, stride_w
-  Divisor channel;                                   // in_per_group
+  Divisor channel, out_channel;                      // in_per_group, out_per_group
 
   explicit ConvIndex(const Conv2dGeometry& g)
       : in_channels(static_cast<int32_t>(g.in_channels)), in_h(static_cast<int32_t>(g.in_h)),
@@ -81,7 +82,9 @@ struct ConvIndex {
     kernel_col = Divisor(g.kernel_w);
     stride_row = Divisor(g.stride_h);
     stride_col = Divisor(g.stride_w);
-    channel = Divisor(g.in_channels_per_group());
+    // (A layer without channels has no taps to split: any divisor will do.)
+    channel = Divisor(std::max<int64_t>(1, g.in_channels_per_group()));
+    out_channel = Divisor(std::max<int64_t>(1, g.out_channels_per_group()));
   }
   ConvIndex() = default;
 };
@@ -196,17 +199,59 @@ struct InputPatches
   }
 };
 
-// X' (t, q) of the forward from a channels-last input: the same receptive
-// fields with the taps ordered t = (ki, kj, c), channel fastest, so that a
-// tap's consecutive channels at an output position q lie contiguous in
-// memory. Chunks run along k (the taps) for a fixed position; where the
-// group's channels are whole chunks, the input 16-byte aligned and the pixel
-// inside, a chunk goes by cp.async (the tensor cores' kernel), else element
-// by element (zero in the padding).
-template <typename T>
-struct ChannelsLastPatches {
-  static constexpr bool kKContiguous = true;
-  gpu_ptr<const T> input = nullptr;  // (N, H, W, C_in) in memory
+// Taps ordered t = (ki, kj, c), channel fastest, of tensors in
+// channels-last memory, where a tap's consecutive channels at one pixel lie
+// contiguous: what ChannelsLastPatches and ChannelsLastOutputGradPatches
+// share. A line is a pixel (Derived::Pixel, from line()), a cursor a tap
+// (TapCursor: its index j and its (c, ki, kj));
+// Derived::offset(pixel, tap) gives the element's offset, or -1 where the
+// tap reads nothing there (padding, or between strided windows). Where the
+// tensor is 16-byte aligned and each group's channels (the ConvIndex field
+// kChannels divides by) are whole chunks, a chunk that is not -1 goes by
+// cp.async (the tensor cores' kernel), else element by element.
+struct TapCursor {
+  int64_t j;
+  int32_t c, ki, kj;
+};
+
+template <typename T, typename Derived, Divisor ConvIndex::*kChannels>
+struct ChannelsLastTaps {
+  __device__ __forceinline__ TapCursor start(int64_t j) const {
+    const ConvIndex& s = static_cast<const Derived&>(*this).s;
+    const int32_t t = static_cast<int32_t>(j);
+    const int32_t r = (s.*kChannels).div(t), c = (s.*kChannels).mod(t, r);
+    const int32_t ki = s.kernel_col.div(r);
+    return {j, c, ki, s.kernel_col.mod(r, ki)};
+  }
+  // A run never leaves its tap: the kernels' runs are chunks, and each
+  // group's channels are whole chunks (cuda_conv_gathers_channels_last).
+  template <typename Pixel, int kCount>
+  __device__ __forceinline__ void run(const Pixel& at, const TapCursor& t, int64_t j_end, T (&v)[kCount]) const {
+    const Derived& d = static_cast<const Derived&>(*this);
+    const int64_t o = d.offset(at, t);
+#pragma unroll
+    for (int e = 0; e < kCount; ++e) {
+      v[e] = o >= 0 && t.j + e < j_end ? d.tensor[o + e] : T(0);
+    }
+  }
+  template <typename Pixel>
+  __device__ __forceinline__ gpu_ptr<const T> chunk(const Pixel& at, const TapCursor& t) const {
+    const Derived& d = static_cast<const Derived&>(*this);
+    const int64_t o = d.vector ? d.offset(at, t) : -1;
+    return o >= 0 ? d.tensor + o : gpu_ptr<const T>(nullptr);
+  }
+};
+
+// X' (t, q) from a channels-last input: the receptive fields of X (above)
+// with the taps ordered t = (ki, kj, c), at output position q. For the
+// forward, whose chunks run along k (the taps) at a fixed position, and for
+// the weight gradient, whose B = X'^T has its chunks along n (the taps) at a
+// fixed k (the position): kKContiguous says which.
+template <typename T, bool kKContiguous_>
+struct ChannelsLastPatches
+    : ChannelsLastTaps<T, ChannelsLastPatches<T, kKContiguous_>, &ConvIndex::channel> {
+  static constexpr bool kKContiguous = kKContiguous_;
+  gpu_ptr<const T> tensor = nullptr;  // the input, (N, H, W, C_in) in memory
   ConvIndex s;
   bool vector = false;  // the input 16-byte aligned, and each group's channels whole chunks
 
@@ -215,24 +260,12 @@ struct ChannelsLastPatches {
     int64_t base;    // (b * H * W) * C_in + z * C_in / groups
     int32_t h0, w0;  // oh * stride - pad, ow * stride - pad
   };
-  // Tap t = (ki, kj, c).
-  struct TapCursor {
-    int64_t j;
-    int32_t c, ki, kj;
-  };
 
   __device__ __forceinline__ Pixel line(int64_t z, int64_t q) const {
     const Position p(q, s.outputs);
     return {(static_cast<int64_t>(p.b) * s.in_h * s.in_w) * s.in_channels + z * s.in_per_group,
             p.y * s.stride_h - s.pad_h, p.x * s.stride_w - s.pad_w};
   }
-  __device__ __forceinline__ TapCursor start(int64_t j) const {
-    const int32_t t = static_cast<int32_t>(j);
-    const int32_t r = s.channel.div(t), c = s.channel.mod(t, r);
-    const int32_t ki = s.kernel_col.div(r);
-    return {j, c, ki, s.kernel_col.mod(r, ki)};
-  }
-  // The element's offset, or -1 in the padding.
   __device__ __forceinline__ int64_t offset(const Pixel& at, const TapCursor& t) const {
     const int32_t ih = at.h0 + t.ki * s.dilation_h, iw = at.w0 + t.kj * s.dilation_w;
     if (static_cast<uint32_t>(ih) >= static_cast<uint32_t>(s.in_h) ||
@@ -241,19 +274,49 @@ struct ChannelsLastPatches {
     }
     return at.base + (static_cast<int64_t>(ih) * s.in_w + iw) * s.in_channels + t.c;
   }
-  // A run never leaves its tap: the kernels' runs are chunks, and each
-  // group's channels are whole chunks (cuda_conv_forward_gathers_channels_last).
-  template <int kCount>
-  __device__ __forceinline__ void run(const Pixel& at, const TapCursor& t, int64_t j_end, T (&v)[kCount]) const {
-    const int64_t o = offset(at, t);
-#pragma unroll
-    for (int e = 0; e < kCount; ++e) {
-      v[e] = o >= 0 && t.j + e < j_end ? input[o + e] : T(0);
-    }
+};
+
+// dY'' (t, q) of the input gradient from a channels-last output gradient:
+// dY' (below) with the taps ordered t = (ki, kj, co), output channel
+// fastest, at input position q = (b, ih, iw). Chunks run along k, the taps:
+// a tap's consecutive output channels at the one output position whose
+// window puts (ki, kj) on (ih, iw), or zeros where there is none.
+template <typename T>
+struct ChannelsLastOutputGradPatches
+    : ChannelsLastTaps<T, ChannelsLastOutputGradPatches<T>, &ConvIndex::out_channel> {
+  static constexpr bool kKContiguous = true;
+  gpu_ptr<const T> tensor = nullptr;  // the output gradient, (N, out_h, out_w, C_out) in memory
+  ConvIndex s;
+  bool vector = false;  // the tensor 16-byte aligned, and each group's output channels whole chunks
+
+  // Input position q: its sample and group, and where the windows holding it sit.
+  struct Pixel {
+    int64_t base;    // (b * out_h * out_w) * C_out + z * C_out / groups
+    int32_t h0, w0;  // ih + pad, iw + pad
+  };
+
+  __device__ __forceinline__ Pixel line(int64_t z, int64_t q) const {
+    const Position p(q, s.inputs);
+    return {(static_cast<int64_t>(p.b) * s.out_h * s.out_w) * s.out_channels + z * s.out_per_group,
+            p.y + s.pad_h, p.x + s.pad_w};
   }
-  __device__ __forceinline__ gpu_ptr<const T> chunk(const Pixel& at, const TapCursor& t) const {
-    const int64_t o = vector ? offset(at, t) : -1;
-    return o >= 0 ? input + o : gpu_ptr<const T>(nullptr);
+  __device__ __forceinline__ int64_t offset(const Pixel& at, const TapCursor& t) const {
+    const int32_t h = at.h0 - t.ki * s.dilation_h, w = at.w0 - t.kj * s.dilation_w;  // oh * stride, ow * stride
+    if (h < 0 || w < 0) {
+      return -1;
+    }
+    int32_t oh = h, ow = w;
+    if (s.stride_h != 1 || s.stride_w != 1) {
+      oh = s.stride_row.div(h);
+      ow = s.stride_col.div(w);
+      if (oh * s.stride_h != h || ow * s.stride_w != w) {
+        return -1;
+      }
+    }
+    if (oh >= s.out_h || ow >= s.out_w) {
+      return -1;
+    }
+    return at.base + (static_cast<int64_t>(oh) * s.out_w + ow) * s.out_channels + t.c;
   }
 };
 
@@ -327,31 +390,40 @@ struct OutputGradRows {
 
 // Results into a (N, C, plane) tensor: row j is channel j of group z, column
 // q = (b, p) a position; plus bias[z * channels_per_group + j] where given.
+// The tensor is NCHW, or channels-last in memory (element (q, channel) at
+// q * C + channel, with no division).
 template <typename T>
 struct PlaneOutput {
   gpu_ptr<T> y = nullptr;
   gpu_ptr<const T> bias = nullptr;
   int32_t channels = 0, channels_per_group = 0, plane = 0;
   Divisor planes;  // by plane
+  bool channels_last = false;
 
   __device__ __forceinline__ void store(int64_t z, int64_t j, int64_t q64, at::opmath_type<T> sum) const {
-    const int32_t q = static_cast<int32_t>(q64);
-    const int32_t b = planes.div(q), p = planes.mod(q, b);
     const int64_t channel = z * channels_per_group + j;
     if (bias != nullptr) {
       sum += static_cast<at::opmath_type<T>>(bias[channel]);
     }
+    if (channels_last) {
+      y[q64 * channels + channel] = static_cast<T>(sum);
+      return;
+    }
+    const int32_t q = static_cast<int32_t>(q64);
+    const int32_t b = planes.div(q), p = planes.mod(q, b);
     y[(static_cast<int64_t>(b) * channels + channel) * plane + p] = static_cast<T>(sum);
   }
 };
 
 // The forward's product, output (N, C_out, out_h, out_w) = weight @ B + bias,
 // for receptive fields B whose taps come in the order of the weight's
-// (C_out, K) rows; B's tensor is the caller's to set.
+// (C_out, K) rows, into an output NCHW or channels-last in memory; B's
+// tensor is the caller's to set.
 template <typename B, typename T>
 GemmProblem<T, MatrixOperand<T, true>, B, PlaneOutput<T>> forward_problem(const Conv2dGeometry& g,
                                                                         gpu_ptr<const T> weight,
-                                                                        gpu_ptr<const T> bias, gpu_ptr<T> output) {
+                                                                        gpu_ptr<const T> bias, gpu_ptr<T> output,
+                                                                        bool output_channels_last) {
   const int64_t K = g.col_rows_per_group();
   GemmProblem<T, MatrixOperand<T, true>, B, PlaneOutput<T>> p;
   p.batch = g.groups;
@@ -360,17 +432,23 @@ GemmProblem<T, MatrixOperand<T, true>, B, PlaneOutput<T>> forward_problem(const 
   p.k = K;
   p.a = {weight, K, p.m * K, chunks_aligned(weight, K, p.m * K, g.groups)};
   p.b.s = ConvIndex(g);
-  p.out = {output, bias, p.b.s.out_channels, p.b.s.out_per_group, static_cast<int32_t>(g.output_plane()),
-           Divisor(g.output_plane())};
+  p.out = {output,
+           bias,
+           p.b.s.out_channels,
+           p.b.s.out_per_group,
+           static_cast<int32_t>(g.output_plane()),
+           Divisor(g.output_plane()),
+           output_channels_last};
   return p;
 }
 
 // output (N, C_out, out_h, out_w) = conv2d(input, weight) + bias, all
-// contiguous.
+// contiguous but the output, channels-last in memory where asked.
 template <typename T>
 void implicit_conv2d_forward(const Conv2dGeometry& g, gpu_ptr<const T> input, gpu_ptr<const T> weight,
-                             gpu_ptr<const T> bias, gpu_ptr<T> output, bool tensor_cores) {
-  auto p = forward_problem<InputPatches<T, false>>(g, weight, bias, output);
+                             gpu_ptr<const T> bias, gpu_ptr<T> output, bool output_channels_last,
+                             bool tensor_cores) {
+  auto p = forward_problem<InputPatches<T, false>>(g, weight, bias, output, output_channels_last);
   p.b.input = input;
   run_gemm(p, tensor_cores);
 }
@@ -378,43 +456,71 @@ void implicit_conv2d_forward(const Conv2dGeometry& g, gpu_ptr<const T> input, gp
 // output (N, C_out, out_h, out_w) = conv2d(input, weight) + bias with the
 // input channels-last in memory and the weight permuted to
 // (C_out, kH, kW, C_in / groups), on the tensor cores (the 16-byte chunks of
-// a tap's channels go by cp.async).
+// a tap's channels go by cp.async); the output NCHW or channels-last.
 template <typename T>
 void implicit_conv2d_forward_channels_last(const Conv2dGeometry& g, gpu_ptr<const T> input_nhwc,
                                            gpu_ptr<const T> weight_permuted, gpu_ptr<const T> bias,
-                                           gpu_ptr<T> output) {
-  auto p = forward_problem<ChannelsLastPatches<T>>(g, weight_permuted, bias, output);
-  p.b.input = input_nhwc;
+                                           gpu_ptr<T> output, bool output_channels_last) {
+  auto p = forward_problem<ChannelsLastPatches<T, true>>(g, weight_permuted, bias, output, output_channels_last);
+  p.b.tensor = input_nhwc;
   p.b.vector = chunks_aligned(input_nhwc, g.in_channels, g.in_channels_per_group(), g.groups);
   if (p.m > 0 && p.n > 0) {
     run_tensor_core_gemm(p, launch_limits());
   }
 }
 
-// grad_input (N, C_in, H, W) from grad_output and weight, all contiguous.
-// The weight is read as W' (c; co, ki, kj), a copy with each group's two
-// channel dimensions swapped, so that the GEMM loads it by cp.async.
-template <typename T>
-void implicit_conv2d_backward_input(const Conv2dGeometry& g, const at::Tensor& weight,
-                                    gpu_ptr<const T> grad_output, gpu_ptr<T> grad_input, bool tensor_cores) {
-  const ConvIndex s(g);
-  const int64_t taps = g.kernel_h * g.kernel_w;
-  const int64_t M = g.out_channels_per_group(), C = g.in_channels_per_group();
-  const at::Tensor swapped = weight.view({g.groups, M, C, taps}).permute({0, 2, 1, 3}).contiguous();
+// The input gradient's product, grad_input (N, C_in, H, W) = W' @ B, for a
+// weight W' (C_in / g, K') with each group's two channel dimensions swapped
+// (a copy, so that the GEMM loads it by cp.async) and output-gradient taps B
+// in the order of its K' columns; B's tensor is the caller's to set.
+template <typename B, typename T>
+GemmProblem<T, MatrixOperand<T, true>, B, PlaneOutput<T>> backward_input_problem(const Conv2dGeometry& g,
+                                                                               const at::Tensor& swapped,
+                                                                               gpu_ptr<T> grad_input) {
+  const int64_t C = g.in_channels_per_group();
   const gpu_ptr<const T> w = swapped.const_data_ptr<T>();
-  GemmProblem<T, MatrixOperand<T, true>, OutputGradPatches<T>, PlaneOutput<T>> p;
+  GemmProblem<T, MatrixOperand<T, true>, B, PlaneOutput<T>> p;
   p.batch = g.groups;
   p.m = C;
   p.n = g.batch * g.in_h * g.in_w;
-  p.k = M * taps;
+  p.k = g.out_channels_per_group() * g.kernel_h * g.kernel_w;
   p.a = {w, p.k, C * p.k, chunks_aligned(w, p.k, C * p.k, g.groups)};
-  p.b.grad_output = grad_output;
-  p.b.s = s;
-  p.out = {grad_input, nullptr, s.in_channels, s.in_per_group, static_cast<int32_t>(g.in_h * g.in_w),
+  p.b.s = ConvIndex(g);
+  p.out = {grad_input, nullptr, p.b.s.in_channels, p.b.s.in_per_group, static_cast<int32_t>(g.in_h * g.in_w),
            Divisor(g.in_h * g.in_w)};
+  return p;
+}
+
+// grad_input (N, C_in, H, W) from grad_output and weight, all contiguous.
+// W' (c; co, ki, kj).
+template <typename T>
+void implicit_conv2d_backward_input(const Conv2dGeometry& g, const at::Tensor& weight,
+                                    gpu_ptr<const T> grad_output, gpu_ptr<T> grad_input, bool tensor_cores) {
+  const at::Tensor swapped =
+      weight.view({g.groups, g.out_channels_per_group(), g.in_channels_per_group(), g.kernel_h * g.kernel_w})
+          .permute({0, 2, 1, 3})
+          .contiguous();
+  auto p = backward_input_problem<OutputGradPatches<T>>(g, swapped, grad_input);
+  p.b.grad_output = grad_output;
   run_gemm(p, tensor_cores);
 }
 
+// grad_input (N, C_in, H, W), contiguous, from a channels-last grad_output
+// and a contiguous weight, on the tensor cores. W' (c; ki, kj, co): the taps
+// in the order of the output gradient's channels-last memory, whose 16-byte
+// chunks of output channels go by cp.async.
+template <typename T>
+void implicit_conv2d_backward_input_channels_last(const Conv2dGeometry& g, const at::Tensor& weight,
+                                                  gpu_ptr<const T> grad_output_nhwc, gpu_ptr<T> grad_input) {
+  const at::Tensor swapped = weight.view({g.groups, g.out_channels_per_group(), g.in_channels_per_group(),
+                                          g.kernel_h, g.kernel_w})
+                                 .permute({0, 2, 3, 4, 1})
+                                 .contiguous();
+  auto p = backward_input_problem<ChannelsLastOutputGradPatches<T>>(g, swapped, grad_input);
+  p.b.tensor = grad_output_nhwc;
+  p.b.vector = chunks_aligned(grad_output_nhwc, g.out_channels, g.out_channels_per_group(), g.groups);
+  run_tensor_core_gemm(p, launch_limits());
+}
 // grad_weight (C_out, C_in / groups, kH, kW) from grad_output and input, all
 // contiguous, summed over the whole batch in one reduction (in float for half
 // and bfloat16, rounded once).
@@ -438,6 +544,37 @@ void implicit_conv2d_backward_weight(const Conv2dGeometry& g, gpu_ptr<const T> g
   p.b.s = s;
   p.out = {c};
   run_gemm(p, tensor_cores);
+}
+
+// grad_weight permuted to (C_out, kH, kW, C_in / groups), contiguous, from
+// grad_output and input both channels-last in memory, on the tensor cores:
+// dW' (co, t) = dY (co, q) @ X' (t, q)^T with the taps t = (ki, kj, c). Both
+// operands have their 16-byte chunks along m or n (the output gradient's
+// channels; a tap's input channels), copied by cp.async and given to the
+// tensor cores by ldmatrix.trans; the sum over N * L in a fixed order, as
+// the NCHW weight gradient's.
+template <typename T>
+void implicit_conv2d_backward_weight_channels_last(const Conv2dGeometry& g, gpu_ptr<const T> grad_output_nhwc,
+                                                   gpu_ptr<const T> input_nhwc, gpu_ptr<T> grad_weight_permuted) {
+  const int64_t M = g.out_channels_per_group(), K = g.col_rows_per_group();
+  GemmParams<T> c;  // (C_out / g, K) per group, the taps ordered (ki, kj, c)
+  c.c = grad_weight_permuted;
+  c.ldc = K;
+  c.batch_stride_c = M * K;
+  GemmProblem<T, MatrixOperand<T, false>, ChannelsLastPatches<T, false>, MatrixOutput<T, T>> p;
+  p.batch = g.groups;
+  p.m = M;
+  p.n = K;
+  p.k = g.batch * g.output_plane();
+  // Element (co, q) of group z at q * C_out + z * M + co.
+  p.a = {grad_output_nhwc, g.out_channels, M, chunks_aligned(grad_output_nhwc, g.out_channels, M, g.groups)};
+  p.b.tensor = input_nhwc;
+  p.b.s = ConvIndex(g);
+  p.b.vector = chunks_aligned(input_nhwc, g.in_channels, g.in_channels_per_group(), g.groups);
+  p.out = {c};
+  if (p.m > 0 && p.n > 0) {
+    run_tensor_core_gemm(p, launch_limits());
+  }
 }
 
 }  // namespace gpu
