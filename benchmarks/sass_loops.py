@@ -3,7 +3,8 @@
 Compiles csrc/cuda/conv2d.cu with nvcc for one architecture (ptxas -v for
 registers and spills), disassembles it with nvdisasm, and prints for each
 instantiation of the GEMM kernels (gemm_tile_kernel on the CUDA cores,
-gemm_mma_kernel on the tensor cores): the instructions of its main loop (the
+gemm_mma_kernel on the tensor cores) and of the depthwise kernels
+(--filter depthwise): the instructions of its main loop (the
 largest loop that holds the multiply-adds), how many of them are the
 multiply-adds (FFMA, DFMA; HMMA, one mma.sync), the shared- and
 global-memory loads, and the registers and spills. A loop with fewer
@@ -87,6 +88,9 @@ def short(name):
                           r"MatrixOutput<[^>]*>|PlaneOutput)", name)
     tile = re.search(r"(?:CoreTile|MmaShape)<(\d+), (\d+)(?:, (\d+), (\d+))?>", name)
     shape = f"tile {tile.group(1)}x{tile.group(2)}" if tile else ""
+    taps = re.search(r"kernel<[^,<>]+, (\d+), (\d+)>", name)  # a depthwise kernel's size
+    if taps:
+        shape = f"{taps.group(1)}x{taps.group(2)}"
     if tile and tile.group(3):
         shape += f" ({tile.group(3)}x{tile.group(4)} warps)"
     return " ".join([kernel, *operands] + ([shape] if shape else []))
@@ -134,7 +138,9 @@ def main():
     rows = []
     for mangled, body in bodies.items():
         name = names[mangled].replace("custom_conv::gpu::", "")
-        if not re.search(r"gemm_(tile|mma)_kernel<GemmProblem<" + re.escape(DTYPES[args.dtype]) + ",", name):
+        dtype = re.escape(DTYPES[args.dtype])
+        if not re.search(r"gemm_(tile|mma)_kernel<GemmProblem<" + dtype + ",", name) and \
+                not re.search(r"depthwise_\w+_kernel<" + dtype + "[,>]", name):
             continue
         label = short(names[mangled])
         if re.search(args.filter, label):

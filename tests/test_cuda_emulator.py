@@ -314,15 +314,63 @@ def test_depthwise_layers_take_the_depthwise_kernels_or_im2col_when_switched_off
         ran = {entry.split("<")[0] for entry in emu.take_launch_log()}
     if c.input[0] == 0:
         return
-    depthwise = {"depthwise_forward_kernel", "depthwise_backward_input_kernel", "depthwise_backward_weight_kernel"}
+    depthwise = {"depthwise_forward_tile_kernel", "depthwise_backward_input_tile_kernel",
+                 "depthwise_backward_weight_taps_kernel"}
     if kernels == "depthwise":
         assert depthwise <= ran and not ran & {"gemm_tile_kernel", "gemm_mma_kernel"}, ran
     else:
-        assert not depthwise & ran and "gemm_tile_kernel" in ran, ran
+        assert not {k for k in ran if k.startswith("depthwise")} and "gemm_tile_kernel" in ran, ran
 
 
 def test_enough_depthwise_cases():
     assert len(DEPTHWISE_CASES) >= 3, DEPTHWISE_CASES
+
+
+# Depthwise layers beyond the table's, with the kernels each pass should take: the tiles (planes of
+# several tiles, or several planes a block), the weight gradient's taps in registers for 3 x 3, 5 x 5
+# and 7 x 7 (split into slices of the batch where the channels are few), and the general kernels
+# where a patch would not fit the block's shared memory or the kernel has another size.
+TILES = {"depthwise_forward_tile_kernel", "depthwise_backward_input_tile_kernel",
+         "depthwise_backward_weight_taps_kernel"}
+DEPTHWISE_TILE_CASES = {
+    "3x3, planes of 3 x 3 tiles, slices": (conv((4, 3, 20, 70), (3, 1, 3, 3), groups=3, padding=1),
+                                           TILES | {"depthwise_weight_slices_kernel"}),
+    "5x5, stride 2, multiplier 2": (conv((2, 2, 19, 23), (4, 1, 5, 5), groups=2, stride=2, padding=2), TILES),
+    "7x7, dilation 2, padding (3, 1)": (conv((1, 4, 17, 15), (4, 1, 7, 7), groups=4, padding=(3, 1), dilation=2),
+                                        TILES),
+    "1x1 planes, 16 to a block": (conv((3, 16, 1, 1), (32, 1, 3, 3), groups=16, padding=1), TILES),
+    "9x9: the general weight kernel": (conv((1, 2, 12, 12), (2, 1, 9, 9), groups=2, padding=4),
+                                       {"depthwise_forward_tile_kernel", "depthwise_backward_input_tile_kernel",
+                                        "depthwise_backward_weight_kernel"}),
+    # The forward's 16 x 16 tile needs 64 x 64 inputs, the most a block stages; the input gradient's
+    # 32 x 8 tile would need 57 x 81 output gradients.
+    "dilation 24: the general input-gradient kernel": (
+        conv((1, 2, 64, 64), (2, 1, 3, 3), groups=2, dilation=24),
+        {"depthwise_forward_tile_kernel", "depthwise_backward_input_kernel", "depthwise_backward_weight_taps_kernel"}),
+    "dilation 8, stride 4: the general forward kernel": (
+        conv((1, 2, 60, 60), (2, 1, 5, 5), groups=2, stride=4, dilation=8),
+        {"depthwise_forward_kernel", "depthwise_backward_input_tile_kernel", "depthwise_backward_weight_taps_kernel"}),
+}
+
+
+@pytest.mark.parametrize("dtype", dtypes("float64", "float32", "float16"))
+@pytest.mark.parametrize("case", list(DEPTHWISE_TILE_CASES))
+def test_depthwise_tiles_and_their_limits(emu, case, dtype):
+    """The forward and all gradients against torch (half within 2 eps of
+    exact), on a GPU of 64 multiprocessors (so that few channels split the
+    weight gradient's positions), and the kernels each pass took."""
+    c, expected = DEPTHWISE_TILE_CASES[case]
+    conv2d = emulated_conv2d(emu)
+    with limits(emu, multiprocessors=64):
+        if dtype == torch.float16:
+            assert_within_eps_of_exact(lambda x, w, b: conv2d(x, w, b, **c.kwargs),
+                                       lambda x, w, b: F.conv2d(x, w, b, **c.kwargs), conv_tensors(c, dtype))
+        else:
+            assert_matches_torch(lambda x, w, b: conv2d(x, w, b, **c.kwargs),
+                                 lambda x, w, b: F.conv2d(x, w, b, **c.kwargs), conv_tensors(c, dtype),
+                                 **tolerance(dtype, "cuda"))
+        ran = {entry.split("<")[0] for entry in emu.take_launch_log()}
+    assert {k for k in ran if k.startswith("depthwise")} == expected, ran
 
 
 POOL_CASES = {**MAX_POOL2D_CASES, **{f"padding only: {k}": v for k, v in MAX_POOL2D_PADDING_ONLY_CASES.items()}}

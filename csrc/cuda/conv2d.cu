@@ -80,9 +80,9 @@ at::Tensor conv2d_forward_cuda(
   }
   if (depthwise) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv2d_forward_cuda", [&] {
-      CUSTOM_CONV_LAUNCH(grid_for(output.numel()), kThreads, depthwise_forward_kernel<scalar_t>)(
-          input.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
-          has_bias ? bias_c.const_data_ptr<scalar_t>() : nullptr, g, output.mutable_data_ptr<scalar_t>());
+      depthwise_forward<scalar_t>(g, input.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+                                  has_bias ? bias_c.const_data_ptr<scalar_t>() : nullptr,
+                                  output.mutable_data_ptr<scalar_t>());
     });
     return in_memory_format(output, format);
   }
@@ -197,9 +197,8 @@ at::Tensor conv2d_backward_input_cuda(
   if (choose_cuda_conv2d_algorithm(g, Conv2dPass::kBackwardInput, weight.scalar_type()) ==
       Conv2dAlgorithm::kDepthwise) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "conv2d_backward_input_cuda", [&] {
-      CUSTOM_CONV_LAUNCH(grid_for(grad_input.numel()), kThreads, depthwise_backward_input_kernel<scalar_t>)(
-          grad_output.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(), g,
-          grad_input.mutable_data_ptr<scalar_t>());
+      depthwise_backward_input<scalar_t>(g, grad_output.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+                                         grad_input.mutable_data_ptr<scalar_t>());
     });
     return grad_input;
   }
@@ -292,10 +291,8 @@ at::Tensor conv2d_backward_weight_cuda(
   if (choose_cuda_conv2d_algorithm(g, Conv2dPass::kBackwardWeight, input.scalar_type()) ==
       Conv2dAlgorithm::kDepthwise) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv2d_backward_weight_cuda", [&] {
-      CUSTOM_CONV_LAUNCH(static_cast<unsigned int>(grad_weight.numel()), kDepthwiseWeightThreads,
-                         depthwise_backward_weight_kernel<scalar_t>)(
-          grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(), g,
-          grad_weight.mutable_data_ptr<scalar_t>());
+      depthwise_backward_weight<scalar_t>(g, grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
+                                          grad_weight.mutable_data_ptr<scalar_t>());
     });
     return grad_weight;
   }

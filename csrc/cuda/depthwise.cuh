@@ -3,30 +3,382 @@
 // each output is a sum of kH * kW products read straight from one input
 // plane. im2col would copy every input value kH * kW times to feed a GEMM
 // whose reduction is only kH * kW long; these kernels read the planes in
-// place, the neighbouring threads of a warp reading neighbouring values.
+// place.
 //
-// - Forward: one thread per output, the sum over the taps (bias first, then
-//   the taps in the kernel's order).
-// - Input gradient: one thread per input value, gathering from every output
-//   whose window holds it (output channel by output channel, taps in the
-//   kernel's order): the lecture's convolution of the output gradient with
-//   the rotated kernel, written as a gather, so no two threads add into the
-//   same value and nothing needs atomics.
-// - Weight gradient: one block per (output channel, tap); its threads sum
-//   strided shares of the batch's products, then a tree in shared memory
-//   adds the shares in a fixed order: bitwise the same on every run.
+// - Forward: a block computes a tile of one or more output planes, one value
+//   per thread, from the patch of each input plane behind its tile, staged
+//   in shared memory once (each input value is read from memory once per
+//   tile, not once per tap); each value is the bias, then the taps in the
+//   kernel's order.
+// - Input gradient: the same tiles over input planes, from patches of the
+//   output gradient: each input value gathers from every output whose window
+//   holds it (output channel by output channel, taps in the kernel's order),
+//   the lecture's convolution of the output gradient with the rotated
+//   kernel written as a gather, so no two threads add into the same value
+//   and nothing needs atomics.
+// - Weight gradient: a block per output channel (and slice of the batch's
+//   positions, where the channels alone are too few blocks): each thread
+//   sums every tap of its positions' products in registers (kernels of
+//   3 x 3, 5 x 5 and 7 x 7), then warps add their threads' sums by shuffles
+//   and the block the warps' in a fixed order, and a second kernel the
+//   slices in slice order: bitwise the same on every run.
+// Indices within the kernels are 32-bit, divided by Divisors made on the
+// host; tensor offsets 64-bit. Layers beyond what the tiles take (patches
+// larger than the block's shared memory, other kernel sizes for the weight
+// gradient, indices beyond 32 bits) run on the general kernels at the end:
+// one thread per value, 64-bit indices, a block per (output channel, tap).
 // Sums run in the accumulation type (float for half and bfloat16).
 #pragma once
 
 #include "../geometry.h"
 #include "common.cuh"
+#include "divisor.cuh"
 
+#include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <limits>
 
 namespace custom_conv {
 namespace gpu {
+
+constexpr int kDepthwiseThreads = 256;
+// Values of the read tensor a block stages: 16 KiB of float.
+constexpr int kDepthwisePatch = 4096;
+
+// A depthwise layer's geometry in 32-bit numbers, with the divisors its
+// indices need.
+struct DepthwiseIndex {
+  int32_t in_channels, in_h, in_w, out_channels, out_h, out_w;
+  int32_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+  Divisor out_channels_of, in_channels_of, multiplier, stride_row, stride_col, out_plane, out_col;
+
+  explicit DepthwiseIndex(const Conv2dGeometry& g)
+      : in_channels(static_cast<int32_t>(g.in_channels)), in_h(static_cast<int32_t>(g.in_h)),
+        in_w(static_cast<int32_t>(g.in_w)), out_channels(static_cast<int32_t>(g.out_channels)),
+        out_h(static_cast<int32_t>(g.out_h)), out_w(static_cast<int32_t>(g.out_w)),
+        kernel_h(static_cast<int32_t>(g.kernel_h)), kernel_w(static_cast<int32_t>(g.kernel_w)),
+        stride_h(static_cast<int32_t>(g.stride_h)), stride_w(static_cast<int32_t>(g.stride_w)),
+        pad_h(static_cast<int32_t>(g.pad_h)), pad_w(static_cast<int32_t>(g.pad_w)),
+        dilation_h(static_cast<int32_t>(g.dilation_h)), dilation_w(static_cast<int32_t>(g.dilation_w)),
+        out_channels_of(g.out_channels), in_channels_of(g.in_channels), multiplier(g.out_channels / g.in_channels),
+        stride_row(g.stride_h), stride_col(g.stride_w), out_plane(std::max<int64_t>(1, g.output_plane())),
+        out_col(std::max<int64_t>(1, g.out_w)) {}
+};
+
+// Whether a layer's indices fit DepthwiseIndex: planes, positions of the
+// batch, and every plane's values below 2^31.
+inline bool depthwise_indices_fit(const Conv2dGeometry& g) {
+  // (A thread's loop over positions steps a block's width past its last.)
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max() - kDepthwiseThreads;
+  return g.batch * g.out_channels <= kMax && g.batch * g.output_plane() <= kMax &&
+         g.in_h * g.in_w <= kMax && g.in_channels >= 1 && g.out_channels >= 1;
+}
+
+// The tiles of a forward or input-gradient pass: a block computes tile_h x
+// tile_w values (powers of two: the smallest that hold the plane, at most
+// 32 wide) of planes_per_block planes, one per thread, from a patch_h x
+// patch_w patch of each plane it reads.
+struct DepthwiseTiles {
+  int32_t tile_h = 1, tile_w = 1, log_w = 0, log_area = 0, planes_per_block = 1;
+  int32_t patch_h = 0, patch_w = 0;
+  int64_t blocks = 0;
+  Divisor tiles, tiles_w, patch_col;  // tiles per plane, tiles per row of tiles, patch_w
+};
+
+inline int32_t depthwise_side(int64_t n, int32_t cap) {
+  int32_t side = 1;
+  while (side < n && side < cap) {
+    side *= 2;
+  }
+  return side;
+}
+
+inline int32_t depthwise_log2(int32_t power) {
+  int32_t log = 0;
+  while ((1 << log) < power) {
+    ++log;
+  }
+  return log;
+}
+
+// Tiles over `planes` planes of rows x cols; patch(tile_h, tile_w) gives the
+// patch behind a tile. Whether they fit: the patches in the block's shared
+// memory, the blocks in a grid.
+template <typename Patch>
+bool plan_depthwise_tiles(int64_t planes, int64_t rows, int64_t cols, const Patch& patch, DepthwiseTiles& t) {
+  t.tile_w = depthwise_side(cols, 32);
+  t.tile_h = depthwise_side(rows, kDepthwiseThreads / t.tile_w);
+  t.log_w = depthwise_log2(t.tile_w);
+  t.log_area = depthwise_log2(t.tile_w * t.tile_h);
+  t.planes_per_block = kDepthwiseThreads / (t.tile_w * t.tile_h);
+  const std::pair<int64_t, int64_t> hw = patch(t.tile_h, t.tile_w);
+  if (t.planes_per_block * hw.first * hw.second > kDepthwisePatch) {
+    return false;
+  }
+  t.patch_h = static_cast<int32_t>(hw.first);
+  t.patch_w = static_cast<int32_t>(hw.second);
+  const int64_t tiles_w = (cols + t.tile_w - 1) / t.tile_w;
+  const int64_t tiles = tiles_w * ((rows + t.tile_h - 1) / t.tile_h);
+  t.blocks = (planes + t.planes_per_block - 1) / t.planes_per_block * tiles;
+  if (t.blocks > std::numeric_limits<int32_t>::max()) {
+    return false;
+  }
+  t.tiles = Divisor(tiles);
+  t.tiles_w = Divisor(tiles_w);
+  t.patch_col = Divisor(t.patch_w);
+  return true;
+}
+
+// This block's planes and the origin of its tile in them; this thread's
+// plane (among the block's), row and column in the tile.
+struct DepthwiseTile {
+  int32_t first_plane, row0, col0;
+  int32_t plane, row, col;
+
+  __device__ __forceinline__ explicit DepthwiseTile(const DepthwiseTiles& t) {
+    const int32_t block = static_cast<int32_t>(blockIdx.x);
+    const int32_t group = t.tiles.div(block), tile = t.tiles.mod(block, group);
+    const int32_t tile_row = t.tiles_w.div(tile);
+    first_plane = group * t.planes_per_block;
+    row0 = tile_row * t.tile_h;
+    col0 = t.tiles_w.mod(tile, tile_row) * t.tile_w;
+    const int32_t i = static_cast<int32_t>(threadIdx.x);
+    plane = i >> t.log_area;
+    row = (i >> t.log_w) & (t.tile_h - 1);
+    col = i & (t.tile_w - 1);
+  }
+};
+
+// Stages patch p of the block (rows r0 .., columns c0 .. of a rows x cols
+// plane at `source`; zero outside it) into patch[p * patch_h * patch_w ..].
+template <typename scalar_t, typename Patch>
+__device__ __forceinline__ void stage_depthwise_patch(Patch& patch, int32_t p, const DepthwiseTiles& t,
+                                                      gpu_ptr<const scalar_t> source, int32_t rows, int32_t cols,
+                                                      int32_t r0, int32_t c0) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int32_t size = t.patch_h * t.patch_w;
+  for (int32_t e = static_cast<int32_t>(threadIdx.x); e < size; e += kDepthwiseThreads) {
+    const int32_t r = t.patch_col.div(e);
+    const int32_t h = r0 + r, w = c0 + t.patch_col.mod(e, r);
+    patch[p * size + e] = static_cast<uint32_t>(h) < static_cast<uint32_t>(rows) &&
+                                  static_cast<uint32_t>(w) < static_cast<uint32_t>(cols)
+                              ? static_cast<acc_t>(source[static_cast<int64_t>(h) * cols + w])
+                              : acc_t(0);
+  }
+}
+
+// The forward's patch: the input rows and columns under a tile of outputs.
+inline std::pair<int64_t, int64_t> depthwise_forward_patch(const Conv2dGeometry& g, int64_t tile_h, int64_t tile_w) {
+  return {(tile_h - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1,
+          (tile_w - 1) * g.stride_w + (g.kernel_w - 1) * g.dilation_w + 1};
+}
+
+// blockIdx.x = (group of planes, tile); a plane is (n, co).
+template <typename scalar_t>
+__global__ void __launch_bounds__(kDepthwiseThreads)
+depthwise_forward_tile_kernel(gpu_ptr<const scalar_t> input, gpu_ptr<const scalar_t> weight,
+                              gpu_ptr<const scalar_t> bias, const DepthwiseIndex d, int32_t planes,
+                              const DepthwiseTiles t, gpu_ptr<scalar_t> output) {
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ shared_array<acc_t, kDepthwisePatch> patch;
+  const DepthwiseTile tile(t);
+  const int32_t h0 = tile.row0 * d.stride_h - d.pad_h, w0 = tile.col0 * d.stride_w - d.pad_w;
+  for (int32_t p = 0; p < t.planes_per_block && tile.first_plane + p < planes; ++p) {
+    const int32_t plane = tile.first_plane + p;  // n * C_out + co
+    const int32_t n = d.out_channels_of.div(plane), co = d.out_channels_of.mod(plane, n);
+    const int64_t source = (static_cast<int64_t>(n) * d.in_channels + d.multiplier.div(co)) * d.in_h * d.in_w;
+    stage_depthwise_patch<scalar_t>(patch, p, t, input + source, d.in_h, d.in_w, h0, w0);
+  }
+  __syncthreads();
+  const int32_t plane = tile.first_plane + tile.plane;
+  const int32_t oh = tile.row0 + tile.row, ow = tile.col0 + tile.col;
+  if (plane >= planes || oh >= d.out_h || ow >= d.out_w) {
+    return;
+  }
+  const int32_t co = d.out_channels_of.mod(plane, d.out_channels_of.div(plane));
+  const gpu_ptr<const scalar_t> w = weight + static_cast<int64_t>(co) * d.kernel_h * d.kernel_w;
+  const int32_t origin = tile.plane * t.patch_h * t.patch_w + tile.row * d.stride_h * t.patch_w + tile.col * d.stride_w;
+  acc_t sum = bias != nullptr ? static_cast<acc_t>(bias[co]) : acc_t(0);
+  for (int32_t ki = 0; ki < d.kernel_h; ++ki) {
+    const int32_t row = origin + ki * d.dilation_h * t.patch_w;
+    for (int32_t kj = 0; kj < d.kernel_w; ++kj) {
+      sum += static_cast<acc_t>(w[ki * d.kernel_w + kj]) * patch[row + kj * d.dilation_w];
+    }
+  }
+  output[static_cast<int64_t>(plane) * d.out_h * d.out_w + static_cast<int64_t>(oh) * d.out_w + ow] =
+      static_cast<scalar_t>(sum);
+}
+
+// The input gradient's patch: the output-gradient rows (and columns) whose
+// windows reach a tile of inputs. Tile rows i0 .. i0 + tile_h - 1 are reached
+// from output rows (i0 + pad - (kH - 1) * dilation) / stride (rounded down)
+// to (i0 + tile_h - 1 + pad) / stride: at most this many.
+inline std::pair<int64_t, int64_t> depthwise_input_grad_patch(const Conv2dGeometry& g, int64_t tile_h,
+                                                              int64_t tile_w) {
+  return {(tile_h - 1 + (g.kernel_h - 1) * g.dilation_h) / g.stride_h + 2,
+          (tile_w - 1 + (g.kernel_w - 1) * g.dilation_w) / g.stride_w + 2};
+}
+
+// Output row (or column) o with o * stride = h exactly, h + lift * stride
+// >= 0 (lift >= (k - 1) * dilation / stride makes every h of a window
+// non-negative): o + lift, or -1 where stride does not divide h. (At stride
+// 1, the same branch for every thread, no division.)
+__device__ __forceinline__ int32_t depthwise_lifted_quotient(int32_t h, int32_t lift, int32_t stride,
+                                                             const Divisor& by_stride) {
+  const int32_t lifted = h + lift * stride;
+  if (stride == 1) {
+    return lifted;
+  }
+  const int32_t q = by_stride.div(lifted);
+  return q * stride == lifted ? q : -1;
+}
+
+// blockIdx.x = (group of planes, tile); a plane is (n, ci).
+template <typename scalar_t>
+__global__ void __launch_bounds__(kDepthwiseThreads)
+depthwise_backward_input_tile_kernel(gpu_ptr<const scalar_t> grad_output, gpu_ptr<const scalar_t> weight,
+                                     const DepthwiseIndex d, int32_t planes, int32_t lift_h, int32_t lift_w,
+                                     const DepthwiseTiles t, gpu_ptr<scalar_t> grad_input) {
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ shared_array<acc_t, kDepthwisePatch> patch;
+  const DepthwiseTile tile(t);
+  // The first output row and column of the patches (their lifted quotients: see above).
+  const int32_t oh0 = d.stride_row.div(tile.row0 + d.pad_h - (d.kernel_h - 1) * d.dilation_h + lift_h * d.stride_h);
+  const int32_t ow0 = d.stride_col.div(tile.col0 + d.pad_w - (d.kernel_w - 1) * d.dilation_w + lift_w * d.stride_w);
+  const int32_t multiplier = static_cast<int32_t>(d.multiplier.divisor);
+  const int32_t plane = tile.first_plane + tile.plane;
+  const int32_t ih = tile.row0 + tile.row, iw = tile.col0 + tile.col;
+  const bool mine = plane < planes && ih < d.in_h && iw < d.in_w;
+  acc_t sum = acc_t(0);
+  for (int32_t j = 0; j < multiplier; ++j) {
+    if (j > 0) {
+      __syncthreads();  // every thread done with the previous channel's patches
+    }
+    for (int32_t p = 0; p < t.planes_per_block && tile.first_plane + p < planes; ++p) {
+      const int32_t staged = tile.first_plane + p;  // n * C_in + ci
+      const int32_t n = d.in_channels_of.div(staged), ci = d.in_channels_of.mod(staged, n);
+      const int64_t source = (static_cast<int64_t>(n) * d.out_channels + ci * multiplier + j) * d.out_h * d.out_w;
+      stage_depthwise_patch<scalar_t>(patch, p, t, grad_output + source, d.out_h, d.out_w, oh0 - lift_h,
+                                      ow0 - lift_w);
+    }
+    __syncthreads();
+    if (!mine) {
+      continue;
+    }
+    const int32_t co = d.in_channels_of.mod(plane, d.in_channels_of.div(plane)) * multiplier + j;
+    const gpu_ptr<const scalar_t> w = weight + static_cast<int64_t>(co) * d.kernel_h * d.kernel_w;
+    const int32_t base = tile.plane * t.patch_h * t.patch_w;
+    for (int32_t ki = 0; ki < d.kernel_h; ++ki) {
+      // Output row oh reads input row oh * stride - pad + ki * dilation: this one when that lands here.
+      const int32_t oh = depthwise_lifted_quotient(ih + d.pad_h - ki * d.dilation_h, lift_h, d.stride_h, d.stride_row);
+      if (oh < 0) {
+        continue;
+      }
+      const int32_t row = base + (oh - oh0) * t.patch_w;
+      for (int32_t kj = 0; kj < d.kernel_w; ++kj) {
+        const int32_t ow =
+            depthwise_lifted_quotient(iw + d.pad_w - kj * d.dilation_w, lift_w, d.stride_w, d.stride_col);
+        if (ow >= 0) {
+          sum += static_cast<acc_t>(w[ki * d.kernel_w + kj]) * patch[row + ow - ow0];
+        }
+      }
+    }
+  }
+  if (mine) {
+    grad_input[static_cast<int64_t>(plane) * d.in_h * d.in_w + static_cast<int64_t>(ih) * d.in_w + iw] =
+        static_cast<scalar_t>(sum);
+  }
+}
+
+// blockIdx.x = co * slices + slice: output channel co's kH x kW weight
+// gradient over positions [slice * per_slice, (slice + 1) * per_slice) of
+// the batch's N * out_h * out_w, into grad_weight (one slice) or partials
+// (co, slice, tap) for depthwise_weight_slices_kernel.
+template <typename scalar_t, int kKernelH, int kKernelW>
+__global__ void __launch_bounds__(kDepthwiseThreads)
+depthwise_backward_weight_taps_kernel(gpu_ptr<const scalar_t> grad_output, gpu_ptr<const scalar_t> input,
+                                      const DepthwiseIndex d, int32_t positions, int32_t slices, int32_t per_slice,
+                                      gpu_ptr<at::opmath_type<scalar_t>> partials, gpu_ptr<scalar_t> grad_weight) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int kTaps = kKernelH * kKernelW;
+  constexpr int kWarps = kDepthwiseThreads / 32;
+  __shared__ shared_array<acc_t, kWarps, kTaps> warp_sums;
+  const int32_t co = static_cast<int32_t>(blockIdx.x) / slices, slice = static_cast<int32_t>(blockIdx.x) % slices;
+  const int32_t ci = d.multiplier.div(co);
+  const int32_t end = std::min(positions, (slice + 1) * per_slice);
+  acc_t sum[kTaps];
+#pragma unroll
+  for (int t = 0; t < kTaps; ++t) {
+    sum[t] = acc_t(0);
+  }
+  for (int32_t q = slice * per_slice + static_cast<int32_t>(threadIdx.x); q < end; q += kDepthwiseThreads) {
+    const int32_t n = d.out_plane.div(q), o = d.out_plane.mod(q, n);
+    const int32_t oh = d.out_col.div(o), ow = d.out_col.mod(o, oh);
+    const acc_t gy =
+        static_cast<acc_t>(grad_output[(static_cast<int64_t>(n) * d.out_channels + co) * d.out_h * d.out_w + o]);
+    const gpu_ptr<const scalar_t> x = input + (static_cast<int64_t>(n) * d.in_channels + ci) * d.in_h * d.in_w;
+    const int32_t h0 = oh * d.stride_h - d.pad_h, w0 = ow * d.stride_w - d.pad_w;
+#pragma unroll
+    for (int ki = 0; ki < kKernelH; ++ki) {
+      const int32_t ih = h0 + ki * d.dilation_h;
+      const bool row_inside = static_cast<uint32_t>(ih) < static_cast<uint32_t>(d.in_h);
+#pragma unroll
+      for (int kj = 0; kj < kKernelW; ++kj) {
+        const int32_t iw = w0 + kj * d.dilation_w;
+        if (row_inside && static_cast<uint32_t>(iw) < static_cast<uint32_t>(d.in_w)) {
+          sum[ki * kKernelW + kj] += gy * static_cast<acc_t>(x[static_cast<int64_t>(ih) * d.in_w + iw]);
+        }
+      }
+    }
+  }
+  // Each tap's 256 sums: a warp's by shuffles (lane 0 ends with them, in a
+  // fixed order), then the warps' in warp order.
+  const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
+#pragma unroll
+  for (int t = 0; t < kTaps; ++t) {
+    acc_t v = sum[t];
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) {
+      v += __shfl_down_sync(0xffffffffu, v, offset);
+    }
+    if (lane == 0) {
+      warp_sums[warp][t] = v;
+    }
+  }
+  __syncthreads();
+  const int t = static_cast<int>(threadIdx.x);
+  if (t < kTaps) {
+    acc_t total = acc_t(0);
+    for (int w = 0; w < kWarps; ++w) {
+      total += warp_sums[w][t];
+    }
+    if (slices == 1) {
+      grad_weight[static_cast<int64_t>(co) * kTaps + t] = static_cast<scalar_t>(total);
+    } else {
+      partials[(static_cast<int64_t>(co) * slices + slice) * kTaps + t] = total;
+    }
+  }
+}
+
+// grad_weight (co, tap) = the slices' partial sums, added in slice order.
+template <typename scalar_t>
+__global__ void depthwise_weight_slices_kernel(gpu_ptr<const at::opmath_type<scalar_t>> partials, int64_t weights,
+                                               int32_t taps, int32_t slices, gpu_ptr<scalar_t> grad_weight) {
+  using acc_t = at::opmath_type<scalar_t>;
+  CUSTOM_CONV_GRID_STRIDE_LOOP(i, weights) {
+    const int64_t co = i / taps, t = i % taps;
+    acc_t total = acc_t(0);
+    for (int32_t s = 0; s < slices; ++s) {
+      total += partials[(co * slices + s) * taps + t];
+    }
+    grad_weight[i] = static_cast<scalar_t>(total);
+  }
+}
+
+// ------------------------------------------------------- the general kernels
 
 template <typename scalar_t>
 __global__ void depthwise_forward_kernel(gpu_ptr<const scalar_t> input, gpu_ptr<const scalar_t> weight,
@@ -129,6 +481,98 @@ depthwise_backward_weight_kernel(gpu_ptr<const scalar_t> grad_output, gpu_ptr<co
   if (threadIdx.x == 0) {
     grad_weight[co * taps + tap] = static_cast<scalar_t>(static_cast<acc_t>(shares[0]));
   }
+}
+
+// ------------------------------------------------------------- the passes
+//
+// Each on the tiles where the layer fits them, else on the general kernels;
+// every tensor contiguous.
+
+template <typename scalar_t>
+void depthwise_forward(const Conv2dGeometry& g, gpu_ptr<const scalar_t> input, gpu_ptr<const scalar_t> weight,
+                       gpu_ptr<const scalar_t> bias, gpu_ptr<scalar_t> output) {
+  const int64_t planes = g.batch * g.out_channels;
+  DepthwiseTiles t;
+  if (depthwise_indices_fit(g) &&
+      plan_depthwise_tiles(planes, g.out_h, g.out_w,
+                           [&](int64_t h, int64_t w) { return depthwise_forward_patch(g, h, w); }, t)) {
+    CUSTOM_CONV_LAUNCH(static_cast<unsigned int>(t.blocks), kDepthwiseThreads,
+                       depthwise_forward_tile_kernel<scalar_t>)(input, weight, bias, DepthwiseIndex(g),
+                                                                static_cast<int32_t>(planes), t, output);
+    return;
+  }
+  CUSTOM_CONV_LAUNCH(grid_for(planes * g.output_plane()), kThreads, depthwise_forward_kernel<scalar_t>)(
+      input, weight, bias, g, output);
+}
+
+template <typename scalar_t>
+void depthwise_backward_input(const Conv2dGeometry& g, gpu_ptr<const scalar_t> grad_output,
+                              gpu_ptr<const scalar_t> weight, gpu_ptr<scalar_t> grad_input) {
+  const int64_t planes = g.batch * g.in_channels;
+  DepthwiseTiles t;
+  if (depthwise_indices_fit(g) &&
+      plan_depthwise_tiles(planes, g.in_h, g.in_w,
+                           [&](int64_t h, int64_t w) { return depthwise_input_grad_patch(g, h, w); }, t)) {
+    // Enough whole strides that no window's row or column goes negative.
+    const int64_t lift_h = ((g.kernel_h - 1) * g.dilation_h + g.stride_h - 1) / g.stride_h;
+    const int64_t lift_w = ((g.kernel_w - 1) * g.dilation_w + g.stride_w - 1) / g.stride_w;
+    CUSTOM_CONV_LAUNCH(static_cast<unsigned int>(t.blocks), kDepthwiseThreads,
+                       depthwise_backward_input_tile_kernel<scalar_t>)(
+        grad_output, weight, DepthwiseIndex(g), static_cast<int32_t>(planes), static_cast<int32_t>(lift_h),
+        static_cast<int32_t>(lift_w), t, grad_input);
+    return;
+  }
+  CUSTOM_CONV_LAUNCH(grid_for(planes * g.in_h * g.in_w), kThreads, depthwise_backward_input_kernel<scalar_t>)(
+      grad_output, weight, g, grad_input);
+}
+
+// The weight gradient with the taps of a kH x kW kernel in registers.
+template <typename scalar_t, int kKernelH, int kKernelW>
+void depthwise_backward_weight_taps(const Conv2dGeometry& g, gpu_ptr<const scalar_t> grad_output,
+                                    gpu_ptr<const scalar_t> input, gpu_ptr<scalar_t> grad_weight) {
+  using acc_t = at::opmath_type<scalar_t>;
+  // Slices of at least kMinSlice positions, only as many as it takes to give
+  // every multiprocessor two blocks: the same for a given layer and GPU.
+  constexpr int64_t kMinSlice = 2048;
+  const int64_t positions = g.batch * g.output_plane();
+  const int64_t wanted = (2 * launch_limits().multiprocessors + g.out_channels - 1) / g.out_channels;
+  int64_t slices = std::max<int64_t>(1, std::min(wanted, positions / kMinSlice));
+  const int64_t per_slice = std::max<int64_t>(1, (positions + slices - 1) / slices);
+  slices = std::max<int64_t>(1, (positions + per_slice - 1) / per_slice);
+  at::Tensor partials;
+  gpu_ptr<acc_t> partial_sums = nullptr;
+  if (slices > 1) {
+    partials = at::empty({g.out_channels * slices * kKernelH * kKernelW},
+                         device_options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+    partial_sums = partials.mutable_data_ptr<acc_t>();
+  }
+  CUSTOM_CONV_LAUNCH(static_cast<unsigned int>(g.out_channels * slices), kDepthwiseThreads,
+                     depthwise_backward_weight_taps_kernel<scalar_t, kKernelH, kKernelW>)(
+      grad_output, input, DepthwiseIndex(g), static_cast<int32_t>(positions), static_cast<int32_t>(slices),
+      static_cast<int32_t>(per_slice), partial_sums, grad_weight);
+  if (slices > 1) {
+    const int64_t weights = g.out_channels * kKernelH * kKernelW;
+    CUSTOM_CONV_LAUNCH(grid_for(weights), kThreads, depthwise_weight_slices_kernel<scalar_t>)(
+        partial_sums, weights, kKernelH * kKernelW, static_cast<int32_t>(slices), grad_weight);
+  }
+}
+
+template <typename scalar_t>
+void depthwise_backward_weight(const Conv2dGeometry& g, gpu_ptr<const scalar_t> grad_output,
+                               gpu_ptr<const scalar_t> input, gpu_ptr<scalar_t> grad_weight) {
+  if (depthwise_indices_fit(g) && g.kernel_h == g.kernel_w &&
+      (g.kernel_h == 3 || g.kernel_h == 5 || g.kernel_h == 7)) {
+    switch (g.kernel_h) {
+      case 3:
+        return depthwise_backward_weight_taps<scalar_t, 3, 3>(g, grad_output, input, grad_weight);
+      case 5:
+        return depthwise_backward_weight_taps<scalar_t, 5, 5>(g, grad_output, input, grad_weight);
+      default:
+        return depthwise_backward_weight_taps<scalar_t, 7, 7>(g, grad_output, input, grad_weight);
+    }
+  }
+  CUSTOM_CONV_LAUNCH(static_cast<unsigned int>(g.out_channels * g.kernel_h * g.kernel_w), kDepthwiseWeightThreads,
+                     depthwise_backward_weight_kernel<scalar_t>)(grad_output, input, g, grad_weight);
 }
 
 }  // namespace gpu
