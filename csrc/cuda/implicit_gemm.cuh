@@ -21,6 +21,13 @@
 // split into slices in a fixed order where the output tiles are few
 // (gemm_splits): bitwise reproducible, as every route here.
 //
+// On the tensor cores, where the channels a pass gathers along are whole
+// 16-byte chunks (cuda_conv_gathers_channels_last), the same products read
+// tensors in channels-last memory with the taps ordered (ki, kj, c), channel
+// fastest (ChannelsLastTaps and its two operands, below): a tap's channels
+// at one pixel are then contiguous, so the tiles load by cp.async as from a
+// stored matrix. The weight's taps are reordered to match by a small copy.
+//
 // Indices of positions and taps are 32-bit, divided by Divisors made on the
 // host (divisor.cuh: a multiply-high, an add and a shift, where a GPU's own
 // integer division is a subroutine of about twenty instructions, and of far
