@@ -85,7 +85,7 @@ def short(name):
     kernel = name.split("<", 1)[0].replace("void ", "")
     operands = re.findall(r"(MatrixOperand<[^>]*>|InputPatches<[^>]*>|ChannelsLastOutputGradPatches|"
                           r"(?<!ChannelsLast)OutputGradPatches|OutputGradRows|ChannelsLastPatches<[^>]*>|"
-                          r"MatrixOutput<[^>]*>|PlaneOutput)", name)
+                          r"MatrixOutput<[^>]*>|PlaneOutput|PhaseOutput)", name)
     tile = re.search(r"(?:CoreTile|MmaShape)<(\d+), (\d+)(?:, (\d+), (\d+))?>", name)
     shape = f"tile {tile.group(1)}x{tile.group(2)}" if tile else ""
     taps = re.search(r"kernel<[^,<>]+, (\d+), (\d+)>", name)  # a depthwise kernel's size

@@ -288,6 +288,40 @@ def test_conv2d_gathers_channels_last_tensors(emu, case, dtype, layout):
         assert kernels & {"gemm_mma_kernel", "gemm_tile_kernel"} == {"gemm_mma_kernel"}, kernels
 
 
+# Strided layers whose input gradient runs a phase at a time (the input pixels of one remainder modulo
+# the stride, with only the taps that reach them), chosen for phases without taps (zeros), phases with
+# different tap counts, and fewer rows than the stride. 8 output channels: whole chunks of half, so
+# the tensor cores' input gradient gathers them channels-last unless switched off.
+PHASE_CASES = {
+    "1x1 stride 2: 3 of 4 phases without taps": conv((2, 3, 7, 6), (8, 3, 1, 1), stride=2),
+    "3x3 stride 2 dilation 2: odd rows and columns without taps": conv((1, 4, 9, 9), (8, 4, 3, 3), stride=2,
+                                                                       padding=1, dilation=2),
+    "4x4 stride 3 padding 1: 1 or 2 taps a phase": conv((2, 2, 11, 10), (8, 2, 4, 4), stride=3, padding=1),
+    "2x2 stride 3: phases without taps": conv((1, 3, 8, 9), (8, 3, 2, 2), stride=3),
+    "2 rows under stride 3, stride (3, 2), dilation (1, 2)": conv((2, 2, 2, 9), (8, 2, 1, 3), stride=(3, 2),
+                                                                  padding=(0, 1), dilation=(1, 2)),
+    "7x7 stride 2, 2 groups": conv((1, 4, 13, 12), (16, 2, 7, 7), stride=2, padding=3, groups=2),
+}
+
+
+@pytest.mark.parametrize("kernels", ["float64, CUDA cores", "half, tensor cores, channels-last",
+                                     "half, tensor cores, NCHW"])
+@pytest.mark.parametrize("case", list(PHASE_CASES))
+def test_the_input_gradient_a_phase_at_a_time(emu, case, kernels):
+    """The forward and every gradient against torch (half within 2 eps of
+    exact), the input gradient by phases on each of its kernels."""
+    c = PHASE_CASES[case]
+    conv2d = emulated_conv2d(emu)
+    with switched_off(emu, "channels_last_gather", kernels.endswith("NCHW")):
+        if kernels.startswith("float64"):
+            assert_matches_torch(lambda x, w, b: conv2d(x, w, b, **c.kwargs),
+                                 lambda x, w, b: F.conv2d(x, w, b, **c.kwargs), conv_tensors(c, torch.float64),
+                                 **tolerance(torch.float64, "cuda"))
+        else:
+            assert_within_eps_of_exact(lambda x, w, b: conv2d(x, w, b, **c.kwargs),
+                                       lambda x, w, b: F.conv2d(x, w, b, **c.kwargs), conv_tensors(c, torch.half))
+
+
 def _depthwise(case):
     """The layers the GPU's chooser sends to the depthwise kernels."""
     groups = case.kwargs.get("groups", 1)

@@ -206,7 +206,7 @@ at::Tensor conv2d_backward_input_cuda(
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "conv2d_backward_input_cuda", [&] {
       if constexpr (kTensorCores<scalar_t>) {
         implicit_conv2d_backward_input_channels_last<scalar_t>(g, weight, grad_output.const_data_ptr<scalar_t>(),
-                                                               grad_input.mutable_data_ptr<scalar_t>());
+                                                               grad_input);
       } else {
         TORCH_CHECK(false, "conv2d: no tensor cores for ", weight.scalar_type());
       }
@@ -215,8 +215,7 @@ at::Tensor conv2d_backward_input_cuda(
   }
   if (cuda_conv_uses_implicit_gemm(g)) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "conv2d_backward_input_cuda", [&] {
-      implicit_conv2d_backward_input<scalar_t>(g, weight, grad_output.const_data_ptr<scalar_t>(),
-                                               grad_input.mutable_data_ptr<scalar_t>(),
+      implicit_conv2d_backward_input<scalar_t>(g, weight, grad_output.const_data_ptr<scalar_t>(), grad_input,
                                                cuda_gemm_uses_tensor_cores(weight.scalar_type()));
     });
     return grad_input;

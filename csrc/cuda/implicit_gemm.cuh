@@ -17,7 +17,10 @@
 // positions whose window holds it, oh * stride = ih + pad - ki * dilation;
 // dY' (co, ki, kj; b, ih, iw) is that output gradient or zero, so the kernel
 // is rotated by 180 degrees through the indexing, with no scatter and no
-// atomics. The weight gradient sums over all N*L positions in one reduction,
+// atomics. With a stride, the input pixels are taken a phase at a time (the
+// pixels of one remainder modulo the stride, GradPhase), each with only the
+// taps that reach it: no product is spent on the taps that fall between
+// two strided windows (3 in 4 at stride 2). The weight gradient sums over all N*L positions in one reduction,
 // split into slices in a fixed order where the output tiles are few
 // (gemm_splits): bitwise reproducible, as every route here.
 //
@@ -46,6 +49,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <numeric>
 
 namespace custom_conv {
 namespace gpu {
@@ -67,7 +71,12 @@ struct ConvIndex {
   int32_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
   int32_t in_per_group, out_per_group;
   Planes outputs, inputs, samples;  // output positions, input positions, output positions as (b, 0, p)
-  Divisor taps, kernel_col, stride_row, stride_col;  // kernel_h * kernel_w, kernel_w, stride_h, stride_w
+  Divisor taps, kernel_col;         // kernel_h * kernel_w, kernel_w
+  // The input gradient's taps, for one phase of it at a time (GradPhase): tap
+  // (ki, kj) takes input position (b, y, x) of the phase to output row
+  // y + grad_row0 - ki * grad_row_step, column likewise. kernel_h, kernel_w,
+  // taps, kernel_col and inputs then describe the phase's taps and positions.
+  int32_t grad_row0, grad_col0, grad_row_step, grad_col_step;
   Divisor channel, out_channel;                      // in_per_group, out_per_group
 
   explicit ConvIndex(const Conv2dGeometry& g)
@@ -79,7 +88,8 @@ struct ConvIndex {
         pad_h(static_cast<int32_t>(g.pad_h)), pad_w(static_cast<int32_t>(g.pad_w)),
         dilation_h(static_cast<int32_t>(g.dilation_h)), dilation_w(static_cast<int32_t>(g.dilation_w)),
         in_per_group(static_cast<int32_t>(g.in_channels_per_group())),
-        out_per_group(static_cast<int32_t>(g.out_channels_per_group())) {
+        out_per_group(static_cast<int32_t>(g.out_channels_per_group())), grad_row0(pad_h), grad_col0(pad_w),
+        grad_row_step(dilation_h), grad_col_step(dilation_w) {
     TORCH_CHECK(cuda_implicit_gemm_supports(g), "conv2d implicit GEMM: position or tap indices beyond 32 bits (",
                 g.batch, " samples of ", g.in_h, " x ", g.in_w, ")");
     outputs = Planes(g.out_h, g.out_w);
@@ -87,8 +97,6 @@ struct ConvIndex {
     samples = Planes(1, g.out_h * g.out_w);
     taps = Divisor(g.kernel_h * g.kernel_w);
     kernel_col = Divisor(g.kernel_w);
-    stride_row = Divisor(g.stride_h);
-    stride_col = Divisor(g.stride_w);
     // (A layer without channels has no taps to split: any divisor will do.)
     channel = Divisor(std::max<int64_t>(1, g.in_channels_per_group()));
     out_channel = Divisor(std::max<int64_t>(1, g.out_channels_per_group()));
@@ -145,7 +153,7 @@ __device__ __forceinline__ void run_positions(const Line& line, const PositionCu
 // offsets that place it relative to an output position.
 struct Tap {
   int64_t plane;   // (channel) * rows * columns
-  int32_t dh, dw;  // for the input: ki * dilation - pad; for the output gradient: pad - ki * dilation
+  int32_t dh, dw;  // for the input: ki * dilation - pad; for the output gradient: grad_row0 - ki * grad_row_step
 };
 
 // Tap index t = (channel c within its group, ki, kj) split.
@@ -285,9 +293,9 @@ struct ChannelsLastPatches
 
 // dY'' (t, q) of the input gradient from a channels-last output gradient:
 // dY' (below) with the taps ordered t = (ki, kj, co), output channel
-// fastest, at input position q = (b, ih, iw). Chunks run along k, the taps:
-// a tap's consecutive output channels at the one output position whose
-// window puts (ki, kj) on (ih, iw), or zeros where there is none.
+// fastest, at input position q = (b, y, x) of a phase. Chunks run along k,
+// the taps: a tap's consecutive output channels at the one output position
+// whose window puts (ki, kj) on the input pixel, or zeros off the output.
 template <typename T>
 struct ChannelsLastOutputGradPatches
     : ChannelsLastTaps<T, ChannelsLastOutputGradPatches<T>, &ConvIndex::out_channel> {
@@ -296,31 +304,21 @@ struct ChannelsLastOutputGradPatches
   ConvIndex s;
   bool vector = false;  // the tensor 16-byte aligned, and each group's output channels whole chunks
 
-  // Input position q: its sample and group, and where the windows holding it sit.
+  // Input position q: its sample and group, and the output position its first tap reads.
   struct Pixel {
     int64_t base;    // (b * out_h * out_w) * C_out + z * C_out / groups
-    int32_t h0, w0;  // ih + pad, iw + pad
+    int32_t h0, w0;  // y + grad_row0, x + grad_col0
   };
 
   __device__ __forceinline__ Pixel line(int64_t z, int64_t q) const {
     const Position p(q, s.inputs);
     return {(static_cast<int64_t>(p.b) * s.out_h * s.out_w) * s.out_channels + z * s.out_per_group,
-            p.y + s.pad_h, p.x + s.pad_w};
+            p.y + s.grad_row0, p.x + s.grad_col0};
   }
   __device__ __forceinline__ int64_t offset(const Pixel& at, const TapCursor& t) const {
-    const int32_t h = at.h0 - t.ki * s.dilation_h, w = at.w0 - t.kj * s.dilation_w;  // oh * stride, ow * stride
-    if (h < 0 || w < 0) {
-      return -1;
-    }
-    int32_t oh = h, ow = w;
-    if (s.stride_h != 1 || s.stride_w != 1) {
-      oh = s.stride_row.div(h);
-      ow = s.stride_col.div(w);
-      if (oh * s.stride_h != h || ow * s.stride_w != w) {
-        return -1;
-      }
-    }
-    if (oh >= s.out_h || ow >= s.out_w) {
+    const int32_t oh = at.h0 - t.ki * s.grad_row_step, ow = at.w0 - t.kj * s.grad_col_step;
+    if (static_cast<uint32_t>(oh) >= static_cast<uint32_t>(s.out_h) ||
+        static_cast<uint32_t>(ow) >= static_cast<uint32_t>(s.out_w)) {
       return -1;
     }
     return at.base + (static_cast<int64_t>(oh) * s.out_w + ow) * s.out_channels + t.c;
@@ -328,9 +326,11 @@ struct ChannelsLastOutputGradPatches
 };
 
 // dY' (t, q) of the input gradient: tap t = (co, ki, kj) over group z's
-// output channels, at input position q = (b, ih, iw): the output gradient at
-// the output position whose window puts tap (ki, kj) on (ih, iw), or zero
-// where there is none (off the output, or between strided windows).
+// output channels, at input position q = (b, y, x) of a phase (GradPhase):
+// the output gradient at the output position whose window puts tap (ki, kj)
+// on that pixel, or zero off the output. A phase holds the input pixels of
+// one remainder modulo the stride and only the taps that reach them, so no
+// tap falls between two strided windows.
 template <typename T>
 struct OutputGradPatches : TapsAtPositions<T, OutputGradPatches<T>, &ConvIndex::inputs> {
   static constexpr bool kKContiguous = false;  // chunks run along input positions
@@ -339,25 +339,14 @@ struct OutputGradPatches : TapsAtPositions<T, OutputGradPatches<T>, &ConvIndex::
 
   __device__ __forceinline__ Tap line(int64_t z, int64_t t) const {
     const TapIndex i(t, s);  // i.c: an output channel of the group
-    return {(z * s.out_per_group + i.c) * static_cast<int64_t>(s.out_h) * s.out_w, s.pad_h - i.ki * s.dilation_h,
-            s.pad_w - i.kj * s.dilation_w};
+    return {(z * s.out_per_group + i.c) * static_cast<int64_t>(s.out_h) * s.out_w,
+            s.grad_row0 - i.ki * s.grad_row_step, s.grad_col0 - i.kj * s.grad_col_step};
   }
-  // At input position q = (b, ih, iw).
+  // At position q = (b, y, x) of the phase.
   __device__ __forceinline__ T element(const Tap& tap, const Position& q) const {
-    const int32_t h = q.y + tap.dh, w = q.x + tap.dw;  // oh * stride_h, ow * stride_w
-    if (h < 0 || w < 0) {
-      return T(0);
-    }
-    int32_t oh = h, ow = w;
-    // The same branch for every thread, and no division at stride 1.
-    if (s.stride_h != 1 || s.stride_w != 1) {
-      oh = s.stride_row.div(h);
-      ow = s.stride_col.div(w);
-      if (oh * s.stride_h != h || ow * s.stride_w != w) {
-        return T(0);
-      }
-    }
-    if (oh >= s.out_h || ow >= s.out_w) {
+    const int32_t oh = q.y + tap.dh, ow = q.x + tap.dw;
+    if (static_cast<uint32_t>(oh) >= static_cast<uint32_t>(s.out_h) ||
+        static_cast<uint32_t>(ow) >= static_cast<uint32_t>(s.out_w)) {
       return T(0);
     }
     return grad_output[(static_cast<int64_t>(q.b) * s.out_channels * s.out_h + oh) * s.out_w + tap.plane + ow];
@@ -476,58 +465,144 @@ void implicit_conv2d_forward_channels_last(const Conv2dGeometry& g, gpu_ptr<cons
   }
 }
 
-// The input gradient's product, grad_input (N, C_in, H, W) = W' @ B, for a
-// weight W' (C_in / g, K') with each group's two channel dimensions swapped
-// (a copy, so that the GEMM loads it by cp.async) and output-gradient taps B
-// in the order of its K' columns; B's tensor is the caller's to set.
+// One phase of the input gradient along one dimension: the input rows
+// r, r + stride, ... (`rows` of them) and the taps k = first, first + step,
+// ... (`count`) whose windows reach them: the a-th takes row r + stride * y
+// to output row y + row0 - a * row_step. Every other tap puts those rows
+// between two windows. (count is 0 where no tap reaches them: their gradient
+// is zero.)
+struct GradPhase {
+  int64_t rows = 0, first = 0, step = 1, count = 0, row0 = 0, row_step = 0;
+
+  GradPhase(int64_t r, int64_t size, int64_t stride, int64_t pad, int64_t dilation, int64_t kernel) {
+    rows = r < size ? (size - r + stride - 1) / stride : 0;
+    first = -1;
+    for (int64_t k = 0; k < kernel && first < 0; ++k) {
+      if ((r + pad - k * dilation) % stride == 0) {
+        first = k;
+      }
+    }
+    if (first < 0) {
+      return;
+    }
+    step = stride / std::gcd(stride, dilation);
+    count = (kernel - first + step - 1) / step;
+    row0 = (r + pad - first * dilation) / stride;  // exact
+    row_step = step * dilation / stride;           // exact: step * dilation is a multiple of stride
+  }
+};
+
+// Results of one phase of the input gradient into grad_input (N, C, H, W):
+// row j is channel j of group z, column q = (b, y, x) a position of the
+// phase, input pixel (row + y * stride_h, col + x * stride_w).
+template <typename T>
+struct PhaseOutput {
+  gpu_ptr<T> y = nullptr;
+  int32_t channels = 0, channels_per_group = 0, in_h = 0, in_w = 0;
+  int32_t row = 0, col = 0, stride_h = 1, stride_w = 1;  // the phase's first pixel, and its step
+  Planes grid;                                           // the phase's positions
+
+  __device__ __forceinline__ void store(int64_t z, int64_t j, int64_t q, at::opmath_type<T> sum) const {
+    const Position p(q, grid);
+    const int64_t channel = z * channels_per_group + j;
+    y[((static_cast<int64_t>(p.b) * channels + channel) * in_h + row + p.y * stride_h) * in_w + col +
+      p.x * stride_w] = static_cast<T>(sum);
+  }
+};
+
+// The input gradient's product for phase (r_h, r_w), grad_input at pixels
+// (r_h + stride_h * y, r_w + stride_w * x) = W' @ B: a weight W' (C_in / g, K')
+// of the phase's taps, each group's two channel dimensions swapped (a copy,
+// so that the GEMM loads it by cp.async), and output-gradient taps B in the
+// order of its K' columns; B's tensor is the caller's to set.
 template <typename B, typename T>
-GemmProblem<T, MatrixOperand<T, true>, B, PlaneOutput<T>> backward_input_problem(const Conv2dGeometry& g,
+GemmProblem<T, MatrixOperand<T, true>, B, PhaseOutput<T>> backward_input_problem(const Conv2dGeometry& g,
+                                                                               const GradPhase& h,
+                                                                               const GradPhase& w, int64_t r_h,
+                                                                               int64_t r_w,
                                                                                const at::Tensor& swapped,
                                                                                gpu_ptr<T> grad_input) {
   const int64_t C = g.in_channels_per_group();
-  const gpu_ptr<const T> w = swapped.const_data_ptr<T>();
-  GemmProblem<T, MatrixOperand<T, true>, B, PlaneOutput<T>> p;
+  const gpu_ptr<const T> weight = swapped.const_data_ptr<T>();
+  GemmProblem<T, MatrixOperand<T, true>, B, PhaseOutput<T>> p;
   p.batch = g.groups;
   p.m = C;
-  p.n = g.batch * g.in_h * g.in_w;
-  p.k = g.out_channels_per_group() * g.kernel_h * g.kernel_w;
-  p.a = {w, p.k, C * p.k, chunks_aligned(w, p.k, C * p.k, g.groups)};
-  p.b.s = ConvIndex(g);
-  p.out = {grad_input, nullptr, p.b.s.in_channels, p.b.s.in_per_group, static_cast<int32_t>(g.in_h * g.in_w),
-           Divisor(g.in_h * g.in_w)};
+  p.n = g.batch * h.rows * w.rows;
+  p.k = g.out_channels_per_group() * h.count * w.count;
+  p.a = {weight, p.k, C * p.k, chunks_aligned(weight, p.k, C * p.k, g.groups)};
+  ConvIndex& s = p.b.s;
+  s = ConvIndex(g);
+  s.kernel_h = static_cast<int32_t>(h.count);
+  s.kernel_w = static_cast<int32_t>(w.count);
+  s.taps = Divisor(h.count * w.count);
+  s.kernel_col = Divisor(w.count);
+  s.inputs = Planes(h.rows, w.rows);
+  s.grad_row0 = static_cast<int32_t>(h.row0);
+  s.grad_col0 = static_cast<int32_t>(w.row0);
+  s.grad_row_step = static_cast<int32_t>(h.row_step);
+  s.grad_col_step = static_cast<int32_t>(w.row_step);
+  p.out = {grad_input, s.in_channels, s.in_per_group, s.in_h, s.in_w, static_cast<int32_t>(r_h),
+           static_cast<int32_t>(r_w), s.stride_h, s.stride_w, s.inputs};
   return p;
 }
 
+// grad_input (N, C_in, H, W), contiguous, phase by phase: run(h, w, r_h, r_w,
+// weight) for each phase that some tap reaches, with the weight's taps of
+// the phase, viewed (groups, C_out / g, C_in / g, count_h, count_w); zeros
+// at the pixels no tap reaches. At stride 1 the one phase is the whole
+// gradient with every tap.
+template <typename Run>
+void for_each_grad_phase(const Conv2dGeometry& g, const at::Tensor& weight, at::Tensor& grad_input,
+                         const Run& run) {
+  const at::Tensor w5 = weight.view({g.groups, g.out_channels_per_group(), g.in_channels_per_group(), g.kernel_h,
+                                     g.kernel_w});
+  for (int64_t r_h = 0; r_h < std::min(g.stride_h, g.in_h); ++r_h) {
+    const GradPhase h(r_h, g.in_h, g.stride_h, g.pad_h, g.dilation_h, g.kernel_h);
+    for (int64_t r_w = 0; r_w < std::min(g.stride_w, g.in_w); ++r_w) {
+      const GradPhase w(r_w, g.in_w, g.stride_w, g.pad_w, g.dilation_w, g.kernel_w);
+      if (h.count == 0 || w.count == 0 || g.out_channels_per_group() == 0) {
+        grad_input.slice(2, r_h, g.in_h, g.stride_h).slice(3, r_w, g.in_w, g.stride_w).zero_();
+        continue;
+      }
+      run(h, w, r_h, r_w,
+          w5.slice(3, h.first, g.kernel_h, h.step).slice(4, w.first, g.kernel_w, w.step));
+    }
+  }
+}
+
 // grad_input (N, C_in, H, W) from grad_output and weight, all contiguous.
-// W' (c; co, ki, kj).
+// W' (c; co, ki, kj) over each phase's taps.
 template <typename T>
 void implicit_conv2d_backward_input(const Conv2dGeometry& g, const at::Tensor& weight,
-                                    gpu_ptr<const T> grad_output, gpu_ptr<T> grad_input, bool tensor_cores) {
-  const at::Tensor swapped =
-      weight.view({g.groups, g.out_channels_per_group(), g.in_channels_per_group(), g.kernel_h * g.kernel_w})
-          .permute({0, 2, 1, 3})
-          .contiguous();
-  auto p = backward_input_problem<OutputGradPatches<T>>(g, swapped, grad_input);
-  p.b.grad_output = grad_output;
-  run_gemm(p, tensor_cores);
+                                    gpu_ptr<const T> grad_output, at::Tensor& grad_input, bool tensor_cores) {
+  for_each_grad_phase(g, weight, grad_input, [&](const GradPhase& h, const GradPhase& w, int64_t r_h, int64_t r_w,
+                                                 const at::Tensor& taps) {
+    const at::Tensor swapped = taps.permute({0, 2, 1, 3, 4}).contiguous();
+    auto p = backward_input_problem<OutputGradPatches<T>, T>(g, h, w, r_h, r_w, swapped,
+                                                          grad_input.mutable_data_ptr<T>());
+    p.b.grad_output = grad_output;
+    run_gemm(p, tensor_cores);
+  });
 }
 
 // grad_input (N, C_in, H, W), contiguous, from a channels-last grad_output
-// and a contiguous weight, on the tensor cores. W' (c; ki, kj, co): the taps
-// in the order of the output gradient's channels-last memory, whose 16-byte
-// chunks of output channels go by cp.async.
+// and a contiguous weight, on the tensor cores. W' (c; ki, kj, co) over
+// each phase's taps: in the order of the output gradient's channels-last
+// memory, whose 16-byte chunks of output channels go by cp.async.
 template <typename T>
 void implicit_conv2d_backward_input_channels_last(const Conv2dGeometry& g, const at::Tensor& weight,
-                                                  gpu_ptr<const T> grad_output_nhwc, gpu_ptr<T> grad_input) {
-  const at::Tensor swapped = weight.view({g.groups, g.out_channels_per_group(), g.in_channels_per_group(),
-                                          g.kernel_h, g.kernel_w})
-                                 .permute({0, 2, 3, 4, 1})
-                                 .contiguous();
-  auto p = backward_input_problem<ChannelsLastOutputGradPatches<T>>(g, swapped, grad_input);
-  p.b.tensor = grad_output_nhwc;
-  p.b.vector = chunks_aligned(grad_output_nhwc, g.out_channels, g.out_channels_per_group(), g.groups);
-  run_tensor_core_gemm(p, launch_limits());
+                                                  gpu_ptr<const T> grad_output_nhwc, at::Tensor& grad_input) {
+  for_each_grad_phase(g, weight, grad_input, [&](const GradPhase& h, const GradPhase& w, int64_t r_h, int64_t r_w,
+                                                 const at::Tensor& taps) {
+    const at::Tensor swapped = taps.permute({0, 2, 3, 4, 1}).contiguous();
+    auto p = backward_input_problem<ChannelsLastOutputGradPatches<T>, T>(g, h, w, r_h, r_w, swapped,
+                                                                      grad_input.mutable_data_ptr<T>());
+    p.b.tensor = grad_output_nhwc;
+    p.b.vector = chunks_aligned(grad_output_nhwc, g.out_channels, g.out_channels_per_group(), g.groups);
+    run_tensor_core_gemm(p, launch_limits());
+  });
 }
+
 // grad_weight (C_out, C_in / groups, kH, kW) from grad_output and input, all
 // contiguous, summed over the whole batch in one reduction (in float for half
 // and bfloat16, rounded once).
