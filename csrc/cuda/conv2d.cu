@@ -385,11 +385,13 @@ bias_grad_kernel(gpu_ptr<const scalar_t> CUSTOM_CONV_RESTRICT grad_output, int64
                  int64_t plane, gpu_ptr<scalar_t> CUSTOM_CONV_RESTRICT grad_bias) {
   __shared__ shared_array<double, kThreads> partial;
   const int64_t c = blockIdx.x;
-  const int64_t count = batch * plane;
+  // Sample by sample, so that no index needs a (64-bit) division.
   double sum = 0.0;
-  for (int64_t j = threadIdx.x; j < count; j += kThreads) {
-    const int64_t n = j / plane, i = j % plane;
-    sum += static_cast<double>(grad_output[(n * channels + c) * plane + i]);
+  for (int64_t n = 0; n < batch; ++n) {
+    const gpu_ptr<const scalar_t> x = grad_output + (n * channels + c) * plane;
+    for (int64_t i = threadIdx.x; i < plane; i += kThreads) {
+      sum += static_cast<double>(x[i]);
+    }
   }
   partial[threadIdx.x] = sum;
   __syncthreads();
