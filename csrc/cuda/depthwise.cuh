@@ -50,19 +50,11 @@ constexpr int kDepthwisePatch = 4096;
 
 // A depthwise layer's geometry in 32-bit numbers, with the divisors its
 // indices need.
-struct DepthwiseIndex {
-  int32_t in_channels, in_h, in_w, out_channels, out_h, out_w;
-  int32_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+struct DepthwiseIndex : ConvSizes {
   Divisor out_channels_of, in_channels_of, multiplier, stride_row, stride_col, out_plane, out_col;
 
   explicit DepthwiseIndex(const Conv2dGeometry& g)
-      : in_channels(static_cast<int32_t>(g.in_channels)), in_h(static_cast<int32_t>(g.in_h)),
-        in_w(static_cast<int32_t>(g.in_w)), out_channels(static_cast<int32_t>(g.out_channels)),
-        out_h(static_cast<int32_t>(g.out_h)), out_w(static_cast<int32_t>(g.out_w)),
-        kernel_h(static_cast<int32_t>(g.kernel_h)), kernel_w(static_cast<int32_t>(g.kernel_w)),
-        stride_h(static_cast<int32_t>(g.stride_h)), stride_w(static_cast<int32_t>(g.stride_w)),
-        pad_h(static_cast<int32_t>(g.pad_h)), pad_w(static_cast<int32_t>(g.pad_w)),
-        dilation_h(static_cast<int32_t>(g.dilation_h)), dilation_w(static_cast<int32_t>(g.dilation_w)),
+      : ConvSizes(g),
         out_channels_of(g.out_channels), in_channels_of(g.in_channels), multiplier(g.out_channels / g.in_channels),
         stride_row(g.stride_h), stride_col(g.stride_w), out_plane(std::max<int64_t>(1, g.output_plane())),
         out_col(std::max<int64_t>(1, g.out_w)) {}

@@ -13,6 +13,8 @@
 // the addition done in 64 bits so that it cannot overflow.
 #pragma once
 
+#include "../geometry.h"
+
 #include <c10/macros/Macros.h>
 #include <c10/util/Exception.h>
 
@@ -61,6 +63,25 @@ struct WideDivisor {
   explicit WideDivisor(int64_t d) : divisor(d) {}
   C10_HOST_DEVICE int64_t div(int64_t n) const { return n / divisor; }
   C10_HOST_DEVICE int64_t mod(int64_t n, int64_t quotient) const { return n - quotient * divisor; }
+};
+
+// A layer's sizes in the 32-bit numbers that kernels indexing in 32 bits
+// compute with (the implicit GEMM's ConvIndex, the depthwise kernels'
+// DepthwiseIndex); whoever makes one has checked that they fit.
+struct ConvSizes {
+  int32_t in_channels = 0, in_h = 0, in_w = 0, out_channels = 0, out_h = 0, out_w = 0;
+  int32_t kernel_h = 0, kernel_w = 0, stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0, dilation_h = 1,
+          dilation_w = 1;
+
+  ConvSizes() = default;
+  explicit ConvSizes(const Conv2dGeometry& g)
+      : in_channels(static_cast<int32_t>(g.in_channels)), in_h(static_cast<int32_t>(g.in_h)),
+        in_w(static_cast<int32_t>(g.in_w)), out_channels(static_cast<int32_t>(g.out_channels)),
+        out_h(static_cast<int32_t>(g.out_h)), out_w(static_cast<int32_t>(g.out_w)),
+        kernel_h(static_cast<int32_t>(g.kernel_h)), kernel_w(static_cast<int32_t>(g.kernel_w)),
+        stride_h(static_cast<int32_t>(g.stride_h)), stride_w(static_cast<int32_t>(g.stride_w)),
+        pad_h(static_cast<int32_t>(g.pad_h)), pad_w(static_cast<int32_t>(g.pad_w)),
+        dilation_h(static_cast<int32_t>(g.dilation_h)), dilation_w(static_cast<int32_t>(g.dilation_w)) {}
 };
 
 }  // namespace gpu

@@ -66,9 +66,7 @@ struct Planes {
 };
 
 // The geometry in the 32-bit numbers the operands divide by.
-struct ConvIndex {
-  int32_t in_channels, in_h, in_w, out_channels, out_h, out_w;
-  int32_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+struct ConvIndex : ConvSizes {
   int32_t in_per_group, out_per_group;
   Planes outputs, inputs, samples;  // output positions, input positions, output positions as (b, 0, p)
   Divisor taps, kernel_col;         // kernel_h * kernel_w, kernel_w
@@ -77,16 +75,10 @@ struct ConvIndex {
   // y + grad_row0 - ki * grad_row_step, column likewise. kernel_h, kernel_w,
   // taps, kernel_col and inputs then describe the phase's taps and positions.
   int32_t grad_row0, grad_col0, grad_row_step, grad_col_step;
-  Divisor channel, out_channel;                      // in_per_group, out_per_group
+  Divisor channel, out_channel;     // in_per_group, out_per_group
 
   explicit ConvIndex(const Conv2dGeometry& g)
-      : in_channels(static_cast<int32_t>(g.in_channels)), in_h(static_cast<int32_t>(g.in_h)),
-        in_w(static_cast<int32_t>(g.in_w)), out_channels(static_cast<int32_t>(g.out_channels)),
-        out_h(static_cast<int32_t>(g.out_h)), out_w(static_cast<int32_t>(g.out_w)),
-        kernel_h(static_cast<int32_t>(g.kernel_h)), kernel_w(static_cast<int32_t>(g.kernel_w)),
-        stride_h(static_cast<int32_t>(g.stride_h)), stride_w(static_cast<int32_t>(g.stride_w)),
-        pad_h(static_cast<int32_t>(g.pad_h)), pad_w(static_cast<int32_t>(g.pad_w)),
-        dilation_h(static_cast<int32_t>(g.dilation_h)), dilation_w(static_cast<int32_t>(g.dilation_w)),
+      : ConvSizes(g),
         in_per_group(static_cast<int32_t>(g.in_channels_per_group())),
         out_per_group(static_cast<int32_t>(g.out_channels_per_group())), grad_row0(pad_h), grad_col0(pad_w),
         grad_row_step(dilation_h), grad_col_step(dilation_w) {
