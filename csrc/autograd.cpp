@@ -21,6 +21,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "conv2d_algorithm.h"
+#include "geometry.h"
 #include "memory_format.h"
 
 namespace custom_conv {
@@ -66,6 +68,21 @@ at::Tensor gradient_in_memory_format(const at::Tensor& t, bool channels_last) {
   return t.permute({0, 2, 3, 1}).clone(at::MemoryFormat::Contiguous).permute({0, 3, 1, 2});
 }
 
+// The output gradient as both backward passes are to read it: where each
+// would gather from a channels-last copy of it (the GPU's tensor cores, given
+// an NCHW gradient: cuda_conv_backward_shares_channels_last), that copy, made
+// once here instead of once in each pass. The CPU's kernels read NCHW.
+at::Tensor grad_output_for_both_passes(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight,
+                                       c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                                       int64_t groups) {
+  if (grad.is_cpu() || grad.dim() != 4 || grad.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+    return grad;
+  }
+  const Conv2dGeometry g = conv2d_geometry(input.sizes(), weight.sizes(), stride, padding, dilation, groups);
+  return cuda_conv_backward_shares_channels_last(g, grad.scalar_type()) ? grad.contiguous(at::MemoryFormat::ChannelsLast)
+                                                                        : grad;
+}
+
 struct Conv2dFunction : public torch::autograd::Function<Conv2dFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
                             const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride, c10::IntArrayRef padding,
@@ -102,14 +119,17 @@ struct Conv2dFunction : public torch::autograd::Function<Conv2dFunction> {
     at::Tensor grad_input, grad_weight, grad_bias;
     if (grad.defined()) {
       // The context numbers only the tensors among forward's arguments: the bias is the third if given.
+      const bool both = ctx->needs_input_grad(0) && ctx->needs_input_grad(1);
+      const at::Tensor grad_output =
+          both ? grad_output_for_both_passes(grad, input, weight, stride, padding, dilation, groups) : grad;
       if (ctx->needs_input_grad(0)) {
         grad_input = differentiable_if_recording([&] {
-          return backward_input.call(grad, weight, input.sym_sizes(), stride, padding, dilation, groups);
+          return backward_input.call(grad_output, weight, input.sym_sizes(), stride, padding, dilation, groups);
         });
       }
       if (ctx->needs_input_grad(1)) {
         grad_weight = differentiable_if_recording([&] {
-          return backward_weight.call(grad, input, weight.sym_sizes(), stride, padding, dilation, groups);
+          return backward_weight.call(grad_output, input, weight.sym_sizes(), stride, padding, dilation, groups);
         });
       }
       if (has_bias && ctx->needs_input_grad(2)) {

@@ -103,6 +103,12 @@ bool cuda_conv_uses_implicit_gemm(const Conv2dGeometry& g);
 // load by cp.async; unless kChannelsLastGather is switched off.
 bool cuda_conv_gathers_channels_last(const Conv2dGeometry& g, Conv2dPass pass, at::ScalarType dtype);
 
+// Whether both backward passes of a layer gather from channels-last copies
+// of its output gradient (cuda_conv_gathers_channels_last for each): then a
+// training step's backward (csrc/autograd.cpp) makes that copy once, for
+// both, where each pass would otherwise make its own.
+bool cuda_conv_backward_shares_channels_last(const Conv2dGeometry& g, at::ScalarType dtype);
+
 // The op custom_conv::set_forced_conv2d_algorithm: from now on, every CPU
 // convolution pass runs on the algorithm named wherever that route can
 // compute it (elsewhere the chooser decides as usual), until the next call;

@@ -89,6 +89,11 @@ bool cuda_conv_gathers_channels_last(const Conv2dGeometry& g, Conv2dPass pass, a
   const int64_t chunk = 16 / static_cast<int64_t>(c10::elementSize(dtype));
   return channels > 0 && channels % chunk == 0;
 }
+bool cuda_conv_backward_shares_channels_last(const Conv2dGeometry& g, at::ScalarType dtype) {
+  return cuda_conv_gathers_channels_last(g, Conv2dPass::kBackwardInput, dtype) &&
+         cuda_conv_gathers_channels_last(g, Conv2dPass::kBackwardWeight, dtype);
+}
+
 // Depthwise layers read one input plane per output channel: a sum of kH * kW
 // products per output, read in place (cuda/depthwise.cuh), against im2col's
 // kH * kW copies of the input feeding a GEMM only kH * kW deep. Every pass.
@@ -123,6 +128,9 @@ Conv2dAlgorithm choose_cuda_conv2d_algorithm(const Conv2dGeometry& g, Conv2dPass
                   ? "; the output gradient's taps gathered from a channels-last copy of it"
                   : "; the receptive fields and the output gradient read from channels-last copies";
       *why += ", 16-byte chunks of channels by cp.async";
+      if (pass != Conv2dPass::kForward && cuda_conv_backward_shares_channels_last(g, dtype)) {
+        *why += " (in a training step one copy of the output gradient serves both backward passes)";
+      }
     }
     if (depthwise_layer(g)) {
       *why += c10::str("; depthwise ", kSwitchedOff);

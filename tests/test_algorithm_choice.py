@@ -384,6 +384,16 @@ def test_the_cuda_chooser_and_its_switches():
         "; the output gradient's taps gathered from a channels-last copy of it, 16-byte chunks of channels by "
         "cp.async"))
     assert custom_conv.explain_conv2d(x, meta((16, 3, 3, 3)))["forward"] == ("im2col", on)  # 3 input channels
+    # Both backward passes gathering channels-last: a training step copies the output gradient once for both.
+    both = custom_conv.explain_conv2d(x16, meta((16, 16, 3, 3)))
+    shared = " (in a training step one copy of the output gradient serves both backward passes)"
+    assert both["backward_input"] == ("im2col", on + (
+        "; the output gradient's taps gathered from a channels-last copy of it, 16-byte chunks of channels by "
+        "cp.async") + shared)
+    assert both["backward_weight"] == ("im2col", on + (
+        "; the receptive fields and the output gradient read from channels-last copies, 16-byte chunks of channels "
+        "by cp.async") + shared)
+    assert both["forward"] == ("im2col", on + gathers)
     # A depthwise layer with 8 outputs per channel keeps its NCHW kernels.
     assert custom_conv.explain_conv2d(xd, meta((32, 1, 3, 3)), groups=4)["backward_input"] == ("depthwise", depthwise)
     assert custom_conv.explain_conv2d(x16[:, :12], w16[:, :12])["forward"] == ("im2col", on)  # 12: not whole chunks

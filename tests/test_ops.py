@@ -11,6 +11,7 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch._dynamo.utils import counters
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import custom_conv
 from cases import CONV2D_CASES, MAX_POOL2D_CASES, MAX_POOL2D_PADDING_ONLY_CASES
@@ -242,6 +243,46 @@ def test_plain_training_records_the_cpp_derivative_and_the_rest_the_python_one()
     torch.func.vjp(layer, x)
     assert all(node is None or "Conv2dFunction" not in node.name() and "MaxPool2dFunction" not in node.name()
                for node in recorded)
+
+
+def test_a_training_step_copies_the_output_gradient_to_channels_last_once_for_both_passes():
+    """Where both backward passes gather from a channels-last copy of the
+    output gradient (the GPU's tensor cores, given an NCHW gradient whose
+    groups' channels are whole 16-byte chunks), the C++ backward makes that
+    copy once and hands it to both; otherwise each pass gets the gradient as
+    it came. Meta tensors get the GPU's chooser (test_algorithm_choice.py).
+    The bias gradient reads the gradient as it came."""
+    def backward_layouts(channels, dtype=torch.half, needs=(True, True), out_channels=16):
+        x = torch.empty(2, channels, 8, 8, device="meta", dtype=dtype).requires_grad_(needs[0])
+        w = torch.empty(out_channels, channels, 3, 3, device="meta", dtype=dtype).requires_grad_(needs[1])
+        b = torch.empty(out_channels, device="meta", dtype=dtype, requires_grad=True)
+        y = CF.conv2d(x, w, b, padding=1)
+        assert "Conv2dFunction" in y.grad_fn.name()
+
+        class Layouts(TorchDispatchMode):
+            def __init__(self):
+                super().__init__()
+                self.seen = []  # (our op, whether its first tensor is channels-last)
+
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if func.namespace == "custom_conv":
+                    self.seen.append((func.name().split("::")[1],
+                                      args[0].is_contiguous(memory_format=torch.channels_last)))
+                return func(*args, **(kwargs or {}))
+        with Layouts() as log:
+            torch.autograd.grad(y, [t for t in (x, w, b) if t.requires_grad], torch.empty_like(y))
+        return log.seen
+
+    shared = [("conv2d_backward_input", True), ("conv2d_backward_weight", True), ("conv2d_backward_bias", False)]
+    apart = [("conv2d_backward_input", False), ("conv2d_backward_weight", False), ("conv2d_backward_bias", False)]
+    assert backward_layouts(16) == shared
+    assert backward_layouts(16, torch.bfloat16) == shared
+    assert backward_layouts(16, torch.float64) == apart  # the CUDA cores read NCHW
+    assert backward_layouts(12) == apart  # the weight gradient gathers NCHW: 12 input channels are no whole chunks
+    assert backward_layouts(16, out_channels=12) == apart  # the input gradient gathers NCHW
+    assert backward_layouts(16, needs=(False, True)) == apart[1:]  # one pass: it copies for itself
+    with custom_conv.disabled_algorithms("channels_last_gather"):
+        assert backward_layouts(16) == apart
 
 
 def test_a_missing_build_says_how_to_build():
