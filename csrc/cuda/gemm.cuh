@@ -429,6 +429,17 @@ struct StageRegisters {
                 "every thread copies the same number of chunks");
   scalar_t v[kChunks][kVectorOf<scalar_t>];
   bool held[kChunks];
+
+  // Whether any chunk is held: in most tiles none is, and the kernel skips
+  // the stores, whose predicated instructions would otherwise all issue.
+  __device__ __forceinline__ bool any() const {
+    bool any = false;
+#pragma unroll
+    for (int r = 0; r < kChunks; ++r) {
+      any = any || held[r];
+    }
+    return any;
+  }
 };
 
 // Where chunk r of this thread's share lies in a stage's tile.
@@ -618,8 +629,12 @@ gemm_mma_kernel(const Problem p, int64_t batch_offset, int64_t splits, int64_t k
     b_loader.load(p.b, b_tile, stage, k0, k_end, b_regs);
   };
   const auto store = [&](int stage) {
-    mma_stage_store<kKContiguousA>(a_tile, stage, a_regs);
-    mma_stage_store<kKContiguousB>(b_tile, stage, b_regs);
+    if (a_regs.any()) {
+      mma_stage_store<kKContiguousA>(a_tile, stage, a_regs);
+    }
+    if (b_regs.any()) {
+      mma_stage_store<kKContiguousB>(b_tile, stage, b_regs);
+    }
   };
 
   float acc[kFragsM][kFragsN][4];
