@@ -88,9 +88,9 @@ def short(name):
                           r"MatrixOutput<[^>]*>|PlaneOutput|PhaseOutput)", name)
     tile = re.search(r"(?:CoreTile|MmaShape)<(\d+), (\d+)(?:, (\d+), (\d+))?>", name)
     shape = f"tile {tile.group(1)}x{tile.group(2)}" if tile else ""
-    taps = re.search(r"kernel<[^,<>]+, (\d+), (\d+)>", name)  # a depthwise kernel's size
+    taps = re.search(r"kernel<[^,<>]+, (\d+)(?:, (\d+))?>", name)  # a depthwise kernel's size (0: any)
     if taps:
-        shape = f"{taps.group(1)}x{taps.group(2)}"
+        shape = "any size" if taps.group(1) == "0" else f"{taps.group(1)}x{taps.group(2) or taps.group(1)}"
     if tile and tile.group(3):
         shape += f" ({tile.group(3)}x{tile.group(4)} warps)"
     return " ".join([kernel, *operands] + ([shape] if shape else []))

@@ -361,9 +361,10 @@ def test_enough_depthwise_cases():
 
 
 # Depthwise layers beyond the table's, with the kernels each pass should take: the tiles (planes of
-# several tiles, or several planes a block), the weight gradient's taps in registers for 3 x 3, 5 x 5
-# and 7 x 7 (split into slices of the batch where the channels are few), and the general kernels
-# where a patch would not fit the block's shared memory or the kernel has another size.
+# several tiles, or several planes a block), which hold the taps of 3 x 3, 5 x 5 and 7 x 7 kernels in
+# registers, as the weight gradient does (split into slices of the batch where the channels are few),
+# and the general kernels where a patch would not fit the block's shared memory or the weight
+# gradient's kernel has another size.
 TILES = {"depthwise_forward_tile_kernel", "depthwise_backward_input_tile_kernel",
          "depthwise_backward_weight_taps_kernel"}
 DEPTHWISE_TILE_CASES = {
@@ -376,6 +377,10 @@ DEPTHWISE_TILE_CASES = {
     "9x9: the general weight kernel": (conv((1, 2, 12, 12), (2, 1, 9, 9), groups=2, padding=4),
                                        {"depthwise_forward_tile_kernel", "depthwise_backward_input_tile_kernel",
                                         "depthwise_backward_weight_kernel"}),
+    # The tiles unroll 3 x 3, 5 x 5 and 7 x 7 kernels; others, as 9 x 9 above, read their size at run time.
+    "3x5, stride (1, 2), multiplier 2": (conv((2, 3, 10, 13), (6, 1, 3, 5), groups=3, stride=(1, 2), padding=(1, 2)),
+                                         {"depthwise_forward_tile_kernel", "depthwise_backward_input_tile_kernel",
+                                          "depthwise_backward_weight_kernel"}),
     # The forward's 16 x 16 tile needs 64 x 64 inputs, the most a block stages; the input gradient's
     # 32 x 8 tile would need 57 x 81 output gradients.
     "dilation 24: the general input-gradient kernel": (

@@ -40,6 +40,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 namespace custom_conv {
 namespace gpu {
@@ -168,8 +169,11 @@ inline std::pair<int64_t, int64_t> depthwise_forward_patch(const Conv2dGeometry&
           (tile_w - 1) * g.stride_w + (g.kernel_w - 1) * g.dilation_w + 1};
 }
 
-// blockIdx.x = (group of planes, tile); a plane is (n, co).
-template <typename scalar_t>
+// blockIdx.x = (group of planes, tile); a plane is (n, co). kSide: the
+// size of a square kernel (3, 5 or 7: depthwise_kernel_side), whose weights
+// each thread then holds in registers, its loops over the taps unrolled; 0
+// for any other, read at run time.
+template <typename scalar_t, int kSide>
 __global__ void __launch_bounds__(kDepthwiseThreads)
 depthwise_forward_tile_kernel(gpu_ptr<const scalar_t> input, gpu_ptr<const scalar_t> weight,
                               gpu_ptr<const scalar_t> bias, const DepthwiseIndex d, int32_t planes,
@@ -194,10 +198,26 @@ depthwise_forward_tile_kernel(gpu_ptr<const scalar_t> input, gpu_ptr<const scala
   const gpu_ptr<const scalar_t> w = weight + static_cast<int64_t>(co) * d.kernel_h * d.kernel_w;
   const int32_t origin = tile.plane * t.patch_h * t.patch_w + tile.row * d.stride_h * t.patch_w + tile.col * d.stride_w;
   acc_t sum = bias != nullptr ? static_cast<acc_t>(bias[co]) : acc_t(0);
-  for (int32_t ki = 0; ki < d.kernel_h; ++ki) {
-    const int32_t row = origin + ki * d.dilation_h * t.patch_w;
-    for (int32_t kj = 0; kj < d.kernel_w; ++kj) {
-      sum += static_cast<acc_t>(w[ki * d.kernel_w + kj]) * patch[row + kj * d.dilation_w];
+  if constexpr (kSide > 0) {
+    acc_t taps[kSide * kSide];
+#pragma unroll
+    for (int i = 0; i < kSide * kSide; ++i) {
+      taps[i] = static_cast<acc_t>(w[i]);
+    }
+#pragma unroll
+    for (int ki = 0; ki < kSide; ++ki) {
+      const int32_t row = origin + ki * d.dilation_h * t.patch_w;
+#pragma unroll
+      for (int kj = 0; kj < kSide; ++kj) {
+        sum += taps[ki * kSide + kj] * patch[row + kj * d.dilation_w];
+      }
+    }
+  } else {
+    for (int32_t ki = 0; ki < d.kernel_h; ++ki) {
+      const int32_t row = origin + ki * d.dilation_h * t.patch_w;
+      for (int32_t kj = 0; kj < d.kernel_w; ++kj) {
+        sum += static_cast<acc_t>(w[ki * d.kernel_w + kj]) * patch[row + kj * d.dilation_w];
+      }
     }
   }
   output[static_cast<int64_t>(plane) * d.out_h * d.out_w + static_cast<int64_t>(oh) * d.out_w + ow] =
@@ -228,8 +248,11 @@ __device__ __forceinline__ int32_t depthwise_lifted_quotient(int32_t h, int32_t 
   return q * stride == lifted ? q : -1;
 }
 
-// blockIdx.x = (group of planes, tile); a plane is (n, ci).
-template <typename scalar_t>
+// blockIdx.x = (group of planes, tile); a plane is (n, ci). kSide as the
+// forward's: for a square kernel of 3, 5 or 7, each thread also finds the
+// output rows and columns its taps reach once, not once per channel of the
+// multiplier and tap.
+template <typename scalar_t, int kSide>
 __global__ void __launch_bounds__(kDepthwiseThreads)
 depthwise_backward_input_tile_kernel(gpu_ptr<const scalar_t> grad_output, gpu_ptr<const scalar_t> weight,
                                      const DepthwiseIndex d, int32_t planes, int32_t lift_h, int32_t lift_w,
@@ -244,6 +267,18 @@ depthwise_backward_input_tile_kernel(gpu_ptr<const scalar_t> grad_output, gpu_pt
   const int32_t plane = tile.first_plane + tile.plane;
   const int32_t ih = tile.row0 + tile.row, iw = tile.col0 + tile.col;
   const bool mine = plane < planes && ih < d.in_h && iw < d.in_w;
+  // kSide > 0: tap (ki, kj)'s place in a patch, row rows[ki], column
+  // cols[kj], or -1 where its window misses this input (between strides).
+  int32_t rows[kSide > 0 ? kSide : 1], cols[kSide > 0 ? kSide : 1];
+  if constexpr (kSide > 0) {
+#pragma unroll
+    for (int k = 0; k < kSide; ++k) {
+      const int32_t oh = depthwise_lifted_quotient(ih + d.pad_h - k * d.dilation_h, lift_h, d.stride_h, d.stride_row);
+      const int32_t ow = depthwise_lifted_quotient(iw + d.pad_w - k * d.dilation_w, lift_w, d.stride_w, d.stride_col);
+      rows[k] = oh < 0 ? -1 : oh - oh0;
+      cols[k] = ow < 0 ? -1 : ow - ow0;
+    }
+  }
   acc_t sum = acc_t(0);
   for (int32_t j = 0; j < multiplier; ++j) {
     if (j > 0) {
@@ -263,6 +298,23 @@ depthwise_backward_input_tile_kernel(gpu_ptr<const scalar_t> grad_output, gpu_pt
     const int32_t co = d.in_channels_of.mod(plane, d.in_channels_of.div(plane)) * multiplier + j;
     const gpu_ptr<const scalar_t> w = weight + static_cast<int64_t>(co) * d.kernel_h * d.kernel_w;
     const int32_t base = tile.plane * t.patch_h * t.patch_w;
+    if constexpr (kSide > 0) {
+      acc_t taps[kSide * kSide];
+#pragma unroll
+      for (int i = 0; i < kSide * kSide; ++i) {
+        taps[i] = static_cast<acc_t>(w[i]);
+      }
+#pragma unroll
+      for (int ki = 0; ki < kSide; ++ki) {
+#pragma unroll
+        for (int kj = 0; kj < kSide; ++kj) {
+          if (rows[ki] >= 0 && cols[kj] >= 0) {
+            sum += taps[ki * kSide + kj] * patch[base + rows[ki] * t.patch_w + cols[kj]];
+          }
+        }
+      }
+      continue;
+    }
     for (int32_t ki = 0; ki < d.kernel_h; ++ki) {
       // Output row oh reads input row oh * stride - pad + ki * dilation: this one when that lands here.
       const int32_t oh = depthwise_lifted_quotient(ih + d.pad_h - ki * d.dilation_h, lift_h, d.stride_h, d.stride_row);
@@ -480,6 +532,21 @@ depthwise_backward_weight_kernel(gpu_ptr<const scalar_t> grad_output, gpu_ptr<co
 // Each on the tiles where the layer fits them, else on the general kernels;
 // every tensor contiguous.
 
+// Calls run(std::integral_constant<int, side>{}) with side 3, 5 or 7 for a
+// square kernel of that size, the kernels' unrolled instances; else with 0.
+template <typename Run>
+void with_depthwise_kernel_side(const Conv2dGeometry& g, const Run& run) {
+  if (g.kernel_h == g.kernel_w) {
+    switch (g.kernel_h) {
+      case 3: return run(std::integral_constant<int, 3>{});
+      case 5: return run(std::integral_constant<int, 5>{});
+      case 7: return run(std::integral_constant<int, 7>{});
+      default: break;
+    }
+  }
+  run(std::integral_constant<int, 0>{});
+}
+
 template <typename scalar_t>
 void depthwise_forward(const Conv2dGeometry& g, gpu_ptr<const scalar_t> input, gpu_ptr<const scalar_t> weight,
                        gpu_ptr<const scalar_t> bias, gpu_ptr<scalar_t> output) {
@@ -488,9 +555,12 @@ void depthwise_forward(const Conv2dGeometry& g, gpu_ptr<const scalar_t> input, g
   if (depthwise_indices_fit(g) &&
       plan_depthwise_tiles(planes, g.out_h, g.out_w,
                            [&](int64_t h, int64_t w) { return depthwise_forward_patch(g, h, w); }, t)) {
-    CUSTOM_CONV_LAUNCH(static_cast<unsigned int>(t.blocks), kDepthwiseThreads,
-                       depthwise_forward_tile_kernel<scalar_t>)(input, weight, bias, DepthwiseIndex(g),
-                                                                static_cast<int32_t>(planes), t, output);
+    with_depthwise_kernel_side(g, [&](auto side) {
+      constexpr int kSide = decltype(side)::value;
+      CUSTOM_CONV_LAUNCH(static_cast<unsigned int>(t.blocks), kDepthwiseThreads,
+                         depthwise_forward_tile_kernel<scalar_t, kSide>)(input, weight, bias, DepthwiseIndex(g),
+                                                                         static_cast<int32_t>(planes), t, output);
+    });
     return;
   }
   CUSTOM_CONV_LAUNCH(grid_for(planes * g.output_plane()), kThreads, depthwise_forward_kernel<scalar_t>)(
@@ -508,10 +578,13 @@ void depthwise_backward_input(const Conv2dGeometry& g, gpu_ptr<const scalar_t> g
     // Enough whole strides that no window's row or column goes negative.
     const int64_t lift_h = ((g.kernel_h - 1) * g.dilation_h + g.stride_h - 1) / g.stride_h;
     const int64_t lift_w = ((g.kernel_w - 1) * g.dilation_w + g.stride_w - 1) / g.stride_w;
-    CUSTOM_CONV_LAUNCH(static_cast<unsigned int>(t.blocks), kDepthwiseThreads,
-                       depthwise_backward_input_tile_kernel<scalar_t>)(
-        grad_output, weight, DepthwiseIndex(g), static_cast<int32_t>(planes), static_cast<int32_t>(lift_h),
-        static_cast<int32_t>(lift_w), t, grad_input);
+    with_depthwise_kernel_side(g, [&](auto side) {
+      constexpr int kSide = decltype(side)::value;
+      CUSTOM_CONV_LAUNCH(static_cast<unsigned int>(t.blocks), kDepthwiseThreads,
+                         depthwise_backward_input_tile_kernel<scalar_t, kSide>)(
+          grad_output, weight, DepthwiseIndex(g), static_cast<int32_t>(planes), static_cast<int32_t>(lift_h),
+          static_cast<int32_t>(lift_w), t, grad_input);
+    });
     return;
   }
   CUSTOM_CONV_LAUNCH(grid_for(planes * g.in_h * g.in_w), kThreads, depthwise_backward_input_kernel<scalar_t>)(
@@ -552,19 +625,17 @@ void depthwise_backward_weight_taps(const Conv2dGeometry& g, gpu_ptr<const scala
 template <typename scalar_t>
 void depthwise_backward_weight(const Conv2dGeometry& g, gpu_ptr<const scalar_t> grad_output,
                                gpu_ptr<const scalar_t> input, gpu_ptr<scalar_t> grad_weight) {
-  if (depthwise_indices_fit(g) && g.kernel_h == g.kernel_w &&
-      (g.kernel_h == 3 || g.kernel_h == 5 || g.kernel_h == 7)) {
-    switch (g.kernel_h) {
-      case 3:
-        return depthwise_backward_weight_taps<scalar_t, 3, 3>(g, grad_output, input, grad_weight);
-      case 5:
-        return depthwise_backward_weight_taps<scalar_t, 5, 5>(g, grad_output, input, grad_weight);
-      default:
-        return depthwise_backward_weight_taps<scalar_t, 7, 7>(g, grad_output, input, grad_weight);
+  with_depthwise_kernel_side(g, [&](auto side) {
+    constexpr int kSide = decltype(side)::value;
+    if constexpr (kSide > 0) {
+      if (depthwise_indices_fit(g)) {
+        return depthwise_backward_weight_taps<scalar_t, kSide, kSide>(g, grad_output, input, grad_weight);
+      }
     }
-  }
-  CUSTOM_CONV_LAUNCH(static_cast<unsigned int>(g.out_channels * g.kernel_h * g.kernel_w), kDepthwiseWeightThreads,
-                     depthwise_backward_weight_kernel<scalar_t>)(grad_output, input, g, grad_weight);
+    CUSTOM_CONV_LAUNCH(static_cast<unsigned int>(g.out_channels * g.kernel_h * g.kernel_w),
+                       kDepthwiseWeightThreads, depthwise_backward_weight_kernel<scalar_t>)(grad_output, input, g,
+                                                                                           grad_weight);
+  });
 }
 
 }  // namespace gpu
