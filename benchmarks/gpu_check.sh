@@ -5,7 +5,7 @@
 # whole suite. On an H200 the steps up to memcheck take about twelve minutes
 # (build 90 s, CUDA tests 70 s, about 100 s per benchmarked dtype, the route
 # sweep up to 90 s, memcheck up to 200 s, which covered about half the CUDA
-# tests in 135 s); racecheck and the whole suite need a longer lease. A lease
+# tests in 135 s); the training-step profile, racecheck and the whole suite need a longer lease. A lease
 # of 15 minutes, its machine's start included, takes everything up to
 # memcheck: give the call a limit that ends inside the lease (what the steps
 # finished is in the tarball, renewed after each).
@@ -21,7 +21,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-.}
 LOGS=${TMPDIR:-/tmp}/gpu-check
 mkdir -p "$LOGS"
-STEPS=${STEPS:-build errors tests-cuda bench routes memcheck racecheck tests-all}
+STEPS=${STEPS:-build errors tests-cuda bench routes memcheck profile racecheck tests-all}
 export PYTHONUNBUFFERED=1
 # The GPU in hand only, with line numbers for the sanitizer's reports.
 if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
@@ -86,6 +86,10 @@ step routes ${ROUTES_LIMIT:-90} python3 benchmarks/route_sweep.py --device cuda 
 # Only our kernels are instrumented (their names all live in namespace custom_conv).
 SANITIZE=(compute-sanitizer --kernel-name kns=custom_conv --print-limit 20 --error-exitcode 9)
 step memcheck ${MEMCHECK_LIMIT:-200} "${SANITIZE[@]}" --tool memcheck python3 -m pytest -q -p no:cacheprovider -m cuda tests
+# Where a training step's time goes, ours against torch's, for the two models the targets name: the
+# host or the kernels, and which kernels (about 15 s each).
+step profile ${PROFILE_LIMIT:-60} bash -c 'for model in resnet20 vgg16_bn; do
+  python3 benchmarks/profile_step.py --device cuda --model $model --out "$0/profile-$model.json" || exit 1; done' "$LOGS"
 step racecheck ${RACECHECK_LIMIT:-240} "${SANITIZE[@]}" --tool racecheck --racecheck-report hazard \
   python3 -m pytest -q -p no:cacheprovider -m cuda tests
 # With pytest-xdist (if there), a test that crashes the interpreter fails alone
