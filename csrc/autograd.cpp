@@ -75,7 +75,7 @@ at::Tensor gradient_in_memory_format(const at::Tensor& t, bool channels_last) {
 at::Tensor grad_output_for_both_passes(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight,
                                        c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
                                        int64_t groups) {
-  if (grad.is_cpu() || grad.dim() != 4 || grad.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+  if (grad.is_cpu() || grad.is_contiguous(at::MemoryFormat::ChannelsLast)) {
     return grad;
   }
   const Conv2dGeometry g = conv2d_geometry(input.sizes(), weight.sizes(), stride, padding, dilation, groups);

@@ -16,6 +16,8 @@
 //   the lecture's convolution of the output gradient with the rotated
 //   kernel written as a gather, so no two threads add into the same value
 //   and nothing needs atomics.
+// - Both tiles are unrolled instances for square kernels of 3, 5 and 7, with
+//   the taps' weights in registers; other kernels loop over their taps.
 // - Weight gradient: a block per output channel (and slice of the batch's
 //   positions, where the channels alone are too few blocks): each thread
 //   sums every tap of its positions' products in registers (kernels of
@@ -170,9 +172,9 @@ inline std::pair<int64_t, int64_t> depthwise_forward_patch(const Conv2dGeometry&
 }
 
 // blockIdx.x = (group of planes, tile); a plane is (n, co). kSide: the
-// size of a square kernel (3, 5 or 7: depthwise_kernel_side), whose weights
-// each thread then holds in registers, its loops over the taps unrolled; 0
-// for any other, read at run time.
+// size of a square kernel (3, 5 or 7: with_depthwise_kernel_side), whose
+// weights each thread then holds in registers, its loops over the taps
+// unrolled; 0 for any other, read at run time.
 template <typename scalar_t, int kSide>
 __global__ void __launch_bounds__(kDepthwiseThreads)
 depthwise_forward_tile_kernel(gpu_ptr<const scalar_t> input, gpu_ptr<const scalar_t> weight,
@@ -313,20 +315,21 @@ depthwise_backward_input_tile_kernel(gpu_ptr<const scalar_t> grad_output, gpu_pt
           }
         }
       }
-      continue;
-    }
-    for (int32_t ki = 0; ki < d.kernel_h; ++ki) {
-      // Output row oh reads input row oh * stride - pad + ki * dilation: this one when that lands here.
-      const int32_t oh = depthwise_lifted_quotient(ih + d.pad_h - ki * d.dilation_h, lift_h, d.stride_h, d.stride_row);
-      if (oh < 0) {
-        continue;
-      }
-      const int32_t row = base + (oh - oh0) * t.patch_w;
-      for (int32_t kj = 0; kj < d.kernel_w; ++kj) {
-        const int32_t ow =
-            depthwise_lifted_quotient(iw + d.pad_w - kj * d.dilation_w, lift_w, d.stride_w, d.stride_col);
-        if (ow >= 0) {
-          sum += static_cast<acc_t>(w[ki * d.kernel_w + kj]) * patch[row + ow - ow0];
+    } else {
+      for (int32_t ki = 0; ki < d.kernel_h; ++ki) {
+        // Output row oh reads input row oh * stride - pad + ki * dilation: this one when that lands here.
+        const int32_t oh =
+            depthwise_lifted_quotient(ih + d.pad_h - ki * d.dilation_h, lift_h, d.stride_h, d.stride_row);
+        if (oh < 0) {
+          continue;
+        }
+        const int32_t row = base + (oh - oh0) * t.patch_w;
+        for (int32_t kj = 0; kj < d.kernel_w; ++kj) {
+          const int32_t ow =
+              depthwise_lifted_quotient(iw + d.pad_w - kj * d.dilation_w, lift_w, d.stride_w, d.stride_col);
+          if (ow >= 0) {
+            sum += static_cast<acc_t>(w[ki * d.kernel_w + kj]) * patch[row + ow - ow0];
+          }
         }
       }
     }
