@@ -89,7 +89,8 @@ step memcheck ${MEMCHECK_LIMIT:-200} "${SANITIZE[@]}" --tool memcheck python3 -m
 # Where a training step's time goes, ours against torch's, for the two models the targets name: the
 # host or the kernels, and which kernels (about 15 s each).
 step profile ${PROFILE_LIMIT:-60} bash -c 'for model in resnet20 vgg16_bn; do
-  python3 benchmarks/profile_step.py --device cuda --model $model --out "$0/profile-$model.json" || exit 1; done' "$LOGS"
+  python3 benchmarks/profile_step.py --device cuda --model $model --out "$0/profile-$model.json" || exit 1
+  done' "$LOGS"
 step racecheck ${RACECHECK_LIMIT:-240} "${SANITIZE[@]}" --tool racecheck --racecheck-report hazard \
   python3 -m pytest -q -p no:cacheprovider -m cuda tests
 # With pytest-xdist (if there), a test that crashes the interpreter fails alone

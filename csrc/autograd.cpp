@@ -79,8 +79,8 @@ at::Tensor grad_output_for_both_passes(const at::Tensor& grad, const at::Tensor&
     return grad;
   }
   const Conv2dGeometry g = conv2d_geometry(input.sizes(), weight.sizes(), stride, padding, dilation, groups);
-  return cuda_conv_backward_shares_channels_last(g, grad.scalar_type()) ? grad.contiguous(at::MemoryFormat::ChannelsLast)
-                                                                        : grad;
+  const bool shared = cuda_conv_backward_shares_channels_last(g, grad.scalar_type());
+  return shared ? grad.contiguous(at::MemoryFormat::ChannelsLast) : grad;
 }
 
 struct Conv2dFunction : public torch::autograd::Function<Conv2dFunction> {
