@@ -165,6 +165,15 @@ __device__ __forceinline__ void stage_depthwise_patch(Patch& patch, int32_t p, c
   }
 }
 
+// A kSide x kSide kernel's weights at w into registers, in the accumulation type.
+template <int kSide, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void load_depthwise_taps(gpu_ptr<const scalar_t> w, acc_t (&taps)[kSide * kSide]) {
+#pragma unroll
+  for (int i = 0; i < kSide * kSide; ++i) {
+    taps[i] = static_cast<acc_t>(w[i]);
+  }
+}
+
 // The forward's patch: the input rows and columns under a tile of outputs.
 inline std::pair<int64_t, int64_t> depthwise_forward_patch(const Conv2dGeometry& g, int64_t tile_h, int64_t tile_w) {
   return {(tile_h - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1,
@@ -202,10 +211,7 @@ depthwise_forward_tile_kernel(gpu_ptr<const scalar_t> input, gpu_ptr<const scala
   acc_t sum = bias != nullptr ? static_cast<acc_t>(bias[co]) : acc_t(0);
   if constexpr (kSide > 0) {
     acc_t taps[kSide * kSide];
-#pragma unroll
-    for (int i = 0; i < kSide * kSide; ++i) {
-      taps[i] = static_cast<acc_t>(w[i]);
-    }
+    load_depthwise_taps<kSide>(w, taps);
 #pragma unroll
     for (int ki = 0; ki < kSide; ++ki) {
       const int32_t row = origin + ki * d.dilation_h * t.patch_w;
@@ -302,10 +308,7 @@ depthwise_backward_input_tile_kernel(gpu_ptr<const scalar_t> grad_output, gpu_pt
     const int32_t base = tile.plane * t.patch_h * t.patch_w;
     if constexpr (kSide > 0) {
       acc_t taps[kSide * kSide];
-#pragma unroll
-      for (int i = 0; i < kSide * kSide; ++i) {
-        taps[i] = static_cast<acc_t>(w[i]);
-      }
+      load_depthwise_taps<kSide>(w, taps);
 #pragma unroll
       for (int ki = 0; ki < kSide; ++ki) {
 #pragma unroll
