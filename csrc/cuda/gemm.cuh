@@ -127,11 +127,14 @@ __device__ __forceinline__ void gemm_store(const GemmParams<scalar_t, out_t>& p,
 //                 The tensor-core kernel keeps whichever of line and cursor
 //                 depends only on m or n (the same for a thread in every step
 //                 of k) from step to step, and works out the other once a step;
-//   chunk(line, cursor)  the 16-byte-aligned address of the chunk of the
-//                 next 16 bytes' elements from there, where they lie
-//                 contiguous in memory, for cp.async; nullptr where they do
-//                 not (element by element). Chunks start at multiples of
-//                 their length along the contiguous dimension.
+//   copy(line, cursor, dst)  starts cp.async of the chunk of the next 16
+//                 bytes' elements from there into shared memory at dst, and
+//                 returns true, where cp.async can: where they lie contiguous
+//                 in memory and 16-byte aligned, or are all zeros (such as
+//                 the padding around an image, which cp.async writes without
+//                 reading); else returns false (element by element). Chunks
+//                 start at multiples of their length along the contiguous
+//                 dimension.
 // and out through store(z, row, col, sum), which applies everything after
 // the sum (alpha, bias, beta, the rounding to the stored type).
 
@@ -158,8 +161,12 @@ struct MatrixOperand {
       v[e] = j0 + e < j_end ? line[j0 + e] : T(0);
     }
   }
-  __device__ __forceinline__ gpu_ptr<const T> chunk(const gpu_ptr<const T>& line, int64_t j) const {
-    return vector ? line + j : gpu_ptr<const T>(nullptr);
+  template <typename Dst>
+  __device__ __forceinline__ bool copy(const gpu_ptr<const T>& line, int64_t j, Dst dst) const {
+    if (vector) {
+      cp_async_16(dst, line + j, false);
+    }
+    return vector;
   }
 };
 
@@ -455,7 +462,7 @@ __device__ __forceinline__ void stage_chunk(int r, int& row, int& col) {
 // Loads an operand's rows [mn0, mn0 + kTileMN) of m (or n) and [k0, k0 + 32)
 // of k of batch entry z into a stage, zero outside [0, mn_size) x
 // [k0, k_end). A chunk goes by cp.async when it lies whole inside and the
-// operand gives its address; the others into registers (StageRegisters), for
+// operand can copy it; the others into registers (StageRegisters), for
 // mma_stage_store. A thread's chunks keep their m (or n) from stage to stage,
 // so what the operand needs of it is worked out once: the lines of their rows
 // where k is contiguous, else the cursor of their columns (all of a thread's
@@ -510,13 +517,9 @@ struct MmaLoader {
       } else if (fixed_inside) {
         line = x.line(z, k);
       }
-      if (whole) {
-        const gpu_ptr<const scalar_t> source = x.chunk(line, along);
-        if (source != nullptr) {
-          cp_async_16(shared_address(tile[stage][row][col]), source);
-          regs.held[r] = false;
-          continue;
-        }
+      if (whole && x.copy(line, along, shared_address(tile[stage][row][col]))) {
+        regs.held[r] = false;
+        continue;
       }
       // The chunk's fixed index (mn, or k) inside, and its elements one by one.
       regs.held[r] = true;

@@ -175,7 +175,10 @@ struct TapsAtPositions {
     const Derived& d = static_cast<const Derived&>(*this);
     run_positions(tap, at, j_end, d.s.*kPlanes, v, [&d](const Tap& t, const Position& q) { return d.element(t, q); });
   }
-  __device__ __forceinline__ gpu_ptr<const T> chunk(const Tap&, const PositionCursor&) const { return nullptr; }
+  template <typename Dst>
+  __device__ __forceinline__ bool copy(const Tap&, const PositionCursor&, Dst) const {
+    return false;
+  }
 };
 
 // X (t, q) of the forward and the weight gradient: tap t = (c, ki, kj) of
@@ -211,11 +214,12 @@ struct InputPatches
 // contiguous: what ChannelsLastPatches and ChannelsLastOutputGradPatches
 // share. A line is a pixel (Derived::Pixel, from line()), a cursor a tap
 // (TapCursor: its index j and its (c, ki, kj));
-// Derived::offset(pixel, tap) gives the element's offset, or -1 where the
-// tap reads nothing there (padding, or between strided windows). Where the
+// Derived::find(pixel, tap, offset) gives the element's offset, or false
+// where the tap reads nothing there (padding, or between strided windows). Where the
 // tensor is 16-byte aligned and each group's channels (the ConvIndex field
-// kChannels divides by) are whole chunks, a chunk that is not -1 goes by
-// cp.async (the tensor cores' kernel), else element by element.
+// kChannels divides by) are whole chunks, each chunk goes by cp.async (the
+// tensor cores' kernel), one that reads nothing as a chunk of zeros; else element by
+// element.
 struct TapCursor {
   int64_t j;
   int32_t c, ki, kj;
@@ -235,17 +239,23 @@ struct ChannelsLastTaps {
   template <typename Pixel, int kCount>
   __device__ __forceinline__ void run(const Pixel& at, const TapCursor& t, int64_t j_end, T (&v)[kCount]) const {
     const Derived& d = static_cast<const Derived&>(*this);
-    const int64_t o = d.offset(at, t);
+    int64_t o = 0;
+    const bool inside = d.find(at, t, o);
 #pragma unroll
     for (int e = 0; e < kCount; ++e) {
-      v[e] = o >= 0 && t.j + e < j_end ? d.tensor[o + e] : T(0);
+      v[e] = inside && t.j + e < j_end ? d.tensor[o + e] : T(0);
     }
   }
-  template <typename Pixel>
-  __device__ __forceinline__ gpu_ptr<const T> chunk(const Pixel& at, const TapCursor& t) const {
+  // A tap in the padding reads nothing: a chunk of zeros.
+  template <typename Pixel, typename Dst>
+  __device__ __forceinline__ bool copy(const Pixel& at, const TapCursor& t, Dst dst) const {
     const Derived& d = static_cast<const Derived&>(*this);
-    const int64_t o = d.vector ? d.offset(at, t) : -1;
-    return o >= 0 ? d.tensor + o : gpu_ptr<const T>(nullptr);
+    if (d.vector) {
+      int64_t o = 0;
+      const bool inside = d.find(at, t, o);
+      cp_async_16(dst, d.tensor + (inside ? o : 0), !inside);
+    }
+    return d.vector;
   }
 };
 
@@ -273,13 +283,14 @@ struct ChannelsLastPatches
     return {(static_cast<int64_t>(p.b) * s.in_h * s.in_w) * s.in_channels + z * s.in_per_group,
             p.y * s.stride_h - s.pad_h, p.x * s.stride_w - s.pad_w};
   }
-  __device__ __forceinline__ int64_t offset(const Pixel& at, const TapCursor& t) const {
+  __device__ __forceinline__ bool find(const Pixel& at, const TapCursor& t, int64_t& offset) const {
     const int32_t ih = at.h0 + t.ki * s.dilation_h, iw = at.w0 + t.kj * s.dilation_w;
     if (static_cast<uint32_t>(ih) >= static_cast<uint32_t>(s.in_h) ||
         static_cast<uint32_t>(iw) >= static_cast<uint32_t>(s.in_w)) {
-      return -1;
+      return false;
     }
-    return at.base + (static_cast<int64_t>(ih) * s.in_w + iw) * s.in_channels + t.c;
+    offset = at.base + (static_cast<int64_t>(ih) * s.in_w + iw) * s.in_channels + t.c;
+    return true;
   }
 };
 
@@ -307,13 +318,14 @@ struct ChannelsLastOutputGradPatches
     return {(static_cast<int64_t>(p.b) * s.out_h * s.out_w) * s.out_channels + z * s.out_per_group,
             p.y + s.grad_row0, p.x + s.grad_col0};
   }
-  __device__ __forceinline__ int64_t offset(const Pixel& at, const TapCursor& t) const {
+  __device__ __forceinline__ bool find(const Pixel& at, const TapCursor& t, int64_t& offset) const {
     const int32_t oh = at.h0 - t.ki * s.grad_row_step, ow = at.w0 - t.kj * s.grad_col_step;
     if (static_cast<uint32_t>(oh) >= static_cast<uint32_t>(s.out_h) ||
         static_cast<uint32_t>(ow) >= static_cast<uint32_t>(s.out_w)) {
-      return -1;
+      return false;
     }
-    return at.base + (static_cast<int64_t>(oh) * s.out_w + ow) * s.out_channels + t.c;
+    offset = at.base + (static_cast<int64_t>(oh) * s.out_w + ow) * s.out_channels + t.c;
+    return true;
   }
 };
 
@@ -368,11 +380,15 @@ struct OutputGradRows {
       return grad_output[static_cast<int64_t>(q.b) * s.out_channels * size + plane + q.x];
     });
   }
-  __device__ __forceinline__ gpu_ptr<const T> chunk(int64_t plane, const PositionCursor& at) const {
+  template <typename Dst>
+  __device__ __forceinline__ bool copy(int64_t plane, const PositionCursor& at, Dst dst) const {
     // With planes of whole chunks, a chunk starting at a multiple of its size
     // never crosses into the next sample.
-    return vector ? grad_output + static_cast<int64_t>(at.q.b) * s.out_channels * s.samples.cols + plane + at.q.x
-                  : gpu_ptr<const T>(nullptr);
+    if (vector) {
+      cp_async_16(dst, grad_output + static_cast<int64_t>(at.q.b) * s.out_channels * s.samples.cols + plane + at.q.x,
+                  false);
+    }
+    return vector;
   }
 };
 

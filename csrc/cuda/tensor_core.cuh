@@ -30,8 +30,10 @@
 //   again what ldmatrix x4 gives, on float tiles stored with k contiguous.
 //   to_tf32(x) rounds a float to TF32 (to nearest, ties away from zero, as
 //   cvt.rna does), as the operands must be before mma reads them.
-// - cp_async_16(dst, src): one thread starts copying 16 bytes from global to
-//   shared memory (both 16-byte aligned) without passing through registers;
+// - cp_async_16(dst, src, zeros): one thread starts copying 16 bytes from
+//   global to shared memory (both 16-byte aligned) without passing through
+//   registers; with `zeros`, 16 zero bytes instead, and src is not read (so
+//   that a chunk of zeros is written the same way as any other);
 //   cp_async_commit() closes the thread's group of copies started since the
 //   last commit; cp_async_wait<N>() waits until all but the newest N
 //   committed groups have landed. Other threads see the data only after a
@@ -129,9 +131,14 @@ __device__ __forceinline__ uint32_t tf32_bits(uint32_t float_bits) {
 }
 
 // .cg: cached in L2 only; each tile is read once per block.
+// The ignore-src predicate, not a source size: nvcc turns a source size
+// into an address adjustment besides the predicate.
 template <typename T>
-__device__ __forceinline__ void cp_async_16(T* dst, const T* src) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(shared_u32(dst)), "l"(src));
+__device__ __forceinline__ void cp_async_16(T* dst, const T* src, bool zeros) {
+  asm volatile(
+      "{\n .reg .pred z;\n setp.ne.b32 z, %2, 0;\n cp.async.cg.shared.global [%0], [%1], 16, z;\n}\n" ::"r"(
+          shared_u32(dst)),
+      "l"(src), "r"(static_cast<int32_t>(zeros)));
 }
 
 __device__ __forceinline__ void cp_async_commit() {

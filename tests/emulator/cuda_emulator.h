@@ -428,16 +428,17 @@ void async_wait(int groups_left);
 
 }  // namespace emulator
 
-// cp.async.cg.shared.global, 16 bytes: dst and src 16-byte aligned.
+// cp.async.cg.shared.global, 16 bytes: dst and src 16-byte aligned; with
+// `zeros` (ignore-src), zeros and nothing read.
 template <typename T>
-void cp_async_16(emulator::SharedPtr<T> dst, gpu_ptr<const T> src) {
+void cp_async_16(emulator::SharedPtr<T> dst, gpu_ptr<const T> src, bool zeros) {
   constexpr int64_t kCount = 16 / static_cast<int64_t>(sizeof(T));
   static_assert(kCount * sizeof(T) == 16, "whole elements in 16 bytes");
-  unsigned char bytes[16];
+  unsigned char bytes[16] = {};
   if (reinterpret_cast<uintptr_t>(src.get()) % 16 != 0) {
     emulator::report("cp.async: the global source address is not 16-byte aligned");
   }
-  for (int64_t i = 0; i < kCount; ++i) {
+  for (int64_t i = 0; i < (zeros ? 0 : kCount); ++i) {
     const T value = src[i];  // bounds-checked
     std::memcpy(bytes + i * sizeof(T), &value, sizeof(T));
   }
