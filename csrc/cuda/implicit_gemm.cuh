@@ -128,15 +128,41 @@ struct PositionCursor {
   Position q;
 };
 
+// One row of a plane, read at columns x * stride + offset: zero outside
+// [0, width), and everywhere where the row itself lies outside the plane
+// (in the padding). Its address is worked out even there, and never read:
+// choosing a harmless one instead cost the 128 x 128 CUDA-core tile spills.
+template <typename T>
+struct PlaneRow {
+  gpu_ptr<const T> row;  // its column 0
+  bool inside;
+  int32_t offset, stride, width;
+
+  __device__ __forceinline__ T at(int32_t x) const {
+    const int32_t c = x * stride + offset;
+    return inside && static_cast<uint32_t>(c) < static_cast<uint32_t>(width) ? row[c] : T(0);
+  }
+};
+
 // Elements j, j + 1, ... of a chunk along positions into v (zero from j_end
-// on), from a cursor at j: element(line, position).
-template <typename T, int kCount, typename Line, typename Element>
-__device__ __forceinline__ void run_positions(const Line& line, const PositionCursor& at, int64_t j_end,
-                                              const Planes& planes, T (&v)[kCount], const Element& element) {
+// on), from a cursor at j: d.row(line, q) is the row that position q reads,
+// at column q.x. A run that stays in one row of positions, as most do,
+// finds that row once rather than once per element.
+template <typename T, int kCount, typename Operand, typename Line>
+__device__ __forceinline__ void run_positions(const Operand& d, const Line& line, const PositionCursor& at,
+                                              int64_t j_end, const Planes& planes, T (&v)[kCount]) {
+  if (at.q.x + kCount <= planes.cols && at.j + kCount <= j_end) {
+    const PlaneRow<T> r = d.row(line, at.q);
+#pragma unroll
+    for (int e = 0; e < kCount; ++e) {
+      v[e] = r.at(at.q.x + e);
+    }
+    return;
+  }
   Position q = at.q;
 #pragma unroll
   for (int e = 0; e < kCount; ++e) {
-    v[e] = at.j + e < j_end ? element(line, q) : T(0);
+    v[e] = at.j + e < j_end ? d.row(line, q).at(q.x) : T(0);
     q.next(planes.rows, planes.cols);
   }
 }
@@ -162,7 +188,7 @@ struct TapIndex {
 };
 
 // What an operand that gathers taps at positions has besides line() and
-// element(tap, position): positions are the index along its chunks (the
+// row(tap, position): positions are the index along its chunks (the
 // ConvIndex field kPlanes), read a run() at a time, never by cp.async.
 template <typename T, typename Derived, Planes ConvIndex::*kPlanes>
 struct TapsAtPositions {
@@ -173,7 +199,7 @@ struct TapsAtPositions {
   template <int kCount>
   __device__ __forceinline__ void run(const Tap& tap, const PositionCursor& at, int64_t j_end, T (&v)[kCount]) const {
     const Derived& d = static_cast<const Derived&>(*this);
-    run_positions(tap, at, j_end, d.s.*kPlanes, v, [&d](const Tap& t, const Position& q) { return d.element(t, q); });
+    run_positions(d, tap, at, j_end, d.s.*kPlanes, v);
   }
   template <typename Dst>
   __device__ __forceinline__ bool copy(const Tap&, const PositionCursor&, Dst) const {
@@ -198,14 +224,12 @@ struct InputPatches
     return {(z * s.in_per_group + i.c) * static_cast<int64_t>(s.in_h) * s.in_w, i.ki * s.dilation_h - s.pad_h,
             i.kj * s.dilation_w - s.pad_w};
   }
-  // At output position q = (b, oh, ow).
-  __device__ __forceinline__ T element(const Tap& tap, const Position& q) const {
-    const int32_t ih = q.y * s.stride_h + tap.dh, iw = q.x * s.stride_w + tap.dw;
-    if (static_cast<uint32_t>(ih) >= static_cast<uint32_t>(s.in_h) ||
-        static_cast<uint32_t>(iw) >= static_cast<uint32_t>(s.in_w)) {
-      return T(0);
-    }
-    return input[(static_cast<int64_t>(q.b) * s.in_channels * s.in_h + ih) * s.in_w + tap.plane + iw];
+  // The input row the tap reads at output position q = (b, oh, ow), by ow.
+  __device__ __forceinline__ PlaneRow<T> row(const Tap& tap, const Position& q) const {
+    const int32_t ih = q.y * s.stride_h + tap.dh;
+    const bool inside = static_cast<uint32_t>(ih) < static_cast<uint32_t>(s.in_h);
+    return {input + (static_cast<int64_t>(q.b) * s.in_channels * s.in_h + ih) * s.in_w + tap.plane, inside, tap.dw,
+            s.stride_w, s.in_w};
   }
 };
 
@@ -215,11 +239,11 @@ struct InputPatches
 // share. A line is a pixel (Derived::Pixel, from line()), a cursor a tap
 // (TapCursor: its index j and its (c, ki, kj));
 // Derived::find(pixel, tap, offset) gives the element's offset, or false
-// where the tap reads nothing there (padding, or between strided windows). Where the
-// tensor is 16-byte aligned and each group's channels (the ConvIndex field
-// kChannels divides by) are whole chunks, each chunk goes by cp.async (the
-// tensor cores' kernel), one that reads nothing as a chunk of zeros; else element by
-// element.
+// where the tap reads nothing there (padding, or between strided windows).
+// Where the tensor is 16-byte aligned and each group's channels (the
+// ConvIndex field kChannels divides by) are whole chunks, each chunk goes by
+// cp.async (the tensor cores' kernel), one that reads nothing as a chunk of
+// zeros; else element by element.
 struct TapCursor {
   int64_t j;
   int32_t c, ki, kj;
@@ -346,14 +370,12 @@ struct OutputGradPatches : TapsAtPositions<T, OutputGradPatches<T>, &ConvIndex::
     return {(z * s.out_per_group + i.c) * static_cast<int64_t>(s.out_h) * s.out_w,
             s.grad_row0 - i.ki * s.grad_row_step, s.grad_col0 - i.kj * s.grad_col_step};
   }
-  // At position q = (b, y, x) of the phase.
-  __device__ __forceinline__ T element(const Tap& tap, const Position& q) const {
-    const int32_t oh = q.y + tap.dh, ow = q.x + tap.dw;
-    if (static_cast<uint32_t>(oh) >= static_cast<uint32_t>(s.out_h) ||
-        static_cast<uint32_t>(ow) >= static_cast<uint32_t>(s.out_w)) {
-      return T(0);
-    }
-    return grad_output[(static_cast<int64_t>(q.b) * s.out_channels * s.out_h + oh) * s.out_w + tap.plane + ow];
+  // The output-gradient row the tap reads at position q = (b, y, x) of the phase, by x.
+  __device__ __forceinline__ PlaneRow<T> row(const Tap& tap, const Position& q) const {
+    const int32_t oh = q.y + tap.dh;
+    const bool inside = static_cast<uint32_t>(oh) < static_cast<uint32_t>(s.out_h);
+    return {grad_output + (static_cast<int64_t>(q.b) * s.out_channels * s.out_h + oh) * s.out_w + tap.plane, inside,
+            tap.dw, 1, s.out_w};
   }
 };
 
@@ -375,10 +397,12 @@ struct OutputGradRows {
   __device__ __forceinline__ PositionCursor start(int64_t j) const { return {j, Position(j, s.samples)}; }
   template <int kCount>
   __device__ __forceinline__ void run(int64_t plane, const PositionCursor& at, int64_t j_end, T (&v)[kCount]) const {
-    const int32_t size = s.samples.cols;
-    run_positions(plane, at, j_end, s.samples, v, [this, plane, size](int64_t, const Position& q) {
-      return grad_output[static_cast<int64_t>(q.b) * s.out_channels * size + plane + q.x];
-    });
+    run_positions(*this, plane, at, j_end, s.samples, v);
+  }
+  // Channel `plane` of sample q.b, by position in the plane.
+  __device__ __forceinline__ PlaneRow<T> row(int64_t plane, const Position& q) const {
+    return {grad_output + static_cast<int64_t>(q.b) * s.out_channels * s.samples.cols + plane, true, 0, 1,
+            s.samples.cols};
   }
   template <typename Dst>
   __device__ __forceinline__ bool copy(int64_t plane, const PositionCursor& at, Dst dst) const {
