@@ -409,8 +409,7 @@ struct OutputGradRows {
     // With planes of whole chunks, a chunk starting at a multiple of its size
     // never crosses into the next sample.
     if (vector) {
-      cp_async_16(dst, grad_output + static_cast<int64_t>(at.q.b) * s.out_channels * s.samples.cols + plane + at.q.x,
-                  false);
+      cp_async_16(dst, row(plane, at.q).row + at.q.x, false);
     }
     return vector;
   }
