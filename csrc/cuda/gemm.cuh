@@ -461,9 +461,12 @@ __device__ __forceinline__ void stage_chunk(int r, int& row, int& col) {
 
 // Loads an operand's rows [mn0, mn0 + kTileMN) of m (or n) and [k0, k0 + 32)
 // of k of batch entry z into a stage, zero outside [0, mn_size) x
-// [k0, k_end). A chunk goes by cp.async when it lies whole inside and the
-// operand can copy it; the others into registers (StageRegisters), for
-// mma_stage_store. A thread's chunks keep their m (or n) from stage to stage,
+// [k0, k_end), except that where k is contiguous, rows past mn_size hold
+// row mn0's values: those rows reach only rows (or columns) of C that the
+// kernel never stores, and so a tile wider than a small m (or n) loads
+// them like any other. A chunk goes by cp.async when it lies whole inside
+// (so) and the operand can copy it; the others into registers
+// (StageRegisters), for mma_stage_store. A thread's chunks keep their m (or n) from stage to stage,
 // so what the operand needs of it is worked out once: the lines of their rows
 // where k is contiguous, else the cursor of their columns (all of a thread's
 // chunks start at the same column).
@@ -510,7 +513,7 @@ struct MmaLoader {
       const int64_t mn = kKContiguous ? mn0 + row : mn0 + col;
       const int64_t k = kKContiguous ? k0 + col : k0 + row;
       const bool fixed_inside = kKContiguous ? mn < mn_size : k < k_end;
-      const bool whole = fixed_inside && (kKContiguous ? k + kVector <= k_end : mn + kVector <= mn_size);
+      const bool whole = kKContiguous ? k + kVector <= k_end : fixed_inside && mn + kVector <= mn_size;
       Line line{};
       if constexpr (kKContiguous) {
         line = lines[r];
