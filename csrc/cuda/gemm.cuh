@@ -127,14 +127,15 @@ __device__ __forceinline__ void gemm_store(const GemmParams<scalar_t, out_t>& p,
 //                 The tensor-core kernel keeps whichever of line and cursor
 //                 depends only on m or n (the same for a thread in every step
 //                 of k) from step to step, and works out the other once a step;
-//   copy(line, cursor, dst)  starts cp.async of the chunk of the next 16
-//                 bytes' elements from there into shared memory at dst, and
-//                 returns true, where cp.async can: where they lie contiguous
-//                 in memory and 16-byte aligned, or are all zeros (such as
-//                 the padding around an image, which cp.async writes without
-//                 reading); else returns false (element by element). Chunks
-//                 start at multiples of their length along the contiguous
-//                 dimension.
+//   copy(line, cursor, dst)  (optional) starts cp.async of the chunk of the
+//                 next 16 bytes' elements from there into shared memory at
+//                 dst, where `vector` (a member beside it) says cp.async can:
+//                 where such chunks lie contiguous in memory and 16-byte
+//                 aligned, or are all zeros (such as the padding around an
+//                 image, which cp.async writes without reading); else they
+//                 go element by element, as all of an operand without copy().
+//                 Chunks start at multiples of their length along the
+//                 contiguous dimension.
 // and out through store(z, row, col, sum), which applies everything after
 // the sum (alpha, bias, beta, the rounding to the stored type).
 
@@ -162,11 +163,8 @@ struct MatrixOperand {
     }
   }
   template <typename Dst>
-  __device__ __forceinline__ bool copy(const gpu_ptr<const T>& line, int64_t j, Dst dst) const {
-    if (vector) {
-      cp_async_16(dst, line + j, false);
-    }
-    return vector;
+  __device__ __forceinline__ void copy(const gpu_ptr<const T>& line, int64_t j, Dst dst) const {
+    cp_async_16(dst, line + j, false);
   }
 };
 
@@ -419,10 +417,12 @@ template <typename scalar_t, bool kKContiguous>
 constexpr int kMmaPad = !kKContiguous && sizeof(scalar_t) == 4 ? 8 : kVectorOf<scalar_t>;
 
 // Both stages of one operand's tile: kTileMN (m or n) x 32 (k), stored
-// k-major or not.
+// k-major or not, in rows of kMmaPitch elements.
 template <typename scalar_t, bool kKContiguous, int kTileMN>
-using MmaStages = shared_array<scalar_t, 2, kKContiguous ? kTileMN : kMmaTileK,
-                               (kKContiguous ? kMmaTileK : kTileMN) + kMmaPad<scalar_t, kKContiguous>>;
+constexpr int kMmaPitch = (kKContiguous ? kMmaTileK : kTileMN) + kMmaPad<scalar_t, kKContiguous>;
+template <typename scalar_t, bool kKContiguous, int kTileMN>
+using MmaStages =
+    shared_array<scalar_t, 2, kKContiguous ? kTileMN : kMmaTileK, kMmaPitch<scalar_t, kKContiguous, kTileMN>>;
 
 // The chunks of a stage that one thread loads element by element (those
 // cp.async cannot copy), held in registers from the loads until
@@ -466,10 +466,13 @@ __device__ __forceinline__ void stage_chunk(int r, int& row, int& col) {
 // kernel never stores, and so a tile wider than a small m (or n) loads
 // them like any other. A chunk goes by cp.async when it lies whole inside
 // (so) and the operand can copy it; the others into registers
-// (StageRegisters), for mma_stage_store. A thread's chunks keep their m (or n) from stage to stage,
-// so what the operand needs of it is worked out once: the lines of their rows
-// where k is contiguous, else the cursor of their columns (all of a thread's
-// chunks start at the same column).
+// (StageRegisters), for mma_stage_store. A thread's chunks keep their m (or
+// n) from stage to stage, so what the operand needs of it is worked out
+// once: the lines of their rows where k is contiguous, else the cursor of
+// their columns (all of a thread's chunks start at the same column). In
+// nearly every stage all of a thread's chunks go by cp.async: the loader
+// tests that once, and then starts the copies with no test of their own,
+// each to its place a fixed distance from the first.
 template <typename scalar_t, int kTileMN, int kThreads, typename Operand>
 struct MmaLoader {
   static constexpr bool kKContiguous = Operand::kKContiguous;
@@ -479,12 +482,16 @@ struct MmaLoader {
                 "a thread's chunks all start at the same column");
   using Line = decltype(std::declval<Operand>().line(0, 0));
   using Cursor = decltype(std::declval<Operand>().start(0));
+  // A thread's chunks lie kRowStep rows of a stage's tile apart, in the same column.
+  static constexpr int kRowStep = kThreads / ((kKContiguous ? kMmaTileK : kTileMN) / kVector);
+  static constexpr int kRowStepElements = kRowStep * kMmaPitch<scalar_t, kKContiguous, kTileMN>;
   Line lines[kKContiguous ? kChunks : 1];  // kKContiguous: of each chunk's row (a row inside, where past mn_size)
   Cursor cursor;                           // otherwise: of the chunks' column
   int64_t z, mn0, mn_size;
+  bool mn_whole;  // where m or n is contiguous, the chunks' column lies whole inside [0, mn_size)
 
   __device__ __forceinline__ MmaLoader(const Operand& x, int64_t z_, int64_t mn0_, int64_t mn_size_)
-      : z(z_), mn0(mn0_), mn_size(mn_size_) {
+      : z(z_), mn0(mn0_), mn_size(mn_size_), mn_whole(false) {
     if constexpr (kKContiguous) {
 #pragma unroll
       for (int r = 0; r < kChunks; ++r) {
@@ -496,37 +503,52 @@ struct MmaLoader {
       int row, col;
       stage_chunk<scalar_t, kKContiguous, kTileMN, kThreads>(0, row, col);
       cursor = x.start(mn0 + col);
+      mn_whole = mn0 + col + kVector <= mn_size;
     }
   }
 
   template <typename Tile>
   __device__ __forceinline__ void load(const Operand& x, Tile& tile, int stage, int64_t k0, int64_t k_end,
                                        StageRegisters<scalar_t, kTileMN, kThreads>& regs) const {
-    // Where k is contiguous, the chunks' cursor in this stage: the same column for each.
     int first_row, first_col;
     stage_chunk<scalar_t, kKContiguous, kTileMN, kThreads>(0, first_row, first_col);
+    // Where k is contiguous, the chunks' cursor in this stage: the same column for each.
     const Cursor along = kKContiguous ? x.start(k0 + first_col) : cursor;
+    // The steps of k this stage holds, so that the chunks' bounds along k are
+    // 32-bit tests of their place in the tile.
+    const int k_left = k_end - k0 < kMmaTileK ? static_cast<int>(k_end - k0) : kMmaTileK;
+    const auto first = shared_address(tile[stage][first_row][first_col]);
+    // k inside [k0, k_end) for chunk r: where k is contiguous, the whole
+    // chunk (the same for all of a thread's chunks); else its row.
+    const auto k_inside = [&](int r) {
+      return kKContiguous ? first_col + kVector <= k_left : first_row + r * kRowStep < k_left;
+    };
+    const auto line_of = [&](int r) { return kKContiguous ? lines[r] : x.line(z, k0 + first_row + r * kRowStep); };
+    // Each chunk whole inside: all by cp.async, with no test of their own.
+    if (copies(x) && k_inside(kChunks - 1) && (kKContiguous || mn_whole)) {
+#pragma unroll
+      for (int r = 0; r < kChunks; ++r) {
+        copy(x, line_of(r), along, first + r * kRowStepElements);
+        regs.held[r] = false;
+      }
+      return;
+    }
 #pragma unroll
     for (int r = 0; r < kChunks; ++r) {
-      int row, col;
-      stage_chunk<scalar_t, kKContiguous, kTileMN, kThreads>(r, row, col);
-      const int64_t mn = kKContiguous ? mn0 + row : mn0 + col;
-      const int64_t k = kKContiguous ? k0 + col : k0 + row;
-      const bool fixed_inside = kKContiguous ? mn < mn_size : k < k_end;
-      const bool whole = kKContiguous ? k + kVector <= k_end : fixed_inside && mn + kVector <= mn_size;
+      const bool inside = k_inside(r);
       Line line{};
-      if constexpr (kKContiguous) {
-        line = lines[r];
-      } else if (fixed_inside) {
-        line = x.line(z, k);
+      if (kKContiguous || inside) {
+        line = line_of(r);
       }
-      if (whole && x.copy(line, along, shared_address(tile[stage][row][col]))) {
+      if (copies(x) && inside && (kKContiguous || mn_whole)) {
+        copy(x, line, along, first + r * kRowStepElements);
         regs.held[r] = false;
         continue;
       }
-      // The chunk's fixed index (mn, or k) inside, and its elements one by one.
+      // The chunk's elements one by one: zeros past k_end, and where m or n
+      // is contiguous past mn_size (where k is, its rows lie inside).
       regs.held[r] = true;
-      if (fixed_inside) {
+      if (kKContiguous || inside) {
         x.run(line, along, kKContiguous ? k_end : mn_size, regs.v[r]);
       } else {
 #pragma unroll
@@ -534,6 +556,22 @@ struct MmaLoader {
           regs.v[r][e] = scalar_t(0);
         }
       }
+    }
+  }
+
+ private:
+  // Whether the operand has copy() (and its flag `vector`).
+  static constexpr bool kCopies = requires(const Operand& x) { x.vector; };
+  __device__ __forceinline__ static bool copies(const Operand& x) {
+    if constexpr (kCopies) {
+      return x.vector;
+    }
+    return false;
+  }
+  template <typename Dst>
+  __device__ __forceinline__ static void copy(const Operand& x, const Line& line, const Cursor& along, Dst dst) {
+    if constexpr (kCopies) {
+      x.copy(line, along, dst);
     }
   }
 };

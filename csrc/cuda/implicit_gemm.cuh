@@ -201,10 +201,6 @@ struct TapsAtPositions {
     const Derived& d = static_cast<const Derived&>(*this);
     run_positions(d, tap, at, j_end, d.s.*kPlanes, v);
   }
-  template <typename Dst>
-  __device__ __forceinline__ bool copy(const Tap&, const PositionCursor&, Dst) const {
-    return false;
-  }
 };
 
 // X (t, q) of the forward and the weight gradient: tap t = (c, ki, kj) of
@@ -236,50 +232,81 @@ struct InputPatches
 // Taps ordered t = (ki, kj, c), channel fastest, of tensors in
 // channels-last memory, where a tap's consecutive channels at one pixel lie
 // contiguous: what ChannelsLastPatches and ChannelsLastOutputGradPatches
-// share. A line is a pixel (Derived::Pixel, from line()), a cursor a tap
-// (TapCursor: its index j and its (c, ki, kj));
-// Derived::find(pixel, tap, offset) gives the element's offset, or false
-// where the tap reads nothing there (padding, or between strided windows).
-// Where the tensor is 16-byte aligned and each group's channels (the
-// ConvIndex field kChannels divides by) are whole chunks, each chunk goes by
-// cp.async (the tensor cores' kernel), one that reads nothing as a chunk of
-// zeros; else element by element.
+// share. A line is the pixel a window starts from (TapPixel, from
+// Derived::line()), a cursor a tap (TapCursor: its index j and its place
+// from that pixel, in rows and columns and in elements), so that an element's
+// address is the sum of the two, and its bounds two tests of a row and a
+// column; Derived::grid() gives the tensor's pixels and channels and each
+// tap's step. Where the tensor is 16-byte aligned and each group's channels
+// (the ConvIndex field kChannels divides by) are whole chunks, each chunk
+// goes by cp.async (the tensor cores' kernel), one that reads nothing as a
+// chunk of zeros; else element by element.
 struct TapCursor {
   int64_t j;
-  int32_t c, ki, kj;
+  int32_t dh, dw;   // the tap's place from a window's first pixel: (ki, kj) times the steps
+  int64_t offset;   // and in elements: (dh * cols + dw) * channels + c
+};
+
+// A window's first pixel: its address in the tensor, and its row and
+// column. The pixel itself may lie in the padding, and its address outside
+// the tensor: only the taps find() says are inside are read.
+template <typename T>
+struct TapPixel {
+  gpu_ptr<const T> at;
+  int32_t h, w;
+};
+
+// The pixels a tensor's taps read (rows x cols of `channels` elements each),
+// and how far apart a tap's rows and columns put consecutive taps
+// (negative where the kernel is read rotated, in the input gradient).
+struct TapGrid {
+  int32_t rows, cols, channels, step_h, step_w;
 };
 
 template <typename T, typename Derived, Divisor ConvIndex::*kChannels>
 struct ChannelsLastTaps {
   __device__ __forceinline__ TapCursor start(int64_t j) const {
-    const ConvIndex& s = static_cast<const Derived&>(*this).s;
+    const Derived& d = static_cast<const Derived&>(*this);
     const int32_t t = static_cast<int32_t>(j);
-    const int32_t r = (s.*kChannels).div(t), c = (s.*kChannels).mod(t, r);
-    const int32_t ki = s.kernel_col.div(r);
-    return {j, c, ki, s.kernel_col.mod(r, ki)};
+    const int32_t r = (d.s.*kChannels).div(t), c = (d.s.*kChannels).mod(t, r);
+    const int32_t ki = d.s.kernel_col.div(r), kj = d.s.kernel_col.mod(r, ki);
+    const TapGrid g = d.grid();
+    const int32_t dh = ki * g.step_h, dw = kj * g.step_w;
+    return {j, dh, dw, (static_cast<int64_t>(dh) * g.cols + dw) * g.channels + c};
+  }
+  // The pixel (h, w) of the image that starts at element `image` (a sample
+  // and a group's first channel).
+  __device__ __forceinline__ TapPixel<T> pixel(int64_t image, int32_t h, int32_t w) const {
+    const Derived& d = static_cast<const Derived&>(*this);
+    const TapGrid g = d.grid();
+    return {d.tensor + image + (static_cast<int64_t>(h) * g.cols + w) * g.channels, h, w};
+  }
+  // Whether tap t of the window at `at` reads the tensor (else it lies in
+  // the padding, or between strided windows), and where.
+  __device__ __forceinline__ bool find(const TapPixel<T>& at, const TapCursor& t, gpu_ptr<const T>& p) const {
+    const TapGrid g = static_cast<const Derived&>(*this).grid();
+    p = at.at + t.offset;
+    return static_cast<uint32_t>(at.h + t.dh) < static_cast<uint32_t>(g.rows) &&
+           static_cast<uint32_t>(at.w + t.dw) < static_cast<uint32_t>(g.cols);
   }
   // A run never leaves its tap: the kernels' runs are chunks, and each
   // group's channels are whole chunks (cuda_conv_gathers_channels_last).
-  template <typename Pixel, int kCount>
-  __device__ __forceinline__ void run(const Pixel& at, const TapCursor& t, int64_t j_end, T (&v)[kCount]) const {
-    const Derived& d = static_cast<const Derived&>(*this);
-    int64_t o = 0;
-    const bool inside = d.find(at, t, o);
+  template <int kCount>
+  __device__ __forceinline__ void run(const TapPixel<T>& at, const TapCursor& t, int64_t j_end,
+                                      T (&v)[kCount]) const {
+    gpu_ptr<const T> p;
+    const bool inside = find(at, t, p);
 #pragma unroll
     for (int e = 0; e < kCount; ++e) {
-      v[e] = inside && t.j + e < j_end ? d.tensor[o + e] : T(0);
+      v[e] = inside && t.j + e < j_end ? p[e] : T(0);
     }
   }
-  // A tap in the padding reads nothing: a chunk of zeros.
-  template <typename Pixel, typename Dst>
-  __device__ __forceinline__ bool copy(const Pixel& at, const TapCursor& t, Dst dst) const {
-    const Derived& d = static_cast<const Derived&>(*this);
-    if (d.vector) {
-      int64_t o = 0;
-      const bool inside = d.find(at, t, o);
-      cp_async_16(dst, d.tensor + (inside ? o : 0), !inside);
-    }
-    return d.vector;
+  // A tap that reads nothing: a chunk of zeros, from any valid address.
+  template <typename Dst>
+  __device__ __forceinline__ void copy(const TapPixel<T>& at, const TapCursor& t, Dst dst) const {
+    gpu_ptr<const T> p;
+    const bool inside = find(at, t, p);
+    cp_async_16(dst, inside ? p : static_cast<const Derived&>(*this).tensor, !inside);
   }
 };
 
@@ -296,25 +323,14 @@ struct ChannelsLastPatches
   ConvIndex s;
   bool vector = false;  // the input 16-byte aligned, and each group's channels whole chunks
 
-  // Output position q's receptive field: its sample and group, and where its window starts.
-  struct Pixel {
-    int64_t base;    // (b * H * W) * C_in + z * C_in / groups
-    int32_t h0, w0;  // oh * stride - pad, ow * stride - pad
-  };
-
-  __device__ __forceinline__ Pixel line(int64_t z, int64_t q) const {
-    const Position p(q, s.outputs);
-    return {(static_cast<int64_t>(p.b) * s.in_h * s.in_w) * s.in_channels + z * s.in_per_group,
-            p.y * s.stride_h - s.pad_h, p.x * s.stride_w - s.pad_w};
+  __device__ __forceinline__ TapGrid grid() const {
+    return {s.in_h, s.in_w, s.in_channels, s.dilation_h, s.dilation_w};
   }
-  __device__ __forceinline__ bool find(const Pixel& at, const TapCursor& t, int64_t& offset) const {
-    const int32_t ih = at.h0 + t.ki * s.dilation_h, iw = at.w0 + t.kj * s.dilation_w;
-    if (static_cast<uint32_t>(ih) >= static_cast<uint32_t>(s.in_h) ||
-        static_cast<uint32_t>(iw) >= static_cast<uint32_t>(s.in_w)) {
-      return false;
-    }
-    offset = at.base + (static_cast<int64_t>(ih) * s.in_w + iw) * s.in_channels + t.c;
-    return true;
+  // Output position q's window: in its sample and group, from (oh * stride - pad, ow * stride - pad).
+  __device__ __forceinline__ TapPixel<T> line(int64_t z, int64_t q) const {
+    const Position p(q, s.outputs);
+    return this->pixel(static_cast<int64_t>(p.b) * s.in_h * s.in_w * s.in_channels + z * s.in_per_group,
+                       p.y * s.stride_h - s.pad_h, p.x * s.stride_w - s.pad_w);
   }
 };
 
@@ -331,25 +347,15 @@ struct ChannelsLastOutputGradPatches
   ConvIndex s;
   bool vector = false;  // the tensor 16-byte aligned, and each group's output channels whole chunks
 
-  // Input position q: its sample and group, and the output position its first tap reads.
-  struct Pixel {
-    int64_t base;    // (b * out_h * out_w) * C_out + z * C_out / groups
-    int32_t h0, w0;  // y + grad_row0, x + grad_col0
-  };
-
-  __device__ __forceinline__ Pixel line(int64_t z, int64_t q) const {
-    const Position p(q, s.inputs);
-    return {(static_cast<int64_t>(p.b) * s.out_h * s.out_w) * s.out_channels + z * s.out_per_group,
-            p.y + s.grad_row0, p.x + s.grad_col0};
+  // Tap (ki, kj) reads output row oh = y + grad_row0 - ki * grad_row_step, column likewise.
+  __device__ __forceinline__ TapGrid grid() const {
+    return {s.out_h, s.out_w, s.out_channels, -s.grad_row_step, -s.grad_col_step};
   }
-  __device__ __forceinline__ bool find(const Pixel& at, const TapCursor& t, int64_t& offset) const {
-    const int32_t oh = at.h0 - t.ki * s.grad_row_step, ow = at.w0 - t.kj * s.grad_col_step;
-    if (static_cast<uint32_t>(oh) >= static_cast<uint32_t>(s.out_h) ||
-        static_cast<uint32_t>(ow) >= static_cast<uint32_t>(s.out_w)) {
-      return false;
-    }
-    offset = at.base + (static_cast<int64_t>(oh) * s.out_w + ow) * s.out_channels + t.c;
-    return true;
+  // Input position q: in its sample and group, the output pixel its first tap reads.
+  __device__ __forceinline__ TapPixel<T> line(int64_t z, int64_t q) const {
+    const Position p(q, s.inputs);
+    return this->pixel(static_cast<int64_t>(p.b) * s.out_h * s.out_w * s.out_channels + z * s.out_per_group,
+                       p.y + s.grad_row0, p.x + s.grad_col0);
   }
 };
 
@@ -405,13 +411,10 @@ struct OutputGradRows {
             s.samples.cols};
   }
   template <typename Dst>
-  __device__ __forceinline__ bool copy(int64_t plane, const PositionCursor& at, Dst dst) const {
+  __device__ __forceinline__ void copy(int64_t plane, const PositionCursor& at, Dst dst) const {
     // With planes of whole chunks, a chunk starting at a multiple of its size
     // never crosses into the next sample.
-    if (vector) {
-      cp_async_16(dst, row(plane, at.q).row + at.q.x, false);
-    }
-    return vector;
+    cp_async_16(dst, row(plane, at.q).row + at.q.x, false);
   }
 };
 

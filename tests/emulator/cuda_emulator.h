@@ -214,6 +214,17 @@ struct SharedPtr {
   int64_t element;    // its index in the array, flattened
   int64_t available;  // elements from it to the end of the array
   const char* array;
+
+  // The element n further on in the array; one outside it is reported (and
+  // this one given instead, so that nothing is written outside).
+  SharedPtr operator+(int64_t n) const {
+    if (n < 0 || n >= available) {
+      report("shared memory address " + std::to_string(n) + " elements on from element " + std::to_string(element) +
+             " of " + array + ", outside it");
+      return *this;
+    }
+    return {value + n, shadow + n, element + n, available - n, array};
+  }
 };
 
 // One element of a shared_array: reading and writing it go through the race
