@@ -10,7 +10,10 @@ multiply-adds (FFMA, DFMA; HMMA, one mma.sync), the shared- and
 global-memory loads, and the registers and spills. A loop with fewer
 instructions per multiply-add leaves more issue slots to the arithmetic: a
 proxy for speed to compare kernel changes by, not a measurement of it
-(latency, memory and occupancy are not in it).
+(latency, memory and occupancy are not in it). The loop holds every path
+through a step; for the tensor-core kernels whose operands both copy their
+chunks by cp.async, the column `step` counts the path nearly every step
+takes, where they all do (copy_step).
 
     .venv/bin/python benchmarks/sass_loops.py                         # float32, sm_90
     .venv/bin/python benchmarks/sass_loops.py --dtype half --arch sm_80
@@ -96,25 +99,78 @@ def short(name):
     return " ".join([kernel, *operands] + ([shape] if shape else []))
 
 
-def main_loop(body):
-    """Opcode counts of the largest loop (a backward branch's range) that holds a multiply-add."""
+def parse(body):
+    """The instructions of a function's SASS, as (guard predicate or "", opcode, operands), and its labels."""
     instructions, labels = [], {}
     for line in body.split("\n"):
         label = re.match(r"^(\.L_x_\d+):", line.strip())
         if label:
             labels[label.group(1)] = len(instructions)
             continue
-        ins = re.match(r"^\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)(.*)", line)
+        ins = re.match(r"^\s*/\*[0-9a-f]+\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)(.*)", line)
         if ins:
-            instructions.append((ins.group(1), ins.group(2)))
-    best = []
-    for i, (op, rest) in enumerate(instructions):
-        target = re.search(r"`\((\.L_x_\d+)\)", rest)
-        if op.startswith("BRA") and target and labels.get(target.group(1), i + 1) <= i:
-            loop = [o for o, _ in instructions[labels[target.group(1)]:i + 1] if o != "NOP"]
-            if any(o.startswith(MATH) for o in loop) and len(loop) > len(best):
-                best = loop
-    return collections.Counter(best)
+            instructions.append((ins.group(1) or "", ins.group(2), ins.group(3)))
+    return instructions, labels
+
+
+def branch_target(instruction, labels):
+    target = re.search(r"`\((\.L_x_\d+)\)", instruction[2])
+    return labels.get(target.group(1)) if instruction[1].startswith("BRA") and target else None
+
+
+def loop_range(instructions, labels):
+    """(first, last) of the largest loop (a backward branch's range) that holds a multiply-add, or None."""
+    best = None
+    for i, instruction in enumerate(instructions):
+        head = branch_target(instruction, labels)
+        if head is not None and head <= i and any(op.startswith(MATH) for _, op, _ in instructions[head:i + 1]):
+            if best is None or i - head > best[1] - best[0]:
+                best = (head, i)
+    return best
+
+
+def main_loop(body):
+    """Opcode counts of the main loop."""
+    instructions, labels = parse(body)
+    found = loop_range(instructions, labels)
+    if found is None:
+        return collections.Counter()
+    return collections.Counter(op for _, op, _ in instructions[found[0]:found[1] + 1] if op != "NOP")
+
+
+def copy_step(body):
+    """Instructions from the main loop's head to its last multiply-add along the shortest path that starts the
+    most cp.async copies (LDGSTS) and loads nothing into registers (LDG) or stores to shared memory (STS): a
+    tensor-core step in which every chunk goes by cp.async. The loop body less its closing branch is acyclic, so
+    this is a pass over it in order, keeping per instruction the fewest instructions before it for each count
+    of copies. None where no such path starts a copy."""
+    instructions, labels = parse(body)
+    found = loop_range(instructions, labels)
+    if found is None:
+        return None
+    first, last = found
+    last_math = max(i for i in range(first, last + 1) if instructions[i][1].startswith(MATH))
+    reach = {first: {0: 0}}  # instruction -> {copies started: fewest instructions issued before it}
+    for i in range(first, last_math + 1):
+        states = reach.pop(i, None)
+        guard, op, operands = instructions[i]
+        if not states or op.startswith("STS") or (op.startswith("LDG") and not op.startswith(("LDGSTS", "LDGDEPBAR"))):
+            continue
+        issued = {copies + op.startswith("LDGSTS"): n + (op != "NOP") for copies, n in states.items()}
+        if i == last_math:
+            most = max(issued)
+            return issued[most] if most > 0 else None
+        target = branch_target(instructions[i], labels)
+        conditional = bool(guard) or re.match(r"\s*!?U?P\d", operands)
+        ends = (target is not None and not conditional) or (op == "EXIT" and not guard)
+        following = [] if ends else [i + 1]
+        if target is not None and i < target <= last:
+            following.append(target)
+        for j in following:
+            best = reach.setdefault(j, {})
+            for copies, n in issued.items():
+                best[copies] = min(best.get(copies, n), n)
+    return None
 
 
 def main():
@@ -132,9 +188,10 @@ def main():
                  for m in re.finditer(r"Function properties for (\w+)\n.*?(\d+) bytes spill stores.*?\n"
                                       r".*?Used (\d+) registers", report)}
     print(f"{args.arch}, {args.dtype}: the main loop's instructions, its multiply-adds (FFMA/DFMA, or HMMA: one "
-          f"mma.sync each), instructions per multiply-add, shared and global loads; registers; spilled bytes")
+          f"mma.sync each), instructions per multiply-add, shared and global loads; registers; spilled bytes; "
+          f"on the tensor cores, the instructions to a step's last mma where all its chunks go by cp.async")
     print(f"{'kernel (problem: operands, output; tile)':<84} {'loop':>5} {'math':>5} {'per':>6} {'LDS':>4} "
-          f"{'LDG':>4} {'regs':>4} {'spill':>5}")
+          f"{'LDG':>4} {'regs':>4} {'spill':>5} {'step':>5}")
     rows = []
     for mangled, body in bodies.items():
         name = names[mangled].replace("custom_conv::gpu::", "")
@@ -144,14 +201,18 @@ def main():
             continue
         label = short(names[mangled])
         if re.search(args.filter, label):
-            rows.append((label, main_loop(body), resources.get(mangled, (0, 0))))
-    for label, ops, (regs, spills) in sorted(rows):
+            # (A step is counted where both operands copy chunks: not the gathers along positions, whose
+            # elements always load one by one.)
+            gathers = re.search(r"InputPatches|(?<!ChannelsLast)OutputGradPatches", label)
+            step = copy_step(body) if "gemm_mma_kernel" in label and not gathers else None
+            rows.append((label, main_loop(body), resources.get(mangled, (0, 0)), step))
+    for label, ops, (regs, spills), step in sorted(rows):
         total = sum(ops.values())
         math = sum(n for op, n in ops.items() if op.startswith(MATH))
         shared = sum(n for op, n in ops.items() if op.startswith(("LDS", "LDSM")))
         glob_loads = sum(n for op, n in ops.items() if op.startswith(("LDG", "LDGSTS")))
         print(f"{label:<84} {total:>5} {math:>5} {total / max(math, 1):>6.2f} {shared:>4} {glob_loads:>4} "
-              f"{regs:>4} {spills:>5}")
+              f"{regs:>4} {spills:>5} {step if step is not None else '-':>5}")
 
 
 if __name__ == "__main__":
