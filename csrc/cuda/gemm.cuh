@@ -461,7 +461,7 @@ __device__ __forceinline__ void stage_chunk(int r, int& row, int& col) {
 
 // Loads an operand's rows [mn0, mn0 + kTileMN) of m (or n) and [k0, k0 + 32)
 // of k of batch entry z into a stage, zero outside [0, mn_size) x
-// [k0, k_end), except that where k is contiguous, rows past mn_size hold
+// [k0, k0 + k_left), except that where k is contiguous, rows past mn_size hold
 // row mn0's values: those rows reach only rows (or columns) of C that the
 // kernel never stores, and so a tile wider than a small m (or n) loads
 // them like any other. A chunk goes by cp.async when it lies whole inside
@@ -507,18 +507,15 @@ struct MmaLoader {
     }
   }
 
-  template <typename Tile>
-  __device__ __forceinline__ void load(const Operand& x, Tile& tile, int stage, int64_t k0, int64_t k_end,
+  // `first`: where this thread's first chunk lies in the stage (stage_addresses).
+  template <typename Address>
+  __device__ __forceinline__ void load(const Operand& x, Address first, int64_t k0, int k_left,
                                        StageRegisters<scalar_t, kTileMN, kThreads>& regs) const {
     int first_row, first_col;
     stage_chunk<scalar_t, kKContiguous, kTileMN, kThreads>(0, first_row, first_col);
     // Where k is contiguous, the chunks' cursor in this stage: the same column for each.
     const Cursor along = kKContiguous ? x.start(k0 + first_col) : cursor;
-    // The steps of k this stage holds, so that the chunks' bounds along k are
-    // 32-bit tests of their place in the tile.
-    const int k_left = k_end - k0 < kMmaTileK ? static_cast<int>(k_end - k0) : kMmaTileK;
-    const auto first = shared_address(tile[stage][first_row][first_col]);
-    // k inside [k0, k_end) for chunk r: where k is contiguous, the whole
+    // k inside [k0, k0 + k_left) for chunk r: where k is contiguous, the whole
     // chunk (the same for all of a thread's chunks); else its row.
     const auto k_inside = [&](int r) {
       return kKContiguous ? first_col + kVector <= k_left : first_row + r * kRowStep < k_left;
@@ -545,11 +542,11 @@ struct MmaLoader {
         regs.held[r] = false;
         continue;
       }
-      // The chunk's elements one by one: zeros past k_end, and where m or n
+      // The chunk's elements one by one: zeros past k0 + k_left, and where m or n
       // is contiguous past mn_size (where k is, its rows lie inside).
       regs.held[r] = true;
       if (kKContiguous || inside) {
-        x.run(line, along, kKContiguous ? k_end : mn_size, regs.v[r]);
+        x.run(line, along, kKContiguous ? k0 + k_left : mn_size, regs.v[r]);
       } else {
 #pragma unroll
         for (int e = 0; e < kVector; ++e) {
@@ -607,28 +604,54 @@ __device__ __forceinline__ int fragment_k(int i, int half_k) {
   return (kA ? i / 2 : i % 2) * half_k;
 }
 
-// A's fragment of rows [mn, mn + 16) (kA), or B's of two blocks of 8
-// columns [mn, mn + 16), for the step of k at kk of a stage. Lane l names row
-// l % 8 of matrix l / 8 for ldmatrix (.trans where the tile is stored with m
-// or n contiguous). TF32 operands are rounded on the way, and read element
-// by element from a tile with m or n contiguous (ldmatrix cannot transpose
+// Where a thread's share of a stage lies in shared memory: its first chunk
+// (MmaLoader::load), and its lane's ldmatrix row for the warp's first
+// fragment (mma_fragment). The kernel works them out once for each stage
+// and keeps them from step to step: worked out again in each step, with
+// the address of the block's shared memory, they took about 20 of the
+// step's instructions.
+template <typename Address>
+struct StageAddresses {
+  Address first, rows;
+};
+
+// Lane l names row l % 8 of matrix l / 8 for ldmatrix; the warp's piece
+// starts at mn (m for A, n for B).
+template <typename scalar_t, bool kA, bool kKContiguous, int kTileMN, int kThreads, typename Tile>
+__device__ __forceinline__ auto stage_addresses(Tile& tile, int stage, int mn) {
+  constexpr int kHalfK = kMmaK<scalar_t> / 2;
+  int row, col;
+  stage_chunk<scalar_t, kKContiguous, kTileMN, kThreads>(0, row, col);
+  const int j = threadIdx.x % 32 / 8, r = threadIdx.x % 8;
+  const auto rows = kKContiguous ? shared_address(tile[stage][mn + fragment_mn<kA>(j) + r][fragment_k<kA>(j, kHalfK)])
+                                 : shared_address(tile[stage][fragment_k<kA>(j, kHalfK) + r][mn + fragment_mn<kA>(j)]);
+  return StageAddresses<std::remove_const_t<decltype(rows)>>{shared_address(tile[stage][row][col]), rows};
+}
+
+// A's fragment of rows [mn0 + mn, mn0 + mn + 16) (kA), or B's of two blocks
+// of 8 columns, for the step of k at kk of a stage, whose addresses are `at`
+// (the warp's piece starting at mn0): by ldmatrix (.trans where the tile is
+// stored with m or n contiguous), a fixed number of elements from the
+// lane's row. TF32 operands are rounded on the way, and read element by
+// element from a tile with m or n contiguous (ldmatrix cannot transpose
 // 32-bit elements).
-template <typename scalar_t, bool kA, bool kKContiguous, typename Tile>
-__device__ __forceinline__ void mma_fragment(uint32_t (&f)[4], Tile& tile, int stage, int mn, int kk) {
+template <typename scalar_t, bool kA, bool kKContiguous, int kTileMN, typename Tile, typename Address>
+__device__ __forceinline__ void mma_fragment(uint32_t (&f)[4], Tile& tile, int stage,
+                                             const StageAddresses<Address>& at, int mn0, int mn, int kk) {
   constexpr bool kTf32 = sizeof(scalar_t) == 4;
   constexpr int kHalfK = kMmaK<scalar_t> / 2;
+  constexpr int kPitch = kMmaPitch<scalar_t, kKContiguous, kTileMN>;
   if constexpr (kTf32 && !kKContiguous) {
     const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      f[i] = to_tf32(tile[stage][kk + fragment_k<kA>(i, kHalfK) + t][mn + fragment_mn<kA>(i) + g]);
+      f[i] = to_tf32(tile[stage][kk + fragment_k<kA>(i, kHalfK) + t][mn0 + mn + fragment_mn<kA>(i) + g]);
     }
   } else {
-    const int j = threadIdx.x % 32 / 8, r = threadIdx.x % 8;
     if constexpr (kKContiguous) {
-      ldmatrix<4>(f, shared_address(tile[stage][mn + fragment_mn<kA>(j) + r][kk + fragment_k<kA>(j, kHalfK)]));
+      ldmatrix<4>(f, at.rows + (mn * kPitch + kk));
     } else {
-      ldmatrix<4, true>(f, shared_address(tile[stage][kk + fragment_k<kA>(j, kHalfK) + r][mn + fragment_mn<kA>(j)]));
+      ldmatrix<4, true>(f, at.rows + (kk * kPitch + mn));
     }
     if constexpr (kTf32) {
 #pragma unroll
@@ -658,7 +681,8 @@ gemm_mma_kernel(const Problem p, int64_t batch_offset, int64_t splits, int64_t k
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kN;
   const int64_t k_begin = slice * k_per_split;
   const int64_t k_end = k_begin + k_per_split < p.k ? k_begin + k_per_split : p.k;
-  const int64_t steps = k_end > k_begin ? (k_end - k_begin + kMmaTileK - 1) / kMmaTileK : 0;
+  // (32-bit: a reduction of 2^36 steps of k would not fit any GPU's memory.)
+  const int steps = k_end > k_begin ? static_cast<int>((k_end - k_begin + kMmaTileK - 1) / kMmaTileK) : 0;
   const int warp = threadIdx.x / 32;
   // Warp w's piece: row w / kWarpsN, column w % kWarpsN of the tile's pieces.
   const int warp_m = warp / Shape::kWarpsN * Shape::kWarpM;
@@ -668,9 +692,19 @@ gemm_mma_kernel(const Problem p, int64_t batch_offset, int64_t splits, int64_t k
   StageRegisters<scalar_t, kN, kThreads> b_regs;
   const MmaLoader<scalar_t, kM, kThreads, decltype(p.a)> a_loader(p.a, z, m0, p.m);
   const MmaLoader<scalar_t, kN, kThreads, decltype(p.b)> b_loader(p.b, z, n0, p.n);
-  const auto load = [&](int stage, int64_t k0) {
-    a_loader.load(p.a, a_tile, stage, k0, k_end, a_regs);
-    b_loader.load(p.b, b_tile, stage, k0, k_end, b_regs);
+  // Where this thread's copies and ldmatrix rows lie in the stage a step
+  // reads (`read`) and in the one it loads, swapped after each step.
+  auto a_read = stage_addresses<scalar_t, true, kKContiguousA, kM, kThreads>(a_tile, 0, warp_m);
+  auto a_load = stage_addresses<scalar_t, true, kKContiguousA, kM, kThreads>(a_tile, 1, warp_m);
+  auto b_read = stage_addresses<scalar_t, false, kKContiguousB, kN, kThreads>(b_tile, 0, warp_n);
+  auto b_load = stage_addresses<scalar_t, false, kKContiguousB, kN, kThreads>(b_tile, 1, warp_n);
+  // Steps of k the last stage holds; every other holds kMmaTileK.
+  const int last_k = static_cast<int>(k_end - k_begin - static_cast<int64_t>(steps - 1) * kMmaTileK);
+  const auto load = [&](const auto& a_stage, const auto& b_stage, int step) {
+    const int64_t k0 = k_begin + static_cast<int64_t>(step) * kMmaTileK;
+    const int k_left = step + 1 < steps ? kMmaTileK : last_k;
+    a_loader.load(p.a, a_stage.first, k0, k_left, a_regs);
+    b_loader.load(p.b, b_stage.first, k0, k_left, b_regs);
   };
   const auto store = [&](int stage) {
     if (a_regs.any()) {
@@ -694,15 +728,15 @@ gemm_mma_kernel(const Problem p, int64_t batch_offset, int64_t splits, int64_t k
   }
 
   if (steps > 0) {
-    load(0, k_begin);
+    load(a_read, b_read, 0);
     store(0);
   }
   cp_async_commit();
-  for (int64_t step = 0; step < steps; ++step) {
-    const int stage = static_cast<int>(step % 2);
+  for (int step = 0; step < steps; ++step) {
+    const int stage = step % 2;
     const bool next = step + 1 < steps;
     if (next) {
-      load(1 - stage, k_begin + (step + 1) * kMmaTileK);
+      load(a_load, b_load, step + 1);
     }
     // One group per step, empty or not: every group but the newest (the
     // next stage's) has landed, so this stage is complete.
@@ -715,11 +749,11 @@ gemm_mma_kernel(const Problem p, int64_t batch_offset, int64_t splits, int64_t k
       uint32_t fa[kFragsM][4], fb[kFragsN / 2][4];
 #pragma unroll
       for (int i = 0; i < kFragsM; ++i) {
-        mma_fragment<scalar_t, true, kKContiguousA>(fa[i], a_tile, stage, warp_m + i * 16, kk);
+        mma_fragment<scalar_t, true, kKContiguousA, kM>(fa[i], a_tile, stage, a_read, warp_m, i * 16, kk);
       }
 #pragma unroll
       for (int j = 0; j < kFragsN / 2; ++j) {
-        mma_fragment<scalar_t, false, kKContiguousB>(fb[j], b_tile, stage, warp_n + j * 16, kk);
+        mma_fragment<scalar_t, false, kKContiguousB, kN>(fb[j], b_tile, stage, b_read, warp_n, j * 16, kk);
       }
 #pragma unroll
       for (int i = 0; i < kFragsM; ++i) {
@@ -743,6 +777,8 @@ gemm_mma_kernel(const Problem p, int64_t batch_offset, int64_t splits, int64_t k
     // The next step refills the other stage and the one after refills this
     // one: every warp must be done reading it first.
     __syncthreads();
+    std::swap(a_read, a_load);
+    std::swap(b_read, b_load);
   }
 
   // Element e of acc[i][j]: row g + 8 (e / 2), column 2 t + e % 2 of the

@@ -53,21 +53,31 @@
 namespace custom_conv {
 namespace gpu {
 
-// The address of a shared-memory element (`shared_address(tile[i][j])`); the
-// emulator's version carries the element's checks along.
-template <typename T>
-__device__ __forceinline__ T* shared_address(T& element) {
-  return &element;
-}
-
 __device__ __forceinline__ uint32_t shared_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
+// The address of a shared-memory element (`shared_address(tile[i][j])`), in
+// the 32 bits of the shared window that ldmatrix and cp.async take, and the
+// elements after it by `+`; the emulator's version carries the element's
+// checks along. (Kept from step to step as such, it stays one register; a
+// pointer would be converted at every use.)
+template <typename T>
+struct SharedAddress {
+  uint32_t bytes;
+  __device__ __forceinline__ SharedAddress operator+(int elements) const {
+    return {bytes + static_cast<uint32_t>(elements) * static_cast<uint32_t>(sizeof(T))};
+  }
+};
+template <typename T>
+__device__ __forceinline__ SharedAddress<T> shared_address(T& element) {
+  return {shared_u32(&element)};
+}
+
 template <int kMatrices, bool kTrans = false, typename T>
-__device__ __forceinline__ void ldmatrix(uint32_t (&r)[kMatrices], const T* row) {
+__device__ __forceinline__ void ldmatrix(uint32_t (&r)[kMatrices], SharedAddress<T> row) {
   static_assert(sizeof(T) == 2 || (sizeof(T) == 4 && !kTrans), "16-bit elements, or 32-bit ones untransposed");
-  const uint32_t address = shared_u32(row);
+  const uint32_t address = row.bytes;
   if constexpr (kMatrices == 4 && !kTrans) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(address));
@@ -134,10 +144,10 @@ __device__ __forceinline__ uint32_t tf32_bits(uint32_t float_bits) {
 // The ignore-src predicate, not a source size: nvcc turns a source size
 // into an address adjustment besides the predicate.
 template <typename T>
-__device__ __forceinline__ void cp_async_16(T* dst, const T* src, bool zeros) {
+__device__ __forceinline__ void cp_async_16(SharedAddress<T> dst, const T* src, bool zeros) {
   asm volatile(
       "{\n .reg .pred z;\n setp.ne.b32 z, %2, 0;\n cp.async.cg.shared.global [%0], [%1], 16, z;\n}\n" ::"r"(
-          shared_u32(dst)),
+          dst.bytes),
       "l"(src), "r"(static_cast<int32_t>(zeros)));
 }
 
