@@ -13,11 +13,13 @@ proxy for speed to compare kernel changes by, not a measurement of it
 (latency, memory and occupancy are not in it). The loop holds every path
 through a step; for the tensor-core kernels whose operands both copy their
 chunks by cp.async, the column `step` counts the path nearly every step
-takes, where they all do (copy_step).
+takes, where they all do (copy_step), from the loop's head through its
+closing branch.
 
     .venv/bin/python benchmarks/sass_loops.py                         # float32, sm_90
     .venv/bin/python benchmarks/sass_loops.py --dtype half --arch sm_80
     .venv/bin/python benchmarks/sass_loops.py --filter InputPatches   # the forward's kernels only
+    .venv/bin/python benchmarks/sass_loops.py --source /tmp/old/csrc/cuda/conv2d.cu  # an older tree's
 
 Needs nvcc (CUDA_HOME, or the one on the PATH), nvdisasm (the toolkit's, or
 the nvidia-cuda-nvdisasm wheel of requirements.txt) and about a minute.
@@ -63,16 +65,19 @@ def nvdisasm(home):
     sys.exit("sass_loops.py: no nvdisasm (pip install nvidia-cuda-nvdisasm, or a CUDA toolkit that has it)")
 
 
-def compile_kernels(arch, workdir):
-    """(SASS text, ptxas's report) of conv2d.cu for `arch` (e.g. sm_90)."""
+def compile_kernels(arch, workdir, source=SOURCE):
+    """(SASS text, ptxas's report) of conv2d.cu (`source`) for `arch` (e.g. sm_90)."""
     home = cuda_home()
     flags = ["-O3", "-std=c++20", "-DCUSTOM_CONV_WITH_CUDA", "--expt-relaxed-constexpr",
              f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
              *(f"-I{p}" for p in [*cpp_extension.include_paths(), os.path.join(home, "include"),
                                   sysconfig.get_paths()["include"]])]
     cubin = os.path.join(workdir, "conv2d.cubin")
-    report = subprocess.run([os.path.join(home, "bin", "nvcc"), *flags, f"-arch={arch}", "-cubin", "-Xptxas", "-v",
-                             SOURCE, "-o", cubin], check=True, capture_output=True, text=True).stderr
+    built = subprocess.run([os.path.join(home, "bin", "nvcc"), *flags, f"-arch={arch}", "-cubin", "-Xptxas", "-v",
+                            source, "-o", cubin], capture_output=True, text=True)
+    if built.returncode:
+        sys.exit(f"sass_loops.py: nvcc failed:\n{built.stderr}")
+    report = built.stderr
     sass = subprocess.run([nvdisasm(home), "-c", cubin], check=True, capture_output=True, text=True).stdout
     return sass, report
 
@@ -139,25 +144,25 @@ def main_loop(body):
 
 
 def copy_step(body):
-    """Instructions from the main loop's head to its last multiply-add along the shortest path that starts the
-    most cp.async copies (LDGSTS) and loads nothing into registers (LDG) or stores to shared memory (STS): a
-    tensor-core step in which every chunk goes by cp.async. The loop body less its closing branch is acyclic, so
-    this is a pass over it in order, keeping per instruction the fewest instructions before it for each count
-    of copies. None where no such path starts a copy."""
+    """Instructions of one pass through the main loop, from its head through its closing branch, along the
+    shortest path that starts the most cp.async copies (LDGSTS) and loads nothing into registers (LDG) or stores
+    to shared memory (STS): a tensor-core step in which every chunk goes by cp.async, whatever the kernel does
+    before its products and after them. The loop body less its closing branch is acyclic, so this is a pass over
+    it in order, keeping per instruction the fewest instructions before it for each count of copies. None where
+    no such path starts a copy."""
     instructions, labels = parse(body)
     found = loop_range(instructions, labels)
     if found is None:
         return None
     first, last = found
-    last_math = max(i for i in range(first, last + 1) if instructions[i][1].startswith(MATH))
     reach = {first: {0: 0}}  # instruction -> {copies started: fewest instructions issued before it}
-    for i in range(first, last_math + 1):
+    for i in range(first, last + 1):
         states = reach.pop(i, None)
         guard, op, operands = instructions[i]
         if not states or op.startswith("STS") or (op.startswith("LDG") and not op.startswith(("LDGSTS", "LDGDEPBAR"))):
             continue
         issued = {copies + op.startswith("LDGSTS"): n + (op != "NOP") for copies, n in states.items()}
-        if i == last_math:
+        if i == last:
             most = max(issued)
             return issued[most] if most > 0 else None
         target = branch_target(instructions[i], labels)
@@ -178,9 +183,10 @@ def main():
     parser.add_argument("--arch", default="sm_90")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float")
     parser.add_argument("--filter", default="", help="only kernels whose short name matches this regex")
+    parser.add_argument("--source", default=SOURCE, help="the conv2d.cu to compile (with its headers beside it)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:
-        sass, report = compile_kernels(args.arch, workdir)
+        sass, report = compile_kernels(args.arch, workdir, args.source)
     bodies = {m.group(1): m.group(2) for m in
               re.finditer(r"^\s*\.type\s+(\w+),@function\n(.*?)(?=^//-----|\Z)", sass, re.S | re.M)}
     names = demangle(list(bodies))
@@ -189,7 +195,7 @@ def main():
                                       r".*?Used (\d+) registers", report)}
     print(f"{args.arch}, {args.dtype}: the main loop's instructions, its multiply-adds (FFMA/DFMA, or HMMA: one "
           f"mma.sync each), instructions per multiply-add, shared and global loads; registers; spilled bytes; "
-          f"on the tensor cores, the instructions to a step's last mma where all its chunks go by cp.async")
+          f"on the tensor cores, the instructions of a step where all its chunks go by cp.async")
     print(f"{'kernel (problem: operands, output; tile)':<84} {'loop':>5} {'math':>5} {'per':>6} {'LDS':>4} "
           f"{'LDG':>4} {'regs':>4} {'spill':>5} {'step':>5}")
     rows = []
