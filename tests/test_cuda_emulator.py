@@ -57,11 +57,17 @@ MUTANTS = {
     "mma_fragment_row": ("const int64_t m = m0 + warp_m + i * 16 + g + 8 * (e / 2);",
                          "const int64_t m = m0 + warp_m + i * 16 + g + 8 * (e % 2);"),
     # No wait for the copies: the tensor cores read a stage still in flight.
-    "mma_missing_wait": ("    cp_async_wait<1>();\n", ""),
-    # No barrier after the products: the copies into a stage start while
-    # other warps still read it.
-    "mma_stage_reused_early": ("    // one: every warp must be done reading it first.\n    __syncthreads();\n",
-                               "    // one: every warp must be done reading it first.\n"),
+    "mma_missing_wait": ("    cp_async_wait<kMmaStages - 2>();\n", ""),
+    # No barrier before a step's copies: they start while other warps still
+    # read their stage in the previous step.
+    "mma_stage_reused_early": ("previous step too, done reading the stage it read: this step refills it.\n"
+                               "    __syncthreads();\n",
+                               "previous step too, done reading the stage it read: this step refills it.\n"),
+    # A's copies one stage behind: a step refills the stage the next step
+    # reads, not the one the previous step read, onto copies still in flight.
+    "mma_fill_next_stage": ("auto a_fill = a_at.in(kMmaStages - 1);", "auto a_fill = a_at.in(kMmaStages - 2);"),
+    # The tiles launched without their dynamic shared memory.
+    "mma_no_dynamic_shared": ("\n        .with_dynamic_shared(sizeof(MmaTilesOf<Problem, Shape>))", ""),
 }
 
 
@@ -732,12 +738,14 @@ def test_a_broken_gemm_is_caught(emu, mutant, message):
 @pytest.mark.parametrize("mutant, message", [
     ("mma_missing_wait", "is read while a cp.async to it \\(from thread \\d+\\) is still in flight"),
     ("mma_stage_reused_early", "shared memory race on element"),
+    ("mma_fill_next_stage", "is written while a cp.async to it \\(from thread \\d+\\) is still in flight"),
+    ("mma_no_dynamic_shared", "the kernel takes \\d+ bytes of dynamic shared memory; its launch gave 0"),
 ])
 def test_a_broken_tensor_core_gemm_is_caught(emu, mutant, message):
-    """(8 x 80) @ (80 x 40) in half: three steps of k (the third refills
+    """(8 x 112) @ (112 x 40) in half: four steps of k (the fourth refills
     the first stage), chunks copied whole and chunks cut by the edges."""
-    a = torch.randn(8, 80).half()
-    b = torch.randn(80, 40).half()
+    a = torch.randn(8, 112).half()
+    b = torch.randn(112, 40).half()
     with pytest.raises(RuntimeError, match=f"error\\(s\\) in gemm_mma_kernel.*\n.*{message}"):
         emu.mutant_gemm(mutant, a, b)
 
@@ -907,6 +915,8 @@ def test_shuffles_follow_cudas_rules(emu, mode, operand, width):
     ("no_syncwarp", "shared memory race on element 0 of .* this thread reads it, and since the last barrier "
                     "thread 0 wrote it"),
     ("outside_mask", "a shuffle reads lane 20, which is not in its mask"),
+    ("address_before", "shared memory address -17 elements on from element 16 of a shared array int\\[32\\]"),
+    ("address_after", "shared memory address 16 elements on from element 16 of a shared array int\\[32\\]"),
 ])
 def test_warp_bugs_are_caught(emu, bug, message):
     """Kernels with one warp-level bug each (tests/emulator/warps.cpp)."""
@@ -917,6 +927,12 @@ def test_warp_bugs_are_caught(emu, bug, message):
 def test_a_syncwarp_orders_the_lanes_of_a_warp(emu):
     """no_syncwarp with the __syncwarp(): no report."""
     emu.warp_bug("syncwarp")
+
+
+def test_a_shared_address_may_go_back_inside_its_array(emu):
+    """16 back from element 16 of 32 (as a pipeline's addresses wrap from
+    its last stage to its first): no report."""
+    emu.warp_bug("address_inside")
 
 
 def test_memory_from_before_tracking_is_refused(emu):

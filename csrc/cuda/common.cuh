@@ -43,8 +43,9 @@ template <typename T>
 using gpu_ptr = T*;
 
 // shared_array<T, A, B> is T[A][B]; declare shared memory with it
-// (`__shared__ shared_array<float, 16, 65> tile;`) so that the emulator can
-// check every access.
+// (`__shared__ shared_array<float, 16, 65> tile;`, or past the 48 KiB a block
+// may declare statically, as members of a struct taken by dynamic_shared<T>())
+// so that the emulator can check every access.
 template <typename T, int... kDims>
 struct SharedArrayOf {
   using type = T;
@@ -82,18 +83,32 @@ inline at::TensorOptions device_options() {
   return at::TensorOptions().device(at::kCUDA, c10::cuda::current_device());
 }
 
-// kernel<<<grid, block, 0, current stream>>>(args...), spelt as
+// kernel<<<grid, block, shared_bytes, current stream>>>(args...), spelt as
 // CUSTOM_CONV_LAUNCH(grid, block, kernel)(args...) so that the emulator,
-// which cannot parse <<< >>>, runs the same line.
+// which cannot parse <<< >>>, runs the same line; a kernel that takes its
+// shared memory by dynamic_shared<T>() is launched with
+// CUSTOM_CONV_LAUNCH(...).with_dynamic_shared(sizeof(T))(args...).
 template <typename... Params>
 struct Launch {
   const char* name;  // the kernel's name as written at the launch (for the emulator's reports)
   void (*kernel)(Params...);
   dim3 grid, block;
+  size_t shared_bytes = 0;  // of dynamic shared memory
+
+  // A block may have more than 48 KiB of dynamic shared memory only where
+  // its kernel has asked for it (on the current device).
+  Launch with_dynamic_shared(size_t bytes) const {
+    constexpr size_t kWithoutAsking = 48 * 1024;
+    if (bytes > kWithoutAsking) {
+      C10_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+    }
+    return {name, kernel, grid, block, bytes};
+  }
 
   template <typename... Args>
   void operator()(Args&&... args) const {
-    kernel<<<grid, block, 0, at::cuda::getCurrentCUDAStream()>>>(std::forward<Args>(args)...);
+    kernel<<<grid, block, shared_bytes, at::cuda::getCurrentCUDAStream()>>>(std::forward<Args>(args)...);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 };
@@ -101,6 +116,14 @@ struct Launch {
 template <typename... Params>
 Launch<Params...> make_launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block) {
   return {name, kernel, grid, block};
+}
+
+// The block's dynamic shared memory as a T (what the launch's
+// with_dynamic_shared gave it: at least sizeof(T) bytes).
+template <typename T>
+__device__ __forceinline__ T& dynamic_shared() {
+  extern __shared__ __align__(16) unsigned char dynamic_shared_memory[];
+  return *reinterpret_cast<T*>(dynamic_shared_memory);
 }
 
 }  // namespace gpu

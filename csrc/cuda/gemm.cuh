@@ -378,12 +378,17 @@ __global__ void gemm_split_reduce_kernel(const Problem p, int64_t splits,
 // that 16-byte chunks along the contiguous dimension copy straight in by
 // cp.async; ldmatrix (.trans for a 16-bit operand with m or n contiguous)
 // then gives every operand the fragment layout mma needs, and a float
-// operand with m or n contiguous is read element by element. Two stages:
-// the copies of the next 32 steps are in flight while the tensor cores work
-// on these. Float runs here only where torch allows TF32 for convolutions
+// operand with m or n contiguous is read element by element. Float runs
+// here only where torch allows TF32 for convolutions
 // (cuda_gemm_uses_tensor_cores): its operands are rounded to 10 bits of
 // mantissa.
 constexpr int kMmaTileK = 32;
+
+// Stages of 32 steps of k in shared memory: while the tensor cores work on
+// one, the copies into the next kMmaStages - 1 are in flight, so a copy
+// has the products of kMmaStages - 1 steps to land in. Three stages of a
+// 128 x 128 half tile take 60 KiB (MmaTiles).
+constexpr int kMmaStages = 3;
 
 // A tile of the tensor-core kernel: kM x kN outputs for kWarpsM x kWarpsN
 // warps, each a (kM / kWarpsM) x (kN / kWarpsN) piece, kFragsM x kFragsN
@@ -416,19 +421,40 @@ constexpr int kMmaK = sizeof(scalar_t) == 2 ? 16 : 8;
 template <typename scalar_t, bool kKContiguous>
 constexpr int kMmaPad = !kKContiguous && sizeof(scalar_t) == 4 ? 8 : kVectorOf<scalar_t>;
 
-// Both stages of one operand's tile: kTileMN (m or n) x 32 (k), stored
+// The stages of one operand's tile: kTileMN (m or n) x 32 (k), stored
 // k-major or not, in rows of kMmaPitch elements.
 template <typename scalar_t, bool kKContiguous, int kTileMN>
 constexpr int kMmaPitch = (kKContiguous ? kMmaTileK : kTileMN) + kMmaPad<scalar_t, kKContiguous>;
 template <typename scalar_t, bool kKContiguous, int kTileMN>
-using MmaStages =
-    shared_array<scalar_t, 2, kKContiguous ? kTileMN : kMmaTileK, kMmaPitch<scalar_t, kKContiguous, kTileMN>>;
+constexpr int kMmaStageElements = (kKContiguous ? kTileMN : kMmaTileK) * kMmaPitch<scalar_t, kKContiguous, kTileMN>;
+template <typename scalar_t, bool kKContiguous, int kTileMN>
+using MmaStages = shared_array<scalar_t, kMmaStages, kKContiguous ? kTileMN : kMmaTileK,
+                               kMmaPitch<scalar_t, kKContiguous, kTileMN>>;
+
+// Both operands' stages, in the block's dynamic shared memory: more than
+// the 48 KiB a block may declare statically, and no more than the 99 KiB
+// every GPU of compute capability 8.0 and later lets a block ask for.
+template <typename scalar_t, bool kKContiguousA, int kM, bool kKContiguousB, int kN>
+struct MmaTiles {
+  MmaStages<scalar_t, kKContiguousA, kM> a;
+  MmaStages<scalar_t, kKContiguousB, kN> b;
+  // On the GPU (the emulator's shared arrays are larger).
+  static constexpr int64_t kBytes =
+      int64_t{kMmaStages} * sizeof(scalar_t) *
+      (kMmaStageElements<scalar_t, kKContiguousA, kM> + kMmaStageElements<scalar_t, kKContiguousB, kN>);
+  static_assert(kBytes <= 99 * 1024, "fits every GPU the tensor-core kernel runs on");
+  static_assert(kMmaStageElements<scalar_t, kKContiguousA, kM> * sizeof(scalar_t) % 16 == 0,
+                "B's stages start 16-byte aligned");
+};
+template <typename Problem, typename Shape>
+using MmaTilesOf = MmaTiles<typename Problem::scalar_t, decltype(Problem::a)::kKContiguous, Shape::kTileM,
+                            decltype(Problem::b)::kKContiguous, Shape::kTileN>;
 
 // The chunks of a stage that one thread loads element by element (those
 // cp.async cannot copy), held in registers from the loads until
 // mma_stage_store writes them into shared memory: in between, the tensor
-// cores work on the other stage, so the loads' latency overlaps the products
-// instead of stalling them.
+// cores work on the step's stage, so the loads' latency overlaps the
+// products instead of stalling them.
 template <typename scalar_t, int kTileMN, int kThreads>
 struct StageRegisters {
   static constexpr int kChunks = kTileMN * kMmaTileK / kVectorOf<scalar_t> / kThreads;
@@ -606,26 +632,35 @@ __device__ __forceinline__ int fragment_k(int i, int half_k) {
 
 // Where a thread's share of a stage lies in shared memory: its first chunk
 // (MmaLoader::load), and its lane's ldmatrix row for the warp's first
-// fragment (mma_fragment). The kernel works them out once for each stage
-// and keeps them from step to step: worked out again in each step, with
-// the address of the block's shared memory, they took about 20 of the
-// step's instructions.
-template <typename Address>
+// fragment (mma_fragment). The kernel keeps them for the stage a step reads
+// and moves them on from step to step: worked out from the block's shared
+// memory in each step, they took 20 to 25 of a step's instructions (ptxas
+// works out again, rather than holds, what no step changes).
+template <typename Address, int kStageElements>
 struct StageAddresses {
   Address first, rows;
+  // The same places `stage` stages on.
+  __device__ __forceinline__ StageAddresses in(int stage) const {
+    return {first + stage * kStageElements, rows + stage * kStageElements};
+  }
+  // The same places in the next stage: the first after the last (`last`).
+  __device__ __forceinline__ StageAddresses following(bool last) const {
+    return in(last ? 1 - kMmaStages : 1);
+  }
 };
 
 // Lane l names row l % 8 of matrix l / 8 for ldmatrix; the warp's piece
 // starts at mn (m for A, n for B).
 template <typename scalar_t, bool kA, bool kKContiguous, int kTileMN, int kThreads, typename Tile>
-__device__ __forceinline__ auto stage_addresses(Tile& tile, int stage, int mn) {
+__device__ __forceinline__ auto stage_addresses(Tile& tile, int mn) {
   constexpr int kHalfK = kMmaK<scalar_t> / 2;
   int row, col;
   stage_chunk<scalar_t, kKContiguous, kTileMN, kThreads>(0, row, col);
   const int j = threadIdx.x % 32 / 8, r = threadIdx.x % 8;
-  const auto rows = kKContiguous ? shared_address(tile[stage][mn + fragment_mn<kA>(j) + r][fragment_k<kA>(j, kHalfK)])
-                                 : shared_address(tile[stage][fragment_k<kA>(j, kHalfK) + r][mn + fragment_mn<kA>(j)]);
-  return StageAddresses<std::remove_const_t<decltype(rows)>>{shared_address(tile[stage][row][col]), rows};
+  const auto rows = kKContiguous ? shared_address(tile[0][mn + fragment_mn<kA>(j) + r][fragment_k<kA>(j, kHalfK)])
+                                 : shared_address(tile[0][fragment_k<kA>(j, kHalfK) + r][mn + fragment_mn<kA>(j)]);
+  return StageAddresses<std::remove_const_t<decltype(rows)>, kMmaStageElements<scalar_t, kKContiguous, kTileMN>>{
+      shared_address(tile[0][row][col]), rows};
 }
 
 // A's fragment of rows [mn0 + mn, mn0 + mn + 16) (kA), or B's of two blocks
@@ -635,9 +670,9 @@ __device__ __forceinline__ auto stage_addresses(Tile& tile, int stage, int mn) {
 // lane's row. TF32 operands are rounded on the way, and read element by
 // element from a tile with m or n contiguous (ldmatrix cannot transpose
 // 32-bit elements).
-template <typename scalar_t, bool kA, bool kKContiguous, int kTileMN, typename Tile, typename Address>
-__device__ __forceinline__ void mma_fragment(uint32_t (&f)[4], Tile& tile, int stage,
-                                             const StageAddresses<Address>& at, int mn0, int mn, int kk) {
+template <typename scalar_t, bool kA, bool kKContiguous, int kTileMN, typename Tile, typename Addresses>
+__device__ __forceinline__ void mma_fragment(uint32_t (&f)[4], Tile& tile, int stage, const Addresses& at, int mn0,
+                                             int mn, int kk) {
   constexpr bool kTf32 = sizeof(scalar_t) == 4;
   constexpr int kHalfK = kMmaK<scalar_t> / 2;
   constexpr int kPitch = kMmaPitch<scalar_t, kKContiguous, kTileMN>;
@@ -672,8 +707,9 @@ gemm_mma_kernel(const Problem p, int64_t batch_offset, int64_t splits, int64_t k
   constexpr bool kKContiguousB = decltype(p.b)::kKContiguous;
   constexpr int kM = Shape::kTileM, kN = Shape::kTileN, kThreads = Shape::kThreads;
   constexpr int kFragsM = Shape::kFragsM, kFragsN = Shape::kFragsN;
-  __shared__ __align__(16) MmaStages<scalar_t, kKContiguousA, kM> a_tile;
-  __shared__ __align__(16) MmaStages<scalar_t, kKContiguousB, kN> b_tile;
+  auto& tiles = dynamic_shared<MmaTilesOf<Problem, Shape>>();
+  auto& a_tile = tiles.a;
+  auto& b_tile = tiles.b;
 
   const int64_t z = batch_offset + blockIdx.z / splits;
   const int64_t slice = blockIdx.z % splits;
@@ -692,14 +728,12 @@ gemm_mma_kernel(const Problem p, int64_t batch_offset, int64_t splits, int64_t k
   StageRegisters<scalar_t, kN, kThreads> b_regs;
   const MmaLoader<scalar_t, kM, kThreads, decltype(p.a)> a_loader(p.a, z, m0, p.m);
   const MmaLoader<scalar_t, kN, kThreads, decltype(p.b)> b_loader(p.b, z, n0, p.n);
-  // Where this thread's copies and ldmatrix rows lie in the stage a step
-  // reads (`read`) and in the one it loads, swapped after each step.
-  auto a_read = stage_addresses<scalar_t, true, kKContiguousA, kM, kThreads>(a_tile, 0, warp_m);
-  auto a_load = stage_addresses<scalar_t, true, kKContiguousA, kM, kThreads>(a_tile, 1, warp_m);
-  auto b_read = stage_addresses<scalar_t, false, kKContiguousB, kN, kThreads>(b_tile, 0, warp_n);
-  auto b_load = stage_addresses<scalar_t, false, kKContiguousB, kN, kThreads>(b_tile, 1, warp_n);
-  // Steps of k the last stage holds; every other holds kMmaTileK.
+  // Where this thread's copies and ldmatrix rows lie in stage 0.
+  const auto a_at = stage_addresses<scalar_t, true, kKContiguousA, kM, kThreads>(a_tile, warp_m);
+  const auto b_at = stage_addresses<scalar_t, false, kKContiguousB, kN, kThreads>(b_tile, warp_n);
+  // Steps of k the last step's stage holds; every other holds kMmaTileK.
   const int last_k = static_cast<int>(k_end - k_begin - static_cast<int64_t>(steps - 1) * kMmaTileK);
+  // Loads step `step`'s 32 steps of k into the stage whose addresses are a_stage, b_stage.
   const auto load = [&](const auto& a_stage, const auto& b_stage, int step) {
     const int64_t k0 = k_begin + static_cast<int64_t>(step) * kMmaTileK;
     const int k_left = step + 1 < steps ? kMmaTileK : last_k;
@@ -727,22 +761,36 @@ gemm_mma_kernel(const Problem p, int64_t batch_offset, int64_t splits, int64_t k
     }
   }
 
-  if (steps > 0) {
-    load(a_read, b_read, 0);
-    store(0);
-  }
-  cp_async_commit();
-  for (int step = 0; step < steps; ++step) {
-    const int stage = step % 2;
-    const bool next = step + 1 < steps;
-    if (next) {
-      load(a_load, b_load, step + 1);
+  // Step s reads stage s % kMmaStages. The first kMmaStages - 1 are loaded
+  // before the loop, and each step loads the one kMmaStages - 1 steps on;
+  // a group of copies for each, empty or not.
+#pragma unroll
+  for (int step = 0; step < kMmaStages - 1; ++step) {
+    if (step < steps) {
+      load(a_at.in(step), b_at.in(step), step);
+      store(step);
     }
-    // One group per step, empty or not: every group but the newest (the
-    // next stage's) has landed, so this stage is complete.
     cp_async_commit();
-    cp_async_wait<1>();
+  }
+  // The stage this step reads, and the one it refills: the one the
+  // previous step read. Their addresses move on with them.
+  int stage = 0, fill = kMmaStages - 1;
+  auto a_read = a_at;
+  auto b_read = b_at;
+  auto a_fill = a_at.in(kMmaStages - 1);
+  auto b_fill = b_at.in(kMmaStages - 1);
+  for (int step = 0; step < steps; ++step) {
+    // Every group but the newest kMmaStages - 2 has landed: this step's
+    // stage is complete, in this thread's copies ...
+    cp_async_wait<kMmaStages - 2>();
+    // ... and after the barrier in every thread's. Every warp is past the
+    // previous step too, done reading the stage it read: this step refills it.
     __syncthreads();
+    const bool next = step + kMmaStages - 1 < steps;
+    if (next) {
+      load(a_fill, b_fill, step + kMmaStages - 1);
+    }
+    cp_async_commit();
 #pragma unroll
     for (int kk = 0; kk < kMmaTileK; kk += kMmaK<scalar_t>) {
       // A's fragments a block of 16 rows each, B's two blocks of 8 columns each.
@@ -768,17 +816,18 @@ gemm_mma_kernel(const Problem p, int64_t batch_offset, int64_t splits, int64_t k
         }
       }
     }
-    // The next stage's element loads have had the products' time to land.
-    // Its tile was last read in the previous step, before that step's
-    // closing barrier.
+    // The element loads have had the products' time to land. No warp reads
+    // their stage before the barrier of the step that reads it.
     if (next) {
-      store(1 - stage);
+      store(fill);
     }
-    // The next step refills the other stage and the one after refills this
-    // one: every warp must be done reading it first.
-    __syncthreads();
-    std::swap(a_read, a_load);
-    std::swap(b_read, b_load);
+    const bool last = stage == kMmaStages - 1;
+    fill = stage;
+    a_fill = a_read;
+    b_fill = b_read;
+    stage = last ? 0 : stage + 1;
+    a_read = a_read.following(last);
+    b_read = b_read.following(last);
   }
 
   // Element e of acc[i][j]: row g + 8 (e / 2), column 2 t + e % 2 of the
@@ -925,8 +974,8 @@ template <typename Shape, typename Problem>
 void run_mma_gemm(const Problem& p, const LaunchLimits& limits) {
   const GemmPlan plan = plan_gemm(p.batch, p.m, p.n, p.k, limits, Shape::kTileM, Shape::kTileN);
   run_planned(p, plan, [&](dim3 grid, int64_t z0, gpu_ptr<float> partials) {
-    CUSTOM_CONV_LAUNCH(grid, Shape::kThreads, gemm_mma_kernel<Problem, Shape>)(p, z0, plan.splits,
-                                                                                plan.k_per_split, partials);
+    CUSTOM_CONV_LAUNCH(grid, Shape::kThreads, gemm_mma_kernel<Problem, Shape>)
+        .with_dynamic_shared(sizeof(MmaTilesOf<Problem, Shape>))(p, z0, plan.splits, plan.k_per_split, partials);
   });
 }
 

@@ -130,6 +130,7 @@ struct ThreadCopies {
 struct Scheduler {
   const char* kernel = nullptr;
   dim3 block;
+  size_t dynamic_shared_bytes = 0;
   const std::function<void()>* body = nullptr;
   ucontext_t main;
   std::vector<ucontext_t> contexts;
@@ -475,7 +476,16 @@ void async_wait(int groups_left) {
   }
 }
 
-void run(const char* name, dim3 grid, dim3 block, const std::function<void()>& thread) {
+void check_dynamic_shared(size_t bytes) {
+  if (bytes > scheduler.dynamic_shared_bytes) {
+    std::ostringstream what;
+    what << "the kernel takes " << bytes << " bytes of dynamic shared memory; its launch gave "
+         << scheduler.dynamic_shared_bytes;
+    report(what.str());
+  }
+}
+
+void run(const char* name, dim3 grid, dim3 block, size_t dynamic_shared_bytes, const std::function<void()>& thread) {
   Scheduler& s = scheduler;
   TORCH_CHECK(s.current < 0, "CUDA emulator: ", name, " launched from inside a kernel");
   const int64_t threads = static_cast<int64_t>(block.x) * block.y * block.z;
@@ -496,6 +506,7 @@ void run(const char* name, dim3 grid, dim3 block, const std::function<void()>& t
   }
   s.kernel = name;
   s.block = block;
+  s.dynamic_shared_bytes = dynamic_shared_bytes;
   s.body = &thread;
   s.contexts.resize(threads);
   s.states.resize(threads);

@@ -10,8 +10,10 @@
 //   reaches __syncthreads() or returns, and the barrier releases them only
 //   when every thread of the block has arrived, as on the GPU. threadIdx,
 //   blockIdx, blockDim and gridDim are set for each fiber before it runs.
-// - __shared__ variables are per block (a block's fibers share one instance;
-//   blocks run one at a time). Declared as shared_array, every access is
+// - __shared__ variables, and dynamic shared memory (dynamic_shared<T>()),
+//   are per block (a block's fibers share one instance; blocks run one at a
+//   time); a kernel that takes more dynamic shared memory than its launch
+//   gave is reported. Declared as shared_array, every access is
 //   checked: an index outside the array is reported, and so is a race: two
 //   threads touching the same element between two barriers, one of them
 //   writing.
@@ -119,8 +121,13 @@ struct Range {
 // The recorded allocation holding `address`.
 Range allocation_of(const void* address);
 
-// Runs `thread` for every thread of every block.
-void run(const char* name, dim3 grid, dim3 block, const std::function<void()>& thread);
+// Runs `thread` for every thread of every block, each block with
+// `dynamic_shared_bytes` of dynamic shared memory.
+void run(const char* name, dim3 grid, dim3 block, size_t dynamic_shared_bytes, const std::function<void()>& thread);
+
+// Reports a kernel that takes `bytes` of dynamic shared memory where its
+// launch gave less.
+void check_dynamic_shared(size_t bytes);
 
 template <typename T>
 T& scratch() {
@@ -215,10 +222,11 @@ struct SharedPtr {
   int64_t available;  // elements from it to the end of the array
   const char* array;
 
-  // The element n further on in the array; one outside it is reported (and
-  // this one given instead, so that nothing is written outside).
+  // The element n further on in the array (back, where n < 0); one outside
+  // it is reported (and this one given instead, so that nothing is written
+  // outside).
   SharedPtr operator+(int64_t n) const {
-    if (n < 0 || n >= available) {
+    if (n < -element || n >= available) {
       report("shared memory address " + std::to_string(n) + " elements on from element " + std::to_string(element) +
              " of " + array + ", outside it");
       return *this;
@@ -345,6 +353,18 @@ using shared_array = emulator::SharedArray<T, kDims...>;
 template <typename T>
 emulator::SharedPtr<T> shared_address(const emulator::SharedRef<T>& element) {
   return element.address();
+}
+
+// The block's dynamic shared memory as a T: one instance per T, which
+// blocks, run one at a time, share as they share __shared__ variables (its
+// shared_arrays check their accesses). A T larger than the launch gave is
+// reported; the sizes are the emulator's own on both sides (its
+// shared_arrays are larger than the GPU's), so the comparison is the GPU's.
+template <typename T>
+T& dynamic_shared() {
+  emulator::check_dynamic_shared(sizeof(T));
+  static thread_local T memory;
+  return memory;
 }
 
 namespace emulator {
@@ -654,11 +674,14 @@ struct Launch {
   const char* name;
   void (*kernel)(Params...);
   dim3 grid, block;
+  size_t shared_bytes = 0;  // of dynamic shared memory
+
+  Launch with_dynamic_shared(size_t bytes) const { return {name, kernel, grid, block, bytes}; }
 
   template <typename... Args>
   void operator()(Args&&... args) const {
     const std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
-    emulator::run(name, grid, block, [&] { std::apply(kernel, params); });
+    emulator::run(name, grid, block, shared_bytes, [&] { std::apply(kernel, params); });
   }
 };
 

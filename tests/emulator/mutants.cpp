@@ -15,7 +15,7 @@
 // The names of test_cuda_emulator.py's MUTANTS.
 #define CUSTOM_CONV_MUTANTS(X)                                                                    \
   X(missing_barrier) X(store_off_by_one) X(load_off_by_one) X(shared_tile_too_small) X(mma_fragment_row) \
-  X(mma_missing_wait) X(mma_stage_reused_early)
+  X(mma_missing_wait) X(mma_stage_reused_early) X(mma_fill_next_stage) X(mma_no_dynamic_shared)
 
 #define CUSTOM_CONV_DECLARE(mutant) \
   namespace custom_conv {           \
@@ -45,6 +45,12 @@ CUSTOM_CONV_MUTANTS(CUSTOM_CONV_DECLARE)
 #undef gpu
 #define gpu mma_stage_reused_early
 #include "gemm_mma_stage_reused_early.cuh"
+#undef gpu
+#define gpu mma_fill_next_stage
+#include "gemm_mma_fill_next_stage.cuh"
+#undef gpu
+#define gpu mma_no_dynamic_shared
+#include "gemm_mma_no_dynamic_shared.cuh"
 #undef gpu
 
 namespace {

@@ -40,7 +40,8 @@ at::Tensor warp_shuffle(const at::Tensor& x, const std::string& mode, int64_t ma
 }
 
 // Each `bug` is a kernel of one warp (64 threads for "barrier") that the
-// emulator must report; "syncwarp" is the correct version of "no_syncwarp".
+// emulator must report; "syncwarp" is the correct version of "no_syncwarp",
+// "address_inside" of "address_before" and "address_after".
 __global__ void warp_bug_kernel(int bug, gpu_ptr<int> out) {
   __shared__ shared_array<int, 32> cell;
   const int lane = threadIdx.x % 32;
@@ -66,20 +67,27 @@ __global__ void warp_bug_kernel(int bug, gpu_ptr<int> out) {
       if (bug == 4) __syncwarp();
       if (lane == 1) v = cell[0];
       break;
-    default:  // "outside_mask": a shuffle among lanes 0-15 reads lane 20
+    case 5:  // "outside_mask": a shuffle among lanes 0-15 reads lane 20
       if (lane < 16) v = __shfl_sync(0x0000ffffu, v, 20);
       break;
+    default: {  // "address_before", "address_after", "address_inside": an address
+                // 17 back, 16 on, 16 back from element 16 of 32
+      const int n = bug == 6 ? -17 : bug == 7 ? 16 : -16;
+      if (lane == 0) v = static_cast<int>((shared_address(cell[16]) + n).element);
+      break;
+    }
   }
   out[threadIdx.x] = v;
 }
 
 void warp_bug(const std::string& bug) {
-  const char* names[] = {"exited", "barrier", "mixed", "no_syncwarp", "syncwarp", "outside_mask"};
+  const char* names[] = {"exited",       "barrier",        "mixed",         "no_syncwarp", "syncwarp",
+                         "outside_mask", "address_before", "address_after", "address_inside"};
   int index = 0;
-  while (index < 6 && bug != names[index]) {
+  while (index < 9 && bug != names[index]) {
     ++index;
   }
-  TORCH_CHECK(index < 6, "no warp bug called ", bug);
+  TORCH_CHECK(index < 9, "no warp bug called ", bug);
   at::Tensor out = at::zeros({64}, at::kInt);
   CUSTOM_CONV_LAUNCH(1, bug == "barrier" ? 64 : 32, warp_bug_kernel)(index, out.mutable_data_ptr<int>());
 }
