@@ -769,11 +769,11 @@ def _stored(rows, cols, transposed, dtype=torch.float32, aligned=True):
     return x.t() if transposed else x
 
 
-# (m, n): the grid of 16-bit products, and of TF32 ones (64 x 64 tiles only), on a GPU of 2 multiprocessors
+# (m, n): the grid of 16-bit products, and of TF32 ones (no tiles of 128 x 128), on a GPU of 2 multiprocessors
 MMA_TILES = {
     (40, 60): ("(1, 1, 1)", "(1, 1, 1)"),     # 64 x 64: too few columns for wider tiles
-    (70, 75): ("(1, 2, 1)", "(2, 2, 1)"),     # 64 x 128, 4 warps of 32 x 64: one tile of 128 x 128 is too few
-    (200, 150): ("(2, 2, 1)", "(3, 4, 1)")}   # 128 x 128, 8 warps of 64 x 32
+    (70, 75): ("(1, 2, 1)", "(1, 2, 1)"),     # 64 x 128, 4 warps of 32 x 64: one tile of 128 x 128 is too few
+    (200, 150): ("(2, 2, 1)", "(2, 4, 1)")}   # 128 x 128, 8 warps of 64 x 32; TF32 64 x 128
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
@@ -851,6 +851,27 @@ def test_conv2d_on_the_widest_tiles_matches_torch(emu, route, stride, dtype):
     grids = _grids(log, "gemm_tile_kernel" if dtype == torch.float32 else "gemm_mma_kernel")
     # The forward (130 x 288 or 130 x 72) and the weight gradient (130 x 72) in 2 tiles of 128 rows, not 3 of 64.
     assert grids[0] == ("(3, 2, 1)" if stride == 1 else "(1, 2, 1)") and grids[-1] == "(1, 2, 1)", grids
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv2d_in_tf32_on_its_widest_tiles(emu, route, stride):
+    """The layer above in TF32 (as torch allows it by default): tiles of
+    64 x 128, 4 warps of 32 x 64 each, where half takes 128 x 128 (three
+    stages of those would take more shared memory than some GPUs give a
+    block); within 2 TF32 eps of exact."""
+    case = conv((2, 8, 12, 12), (130, 8, 3, 3), stride=stride, padding=1)
+    conv2d = emulated_conv2d(emu)
+    with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=torch.backends.cudnn.benchmark,
+                                    deterministic=torch.backends.cudnn.deterministic, allow_tf32=True), \
+            limits(emu, multiprocessors=2), on_route(emu, route):
+        assert_within_eps_of_exact(lambda x, w, b: conv2d(x, w, b, **case.kwargs),
+                                   lambda x, w, b: F.conv2d(x, w, b, **case.kwargs),
+                                   conv_tensors(case, torch.float32), eps_factor=2 * 2 ** 13)
+        log = emu.take_launch_log()
+    grids = _grids(log, "gemm_mma_kernel")
+    # The forward (130 x 288 or 130 x 72) and the weight gradient (130 x 72) in 3 tiles of 64 rows.
+    assert grids[0] == ("(3, 3, 1)" if stride == 1 else "(1, 3, 1)") and grids[-1] == "(1, 3, 1)", grids
 
 
 @pytest.mark.parametrize("d", [1, 2, 3, 5, 7, 9, 25, 49, 56, 224, 3136, 50176, 2 ** 16 + 1, 2 ** 30 - 1, 2 ** 30,

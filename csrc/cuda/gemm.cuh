@@ -16,7 +16,7 @@
 // feeds. Half and bfloat16 accumulate in float (at::opmath_type): summing
 // thousands of products in 16 bits would lose most of their digits. With
 // GemmParams::tensor_cores they, and float in TF32, run on the tensor cores
-// instead (gemm_mma_kernel, below: the same tiles, TF32 only 64 x 64).
+// instead (gemm_mma_kernel, below: the same tiles, TF32 up to 64 x 128).
 //
 // When there are too few output tiles to fill the GPU but a long reduction
 // (the weight gradient of a small layer: a 6 x 25 result summed over 50 000
@@ -984,16 +984,16 @@ template <typename Problem>
 void run_tensor_core_gemm(const Problem& p, const LaunchLimits& limits) {
   using scalar_t = typename Problem::scalar_t;
   static_assert(kTensorCores<scalar_t>, "half, bfloat16 or float (TF32)");
-  // TF32 keeps 64 x 64: two stages of 128 rows of 32 floats would not fit
-  // the 48 KiB of static shared memory.
+  const auto [tile_m, tile_n] = tile_for(p.batch, p.m, p.n, limits.multiprocessors);
+  // TF32 stops at 64 x 128: three stages of a 128 x 128 float tile (108
+  // KiB) are more than some GPUs let a block have (MmaTiles).
   if constexpr (sizeof(scalar_t) == 2) {
-    const auto [tile_m, tile_n] = tile_for(p.batch, p.m, p.n, limits.multiprocessors);
     if (tile_m == 128) {
       return run_mma_gemm<MmaShape<128, 128, 2, 4>>(p, limits);
     }
-    if (tile_n == 128) {
-      return run_mma_gemm<MmaShape<64, 128, 2, 2>>(p, limits);
-    }
+  }
+  if (tile_n == 128) {
+    return run_mma_gemm<MmaShape<64, 128, 2, 2>>(p, limits);
   }
   run_mma_gemm<MmaShape<64, 64, 2, 2>>(p, limits);
 }

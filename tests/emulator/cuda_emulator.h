@@ -358,8 +358,8 @@ emulator::SharedPtr<T> shared_address(const emulator::SharedRef<T>& element) {
 // The block's dynamic shared memory as a T: one instance per T, which
 // blocks, run one at a time, share as they share __shared__ variables (its
 // shared_arrays check their accesses). A T larger than the launch gave is
-// reported; the sizes are the emulator's own on both sides (its
-// shared_arrays are larger than the GPU's), so the comparison is the GPU's.
+// reported: both sizes are the emulator's (whose shared_arrays are larger
+// than the GPU's), so the comparison comes out as it would on the GPU.
 template <typename T>
 T& dynamic_shared() {
   emulator::check_dynamic_shared(sizeof(T));
