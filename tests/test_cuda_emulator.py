@@ -370,7 +370,9 @@ def test_enough_depthwise_cases():
 # several tiles, or several planes a block), which hold the taps of 3 x 3, 5 x 5 and 7 x 7 kernels in
 # registers, as the weight gradient does (split into slices of the batch where the channels are few),
 # and the general kernels where a patch would not fit the block's shared memory or the weight
-# gradient's kernel has another size.
+# gradient's kernel has another size. The forward's tiles give a thread four values of a row where
+# their patches fit (3 x 3 planes, 9 x 9, 3 x 5), else two (5 x 5, 7 x 7, 1 x 1 planes), else one
+# (dilation 24).
 TILES = {"depthwise_forward_tile_kernel", "depthwise_backward_input_tile_kernel",
          "depthwise_backward_weight_taps_kernel"}
 DEPTHWISE_TILE_CASES = {

@@ -5,11 +5,14 @@
 // whose reduction is only kH * kW long; these kernels read the planes in
 // place.
 //
-// - Forward: a block computes a tile of one or more output planes, one value
-//   per thread, from the patch of each input plane behind its tile, staged
-//   in shared memory once (each input value is read from memory once per
-//   tile, not once per tap); each value is the bias, then the taps in the
-//   kernel's order.
+// - Forward: a block computes a tile of one or more output planes, from the
+//   patch of each input plane behind its tile, staged in shared memory once
+//   (each input value is read from memory once per tile, not once per tap);
+//   each value is the bias, then the taps in the kernel's order. A thread
+//   computes kDepthwiseColumns adjacent values of a row where the tiles fit
+//   so (else half as many, else one): it loads the taps' weights once for
+//   all of them, and at stride and dilation 1 reads a patch value once for
+//   all the values whose windows hold it, not once per tap.
 // - Input gradient: the same tiles over input planes, from patches of the
 //   output gradient: each input value gathers from every output whose window
 //   holds it (output channel by output channel, taps in the kernel's order),
@@ -48,6 +51,8 @@ namespace custom_conv {
 namespace gpu {
 
 constexpr int kDepthwiseThreads = 256;
+// Adjacent output values of a row a thread of the forward's tiles computes.
+constexpr int kDepthwiseColumns = 4;
 // Values of the read tensor a block stages: 16 KiB of float.
 constexpr int kDepthwisePatch = 4096;
 
@@ -74,10 +79,11 @@ inline bool depthwise_indices_fit(const Conv2dGeometry& g) {
 
 // The tiles of a forward or input-gradient pass: a block computes tile_h x
 // tile_w values (powers of two: the smallest that hold the plane, at most
-// 32 wide) of planes_per_block planes, one per thread, from a patch_h x
+// 32 wide and no narrower than a thread's columns) of planes_per_block
+// planes, 2^log_columns adjacent ones of a row per thread, from a patch_h x
 // patch_w patch of each plane it reads.
 struct DepthwiseTiles {
-  int32_t tile_h = 1, tile_w = 1, log_w = 0, log_area = 0, planes_per_block = 1;
+  int32_t tile_h = 1, tile_w = 1, log_w = 0, log_area = 0, log_columns = 0, planes_per_block = 1;
   int32_t patch_h = 0, patch_w = 0;
   int64_t blocks = 0;
   Divisor tiles, tiles_w, patch_col;  // tiles per plane, tiles per row of tiles, patch_w
@@ -99,16 +105,20 @@ inline int32_t depthwise_log2(int32_t power) {
   return log;
 }
 
-// Tiles over `planes` planes of rows x cols; patch(tile_h, tile_w) gives the
-// patch behind a tile. Whether they fit: the patches in the block's shared
-// memory, the blocks in a grid.
+// Tiles over `planes` planes of rows x cols, `columns` values of a row a
+// thread (a power of two); patch(tile_h, tile_w) gives the patch behind a
+// tile. Whether they fit: the patches in the block's shared memory, the
+// blocks in a grid.
 template <typename Patch>
-bool plan_depthwise_tiles(int64_t planes, int64_t rows, int64_t cols, const Patch& patch, DepthwiseTiles& t) {
-  t.tile_w = depthwise_side(cols, 32);
-  t.tile_h = depthwise_side(rows, kDepthwiseThreads / t.tile_w);
+bool plan_depthwise_tiles(int64_t planes, int64_t rows, int64_t cols, const Patch& patch, DepthwiseTiles& t,
+                          int32_t columns = 1) {
+  const int32_t values = kDepthwiseThreads * columns;
+  t.tile_w = std::max(columns, depthwise_side(cols, 32));
+  t.tile_h = depthwise_side(rows, values / t.tile_w);
   t.log_w = depthwise_log2(t.tile_w);
   t.log_area = depthwise_log2(t.tile_w * t.tile_h);
-  t.planes_per_block = kDepthwiseThreads / (t.tile_w * t.tile_h);
+  t.log_columns = depthwise_log2(columns);
+  t.planes_per_block = values / (t.tile_w * t.tile_h);
   const std::pair<int64_t, int64_t> hw = patch(t.tile_h, t.tile_w);
   if (t.planes_per_block * hw.first * hw.second > kDepthwisePatch) {
     return false;
@@ -128,7 +138,7 @@ bool plan_depthwise_tiles(int64_t planes, int64_t rows, int64_t cols, const Patc
 }
 
 // This block's planes and the origin of its tile in them; this thread's
-// plane (among the block's), row and column in the tile.
+// plane (among the block's), row and (first) column in the tile.
 struct DepthwiseTile {
   int32_t first_plane, row0, col0;
   int32_t plane, row, col;
@@ -141,9 +151,9 @@ struct DepthwiseTile {
     row0 = tile_row * t.tile_h;
     col0 = t.tiles_w.mod(tile, tile_row) * t.tile_w;
     const int32_t i = static_cast<int32_t>(threadIdx.x);
-    plane = i >> t.log_area;
-    row = (i >> t.log_w) & (t.tile_h - 1);
-    col = i & (t.tile_w - 1);
+    plane = i >> (t.log_area - t.log_columns);
+    row = (i >> (t.log_w - t.log_columns)) & (t.tile_h - 1);
+    col = (i & ((t.tile_w >> t.log_columns) - 1)) << t.log_columns;
   }
 };
 
@@ -183,8 +193,9 @@ inline std::pair<int64_t, int64_t> depthwise_forward_patch(const Conv2dGeometry&
 // blockIdx.x = (group of planes, tile); a plane is (n, co). kSide: the
 // size of a square kernel (3, 5 or 7: with_depthwise_kernel_side), whose
 // weights each thread then holds in registers, its loops over the taps
-// unrolled; 0 for any other, read at run time.
-template <typename scalar_t, int kSide>
+// unrolled; 0 for any other, read at run time. kColumns: the adjacent values
+// of a row each thread computes (t.log_columns).
+template <typename scalar_t, int kSide, int kColumns>
 __global__ void __launch_bounds__(kDepthwiseThreads)
 depthwise_forward_tile_kernel(gpu_ptr<const scalar_t> input, gpu_ptr<const scalar_t> weight,
                               gpu_ptr<const scalar_t> bias, const DepthwiseIndex d, int32_t planes,
@@ -201,35 +212,73 @@ depthwise_forward_tile_kernel(gpu_ptr<const scalar_t> input, gpu_ptr<const scala
   }
   __syncthreads();
   const int32_t plane = tile.first_plane + tile.plane;
-  const int32_t oh = tile.row0 + tile.row, ow = tile.col0 + tile.col;
+  const int32_t oh = tile.row0 + tile.row, ow = tile.col0 + tile.col;  // of the thread's first value
   if (plane >= planes || oh >= d.out_h || ow >= d.out_w) {
     return;
   }
   const int32_t co = d.out_channels_of.mod(plane, d.out_channels_of.div(plane));
   const gpu_ptr<const scalar_t> w = weight + static_cast<int64_t>(co) * d.kernel_h * d.kernel_w;
   const int32_t origin = tile.plane * t.patch_h * t.patch_w + tile.row * d.stride_h * t.patch_w + tile.col * d.stride_w;
-  acc_t sum = bias != nullptr ? static_cast<acc_t>(bias[co]) : acc_t(0);
+  // Value c (column ow + c) reads patch[row + c * stride_w + kj * dilation_w] for tap (ki, kj).
+  acc_t sum[kColumns];
+#pragma unroll
+  for (int c = 0; c < kColumns; ++c) {
+    sum[c] = bias != nullptr ? static_cast<acc_t>(bias[co]) : acc_t(0);
+  }
   if constexpr (kSide > 0) {
     acc_t taps[kSide * kSide];
     load_depthwise_taps<kSide>(w, taps);
+    if (kColumns > 1 && d.stride_w == 1 && d.dilation_w == 1) {
+      // The values' windows overlap: a kernel row's kColumns + kSide - 1 patch values, each read once.
 #pragma unroll
-    for (int ki = 0; ki < kSide; ++ki) {
-      const int32_t row = origin + ki * d.dilation_h * t.patch_w;
+      for (int ki = 0; ki < kSide; ++ki) {
+        const int32_t row = origin + ki * d.dilation_h * t.patch_w;
+        acc_t v[kColumns + kSide - 1];
 #pragma unroll
-      for (int kj = 0; kj < kSide; ++kj) {
-        sum += taps[ki * kSide + kj] * patch[row + kj * d.dilation_w];
+        for (int j = 0; j < kColumns + kSide - 1; ++j) {
+          v[j] = patch[row + j];
+        }
+#pragma unroll
+        for (int c = 0; c < kColumns; ++c) {
+#pragma unroll
+          for (int kj = 0; kj < kSide; ++kj) {
+            sum[c] += taps[ki * kSide + kj] * v[c + kj];
+          }
+        }
+      }
+    } else {
+#pragma unroll
+      for (int ki = 0; ki < kSide; ++ki) {
+        const int32_t row = origin + ki * d.dilation_h * t.patch_w;
+#pragma unroll
+        for (int c = 0; c < kColumns; ++c) {
+#pragma unroll
+          for (int kj = 0; kj < kSide; ++kj) {
+            sum[c] += taps[ki * kSide + kj] * patch[row + c * d.stride_w + kj * d.dilation_w];
+          }
+        }
       }
     }
   } else {
     for (int32_t ki = 0; ki < d.kernel_h; ++ki) {
       const int32_t row = origin + ki * d.dilation_h * t.patch_w;
       for (int32_t kj = 0; kj < d.kernel_w; ++kj) {
-        sum += static_cast<acc_t>(w[ki * d.kernel_w + kj]) * patch[row + kj * d.dilation_w];
+        const acc_t tap = static_cast<acc_t>(w[ki * d.kernel_w + kj]);
+#pragma unroll
+        for (int c = 0; c < kColumns; ++c) {
+          sum[c] += tap * patch[row + c * d.stride_w + kj * d.dilation_w];
+        }
       }
     }
   }
-  output[static_cast<int64_t>(plane) * d.out_h * d.out_w + static_cast<int64_t>(oh) * d.out_w + ow] =
-      static_cast<scalar_t>(sum);
+  const gpu_ptr<scalar_t> out = output + static_cast<int64_t>(plane) * d.out_h * d.out_w +
+                                static_cast<int64_t>(oh) * d.out_w + ow;
+#pragma unroll
+  for (int c = 0; c < kColumns; ++c) {
+    if (ow + c < d.out_w) {
+      out[c] = static_cast<scalar_t>(sum[c]);
+    }
+  }
 }
 
 // The input gradient's patch: the output-gradient rows (and columns) whose
@@ -557,16 +606,27 @@ template <typename scalar_t>
 void depthwise_forward(const Conv2dGeometry& g, gpu_ptr<const scalar_t> input, gpu_ptr<const scalar_t> weight,
                        gpu_ptr<const scalar_t> bias, gpu_ptr<scalar_t> output) {
   const int64_t planes = g.batch * g.out_channels;
-  DepthwiseTiles t;
-  if (depthwise_indices_fit(g) &&
-      plan_depthwise_tiles(planes, g.out_h, g.out_w,
-                           [&](int64_t h, int64_t w) { return depthwise_forward_patch(g, h, w); }, t)) {
+  const auto patch = [&](int64_t h, int64_t w) { return depthwise_forward_patch(g, h, w); };
+  // kDepthwiseColumns values a thread where their patches fit the block's
+  // shared memory, else half as many, else one (a 64 x 64 output of a
+  // strided 3 x 3 kernel needs 65 x 65 inputs for four, 65 x 33 for two).
+  const auto tiles = [&](auto columns) {
+    constexpr int kColumns = decltype(columns)::value;
+    DepthwiseTiles t;
+    if (!plan_depthwise_tiles(planes, g.out_h, g.out_w, patch, t, kColumns)) {
+      return false;
+    }
     with_depthwise_kernel_side(g, [&](auto side) {
       constexpr int kSide = decltype(side)::value;
       CUSTOM_CONV_LAUNCH(static_cast<unsigned int>(t.blocks), kDepthwiseThreads,
-                         depthwise_forward_tile_kernel<scalar_t, kSide>)(input, weight, bias, DepthwiseIndex(g),
-                                                                         static_cast<int32_t>(planes), t, output);
+                         depthwise_forward_tile_kernel<scalar_t, kSide, kColumns>)(
+          input, weight, bias, DepthwiseIndex(g), static_cast<int32_t>(planes), t, output);
     });
+    return true;
+  };
+  if (depthwise_indices_fit(g) &&
+      (tiles(std::integral_constant<int, kDepthwiseColumns>{}) ||
+       tiles(std::integral_constant<int, kDepthwiseColumns / 2>{}) || tiles(std::integral_constant<int, 1>{}))) {
     return;
   }
   CUSTOM_CONV_LAUNCH(grid_for(planes * g.output_plane()), kThreads, depthwise_forward_kernel<scalar_t>)(
