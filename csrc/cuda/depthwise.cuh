@@ -18,7 +18,8 @@
 //   holds it (output channel by output channel, taps in the kernel's order),
 //   the lecture's convolution of the output gradient with the rotated
 //   kernel written as a gather, so no two threads add into the same value
-//   and nothing needs atomics.
+//   and nothing needs atomics. At column stride 1 a thread computes
+//   adjacent values of a row as the forward's do, and for the same gains.
 // - Both tiles are unrolled instances for square kernels of 3, 5 and 7, with
 //   the taps' weights in registers; other kernels loop over their taps.
 // - Weight gradient: a block per output channel (and slice of the batch's
@@ -51,7 +52,7 @@ namespace custom_conv {
 namespace gpu {
 
 constexpr int kDepthwiseThreads = 256;
-// Adjacent output values of a row a thread of the forward's tiles computes.
+// Adjacent values of a row a thread of the tiles computes (at most).
 constexpr int kDepthwiseColumns = 4;
 // Values of the read tensor a block stages: 16 KiB of float.
 constexpr int kDepthwisePatch = 4096;
@@ -308,8 +309,10 @@ __device__ __forceinline__ int32_t depthwise_lifted_quotient(int32_t h, int32_t 
 // blockIdx.x = (group of planes, tile); a plane is (n, ci). kSide as the
 // forward's: for a square kernel of 3, 5 or 7, each thread also finds the
 // output rows and columns its taps reach once, not once per channel of the
-// multiplier and tap.
-template <typename scalar_t, int kSide>
+// multiplier and tap. kColumns: the adjacent values of a row each thread
+// computes (t.log_columns), more than one only at column stride 1, where
+// value c's windows are the first value's moved c columns on.
+template <typename scalar_t, int kSide, int kColumns>
 __global__ void __launch_bounds__(kDepthwiseThreads)
 depthwise_backward_input_tile_kernel(gpu_ptr<const scalar_t> grad_output, gpu_ptr<const scalar_t> weight,
                                      const DepthwiseIndex d, int32_t planes, int32_t lift_h, int32_t lift_w,
@@ -322,10 +325,11 @@ depthwise_backward_input_tile_kernel(gpu_ptr<const scalar_t> grad_output, gpu_pt
   const int32_t ow0 = d.stride_col.div(tile.col0 + d.pad_w - (d.kernel_w - 1) * d.dilation_w + lift_w * d.stride_w);
   const int32_t multiplier = static_cast<int32_t>(d.multiplier.divisor);
   const int32_t plane = tile.first_plane + tile.plane;
-  const int32_t ih = tile.row0 + tile.row, iw = tile.col0 + tile.col;
+  const int32_t ih = tile.row0 + tile.row, iw = tile.col0 + tile.col;  // of the thread's first value
   const bool mine = plane < planes && ih < d.in_h && iw < d.in_w;
-  // kSide > 0: tap (ki, kj)'s place in a patch, row rows[ki], column
-  // cols[kj], or -1 where its window misses this input (between strides).
+  // kSide > 0: tap (ki, kj)'s place in a patch for the first value, row
+  // rows[ki], column cols[kj], or -1 where its window misses this input
+  // (between strides).
   int32_t rows[kSide > 0 ? kSide : 1], cols[kSide > 0 ? kSide : 1];
   if constexpr (kSide > 0) {
 #pragma unroll
@@ -336,7 +340,11 @@ depthwise_backward_input_tile_kernel(gpu_ptr<const scalar_t> grad_output, gpu_pt
       cols[k] = ow < 0 ? -1 : ow - ow0;
     }
   }
-  acc_t sum = acc_t(0);
+  acc_t sum[kColumns];
+#pragma unroll
+  for (int c = 0; c < kColumns; ++c) {
+    sum[c] = acc_t(0);
+  }
   for (int32_t j = 0; j < multiplier; ++j) {
     if (j > 0) {
       __syncthreads();  // every thread done with the previous channel's patches
@@ -358,12 +366,41 @@ depthwise_backward_input_tile_kernel(gpu_ptr<const scalar_t> grad_output, gpu_pt
     if constexpr (kSide > 0) {
       acc_t taps[kSide * kSide];
       load_depthwise_taps<kSide>(w, taps);
+      if (kColumns > 1 && d.dilation_w == 1) {
+        // Value c's tap kj reads column cols[kSide - 1] + c + kSide - 1 - kj
+        // (the kernel rotated): a kernel row's kColumns + kSide - 1 patch
+        // values, each read once.
 #pragma unroll
-      for (int ki = 0; ki < kSide; ++ki) {
+        for (int ki = 0; ki < kSide; ++ki) {
+          if (rows[ki] < 0) {
+            continue;
+          }
+          const int32_t row = base + rows[ki] * t.patch_w + cols[kSide - 1];
+          acc_t v[kColumns + kSide - 1];
 #pragma unroll
-        for (int kj = 0; kj < kSide; ++kj) {
-          if (rows[ki] >= 0 && cols[kj] >= 0) {
-            sum += taps[ki * kSide + kj] * patch[base + rows[ki] * t.patch_w + cols[kj]];
+          for (int e = 0; e < kColumns + kSide - 1; ++e) {
+            v[e] = patch[row + e];
+          }
+#pragma unroll
+          for (int c = 0; c < kColumns; ++c) {
+#pragma unroll
+            for (int kj = 0; kj < kSide; ++kj) {
+              sum[c] += taps[ki * kSide + kj] * v[c + kSide - 1 - kj];
+            }
+          }
+        }
+      } else {
+#pragma unroll
+        for (int ki = 0; ki < kSide; ++ki) {
+#pragma unroll
+          for (int kj = 0; kj < kSide; ++kj) {
+            if (rows[ki] >= 0 && cols[kj] >= 0) {
+              const int32_t at = base + rows[ki] * t.patch_w + cols[kj];
+#pragma unroll
+              for (int c = 0; c < kColumns; ++c) {
+                sum[c] += taps[ki * kSide + kj] * patch[at + c];
+              }
+            }
           }
         }
       }
@@ -380,15 +417,25 @@ depthwise_backward_input_tile_kernel(gpu_ptr<const scalar_t> grad_output, gpu_pt
           const int32_t ow =
               depthwise_lifted_quotient(iw + d.pad_w - kj * d.dilation_w, lift_w, d.stride_w, d.stride_col);
           if (ow >= 0) {
-            sum += static_cast<acc_t>(w[ki * d.kernel_w + kj]) * patch[row + ow - ow0];
+            const acc_t tap = static_cast<acc_t>(w[ki * d.kernel_w + kj]);
+#pragma unroll
+            for (int c = 0; c < kColumns; ++c) {
+              sum[c] += tap * patch[row + ow - ow0 + c];
+            }
           }
         }
       }
     }
   }
   if (mine) {
-    grad_input[static_cast<int64_t>(plane) * d.in_h * d.in_w + static_cast<int64_t>(ih) * d.in_w + iw] =
-        static_cast<scalar_t>(sum);
+    const gpu_ptr<scalar_t> in = grad_input + static_cast<int64_t>(plane) * d.in_h * d.in_w +
+                                 static_cast<int64_t>(ih) * d.in_w + iw;
+#pragma unroll
+    for (int c = 0; c < kColumns; ++c) {
+      if (iw + c < d.in_w) {
+        in[c] = static_cast<scalar_t>(sum[c]);
+      }
+    }
   }
 }
 
@@ -602,13 +649,23 @@ void with_depthwise_kernel_side(const Conv2dGeometry& g, const Run& run) {
   run(std::integral_constant<int, 0>{});
 }
 
+// Calls plan(std::integral_constant<int, columns>{}) with kDepthwiseColumns
+// values of a row a thread, then half as many, then one (only one where
+// `several` is false), until it returns true: planned and launched, the
+// patches fitting the block's shared memory. Whether any did.
+template <typename Plan>
+bool plan_depthwise_columns(bool several, const Plan& plan) {
+  return (several && (plan(std::integral_constant<int, kDepthwiseColumns>{}) ||
+                      plan(std::integral_constant<int, kDepthwiseColumns / 2>{}))) ||
+         plan(std::integral_constant<int, 1>{});
+}
+
 template <typename scalar_t>
 void depthwise_forward(const Conv2dGeometry& g, gpu_ptr<const scalar_t> input, gpu_ptr<const scalar_t> weight,
                        gpu_ptr<const scalar_t> bias, gpu_ptr<scalar_t> output) {
   const int64_t planes = g.batch * g.out_channels;
   const auto patch = [&](int64_t h, int64_t w) { return depthwise_forward_patch(g, h, w); };
-  // kDepthwiseColumns values a thread where their patches fit the block's
-  // shared memory, else half as many, else one (a 64 x 64 output of a
+  // Several values a thread where their patches fit (a 64 x 64 output of a
   // strided 3 x 3 kernel needs 65 x 65 inputs for four, 65 x 33 for two).
   const auto tiles = [&](auto columns) {
     constexpr int kColumns = decltype(columns)::value;
@@ -624,9 +681,7 @@ void depthwise_forward(const Conv2dGeometry& g, gpu_ptr<const scalar_t> input, g
     });
     return true;
   };
-  if (depthwise_indices_fit(g) &&
-      (tiles(std::integral_constant<int, kDepthwiseColumns>{}) ||
-       tiles(std::integral_constant<int, kDepthwiseColumns / 2>{}) || tiles(std::integral_constant<int, 1>{}))) {
+  if (depthwise_indices_fit(g) && plan_depthwise_columns(true, tiles)) {
     return;
   }
   CUSTOM_CONV_LAUNCH(grid_for(planes * g.output_plane()), kThreads, depthwise_forward_kernel<scalar_t>)(
@@ -637,20 +692,27 @@ template <typename scalar_t>
 void depthwise_backward_input(const Conv2dGeometry& g, gpu_ptr<const scalar_t> grad_output,
                               gpu_ptr<const scalar_t> weight, gpu_ptr<scalar_t> grad_input) {
   const int64_t planes = g.batch * g.in_channels;
-  DepthwiseTiles t;
-  if (depthwise_indices_fit(g) &&
-      plan_depthwise_tiles(planes, g.in_h, g.in_w,
-                           [&](int64_t h, int64_t w) { return depthwise_input_grad_patch(g, h, w); }, t)) {
-    // Enough whole strides that no window's row or column goes negative.
-    const int64_t lift_h = ((g.kernel_h - 1) * g.dilation_h + g.stride_h - 1) / g.stride_h;
-    const int64_t lift_w = ((g.kernel_w - 1) * g.dilation_w + g.stride_w - 1) / g.stride_w;
+  const auto patch = [&](int64_t h, int64_t w) { return depthwise_input_grad_patch(g, h, w); };
+  // Enough whole strides that no window's row or column goes negative.
+  const int64_t lift_h = ((g.kernel_h - 1) * g.dilation_h + g.stride_h - 1) / g.stride_h;
+  const int64_t lift_w = ((g.kernel_w - 1) * g.dilation_w + g.stride_w - 1) / g.stride_w;
+  const auto tiles = [&](auto columns) {
+    constexpr int kColumns = decltype(columns)::value;
+    DepthwiseTiles t;
+    if (!plan_depthwise_tiles(planes, g.in_h, g.in_w, patch, t, kColumns)) {
+      return false;
+    }
     with_depthwise_kernel_side(g, [&](auto side) {
       constexpr int kSide = decltype(side)::value;
       CUSTOM_CONV_LAUNCH(static_cast<unsigned int>(t.blocks), kDepthwiseThreads,
-                         depthwise_backward_input_tile_kernel<scalar_t, kSide>)(
+                         depthwise_backward_input_tile_kernel<scalar_t, kSide, kColumns>)(
           grad_output, weight, DepthwiseIndex(g), static_cast<int32_t>(planes), static_cast<int32_t>(lift_h),
           static_cast<int32_t>(lift_w), t, grad_input);
     });
+    return true;
+  };
+  // Several values a thread only at column stride 1 (the kernel's rule).
+  if (depthwise_indices_fit(g) && plan_depthwise_columns(g.stride_w == 1, tiles)) {
     return;
   }
   CUSTOM_CONV_LAUNCH(grid_for(planes * g.in_h * g.in_w), kThreads, depthwise_backward_input_kernel<scalar_t>)(
