@@ -7,6 +7,7 @@ import torch
 from hypothesis import settings
 
 import custom_conv  # noqa: F401  (fails loudly if the extension is not built)
+from helpers import cudnn_tf32
 
 # Hypothesis draws the same examples on every run, so that a failure
 # reproduces and a passing suite stays passing (with no example database).
@@ -26,12 +27,8 @@ def _seed():
 def no_tf32():
     """cuDNN and cuBLAS may use TF32 (10-bit mantissa) for float32 by default;
     our kernels compute in full float32, so compare against full float32."""
-    # cuDNN's flags through its context manager: the only way once torch's
-    # test utilities (which test_pytorch_samples.py imports) froze them.
-    cudnn = torch.backends.cudnn
     saved_matmul = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
-    with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
-                     allow_tf32=False):
+    with cudnn_tf32(False):
         yield
     torch.backends.cuda.matmul.allow_tf32 = saved_matmul

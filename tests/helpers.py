@@ -145,6 +145,16 @@ def num_threads(n):
         torch.set_num_threads(previous)
 
 
+def cudnn_tf32(allowed):
+    """Runs the block with torch.backends.cudnn.allow_tf32 set to `allowed`
+    (the flag our GPU convolutions follow too), cuDNN's other flags kept.
+    Through cuDNN's context manager: the only way once torch's test utilities
+    (which test_pytorch_samples.py imports) froze the flags."""
+    cudnn = torch.backends.cudnn
+    return cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                       allow_tf32=allowed)
+
+
 class OpLog(TorchDispatchMode):
     """Records the name of every op that reaches the dispatcher while it is
     entered: `with OpLog() as log: ...; log.names`."""

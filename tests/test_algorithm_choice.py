@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import custom_conv
 from custom_conv import functional as CF
-from helpers import dtypes, num_threads
+from helpers import cudnn_tf32, dtypes, num_threads
 
 KERNELS = custom_conv.cpu_kernels()
 
@@ -333,10 +333,8 @@ def test_the_cuda_chooser_and_its_switches():
     depthwise = "depthwise: one input channel per group, each output's taps summed from its input plane"
     for dtype in (torch.half, torch.bfloat16):
         assert custom_conv.explain_conv2d(x.to(dtype), w.to(dtype))["forward"] == ("im2col", on)
-    cudnn = torch.backends.cudnn
     for tf32 in (True, False):
-        with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
-                         allow_tf32=tf32):
+        with cudnn_tf32(tf32):
             assert custom_conv.explain_conv2d(x.float(), w.float())["forward"] == ("im2col", implicit + (
                 ", our GEMM on the tensor cores in TF32, float sums (torch.backends.cudnn.allow_tf32)"
                 if tf32 else
@@ -398,8 +396,7 @@ def test_the_cuda_chooser_and_its_switches():
     assert custom_conv.explain_conv2d(xd, meta((32, 1, 3, 3)), groups=4)["backward_input"] == ("depthwise", depthwise)
     assert custom_conv.explain_conv2d(x16[:, :12], w16[:, :12])["forward"] == ("im2col", on)  # 12: not whole chunks
     assert custom_conv.explain_conv2d(x16, w16.reshape(8, 8, 3, 3), groups=2)["forward"] == ("im2col", on + gathers)
-    with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
-                     allow_tf32=True):
+    with cudnn_tf32(True):
         assert custom_conv.explain_conv2d(x16[:, :12].float(), w16[:, :12].float())["forward"][1].endswith(gathers)
     with custom_conv.disabled_algorithms("channels_last_gather"):
         for pass_, choice in custom_conv.explain_conv2d(x16, meta((16, 16, 3, 3))).items():

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import custom_conv
 from cases import CONV2D_CASES, MAX_POOL2D_CASES, conv, pool
 from custom_conv import functional as CF
-from helpers import (assert_conv2d_matches_torch, assert_within_eps_of_exact, conv_tensors, dtypes,
+from helpers import (assert_conv2d_matches_torch, assert_within_eps_of_exact, conv_tensors, cudnn_tf32, dtypes,
                      forward_and_grads, pool_input)
 
 ops = torch.ops.custom_conv
@@ -179,9 +179,7 @@ def test_float32_runs_in_tf32_where_torch_allows_it(case):
     within 2 TF32 eps (2^-10, in units of float's eps 2^-23) of float64 on
     the same numbers, relative to the terms' magnitudes, as half is."""
     kw = ALL_CASES[case].kwargs
-    cudnn = torch.backends.cudnn
-    with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
-                     allow_tf32=True):
+    with cudnn_tf32(True):
         assert_within_eps_of_exact(lambda x, w, b: CF.conv2d(x, w, b, **kw), lambda x, w, b: F.conv2d(x, w, b, **kw),
                                    conv_tensors(ALL_CASES[case], torch.float32, DEVICE), eps_factor=2 * 2 ** 13)
 

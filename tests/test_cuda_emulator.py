@@ -27,7 +27,8 @@ from torch.utils import cpp_extension
 from cases import (ADAPTIVE_AVG_POOL2D_CASES, AVG_POOL2D_CASES, CONV2D_CASES, LONG_SUMS, MAX_POOL2D_CASES,
                    MAX_POOL2D_PADDING_ONLY_CASES, conv)
 from custom_conv import functional as CF
-from helpers import assert_matches_torch, assert_within_eps_of_exact, conv_tensors, dtypes, pool_input, tolerance
+from helpers import (assert_matches_torch, assert_within_eps_of_exact, conv_tensors, cudnn_tf32, dtypes, pool_input,
+                     tolerance)
 
 # Float32 on the exact CUDA-core kernels, the bound of its table; TF32 has
 # tests of its own (torch allows it for convolutions by default).
@@ -224,8 +225,7 @@ def test_conv2d_in_tf32_where_torch_allows_it(emu, case):
     their exact kernels."""
     c = CONV2D_CASES[case]
     conv2d = emulated_conv2d(emu)
-    with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=torch.backends.cudnn.benchmark,
-                                    deterministic=torch.backends.cudnn.deterministic, allow_tf32=True):
+    with cudnn_tf32(True):
         emu.take_launch_log()
         assert_within_eps_of_exact(lambda x, w, b: conv2d(x, w, b, **c.kwargs),
                                    lambda x, w, b: F.conv2d(x, w, b, **c.kwargs), conv_tensors(c, torch.float32),
@@ -279,8 +279,7 @@ def test_conv2d_gathers_channels_last_tensors(emu, case, dtype, layout):
     eps_factor = 2 * 2 ** 13 if dtype == torch.float32 else 2  # TF32: 2^-10 in units of float's 2^-23
     conv2d = emulated_conv2d(emu, grad_layout=placed)
     for gather_nhwc in (True, False):
-        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=torch.backends.cudnn.benchmark,
-                                        deterministic=torch.backends.cudnn.deterministic, allow_tf32=True), \
+        with cudnn_tf32(True), \
                 switched_off(emu, "channels_last_gather", not gather_nhwc):
             emu.take_launch_log()
             assert_within_eps_of_exact(lambda x, w, b: conv2d(placed(x), w, b, **c.kwargs),
@@ -864,8 +863,7 @@ def test_conv2d_in_tf32_on_its_widest_tiles(emu, route, stride):
     block); within 2 TF32 eps of exact."""
     case = conv((2, 8, 12, 12), (130, 8, 3, 3), stride=stride, padding=1)
     conv2d = emulated_conv2d(emu)
-    with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=torch.backends.cudnn.benchmark,
-                                    deterministic=torch.backends.cudnn.deterministic, allow_tf32=True), \
+    with cudnn_tf32(True), \
             limits(emu, multiprocessors=2), on_route(emu, route):
         assert_within_eps_of_exact(lambda x, w, b: conv2d(x, w, b, **case.kwargs),
                                    lambda x, w, b: F.conv2d(x, w, b, **case.kwargs),
