@@ -97,7 +97,8 @@ def short(name):
     tile = re.search(r"(?:CoreTile|MmaShape)<(\d+), (\d+)(?:, (\d+), (\d+))?>", name)
     shape = f"tile {tile.group(1)}x{tile.group(2)}" if tile else ""
     taps = re.search(r"kernel<[^,<>]+, (\d+)(?:, (\d+))?>", name)  # a depthwise kernel's size (0: any)
-    if taps and kernel == "depthwise_forward_tile_kernel":  # <scalar_t, side, columns a thread>
+    if taps and kernel in ("depthwise_forward_tile_kernel", "depthwise_backward_input_tile_kernel"):
+        # <scalar_t, side, columns a thread>
         side = "any size" if taps.group(1) == "0" else f"{taps.group(1)}x{taps.group(1)}"
         shape = f"{side}, {taps.group(2)} a thread"
     elif taps:
