@@ -15,6 +15,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <map>
+#include <mutex>
 #include <utility>
 
 #ifdef CUSTOM_CONV_EMULATE_CUDA
@@ -83,6 +85,21 @@ inline at::TensorOptions device_options() {
   return at::TensorOptions().device(at::kCUDA, c10::cuda::current_device());
 }
 
+// Lets `kernel` take `bytes` of dynamic shared memory on the current device.
+// Asking is a call into the driver, under its lock: it is made once per
+// kernel, device and larger size, not at every launch.
+inline void allow_dynamic_shared(const void* kernel, size_t bytes) {
+  static std::mutex mutex;
+  static std::map<std::pair<const void*, int>, size_t> allowed;  // the most asked for
+  const std::pair<const void*, int> key{kernel, c10::cuda::current_device()};
+  const std::lock_guard<std::mutex> lock(mutex);
+  size_t& most = allowed[key];
+  if (bytes > most) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+    most = bytes;
+  }
+}
+
 // kernel<<<grid, block, shared_bytes, current stream>>>(args...), spelt as
 // CUSTOM_CONV_LAUNCH(grid, block, kernel)(args...) so that the emulator,
 // which cannot parse <<< >>>, runs the same line; a kernel that takes its
@@ -100,8 +117,7 @@ struct Launch {
   Launch with_dynamic_shared(size_t bytes) const {
     constexpr size_t kWithoutAsking = 48 * 1024;
     if (bytes > kWithoutAsking) {
-      C10_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+      allow_dynamic_shared(reinterpret_cast<const void*>(kernel), bytes);
     }
     return {name, kernel, grid, block, bytes};
   }
