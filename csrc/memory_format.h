@@ -4,12 +4,16 @@
 // strides alone: a slice of a channels_last tensor counts, a tensor that is
 // contiguous both ways does not), and max_pool2d, indices included, and
 // avg_pool2d (adaptive too) when its input does; the gradients come back in
-// the layout of the forward's result. Our kernels compute in NCHW and return their results through
-// in_memory_format: the CPU and CUDA kernels and the Meta kernels
-// (meta.cpp) for the forward ops. The gradients follow the same rule in
-// custom_conv/autograd.py, which decides it with torch's Python twin of
-// suggest_memory_format. So the ops give torch's layout whether called as
-// torch.ops.custom_conv.* or through custom_conv.functional.
+// the layout of the forward's result. Our ops answer so (the CPU and CUDA
+// kernels through in_memory_format, or by storing in that layout, and the
+// Meta kernels in meta.cpp): the forward ops by the rules below; conv2d's
+// gradient ops by the same rule applied to the tensors they are given
+// (conv2d_gradient_memory_format), which is the forward's layout whenever
+// the output gradient kept the forward result's. custom_conv/autograd.py
+// (and autograd.cpp) give each gradient the forward's layout, with torch's
+// Python twin of suggest_memory_format: a copy only where the two differ.
+// So the ops give torch's layout whether called as torch.ops.custom_conv.*
+// or through custom_conv.functional.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -23,6 +27,15 @@ inline bool suggests_channels_last(const at::Tensor& t) {
 inline at::MemoryFormat conv2d_memory_format(const at::Tensor& input, const at::Tensor& weight) {
   return suggests_channels_last(input) || suggests_channels_last(weight) ? at::MemoryFormat::ChannelsLast
                                                                         : at::MemoryFormat::Contiguous;
+}
+
+// A conv2d gradient op's result: channels-last where the output gradient or
+// the other tensor it is given (the weight for the input's gradient, the
+// input for the weight's) suggests it. The forward's result, and so usually
+// its gradient, is channels-last exactly where its input or weight suggests
+// it, so a channels-last network's gradients need no copy into its layout.
+inline at::MemoryFormat conv2d_gradient_memory_format(const at::Tensor& grad_output, const at::Tensor& other) {
+  return conv2d_memory_format(grad_output, other);
 }
 
 inline at::MemoryFormat max_pool2d_memory_format(const at::Tensor& input) {

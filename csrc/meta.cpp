@@ -36,18 +36,20 @@ at::Tensor conv2d_forward_meta(const at::Tensor& input, const at::Tensor& weight
                           input.options().memory_format(conv2d_memory_format(input, weight)));
 }
 
-// The gradients have the sizes they are asked for; autograd.cpp gives them
-// the forward's layout.
+// The gradients have the sizes they are asked for, in the layout their
+// arguments suggest (memory_format.h).
 at::Tensor conv2d_backward_input_meta(const at::Tensor& grad_output, const at::Tensor& weight,
                                       c10::SymIntArrayRef input_size, c10::IntArrayRef stride,
                                       c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups) {
-  return at::empty_symint(input_size, grad_output.options());
+  return at::empty_symint(input_size,
+                          grad_output.options().memory_format(conv2d_gradient_memory_format(grad_output, weight)));
 }
 
 at::Tensor conv2d_backward_weight_meta(const at::Tensor& grad_output, const at::Tensor& input,
                                        c10::SymIntArrayRef weight_size, c10::IntArrayRef stride,
                                        c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups) {
-  return at::empty_symint(weight_size, grad_output.options());
+  return at::empty_symint(weight_size,
+                          grad_output.options().memory_format(conv2d_gradient_memory_format(grad_output, input)));
 }
 
 at::Tensor conv2d_backward_bias_meta(const at::Tensor& grad_output) {

@@ -143,6 +143,12 @@ def emulated_conv2d(emu, grad_layout=torch.Tensor.contiguous):
     return conv2d
 
 
+def op_geometry(case, x, w):
+    """A conv case's stride, padding, dilation and groups as the ops take them."""
+    kwargs = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, **case.kwargs}
+    return CF._conv2d_arguments(x, w, None, **kwargs)[2:]
+
+
 def pool_arguments(kwargs):
     """F.max_pool2d's keyword arguments as the ops take them."""
     pair = lambda v: (v[0], v[-1]) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
@@ -286,10 +292,17 @@ def test_conv2d_gathers_channels_last_tensors(emu, case, dtype, layout):
                                        lambda x, w, b: F.conv2d(x, w, b, **c.kwargs), conv_tensors(c, dtype),
                                        eps_factor=eps_factor)
             kernels = {entry.split("<")[0] for entry in emu.take_launch_log()}
-            # The output in torch's layout (the GEMM stores channels-last results in place).
+            # The output in torch's layout (the GEMM stores channels-last results in place), and the
+            # gradients in the layout their arguments suggest: channels-last here for a channels-last
+            # output gradient, as torch's gradients of a channels-last forward are.
             x, w, b = conv_tensors(c, dtype)
-            assert conv2d(placed(x), w, b, **c.kwargs).stride() == F.conv2d(
-                placed(x.double()), w.double(), b.double(), **c.kwargs).stride()
+            y = conv2d(placed(x), w, b, **c.kwargs)
+            assert y.stride() == F.conv2d(placed(x.double()), w.double(), b.double(), **c.kwargs).stride()
+            go, args = placed(torch.randn_like(y)), op_geometry(c, x, w)
+            memory_format = torch.contiguous_format if layout == "NCHW" else torch.channels_last
+            strides = lambda t: torch.empty(t.shape, memory_format=memory_format).stride()  # noqa: E731
+            assert emu.conv2d_backward_input(go, w, x.shape, *args).stride() == strides(x)
+            assert emu.conv2d_backward_weight(go, placed(x), w.shape, *args).stride() == strides(w)
         assert kernels & {"gemm_mma_kernel", "gemm_tile_kernel"} == {"gemm_mma_kernel"}, kernels
 
 
@@ -310,13 +323,18 @@ PHASE_CASES = {
 
 
 @pytest.mark.parametrize("kernels", ["float64, CUDA cores", "half, tensor cores, channels-last",
-                                     "half, tensor cores, NCHW"])
+                                     "half, tensor cores, NCHW", "float64, CUDA cores, channels-last gradients",
+                                     "half, tensor cores, channels-last gradients"])
 @pytest.mark.parametrize("case", list(PHASE_CASES))
 def test_the_input_gradient_a_phase_at_a_time(emu, case, kernels):
     """The forward and every gradient against torch (half within 2 eps of
-    exact), the input gradient by phases on each of its kernels."""
+    exact), the input gradient by phases on each of its kernels, stored NCHW
+    or, from a channels-last output gradient, channels-last."""
     c = PHASE_CASES[case]
-    conv2d = emulated_conv2d(emu)
+    if kernels.endswith("channels-last gradients"):
+        conv2d = emulated_conv2d(emu, grad_layout=lambda t: t.contiguous(memory_format=torch.channels_last))
+    else:
+        conv2d = emulated_conv2d(emu)
     with switched_off(emu, "channels_last_gather", kernels.endswith("NCHW")):
         if kernels.startswith("float64"):
             assert_matches_torch(lambda x, w, b: conv2d(x, w, b, **c.kwargs),

@@ -124,15 +124,41 @@ def test_the_ops_layout_rule_is_torchs_for_every_order_of_the_strides():
 @pytest.mark.parametrize("input_layout", list(INPUTS))
 def test_the_meta_kernels_give_the_kernels_layout(input_layout):
     """torch.compile traces with fake tensors, through our Meta kernels: they
-    must expect what the kernels return."""
+    must expect what the kernels return, the gradient ops' included."""
+    def results(x, w, go):
+        geometry = [2, 2], [0, 0], [1, 1], 1
+        return [ops.conv2d_forward(x, w, None, [1, 1], [1, 1], [1, 1], 1),
+                ops.conv2d_forward(x, w.contiguous(), None, *geometry),
+                ops.conv2d_backward_input(go, w, x.shape, *geometry),
+                ops.conv2d_backward_input(go.contiguous(), w.contiguous(), x.shape, *geometry),
+                ops.conv2d_backward_weight(go, x, w.shape, *geometry),
+                ops.conv2d_backward_weight(go.contiguous(), x, w.shape, *geometry),
+                *ops.max_pool2d_forward(x, [3, 3], [2, 2], [1, 1], [1, 1], True)]
+
     x = INPUTS[input_layout]()
     w = WEIGHTS["channels_last"][0](x.shape[1])
-    real = [ops.conv2d_forward(x, w, None, [1, 1], [1, 1], [1, 1], 1),
-            ops.conv2d_forward(x, w.contiguous(), None, [2, 2], [0, 0], [1, 1], 1),
-            *ops.max_pool2d_forward(x, [3, 3], [2, 2], [1, 1], [1, 1], True)]
+    go = torch.randn_like(ops.conv2d_forward(x, w, None, [2, 2], [0, 0], [1, 1], 1))
+    real = results(x, w, go)
     with FakeTensorMode() as mode:
-        fx, fw = mode.from_tensor(x), mode.from_tensor(w)
-        fake = [ops.conv2d_forward(fx, fw, None, [1, 1], [1, 1], [1, 1], 1),
-                ops.conv2d_forward(fx, fw.contiguous(), None, [2, 2], [0, 0], [1, 1], 1),
-                *ops.max_pool2d_forward(fx, [3, 3], [2, 2], [1, 1], [1, 1], True)]
+        fake = results(*[mode.from_tensor(t) for t in (x, w, go)])
     assert [(t.shape, t.stride(), t.dtype) for t in fake] == [(t.shape, t.stride(), t.dtype) for t in real]
+
+
+@pytest.mark.parametrize("weight_layout", list(WEIGHTS))
+@pytest.mark.parametrize("input_layout", list(INPUTS))
+def test_the_gradient_ops_answer_in_the_layout_of_torchs_gradients(input_layout, weight_layout):
+    """Given an output gradient in the layout of the forward's result, each
+    gradient op answers in the layout of torch's gradient: the layout the
+    tensors it is given suggest (csrc/memory_format.h). So a channels-last
+    network's gradients are stored so (on the GPU, by the GEMM itself), and
+    autograd has none to copy."""
+    x = INPUTS[input_layout]().requires_grad_()
+    make_weight, groups = WEIGHTS[weight_layout]
+    groups = x.shape[1] if groups == "c" else groups
+    w = make_weight(x.shape[1] // groups).requires_grad_()
+    ref = F.conv2d(x, w, groups=groups, padding=1)
+    go = torch.randn_like(ref)
+    gx, gw = torch.autograd.grad(ref, [x, w], go)
+    geometry = [1, 1], [1, 1], [1, 1], groups
+    assert ops.conv2d_backward_input(go, w, x.shape, *geometry).stride() == gx.stride()
+    assert ops.conv2d_backward_weight(go, x, w.shape, *geometry).stride() == gw.stride()

@@ -59,12 +59,13 @@ at::Tensor conv2d_backward_input_cpu(
   check_conv2d_grad_output(grad_output_, g, weight_);
   const at::Tensor grad_output = grad_output_.contiguous();
   const at::Tensor weight = weight_.contiguous();
+  const at::MemoryFormat format = conv2d_gradient_memory_format(grad_output_, weight_);
   at::Tensor grad_input = at::empty(input_size, weight.options());
   if (grad_input.numel() == 0) {
-    return grad_input;
+    return in_memory_format(grad_input, format);
   }
   enter(g, Conv2dPass::kBackwardInput, weight).backward_input(g, grad_output, weight, grad_input);
-  return grad_input;
+  return in_memory_format(grad_input, format);
 }
 
 at::Tensor conv2d_backward_weight_cpu(
@@ -81,15 +82,16 @@ at::Tensor conv2d_backward_weight_cpu(
   check_conv2d_grad_output(grad_output_, g, input_);
   const at::Tensor input = input_.contiguous();
   const at::Tensor grad_output = grad_output_.contiguous();
+  const at::MemoryFormat format = conv2d_gradient_memory_format(grad_output_, input_);
   at::Tensor grad_weight = at::empty(weight_size, input.options());
   if (grad_weight.numel() == 0) {  // no input channels
-    return grad_weight;
+    return in_memory_format(grad_weight, format);
   }
   if (g.batch == 0) {
-    return grad_weight.zero_();
+    return in_memory_format(grad_weight.zero_(), format);
   }
   enter(g, Conv2dPass::kBackwardWeight, input).backward_weight(g, input, grad_output, grad_weight);
-  return grad_weight;
+  return in_memory_format(grad_weight, format);
 }
 
 // One channel's bias gradient: the sum of its N planes of L values, in

@@ -189,18 +189,22 @@ at::Tensor conv2d_backward_input_cuda(
   const at::Tensor grad_output = gathers_channels_last ? grad_output_.contiguous(at::MemoryFormat::ChannelsLast)
                                                        : grad_output_.contiguous();
   const at::Tensor weight = weight_.contiguous();
-
-  at::Tensor grad_input = at::empty(input_size, weight.options());
+  // The implicit GEMM stores the gradient in either layout, the other routes NCHW.
+  const at::MemoryFormat format = conv2d_gradient_memory_format(grad_output_, weight_);
+  const bool depthwise = choose_cuda_conv2d_algorithm(g, Conv2dPass::kBackwardInput, weight.scalar_type()) ==
+                         Conv2dAlgorithm::kDepthwise;
+  const bool implicit = !depthwise && (gathers_channels_last || cuda_conv_uses_implicit_gemm(g));
+  at::Tensor grad_input =
+      at::empty(input_size, weight.options().memory_format(implicit ? format : at::MemoryFormat::Contiguous));
   if (grad_input.numel() == 0) {
-    return grad_input;
+    return in_memory_format(grad_input, format);
   }
-  if (choose_cuda_conv2d_algorithm(g, Conv2dPass::kBackwardInput, weight.scalar_type()) ==
-      Conv2dAlgorithm::kDepthwise) {
+  if (depthwise) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "conv2d_backward_input_cuda", [&] {
       depthwise_backward_input<scalar_t>(g, grad_output.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
                                          grad_input.mutable_data_ptr<scalar_t>());
     });
-    return grad_input;
+    return in_memory_format(grad_input, format);
   }
   if (gathers_channels_last) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "conv2d_backward_input_cuda", [&] {
@@ -213,7 +217,7 @@ at::Tensor conv2d_backward_input_cuda(
     });
     return grad_input;
   }
-  if (cuda_conv_uses_implicit_gemm(g)) {
+  if (implicit) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "conv2d_backward_input_cuda", [&] {
       implicit_conv2d_backward_input<scalar_t>(g, weight, grad_output.const_data_ptr<scalar_t>(), grad_input,
                                                cuda_gemm_uses_tensor_cores(weight.scalar_type()));
@@ -257,7 +261,7 @@ at::Tensor conv2d_backward_input_cuda(
              grad_input.mutable_data_ptr<scalar_t>() + n0 * g.in_channels * g.in_h * g.in_w);
     }
   });
-  return grad_input;
+  return in_memory_format(grad_input, format);
 }
 
 at::Tensor conv2d_backward_weight_cuda(
@@ -279,13 +283,14 @@ at::Tensor conv2d_backward_weight_cuda(
   const at::MemoryFormat layout = gathers_channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const at::Tensor input = input_.contiguous(layout);
   const at::Tensor grad_output = grad_output_.contiguous(layout);
+  const at::MemoryFormat format = conv2d_gradient_memory_format(grad_output_, input_);
 
   at::Tensor grad_weight = at::empty(weight_size, input.options());
   if (grad_weight.numel() == 0) {  // no input channels
-    return grad_weight;
+    return in_memory_format(grad_weight, format);
   }
   if (g.batch == 0) {
-    return grad_weight.zero_();
+    return in_memory_format(grad_weight.zero_(), format);
   }
   if (choose_cuda_conv2d_algorithm(g, Conv2dPass::kBackwardWeight, input.scalar_type()) ==
       Conv2dAlgorithm::kDepthwise) {
@@ -293,7 +298,7 @@ at::Tensor conv2d_backward_weight_cuda(
       depthwise_backward_weight<scalar_t>(g, grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
                                           grad_weight.mutable_data_ptr<scalar_t>());
     });
-    return grad_weight;
+    return in_memory_format(grad_weight, format);
   }
   if (gathers_channels_last) {
     // The gradient with its taps ordered (kH, kW, C_in / groups), as the input's are.
@@ -308,7 +313,9 @@ at::Tensor conv2d_backward_weight_cuda(
         TORCH_CHECK(false, "conv2d: no tensor cores for ", input.scalar_type());
       }
     });
-    return grad_weight.copy_(permuted.permute({0, 3, 1, 2}));
+    // (C_out, C_in / groups, kH, kW) with channels-last strides exactly.
+    const at::Tensor taps_last = permuted.permute({0, 3, 1, 2});
+    return format == at::MemoryFormat::ChannelsLast ? taps_last : grad_weight.copy_(taps_last);
   }
   if (cuda_conv_uses_implicit_gemm(g)) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv2d_backward_weight_cuda", [&] {
@@ -317,7 +324,7 @@ at::Tensor conv2d_backward_weight_cuda(
                                                 grad_weight.mutable_data_ptr<scalar_t>(),
                                                 cuda_gemm_uses_tensor_cores(input.scalar_type()));
     });
-    return grad_weight;
+    return in_memory_format(grad_weight, format);
   }
   const int64_t L = g.output_plane();
   const int64_t K = g.col_rows_per_group();
@@ -371,7 +378,7 @@ at::Tensor conv2d_backward_weight_cuda(
       accumulate_chunks(grad_weight.mutable_data_ptr<scalar_t>());
     }
   });
-  return grad_weight;
+  return in_memory_format(grad_weight, format);
 }
 
 // One block per channel sums grad_output over batch and space. Each thread

@@ -526,36 +526,42 @@ struct GradPhase {
   }
 };
 
-// Results of one phase of the input gradient into grad_input (N, C, H, W):
-// row j is channel j of group z, column q = (b, y, x) a position of the
-// phase, input pixel (row + y * stride_h, col + x * stride_w).
+// Results of one phase of the input gradient into grad_input (N, C, H, W),
+// NCHW or channels-last in memory: row j is channel j of group z, column
+// q = (b, y, x) a position of the phase, input pixel (row + y * stride_h,
+// col + x * stride_w).
 template <typename T>
 struct PhaseOutput {
   gpu_ptr<T> y = nullptr;
   int32_t channels = 0, channels_per_group = 0, in_h = 0, in_w = 0;
   int32_t row = 0, col = 0, stride_h = 1, stride_w = 1;  // the phase's first pixel, and its step
   Planes grid;                                           // the phase's positions
+  bool channels_last = false;
 
   __device__ __forceinline__ void store(int64_t z, int64_t j, int64_t q, at::opmath_type<T> sum) const {
     const Position p(q, grid);
     const int64_t channel = z * channels_per_group + j;
-    y[((static_cast<int64_t>(p.b) * channels + channel) * in_h + row + p.y * stride_h) * in_w + col +
-      p.x * stride_w] = static_cast<T>(sum);
+    const int64_t h = row + p.y * stride_h, w = col + p.x * stride_w;
+    const int64_t at = channels_last ? ((static_cast<int64_t>(p.b) * in_h + h) * in_w + w) * channels + channel
+                                     : ((static_cast<int64_t>(p.b) * channels + channel) * in_h + h) * in_w + w;
+    y[at] = static_cast<T>(sum);
   }
 };
 
-// The input gradient's product for phase (r_h, r_w), grad_input at pixels
-// (r_h + stride_h * y, r_w + stride_w * x) = W' @ B: a weight W' (C_in / g, K')
-// of the phase's taps, each group's two channel dimensions swapped (a copy,
-// so that the GEMM loads it by cp.async), and output-gradient taps B in the
-// order of its K' columns; B's tensor is the caller's to set.
+// The input gradient's product for phase (r_h, r_w), grad_input (NCHW or
+// channels-last) at pixels (r_h + stride_h * y, r_w + stride_w * x) = W' @ B:
+// a weight W' (C_in / g, K') of the phase's taps, each group's two channel
+// dimensions swapped (a copy, so that the GEMM loads it by cp.async), and
+// output-gradient taps B in the order of its K' columns; B's tensor is the
+// caller's to set.
 template <typename B, typename T>
 GemmProblem<T, MatrixOperand<T, true>, B, PhaseOutput<T>> backward_input_problem(const Conv2dGeometry& g,
                                                                                const GradPhase& h,
                                                                                const GradPhase& w, int64_t r_h,
                                                                                int64_t r_w,
                                                                                const at::Tensor& swapped,
-                                                                               gpu_ptr<T> grad_input) {
+                                                                               gpu_ptr<T> grad_input,
+                                                                               bool channels_last) {
   const int64_t C = g.in_channels_per_group();
   const gpu_ptr<const T> weight = swapped.const_data_ptr<T>();
   GemmProblem<T, MatrixOperand<T, true>, B, PhaseOutput<T>> p;
@@ -576,11 +582,11 @@ GemmProblem<T, MatrixOperand<T, true>, B, PhaseOutput<T>> backward_input_problem
   s.grad_row_step = static_cast<int32_t>(h.row_step);
   s.grad_col_step = static_cast<int32_t>(w.row_step);
   p.out = {grad_input, s.in_channels, s.in_per_group, s.in_h, s.in_w, static_cast<int32_t>(r_h),
-           static_cast<int32_t>(r_w), s.stride_h, s.stride_w, s.inputs};
+           static_cast<int32_t>(r_w), s.stride_h, s.stride_w, s.inputs, channels_last};
   return p;
 }
 
-// grad_input (N, C_in, H, W), contiguous, phase by phase: run(h, w, r_h, r_w,
+// grad_input (N, C_in, H, W), NCHW or channels-last, phase by phase: run(h, w, r_h, r_w,
 // weight) for each phase that some tap reaches, with the weight's taps of
 // the phase, viewed (groups, C_out / g, C_in / g, count_h, count_w); zeros
 // at the pixels no tap reaches. At stride 1 the one phase is the whole
@@ -604,33 +610,38 @@ void for_each_grad_phase(const Conv2dGeometry& g, const at::Tensor& weight, at::
   }
 }
 
-// grad_input (N, C_in, H, W) from grad_output and weight, all contiguous.
-// W' (c; co, ki, kj) over each phase's taps.
+// grad_input (N, C_in, H, W), NCHW or channels-last in memory, from
+// grad_output and weight, both contiguous. W' (c; co, ki, kj) over each
+// phase's taps.
 template <typename T>
 void implicit_conv2d_backward_input(const Conv2dGeometry& g, const at::Tensor& weight,
                                     gpu_ptr<const T> grad_output, at::Tensor& grad_input, bool tensor_cores) {
+  const bool channels_last = grad_input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
   for_each_grad_phase(g, weight, grad_input, [&](const GradPhase& h, const GradPhase& w, int64_t r_h, int64_t r_w,
                                                  const at::Tensor& taps) {
     const at::Tensor swapped = taps.permute({0, 2, 1, 3, 4}).contiguous();
     auto p = backward_input_problem<OutputGradPatches<T>, T>(g, h, w, r_h, r_w, swapped,
-                                                          grad_input.mutable_data_ptr<T>());
+                                                          grad_input.mutable_data_ptr<T>(), channels_last);
     p.b.grad_output = grad_output;
     run_gemm(p, tensor_cores);
   });
 }
 
-// grad_input (N, C_in, H, W), contiguous, from a channels-last grad_output
-// and a contiguous weight, on the tensor cores. W' (c; ki, kj, co) over
-// each phase's taps: in the order of the output gradient's channels-last
-// memory, whose 16-byte chunks of output channels go by cp.async.
+// grad_input (N, C_in, H, W), NCHW or channels-last in memory, from a
+// channels-last grad_output and a contiguous weight, on the tensor cores.
+// W' (c; ki, kj, co) over each phase's taps: in the order of the output
+// gradient's channels-last memory, whose 16-byte chunks of output channels
+// go by cp.async.
 template <typename T>
 void implicit_conv2d_backward_input_channels_last(const Conv2dGeometry& g, const at::Tensor& weight,
                                                   gpu_ptr<const T> grad_output_nhwc, at::Tensor& grad_input) {
+  const bool channels_last = grad_input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
   for_each_grad_phase(g, weight, grad_input, [&](const GradPhase& h, const GradPhase& w, int64_t r_h, int64_t r_w,
                                                  const at::Tensor& taps) {
     const at::Tensor swapped = taps.permute({0, 2, 3, 4, 1}).contiguous();
     auto p = backward_input_problem<ChannelsLastOutputGradPatches<T>, T>(g, h, w, r_h, r_w, swapped,
-                                                                      grad_input.mutable_data_ptr<T>());
+                                                                      grad_input.mutable_data_ptr<T>(),
+                                                                      channels_last);
     p.b.tensor = grad_output_nhwc;
     p.b.vector = chunks_aligned(grad_output_nhwc, g.out_channels, g.out_channels_per_group(), g.groups);
     run_tensor_core_gemm(p, launch_limits());
