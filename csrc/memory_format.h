@@ -9,7 +9,8 @@
 // Meta kernels in meta.cpp): the forward ops by the rules below; conv2d's
 // gradient ops by the same rule applied to the tensors they are given
 // (conv2d_gradient_memory_format), which is the forward's layout whenever
-// the output gradient kept the forward result's. custom_conv/autograd.py
+// the output gradient kept the forward result's; max_pool2d's by its
+// indices' layout, the forward result's. custom_conv/autograd.py
 // (and autograd.cpp) give each gradient the forward's layout, with torch's
 // Python twin of suggest_memory_format: a copy only where the two differ.
 // So the ops give torch's layout whether called as torch.ops.custom_conv.*
@@ -40,6 +41,13 @@ inline at::MemoryFormat conv2d_gradient_memory_format(const at::Tensor& grad_out
 
 inline at::MemoryFormat max_pool2d_memory_format(const at::Tensor& input) {
   return suggests_channels_last(input) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+// max_pool2d's gradient op: the layout its indices suggest, which the
+// forward gave them, its result's: the layout of torch's input gradient,
+// whatever the output gradient's (an expanded one suggests none).
+inline at::MemoryFormat max_pool2d_gradient_memory_format(const at::Tensor& indices) {
+  return max_pool2d_memory_format(indices);
 }
 
 // `t`, an NCHW result, in `format`, with torch's strides exactly (also for

@@ -75,7 +75,8 @@ at::Tensor max_pool2d_backward_meta(const at::Tensor& grad_output, const at::Ten
                                     c10::SymIntArrayRef input_size, c10::IntArrayRef kernel_size,
                                     c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
                                     bool ceil_mode) {
-  return at::empty_symint(input_size, grad_output.options());
+  return at::empty_symint(input_size,
+                          grad_output.options().memory_format(max_pool2d_gradient_memory_format(indices)));
 }
 
 at::Tensor avg_pool2d_forward_meta(const at::Tensor& input, c10::IntArrayRef kernel_size, c10::IntArrayRef stride,

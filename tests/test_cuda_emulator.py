@@ -475,10 +475,12 @@ def test_max_pool2d_matches_torch_and_equals_our_cpu_ops_bitwise(emu, case, dtyp
 @pytest.mark.parametrize("index_bits", list(INDEX_LIMITS))
 @pytest.mark.parametrize("dtype", dtypes("float64", "float16"))
 @pytest.mark.parametrize("case", list(POOL_CASES))
-def test_max_pool2d_reads_channels_last_in_place(emu, case, dtype, index_bits):
-    """A channels-last input takes the kernel that reads it in its own layout
-    (no copy into NCHW): the same values and indices, bit for bit, as the
-    NCHW kernel, returned channels-last as torch returns them."""
+def test_max_pool2d_reads_and_writes_channels_last_in_place(emu, case, dtype, index_bits):
+    """A channels-last input takes the kernels that work in its own layout
+    (no copy into NCHW and back), forward and backward: the same values,
+    indices and gradients, bit for bit, as the NCHW kernels, returned
+    channels-last as torch returns them; the gradient so for an output
+    gradient of any layout (an expanded one suggests none)."""
     c = POOL_CASES[case]
     x = pool_input(c, dtype)
     args = pool_arguments(c.kwargs)
@@ -486,13 +488,26 @@ def test_max_pool2d_reads_channels_last_in_place(emu, case, dtype, index_bits):
     with limits(emu, narrow_index_limit=INDEX_LIMITS[index_bits]):
         out, indices = emu.max_pool2d_forward(xl, *args)
         ran = {entry.split("<")[0] for entry in emu.take_launch_log()}
-    ref, ref_indices = emu.max_pool2d_forward(x, *args)
+        go = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(dtype)
+        grad = emu.max_pool2d_backward(go.contiguous(memory_format=torch.channels_last), indices, x.shape, *args)
+        grad_of_expanded = emu.max_pool2d_backward(go[:1, :1, :1, :1].expand(go.shape), indices, x.shape, *args)
+        ran_backward = {entry.split("<")[0] for entry in emu.take_launch_log()}
+        ref, ref_indices = emu.max_pool2d_forward(x, *args)
+        ref_grad = emu.max_pool2d_backward(go, ref_indices, x.shape, *args)
+        ref_grad_of_expanded = emu.max_pool2d_backward(go[:1, :1, :1, :1].expand(go.shape), ref_indices, x.shape,
+                                                       *args)
     assert torch.equal(out, ref) and torch.equal(indices, ref_indices)
+    assert torch.equal(grad, ref_grad) and torch.equal(grad_of_expanded, ref_grad_of_expanded)
     torch_out = F.max_pool2d(xl, **c.kwargs)
     assert out.stride() == torch_out.stride() and indices.stride() == torch_out.stride()
-    if out.numel() > 0:  # (one channel, or 1x1 planes: both layouts are NCHW's, and so is the kernel)
+    # The gradient's layout: our CPU op's, which test_memory_format.py holds to torch's gradient's.
+    cpu_grad = torch.ops.custom_conv.max_pool2d_backward(go, indices, x.shape, *args)
+    assert grad.stride() == grad_of_expanded.stride() == cpu_grad.stride()
+    if out.numel() > 0:  # (one channel, or 1x1 planes: both layouts are NCHW's, and so are the kernels)
         layouts_differ = xl.stride() != x.stride()
         assert ran == {"max_pool2d_forward_channels_last_kernel" if layouts_differ else "max_pool2d_forward_kernel"}
+        assert ran_backward == {"max_pool2d_backward_channels_last_kernel" if layouts_differ
+                                else "max_pool2d_backward_kernel"}, ran_backward
 
 
 def avg_pool_arguments(kwargs):

@@ -125,6 +125,9 @@ def test_the_ops_layout_rule_is_torchs_for_every_order_of_the_strides():
 def test_the_meta_kernels_give_the_kernels_layout(input_layout):
     """torch.compile traces with fake tensors, through our Meta kernels: they
     must expect what the kernels return, the gradient ops' included."""
+    window = [3, 3], [2, 2], [1, 1], [1, 1], True
+    pooled = lambda x: ops.max_pool2d_forward(x, *window)  # noqa: E731
+
     def results(x, w, go):
         geometry = [2, 2], [0, 0], [1, 1], 1
         return [ops.conv2d_forward(x, w, None, [1, 1], [1, 1], [1, 1], 1),
@@ -133,7 +136,9 @@ def test_the_meta_kernels_give_the_kernels_layout(input_layout):
                 ops.conv2d_backward_input(go.contiguous(), w.contiguous(), x.shape, *geometry),
                 ops.conv2d_backward_weight(go, x, w.shape, *geometry),
                 ops.conv2d_backward_weight(go.contiguous(), x, w.shape, *geometry),
-                *ops.max_pool2d_forward(x, [3, 3], [2, 2], [1, 1], [1, 1], True)]
+                *pooled(x),
+                ops.max_pool2d_backward(torch.ones_like(pooled(x)[0]), pooled(x)[1], x.shape, *window),
+                ops.max_pool2d_backward(torch.ones(()).expand(pooled(x)[0].shape), pooled(x)[1], x.shape, *window)]
 
     x = INPUTS[input_layout]()
     w = WEIGHTS["channels_last"][0](x.shape[1])
@@ -162,3 +167,17 @@ def test_the_gradient_ops_answer_in_the_layout_of_torchs_gradients(input_layout,
     geometry = [1, 1], [1, 1], [1, 1], groups
     assert ops.conv2d_backward_input(go, w, x.shape, *geometry).stride() == gx.stride()
     assert ops.conv2d_backward_weight(go, x, w.shape, *geometry).stride() == gw.stride()
+
+
+@pytest.mark.parametrize("grad_kind", list(GRADS))
+@pytest.mark.parametrize("input_layout", list(INPUTS))
+def test_max_pool2ds_gradient_op_answers_in_the_layout_of_torchs_gradient(input_layout, grad_kind):
+    """The layout of the indices it is given, the forward result's, whatever
+    the output gradient's: so autograd has no copy to make."""
+    x = INPUTS[input_layout]().requires_grad_()
+    ref = F.max_pool2d(x, 3, 2, 1)
+    grad = GRADS[grad_kind](ref)
+    (ref_grad,) = torch.autograd.grad(ref, x, grad)
+    _, indices = ops.max_pool2d_forward(x, [3, 3], [2, 2], [1, 1], [1, 1], False)
+    assert ops.max_pool2d_backward(grad, indices, x.shape, [3, 3], [2, 2], [1, 1], [1, 1], False).stride() == \
+        ref_grad.stride()

@@ -311,7 +311,9 @@ at::Tensor max_pool2d_backward_cpu(
     }
   }
 
-  return route_max_pool_gradients(grad_output, indices, input_size, planes, in_plane, out_plane, &holds_input);
+  return in_memory_format(
+      route_max_pool_gradients(grad_output, indices, input_size, planes, in_plane, out_plane, &holds_input),
+      max_pool2d_gradient_memory_format(indices_));
 }
 
 }  // namespace

@@ -3,7 +3,8 @@
 // calls the same window_max (../max_pool2d_window.h), so windows, ties, NaN
 // and initial indices agree; the backward adds the same sums in the same order.
 // The forward reads a channels-last input in its own layout (no copy before
-// or after); the backward answers in NCHW, as the Meta kernel says.
+// or after); so does the backward, whose gradient takes the layout of the
+// forward's results (the indices'), as the Meta kernel says.
 #include "../geometry.h"
 #include "../max_pool2d_window.h"
 #include "../memory_format.h"
@@ -31,13 +32,13 @@ namespace {
 // division).
 template <typename D>
 struct PoolDivisors {
-  D out_plane, out_w, out_h, in_plane, in_w, channels, stride_h, stride_w;
+  D out_plane, out_w, out_h, in_plane, in_w, in_h, channels, stride_h, stride_w;
 
   // Sizes of 0 (no element for a kernel to divide) taken as 1.
   explicit PoolDivisors(const Pool2dGeometry& g)
       : out_plane(at_least_1(g.out_h * g.out_w)), out_w(at_least_1(g.out_w)), out_h(at_least_1(g.out_h)),
-        in_plane(at_least_1(g.in_h * g.in_w)), in_w(at_least_1(g.in_w)), channels(at_least_1(g.channels)),
-        stride_h(g.stride_h), stride_w(g.stride_w) {}
+        in_plane(at_least_1(g.in_h * g.in_w)), in_w(at_least_1(g.in_w)), in_h(at_least_1(g.in_h)),
+        channels(at_least_1(g.channels)), stride_h(g.stride_h), stride_w(g.stride_w) {}
   static int64_t at_least_1(int64_t n) { return n > 0 ? n : 1; }
 };
 
@@ -183,6 +184,29 @@ __device__ __forceinline__ CandidateRange covering_windows_by(I pos, const D& st
   return {first, last_start < out_size - 1 ? last_start : out_size - 1};
 }
 
+// The gradient of input element (ih, iw), position i = ih * in_w + iw of
+// its plane: the sum of the plane's output gradients `go` whose indices
+// `idx` name it (planes indexed as NCHW ones are: pointers, or
+// ChannelsLastPlane), in row-major order of the windows that cover it.
+template <typename acc_t, typename D, typename Indices, typename Grads, typename I = typename D::index_t>
+__device__ __forceinline__ acc_t routed_gradient(const Indices& idx, const Grads& go, const Pool2dGeometry& g,
+                                                 const PoolDivisors<D>& d, I i, I ih, I iw) {
+  const CandidateRange rows = covering_windows_by(ih, d.stride_h, g.pad_h, g.kernel_h, g.dilation_h, g.out_h);
+  const CandidateRange cols = covering_windows_by(iw, d.stride_w, g.pad_w, g.kernel_w, g.dilation_w, g.out_w);
+  acc_t sum = acc_t(0);
+  for (I oh = static_cast<I>(rows.first); oh <= rows.last; ++oh) {
+    for (I ow = static_cast<I>(cols.first); ow <= cols.last; ++ow) {
+      const I o = oh * static_cast<I>(g.out_w) + ow;
+      // A window of padding only reports an index that is not in it, and
+      // routes nothing (see ../max_pool2d_window.h).
+      if (idx[o] == i && window_holds_input(g, oh, ow)) {
+        sum += static_cast<acc_t>(go[o]);
+      }
+    }
+  }
+  return sum;
+}
+
 template <typename scalar_t, typename D>
 __global__ void max_pool2d_backward_kernel(gpu_ptr<const scalar_t> CUSTOM_CONV_RESTRICT grad_output,
                                            gpu_ptr<const int64_t> CUSTOM_CONV_RESTRICT indices,
@@ -195,22 +219,32 @@ __global__ void max_pool2d_backward_kernel(gpu_ptr<const scalar_t> CUSTOM_CONV_R
     const I e = static_cast<I>(e64);
     const I p = d.in_plane.div(e), i = d.in_plane.mod(e, p);
     const I ih = d.in_w.div(i), iw = d.in_w.mod(i, ih);
-    const CandidateRange rows = covering_windows_by(ih, d.stride_h, g.pad_h, g.kernel_h, g.dilation_h, g.out_h);
-    const CandidateRange cols = covering_windows_by(iw, d.stride_w, g.pad_w, g.kernel_w, g.dilation_w, g.out_w);
-    const gpu_ptr<const int64_t> idx = indices + static_cast<int64_t>(p) * out_plane;
-    const gpu_ptr<const scalar_t> go = grad_output + static_cast<int64_t>(p) * out_plane;
-    acc_t sum = acc_t(0);
-    for (I oh = static_cast<I>(rows.first); oh <= rows.last; ++oh) {
-      for (I ow = static_cast<I>(cols.first); ow <= cols.last; ++ow) {
-        const I o = oh * static_cast<I>(g.out_w) + ow;
-        // A window of padding only reports an index that is not in it, and
-        // routes nothing (see ../max_pool2d_window.h).
-        if (idx[o] == i && window_holds_input(g, oh, ow)) {
-          sum += static_cast<acc_t>(go[o]);
-        }
-      }
-    }
-    grad_input[e64] = static_cast<scalar_t>(sum);
+    const int64_t first = static_cast<int64_t>(p) * out_plane;
+    grad_input[e64] = static_cast<scalar_t>(routed_gradient<acc_t>(indices + first, grad_output + first, g, d, i,
+                                                                   ih, iw));
+  }
+}
+
+// Channels-last output gradient, indices and input gradient, one thread per
+// input element in memory order (the channel fastest), as the channels-last
+// forward: no layout copy before or after, the same sums in the same order.
+template <typename scalar_t, typename D>
+__global__ void max_pool2d_backward_channels_last_kernel(gpu_ptr<const scalar_t> CUSTOM_CONV_RESTRICT grad_output,
+                                                         gpu_ptr<const int64_t> CUSTOM_CONV_RESTRICT indices,
+                                                         const Pool2dGeometry g, const PoolDivisors<D> d,
+                                                         gpu_ptr<scalar_t> CUSTOM_CONV_RESTRICT grad_input) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using I = typename D::index_t;
+  CUSTOM_CONV_GRID_STRIDE_LOOP(e64, g.batch * g.in_h * g.in_w * g.channels) {
+    const I e = static_cast<I>(e64);
+    const I pixel = d.channels.div(e), c = d.channels.mod(e, pixel);  // pixel: (n, ih, iw)
+    const I row = d.in_w.div(pixel), iw = d.in_w.mod(pixel, row);     // row: (n, ih)
+    const I n = d.in_h.div(row), ih = d.in_h.mod(row, n);
+    const int64_t first = static_cast<int64_t>(n) * g.out_h * g.out_w * g.channels + c;
+    const ChannelsLastPlane<const int64_t> idx{indices + first, g.channels};
+    const ChannelsLastPlane<const scalar_t> go{grad_output + first, g.channels};
+    grad_input[e64] = static_cast<scalar_t>(routed_gradient<acc_t>(idx, go, g, d, ih * static_cast<I>(g.in_w) + iw,
+                                                                   ih, iw));
   }
 }
 
@@ -226,18 +260,27 @@ at::Tensor max_pool2d_backward_cuda(
   const Pool2dGeometry g = max_pool2d_backward_geometry(
       grad_output_, indices_, input_size, kernel_size, stride, padding, dilation, ceil_mode);
   const DeviceGuard device_guard(grad_output_.device());
-  const at::Tensor grad_output = grad_output_.contiguous();
-  const at::Tensor indices = indices_.contiguous();
-  at::Tensor grad_input = at::empty(input_size, grad_output.options());
+  // The gradient in its result's layout (the indices'), read and written in it.
+  const at::MemoryFormat format = max_pool2d_gradient_memory_format(indices_);
+  const at::Tensor grad_output = grad_output_.contiguous(format);
+  const at::Tensor indices = indices_.contiguous(format);
+  at::Tensor grad_input = at::empty(input_size, grad_output.options().memory_format(format));
   if (grad_input.numel() == 0) {
     return grad_input;
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "max_pool2d_backward_cuda", [&] {
     with_divisors(g, [&](const auto& d) {
       using D = std::decay_t<decltype(d.out_w)>;
-      CUSTOM_CONV_LAUNCH(grid_for(grad_input.numel()), kThreads, max_pool2d_backward_kernel<scalar_t, D>)(
-          grad_output.const_data_ptr<scalar_t>(), indices.const_data_ptr<int64_t>(), g, d,
-          grad_input.mutable_data_ptr<scalar_t>());
+      const unsigned int grid = grid_for(grad_input.numel());
+      if (format == at::MemoryFormat::ChannelsLast) {
+        CUSTOM_CONV_LAUNCH(grid, kThreads, max_pool2d_backward_channels_last_kernel<scalar_t, D>)(
+            grad_output.const_data_ptr<scalar_t>(), indices.const_data_ptr<int64_t>(), g, d,
+            grad_input.mutable_data_ptr<scalar_t>());
+      } else {
+        CUSTOM_CONV_LAUNCH(grid, kThreads, max_pool2d_backward_kernel<scalar_t, D>)(
+            grad_output.const_data_ptr<scalar_t>(), indices.const_data_ptr<int64_t>(), g, d,
+            grad_input.mutable_data_ptr<scalar_t>());
+      }
     });
   });
   return grad_input;
