@@ -6,13 +6,14 @@
 // avg_pool2d (adaptive too) when its input does; the gradients come back in
 // the layout of the forward's result. Our ops answer so (the CPU and CUDA
 // kernels through in_memory_format, or by storing in that layout, and the
-// Meta kernels in meta.cpp): the forward ops by the rules below; conv2d's
-// gradient ops by the same rule applied to the tensors they are given
-// (conv2d_gradient_memory_format), which is the forward's layout whenever
-// the output gradient kept the forward result's; max_pool2d's by its
-// indices' layout, the forward result's. custom_conv/autograd.py
+// Meta kernels in meta.cpp): the forward ops by the rules below; the
+// gradient ops channels-last only where a forward tensor they are given
+// shows the forward was (conv2d_gradient_memory_format,
+// max_pool2d_gradient_memory_format), else NCHW. custom_conv/autograd.py
 // (and autograd.cpp) give each gradient the forward's layout, with torch's
-// Python twin of suggest_memory_format: a copy only where the two differ.
+// Python twin of suggest_memory_format: a copy only where the op's NCHW
+// gradient belongs to a channels-last forward (a conv's input channels-last
+// and its weight not, say).
 // So the ops give torch's layout whether called as torch.ops.custom_conv.*
 // or through custom_conv.functional.
 #pragma once
@@ -30,13 +31,15 @@ inline at::MemoryFormat conv2d_memory_format(const at::Tensor& input, const at::
                                                                         : at::MemoryFormat::Contiguous;
 }
 
-// A conv2d gradient op's result: channels-last where the output gradient or
-// the other tensor it is given (the weight for the input's gradient, the
-// input for the weight's) suggests it. The forward's result, and so usually
-// its gradient, is channels-last exactly where its input or weight suggests
-// it, so a channels-last network's gradients need no copy into its layout.
-inline at::MemoryFormat conv2d_gradient_memory_format(const at::Tensor& grad_output, const at::Tensor& other) {
-  return conv2d_memory_format(grad_output, other);
+// A conv2d gradient op's result: channels-last where the forward's tensor it
+// is given (the weight, for the input's gradient; the input, for the
+// weight's) suggests it. The forward was channels-last then, and so are
+// torch's gradients: a channels-last network's gradients need no copy. Not
+// the output gradient's layout: a training step hands both gradient ops a
+// channels-last copy of an NCHW network's output gradient where both gather
+// from one (autograd.cpp), and that network's gradients are NCHW.
+inline at::MemoryFormat conv2d_gradient_memory_format(const at::Tensor& forward_tensor) {
+  return suggests_channels_last(forward_tensor) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
 inline at::MemoryFormat max_pool2d_memory_format(const at::Tensor& input) {

@@ -42,14 +42,14 @@ at::Tensor conv2d_backward_input_meta(const at::Tensor& grad_output, const at::T
                                       c10::SymIntArrayRef input_size, c10::IntArrayRef stride,
                                       c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups) {
   return at::empty_symint(input_size,
-                          grad_output.options().memory_format(conv2d_gradient_memory_format(grad_output, weight)));
+                          grad_output.options().memory_format(conv2d_gradient_memory_format(weight)));
 }
 
 at::Tensor conv2d_backward_weight_meta(const at::Tensor& grad_output, const at::Tensor& input,
                                        c10::SymIntArrayRef weight_size, c10::IntArrayRef stride,
                                        c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups) {
   return at::empty_symint(weight_size,
-                          grad_output.options().memory_format(conv2d_gradient_memory_format(grad_output, input)));
+                          grad_output.options().memory_format(conv2d_gradient_memory_format(input)));
 }
 
 at::Tensor conv2d_backward_bias_meta(const at::Tensor& grad_output) {

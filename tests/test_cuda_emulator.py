@@ -27,6 +27,7 @@ from torch.utils import cpp_extension
 from cases import (ADAPTIVE_AVG_POOL2D_CASES, AVG_POOL2D_CASES, CONV2D_CASES, LONG_SUMS, MAX_POOL2D_CASES,
                    MAX_POOL2D_PADDING_ONLY_CASES, conv)
 from custom_conv import functional as CF
+from custom_conv.autograd import _suggests_channels_last
 from helpers import (assert_matches_torch, assert_within_eps_of_exact, conv_tensors, cudnn_tf32, dtypes, pool_input,
                      tolerance)
 
@@ -266,10 +267,11 @@ def test_conv2d_gathers_channels_last_tensors(emu, case, dtype, layout):
     """The tensor cores' passes from channels-last memory (taps ordered
     (ki, kj, c), 16-byte chunks of channels by cp.async; element by element
     in the padding, and everywhere when a tensor is misaligned), with the
-    input and the output gradient in the layout under test: the forward and
+    input and the output gradient in the layout under test (and the weight
+    channels-last with them, as a channels-last network's): the forward and
     both gradients within 2 eps of exact (float32 in TF32: 2^-10), and the
     passes that gather NCHW (switched off: channels_last_gather) within the
-    same bound; the output in torch's layout."""
+    same bound; the output and the gradients in torch's layout."""
     c = CHANNELS_LAST_CASES[case]
 
     def placed(x):
@@ -283,26 +285,36 @@ def test_conv2d_gathers_channels_last_tensors(emu, case, dtype, layout):
         return x
 
     eps_factor = 2 * 2 ** 13 if dtype == torch.float32 else 2  # TF32: 2^-10 in units of float's 2^-23
+    def laid(w):
+        """The weight channels-last where the layout under test is, as a channels-last network's are."""
+        return w.contiguous() if layout == "NCHW" else w.contiguous(memory_format=torch.channels_last)
+
     conv2d = emulated_conv2d(emu, grad_layout=placed)
     for gather_nhwc in (True, False):
         with cudnn_tf32(True), \
                 switched_off(emu, "channels_last_gather", not gather_nhwc):
             emu.take_launch_log()
-            assert_within_eps_of_exact(lambda x, w, b: conv2d(placed(x), w, b, **c.kwargs),
+            assert_within_eps_of_exact(lambda x, w, b: conv2d(placed(x), laid(w), b, **c.kwargs),
                                        lambda x, w, b: F.conv2d(x, w, b, **c.kwargs), conv_tensors(c, dtype),
                                        eps_factor=eps_factor)
             kernels = {entry.split("<")[0] for entry in emu.take_launch_log()}
             # The output in torch's layout (the GEMM stores channels-last results in place), and the
-            # gradients in the layout their arguments suggest: channels-last here for a channels-last
-            # output gradient, as torch's gradients of a channels-last forward are.
+            # gradients channels-last where the forward's weight or input shows the forward was: the
+            # input's gradient stored so in place, the weight's as the channels-last GEMM computes it.
             x, w, b = conv_tensors(c, dtype)
-            y = conv2d(placed(x), w, b, **c.kwargs)
+            y = conv2d(placed(x), laid(w), b, **c.kwargs)
             assert y.stride() == F.conv2d(placed(x.double()), w.double(), b.double(), **c.kwargs).stride()
             go, args = placed(torch.randn_like(y)), op_geometry(c, x, w)
-            memory_format = torch.contiguous_format if layout == "NCHW" else torch.channels_last
-            strides = lambda t: torch.empty(t.shape, memory_format=memory_format).stride()  # noqa: E731
-            assert emu.conv2d_backward_input(go, w, x.shape, *args).stride() == strides(x)
-            assert emu.conv2d_backward_weight(go, placed(x), w.shape, *args).stride() == strides(w)
+
+            def strides(t, forward_tensor):
+                """t's strides in the layout forward_tensor suggests."""
+                channels_last = _suggests_channels_last(forward_tensor)
+                return torch.empty(t.shape, memory_format=torch.channels_last if channels_last
+                                   else torch.contiguous_format).stride()
+            assert emu.conv2d_backward_input(go, laid(w), x.shape, *args).stride() == strides(x, laid(w))
+            assert emu.conv2d_backward_weight(go, placed(x), w.shape, *args).stride() == strides(w, placed(x))
+            # An NCHW weight's forward was NCHW (its input too), whatever the output gradient's layout.
+            assert emu.conv2d_backward_input(go, w, x.shape, *args).is_contiguous()
         assert kernels & {"gemm_mma_kernel", "gemm_tile_kernel"} == {"gemm_mma_kernel"}, kernels
 
 
@@ -331,10 +343,11 @@ def test_the_input_gradient_a_phase_at_a_time(emu, case, kernels):
     exact), the input gradient by phases on each of its kernels, stored NCHW
     or, from a channels-last output gradient, channels-last."""
     c = PHASE_CASES[case]
-    if kernels.endswith("channels-last gradients"):
-        conv2d = emulated_conv2d(emu, grad_layout=lambda t: t.contiguous(memory_format=torch.channels_last))
-    else:
-        conv2d = emulated_conv2d(emu)
+    conv2d = emulated_conv2d(emu)
+    if kernels.endswith("channels-last gradients"):  # a channels-last network's: its weight channels-last too
+        to_channels_last = lambda t: t.contiguous(memory_format=torch.channels_last)  # noqa: E731
+        conv2d_cl = emulated_conv2d(emu, grad_layout=to_channels_last)
+        conv2d = lambda x, w, b, **kwargs: conv2d_cl(x, to_channels_last(w), b, **kwargs)  # noqa: E731
     with switched_off(emu, "channels_last_gather", kernels.endswith("NCHW")):
         if kernels.startswith("float64"):
             assert_matches_torch(lambda x, w, b: conv2d(x, w, b, **c.kwargs),

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from custom_conv import functional as CF
+from custom_conv.autograd import _suggests_channels_last
 
 ops = torch.ops.custom_conv
 
@@ -149,14 +150,17 @@ def test_the_meta_kernels_give_the_kernels_layout(input_layout):
     assert [(t.shape, t.stride(), t.dtype) for t in fake] == [(t.shape, t.stride(), t.dtype) for t in real]
 
 
+@pytest.mark.parametrize("grad_layout", ["like the output", "channels_last"])
 @pytest.mark.parametrize("weight_layout", list(WEIGHTS))
 @pytest.mark.parametrize("input_layout", list(INPUTS))
-def test_the_gradient_ops_answer_in_the_layout_of_torchs_gradients(input_layout, weight_layout):
-    """Given an output gradient in the layout of the forward's result, each
-    gradient op answers in the layout of torch's gradient: the layout the
-    tensors it is given suggest (csrc/memory_format.h). So a channels-last
-    network's gradients are stored so (on the GPU, by the GEMM itself), and
-    autograd has none to copy."""
+def test_the_gradient_ops_answer_in_torchs_layout_where_their_forward_tensor_shows_it(input_layout, weight_layout,
+                                                                                    grad_layout):
+    """conv2d's gradient ops answer channels-last where the forward's tensor
+    they are given (the weight, for the input's gradient; the input, for the
+    weight's) suggests it, which makes torch's gradient channels-last: then
+    in torch's layout, with no copy left for autograd; else NCHW, whatever
+    the output gradient's layout (a training step hands an NCHW network's
+    gradient ops a channels-last copy of it on the GPU)."""
     x = INPUTS[input_layout]().requires_grad_()
     make_weight, groups = WEIGHTS[weight_layout]
     groups = x.shape[1] if groups == "c" else groups
@@ -164,9 +168,14 @@ def test_the_gradient_ops_answer_in_the_layout_of_torchs_gradients(input_layout,
     ref = F.conv2d(x, w, groups=groups, padding=1)
     go = torch.randn_like(ref)
     gx, gw = torch.autograd.grad(ref, [x, w], go)
+    if grad_layout == "channels_last":
+        go = go.contiguous(memory_format=torch.channels_last)
     geometry = [1, 1], [1, 1], [1, 1], groups
-    assert ops.conv2d_backward_input(go, w, x.shape, *geometry).stride() == gx.stride()
-    assert ops.conv2d_backward_weight(go, x, w.shape, *geometry).stride() == gw.stride()
+    ours = {"input": (ops.conv2d_backward_input(go, w, x.shape, *geometry), gx, w),
+            "weight": (ops.conv2d_backward_weight(go, x, w.shape, *geometry), gw, x)}
+    for name, (got, torchs, forward_tensor) in ours.items():
+        expected = torchs.stride() if _suggests_channels_last(forward_tensor) else torch.empty(got.shape).stride()
+        assert got.stride() == expected, name
 
 
 @pytest.mark.parametrize("grad_kind", list(GRADS))

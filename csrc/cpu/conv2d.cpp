@@ -59,7 +59,7 @@ at::Tensor conv2d_backward_input_cpu(
   check_conv2d_grad_output(grad_output_, g, weight_);
   const at::Tensor grad_output = grad_output_.contiguous();
   const at::Tensor weight = weight_.contiguous();
-  const at::MemoryFormat format = conv2d_gradient_memory_format(grad_output_, weight_);
+  const at::MemoryFormat format = conv2d_gradient_memory_format(weight_);
   at::Tensor grad_input = at::empty(input_size, weight.options());
   if (grad_input.numel() == 0) {
     return in_memory_format(grad_input, format);
@@ -82,7 +82,7 @@ at::Tensor conv2d_backward_weight_cpu(
   check_conv2d_grad_output(grad_output_, g, input_);
   const at::Tensor input = input_.contiguous();
   const at::Tensor grad_output = grad_output_.contiguous();
-  const at::MemoryFormat format = conv2d_gradient_memory_format(grad_output_, input_);
+  const at::MemoryFormat format = conv2d_gradient_memory_format(input_);
   at::Tensor grad_weight = at::empty(weight_size, input.options());
   if (grad_weight.numel() == 0) {  // no input channels
     return in_memory_format(grad_weight, format);

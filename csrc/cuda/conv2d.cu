@@ -190,7 +190,7 @@ at::Tensor conv2d_backward_input_cuda(
                                                        : grad_output_.contiguous();
   const at::Tensor weight = weight_.contiguous();
   // The implicit GEMM stores the gradient in either layout, the other routes NCHW.
-  const at::MemoryFormat format = conv2d_gradient_memory_format(grad_output_, weight_);
+  const at::MemoryFormat format = conv2d_gradient_memory_format(weight_);
   const bool depthwise = choose_cuda_conv2d_algorithm(g, Conv2dPass::kBackwardInput, weight.scalar_type()) ==
                          Conv2dAlgorithm::kDepthwise;
   const bool implicit = !depthwise && (gathers_channels_last || cuda_conv_uses_implicit_gemm(g));
@@ -283,7 +283,7 @@ at::Tensor conv2d_backward_weight_cuda(
   const at::MemoryFormat layout = gathers_channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const at::Tensor input = input_.contiguous(layout);
   const at::Tensor grad_output = grad_output_.contiguous(layout);
-  const at::MemoryFormat format = conv2d_gradient_memory_format(grad_output_, input_);
+  const at::MemoryFormat format = conv2d_gradient_memory_format(input_);
 
   at::Tensor grad_weight = at::empty(weight_size, input.options());
   if (grad_weight.numel() == 0) {  // no input channels
