@@ -341,7 +341,8 @@ PHASE_CASES = {
 def test_the_input_gradient_a_phase_at_a_time(emu, case, kernels):
     """The forward and every gradient against torch (half within 2 eps of
     exact), the input gradient by phases on each of its kernels, stored NCHW
-    or, from a channels-last output gradient, channels-last."""
+    or, for a channels-last network (weight and output gradient so),
+    channels-last."""
     c = PHASE_CASES[case]
     conv2d = emulated_conv2d(emu)
     if kernels.endswith("channels-last gradients"):  # a channels-last network's: its weight channels-last too
