@@ -185,6 +185,27 @@ __device__ __forceinline__ void load_depthwise_taps(gpu_ptr<const scalar_t> w, a
   }
 }
 
+// Adds one kernel row's taps (tap_row[0 .. kSide)) into kColumns adjacent
+// values whose windows overlap, the patch's kColumns + kSide - 1 values from
+// patch[at] read once into registers: value c's tap kj reads value c + kj,
+// or c + kSide - 1 - kj with the kernel rotated (the input gradient's).
+template <int kSide, bool kRotated, int kColumns, typename Patch, typename acc_t>
+__device__ __forceinline__ void add_overlapping_windows(Patch& patch, int32_t at, const acc_t* tap_row,
+                                                        acc_t (&sum)[kColumns]) {
+  acc_t v[kColumns + kSide - 1];
+#pragma unroll
+  for (int e = 0; e < kColumns + kSide - 1; ++e) {
+    v[e] = patch[at + e];
+  }
+#pragma unroll
+  for (int c = 0; c < kColumns; ++c) {
+#pragma unroll
+    for (int kj = 0; kj < kSide; ++kj) {
+      sum[c] += tap_row[kj] * v[kRotated ? c + kSide - 1 - kj : c + kj];
+    }
+  }
+}
+
 // The forward's patch: the input rows and columns under a tile of outputs.
 inline std::pair<int64_t, int64_t> depthwise_forward_patch(const Conv2dGeometry& g, int64_t tile_h, int64_t tile_w) {
   return {(tile_h - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1,
@@ -230,22 +251,10 @@ depthwise_forward_tile_kernel(gpu_ptr<const scalar_t> input, gpu_ptr<const scala
     acc_t taps[kSide * kSide];
     load_depthwise_taps<kSide>(w, taps);
     if (kColumns > 1 && d.stride_w == 1 && d.dilation_w == 1) {
-      // The values' windows overlap: a kernel row's kColumns + kSide - 1 patch values, each read once.
+      // The values' windows overlap: a kernel row's patch values, each read once.
 #pragma unroll
       for (int ki = 0; ki < kSide; ++ki) {
-        const int32_t row = origin + ki * d.dilation_h * t.patch_w;
-        acc_t v[kColumns + kSide - 1];
-#pragma unroll
-        for (int j = 0; j < kColumns + kSide - 1; ++j) {
-          v[j] = patch[row + j];
-        }
-#pragma unroll
-        for (int c = 0; c < kColumns; ++c) {
-#pragma unroll
-          for (int kj = 0; kj < kSide; ++kj) {
-            sum[c] += taps[ki * kSide + kj] * v[c + kj];
-          }
-        }
+        add_overlapping_windows<kSide, false>(patch, origin + ki * d.dilation_h * t.patch_w, taps + ki * kSide, sum);
       }
     } else {
 #pragma unroll
@@ -368,25 +377,12 @@ depthwise_backward_input_tile_kernel(gpu_ptr<const scalar_t> grad_output, gpu_pt
       load_depthwise_taps<kSide>(w, taps);
       if (kColumns > 1 && d.dilation_w == 1) {
         // Value c's tap kj reads column cols[kSide - 1] + c + kSide - 1 - kj
-        // (the kernel rotated): a kernel row's kColumns + kSide - 1 patch
-        // values, each read once.
+        // (the kernel rotated): a kernel row's patch values, each read once.
 #pragma unroll
         for (int ki = 0; ki < kSide; ++ki) {
-          if (rows[ki] < 0) {
-            continue;
-          }
-          const int32_t row = base + rows[ki] * t.patch_w + cols[kSide - 1];
-          acc_t v[kColumns + kSide - 1];
-#pragma unroll
-          for (int e = 0; e < kColumns + kSide - 1; ++e) {
-            v[e] = patch[row + e];
-          }
-#pragma unroll
-          for (int c = 0; c < kColumns; ++c) {
-#pragma unroll
-            for (int kj = 0; kj < kSide; ++kj) {
-              sum[c] += taps[ki * kSide + kj] * v[c + kSide - 1 - kj];
-            }
+          if (rows[ki] >= 0) {
+            add_overlapping_windows<kSide, true>(patch, base + rows[ki] * t.patch_w + cols[kSide - 1],
+                                                 taps + ki * kSide, sum);
           }
         }
       } else {

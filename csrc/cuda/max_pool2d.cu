@@ -89,6 +89,23 @@ struct ChannelsLastPlane {
   C10_HOST_DEVICE T& operator[](int64_t i) const { return first[i * channels]; }
 };
 
+// Element e of a channels-last (N, C, H, W) tensor, in memory order (the
+// channel fastest), as (n, h, w, c), by Divisors of C, W and H.
+template <typename I>
+struct ChannelsLastElement {
+  I n, h, w, c;
+
+  template <typename D>
+  __device__ __forceinline__ ChannelsLastElement(I e, const D& channels, const D& cols, const D& rows) {
+    const I pixel = channels.div(e);  // (n, h, w)
+    c = channels.mod(e, pixel);
+    const I row = cols.div(pixel);    // (n, h)
+    w = cols.mod(pixel, row);
+    n = rows.div(row);
+    h = rows.mod(row, n);
+  }
+};
+
 // Channels-last input and outputs, one thread per output element in their
 // memory order (the channel fastest): neighbouring threads read neighbouring
 // channels, and no layout copy is needed before or after. The same windows,
@@ -101,13 +118,10 @@ __global__ void max_pool2d_forward_channels_last_kernel(gpu_ptr<const scalar_t> 
   using acc_t = at::opmath_type<scalar_t>;
   using I = typename D::index_t;
   CUSTOM_CONV_GRID_STRIDE_LOOP(e64, g.batch * g.out_h * g.out_w * g.channels) {
-    const I e = static_cast<I>(e64);
-    const I pixel = d.channels.div(e), c = d.channels.mod(e, pixel);  // pixel: (n, oh, ow)
-    const I row = d.out_w.div(pixel), ow = d.out_w.mod(pixel, row);   // row: (n, oh)
-    const I n = d.out_h.div(row), oh = d.out_h.mod(row, n);
-    const ChannelsLastPlane<const scalar_t> plane{input + static_cast<int64_t>(n) * g.in_h * g.in_w * g.channels + c,
-                                                  g.channels};
-    const WindowMax<acc_t> best = window_max<acc_t>(plane, g, oh, ow);
+    const ChannelsLastElement<I> o(static_cast<I>(e64), d.channels, d.out_w, d.out_h);
+    const ChannelsLastPlane<const scalar_t> plane{
+        input + static_cast<int64_t>(o.n) * g.in_h * g.in_w * g.channels + o.c, g.channels};
+    const WindowMax<acc_t> best = window_max<acc_t>(plane, g, o.h, o.w);
     output[e64] = static_cast<scalar_t>(best.value);
     indices[e64] = best.index;
   }
@@ -236,15 +250,12 @@ __global__ void max_pool2d_backward_channels_last_kernel(gpu_ptr<const scalar_t>
   using acc_t = at::opmath_type<scalar_t>;
   using I = typename D::index_t;
   CUSTOM_CONV_GRID_STRIDE_LOOP(e64, g.batch * g.in_h * g.in_w * g.channels) {
-    const I e = static_cast<I>(e64);
-    const I pixel = d.channels.div(e), c = d.channels.mod(e, pixel);  // pixel: (n, ih, iw)
-    const I row = d.in_w.div(pixel), iw = d.in_w.mod(pixel, row);     // row: (n, ih)
-    const I n = d.in_h.div(row), ih = d.in_h.mod(row, n);
-    const int64_t first = static_cast<int64_t>(n) * g.out_h * g.out_w * g.channels + c;
+    const ChannelsLastElement<I> i(static_cast<I>(e64), d.channels, d.in_w, d.in_h);
+    const int64_t first = static_cast<int64_t>(i.n) * g.out_h * g.out_w * g.channels + i.c;
     const ChannelsLastPlane<const int64_t> idx{indices + first, g.channels};
     const ChannelsLastPlane<const scalar_t> go{grad_output + first, g.channels};
-    grad_input[e64] = static_cast<scalar_t>(routed_gradient<acc_t>(idx, go, g, d, ih * static_cast<I>(g.in_w) + iw,
-                                                                   ih, iw));
+    grad_input[e64] = static_cast<scalar_t>(routed_gradient<acc_t>(idx, go, g, d, i.h * static_cast<I>(g.in_w) + i.w,
+                                                                   i.h, i.w));
   }
 }
 
