@@ -3,7 +3,8 @@
 Compiles csrc/cuda/conv2d.cu with nvcc for one architecture (ptxas -v for
 registers and spills), disassembles it with nvdisasm, and prints for each
 instantiation of the GEMM kernels (gemm_tile_kernel on the CUDA cores,
-gemm_mma_kernel on the tensor cores) and of the depthwise kernels
+gemm_mma_kernel on the tensor cores; "(set)" where a launch runs a
+ProblemSet) and of the depthwise kernels
 (--filter depthwise): the instructions of its main loop (the
 largest loop that holds the multiply-adds), how many of them are the
 multiply-adds (FFMA, DFMA; HMMA, one mma.sync), the shared- and
@@ -96,6 +97,8 @@ def short(name):
                           r"MatrixOutput<[^>]*>|PlaneOutput|PhaseOutput)", name)
     tile = re.search(r"(?:CoreTile|MmaShape)<(\d+), (\d+)(?:, (\d+), (\d+))?>", name)
     shape = f"tile {tile.group(1)}x{tile.group(2)}" if tile else ""
+    if "ProblemSet<" in name:  # several problems a launch, each block picking its own
+        kernel += " (set)"
     taps = re.search(r"kernel<[^,<>]+, (\d+)(?:, (\d+))?>", name)  # a depthwise kernel's size (0: any)
     if taps and kernel in ("depthwise_forward_tile_kernel", "depthwise_backward_input_tile_kernel"):
         # <scalar_t, side, columns a thread>
@@ -206,7 +209,7 @@ def main():
     for mangled, body in bodies.items():
         name = names[mangled].replace("custom_conv::gpu::", "")
         dtype = re.escape(DTYPES[args.dtype])
-        if not re.search(r"gemm_(tile|mma)_kernel<GemmProblem<" + dtype + ",", name) and \
+        if not re.search(r"gemm_(tile|mma)_kernel<(ProblemSet<)?GemmProblem<" + dtype + ",", name) and \
                 not re.search(r"depthwise_\w+_kernel<" + dtype + "[,>]", name):
             continue
         label = short(names[mangled])

@@ -359,6 +359,44 @@ def test_the_input_gradient_a_phase_at_a_time(emu, case, kernels):
                                        lambda x, w, b: F.conv2d(x, w, b, **c.kwargs), conv_tensors(c, torch.half))
 
 
+@pytest.mark.parametrize("case, multiprocessors, grids", [
+    # 4 phases of 2 x 4 x 4 positions, a tile each: one launch, z the phase. (Forward, input gradient,
+    # weight gradient.)
+    (conv((2, 3, 8, 8), (4, 3, 3, 3), stride=2, padding=1), 2, ["(1, 1, 1)", "(1, 1, 4)", "(1, 1, 1)"]),
+    # 2 groups: z = (phase, group)
+    (conv((2, 4, 8, 8), (4, 2, 3, 3), stride=2, padding=1, groups=2), 2, ["(1, 1, 2)", "(1, 1, 8)", "(1, 1, 2)"]),
+    # 9 phases of a tap each at stride 3: launches of 4, 4 and 1
+    (conv((1, 2, 9, 9), (4, 2, 3, 3), stride=3), 2, ["(1, 1, 1)", "(1, 1, 4)", "(1, 1, 4)", "(1, 1, 1)",
+                                                     "(1, 1, 1)"]),
+    # phases of 2 x 10 x 10 positions, 4 tiles each, on 1 multiprocessor: each fills it alone
+    (conv((2, 3, 20, 20), (4, 3, 3, 3), stride=2, padding=1), 1, ["(4, 1, 1)"] * 5 + ["(1, 1, 1)"]),
+    # 1x1/2: the phase with the tap alone, the three without one in one launch that stores zeros
+    (conv((2, 3, 20, 20), (4, 3, 1, 1), stride=2), 1, ["(4, 1, 1)", "(4, 1, 1)", "(4, 1, 3)", "(1, 1, 1)"]),
+])
+def test_input_gradient_phases_share_a_launch_where_alone_they_would_not_fill_the_gpu(emu, case, multiprocessors,
+                                                                                     grids):
+    """Up to four phases a launch (a ProblemSet), one gather of their taps
+    of the weight for them all; a phase with blocks enough for the GPU on
+    its own runs alone. Values and every gradient against torch."""
+    log = _check_float64_against_torch(emu, case, multiprocessors=multiprocessors)
+    assert _grids(log, "gemm_tile_kernel") == grids
+    assert not _grids(log, "gemm_split_reduce_kernel")
+    assert len(_grids(log, "phase_taps_kernel")) == (3 if case.kwargs["stride"] == 3 else 1)
+
+
+def test_a_set_of_phases_splits_its_reduction_and_its_launches_along_z(emu):
+    """4 phases of 2 x 3 x 3, 2 x 3 x 2, 2 x 2 x 3 and 2 x 2 x 2 positions,
+    reducing over 512 channels times 1, 2, 2 and 4 taps, on 8
+    multiprocessors: slices of 512 steps of k (the longest phase's 2048 in
+    4; the shorter phases' later slices empty), and with gridDim.z at most
+    8, launches of 2 phases of 4 slices each; then one reduction over the
+    whole set, which stores each phase's positions only."""
+    log = _check_float64_against_torch(emu, conv((2, 2, 5, 5), (512, 2, 3, 3), stride=2, padding=1),
+                                       multiprocessors=8, max_grid_yz=8)
+    assert _grids(log, "gemm_tile_kernel") == ["(1, 8, 1)", "(1, 1, 8)", "(1, 1, 8)", "(1, 8, 1)"]
+    assert len(_grids(log, "gemm_split_reduce_kernel")) == 1
+
+
 def _depthwise(case):
     """The layers the GPU's chooser sends to the depthwise kernels."""
     groups = case.kwargs.get("groups", 1)

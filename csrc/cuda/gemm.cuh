@@ -188,6 +188,62 @@ struct GemmProblem {
   Output out;
 };
 
+// Up to kMax products of one kind in one launch, where each alone would
+// leave most of the GPU idle (the input gradient's stride phases,
+// implicit_gemm.cuh): they share m, their batch and their operands' types;
+// each has its own n, k and operands. The launch is planned as one product
+// (batch, m, n, k: the whole set's batch entries and the largest n and k),
+// and the block of batch entry z works on problem z / batch_each, at its
+// entry z % batch_each (problem_at). A block past its own problem's n has
+// nothing to do; a problem with less k than the launch has empty slices of
+// a split reduction, or, with no k at all, only zeros to store.
+template <typename Problem, int kMax>
+struct ProblemSet {
+  using scalar_t = typename Problem::scalar_t;
+  using acc_t = typename Problem::acc_t;
+  int64_t batch = 0, m = 0, n = 0, k = 0;
+  int64_t batch_each = 0;
+  int count = 0;
+  Problem problems[kMax];
+#ifdef __CUDACC__
+  static_assert(sizeof(Problem) * kMax <= 3 * 1024, "a launch's parameters stay within the 4 KiB every driver takes");
+#endif
+
+  void add(const Problem& p) {
+    TORCH_CHECK(count < kMax && (count == 0 || (p.m == m && p.batch == batch_each)),
+                "custom_conv gemm: a set holds up to ", kMax, " problems of the same m and batch");
+    problems[count++] = p;
+    batch_each = p.batch;
+    batch = batch_each * count;
+    m = p.m;
+    n = std::max(n, p.n);
+    k = std::max(k, p.k);
+  }
+};
+
+// The problem a launch (a problem, or a ProblemSet) runs, and its type.
+template <typename Launch>
+struct ProblemOf {
+  using type = Launch;
+};
+template <typename Problem, int kMax>
+struct ProblemOf<ProblemSet<Problem, kMax>> {
+  using type = Problem;
+};
+
+// The problem batch entry z of a launch belongs to, with z made the entry
+// within it.
+template <typename Problem>
+__device__ __forceinline__ const Problem& problem_at(const Problem& p, int64_t& /*z*/) {
+  return p;
+}
+template <typename Problem, int kMax>
+__device__ __forceinline__ const Problem& problem_at(const ProblemSet<Problem, kMax>& set, int64_t& z) {
+  const int64_t i = z / set.batch_each;
+  z -= i * set.batch_each;
+  return set.problems[i];
+}
+
 // Where this thread's run of a slab lies in the slab, stored as the operand
 // is (the tile transposes it on the way into shared memory): line (m or n
 // where k is contiguous, else k) and the run's first index along it.
@@ -245,15 +301,19 @@ __device__ __forceinline__ int core_place(int t, int i) {
   return t * 4 + i % 4 + i / 4 * 64;
 }
 
-// blockIdx = (column tile, row tile, (batch - batch_offset) * splits + slice).
-// With splits > 1 the block writes its partial sum to `partials`, laid out
-// (batch, splits, m, n), instead of C.
-template <typename Problem, typename Tile>
+// blockIdx = (column tile, row tile, (batch - batch_offset) * splits + slice)
+// of the launch (a problem, or a ProblemSet). With splits > 1 the block
+// writes its partial sum to `partials`, laid out (batch, splits, m, n) as
+// the launch is, instead of C.
+template <typename Launch, typename Tile>
 __global__ void __launch_bounds__(kThreads, 2)
-gemm_tile_kernel(const Problem p, int64_t batch_offset, int64_t splits, int64_t k_per_split,
-                 gpu_ptr<typename Problem::acc_t> partials) {
-  using scalar_t = typename Problem::scalar_t;
-  using acc_t = typename Problem::acc_t;
+gemm_tile_kernel(const Launch launch, int64_t batch_offset, int64_t splits, int64_t k_per_split,
+                 gpu_ptr<typename Launch::acc_t> partials) {
+  using scalar_t = typename Launch::scalar_t;
+  using acc_t = typename Launch::acc_t;
+  const int64_t entry = batch_offset + blockIdx.z / splits;
+  int64_t z = entry;
+  const auto& p = problem_at(launch, z);
   constexpr bool kKContiguousA = decltype(p.a)::kKContiguous;
   constexpr bool kKContiguousB = decltype(p.b)::kKContiguous;
   constexpr int kM = Tile::kTileM, kN = Tile::kTileN;
@@ -263,10 +323,12 @@ gemm_tile_kernel(const Problem p, int64_t batch_offset, int64_t splits, int64_t 
   __shared__ __align__(16) shared_array<acc_t, kTileK, kM + 4> a_tile;
   __shared__ __align__(16) shared_array<acc_t, kTileK, kN + 4> b_tile;
 
-  const int64_t z = batch_offset + blockIdx.z / splits;
   const int64_t slice = blockIdx.z % splits;
   const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kM;
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kN;
+  if (n0 >= p.n) {
+    return;
+  }
   const int64_t k_begin = slice * k_per_split;
   const int64_t k_end = k_begin + k_per_split < p.k ? k_begin + k_per_split : p.k;
   // Lane l of warp w sits at (ty, tx) = (4 (w / 2) + l / 8, 8 (w % 2) + l % 8)
@@ -335,7 +397,7 @@ gemm_tile_kernel(const Problem p, int64_t batch_offset, int64_t splits, int64_t 
       const int64_t n = n0 + core_place(tx, j);
       if (m < p.m && n < p.n) {
         if (partials != nullptr) {
-          partials[((z * splits + slice) * p.m + m) * p.n + n] = sum[i][j];
+          partials[((entry * splits + slice) * launch.m + m) * launch.n + n] = sum[i][j];
         } else {
           p.out.store(z, m, n, sum[i][j]);
         }
@@ -346,19 +408,25 @@ gemm_tile_kernel(const Problem p, int64_t batch_offset, int64_t splits, int64_t 
 
 // Adds the slices of a split reduction in slice order, then applies alpha,
 // bias and beta exactly as the unsplit kernel does.
-template <typename Problem>
-__global__ void gemm_split_reduce_kernel(const Problem p, int64_t splits,
-                                         gpu_ptr<const typename Problem::acc_t> partials) {
-  using acc_t = typename Problem::acc_t;
-  const int64_t plane = p.m * p.n;
-  CUSTOM_CONV_GRID_STRIDE_LOOP(i, p.batch * plane) {
-    const int64_t z = i / plane;
+template <typename Launch>
+__global__ void gemm_split_reduce_kernel(const Launch launch, int64_t splits,
+                                         gpu_ptr<const typename Launch::acc_t> partials) {
+  using acc_t = typename Launch::acc_t;
+  const int64_t plane = launch.m * launch.n;
+  CUSTOM_CONV_GRID_STRIDE_LOOP(i, launch.batch * plane) {
+    const int64_t entry = i / plane;
     const int64_t mn = i % plane;
+    int64_t z = entry;
+    const auto& p = problem_at(launch, z);
+    const int64_t n = mn % launch.n;
+    if (n >= p.n) {
+      continue;
+    }
     acc_t sum = acc_t(0);
     for (int64_t s = 0; s < splits; ++s) {
-      sum += partials[(z * splits + s) * plane + mn];
+      sum += partials[(entry * splits + s) * plane + mn];
     }
-    p.out.store(z, mn / p.n, mn % p.n, sum);
+    p.out.store(z, mn / launch.n, n, sum);
   }
 }
 
@@ -446,7 +514,7 @@ struct MmaTiles {
   static_assert(kMmaStageElements<scalar_t, kKContiguousA, kM> * sizeof(scalar_t) % 16 == 0,
                 "B's stages start 16-byte aligned");
 };
-template <typename Problem, typename Shape>
+template <typename Launch, typename Shape, typename Problem = typename ProblemOf<Launch>::type>
 using MmaTilesOf = MmaTiles<typename Problem::scalar_t, decltype(Problem::a)::kKContiguous, Shape::kTileM,
                             decltype(Problem::b)::kKContiguous, Shape::kTileN>;
 
@@ -698,23 +766,28 @@ __device__ __forceinline__ void mma_fragment(uint32_t (&f)[4], Tile& tile, int s
 }
 
 // gemm_tile_kernel's grid and outputs, on the tensor cores, in tiles of Shape.
-template <typename Problem, typename Shape>
+template <typename Launch, typename Shape>
 __global__ void __launch_bounds__(Shape::kThreads)
-gemm_mma_kernel(const Problem p, int64_t batch_offset, int64_t splits, int64_t k_per_split,
+gemm_mma_kernel(const Launch launch, int64_t batch_offset, int64_t splits, int64_t k_per_split,
                 gpu_ptr<float> partials) {
-  using scalar_t = typename Problem::scalar_t;
+  using scalar_t = typename Launch::scalar_t;
+  const int64_t entry = batch_offset + blockIdx.z / splits;
+  int64_t z = entry;
+  const auto& p = problem_at(launch, z);
   constexpr bool kKContiguousA = decltype(p.a)::kKContiguous;
   constexpr bool kKContiguousB = decltype(p.b)::kKContiguous;
   constexpr int kM = Shape::kTileM, kN = Shape::kTileN, kThreads = Shape::kThreads;
   constexpr int kFragsM = Shape::kFragsM, kFragsN = Shape::kFragsN;
-  auto& tiles = dynamic_shared<MmaTilesOf<Problem, Shape>>();
+  auto& tiles = dynamic_shared<MmaTilesOf<Launch, Shape>>();
   auto& a_tile = tiles.a;
   auto& b_tile = tiles.b;
 
-  const int64_t z = batch_offset + blockIdx.z / splits;
   const int64_t slice = blockIdx.z % splits;
   const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kM;
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kN;
+  if (n0 >= p.n) {
+    return;
+  }
   const int64_t k_begin = slice * k_per_split;
   const int64_t k_end = k_begin + k_per_split < p.k ? k_begin + k_per_split : p.k;
   // (32-bit: a reduction of 2^36 steps of k would not fit any GPU's memory.)
@@ -843,7 +916,7 @@ gemm_mma_kernel(const Problem p, int64_t batch_offset, int64_t splits, int64_t k
         const int64_t n = n0 + warp_n + j * 8 + 2 * t + e % 2;
         if (m < p.m && n < p.n) {
           if (partials != nullptr) {
-            partials[((z * splits + slice) * p.m + m) * p.n + n] = acc[i][j][e];
+            partials[((entry * splits + slice) * launch.m + m) * launch.n + n] = acc[i][j][e];
           } else {
             p.out.store(z, m, n, acc[i][j][e]);
           }
@@ -858,12 +931,15 @@ gemm_mma_kernel(const Problem p, int64_t batch_offset, int64_t splits, int64_t k
 // kMinSliceK (the partial sums would cost more to write than to compute). The
 // choice depends only on the shapes and the GPU, so a given call on a given
 // device always sums in the same order.
+// Blocks a launch should give each multiprocessor at least.
+constexpr int64_t kBlocksPerMultiprocessor = 2;
+
 inline int64_t gemm_splits(int64_t tiles, int64_t batch, int64_t m, int64_t n, int64_t k,
                            int64_t multiprocessors) {
   constexpr int64_t kMinSliceK = 256;
   // Partial sums held at once, in accumulator values (16 Mi = 64 MiB of float).
   constexpr int64_t kWorkspaceBudget = int64_t{1} << 24;
-  const int64_t wanted_blocks = 2 * multiprocessors;
+  const int64_t wanted_blocks = kBlocksPerMultiprocessor * multiprocessors;
   if (tiles >= wanted_blocks) {
     return 1;
   }
@@ -923,6 +999,15 @@ inline std::pair<int64_t, int64_t> tile_for(int64_t batch, int64_t m, int64_t n,
     }
   }
   return {64, 64};
+}
+
+// Whether a product's output tiles, in the tile tile_for picks, give every
+// multiprocessor its blocks on their own (else, where it is one of several
+// independent products, it had better share a launch: ProblemSet).
+inline bool fills_gpu(int64_t batch, int64_t m, int64_t n, int64_t multiprocessors) {
+  const auto [tile_m, tile_n] = tile_for(batch, m, n, multiprocessors);
+  const int64_t tiles = batch * ((m + tile_m - 1) / tile_m) * ((n + tile_n - 1) / tile_n);
+  return tiles >= kBlocksPerMultiprocessor * multiprocessors;
 }
 
 // Whether an operand's 16-byte chunks (along its contiguous dimension,

@@ -50,6 +50,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <numeric>
+#include <utility>
+#include <vector>
 
 namespace custom_conv {
 namespace gpu {
@@ -548,64 +550,185 @@ struct PhaseOutput {
   }
 };
 
-// The input gradient's product for phase (r_h, r_w), grad_input (NCHW or
-// channels-last) at pixels (r_h + stride_h * y, r_w + stride_w * x) = W' @ B:
-// a weight W' (C_in / g, K') of the phase's taps, each group's two channel
-// dimensions swapped (a copy, so that the GEMM loads it by cp.async), and
-// output-gradient taps B in the order of its K' columns; B's tensor is the
-// caller's to set.
+// Phases of the input gradient one launch takes at most (a ProblemSet):
+// every phase of a stride of 2 in both dimensions, where each phase alone
+// is a quarter of the positions, and some of them (a 1 x 1 kernel's three
+// in four) no products at all.
+constexpr int kPhasesPerLaunch = 4;
+
+// One phase of a launch: its rows and columns (GradPhase) and remainders.
+struct GradPhasePair {
+  GradPhase h, w;
+  int64_t r_h, r_w;
+  int64_t taps() const { return h.count * w.count; }
+};
+
+// Where a launch's phases find their taps of the weight: each phase's
+// block (groups, C_in / g, K'), K' = C_out / g * taps ordered (co, a, b),
+// or (a, b, co) with the output channel fastest, tap (a, b) being kernel
+// tap (first_h + a * step_h, first_w + b * step_w); the blocks back to back
+// in phase order.
+struct PhaseTaps {
+  int64_t offset[kPhasesPerLaunch];  // where each block starts
+  int32_t count_h[kPhasesPerLaunch], count_w[kPhasesPerLaunch];
+  int32_t first_h[kPhasesPerLaunch], first_w[kPhasesPerLaunch], step_h, step_w;
+  int32_t phases, out_per_group, in_per_group, kernel_h, kernel_w;
+  int64_t total;  // elements of all the blocks
+};
+
+// Copies each phase's taps of the weight (C_out, C_in / g, kH, kW) into its
+// block (PhaseTaps): one launch for all the phases of a GEMM launch, where
+// a copy of the permuted weight per phase took one each.
+template <typename T, bool kOutChannelFastest>
+__global__ void phase_taps_kernel(gpu_ptr<const T> weight, gpu_ptr<T> taps, const PhaseTaps t) {
+  CUSTOM_CONV_GRID_STRIDE_LOOP(i, t.total) {
+    int p = 0;
+    while (p + 1 < t.phases && i >= t.offset[p + 1]) {
+      ++p;
+    }
+    const int64_t count_h = t.count_h[p], count_w = t.count_w[p];
+    const int64_t row = (i - t.offset[p]) / (t.out_per_group * count_h * count_w);  // z * C_in / g + c
+    int64_t k = (i - t.offset[p]) % (t.out_per_group * count_h * count_w);
+    int64_t co, a, b;
+    if constexpr (kOutChannelFastest) {
+      co = k % t.out_per_group;
+      k /= t.out_per_group;
+      b = k % count_w;
+      a = k / count_w;
+    } else {
+      b = k % count_w;
+      k /= count_w;
+      a = k % count_h;
+      co = k / count_h;
+    }
+    const int64_t z = row / t.in_per_group, c = row % t.in_per_group;
+    const int64_t ki = t.first_h[p] + a * t.step_h, kj = t.first_w[p] + b * t.step_w;
+    taps[i] = weight[(((z * t.out_per_group + co) * t.in_per_group + c) * t.kernel_h + ki) * t.kernel_w + kj];
+  }
+}
+
+// The phases of grad_input (N, C_in, H, W), all of them, in launches of at
+// most kPhasesPerLaunch. At stride 1 the one phase is the whole gradient
+// with every tap; a phase that no tap reaches has count 0 (zeros).
+inline std::vector<std::vector<GradPhasePair>> grad_phase_launches(const Conv2dGeometry& g) {
+  std::vector<std::vector<GradPhasePair>> launches;
+  for (int64_t r_h = 0; r_h < std::min(g.stride_h, g.in_h); ++r_h) {
+    const GradPhase h(r_h, g.in_h, g.stride_h, g.pad_h, g.dilation_h, g.kernel_h);
+    for (int64_t r_w = 0; r_w < std::min(g.stride_w, g.in_w); ++r_w) {
+      if (launches.empty() || launches.back().size() == kPhasesPerLaunch) {
+        launches.emplace_back();
+      }
+      launches.back().push_back({h, GradPhase(r_w, g.in_w, g.stride_w, g.pad_w, g.dilation_w, g.kernel_w), r_h, r_w});
+    }
+  }
+  return launches;
+}
+
+// The taps of a launch's phases, gathered from the weight in one launch
+// (phase_taps_kernel), and where each phase's block starts.
+template <typename T>
+std::pair<at::Tensor, PhaseTaps> gather_phase_taps(const Conv2dGeometry& g, const at::Tensor& weight,
+                                                   const std::vector<GradPhasePair>& phases,
+                                                   bool out_channel_fastest) {
+  PhaseTaps t{};
+  t.phases = static_cast<int32_t>(phases.size());
+  t.out_per_group = static_cast<int32_t>(g.out_channels_per_group());
+  t.in_per_group = static_cast<int32_t>(g.in_channels_per_group());
+  t.kernel_h = static_cast<int32_t>(g.kernel_h);
+  t.kernel_w = static_cast<int32_t>(g.kernel_w);
+  t.step_h = static_cast<int32_t>(g.stride_h / std::gcd(g.stride_h, g.dilation_h));  // GradPhase::step
+  t.step_w = static_cast<int32_t>(g.stride_w / std::gcd(g.stride_w, g.dilation_w));
+  t.total = 0;
+  for (size_t p = 0; p < phases.size(); ++p) {
+    t.offset[p] = t.total;
+    t.count_h[p] = static_cast<int32_t>(phases[p].h.count);
+    t.count_w[p] = static_cast<int32_t>(phases[p].w.count);
+    t.first_h[p] = static_cast<int32_t>(std::max<int64_t>(0, phases[p].h.first));
+    t.first_w[p] = static_cast<int32_t>(std::max<int64_t>(0, phases[p].w.first));
+    t.total += g.groups * g.in_channels_per_group() * g.out_channels_per_group() * phases[p].taps();
+  }
+  at::Tensor taps = at::empty({t.total}, weight.options());
+  if (t.total > 0 && out_channel_fastest) {
+    CUSTOM_CONV_LAUNCH(grid_for(t.total), kThreads, phase_taps_kernel<T, true>)(weight.const_data_ptr<T>(),
+                                                                                taps.mutable_data_ptr<T>(), t);
+  } else if (t.total > 0) {
+    CUSTOM_CONV_LAUNCH(grid_for(t.total), kThreads, phase_taps_kernel<T, false>)(weight.const_data_ptr<T>(),
+                                                                                 taps.mutable_data_ptr<T>(), t);
+  }
+  return {taps, t};
+}
+
+// The input gradient's product for one phase, grad_input (NCHW or
+// channels-last) at pixels (r_h + stride_h * y, r_w + stride_w * x) =
+// W' @ B: a weight W' (C_in / g, K') of the phase's taps (its block of
+// PhaseTaps, each group's two channel dimensions swapped, so that the GEMM
+// loads it by cp.async), and output-gradient taps B in the order of its K'
+// columns; B's tensor is the caller's to set. A phase no tap reaches has
+// K' = 0: its products are empty sums, zeros, and its tap divisors unused.
 template <typename B, typename T>
 GemmProblem<T, MatrixOperand<T, true>, B, PhaseOutput<T>> backward_input_problem(const Conv2dGeometry& g,
-                                                                               const GradPhase& h,
-                                                                               const GradPhase& w, int64_t r_h,
-                                                                               int64_t r_w,
-                                                                               const at::Tensor& swapped,
+                                                                               const GradPhasePair& phase,
+                                                                               gpu_ptr<const T> weight,
                                                                                gpu_ptr<T> grad_input,
                                                                                bool channels_last) {
+  const GradPhase &h = phase.h, &w = phase.w;
   const int64_t C = g.in_channels_per_group();
-  const gpu_ptr<const T> weight = swapped.const_data_ptr<T>();
   GemmProblem<T, MatrixOperand<T, true>, B, PhaseOutput<T>> p;
   p.batch = g.groups;
   p.m = C;
   p.n = g.batch * h.rows * w.rows;
-  p.k = g.out_channels_per_group() * h.count * w.count;
+  p.k = g.out_channels_per_group() * phase.taps();
   p.a = {weight, p.k, C * p.k, chunks_aligned(weight, p.k, C * p.k, g.groups)};
   ConvIndex& s = p.b.s;
   s = ConvIndex(g);
   s.kernel_h = static_cast<int32_t>(h.count);
   s.kernel_w = static_cast<int32_t>(w.count);
-  s.taps = Divisor(h.count * w.count);
-  s.kernel_col = Divisor(w.count);
+  s.taps = Divisor(std::max<int64_t>(1, phase.taps()));
+  s.kernel_col = Divisor(std::max<int64_t>(1, w.count));
   s.inputs = Planes(h.rows, w.rows);
   s.grad_row0 = static_cast<int32_t>(h.row0);
   s.grad_col0 = static_cast<int32_t>(w.row0);
   s.grad_row_step = static_cast<int32_t>(h.row_step);
   s.grad_col_step = static_cast<int32_t>(w.row_step);
-  p.out = {grad_input, s.in_channels, s.in_per_group, s.in_h, s.in_w, static_cast<int32_t>(r_h),
-           static_cast<int32_t>(r_w), s.stride_h, s.stride_w, s.inputs, channels_last};
+  p.out = {grad_input, s.in_channels, s.in_per_group, s.in_h, s.in_w, static_cast<int32_t>(phase.r_h),
+           static_cast<int32_t>(phase.r_w), s.stride_h, s.stride_w, s.inputs, channels_last};
   return p;
 }
 
-// grad_input (N, C_in, H, W), NCHW or channels-last, phase by phase: run(h, w, r_h, r_w,
-// weight) for each phase that some tap reaches, with the weight's taps of
-// the phase, viewed (groups, C_out / g, C_in / g, count_h, count_w); zeros
-// at the pixels no tap reaches. At stride 1 the one phase is the whole
-// gradient with every tap.
-template <typename Run>
-void for_each_grad_phase(const Conv2dGeometry& g, const at::Tensor& weight, at::Tensor& grad_input,
-                         const Run& run) {
-  const at::Tensor w5 = weight.view({g.groups, g.out_channels_per_group(), g.in_channels_per_group(), g.kernel_h,
-                                     g.kernel_w});
-  for (int64_t r_h = 0; r_h < std::min(g.stride_h, g.in_h); ++r_h) {
-    const GradPhase h(r_h, g.in_h, g.stride_h, g.pad_h, g.dilation_h, g.kernel_h);
-    for (int64_t r_w = 0; r_w < std::min(g.stride_w, g.in_w); ++r_w) {
-      const GradPhase w(r_w, g.in_w, g.stride_w, g.pad_w, g.dilation_w, g.kernel_w);
-      if (h.count == 0 || w.count == 0 || g.out_channels_per_group() == 0) {
-        grad_input.slice(2, r_h, g.in_h, g.stride_h).slice(3, r_w, g.in_w, g.stride_w).zero_();
-        continue;
+// grad_input (N, C_in, H, W), NCHW or channels-last, phase by phase, in
+// groups of up to kPhasesPerLaunch phases: the weight's taps of a group's
+// phases gathered in one copy (ordered (co, a, b), or (a, b, co) where
+// `out_channel_fastest`), then run(launch) for each phase that fills the
+// GPU on its own (its backward_input_problem<B>, whose B operand set_b(b)
+// completes), and once for a ProblemSet of the others where there are
+// several. A set's kernels find their problem's sizes and operands at a
+// run-time index (a tenth to a sixth more instructions in the GEMM's main
+// loop, by sass_loops.py), so a phase with enough blocks of its own keeps
+// the kernel that reads them as constants.
+template <typename B, typename T, typename SetB, typename Run>
+void backward_input_by_phases(const Conv2dGeometry& g, const at::Tensor& weight, at::Tensor& grad_input,
+                              bool out_channel_fastest, const SetB& set_b, const Run& run) {
+  using Problem = GemmProblem<T, MatrixOperand<T, true>, B, PhaseOutput<T>>;
+  const bool channels_last = grad_input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+  const int64_t multiprocessors = launch_limits().multiprocessors;
+  for (const std::vector<GradPhasePair>& phases : grad_phase_launches(g)) {
+    const std::pair<at::Tensor, PhaseTaps> taps = gather_phase_taps<T>(g, weight, phases, out_channel_fastest);
+    ProblemSet<Problem, kPhasesPerLaunch> set;
+    for (size_t p = 0; p < phases.size(); ++p) {
+      const gpu_ptr<const T> block = taps.first.const_data_ptr<T>() + taps.second.offset[p];
+      Problem problem = backward_input_problem<B, T>(g, phases[p], block,
+                                                     grad_input.mutable_data_ptr<T>(), channels_last);
+      set_b(problem.b);
+      if (phases[p].taps() > 0 && fills_gpu(problem.batch, problem.m, problem.n, multiprocessors)) {
+        run(problem);
+      } else {
+        set.add(problem);
       }
-      run(h, w, r_h, r_w,
-          w5.slice(3, h.first, g.kernel_h, h.step).slice(4, w.first, g.kernel_w, w.step));
+    }
+    if (set.count == 1) {  // (a set of one, at stride 1 say, would only cost the run-time index)
+      run(set.problems[0]);
+    } else if (set.count > 1) {
+      run(set);
     }
   }
 }
@@ -616,15 +739,9 @@ void for_each_grad_phase(const Conv2dGeometry& g, const at::Tensor& weight, at::
 template <typename T>
 void implicit_conv2d_backward_input(const Conv2dGeometry& g, const at::Tensor& weight,
                                     gpu_ptr<const T> grad_output, at::Tensor& grad_input, bool tensor_cores) {
-  const bool channels_last = grad_input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
-  for_each_grad_phase(g, weight, grad_input, [&](const GradPhase& h, const GradPhase& w, int64_t r_h, int64_t r_w,
-                                                 const at::Tensor& taps) {
-    const at::Tensor swapped = taps.permute({0, 2, 1, 3, 4}).contiguous();
-    auto p = backward_input_problem<OutputGradPatches<T>, T>(g, h, w, r_h, r_w, swapped,
-                                                          grad_input.mutable_data_ptr<T>(), channels_last);
-    p.b.grad_output = grad_output;
-    run_gemm(p, tensor_cores);
-  });
+  backward_input_by_phases<OutputGradPatches<T>, T>(
+      g, weight, grad_input, false, [&](OutputGradPatches<T>& b) { b.grad_output = grad_output; },
+      [&](const auto& launch) { run_gemm(launch, tensor_cores); });
 }
 
 // grad_input (N, C_in, H, W), NCHW or channels-last in memory, from a
@@ -635,17 +752,18 @@ void implicit_conv2d_backward_input(const Conv2dGeometry& g, const at::Tensor& w
 template <typename T>
 void implicit_conv2d_backward_input_channels_last(const Conv2dGeometry& g, const at::Tensor& weight,
                                                   gpu_ptr<const T> grad_output_nhwc, at::Tensor& grad_input) {
-  const bool channels_last = grad_input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
-  for_each_grad_phase(g, weight, grad_input, [&](const GradPhase& h, const GradPhase& w, int64_t r_h, int64_t r_w,
-                                                 const at::Tensor& taps) {
-    const at::Tensor swapped = taps.permute({0, 2, 3, 4, 1}).contiguous();
-    auto p = backward_input_problem<ChannelsLastOutputGradPatches<T>, T>(g, h, w, r_h, r_w, swapped,
-                                                                      grad_input.mutable_data_ptr<T>(),
-                                                                      channels_last);
-    p.b.tensor = grad_output_nhwc;
-    p.b.vector = chunks_aligned(grad_output_nhwc, g.out_channels, g.out_channels_per_group(), g.groups);
-    run_tensor_core_gemm(p, launch_limits());
-  });
+  const bool vector = chunks_aligned(grad_output_nhwc, g.out_channels, g.out_channels_per_group(), g.groups);
+  backward_input_by_phases<ChannelsLastOutputGradPatches<T>, T>(
+      g, weight, grad_input, true,
+      [&](ChannelsLastOutputGradPatches<T>& b) {
+        b.tensor = grad_output_nhwc;
+        b.vector = vector;
+      },
+      [&](const auto& launch) {
+        if (launch.batch > 0 && launch.m > 0 && launch.n > 0) {
+          run_tensor_core_gemm(launch, launch_limits());
+        }
+      });
 }
 
 // grad_weight (C_out, C_in / groups, kH, kW) from grad_output and input, all
