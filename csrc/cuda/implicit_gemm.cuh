@@ -567,43 +567,40 @@ struct GradPhasePair {
 // block (groups, C_in / g, K'), K' = C_out / g * taps ordered (co, a, b),
 // or (a, b, co) with the output channel fastest, tap (a, b) being kernel
 // tap (first_h + a * step_h, first_w + b * step_w); the blocks back to back
-// in phase order.
+// in phase order. Indices are 32-bit (a weight of 2^31 values would not
+// fit a GPU), split by Divisors: the copy runs before every strided input
+// gradient, where the GPU's own division would cost it several times over.
 struct PhaseTaps {
-  int64_t offset[kPhasesPerLaunch];  // where each block starts
-  int32_t count_h[kPhasesPerLaunch], count_w[kPhasesPerLaunch];
+  int32_t offset[kPhasesPerLaunch];  // where each block starts
+  Divisor columns[kPhasesPerLaunch];  // K'
+  Divisor fastest[kPhasesPerLaunch], middle[kPhasesPerLaunch];  // count_w, count_h; or C_out / g, count_w
   int32_t first_h[kPhasesPerLaunch], first_w[kPhasesPerLaunch], step_h, step_w;
-  int32_t phases, out_per_group, in_per_group, kernel_h, kernel_w;
-  int64_t total;  // elements of all the blocks
+  int32_t phases, total, out_per_group, kernel_h, kernel_w;
+  Divisor in_per_group;
 };
 
 // Copies each phase's taps of the weight (C_out, C_in / g, kH, kW) into its
-// block (PhaseTaps): one launch for all the phases of a GEMM launch, where
-// a copy of the permuted weight per phase took one each.
+// block (PhaseTaps): one launch for all the phases of a group.
 template <typename T, bool kOutChannelFastest>
 __global__ void phase_taps_kernel(gpu_ptr<const T> weight, gpu_ptr<T> taps, const PhaseTaps t) {
-  CUSTOM_CONV_GRID_STRIDE_LOOP(i, t.total) {
+  CUSTOM_CONV_GRID_STRIDE_LOOP(i64, t.total) {
+    const int32_t i = static_cast<int32_t>(i64);
     int p = 0;
     while (p + 1 < t.phases && i >= t.offset[p + 1]) {
       ++p;
     }
-    const int64_t count_h = t.count_h[p], count_w = t.count_w[p];
-    const int64_t row = (i - t.offset[p]) / (t.out_per_group * count_h * count_w);  // z * C_in / g + c
-    int64_t k = (i - t.offset[p]) % (t.out_per_group * count_h * count_w);
-    int64_t co, a, b;
-    if constexpr (kOutChannelFastest) {
-      co = k % t.out_per_group;
-      k /= t.out_per_group;
-      b = k % count_w;
-      a = k / count_w;
-    } else {
-      b = k % count_w;
-      k /= count_w;
-      a = k % count_h;
-      co = k / count_h;
-    }
-    const int64_t z = row / t.in_per_group, c = row % t.in_per_group;
-    const int64_t ki = t.first_h[p] + a * t.step_h, kj = t.first_w[p] + b * t.step_w;
-    taps[i] = weight[(((z * t.out_per_group + co) * t.in_per_group + c) * t.kernel_h + ki) * t.kernel_w + kj];
+    const int32_t r = i - t.offset[p];
+    const int32_t row = t.columns[p].div(r), k = t.columns[p].mod(r, row);  // row: z * C_in / g + c
+    const int32_t rest = t.fastest[p].div(k), fastest = t.fastest[p].mod(k, rest);
+    const int32_t slowest = t.middle[p].div(rest), middle = t.middle[p].mod(rest, slowest);
+    // (co, a, b), or (a, b, co)
+    const int32_t co = kOutChannelFastest ? fastest : slowest;
+    const int32_t a = kOutChannelFastest ? slowest : middle, b = kOutChannelFastest ? middle : fastest;
+    const int32_t z = t.in_per_group.div(row), c = t.in_per_group.mod(row, z);
+    const int32_t ki = t.first_h[p] + a * t.step_h, kj = t.first_w[p] + b * t.step_w;
+    const int64_t out_channel = static_cast<int64_t>(z) * t.out_per_group + co;
+    const int64_t in_per_group = t.in_per_group.divisor;
+    taps[i64] = weight[((out_channel * in_per_group + c) * t.kernel_h + ki) * t.kernel_w + kj];
   }
 }
 
@@ -630,24 +627,31 @@ template <typename T>
 std::pair<at::Tensor, PhaseTaps> gather_phase_taps(const Conv2dGeometry& g, const at::Tensor& weight,
                                                    const std::vector<GradPhasePair>& phases,
                                                    bool out_channel_fastest) {
+  TORCH_CHECK(weight.numel() <= INT32_MAX, "conv2d implicit GEMM: a weight of ", weight.numel(), " values");
+  // (A divisor of a phase no tap reaches, or of a layer without channels, is never used: any will do.)
+  const auto divisor = [](int64_t d) { return Divisor(std::max<int64_t>(1, d)); };
+  const int64_t out = g.out_channels_per_group();
   PhaseTaps t{};
   t.phases = static_cast<int32_t>(phases.size());
-  t.out_per_group = static_cast<int32_t>(g.out_channels_per_group());
-  t.in_per_group = static_cast<int32_t>(g.in_channels_per_group());
+  t.out_per_group = static_cast<int32_t>(out);
+  t.in_per_group = divisor(g.in_channels_per_group());
   t.kernel_h = static_cast<int32_t>(g.kernel_h);
   t.kernel_w = static_cast<int32_t>(g.kernel_w);
   t.step_h = static_cast<int32_t>(g.stride_h / std::gcd(g.stride_h, g.dilation_h));  // GradPhase::step
   t.step_w = static_cast<int32_t>(g.stride_w / std::gcd(g.stride_w, g.dilation_w));
-  t.total = 0;
+  int64_t total = 0;
   for (size_t p = 0; p < phases.size(); ++p) {
-    t.offset[p] = t.total;
-    t.count_h[p] = static_cast<int32_t>(phases[p].h.count);
-    t.count_w[p] = static_cast<int32_t>(phases[p].w.count);
-    t.first_h[p] = static_cast<int32_t>(std::max<int64_t>(0, phases[p].h.first));
-    t.first_w[p] = static_cast<int32_t>(std::max<int64_t>(0, phases[p].w.first));
-    t.total += g.groups * g.in_channels_per_group() * g.out_channels_per_group() * phases[p].taps();
+    const GradPhase &h = phases[p].h, &w = phases[p].w;
+    t.offset[p] = static_cast<int32_t>(total);
+    t.columns[p] = divisor(out * phases[p].taps());
+    t.fastest[p] = divisor(out_channel_fastest ? out : w.count);
+    t.middle[p] = divisor(out_channel_fastest ? w.count : h.count);
+    t.first_h[p] = static_cast<int32_t>(std::max<int64_t>(0, h.first));
+    t.first_w[p] = static_cast<int32_t>(std::max<int64_t>(0, w.first));
+    total += g.groups * g.in_channels_per_group() * out * phases[p].taps();  // at most the weight's size
   }
-  at::Tensor taps = at::empty({t.total}, weight.options());
+  t.total = static_cast<int32_t>(total);
+  at::Tensor taps = at::empty({total}, weight.options());
   if (t.total > 0 && out_channel_fastest) {
     CUSTOM_CONV_LAUNCH(grid_for(t.total), kThreads, phase_taps_kernel<T, true>)(weight.const_data_ptr<T>(),
                                                                                 taps.mutable_data_ptr<T>(), t);
