@@ -568,8 +568,9 @@ struct GradPhasePair {
 // or (a, b, co) with the output channel fastest, tap (a, b) being kernel
 // tap (first_h + a * step_h, first_w + b * step_w); the blocks back to back
 // in phase order. Indices are 32-bit (a weight of 2^31 values would not
-// fit a GPU), split by Divisors: the copy runs before every strided input
-// gradient, where the GPU's own division would cost it several times over.
+// fit a GPU), split by Divisors: the copy runs before every input gradient
+// of the implicit GEMM, and the GPU's own division would cost it several
+// times over.
 struct PhaseTaps {
   int32_t offset[kPhasesPerLaunch];  // where each block starts
   Divisor columns[kPhasesPerLaunch];  // K'
@@ -580,7 +581,7 @@ struct PhaseTaps {
 };
 
 // Copies each phase's taps of the weight (C_out, C_in / g, kH, kW) into its
-// block (PhaseTaps): one launch for all the phases of a group.
+// block (PhaseTaps): one launch for up to kPhasesPerLaunch phases.
 template <typename T, bool kOutChannelFastest>
 __global__ void phase_taps_kernel(gpu_ptr<const T> weight, gpu_ptr<T> taps, const PhaseTaps t) {
   CUSTOM_CONV_GRID_STRIDE_LOOP(i64, t.total) {
