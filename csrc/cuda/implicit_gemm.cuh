@@ -707,7 +707,7 @@ GemmProblem<T, MatrixOperand<T, true>, B, PhaseOutput<T>> backward_input_problem
 // GPU on its own (its backward_input_problem<B>, whose B operand set_b(b)
 // completes), and once for a ProblemSet of the others where there are
 // several. A set's kernels find their problem's sizes and operands at a
-// run-time index (a tenth to a sixth more instructions in the GEMM's main
+// run-time index (up to a sixth more instructions in the GEMM's main
 // loop, by sass_loops.py), so a phase with enough blocks of its own keeps
 // the kernel that reads them as constants.
 template <typename B, typename T, typename SetB, typename Run>
