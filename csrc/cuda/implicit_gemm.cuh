@@ -512,6 +512,7 @@ struct GradPhase {
 
   GradPhase(int64_t r, int64_t size, int64_t stride, int64_t pad, int64_t dilation, int64_t kernel) {
     rows = r < size ? (size - r + stride - 1) / stride : 0;
+    step = stride / std::gcd(stride, dilation);  // the same for every phase of the dimension
     first = -1;
     for (int64_t k = 0; k < kernel && first < 0; ++k) {
       if ((r + pad - k * dilation) % stride == 0) {
@@ -521,7 +522,6 @@ struct GradPhase {
     if (first < 0) {
       return;
     }
-    step = stride / std::gcd(stride, dilation);
     count = (kernel - first + step - 1) / step;
     row0 = (r + pad - first * dilation) / stride;  // exact
     row_step = step * dilation / stride;           // exact: step * dilation is a multiple of stride
@@ -638,8 +638,8 @@ std::pair<at::Tensor, PhaseTaps> gather_phase_taps(const Conv2dGeometry& g, cons
   t.in_per_group = divisor(g.in_channels_per_group());
   t.kernel_h = static_cast<int32_t>(g.kernel_h);
   t.kernel_w = static_cast<int32_t>(g.kernel_w);
-  t.step_h = static_cast<int32_t>(g.stride_h / std::gcd(g.stride_h, g.dilation_h));  // GradPhase::step
-  t.step_w = static_cast<int32_t>(g.stride_w / std::gcd(g.stride_w, g.dilation_w));
+  t.step_h = static_cast<int32_t>(phases[0].h.step);
+  t.step_w = static_cast<int32_t>(phases[0].w.step);
   int64_t total = 0;
   for (size_t p = 0; p < phases.size(); ++p) {
     const GradPhase &h = phases[p].h, &w = phases[p].w;
