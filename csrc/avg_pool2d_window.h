@@ -13,19 +13,20 @@
 
 #include "geometry.h"
 #include "max_pool2d_window.h"
+#include "pool_divisors.h"
 
 #include <c10/macros/Macros.h>
 
 namespace custom_conv {
 
-C10_HOST_DEVICE inline int64_t adaptive_start(int64_t o, int64_t in, int64_t out) {
-  return o * in / out;
-}
-
-// ceil((o + 1) * in / out): floor would drop the last, partial element of a
-// window whenever out does not divide in.
-C10_HOST_DEVICE inline int64_t adaptive_end(int64_t o, int64_t in, int64_t out) {
-  return ((o + 1) * in + out - 1) / out;
+// Adaptive window o of `out` positions over `in` (the rule above; its end
+// rounded up, as rounding down would drop the last, partial element of a
+// window wherever out does not divide in), `out` a divisor object
+// (pool_divisors.h), in its index type.
+template <typename D>
+C10_HOST_DEVICE inline WindowSpan adaptive_span(typename D::index_t o, typename D::index_t in, const D& out) {
+  using I = typename D::index_t;
+  return {out.div(o * in), out.div(static_cast<I>((o + 1) * in + out.divisor - 1))};
 }
 
 // The length of a fixed window counted as count_include_pad counts it: the
@@ -44,11 +45,15 @@ struct AvgWindow {
   int64_t divisor;
 };
 
-C10_HOST_DEVICE inline AvgWindow avg_window(const AvgPool2dGeometry& a, int64_t oh, int64_t ow) {
+// Window (oh, ow), its sizes divided by `d`'s divisors (pool_divisors.h).
+template <typename D>
+C10_HOST_DEVICE inline AvgWindow avg_window(const AvgPool2dGeometry& a, const PoolDivisors<D>& d,
+                                            typename D::index_t oh, typename D::index_t ow) {
+  using I = typename D::index_t;
   const Pool2dGeometry& g = a.pool;
   if (a.adaptive) {
-    const WindowSpan rows{adaptive_start(oh, g.in_h, g.out_h), adaptive_end(oh, g.in_h, g.out_h)};
-    const WindowSpan cols{adaptive_start(ow, g.in_w, g.out_w), adaptive_end(ow, g.in_w, g.out_w)};
+    const WindowSpan rows = adaptive_span(oh, static_cast<I>(g.in_h), d.out_h);
+    const WindowSpan cols = adaptive_span(ow, static_cast<I>(g.in_w), d.out_w);
     return {rows, cols, (rows.end - rows.first) * (cols.end - cols.first)};
   }
   const WindowSpan rows = window_span(oh, g.stride_h, g.pad_h, g.kernel_h, 1, g.in_h);
@@ -82,15 +87,20 @@ C10_HOST_DEVICE inline acc_t window_mean(const Plane& plane, int64_t in_w, const
 
 // The outputs along one dimension whose windows hold input position `pos`:
 // [first, last], empty when first > last. For adaptive windows, o holds pos
-// exactly when floor(pos * out / in) <= o < ceil((pos + 1) * out / in).
-C10_HOST_DEVICE inline CandidateRange avg_covering_windows(const AvgPool2dGeometry& a, int64_t pos, bool along_h) {
+// exactly when floor(pos * out / in) <= o < ceil((pos + 1) * out / in): the
+// adaptive span of `in` positions over `out`.
+template <typename D>
+C10_HOST_DEVICE inline CandidateRange avg_covering_windows(const AvgPool2dGeometry& a, const PoolDivisors<D>& d,
+                                                          typename D::index_t pos, bool along_h) {
+  using I = typename D::index_t;
   const Pool2dGeometry& g = a.pool;
-  const int64_t in = along_h ? g.in_h : g.in_w, out = along_h ? g.out_h : g.out_w;
   if (a.adaptive) {
-    return {adaptive_start(pos, out, in), adaptive_end(pos, out, in) - 1};
+    const WindowSpan span = along_h ? adaptive_span(pos, static_cast<I>(g.out_h), d.in_h)
+                                    : adaptive_span(pos, static_cast<I>(g.out_w), d.in_w);
+    return {span.first, span.end - 1};
   }
-  return along_h ? covering_windows(pos, g.stride_h, g.pad_h, g.kernel_h, 1, out)
-                 : covering_windows(pos, g.stride_w, g.pad_w, g.kernel_w, 1, out);
+  return along_h ? covering_windows(pos, d.stride_h, g.pad_h, g.kernel_h, 1, g.out_h)
+                 : covering_windows(pos, d.stride_w, g.pad_w, g.kernel_w, 1, g.out_w);
 }
 
 // The gradient of one input element: a gather of each covering window's
@@ -109,20 +119,26 @@ C10_HOST_DEVICE inline acc_t gather_gradient(const Plane& grad_plane, int64_t ou
   return sum;
 }
 
+template <typename D>
 struct WindowDivisor {
   const AvgPool2dGeometry* a;
-  C10_HOST_DEVICE int64_t operator()(int64_t oh, int64_t ow) const { return avg_window(*a, oh, ow).divisor; }
+  const PoolDivisors<D>* d;
+  C10_HOST_DEVICE int64_t operator()(int64_t oh, int64_t ow) const {
+    using I = typename D::index_t;
+    return avg_window(*a, *d, static_cast<I>(oh), static_cast<I>(ow)).divisor;
+  }
 };
 
 // The gradient of input element (ih, iw) of one plane, every window worked
 // out where it is needed (the GPU's thread per element). The CPU kernel
 // computes the covering ranges and divisors once per call instead and calls
 // gather_gradient itself: the same terms in the same order.
-template <typename acc_t, typename Plane>
-C10_HOST_DEVICE inline acc_t input_gradient(const Plane& grad_plane, const AvgPool2dGeometry& a, int64_t ih,
-                                            int64_t iw) {
-  return gather_gradient<acc_t>(grad_plane, a.pool.out_w, avg_covering_windows(a, ih, true),
-                                avg_covering_windows(a, iw, false), WindowDivisor{&a});
+template <typename acc_t, typename Plane, typename D>
+C10_HOST_DEVICE inline acc_t input_gradient(const Plane& grad_plane, const AvgPool2dGeometry& a,
+                                            const PoolDivisors<D>& d, typename D::index_t ih,
+                                            typename D::index_t iw) {
+  return gather_gradient<acc_t>(grad_plane, a.pool.out_w, avg_covering_windows(a, d, ih, true),
+                                avg_covering_windows(a, d, iw, false), WindowDivisor<D>{&a, &d});
 }
 
 }  // namespace custom_conv

@@ -7,6 +7,7 @@
 #pragma once
 
 #include "geometry.h"
+#include "pool_divisors.h"
 
 #include <ATen/NumericUtils.h>
 #include <c10/macros/Macros.h>
@@ -50,16 +51,19 @@ C10_HOST_DEVICE inline bool window_holds_input(const Pool2dGeometry& g, int64_t 
 // position `pos`: window o spans [o * stride - pad, o * stride - pad +
 // (kernel - 1) * dilation]. An empty range has first > last. The GPU
 // backward gathers from them, and so does average pooling's backward on both
-// backends (avg_pool2d_window.h).
+// backends (avg_pool2d_window.h). `stride` is a divisor object
+// (pool_divisors.h), and the arithmetic is done in its index type.
 struct CandidateRange {
   int64_t first, last;
 };
 
-C10_HOST_DEVICE inline CandidateRange covering_windows(int64_t pos, int64_t stride, int64_t pad, int64_t kernel,
-                                                      int64_t dilation, int64_t out_size) {
-  const int64_t lowest_start = pos + pad - (kernel - 1) * dilation;
-  const int64_t first = lowest_start <= 0 ? 0 : (lowest_start + stride - 1) / stride;
-  const int64_t last_start = (pos + pad) / stride;  // pos + pad >= 0
+template <typename D>
+C10_HOST_DEVICE inline CandidateRange covering_windows(typename D::index_t pos, const D& stride, int64_t pad,
+                                                      int64_t kernel, int64_t dilation, int64_t out_size) {
+  using I = typename D::index_t;
+  const I lowest_start = static_cast<I>(pos + pad - (kernel - 1) * dilation);
+  const I first = lowest_start <= 0 ? I(0) : stride.div(static_cast<I>(lowest_start + stride.divisor - 1));
+  const I last_start = stride.div(static_cast<I>(pos + pad));  // pos + pad >= 0
   return {first, last_start < out_size - 1 ? last_start : out_size - 1};
 }
 

@@ -9,7 +9,8 @@
 // Meta kernels in meta.cpp): the forward ops by the rules below; the
 // gradient ops channels-last only where a forward tensor they are given
 // shows the forward was (conv2d_gradient_memory_format,
-// max_pool2d_gradient_memory_format), else NCHW. custom_conv/autograd.py
+// max_pool2d_gradient_memory_format), or, for avg_pool2d's, which are given
+// none, where the output gradient suggests it; else NCHW. custom_conv/autograd.py
 // (and autograd.cpp) give each gradient the forward's layout, with torch's
 // Python twin of suggest_memory_format: a copy only where the op's NCHW
 // gradient belongs to a channels-last forward (a conv's input channels-last
@@ -51,6 +52,16 @@ inline at::MemoryFormat max_pool2d_memory_format(const at::Tensor& input) {
 // whatever the output gradient's (an expanded one suggests none).
 inline at::MemoryFormat max_pool2d_gradient_memory_format(const at::Tensor& indices) {
   return max_pool2d_memory_format(indices);
+}
+
+// avg_pool2d's gradient ops (adaptive too), which take the input's size but
+// no forward tensor: the layout the output gradient suggests, so that a
+// channels-last network's gradient is read and written in place and comes
+// back in torch's layout. Where the two differ (the expanded gradient of a
+// sum, which suggests none; a global pool's N x C x 1 x 1 gradient, a view
+// of the next layer's), custom_conv/autograd.py copies into the forward's.
+inline at::MemoryFormat avg_pool2d_gradient_memory_format(const at::Tensor& grad_output) {
+  return suggests_channels_last(grad_output) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
 // `t`, an NCHW result, in `format`, with torch's strides exactly (also for

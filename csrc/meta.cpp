@@ -95,7 +95,8 @@ at::Tensor avg_pool2d_forward_meta(const at::Tensor& input, c10::IntArrayRef ker
 at::Tensor avg_pool2d_backward_meta(const at::Tensor& grad_output, c10::SymIntArrayRef input_size,
                                     c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
                                     bool ceil_mode, bool count_include_pad, c10::optional<int64_t> divisor_override) {
-  return at::empty_symint(input_size, grad_output.options());
+  return at::empty_symint(input_size,
+                          grad_output.options().memory_format(avg_pool2d_gradient_memory_format(grad_output)));
 }
 
 at::Tensor adaptive_avg_pool2d_forward_meta(const at::Tensor& input, c10::IntArrayRef output_size) {
@@ -107,7 +108,8 @@ at::Tensor adaptive_avg_pool2d_forward_meta(const at::Tensor& input, c10::IntArr
 }
 
 at::Tensor adaptive_avg_pool2d_backward_meta(const at::Tensor& grad_output, c10::SymIntArrayRef input_size) {
-  return at::empty_symint(input_size, grad_output.options());
+  return at::empty_symint(input_size,
+                          grad_output.options().memory_format(avg_pool2d_gradient_memory_format(grad_output)));
 }
 
 std::tuple<at::Tensor, at::Tensor> adaptive_max_pool2d_forward_meta(const at::Tensor& input,
@@ -118,7 +120,8 @@ std::tuple<at::Tensor, at::Tensor> adaptive_max_pool2d_forward_meta(const at::Te
 
 at::Tensor adaptive_max_pool2d_backward_meta(const at::Tensor& grad_output, const at::Tensor& indices,
                                              c10::SymIntArrayRef input_size) {
-  return at::empty_symint(input_size, grad_output.options());
+  return at::empty_symint(input_size,
+                          grad_output.options().memory_format(max_pool2d_gradient_memory_format(indices)));
 }
 
 }  // namespace

@@ -582,23 +582,31 @@ AVG_POOL_CASES = {**{f"avg: {k}": ("avg_pool2d", c) for k, c in AVG_POOL2D_CASES
                      if len(c.input) == 4}}
 
 
+def avg_pool_op_arguments(name, c, x):
+    """The forward's and the backward's window arguments of avg_pool2d's case c (name "avg_pool2d") or of an
+    adaptive pooling's."""
+    if name == "avg_pool2d":
+        return avg_pool_arguments(c.kwargs), avg_pool_arguments(c.kwargs)
+    return adaptive_arguments(c.kwargs, x), ()
+
+
+@pytest.mark.parametrize("index_bits", list(INDEX_LIMITS))
 @pytest.mark.parametrize("dtype", dtypes("float64", "float32", "float16", "bfloat16"))
 @pytest.mark.parametrize("case", list(AVG_POOL_CASES))
-def test_avg_pool2d_matches_torch_and_equals_our_cpu_ops_bitwise(emu, case, dtype):
+def test_avg_pool2d_matches_torch_and_equals_our_cpu_ops_bitwise(emu, case, dtype, index_bits):
     """Both backends call the same window_mean and input_gradient
-    (csrc/avg_pool2d_window.h): the same sums in the same order, bit for bit;
-    and torch's values and gradients, within float64 and float32's
-    tolerance, or for half and bfloat16 the rounding of the float64 result."""
+    (csrc/avg_pool2d_window.h): the same sums in the same order, bit for bit,
+    whether the GPU divides by Divisors (32-bit) or in 64 bits; and torch's
+    values and gradients, within float64 and float32's tolerance, or for
+    half and bfloat16 the rounding of the float64 result."""
     name, c = AVG_POOL_CASES[case]
     x = pool_input(c, dtype)
-    if name == "avg_pool2d":
-        args, input_size_args = avg_pool_arguments(c.kwargs), avg_pool_arguments(c.kwargs)
-    else:
-        args, input_size_args = adaptive_arguments(c.kwargs, x), ()
-    out = getattr(emu, f"{name}_forward")(x, *args)
+    args, input_size_args = avg_pool_op_arguments(name, c, x)
+    with limits(emu, narrow_index_limit=INDEX_LIMITS[index_bits]):
+        out = getattr(emu, f"{name}_forward")(x, *args)
+        go = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(dtype)
+        grad = getattr(emu, f"{name}_backward")(go, x.shape, *input_size_args)
     assert torch.equal(out, getattr(torch.ops.custom_conv, f"{name}_forward")(x, *args))
-    go = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(dtype)
-    grad = getattr(emu, f"{name}_backward")(go, x.shape, *input_size_args)
     assert torch.equal(grad, getattr(torch.ops.custom_conv, f"{name}_backward")(go, x.shape, *input_size_args))
     x64 = x.double().requires_grad_()
     ref = getattr(F, name)(x64, **c.kwargs)
@@ -608,25 +616,101 @@ def test_avg_pool2d_matches_torch_and_equals_our_cpu_ops_bitwise(emu, case, dtyp
     torch.testing.assert_close(grad, x64.grad.to(dtype), **tol)
 
 
+@pytest.mark.parametrize("index_bits", list(INDEX_LIMITS))
 @pytest.mark.parametrize("dtype", dtypes("float64", "float32", "float16", "bfloat16"))
 @pytest.mark.parametrize("case", [k for k, c in ADAPTIVE_AVG_POOL2D_CASES.items() if len(c.input) == 4])
-def test_adaptive_max_pool2d_matches_torch_and_equals_our_cpu_ops_bitwise(emu, case, dtype):
+def test_adaptive_max_pool2d_matches_torch_and_equals_our_cpu_ops_bitwise(emu, case, dtype, index_bits):
     c = ADAPTIVE_AVG_POOL2D_CASES[case]
     x = pool_input(c, dtype)
     args = adaptive_arguments(c.kwargs, x)
-    out, indices = emu.adaptive_max_pool2d_forward(x, *args)
+    with limits(emu, narrow_index_limit=INDEX_LIMITS[index_bits]):
+        out, indices = emu.adaptive_max_pool2d_forward(x, *args)
+        go = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(dtype)
+        grad = emu.adaptive_max_pool2d_backward(go, indices, x.shape)
     ref, ref_indices = F.adaptive_max_pool2d(x, c.kwargs["output_size"], return_indices=True)
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
     assert torch.equal(indices, ref_indices)
     cpu, cpu_indices = torch.ops.custom_conv.adaptive_max_pool2d_forward(x, *args)
     assert torch.equal(out, cpu) and torch.equal(indices, cpu_indices)
-    go = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(dtype)
-    grad = emu.adaptive_max_pool2d_backward(go, indices, x.shape)
     # The GPU gathers in the order the CPU kernel scatters: the same sums, bit for bit.
     assert torch.equal(grad, torch.ops.custom_conv.adaptive_max_pool2d_backward(go, indices, x.shape))
     x64 = x.double().requires_grad_()
     F.adaptive_max_pool2d(x64, c.kwargs["output_size"]).backward(go.double())
     torch.testing.assert_close(grad, x64.grad.to(dtype))
+
+
+def _run_avg_or_adaptive_pool(ops, name, c, x, go_layout):
+    """An average or adaptive pooling op's forward results on `ops` (the emulated ones, or our CPU ops), its
+    gradients for an output gradient in go_layout and for an expanded one (of a sum, which suggests no layout),
+    and the first of those output gradients."""
+    args, input_size_args = avg_pool_op_arguments(name, c, x)
+    results = getattr(ops, f"{name}_forward")(x, *args)
+    out, *indices = results if name == "adaptive_max_pool2d" else (results,)
+    go = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(x.dtype)
+    go = go.contiguous(memory_format=go_layout)
+    grads = [getattr(ops, f"{name}_backward")(g, *indices, x.shape, *input_size_args)
+             for g in (go, go[:1, :1, :1, :1].expand(go.shape))]
+    return [out, *indices], grads, go
+
+
+AVG_OR_ADAPTIVE_CASES = {
+    **{f"avg_pool2d: {k}": ("avg_pool2d", c) for k, c in AVG_POOL2D_CASES.items() if len(c.input) == 4},
+    **{f"{op}: {k}": (op, c) for op in ("adaptive_avg_pool2d", "adaptive_max_pool2d")
+       for k, c in ADAPTIVE_AVG_POOL2D_CASES.items() if len(c.input) == 4}}
+
+
+@pytest.mark.parametrize("index_bits", list(INDEX_LIMITS))
+@pytest.mark.parametrize("dtype", dtypes("float64", "float16"))
+@pytest.mark.parametrize("case", list(AVG_OR_ADAPTIVE_CASES))
+def test_avg_and_adaptive_pooling_read_and_write_channels_last_in_place(emu, case, dtype, index_bits):
+    """As max_pool2d's: a channels-last input takes the kernels that work in
+    its layout (no copy into NCHW and back), forward and backward, with the
+    NCHW kernels' values, indices and gradients bit for bit, and results in
+    our CPU ops' layout (test_memory_format.py holds them to torch's). The
+    backward runs channels-last where the forward was (adaptive max: its
+    indices) or, for average pooling, given no forward tensor, where the
+    output gradient is (csrc/memory_format.h)."""
+    name, c = AVG_OR_ADAPTIVE_CASES[case]
+    x = pool_input(c, dtype)
+    xl = x.contiguous(memory_format=torch.channels_last)
+    with limits(emu, narrow_index_limit=INDEX_LIMITS[index_bits]):
+        outs, grads, go = _run_avg_or_adaptive_pool(emu, name, c, xl, torch.channels_last)
+        ran = {entry.split("<")[0] for entry in emu.take_launch_log()}
+        ref_outs, ref_grads, _ = _run_avg_or_adaptive_pool(emu, name, c, x, torch.contiguous_format)
+        emu.take_launch_log()
+    cpu_outs, cpu_grads, _ = _run_avg_or_adaptive_pool(torch.ops.custom_conv, name, c, xl, torch.channels_last)
+    for got, ref, cpu in zip(outs + grads, ref_outs + ref_grads, cpu_outs + cpu_grads):
+        assert torch.equal(got, ref) and got.stride() == cpu.stride()
+    if outs[0].numel() > 0 and xl.stride() != x.stride():  # (one channel, or 1x1 planes: both layouts are NCHW's)
+        prefix = "avg_pool2d" if name == "adaptive_avg_pool2d" else name
+        expected = {f"{prefix}_forward_channels_last_kernel", f"{prefix}_backward_channels_last_kernel"}
+        if name != "adaptive_max_pool2d":
+            # Average pooling's backward follows the output gradient: the expanded one suggests no layout, nor
+            # does an N x C x 1 x 1 one (contiguous both ways, with NCHW's strides).
+            expected.add(f"{prefix}_backward_kernel")
+            if not _suggests_channels_last(go):
+                expected.remove(f"{prefix}_backward_channels_last_kernel")
+        assert ran == expected, ran
+
+
+def test_adaptive_windows_whose_bounds_pass_32_bits_are_found_in_64(emu):
+    """An adaptive window's bounds multiply a position by a size (o * in,
+    csrc/avg_pool2d_window.h): for a row of 80000 pooled to 60000, up to
+    4.8e9, past 32 bits though the tensors are small, so the kernels must
+    take 64-bit indices (csrc/cuda/pool_index.cuh) to find torch's windows."""
+    x = torch.randn(1, 1, 1, 80000, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    go = torch.randn(1, 1, 1, 60000, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    out = emu.adaptive_avg_pool2d_forward(x, [1, 60000])
+    torch.testing.assert_close(out, F.adaptive_avg_pool2d(x, (1, 60000)), rtol=0, atol=1e-15)
+    x64 = x.clone().requires_grad_()
+    F.adaptive_avg_pool2d(x64, (1, 60000)).backward(go)
+    torch.testing.assert_close(emu.adaptive_avg_pool2d_backward(go, x.shape), x64.grad, rtol=0, atol=1e-15)
+    top, indices = emu.adaptive_max_pool2d_forward(x, [1, 60000])
+    ref, ref_indices = F.adaptive_max_pool2d(x, (1, 60000), return_indices=True)
+    assert torch.equal(top, ref) and torch.equal(indices, ref_indices)
+    x64 = x.clone().requires_grad_()
+    F.adaptive_max_pool2d(x64, (1, 60000)).backward(go)
+    assert torch.equal(emu.adaptive_max_pool2d_backward(go, indices, x.shape), x64.grad)
 
 
 # ------------------------------------------- paths only large problems take on a GPU

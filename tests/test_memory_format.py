@@ -122,6 +122,11 @@ def test_the_ops_layout_rule_is_torchs_for_every_order_of_the_strides():
             assert got.stride() == F.conv2d(x, w).stride(), (x.shape, x.stride(), w.shape, w.stride())
 
 
+def like_and_expanded(out):
+    """Output gradients for `out`: one in its layout, and the expanded one of a sum."""
+    return [GRADS[kind](out) for kind in GRADS]
+
+
 @pytest.mark.parametrize("input_layout", list(INPUTS))
 def test_the_meta_kernels_give_the_kernels_layout(input_layout):
     """torch.compile traces with fake tensors, through our Meta kernels: they
@@ -131,7 +136,16 @@ def test_the_meta_kernels_give_the_kernels_layout(input_layout):
 
     def results(x, w, go):
         geometry = [2, 2], [0, 0], [1, 1], 1
-        return [ops.conv2d_forward(x, w, None, [1, 1], [1, 1], [1, 1], 1),
+        avg_window = [3, 3], [2, 2], [1, 1], True, False, None
+        averaged = ops.avg_pool2d_forward(x, *avg_window)
+        adaptive = ops.adaptive_avg_pool2d_forward(x, [4, 2])
+        adaptive_max, adaptive_indices = ops.adaptive_max_pool2d_forward(x, [4, 2])
+        pools = [averaged, adaptive, adaptive_max, adaptive_indices,
+                 *[ops.avg_pool2d_backward(g, x.shape, *avg_window) for g in like_and_expanded(averaged)],
+                 *[ops.adaptive_avg_pool2d_backward(g, x.shape) for g in like_and_expanded(adaptive)],
+                 *[ops.adaptive_max_pool2d_backward(g, adaptive_indices, x.shape)
+                   for g in like_and_expanded(adaptive_max)]]
+        return pools + [ops.conv2d_forward(x, w, None, [1, 1], [1, 1], [1, 1], 1),
                 ops.conv2d_forward(x, w.contiguous(), None, *geometry),
                 ops.conv2d_backward_input(go, w, x.shape, *geometry),
                 ops.conv2d_backward_input(go.contiguous(), w.contiguous(), x.shape, *geometry),
@@ -190,3 +204,29 @@ def test_max_pool2ds_gradient_op_answers_in_the_layout_of_torchs_gradient(input_
     _, indices = ops.max_pool2d_forward(x, [3, 3], [2, 2], [1, 1], [1, 1], False)
     assert ops.max_pool2d_backward(grad, indices, x.shape, [3, 3], [2, 2], [1, 1], [1, 1], False).stride() == \
         ref_grad.stride()
+
+
+AVG_POOLS = {  # the functional, and the gradient op called as the functional's backward calls it
+    "avg_pool2d": (lambda x: F.avg_pool2d(x, 3, 2, 1),
+                   lambda go, x: ops.avg_pool2d_backward(go, x.shape, [3, 3], [2, 2], [1, 1], False, True, None)),
+    "adaptive_avg_pool2d": (lambda x: F.adaptive_avg_pool2d(x, (4, 3)),
+                            lambda go, x: ops.adaptive_avg_pool2d_backward(go, x.shape)),
+}
+
+
+@pytest.mark.parametrize("grad_kind", list(GRADS))
+@pytest.mark.parametrize("pool", list(AVG_POOLS))
+@pytest.mark.parametrize("input_layout", list(INPUTS))
+def test_avg_pool2ds_gradient_ops_answer_in_the_output_gradients_layout(input_layout, pool, grad_kind):
+    """Given no forward tensor, the layout the output gradient suggests
+    (csrc/memory_format.h): torch's gradient's for an output gradient in the
+    output's layout, so a channels-last network's gradient needs no copy;
+    NCHW for the expanded one of a sum, which suggests none (autograd then
+    copies into the forward's layout, test_avg_pool2d.py)."""
+    forward, gradient_op = AVG_POOLS[pool]
+    x = INPUTS[input_layout]().requires_grad_()
+    ref = forward(x)
+    grad = GRADS[grad_kind](ref)
+    (ref_grad,) = torch.autograd.grad(ref, x, grad)
+    expected = ref_grad.stride() if grad_kind == "like the output" else torch.empty(x.shape).stride()
+    assert gradient_op(grad, x).stride() == expected

@@ -36,10 +36,11 @@ std::tuple<at::Tensor, at::Tensor> adaptive_max_pool2d_forward_cpu(const at::Ten
   at::Tensor indices = at::empty({g.batch, g.channels, g.out_h, g.out_w}, input.options().dtype(at::kLong));
   const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
   if (output.numel() > 0) {
+    const PoolDivisors<WideDivisor> d(g);
     std::vector<AvgWindow> windows(out_plane);
     for (int64_t oh = 0; oh < g.out_h; ++oh) {
       for (int64_t ow = 0; ow < g.out_w; ++ow) {
-        windows[oh * g.out_w + ow] = avg_window(a, oh, ow);
+        windows[oh * g.out_w + ow] = avg_window(a, d, oh, ow);
       }
     }
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "adaptive_max_pool2d_forward_cpu",
@@ -77,8 +78,10 @@ at::Tensor adaptive_max_pool2d_backward_cpu(const at::Tensor& grad_output_, cons
   const at::Tensor grad_output = grad_output_.contiguous();
   const at::Tensor indices = indices_.contiguous();
   // Adaptive windows always hold input: every output routes its gradient.
-  return route_max_pool_gradients(grad_output, indices, input_size, g.planes(), g.in_h * g.in_w,
-                                  g.out_h * g.out_w, nullptr);
+  // Answered in the indices' layout, as max_pool2d's gradient (../memory_format.h).
+  return in_memory_format(route_max_pool_gradients(grad_output, indices, input_size, g.planes(), g.in_h * g.in_w,
+                                                   g.out_h * g.out_w, nullptr),
+                          max_pool2d_gradient_memory_format(indices_));
 }
 
 }  // namespace

@@ -59,10 +59,11 @@ at::Tensor avg_pool2d_forward_impl(const at::Tensor& input_, const AvgPool2dGeom
   const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
   if (output.numel() > 0) {
     // Every plane has the same windows: computed once, not once per plane.
+    const PoolDivisors<WideDivisor> d(g);
     std::vector<AvgWindow> windows(out_plane);
     for (int64_t oh = 0; oh < g.out_h; ++oh) {
       for (int64_t ow = 0; ow < g.out_w; ++ow) {
-        windows[oh * g.out_w + ow] = avg_window(a, oh, ow);
+        windows[oh * g.out_w + ow] = avg_window(a, d, oh, ow);
       }
     }
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "avg_pool2d_forward_cpu", [&] {
@@ -91,26 +92,28 @@ at::Tensor avg_pool2d_forward_impl(const at::Tensor& input_, const AvgPool2dGeom
   return in_memory_format(output, max_pool2d_memory_format(input_));
 }
 
-// NCHW, like max_pool2d_backward: custom_conv/autograd.py gives the gradient
-// the forward's layout.
+// Computed in NCHW, answered in the layout the output gradient suggests
+// (../memory_format.h), as the GPU's.
 at::Tensor avg_pool2d_backward_impl(const at::Tensor& grad_output_, c10::IntArrayRef input_size,
                                     const AvgPool2dGeometry& a) {
   const Pool2dGeometry& g = a.pool;
   const at::Tensor grad_output = grad_output_.contiguous();
   at::Tensor grad_input = at::empty(input_size, grad_output.options());
   const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
+  const at::MemoryFormat format = avg_pool2d_gradient_memory_format(grad_output_);
   if (grad_input.numel() == 0) {
-    return grad_input;
+    return in_memory_format(grad_input, format);
   }
   // Every plane has the same windows: their covering ranges and divisors are
   // worked out once, not once per element (integer divisions, which made a
   // ResNet head's 7x7 -> 1 backward 30x slower than its forward).
   std::vector<CandidateRange> rows(g.in_h), cols(g.in_w);
-  for (int64_t ih = 0; ih < g.in_h; ++ih) rows[ih] = avg_covering_windows(a, ih, true);
-  for (int64_t iw = 0; iw < g.in_w; ++iw) cols[iw] = avg_covering_windows(a, iw, false);
+  const PoolDivisors<WideDivisor> d(g);
+  for (int64_t ih = 0; ih < g.in_h; ++ih) rows[ih] = avg_covering_windows(a, d, ih, true);
+  for (int64_t iw = 0; iw < g.in_w; ++iw) cols[iw] = avg_covering_windows(a, d, iw, false);
   std::vector<int64_t> divisors(out_plane);
   for (int64_t oh = 0; oh < g.out_h; ++oh) {
-    for (int64_t ow = 0; ow < g.out_w; ++ow) divisors[oh * g.out_w + ow] = avg_window(a, oh, ow).divisor;
+    for (int64_t ow = 0; ow < g.out_w; ++ow) divisors[oh * g.out_w + ow] = avg_window(a, d, oh, ow).divisor;
   }
   const auto divisor_of = [&](int64_t oh, int64_t ow) { return divisors[oh * g.out_w + ow]; };
   // Where no two windows share an input element (global and evenly divided
@@ -159,7 +162,7 @@ at::Tensor avg_pool2d_backward_impl(const at::Tensor& grad_output_, c10::IntArra
       }
     });
   });
-  return grad_input;
+  return in_memory_format(grad_input, format);
 }
 
 at::Tensor avg_pool2d_forward_cpu(const at::Tensor& input, c10::IntArrayRef kernel_size, c10::IntArrayRef stride,

@@ -7,6 +7,7 @@
 #include "../geometry.h"
 #include "../memory_format.h"
 #include "common.cuh"
+#include "pool_index.cuh"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -14,64 +15,127 @@
 #include <c10/macros/Macros.h>
 #include <torch/library.h>
 
+#include <type_traits>
+
 namespace custom_conv {
 namespace gpu {
 namespace {
 
 // One thread per output element.
-template <typename scalar_t>
+template <typename scalar_t, typename D>
 __global__ void avg_pool2d_forward_kernel(gpu_ptr<const scalar_t> CUSTOM_CONV_RESTRICT input,
-                                          const AvgPool2dGeometry a, gpu_ptr<scalar_t> CUSTOM_CONV_RESTRICT output) {
+                                          const AvgPool2dGeometry a, const PoolDivisors<D> d,
+                                          gpu_ptr<scalar_t> CUSTOM_CONV_RESTRICT output) {
   using acc_t = at::opmath_type<scalar_t>;
+  using I = typename D::index_t;
   const Pool2dGeometry& g = a.pool;
-  const int64_t out_plane = g.out_h * g.out_w;
-  CUSTOM_CONV_GRID_STRIDE_LOOP(e, g.batch * g.channels * out_plane) {
-    const int64_t ow = e % g.out_w;
-    const int64_t oh = (e / g.out_w) % g.out_h;
-    const int64_t p = e / out_plane;
-    output[e] = static_cast<scalar_t>(window_mean<acc_t>(input + p * g.in_h * g.in_w, g.in_w, avg_window(a, oh, ow)));
+  CUSTOM_CONV_GRID_STRIDE_LOOP(e64, g.batch * g.channels * g.out_h * g.out_w) {
+    const PlaneElement<I> o(static_cast<I>(e64), d.out_plane, d.out_w);
+    output[e64] = static_cast<scalar_t>(window_mean<acc_t>(input + static_cast<int64_t>(o.plane) * g.in_h * g.in_w,
+                                                           g.in_w, avg_window(a, d, o.h, o.w)));
+  }
+}
+
+// Channels-last input and output, one thread per output element in their
+// memory order (the channel fastest), so that neighbouring threads read
+// neighbouring channels, with no layout copy before or after: the same
+// windows and sums as the NCHW kernel.
+template <typename scalar_t, typename D>
+__global__ void avg_pool2d_forward_channels_last_kernel(gpu_ptr<const scalar_t> CUSTOM_CONV_RESTRICT input,
+                                                        const AvgPool2dGeometry a, const PoolDivisors<D> d,
+                                                        gpu_ptr<scalar_t> CUSTOM_CONV_RESTRICT output) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using I = typename D::index_t;
+  const Pool2dGeometry& g = a.pool;
+  CUSTOM_CONV_GRID_STRIDE_LOOP(e64, g.batch * g.out_h * g.out_w * g.channels) {
+    const ChannelsLastElement<I> o(static_cast<I>(e64), d.channels, d.out_w, d.out_h);
+    output[e64] = static_cast<scalar_t>(window_mean<acc_t>(o.plane_in(input, g.in_h * g.in_w, g.channels), g.in_w,
+                                                           avg_window(a, d, o.h, o.w)));
   }
 }
 
 // One thread per input element.
-template <typename scalar_t>
+template <typename scalar_t, typename D>
 __global__ void avg_pool2d_backward_kernel(gpu_ptr<const scalar_t> CUSTOM_CONV_RESTRICT grad_output,
-                                           const AvgPool2dGeometry a,
+                                           const AvgPool2dGeometry a, const PoolDivisors<D> d,
                                            gpu_ptr<scalar_t> CUSTOM_CONV_RESTRICT grad_input) {
   using acc_t = at::opmath_type<scalar_t>;
+  using I = typename D::index_t;
   const Pool2dGeometry& g = a.pool;
-  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
-  CUSTOM_CONV_GRID_STRIDE_LOOP(e, g.batch * g.channels * in_plane) {
-    const int64_t i = e % in_plane;
-    const int64_t p = e / in_plane;
-    grad_input[e] = static_cast<scalar_t>(input_gradient<acc_t>(grad_output + p * out_plane, a, i / g.in_w, i % g.in_w));
+  CUSTOM_CONV_GRID_STRIDE_LOOP(e64, g.batch * g.channels * g.in_h * g.in_w) {
+    const PlaneElement<I> i(static_cast<I>(e64), d.in_plane, d.in_w);
+    grad_input[e64] = static_cast<scalar_t>(
+        input_gradient<acc_t>(grad_output + static_cast<int64_t>(i.plane) * g.out_h * g.out_w, a, d, i.h, i.w));
   }
 }
 
+// Channels-last output gradient and input gradient, one thread per input
+// element in their memory order, as the channels-last forward.
+template <typename scalar_t, typename D>
+__global__ void avg_pool2d_backward_channels_last_kernel(gpu_ptr<const scalar_t> CUSTOM_CONV_RESTRICT grad_output,
+                                                         const AvgPool2dGeometry a, const PoolDivisors<D> d,
+                                                         gpu_ptr<scalar_t> CUSTOM_CONV_RESTRICT grad_input) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using I = typename D::index_t;
+  const Pool2dGeometry& g = a.pool;
+  CUSTOM_CONV_GRID_STRIDE_LOOP(e64, g.batch * g.in_h * g.in_w * g.channels) {
+    const ChannelsLastElement<I> i(static_cast<I>(e64), d.channels, d.in_w, d.in_h);
+    grad_input[e64] = static_cast<scalar_t>(
+        input_gradient<acc_t>(i.plane_in(grad_output, g.out_h * g.out_w, g.channels), a, d, i.h, i.w));
+  }
+}
+
+// The forward reads a channels-last input in its own layout where it is
+// laid out so (a slice of one is copied to NCHW first), and answers in
+// torch's layout (../memory_format.h).
 at::Tensor forward(const at::Tensor& input_, const AvgPool2dGeometry& a) {
   const Pool2dGeometry& g = a.pool;
   const DeviceGuard device_guard(input_.device());
-  const at::Tensor input = input_.contiguous();
-  at::Tensor output = at::empty({g.batch, g.channels, g.out_h, g.out_w}, input.options());
-  const int64_t total = output.numel();
-  if (total > 0) {
+  const at::MemoryFormat format = max_pool2d_memory_format(input_);
+  const bool channels_last =
+      format == at::MemoryFormat::ChannelsLast && input_.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor input = channels_last ? input_ : input_.contiguous();
+  at::Tensor output = at::empty({g.batch, g.channels, g.out_h, g.out_w},
+                                input.options().memory_format(channels_last ? format : at::MemoryFormat::Contiguous));
+  if (output.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "avg_pool2d_forward_cuda", [&] {
-      CUSTOM_CONV_LAUNCH(grid_for(total), kThreads, avg_pool2d_forward_kernel<scalar_t>)(
-          input.const_data_ptr<scalar_t>(), a, output.mutable_data_ptr<scalar_t>());
+      with_divisors(a, [&](const auto& d) {
+        using D = std::decay_t<decltype(d.out_w)>;
+        const unsigned int grid = grid_for(output.numel());
+        if (channels_last) {
+          CUSTOM_CONV_LAUNCH(grid, kThreads, avg_pool2d_forward_channels_last_kernel<scalar_t, D>)(
+              input.const_data_ptr<scalar_t>(), a, d, output.mutable_data_ptr<scalar_t>());
+        } else {
+          CUSTOM_CONV_LAUNCH(grid, kThreads, avg_pool2d_forward_kernel<scalar_t, D>)(
+              input.const_data_ptr<scalar_t>(), a, d, output.mutable_data_ptr<scalar_t>());
+        }
+      });
     });
   }
-  return in_memory_format(output, max_pool2d_memory_format(input_));
+  return in_memory_format(output, format);
 }
 
+// The gradient in the layout the output gradient suggests
+// (avg_pool2d_gradient_memory_format), read and written in it.
 at::Tensor backward(const at::Tensor& grad_output_, c10::IntArrayRef input_size, const AvgPool2dGeometry& a) {
   const DeviceGuard device_guard(grad_output_.device());
-  const at::Tensor grad_output = grad_output_.contiguous();
-  at::Tensor grad_input = at::empty(input_size, grad_output.options());
-  const int64_t total = grad_input.numel();
-  if (total > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "avg_pool2d_backward_cuda", [&] {
-      CUSTOM_CONV_LAUNCH(grid_for(total), kThreads, avg_pool2d_backward_kernel<scalar_t>)(
-          grad_output.const_data_ptr<scalar_t>(), a, grad_input.mutable_data_ptr<scalar_t>());
+  const at::MemoryFormat format = avg_pool2d_gradient_memory_format(grad_output_);
+  const at::Tensor grad_output = grad_output_.contiguous(format);
+  at::Tensor grad_input = at::empty(input_size, grad_output.options().memory_format(format));
+  if (grad_input.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "avg_pool2d_backward_cuda",
+                                    [&] {
+      with_divisors(a, [&](const auto& d) {
+        using D = std::decay_t<decltype(d.out_w)>;
+        const unsigned int grid = grid_for(grad_input.numel());
+        if (format == at::MemoryFormat::ChannelsLast) {
+          CUSTOM_CONV_LAUNCH(grid, kThreads, avg_pool2d_backward_channels_last_kernel<scalar_t, D>)(
+              grad_output.const_data_ptr<scalar_t>(), a, d, grad_input.mutable_data_ptr<scalar_t>());
+        } else {
+          CUSTOM_CONV_LAUNCH(grid, kThreads, avg_pool2d_backward_kernel<scalar_t, D>)(
+              grad_output.const_data_ptr<scalar_t>(), a, d, grad_input.mutable_data_ptr<scalar_t>());
+        }
+      });
     });
   }
   return grad_input;

@@ -23,6 +23,9 @@
 namespace custom_conv {
 namespace gpu {
 
+// The pooling kernels take it or, for tensors too large for 32-bit indices,
+// a WideDivisor (../pool_divisors.h), which has the same div and mod, as a
+// template parameter, and index in its index_t.
 struct Divisor {
   using index_t = int32_t;
   uint32_t divisor = 1, magic = 1, shift = 0;
@@ -50,19 +53,6 @@ struct Divisor {
   C10_HOST_DEVICE int32_t mod(int32_t n, int32_t quotient) const {
     return n - quotient * static_cast<int32_t>(divisor);
   }
-};
-
-// The same for 64-bit numbers, by the GPU's own division (a longer
-// subroutine still): for tensors too large for 32-bit indices. Kernels that
-// take either as a template parameter index in its index_t.
-struct WideDivisor {
-  using index_t = int64_t;
-  int64_t divisor = 1;
-
-  WideDivisor() = default;
-  explicit WideDivisor(int64_t d) : divisor(d) {}
-  C10_HOST_DEVICE int64_t div(int64_t n) const { return n / divisor; }
-  C10_HOST_DEVICE int64_t mod(int64_t n, int64_t quotient) const { return n - quotient * divisor; }
 };
 
 // A layer's sizes in the 32-bit numbers that kernels indexing in 32 bits

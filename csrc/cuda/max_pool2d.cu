@@ -9,7 +9,7 @@
 #include "../max_pool2d_window.h"
 #include "../memory_format.h"
 #include "common.cuh"
-#include "divisor.cuh"
+#include "pool_index.cuh"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -26,42 +26,6 @@ namespace custom_conv {
 namespace gpu {
 namespace {
 
-// What the kernels divide their flat indices by, as Divisors (32-bit indices,
-// a multiply-high each) where every index and window bound of the call stays
-// below LaunchLimits::narrow_index_limit (2^30), else as WideDivisors (64-bit
-// division).
-template <typename D>
-struct PoolDivisors {
-  D out_plane, out_w, out_h, in_plane, in_w, in_h, channels, stride_h, stride_w;
-
-  // Sizes of 0 (no element for a kernel to divide) taken as 1.
-  explicit PoolDivisors(const Pool2dGeometry& g)
-      : out_plane(at_least_1(g.out_h * g.out_w)), out_w(at_least_1(g.out_w)), out_h(at_least_1(g.out_h)),
-        in_plane(at_least_1(g.in_h * g.in_w)), in_w(at_least_1(g.in_w)), in_h(at_least_1(g.in_h)),
-        channels(at_least_1(g.channels)), stride_h(g.stride_h), stride_w(g.stride_w) {}
-  static int64_t at_least_1(int64_t n) { return n > 0 ? n : 1; }
-};
-
-bool indices_fit_32_bits(const Pool2dGeometry& g) {
-  const int64_t limit = launch_limits().narrow_index_limit;
-  const auto reach = [](int64_t size, int64_t pad, int64_t stride, int64_t kernel, int64_t dilation) {
-    return size + pad + stride + (kernel - 1) * dilation;
-  };
-  return g.batch * g.channels * std::max(g.in_h * g.in_w, g.out_h * g.out_w) < limit &&
-         reach(g.in_h, g.pad_h, g.stride_h, g.kernel_h, g.dilation_h) < limit &&
-         reach(g.in_w, g.pad_w, g.stride_w, g.kernel_w, g.dilation_w) < limit;
-}
-
-// Runs launch(PoolDivisors<D>{g}) with D the narrowest that fits the call.
-template <typename Launch>
-void with_divisors(const Pool2dGeometry& g, const Launch& launch) {
-  if (indices_fit_32_bits(g)) {
-    launch(PoolDivisors<Divisor>(g));
-  } else {
-    launch(PoolDivisors<WideDivisor>(g));
-  }
-}
-
 // One thread per output element.
 template <typename scalar_t, typename D>
 __global__ void max_pool2d_forward_kernel(gpu_ptr<const scalar_t> CUSTOM_CONV_RESTRICT input,
@@ -71,40 +35,13 @@ __global__ void max_pool2d_forward_kernel(gpu_ptr<const scalar_t> CUSTOM_CONV_RE
   using acc_t = at::opmath_type<scalar_t>;
   using I = typename D::index_t;
   CUSTOM_CONV_GRID_STRIDE_LOOP(e64, g.batch * g.channels * g.out_h * g.out_w) {
-    const I e = static_cast<I>(e64);
-    const I p = d.out_plane.div(e), o = d.out_plane.mod(e, p);
-    const I oh = d.out_w.div(o), ow = d.out_w.mod(o, oh);
-    const WindowMax<acc_t> best = window_max<acc_t>(input + static_cast<int64_t>(p) * g.in_h * g.in_w, g, oh, ow);
+    const PlaneElement<I> o(static_cast<I>(e64), d.out_plane, d.out_w);
+    const WindowMax<acc_t> best = window_max<acc_t>(input + static_cast<int64_t>(o.plane) * g.in_h * g.in_w, g, o.h,
+                                                    o.w);
     output[e64] = static_cast<scalar_t>(best.value);
     indices[e64] = best.index;
   }
 }
-
-// One plane of a channels-last tensor, indexed as an NCHW plane is (ih * W +
-// iw): its elements lie `channels` apart.
-template <typename T>
-struct ChannelsLastPlane {
-  gpu_ptr<T> first;  // element (n, c, 0, 0)
-  int64_t channels;
-  C10_HOST_DEVICE T& operator[](int64_t i) const { return first[i * channels]; }
-};
-
-// Element e of a channels-last (N, C, H, W) tensor, in memory order (the
-// channel fastest), as (n, h, w, c), by Divisors of C, W and H.
-template <typename I>
-struct ChannelsLastElement {
-  I n, h, w, c;
-
-  template <typename D>
-  __device__ __forceinline__ ChannelsLastElement(I e, const D& channels, const D& cols, const D& rows) {
-    const I pixel = channels.div(e);  // (n, h, w)
-    c = channels.mod(e, pixel);
-    const I row = cols.div(pixel);    // (n, h)
-    w = cols.mod(pixel, row);
-    n = rows.div(row);
-    h = rows.mod(row, n);
-  }
-};
 
 // Channels-last input and outputs, one thread per output element in their
 // memory order (the channel fastest): neighbouring threads read neighbouring
@@ -119,9 +56,7 @@ __global__ void max_pool2d_forward_channels_last_kernel(gpu_ptr<const scalar_t> 
   using I = typename D::index_t;
   CUSTOM_CONV_GRID_STRIDE_LOOP(e64, g.batch * g.out_h * g.out_w * g.channels) {
     const ChannelsLastElement<I> o(static_cast<I>(e64), d.channels, d.out_w, d.out_h);
-    const ChannelsLastPlane<const scalar_t> plane{
-        input + static_cast<int64_t>(o.n) * g.in_h * g.in_w * g.channels + o.c, g.channels};
-    const WindowMax<acc_t> best = window_max<acc_t>(plane, g, o.h, o.w);
+    const WindowMax<acc_t> best = window_max<acc_t>(o.plane_in(input, g.in_h * g.in_w, g.channels), g, o.h, o.w);
     output[e64] = static_cast<scalar_t>(best.value);
     indices[e64] = best.index;
   }
@@ -186,39 +121,16 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cuda(
 // visits them in row-major order, the order in which the CPU kernel adds
 // them, so both give bitwise the same gradients.
 
-// covering_windows (../max_pool2d_window.h) with the stride's division by a
-// Divisor: the output positions along one dimension whose window covers
-// input position `pos`.
-template <typename D, typename I = typename D::index_t>
-__device__ __forceinline__ CandidateRange covering_windows_by(I pos, const D& stride, int64_t pad, int64_t kernel,
-                                                              int64_t dilation, int64_t out_size) {
-  const I lowest_start = static_cast<I>(pos + pad - (kernel - 1) * dilation);
-  const I first = lowest_start <= 0 ? I(0) : stride.div(static_cast<I>(lowest_start + stride.divisor - 1));
-  const I last_start = stride.div(static_cast<I>(pos + pad));  // pos + pad >= 0
-  return {first, last_start < out_size - 1 ? last_start : out_size - 1};
-}
-
 // The gradient of input element (ih, iw), position i = ih * in_w + iw of
-// its plane: the sum of the plane's output gradients `go` whose indices
-// `idx` name it (planes indexed as NCHW ones are: pointers, or
-// ChannelsLastPlane), in row-major order of the windows that cover it.
+// its plane, from the windows that cover it.
 template <typename acc_t, typename D, typename Indices, typename Grads, typename I = typename D::index_t>
-__device__ __forceinline__ acc_t routed_gradient(const Indices& idx, const Grads& go, const Pool2dGeometry& g,
-                                                 const PoolDivisors<D>& d, I i, I ih, I iw) {
-  const CandidateRange rows = covering_windows_by(ih, d.stride_h, g.pad_h, g.kernel_h, g.dilation_h, g.out_h);
-  const CandidateRange cols = covering_windows_by(iw, d.stride_w, g.pad_w, g.kernel_w, g.dilation_w, g.out_w);
-  acc_t sum = acc_t(0);
-  for (I oh = static_cast<I>(rows.first); oh <= rows.last; ++oh) {
-    for (I ow = static_cast<I>(cols.first); ow <= cols.last; ++ow) {
-      const I o = oh * static_cast<I>(g.out_w) + ow;
-      // A window of padding only reports an index that is not in it, and
-      // routes nothing (see ../max_pool2d_window.h).
-      if (idx[o] == i && window_holds_input(g, oh, ow)) {
-        sum += static_cast<acc_t>(go[o]);
-      }
-    }
-  }
-  return sum;
+__device__ __forceinline__ acc_t max_pool2d_gradient(const Indices& idx, const Grads& go, const Pool2dGeometry& g,
+                                                     const PoolDivisors<D>& d, I i, I ih, I iw) {
+  // A window of padding only reports an index that is not in it, and
+  // routes nothing (see ../max_pool2d_window.h).
+  return routed_gradient<acc_t>(idx, go, covering_windows(ih, d.stride_h, g.pad_h, g.kernel_h, g.dilation_h, g.out_h),
+                                covering_windows(iw, d.stride_w, g.pad_w, g.kernel_w, g.dilation_w, g.out_w), g.out_w,
+                                i, [&](I oh, I ow) { return window_holds_input(g, oh, ow); });
 }
 
 template <typename scalar_t, typename D>
@@ -230,12 +142,10 @@ __global__ void max_pool2d_backward_kernel(gpu_ptr<const scalar_t> CUSTOM_CONV_R
   using I = typename D::index_t;
   const int64_t out_plane = g.out_h * g.out_w;
   CUSTOM_CONV_GRID_STRIDE_LOOP(e64, g.batch * g.channels * g.in_h * g.in_w) {
-    const I e = static_cast<I>(e64);
-    const I p = d.in_plane.div(e), i = d.in_plane.mod(e, p);
-    const I ih = d.in_w.div(i), iw = d.in_w.mod(i, ih);
-    const int64_t first = static_cast<int64_t>(p) * out_plane;
-    grad_input[e64] = static_cast<scalar_t>(routed_gradient<acc_t>(indices + first, grad_output + first, g, d, i,
-                                                                   ih, iw));
+    const PlaneElement<I> i(static_cast<I>(e64), d.in_plane, d.in_w);
+    const int64_t first = static_cast<int64_t>(i.plane) * out_plane;
+    grad_input[e64] = static_cast<scalar_t>(
+        max_pool2d_gradient<acc_t>(indices + first, grad_output + first, g, d, i.i, i.h, i.w));
   }
 }
 
@@ -251,11 +161,10 @@ __global__ void max_pool2d_backward_channels_last_kernel(gpu_ptr<const scalar_t>
   using I = typename D::index_t;
   CUSTOM_CONV_GRID_STRIDE_LOOP(e64, g.batch * g.in_h * g.in_w * g.channels) {
     const ChannelsLastElement<I> i(static_cast<I>(e64), d.channels, d.in_w, d.in_h);
-    const int64_t first = static_cast<int64_t>(i.n) * g.out_h * g.out_w * g.channels + i.c;
-    const ChannelsLastPlane<const int64_t> idx{indices + first, g.channels};
-    const ChannelsLastPlane<const scalar_t> go{grad_output + first, g.channels};
-    grad_input[e64] = static_cast<scalar_t>(routed_gradient<acc_t>(idx, go, g, d, i.h * static_cast<I>(g.in_w) + i.w,
-                                                                   i.h, i.w));
+    const int64_t out_plane = g.out_h * g.out_w;
+    grad_input[e64] = static_cast<scalar_t>(max_pool2d_gradient<acc_t>(
+        i.plane_in(indices, out_plane, g.channels), i.plane_in(grad_output, out_plane, g.channels), g, d,
+        i.h * static_cast<I>(g.in_w) + i.w, i.h, i.w));
   }
 }
 
