@@ -42,18 +42,17 @@ BUILD = ROOT / "build" / "cuda-emulator"
 # Plausible one-line bugs in csrc/cuda/gemm.cuh, each compiled into a broken
 # copy of it (tests/emulator/mutants.cpp), which the emulator must catch.
 MUTANTS = {
-    # The barrier after the products: the next loads overwrite the tiles
-    # while other threads still read them.
-    "missing_barrier": ("    // The next iteration overwrites the tiles; wait until all have read them.\n"
-                        "    __syncthreads();\n", ""),
+    # One stage for every slab: with one barrier a slab, the next slab's
+    # stores overwrite the tiles while other threads still read them.
+    "core_stage_reused_early": ("k0 += kTileK, stage ^= 1) {", "k0 += kTileK) {"),
     # The store's bound: writes one column past C.
     "store_off_by_one": ("\n      if (m < p.m && n < p.n) {", "\n      if (m < p.m && n <= p.n) {"),
     # A load's bound along k: reads a row past B.
     "load_off_by_one": ("  if (fixed < (Operand::kKContiguous ? mn_size : k_end)) {",
                         "  if (fixed <= (Operand::kKContiguous ? mn_size : k_end)) {"),
     # A tile one row too short for the 64 rows it holds.
-    "shared_tile_too_small": ("shared_array<acc_t, kTileK, kM + 4> a_tile",
-                              "shared_array<acc_t, kTileK, kM - 1> a_tile"),
+    "shared_tile_too_small": ("shared_array<acc_t, 2, kTileK, kM + 4> a_tiles",
+                              "shared_array<acc_t, 2, kTileK, kM - 1> a_tiles"),
     # The tensor-core kernel (half): an accumulator element stored to the
     # row of its neighbour in the fragment layout.
     "mma_fragment_row": ("const int64_t m = m0 + warp_m + i * 16 + g + 8 * (e / 2);",
@@ -891,7 +890,7 @@ def test_chunks_with_a_short_last_chunk_and_split_slices_match_torch(emu, batch)
 # ------------------------------------------------------- what the emulator catches
 
 @pytest.mark.parametrize("mutant, message", [
-    ("missing_barrier", "shared memory race on element"),
+    ("core_stage_reused_early", "shared memory race on element"),
     ("store_off_by_one", "global memory access out of bounds"),
     ("load_off_by_one", "global memory access out of bounds"),
     ("shared_tile_too_small", "shared memory index 63 out of bounds of a dimension of size 63"),

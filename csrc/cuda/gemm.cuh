@@ -10,10 +10,10 @@
 // tile of C: 64 x 64, 64 x 128 or 128 x 128 (CoreTile, tile_for: the
 // largest that the product fills and that still gives every multiprocessor
 // a block). Per step it stages a slab of 16 steps of k of op(A) and of op(B)
-// in shared memory, converted to the accumulation type, and each thread
-// accumulates a 4 x 4, 4 x 8 or 8 x 8 piece of the tile in registers: the
-// larger the piece, the more products each value read from shared memory
-// feeds. Half and bfloat16 accumulate in float (at::opmath_type): summing
+// in shared memory (two stages, in turn), converted to the accumulation
+// type, and each thread accumulates a 4 x 4, 4 x 8 or 8 x 8 piece of the
+// tile in registers: the larger the piece, the more products each value
+// read from shared memory feeds. Half and bfloat16 accumulate in float (at::opmath_type): summing
 // thousands of products in 16 bits would lose most of their digits. With
 // GemmParams::tensor_cores they, and float in TF32, run on the tensor cores
 // instead (gemm_mma_kernel, below: the same tiles, TF32 up to 64 x 128).
@@ -319,9 +319,11 @@ gemm_tile_kernel(const Launch launch, int64_t batch_offset, int64_t splits, int6
   constexpr int kM = Tile::kTileM, kN = Tile::kTileN;
   // Slabs stored k-major, each row padded by one 16-byte group: the rows
   // stay aligned for the 16-byte reads, and the stores of a k-contiguous
-  // operand (down a column) meet at most two to a bank.
-  __shared__ __align__(16) shared_array<acc_t, kTileK, kM + 4> a_tile;
-  __shared__ __align__(16) shared_array<acc_t, kTileK, kN + 4> b_tile;
+  // operand (down a column) meet at most two to a bank. Two stages of each,
+  // used in turn, so that one barrier a slab suffices (below); 33 KiB for
+  // 128 x 128 floats, within the 48 KiB a block may declare statically.
+  __shared__ __align__(16) shared_array<acc_t, 2, kTileK, kM + 4> a_tiles;
+  __shared__ __align__(16) shared_array<acc_t, 2, kTileK, kN + 4> b_tiles;
 
   const int64_t slice = blockIdx.z % splits;
   const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kM;
@@ -349,7 +351,10 @@ gemm_tile_kernel(const Launch launch, int64_t batch_offset, int64_t splits, int6
 
   // Each thread's runs of a slab are read into registers one slab ahead:
   // the loads of the next slab are in flight while this one's products run,
-  // and reach shared memory after them.
+  // and reach shared memory after them, in the other stage. The one barrier
+  // of a slab both publishes its stage and tells every thread that all have
+  // finished the products of the slab before, which read the stage the next
+  // slab's stores overwrite.
   scalar_t a_next[Tile::kRunA], b_next[Tile::kRunB];
   const auto fetch = [&](int64_t k0) {
     core_load<kM>(p.a, z, m0, p.m, k0, k_end, a_next);
@@ -359,7 +364,10 @@ gemm_tile_kernel(const Launch launch, int64_t batch_offset, int64_t splits, int6
   if (k_begin < k_end) {
     fetch(k_begin);
   }
-  for (int64_t k0 = k_begin; k0 < k_end; k0 += kTileK) {
+  int stage = 0;
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += kTileK, stage ^= 1) {
+    auto&& a_tile = a_tiles[stage];
+    auto&& b_tile = b_tiles[stage];
     core_store<acc_t, kKContiguousA, kM>(a_tile, a_next);
     core_store<acc_t, kKContiguousB, kN>(b_tile, b_next);
     __syncthreads();
@@ -385,8 +393,6 @@ gemm_tile_kernel(const Launch launch, int64_t batch_offset, int64_t splits, int6
         }
       }
     }
-    // The next iteration overwrites the tiles; wait until all have read them.
-    __syncthreads();
   }
 
 #pragma unroll

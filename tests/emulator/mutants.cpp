@@ -14,7 +14,7 @@
 
 // The names of test_cuda_emulator.py's MUTANTS.
 #define CUSTOM_CONV_MUTANTS(X)                                                                    \
-  X(missing_barrier) X(store_off_by_one) X(load_off_by_one) X(shared_tile_too_small) X(mma_fragment_row) \
+  X(core_stage_reused_early) X(store_off_by_one) X(load_off_by_one) X(shared_tile_too_small) X(mma_fragment_row) \
   X(mma_missing_wait) X(mma_stage_reused_early) X(mma_fill_next_stage) X(mma_no_dynamic_shared)
 
 #define CUSTOM_CONV_DECLARE(mutant) \
@@ -25,8 +25,8 @@
   }
 CUSTOM_CONV_MUTANTS(CUSTOM_CONV_DECLARE)
 
-#define gpu missing_barrier
-#include "gemm_missing_barrier.cuh"
+#define gpu core_stage_reused_early
+#include "gemm_core_stage_reused_early.cuh"
 #undef gpu
 #define gpu store_off_by_one
 #include "gemm_store_off_by_one.cuh"
