@@ -206,10 +206,10 @@ def test_max_pool2ds_gradient_op_answers_in_the_layout_of_torchs_gradient(input_
         ref_grad.stride()
 
 
-AVG_POOLS = {  # the functional, and the gradient op called as the functional's backward calls it
-    "avg_pool2d": (lambda x: F.avg_pool2d(x, 3, 2, 1),
+AVG_POOLS = {  # torch's functional, ours, and our gradient op called as our functional's backward calls it
+    "avg_pool2d": (lambda x: F.avg_pool2d(x, 3, 2, 1), lambda x: CF.avg_pool2d(x, 3, 2, 1),
                    lambda go, x: ops.avg_pool2d_backward(go, x.shape, [3, 3], [2, 2], [1, 1], False, True, None)),
-    "adaptive_avg_pool2d": (lambda x: F.adaptive_avg_pool2d(x, (4, 3)),
+    "adaptive_avg_pool2d": (lambda x: F.adaptive_avg_pool2d(x, (4, 3)), lambda x: CF.adaptive_avg_pool2d(x, (4, 3)),
                             lambda go, x: ops.adaptive_avg_pool2d_backward(go, x.shape)),
 }
 
@@ -221,12 +221,14 @@ def test_avg_pool2ds_gradient_ops_answer_in_the_output_gradients_layout(input_la
     """Given no forward tensor, the layout the output gradient suggests
     (csrc/memory_format.h): torch's gradient's for an output gradient in the
     output's layout, so a channels-last network's gradient needs no copy;
-    NCHW for the expanded one of a sum, which suggests none (autograd then
-    copies into the forward's layout, test_avg_pool2d.py)."""
-    forward, gradient_op = AVG_POOLS[pool]
+    NCHW for the expanded one of a sum, which suggests none: autograd then
+    copies it into the forward's layout, torch's."""
+    forward, ours, gradient_op = AVG_POOLS[pool]
     x = INPUTS[input_layout]().requires_grad_()
     ref = forward(x)
     grad = GRADS[grad_kind](ref)
     (ref_grad,) = torch.autograd.grad(ref, x, grad)
     expected = ref_grad.stride() if grad_kind == "like the output" else torch.empty(x.shape).stride()
     assert gradient_op(grad, x).stride() == expected
+    (our_grad,) = torch.autograd.grad(ours(x), x, grad)
+    assert our_grad.stride() == ref_grad.stride()  # through autograd, torch's layout either way
