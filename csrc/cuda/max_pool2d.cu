@@ -18,7 +18,6 @@
 #include <c10/macros/Macros.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <tuple>
 #include <type_traits>
 
