@@ -116,10 +116,7 @@ std::tuple<at::Tensor, at::Tensor> adaptive_max_pool2d_forward_cuda(const at::Te
   const Pool2dGeometry& g = a.pool;
   const DeviceGuard device_guard(input_.device());
   const at::MemoryFormat format = max_pool2d_memory_format(input_);
-  // A channels-last input is read in its own layout (a slice of one is
-  // copied to NCHW first).
-  const bool channels_last =
-      format == at::MemoryFormat::ChannelsLast && input_.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const bool channels_last = pools_channels_last_in_place(input_);
   const at::Tensor input = channels_last ? input_ : input_.contiguous();
   const auto options = input.options().memory_format(channels_last ? format : at::MemoryFormat::Contiguous);
   at::Tensor output = at::empty({g.batch, g.channels, g.out_h, g.out_w}, options);

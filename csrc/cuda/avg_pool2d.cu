@@ -92,8 +92,7 @@ at::Tensor forward(const at::Tensor& input_, const AvgPool2dGeometry& a) {
   const Pool2dGeometry& g = a.pool;
   const DeviceGuard device_guard(input_.device());
   const at::MemoryFormat format = max_pool2d_memory_format(input_);
-  const bool channels_last =
-      format == at::MemoryFormat::ChannelsLast && input_.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const bool channels_last = pools_channels_last_in_place(input_);
   const at::Tensor input = channels_last ? input_ : input_.contiguous();
   at::Tensor output = at::empty({g.batch, g.channels, g.out_h, g.out_w},
                                 input.options().memory_format(channels_last ? format : at::MemoryFormat::Contiguous));

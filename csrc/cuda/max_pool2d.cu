@@ -73,7 +73,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cuda(
       input_.sizes(), kernel_size, stride, padding, dilation, ceil_mode);
   const DeviceGuard device_guard(input_.device());
   const at::MemoryFormat format = max_pool2d_memory_format(input_);
-  if (format == at::MemoryFormat::ChannelsLast && input_.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+  if (pools_channels_last_in_place(input_)) {
     const at::Tensor& input = input_;
     const auto options = input.options().memory_format(at::MemoryFormat::ChannelsLast);
     at::Tensor output = at::empty({g.batch, g.channels, g.out_h, g.out_w}, options);

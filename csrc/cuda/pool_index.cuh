@@ -6,6 +6,7 @@
 
 #include "../geometry.h"
 #include "../max_pool2d_window.h"
+#include "../memory_format.h"
 #include "../pool_divisors.h"
 #include "common.cuh"
 #include "divisor.cuh"
@@ -48,6 +49,14 @@ void with_divisors(const Pool2dGeometry& g, const Launch& launch, bool adaptive 
 template <typename Launch>
 void with_divisors(const AvgPool2dGeometry& a, const Launch& launch) {
   with_divisors(a.pool, launch, a.adaptive);
+}
+
+// Whether a pooling forward reads `input` channels-last in place: it
+// suggests channels-last (so the results are channels-last, torch's rule)
+// and is laid out so (a slice of one is copied to NCHW first).
+inline bool pools_channels_last_in_place(const at::Tensor& input) {
+  return max_pool2d_memory_format(input) == at::MemoryFormat::ChannelsLast &&
+         input.is_contiguous(at::MemoryFormat::ChannelsLast);
 }
 
 // One plane of a channels-last tensor, indexed as an NCHW plane is (ih * W +
