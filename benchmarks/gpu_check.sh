@@ -3,7 +3,9 @@
 # build against that machine's torch, the CUDA tests, the CUDA benchmark,
 # compute-sanitizer's memcheck and racecheck over the CUDA tests, then the
 # whole suite. On an H200 the steps up to memcheck take about twelve minutes
-# (build 90 s, CUDA tests 70 s, about 100 s per benchmarked dtype, the route
+# (build 90 s when conv2d's kernels were fewer; now each dtype's take about
+# 3 minutes of one core for sm_90, which --split-compile below spreads over
+# the machine's cores; CUDA tests 70 s, about 100 s per benchmarked dtype, the route
 # sweep up to 90 s, memcheck up to 200 s, which covered about half the CUDA
 # tests in 135 s); the training-step profile, racecheck and the whole suite need a longer lease. A lease
 # of 15 minutes, its machine's start included, takes everything up to
@@ -29,6 +31,12 @@ if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
   export TORCH_CUDA_ARCH_LIST
 fi
 export NVCC_APPEND_FLAGS="-lineinfo"
+# nvcc's device compilation of one file on several threads (CUDA 12.1 on):
+# the build runs a file per core, but conv2d's four dtype files are the
+# last to finish, long after the rest.
+if nvcc --help 2>/dev/null | grep -q -- "--split-compile "; then
+  NVCC_APPEND_FLAGS="$NVCC_APPEND_FLAGS --split-compile=0"
+fi
 # Build with the system compiler, as torch's own wheels expect. setuptools
 # takes the compiler Python was built with, and some GPU images set CXX to a
 # compiler of their own (e.g. /opt/gcc/bin/g++); linked that way, _C.so held

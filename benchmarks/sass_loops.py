@@ -1,7 +1,7 @@
 """What the GEMM kernels' inner loops cost in machine instructions, without a GPU.
 
-Compiles csrc/cuda/conv2d.cu with nvcc for one architecture (ptxas -v for
-registers and spills), disassembles it with nvdisasm, and prints for each
+Compiles conv2d's kernels for one dtype (csrc/cuda/conv2d_kernels_<dtype>.cu)
+with nvcc for one architecture (ptxas -v for registers and spills), disassembles it with nvdisasm, and prints for each
 instantiation of the GEMM kernels (gemm_tile_kernel on the CUDA cores,
 gemm_mma_kernel on the tensor cores; "(set)" where a launch runs a
 ProblemSet) and of the depthwise kernels
@@ -20,10 +20,10 @@ closing branch.
     .venv/bin/python benchmarks/sass_loops.py                         # float32, sm_90
     .venv/bin/python benchmarks/sass_loops.py --dtype half --arch sm_80
     .venv/bin/python benchmarks/sass_loops.py --filter InputPatches   # the forward's kernels only
-    .venv/bin/python benchmarks/sass_loops.py --source /tmp/old/csrc/cuda/conv2d.cu  # an older tree's
+    .venv/bin/python benchmarks/sass_loops.py --source /tmp/old/csrc/cuda   # an older tree's
 
 Needs nvcc (CUDA_HOME, or the one on the PATH), nvdisasm (the toolkit's, or
-the nvidia-cuda-nvdisasm wheel of requirements.txt) and about a minute.
+the nvidia-cuda-nvdisasm wheel of requirements.txt) and a minute or two.
 """
 import argparse
 import collections
@@ -40,8 +40,9 @@ import torch
 from torch.utils import cpp_extension
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SOURCE = os.path.join(ROOT, "csrc", "cuda", "conv2d.cu")
+SOURCE = os.path.join(ROOT, "csrc", "cuda")
 DTYPES = {"float": "float", "double": "double", "half": "c10::Half", "bfloat16": "c10::BFloat16"}
+TORCH_NAMES = {"float": "float32", "double": "float64", "half": "float16", "bfloat16": "bfloat16"}
 MATH = ("FFMA", "DFMA", "HMMA")
 
 
@@ -66,8 +67,15 @@ def nvdisasm(home):
     sys.exit("sass_loops.py: no nvdisasm (pip install nvidia-cuda-nvdisasm, or a CUDA toolkit that has it)")
 
 
-def compile_kernels(arch, workdir, source=SOURCE):
-    """(SASS text, ptxas's report) of conv2d.cu (`source`) for `arch` (e.g. sm_90)."""
+def source_of(folder, dtype):
+    """The file of `folder` (a csrc/cuda) that compiles conv2d's kernels for `dtype`: its own translation
+    unit, or, in an older tree that has none, conv2d.cu, which compiled every dtype's."""
+    own = os.path.join(folder, f"conv2d_kernels_{TORCH_NAMES[dtype]}.cu")
+    return own if os.path.exists(own) else os.path.join(folder, "conv2d.cu")
+
+
+def compile_kernels(arch, workdir, source):
+    """(SASS text, ptxas's report) of the CUDA file `source` for `arch` (e.g. sm_90)."""
     home = cuda_home()
     flags = ["-O3", "-std=c++20", "-DCUSTOM_CONV_WITH_CUDA", "--expt-relaxed-constexpr",
              f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
@@ -190,10 +198,10 @@ def main():
     parser.add_argument("--arch", default="sm_90")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float")
     parser.add_argument("--filter", default="", help="only kernels whose short name matches this regex")
-    parser.add_argument("--source", default=SOURCE, help="the conv2d.cu to compile (with its headers beside it)")
+    parser.add_argument("--source", default=SOURCE, help="the csrc/cuda folder whose kernels to compile")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:
-        sass, report = compile_kernels(args.arch, workdir, args.source)
+        sass, report = compile_kernels(args.arch, workdir, source_of(args.source, args.dtype))
     bodies = {m.group(1): m.group(2) for m in
               re.finditer(r"^\s*\.type\s+(\w+),@function\n(.*?)(?=^//-----|\Z)", sass, re.S | re.M)}
     names = demangle(list(bodies))

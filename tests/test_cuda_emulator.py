@@ -90,8 +90,9 @@ def emu():
     _write_mutants()
     cpp_extension.load(
         name="custom_conv_cuda_emulator",
-        sources=[str(EMULATOR / f) for f in ("cuda_emulator.cpp", "conv2d.cpp", "max_pool2d.cpp", "avg_pool2d.cpp",
-                                                    "adaptive_max_pool2d.cpp", "mutants.cpp", "warps.cpp")]
+        # Every csrc/cuda/X.cu, as the real build compiles them, through its tests/emulator/X.cpp.
+        sources=[str(EMULATOR / f"{cu.stem}.cpp") for cu in sorted((ROOT / "csrc" / "cuda").glob("*.cu"))]
+        + [str(EMULATOR / f) for f in ("cuda_emulator.cpp", "mutants.cpp", "warps.cpp")]
         + [str(ROOT / "csrc" / f) for f in ("geometry.cpp", "conv2d_algorithm_cuda.cpp")],
         extra_cflags=["-O2", "-DCUSTOM_CONV_EMULATE_CUDA"],
         extra_include_paths=[str(EMULATOR), str(ROOT / "csrc" / "cuda"), str(BUILD)],

@@ -1,46 +1,49 @@
-// conv2d on the GPU: forward, and the three backward ops side by side. Every
-// layer but a depthwise one (depthwise.cuh) is im2col's product; the chooser
-// (choose_cuda_conv2d_algorithm, cuda_conv_uses_implicit_gemm) says which
-// kernels. Normally the implicit GEMM of implicit_gemm.cuh, which gathers the
-// receptive fields as its tiles load. Otherwise, as below, the same structure
-// as the CPU im2col route (../cpu/conv2d_im2col.cpp), per group, with
-// K = C_in / groups * kH * kW and a chunk of B samples (L = out_h * out_w):
-//   forward          out_g  (C_out/g, B*L) = W_g (C_out/g, K) @ cols_g (K, B*L)
-//   backward input   cols_g (K, B*L)       = W_g^T @ grad_out_g, then col2im
-//   backward weight  dW_g   (C_out/g, K)  += grad_out_g @ cols_g^T
-// im2col/col2im are in im2col.cuh, the products in gemm.cuh: all groups of a
-// chunk are one batched GEMM launch. Chunks come from
-// Conv2dGeometry::batch_chunk(), so the column buffer is bounded whatever the
-// batch size, exactly as on the CPU.
+// conv2d on the GPU: forward, and the three backward ops side by side. Each
+// op checks its arguments, lays out its tensors, allocates its result and
+// chooses the route (conv2d_route: the chooser of conv2d_algorithm.h); the
+// launches of each route, per dtype, are in conv2d_kernels.cuh. Every layer
+// but a depthwise one (depthwise.cuh) is im2col's product: normally the
+// implicit GEMM of implicit_gemm.cuh, which gathers the receptive fields as
+// its tiles load, else through a column matrix in memory.
 //
 // Nothing here uses atomics, so every result is bitwise reproducible: the
-// weight gradient is accumulated chunk after chunk by the GEMM itself
-// (beta = 1; in float for half and bfloat16), and the bias gradient is a
-// fixed-order block reduction.
+// weight gradient is a GEMM's fixed-order reduction, and the bias gradient
+// is a fixed-order block reduction.
 #include "../conv2d_algorithm.h"
 #include "../geometry.h"
 #include "../memory_format.h"
 #include "common.cuh"
-#include "depthwise.cuh"
-#include "gemm.cuh"
-#include "im2col.cuh"
-#include "implicit_gemm.cuh"
+#include "conv2d_kernels.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
-#include <type_traits>
-
 namespace custom_conv {
 namespace gpu {
 namespace {
 
-// The GEMM works on (C_out, B, L) while tensors are (B, C_out, L): one
-// transposing copy per chunk. With a single sample per chunk (large layers)
-// the two layouts coincide and the copy is skipped.
-at::Tensor as_channel_major(const at::Tensor& batch_major) {
-  return batch_major.transpose(0, 1);
+// The route of a pass, in the chooser's order of precedence.
+Conv2dRoute conv2d_route(const Conv2dGeometry& g, Conv2dPass pass, at::ScalarType dtype) {
+  if (choose_cuda_conv2d_algorithm(g, pass, dtype) == Conv2dAlgorithm::kDepthwise) {
+    return Conv2dRoute::kDepthwise;
+  }
+  if (cuda_conv_gathers_channels_last(g, pass, dtype)) {
+    return Conv2dRoute::kChannelsLastGather;
+  }
+  return cuda_conv_uses_implicit_gemm(g) ? Conv2dRoute::kImplicitGemm : Conv2dRoute::kColumnMatrix;
+}
+
+// The layout a route's result is allocated in: the op's where the route
+// stores either (the implicit GEMM), else NCHW (in_op_format then copies).
+at::MemoryFormat stored_format(Conv2dRoute route, at::MemoryFormat format) {
+  const bool either = route == Conv2dRoute::kChannelsLastGather || route == Conv2dRoute::kImplicitGemm;
+  return either ? format : at::MemoryFormat::Contiguous;
+}
+
+// A pass's result in the op's layout: as it is where the route stored it so.
+at::Tensor in_op_format(const at::Tensor& result, Conv2dRoute route, at::MemoryFormat format) {
+  return stored_format(route, format) == format ? result : in_memory_format(result, format);
 }
 
 at::Tensor conv2d_forward_cuda(
@@ -53,120 +56,23 @@ at::Tensor conv2d_forward_cuda(
     int64_t groups) {
   const Conv2dGeometry g = checked_conv2d_forward(input_, weight_, bias, stride, padding, dilation, groups);
   const DeviceGuard device_guard(input_.device());
+  const Conv2dRoute route = conv2d_route(g, Conv2dPass::kForward, input_.scalar_type());
   // The tensor cores' forward that gathers from channels-last memory takes
   // the input so (no copy where it already is); every other route NCHW.
-  const bool gathers_channels_last = cuda_conv_gathers_channels_last(g, Conv2dPass::kForward, input_.scalar_type());
-  const at::Tensor input =
-      gathers_channels_last ? input_.contiguous(at::MemoryFormat::ChannelsLast) : input_.contiguous();
+  const at::Tensor input = route == Conv2dRoute::kChannelsLastGather
+                               ? input_.contiguous(at::MemoryFormat::ChannelsLast)
+                               : input_.contiguous();
   const at::Tensor weight = weight_.contiguous();
-  const bool has_bias = bias.has_value() && bias->defined();
-  const at::Tensor bias_c = has_bias ? bias->contiguous() : at::Tensor();
-
+  const at::Tensor bias_c = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
   const at::MemoryFormat format = conv2d_memory_format(input_, weight_);
-  // The implicit GEMM stores its results in either layout, the other routes NCHW.
-  const bool depthwise =
-      choose_cuda_conv2d_algorithm(g, Conv2dPass::kForward, input.scalar_type()) == Conv2dAlgorithm::kDepthwise;
-  const bool implicit = !depthwise && cuda_conv_uses_implicit_gemm(g);
-  const at::MemoryFormat output_format = implicit ? format : at::MemoryFormat::Contiguous;
-  const bool output_channels_last = output_format == at::MemoryFormat::ChannelsLast;
-  at::Tensor output =
-      at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options().memory_format(output_format));
-  const int64_t L = g.output_plane();
-  const int64_t K = g.col_rows_per_group();
-  const int64_t M = g.out_channels_per_group();
-  const int64_t chunk = g.batch_chunk(launch_limits().column_budget);
-  if (output.numel() == 0) {
-    return in_memory_format(output, format);
-  }
-  if (depthwise) {
+  at::Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w},
+                                input.options().memory_format(stored_format(route, format)));
+  if (output.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv2d_forward_cuda", [&] {
-      depthwise_forward<scalar_t>(g, input.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
-                                  has_bias ? bias_c.const_data_ptr<scalar_t>() : nullptr,
-                                  output.mutable_data_ptr<scalar_t>());
+      Conv2dKernels<scalar_t>::forward(route, g, input, weight, bias_c, output);
     });
-    return in_memory_format(output, format);
   }
-  if (gathers_channels_last) {
-    // The weight's taps ordered (kH, kW, C_in / groups), as the input's are.
-    const at::Tensor weight_permuted = weight.permute({0, 2, 3, 1}).contiguous();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv2d_forward_cuda", [&] {
-      if constexpr (kTensorCores<scalar_t>) {
-        implicit_conv2d_forward_channels_last<scalar_t>(
-            g, input.const_data_ptr<scalar_t>(), weight_permuted.const_data_ptr<scalar_t>(),
-            has_bias ? bias_c.const_data_ptr<scalar_t>() : nullptr, output.mutable_data_ptr<scalar_t>(),
-            output_channels_last);
-      } else {
-        TORCH_CHECK(false, "conv2d: no tensor cores for ", input.scalar_type());
-      }
-    });
-    return in_memory_format(output, format);
-  }
-  if (implicit) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv2d_forward_cuda", [&] {
-      implicit_conv2d_forward<scalar_t>(g, input.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
-                                        has_bias ? bias_c.const_data_ptr<scalar_t>() : nullptr,
-                                        output.mutable_data_ptr<scalar_t>(), output_channels_last,
-                                        cuda_gemm_uses_tensor_cores(input.scalar_type()));
-    });
-    return in_memory_format(output, format);
-  }
-  at::Tensor cols_buf = at::empty({groups * K * chunk * L}, input.options());
-  at::Tensor out_buf = chunk > 1 ? at::empty({g.out_channels * chunk * L}, input.options())
-                                 : at::Tensor();
-
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv2d_forward_cuda", [&] {
-    for (int64_t n0 = 0; n0 < g.batch; n0 += chunk) {
-      const int64_t B = std::min(chunk, g.batch - n0);
-      at::Tensor out_chunk = output.narrow(0, n0, B);
-      scalar_t* out = B == 1 ? out_chunk.mutable_data_ptr<scalar_t>()
-                             : out_buf.mutable_data_ptr<scalar_t>();
-      im2col(input.const_data_ptr<scalar_t>() + n0 * g.in_channels * g.in_h * g.in_w,
-             g, B, cols_buf.mutable_data_ptr<scalar_t>());
-
-      GemmParams<scalar_t> p;
-      p.tensor_cores = cuda_gemm_uses_tensor_cores(input.scalar_type());
-      p.batch = groups;
-      p.m = M;
-      p.n = B * L;
-      p.k = K;
-      p.a = weight.const_data_ptr<scalar_t>();
-      p.lda = K;
-      p.batch_stride_a = M * K;
-      p.b = cols_buf.const_data_ptr<scalar_t>();
-      p.ldb = B * L;
-      p.batch_stride_b = K * B * L;
-      p.c = out;
-      p.ldc = B * L;
-      p.batch_stride_c = M * B * L;
-      // The bias is added in the GEMM's epilogue rather than in a second pass.
-      if (has_bias) {
-        p.bias = bias_c.const_data_ptr<scalar_t>();
-        p.batch_stride_bias = M;
-      }
-      gemm(p);
-
-      if (B > 1) {
-        out_chunk.view({B, g.out_channels, L})
-            .copy_(as_channel_major(out_buf.narrow(0, 0, g.out_channels * B * L)
-                                        .view({g.out_channels, B, L})));
-      }
-    }
-  });
-  return in_memory_format(output, format);
-}
-
-// Copies a chunk of grad_output (B, C_out, L) into the channel-major layout
-// (C_out, B, L) the GEMM reads, or returns it as is when B == 1.
-at::Tensor channel_major_chunk(const at::Tensor& grad_output, int64_t n0, int64_t B,
-                               const Conv2dGeometry& g, const at::Tensor& buf) {
-  const at::Tensor chunk = grad_output.narrow(0, n0, B);
-  if (B == 1) {
-    return chunk;
-  }
-  const int64_t L = g.output_plane();
-  at::Tensor dst = buf.narrow(0, 0, g.out_channels * B * L).view({g.out_channels, B, L});
-  dst.copy_(as_channel_major(chunk.view({B, g.out_channels, L})));
-  return dst;
+  return in_op_format(output, route, format);
 }
 
 at::Tensor conv2d_backward_input_cuda(
@@ -182,86 +88,21 @@ at::Tensor conv2d_backward_input_cuda(
       input_size, weight_.sizes(), stride, padding, dilation, groups);
   check_conv2d_grad_output(grad_output_, g, weight_);
   const DeviceGuard device_guard(weight_.device());
+  const Conv2dRoute route = conv2d_route(g, Conv2dPass::kBackwardInput, weight_.scalar_type());
   // As the forward: the tensor cores' gather from channels-last memory takes
   // the output gradient so, every other route NCHW.
-  const bool gathers_channels_last =
-      cuda_conv_gathers_channels_last(g, Conv2dPass::kBackwardInput, weight_.scalar_type());
-  const at::Tensor grad_output = gathers_channels_last ? grad_output_.contiguous(at::MemoryFormat::ChannelsLast)
-                                                       : grad_output_.contiguous();
+  const at::Tensor grad_output = route == Conv2dRoute::kChannelsLastGather
+                                     ? grad_output_.contiguous(at::MemoryFormat::ChannelsLast)
+                                     : grad_output_.contiguous();
   const at::Tensor weight = weight_.contiguous();
-  // The implicit GEMM stores the gradient in either layout, the other routes NCHW.
   const at::MemoryFormat format = conv2d_gradient_memory_format(weight_);
-  const bool depthwise = choose_cuda_conv2d_algorithm(g, Conv2dPass::kBackwardInput, weight.scalar_type()) ==
-                         Conv2dAlgorithm::kDepthwise;
-  const bool implicit = !depthwise && (gathers_channels_last || cuda_conv_uses_implicit_gemm(g));
-  at::Tensor grad_input =
-      at::empty(input_size, weight.options().memory_format(implicit ? format : at::MemoryFormat::Contiguous));
-  if (grad_input.numel() == 0) {
-    return in_memory_format(grad_input, format);
-  }
-  if (depthwise) {
+  at::Tensor grad_input = at::empty(input_size, weight.options().memory_format(stored_format(route, format)));
+  if (grad_input.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "conv2d_backward_input_cuda", [&] {
-      depthwise_backward_input<scalar_t>(g, grad_output.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
-                                         grad_input.mutable_data_ptr<scalar_t>());
+      Conv2dKernels<scalar_t>::backward_input(route, g, grad_output, weight, grad_input);
     });
-    return in_memory_format(grad_input, format);
   }
-  if (gathers_channels_last) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "conv2d_backward_input_cuda", [&] {
-      if constexpr (kTensorCores<scalar_t>) {
-        implicit_conv2d_backward_input_channels_last<scalar_t>(g, weight, grad_output.const_data_ptr<scalar_t>(),
-                                                               grad_input);
-      } else {
-        TORCH_CHECK(false, "conv2d: no tensor cores for ", weight.scalar_type());
-      }
-    });
-    return grad_input;
-  }
-  if (implicit) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "conv2d_backward_input_cuda", [&] {
-      implicit_conv2d_backward_input<scalar_t>(g, weight, grad_output.const_data_ptr<scalar_t>(), grad_input,
-                                               cuda_gemm_uses_tensor_cores(weight.scalar_type()));
-    });
-    return grad_input;
-  }
-  const int64_t L = g.output_plane();
-  const int64_t K = g.col_rows_per_group();
-  const int64_t M = g.out_channels_per_group();
-  const int64_t chunk = g.batch_chunk(launch_limits().column_budget);
-  at::Tensor cols_buf = at::empty({groups * K * chunk * L}, weight.options());
-  at::Tensor go_buf = chunk > 1 ? at::empty({g.out_channels * chunk * L}, weight.options())
-                                : at::Tensor();
-
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "conv2d_backward_input_cuda", [&] {
-    for (int64_t n0 = 0; n0 < g.batch; n0 += chunk) {
-      const int64_t B = std::min(chunk, g.batch - n0);
-      const at::Tensor go = channel_major_chunk(grad_output, n0, B, g, go_buf);
-
-      // cols_g = W_g^T @ grad_out_g. W_g is stored (C_out/g, K), so op(A) =
-      // A^T is read in place (trans_a) instead of materialising W^T.
-      GemmParams<scalar_t> p;
-      p.tensor_cores = cuda_gemm_uses_tensor_cores(grad_output.scalar_type());
-      p.batch = groups;
-      p.m = K;
-      p.n = B * L;
-      p.k = M;
-      p.a = weight.const_data_ptr<scalar_t>();
-      p.lda = K;
-      p.batch_stride_a = M * K;
-      p.trans_a = true;
-      p.b = go.const_data_ptr<scalar_t>();
-      p.ldb = B * L;
-      p.batch_stride_b = M * B * L;
-      p.c = cols_buf.mutable_data_ptr<scalar_t>();
-      p.ldc = B * L;
-      p.batch_stride_c = K * B * L;
-      gemm(p);
-
-      col2im(cols_buf.const_data_ptr<scalar_t>(), g, B,
-             grad_input.mutable_data_ptr<scalar_t>() + n0 * g.in_channels * g.in_h * g.in_w);
-    }
-  });
-  return in_memory_format(grad_input, format);
+  return in_op_format(grad_input, route, format);
 }
 
 at::Tensor conv2d_backward_weight_cuda(
@@ -277,10 +118,10 @@ at::Tensor conv2d_backward_weight_cuda(
       input_.sizes(), weight_size, stride, padding, dilation, groups);
   check_conv2d_grad_output(grad_output_, g, input_);
   const DeviceGuard device_guard(input_.device());
+  const Conv2dRoute route = conv2d_route(g, Conv2dPass::kBackwardWeight, input_.scalar_type());
   // Both tensors channels-last for the tensor cores' gather from them, else NCHW.
-  const bool gathers_channels_last =
-      cuda_conv_gathers_channels_last(g, Conv2dPass::kBackwardWeight, input_.scalar_type());
-  const at::MemoryFormat layout = gathers_channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const at::MemoryFormat layout =
+      route == Conv2dRoute::kChannelsLastGather ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const at::Tensor input = input_.contiguous(layout);
   const at::Tensor grad_output = grad_output_.contiguous(layout);
   const at::MemoryFormat format = conv2d_gradient_memory_format(input_);
@@ -292,91 +133,19 @@ at::Tensor conv2d_backward_weight_cuda(
   if (g.batch == 0) {
     return in_memory_format(grad_weight.zero_(), format);
   }
-  if (choose_cuda_conv2d_algorithm(g, Conv2dPass::kBackwardWeight, input.scalar_type()) ==
-      Conv2dAlgorithm::kDepthwise) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv2d_backward_weight_cuda", [&] {
-      depthwise_backward_weight<scalar_t>(g, grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
-                                          grad_weight.mutable_data_ptr<scalar_t>());
-    });
-    return in_memory_format(grad_weight, format);
-  }
-  if (gathers_channels_last) {
+  if (route == Conv2dRoute::kChannelsLastGather) {
     // The gradient with its taps ordered (kH, kW, C_in / groups), as the input's are.
     at::Tensor permuted = at::empty({g.out_channels, g.kernel_h, g.kernel_w, g.in_channels_per_group()},
                                     input.options());
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv2d_backward_weight_cuda", [&] {
-      if constexpr (kTensorCores<scalar_t>) {
-        implicit_conv2d_backward_weight_channels_last<scalar_t>(g, grad_output.const_data_ptr<scalar_t>(),
-                                                                input.const_data_ptr<scalar_t>(),
-                                                                permuted.mutable_data_ptr<scalar_t>());
-      } else {
-        TORCH_CHECK(false, "conv2d: no tensor cores for ", input.scalar_type());
-      }
+      Conv2dKernels<scalar_t>::backward_weight(route, g, grad_output, input, permuted);
     });
     // (C_out, C_in / groups, kH, kW) with channels-last strides exactly.
     const at::Tensor taps_last = permuted.permute({0, 3, 1, 2});
     return format == at::MemoryFormat::ChannelsLast ? taps_last : grad_weight.copy_(taps_last);
   }
-  if (cuda_conv_uses_implicit_gemm(g)) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv2d_backward_weight_cuda", [&] {
-      implicit_conv2d_backward_weight<scalar_t>(g, grad_output.const_data_ptr<scalar_t>(),
-                                                input.const_data_ptr<scalar_t>(),
-                                                grad_weight.mutable_data_ptr<scalar_t>(),
-                                                cuda_gemm_uses_tensor_cores(input.scalar_type()));
-    });
-    return in_memory_format(grad_weight, format);
-  }
-  const int64_t L = g.output_plane();
-  const int64_t K = g.col_rows_per_group();
-  const int64_t M = g.out_channels_per_group();
-  const int64_t chunk = g.batch_chunk(launch_limits().column_budget);
-  at::Tensor cols_buf = at::empty({groups * K * chunk * L}, input.options());
-  at::Tensor go_buf = chunk > 1 ? at::empty({g.out_channels * chunk * L}, input.options())
-                                : at::Tensor();
-
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv2d_backward_weight_cuda", [&] {
-    // dW_g (+)= grad_out_g @ cols_g^T, reading cols_g (K, B*L) in place as
-    // the transposed operand, into `sum` of type out_t. The first chunk writes
-    // the sum (beta = 0: the uninitialised output is never read); later
-    // chunks add onto it in the same GEMM, always in chunk order.
-    auto accumulate_chunks = [&](auto* sum) {
-      using out_t = std::remove_pointer_t<decltype(sum)>;
-      for (int64_t n0 = 0; n0 < g.batch; n0 += chunk) {
-        const int64_t B = std::min(chunk, g.batch - n0);
-        im2col(input.const_data_ptr<scalar_t>() + n0 * g.in_channels * g.in_h * g.in_w,
-               g, B, cols_buf.mutable_data_ptr<scalar_t>());
-        const at::Tensor go = channel_major_chunk(grad_output, n0, B, g, go_buf);
-        GemmParams<scalar_t, out_t> p;
-        p.tensor_cores = cuda_gemm_uses_tensor_cores(input.scalar_type());
-        p.batch = groups;
-        p.m = M;
-        p.n = K;
-        p.k = B * L;
-        p.a = go.const_data_ptr<scalar_t>();
-        p.lda = B * L;
-        p.batch_stride_a = M * B * L;
-        p.b = cols_buf.const_data_ptr<scalar_t>();
-        p.ldb = B * L;
-        p.batch_stride_b = K * B * L;
-        p.trans_b = true;
-        p.c = sum;
-        p.ldc = K;
-        p.batch_stride_c = M * K;
-        p.beta = n0 == 0 ? 0 : 1;
-        gemm(p);
-      }
-    };
-    // Half and bfloat16 sum in float within a chunk; across chunks too, so
-    // that the gradient is rounded to 16 bits once, at the end, however many
-    // chunks the batch takes.
-    using acc_t = at::opmath_type<scalar_t>;
-    if (!std::is_same_v<scalar_t, acc_t> && chunk < g.batch) {
-      at::Tensor sum = at::empty(weight_size, input.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-      accumulate_chunks(sum.mutable_data_ptr<acc_t>());
-      grad_weight.copy_(sum);
-    } else {
-      accumulate_chunks(grad_weight.mutable_data_ptr<scalar_t>());
-    }
+    Conv2dKernels<scalar_t>::backward_weight(route, g, grad_output, input, grad_weight);
   });
   return in_memory_format(grad_weight, format);
 }

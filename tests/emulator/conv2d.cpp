@@ -1,5 +1,9 @@
-// csrc/cuda/conv2d.cu, compiled for the CPU against cuda_emulator.h.
+// csrc/cuda/conv2d.cu, compiled for the CPU against cuda_emulator.h (its
+// kernels per dtype in conv2d_kernels_<dtype>.cpp), and ops that reach into
+// the GEMM and the divisions for tests of their own.
 #include "../../csrc/cuda/conv2d.cu"
+#include "../../csrc/cuda/divisor.cuh"
+#include "../../csrc/cuda/gemm.cuh"
 
 // Switches an algorithm ("depthwise"), the tensor cores or the implicit GEMM
 // off, or back on,

@@ -1,0 +1,4 @@
+// conv2d's kernels for float64, compiled apart from the other dtypes' (conv2d_kernels.h).
+#include "conv2d_kernels.cuh"
+
+template struct custom_conv::gpu::Conv2dKernels<double>;
