@@ -45,26 +45,39 @@ struct AvgWindow {
   int64_t divisor;
 };
 
+// Window o's extent along one dimension (its rows where along_h, else its
+// columns): the input positions it spans, and how many of them its divisor
+// counts (with count_include_pad, the padding it covers too). A window's
+// divisor is its rows' count times its columns' (or divisor_override), so
+// the backward, which needs only divisors, works out a row's count once for
+// all the windows of the row.
+struct WindowExtent {
+  WindowSpan span;
+  int64_t counted;
+};
+
+template <typename D>
+C10_HOST_DEVICE inline WindowExtent avg_extent(const AvgPool2dGeometry& a, const PoolDivisors<D>& d,
+                                               typename D::index_t o, bool along_h) {
+  using I = typename D::index_t;
+  const Pool2dGeometry& g = a.pool;
+  if (a.adaptive) {
+    const WindowSpan span = along_h ? adaptive_span(o, static_cast<I>(g.in_h), d.out_h)
+                                    : adaptive_span(o, static_cast<I>(g.in_w), d.out_w);
+    return {span, span.end - span.first};
+  }
+  const int64_t stride = along_h ? g.stride_h : g.stride_w, pad = along_h ? g.pad_h : g.pad_w;
+  const int64_t kernel = along_h ? g.kernel_h : g.kernel_w, size = along_h ? g.in_h : g.in_w;
+  const WindowSpan span = window_span(o, stride, pad, kernel, 1, size);
+  return {span, a.count_include_pad ? padded_extent(o, stride, pad, kernel, size) : span.end - span.first};
+}
+
 // Window (oh, ow), its sizes divided by `d`'s divisors (pool_divisors.h).
 template <typename D>
 C10_HOST_DEVICE inline AvgWindow avg_window(const AvgPool2dGeometry& a, const PoolDivisors<D>& d,
                                             typename D::index_t oh, typename D::index_t ow) {
-  using I = typename D::index_t;
-  const Pool2dGeometry& g = a.pool;
-  if (a.adaptive) {
-    const WindowSpan rows = adaptive_span(oh, static_cast<I>(g.in_h), d.out_h);
-    const WindowSpan cols = adaptive_span(ow, static_cast<I>(g.in_w), d.out_w);
-    return {rows, cols, (rows.end - rows.first) * (cols.end - cols.first)};
-  }
-  const WindowSpan rows = window_span(oh, g.stride_h, g.pad_h, g.kernel_h, 1, g.in_h);
-  const WindowSpan cols = window_span(ow, g.stride_w, g.pad_w, g.kernel_w, 1, g.in_w);
-  int64_t divisor = a.divisor_override;
-  if (divisor == 0) {
-    divisor = a.count_include_pad ? padded_extent(oh, g.stride_h, g.pad_h, g.kernel_h, g.in_h) *
-                                        padded_extent(ow, g.stride_w, g.pad_w, g.kernel_w, g.in_w)
-                                  : (rows.end - rows.first) * (cols.end - cols.first);
-  }
-  return {rows, cols, divisor};
+  const WindowExtent rows = avg_extent(a, d, oh, true), cols = avg_extent(a, d, ow, false);
+  return {rows.span, cols.span, a.divisor_override != 0 ? a.divisor_override : rows.counted * cols.counted};
 }
 
 // The mean of one window of a plane (`plane` a const scalar_t*, or on the
@@ -105,27 +118,41 @@ C10_HOST_DEVICE inline CandidateRange avg_covering_windows(const AvgPool2dGeomet
 
 // The gradient of one input element: a gather of each covering window's
 // output gradient (windows [rows] x [cols]) divided by its divisor
-// (divisor_of(oh, ow)), in row-major order of the windows, so deterministic
-// and without atomics on the GPU.
-template <typename acc_t, typename Plane, typename DivisorOf>
+// (divisors.row(oh)[ow]), in row-major order of the windows, so
+// deterministic and without atomics on the GPU.
+template <typename acc_t, typename Plane, typename Divisors>
 C10_HOST_DEVICE inline acc_t gather_gradient(const Plane& grad_plane, int64_t out_w, const CandidateRange& rows,
-                                             const CandidateRange& cols, const DivisorOf& divisor_of) {
+                                             const CandidateRange& cols, const Divisors& divisors) {
   acc_t sum = acc_t(0);
   for (int64_t oh = rows.first; oh <= rows.last; ++oh) {
+    const auto row = divisors.row(oh);
     for (int64_t ow = cols.first; ow <= cols.last; ++ow) {
-      sum += static_cast<acc_t>(grad_plane[oh * out_w + ow]) / static_cast<acc_t>(divisor_of(oh, ow));
+      sum += static_cast<acc_t>(grad_plane[oh * out_w + ow]) / static_cast<acc_t>(row[ow]);
     }
   }
   return sum;
 }
 
+// The windows' divisors worked out as the gather needs them: a row's count
+// once for the row's windows, each column's as it comes.
 template <typename D>
-struct WindowDivisor {
+struct WindowDivisors {
   const AvgPool2dGeometry* a;
   const PoolDivisors<D>* d;
-  C10_HOST_DEVICE int64_t operator()(int64_t oh, int64_t ow) const {
+
+  struct Row {
+    const WindowDivisors* of;
+    int64_t counted_rows;  // (unused under divisor_override)
+    C10_HOST_DEVICE int64_t operator[](int64_t ow) const {
+      using I = typename D::index_t;
+      return of->a->divisor_override != 0
+                 ? of->a->divisor_override
+                 : counted_rows * avg_extent(*of->a, *of->d, static_cast<I>(ow), false).counted;
+    }
+  };
+  C10_HOST_DEVICE Row row(int64_t oh) const {
     using I = typename D::index_t;
-    return avg_window(*a, *d, static_cast<I>(oh), static_cast<I>(ow)).divisor;
+    return {this, a->divisor_override != 0 ? 0 : avg_extent(*a, *d, static_cast<I>(oh), true).counted};
   }
 };
 
@@ -138,7 +165,7 @@ C10_HOST_DEVICE inline acc_t input_gradient(const Plane& grad_plane, const AvgPo
                                             const PoolDivisors<D>& d, typename D::index_t ih,
                                             typename D::index_t iw) {
   return gather_gradient<acc_t>(grad_plane, a.pool.out_w, avg_covering_windows(a, d, ih, true),
-                                avg_covering_windows(a, d, iw, false), WindowDivisor<D>{&a, &d});
+                                avg_covering_windows(a, d, iw, false), WindowDivisors<D>{&a, &d});
 }
 
 }  // namespace custom_conv

@@ -115,7 +115,11 @@ at::Tensor avg_pool2d_backward_impl(const at::Tensor& grad_output_, c10::IntArra
   for (int64_t oh = 0; oh < g.out_h; ++oh) {
     for (int64_t ow = 0; ow < g.out_w; ++ow) divisors[oh * g.out_w + ow] = avg_window(a, d, oh, ow).divisor;
   }
-  const auto divisor_of = [&](int64_t oh, int64_t ow) { return divisors[oh * g.out_w + ow]; };
+  struct {  // divisors.row(oh)[ow], as gather_gradient reads them
+    const int64_t* table;
+    int64_t out_w;
+    const int64_t* row(int64_t oh) const { return table + oh * out_w; }
+  } divisor_rows{divisors.data(), g.out_w};
   // Where no two windows share an input element (global and evenly divided
   // adaptive pooling, kernel == stride without padding), each input's
   // gradient is one term: its window's gradient over the divisor, worked out
@@ -156,7 +160,7 @@ at::Tensor avg_pool2d_backward_impl(const at::Tensor& grad_output_, c10::IntArra
         for (int64_t ih = 0; ih < g.in_h; ++ih) {
           for (int64_t iw = 0; iw < g.in_w; ++iw) {
             gi[p * in_plane + ih * g.in_w + iw] = static_cast<scalar_t>(
-                gather_gradient<acc_t>(go + p * out_plane, g.out_w, rows[ih], cols[iw], divisor_of));
+                gather_gradient<acc_t>(go + p * out_plane, g.out_w, rows[ih], cols[iw], divisor_rows));
           }
         }
       }
