@@ -90,7 +90,8 @@ def emu():
     _write_mutants()
     cpp_extension.load(
         name="custom_conv_cuda_emulator",
-        # Every csrc/cuda/X.cu, as the real build compiles them, through its tests/emulator/X.cpp.
+        # Each .cu file of csrc/cuda, as the real build compiles them, through the .cpp of its name in
+        # tests/emulator.
         sources=[str(EMULATOR / f"{cu.stem}.cpp") for cu in sorted((ROOT / "csrc" / "cuda").glob("*.cu"))]
         + [str(EMULATOR / f) for f in ("cuda_emulator.cpp", "mutants.cpp", "warps.cpp")]
         + [str(ROOT / "csrc" / f) for f in ("geometry.cpp", "conv2d_algorithm_cuda.cpp")],
