@@ -173,10 +173,11 @@ Conv2dGeometry checked_conv2d_forward(
   return g;
 }
 
-void check_conv2d_grad_output(
-    const at::Tensor& grad_output,
-    const Conv2dGeometry& g,
-    const at::Tensor& like) {
+namespace {
+
+// grad_output (N, C_out, out_h, out_w) for this geometry, in `like`'s dtype
+// and device.
+void check_conv2d_grad_output(const at::Tensor& grad_output, const Conv2dGeometry& g, const at::Tensor& like) {
   TORCH_CHECK(grad_output.scalar_type() == like.scalar_type(),
               "conv2d backward: grad_output (", grad_output.scalar_type(),
               ") must have dtype ", like.scalar_type());
@@ -188,6 +189,36 @@ void check_conv2d_grad_output(
   TORCH_CHECK(grad_output.sizes() == c10::IntArrayRef(expected),
               "conv2d backward: expected grad_output of size ",
               c10::IntArrayRef(expected), ", got ", grad_output.sizes());
+}
+
+}  // namespace
+
+Conv2dGeometry checked_conv2d_backward_input(
+    const at::Tensor& grad_output,
+    const at::Tensor& weight,
+    c10::IntArrayRef input_size,
+    c10::IntArrayRef stride,
+    c10::IntArrayRef padding,
+    c10::IntArrayRef dilation,
+    int64_t groups) {
+  check_floating_4d(weight, "conv2d_backward_input", "weight");
+  const Conv2dGeometry g = conv2d_geometry(input_size, weight.sizes(), stride, padding, dilation, groups);
+  check_conv2d_grad_output(grad_output, g, weight);
+  return g;
+}
+
+Conv2dGeometry checked_conv2d_backward_weight(
+    const at::Tensor& grad_output,
+    const at::Tensor& input,
+    c10::IntArrayRef weight_size,
+    c10::IntArrayRef stride,
+    c10::IntArrayRef padding,
+    c10::IntArrayRef dilation,
+    int64_t groups) {
+  check_floating_4d(input, "conv2d_backward_weight", "input");
+  const Conv2dGeometry g = conv2d_geometry(input.sizes(), weight_size, stride, padding, dilation, groups);
+  check_conv2d_grad_output(grad_output, g, input);
+  return g;
 }
 
 namespace {
@@ -318,12 +349,55 @@ AvgPool2dGeometry adaptive_avg_pool2d_geometry(c10::IntArrayRef input_sizes, c10
   return a;
 }
 
+namespace {
+
+// grad_output floating-point and of the pooled size `a` gives (op names the
+// backward in the messages).
 void check_avg_pool2d_grad_output(const at::Tensor& grad_output, const AvgPool2dGeometry& a, const char* op) {
   check_floating_4d(grad_output, op, "grad_output");
   const Pool2dGeometry& g = a.pool;
   const std::array<int64_t, 4> expected{g.batch, g.channels, g.out_h, g.out_w};
   TORCH_CHECK(grad_output.sizes() == c10::IntArrayRef(expected), op, ": expected grad_output of size ",
               c10::IntArrayRef(expected), ", got ", grad_output.sizes());
+}
+
+}  // namespace
+
+AvgPool2dGeometry avg_pool2d_backward_geometry(
+    const at::Tensor& grad_output,
+    c10::IntArrayRef input_size,
+    c10::IntArrayRef kernel_size,
+    c10::IntArrayRef stride,
+    c10::IntArrayRef padding,
+    bool ceil_mode,
+    bool count_include_pad,
+    c10::optional<int64_t> divisor_override) {
+  const AvgPool2dGeometry a =
+      avg_pool2d_geometry(input_size, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override);
+  check_avg_pool2d_grad_output(grad_output, a, "avg_pool2d_backward");
+  return a;
+}
+
+AvgPool2dGeometry adaptive_pool2d_backward_geometry(const at::Tensor& grad_output, c10::IntArrayRef input_size,
+                                                    const char* op) {
+  TORCH_CHECK(grad_output.dim() == 4, op, ": expected a 4-D grad_output, got ", grad_output.dim(), "-D");
+  const AvgPool2dGeometry a =
+      adaptive_avg_pool2d_geometry(input_size, {grad_output.size(2), grad_output.size(3)}, op);
+  check_avg_pool2d_grad_output(grad_output, a, op);
+  return a;
+}
+
+AvgPool2dGeometry adaptive_max_pool2d_backward_geometry(const at::Tensor& grad_output, const at::Tensor& indices,
+                                                        c10::IntArrayRef input_size) {
+  const char* op = "adaptive_max_pool2d_backward";
+  const AvgPool2dGeometry a = adaptive_pool2d_backward_geometry(grad_output, input_size, op);
+  // As max_pool2d_backward's.
+  TORCH_CHECK(indices.scalar_type() == at::kLong, op, ": expected int64 indices, got ", indices.scalar_type());
+  TORCH_CHECK(indices.sizes() == grad_output.sizes(), op, ": indices of size ", indices.sizes(),
+              " do not match grad_output of size ", grad_output.sizes());
+  TORCH_CHECK(indices.device() == grad_output.device(), op, ": indices (", indices.device(),
+              ") must be on the same device as grad_output (", grad_output.device(), ")");
+  return a;
 }
 
 }  // namespace custom_conv

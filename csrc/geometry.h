@@ -102,12 +102,26 @@ Conv2dGeometry checked_conv2d_forward(
     c10::IntArrayRef dilation,
     int64_t groups);
 
-// Checks that `grad_output` is (N, C_out, out_h, out_w) for this geometry and
-// matches `like` in dtype and device.
-void check_conv2d_grad_output(
+// Validates a backward convolution call and returns its geometry: the tensor
+// beside grad_output (the weight for the input gradient, the input for the
+// weight gradient) floating-point and 4-D, the sizes as for the forward, and
+// grad_output (N, C_out, out_h, out_w) in that tensor's dtype and device.
+Conv2dGeometry checked_conv2d_backward_input(
     const at::Tensor& grad_output,
-    const Conv2dGeometry& g,
-    const at::Tensor& like);
+    const at::Tensor& weight,
+    c10::IntArrayRef input_size,
+    c10::IntArrayRef stride,
+    c10::IntArrayRef padding,
+    c10::IntArrayRef dilation,
+    int64_t groups);
+Conv2dGeometry checked_conv2d_backward_weight(
+    const at::Tensor& grad_output,
+    const at::Tensor& input,
+    c10::IntArrayRef weight_size,
+    c10::IntArrayRef stride,
+    c10::IntArrayRef padding,
+    c10::IntArrayRef dilation,
+    int64_t groups);
 
 struct Pool2dGeometry {
   int64_t batch, channels, in_h, in_w;
@@ -170,8 +184,29 @@ AvgPool2dGeometry avg_pool2d_geometry(
 AvgPool2dGeometry adaptive_avg_pool2d_geometry(c10::IntArrayRef input_sizes, c10::IntArrayRef output_size,
                                                const char* op = "adaptive_avg_pool2d");
 
-// Checks that grad_output is floating-point and of the pooled size `g`
-// gives (op names the backward in the message).
-void check_avg_pool2d_grad_output(const at::Tensor& grad_output, const AvgPool2dGeometry& g, const char* op);
+// Validates an avg_pool2d_backward call and returns the forward's geometry:
+// grad_output must be floating-point and of the pooled size of input_size.
+AvgPool2dGeometry avg_pool2d_backward_geometry(
+    const at::Tensor& grad_output,
+    c10::IntArrayRef input_size,
+    c10::IntArrayRef kernel_size,
+    c10::IntArrayRef stride,
+    c10::IntArrayRef padding,
+    bool ceil_mode,
+    bool count_include_pad,
+    c10::optional<int64_t> divisor_override);
+
+// Validates an adaptive pooling backward call and returns the forward's
+// geometry: grad_output 4-D, floating-point, and its height and width the
+// output size the forward pooled input_size to (op names the backward,
+// "adaptive_avg_pool2d_backward" or "adaptive_max_pool2d_backward", in the
+// messages).
+AvgPool2dGeometry adaptive_pool2d_backward_geometry(const at::Tensor& grad_output, c10::IntArrayRef input_size,
+                                                    const char* op);
+
+// The same for adaptive_max_pool2d_backward, whose indices must also be
+// int64, of grad_output's size and on its device.
+AvgPool2dGeometry adaptive_max_pool2d_backward_geometry(const at::Tensor& grad_output, const at::Tensor& indices,
+                                                        c10::IntArrayRef input_size);
 
 }  // namespace custom_conv

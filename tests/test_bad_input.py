@@ -141,6 +141,24 @@ DIRECT_CASES = {
     "pool backward with grad_output not of the pooled size": (
         lambda: ops.max_pool2d_backward(torch.randn(2, 4, 3, 3), torch.zeros(2, 4, 3, 3, dtype=torch.long),
                                         [2, 4, 8, 8], *POOL), r"expected grad_output of size \[2, 4, 4, 4\]"),
+    "avg pool backward with grad_output not of the pooled size": (
+        lambda: ops.avg_pool2d_backward(torch.randn(2, 4, 3, 3), [2, 4, 8, 8], [2, 2], [2, 2], [0, 0], False, True,
+                                        None), r"avg_pool2d_backward: expected grad_output of size \[2, 4, 4, 4\]"),
+    "adaptive pool backward with 3-D grad_output": (
+        lambda: ops.adaptive_avg_pool2d_backward(torch.randn(4, 4, 4), [2, 4, 8, 8]),
+        r"adaptive_avg_pool2d_backward: expected a 4-D grad_output"),
+    "adaptive pool backward with integer grad_output": (
+        lambda: ops.adaptive_avg_pool2d_backward(torch.ones(2, 4, 4, 4, dtype=torch.int32), [2, 4, 8, 8]),
+        r"adaptive_avg_pool2d_backward: expected grad_output to be a floating-point"),
+    "adaptive max pool backward with float indices": (
+        lambda: ops.adaptive_max_pool2d_backward(torch.randn(2, 4, 4, 4), torch.zeros(2, 4, 4, 4), [2, 4, 8, 8]),
+        r"adaptive_max_pool2d_backward: expected int64 indices"),
+    "adaptive max pool backward with mismatched indices": (
+        lambda: ops.adaptive_max_pool2d_backward(torch.randn(2, 4, 4, 4), torch.zeros(2, 4, 4, 3, dtype=torch.long),
+                                                 [2, 4, 8, 8]), r"do not match grad_output"),
+    "adaptive max pool backward with grad_output of another batch": (
+        lambda: ops.adaptive_max_pool2d_backward(torch.randn(3, 4, 4, 4), torch.zeros(3, 4, 4, 4, dtype=torch.long),
+                                                 [2, 4, 8, 8]), r"expected grad_output of size \[2, 4, 4, 4\]"),
     "pool forward with integer input": (
         lambda: ops.max_pool2d_forward(x4.int(), [2, 2], [2, 2], [0, 0], [1, 1], False), r"floating-point"),
 }

@@ -53,10 +53,8 @@ at::Tensor conv2d_backward_input_cpu(
     c10::IntArrayRef padding,
     c10::IntArrayRef dilation,
     int64_t groups) {
-  check_floating_4d(weight_, "conv2d_backward_input", "weight");
-  const Conv2dGeometry g = conv2d_geometry(
-      input_size, weight_.sizes(), stride, padding, dilation, groups);
-  check_conv2d_grad_output(grad_output_, g, weight_);
+  const Conv2dGeometry g =
+      checked_conv2d_backward_input(grad_output_, weight_, input_size, stride, padding, dilation, groups);
   const at::Tensor grad_output = grad_output_.contiguous();
   const at::Tensor weight = weight_.contiguous();
   const at::MemoryFormat format = conv2d_gradient_memory_format(weight_);
@@ -76,10 +74,8 @@ at::Tensor conv2d_backward_weight_cpu(
     c10::IntArrayRef padding,
     c10::IntArrayRef dilation,
     int64_t groups) {
-  check_floating_4d(input_, "conv2d_backward_weight", "input");
-  const Conv2dGeometry g = conv2d_geometry(
-      input_.sizes(), weight_size, stride, padding, dilation, groups);
-  check_conv2d_grad_output(grad_output_, g, input_);
+  const Conv2dGeometry g =
+      checked_conv2d_backward_weight(grad_output_, input_, weight_size, stride, padding, dilation, groups);
   const at::Tensor input = input_.contiguous();
   const at::Tensor grad_output = grad_output_.contiguous();
   const at::MemoryFormat format = conv2d_gradient_memory_format(input_);

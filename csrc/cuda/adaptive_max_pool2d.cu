@@ -146,14 +146,7 @@ std::tuple<at::Tensor, at::Tensor> adaptive_max_pool2d_forward_cuda(const at::Te
 // (../memory_format.h), read and written in it.
 at::Tensor adaptive_max_pool2d_backward_cuda(const at::Tensor& grad_output_, const at::Tensor& indices_,
                                              c10::IntArrayRef input_size) {
-  TORCH_CHECK(grad_output_.dim() == 4, "adaptive_max_pool2d_backward: expected a 4-D grad_output, got ",
-              grad_output_.dim(), "-D");
-  const AvgPool2dGeometry a = adaptive_avg_pool2d_geometry(
-      input_size, {grad_output_.size(2), grad_output_.size(3)}, "adaptive_max_pool2d_backward");
-  check_avg_pool2d_grad_output(grad_output_, a, "adaptive_max_pool2d_backward");
-  TORCH_CHECK(indices_.scalar_type() == at::kLong && indices_.sizes() == grad_output_.sizes() &&
-                  indices_.device() == grad_output_.device(),
-              "adaptive_max_pool2d_backward: expected int64 indices of grad_output's size and device");
+  const AvgPool2dGeometry a = adaptive_max_pool2d_backward_geometry(grad_output_, indices_, input_size);
   const DeviceGuard device_guard(grad_output_.device());
   const at::MemoryFormat format = max_pool2d_gradient_memory_format(indices_);
   const at::Tensor grad_output = grad_output_.contiguous(format);

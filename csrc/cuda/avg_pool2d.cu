@@ -151,9 +151,8 @@ at::Tensor avg_pool2d_forward_cuda(const at::Tensor& input, c10::IntArrayRef ker
 at::Tensor avg_pool2d_backward_cuda(const at::Tensor& grad_output, c10::IntArrayRef input_size,
                                     c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
                                     bool ceil_mode, bool count_include_pad, c10::optional<int64_t> divisor_override) {
-  const AvgPool2dGeometry a =
-      avg_pool2d_geometry(input_size, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override);
-  check_avg_pool2d_grad_output(grad_output, a, "avg_pool2d_backward");
+  const AvgPool2dGeometry a = avg_pool2d_backward_geometry(grad_output, input_size, kernel_size, stride, padding,
+                                                           ceil_mode, count_include_pad, divisor_override);
   return backward(grad_output, input_size, a);
 }
 
@@ -163,10 +162,8 @@ at::Tensor adaptive_avg_pool2d_forward_cuda(const at::Tensor& input, c10::IntArr
 }
 
 at::Tensor adaptive_avg_pool2d_backward_cuda(const at::Tensor& grad_output, c10::IntArrayRef input_size) {
-  TORCH_CHECK(grad_output.dim() == 4, "adaptive_avg_pool2d_backward: expected a 4-D grad_output, got ",
-              grad_output.dim(), "-D");
-  const AvgPool2dGeometry a = adaptive_avg_pool2d_geometry(input_size, {grad_output.size(2), grad_output.size(3)});
-  check_avg_pool2d_grad_output(grad_output, a, "adaptive_avg_pool2d_backward");
+  const AvgPool2dGeometry a =
+      adaptive_pool2d_backward_geometry(grad_output, input_size, "adaptive_avg_pool2d_backward");
   return backward(grad_output, input_size, a);
 }
 

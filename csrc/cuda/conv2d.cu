@@ -83,10 +83,8 @@ at::Tensor conv2d_backward_input_cuda(
     c10::IntArrayRef padding,
     c10::IntArrayRef dilation,
     int64_t groups) {
-  check_floating_4d(weight_, "conv2d_backward_input", "weight");
-  const Conv2dGeometry g = conv2d_geometry(
-      input_size, weight_.sizes(), stride, padding, dilation, groups);
-  check_conv2d_grad_output(grad_output_, g, weight_);
+  const Conv2dGeometry g =
+      checked_conv2d_backward_input(grad_output_, weight_, input_size, stride, padding, dilation, groups);
   const DeviceGuard device_guard(weight_.device());
   const Conv2dRoute route = conv2d_route(g, Conv2dPass::kBackwardInput, weight_.scalar_type());
   // As the forward: the tensor cores' gather from channels-last memory takes
@@ -113,10 +111,8 @@ at::Tensor conv2d_backward_weight_cuda(
     c10::IntArrayRef padding,
     c10::IntArrayRef dilation,
     int64_t groups) {
-  check_floating_4d(input_, "conv2d_backward_weight", "input");
-  const Conv2dGeometry g = conv2d_geometry(
-      input_.sizes(), weight_size, stride, padding, dilation, groups);
-  check_conv2d_grad_output(grad_output_, g, input_);
+  const Conv2dGeometry g =
+      checked_conv2d_backward_weight(grad_output_, input_, weight_size, stride, padding, dilation, groups);
   const DeviceGuard device_guard(input_.device());
   const Conv2dRoute route = conv2d_route(g, Conv2dPass::kBackwardWeight, input_.scalar_type());
   // Both tensors channels-last for the tensor cores' gather from them, else NCHW.
