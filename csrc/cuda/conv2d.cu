@@ -34,6 +34,13 @@ Conv2dRoute conv2d_route(const Conv2dGeometry& g, Conv2dPass pass, at::ScalarTyp
   return cuda_conv_uses_implicit_gemm(g) ? Conv2dRoute::kImplicitGemm : Conv2dRoute::kColumnMatrix;
 }
 
+// The layout a route reads its operands in: the tensor cores' gather from
+// channels-last memory takes them so (no copy where they already are), every
+// other route NCHW.
+at::MemoryFormat read_format(Conv2dRoute route) {
+  return route == Conv2dRoute::kChannelsLastGather ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
 // The layout a route's result is allocated in: the op's where the route
 // stores either (the implicit GEMM), else NCHW (in_op_format then copies).
 at::MemoryFormat stored_format(Conv2dRoute route, at::MemoryFormat format) {
@@ -57,11 +64,7 @@ at::Tensor conv2d_forward_cuda(
   const Conv2dGeometry g = checked_conv2d_forward(input_, weight_, bias, stride, padding, dilation, groups);
   const DeviceGuard device_guard(input_.device());
   const Conv2dRoute route = conv2d_route(g, Conv2dPass::kForward, input_.scalar_type());
-  // The tensor cores' forward that gathers from channels-last memory takes
-  // the input so (no copy where it already is); every other route NCHW.
-  const at::Tensor input = route == Conv2dRoute::kChannelsLastGather
-                               ? input_.contiguous(at::MemoryFormat::ChannelsLast)
-                               : input_.contiguous();
+  const at::Tensor input = input_.contiguous(read_format(route));
   const at::Tensor weight = weight_.contiguous();
   const at::Tensor bias_c = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
   const at::MemoryFormat format = conv2d_memory_format(input_, weight_);
@@ -87,11 +90,7 @@ at::Tensor conv2d_backward_input_cuda(
       checked_conv2d_backward_input(grad_output_, weight_, input_size, stride, padding, dilation, groups);
   const DeviceGuard device_guard(weight_.device());
   const Conv2dRoute route = conv2d_route(g, Conv2dPass::kBackwardInput, weight_.scalar_type());
-  // As the forward: the tensor cores' gather from channels-last memory takes
-  // the output gradient so, every other route NCHW.
-  const at::Tensor grad_output = route == Conv2dRoute::kChannelsLastGather
-                                     ? grad_output_.contiguous(at::MemoryFormat::ChannelsLast)
-                                     : grad_output_.contiguous();
+  const at::Tensor grad_output = grad_output_.contiguous(read_format(route));
   const at::Tensor weight = weight_.contiguous();
   const at::MemoryFormat format = conv2d_gradient_memory_format(weight_);
   at::Tensor grad_input = at::empty(input_size, weight.options().memory_format(stored_format(route, format)));
@@ -115,11 +114,8 @@ at::Tensor conv2d_backward_weight_cuda(
       checked_conv2d_backward_weight(grad_output_, input_, weight_size, stride, padding, dilation, groups);
   const DeviceGuard device_guard(input_.device());
   const Conv2dRoute route = conv2d_route(g, Conv2dPass::kBackwardWeight, input_.scalar_type());
-  // Both tensors channels-last for the tensor cores' gather from them, else NCHW.
-  const at::MemoryFormat layout =
-      route == Conv2dRoute::kChannelsLastGather ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  const at::Tensor input = input_.contiguous(layout);
-  const at::Tensor grad_output = grad_output_.contiguous(layout);
+  const at::Tensor input = input_.contiguous(read_format(route));
+  const at::Tensor grad_output = grad_output_.contiguous(read_format(route));
   const at::MemoryFormat format = conv2d_gradient_memory_format(input_);
 
   at::Tensor grad_weight = at::empty(weight_size, input.options());

@@ -30,26 +30,69 @@
 namespace custom_conv {
 namespace gpu {
 
-// The GEMM works on (C_out, B, L) while tensors are (B, C_out, L): one
-// transposing copy per chunk. With a single sample per chunk (large layers)
-// the two layouts coincide and the copy is skipped.
-inline at::Tensor as_channel_major(const at::Tensor& batch_major) {
-  return batch_major.transpose(0, 1);
-}
+// The column-matrix route's sizes and scratch for one call: per group, the
+// GEMM's K (column rows) and M (output channels); how many samples a chunk
+// unrolls (Conv2dGeometry::batch_chunk); the column buffer for one chunk; and,
+// where a chunk holds several samples, a buffer for the output or its
+// gradient in the (C_out, B, L) layout the GEMM works in, while tensors are
+// (B, C_out, L). With a single sample per chunk (large layers) the two
+// layouts coincide and no copy is made.
+struct ColumnChunks {
+  const Conv2dGeometry& g;
+  int64_t L, K, M, chunk;
+  at::Tensor cols, channel_major;
 
-// Copies a chunk of grad_output (B, C_out, L) into the channel-major layout
-// (C_out, B, L) the GEMM reads, or returns it as is when B == 1.
-inline at::Tensor channel_major_chunk(const at::Tensor& grad_output, int64_t n0, int64_t B, const Conv2dGeometry& g,
-                                      const at::Tensor& buf) {
-  const at::Tensor chunk = grad_output.narrow(0, n0, B);
-  if (B == 1) {
-    return chunk;
+  ColumnChunks(const Conv2dGeometry& g_, const at::TensorOptions& options)
+      : g(g_),
+        L(g.output_plane()),
+        K(g.col_rows_per_group()),
+        M(g.out_channels_per_group()),
+        chunk(g.batch_chunk(launch_limits().column_budget)),
+        cols(at::empty({g.groups * K * chunk * L}, options)),
+        channel_major(chunk > 1 ? at::empty({g.out_channels * chunk * L}, options) : at::Tensor()) {}
+
+  // f(n0, B) for each chunk of B samples from n0 on, in order.
+  template <typename F>
+  void for_each(F&& f) const {
+    for (int64_t n0 = 0; n0 < g.batch; n0 += chunk) {
+      f(n0, std::min(chunk, g.batch - n0));
+    }
   }
-  const int64_t L = g.output_plane();
-  at::Tensor dst = buf.narrow(0, 0, g.out_channels * B * L).view({g.out_channels, B, L});
-  dst.copy_(as_channel_major(chunk.view({B, g.out_channels, L})));
-  return dst;
-}
+
+  // Samples [n0, n0 + B) of an NCHW input unrolled into `cols` (im2col).
+  template <typename T>
+  void unroll(const at::Tensor& input, int64_t n0, int64_t B) const {
+    im2col(input.const_data_ptr<T>() + sample_offset(n0), g, B, cols.mutable_data_ptr<T>());
+  }
+
+  // `cols` folded back into samples [n0, n0 + B) of an NCHW input gradient,
+  // overwriting them (col2im: each pixel the sum of the columns that hold it).
+  template <typename T>
+  void fold(at::Tensor& grad_input, int64_t n0, int64_t B) const {
+    col2im(cols.const_data_ptr<T>(), g, B, grad_input.mutable_data_ptr<T>() + sample_offset(n0));
+  }
+
+  // The channel-major buffer's first chunk of B samples, (C_out, B, L).
+  at::Tensor channel_major_view(int64_t B) const {
+    return channel_major.narrow(0, 0, g.out_channels * B * L).view({g.out_channels, B, L});
+  }
+
+  // Samples [n0, n0 + B) of grad_output channel-major: copied into the
+  // buffer, or, when B == 1, as they are.
+  at::Tensor channel_major_chunk(const at::Tensor& grad_output, int64_t n0, int64_t B) const {
+    const at::Tensor samples = grad_output.narrow(0, n0, B);
+    if (B == 1) {
+      return samples;
+    }
+    at::Tensor dst = channel_major_view(B);
+    dst.copy_(samples.view({B, g.out_channels, L}).transpose(0, 1));
+    return dst;
+  }
+
+ private:
+  // Where sample n starts in an NCHW input (or its gradient).
+  int64_t sample_offset(int64_t n) const { return n * g.in_channels * g.in_h * g.in_w; }
+};
 
 // A result the implicit GEMM stores in either layout: which one it was given.
 // (Where a tensor is contiguous in both, both place every element alike.)
@@ -82,46 +125,37 @@ void Conv2dKernels<T>::forward(Conv2dRoute route, const Conv2dGeometry& g, const
                                  cuda_gemm_uses_tensor_cores(input.scalar_type()));
       return;
     case Conv2dRoute::kColumnMatrix: {
-      const int64_t L = g.output_plane();
-      const int64_t K = g.col_rows_per_group();
-      const int64_t M = g.out_channels_per_group();
-      const int64_t chunk = g.batch_chunk(launch_limits().column_budget);
-      at::Tensor cols_buf = at::empty({g.groups * K * chunk * L}, input.options());
-      at::Tensor out_buf = chunk > 1 ? at::empty({g.out_channels * chunk * L}, input.options()) : at::Tensor();
-      for (int64_t n0 = 0; n0 < g.batch; n0 += chunk) {
-        const int64_t B = std::min(chunk, g.batch - n0);
+      const ColumnChunks c(g, input.options());
+      c.for_each([&](int64_t n0, int64_t B) {
         at::Tensor out_chunk = output.narrow(0, n0, B);
-        T* out = B == 1 ? out_chunk.mutable_data_ptr<T>() : out_buf.mutable_data_ptr<T>();
-        im2col(input.const_data_ptr<T>() + n0 * g.in_channels * g.in_h * g.in_w, g, B,
-               cols_buf.mutable_data_ptr<T>());
+        c.unroll<T>(input, n0, B);
 
         GemmParams<T> p;
         p.tensor_cores = cuda_gemm_uses_tensor_cores(input.scalar_type());
         p.batch = g.groups;
-        p.m = M;
-        p.n = B * L;
-        p.k = K;
+        p.m = c.M;
+        p.n = B * c.L;
+        p.k = c.K;
         p.a = weight.const_data_ptr<T>();
-        p.lda = K;
-        p.batch_stride_a = M * K;
-        p.b = cols_buf.const_data_ptr<T>();
-        p.ldb = B * L;
-        p.batch_stride_b = K * B * L;
-        p.c = out;
-        p.ldc = B * L;
-        p.batch_stride_c = M * B * L;
+        p.lda = c.K;
+        p.batch_stride_a = c.M * c.K;
+        p.b = c.cols.const_data_ptr<T>();
+        p.ldb = B * c.L;
+        p.batch_stride_b = c.K * B * c.L;
+        p.c = B == 1 ? out_chunk.mutable_data_ptr<T>() : c.channel_major.mutable_data_ptr<T>();
+        p.ldc = B * c.L;
+        p.batch_stride_c = c.M * B * c.L;
         // The bias is added in the GEMM's epilogue rather than in a second pass.
         if (bias.defined()) {
           p.bias = bias.const_data_ptr<T>();
-          p.batch_stride_bias = M;
+          p.batch_stride_bias = c.M;
         }
         gemm(p);
 
         if (B > 1) {
-          out_chunk.view({B, g.out_channels, L})
-              .copy_(as_channel_major(out_buf.narrow(0, 0, g.out_channels * B * L).view({g.out_channels, B, L})));
+          out_chunk.view({B, g.out_channels, c.L}).copy_(c.channel_major_view(B).transpose(0, 1));
         }
-      }
+      });
       return;
     }
   }
@@ -147,39 +181,32 @@ void Conv2dKernels<T>::backward_input(Conv2dRoute route, const Conv2dGeometry& g
                                         cuda_gemm_uses_tensor_cores(weight.scalar_type()));
       return;
     case Conv2dRoute::kColumnMatrix: {
-      const int64_t L = g.output_plane();
-      const int64_t K = g.col_rows_per_group();
-      const int64_t M = g.out_channels_per_group();
-      const int64_t chunk = g.batch_chunk(launch_limits().column_budget);
-      at::Tensor cols_buf = at::empty({g.groups * K * chunk * L}, weight.options());
-      at::Tensor go_buf = chunk > 1 ? at::empty({g.out_channels * chunk * L}, weight.options()) : at::Tensor();
-      for (int64_t n0 = 0; n0 < g.batch; n0 += chunk) {
-        const int64_t B = std::min(chunk, g.batch - n0);
-        const at::Tensor go = channel_major_chunk(grad_output, n0, B, g, go_buf);
+      const ColumnChunks c(g, weight.options());
+      c.for_each([&](int64_t n0, int64_t B) {
+        const at::Tensor go = c.channel_major_chunk(grad_output, n0, B);
 
         // cols_g = W_g^T @ grad_out_g. W_g is stored (C_out/g, K), so op(A) =
         // A^T is read in place (trans_a) instead of materialising W^T.
         GemmParams<T> p;
         p.tensor_cores = cuda_gemm_uses_tensor_cores(grad_output.scalar_type());
         p.batch = g.groups;
-        p.m = K;
-        p.n = B * L;
-        p.k = M;
+        p.m = c.K;
+        p.n = B * c.L;
+        p.k = c.M;
         p.a = weight.const_data_ptr<T>();
-        p.lda = K;
-        p.batch_stride_a = M * K;
+        p.lda = c.K;
+        p.batch_stride_a = c.M * c.K;
         p.trans_a = true;
         p.b = go.const_data_ptr<T>();
-        p.ldb = B * L;
-        p.batch_stride_b = M * B * L;
-        p.c = cols_buf.mutable_data_ptr<T>();
-        p.ldc = B * L;
-        p.batch_stride_c = K * B * L;
+        p.ldb = B * c.L;
+        p.batch_stride_b = c.M * B * c.L;
+        p.c = c.cols.mutable_data_ptr<T>();
+        p.ldc = B * c.L;
+        p.batch_stride_c = c.K * B * c.L;
         gemm(p);
 
-        col2im(cols_buf.const_data_ptr<T>(), g, B,
-               grad_input.mutable_data_ptr<T>() + n0 * g.in_channels * g.in_h * g.in_w);
-      }
+        c.fold<T>(grad_input, n0, B);
+      });
       return;
     }
   }
@@ -207,48 +234,41 @@ void Conv2dKernels<T>::backward_weight(Conv2dRoute route, const Conv2dGeometry& 
                                          cuda_gemm_uses_tensor_cores(input.scalar_type()));
       return;
     case Conv2dRoute::kColumnMatrix: {
-      const int64_t L = g.output_plane();
-      const int64_t K = g.col_rows_per_group();
-      const int64_t M = g.out_channels_per_group();
-      const int64_t chunk = g.batch_chunk(launch_limits().column_budget);
-      at::Tensor cols_buf = at::empty({g.groups * K * chunk * L}, input.options());
-      at::Tensor go_buf = chunk > 1 ? at::empty({g.out_channels * chunk * L}, input.options()) : at::Tensor();
+      const ColumnChunks c(g, input.options());
       // dW_g (+)= grad_out_g @ cols_g^T, reading cols_g (K, B*L) in place as
       // the transposed operand, into `sum` of type out_t. The first chunk writes
       // the sum (beta = 0: the uninitialised output is never read); later
       // chunks add onto it in the same GEMM, always in chunk order.
       auto accumulate_chunks = [&](auto* sum) {
         using out_t = std::remove_pointer_t<decltype(sum)>;
-        for (int64_t n0 = 0; n0 < g.batch; n0 += chunk) {
-          const int64_t B = std::min(chunk, g.batch - n0);
-          im2col(input.const_data_ptr<T>() + n0 * g.in_channels * g.in_h * g.in_w, g, B,
-                 cols_buf.mutable_data_ptr<T>());
-          const at::Tensor go = channel_major_chunk(grad_output, n0, B, g, go_buf);
+        c.for_each([&](int64_t n0, int64_t B) {
+          c.unroll<T>(input, n0, B);
+          const at::Tensor go = c.channel_major_chunk(grad_output, n0, B);
           GemmParams<T, out_t> p;
           p.tensor_cores = cuda_gemm_uses_tensor_cores(input.scalar_type());
           p.batch = g.groups;
-          p.m = M;
-          p.n = K;
-          p.k = B * L;
+          p.m = c.M;
+          p.n = c.K;
+          p.k = B * c.L;
           p.a = go.const_data_ptr<T>();
-          p.lda = B * L;
-          p.batch_stride_a = M * B * L;
-          p.b = cols_buf.const_data_ptr<T>();
-          p.ldb = B * L;
-          p.batch_stride_b = K * B * L;
+          p.lda = B * c.L;
+          p.batch_stride_a = c.M * B * c.L;
+          p.b = c.cols.const_data_ptr<T>();
+          p.ldb = B * c.L;
+          p.batch_stride_b = c.K * B * c.L;
           p.trans_b = true;
           p.c = sum;
-          p.ldc = K;
-          p.batch_stride_c = M * K;
+          p.ldc = c.K;
+          p.batch_stride_c = c.M * c.K;
           p.beta = n0 == 0 ? 0 : 1;
           gemm(p);
-        }
+        });
       };
       // Half and bfloat16 sum in float within a chunk; across chunks too, so
       // that the gradient is rounded to 16 bits once, at the end, however many
       // chunks the batch takes.
       using acc_t = at::opmath_type<T>;
-      if (!std::is_same_v<T, acc_t> && chunk < g.batch) {
+      if (!std::is_same_v<T, acc_t> && c.chunk < g.batch) {
         at::Tensor sum = at::empty(grad_weight.sizes(), input.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
         accumulate_chunks(sum.mutable_data_ptr<acc_t>());
         grad_weight.copy_(sum);
