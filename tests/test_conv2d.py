@@ -159,6 +159,20 @@ def test_large_batch_in_several_im2col_chunks_matches_torch(dtype, threads):
                                     grad_tolerances=dict(tol, atol=1e-2) if dtype == torch.float32 else tol)
 
 
+# Batches that do not divide into the im2col route's chunks (the CPU route cuts
+# the batch by cache budget and thread count): the last chunk holds fewer
+# samples than the others, and must neither read nor write past the batch.
+@pytest.mark.parametrize("threads", [1, 2], ids=lambda n: f"{n} threads")
+@pytest.mark.parametrize("batch", [3, 5, 7])
+def test_a_short_last_im2col_chunk_matches_torch(batch, threads):
+    spec = conv((batch, 32, 16, 16), (32, 32, 3, 3), padding=1)
+    tensors = conv_tensors(spec, torch.float64)
+    with num_threads(threads), custom_conv.forced_algorithm("im2col"):
+        plan = custom_conv.explain_conv2d(*tensors[:2], **spec.kwargs)
+        assert {choice.algorithm for choice in plan.values()} == {"im2col"}, plan
+        assert_conv2d_matches_torch(spec, tensors, **tolerance(torch.float64, "cpu"))
+
+
 def test_only_requested_gradients_are_computed():
     x, w = torch.randn(2, 3, 6, 6), torch.randn(4, 3, 3, 3, requires_grad=True)
     b = torch.randn(4)

@@ -58,6 +58,10 @@ constexpr int64_t kMinSplitChannels = 16;
 
 struct Chunks {
   int64_t size, count;
+
+  // Chunk c's first sample, and how many it holds of a batch of `batch`.
+  int64_t first(int64_t c) const { return c * size; }
+  int64_t samples(int64_t c, int64_t batch) const { return std::min(size, batch - c * size); }
 };
 
 // `partial_sums`: the weight gradient's, whose chunks each add one more
@@ -88,6 +92,18 @@ Chunks chunks_for(const Conv2dGeometry& g, bool partial_sums = false) {
 int64_t macs_per_chunk(const Conv2dGeometry& g, const Chunks& c) {
   return c.size * g.out_channels * g.col_rows_per_group() * g.output_plane();
 }
+
+// One task's scratch for its chunks: the column matrices of a chunk and,
+// where a chunk holds several samples, room for the output (or its gradient)
+// in the (C_out, B * L) layout of the GEMM's result (or operand).
+struct ChunkScratch {
+  at::Tensor cols, channel_major;
+
+  ChunkScratch(const Conv2dGeometry& g, const Chunks& chunks, const at::TensorOptions& options)
+      : cols(scratch_empty({g.groups * g.col_rows_per_group() * chunks.size * g.output_plane()}, options)),
+        channel_major(chunks.size > 1 ? scratch_empty({g.out_channels * chunks.size * g.output_plane()}, options)
+                                      : at::Tensor()) {}
+};
 
 // The first groups * rows * cols values of a flat scratch buffer, as matrices.
 at::Tensor as_matrices(const at::Tensor& buffer, int64_t groups, int64_t rows, int64_t cols) {
@@ -539,17 +555,15 @@ void conv2d_im2col_forward(const Conv2dGeometry& g, const at::Tensor& input, con
   }
   const Chunks chunks = chunks_for(g);
   parallel_items(chunks.count, macs_per_chunk(g, chunks), [&](int64_t begin, int64_t end) {
-    const at::Tensor cols_buf = scratch_empty({g.groups * K * chunks.size * L}, input.options());
-    const at::Tensor out_buf = chunks.size > 1 ? scratch_empty({g.out_channels * chunks.size * L}, input.options())
-                                               : at::Tensor();
+    const ChunkScratch scratch(g, chunks, input.options());
     for (int64_t c = begin; c < end; ++c) {
-      const int64_t n0 = c * chunks.size, B = std::min(chunks.size, g.batch - n0);
-      const at::Tensor cols = unroll(input, n0, B, g, cols_buf);
+      const int64_t n0 = chunks.first(c), B = chunks.samples(c, g.batch);
+      const at::Tensor cols = unroll(input, n0, B, g, scratch.cols);
       if (B == 1) {
         multiply(output[n0].view({g.groups, Co, L}), weight, cols, bias_rows);
       } else {
         // The GEMM yields (C_out, B * L); the output wants (B, C_out, L).
-        const at::Tensor out = as_matrices(out_buf, g.groups, Co, B * L);
+        const at::Tensor out = as_matrices(scratch.channel_major, g.groups, Co, B * L);
         multiply(out, weight, cols, bias_rows);
         planes_to_rows(output, n0, B, L, out, /*to_rows=*/false);
       }
@@ -567,13 +581,11 @@ void conv2d_im2col_backward_input(const Conv2dGeometry& g, const at::Tensor& gra
   const at::Tensor weight_t = weight.view({g.groups, Co, K}).transpose(1, 2);
   const Chunks chunks = chunks_for(g);
   parallel_items(chunks.count, macs_per_chunk(g, chunks), [&](int64_t begin, int64_t end) {
-    const at::Tensor cols_buf = scratch_empty({g.groups * K * chunks.size * L}, weight.options());
-    const at::Tensor go_buf = chunks.size > 1 ? scratch_empty({g.out_channels * chunks.size * L}, weight.options())
-                                              : at::Tensor();
+    const ChunkScratch scratch(g, chunks, weight.options());
     for (int64_t c = begin; c < end; ++c) {
-      const int64_t n0 = c * chunks.size, B = std::min(chunks.size, g.batch - n0);
-      const at::Tensor go = grad_output_matrices(g, grad_output, n0, B, go_buf);
-      const at::Tensor cols = as_matrices(cols_buf, g.groups, K, B * L);
+      const int64_t n0 = chunks.first(c), B = chunks.samples(c, g.batch);
+      const at::Tensor go = grad_output_matrices(g, grad_output, n0, B, scratch.channel_major);
+      const at::Tensor cols = as_matrices(scratch.cols, g.groups, K, B * L);
       multiply(cols, weight_t, go);
       fold(cols, n0, B, g, grad_input);
     }
@@ -585,7 +597,7 @@ void conv2d_im2col_backward_weight(const Conv2dGeometry& g, const at::Tensor& in
   if (const std::vector<TapGroup> plan = grouped_plan(g); !plan.empty()) {
     return grouped_backward_weight(g, plan, input, grad_output, grad_weight);
   }
-  const int64_t Co = g.out_channels_per_group(), K = g.col_rows_per_group(), L = g.output_plane();
+  const int64_t Co = g.out_channels_per_group(), K = g.col_rows_per_group();
   const Chunks chunks = chunks_for(g, /*partial_sums=*/true);
   const int64_t blocks = std::max<int64_t>(
       1, std::min({chunks.count, kWeightPartials, kPartialsBudget / (g.out_channels * K)}));
@@ -594,15 +606,13 @@ void conv2d_im2col_backward_weight(const Conv2dGeometry& g, const at::Tensor& in
   const at::Tensor partials = scratch_empty({blocks, g.groups, Co, K}, input.options());
   const int64_t block_macs = macs_per_chunk(g, chunks) * ceil_div(chunks.count, blocks);
   parallel_items(blocks, block_macs, [&](int64_t begin, int64_t end) {
-    const at::Tensor cols_buf = scratch_empty({g.groups * K * chunks.size * L}, input.options());
-    const at::Tensor go_buf = chunks.size > 1 ? scratch_empty({g.out_channels * chunks.size * L}, input.options())
-                                              : at::Tensor();
+    const ChunkScratch scratch(g, chunks, input.options());
     for (int64_t block = begin; block < end; ++block) {
       const int64_t first = block * chunks.count / blocks, last = (block + 1) * chunks.count / blocks;
       for (int64_t c = first; c < last; ++c) {
-        const int64_t n0 = c * chunks.size, B = std::min(chunks.size, g.batch - n0);
-        const at::Tensor cols = unroll(input, n0, B, g, cols_buf);
-        const at::Tensor go = grad_output_matrices(g, grad_output, n0, B, go_buf);
+        const int64_t n0 = chunks.first(c), B = chunks.samples(c, g.batch);
+        const at::Tensor cols = unroll(input, n0, B, g, scratch.cols);
+        const at::Tensor go = grad_output_matrices(g, grad_output, n0, B, scratch.channel_major);
         // The block's first chunk writes its partial (beta = 0, so no
         // zero-fill is needed); later chunks add onto it inside the GEMM.
         multiply(partials[block], go, cols.transpose(1, 2), {}, c == first ? 0.0 : 1.0);
