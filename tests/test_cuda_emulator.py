@@ -1024,6 +1024,30 @@ def test_conv2d_on_the_widest_tiles_matches_torch(emu, route, stride, dtype):
     assert grids[0] == ("(3, 2, 1)" if stride == 1 else "(1, 2, 1)") and grids[-1] == "(1, 2, 1)", grids
 
 
+@pytest.mark.parametrize("width", [2, 3, 5, 6, 7, 12])
+@pytest.mark.parametrize("dtype", dtypes("float32", "float16"))
+def test_runs_of_positions_that_go_on_into_the_next_rows_match_torch(emu, width, dtype):
+    """The layer above on planes a few columns wide, so that the runs of 8
+    positions a thread loads in the tiles of 128 (4 in those of 64) go on
+    past the end of their row of the output (the forward, the weight
+    gradient) or of the input (the input gradient), and into the next
+    sample: at most into the next row where the rows are 12 or 7 columns
+    wide (both rows found once), into a third one where they are 5 (found
+    element by element). Runs start at multiples of their length, so with
+    6, 3 or 2 columns they too end in the next row."""
+    case = conv((2, 8, 288 // (2 * width), width), (130, 8, 3, 3), padding=1)
+    conv2d = emulated_conv2d(emu)
+    with limits(emu, multiprocessors=2):
+        ours = lambda x, w, b: conv2d(x, w, b, **case.kwargs)  # noqa: E731
+        theirs = lambda x, w, b: F.conv2d(x, w, b, **case.kwargs)  # noqa: E731
+        if dtype == torch.float32:
+            assert_matches_torch(ours, theirs, conv_tensors(case, dtype), **tolerance(dtype, "cuda"))
+        else:
+            assert_within_eps_of_exact(ours, theirs, conv_tensors(case, dtype))
+        log = emu.take_launch_log()
+    assert _grids(log, "gemm_tile_kernel" if dtype == torch.float32 else "gemm_mma_kernel")[0] == "(3, 2, 1)"
+
+
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("stride", [1, 2])
 def test_conv2d_in_tf32_on_its_widest_tiles(emu, route, stride):

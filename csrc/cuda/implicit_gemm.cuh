@@ -140,6 +140,10 @@ struct PlaneRow {
   bool inside;
   int32_t offset, stride, width;
 
+  // The same row, read at columns (x + dx) * stride + offset.
+  __device__ __forceinline__ PlaneRow shifted(int32_t dx) const {
+    return {row, inside, offset + dx * stride, stride, width};
+  }
   __device__ __forceinline__ T at(int32_t x) const {
     const int32_t c = x * stride + offset;
     return inside && static_cast<uint32_t>(c) < static_cast<uint32_t>(width) ? row[c] : T(0);
@@ -148,16 +152,36 @@ struct PlaneRow {
 
 // Elements j, j + 1, ... of a chunk along positions into v (zero from j_end
 // on), from a cursor at j: d.row(line, q) is the row that position q reads,
-// at column q.x. A run that stays in one row of positions, as most do,
-// finds that row once rather than once per element.
+// at column q.x. A run that stays in one row of positions finds that row
+// once. So does one that goes on into the next row, as some run of nearly
+// every warp does where the rows are not a whole number of runs long (28,
+// 14 or 7 columns): it finds both rows once, and picks each element's by a
+// select, where finding the row is some twenty instructions. Only planes
+// narrower still, where a run may reach a third row, find the row element
+// by element.
 template <typename T, int kCount, typename Operand, typename Line>
 __device__ __forceinline__ void run_positions(const Operand& d, const Line& line, const PositionCursor& at,
                                               int64_t j_end, const Planes& planes, T (&v)[kCount]) {
-  if (at.q.x + kCount <= planes.cols && at.j + kCount <= j_end) {
+  const int32_t x = at.q.x, cols = planes.cols;
+  if (x + kCount <= cols && at.j + kCount <= j_end) {
     const PlaneRow<T> r = d.row(line, at.q);
 #pragma unroll
     for (int e = 0; e < kCount; ++e) {
-      v[e] = r.at(at.q.x + e);
+      v[e] = r.at(x + e);
+    }
+    return;
+  }
+  if (kCount <= cols + 1) {  // then it ends by x + kCount - 1 <= 2 * cols - 1, in the next row at the latest
+    // Element e lies in this row while x + e < cols, else at column x + e - cols of the next.
+    Position next = at.q;
+    next.x = cols - 1;
+    next.next(planes.rows, cols);
+    const PlaneRow<T> first = d.row(line, at.q).shifted(x), second = d.row(line, next).shifted(x - cols);
+    const int32_t left = at.j + kCount <= j_end ? kCount : static_cast<int32_t>(j_end - at.j);
+#pragma unroll
+    for (int e = 0; e < kCount; ++e) {
+      const PlaneRow<T> r = x + e < cols ? first : second;
+      v[e] = e < left ? r.at(e) : T(0);
     }
     return;
   }
@@ -165,7 +189,7 @@ __device__ __forceinline__ void run_positions(const Operand& d, const Line& line
 #pragma unroll
   for (int e = 0; e < kCount; ++e) {
     v[e] = at.j + e < j_end ? d.row(line, q).at(q.x) : T(0);
-    q.next(planes.rows, planes.cols);
+    q.next(planes.rows, cols);
   }
 }
 
