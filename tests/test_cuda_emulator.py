@@ -1000,6 +1000,22 @@ def test_the_cuda_core_gemm_matches_float64_in_every_tile(emu, m, n, grid, trans
     assert ((c.double() - exact).abs() <= 1.01 * k * 2.0 ** -24 * terms).all()
 
 
+def _conv_on_two_multiprocessors(emu, case, dtype, route):
+    """The grids of the GEMM launches of `case` in `dtype` on `route`, on a
+    GPU of 2 multiprocessors, after checking its values and gradients: float32
+    against torch's, half and bfloat16 within 2 eps of exact."""
+    conv2d = emulated_conv2d(emu)
+    with limits(emu, multiprocessors=2), on_route(emu, route):
+        ours = lambda x, w, b: conv2d(x, w, b, **case.kwargs)  # noqa: E731
+        theirs = lambda x, w, b: F.conv2d(x, w, b, **case.kwargs)  # noqa: E731
+        if dtype == torch.float32:
+            assert_matches_torch(ours, theirs, conv_tensors(case, dtype), **tolerance(dtype, "cuda"))
+        else:
+            assert_within_eps_of_exact(ours, theirs, conv_tensors(case, dtype))
+        log = emu.take_launch_log()
+    return _grids(log, "gemm_tile_kernel" if dtype == torch.float32 else "gemm_mma_kernel")
+
+
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("dtype", dtypes("float32", "float16", "bfloat16"))
@@ -1010,16 +1026,7 @@ def test_conv2d_on_the_widest_tiles_matches_torch(emu, route, stride, dtype):
     taps between windows. Float32 on the CUDA cores (8 x 8 values a
     thread), half and bfloat16 on the tensor cores (8 warps of 64 x 32)."""
     case = conv((2, 8, 12, 12), (130, 8, 3, 3), stride=stride, padding=1)
-    conv2d = emulated_conv2d(emu)
-    with limits(emu, multiprocessors=2), on_route(emu, route):
-        ours = lambda x, w, b: conv2d(x, w, b, **case.kwargs)  # noqa: E731
-        theirs = lambda x, w, b: F.conv2d(x, w, b, **case.kwargs)  # noqa: E731
-        if dtype == torch.float32:
-            assert_matches_torch(ours, theirs, conv_tensors(case, dtype), **tolerance(dtype, "cuda"))
-        else:
-            assert_within_eps_of_exact(ours, theirs, conv_tensors(case, dtype))
-        log = emu.take_launch_log()
-    grids = _grids(log, "gemm_tile_kernel" if dtype == torch.float32 else "gemm_mma_kernel")
+    grids = _conv_on_two_multiprocessors(emu, case, dtype, route)
     # The forward (130 x 288 or 130 x 72) and the weight gradient (130 x 72) in 2 tiles of 128 rows, not 3 of 64.
     assert grids[0] == ("(3, 2, 1)" if stride == 1 else "(1, 2, 1)") and grids[-1] == "(1, 2, 1)", grids
 
@@ -1036,16 +1043,7 @@ def test_runs_of_positions_that_go_on_into_the_next_rows_match_torch(emu, width,
     element by element). Runs start at multiples of their length, so with
     6, 3 or 2 columns they too end in the next row."""
     case = conv((2, 8, 288 // (2 * width), width), (130, 8, 3, 3), padding=1)
-    conv2d = emulated_conv2d(emu)
-    with limits(emu, multiprocessors=2):
-        ours = lambda x, w, b: conv2d(x, w, b, **case.kwargs)  # noqa: E731
-        theirs = lambda x, w, b: F.conv2d(x, w, b, **case.kwargs)  # noqa: E731
-        if dtype == torch.float32:
-            assert_matches_torch(ours, theirs, conv_tensors(case, dtype), **tolerance(dtype, "cuda"))
-        else:
-            assert_within_eps_of_exact(ours, theirs, conv_tensors(case, dtype))
-        log = emu.take_launch_log()
-    assert _grids(log, "gemm_tile_kernel" if dtype == torch.float32 else "gemm_mma_kernel")[0] == "(3, 2, 1)"
+    assert _conv_on_two_multiprocessors(emu, case, dtype, "implicit GEMM")[0] == "(3, 2, 1)"
 
 
 @pytest.mark.parametrize("route", ROUTES)
