@@ -148,6 +148,25 @@ struct PlaneRow {
     const int32_t c = x * stride + offset;
     return inside && static_cast<uint32_t>(c) < static_cast<uint32_t>(width) ? row[c] : T(0);
   }
+  // at(0), ..., at(kCount - 1) into v. At column stride 1, as nearly every
+  // layer reads, their addresses are at(0)'s plus constants: worked out once,
+  // not one 64-bit address per element. (The output gradient's rows have
+  // stride 1 as a constant; the input's patches learn theirs at run time.)
+  template <int kCount>
+  __device__ __forceinline__ void run(T (&v)[kCount]) const {
+    if (stride == 1) {
+      const gpu_ptr<const T> first = row + offset;
+#pragma unroll
+      for (int e = 0; e < kCount; ++e) {
+        v[e] = inside && static_cast<uint32_t>(e + offset) < static_cast<uint32_t>(width) ? first[e] : T(0);
+      }
+      return;
+    }
+#pragma unroll
+    for (int e = 0; e < kCount; ++e) {
+      v[e] = at(e);
+    }
+  }
 };
 
 // Elements j, j + 1, ... of a chunk along positions into v (zero from j_end
@@ -164,11 +183,7 @@ __device__ __forceinline__ void run_positions(const Operand& d, const Line& line
                                               int64_t j_end, const Planes& planes, T (&v)[kCount]) {
   const int32_t x = at.q.x, cols = planes.cols;
   if (x + kCount <= cols && at.j + kCount <= j_end) {
-    const PlaneRow<T> r = d.row(line, at.q);
-#pragma unroll
-    for (int e = 0; e < kCount; ++e) {
-      v[e] = r.at(x + e);
-    }
+    d.row(line, at.q).shifted(x).run(v);
     return;
   }
   if (kCount <= cols + 1) {  // then it ends by x + kCount - 1 <= 2 * cols - 1, in the next row at the latest
