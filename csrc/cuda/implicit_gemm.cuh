@@ -193,6 +193,17 @@ __device__ __forceinline__ void run_positions(const Operand& d, const Line& line
     next.next(planes.rows, cols);
     const PlaneRow<T> first = d.row(line, at.q).shifted(x), second = d.row(line, next).shifted(x - cols);
     const int32_t left = at.j + kCount <= j_end ? kCount : static_cast<int32_t>(j_end - at.j);
+    if (first.stride == 1) {  // (the operand's, so both rows'): as PlaneRow::run, an address per row
+      const gpu_ptr<const T> a = first.row + first.offset, b = second.row + second.offset;
+#pragma unroll
+      for (int e = 0; e < kCount; ++e) {
+        const bool here = x + e < cols;  // in the first row
+        const PlaneRow<T> r = here ? first : second;
+        v[e] = e < left && r.inside && static_cast<uint32_t>(e + r.offset) < static_cast<uint32_t>(r.width)
+                   ? (here ? a : b)[e] : T(0);
+      }
+      return;
+    }
 #pragma unroll
     for (int e = 0; e < kCount; ++e) {
       const PlaneRow<T> r = x + e < cols ? first : second;
