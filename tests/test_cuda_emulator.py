@@ -1031,17 +1031,20 @@ def test_conv2d_on_the_widest_tiles_matches_torch(emu, route, stride, dtype):
     assert grids[0] == ("(3, 2, 1)" if stride == 1 else "(1, 2, 1)") and grids[-1] == "(1, 2, 1)", grids
 
 
-@pytest.mark.parametrize("width", [2, 3, 5, 6, 7, 12])
+@pytest.mark.parametrize("width", [2, 3, 4, 5, 6, 7, 12])
 @pytest.mark.parametrize("dtype", dtypes("float32", "float16"))
 def test_runs_of_positions_that_go_on_into_the_next_rows_match_torch(emu, width, dtype):
     """The layer above on planes a few columns wide, so that the runs of 8
     positions a thread loads in the tiles of 128 (4 in those of 64) go on
     past the end of their row of the output (the forward, the weight
     gradient) or of the input (the input gradient), and into the next
-    sample: at most into the next row where the rows are 12 or 7 columns
-    wide (both rows found once), into a third one where they are 5 (found
-    element by element). Runs start at multiples of their length, so with
-    6, 3 or 2 columns they too end in the next row."""
+    sample. A run that ends in the next row finds both rows once; one that
+    reaches a third row goes element by element. Runs start at multiples of
+    their length, so runs of 8 all end in the next row where rows are 12, 7,
+    6 (starting at column 0, 2 or 4) or 4 columns wide (at column 0), some
+    do where they are 5 (the others, in the same warps, reach a third row),
+    none where they are 3 or 2; runs of 4 all end in the next row from 2
+    columns up."""
     case = conv((2, 8, 288 // (2 * width), width), (130, 8, 3, 3), padding=1)
     assert _conv_on_two_multiprocessors(emu, case, dtype, "implicit GEMM")[0] == "(3, 2, 1)"
 

@@ -174,10 +174,11 @@ struct PlaneRow {
 // at column q.x. A run that stays in one row of positions finds that row
 // once. So does one that goes on into the next row, as some run of nearly
 // every warp does where the rows are not a whole number of runs long (28,
-// 14 or 7 columns): it finds both rows once, and picks each element's by a
-// select, where finding the row is some twenty instructions. Only planes
-// narrower still, where a run may reach a third row, find the row element
-// by element.
+// 14 or 7 columns), and every run where they are half a run long (4 columns
+// for runs of 8, 2 for runs of 4): it finds both rows once, and picks each
+// element's by a select, where finding the row is some twenty instructions.
+// Only a run that reaches a third row, on planes narrower still, finds the
+// row element by element.
 template <typename T, int kCount, typename Operand, typename Line>
 __device__ __forceinline__ void run_positions(const Operand& d, const Line& line, const PositionCursor& at,
                                               int64_t j_end, const Planes& planes, T (&v)[kCount]) {
@@ -186,7 +187,7 @@ __device__ __forceinline__ void run_positions(const Operand& d, const Line& line
     d.row(line, at.q).shifted(x).run(v);
     return;
   }
-  if (kCount <= cols + 1) {  // then it ends by x + kCount - 1 <= 2 * cols - 1, in the next row at the latest
+  if (x + kCount <= 2 * cols) {  // it ends by column 2 * cols - 1: in the next row at the latest
     // Element e lies in this row while x + e < cols, else at column x + e - cols of the next.
     Position next = at.q;
     next.x = cols - 1;
