@@ -258,9 +258,8 @@ CHANNELS_LAST_CASES = {
                                           dilation=(2, 1)),
     # 1 600 positions: the weight gradient's reduction split in two.
     "8 to 16 channels, 1 600 positions": conv((4, 8, 20, 20), (16, 8, 3, 3), padding=1),
-    # Groups of channels that a stage's 32 taps do not divide: a stage starts in the middle of a tap (the
-    # forward over 40 channels, the input gradient over 48) and moves on into the next tap in some stages
-    # and not in others.
+    # Groups of channels that neither divide a stage's 32 taps nor are divided by them: stages that start
+    # in the middle of a tap (the forward over 40 channels, the input gradient over 48).
     "40 channels to 48": conv((1, 40, 5, 6), (48, 40, 3, 3), padding=1),
 }
 
@@ -767,12 +766,12 @@ def test_backward_input_splits_its_reduction(emu, route, grid):
 @pytest.mark.parametrize("case, split", [
     # The forward's k (512 channels x 9 taps) for one tile of 8 x 9: split.
     (conv((1, 512, 3, 3), (8, 512, 3, 3), padding=1), "forward"),
-    # The input gradient's k (512 output channels x 9 taps) for one tile of 8 x 16: split.
+    # The input gradient's k (512 output channels x 9 taps) for one tile of 8 x 32: split.
     (conv((2, 8, 4, 4), (512, 8, 3, 3), padding=1), "input gradient")])
 def test_channels_last_gathers_with_split_reductions_match_exact(emu, case, split):
-    """The tensor cores' channels-last gathers of a slice of a split
-    reduction start their taps where the slice starts, and move them on
-    stage by stage from there (half, within 2 eps of exact)."""
+    """The tensor cores' channels-last gathers in the slices of a split
+    reduction: each stage's taps found from where its slice starts (half,
+    within 2 eps of exact)."""
     to_channels_last = lambda t: t.contiguous(memory_format=torch.channels_last)  # noqa: E731
     conv2d = emulated_conv2d(emu, grad_layout=to_channels_last)
     with limits(emu, multiprocessors=2):
@@ -780,8 +779,8 @@ def test_channels_last_gathers_with_split_reductions_match_exact(emu, case, spli
             lambda x, w, b: conv2d(to_channels_last(x), to_channels_last(w), b, **case.kwargs),
             lambda x, w, b: F.conv2d(x, w, b, **case.kwargs), conv_tensors(case, torch.half))
         log = emu.take_launch_log()
-    # (The input gradient's product follows the launch that gathers its taps of the weight.)
-    assert _grids(log, "gemm_mma_kernel")[0 if split == "forward" else 1] == "(1, 1, 4)"  # 4 slices along z
+    # The products in order: forward, input gradient, weight gradient; the split one in 4 slices along z.
+    assert _grids(log, "gemm_mma_kernel")[0 if split == "forward" else 1] == "(1, 1, 4)"
     assert _grids(log, "gemm_split_reduce_kernel"), "no split reduction ran"
 
 
